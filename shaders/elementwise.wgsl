@@ -1,0 +1,101 @@
+// Elementwise kernels over flat f32 buffers.
+//
+// Math (per element i < n):
+//   relu_forward:   y[i]  = max(x[i], 0)
+//   relu_backward:  gx[i] = gy[i] if y[i] > 0 else 0        (y is the forward output)
+//   add:            out[i] = a[i] + b[i]
+//   add_relu:       out[i] = max(a[i] + b[i], 0)
+//   axpy:           y[i] += alpha * x[i]                      (in place)
+//   scale:          out[i] = alpha * x[i]
+//   scale_by:       out[i] = x[i] * s[0]                      (s: a one-element tensor)
+//   fill:           out[i] = alpha
+//
+// Dispatch: one thread per element, 256 threads per workgroup; the grid is split over x and y to
+// respect the 65,535-workgroups-per-dimension limit, so the linear index is
+// (wg.x + wg.y * num_workgroups.x) * 256 + local index.
+//
+// Bindings (group 0): 0 = Params (uniform); 1.. = the storage buffers named per entry point below.
+
+struct Params {
+    n: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * 256u + lid;
+}
+
+// ---- unary: binding 1 = input (read), binding 2 = output (write) ----
+@group(0) @binding(1) var<storage, read> un_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> un_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn relu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { un_y[i] = max(un_x[i], 0.0); }
+}
+
+@compute @workgroup_size(256)
+fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { un_y[i] = params.alpha * un_x[i]; }
+}
+
+// axpy: binding 1 = x (read), binding 2 = y (read_write, accumulated in place)
+@compute @workgroup_size(256)
+fn axpy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { un_y[i] = un_y[i] + params.alpha * un_x[i]; }
+}
+
+// ---- fill: binding 1 = output ----
+@group(0) @binding(1) var<storage, read_write> fill_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { fill_y[i] = params.alpha; }
+}
+
+// ---- binary: binding 1 = a, binding 2 = b, binding 3 = out ----
+@group(0) @binding(1) var<storage, read> bin_a: array<f32>;
+@group(0) @binding(2) var<storage, read> bin_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bin_out: array<f32>;
+
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { bin_out[i] = bin_a[i] + bin_b[i]; }
+}
+
+@compute @workgroup_size(256)
+fn add_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { bin_out[i] = max(bin_a[i] + bin_b[i], 0.0); }
+}
+
+// relu_backward: a = y (forward output), b = gy, out = gx
+@compute @workgroup_size(256)
+fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { bin_out[i] = select(0.0, bin_b[i], bin_a[i] > 0.0); }
+}
+
+// scale_by: a = x, b = s (one element), out = x * s[0]
+@compute @workgroup_size(256)
+fn scale_by(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { bin_out[i] = bin_a[i] * bin_b[0]; }
+}

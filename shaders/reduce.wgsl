@@ -1,0 +1,65 @@
+// Workgroup tree reductions.
+//
+// Math:
+//   sum_rows:      out[r] = alpha * sum_{j < len} x[r * len + j]          (x viewed as [rows, len])
+//   sum_channels:  out[c] = alpha * sum_{n < N, p < HW} x[(n * C + c) * HW + p]   (x is [N, C, HW])
+//
+// Dispatch: one workgroup of 256 threads per output element (row or channel); the grid is split
+// over x and y to respect the 65,535 limit (index = wg.x + wg.y * num_workgroups.x). Each thread
+// accumulates a strided partial sum, then the workgroup halves the partials in shared memory.
+//
+// Bindings (group 0): 0 = Params (uniform), 1 = x (read), 2 = out (read_write).
+
+struct Params {
+    rows: u32,   // sum_rows: rows;           sum_channels: C
+    len: u32,    // sum_rows: row length;     sum_channels: HW
+    batch: u32,  // sum_channels: N (unused by sum_rows)
+    alpha: f32,  // scale applied to each result (1 for a sum, 1/count for a mean)
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+var<workgroup> partial: array<f32, 256>;
+
+fn tree_reduce(lid: u32) -> f32 {
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) { partial[lid] = partial[lid] + partial[lid + s]; }
+        workgroupBarrier();
+    }
+    return partial[0];
+}
+
+@compute @workgroup_size(256)
+fn sum_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let r = wg.x + wg.y * nwg.x;
+    var acc = 0.0;
+    if (r < params.rows) {
+        let base = r * params.len;
+        for (var j = lid; j < params.len; j = j + 256u) { acc = acc + x[base + j]; }
+    }
+    partial[lid] = acc;
+    let total = tree_reduce(lid);
+    if (lid == 0u && r < params.rows) { out[r] = total * params.alpha; }
+}
+
+@compute @workgroup_size(256)
+fn sum_channels(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x + wg.y * nwg.x;
+    var acc = 0.0;
+    if (c < params.rows) {
+        let count = params.batch * params.len;
+        for (var j = lid; j < count; j = j + 256u) {
+            let n = j / params.len;
+            let p = j - n * params.len;
+            acc = acc + x[(n * params.rows + c) * params.len + p];
+        }
+    }
+    partial[lid] = acc;
+    let total = tree_reduce(lid);
+    if (lid == 0u && c < params.rows) { out[c] = total * params.alpha; }
+}

@@ -1,0 +1,130 @@
+//! Adapter and device acquisition.
+//!
+//! [`Gpu::new`] honours wgpu's usual environment variables: `WGPU_BACKEND` (e.g. `vulkan`, `metal`,
+//! `dx12`, `gl`, `webgpu`), `WGPU_ADAPTER_NAME` (a substring of the adapter name) and
+//! `WGPU_POWER_PREF` (`low` / `high`). It asks for the adapter's real limits, so large tensors are
+//! not capped at WebGPU's conservative defaults.
+
+use super::{Gpu, GpuInfo};
+use crate::{Error, Result};
+
+/// Options for [`Gpu::with_options`].
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to consider; `None` means every backend compiled in (overridden by `WGPU_BACKEND`).
+    pub backends: Option<wgpu::Backends>,
+    /// Substring of the adapter name to pick (overridden by `WGPU_ADAPTER_NAME`).
+    pub adapter_name: Option<String>,
+    /// Ask for WebGPU's default limits instead of the adapter's real ones.
+    pub default_limits: bool,
+}
+
+fn no_adapter_help(backends: wgpu::Backends) -> String {
+    format!(
+        "no GPU adapter found for backends {backends:?}. Install a GPU driver with Vulkan, Metal or \
+         DX12 support; on a machine without a GPU install Mesa's lavapipe software Vulkan driver \
+         (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`). Set WGPU_BACKEND to choose a backend \
+         and WGPU_ADAPTER_NAME to choose an adapter."
+    )
+}
+
+/// Features this crate uses when the adapter offers them.
+fn optional_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16
+}
+
+impl Gpu {
+    /// Acquire the default adapter and a device with its real limits (blocking; native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new() -> Result<Gpu> {
+        pollster::block_on(Self::new_async(GpuOptions::default()))
+    }
+
+    /// Acquire an adapter according to `options` (blocking; native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_options(options: GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// Acquire an adapter and device asynchronously (the only way on wasm32).
+    pub async fn new_async(options: GpuOptions) -> Result<Gpu> {
+        let backends = wgpu::Backends::from_env()
+            .or(options.backends)
+            .unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let wanted_name = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .or(options.adapter_name.clone())
+            .map(|s| s.to_lowercase());
+        let adapter = match wanted_name {
+            #[cfg(not(target_arch = "wasm32"))]
+            Some(name) => {
+                let adapters = instance.enumerate_adapters(backends).await;
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&name))
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!(
+                            "no adapter name contains {name:?} (WGPU_ADAPTER_NAME); available: {names:?}"
+                        ))
+                    })?
+            }
+            _ => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(format!("{e}; {}", no_adapter_help(backends))))?,
+        };
+        let limits = if options.default_limits {
+            wgpu::Limits::default().using_alignment(adapter.limits())
+        } else {
+            adapter.limits()
+        };
+        let features = adapter.features() & optional_features();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("resnet-wgpu"),
+                required_features: features,
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("requesting a device failed: {e}")))?;
+        let info = adapter.get_info();
+        Ok(Gpu::build(
+            device,
+            queue,
+            GpuInfo { name: info.name, backend: info.backend, driver: info.driver_info },
+        ))
+    }
+
+    /// Wrap a device and queue owned by the application (e.g. a renderer's). The device's own
+    /// limits and features are used.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+        Gpu::build(
+            device,
+            queue,
+            GpuInfo {
+                name: "application-provided device".into(),
+                backend: wgpu::Backend::Noop,
+                driver: String::new(),
+            },
+        )
+    }
+
+    /// Like [`Gpu::from_device`] but records the adapter's name and backend for display.
+    pub fn from_adapter_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+        let info = adapter.get_info();
+        Gpu::build(
+            device,
+            queue,
+            GpuInfo { name: info.name, backend: info.backend, driver: info.driver_info },
+        )
+    }
+}

@@ -1,0 +1,409 @@
+//! The GPU context: device and queue (owned or borrowed), a pipeline cache, a buffer pool, command
+//! recording with one submit per step, and asynchronous read-back.
+//!
+//! Ops record compute dispatches into one pending command encoder. The encoder is submitted
+//! ([`Gpu::flush`]) when a read-back needs the results, when data is uploaded into a recycled
+//! buffer, or when the caller asks. Shapes reach shaders through a `#[repr(C)]` params struct bound
+//! as a uniform at binding 0 of group 0; storage buffers follow at bindings 1, 2, ...
+
+mod device;
+mod pool;
+
+pub use device::GpuOptions;
+pub use pool::PoolStats;
+
+use crate::{Error, Result};
+use pool::BufferPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A compute kernel: one entry point of one WGSL file under `shaders/`.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    /// File name under `shaders/`, e.g. `conv.wgsl`.
+    pub file: &'static str,
+    /// WGSL source text.
+    pub source: &'static str,
+    /// Entry point name.
+    pub entry: &'static str,
+}
+
+/// Declare a [`Kernel`] from a shader file name and entry point.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! kernel {
+    ($file:literal, $entry:literal) => {
+        $crate::gpu::Kernel {
+            file: $file,
+            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
+            entry: $entry,
+        }
+    };
+}
+
+/// Threads per workgroup of the one-dimensional (elementwise) kernels.
+pub const WORKGROUP_1D: u32 = 256;
+
+/// Adapter description.
+#[derive(Clone, Debug)]
+pub struct GpuInfo {
+    /// Adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)` or `NVIDIA H100`.
+    pub name: String,
+    /// Backend in use.
+    pub backend: wgpu::Backend,
+    /// Driver description.
+    pub driver: String,
+}
+
+impl std::fmt::Display for GpuInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?}", self.name, self.backend)?;
+        if !self.driver.is_empty() {
+            write!(f, ", {}", self.driver)?;
+        }
+        write!(f, ")")
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    /// Uniform buffers used by recorded dispatches; back to the pool after the submit.
+    uniforms: Vec<wgpu::Buffer>,
+    dispatches: u64,
+}
+
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+pub(crate) struct GpuInner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: GpuInfo,
+    limits: wgpu::Limits,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    pool: Mutex<BufferPool>,
+    pending: Mutex<Pending>,
+    total_dispatches: std::sync::atomic::AtomicU64,
+}
+
+/// A handle to a GPU device. Cheap to clone; all clones share the device, caches and pool.
+#[derive(Clone)]
+pub struct Gpu(pub(crate) Arc<GpuInner>);
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.0.info)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+const UNIFORM_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::UNIFORM.union(wgpu::BufferUsages::COPY_DST);
+const READBACK_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
+/// Every params struct is padded into a uniform buffer of this size.
+const UNIFORM_SIZE: u64 = 256;
+
+impl Gpu {
+    fn build(device: wgpu::Device, queue: wgpu::Queue, info: GpuInfo) -> Gpu {
+        let limits = device.limits();
+        Gpu(Arc::new(GpuInner {
+            device,
+            queue,
+            info,
+            limits,
+            modules: Mutex::default(),
+            pipelines: Mutex::default(),
+            pool: Mutex::default(),
+            pending: Mutex::default(),
+            total_dispatches: Default::default(),
+        }))
+    }
+
+    /// The adapter's name, backend and driver.
+    pub fn info(&self) -> &GpuInfo {
+        &self.0.info
+    }
+
+    /// The device's limits (the adapter's real limits unless asked otherwise).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.0.limits
+    }
+
+    /// The device's enabled features.
+    pub fn features(&self) -> wgpu::Features {
+        self.0.device.features()
+    }
+
+    /// The underlying wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.0.device
+    }
+
+    /// The underlying wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.0.queue
+    }
+
+    /// Buffer pool counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        lock(&self.0.pool).stats
+    }
+
+    /// Number of compute dispatches recorded since the `Gpu` was made.
+    pub fn dispatch_count(&self) -> u64 {
+        self.0.total_dispatches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Destroy the buffers cached in the pool (those in use are untouched).
+    pub fn trim_pool(&self) {
+        lock(&self.0.pool).trim();
+    }
+
+    /// Number of compiled pipelines in the cache.
+    pub fn pipeline_count(&self) -> usize {
+        lock(&self.0.pipelines).len()
+    }
+
+    /// Take a storage buffer of `bytes` bytes from the pool, checking the device's limits.
+    /// Its contents are unspecified.
+    pub(crate) fn alloc_storage(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        let limits = &self.0.limits;
+        if bytes > limits.max_buffer_size {
+            return Err(Error::Limit {
+                what: what.to_string(),
+                limit: "max_buffer_size",
+                needed: bytes,
+                available: limits.max_buffer_size,
+            });
+        }
+        let size = bytes.max(4).next_multiple_of(4);
+        Ok(lock(&self.0.pool).take(&self.0.device, size, STORAGE_USAGE))
+    }
+
+    pub(crate) fn release(&self, buf: wgpu::Buffer) {
+        lock(&self.0.pool).give(buf);
+    }
+
+    /// Write `data` into `buf`. Any recorded work is submitted first, because `buf` may be a
+    /// recycled buffer that recorded dispatches still read.
+    pub(crate) fn write(&self, buf: &wgpu::Buffer, data: &[u8]) {
+        self.flush();
+        self.0.queue.write_buffer(buf, 0, data);
+    }
+
+    /// Record a clear of `buf` to zero, ordered with the recorded dispatches.
+    pub(crate) fn clear(&self, buf: &wgpu::Buffer) {
+        let mut pending = lock(&self.0.pending);
+        let enc = self.encoder(&mut pending);
+        enc.clear_buffer(buf, 0, None);
+    }
+
+    /// Record a buffer-to-buffer copy, ordered with the recorded dispatches.
+    pub(crate) fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+        let mut pending = lock(&self.0.pending);
+        let enc = self.encoder(&mut pending);
+        enc.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+    }
+
+    fn encoder<'a>(&self, pending: &'a mut Pending) -> &'a mut wgpu::CommandEncoder {
+        pending.encoder.get_or_insert_with(|| {
+            self.0
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+        })
+    }
+
+    fn pipeline(&self, kernel: &Kernel, constants: &[(&'static str, f64)]) -> wgpu::ComputePipeline {
+        let key: PipelineKey = (
+            kernel.file,
+            kernel.entry,
+            constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+        );
+        if let Some(p) = lock(&self.0.pipelines).get(&key) {
+            return p.clone();
+        }
+        let module = {
+            let mut modules = lock(&self.0.modules);
+            modules
+                .entry(kernel.file)
+                .or_insert_with(|| {
+                    self.0.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.file),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                    })
+                })
+                .clone()
+        };
+        let pipeline = self.0.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        lock(&self.0.pipelines).insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// Record one dispatch of `kernel` with `params` at binding 0 and `buffers` at bindings 1...
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) -> Result<()> {
+        self.dispatch_with(kernel, &[], params, buffers, grid)
+    }
+
+    /// [`Gpu::dispatch`] with pipeline-overridable constants (tile sizes and the like).
+    pub(crate) fn dispatch_with<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        grid: [u32; 3],
+    ) -> Result<()> {
+        let limits = &self.0.limits;
+        let max = limits.max_compute_workgroups_per_dimension;
+        if let Some(&g) = grid.iter().find(|&&g| g > max) {
+            return Err(Error::Limit {
+                what: format!("kernel {}::{} grid {grid:?}", kernel.file, kernel.entry),
+                limit: "max_compute_workgroups_per_dimension",
+                needed: g as u64,
+                available: max as u64,
+            });
+        }
+        for b in buffers {
+            if b.size() > limits.max_storage_buffer_binding_size as u64 {
+                return Err(Error::Limit {
+                    what: format!("a buffer bound to {}::{}", kernel.file, kernel.entry),
+                    limit: "max_storage_buffer_binding_size",
+                    needed: b.size(),
+                    available: limits.max_storage_buffer_binding_size as u64,
+                });
+            }
+        }
+        if grid.contains(&0) {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(kernel, constants);
+        let bytes = bytemuck::bytes_of(params);
+        assert!(bytes.len() as u64 <= UNIFORM_SIZE, "params struct larger than {UNIFORM_SIZE} bytes");
+        let uniform = lock(&self.0.pool).take(&self.0.device, UNIFORM_SIZE, UNIFORM_USAGE);
+        self.0.queue.write_buffer(&uniform, 0, bytes);
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: b.as_entire_binding(),
+        }));
+        let bind_group = self.0.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut pending = lock(&self.0.pending);
+        {
+            let enc = self.encoder(&mut pending);
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.entry),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        }
+        pending.uniforms.push(uniform);
+        pending.dispatches += 1;
+        self.0.total_dispatches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Submit everything recorded so far. Cheap when nothing is pending.
+    pub fn flush(&self) {
+        let (encoder, uniforms) = {
+            let mut pending = lock(&self.0.pending);
+            pending.dispatches = 0;
+            (pending.encoder.take(), std::mem::take(&mut pending.uniforms))
+        };
+        if let Some(enc) = encoder {
+            self.0.queue.submit([enc.finish()]);
+        }
+        if !uniforms.is_empty() {
+            let mut pool = lock(&self.0.pool);
+            for u in uniforms {
+                pool.give(u);
+            }
+        }
+    }
+
+    /// Submit the recorded work and wait until the GPU has finished it (native only; a no-op
+    /// wait on the web, where the browser schedules completion).
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush();
+        #[cfg(not(target_arch = "wasm32"))]
+        self.0
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        Ok(())
+    }
+
+    /// Copy `bytes` bytes of `src` to the host.
+    pub(crate) async fn read_bytes(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let size = bytes.max(4).next_multiple_of(4);
+        let staging = lock(&self.0.pool).take(&self.0.device, size, READBACK_USAGE);
+        self.copy(src, &staging, size);
+        self.flush();
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.0
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        rx.await
+            .map_err(|_| Error::Gpu("buffer mapping was cancelled".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping a read-back buffer failed: {e}")))?;
+        let data = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        self.release(staging);
+        Ok(data)
+    }
+}
+
+/// Split `workgroups` one-dimensional workgroups into a grid that respects the 65,535 per-dimension
+/// limit. Shaders recover the linear index as `wg.x + wg.y * num_workgroups.x`.
+pub fn grid_1d(workgroups: u32) -> [u32; 3] {
+    const MAX: u32 = 65_535;
+    if workgroups <= MAX {
+        [workgroups, 1, 1]
+    } else {
+        [MAX, workgroups.div_ceil(MAX), 1]
+    }
+}
+
+/// Grid for one thread per element over `n` elements with [`WORKGROUP_1D`] threads per group.
+pub fn grid_for_elements(n: usize) -> [u32; 3] {
+    grid_1d((n as u64).div_ceil(WORKGROUP_1D as u64) as u32)
+}

@@ -1,0 +1,1 @@
+//! safetensors load/save with torchvision names.

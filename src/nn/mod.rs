@@ -1,0 +1,1 @@
+//! Modules: parameters, layers and the ResNet builder.

@@ -1,0 +1,1 @@
+//! Optimizers (SGD with momentum/Nesterov, Adam, AdamW) and learning-rate schedules.

@@ -1,0 +1,36 @@
+//! CPU twins of `shaders/elementwise.wgsl` and `shaders/reduce.wgsl`.
+
+/// `max(x, 0)`.
+pub fn relu(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|v| v.max(0.0)).collect()
+}
+
+/// Gradient of relu from its output `y`.
+pub fn relu_backward(y: &[f32], gy: &[f32]) -> Vec<f32> {
+    y.iter().zip(gy).map(|(y, g)| if *y > 0.0 { *g } else { 0.0 }).collect()
+}
+
+/// `a + b`.
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(a, b)| a + b).collect()
+}
+
+/// Sum in f64, returned as f32.
+pub fn sum(x: &[f32]) -> f32 {
+    x.iter().map(|v| *v as f64).sum::<f64>() as f32
+}
+
+/// Per-channel sums of `[n, c, hw]`.
+pub fn sum_channels(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    (0..c)
+        .map(|ch| {
+            let mut acc = 0f64;
+            for b in 0..n {
+                for p in 0..hw {
+                    acc += x[(b * c + ch) * hw + p] as f64;
+                }
+            }
+            acc as f32
+        })
+        .collect()
+}

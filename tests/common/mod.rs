@@ -1,0 +1,122 @@
+//! Shared test helpers: the device, golden files and tolerant comparisons.
+#![allow(dead_code)]
+
+use resnet_wgpu::{Gpu, Tensor};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The device shared by the tests of one test binary. Fails (never skips) without an adapter.
+pub fn gpu() -> Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(new_gpu).clone()
+}
+
+/// A device of its own, for tests that count allocations.
+pub fn new_gpu() -> Gpu {
+    match Gpu::new() {
+        Ok(g) => g,
+        Err(e) => panic!("tests need a GPU adapter (lavapipe in CI): {e}"),
+    }
+}
+
+/// `../shared/golden` beside the project root (or `$RESNET_WGPU_GOLDEN`).
+pub fn golden_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("RESNET_WGPU_GOLDEN") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")
+}
+
+/// A golden safetensors file's bytes; panics (fails the test) when missing.
+pub fn golden_bytes(file: &str) -> Vec<u8> {
+    let path = golden_dir().join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("golden file {} is required: {e}", path.display()))
+}
+
+/// Tensors of a golden file by name: shape and values as f32 (int64 converted).
+pub struct Golden {
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    pub fn open(file: &str) -> Golden {
+        Golden { bytes: golden_bytes(file) }
+    }
+
+    fn st(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).expect("valid golden safetensors")
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.st().names().into_iter().map(|s| s.to_string()).collect()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.st().tensor(name).is_ok()
+    }
+
+    pub fn shape(&self, name: &str) -> Vec<usize> {
+        self.st().tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing")).shape().to_vec()
+    }
+
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        let st = self.st();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing"));
+        match t.dtype() {
+            safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(t.data()),
+            safetensors::Dtype::I64 => {
+                let v: Vec<i64> = bytemuck::pod_collect_to_vec(t.data());
+                v.into_iter().map(|x| x as f32).collect()
+            }
+            d => panic!("golden tensor {name} has unexpected dtype {d:?}"),
+        }
+    }
+
+    pub fn i64(&self, name: &str) -> Vec<i64> {
+        let st = self.st();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing"));
+        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name} dtype");
+        bytemuck::pod_collect_to_vec(t.data())
+    }
+
+    /// Upload a golden f32 tensor.
+    pub fn tensor(&self, gpu: &Gpu, name: &str) -> Tensor {
+        Tensor::from_slice(gpu, &self.shape(name), &self.f32(name)).unwrap()
+    }
+}
+
+/// Assert `|a - e| <= atol + rtol * |e|` elementwise, reporting the worst element.
+#[track_caller]
+pub fn assert_close(actual: &[f32], expected: &[f32], rtol: f32, atol: f32, what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length differs");
+    let mut worst = (0usize, 0f32);
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(a.is_finite(), "{what}: element {i} is {a}");
+        let excess = (a - e).abs() - (atol + rtol * e.abs());
+        if excess > worst.1 {
+            worst = (i, excess);
+        }
+    }
+    if worst.1 > 0.0 {
+        let i = worst.0;
+        panic!(
+            "{what}: element {i} of {}: got {}, expected {} (rtol {rtol}, atol {atol})",
+            actual.len(),
+            actual[i],
+            expected[i]
+        );
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (xorshift), for reproducible random tests.
+pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}

@@ -1,0 +1,110 @@
+//! Device, tensors, buffer pool, elementwise ops, reductions and the tape.
+
+mod common;
+use common::*;
+use resnet_wgpu::{ops, reference, Gpu, Tape, Tensor};
+
+#[test]
+fn adapter_is_reported() {
+    let gpu = gpu();
+    assert!(!gpu.info().name.is_empty());
+    assert!(gpu.limits().max_compute_workgroups_per_dimension >= 65_535);
+    println!("adapter: {}", gpu.info());
+}
+
+#[test]
+fn upload_read_round_trip_and_shape_errors() {
+    let gpu = gpu();
+    let data = random_vec(1000, 1);
+    let t = Tensor::from_slice(&gpu, &[10, 100], &data).unwrap();
+    assert_eq!(t.to_vec().unwrap(), data);
+    let err = Tensor::from_slice(&gpu, &[3, 3], &data).unwrap_err().to_string();
+    assert!(err.contains("[3, 3]") && err.contains("1000"), "{err}");
+    assert!(Tensor::zeros(&gpu, &[0, 4]).unwrap_err().to_string().contains("empty"));
+    let labels = Tensor::from_u32(&gpu, &[3], &[1, 2, 3]).unwrap();
+    assert_eq!(labels.to_vec_u32().unwrap(), vec![1, 2, 3]);
+    assert!(labels.to_vec().is_err());
+}
+
+#[test]
+fn elementwise_matches_reference() {
+    let gpu = gpu();
+    for (i, n) in [1usize, 255, 256, 1001, 70_000].into_iter().enumerate() {
+        let a = random_vec(n, 10 + i as u64);
+        let b = random_vec(n, 20 + i as u64);
+        let ta = Tensor::from_slice(&gpu, &[n], &a).unwrap();
+        let tb = Tensor::from_slice(&gpu, &[n], &b).unwrap();
+        assert_eq!(ops::relu(&ta).unwrap().to_vec().unwrap(), reference::relu(&a));
+        assert_eq!(ops::add(&ta, &tb).unwrap().to_vec().unwrap(), reference::add(&a, &b));
+        let y = reference::relu(&a);
+        let ty = Tensor::from_slice(&gpu, &[n], &y).unwrap();
+        assert_eq!(ops::relu_backward(&ty, &tb).unwrap().to_vec().unwrap(), reference::relu_backward(&y, &b));
+        let s = ops::sum(&ta).unwrap().to_vec().unwrap()[0];
+        assert_close(&[s], &[reference::sum(&a)], 1e-4, 1e-3, "sum");
+    }
+    let err = ops::add(&Tensor::zeros(&gpu, &[2]).unwrap(), &Tensor::zeros(&gpu, &[3]).unwrap()).unwrap_err();
+    assert!(err.to_string().starts_with("add:"), "{err}");
+}
+
+#[test]
+fn large_grid_splits_over_two_dimensions() {
+    // 65,535 * 256 < 17M elements: this needs a 2-D grid.
+    let gpu = gpu();
+    let n = 65_536 * 256 + 3;
+    let t = Tensor::full(&gpu, &[n], 2.0).unwrap();
+    let y = ops::scale(&t, 0.5).unwrap();
+    let v = y.to_vec().unwrap();
+    assert!(v.iter().all(|&x| x == 1.0));
+    let s = ops::sum(&y).unwrap().to_vec().unwrap()[0];
+    assert_eq!(s, n as f32);
+}
+
+#[test]
+fn channel_sums_match_reference() {
+    let gpu = gpu();
+    let (n, c, hw) = (3, 5, 7 * 9);
+    let x = random_vec(n * c * hw, 3);
+    let t = Tensor::from_slice(&gpu, &[n, c, 7, 9], &x).unwrap();
+    let got = ops::sum_channels(&t).unwrap().to_vec().unwrap();
+    assert_close(&got, &reference::sum_channels(&x, n, c, hw), 1e-5, 1e-5, "sum_channels");
+}
+
+#[test]
+fn tape_accumulates_where_a_value_feeds_two_consumers() {
+    let gpu = gpu();
+    let tape = Tape::new();
+    let x = tape.leaf(Tensor::from_slice(&gpu, &[4], &[1.0, -2.0, 3.0, -4.0]).unwrap());
+    // y = sum(relu(x) + x) => dy/dx = [1 if x > 0] + 1
+    let y = x.relu().unwrap().add(&x).unwrap().sum().unwrap();
+    assert_eq!(y.tensor().to_vec().unwrap(), vec![1.0 + 3.0 - 2.0]);
+    let grads = tape.backward(&y).unwrap();
+    assert_eq!(grads.get(&x).unwrap().to_vec().unwrap(), vec![2.0, 1.0, 2.0, 1.0]);
+}
+
+#[test]
+fn inference_records_nothing() {
+    let gpu = gpu();
+    let x = resnet_wgpu::Var::constant(Tensor::from_slice(&gpu, &[2], &[1.0, -1.0]).unwrap());
+    let y = x.relu().unwrap().sum().unwrap();
+    assert!(!y.requires_grad());
+    assert!(y.tape().is_none());
+}
+
+#[test]
+fn pool_stops_allocating_in_a_loop() {
+    let gpu: Gpu = new_gpu();
+    let step = |gpu: &Gpu| {
+        let tape = Tape::new();
+        let x = tape.leaf(Tensor::from_slice(gpu, &[64, 33], &random_vec(64 * 33, 5)).unwrap());
+        let loss = x.relu().unwrap().add(&x).unwrap().mean().unwrap();
+        let g = tape.backward(&loss).unwrap();
+        g.get(&x).unwrap().to_vec().unwrap();
+    };
+    step(&gpu);
+    step(&gpu);
+    let after_two = gpu.pool_stats().allocations;
+    for _ in 0..5 {
+        step(&gpu);
+    }
+    assert_eq!(gpu.pool_stats().allocations, after_two, "the pool kept allocating");
+}
