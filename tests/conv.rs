@@ -1,0 +1,369 @@
+//! Convolution: PyTorch goldens, random shapes against the CPU reference, errors and a gradient
+//! check through the tape.
+
+mod common;
+use common::*;
+use resnet_wgpu::{Gpu, Tape, Tensor, Var, ops, reference};
+
+const RTOL: f32 = 1e-4;
+const ATOL: f32 = 1e-5;
+
+struct Case {
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    pad: usize,
+    bias: bool,
+}
+
+fn golden_case(g: &Golden, name: &str) -> Case {
+    let cfg = g.i64(&format!("{name}.cfg"));
+    let u = |i: usize| cfg[i] as usize;
+    Case {
+        x: [u(0), u(1), u(2), u(3)],
+        w: [u(4), u(1), u(5), u(5)],
+        stride: u(6),
+        pad: u(7),
+        bias: u(8) != 0,
+    }
+}
+
+/// The goldens' tolerance: about what PyTorch's own f32 kernels would pass.
+fn close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_close(actual, expected, RTOL, ATOL, what);
+}
+
+#[test]
+fn golden_tensor_level() {
+    let gpu = gpu();
+    let g = Golden::open("ops.safetensors");
+    for name in ["c0", "c1", "c2", "c3", "c4", "c5"] {
+        let c = golden_case(&g, name);
+        let t = |s: &str| g.tensor(&gpu, &format!("{name}.{s}"));
+        let f = |s: &str| g.f32(&format!("{name}.{s}"));
+        let (x, w, gy) = (t("x"), t("w"), t("gy"));
+        assert_eq!(x.shape(), c.x, "{name} x shape");
+        assert_eq!(w.shape(), c.w, "{name} w shape");
+        let b = c.bias.then(|| t("b"));
+        let y = ops::conv2d(&x, &w, b.as_ref(), c.stride, c.pad).unwrap();
+        assert_eq!(
+            y.shape(),
+            g.shape(&format!("{name}.y")).as_slice(),
+            "{name} y shape"
+        );
+        close(&y.to_vec().unwrap(), &f("y"), &format!("{name} forward"));
+        let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+        close(
+            &gx.to_vec().unwrap(),
+            &f("gx"),
+            &format!("{name} input gradient"),
+        );
+        let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+        close(
+            &gw.to_vec().unwrap(),
+            &f("gw"),
+            &format!("{name} weight gradient"),
+        );
+        if c.bias {
+            let gb = ops::sum_channels(&gy).unwrap();
+            close(
+                &gb.to_vec().unwrap(),
+                &f("gb"),
+                &format!("{name} bias gradient"),
+            );
+        }
+    }
+}
+
+#[test]
+fn golden_through_the_tape() {
+    let gpu = gpu();
+    let g = Golden::open("ops.safetensors");
+    for name in ["c0", "c1", "c2", "c3", "c4", "c5"] {
+        let c = golden_case(&g, name);
+        let t = |s: &str| g.tensor(&gpu, &format!("{name}.{s}"));
+        let f = |s: &str| g.f32(&format!("{name}.{s}"));
+        let tape = Tape::new();
+        let x = tape.leaf(t("x"));
+        let w = tape.leaf(t("w"));
+        let b = c.bias.then(|| tape.leaf(t("b")));
+        let y = x.conv2d(&w, b.as_ref(), c.stride, c.pad).unwrap();
+        close(
+            &y.tensor().to_vec().unwrap(),
+            &f("y"),
+            &format!("{name} tape forward"),
+        );
+        let grads = tape.backward_with(&y, t("gy")).unwrap();
+        close(
+            &grads.get(&x).unwrap().to_vec().unwrap(),
+            &f("gx"),
+            &format!("{name} tape gx"),
+        );
+        close(
+            &grads.get(&w).unwrap().to_vec().unwrap(),
+            &f("gw"),
+            &format!("{name} tape gw"),
+        );
+        if let Some(b) = &b {
+            close(
+                &grads.get(b).unwrap().to_vec().unwrap(),
+                &f("gb"),
+                &format!("{name} tape gb"),
+            );
+        }
+    }
+}
+
+/// Compare all three passes with the CPU reference on one random case.
+fn check_random(gpu: &Gpu, c: &Case, seed: u64) {
+    let what = format!(
+        "x {:?} w {:?} stride {} pad {} bias {}",
+        c.x, c.w, c.stride, c.pad, c.bias
+    );
+    let xv = random_vec(c.x.iter().product(), seed);
+    let wv = random_vec(c.w.iter().product(), seed + 1);
+    let bv = random_vec(c.w[0], seed + 2);
+    let x = Tensor::from_slice(gpu, &c.x, &xv).unwrap();
+    let w = Tensor::from_slice(gpu, &c.w, &wv).unwrap();
+    let b = Tensor::from_slice(gpu, &[c.w[0]], &bv).unwrap();
+    let (ye, ys) = reference::conv2d(
+        &xv,
+        c.x,
+        &wv,
+        c.w,
+        c.bias.then_some(bv.as_slice()),
+        c.stride,
+        c.pad,
+    );
+    let y = ops::conv2d(&x, &w, c.bias.then_some(&b), c.stride, c.pad).unwrap();
+    assert_eq!(y.shape(), ys, "{what}: output shape");
+    let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
+    if c.w[2] == c.w[3] {
+        assert_eq!([oh, ow], [ys[2], ys[3]], "{what}: conv2d_output_size");
+    }
+    // Sums of up to a few thousand products of values in [-1, 1]: allow f32 rounding.
+    let atol = 1e-4;
+    assert_close(
+        &y.to_vec().unwrap(),
+        &ye,
+        RTOL,
+        atol,
+        &format!("{what}: forward"),
+    );
+    let gyv = random_vec(ye.len(), seed + 3);
+    let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
+    let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+    let gxe = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
+    assert_close(
+        &gx.to_vec().unwrap(),
+        &gxe,
+        RTOL,
+        atol,
+        &format!("{what}: input gradient"),
+    );
+    let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+    let gwe = reference::conv2d_backward_weight(&xv, c.x, &gyv, c.w, c.stride, c.pad);
+    assert_close(
+        &gw.to_vec().unwrap(),
+        &gwe,
+        RTOL,
+        1e-3,
+        &format!("{what}: weight gradient"),
+    );
+}
+
+fn case(
+    x: [usize; 4],
+    k: usize,
+    r: usize,
+    s: usize,
+    stride: usize,
+    pad: usize,
+    bias: bool,
+) -> Case {
+    Case {
+        x,
+        w: [k, x[1], r, s],
+        stride,
+        pad,
+        bias,
+    }
+}
+
+#[test]
+fn random_shapes_match_reference() {
+    let gpu = gpu();
+    let cases = [
+        case([1, 3, 9, 7], 5, 3, 3, 1, 1, true),
+        case([1, 13, 11, 11], 67, 3, 3, 2, 1, false),
+        case([2, 5, 13, 9], 13, 1, 1, 1, 0, true),
+        case([2, 67, 7, 5], 3, 1, 1, 2, 0, false),
+        case([1, 3, 19, 17], 5, 7, 7, 2, 3, true),
+        case([2, 5, 8, 10], 7, 7, 7, 1, 3, false),
+        case([1, 4, 6, 6], 3, 3, 5, 1, 0, true), // non-square kernel
+        case([1, 3, 4, 4], 2, 3, 3, 3, 2, false), // stride larger than kernel overlap
+        case([1, 2, 5, 5], 3, 5, 5, 1, 0, false), // kernel as large as the input: 1x1 output
+        case([1, 3, 3, 3], 2, 3, 3, 1, 3, true), // padding equal to the kernel size
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        check_random(&gpu, c, 100 + 10 * i as u64);
+    }
+}
+
+#[test]
+fn multi_tile_and_split_k() {
+    let gpu = gpu();
+    // M = 70 and N = 2 * 17 * 17 = 578 exceed one 64 x 64 tile, the reduction 67 * 9 = 603 spans
+    // many 16-deep chunks, and the weight gradient (reduction 578) runs over several splits.
+    let c = case([2, 67, 17, 17], 70, 3, 3, 1, 1, true);
+    let splits = ops::conv2d_weight_grad_splits(c.x, c.w, c.stride, c.pad).unwrap();
+    assert!(splits >= 2, "expected several split-K chunks, got {splits}");
+    check_random(&gpu, &c, 7);
+    // A longer weight-gradient reduction with few output tiles: many splits, ragged last chunk.
+    let c = case([3, 3, 31, 29], 5, 3, 3, 1, 0, false);
+    let splits = ops::conv2d_weight_grad_splits(c.x, c.w, c.stride, c.pad).unwrap();
+    assert!(splits >= 5, "expected several split-K chunks, got {splits}");
+    check_random(&gpu, &c, 9);
+}
+
+#[test]
+fn errors_name_the_op_and_shapes() {
+    let gpu = gpu();
+    let z = |s: &[usize]| Tensor::zeros(&gpu, s).unwrap();
+    let x = z(&[1, 3, 8, 8]);
+    let w = z(&[4, 3, 3, 3]);
+    let expect = |r: resnet_wgpu::Result<Tensor>, op: &str, needle: &str| {
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{op}:")), "{e}");
+        assert!(e.contains(needle), "expected {needle:?} in: {e}");
+    };
+    expect(
+        ops::conv2d(&z(&[3, 8, 8]), &w, None, 1, 1),
+        "conv2d",
+        "rank 4",
+    );
+    expect(
+        ops::conv2d(&x, &z(&[4, 3, 3]), None, 1, 1),
+        "conv2d",
+        "rank 4",
+    );
+    expect(
+        ops::conv2d(&x, &z(&[4, 2, 3, 3]), None, 1, 1),
+        "conv2d",
+        "[4, 2, 3, 3]",
+    );
+    expect(
+        ops::conv2d(&x, &w, Some(&z(&[5])), 1, 1),
+        "conv2d",
+        "bias has 5",
+    );
+    expect(
+        ops::conv2d(&x, &w, Some(&z(&[4, 1])), 1, 1),
+        "conv2d",
+        "rank 1",
+    );
+    expect(ops::conv2d(&x, &w, None, 0, 1), "conv2d", "stride");
+    expect(
+        ops::conv2d(&x, &z(&[4, 3, 11, 11]), None, 1, 1),
+        "conv2d",
+        "larger than the padded input",
+    );
+    let labels = Tensor::from_u32(&gpu, &[1, 3, 8, 8], &[0; 192]).unwrap();
+    expect(ops::conv2d(&labels, &w, None, 1, 1), "conv2d", "f32");
+    expect(
+        ops::conv2d_backward_input(&z(&[1, 4, 7, 8]), &w, [1, 3, 8, 8], 1, 1),
+        "conv2d_backward_input",
+        "[1, 4, 7, 8]",
+    );
+    expect(
+        ops::conv2d_backward_weight(&x, &z(&[1, 4, 8, 8]), [4, 3, 3, 3], 2, 1),
+        "conv2d_backward_weight",
+        "[1, 4, 4, 4]",
+    );
+    assert_eq!(ops::conv2d_output_size(224, 224, 7, 2, 3), (112, 112));
+    assert_eq!(ops::conv2d_output_size(7, 5, 3, 2, 0), (3, 2));
+    assert_eq!(ops::conv2d_output_size(2, 2, 7, 1, 0), (0, 0));
+    // The Var method reports the same errors and records nothing.
+    let tape = Tape::new();
+    let xv = tape.leaf(x.clone());
+    let e = xv
+        .conv2d(&Var::constant(z(&[4, 2, 3, 3])), None, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("conv2d:"), "{e}");
+    assert!(tape.is_empty());
+}
+
+#[test]
+fn untracked_inputs_get_no_gradient() {
+    let gpu = gpu();
+    let x = Var::constant(Tensor::from_slice(&gpu, &[1, 2, 5, 5], &random_vec(50, 3)).unwrap());
+    let tape = Tape::new();
+    let w = tape.leaf(Tensor::from_slice(&gpu, &[3, 2, 3, 3], &random_vec(54, 4)).unwrap());
+    let b = Var::constant(Tensor::zeros(&gpu, &[3]).unwrap());
+    let y = x.conv2d(&w, Some(&b), 1, 1).unwrap();
+    let grads = tape
+        .backward_with(&y, Tensor::full(&gpu, y.shape(), 1.0).unwrap())
+        .unwrap();
+    assert!(grads.get(&w).is_some());
+    assert!(grads.get(&x).is_none() && grads.get(&b).is_none());
+    assert_eq!(grads.len(), 1);
+    // No tape at all: inference records nothing.
+    let y = x
+        .conv2d(&Var::constant(w.tensor().clone()), None, 1, 1)
+        .unwrap();
+    assert!(!y.requires_grad());
+}
+
+/// Central differences of L = sum(conv2d(x, w, b) * r) for random r, through the tape.
+#[test]
+fn gradient_check_by_central_differences() {
+    let gpu = gpu();
+    let (xs, ws, stride, pad) = ([1usize, 2, 5, 4], [3usize, 2, 3, 3], 2, 1);
+    let xv = random_vec(xs.iter().product(), 41);
+    let wv = random_vec(ws.iter().product(), 42);
+    let bv = random_vec(ws[0], 43);
+    let (y0, ys) = reference::conv2d(&xv, xs, &wv, ws, Some(&bv), stride, pad);
+    let rv = random_vec(y0.len(), 44);
+    let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+        let tx = Tensor::from_slice(&gpu, &xs, x).unwrap();
+        let tw = Tensor::from_slice(&gpu, &ws, w).unwrap();
+        let tb = Tensor::from_slice(&gpu, &[ws[0]], b).unwrap();
+        let y = ops::conv2d(&tx, &tw, Some(&tb), stride, pad)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        y.iter().zip(&rv).map(|(&a, &r)| a as f64 * r as f64).sum()
+    };
+    let tape = Tape::new();
+    let x = tape.leaf(Tensor::from_slice(&gpu, &xs, &xv).unwrap());
+    let w = tape.leaf(Tensor::from_slice(&gpu, &ws, &wv).unwrap());
+    let b = tape.leaf(Tensor::from_slice(&gpu, &[ws[0]], &bv).unwrap());
+    let y = x.conv2d(&w, Some(&b), stride, pad).unwrap();
+    let grads = tape
+        .backward_with(&y, Tensor::from_slice(&gpu, &ys, &rv).unwrap())
+        .unwrap();
+    let eps = 1e-2f32;
+    let numeric = |which: usize, i: usize| -> f32 {
+        let mut vals = [xv.clone(), wv.clone(), bv.clone()];
+        vals[which][i] += eps;
+        let up = loss(&vals[0], &vals[1], &vals[2]);
+        vals[which][i] -= 2.0 * eps;
+        let down = loss(&vals[0], &vals[1], &vals[2]);
+        ((up - down) / (2.0 * eps as f64)) as f32
+    };
+    for (which, var, n) in [(0, &x, xv.len()), (1, &w, wv.len()), (2, &b, bv.len())] {
+        let analytic = grads.get(var).unwrap().to_vec().unwrap();
+        // A spread of elements (every one for the small tensors).
+        let picks: Vec<usize> = (0..n).step_by(n.div_ceil(12)).collect();
+        let num: Vec<f32> = picks.iter().map(|&i| numeric(which, i)).collect();
+        let ana: Vec<f32> = picks.iter().map(|&i| analytic[i]).collect();
+        assert_close(
+            &ana,
+            &num,
+            2e-2,
+            2e-2,
+            &format!("gradient check of input {which}"),
+        );
+    }
+}
