@@ -5,7 +5,11 @@
 //                         GEMM: M = K, N = batch*OH*OW, reduction = C*R*S
 //   conv_backward_input:  gx[n,c,h,w]   = sum_{k,r,s} w[k,c,r,s] * gy[n,k,(h+pd-r)/st,(w+pd-s)/st]
 //                         (only where the divisions are exact and land inside gy)
-//                         GEMM: M = C, N = batch*H*W, reduction = K*R*S
+//                         Sub-pixel decomposition: one dispatch per phase (a, b) in [0, st)^2
+//                         covers the pixels h = h0 + st*i (i < hc) with (h + pd) % st == a, which
+//                         only taps r = r0 + st*t (t < nr, r0 = a) reach exactly (likewise w, s);
+//                         so no reduction entry is a structural zero.
+//                         GEMM per phase: M = C, N = batch*hc*wc, reduction = K*nr*ns
 //   conv_backward_weight: part[z,k,j]   = sum_{i in chunk z} gy[i -> (n,oh,ow), k] * x[n,c,oh*st-pd+r, ow*st-pd+s]
 //                         with j = (c*R + r)*S + s, i = (n*OH + oh)*OW + ow
 //                         GEMM: M = K, N = C*R*S, reduction = batch*OH*OW split into `splits` chunks
@@ -23,7 +27,7 @@
 // to be constant-sized.
 //
 // Dispatch:
-//   conv_forward / conv_backward_input: x*z = ceil(N / 64) column tiles (tile = wg.x + wg.z *
+//   conv_forward / conv_backward_input (per phase): x*z = ceil(N / 64) column tiles (tile = wg.x + wg.z *
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
 //     y = ceil(M / 64) row tiles.
 //   conv_backward_weight: x = ceil(C*R*S / 64), y = ceil(K / 64), z = splits.
@@ -54,8 +58,16 @@ struct Params {
     has_bias: u32,
     chunk: u32,   // conv_backward_weight: reduction length per split (multiple of BK)
     splits: u32,  // conv_backward_weight / conv_reduce_splits: number of partial results
-    _pad0: u32,
-    _pad1: u32,
+    // conv_backward_input's phase: first tap (r0, s0) and tap counts (nr, ns); first pixel
+    // (h0, w0) and pixel counts (hc, wc), both stepping by the stride.
+    r0: u32,
+    s0: u32,
+    nr: u32,
+    ns: u32,
+    h0: u32,
+    w0: u32,
+    hc: u32,
+    wc: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -214,34 +226,38 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 @group(0) @binding(2) var<storage, read> bi_w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bi_gx: array<f32>;
 
-// A[c, (k,r,s)] = w[k,c,r,s] (k-fast); B[(k,r,s), (n,h,w)] = gy[n,k,oh,ow] where it exists (n-fast).
+// A[c, (k,t,u)] = w[k,c,r0+st*t,s0+st*u] (k-fast); B[(k,t,u), (n,i,j)] = gy[n,k,oh,ow] with
+// oh = (h0 + st*i + pd - r0 - st*t) / st (exact by the phase choice), where inside gy (n-fast).
+// `px` holds (n, i, j) of this thread's B column.
 fn bi_load(tid: u32, k0: u32, m0: u32, krs: u32, px: Pixel) {
     let rs = p.kh * p.kw;
+    let taps = p.nr * p.ns;
     let ka = k0 + tid % BK;
-    let k = ka / rs;
-    let t = ka - k * rs;
+    let k = ka / taps;
+    let t = ka - k * taps;
+    let tr = t / p.ns;
+    let wofs = (p.r0 + p.stride * tr) * p.kw + p.s0 + p.stride * (t - tr * p.ns);
     for (var i = 0u; i < 4u; i++) {
         let c = m0 + tid / BK + 16u * i;
         var v = 0.0;
-        if (c < p.in_c && ka < krs) { v = bi_w[(k * p.in_c + c) * rs + t]; }
+        if (c < p.in_c && ka < krs) { v = bi_w[(k * p.in_c + c) * rs + wofs]; }
         ra[i] = v;
     }
-    let th0 = px.y + p.pad;
-    let tw0 = px.x + p.pad;
+    // (h + pd - r0) / st and (w + pd - s0) / st for this column: exact divisions.
+    let oh0 = (p.h0 + p.stride * px.y + p.pad - p.r0) / p.stride;
+    let ow0 = (p.w0 + p.stride * px.x + p.pad - p.s0) / p.stride;
     for (var i = 0u; i < 4u; i++) {
         let kb = k0 + tid / BN + 4u * i;
         var v = 0.0;
         if (px.valid && kb < krs) {
-            let kc = kb / rs;
-            let t2 = kb - kc * rs;
-            let r = t2 / p.kw;
-            let s = t2 - r * p.kw;
-            if (th0 >= r && tw0 >= s) {
-                let th = th0 - r;
-                let tw = tw0 - s;
-                let oh = th / p.stride;
-                let ow = tw / p.stride;
-                if (oh * p.stride == th && ow * p.stride == tw && oh < p.out_h && ow < p.out_w) {
+            let kc = kb / taps;
+            let t2 = kb - kc * taps;
+            let dr = t2 / p.ns;
+            let ds = t2 - dr * p.ns;
+            if (oh0 >= dr && ow0 >= ds) {
+                let oh = oh0 - dr;
+                let ow = ow0 - ds;
+                if (oh < p.out_h && ow < p.out_w) {
                     v = bi_gy[((px.img * p.out_c + kc) * p.out_h + oh) * p.out_w + ow];
                 }
             }
@@ -254,12 +270,13 @@ fn bi_load(tid: u32, k0: u32, m0: u32, krs: u32, px: Pixel) {
 fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) tid: u32) {
     let hw = p.in_h * p.in_w;
-    let ncols = p.batch * hw;
-    let krs = p.out_c * p.kh * p.kw;
+    let phw = p.hc * p.wc;
+    let ncols = p.batch * phw;
+    let krs = p.out_c * p.nr * p.ns;
     let n0 = (wg.x + wg.z * nwg.x) * BN;
     let m0 = wg.y * BM;
     if (n0 >= ncols) { return; }
-    let px = pixel(n0 + tid % BN, ncols, p.in_h, p.in_w);
+    let px = pixel(n0 + tid % BN, ncols, p.hc, p.wc);
     clear_acc();
     bi_load(tid, 0u, m0, krs, px);
     for (var k0 = 0u; k0 < krs; k0 += BK) {
@@ -278,8 +295,10 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + 4u * tx + j;
             if (n >= ncols) { break; }
-            let img = n / hw;
-            bi_gx[(img * p.in_c + c) * hw + (n - img * hw)] = acc[i][j];
+            let q = pixel(n, ncols, p.hc, p.wc);
+            let h = p.h0 + p.stride * q.y;
+            let w = p.w0 + p.stride * q.x;
+            bi_gx[(q.img * p.in_c + c) * hw + h * p.in_w + w] = acc[i][j];
         }
     }
 }

@@ -29,7 +29,14 @@ struct Params {
     has_bias: u32,
     chunk: u32,
     splits: u32,
-    _pad: [u32; 2],
+    r0: u32,
+    s0: u32,
+    nr: u32,
+    ns: u32,
+    h0: u32,
+    w0: u32,
+    hc: u32,
+    wc: u32,
 }
 
 const FORWARD: Kernel = kernel!("conv.wgsl", "conv_forward");
@@ -175,7 +182,14 @@ impl Geometry {
             has_bias: has_bias as u32,
             chunk: chunk as u32,
             splits: splits as u32,
-            _pad: [0; 2],
+            r0: 0,
+            s0: 0,
+            nr: r as u32,
+            ns: s as u32,
+            h0: 0,
+            w0: 0,
+            hc: h as u32,
+            wc: w as u32,
         }
     }
 
@@ -280,13 +294,42 @@ pub fn conv2d_backward_input(
     }
     let gx = Tensor::uninit(gy.gpu(), &x_shape, DType::F32, OP)?;
     let [n, c, h, wd] = x_shape;
-    let grid = gemm_grid(OP, c, n * h * wd)?;
-    gy.gpu().dispatch(
-        &BACKWARD_INPUT,
-        &g.params(false, 0, 1),
-        &[gy.buffer(), w.buffer(), gx.buffer()],
-        grid,
-    )?;
+    let [_, _, r, s] = ws;
+    // One dispatch per sub-pixel phase: pixels h with (h + padding) % stride == a meet exactly the
+    // taps r with r % stride == a (see the shader's header).
+    let phase = |a: usize, size: usize, taps: usize| {
+        let first = (a + stride - padding % stride) % stride;
+        let count = if first < size {
+            (size - first).div_ceil(stride)
+        } else {
+            0
+        };
+        let ntaps = if a < taps {
+            (taps - a).div_ceil(stride)
+        } else {
+            0
+        };
+        (first, count, ntaps)
+    };
+    for a in 0..stride {
+        let (h0, hc, nr) = phase(a, h, r);
+        for b in 0..stride {
+            let (w0, wc, ns) = phase(b, wd, s);
+            if hc == 0 || wc == 0 {
+                continue;
+            }
+            let mut p = g.params(false, 0, 1);
+            (p.r0, p.s0, p.nr, p.ns) = (a as u32, b as u32, nr as u32, ns as u32);
+            (p.h0, p.w0, p.hc, p.wc) = (h0 as u32, w0 as u32, hc as u32, wc as u32);
+            let grid = gemm_grid(OP, c, n * hc * wc)?;
+            gy.gpu().dispatch(
+                &BACKWARD_INPUT,
+                &p,
+                &[gy.buffer(), w.buffer(), gx.buffer()],
+                grid,
+            )?;
+        }
+    }
     Ok(gx)
 }
 
