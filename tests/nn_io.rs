@@ -738,7 +738,7 @@ fn raw_file(header: &str, data: &[u8]) -> Vec<u8> {
 #[test]
 fn f16_and_bf16_are_converted_to_f32() {
     let h: Vec<f32> = vec![1.5, -2.0, 0.099975586, 65504.0, 6.0e-8, 0.0];
-    let b: Vec<f32> = vec![1.5, -2.0, 0.10009765625, 3.3895314e38, 1.0e-38, -0.0];
+    let b: Vec<f32> = vec![1.5, -2.0, 0.100_097_656, 3.3895314e38, 1.0e-38, -0.0];
     let mut data = Vec::new();
     for x in &h {
         data.extend(half::f16::from_f32(*x).to_le_bytes());
