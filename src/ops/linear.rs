@@ -31,7 +31,10 @@ fn dims(t: &Tensor, op: &'static str, name: &str) -> Result<(usize, usize)> {
 
 fn check_u32(op: &'static str, what: &str, n: usize) -> Result<()> {
     if n > u32::MAX as usize {
-        return Err(Error::shape(op, format!("{what} has {n} elements, beyond the u32 index range")));
+        return Err(Error::shape(
+            op,
+            format!("{what} has {n} elements, beyond the u32 index range"),
+        ));
     }
     Ok(())
 }
@@ -67,7 +70,11 @@ fn gemm(
     let grid = if row_tiles <= MAX_GRID {
         [col_tiles as u32, row_tiles as u32, 1]
     } else {
-        [col_tiles as u32, MAX_GRID as u32, row_tiles.div_ceil(MAX_GRID) as u32]
+        [
+            col_tiles as u32,
+            MAX_GRID as u32,
+            row_tiles.div_ceil(MAX_GRID) as u32,
+        ]
     };
     let p = Params {
         m: m as u32,
@@ -80,7 +87,12 @@ fn gemm(
         _pad: 0,
     };
     let bias_buf = bias.map_or(a.buffer(), |t| t.buffer());
-    gpu.dispatch(&MATMUL, &p, &[a.buffer(), b.buffer(), bias_buf, c.buffer()], grid)?;
+    gpu.dispatch(
+        &MATMUL,
+        &p,
+        &[a.buffer(), b.buffer(), bias_buf, c.buffer()],
+        grid,
+    )?;
     Ok(c)
 }
 
@@ -116,7 +128,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if wi != i {
         return Err(Error::shape(
             OP,
-            format!("x {:?} has {i} features but w {:?} expects {wi}", x.shape(), w.shape()),
+            format!(
+                "x {:?} has {i} features but w {:?} expects {wi}",
+                x.shape(),
+                w.shape()
+            ),
         ));
     }
     if let Some(b) = b {
@@ -125,7 +141,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         if b.shape()[0] != o {
             return Err(Error::shape(
                 OP,
-                format!("bias {:?} must have {o} elements to match w {:?}", b.shape(), w.shape()),
+                format!(
+                    "bias {:?} must have {o} elements to match w {:?}",
+                    b.shape(),
+                    w.shape()
+                ),
             ));
         }
     }
@@ -160,7 +180,10 @@ impl Var {
         let need_gw = w.requires_grad();
         let need_gb = b.is_some_and(|b| b.requires_grad());
         let saved = Var::any_tracked(&inputs).then(|| {
-            (need_gw.then(|| self.tensor().clone()), need_gx.then(|| w.tensor().clone()))
+            (
+                need_gw.then(|| self.tensor().clone()),
+                need_gx.then(|| w.tensor().clone()),
+            )
         });
         let has_bias = b.is_some();
         Var::record("linear", &inputs, y, move |gy| {
@@ -169,7 +192,11 @@ impl Var {
             let gw = x.map(|x| matmul(gy, &x, true, false)).transpose()?;
             let mut grads = vec![gx, gw];
             if has_bias {
-                grads.push(if need_gb { Some(crate::ops::sum_channels(gy)?) } else { None });
+                grads.push(if need_gb {
+                    Some(crate::ops::sum_channels(gy)?)
+                } else {
+                    None
+                });
             }
             Ok(grads)
         })

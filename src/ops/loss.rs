@@ -6,7 +6,7 @@
 //! instead.
 
 use crate::autograd::Var;
-use crate::gpu::{grid_1d, Gpu, Kernel};
+use crate::gpu::{Gpu, Kernel, grid_1d};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -29,7 +29,10 @@ fn rows_classes(op: &'static str, logits: &Tensor) -> Result<(usize, usize)> {
     logits.expect_f32_rank(op, "logits", 2)?;
     let (n, k) = (logits.shape()[0], logits.shape()[1]);
     if logits.numel() > u32::MAX as usize {
-        return Err(Error::shape(op, format!("logits {:?} exceed the u32 index range", logits.shape())));
+        return Err(Error::shape(
+            op,
+            format!("logits {:?} exceed the u32 index range", logits.shape()),
+        ));
     }
     Ok((n, k))
 }
@@ -47,7 +50,11 @@ fn params(rows: usize, classes: usize, smoothing: f32, grad_scale: f32) -> Param
 
 /// Upload class labels as a `U32` tensor `[N]`, checking that each is below `classes`.
 pub fn upload_labels(gpu: &Gpu, labels: &[u32], classes: usize) -> Result<Tensor> {
-    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= classes) {
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| **l as usize >= classes)
+    {
         return Err(Error::shape(
             "labels",
             format!("label {l} at index {i} is out of range for {classes} classes"),
@@ -75,7 +82,11 @@ pub fn softmax(logits: &Tensor) -> Result<Tensor> {
 /// Returns the loss `[1]` and the logits' gradient `[N, K]` for an upstream gradient of 1,
 /// `(softmax - target) / N`, both from one fused kernel (plus the batch-mean reduction).
 /// A label `>= K` yields NaN (see the module docs); [`upload_labels`] rules that out.
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f32) -> Result<(Tensor, Tensor)> {
+pub fn cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    label_smoothing: f32,
+) -> Result<(Tensor, Tensor)> {
     const OP: &str = "cross_entropy";
     let (n, k) = rows_classes(OP, logits)?;
     logits.expect_same_gpu(OP, labels)?;
@@ -91,7 +102,10 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f32) -> 
         ));
     }
     if !(0.0..=1.0).contains(&label_smoothing) {
-        return Err(Error::shape(OP, format!("label_smoothing must lie in [0, 1], got {label_smoothing}")));
+        return Err(Error::shape(
+            OP,
+            format!("label_smoothing must lie in [0, 1], got {label_smoothing}"),
+        ));
     }
     let gpu = logits.gpu();
     let row_loss = Tensor::uninit(gpu, &[n], DType::F32, OP)?;
@@ -99,7 +113,12 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f32) -> 
     gpu.dispatch(
         &SOFTMAX_XENT,
         &params(n, k, label_smoothing, 1.0 / n as f32),
-        &[logits.buffer(), labels.buffer(), row_loss.buffer(), glogits.buffer()],
+        &[
+            logits.buffer(),
+            labels.buffer(),
+            row_loss.buffer(),
+            glogits.buffer(),
+        ],
         grid_1d(n as u32),
     )?;
     let loss = crate::ops::mean(&row_loss)?;

@@ -2,10 +2,10 @@
 //! (`torch.optim.AdamW`), amsgrad off.
 
 use super::{
-    check_state, check_updates, counter_tensor, parse_slot, read_counter, Optimizer, ParamUpdate, Params,
-    ADAM, FLAG_FIRST, FLAG_VARIANT,
+    ADAM, FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, check_state, check_updates,
+    counter_tensor, parse_slot, read_counter,
 };
-use crate::gpu::{grid_for_elements, Gpu};
+use crate::gpu::{Gpu, grid_for_elements};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -37,9 +37,18 @@ pub struct AdamW {
 
 impl AdamW {
     fn new(betas: (f32, f32), eps: f32, weight_decay: f32, decoupled: bool) -> AdamW {
-        AdamW { betas, eps, weight_decay, decoupled, slots: BTreeMap::new(), steps: 0, gpu: None }
+        AdamW {
+            betas,
+            eps,
+            weight_decay,
+            decoupled,
+            slots: BTreeMap::new(),
+            steps: 0,
+            gpu: None,
+        }
     }
 
+    #[allow(clippy::self_named_constructors)]
     /// AdamW (`torch.optim.AdamW`; its defaults are betas (0.9, 0.999), eps 1e-8, weight decay 1e-2).
     pub fn adamw(betas: (f32, f32), eps: f32, weight_decay: f32) -> AdamW {
         Self::new(betas, eps, weight_decay, true)
@@ -57,7 +66,10 @@ impl Optimizer for AdamW {
         check_updates(OP, updates)?;
         let (b1, b2) = self.betas;
         if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
-            return Err(Error::shape(OP, format!("betas must lie in [0, 1), got ({b1}, {b2})")));
+            return Err(Error::shape(
+                OP,
+                format!("betas must lie in [0, 1), got ({b1}, {b2})"),
+            ));
         }
         for u in updates {
             if let Some(s) = self.slots.get(&u.slot) {
@@ -88,15 +100,30 @@ impl Optimizer for AdamW {
             };
             let m_new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
             let v_new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
-            let (m_old, v_old) =
-                old.map_or((u.grad.buffer(), u.grad.buffer()), |s| (s.exp_avg.buffer(), s.exp_avg_sq.buffer()));
+            let (m_old, v_old) = old.map_or((u.grad.buffer(), u.grad.buffer()), |s| {
+                (s.exp_avg.buffer(), s.exp_avg_sq.buffer())
+            });
             gpu.dispatch(
                 &ADAM,
                 &p,
-                &[u.param.buffer(), u.grad.buffer(), m_old, v_old, m_new.buffer(), v_new.buffer()],
+                &[
+                    u.param.buffer(),
+                    u.grad.buffer(),
+                    m_old,
+                    v_old,
+                    m_new.buffer(),
+                    v_new.buffer(),
+                ],
                 grid_for_elements(n),
             )?;
-            self.slots.insert(u.slot, SlotState { exp_avg: m_new, exp_avg_sq: v_new, step: t });
+            self.slots.insert(
+                u.slot,
+                SlotState {
+                    exp_avg: m_new,
+                    exp_avg_sq: v_new,
+                    step: t,
+                },
+            );
         }
         self.steps += 1;
         if let Some(u) = updates.first() {
@@ -114,10 +141,10 @@ impl Optimizer for AdamW {
                 out.push((format!("step.{slot}"), c));
             }
         }
-        if let Some(gpu) = &self.gpu {
-            if let Ok(c) = counter_tensor(gpu, self.steps) {
-                out.push(("step".into(), c));
-            }
+        if let Some(gpu) = &self.gpu
+            && let Ok(c) = counter_tensor(gpu, self.steps)
+        {
+            out.push(("step".into(), c));
         }
         out
     }
@@ -152,18 +179,41 @@ impl Optimizer for AdamW {
         let mut slots = BTreeMap::new();
         for (slot, exp_avg) in m {
             let (Some(exp_avg_sq), Some(step)) = (v.remove(&slot), t.remove(&slot)) else {
-                return Err(Error::shape(OP, format!("slot {slot}: exp_avg without exp_avg_sq or step")));
+                return Err(Error::shape(
+                    OP,
+                    format!("slot {slot}: exp_avg without exp_avg_sq or step"),
+                ));
             };
+            if step == 0 {
+                return Err(Error::shape(
+                    OP,
+                    format!("slot {slot}: step.{slot} is 0 but moments are present"),
+                ));
+            }
             if exp_avg_sq.shape() != exp_avg.shape() {
                 return Err(Error::shape(
                     OP,
-                    format!("slot {slot}: exp_avg {:?} and exp_avg_sq {:?} differ", exp_avg.shape(), exp_avg_sq.shape()),
+                    format!(
+                        "slot {slot}: exp_avg {:?} and exp_avg_sq {:?} differ",
+                        exp_avg.shape(),
+                        exp_avg_sq.shape()
+                    ),
                 ));
             }
-            slots.insert(slot, SlotState { exp_avg, exp_avg_sq, step });
+            slots.insert(
+                slot,
+                SlotState {
+                    exp_avg,
+                    exp_avg_sq,
+                    step,
+                },
+            );
         }
         if let Some(slot) = v.keys().chain(t.keys()).next() {
-            return Err(Error::shape(OP, format!("slot {slot}: state without exp_avg")));
+            return Err(Error::shape(
+                OP,
+                format!("slot {slot}: state without exp_avg"),
+            ));
         }
         self.slots = slots;
         self.steps = steps;

@@ -97,23 +97,45 @@ pub(crate) fn check_updates(op: &'static str, updates: &[ParamUpdate<'_>]) -> Re
             ));
         }
         if u.param.same_storage(u.grad) {
-            return Err(Error::shape(op, format!("slot {}: gradient and parameter share a buffer", u.slot)));
+            return Err(Error::shape(
+                op,
+                format!("slot {}: gradient and parameter share a buffer", u.slot),
+            ));
         }
         if u.param.numel() > u32::MAX as usize {
-            return Err(Error::shape(op, format!("slot {}: {:?} exceeds the u32 index range", u.slot, u.param.shape())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "slot {}: {:?} exceeds the u32 index range",
+                    u.slot,
+                    u.param.shape()
+                ),
+            ));
         }
         if !u.lr.is_finite() {
-            return Err(Error::shape(op, format!("slot {}: learning rate {} is not finite", u.slot, u.lr)));
+            return Err(Error::shape(
+                op,
+                format!("slot {}: learning rate {} is not finite", u.slot, u.lr),
+            ));
         }
         if !seen.insert(u.slot) {
-            return Err(Error::shape(op, format!("slot {} appears twice in one step", u.slot)));
+            return Err(Error::shape(
+                op,
+                format!("slot {} appears twice in one step", u.slot),
+            ));
         }
     }
     Ok(())
 }
 
 /// Check that a state tensor matches its parameter.
-pub(crate) fn check_state(op: &'static str, name: &str, slot: usize, state: &Tensor, param: &Tensor) -> Result<()> {
+pub(crate) fn check_state(
+    op: &'static str,
+    name: &str,
+    slot: usize,
+    state: &Tensor,
+    param: &Tensor,
+) -> Result<()> {
     if state.shape() != param.shape() || state.dtype() != DType::F32 {
         return Err(Error::shape(
             op,
@@ -136,19 +158,31 @@ pub(crate) fn counter_tensor(gpu: &crate::gpu::Gpu, value: u64) -> Result<Tensor
 /// Read a one-element step counter back (blocking; native only).
 pub(crate) fn read_counter(op: &'static str, name: &str, t: &Tensor) -> Result<u64> {
     if t.numel() != 1 || t.dtype() != DType::F32 {
-        return Err(Error::shape(op, format!("state {name} must be a one-element f32 tensor, got {:?} {:?}", t.dtype(), t.shape())));
+        return Err(Error::shape(
+            op,
+            format!(
+                "state {name} must be a one-element f32 tensor, got {:?} {:?}",
+                t.dtype(),
+                t.shape()
+            ),
+        ));
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
         let v = t.to_vec()?[0];
         if !(v >= 0.0 && v.fract() == 0.0) {
-            return Err(Error::shape(op, format!("state {name} holds {v}, not a step count")));
+            return Err(Error::shape(
+                op,
+                format!("state {name} holds {v}, not a step count"),
+            ));
         }
         Ok(v as u64)
     }
     #[cfg(target_arch = "wasm32")]
     {
-        Err(Error::Invalid(format!("{op}: loading optimizer state needs a blocking read-back, unavailable on wasm32")))
+        Err(Error::Invalid(format!(
+            "{op}: loading optimizer state needs a blocking read-back, unavailable on wasm32"
+        )))
     }
 }
 

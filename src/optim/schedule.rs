@@ -53,7 +53,11 @@ impl Schedule {
             Schedule::Step { step_size, gamma } => {
                 base * (gamma as f64).powi((step / step_size.max(1)).min(i32::MAX as usize) as i32)
             }
-            Schedule::Cosine { warmup, total, min_lr_frac } => {
+            Schedule::Cosine {
+                warmup,
+                total,
+                min_lr_frac,
+            } => {
                 if step < warmup {
                     base * (step + 1) as f64 / warmup as f64
                 } else {
@@ -63,7 +67,12 @@ impl Schedule {
                     min + (base - min) * 0.5 * (1.0 + (PI * progress).cos())
                 }
             }
-            Schedule::OneCycle { total, pct_start, div_factor, final_div_factor } => {
+            Schedule::OneCycle {
+                total,
+                pct_start,
+                div_factor,
+                final_div_factor,
+            } => {
                 let initial = base / div_factor as f64;
                 let min = initial / final_div_factor as f64;
                 let last = total.max(1) as f64 - 1.0;
@@ -74,7 +83,11 @@ impl Schedule {
                     cos_anneal(initial, base, step / end1)
                 } else {
                     let span = last - end1;
-                    let pct = if span > 0.0 { (step - end1) / span } else { 1.0 };
+                    let pct = if span > 0.0 {
+                        (step - end1) / span
+                    } else {
+                        1.0
+                    };
                     cos_anneal(base, min, pct)
                 }
             }

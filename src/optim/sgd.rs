@@ -2,10 +2,10 @@
 //! with dampening 0).
 
 use super::{
-    check_state, check_updates, counter_tensor, parse_slot, read_counter, Optimizer, ParamUpdate, Params,
-    FLAG_FIRST, FLAG_VARIANT, SGD_MOMENTUM, SGD_PLAIN,
+    FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, SGD_MOMENTUM, SGD_PLAIN, check_state,
+    check_updates, counter_tensor, parse_slot, read_counter,
 };
-use crate::gpu::{grid_for_elements, Gpu};
+use crate::gpu::{Gpu, grid_for_elements};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -28,7 +28,14 @@ pub struct Sgd {
 impl Sgd {
     /// SGD with momentum `momentum`, Nesterov if `nesterov`, weight decay `weight_decay`.
     pub fn new(momentum: f32, nesterov: bool, weight_decay: f32) -> Sgd {
-        Sgd { momentum, nesterov, weight_decay, buffers: BTreeMap::new(), steps: 0, gpu: None }
+        Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+            buffers: BTreeMap::new(),
+            steps: 0,
+            gpu: None,
+        }
     }
 }
 
@@ -37,13 +44,16 @@ impl Optimizer for Sgd {
         const OP: &str = "sgd";
         check_updates(OP, updates)?;
         if self.nesterov && self.momentum <= 0.0 {
-            return Err(Error::shape(OP, "Nesterov momentum requires a positive momentum"));
+            return Err(Error::shape(
+                OP,
+                "Nesterov momentum requires a positive momentum",
+            ));
         }
         for u in updates {
-            if self.momentum != 0.0 {
-                if let Some(buf) = self.buffers.get(&u.slot) {
-                    check_state(OP, "momentum", u.slot, buf, u.param)?;
-                }
+            if self.momentum != 0.0
+                && let Some(buf) = self.buffers.get(&u.slot)
+            {
+                check_state(OP, "momentum", u.slot, buf, u.param)?;
             }
         }
         for u in updates {
@@ -57,11 +67,17 @@ impl Optimizer for Sgd {
             };
             let gpu = u.param.gpu();
             if self.momentum == 0.0 {
-                gpu.dispatch(&SGD_PLAIN, &p, &[u.param.buffer(), u.grad.buffer()], grid_for_elements(n))?;
+                gpu.dispatch(
+                    &SGD_PLAIN,
+                    &p,
+                    &[u.param.buffer(), u.grad.buffer()],
+                    grid_for_elements(n),
+                )?;
                 continue;
             }
             let old = self.buffers.get(&u.slot);
-            p.flags = if self.nesterov { FLAG_VARIANT } else { 0 } | if old.is_none() { FLAG_FIRST } else { 0 };
+            p.flags = if self.nesterov { FLAG_VARIANT } else { 0 }
+                | if old.is_none() { FLAG_FIRST } else { 0 };
             let new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
             let old_buf = old.map_or(u.grad.buffer(), |t| t.buffer());
             gpu.dispatch(
@@ -80,12 +96,15 @@ impl Optimizer for Sgd {
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> =
-            self.buffers.iter().map(|(slot, t)| (format!("momentum.{slot}"), t.clone())).collect();
-        if let Some(gpu) = &self.gpu {
-            if let Ok(c) = counter_tensor(gpu, self.steps) {
-                out.push(("step".into(), c));
-            }
+        let mut out: Vec<(String, Tensor)> = self
+            .buffers
+            .iter()
+            .map(|(slot, t)| (format!("momentum.{slot}"), t.clone()))
+            .collect();
+        if let Some(gpu) = &self.gpu
+            && let Ok(c) = counter_tensor(gpu, self.steps)
+        {
+            out.push(("step".into(), c));
         }
         out
     }

@@ -53,6 +53,8 @@ pub fn linear_backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let gx = matmul(gy, w, n, o, i, false, false);
     let gw = matmul(gy, x, o, n, i, true, false);
-    let gb = (0..o).map(|c| (0..n).map(|r| gy[r * o + c] as f64).sum::<f64>() as f32).collect();
+    let gb = (0..o)
+        .map(|c| (0..n).map(|r| gy[r * o + c] as f64).sum::<f64>() as f32)
+        .collect();
     (gx, gw, gb)
 }

@@ -15,7 +15,13 @@ pub fn softmax(logits: &[f32], n: usize, k: usize) -> Vec<f32> {
 /// Mean cross-entropy of `[n, k]` logits against `labels` with label smoothing `eps`
 /// (target = (1-eps)·onehot + eps/k). Returns the loss and the logits' gradient
 /// `(softmax - target) / n`. Panics on a label `>= k`.
-pub fn cross_entropy(logits: &[f32], labels: &[u32], n: usize, k: usize, eps: f32) -> (f32, Vec<f32>) {
+pub fn cross_entropy(
+    logits: &[f32],
+    labels: &[u32],
+    n: usize,
+    k: usize,
+    eps: f32,
+) -> (f32, Vec<f32>) {
     assert_eq!(logits.len(), n * k, "cross_entropy: logits length");
     assert_eq!(labels.len(), n, "cross_entropy: labels length");
     let eps = eps as f64;
@@ -23,7 +29,10 @@ pub fn cross_entropy(logits: &[f32], labels: &[u32], n: usize, k: usize, eps: f3
     let mut grad = Vec::with_capacity(n * k);
     for (row, &y) in logits.chunks(k).zip(labels) {
         let y = y as usize;
-        assert!(y < k, "cross_entropy: label {y} out of range for {k} classes");
+        assert!(
+            y < k,
+            "cross_entropy: label {y} out of range for {k} classes"
+        );
         let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
         let s: f64 = row.iter().map(|&z| (z as f64 - m).exp()).sum();
         let log_s = s.ln();

@@ -24,11 +24,7 @@ pub fn sgd_step(
             let b = buf.as_mut().expect("created above");
             let nb = if first { d } else { mu * b[i] as f64 + d };
             b[i] = nb as f32;
-            if nesterov {
-                d + mu * nb
-            } else {
-                nb
-            }
+            if nesterov { d + mu * nb } else { nb }
         };
         p[i] = (p[i] as f64 - lr * step) as f32;
     }
@@ -48,7 +44,13 @@ pub fn adam_step(
     weight_decay: f32,
     decoupled: bool,
 ) {
-    let (lr, b1, b2, eps, wd) = (lr as f64, betas.0 as f64, betas.1 as f64, eps as f64, weight_decay as f64);
+    let (lr, b1, b2, eps, wd) = (
+        lr as f64,
+        betas.0 as f64,
+        betas.1 as f64,
+        eps as f64,
+        weight_decay as f64,
+    );
     let bc1 = 1.0 - b1.powf(t as f64);
     let bc2 = 1.0 - b2.powf(t as f64);
     for i in 0..p.len() {
@@ -70,7 +72,12 @@ pub fn adam_step(
 
 /// Clip `grads` in place by global L2 norm as `torch.nn.utils.clip_grad_norm_`; returns the norm.
 pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f32) -> f32 {
-    let norm = grads.iter().flatten().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    let norm = grads
+        .iter()
+        .flatten()
+        .map(|&x| x as f64 * x as f64)
+        .sum::<f64>()
+        .sqrt();
     let coef = (max_norm as f64 / (norm + 1e-6)).min(1.0);
     for g in grads.iter_mut() {
         for x in g.iter_mut() {
