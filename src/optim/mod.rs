@@ -1,1 +1,194 @@
-//! Optimizers (SGD with momentum/Nesterov, Adam, AdamW) and learning-rate schedules.
+//! Optimizers (SGD with momentum/Nesterov, Adam, AdamW), learning-rate schedules and gradient
+//! clipping by global norm. The updates run on the GPU (`shaders/optim.wgsl`), one dispatch per
+//! parameter tensor, and follow `torch.optim` exactly.
+//!
+//! Each parameter is identified by a stable `slot` (its index in the model's parameter list), the
+//! key of its optimizer state. [`Optimizer::state`] returns that state as named tensors
+//! (`momentum.<slot>`, `exp_avg.<slot>`, `exp_avg_sq.<slot>`, `step.<slot>` and a global `step`)
+//! for checkpoints; [`Optimizer::load_state`] restores it exactly. State tensors are updated out of
+//! place, so the tensors returned by `state` are snapshots that later steps never modify.
+
+mod adam;
+mod clip;
+mod schedule;
+mod sgd;
+
+pub use adam::AdamW;
+pub use clip::clip_grad_norm;
+pub use schedule::Schedule;
+pub use sgd::Sgd;
+
+use crate::gpu::Kernel;
+use crate::kernel;
+use crate::tensor::{DType, Tensor};
+use crate::{Error, Result};
+
+/// One parameter tensor to update: its stable slot, the parameter (updated in place), its
+/// gradient and the learning rate to use.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamUpdate<'a> {
+    /// Stable index of the parameter: the key of its optimizer state.
+    pub slot: usize,
+    /// The parameter, updated in place.
+    pub param: &'a Tensor,
+    /// Its gradient (same shape), left unchanged.
+    pub grad: &'a Tensor,
+    /// Learning rate for this step.
+    pub lr: f32,
+}
+
+/// A first-order optimizer.
+pub trait Optimizer {
+    /// Update every parameter in `updates` once; counts as one step.
+    fn step(&mut self, updates: &[ParamUpdate<'_>]) -> Result<()>;
+    /// The state as named tensors (snapshots), for checkpoints.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Replace the state with one returned by [`Optimizer::state`] (of the same optimizer kind).
+    /// Reads the step counters back from the GPU, so it is blocking (native only).
+    fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()>;
+    /// Number of steps taken (restored by [`Optimizer::load_state`]).
+    fn steps(&self) -> u64;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub n: u32,
+    pub flags: u32,
+    pub offset: u32,
+    pub _pad0: u32,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub momentum: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+    pub max_norm: f32,
+}
+
+pub(crate) const SGD_PLAIN: Kernel = kernel!("optim.wgsl", "sgd_plain");
+pub(crate) const SGD_MOMENTUM: Kernel = kernel!("optim.wgsl", "sgd_momentum");
+pub(crate) const ADAM: Kernel = kernel!("optim.wgsl", "adam");
+pub(crate) const CLIP_SUMSQ: Kernel = kernel!("optim.wgsl", "clip_sumsq");
+pub(crate) const CLIP_FINALIZE: Kernel = kernel!("optim.wgsl", "clip_finalize");
+pub(crate) const CLIP_SCALE: Kernel = kernel!("optim.wgsl", "clip_scale");
+
+pub(crate) const FLAG_VARIANT: u32 = 1;
+pub(crate) const FLAG_FIRST: u32 = 2;
+
+/// Check every update: f32 parameter and gradient of one shape on one device, distinct slots,
+/// a finite learning rate.
+pub(crate) fn check_updates(op: &'static str, updates: &[ParamUpdate<'_>]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for u in updates {
+        u.param.expect_dtype(op, DType::F32)?;
+        u.grad.expect_dtype(op, DType::F32)?;
+        u.param.expect_same_gpu(op, u.grad)?;
+        if u.param.shape() != u.grad.shape() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "slot {}: gradient {:?} does not match parameter {:?}",
+                    u.slot,
+                    u.grad.shape(),
+                    u.param.shape()
+                ),
+            ));
+        }
+        if u.param.same_storage(u.grad) {
+            return Err(Error::shape(
+                op,
+                format!("slot {}: gradient and parameter share a buffer", u.slot),
+            ));
+        }
+        if u.param.numel() > u32::MAX as usize {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "slot {}: {:?} exceeds the u32 index range",
+                    u.slot,
+                    u.param.shape()
+                ),
+            ));
+        }
+        if !u.lr.is_finite() {
+            return Err(Error::shape(
+                op,
+                format!("slot {}: learning rate {} is not finite", u.slot, u.lr),
+            ));
+        }
+        if !seen.insert(u.slot) {
+            return Err(Error::shape(
+                op,
+                format!("slot {} appears twice in one step", u.slot),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check that a state tensor matches its parameter.
+pub(crate) fn check_state(
+    op: &'static str,
+    name: &str,
+    slot: usize,
+    state: &Tensor,
+    param: &Tensor,
+) -> Result<()> {
+    if state.shape() != param.shape() || state.dtype() != DType::F32 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "state {name}.{slot} is {:?} {:?} but the parameter is {:?}",
+                state.dtype(),
+                state.shape(),
+                param.shape()
+            ),
+        ));
+    }
+    param.expect_same_gpu(op, state)
+}
+
+/// A one-element tensor holding a step counter (f32: exact up to 2^24 steps).
+pub(crate) fn counter_tensor(gpu: &crate::gpu::Gpu, value: u64) -> Result<Tensor> {
+    Tensor::from_slice(gpu, &[1], &[value as f32])
+}
+
+/// Read a one-element step counter back (blocking; native only).
+pub(crate) fn read_counter(op: &'static str, name: &str, t: &Tensor) -> Result<u64> {
+    if t.numel() != 1 || t.dtype() != DType::F32 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "state {name} must be a one-element f32 tensor, got {:?} {:?}",
+                t.dtype(),
+                t.shape()
+            ),
+        ));
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let v = t.to_vec()?[0];
+        if !(v >= 0.0 && v.fract() == 0.0) {
+            return Err(Error::shape(
+                op,
+                format!("state {name} holds {v}, not a step count"),
+            ));
+        }
+        Ok(v as u64)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        Err(Error::Invalid(format!(
+            "{op}: loading optimizer state needs a blocking read-back, unavailable on wasm32"
+        )))
+    }
+}
+
+/// Split a state name `prefix.slot` into its parts.
+pub(crate) fn parse_slot<'a>(op: &'static str, name: &'a str) -> Result<(&'a str, usize)> {
+    name.rsplit_once('.')
+        .and_then(|(p, s)| s.parse::<usize>().ok().map(|s| (p, s)))
+        .ok_or_else(|| Error::shape(op, format!("unexpected optimizer state name {name:?}")))
+}

@@ -1,0 +1,226 @@
+//! Adam with coupled L2 weight decay (`torch.optim.Adam`) and with decoupled weight decay
+//! (`torch.optim.AdamW`), amsgrad off.
+
+use super::{
+    ADAM, FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, check_state, check_updates,
+    counter_tensor, parse_slot, read_counter,
+};
+use crate::gpu::{Gpu, grid_for_elements};
+use crate::tensor::{DType, Tensor};
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+
+#[derive(Debug)]
+struct SlotState {
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: u64,
+}
+
+/// Adam / AdamW. With `decoupled`, `p *= 1 - lr·λ` before the Adam update (AdamW); otherwise
+/// `g += λ·p` (Adam's L2 penalty). Then `m = β1·m + (1-β1)·g`, `v = β2·v + (1-β2)·g²`,
+/// `p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)` with `t` the parameter's step count.
+#[derive(Debug)]
+pub struct AdamW {
+    /// Exponential decay rates of the first and second moments.
+    pub betas: (f32, f32),
+    /// Term added to the denominator.
+    pub eps: f32,
+    /// Weight decay λ.
+    pub weight_decay: f32,
+    /// Decoupled (AdamW) or coupled L2 (Adam) weight decay.
+    pub decoupled: bool,
+    slots: BTreeMap<usize, SlotState>,
+    steps: u64,
+    gpu: Option<Gpu>,
+}
+
+impl AdamW {
+    fn new(betas: (f32, f32), eps: f32, weight_decay: f32, decoupled: bool) -> AdamW {
+        AdamW {
+            betas,
+            eps,
+            weight_decay,
+            decoupled,
+            slots: BTreeMap::new(),
+            steps: 0,
+            gpu: None,
+        }
+    }
+
+    #[allow(clippy::self_named_constructors)]
+    /// AdamW (`torch.optim.AdamW`; its defaults are betas (0.9, 0.999), eps 1e-8, weight decay 1e-2).
+    pub fn adamw(betas: (f32, f32), eps: f32, weight_decay: f32) -> AdamW {
+        Self::new(betas, eps, weight_decay, true)
+    }
+
+    /// Adam with L2 weight decay added to the gradient (`torch.optim.Adam`).
+    pub fn adam(betas: (f32, f32), eps: f32, weight_decay: f32) -> AdamW {
+        Self::new(betas, eps, weight_decay, false)
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, updates: &[ParamUpdate<'_>]) -> Result<()> {
+        const OP: &str = "adam";
+        check_updates(OP, updates)?;
+        let (b1, b2) = self.betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
+            return Err(Error::shape(
+                OP,
+                format!("betas must lie in [0, 1), got ({b1}, {b2})"),
+            ));
+        }
+        for u in updates {
+            if let Some(s) = self.slots.get(&u.slot) {
+                check_state(OP, "exp_avg", u.slot, &s.exp_avg, u.param)?;
+                check_state(OP, "exp_avg_sq", u.slot, &s.exp_avg_sq, u.param)?;
+            }
+        }
+        for u in updates {
+            let n = u.param.numel();
+            let gpu = u.param.gpu();
+            let old = self.slots.get(&u.slot);
+            let t = old.map_or(0, |s| s.step) + 1;
+            // As torch: bias corrections in double precision on the host.
+            let bc1 = 1.0 - (b1 as f64).powf(t as f64);
+            let bc2 = 1.0 - (b2 as f64).powf(t as f64);
+            let p = Params {
+                n: n as u32,
+                flags: if self.decoupled { FLAG_VARIANT } else { 0 }
+                    | if old.is_none() { FLAG_FIRST } else { 0 },
+                lr: u.lr,
+                weight_decay: self.weight_decay,
+                momentum: b1,
+                beta2: b2,
+                eps: self.eps,
+                step_size: (u.lr as f64 / bc1) as f32,
+                bc2_sqrt: bc2.sqrt() as f32,
+                ..Default::default()
+            };
+            let m_new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
+            let v_new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
+            let (m_old, v_old) = old.map_or((u.grad.buffer(), u.grad.buffer()), |s| {
+                (s.exp_avg.buffer(), s.exp_avg_sq.buffer())
+            });
+            gpu.dispatch(
+                &ADAM,
+                &p,
+                &[
+                    u.param.buffer(),
+                    u.grad.buffer(),
+                    m_old,
+                    v_old,
+                    m_new.buffer(),
+                    v_new.buffer(),
+                ],
+                grid_for_elements(n),
+            )?;
+            self.slots.insert(
+                u.slot,
+                SlotState {
+                    exp_avg: m_new,
+                    exp_avg_sq: v_new,
+                    step: t,
+                },
+            );
+        }
+        self.steps += 1;
+        if let Some(u) = updates.first() {
+            self.gpu = Some(u.param.gpu().clone());
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (slot, s) in &self.slots {
+            out.push((format!("exp_avg.{slot}"), s.exp_avg.clone()));
+            out.push((format!("exp_avg_sq.{slot}"), s.exp_avg_sq.clone()));
+            if let Ok(c) = counter_tensor(s.exp_avg.gpu(), s.step) {
+                out.push((format!("step.{slot}"), c));
+            }
+        }
+        if let Some(gpu) = &self.gpu
+            && let Ok(c) = counter_tensor(gpu, self.steps)
+        {
+            out.push(("step".into(), c));
+        }
+        out
+    }
+
+    fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
+        const OP: &str = "adam.load_state";
+        let mut m = BTreeMap::new();
+        let mut v = BTreeMap::new();
+        let mut t = BTreeMap::new();
+        let mut steps = 0;
+        for (name, tensor) in state {
+            self.gpu.get_or_insert_with(|| tensor.gpu().clone());
+            if name == "step" {
+                steps = read_counter(OP, &name, &tensor)?;
+                continue;
+            }
+            match parse_slot(OP, &name)? {
+                ("exp_avg", slot) => {
+                    tensor.expect_dtype(OP, DType::F32)?;
+                    m.insert(slot, tensor);
+                }
+                ("exp_avg_sq", slot) => {
+                    tensor.expect_dtype(OP, DType::F32)?;
+                    v.insert(slot, tensor);
+                }
+                ("step", slot) => {
+                    t.insert(slot, read_counter(OP, &name, &tensor)?);
+                }
+                _ => return Err(Error::shape(OP, format!("unexpected Adam state {name:?}"))),
+            }
+        }
+        let mut slots = BTreeMap::new();
+        for (slot, exp_avg) in m {
+            let (Some(exp_avg_sq), Some(step)) = (v.remove(&slot), t.remove(&slot)) else {
+                return Err(Error::shape(
+                    OP,
+                    format!("slot {slot}: exp_avg without exp_avg_sq or step"),
+                ));
+            };
+            if step == 0 {
+                return Err(Error::shape(
+                    OP,
+                    format!("slot {slot}: step.{slot} is 0 but moments are present"),
+                ));
+            }
+            if exp_avg_sq.shape() != exp_avg.shape() {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "slot {slot}: exp_avg {:?} and exp_avg_sq {:?} differ",
+                        exp_avg.shape(),
+                        exp_avg_sq.shape()
+                    ),
+                ));
+            }
+            slots.insert(
+                slot,
+                SlotState {
+                    exp_avg,
+                    exp_avg_sq,
+                    step,
+                },
+            );
+        }
+        if let Some(slot) = v.keys().chain(t.keys()).next() {
+            return Err(Error::shape(
+                OP,
+                format!("slot {slot}: state without exp_avg"),
+            ));
+        }
+        self.slots = slots;
+        self.steps = steps;
+        Ok(())
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+}

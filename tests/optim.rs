@@ -1,0 +1,448 @@
+//! Optimizers against PyTorch's SGD step on the tiny ResNets and against the CPU reference;
+//! schedules; gradient clipping; state save/load.
+
+mod common;
+use common::*;
+use resnet_wgpu::optim::{AdamW, Optimizer, ParamUpdate, Schedule, Sgd, clip_grad_norm};
+use resnet_wgpu::{Tensor, reference};
+
+fn golden_sgd_step(file: &str) {
+    let gpu = gpu();
+    let g = Golden::open(file);
+    let mut names: Vec<String> = g
+        .names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("params.").map(str::to_string))
+        .filter(|n| g.has(&format!("grads.{n}")))
+        .collect();
+    names.sort();
+    assert!(
+        names.len() > 10,
+        "{file}: only {} parameters with gradients",
+        names.len()
+    );
+    let params: Vec<Tensor> = names
+        .iter()
+        .map(|n| g.tensor(&gpu, &format!("params.{n}")))
+        .collect();
+    let grads: Vec<Tensor> = names
+        .iter()
+        .map(|n| g.tensor(&gpu, &format!("grads.{n}")))
+        .collect();
+    let updates: Vec<ParamUpdate> = params
+        .iter()
+        .zip(&grads)
+        .enumerate()
+        .map(|(slot, (param, grad))| ParamUpdate {
+            slot,
+            param,
+            grad,
+            lr: 0.1,
+        })
+        .collect();
+    let mut sgd = Sgd::new(0.9, false, 5e-4);
+    sgd.step(&updates).unwrap();
+    assert_eq!(sgd.steps(), 1);
+    for (n, p) in names.iter().zip(&params) {
+        assert_close(
+            &p.to_vec().unwrap(),
+            &g.f32(&format!("after_step.{n}")),
+            1e-5,
+            1e-6,
+            &format!("{file} {n}"),
+        );
+    }
+}
+
+#[test]
+fn sgd_step_matches_golden_tiny_basic() {
+    golden_sgd_step("tiny_basic.safetensors");
+}
+
+#[test]
+fn sgd_step_matches_golden_tiny_bottleneck() {
+    golden_sgd_step("tiny_bottleneck.safetensors");
+}
+
+#[test]
+fn sgd_step_matches_golden_tiny_cifar_basic() {
+    golden_sgd_step("tiny_cifar_basic.safetensors");
+}
+
+/// Shapes of a small "model": odd sizes, one larger than a 2-D grid would need... kept small.
+const SHAPES: [&[usize]; 4] = [&[7], &[3, 5], &[1], &[16, 3, 3, 3]];
+
+struct Model {
+    params: Vec<Tensor>,
+    host: Vec<Vec<f32>>,
+}
+
+fn model(seed: u64) -> Model {
+    let gpu = gpu();
+    let host: Vec<Vec<f32>> = SHAPES
+        .iter()
+        .enumerate()
+        .map(|(i, s)| random_vec(s.iter().product(), seed + i as u64))
+        .collect();
+    let params = SHAPES
+        .iter()
+        .zip(&host)
+        .map(|(s, h)| Tensor::from_slice(&gpu, s, h).unwrap())
+        .collect();
+    Model { params, host }
+}
+
+fn grads(step: u64) -> Vec<Vec<f32>> {
+    SHAPES
+        .iter()
+        .enumerate()
+        .map(|(i, s)| random_vec(s.iter().product(), 1000 * step + i as u64))
+        .collect()
+}
+
+fn lr(slot: usize, step: u64) -> f32 {
+    0.05 + 0.01 * slot as f32 + 0.02 * step as f32
+}
+
+fn gpu_step(opt: &mut dyn Optimizer, m: &Model, step: u64) {
+    let gpu = gpu();
+    let g: Vec<Tensor> = SHAPES
+        .iter()
+        .zip(grads(step))
+        .map(|(s, h)| Tensor::from_slice(&gpu, s, &h).unwrap())
+        .collect();
+    let updates: Vec<ParamUpdate> = m
+        .params
+        .iter()
+        .zip(&g)
+        .enumerate()
+        .map(|(slot, (param, grad))| ParamUpdate {
+            slot,
+            param,
+            grad,
+            lr: lr(slot, step),
+        })
+        .collect();
+    opt.step(&updates).unwrap();
+}
+
+fn compare(m: &Model, host: &[Vec<f32>], what: &str) {
+    for (i, (p, h)) in m.params.iter().zip(host).enumerate() {
+        assert_close(
+            &p.to_vec().unwrap(),
+            h,
+            1e-5,
+            1e-6,
+            &format!("{what} slot {i}"),
+        );
+    }
+}
+
+#[test]
+fn sgd_variants_match_reference_over_two_steps() {
+    for (momentum, nesterov, wd) in [
+        (0.9, false, 5e-4),
+        (0.9, true, 1e-2),
+        (0.0, false, 1e-3),
+        (0.5, false, 0.0),
+    ] {
+        let m = model(3);
+        let mut opt = Sgd::new(momentum, nesterov, wd);
+        let mut host = m.host.clone();
+        let mut bufs: Vec<Option<Vec<f32>>> = vec![None; SHAPES.len()];
+        for step in 0..2 {
+            gpu_step(&mut opt, &m, step);
+            for (slot, g) in grads(step).iter().enumerate() {
+                reference::sgd_step(
+                    &mut host[slot],
+                    g,
+                    &mut bufs[slot],
+                    lr(slot, step),
+                    momentum,
+                    nesterov,
+                    wd,
+                );
+            }
+            compare(
+                &m,
+                &host,
+                &format!("sgd mu {momentum} nesterov {nesterov} wd {wd} step {step}"),
+            );
+        }
+        assert_eq!(opt.steps(), 2);
+    }
+}
+
+#[test]
+fn adam_and_adamw_match_reference_over_two_steps() {
+    for decoupled in [false, true] {
+        let (betas, eps, wd) = ((0.9, 0.999), 1e-8, 1e-2);
+        let m = model(5);
+        let mut opt = if decoupled {
+            AdamW::adamw(betas, eps, wd)
+        } else {
+            AdamW::adam(betas, eps, wd)
+        };
+        assert_eq!(opt.decoupled, decoupled);
+        let mut host = m.host.clone();
+        let mut mom: Vec<Vec<f32>> = host.iter().map(|h| vec![0.0; h.len()]).collect();
+        let mut vel = mom.clone();
+        for step in 0..2 {
+            gpu_step(&mut opt, &m, step);
+            for (slot, g) in grads(step).iter().enumerate() {
+                reference::adam_step(
+                    &mut host[slot],
+                    g,
+                    &mut mom[slot],
+                    &mut vel[slot],
+                    step + 1,
+                    lr(slot, step),
+                    betas,
+                    eps,
+                    wd,
+                    decoupled,
+                );
+            }
+            compare(
+                &m,
+                &host,
+                &format!("adam decoupled {decoupled} step {step}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn adamw_first_step_moves_each_weight_by_about_lr() {
+    // With bias correction, |Δp| ≈ lr on the first step whatever the gradient's scale.
+    let gpu = gpu();
+    let p = Tensor::from_slice(&gpu, &[3], &[1.0, 2.0, 3.0]).unwrap();
+    let g = Tensor::from_slice(&gpu, &[3], &[1e-3, -5.0, 100.0]).unwrap();
+    let mut opt = AdamW::adamw((0.9, 0.999), 1e-8, 0.0);
+    opt.step(&[ParamUpdate {
+        slot: 0,
+        param: &p,
+        grad: &g,
+        lr: 0.01,
+    }])
+    .unwrap();
+    assert_close(
+        &p.to_vec().unwrap(),
+        &[0.99, 2.01, 2.99],
+        1e-5,
+        1e-5,
+        "adamw first step",
+    );
+}
+
+fn round_trip(mut a: Box<dyn Optimizer>, mut b: Box<dyn Optimizer>, what: &str) {
+    let ma = model(11);
+    for step in 0..2 {
+        gpu_step(a.as_mut(), &ma, step);
+    }
+    let saved = a.state();
+    assert!(
+        saved.iter().any(|(n, _)| n == "step"),
+        "{what}: no step in {:?}",
+        saved.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    // b continues from a copy of a's parameters and a's state.
+    let mb = Model {
+        params: ma.params.iter().map(|p| p.deep_clone().unwrap()).collect(),
+        host: vec![],
+    };
+    b.load_state(saved).unwrap();
+    assert_eq!(b.steps(), 2, "{what}");
+    for step in 2..4 {
+        gpu_step(a.as_mut(), &ma, step);
+        gpu_step(b.as_mut(), &mb, step);
+    }
+    for (pa, pb) in ma.params.iter().zip(&mb.params) {
+        assert_eq!(
+            pa.to_vec().unwrap(),
+            pb.to_vec().unwrap(),
+            "{what}: diverged after load"
+        );
+    }
+    assert_eq!(a.steps(), 4);
+}
+
+#[test]
+fn state_save_load_round_trip_gives_identical_steps() {
+    round_trip(
+        Box::new(Sgd::new(0.9, true, 1e-4)),
+        Box::new(Sgd::new(0.9, true, 1e-4)),
+        "sgd",
+    );
+    round_trip(
+        Box::new(Sgd::new(0.0, false, 1e-4)),
+        Box::new(Sgd::new(0.0, false, 1e-4)),
+        "plain sgd",
+    );
+    round_trip(
+        Box::new(AdamW::adamw((0.9, 0.99), 1e-8, 0.05)),
+        Box::new(AdamW::adamw((0.9, 0.99), 1e-8, 0.05)),
+        "adamw",
+    );
+}
+
+#[test]
+fn saved_state_is_a_snapshot() {
+    let m = model(21);
+    let mut opt = Sgd::new(0.9, false, 0.0);
+    gpu_step(&mut opt, &m, 0);
+    let saved = opt.state();
+    let before: Vec<Vec<f32>> = saved.iter().map(|(_, t)| t.to_vec().unwrap()).collect();
+    gpu_step(&mut opt, &m, 1);
+    let after: Vec<Vec<f32>> = saved.iter().map(|(_, t)| t.to_vec().unwrap()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn optimizer_errors() {
+    let gpu = gpu();
+    let p = Tensor::zeros(&gpu, &[3]).unwrap();
+    let g = Tensor::zeros(&gpu, &[4]).unwrap();
+    let mut sgd = Sgd::new(0.9, false, 0.0);
+    let err = sgd
+        .step(&[ParamUpdate {
+            slot: 0,
+            param: &p,
+            grad: &g,
+            lr: 0.1,
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("sgd:") && err.contains("[4]") && err.contains("[3]"),
+        "{err}"
+    );
+    let g3 = Tensor::zeros(&gpu, &[3]).unwrap();
+    let twice = [
+        ParamUpdate {
+            slot: 1,
+            param: &p,
+            grad: &g3,
+            lr: 0.1,
+        },
+        ParamUpdate {
+            slot: 1,
+            param: &g,
+            grad: &g,
+            lr: 0.1,
+        },
+    ];
+    assert!(sgd.step(&twice).is_err());
+    assert_eq!(sgd.steps(), 0);
+    // State of another shape for a slot is refused.
+    sgd.step(&[ParamUpdate {
+        slot: 0,
+        param: &p,
+        grad: &g3,
+        lr: 0.1,
+    }])
+    .unwrap();
+    let g4 = Tensor::zeros(&gpu, &[4]).unwrap();
+    let err = sgd
+        .step(&[ParamUpdate {
+            slot: 0,
+            param: &g,
+            grad: &g4,
+            lr: 0.1,
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("momentum.0"), "{err}");
+    assert!(sgd.load_state(vec![("bogus".into(), p.clone())]).is_err());
+    assert!(
+        AdamW::adam((0.9, 0.999), 1e-8, 0.0)
+            .load_state(vec![("momentum.0".into(), p.clone())])
+            .is_err()
+    );
+}
+
+#[test]
+fn schedules_at_known_points() {
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 + 1e-5 * b.abs();
+    assert_eq!(Schedule::Constant.lr_at(0.1, 12345), 0.1);
+    let s = Schedule::Step {
+        step_size: 30,
+        gamma: 0.1,
+    };
+    assert!(close(s.lr_at(1.0, 0), 1.0) && close(s.lr_at(1.0, 29), 1.0));
+    assert!(close(s.lr_at(1.0, 30), 0.1) && close(s.lr_at(1.0, 65), 0.01));
+    let c = Schedule::Cosine {
+        warmup: 10,
+        total: 110,
+        min_lr_frac: 0.01,
+    };
+    assert!(close(c.lr_at(0.5, 0), 0.05), "{}", c.lr_at(0.5, 0));
+    assert!(close(c.lr_at(0.5, 9), 0.5) && close(c.lr_at(0.5, 10), 0.5));
+    assert!(
+        close(c.lr_at(0.5, 60), 0.5 * (0.01 + 0.99 * 0.5)),
+        "{}",
+        c.lr_at(0.5, 60)
+    );
+    assert!(close(c.lr_at(0.5, 110), 0.005) && close(c.lr_at(0.5, 500), 0.005));
+    let no_warmup = Schedule::Cosine {
+        warmup: 0,
+        total: 100,
+        min_lr_frac: 0.0,
+    };
+    assert!(close(no_warmup.lr_at(1.0, 0), 1.0) && no_warmup.lr_at(1.0, 100).abs() < 1e-7);
+    // OneCycleLR(max_lr=1, total_steps=100, pct_start=0.25, div 25, final div 1e4), values from
+    // PyTorch's formulas: phase ends at 24 and 99.
+    let o = Schedule::OneCycle {
+        total: 100,
+        pct_start: 0.25,
+        div_factor: 25.0,
+        final_div_factor: 1e4,
+    };
+    assert!(close(o.lr_at(1.0, 0), 0.04));
+    assert!(close(o.lr_at(1.0, 24), 1.0));
+    let mid = 0.04 + (1.0 - 0.04) / 2.0 * ((std::f64::consts::PI * 12.0 / 24.0).cos() + 1.0);
+    assert!(close(o.lr_at(1.0, 12), mid as f32), "{}", o.lr_at(1.0, 12));
+    let down = 4e-6 + (1.0 - 4e-6) / 2.0 * ((std::f64::consts::PI * 50.0 / 75.0).cos() + 1.0);
+    assert!(close(o.lr_at(1.0, 74), down as f32), "{}", o.lr_at(1.0, 74));
+    assert!(close(o.lr_at(1.0, 99), 4e-6) && close(o.lr_at(1.0, 150), 4e-6));
+}
+
+#[test]
+fn clip_grad_norm_matches_reference() {
+    let gpu = gpu();
+    let sizes = [1usize, 300, 70_000, 7];
+    for (max_norm, scale) in [(1.0f32, 1.0f32), (1e3, 1.0), (0.5, 1e-3)] {
+        let mut host: Vec<Vec<f32>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                random_vec(n, 70 + i as u64)
+                    .iter()
+                    .map(|v| v * scale)
+                    .collect()
+            })
+            .collect();
+        let tensors: Vec<Tensor> = host
+            .iter()
+            .map(|h| Tensor::from_slice(&gpu, &[h.len()], h).unwrap())
+            .collect();
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        let norm = clip_grad_norm(&refs, max_norm).unwrap();
+        let expected = reference::clip_grad_norm(&mut host, max_norm);
+        let what = format!("max_norm {max_norm} scale {scale}");
+        assert_close(
+            &norm.to_vec().unwrap(),
+            &[expected],
+            1e-5,
+            1e-7,
+            &format!("{what} norm"),
+        );
+        for (t, h) in tensors.iter().zip(&host) {
+            assert_close(&t.to_vec().unwrap(), h, 1e-5, 1e-7, &what);
+        }
+    }
+    assert!(clip_grad_norm(&[], 1.0).is_err());
+    let t = Tensor::zeros(&gpu, &[2]).unwrap();
+    assert!(clip_grad_norm(&[&t], 0.0).is_err());
+    assert!(clip_grad_norm(&[&t, &t], 1.0).is_err());
+}
