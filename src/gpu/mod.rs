@@ -334,14 +334,16 @@ impl Gpu {
 
     /// Submit everything recorded so far. Cheap when nothing is pending.
     pub fn flush(&self) {
-        let (encoder, uniforms) = {
+        // Submit while holding the lock: otherwise another thread could submit later-recorded
+        // work (or write a recycled buffer) before this encoder reaches the queue.
+        let uniforms = {
             let mut pending = lock(&self.0.pending);
             pending.dispatches = 0;
-            (pending.encoder.take(), std::mem::take(&mut pending.uniforms))
+            if let Some(enc) = pending.encoder.take() {
+                self.0.queue.submit([enc.finish()]);
+            }
+            std::mem::take(&mut pending.uniforms)
         };
-        if let Some(enc) = encoder {
-            self.0.queue.submit([enc.finish()]);
-        }
         if !uniforms.is_empty() {
             let mut pool = lock(&self.0.pool);
             for u in uniforms {

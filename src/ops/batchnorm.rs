@@ -1,1 +1,552 @@
-//! (filled in by the batchnorm work)
+//! Batch normalisation (PyTorch `BatchNorm2d` semantics) with an optional fused ReLU. See
+//! `shaders/batchnorm.wgsl`.
+//!
+//! Training mode normalises with the batch mean and biased variance and updates the running
+//! statistics in place (`running = (1 - momentum) * running + momentum * batch`, the variance with
+//! the unbiased batch variance). Eval mode normalises with the running statistics.
+//!
+//! Inputs are `[N, C, H, W]` (rank 2 `[N, C]` and rank 3 `[N, C, L]` work too: the statistics are
+//! per channel over every other dimension).
+
+use crate::autograd::Var;
+use crate::gpu::{Kernel, grid_1d, grid_for_elements};
+use crate::kernel;
+use crate::tensor::{DType, Tensor};
+use crate::{Error, Result};
+
+/// Options of [`Var::batch_norm`].
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNorm {
+    /// Normalise with batch statistics and update the running ones (else use the running ones).
+    pub training: bool,
+    /// Weight of the batch statistics in the running-statistics update.
+    pub momentum: f32,
+    /// Added to the variance before the square root.
+    pub eps: f32,
+    /// Apply a ReLU to the output, fused into the same kernel.
+    pub relu: bool,
+}
+
+impl BatchNorm {
+    /// Training mode, momentum 0.1, eps 1e-5, no ReLU.
+    pub fn train() -> Self {
+        BatchNorm {
+            training: true,
+            momentum: 0.1,
+            eps: 1e-5,
+            relu: false,
+        }
+    }
+
+    /// Eval mode (running statistics), eps 1e-5, no ReLU.
+    pub fn eval() -> Self {
+        BatchNorm {
+            training: false,
+            ..Self::train()
+        }
+    }
+
+    /// The same options with a fused ReLU.
+    pub fn with_relu(self) -> Self {
+        BatchNorm { relu: true, ..self }
+    }
+}
+
+/// Per-channel statistics a backward pass needs: the mean and `1 / sqrt(var + eps)` used by the
+/// forward (batch statistics in training, running statistics in eval), each of shape `[C]`.
+#[derive(Clone, Debug)]
+pub struct BnSaved {
+    /// Per-channel mean.
+    pub mean: Tensor,
+    /// Per-channel inverse standard deviation.
+    pub invstd: Tensor,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    channels: u32,
+    hw: u32,
+    batch: u32,
+    chunks: u32,
+    chunk_len: u32,
+    flags: u32,
+    momentum: f32,
+    eps: f32,
+}
+
+const FLAG_RELU: u32 = 1;
+const FLAG_VAR_STAT: u32 = 2;
+const FLAG_EVAL: u32 = 4;
+
+/// Values of one channel reduced by one workgroup before the per-channel merge.
+const CHUNK: usize = 4096;
+
+const STATS_PARTIAL: Kernel = kernel!("batchnorm.wgsl", "stats_partial");
+const STATS_FINALIZE: Kernel = kernel!("batchnorm.wgsl", "stats_finalize");
+const EVAL_STATS: Kernel = kernel!("batchnorm.wgsl", "eval_stats");
+const NORMALIZE: Kernel = kernel!("batchnorm.wgsl", "normalize");
+const BACKWARD_PARTIAL: Kernel = kernel!("batchnorm.wgsl", "backward_partial");
+const BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.wgsl", "backward_finalize");
+const BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "backward_input");
+
+/// The layout of `x` as (N, C, HW), checked.
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    hw: usize,
+}
+
+impl Dims {
+    fn of(op: &'static str, x: &Tensor) -> Result<Dims> {
+        if x.dtype() != DType::F32 || !(2..=4).contains(&x.rank()) {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "x must be an f32 [N, C, H, W] tensor, got {:?} {:?}",
+                    x.dtype(),
+                    x.shape()
+                ),
+            ));
+        }
+        let s = x.shape();
+        let d = Dims {
+            n: s[0],
+            c: s[1],
+            hw: s[2..].iter().product(),
+        };
+        if x.numel() >= u32::MAX as usize {
+            return Err(Error::shape(
+                op,
+                format!("x {:?} exceeds the u32 index range", x.shape()),
+            ));
+        }
+        Ok(d)
+    }
+
+    fn m(&self) -> usize {
+        self.n * self.hw
+    }
+
+    fn chunks(&self) -> usize {
+        self.m().div_ceil(CHUNK)
+    }
+
+    fn params(&self, flags: u32, momentum: f32, eps: f32) -> Params {
+        Params {
+            channels: self.c as u32,
+            hw: self.hw as u32,
+            batch: self.n as u32,
+            chunks: self.chunks() as u32,
+            chunk_len: CHUNK as u32,
+            flags,
+            momentum,
+            eps,
+        }
+    }
+}
+
+/// Check that each named tensor is f32 of shape `[C]` and on `x`'s device.
+fn expect_channel_vectors(
+    op: &'static str,
+    x: &Tensor,
+    c: usize,
+    vs: &[(&str, &Tensor)],
+) -> Result<()> {
+    for (name, v) in vs {
+        if v.dtype() != DType::F32 || v.shape() != [c] {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{name} must be an f32 tensor of shape [{c}] for x {:?}, got {:?} {:?}",
+                    x.shape(),
+                    v.dtype(),
+                    v.shape()
+                ),
+            ));
+        }
+        x.expect_same_gpu(op, v)?;
+    }
+    Ok(())
+}
+
+fn relu_flag(relu: bool) -> u32 {
+    if relu { FLAG_RELU } else { 0 }
+}
+
+/// `y = gamma * (x - mean) * invstd + beta` (`stat` is the variance when `flags` has VAR_STAT).
+#[allow(clippy::too_many_arguments)]
+fn normalize(
+    x: &Tensor,
+    d: Dims,
+    mean: &Tensor,
+    stat: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    flags: u32,
+    eps: f32,
+    op: &'static str,
+) -> Result<Tensor> {
+    let y = Tensor::uninit(x.gpu(), x.shape(), DType::F32, op)?;
+    x.gpu().dispatch(
+        &NORMALIZE,
+        &d.params(flags, 0.0, eps),
+        &[
+            x.buffer(),
+            mean.buffer(),
+            stat.buffer(),
+            gamma.buffer(),
+            beta.buffer(),
+            y.buffer(),
+        ],
+        grid_for_elements(x.numel()),
+    )?;
+    Ok(y)
+}
+
+/// Training-mode batch norm: normalise `x` with its per-channel batch statistics, apply
+/// `gamma`/`beta` (and a ReLU when `relu`), and update `running_mean`/`running_var` in place.
+/// Returns the output and the batch statistics for the backward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    momentum: f32,
+    eps: f32,
+    relu: bool,
+) -> Result<(Tensor, BnSaved)> {
+    const OP: &str = "batch_norm";
+    let d = Dims::of(OP, x)?;
+    expect_channel_vectors(
+        OP,
+        x,
+        d.c,
+        &[
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ],
+    )?;
+    if d.m() < 2 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "training needs more than one value per channel, got x {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    if running_mean.same_storage(running_var) {
+        return Err(Error::shape(
+            OP,
+            "running_mean and running_var share one buffer",
+        ));
+    }
+    let gpu = x.gpu();
+    let groups = d.c * d.chunks();
+    let partials = Tensor::uninit(gpu, &[groups * 3], DType::F32, OP)?;
+    let p = d.params(0, momentum, eps);
+    gpu.dispatch(
+        &STATS_PARTIAL,
+        &p,
+        &[x.buffer(), partials.buffer()],
+        grid_1d(groups as u32),
+    )?;
+    let mean = Tensor::uninit(gpu, &[d.c], DType::F32, OP)?;
+    let invstd = Tensor::uninit(gpu, &[d.c], DType::F32, OP)?;
+    gpu.dispatch(
+        &STATS_FINALIZE,
+        &p,
+        &[
+            partials.buffer(),
+            mean.buffer(),
+            invstd.buffer(),
+            running_mean.buffer(),
+            running_var.buffer(),
+        ],
+        grid_1d(d.c as u32),
+    )?;
+    let y = normalize(x, d, &mean, &invstd, gamma, beta, relu_flag(relu), eps, OP)?;
+    Ok((y, BnSaved { mean, invstd }))
+}
+
+/// Eval-mode batch norm: normalise `x` with the running statistics (one kernel).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+    relu: bool,
+) -> Result<Tensor> {
+    const OP: &str = "batch_norm_eval";
+    let d = Dims::of(OP, x)?;
+    expect_channel_vectors(
+        OP,
+        x,
+        d.c,
+        &[
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ],
+    )?;
+    normalize(
+        x,
+        d,
+        running_mean,
+        running_var,
+        gamma,
+        beta,
+        relu_flag(relu) | FLAG_VAR_STAT,
+        eps,
+        OP,
+    )
+}
+
+/// The statistics eval mode normalises with, as [`BnSaved`]: a copy of `running_mean` and
+/// `1 / sqrt(running_var + eps)`.
+pub fn batch_norm_eval_stats(
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<BnSaved> {
+    const OP: &str = "batch_norm_eval_stats";
+    running_mean.expect_f32_rank(OP, "running_mean", 1)?;
+    let c = running_mean.numel();
+    expect_channel_vectors(OP, running_mean, c, &[("running_var", running_var)])?;
+    let gpu = running_mean.gpu();
+    let mean = Tensor::uninit(gpu, &[c], DType::F32, OP)?;
+    let invstd = Tensor::uninit(gpu, &[c], DType::F32, OP)?;
+    let p = Params {
+        channels: c as u32,
+        hw: 1,
+        batch: 1,
+        chunks: 1,
+        chunk_len: 1,
+        flags: 0,
+        momentum: 0.0,
+        eps,
+    };
+    gpu.dispatch(
+        &EVAL_STATS,
+        &p,
+        &[
+            running_mean.buffer(),
+            running_var.buffer(),
+            mean.buffer(),
+            invstd.buffer(),
+        ],
+        grid_for_elements(c),
+    )?;
+    Ok(BnSaved { mean, invstd })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    op: &'static str,
+    x: &Tensor,
+    y: &Tensor,
+    gy: &Tensor,
+    gamma: &Tensor,
+    saved: &BnSaved,
+    relu: bool,
+    eval: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = Dims::of(op, x)?;
+    for (name, t) in [("y", y), ("gy", gy)] {
+        if t.dtype() != DType::F32 || t.shape() != x.shape() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{name} must be an f32 tensor of x's shape {:?}, got {:?} {:?}",
+                    x.shape(),
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
+        }
+        x.expect_same_gpu(op, t)?;
+    }
+    expect_channel_vectors(
+        op,
+        x,
+        d.c,
+        &[
+            ("gamma", gamma),
+            ("saved mean", &saved.mean),
+            ("saved invstd", &saved.invstd),
+        ],
+    )?;
+    let gpu = x.gpu();
+    let flags = relu_flag(relu) | if eval { FLAG_EVAL } else { 0 };
+    let p = d.params(flags, 0.0, 0.0);
+    // Without the ReLU mask y is never read; bind gy in its place.
+    let y = if relu { y } else { gy };
+    let groups = d.c * d.chunks();
+    let partials = Tensor::uninit(gpu, &[groups * 2], DType::F32, op)?;
+    gpu.dispatch(
+        &BACKWARD_PARTIAL,
+        &p,
+        &[
+            x.buffer(),
+            y.buffer(),
+            gy.buffer(),
+            saved.mean.buffer(),
+            saved.invstd.buffer(),
+            partials.buffer(),
+        ],
+        grid_1d(groups as u32),
+    )?;
+    let ggamma = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
+    let gbeta = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
+    let coef = Tensor::uninit(gpu, &[d.c * 3], DType::F32, op)?;
+    gpu.dispatch(
+        &BACKWARD_FINALIZE,
+        &p,
+        &[
+            partials.buffer(),
+            gamma.buffer(),
+            saved.invstd.buffer(),
+            ggamma.buffer(),
+            gbeta.buffer(),
+            coef.buffer(),
+        ],
+        grid_1d(d.c as u32),
+    )?;
+    let gx = Tensor::uninit(gpu, x.shape(), DType::F32, op)?;
+    gpu.dispatch(
+        &BACKWARD_INPUT,
+        &p,
+        &[
+            x.buffer(),
+            y.buffer(),
+            gy.buffer(),
+            saved.mean.buffer(),
+            saved.invstd.buffer(),
+            coef.buffer(),
+            gx.buffer(),
+        ],
+        grid_for_elements(x.numel()),
+    )?;
+    Ok((gx, ggamma, gbeta))
+}
+
+/// Backward of [`batch_norm_train`]: gradients `(gx, ggamma, gbeta)` from the forward's input
+/// `x`, output `y` (read only for the ReLU mask), upstream gradient `gy` and saved statistics.
+///
+/// `gx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))`, `ggamma = sum(dy * xhat)`,
+/// `gbeta = sum(dy)`, per channel over `M = N * H * W` values; `dy = gy` masked by `y > 0` when
+/// `relu`.
+pub fn batch_norm_backward(
+    x: &Tensor,
+    y: &Tensor,
+    gy: &Tensor,
+    gamma: &Tensor,
+    saved: &BnSaved,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    backward("batch_norm_backward", x, y, gy, gamma, saved, relu, false)
+}
+
+/// Backward of eval-mode batch norm (fixed statistics, e.g. fine-tuning with a frozen backbone's
+/// running stats): `gx = dy * gamma * invstd`, `ggamma = sum(dy * xhat)`, `gbeta = sum(dy)`, with
+/// `saved` from [`batch_norm_eval_stats`].
+pub fn batch_norm_eval_backward(
+    x: &Tensor,
+    y: &Tensor,
+    gy: &Tensor,
+    gamma: &Tensor,
+    saved: &BnSaved,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    backward(
+        "batch_norm_eval_backward",
+        x,
+        y,
+        gy,
+        gamma,
+        saved,
+        relu,
+        true,
+    )
+}
+
+impl Var {
+    /// Batch norm of `self` (`[N, C, H, W]`) with learnable `gamma`, `beta` (`[C]`) and running
+    /// statistics (`[C]`, updated in place in training mode), optionally fused with a ReLU.
+    /// Records a backward for `self`, `gamma` and `beta`; saves tensors only when one is tracked.
+    pub fn batch_norm(
+        &self,
+        gamma: &Var,
+        beta: &Var,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        opts: BatchNorm,
+    ) -> Result<Var> {
+        let tracked = Var::any_tracked(&[self, gamma, beta]);
+        let (x, g, b) = (self.tensor(), gamma.tensor(), beta.tensor());
+        let (y, saved) = if opts.training {
+            let (y, s) = batch_norm_train(
+                x,
+                g,
+                b,
+                running_mean,
+                running_var,
+                opts.momentum,
+                opts.eps,
+                opts.relu,
+            )?;
+            (y, tracked.then_some(s))
+        } else if tracked {
+            let d = Dims::of("batch_norm", x)?;
+            expect_channel_vectors(
+                "batch_norm",
+                x,
+                d.c,
+                &[
+                    ("gamma", g),
+                    ("beta", b),
+                    ("running_mean", running_mean),
+                    ("running_var", running_var),
+                ],
+            )?;
+            let s = batch_norm_eval_stats(running_mean, running_var, opts.eps)?;
+            let y = normalize(
+                x,
+                d,
+                &s.mean,
+                &s.invstd,
+                g,
+                b,
+                relu_flag(opts.relu),
+                opts.eps,
+                "batch_norm",
+            )?;
+            (y, Some(s))
+        } else {
+            (
+                batch_norm_eval(x, g, b, running_mean, running_var, opts.eps, opts.relu)?,
+                None,
+            )
+        };
+        let keep = saved.map(|s| (x.clone(), g.clone(), opts.relu.then(|| y.clone()), s));
+        Var::record("batch_norm", &[self, gamma, beta], y, move |gy| {
+            let (x, g, y, s) = keep.expect("saved when tracked");
+            let y = y.as_ref().unwrap_or(gy);
+            let (gx, gg, gb) = if opts.training {
+                batch_norm_backward(&x, y, gy, &g, &s, opts.relu)?
+            } else {
+                batch_norm_eval_backward(&x, y, gy, &g, &s, opts.relu)?
+            };
+            Ok(vec![Some(gx), Some(gg), Some(gb)])
+        })
+    }
+}

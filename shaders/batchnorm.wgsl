@@ -1,0 +1,329 @@
+// Batch normalisation over NCHW (per channel c, over the M = N * HW values of that channel).
+//
+// Math (x viewed as [N, C, HW]; i = (n * C + c) * HW + p):
+//   training forward:  mean[c] = (1/M) sum x,  var[c] = (1/M) sum (x - mean)^2  (biased),
+//                      invstd[c] = 1 / sqrt(var[c] + eps)
+//                      running_mean[c] = (1 - m) * running_mean[c] + m * mean[c]
+//                      running_var[c]  = (1 - m) * running_var[c]  + m * var[c] * M / (M - 1)
+//   eval forward:      mean = running_mean, invstd = 1 / sqrt(running_var + eps)
+//   both:              y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]   (then max(y, 0) if RELU)
+//   backward:          dy = gy (masked by y > 0 if RELU), xhat = (x - mean) * invstd
+//                      gbeta[c] = sum dy,  ggamma[c] = sum dy * xhat
+//                      training: gx = gamma * invstd * (dy - gbeta / M - xhat * ggamma / M)
+//                      eval:     gx = gamma * invstd * dy
+//
+// Reductions are two-level: the M values of a channel are cut into `chunks` chunks of `chunk_len`
+// values; one 256-thread workgroup per (channel, chunk) writes a partial result, then one workgroup
+// per channel merges that channel's partials. Statistics use Welford's running mean / M2 per thread
+// and Chan's pairwise merge in the tree (no E[x^2] - E[x]^2 cancellation).
+//
+// Entry points, dispatch grids and bindings (group 0; binding 0 is always Params, uniform):
+//   stats_partial     grid: C * chunks workgroups (linear g = wg.x + wg.y * nwg.x; c = g / chunks,
+//                     chunk = g % chunks)
+//                     1 x [N*C*HW] (read), 2 partials [C * chunks * 3] (count, mean, M2) (write)
+//   stats_finalize    grid: C workgroups
+//                     1 partials [C * chunks * 3] (read), 2 mean [C] (write), 3 invstd [C] (write),
+//                     4 running_mean [C] (read_write), 5 running_var [C] (read_write)
+//   eval_stats        grid: one thread per channel (256 per workgroup)
+//                     1 running_mean [C] (read), 2 running_var [C] (read), 3 mean [C] (write, a
+//                     copy), 4 invstd [C] (write)
+//   normalize         grid: one thread per element (256 per workgroup, split over x and y)
+//                     1 x, 2 mean [C], 3 stat [C] (invstd, or the variance when flags & VAR_STAT),
+//                     4 gamma [C], 5 beta [C] (all read), 6 y [N*C*HW] (write)
+//   backward_partial  grid: C * chunks workgroups as stats_partial
+//                     1 x, 2 y (only read when RELU), 3 gy, 4 mean [C], 5 invstd [C] (all read),
+//                     6 partials [C * chunks * 2] (sum dy, sum dy * xhat) (write)
+//   backward_finalize grid: C workgroups
+//                     1 partials [C * chunks * 2], 2 gamma [C], 3 invstd [C] (read),
+//                     4 ggamma [C], 5 gbeta [C], 6 coef [C * 3] (write):
+//                     coef = (gamma * invstd, gbeta / M, ggamma / M), or (gamma * invstd, 0, 0) in eval
+//   backward_input    grid: one thread per element
+//                     1 x, 2 y (only read when RELU), 3 gy, 4 mean, 5 invstd, 6 coef (read),
+//                     7 gx [N*C*HW] (write): gx = coef0 * (dy - coef1 - xhat * coef2)
+
+struct Params {
+    channels: u32,   // C
+    hw: u32,         // H * W
+    batch: u32,      // N
+    chunks: u32,     // reduction chunks per channel
+    chunk_len: u32,  // values per chunk (the last chunk may be shorter)
+    flags: u32,      // bit 0: RELU, bit 1: VAR_STAT (normalize), bit 2: EVAL (backward_finalize)
+    momentum: f32,
+    eps: f32,
+}
+
+const RELU: u32 = 1u;
+const VAR_STAT: u32 = 2u;
+const EVAL: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+var<workgroup> red_c: array<f32, 256>;
+
+fn group_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.x + wg.y * nwg.x;
+}
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * 256u + lid;
+}
+
+// Flat index of the j-th value (j < M) of channel c.
+fn channel_value_index(c: u32, j: u32) -> u32 {
+    let n = j / params.hw;
+    let p = j - n * params.hw;
+    return (n * params.channels + c) * params.hw + p;
+}
+
+// Chan's merge of the (count, mean, M2) triples held by threads `lid` and `other` into `lid`.
+// red_a = count, red_b = mean, red_c = M2.
+fn merge_stats(lid: u32, other: u32) {
+    let nb = red_a[other];
+    if (nb > 0.0) {
+        let na = red_a[lid];
+        let n = na + nb;
+        let d = red_b[other] - red_b[lid];
+        let f = nb / n;
+        red_b[lid] = red_b[lid] + d * f;
+        red_c[lid] = red_c[lid] + red_c[other] + d * d * na * f;
+        red_a[lid] = n;
+    }
+}
+
+fn tree_merge_stats(lid: u32) {
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) { merge_stats(lid, lid + s); }
+        workgroupBarrier();
+    }
+}
+
+fn tree_sum2(lid: u32) {
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            red_a[lid] = red_a[lid] + red_a[lid + s];
+            red_b[lid] = red_b[lid] + red_b[lid + s];
+        }
+        workgroupBarrier();
+    }
+}
+
+// ---- stats_partial ----
+@group(0) @binding(1) var<storage, read> sp_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sp_partials: array<f32>;
+
+@compute @workgroup_size(256)
+fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let g = group_index(wg, nwg);
+    let c = g / params.chunks;
+    let k = g - c * params.chunks;
+    var cnt = 0.0;
+    var mu = 0.0;
+    var m2 = 0.0;
+    if (c < params.channels) {
+        let m = params.batch * params.hw;
+        let start = k * params.chunk_len;
+        let end = min(start + params.chunk_len, m);
+        for (var j = start + lid; j < end; j = j + 256u) {
+            let v = sp_x[channel_value_index(c, j)];
+            cnt = cnt + 1.0;
+            let d = v - mu;
+            mu = mu + d / cnt;
+            m2 = m2 + d * (v - mu);
+        }
+    }
+    red_a[lid] = cnt;
+    red_b[lid] = mu;
+    red_c[lid] = m2;
+    tree_merge_stats(lid);
+    if (lid == 0u && c < params.channels) {
+        let o = g * 3u;
+        sp_partials[o] = red_a[0];
+        sp_partials[o + 1u] = red_b[0];
+        sp_partials[o + 2u] = red_c[0];
+    }
+}
+
+// ---- stats_finalize ----
+@group(0) @binding(1) var<storage, read> sf_partials: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sf_mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sf_invstd: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sf_running_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sf_running_var: array<f32>;
+
+@compute @workgroup_size(256)
+fn stats_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let c = group_index(wg, nwg);
+    var cnt = 0.0;
+    var mu = 0.0;
+    var m2 = 0.0;
+    if (c < params.channels) {
+        for (var k = lid; k < params.chunks; k = k + 256u) {
+            let o = (c * params.chunks + k) * 3u;
+            let nb = sf_partials[o];
+            if (nb > 0.0) {
+                let n = cnt + nb;
+                let d = sf_partials[o + 1u] - mu;
+                let f = nb / n;
+                mu = mu + d * f;
+                m2 = m2 + sf_partials[o + 2u] + d * d * cnt * f;
+                cnt = n;
+            }
+        }
+    }
+    red_a[lid] = cnt;
+    red_b[lid] = mu;
+    red_c[lid] = m2;
+    tree_merge_stats(lid);
+    if (lid == 0u && c < params.channels) {
+        let n = red_a[0];
+        let mean = red_b[0];
+        let var_biased = red_c[0] / n;
+        sf_mean[c] = mean;
+        sf_invstd[c] = 1.0 / sqrt(var_biased + params.eps);
+        let m = params.momentum;
+        let var_unbiased = red_c[0] / max(n - 1.0, 1.0);
+        sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * mean;
+        sf_running_var[c] = (1.0 - m) * sf_running_var[c] + m * var_unbiased;
+    }
+}
+
+// ---- eval_stats ----
+@group(0) @binding(1) var<storage, read> es_running_mean: array<f32>;
+@group(0) @binding(2) var<storage, read> es_running_var: array<f32>;
+@group(0) @binding(3) var<storage, read_write> es_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> es_invstd: array<f32>;
+
+@compute @workgroup_size(256)
+fn eval_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let c = linear_index(wg, nwg, lid);
+    if (c < params.channels) {
+        es_mean[c] = es_running_mean[c];
+        es_invstd[c] = 1.0 / sqrt(es_running_var[c] + params.eps);
+    }
+}
+
+// ---- normalize ----
+@group(0) @binding(1) var<storage, read> nm_x: array<f32>;
+@group(0) @binding(2) var<storage, read> nm_mean: array<f32>;
+@group(0) @binding(3) var<storage, read> nm_stat: array<f32>;
+@group(0) @binding(4) var<storage, read> nm_gamma: array<f32>;
+@group(0) @binding(5) var<storage, read> nm_beta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> nm_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.batch * params.channels * params.hw) { return; }
+    let c = (i / params.hw) % params.channels;
+    var invstd = nm_stat[c];
+    if ((params.flags & VAR_STAT) != 0u) { invstd = 1.0 / sqrt(invstd + params.eps); }
+    var v = (nm_x[i] - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
+    if ((params.flags & RELU) != 0u) { v = max(v, 0.0); }
+    nm_y[i] = v;
+}
+
+// ---- backward_partial ----
+@group(0) @binding(1) var<storage, read> bp_x: array<f32>;
+@group(0) @binding(2) var<storage, read> bp_y: array<f32>;
+@group(0) @binding(3) var<storage, read> bp_gy: array<f32>;
+@group(0) @binding(4) var<storage, read> bp_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> bp_invstd: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bp_partials: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let g = group_index(wg, nwg);
+    let c = g / params.chunks;
+    let k = g - c * params.chunks;
+    var s_dy = 0.0;
+    var s_dyx = 0.0;
+    if (c < params.channels) {
+        let relu = (params.flags & RELU) != 0u;
+        let mean = bp_mean[c];
+        let invstd = bp_invstd[c];
+        let m = params.batch * params.hw;
+        let start = k * params.chunk_len;
+        let end = min(start + params.chunk_len, m);
+        for (var j = start + lid; j < end; j = j + 256u) {
+            let i = channel_value_index(c, j);
+            var dy = bp_gy[i];
+            if (relu && !(bp_y[i] > 0.0)) { dy = 0.0; }
+            s_dy = s_dy + dy;
+            s_dyx = s_dyx + dy * (bp_x[i] - mean) * invstd;
+        }
+    }
+    red_a[lid] = s_dy;
+    red_b[lid] = s_dyx;
+    tree_sum2(lid);
+    if (lid == 0u && c < params.channels) {
+        bp_partials[g * 2u] = red_a[0];
+        bp_partials[g * 2u + 1u] = red_b[0];
+    }
+}
+
+// ---- backward_finalize ----
+@group(0) @binding(1) var<storage, read> bf_partials: array<f32>;
+@group(0) @binding(2) var<storage, read> bf_gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> bf_invstd: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bf_ggamma: array<f32>;
+@group(0) @binding(5) var<storage, read_write> bf_gbeta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bf_coef: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let c = group_index(wg, nwg);
+    var s_dy = 0.0;
+    var s_dyx = 0.0;
+    if (c < params.channels) {
+        for (var k = lid; k < params.chunks; k = k + 256u) {
+            let o = (c * params.chunks + k) * 2u;
+            s_dy = s_dy + bf_partials[o];
+            s_dyx = s_dyx + bf_partials[o + 1u];
+        }
+    }
+    red_a[lid] = s_dy;
+    red_b[lid] = s_dyx;
+    tree_sum2(lid);
+    if (lid == 0u && c < params.channels) {
+        let gbeta = red_a[0];
+        let ggamma = red_b[0];
+        bf_ggamma[c] = ggamma;
+        bf_gbeta[c] = gbeta;
+        let inv_m = 1.0 / f32(params.batch * params.hw);
+        let is_eval = (params.flags & EVAL) != 0u;
+        bf_coef[c * 3u] = bf_gamma[c] * bf_invstd[c];
+        bf_coef[c * 3u + 1u] = select(gbeta * inv_m, 0.0, is_eval);
+        bf_coef[c * 3u + 2u] = select(ggamma * inv_m, 0.0, is_eval);
+    }
+}
+
+// ---- backward_input ----
+@group(0) @binding(1) var<storage, read> bi_x: array<f32>;
+@group(0) @binding(2) var<storage, read> bi_y: array<f32>;
+@group(0) @binding(3) var<storage, read> bi_gy: array<f32>;
+@group(0) @binding(4) var<storage, read> bi_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> bi_invstd: array<f32>;
+@group(0) @binding(6) var<storage, read> bi_coef: array<f32>;
+@group(0) @binding(7) var<storage, read_write> bi_gx: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= params.batch * params.channels * params.hw) { return; }
+    let c = (i / params.hw) % params.channels;
+    var dy = bi_gy[i];
+    if ((params.flags & RELU) != 0u && !(bi_y[i] > 0.0)) { dy = 0.0; }
+    let xhat = (bi_x[i] - bi_mean[c]) * bi_invstd[c];
+    bi_gx[i] = bi_coef[c * 3u] * (dy - bi_coef[c * 3u + 1u] - xhat * bi_coef[c * 3u + 2u]);
+}

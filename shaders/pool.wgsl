@@ -1,0 +1,228 @@
+// Pooling over NCHW planes (P = N * C planes of H x W; outputs OH x OW; square kernel K, stride S,
+// padding PAD, no dilation, floor mode, OH = (H + 2 PAD - K) / S + 1).
+//
+// Math (per plane; window of output (oh, ow) = rows oh*S - PAD .. oh*S - PAD + K - 1, same for cols):
+//   max_forward:   y = max over the window (padding counts as -inf); idx = h * W + w of the first
+//                  maximum in row-major window order (NaN wins, as in PyTorch)
+//   max_backward:  gx[h, w] = sum of gy[oh, ow] over the outputs whose window holds (h, w) and whose
+//                  idx is h * W + w  (a gather: each input element reads, nothing is scattered)
+//   avg_forward:   y = (sum over the window clipped to the image) / D, where D counts the window
+//                  clipped to the padded image (count_include_pad = True, PyTorch's default)
+//   avg_backward:  gx[h, w] = sum of gy[oh, ow] / D(oh, ow) over the outputs whose window holds (h, w)
+//   gap_forward:   y[p] = (1 / HW) sum_{q < HW} x[p * HW + q]
+//   gap_backward:  gx[i] = gy[i / HW] / HW
+//
+// Dispatch: one thread per output element (max_forward, avg_forward), per input element
+// (max_backward, avg_backward, gap_backward), 256 threads per workgroup, linear index
+// (wg.x + wg.y * num_workgroups.x) * 256 + local index (grid split over x and y).
+// gap_forward: 4 planes per 256-thread workgroup (64 threads per plane, tree reduction), linear
+// workgroup index wg.x + wg.y * num_workgroups.x.
+//
+// Bindings (group 0): 0 = Params (uniform), then
+//   max_forward:  1 x [P*H*W] (read), 2 y [P*OH*OW] (write), 3 idx [P*OH*OW] u32 (write)
+//   max_backward: 1 gy [P*OH*OW] (read), 2 idx [P*OH*OW] u32 (read), 3 gx [P*H*W] (write)
+//   avg_forward:  1 x (read), 2 y (write)
+//   avg_backward: 1 gy (read), 2 gx (write)
+//   gap_forward:  1 x [P*HW] (read), 2 y [P] (write)
+//   gap_backward: 1 gy [P] (read), 2 gx [P*HW] (write)
+
+struct Params {
+    planes: u32,  // N * C
+    h: u32,
+    w: u32,
+    oh: u32,
+    ow: u32,
+    k: u32,
+    stride: u32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * 256u + lid;
+}
+
+// First output index (inclusive) whose window covers input coordinate `i` along one axis.
+fn first_out(i: u32) -> u32 {
+    let ip = i + params.pad;
+    if (ip < params.k) { return 0u; }
+    return (ip - params.k) / params.stride + 1u;
+}
+
+// One past the last output index whose window covers input coordinate `i`, clamped to `out_len`.
+fn end_out(i: u32, out_len: u32) -> u32 {
+    return min((i + params.pad) / params.stride + 1u, out_len);
+}
+
+// Divisor of output (oh, ow) with count_include_pad = True.
+fn avg_divisor(oh: u32, ow: u32) -> f32 {
+    let hs = i32(oh * params.stride) - i32(params.pad);
+    let ws = i32(ow * params.stride) - i32(params.pad);
+    let he = min(hs + i32(params.k), i32(params.h + params.pad));
+    let we = min(ws + i32(params.k), i32(params.w + params.pad));
+    return f32((he - hs) * (we - ws));
+}
+
+// ---- max_forward ----
+@group(0) @binding(1) var<storage, read> mf_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mf_y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mf_idx: array<u32>;
+
+@compute @workgroup_size(256)
+fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wg, nwg, lid);
+    let plane_out = params.oh * params.ow;
+    if (o >= params.planes * plane_out) { return; }
+    let plane = o / plane_out;
+    let r = o - plane * plane_out;
+    let oh = r / params.ow;
+    let ow = r - oh * params.ow;
+    let hs = i32(oh * params.stride) - i32(params.pad);
+    let ws = i32(ow * params.stride) - i32(params.pad);
+    let h0 = u32(max(hs, 0));
+    let w0 = u32(max(ws, 0));
+    let h1 = u32(min(hs + i32(params.k), i32(params.h)));
+    let w1 = u32(min(ws + i32(params.k), i32(params.w)));
+    let base = plane * params.h * params.w;
+    var best = bitcast<f32>(0xff800000u);  // -inf
+    var best_i = h0 * params.w + w0;
+    for (var h = h0; h < h1; h = h + 1u) {
+        for (var w = w0; w < w1; w = w + 1u) {
+            let i = h * params.w + w;
+            let v = mf_x[base + i];
+            if (v > best || v != v) {
+                best = v;
+                best_i = i;
+            }
+        }
+    }
+    mf_y[o] = best;
+    mf_idx[o] = best_i;
+}
+
+// ---- max_backward ----
+@group(0) @binding(1) var<storage, read> mb_gy: array<f32>;
+@group(0) @binding(2) var<storage, read> mb_idx: array<u32>;
+@group(0) @binding(3) var<storage, read_write> mb_gx: array<f32>;
+
+@compute @workgroup_size(256)
+fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    let plane_in = params.h * params.w;
+    if (i >= params.planes * plane_in) { return; }
+    let plane = i / plane_in;
+    let r = i - plane * plane_in;
+    let h = r / params.w;
+    let w = r - h * params.w;
+    let base = plane * params.oh * params.ow;
+    let oh1 = end_out(h, params.oh);
+    let ow0 = first_out(w);
+    let ow1 = end_out(w, params.ow);
+    var acc = 0.0;
+    for (var oh = first_out(h); oh < oh1; oh = oh + 1u) {
+        for (var ow = ow0; ow < ow1; ow = ow + 1u) {
+            let o = base + oh * params.ow + ow;
+            if (mb_idx[o] == r) { acc = acc + mb_gy[o]; }
+        }
+    }
+    mb_gx[i] = acc;
+}
+
+// ---- avg_forward ----
+@group(0) @binding(1) var<storage, read> af_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> af_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let o = linear_index(wg, nwg, lid);
+    let plane_out = params.oh * params.ow;
+    if (o >= params.planes * plane_out) { return; }
+    let plane = o / plane_out;
+    let r = o - plane * plane_out;
+    let oh = r / params.ow;
+    let ow = r - oh * params.ow;
+    let hs = i32(oh * params.stride) - i32(params.pad);
+    let ws = i32(ow * params.stride) - i32(params.pad);
+    let h0 = u32(max(hs, 0));
+    let w0 = u32(max(ws, 0));
+    let h1 = u32(min(hs + i32(params.k), i32(params.h)));
+    let w1 = u32(min(ws + i32(params.k), i32(params.w)));
+    let base = plane * params.h * params.w;
+    var acc = 0.0;
+    for (var h = h0; h < h1; h = h + 1u) {
+        for (var w = w0; w < w1; w = w + 1u) {
+            acc = acc + af_x[base + h * params.w + w];
+        }
+    }
+    af_y[o] = acc / avg_divisor(oh, ow);
+}
+
+// ---- avg_backward ----
+@group(0) @binding(1) var<storage, read> ab_gy: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ab_gx: array<f32>;
+
+@compute @workgroup_size(256)
+fn avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    let plane_in = params.h * params.w;
+    if (i >= params.planes * plane_in) { return; }
+    let plane = i / plane_in;
+    let r = i - plane * plane_in;
+    let h = r / params.w;
+    let w = r - h * params.w;
+    let base = plane * params.oh * params.ow;
+    let oh1 = end_out(h, params.oh);
+    let ow0 = first_out(w);
+    let ow1 = end_out(w, params.ow);
+    var acc = 0.0;
+    for (var oh = first_out(h); oh < oh1; oh = oh + 1u) {
+        for (var ow = ow0; ow < ow1; ow = ow + 1u) {
+            acc = acc + ab_gy[base + oh * params.ow + ow] / avg_divisor(oh, ow);
+        }
+    }
+    ab_gx[i] = acc;
+}
+
+// ---- gap_forward ----
+@group(0) @binding(1) var<storage, read> gf_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> gf_y: array<f32>;
+
+var<workgroup> gap_partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn gap_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let lane = lid & 63u;
+    let p = (wg.x + wg.y * nwg.x) * 4u + (lid >> 6u);
+    let hw = params.h * params.w;
+    var acc = 0.0;
+    if (p < params.planes) {
+        let base = p * hw;
+        for (var q = lane; q < hw; q = q + 64u) { acc = acc + gf_x[base + q]; }
+    }
+    gap_partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s = s >> 1u) {
+        if (lane < s) { gap_partial[lid] = gap_partial[lid] + gap_partial[lid + s]; }
+        workgroupBarrier();
+    }
+    if (lane == 0u && p < params.planes) { gf_y[p] = gap_partial[lid] / f32(hw); }
+}
+
+// ---- gap_backward ----
+@group(0) @binding(1) var<storage, read> gb_gy: array<f32>;
+@group(0) @binding(2) var<storage, read_write> gb_gx: array<f32>;
+
+@compute @workgroup_size(256)
+fn gap_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    let hw = params.h * params.w;
+    if (i >= params.planes * hw) { return; }
+    gb_gx[i] = gb_gy[i / hw] / f32(hw);
+}
