@@ -17,6 +17,7 @@
 //! ```
 
 pub mod autograd;
+pub mod classify;
 pub mod data;
 pub mod error;
 pub mod gpu;
@@ -27,6 +28,7 @@ pub mod optim;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{Gradients, Tape, Var};
 pub use error::{Error, Result};

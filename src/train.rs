@@ -1,0 +1,489 @@
+//! The training loop: steps, epochs, validation, test evaluation, metrics and checkpoints.
+//!
+//! [`Trainer`] owns a [`ResNet`], an optimizer and a learning-rate schedule. Its core
+//! ([`Trainer::step_async`], [`Trainer::evaluate_async`]) is async and runs unchanged on the web;
+//! native code gets blocking wrappers, a prefetching loader and atomic checkpoints.
+
+use crate::data::{epoch_batches, Augment, Batch, Dataset};
+use crate::io::{HostData, HostTensor, StateDict};
+use crate::nn::{Param, ResNet};
+use crate::optim::{clip_grad_norm, AdamW, Optimizer, ParamUpdate, Schedule, Sgd};
+use crate::tensor::Tensor;
+use crate::{Error, Result, Rng, Tape};
+use std::collections::HashMap;
+
+/// Which optimizer to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// SGD with momentum (coupled weight decay, as PyTorch).
+    Sgd,
+    /// Adam with L2 (coupled) weight decay.
+    Adam,
+    /// AdamW (decoupled weight decay).
+    AdamW,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::AdamW),
+            _ => Err(Error::Invalid(format!("unknown optimizer {s:?}: expected sgd, adam or adamw"))),
+        }
+    }
+}
+
+/// Learning-rate schedule choice, resolved against the number of steps by [`TrainConfig::schedule`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScheduleKind {
+    /// Constant learning rate.
+    Constant,
+    /// Multiply by `gamma` every `every_epochs` epochs.
+    Step { every_epochs: usize, gamma: f32 },
+    /// Linear warm-up for `warmup_epochs`, then cosine decay to zero.
+    Cosine { warmup_epochs: usize },
+    /// One-cycle (PyTorch's OneCycleLR, cosine annealing).
+    OneCycle,
+}
+
+impl std::str::FromStr for ScheduleKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "constant" => Ok(ScheduleKind::Constant),
+            "step" => Ok(ScheduleKind::Step { every_epochs: 30, gamma: 0.1 }),
+            "cosine" => Ok(ScheduleKind::Cosine { warmup_epochs: 1 }),
+            "onecycle" | "one-cycle" => Ok(ScheduleKind::OneCycle),
+            _ => Err(Error::Invalid(format!(
+                "unknown schedule {s:?}: expected constant, step, cosine or onecycle"
+            ))),
+        }
+    }
+}
+
+/// Everything that shapes a training run.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// SGD momentum.
+    pub momentum: f32,
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
+    /// Weight decay (coupled for SGD/Adam, decoupled for AdamW).
+    pub weight_decay: f32,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleKind,
+    /// Label smoothing of the cross-entropy.
+    pub label_smoothing: f32,
+    /// Clip gradients to this global L2 norm.
+    pub clip_grad_norm: Option<f32>,
+    /// Seed of shuffling, augmentation and initialisation.
+    pub seed: u64,
+    /// Training-time augmentation and normalisation.
+    pub augment: Augment,
+    /// Multiplier of the learning rate of everything but the head (fine-tuning).
+    pub backbone_lr_mult: f32,
+    /// Train only the classifier head.
+    pub freeze_backbone: bool,
+}
+
+impl TrainConfig {
+    /// Defaults for a small grayscale data set (Fashion-MNIST's statistics).
+    pub fn new(mean: &[f32], std: &[f32]) -> TrainConfig {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 128,
+            lr: 0.1,
+            optimizer: OptimizerKind::Sgd,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            schedule: ScheduleKind::OneCycle,
+            label_smoothing: 0.0,
+            clip_grad_norm: None,
+            seed: 0,
+            augment: Augment::crop_flip(mean, std),
+            backbone_lr_mult: 1.0,
+            freeze_backbone: false,
+        }
+    }
+
+    /// The schedule over `steps_per_epoch * epochs` steps.
+    pub fn schedule(&self, steps_per_epoch: usize) -> Schedule {
+        let total = (steps_per_epoch * self.epochs).max(1);
+        match self.schedule {
+            ScheduleKind::Constant => Schedule::Constant,
+            ScheduleKind::Step { every_epochs, gamma } => {
+                Schedule::Step { step_size: (every_epochs * steps_per_epoch).max(1), gamma }
+            }
+            ScheduleKind::Cosine { warmup_epochs } => Schedule::Cosine {
+                warmup: warmup_epochs * steps_per_epoch,
+                total,
+                min_lr_frac: 0.0,
+            },
+            ScheduleKind::OneCycle => Schedule::OneCycle {
+                total,
+                pct_start: 0.25,
+                div_factor: 25.0,
+                final_div_factor: 1e4,
+            },
+        }
+    }
+
+    fn make_optimizer(&self) -> Box<dyn Optimizer> {
+        match self.optimizer {
+            OptimizerKind::Sgd => Box::new(Sgd::new(self.momentum, self.nesterov, self.weight_decay)),
+            OptimizerKind::Adam => Box::new(AdamW::adam((0.9, 0.999), 1e-8, self.weight_decay)),
+            OptimizerKind::AdamW => Box::new(AdamW::adamw((0.9, 0.999), 1e-8, self.weight_decay)),
+        }
+    }
+}
+
+/// Loss and accuracy of one step or one evaluation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Metrics {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Top-1 accuracy.
+    pub accuracy: f64,
+    /// Top-5 accuracy (when there are more than 5 classes).
+    pub top5: Option<f64>,
+    /// Number of images.
+    pub count: usize,
+}
+
+/// Accumulates loss and top-k hits over batches.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    loss_sum: f64,
+    top1: usize,
+    top5: usize,
+    count: usize,
+    classes: usize,
+}
+
+impl Tally {
+    fn add(&mut self, mean_loss: f32, logits: &[f32], labels: &[u32]) {
+        let k = logits.len() / labels.len().max(1);
+        self.classes = k;
+        for (row, &label) in logits.chunks(k).zip(labels) {
+            let target = row[label as usize];
+            // Rank = number of classes scoring strictly higher (ties count in the label's favour).
+            let rank = row.iter().filter(|&&v| v > target).count();
+            self.top1 += (rank == 0) as usize;
+            self.top5 += (rank < 5) as usize;
+        }
+        self.loss_sum += mean_loss as f64 * labels.len() as f64;
+        self.count += labels.len();
+    }
+
+    fn metrics(&self) -> Metrics {
+        let n = self.count.max(1) as f64;
+        Metrics {
+            loss: self.loss_sum / n,
+            accuracy: self.top1 as f64 / n,
+            top5: (self.classes > 5).then(|| self.top5 as f64 / n),
+            count: self.count,
+        }
+    }
+}
+
+/// One epoch's record, as written by `--metrics-json` (one JSON object per line).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Training top-1 accuracy (on augmented images, in training mode).
+    pub train_accuracy: f64,
+    /// Validation loss (when there is a validation set).
+    pub val_loss: Option<f64>,
+    /// Validation top-1 accuracy.
+    pub val_accuracy: Option<f64>,
+    /// Validation top-5 accuracy.
+    pub val_top5: Option<f64>,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+    /// Seconds the epoch took.
+    pub seconds: f64,
+    /// Test accuracy (in the last record, when a test set was given).
+    pub test_accuracy: Option<f64>,
+    /// Test loss (in the last record).
+    pub test_loss: Option<f64>,
+}
+
+/// The training state: model, optimizer, schedule position and RNG.
+pub struct Trainer {
+    /// The network being trained.
+    pub model: ResNet,
+    /// The run's settings.
+    pub config: TrainConfig,
+    optimizer: Box<dyn Optimizer>,
+    schedule: Schedule,
+    steps_per_epoch: usize,
+    step: usize,
+    epoch: usize,
+    rng: Rng,
+}
+
+impl Trainer {
+    /// A trainer for `model` that will run `steps_per_epoch` steps per epoch.
+    pub fn new(model: ResNet, config: TrainConfig, steps_per_epoch: usize) -> Trainer {
+        let optimizer = config.make_optimizer();
+        let schedule = config.schedule(steps_per_epoch);
+        let rng = Rng::new(config.seed);
+        Trainer { model, config, optimizer, schedule, steps_per_epoch, step: 0, epoch: 0, rng }
+    }
+
+    /// Steps per epoch for a data set of `len` images (the last partial batch is dropped).
+    pub fn steps_for(len: usize, batch_size: usize) -> usize {
+        (len / batch_size.max(1)).max(1)
+    }
+
+    /// Epochs completed.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Optimizer steps taken.
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+
+    /// The learning rate of the next step.
+    pub fn lr(&self) -> f32 {
+        self.schedule.lr_at(self.config.lr, self.step)
+    }
+
+    fn tracked(&self, p: &Param) -> bool {
+        !self.config.freeze_backbone || p.is_head()
+    }
+
+    /// One optimisation step on `batch`. Returns the batch's loss and accuracy.
+    pub async fn step_async(&mut self, batch: &Batch) -> Result<Metrics> {
+        let gpu = self.model.gpu().clone();
+        let n = batch.labels.len();
+        check_labels(&batch.labels, self.model.config().num_classes)?;
+        let x = Tensor::from_slice(&gpu, &batch.shape, &batch.images)?;
+        let y = Tensor::from_u32(&gpu, &[n], &batch.labels)?;
+        let tape = Tape::new();
+        let freeze = self.config.freeze_backbone;
+        let (logits, binds) = self.model.forward_train(&tape, &x, |p| !freeze || p.is_head())?;
+        let loss = logits.cross_entropy(&y, self.config.label_smoothing)?;
+        let grads = tape.backward(&loss)?;
+        let lr = self.lr();
+        let mut slots = Vec::new();
+        for (i, p) in self.model.params().iter().enumerate() {
+            if !p.is_trainable() || !self.tracked(p) {
+                continue;
+            }
+            if let Some(g) = grads.get(binds.var(i)) {
+                slots.push((i, g.clone()));
+            }
+        }
+        if let Some(max_norm) = self.config.clip_grad_norm {
+            let refs: Vec<&Tensor> = slots.iter().map(|(_, g)| g).collect();
+            clip_grad_norm(&refs, max_norm)?;
+        }
+        let params = self.model.params();
+        let updates: Vec<ParamUpdate<'_>> = slots
+            .iter()
+            .map(|(i, g)| {
+                let p = &params[*i];
+                let mult = if p.is_head() { 1.0 } else { self.config.backbone_lr_mult };
+                ParamUpdate { slot: *i, param: &p.tensor, grad: g, lr: lr * mult }
+            })
+            .collect();
+        self.optimizer.step(&updates)?;
+        drop(updates);
+        self.step += 1;
+        let loss_v = loss.tensor().read().await?[0];
+        if !loss_v.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the training loss became {loss_v} at step {} (learning rate {lr}); stopping. \
+                 Lower the learning rate or enable gradient clipping",
+                self.step
+            )));
+        }
+        let logits_v = logits.tensor().read().await?;
+        let mut tally = Tally::default();
+        tally.add(loss_v, &logits_v, &batch.labels);
+        Ok(tally.metrics())
+    }
+
+    /// Blocking [`Trainer::step_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn step(&mut self, batch: &Batch) -> Result<Metrics> {
+        pollster::block_on(self.step_async(batch))
+    }
+
+    /// Eval-mode loss and accuracy over `data`, normalised with the training mean/std.
+    pub async fn evaluate_async(&mut self, data: &Dataset, batch_size: usize) -> Result<Metrics> {
+        evaluate_async(&mut self.model, data, &normalize_of(&self.config.augment), batch_size).await
+    }
+
+    /// Blocking [`Trainer::evaluate_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<Metrics> {
+        pollster::block_on(self.evaluate_async(data, batch_size))
+    }
+
+    /// Plan the next epoch's batches (shuffled and augmented from the trainer's RNG).
+    pub fn epoch_batches<'a>(&mut self, data: &'a Dataset) -> Result<crate::data::EpochBatches<'a>> {
+        epoch_batches(data, self.config.batch_size, Some(&mut self.rng), &self.config.augment, true)
+    }
+
+    /// Prefetching version of [`Trainer::epoch_batches`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn prefetch_epoch(
+        &mut self,
+        data: std::sync::Arc<Dataset>,
+    ) -> Result<crate::data::PrefetchBatches> {
+        crate::data::prefetch_batches(
+            data,
+            self.config.batch_size,
+            Some(&mut self.rng),
+            &self.config.augment,
+            true,
+            4,
+        )
+    }
+
+    /// Mark an epoch complete.
+    pub fn finish_epoch(&mut self) {
+        self.epoch += 1;
+    }
+
+    /// The whole training state as a state dict plus metadata (for checkpoints).
+    pub async fn checkpoint_async(&self) -> Result<(StateDict, HashMap<String, String>)> {
+        let mut dict = StateDict::new();
+        for (name, t) in self.model.state_dict_async().await?.iter() {
+            dict.insert(format!("model.{name}"), t.clone());
+        }
+        for (name, t) in self.optimizer.state() {
+            let data = t.read().await?;
+            dict.insert(format!("optim.{name}"), HostTensor { shape: t.shape().to_vec(), data: HostData::F32(data) });
+        }
+        let mut meta = HashMap::new();
+        meta.insert("format".into(), "resnet-wgpu-checkpoint-v1".into());
+        meta.insert("epoch".into(), self.epoch.to_string());
+        meta.insert("step".into(), self.step.to_string());
+        meta.insert("optimizer_steps".into(), self.optimizer.steps().to_string());
+        meta.insert("steps_per_epoch".into(), self.steps_per_epoch.to_string());
+        let s = self.rng.state();
+        meta.insert("rng".into(), format!("{},{},{},{}", s[0], s[1], s[2], s[3]));
+        meta.insert("architecture".into(), self.model.config().to_string());
+        Ok((dict, meta))
+    }
+
+    /// Write a checkpoint atomically (temporary file, then rename).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_checkpoint(&self, path: &std::path::Path) -> Result<()> {
+        let (dict, meta) = pollster::block_on(self.checkpoint_async())?;
+        crate::io::save_safetensors(&dict, path, Some(meta))
+    }
+
+    /// Restore a checkpoint written by [`Trainer::save_checkpoint`] for the same architecture.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn resume(&mut self, path: &std::path::Path) -> Result<()> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let dict = crate::io::load_safetensors_bytes(&bytes, &name)?;
+        let meta = dict.metadata();
+        let get = |k: &str| -> Result<&String> {
+            meta.get(k).ok_or_else(|| Error::format(&name, format!("not a checkpoint: metadata `{k}` missing")))
+        };
+        if get("format")? != "resnet-wgpu-checkpoint-v1" {
+            return Err(Error::format(&name, "not a resnet-wgpu checkpoint"));
+        }
+        let arch = get("architecture")?;
+        if *arch != self.model.config().to_string() {
+            return Err(Error::format(
+                &name,
+                format!(
+                    "the checkpoint is for {arch}, but the model being trained is {}",
+                    self.model.config()
+                ),
+            ));
+        }
+        let parse = |k: &str| -> Result<usize> {
+            get(k)?.parse().map_err(|_| Error::format(&name, format!("bad metadata `{k}`")))
+        };
+        let mut model_dict = StateDict::new();
+        let mut optim = Vec::new();
+        let gpu = self.model.gpu().clone();
+        for (k, t) in dict.iter() {
+            if let Some(n) = k.strip_prefix("model.") {
+                model_dict.insert(n.to_string(), t.clone());
+            } else if let Some(n) = k.strip_prefix("optim.") {
+                optim.push((n.to_string(), Tensor::from_slice(&gpu, &t.shape, &t.to_f32_vec())?));
+            }
+        }
+        let (model, _) = ResNet::from_state_dict(&gpu, &model_dict, Some(self.model.config().clone()), true)
+            .map_err(|e| Error::format(&name, e))?;
+        self.model = model;
+        self.optimizer = self.config.make_optimizer();
+        self.optimizer.load_state(optim)?;
+        self.epoch = parse("epoch")?;
+        self.step = parse("step")?;
+        let rng: Vec<u64> = get("rng")?.split(',').filter_map(|v| v.parse().ok()).collect();
+        let rng: [u64; 4] = rng.try_into().map_err(|_| Error::format(&name, "bad metadata `rng`"))?;
+        self.rng = Rng::from_state(rng);
+        Ok(())
+    }
+}
+
+/// Error unless every label is below `classes`.
+pub fn check_labels(labels: &[u32], classes: usize) -> Result<()> {
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(Error::Invalid(format!(
+            "label {bad} is out of range for a model with {classes} classes"
+        )));
+    }
+    Ok(())
+}
+
+/// The normalisation of an augmentation, without its random parts.
+pub fn normalize_of(a: &Augment) -> Augment {
+    Augment::normalize(&a.mean, &a.std)
+}
+
+/// Eval-mode loss and accuracy of `model` over `data` (async; works on the web).
+pub async fn evaluate_async(
+    model: &mut ResNet,
+    data: &Dataset,
+    normalize: &Augment,
+    batch_size: usize,
+) -> Result<Metrics> {
+    check_labels(&data.labels, model.config().num_classes)?;
+    let gpu = model.gpu().clone();
+    let mut tally = Tally::default();
+    for batch in epoch_batches(data, batch_size, None, normalize, false)? {
+        let x = Tensor::from_slice(&gpu, &batch.shape, &batch.images)?;
+        let y = Tensor::from_u32(&gpu, &[batch.labels.len()], &batch.labels)?;
+        let logits = model.infer(&x)?;
+        let (loss, _) = crate::ops::cross_entropy(&logits, &y, 0.0)?;
+        let loss_v = loss.read().await?[0];
+        let logits_v = logits.read().await?;
+        tally.add(loss_v, &logits_v, &batch.labels);
+    }
+    Ok(tally.metrics())
+}
+
+/// Blocking [`evaluate_async`] (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn evaluate(model: &mut ResNet, data: &Dataset, normalize: &Augment, batch_size: usize) -> Result<Metrics> {
+    pollster::block_on(evaluate_async(model, data, normalize, batch_size))
+}
