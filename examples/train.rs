@@ -13,9 +13,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use resnet_wgpu::data::{self, Augment, Dataset};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
-use resnet_wgpu::train::{EpochRecord, OptimizerKind, ScheduleKind, TrainConfig, Trainer};
+use resnet_wgpu::train::{check_writable, EpochRecord, OptimizerKind, ScheduleKind, TrainConfig, Trainer};
 use resnet_wgpu::{Error, Gpu, Result, Rng};
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +36,9 @@ struct Args {
     /// imagenet (7x7/2 conv + max pool) or cifar (3x3/1 conv, for small images)
     #[arg(long, default_value = "cifar")]
     stem: String,
+    /// Blocks per stage, overriding the architecture's (e.g. 1,1,1,1 for a ResNet-10).
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
     /// Channels of the four stages, e.g. 64,128,256,512 (torchvision's). Default: 32,64,128,256.
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
@@ -184,23 +187,6 @@ fn load_data(a: &Args) -> Result<Data> {
     Ok(Data { train, val, test, mean, std })
 }
 
-/// Fail before training if `path` cannot be written (not after an hour).
-fn check_writable(path: &Path, what: &str) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let probe = dir.join(format!(".resnet-wgpu-write-test-{}", std::process::id()));
-    std::fs::File::create(&probe)
-        .and_then(|mut f| f.write_all(b"ok"))
-        .map_err(|e| Error::Invalid(format!("{what} {} is not writable: {e}", path.display())))?;
-    let _ = std::fs::remove_file(&probe);
-    if path.is_dir() {
-        return Err(Error::Invalid(format!("{what} {} is a directory", path.display())));
-    }
-    Ok(())
-}
-
 fn model_config(a: &Args, data: &Data) -> Result<ResNetConfig> {
     let mut c = ResNetConfig::from_name(&a.arch)?.with_num_classes(data.train.num_classes());
     let stem = match a.stem.as_str() {
@@ -210,6 +196,9 @@ fn model_config(a: &Args, data: &Data) -> Result<ResNetConfig> {
     };
     c = c.with_stem(stem).with_in_channels(data.train.channels);
     c = c.with_widths(a.widths.clone().unwrap_or_else(|| vec![32, 64, 128, 256]));
+    if let Some(layers) = &a.layers {
+        c = c.with_layers(layers.clone());
+    }
     c.validate()?;
     Ok(c)
 }

@@ -366,6 +366,31 @@ impl Trainer {
         self.epoch += 1;
     }
 
+    /// Train one epoch on `data` (shuffled and augmented from the trainer's RNG), calling
+    /// `on_batch` after each step; returns the epoch's training loss and accuracy.
+    pub async fn train_epoch_async(
+        &mut self,
+        data: &Dataset,
+        mut on_batch: impl FnMut(&Metrics),
+    ) -> Result<Metrics> {
+        let mut tally = Tally::default();
+        for batch in self.epoch_batches(data)? {
+            let m = self.step_async(&batch).await?;
+            tally.loss_sum += m.loss * m.count as f64;
+            tally.top1 += (m.accuracy * m.count as f64).round() as usize;
+            tally.count += m.count;
+            on_batch(&m);
+        }
+        self.finish_epoch();
+        Ok(tally.metrics())
+    }
+
+    /// Blocking [`Trainer::train_epoch_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn train_epoch(&mut self, data: &Dataset, on_batch: impl FnMut(&Metrics)) -> Result<Metrics> {
+        pollster::block_on(self.train_epoch_async(data, on_batch))
+    }
+
     /// The whole training state as a state dict plus metadata (for checkpoints).
     pub async fn checkpoint_async(&self) -> Result<(StateDict, HashMap<String, String>)> {
         let mut dict = StateDict::new();
@@ -443,6 +468,26 @@ impl Trainer {
         self.rng = Rng::from_state(rng);
         Ok(())
     }
+}
+
+/// Fail early (before training starts) when `path` cannot be written: its folder must accept a
+/// new file and `path` must not be a directory. `what` names the option in the message.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn check_writable(path: &std::path::Path, what: &str) -> Result<()> {
+    use std::io::Write;
+    if path.is_dir() {
+        return Err(Error::Invalid(format!("{what} {} is a directory", path.display())));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let probe = dir.join(format!(".resnet-wgpu-write-test-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|mut f| f.write_all(b"ok"))
+        .map_err(|e| Error::Invalid(format!("{what} {} is not writable: {e}", path.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Error unless every label is below `classes`.
