@@ -39,7 +39,12 @@ fn bench_models(gpu: &Gpu, batch: usize, iters: usize) -> Result<()> {
         let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
         let x = Tensor::full(gpu, &[1, 3, 224, 224], 0.5)?;
         let t = time(gpu, iters, || net.infer(&x))?;
-        println!("{:<34} {:>12.1} {:>10.1}", format!("{name} inference, batch 1"), t * 1e3, 1.0 / t);
+        println!(
+            "{:<34} {:>12.1} {:>10.1}",
+            format!("{name} inference, batch 1"),
+            t * 1e3,
+            1.0 / t
+        );
     }
     let mut net = ResNet::new(gpu, ResNetConfig::resnet18(1000), &mut Rng::new(0))?;
     let x = Tensor::full(gpu, &[batch, 3, 224, 224], 0.5)?;
@@ -55,7 +60,12 @@ fn bench_models(gpu: &Gpu, batch: usize, iters: usize) -> Result<()> {
             .iter()
             .enumerate()
             .filter_map(|(i, p)| {
-                grads.get(binds.var(i)).map(|g| ParamUpdate { slot: i, param: &p.tensor, grad: g, lr: 0.01 })
+                grads.get(binds.var(i)).map(|g| ParamUpdate {
+                    slot: i,
+                    param: &p.tensor,
+                    grad: g,
+                    lr: 0.01,
+                })
             })
             .collect();
         sgd.step(&updates)?;

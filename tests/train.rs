@@ -23,7 +23,10 @@ fn small_config(widths: [usize; 4]) -> ResNetConfig {
 }
 
 fn norm() -> (Vec<f32>, Vec<f32>) {
-    (data::FASHION_MNIST_MEAN.to_vec(), data::FASHION_MNIST_STD.to_vec())
+    (
+        data::FASHION_MNIST_MEAN.to_vec(),
+        data::FASHION_MNIST_STD.to_vec(),
+    )
 }
 
 #[test]
@@ -44,14 +47,29 @@ fn learns_a_real_fashion_mnist_subset() {
     let mut losses = Vec::new();
     for _ in 0..3 {
         let m = trainer.train_epoch(&train_set, |_| {}).unwrap();
-        println!("epoch {}: train loss {:.4} accuracy {:.4}", trainer.epoch(), m.loss, m.accuracy);
+        println!(
+            "epoch {}: train loss {:.4} accuracy {:.4}",
+            trainer.epoch(),
+            m.loss,
+            m.accuracy
+        );
         losses.push(m.loss);
     }
     let after = trainer.evaluate(&test_set, 250).unwrap();
-    println!("test before {:.4} / {:.4}, after {:.4} / {:.4}", before.loss, before.accuracy, after.loss, after.accuracy);
-    assert!(losses[2] < losses[0] * 0.7, "training loss did not fall enough: {losses:?}");
+    println!(
+        "test before {:.4} / {:.4}, after {:.4} / {:.4}",
+        before.loss, before.accuracy, after.loss, after.accuracy
+    );
+    assert!(
+        losses[2] < losses[0] * 0.7,
+        "training loss did not fall enough: {losses:?}"
+    );
     assert!(after.loss < before.loss, "test loss did not fall");
-    assert!(after.accuracy >= 0.70, "test accuracy {:.4} on 1000 held-out images is below 70%", after.accuracy);
+    assert!(
+        after.accuracy >= 0.70,
+        "test accuracy {:.4} on 1000 held-out images is below 70%",
+        after.accuracy
+    );
     assert_eq!(after.count, 1000);
     assert!(after.top5.unwrap() > after.accuracy);
 }
@@ -63,7 +81,11 @@ fn tiny_trainer(gpu: &resnet_wgpu::Gpu, seed: u64, optimizer: OptimizerKind) -> 
     cfg.batch_size = 32;
     cfg.seed = 7;
     cfg.optimizer = optimizer;
-    cfg.lr = if optimizer == OptimizerKind::Sgd { 0.05 } else { 1e-3 };
+    cfg.lr = if optimizer == OptimizerKind::Sgd {
+        0.05
+    } else {
+        1e-3
+    };
     cfg.schedule = ScheduleKind::Cosine { warmup_epochs: 1 };
     cfg.augment.pad_crop = 2;
     let model = ResNet::new(gpu, small_config([4, 4, 8, 8]), &mut Rng::new(seed)).unwrap();
@@ -81,7 +103,9 @@ fn resume_continues_bit_for_bit() {
         let mut straight = tiny_trainer(&gpu, 3, opt);
         let mut curve_a = Vec::new();
         for _ in 0..2 {
-            straight.train_epoch(&data, |m| curve_a.push(m.loss)).unwrap();
+            straight
+                .train_epoch(&data, |m| curve_a.push(m.loss))
+                .unwrap();
         }
         // One epoch, checkpoint, a fresh trainer (other initial weights) resumes, one more epoch.
         let mut first = tiny_trainer(&gpu, 3, opt);
@@ -93,7 +117,9 @@ fn resume_continues_bit_for_bit() {
         let mut resumed = tiny_trainer(&gpu, 99, opt);
         resumed.resume(&ckpt).unwrap();
         assert_eq!(resumed.epoch(), 1);
-        resumed.train_epoch(&data, |m| curve_b.push(m.loss)).unwrap();
+        resumed
+            .train_epoch(&data, |m| curve_b.push(m.loss))
+            .unwrap();
         assert_eq!(curve_a, curve_b, "{opt:?}: loss curves differ");
         let a = straight.model.state_dict().unwrap();
         let b = resumed.model.state_dict().unwrap();
@@ -126,7 +152,10 @@ fn a_diverging_run_stops_with_a_clear_error() {
     t.config.lr = 1e30;
     t.config.schedule = ScheduleKind::Constant;
     let err = t.train_epoch(&data, |_| {}).unwrap_err().to_string();
-    assert!(err.contains("loss became") && err.contains("stopping"), "{err}");
+    assert!(
+        err.contains("loss became") && err.contains("stopping"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,7 +173,10 @@ fn bad_inputs_fail_early_naming_the_file() {
     let other = ResNet::new(&gpu, small_config([8, 8, 8, 8]), &mut Rng::new(1)).unwrap();
     let mut b = Trainer::new(other, TrainConfig::new(&mean, &std), 1);
     let err = b.resume(&ckpt).unwrap_err().to_string();
-    assert!(err.contains("other.ckpt.safetensors") && err.contains("widths"), "{err}");
+    assert!(
+        err.contains("other.ckpt.safetensors") && err.contains("widths"),
+        "{err}"
+    );
     // Not a checkpoint at all.
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"not a safetensors file").unwrap();
@@ -152,7 +184,10 @@ fn bad_inputs_fail_early_naming_the_file() {
     assert!(err.contains("junk.safetensors"), "{err}");
     // Unwritable outputs are refused before training starts.
     let err = train::check_writable(&dir.join("no/such/dir/out.safetensors"), "--out").unwrap_err();
-    assert!(err.to_string().contains("--out") && err.to_string().contains("no/such/dir"), "{err}");
+    assert!(
+        err.to_string().contains("--out") && err.to_string().contains("no/such/dir"),
+        "{err}"
+    );
     let err = train::check_writable(&dir, "--out").unwrap_err();
     assert!(err.to_string().contains("is a directory"), "{err}");
     train::check_writable(&dir.join("fine.safetensors"), "--out").unwrap();
@@ -161,7 +196,10 @@ fn bad_inputs_fail_early_naming_the_file() {
     bad.labels[0] = 10;
     bad.classes.push("extra".into());
     let err = a.evaluate(&bad, 16).unwrap_err().to_string();
-    assert!(err.contains("label 10") && err.contains("10 classes"), "{err}");
+    assert!(
+        err.contains("label 10") && err.contains("10 classes"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -182,7 +220,11 @@ fn training_steps_stop_allocating() {
     for _ in 0..3 {
         t.step(&batch).unwrap();
     }
-    assert_eq!(gpu.pool_stats().allocations, allocated, "training steps kept allocating buffers");
+    assert_eq!(
+        gpu.pool_stats().allocations,
+        allocated,
+        "training steps kept allocating buffers"
+    );
     // Inference records nothing: no tape, no saved activations.
     let x = Tensor::from_slice(&gpu, &batch.shape, &batch.images).unwrap();
     let tape = Tape::new();

@@ -118,7 +118,11 @@ impl Gpu {
         Ok(Gpu::build(
             device,
             queue,
-            GpuInfo { name: info.name, backend: info.backend, driver: info.driver_info },
+            GpuInfo {
+                name: info.name,
+                backend: info.backend,
+                driver: info.driver_info,
+            },
         ))
     }
 
@@ -137,12 +141,20 @@ impl Gpu {
     }
 
     /// Like [`Gpu::from_device`] but records the adapter's name and backend for display.
-    pub fn from_adapter_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+    pub fn from_adapter_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Gpu {
         let info = adapter.get_info();
         Gpu::build(
             device,
             queue,
-            GpuInfo { name: info.name, backend: info.backend, driver: info.driver_info },
+            GpuInfo {
+                name: info.name,
+                backend: info.backend,
+                driver: info.driver_info,
+            },
         )
     }
 }
