@@ -29,6 +29,9 @@ struct Args {
     /// Image side for folder data sets.
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Channels for folder data sets: 1 (grayscale) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Evaluate the first N test images only.
@@ -59,7 +62,7 @@ fn run(a: Args) -> Result<()> {
             data::CIFAR10_STD.to_vec(),
         ),
         "folder" => {
-            let (ds, warnings) = data::load_image_folder(need()?, a.size, 3)?;
+            let (ds, warnings) = data::load_image_folder(need()?, a.size, a.channels)?;
             for w in warnings {
                 eprintln!("warning: {w}");
             }

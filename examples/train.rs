@@ -69,7 +69,7 @@ struct Args {
     clip_grad_norm: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Train on the first N training images only.
+    /// Train on N training images only (a seeded random subset).
     #[arg(long)]
     limit_train: Option<usize>,
     /// Evaluate on the first N test images only.
@@ -81,6 +81,9 @@ struct Args {
     /// Image side for folder data sets (resize shorter side + center crop).
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Channels for folder data sets: 1 (grayscale) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
     /// Disable random crop and flip.
     #[arg(long)]
     no_augment: bool,
@@ -146,7 +149,7 @@ fn load_data(a: &Args) -> Result<Data> {
             // One folder of class sub-folders: hold out 20% as the test set. With `train/` and
             // `test/` (or `val/`) sub-folders, use them.
             let d = need_dir("folder")?;
-            let channels = 3;
+            let channels = a.channels;
             let load = |p: &Path| -> Result<Dataset> {
                 let (ds, warnings) = data::load_image_folder(p, a.size, channels)?;
                 for w in warnings {
@@ -173,9 +176,11 @@ fn load_data(a: &Args) -> Result<Data> {
             )));
         }
     };
+    // A seeded random subset: folders list their images class by class, so the first N would
+    // hold only the first classes.
     let train = match a.limit_train {
-        Some(n) => train.take(n),
-        None => train,
+        Some(n) if n < train.len() => train.split(n, a.seed ^ 0x1317)?.1,
+        _ => train,
     };
     let test = match a.limit_test {
         Some(n) => test.take(n),
