@@ -19,6 +19,65 @@ struct Args {
     /// Timed iterations per pass (after one warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// What to time: `convs` (per-layer conv kernels), `models` (ResNet-18/50 inference at
+    /// 224x224, batch 1, and a ResNet-18 training step at `--batch`) or `all`.
+    #[arg(long, default_value = "all")]
+    what: String,
+}
+
+/// Inference latency of ResNet-18 and ResNet-50 at 224x224, batch 1, and the time of one
+/// ResNet-18 training step (forward, backward, SGD) at `batch`.
+fn bench_models(gpu: &Gpu, batch: usize, iters: usize) -> Result<()> {
+    use resnet_wgpu::nn::{ResNet, ResNetConfig};
+    use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
+    use resnet_wgpu::{Rng, Tape};
+    println!("\n{:<34} {:>12} {:>10}", "model", "ms", "images/s");
+    for (name, config) in [
+        ("ResNet-18", ResNetConfig::resnet18(1000)),
+        ("ResNet-50", ResNetConfig::resnet50(1000)),
+    ] {
+        let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
+        let x = Tensor::full(gpu, &[1, 3, 224, 224], 0.5)?;
+        let t = time(gpu, iters, || net.infer(&x))?;
+        println!(
+            "{:<34} {:>12.1} {:>10.1}",
+            format!("{name} inference, batch 1"),
+            t * 1e3,
+            1.0 / t
+        );
+    }
+    let mut net = ResNet::new(gpu, ResNetConfig::resnet18(1000), &mut Rng::new(0))?;
+    let x = Tensor::full(gpu, &[batch, 3, 224, 224], 0.5)?;
+    let labels = Tensor::from_u32(gpu, &[batch], &vec![1; batch])?;
+    let mut sgd = Sgd::new(0.9, false, 5e-4);
+    let t = time(gpu, iters, || {
+        let tape = Tape::new();
+        let (logits, binds) = net.forward_train(&tape, &x, |_| true)?;
+        let loss = logits.cross_entropy(&labels, 0.0)?;
+        let grads = tape.backward(&loss)?;
+        let updates: Vec<ParamUpdate<'_>> = net
+            .params()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                grads.get(binds.var(i)).map(|g| ParamUpdate {
+                    slot: i,
+                    param: &p.tensor,
+                    grad: g,
+                    lr: 0.01,
+                })
+            })
+            .collect();
+        sgd.step(&updates)?;
+        Ok(loss.into_tensor())
+    })?;
+    println!(
+        "{:<34} {:>12.1} {:>10.1}",
+        format!("ResNet-18 train step, batch {batch}"),
+        t * 1e3,
+        batch as f64 / t
+    );
+    Ok(())
 }
 
 struct Shape {
@@ -101,6 +160,9 @@ fn main() -> Result<()> {
         "GFLOP/s",
         "splits"
     );
+    if args.what == "models" {
+        return bench_models(&gpu, args.batch, iters);
+    }
     let mut totals = [0f64; 3];
     let mut total_macs = 0f64;
     for (s, count) in &SHAPES {
@@ -153,5 +215,8 @@ fn main() -> Result<()> {
         g(totals[2])
     );
     println!("(the stem's input gradient is never needed in training but is timed here too)");
+    if args.what == "all" {
+        bench_models(&gpu, args.batch, iters)?;
+    }
     Ok(())
 }

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(about = "Classify JPEG/PNG images with a ResNet (architecture inferred from the weights)")]
+#[command(
+    about = "Classify JPEG/PNG images with a ResNet (architecture inferred from the weights)"
+)]
 struct Args {
     /// torchvision-named safetensors weights.
     #[arg(long)]
@@ -59,7 +61,12 @@ fn run(a: Args) -> Result<()> {
     for (path, preds) in a.images.iter().zip(results) {
         println!("{}", path.display());
         for p in preds {
-            println!("  {:6.2}%  {} ({})", p.probability * 100.0, p.label, p.class);
+            println!(
+                "  {:6.2}%  {} ({})",
+                p.probability * 100.0,
+                p.label,
+                p.class
+            );
         }
     }
     eprintln!("{} images in {ms:.1} ms", a.images.len());

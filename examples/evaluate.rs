@@ -40,7 +40,8 @@ fn run(a: Args) -> Result<()> {
     let gpu = Gpu::new()?;
     eprintln!("adapter: {}", gpu.info());
     let dir = a.data_dir.as_deref();
-    let need = || dir.ok_or_else(|| Error::Invalid(format!("--dataset {} needs --data-dir", a.dataset)));
+    let need =
+        || dir.ok_or_else(|| Error::Invalid(format!("--dataset {} needs --data-dir", a.dataset)));
     let (test, mean, std) = match a.dataset.as_str() {
         "fashion-mnist" => (
             data::load_fashion_mnist(dir, false)?,

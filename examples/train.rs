@@ -13,9 +13,11 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use resnet_wgpu::data::{self, Augment, Dataset};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
-use resnet_wgpu::train::{EpochRecord, OptimizerKind, ScheduleKind, TrainConfig, Trainer};
+use resnet_wgpu::train::{
+    EpochRecord, OptimizerKind, ScheduleKind, TrainConfig, Trainer, check_writable,
+};
 use resnet_wgpu::{Error, Gpu, Result, Rng};
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +38,9 @@ struct Args {
     /// imagenet (7x7/2 conv + max pool) or cifar (3x3/1 conv, for small images)
     #[arg(long, default_value = "cifar")]
     stem: String,
+    /// Blocks per stage, overriding the architecture's (e.g. 1,1,1,1 for a ResNet-10).
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
     /// Channels of the four stages, e.g. 64,128,256,512 (torchvision's). Default: 32,64,128,256.
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
@@ -119,9 +124,10 @@ fn load_data(a: &Args) -> Result<Data> {
         dir.ok_or_else(|| Error::Invalid(format!("--dataset {what} needs --data-dir DIR")))
     };
     let (train, test) = match a.dataset.as_str() {
-        "fashion-mnist" => {
-            (data::load_fashion_mnist(dir, true)?, data::load_fashion_mnist(dir, false)?)
-        }
+        "fashion-mnist" => (
+            data::load_fashion_mnist(dir, true)?,
+            data::load_fashion_mnist(dir, false)?,
+        ),
         "mnist" => {
             let d = need_dir("mnist")?;
             (
@@ -131,7 +137,10 @@ fn load_data(a: &Args) -> Result<Data> {
         }
         "cifar10" => {
             let d = need_dir("cifar10")?;
-            (data::load_cifar10_dir(d, true)?, data::load_cifar10_dir(d, false)?)
+            (
+                data::load_cifar10_dir(d, true)?,
+                data::load_cifar10_dir(d, false)?,
+            )
         }
         "folder" => {
             // One folder of class sub-folders: hold out 20% as the test set. With `train/` and
@@ -145,7 +154,10 @@ fn load_data(a: &Args) -> Result<Data> {
                 }
                 Ok(ds)
             };
-            let test_dir = ["test", "val"].iter().map(|s| d.join(s)).find(|p| p.is_dir());
+            let test_dir = ["test", "val"]
+                .iter()
+                .map(|s| d.join(s))
+                .find(|p| p.is_dir());
             match (d.join("train").is_dir(), test_dir) {
                 (true, Some(t)) => (load(&d.join("train"))?, load(&t)?),
                 _ => {
@@ -176,29 +188,21 @@ fn load_data(a: &Args) -> Result<Data> {
         (train, None)
     };
     let (mean, std) = match a.dataset.as_str() {
-        "fashion-mnist" => (data::FASHION_MNIST_MEAN.to_vec(), data::FASHION_MNIST_STD.to_vec()),
+        "fashion-mnist" => (
+            data::FASHION_MNIST_MEAN.to_vec(),
+            data::FASHION_MNIST_STD.to_vec(),
+        ),
         "mnist" => (data::MNIST_MEAN.to_vec(), data::MNIST_STD.to_vec()),
         "cifar10" => (data::CIFAR10_MEAN.to_vec(), data::CIFAR10_STD.to_vec()),
         _ => data::channel_stats(&train),
     };
-    Ok(Data { train, val, test, mean, std })
-}
-
-/// Fail before training if `path` cannot be written (not after an hour).
-fn check_writable(path: &Path, what: &str) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let probe = dir.join(format!(".resnet-wgpu-write-test-{}", std::process::id()));
-    std::fs::File::create(&probe)
-        .and_then(|mut f| f.write_all(b"ok"))
-        .map_err(|e| Error::Invalid(format!("{what} {} is not writable: {e}", path.display())))?;
-    let _ = std::fs::remove_file(&probe);
-    if path.is_dir() {
-        return Err(Error::Invalid(format!("{what} {} is a directory", path.display())));
-    }
-    Ok(())
+    Ok(Data {
+        train,
+        val,
+        test,
+        mean,
+        std,
+    })
 }
 
 fn model_config(a: &Args, data: &Data) -> Result<ResNetConfig> {
@@ -206,10 +210,17 @@ fn model_config(a: &Args, data: &Data) -> Result<ResNetConfig> {
     let stem = match a.stem.as_str() {
         "imagenet" => Stem::ImageNet,
         "cifar" => Stem::Cifar,
-        s => return Err(Error::Invalid(format!("unknown --stem {s:?}: expected imagenet or cifar"))),
+        s => {
+            return Err(Error::Invalid(format!(
+                "unknown --stem {s:?}: expected imagenet or cifar"
+            )));
+        }
     };
     c = c.with_stem(stem).with_in_channels(data.train.channels);
     c = c.with_widths(a.widths.clone().unwrap_or_else(|| vec![32, 64, 128, 256]));
+    if let Some(layers) = &a.layers {
+        c = c.with_layers(layers.clone());
+    }
     c.validate()?;
     Ok(c)
 }
@@ -217,7 +228,10 @@ fn model_config(a: &Args, data: &Data) -> Result<ResNetConfig> {
 fn run(a: Args) -> Result<()> {
     let gpu = Gpu::new()?;
     println!("adapter: {}", gpu.info());
-    let checkpoint = a.checkpoint.clone().unwrap_or_else(|| a.out.with_extension("ckpt.safetensors"));
+    let checkpoint = a
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| a.out.with_extension("ckpt.safetensors"));
     check_writable(&a.out, "--out")?;
     check_writable(&checkpoint, "--checkpoint")?;
     if let Some(m) = &a.metrics_json {
@@ -241,7 +255,13 @@ fn run(a: Args) -> Result<()> {
     cfg.optimizer = optimizer;
     let adam = optimizer != OptimizerKind::Sgd;
     cfg.lr = a.lr.unwrap_or(if adam { 2e-3 } else { 0.1 });
-    cfg.weight_decay = a.weight_decay.unwrap_or(if optimizer == OptimizerKind::AdamW { 0.05 } else { 5e-4 });
+    cfg.weight_decay = a
+        .weight_decay
+        .unwrap_or(if optimizer == OptimizerKind::AdamW {
+            0.05
+        } else {
+            5e-4
+        });
     cfg.momentum = a.momentum;
     cfg.schedule = a.schedule.parse::<ScheduleKind>()?;
     cfg.label_smoothing = a.label_smoothing;
@@ -291,7 +311,11 @@ fn run(a: Args) -> Result<()> {
         }
         None => ResNet::new(&gpu, model_config(&a, &data)?, &mut rng)?,
     };
-    println!("model: {} ({} parameters)", model.config(), model.num_parameters());
+    println!(
+        "model: {} ({} parameters)",
+        model.config(),
+        model.num_parameters()
+    );
     let steps = Trainer::steps_for(data.train.len(), cfg.batch_size);
     let mut trainer = Trainer::new(model, cfg, steps);
     if let Some(path) = &a.resume {
@@ -316,7 +340,11 @@ fn run(a: Args) -> Result<()> {
     let run_start = Instant::now();
     for epoch in trainer.epoch()..epochs {
         let start = Instant::now();
-        let pb = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new((steps * trainer.config.batch_size) as u64) };
+        let pb = if a.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new((steps * trainer.config.batch_size) as u64)
+        };
         pb.set_style(
             ProgressStyle::with_template(
                 "epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
@@ -332,7 +360,12 @@ fn run(a: Args) -> Result<()> {
             correct += m.accuracy * m.count as f64;
             seen += m.count;
             pb.inc(m.count as u64);
-            pb.set_message(format!("loss {:.4} acc {:.3} lr {:.4}", loss_sum / seen as f64, correct / seen as f64, trainer.lr()));
+            pb.set_message(format!(
+                "loss {:.4} acc {:.3} lr {:.4}",
+                loss_sum / seen as f64,
+                correct / seen as f64,
+                trainer.lr()
+            ));
         }
         pb.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();

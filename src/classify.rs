@@ -37,11 +37,18 @@ pub struct Classifier {
 /// Parse a labels file: one class name per line (blank trailing lines ignored). `name` is used in
 /// errors; `classes` is the model's class count, which the line count must equal.
 pub fn parse_labels(text: &str, name: &str, classes: usize) -> Result<Vec<String>> {
-    let labels: Vec<String> = text.trim_end().lines().map(|l| l.trim().to_string()).collect();
+    let labels: Vec<String> = text
+        .trim_end()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
     if labels.len() != classes {
         return Err(Error::format(
             name,
-            format!("has {} labels but the model has {classes} classes", labels.len()),
+            format!(
+                "has {} labels but the model has {classes} classes",
+                labels.len()
+            ),
         ));
     }
     Ok(labels)
@@ -52,13 +59,24 @@ impl Classifier {
     /// of one value per channel are expected; single values are repeated over the channels.
     pub fn new(model: ResNet) -> Classifier {
         let c = model.config().in_channels;
-        let labels = (0..model.config().num_classes).map(|i| i.to_string()).collect();
+        let labels = (0..model.config().num_classes)
+            .map(|i| i.to_string())
+            .collect();
         let (mean, std) = if c == 3 {
-            (crate::data::IMAGENET_MEAN.to_vec(), crate::data::IMAGENET_STD.to_vec())
+            (
+                crate::data::IMAGENET_MEAN.to_vec(),
+                crate::data::IMAGENET_STD.to_vec(),
+            )
         } else {
             (vec![0.5; c], vec![0.5; c])
         };
-        Classifier { model, labels, mean, std, size: 224 }
+        Classifier {
+            model,
+            labels,
+            mean,
+            std,
+            size: 224,
+        }
     }
 
     /// Set the class names (must match the class count).
@@ -89,7 +107,10 @@ impl Classifier {
         self.mean = expand(mean, "mean")?;
         self.std = expand(std, "std")?;
         if self.std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
-            return Err(Error::Invalid(format!("std {:?} must be positive", self.std)));
+            return Err(Error::Invalid(format!(
+                "std {:?} must be positive",
+                self.std
+            )));
         }
         Ok(self)
     }
@@ -110,10 +131,15 @@ impl Classifier {
     pub fn logits(&mut self, images: &[f32]) -> Result<Tensor> {
         let c = self.model.config().in_channels;
         let per = c * self.size * self.size;
-        if images.is_empty() || images.len() % per != 0 {
+        if images.is_empty() || !images.len().is_multiple_of(per) {
             return Err(Error::shape(
                 "classify",
-                format!("{} values are not a whole number of {c}x{}x{} images", images.len(), self.size, self.size),
+                format!(
+                    "{} values are not a whole number of {c}x{}x{} images",
+                    images.len(),
+                    self.size,
+                    self.size
+                ),
             ));
         }
         let n = images.len() / per;
@@ -122,15 +148,28 @@ impl Classifier {
     }
 
     /// Top-`k` predictions per image for preprocessed images (async; works on the web).
-    pub async fn classify_preprocessed(&mut self, images: &[f32], k: usize) -> Result<Vec<Vec<Prediction>>> {
+    pub async fn classify_preprocessed(
+        &mut self,
+        images: &[f32],
+        k: usize,
+    ) -> Result<Vec<Vec<Prediction>>> {
         let logits = self.logits(images)?;
         let probs = crate::ops::softmax(&logits)?.read().await?;
         let classes = self.model.config().num_classes;
-        Ok(probs.chunks(classes).map(|row| self.top_k(row, k)).collect())
+        Ok(probs
+            .chunks(classes)
+            .map(|row| self.top_k(row, k))
+            .collect())
     }
 
     /// Top-`k` predictions for RGBA pixels of any size (async; works on the web).
-    pub async fn classify_rgba(&mut self, rgba: &[u8], width: usize, height: usize, k: usize) -> Result<Vec<Prediction>> {
+    pub async fn classify_rgba(
+        &mut self,
+        rgba: &[u8],
+        width: usize,
+        height: usize,
+        k: usize,
+    ) -> Result<Vec<Prediction>> {
         let x = self.preprocess_rgba(rgba, width, height)?;
         Ok(self.classify_preprocessed(&x, k).await?.remove(0))
     }
@@ -141,7 +180,11 @@ impl Classifier {
         order
             .into_iter()
             .take(k)
-            .map(|i| Prediction { class: i, label: self.labels[i].clone(), probability: probs[i] })
+            .map(|i| Prediction {
+                class: i,
+                label: self.labels[i].clone(),
+                probability: probs[i],
+            })
             .collect()
     }
 }
@@ -163,7 +206,11 @@ mod native {
         pub fn with_labels_file(self, path: impl AsRef<Path>) -> Result<Classifier> {
             let path = path.as_ref();
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let labels = parse_labels(&text, &path.display().to_string(), self.model.config().num_classes)?;
+            let labels = parse_labels(
+                &text,
+                &path.display().to_string(),
+                self.model.config().num_classes,
+            )?;
             self.with_labels(labels)
         }
 
@@ -175,13 +222,20 @@ mod native {
                 .with_guessed_format()
                 .map_err(|e| Error::io(path, e))?
                 .decode()
-                .map_err(|e| Error::format(path.display(), format!("cannot decode the image: {e}")))?;
+                .map_err(|e| {
+                    Error::format(path.display(), format!("cannot decode the image: {e}"))
+                })?;
             let c = self.model.config().in_channels;
             crate::data::preprocess_image(&img, self.size, c, &self.mean, &self.std)
         }
 
         /// Top-`k` predictions for each image file, run in batches of `batch` (blocking).
-        pub fn classify_files(&mut self, paths: &[impl AsRef<Path>], k: usize, batch: usize) -> Result<Vec<Vec<Prediction>>> {
+        pub fn classify_files(
+            &mut self,
+            paths: &[impl AsRef<Path>],
+            k: usize,
+            batch: usize,
+        ) -> Result<Vec<Vec<Prediction>>> {
             let mut out = Vec::with_capacity(paths.len());
             for chunk in paths.chunks(batch.max(1)) {
                 let mut images = Vec::new();

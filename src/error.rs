@@ -17,7 +17,12 @@ pub enum Error {
     Shape { op: &'static str, msg: String },
     /// A problem exceeds a device limit.
     #[error("{what} needs {needed} but the device limit `{limit}` is {available}")]
-    Limit { what: String, limit: &'static str, needed: u64, available: u64 },
+    Limit {
+        what: String,
+        limit: &'static str,
+        needed: u64,
+        available: u64,
+    },
     /// A GPU operation failed (buffer mapping, device lost, validation).
     #[error("GPU error: {0}")]
     Gpu(String),
@@ -26,7 +31,10 @@ pub enum Error {
     Format { path: String, msg: String },
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// Anything else a caller asked for that cannot be done.
     #[error("{0}")]
     Invalid(String),
@@ -35,14 +43,23 @@ pub enum Error {
 impl Error {
     /// Shape/argument error for `op`.
     pub fn shape(op: &'static str, msg: impl fmt::Display) -> Self {
-        Error::Shape { op, msg: msg.to_string() }
+        Error::Shape {
+            op,
+            msg: msg.to_string(),
+        }
     }
     /// Format error for the file or stream named `path`.
     pub fn format(path: impl fmt::Display, msg: impl fmt::Display) -> Self {
-        Error::Format { path: path.to_string(), msg: msg.to_string() }
+        Error::Format {
+            path: path.to_string(),
+            msg: msg.to_string(),
+        }
     }
     /// I/O error on `path`.
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }

@@ -51,7 +51,12 @@ pub fn numel(shape: &[usize]) -> usize {
 impl Tensor {
     /// An uninitialised tensor (contents unspecified: a recycled buffer). Kernels that write every
     /// element use this for their outputs.
-    pub(crate) fn uninit(gpu: &Gpu, shape: &[usize], dtype: DType, op: &'static str) -> Result<Tensor> {
+    pub(crate) fn uninit(
+        gpu: &Gpu,
+        shape: &[usize],
+        dtype: DType,
+        op: &'static str,
+    ) -> Result<Tensor> {
         let n = numel(shape);
         if n == 0 {
             return Err(Error::shape(op, format!("empty tensor of shape {shape:?}")));
@@ -60,7 +65,10 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             dtype,
-            storage: Arc::new(Storage { buf: Some(buf), gpu: gpu.clone() }),
+            storage: Arc::new(Storage {
+                buf: Some(buf),
+                gpu: gpu.clone(),
+            }),
         })
     }
 
@@ -78,19 +86,40 @@ impl Tensor {
 
     /// Upload f32 data of the given shape.
     pub fn from_slice(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        Self::upload(gpu, shape, DType::F32, bytemuck::cast_slice(data), data.len())
+        Self::upload(
+            gpu,
+            shape,
+            DType::F32,
+            bytemuck::cast_slice(data),
+            data.len(),
+        )
     }
 
     /// Upload u32 data (labels, indices) of the given shape.
     pub fn from_u32(gpu: &Gpu, shape: &[usize], data: &[u32]) -> Result<Tensor> {
-        Self::upload(gpu, shape, DType::U32, bytemuck::cast_slice(data), data.len())
+        Self::upload(
+            gpu,
+            shape,
+            DType::U32,
+            bytemuck::cast_slice(data),
+            data.len(),
+        )
     }
 
-    fn upload(gpu: &Gpu, shape: &[usize], dtype: DType, bytes: &[u8], len: usize) -> Result<Tensor> {
+    fn upload(
+        gpu: &Gpu,
+        shape: &[usize],
+        dtype: DType,
+        bytes: &[u8],
+        len: usize,
+    ) -> Result<Tensor> {
         if numel(shape) != len {
             return Err(Error::shape(
                 "upload",
-                format!("shape {shape:?} holds {} elements but {len} were given", numel(shape)),
+                format!(
+                    "shape {shape:?} holds {} elements but {len} were given",
+                    numel(shape)
+                ),
             ));
         }
         let t = Self::uninit(gpu, shape, dtype, "upload")?;
@@ -125,7 +154,10 @@ impl Tensor {
 
     /// The GPU buffer (at least `numel * 4` bytes).
     pub fn buffer(&self) -> &wgpu::Buffer {
-        self.storage.buf.as_ref().expect("storage buffer present until drop")
+        self.storage
+            .buf
+            .as_ref()
+            .expect("storage buffer present until drop")
     }
 
     /// Whether two tensors share one buffer.
@@ -138,16 +170,25 @@ impl Tensor {
         if numel(shape) != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot view {:?} ({} elements) as {shape:?}", self.shape, self.numel()),
+                format!(
+                    "cannot view {:?} ({} elements) as {shape:?}",
+                    self.shape,
+                    self.numel()
+                ),
             ));
         }
-        Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, storage: self.storage.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+            storage: self.storage.clone(),
+        })
     }
 
     /// A copy of the data in a new buffer.
     pub fn deep_clone(&self) -> Result<Tensor> {
         let t = Self::uninit(self.gpu(), &self.shape, self.dtype, "deep_clone")?;
-        self.gpu().copy(self.buffer(), t.buffer(), self.numel() as u64 * 4);
+        self.gpu()
+            .copy(self.buffer(), t.buffer(), self.numel() as u64 * 4);
         Ok(t)
     }
 
@@ -157,7 +198,12 @@ impl Tensor {
         if data.len() != self.numel() {
             return Err(Error::shape(
                 "write",
-                format!("tensor {:?} holds {} elements but {} were given", self.shape, self.numel(), data.len()),
+                format!(
+                    "tensor {:?} holds {} elements but {} were given",
+                    self.shape,
+                    self.numel(),
+                    data.len()
+                ),
             ));
         }
         self.gpu().write(self.buffer(), bytemuck::cast_slice(data));
@@ -169,24 +215,34 @@ impl Tensor {
         if src.numel() != self.numel() || src.dtype != self.dtype {
             return Err(Error::shape(
                 "copy_from",
-                format!("cannot copy {:?} {:?} into {:?} {:?}", src.shape, src.dtype, self.shape, self.dtype),
+                format!(
+                    "cannot copy {:?} {:?} into {:?} {:?}",
+                    src.shape, src.dtype, self.shape, self.dtype
+                ),
             ));
         }
-        self.gpu().copy(src.buffer(), self.buffer(), self.numel() as u64 * 4);
+        self.gpu()
+            .copy(src.buffer(), self.buffer(), self.numel() as u64 * 4);
         Ok(())
     }
 
     /// Read the f32 contents back to the host (async; works on the web).
     pub async fn read(&self) -> Result<Vec<f32>> {
         self.expect_dtype("read", DType::F32)?;
-        let bytes = self.gpu().read_bytes(self.buffer(), self.numel() as u64 * 4).await?;
+        let bytes = self
+            .gpu()
+            .read_bytes(self.buffer(), self.numel() as u64 * 4)
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// Read u32 contents back to the host (async).
     pub async fn read_u32(&self) -> Result<Vec<u32>> {
         self.expect_dtype("read_u32", DType::U32)?;
-        let bytes = self.gpu().read_bytes(self.buffer(), self.numel() as u64 * 4).await?;
+        let bytes = self
+            .gpu()
+            .read_bytes(self.buffer(), self.numel() as u64 * 4)
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -205,7 +261,13 @@ impl Tensor {
     /// Error unless the dtype is `dtype`.
     pub(crate) fn expect_dtype(&self, op: &'static str, dtype: DType) -> Result<()> {
         if self.dtype != dtype {
-            return Err(Error::shape(op, format!("expected a {dtype:?} tensor, got {:?} {:?}", self.dtype, self.shape)));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "expected a {dtype:?} tensor, got {:?} {:?}",
+                    self.dtype, self.shape
+                ),
+            ));
         }
         Ok(())
     }
@@ -215,7 +277,10 @@ impl Tensor {
         if self.dtype != DType::F32 || self.rank() != rank {
             return Err(Error::shape(
                 op,
-                format!("{name} must be an f32 tensor of rank {rank}, got {:?} {:?}", self.dtype, self.shape),
+                format!(
+                    "{name} must be an f32 tensor of rank {rank}, got {:?} {:?}",
+                    self.dtype, self.shape
+                ),
             ));
         }
         Ok(())

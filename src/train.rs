@@ -4,10 +4,10 @@
 //! ([`Trainer::step_async`], [`Trainer::evaluate_async`]) is async and runs unchanged on the web;
 //! native code gets blocking wrappers, a prefetching loader and atomic checkpoints.
 
-use crate::data::{epoch_batches, Augment, Batch, Dataset};
+use crate::data::{Augment, Batch, Dataset, epoch_batches};
 use crate::io::{HostData, HostTensor, StateDict};
 use crate::nn::{Param, ResNet};
-use crate::optim::{clip_grad_norm, AdamW, Optimizer, ParamUpdate, Schedule, Sgd};
+use crate::optim::{AdamW, Optimizer, ParamUpdate, Schedule, Sgd, clip_grad_norm};
 use crate::tensor::Tensor;
 use crate::{Error, Result, Rng, Tape};
 use std::collections::HashMap;
@@ -30,7 +30,9 @@ impl std::str::FromStr for OptimizerKind {
             "sgd" => Ok(OptimizerKind::Sgd),
             "adam" => Ok(OptimizerKind::Adam),
             "adamw" => Ok(OptimizerKind::AdamW),
-            _ => Err(Error::Invalid(format!("unknown optimizer {s:?}: expected sgd, adam or adamw"))),
+            _ => Err(Error::Invalid(format!(
+                "unknown optimizer {s:?}: expected sgd, adam or adamw"
+            ))),
         }
     }
 }
@@ -53,7 +55,10 @@ impl std::str::FromStr for ScheduleKind {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "constant" => Ok(ScheduleKind::Constant),
-            "step" => Ok(ScheduleKind::Step { every_epochs: 30, gamma: 0.1 }),
+            "step" => Ok(ScheduleKind::Step {
+                every_epochs: 30,
+                gamma: 0.1,
+            }),
             "cosine" => Ok(ScheduleKind::Cosine { warmup_epochs: 1 }),
             "onecycle" | "one-cycle" => Ok(ScheduleKind::OneCycle),
             _ => Err(Error::Invalid(format!(
@@ -122,9 +127,13 @@ impl TrainConfig {
         let total = (steps_per_epoch * self.epochs).max(1);
         match self.schedule {
             ScheduleKind::Constant => Schedule::Constant,
-            ScheduleKind::Step { every_epochs, gamma } => {
-                Schedule::Step { step_size: (every_epochs * steps_per_epoch).max(1), gamma }
-            }
+            ScheduleKind::Step {
+                every_epochs,
+                gamma,
+            } => Schedule::Step {
+                step_size: (every_epochs * steps_per_epoch).max(1),
+                gamma,
+            },
             ScheduleKind::Cosine { warmup_epochs } => Schedule::Cosine {
                 warmup: warmup_epochs * steps_per_epoch,
                 total,
@@ -141,7 +150,9 @@ impl TrainConfig {
 
     fn make_optimizer(&self) -> Box<dyn Optimizer> {
         match self.optimizer {
-            OptimizerKind::Sgd => Box::new(Sgd::new(self.momentum, self.nesterov, self.weight_decay)),
+            OptimizerKind::Sgd => {
+                Box::new(Sgd::new(self.momentum, self.nesterov, self.weight_decay))
+            }
             OptimizerKind::Adam => Box::new(AdamW::adam((0.9, 0.999), 1e-8, self.weight_decay)),
             OptimizerKind::AdamW => Box::new(AdamW::adamw((0.9, 0.999), 1e-8, self.weight_decay)),
         }
@@ -244,7 +255,16 @@ impl Trainer {
         let optimizer = config.make_optimizer();
         let schedule = config.schedule(steps_per_epoch);
         let rng = Rng::new(config.seed);
-        Trainer { model, config, optimizer, schedule, steps_per_epoch, step: 0, epoch: 0, rng }
+        Trainer {
+            model,
+            config,
+            optimizer,
+            schedule,
+            steps_per_epoch,
+            step: 0,
+            epoch: 0,
+            rng,
+        }
     }
 
     /// Steps per epoch for a data set of `len` images (the last partial batch is dropped).
@@ -280,7 +300,9 @@ impl Trainer {
         let y = Tensor::from_u32(&gpu, &[n], &batch.labels)?;
         let tape = Tape::new();
         let freeze = self.config.freeze_backbone;
-        let (logits, binds) = self.model.forward_train(&tape, &x, |p| !freeze || p.is_head())?;
+        let (logits, binds) = self
+            .model
+            .forward_train(&tape, &x, |p| !freeze || p.is_head())?;
         let loss = logits.cross_entropy(&y, self.config.label_smoothing)?;
         let grads = tape.backward(&loss)?;
         let lr = self.lr();
@@ -302,8 +324,17 @@ impl Trainer {
             .iter()
             .map(|(i, g)| {
                 let p = &params[*i];
-                let mult = if p.is_head() { 1.0 } else { self.config.backbone_lr_mult };
-                ParamUpdate { slot: *i, param: &p.tensor, grad: g, lr: lr * mult }
+                let mult = if p.is_head() {
+                    1.0
+                } else {
+                    self.config.backbone_lr_mult
+                };
+                ParamUpdate {
+                    slot: *i,
+                    param: &p.tensor,
+                    grad: g,
+                    lr: lr * mult,
+                }
             })
             .collect();
         self.optimizer.step(&updates)?;
@@ -331,7 +362,13 @@ impl Trainer {
 
     /// Eval-mode loss and accuracy over `data`, normalised with the training mean/std.
     pub async fn evaluate_async(&mut self, data: &Dataset, batch_size: usize) -> Result<Metrics> {
-        evaluate_async(&mut self.model, data, &normalize_of(&self.config.augment), batch_size).await
+        evaluate_async(
+            &mut self.model,
+            data,
+            &normalize_of(&self.config.augment),
+            batch_size,
+        )
+        .await
     }
 
     /// Blocking [`Trainer::evaluate_async`] (native only).
@@ -341,8 +378,17 @@ impl Trainer {
     }
 
     /// Plan the next epoch's batches (shuffled and augmented from the trainer's RNG).
-    pub fn epoch_batches<'a>(&mut self, data: &'a Dataset) -> Result<crate::data::EpochBatches<'a>> {
-        epoch_batches(data, self.config.batch_size, Some(&mut self.rng), &self.config.augment, true)
+    pub fn epoch_batches<'a>(
+        &mut self,
+        data: &'a Dataset,
+    ) -> Result<crate::data::EpochBatches<'a>> {
+        epoch_batches(
+            data,
+            self.config.batch_size,
+            Some(&mut self.rng),
+            &self.config.augment,
+            true,
+        )
     }
 
     /// Prefetching version of [`Trainer::epoch_batches`] (native only).
@@ -366,6 +412,35 @@ impl Trainer {
         self.epoch += 1;
     }
 
+    /// Train one epoch on `data` (shuffled and augmented from the trainer's RNG), calling
+    /// `on_batch` after each step; returns the epoch's training loss and accuracy.
+    pub async fn train_epoch_async(
+        &mut self,
+        data: &Dataset,
+        mut on_batch: impl FnMut(&Metrics),
+    ) -> Result<Metrics> {
+        let mut tally = Tally::default();
+        for batch in self.epoch_batches(data)? {
+            let m = self.step_async(&batch).await?;
+            tally.loss_sum += m.loss * m.count as f64;
+            tally.top1 += (m.accuracy * m.count as f64).round() as usize;
+            tally.count += m.count;
+            on_batch(&m);
+        }
+        self.finish_epoch();
+        Ok(tally.metrics())
+    }
+
+    /// Blocking [`Trainer::train_epoch_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn train_epoch(
+        &mut self,
+        data: &Dataset,
+        on_batch: impl FnMut(&Metrics),
+    ) -> Result<Metrics> {
+        pollster::block_on(self.train_epoch_async(data, on_batch))
+    }
+
     /// The whole training state as a state dict plus metadata (for checkpoints).
     pub async fn checkpoint_async(&self) -> Result<(StateDict, HashMap<String, String>)> {
         let mut dict = StateDict::new();
@@ -374,7 +449,13 @@ impl Trainer {
         }
         for (name, t) in self.optimizer.state() {
             let data = t.read().await?;
-            dict.insert(format!("optim.{name}"), HostTensor { shape: t.shape().to_vec(), data: HostData::F32(data) });
+            dict.insert(
+                format!("optim.{name}"),
+                HostTensor {
+                    shape: t.shape().to_vec(),
+                    data: HostData::F32(data),
+                },
+            );
         }
         let mut meta = HashMap::new();
         meta.insert("format".into(), "resnet-wgpu-checkpoint-v1".into());
@@ -403,7 +484,9 @@ impl Trainer {
         let dict = crate::io::load_safetensors_bytes(&bytes, &name)?;
         let meta = dict.metadata();
         let get = |k: &str| -> Result<&String> {
-            meta.get(k).ok_or_else(|| Error::format(&name, format!("not a checkpoint: metadata `{k}` missing")))
+            meta.get(k).ok_or_else(|| {
+                Error::format(&name, format!("not a checkpoint: metadata `{k}` missing"))
+            })
         };
         if get("format")? != "resnet-wgpu-checkpoint-v1" {
             return Err(Error::format(&name, "not a resnet-wgpu checkpoint"));
@@ -419,7 +502,9 @@ impl Trainer {
             ));
         }
         let parse = |k: &str| -> Result<usize> {
-            get(k)?.parse().map_err(|_| Error::format(&name, format!("bad metadata `{k}`")))
+            get(k)?
+                .parse()
+                .map_err(|_| Error::format(&name, format!("bad metadata `{k}`")))
         };
         let mut model_dict = StateDict::new();
         let mut optim = Vec::new();
@@ -428,21 +513,53 @@ impl Trainer {
             if let Some(n) = k.strip_prefix("model.") {
                 model_dict.insert(n.to_string(), t.clone());
             } else if let Some(n) = k.strip_prefix("optim.") {
-                optim.push((n.to_string(), Tensor::from_slice(&gpu, &t.shape, &t.to_f32_vec())?));
+                optim.push((
+                    n.to_string(),
+                    Tensor::from_slice(&gpu, &t.shape, &t.to_f32_vec())?,
+                ));
             }
         }
-        let (model, _) = ResNet::from_state_dict(&gpu, &model_dict, Some(self.model.config().clone()), true)
-            .map_err(|e| Error::format(&name, e))?;
+        let (model, _) =
+            ResNet::from_state_dict(&gpu, &model_dict, Some(self.model.config().clone()), true)
+                .map_err(|e| Error::format(&name, e))?;
         self.model = model;
         self.optimizer = self.config.make_optimizer();
         self.optimizer.load_state(optim)?;
         self.epoch = parse("epoch")?;
         self.step = parse("step")?;
-        let rng: Vec<u64> = get("rng")?.split(',').filter_map(|v| v.parse().ok()).collect();
-        let rng: [u64; 4] = rng.try_into().map_err(|_| Error::format(&name, "bad metadata `rng`"))?;
+        let rng: Vec<u64> = get("rng")?
+            .split(',')
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let rng: [u64; 4] = rng
+            .try_into()
+            .map_err(|_| Error::format(&name, "bad metadata `rng`"))?;
         self.rng = Rng::from_state(rng);
         Ok(())
     }
+}
+
+/// Fail early (before training starts) when `path` cannot be written: its folder must accept a
+/// new file and `path` must not be a directory. `what` names the option in the message.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn check_writable(path: &std::path::Path, what: &str) -> Result<()> {
+    use std::io::Write;
+    if path.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{what} {} is a directory",
+            path.display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let probe = dir.join(format!(".resnet-wgpu-write-test-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|mut f| f.write_all(b"ok"))
+        .map_err(|e| Error::Invalid(format!("{what} {} is not writable: {e}", path.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Error unless every label is below `classes`.
@@ -484,6 +601,11 @@ pub async fn evaluate_async(
 
 /// Blocking [`evaluate_async`] (native only).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn evaluate(model: &mut ResNet, data: &Dataset, normalize: &Augment, batch_size: usize) -> Result<Metrics> {
+pub fn evaluate(
+    model: &mut ResNet,
+    data: &Dataset,
+    normalize: &Augment,
+    batch_size: usize,
+) -> Result<Metrics> {
     pollster::block_on(evaluate_async(model, data, normalize, batch_size))
 }

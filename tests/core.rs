@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::{ops, reference, Gpu, Tape, Tensor};
+use resnet_wgpu::{Gpu, Tape, Tensor, ops, reference};
 
 #[test]
 fn adapter_is_reported() {
@@ -18,9 +18,16 @@ fn upload_read_round_trip_and_shape_errors() {
     let data = random_vec(1000, 1);
     let t = Tensor::from_slice(&gpu, &[10, 100], &data).unwrap();
     assert_eq!(t.to_vec().unwrap(), data);
-    let err = Tensor::from_slice(&gpu, &[3, 3], &data).unwrap_err().to_string();
+    let err = Tensor::from_slice(&gpu, &[3, 3], &data)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("[3, 3]") && err.contains("1000"), "{err}");
-    assert!(Tensor::zeros(&gpu, &[0, 4]).unwrap_err().to_string().contains("empty"));
+    assert!(
+        Tensor::zeros(&gpu, &[0, 4])
+            .unwrap_err()
+            .to_string()
+            .contains("empty")
+    );
     let labels = Tensor::from_u32(&gpu, &[3], &[1, 2, 3]).unwrap();
     assert_eq!(labels.to_vec_u32().unwrap(), vec![1, 2, 3]);
     assert!(labels.to_vec().is_err());
@@ -34,15 +41,28 @@ fn elementwise_matches_reference() {
         let b = random_vec(n, 20 + i as u64);
         let ta = Tensor::from_slice(&gpu, &[n], &a).unwrap();
         let tb = Tensor::from_slice(&gpu, &[n], &b).unwrap();
-        assert_eq!(ops::relu(&ta).unwrap().to_vec().unwrap(), reference::relu(&a));
-        assert_eq!(ops::add(&ta, &tb).unwrap().to_vec().unwrap(), reference::add(&a, &b));
+        assert_eq!(
+            ops::relu(&ta).unwrap().to_vec().unwrap(),
+            reference::relu(&a)
+        );
+        assert_eq!(
+            ops::add(&ta, &tb).unwrap().to_vec().unwrap(),
+            reference::add(&a, &b)
+        );
         let y = reference::relu(&a);
         let ty = Tensor::from_slice(&gpu, &[n], &y).unwrap();
-        assert_eq!(ops::relu_backward(&ty, &tb).unwrap().to_vec().unwrap(), reference::relu_backward(&y, &b));
+        assert_eq!(
+            ops::relu_backward(&ty, &tb).unwrap().to_vec().unwrap(),
+            reference::relu_backward(&y, &b)
+        );
         let s = ops::sum(&ta).unwrap().to_vec().unwrap()[0];
         assert_close(&[s], &[reference::sum(&a)], 1e-4, 1e-3, "sum");
     }
-    let err = ops::add(&Tensor::zeros(&gpu, &[2]).unwrap(), &Tensor::zeros(&gpu, &[3]).unwrap()).unwrap_err();
+    let err = ops::add(
+        &Tensor::zeros(&gpu, &[2]).unwrap(),
+        &Tensor::zeros(&gpu, &[3]).unwrap(),
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("add:"), "{err}");
 }
 
@@ -66,7 +86,13 @@ fn channel_sums_match_reference() {
     let x = random_vec(n * c * hw, 3);
     let t = Tensor::from_slice(&gpu, &[n, c, 7, 9], &x).unwrap();
     let got = ops::sum_channels(&t).unwrap().to_vec().unwrap();
-    assert_close(&got, &reference::sum_channels(&x, n, c, hw), 1e-5, 1e-5, "sum_channels");
+    assert_close(
+        &got,
+        &reference::sum_channels(&x, n, c, hw),
+        1e-5,
+        1e-5,
+        "sum_channels",
+    );
 }
 
 #[test]
@@ -78,7 +104,10 @@ fn tape_accumulates_where_a_value_feeds_two_consumers() {
     let y = x.relu().unwrap().add(&x).unwrap().sum().unwrap();
     assert_eq!(y.tensor().to_vec().unwrap(), vec![1.0 + 3.0 - 2.0]);
     let grads = tape.backward(&y).unwrap();
-    assert_eq!(grads.get(&x).unwrap().to_vec().unwrap(), vec![2.0, 1.0, 2.0, 1.0]);
+    assert_eq!(
+        grads.get(&x).unwrap().to_vec().unwrap(),
+        vec![2.0, 1.0, 2.0, 1.0]
+    );
 }
 
 #[test]
@@ -106,5 +135,9 @@ fn pool_stops_allocating_in_a_loop() {
     for _ in 0..5 {
         step(&gpu);
     }
-    assert_eq!(gpu.pool_stats().allocations, after_two, "the pool kept allocating");
+    assert_eq!(
+        gpu.pool_stats().allocations,
+        after_two,
+        "the pool kept allocating"
+    );
 }

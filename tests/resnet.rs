@@ -26,7 +26,10 @@ fn params_dict(g: &Golden) -> StateDict {
             } else {
                 HostData::F32(g.f32(&name))
             };
-            dict.insert(n.to_string(), HostTensor::new(g.shape(&name), data).unwrap());
+            dict.insert(
+                n.to_string(),
+                HostTensor::new(g.shape(&name), data).unwrap(),
+            );
         }
     }
     dict
@@ -58,23 +61,44 @@ fn tiny_resnets_match_pytorch_forward_backward_and_sgd_step() {
             &format!("{file}: train logits"),
         );
         let loss = logits.cross_entropy(&y, 0.0).unwrap();
-        assert_close(&loss.tensor().to_vec().unwrap(), &g.f32("loss"), 1e-3, 1e-5, &format!("{file}: loss"));
+        assert_close(
+            &loss.tensor().to_vec().unwrap(),
+            &g.f32("loss"),
+            1e-3,
+            1e-5,
+            &format!("{file}: loss"),
+        );
         let grads = tape.backward(&loss).unwrap();
         let mut checked = 0;
         for (i, p) in net.params().iter().enumerate() {
             let key = format!("grads.{}", p.name);
             if !g.has(&key) {
-                assert!(!p.is_trainable(), "{file}: no golden gradient for {}", p.name);
+                assert!(
+                    !p.is_trainable(),
+                    "{file}: no golden gradient for {}",
+                    p.name
+                );
                 continue;
             }
-            let got = grads.get(binds.var(i)).unwrap_or_else(|| panic!("{file}: no gradient for {}", p.name));
+            let got = grads
+                .get(binds.var(i))
+                .unwrap_or_else(|| panic!("{file}: no gradient for {}", p.name));
             let expected = g.f32(&key);
             // Gradients are compared relative to the tensor's largest magnitude (about 1e-3).
             let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert_close(&got.to_vec().unwrap(), &expected, 1e-3, 1e-3 * scale + 1e-6, &format!("{file}: {key}"));
+            assert_close(
+                &got.to_vec().unwrap(),
+                &expected,
+                1e-3,
+                1e-3 * scale + 1e-6,
+                &format!("{file}: {key}"),
+            );
             checked += 1;
         }
-        assert_eq!(checked, net.params().iter().filter(|p| p.is_trainable()).count());
+        assert_eq!(
+            checked,
+            net.params().iter().filter(|p| p.is_trainable()).count()
+        );
 
         // One SGD step, as torch.optim.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4).
         let mut sgd = Sgd::new(0.9, false, 5e-4);
@@ -86,7 +110,12 @@ fn tiny_resnets_match_pytorch_forward_backward_and_sgd_step() {
             .collect();
         let updates: Vec<ParamUpdate<'_>> = grad_list
             .iter()
-            .map(|(i, gr)| ParamUpdate { slot: *i, param: &net.params()[*i].tensor, grad: gr, lr: 0.1 })
+            .map(|(i, gr)| ParamUpdate {
+                slot: *i,
+                param: &net.params()[*i].tensor,
+                grad: gr,
+                lr: 0.1,
+            })
             .collect();
         sgd.step(&updates).unwrap();
         drop(updates);
@@ -99,7 +128,13 @@ fn tiny_resnets_match_pytorch_forward_backward_and_sgd_step() {
             }
             let expected = g.f32(&key);
             let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert_close(&t.to_f32_vec(), &expected, 1e-3, 1e-4 * scale + 1e-6, &format!("{file}: {key}"));
+            assert_close(
+                &t.to_f32_vec(),
+                &expected,
+                1e-3,
+                1e-4 * scale + 1e-6,
+                &format!("{file}: {key}"),
+            );
         }
         let eval = net.infer(&x).unwrap();
         assert_close(
@@ -115,24 +150,42 @@ fn tiny_resnets_match_pytorch_forward_backward_and_sgd_step() {
 #[test]
 fn features_for_backbone_use() {
     let gpu = gpu();
-    let config = ResNetConfig::resnet18(5).with_widths(vec![4, 8, 8, 16]).with_stem(Stem::ImageNet);
+    let config = ResNetConfig::resnet18(5)
+        .with_widths(vec![4, 8, 8, 16])
+        .with_stem(Stem::ImageNet);
     let mut net = ResNet::new(&gpu, config, &mut Rng::new(1)).unwrap();
     let x = Tensor::from_slice(&gpu, &[2, 3, 32, 32], &random_vec(2 * 3 * 32 * 32, 9)).unwrap();
     let (f, logits) = net.features(&x).unwrap();
     assert_eq!(f.stem.unwrap().shape(), &[2, 4, 8, 8]);
     let shapes: Vec<Vec<usize>> = f.stages.iter().map(|t| t.shape().to_vec()).collect();
-    assert_eq!(shapes, vec![vec![2, 4, 8, 8], vec![2, 8, 4, 4], vec![2, 8, 2, 2], vec![2, 16, 1, 1]]);
+    assert_eq!(
+        shapes,
+        vec![
+            vec![2, 4, 8, 8],
+            vec![2, 8, 4, 4],
+            vec![2, 8, 2, 2],
+            vec![2, 16, 1, 1]
+        ]
+    );
     assert_eq!(f.pooled.unwrap().shape(), &[2, 16]);
     assert_eq!(logits.shape(), &[2, 5]);
-    assert_eq!(logits.to_vec().unwrap(), net.infer(&x).unwrap().to_vec().unwrap());
+    assert_eq!(
+        logits.to_vec().unwrap(),
+        net.infer(&x).unwrap().to_vec().unwrap()
+    );
 }
 
 #[test]
 fn wrong_input_is_an_error() {
     let gpu = gpu();
-    let config = ResNetConfig::resnet18(3).with_widths(vec![4, 4, 4, 4]).with_stem(Stem::Cifar);
+    let config = ResNetConfig::resnet18(3)
+        .with_widths(vec![4, 4, 4, 4])
+        .with_stem(Stem::Cifar);
     let mut net = ResNet::new(&gpu, config, &mut Rng::new(1)).unwrap();
     let x = Tensor::zeros(&gpu, &[1, 1, 8, 8]).unwrap();
     let err = net.infer(&x).unwrap_err().to_string();
-    assert!(err.contains("[N, 3, H, W]") && err.contains("[1, 1, 8, 8]"), "{err}");
+    assert!(
+        err.contains("[N, 3, H, W]") && err.contains("[1, 1, 8, 8]"),
+        "{err}"
+    );
 }

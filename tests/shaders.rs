@@ -18,7 +18,10 @@ fn every_shader_validates_and_translates() {
         let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("{name}: parse error\n{}", e.emit_to_string(&src)));
         let header_ok = src.trim_start().starts_with("//");
-        assert!(header_ok, "{name}: a header comment must describe math, dispatch and bindings");
+        assert!(
+            header_ok,
+            "{name}: a header comment must describe math, dispatch and bindings"
+        );
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::all(),
@@ -34,15 +37,24 @@ fn every_shader_validates_and_translates() {
                 entry_point: Some((ep.stage, ep.name.clone())),
                 ..Default::default()
             };
-            naga::back::msl::write_string(&module, &info, &naga::back::msl::Options::default(), &pipeline)
-                .unwrap_or_else(|e| panic!("{name}::{}: MSL: {e}", ep.name));
+            naga::back::msl::write_string(
+                &module,
+                &info,
+                &naga::back::msl::Options::default(),
+                &pipeline,
+            )
+            .unwrap_or_else(|e| panic!("{name}::{}: MSL: {e}", ep.name));
         }
 
         let mut hlsl = String::new();
         let opts = naga::back::hlsl::Options::default();
         let pipeline_opts = Default::default();
         let mut w = naga::back::hlsl::Writer::new(&mut hlsl, &opts, &pipeline_opts);
-        w.write(&module, &info, None).unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
+        w.write(&module, &info, None)
+            .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
     }
-    assert!(count >= 2, "expected the shaders directory to hold the kernels, found {count}");
+    assert!(
+        count >= 2,
+        "expected the shaders directory to hold the kernels, found {count}"
+    );
 }

@@ -89,7 +89,10 @@ impl Tape {
     pub fn leaf(&self, tensor: Tensor) -> Var {
         let id = self.fresh_id();
         self.0.borrow_mut().leaves.insert(id);
-        Var { tensor, node: Some((self.clone(), id)) }
+        Var {
+            tensor,
+            node: Some((self.clone(), id)),
+        }
     }
 
     /// Number of recorded ops.
@@ -107,7 +110,10 @@ impl Tape {
         if output.tensor.numel() != 1 {
             return Err(Error::shape(
                 "backward",
-                format!("output must hold one element, got shape {:?}; use backward_with", output.shape()),
+                format!(
+                    "output must hold one element, got shape {:?}; use backward_with",
+                    output.shape()
+                ),
             ));
         }
         let seed = Tensor::full(output.tensor.gpu(), output.shape(), 1.0)?;
@@ -119,12 +125,21 @@ impl Tape {
     pub fn backward_with(&self, output: &Var, grad: Tensor) -> Result<Gradients> {
         let out_id = match &output.node {
             Some((tape, id)) if Rc::ptr_eq(&tape.0, &self.0) => *id,
-            _ => return Err(Error::shape("backward", "the output was not recorded on this tape")),
+            _ => {
+                return Err(Error::shape(
+                    "backward",
+                    "the output was not recorded on this tape",
+                ));
+            }
         };
         if grad.shape() != output.shape() {
             return Err(Error::shape(
                 "backward",
-                format!("gradient shape {:?} differs from output shape {:?}", grad.shape(), output.shape()),
+                format!(
+                    "gradient shape {:?} differs from output shape {:?}",
+                    grad.shape(),
+                    output.shape()
+                ),
             ));
         }
         let (nodes, leaves) = {
@@ -135,11 +150,15 @@ impl Tape {
         grads.insert(out_id, grad);
         for node in nodes.into_iter().rev() {
             // Node outputs are never leaves, so their gradient is dropped once it is used.
-            let Some(gout) = grads.remove(&node.output) else { continue };
+            let Some(gout) = grads.remove(&node.output) else {
+                continue;
+            };
             let gins = (node.backward)(&gout)?;
             debug_assert_eq!(gins.len(), node.inputs.len());
             for (input, g) in node.inputs.iter().zip(gins) {
-                let (Some(id), Some(g)) = (input, g) else { continue };
+                let (Some(id), Some(g)) = (input, g) else {
+                    continue;
+                };
                 match grads.remove(id) {
                     Some(acc) => {
                         grads.insert(*id, ops::add(&acc, &g)?);
@@ -220,7 +239,10 @@ impl Var {
             inputs: inputs.iter().map(|v| v.id()).collect(),
             backward: Box::new(backward),
         });
-        Ok(Var { tensor: output, node: Some((tape, id)) })
+        Ok(Var {
+            tensor: output,
+            node: Some((tape, id)),
+        })
     }
 
     /// Whether any of `vars` is tracked: ops use it to skip saving tensors for inference.

@@ -48,9 +48,24 @@ impl Gpu {
 
     /// Acquire an adapter and device asynchronously (the only way on wasm32).
     pub async fn new_async(options: GpuOptions) -> Result<Gpu> {
-        let backends = wgpu::Backends::from_env()
-            .or(options.backends)
-            .unwrap_or(wgpu::Backends::all());
+        let chosen = wgpu::Backends::from_env().or(options.backends);
+        // Without a choice, try the primary backends (Vulkan, Metal, DX12, WebGPU) first and
+        // OpenGL only if none of them has an adapter: probing GL is noisy and rarely wanted.
+        let attempts = match chosen {
+            Some(b) => vec![b],
+            None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY],
+        };
+        let mut last_err = None;
+        for backends in attempts {
+            match Self::adapter_for(backends, &options).await {
+                Ok(adapter) => return Self::open(adapter, &options).await,
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::NoAdapter(no_adapter_help(wgpu::Backends::all()))))
+    }
+
+    async fn adapter_for(backends: wgpu::Backends, options: &GpuOptions) -> Result<wgpu::Adapter> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
@@ -58,7 +73,7 @@ impl Gpu {
             .ok()
             .or(options.adapter_name.clone())
             .map(|s| s.to_lowercase());
-        let adapter = match wanted_name {
+        Ok(match wanted_name {
             #[cfg(not(target_arch = "wasm32"))]
             Some(name) => {
                 let adapters = instance.enumerate_adapters(backends).await;
@@ -80,7 +95,10 @@ impl Gpu {
                 })
                 .await
                 .map_err(|e| Error::NoAdapter(format!("{e}; {}", no_adapter_help(backends))))?,
-        };
+        })
+    }
+
+    async fn open(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
         let limits = if options.default_limits {
             wgpu::Limits::default().using_alignment(adapter.limits())
         } else {
@@ -100,7 +118,11 @@ impl Gpu {
         Ok(Gpu::build(
             device,
             queue,
-            GpuInfo { name: info.name, backend: info.backend, driver: info.driver_info },
+            GpuInfo {
+                name: info.name,
+                backend: info.backend,
+                driver: info.driver_info,
+            },
         ))
     }
 
@@ -119,12 +141,20 @@ impl Gpu {
     }
 
     /// Like [`Gpu::from_device`] but records the adapter's name and backend for display.
-    pub fn from_adapter_device(adapter: &wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+    pub fn from_adapter_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Gpu {
         let info = adapter.get_info();
         Gpu::build(
             device,
             queue,
-            GpuInfo { name: info.name, backend: info.backend, driver: info.driver_info },
+            GpuInfo {
+                name: info.name,
+                backend: info.backend,
+                driver: info.driver_info,
+            },
         )
     }
 }

@@ -159,7 +159,9 @@ impl Gpu {
 
     /// Number of compute dispatches recorded since the `Gpu` was made.
     pub fn dispatch_count(&self) -> u64 {
-        self.0.total_dispatches.load(std::sync::atomic::Ordering::Relaxed)
+        self.0
+            .total_dispatches
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Destroy the buffers cached in the pool (those in use are untouched).
@@ -217,11 +219,17 @@ impl Gpu {
         pending.encoder.get_or_insert_with(|| {
             self.0
                 .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                })
         })
     }
 
-    fn pipeline(&self, kernel: &Kernel, constants: &[(&'static str, f64)]) -> wgpu::ComputePipeline {
+    fn pipeline(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+    ) -> wgpu::ComputePipeline {
         let key: PipelineKey = (
             kernel.file,
             kernel.entry,
@@ -235,24 +243,29 @@ impl Gpu {
             modules
                 .entry(kernel.file)
                 .or_insert_with(|| {
-                    self.0.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(kernel.file),
-                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-                    })
+                    self.0
+                        .device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(kernel.file),
+                            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                        })
                 })
                 .clone()
         };
-        let pipeline = self.0.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
+        let pipeline = self
+            .0
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
         lock(&self.0.pipelines).insert(key, pipeline.clone());
         pipeline
     }
@@ -288,12 +301,12 @@ impl Gpu {
             });
         }
         for b in buffers {
-            if b.size() > limits.max_storage_buffer_binding_size as u64 {
+            if b.size() > limits.max_storage_buffer_binding_size {
                 return Err(Error::Limit {
                     what: format!("a buffer bound to {}::{}", kernel.file, kernel.entry),
                     limit: "max_storage_buffer_binding_size",
                     needed: b.size(),
-                    available: limits.max_storage_buffer_binding_size as u64,
+                    available: limits.max_storage_buffer_binding_size,
                 });
             }
         }
@@ -302,14 +315,25 @@ impl Gpu {
         }
         let pipeline = self.pipeline(kernel, constants);
         let bytes = bytemuck::bytes_of(params);
-        assert!(bytes.len() as u64 <= UNIFORM_SIZE, "params struct larger than {UNIFORM_SIZE} bytes");
+        assert!(
+            bytes.len() as u64 <= UNIFORM_SIZE,
+            "params struct larger than {UNIFORM_SIZE} bytes"
+        );
         let uniform = lock(&self.0.pool).take(&self.0.device, UNIFORM_SIZE, UNIFORM_USAGE);
         self.0.queue.write_buffer(&uniform, 0, bytes);
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-        entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
-            binding: i as u32 + 1,
-            resource: b.as_entire_binding(),
-        }));
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(
+            buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: b.as_entire_binding(),
+                }),
+        );
         let bind_group = self.0.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
@@ -328,7 +352,9 @@ impl Gpu {
         }
         pending.uniforms.push(uniform);
         pending.dispatches += 1;
-        self.0.total_dispatches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .total_dispatches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

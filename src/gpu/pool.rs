@@ -27,7 +27,12 @@ pub(crate) struct BufferPool {
 
 impl BufferPool {
     /// Take a free buffer of exactly `size` bytes and `usage`, or create one.
-    pub(crate) fn take(&mut self, device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    pub(crate) fn take(
+        &mut self,
+        device: &wgpu::Device,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
         if let Some(buf) = self.free.get_mut(&(size, usage)).and_then(Vec::pop) {
             self.stats.bytes_cached -= size;
             return buf;

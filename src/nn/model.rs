@@ -109,16 +109,36 @@ impl ResNet {
                     HostData::I64(v) => v.first().copied().unwrap_or(0),
                     HostData::F32(v) => v.first().copied().unwrap_or(0.0) as i64,
                 };
-                let prefix = spec.name.trim_end_matches(".num_batches_tracked").to_string();
+                let prefix = spec
+                    .name
+                    .trim_end_matches(".num_batches_tracked")
+                    .to_string();
                 batches_tracked.insert(prefix, n);
                 continue;
             }
             let data = source.to_f32_vec();
             let tensor = Tensor::from_slice(gpu, &spec.shape, &data)?;
-            params.push(Param { name: spec.name.clone(), kind: spec.kind, tensor });
+            params.push(Param {
+                name: spec.name.clone(),
+                kind: spec.kind,
+                tensor,
+            });
         }
-        let index = params.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
-        Ok((ResNet { config, params, index, batches_tracked, gpu: gpu.clone() }, report))
+        let index = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        Ok((
+            ResNet {
+                config,
+                params,
+                index,
+                batches_tracked,
+                gpu: gpu.clone(),
+            },
+            report,
+        ))
     }
 
     /// The architecture.
@@ -162,8 +182,20 @@ impl ResNet {
         Bindings { vars }
     }
 
-    fn conv(&self, b: &Bindings, x: &Var, name: &str, stride: usize, padding: usize) -> Result<Var> {
-        x.conv2d(b.var(self.idx(&format!("{name}.weight"))?), None, stride, padding)
+    fn conv(
+        &self,
+        b: &Bindings,
+        x: &Var,
+        name: &str,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Var> {
+        x.conv2d(
+            b.var(self.idx(&format!("{name}.weight"))?),
+            None,
+            stride,
+            padding,
+        )
     }
 
     fn bn(&mut self, b: &Bindings, x: &Var, name: &str, training: bool, relu: bool) -> Result<Var> {
@@ -171,14 +203,24 @@ impl ResNet {
         let be = self.idx(&format!("{name}.bias"))?;
         let rm = self.idx(&format!("{name}.running_mean"))?;
         let rv = self.idx(&format!("{name}.running_var"))?;
-        let mut opts = if training { BatchNorm::train() } else { BatchNorm::eval() };
+        let mut opts = if training {
+            BatchNorm::train()
+        } else {
+            BatchNorm::eval()
+        };
         if relu {
             opts = opts.with_relu();
         }
         if training {
             *self.batches_tracked.entry(name.to_string()).or_insert(0) += 1;
         }
-        x.batch_norm(b.var(g), b.var(be), &self.params[rm].tensor, &self.params[rv].tensor, opts)
+        x.batch_norm(
+            b.var(g),
+            b.var(be),
+            &self.params[rm].tensor,
+            &self.params[rv].tensor,
+            opts,
+        )
     }
 
     fn block(&mut self, b: &Bindings, x: &Var, spec: &BlockSpec, training: bool) -> Result<Var> {
@@ -252,15 +294,13 @@ impl ResNet {
         for (i, spec) in blocks.iter().enumerate() {
             h = self.block(b, &h, spec, training)?;
             let last_of_stage = blocks.get(i + 1).is_none_or(|n| n.stage != spec.stage);
-            if last_of_stage {
-                if let Some(f) = features.as_deref_mut() {
-                    f.stages.push(h.tensor().clone());
-                }
+            if let (true, Some(f)) = (last_of_stage, features.as_deref_mut()) {
+                f.stages.push(h.tensor().clone());
             }
         }
         debug_assert!(features.as_ref().is_none_or(|f| f.stages.len() == stages));
         let pooled = h.global_avg_pool()?;
-        if let Some(f) = features.as_deref_mut() {
+        if let Some(f) = features {
             f.pooled = Some(pooled.tensor().clone());
         }
         let w = b.var(self.idx("fc.weight")?);
@@ -284,7 +324,9 @@ impl ResNet {
     /// Eval-mode inference: logits `[N, classes]`. Records nothing, keeps no activations.
     pub fn infer(&mut self, x: &Tensor) -> Result<Tensor> {
         let b = self.bind(None, |_| false);
-        Ok(self.forward_with(&b, &Var::constant(x.clone()), false, None)?.into_tensor())
+        Ok(self
+            .forward_with(&b, &Var::constant(x.clone()), false, None)?
+            .into_tensor())
     }
 
     /// Eval-mode feature extraction: the stem output, each stage's output and the pooled
@@ -298,7 +340,11 @@ impl ResNet {
 
     /// Number of trainable parameters.
     pub fn num_parameters(&self) -> usize {
-        self.params.iter().filter(|p| p.is_trainable()).map(|p| p.tensor.numel()).sum()
+        self.params
+            .iter()
+            .filter(|p| p.is_trainable())
+            .map(|p| p.tensor.numel())
+            .sum()
     }
 
     /// Copy everything to the host as a torchvision-named state dict (async; works on the web).
@@ -308,10 +354,16 @@ impl ResNet {
             let t = if spec.kind == ParamKind::BnNumBatchesTracked {
                 let prefix = spec.name.trim_end_matches(".num_batches_tracked");
                 let n = self.batches_tracked.get(prefix).copied().unwrap_or(0);
-                HostTensor { shape: vec![], data: HostData::I64(vec![n]) }
+                HostTensor {
+                    shape: vec![],
+                    data: HostData::I64(vec![n]),
+                }
             } else {
                 let p = &self.params[self.idx(&spec.name)?];
-                HostTensor { shape: spec.shape.clone(), data: HostData::F32(p.tensor.read().await?) }
+                HostTensor {
+                    shape: spec.shape.clone(),
+                    data: HostData::F32(p.tensor.read().await?),
+                }
             };
             dict.insert(spec.name.clone(), t);
         }

@@ -1,7 +1,7 @@
 //! Elementwise ops: relu, add, scale, fill, axpy. See `shaders/elementwise.wgsl`.
 
 use crate::autograd::Var;
-use crate::gpu::{grid_for_elements, Kernel};
+use crate::gpu::{Kernel, grid_for_elements};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -24,12 +24,19 @@ const SCALE_BY: Kernel = kernel!("elementwise.wgsl", "scale_by");
 const FILL: Kernel = kernel!("elementwise.wgsl", "fill");
 
 fn params(n: usize, alpha: f32) -> Params {
-    Params { n: n as u32, alpha, _pad: [0; 2] }
+    Params {
+        n: n as u32,
+        alpha,
+        _pad: [0; 2],
+    }
 }
 
 fn check_n(op: &'static str, n: usize) -> Result<()> {
     if n > u32::MAX as usize {
-        return Err(Error::shape(op, format!("{n} elements exceed the u32 index range")));
+        return Err(Error::shape(
+            op,
+            format!("{n} elements exceed the u32 index range"),
+        ));
     }
     Ok(())
 }
@@ -38,7 +45,12 @@ fn unary(op: &'static str, k: &Kernel, x: &Tensor, alpha: f32) -> Result<Tensor>
     x.expect_dtype(op, DType::F32)?;
     check_n(op, x.numel())?;
     let y = Tensor::uninit(x.gpu(), x.shape(), DType::F32, op)?;
-    x.gpu().dispatch(k, &params(x.numel(), alpha), &[x.buffer(), y.buffer()], grid_for_elements(x.numel()))?;
+    x.gpu().dispatch(
+        k,
+        &params(x.numel(), alpha),
+        &[x.buffer(), y.buffer()],
+        grid_for_elements(x.numel()),
+    )?;
     Ok(y)
 }
 
@@ -47,7 +59,10 @@ fn binary(op: &'static str, k: &Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor
     b.expect_dtype(op, DType::F32)?;
     a.expect_same_gpu(op, b)?;
     if a.shape() != b.shape() {
-        return Err(Error::shape(op, format!("shapes differ: {:?} vs {:?}", a.shape(), b.shape())));
+        return Err(Error::shape(
+            op,
+            format!("shapes differ: {:?} vs {:?}", a.shape(), b.shape()),
+        ));
     }
     check_n(op, a.numel())?;
     let out = Tensor::uninit(a.gpu(), a.shape(), DType::F32, op)?;
@@ -88,7 +103,10 @@ pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
 /// `x * s[0]` where `s` holds one element (an upstream scalar gradient, say).
 pub fn scale_by(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     if s.numel() != 1 {
-        return Err(Error::shape("scale_by", format!("scale must hold one element, got {:?}", s.shape())));
+        return Err(Error::shape(
+            "scale_by",
+            format!("scale must hold one element, got {:?}", s.shape()),
+        ));
     }
     x.expect_dtype("scale_by", DType::F32)?;
     s.expect_dtype("scale_by", DType::F32)?;
@@ -107,15 +125,28 @@ pub fn axpy(y: &Tensor, alpha: f32, x: &Tensor) -> Result<()> {
     y.expect_dtype("axpy", DType::F32)?;
     x.expect_dtype("axpy", DType::F32)?;
     if x.shape() != y.shape() {
-        return Err(Error::shape("axpy", format!("shapes differ: {:?} vs {:?}", x.shape(), y.shape())));
+        return Err(Error::shape(
+            "axpy",
+            format!("shapes differ: {:?} vs {:?}", x.shape(), y.shape()),
+        ));
     }
-    y.gpu().dispatch(&AXPY, &params(x.numel(), alpha), &[x.buffer(), y.buffer()], grid_for_elements(x.numel()))
+    y.gpu().dispatch(
+        &AXPY,
+        &params(x.numel(), alpha),
+        &[x.buffer(), y.buffer()],
+        grid_for_elements(x.numel()),
+    )
 }
 
 /// Set every element of `y` to `value`, in place (ordered with recorded work).
 pub fn fill(y: &Tensor, value: f32) -> Result<()> {
     y.expect_dtype("fill", DType::F32)?;
-    y.gpu().dispatch(&FILL, &params(y.numel(), value), &[y.buffer()], grid_for_elements(y.numel()))
+    y.gpu().dispatch(
+        &FILL,
+        &params(y.numel(), value),
+        &[y.buffer()],
+        grid_for_elements(y.numel()),
+    )
 }
 
 impl Var {
@@ -132,7 +163,9 @@ impl Var {
     /// `a + b`; the gradient flows unchanged to both.
     pub fn add(&self, other: &Var) -> Result<Var> {
         let out = add(self.tensor(), other.tensor())?;
-        Var::record("add", &[self, other], out, |gy| Ok(vec![Some(gy.clone()), Some(gy.clone())]))
+        Var::record("add", &[self, other], out, |gy| {
+            Ok(vec![Some(gy.clone()), Some(gy.clone())])
+        })
     }
 
     /// `max(a + b, 0)` in one kernel, recording one backward for both inputs.
@@ -148,13 +181,17 @@ impl Var {
     /// `alpha * x`.
     pub fn scale(&self, alpha: f32) -> Result<Var> {
         let out = scale(self.tensor(), alpha)?;
-        Var::record("scale", &[self], out, move |gy| Ok(vec![Some(scale(gy, alpha)?)]))
+        Var::record("scale", &[self], out, move |gy| {
+            Ok(vec![Some(scale(gy, alpha)?)])
+        })
     }
 
     /// A view with another shape (same element count); the gradient is reshaped back.
     pub fn reshape(&self, shape: &[usize]) -> Result<Var> {
         let out = self.tensor().reshape(shape)?;
         let orig = self.shape().to_vec();
-        Var::record("reshape", &[self], out, move |gy| Ok(vec![Some(gy.reshape(&orig)?)]))
+        Var::record("reshape", &[self], out, move |gy| {
+            Ok(vec![Some(gy.reshape(&orig)?)])
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! Reductions: sum and mean (of everything, of rows, per channel). See `shaders/reduce.wgsl`.
 
 use crate::autograd::Var;
-use crate::gpu::{grid_1d, Kernel};
+use crate::gpu::{Kernel, grid_1d};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -23,8 +23,18 @@ const ONE_PASS_MAX: usize = 1 << 16;
 
 fn sum_rows_scaled(x: &Tensor, rows: usize, len: usize, alpha: f32) -> Result<Tensor> {
     let out = Tensor::uninit(x.gpu(), &[rows], DType::F32, "sum")?;
-    let p = Params { rows: rows as u32, len: len as u32, batch: 1, alpha };
-    x.gpu().dispatch(&SUM_ROWS, &p, &[x.buffer(), out.buffer()], grid_1d(rows as u32))?;
+    let p = Params {
+        rows: rows as u32,
+        len: len as u32,
+        batch: 1,
+        alpha,
+    };
+    x.gpu().dispatch(
+        &SUM_ROWS,
+        &p,
+        &[x.buffer(), out.buffer()],
+        grid_1d(rows as u32),
+    )?;
     Ok(out)
 }
 
@@ -62,10 +72,17 @@ pub fn mean(x: &Tensor) -> Result<Tensor> {
 /// Sum over the last dimension: `[.., L] -> [..]` (rank 1 input gives `[1]`).
 pub fn sum_last(x: &Tensor) -> Result<Tensor> {
     x.expect_dtype("sum_last", DType::F32)?;
-    let len = *x.shape().last().ok_or_else(|| Error::shape("sum_last", "scalar input"))?;
+    let len = *x
+        .shape()
+        .last()
+        .ok_or_else(|| Error::shape("sum_last", "scalar input"))?;
     let rows = x.numel() / len;
     let out = sum_rows_scaled(x, rows, len, 1.0)?;
-    let shape = if x.rank() > 1 { x.shape()[..x.rank() - 1].to_vec() } else { vec![1] };
+    let shape = if x.rank() > 1 {
+        x.shape()[..x.rank() - 1].to_vec()
+    } else {
+        vec![1]
+    };
     out.reshape(&shape)
 }
 
@@ -74,13 +91,26 @@ pub fn sum_last(x: &Tensor) -> Result<Tensor> {
 pub fn sum_channels(x: &Tensor) -> Result<Tensor> {
     x.expect_dtype("sum_channels", DType::F32)?;
     if x.rank() < 2 {
-        return Err(Error::shape("sum_channels", format!("need rank >= 2, got {:?}", x.shape())));
+        return Err(Error::shape(
+            "sum_channels",
+            format!("need rank >= 2, got {:?}", x.shape()),
+        ));
     }
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let hw: usize = x.shape()[2..].iter().product();
     let out = Tensor::uninit(x.gpu(), &[c], DType::F32, "sum_channels")?;
-    let p = Params { rows: c as u32, len: hw as u32, batch: n as u32, alpha: 1.0 };
-    x.gpu().dispatch(&SUM_CHANNELS, &p, &[x.buffer(), out.buffer()], grid_1d(c as u32))?;
+    let p = Params {
+        rows: c as u32,
+        len: hw as u32,
+        batch: n as u32,
+        alpha: 1.0,
+    };
+    x.gpu().dispatch(
+        &SUM_CHANNELS,
+        &p,
+        &[x.buffer(), out.buffer()],
+        grid_1d(c as u32),
+    )?;
     Ok(out)
 }
 

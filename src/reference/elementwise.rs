@@ -7,7 +7,10 @@ pub fn relu(x: &[f32]) -> Vec<f32> {
 
 /// Gradient of relu from its output `y`.
 pub fn relu_backward(y: &[f32], gy: &[f32]) -> Vec<f32> {
-    y.iter().zip(gy).map(|(y, g)| if *y > 0.0 { *g } else { 0.0 }).collect()
+    y.iter()
+        .zip(gy)
+        .map(|(y, g)| if *y > 0.0 { *g } else { 0.0 })
+        .collect()
 }
 
 /// `a + b`.

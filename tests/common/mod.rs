@@ -30,7 +30,8 @@ pub fn golden_dir() -> PathBuf {
 /// A golden safetensors file's bytes; panics (fails the test) when missing.
 pub fn golden_bytes(file: &str) -> Vec<u8> {
     let path = golden_dir().join(file);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("golden file {} is required: {e}", path.display()))
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("golden file {} is required: {e}", path.display()))
 }
 
 /// Tensors of a golden file by name: shape and values as f32 (int64 converted).
@@ -40,7 +41,9 @@ pub struct Golden {
 
 impl Golden {
     pub fn open(file: &str) -> Golden {
-        Golden { bytes: golden_bytes(file) }
+        Golden {
+            bytes: golden_bytes(file),
+        }
     }
 
     fn st(&self) -> safetensors::SafeTensors<'_> {
@@ -48,7 +51,11 @@ impl Golden {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.st().names().into_iter().map(|s| s.to_string()).collect()
+        self.st()
+            .names()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -56,12 +63,18 @@ impl Golden {
     }
 
     pub fn shape(&self, name: &str) -> Vec<usize> {
-        self.st().tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing")).shape().to_vec()
+        self.st()
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("golden tensor {name} missing"))
+            .shape()
+            .to_vec()
     }
 
     pub fn f32(&self, name: &str) -> Vec<f32> {
         let st = self.st();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("golden tensor {name} missing"));
         match t.dtype() {
             safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(t.data()),
             safetensors::Dtype::I64 => {
@@ -74,7 +87,9 @@ impl Golden {
 
     pub fn i64(&self, name: &str) -> Vec<i64> {
         let st = self.st();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("golden tensor {name} missing"));
         assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name} dtype");
         bytemuck::pod_collect_to_vec(t.data())
     }
