@@ -275,16 +275,17 @@ fn native(model_bytes: &[u8], rgba: &[u8]) -> Native {
     }
     let infer_ms = median(times);
 
-    // The page's default training run: widths 8-16-32-64, one block per stage, batch 32.
+    // The page's training run as the test sets it: widths 8-16-32-64, one block per stage,
+    // ImageNet stem (7x7/2 + max pool), batch 32.
     let train = data::load_idx(
-        &root().join("web/data/fashion-mnist/train-images-idx3-ubyte"),
-        &root().join("web/data/fashion-mnist/train-labels-idx1-ubyte"),
+        root().join("web/data/fashion-mnist/train-images-idx3-ubyte"),
+        root().join("web/data/fashion-mnist/train-labels-idx1-ubyte"),
         &data::FASHION_MNIST_CLASSES,
     )
     .unwrap();
     let (mean, std) = data::channel_stats(&train);
     let config = ResNetConfig::resnet18(10)
-        .with_stem(Stem::Cifar)
+        .with_stem(Stem::ImageNet)
         .with_layers(vec![1, 1, 1, 1])
         .with_widths(vec![8, 16, 32, 64])
         .with_in_channels(1);
@@ -548,7 +549,7 @@ fn browser_matches_native_and_trains() {
         native.infer_ms
     );
     println!(
-        "  training step (widths 8..64, batch 32, 28x28): browser {:.0} ms (first {:.0} ms), native {:.0} ms",
+        "  training step (widths 8..64, ImageNet stem, batch 32, 28x28): browser {:.0} ms (first {:.0} ms), native {:.0} ms",
         t["msPerStep"].as_f64().unwrap_or(f64::NAN),
         t["firstStepMs"].as_f64().unwrap_or(f64::NAN),
         native.step_ms

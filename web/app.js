@@ -380,6 +380,7 @@ function trainOptions() {
     batchSize: Math.max(2, parseInt($('train-batch').value, 10) || 32),
     lr: parseFloat($('train-lr').value) || 0.05,
     widths: $('train-widths').value.split(',').map(Number),
+    stem: $('train-stem').value,
   };
 }
 
@@ -402,7 +403,7 @@ async function runTraining() {
     if (demo.trainer) demo.trainer.free();
     demo.trainer = null;
     demo.trainer = demo.engine.createTrainer(d.images, d.labels, 1, 28, 28, FASHION_CLASSES, {
-      widths: opts.widths, layers: [1, 1, 1, 1], batchSize: opts.batchSize, lr: opts.lr,
+      widths: opts.widths, layers: [1, 1, 1, 1], stem: opts.stem, batchSize: opts.batchSize, lr: opts.lr,
       schedule: 'constant', seed: 1,
     });
     status.textContent = `${demo.trainer.architecture}, ${demo.trainer.parameters.toLocaleString()} parameters — `

@@ -2,7 +2,7 @@
 // print the results as one JSON line prefixed with `RESULT `. Used by tests/browser.rs.
 //
 //   node web/test/drive.mjs --url http://127.0.0.1:PORT/?model=... --image fixture.png \
-//        --out DIR [--steps 30] [--chromium /usr/bin/chromium] [--timeout-s 400]
+//        --out DIR [--steps 30] [--stem imagenet|cifar] [--chromium /usr/bin/chromium] [--timeout-s 400]
 //
 // It loads the page (which loads the model given in the URL), picks the image through the page's
 // file input, reads the page's top-5 and the raw logits, times a few inferences, trains `steps`
@@ -13,7 +13,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 function args() {
-  const a = { steps: 30, chromium: process.env.CHROMIUM || '/usr/bin/chromium', 'timeout-s': 400 };
+  const a = { steps: 30, stem: 'imagenet', chromium: process.env.CHROMIUM || '/usr/bin/chromium', 'timeout-s': 400 };
   const v = process.argv.slice(2);
   for (let i = 0; i < v.length; i += 2) a[v[i].replace(/^--/, '')] = v[i + 1];
   for (const k of ['url', 'image', 'out']) if (!a[k]) throw new Error(`missing --${k}`);
@@ -86,6 +86,7 @@ try {
   // Training through the page's panel.
   await page.waitForFunction(() => !document.getElementById('train-start').disabled, null, { timeout: left() });
   await page.fill('#train-steps', String(opt.steps));
+  await page.selectOption('#train-stem', opt.stem);
   await page.click('#train-start');
   await page.waitForFunction(() => window.demo.train.done, null, { timeout: left(), polling: 500 });
   const t = await page.evaluate(() => window.demo.train);
