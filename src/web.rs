@@ -170,7 +170,13 @@ impl Engine {
             ..Default::default()
         })
         .await
-        .map_err(js_err)?;
+        .map_err(|e| match e {
+            crate::Error::NoAdapter(_) => js_err(
+                "WebGPU is unavailable: the browser offers no GPU adapter (WebGPU disabled, or the \
+                 GPU or driver is blocklisted; Chrome's chrome://gpu page says which).",
+            ),
+            e => js_err(format!("WebGPU is unavailable: {e}")),
+        })?;
         let gpu_error = GpuErrorSlot::default();
         let slot = gpu_error.clone();
         gpu.device()

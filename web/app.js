@@ -66,7 +66,7 @@ async function start() {
   try {
     demo.engine = await Engine.create();
   } catch (e) {
-    setStatus(status, `WebGPU is present but no device could be created: ${report('webgpu', e)}`, 'error');
+    setStatus(status, report('webgpu', e), 'error');
     document.body.classList.add('no-webgpu');
     return false;
   }
