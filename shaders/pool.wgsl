@@ -86,7 +86,9 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let h1 = u32(min(hs + i32(params.k), i32(params.h)));
     let w1 = u32(min(ws + i32(params.k), i32(params.w)));
     let base = plane * params.h * params.w;
-    var best = bitcast<f32>(0xff800000u);  // -inf
+    // -inf, from a runtime value: WGSL forbids constant expressions that evaluate to an infinity
+    // (Chrome's Tint rejects the module; naga accepts it).
+    var best = bitcast<f32>(0xff800000u | (params.k & 0u));
     var best_i = h0 * params.w + w0;
     for (var h = h0; h < h1; h = h + 1u) {
         for (var w = w0; w < w1; w = w + 1u) {

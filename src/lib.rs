@@ -29,6 +29,8 @@ pub mod reference;
 pub mod rng;
 pub mod tensor;
 pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use autograd::{Gradients, Tape, Var};
 pub use error::{Error, Result};

@@ -28,6 +28,33 @@ fn no_adapter_help(backends: wgpu::Backends) -> String {
     )
 }
 
+/// The limits to request from `adapter`. Native: the adapter's real limits. On the web: WebGPU's
+/// defaults, raised to the adapter's values only for what the kernels use (buffer and binding
+/// sizes, storage buffers per stage, workgroup size and memory, grid size), so a page asks for no
+/// more than the defaults unless the adapter offers more. `default_limits` forces the defaults.
+fn requested_limits(adapter: &wgpu::Limits, default_limits: bool) -> wgpu::Limits {
+    let defaults = wgpu::Limits::default().using_alignment(adapter.clone());
+    if default_limits {
+        return defaults;
+    }
+    if cfg!(target_arch = "wasm32") {
+        wgpu::Limits {
+            max_buffer_size: adapter.max_buffer_size,
+            max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size,
+            max_storage_buffers_per_shader_stage: adapter.max_storage_buffers_per_shader_stage,
+            max_compute_workgroup_storage_size: adapter.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: adapter.max_compute_invocations_per_workgroup,
+            max_compute_workgroup_size_x: adapter.max_compute_workgroup_size_x,
+            max_compute_workgroup_size_y: adapter.max_compute_workgroup_size_y,
+            max_compute_workgroup_size_z: adapter.max_compute_workgroup_size_z,
+            max_compute_workgroups_per_dimension: adapter.max_compute_workgroups_per_dimension,
+            ..defaults
+        }
+    } else {
+        adapter.clone()
+    }
+}
+
 /// Features this crate uses when the adapter offers them.
 fn optional_features() -> wgpu::Features {
     wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16
@@ -53,6 +80,8 @@ impl Gpu {
         // OpenGL only if none of them has an adapter: probing GL is noisy and rarely wanted.
         let attempts = match chosen {
             Some(b) => vec![b],
+            // In a browser only WebGPU runs compute shaders (WebGL cannot).
+            None if cfg!(target_arch = "wasm32") => vec![wgpu::Backends::BROWSER_WEBGPU],
             None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY],
         };
         let mut last_err = None;
@@ -99,11 +128,7 @@ impl Gpu {
     }
 
     async fn open(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
-        let limits = if options.default_limits {
-            wgpu::Limits::default().using_alignment(adapter.limits())
-        } else {
-            adapter.limits()
-        };
+        let limits = requested_limits(&adapter.limits(), options.default_limits);
         let features = adapter.features() & optional_features();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
