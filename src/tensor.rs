@@ -51,6 +51,8 @@ pub fn numel(shape: &[usize]) -> usize {
 impl Tensor {
     /// An uninitialised tensor (contents unspecified: a recycled buffer). Kernels that write every
     /// element use this for their outputs.
+    // See `Gpu::build` on `Arc` with wasm32's non-`Send` handles.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub(crate) fn uninit(
         gpu: &Gpu,
         shape: &[usize],

@@ -112,6 +112,9 @@ const READBACK_USAGE: wgpu::BufferUsages =
 const UNIFORM_SIZE: u64 = 256;
 
 impl Gpu {
+    // On wasm32 the wgpu handles are not `Send`; the `Arc` still shares them within the one
+    // thread there, and keeps `Gpu` `Send + Sync` on native.
+    #[allow(clippy::arc_with_non_send_sync)]
     fn build(device: wgpu::Device, queue: wgpu::Queue, info: GpuInfo) -> Gpu {
         let limits = device.limits();
         Gpu(Arc::new(GpuInner {
