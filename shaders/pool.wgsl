@@ -64,6 +64,37 @@ fn avg_divisor(oh: u32, ow: u32) -> f32 {
     return f32((he - hs) * (we - ws));
 }
 
+// The input window of output element o = (plane, oh, ow), clipped to the input, and the offset of
+// its input plane.
+struct Window {
+    base: u32,
+    oh: u32,
+    ow: u32,
+    h0: u32,
+    w0: u32,
+    h1: u32,
+    w1: u32,
+}
+
+fn window(o: u32) -> Window {
+    let plane_out = params.oh * params.ow;
+    let plane = o / plane_out;
+    let r = o - plane * plane_out;
+    let oh = r / params.ow;
+    let ow = r - oh * params.ow;
+    let hs = i32(oh * params.stride) - i32(params.pad);
+    let ws = i32(ow * params.stride) - i32(params.pad);
+    return Window(
+        plane * params.h * params.w,
+        oh,
+        ow,
+        u32(max(hs, 0)),
+        u32(max(ws, 0)),
+        u32(min(hs + i32(params.k), i32(params.h))),
+        u32(min(ws + i32(params.k), i32(params.w))),
+    );
+}
+
 // ---- max_forward ----
 @group(0) @binding(1) var<storage, read> mf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> mf_y: array<f32>;
@@ -73,25 +104,15 @@ fn avg_divisor(oh: u32, ow: u32) -> f32 {
 fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wg, nwg, lid);
-    let plane_out = params.oh * params.ow;
-    if (o >= params.planes * plane_out) { return; }
-    let plane = o / plane_out;
-    let r = o - plane * plane_out;
-    let oh = r / params.ow;
-    let ow = r - oh * params.ow;
-    let hs = i32(oh * params.stride) - i32(params.pad);
-    let ws = i32(ow * params.stride) - i32(params.pad);
-    let h0 = u32(max(hs, 0));
-    let w0 = u32(max(ws, 0));
-    let h1 = u32(min(hs + i32(params.k), i32(params.h)));
-    let w1 = u32(min(ws + i32(params.k), i32(params.w)));
-    let base = plane * params.h * params.w;
+    if (o >= params.planes * params.oh * params.ow) { return; }
+    let win = window(o);
+    let base = win.base;
     // -inf, from a runtime value: WGSL forbids constant expressions that evaluate to an infinity
     // (Chrome's Tint rejects the module; naga accepts it).
     var best = bitcast<f32>(0xff800000u | (params.k & 0u));
-    var best_i = h0 * params.w + w0;
-    for (var h = h0; h < h1; h = h + 1u) {
-        for (var w = w0; w < w1; w = w + 1u) {
+    var best_i = win.h0 * params.w + win.w0;
+    for (var h = win.h0; h < win.h1; h = h + 1u) {
+        for (var w = win.w0; w < win.w1; w = w + 1u) {
             let i = h * params.w + w;
             let v = mf_x[base + i];
             if (v > best || v != v) {
@@ -141,26 +162,16 @@ fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 fn avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wg, nwg, lid);
-    let plane_out = params.oh * params.ow;
-    if (o >= params.planes * plane_out) { return; }
-    let plane = o / plane_out;
-    let r = o - plane * plane_out;
-    let oh = r / params.ow;
-    let ow = r - oh * params.ow;
-    let hs = i32(oh * params.stride) - i32(params.pad);
-    let ws = i32(ow * params.stride) - i32(params.pad);
-    let h0 = u32(max(hs, 0));
-    let w0 = u32(max(ws, 0));
-    let h1 = u32(min(hs + i32(params.k), i32(params.h)));
-    let w1 = u32(min(ws + i32(params.k), i32(params.w)));
-    let base = plane * params.h * params.w;
+    if (o >= params.planes * params.oh * params.ow) { return; }
+    let win = window(o);
+    let base = win.base;
     var acc = 0.0;
-    for (var h = h0; h < h1; h = h + 1u) {
-        for (var w = w0; w < w1; w = w + 1u) {
+    for (var h = win.h0; h < win.h1; h = h + 1u) {
+        for (var w = win.w0; w < win.w1; w = w + 1u) {
             acc = acc + af_x[base + h * params.w + w];
         }
     }
-    af_y[o] = acc / avg_divisor(oh, ow);
+    af_y[o] = acc / avg_divisor(win.oh, win.ow);
 }
 
 // ---- avg_backward ----
