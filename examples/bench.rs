@@ -146,6 +146,9 @@ fn main() -> Result<()> {
         "batch {}, {iters} timed iterations per pass after one warm-up\n",
         args.batch
     );
+    if args.what == "models" {
+        return bench_models(&gpu, args.batch, iters);
+    }
     println!(
         "{:<20} {:>16} {:>6} {:>8} | {:>9} {:>8} | {:>9} {:>8} | {:>9} {:>8} {:>6}",
         "layer",
@@ -160,9 +163,6 @@ fn main() -> Result<()> {
         "GFLOP/s",
         "splits"
     );
-    if args.what == "models" {
-        return bench_models(&gpu, args.batch, iters);
-    }
     let mut totals = [0f64; 3];
     let mut total_macs = 0f64;
     for (s, count) in &SHAPES {
