@@ -6,8 +6,8 @@
 //! ```
 
 use clap::Parser;
+use resnet_wgpu::classify::Classifier;
 use resnet_wgpu::data::{self, Augment};
-use resnet_wgpu::nn::ResNet;
 use resnet_wgpu::{Error, Gpu, Result};
 use std::path::PathBuf;
 
@@ -42,45 +42,27 @@ struct Args {
 fn run(a: Args) -> Result<()> {
     let gpu = Gpu::new()?;
     eprintln!("adapter: {}", gpu.info());
-    let dir = a.data_dir.as_deref();
-    let need =
-        || dir.ok_or_else(|| Error::Invalid(format!("--dataset {} needs --data-dir", a.dataset)));
-    let (test, mean, std) = match a.dataset.as_str() {
-        "fashion-mnist" => (
-            data::load_fashion_mnist(dir, false)?,
-            data::FASHION_MNIST_MEAN.to_vec(),
-            data::FASHION_MNIST_STD.to_vec(),
-        ),
-        "mnist" => (
-            data::load_mnist_dir(need()?, false, &data::MNIST_CLASSES)?,
-            data::MNIST_MEAN.to_vec(),
-            data::MNIST_STD.to_vec(),
-        ),
-        "cifar10" => (
-            data::load_cifar10_dir(need()?, false)?,
-            data::CIFAR10_MEAN.to_vec(),
-            data::CIFAR10_STD.to_vec(),
-        ),
-        "folder" => {
-            let (ds, warnings) = data::load_image_folder(need()?, a.size, a.channels)?;
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            let (m, s) = data::channel_stats(&ds);
-            (ds, m, s)
-        }
-        other => {
-            return Err(Error::Invalid(format!(
-                "unknown --dataset {other:?}: expected fashion-mnist, mnist, cifar10 or folder"
-            )));
-        }
-    };
+    let (test, warnings) =
+        data::load_named(&a.dataset, a.data_dir.as_deref(), false, a.size, a.channels)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
     let test = match a.limit {
         Some(n) => test.take(n),
         None => test,
     };
     let dict = resnet_wgpu::io::load_safetensors(&a.weights)?;
-    let (mut model, _) = ResNet::from_state_dict(&gpu, &dict, None, true)?;
+    // Normalisation: the flags, else the weights' metadata (written by the train example), else
+    // the data set's usual values, else the statistics of the evaluated images.
+    let clf = Classifier::from_state_dict(&gpu, &dict, &a.weights.display().to_string())?;
+    let from_weights = dict
+        .metadata()
+        .contains_key("mean")
+        .then(|| (clf.mean.clone(), clf.std.clone()));
+    let (mean, std) = from_weights
+        .or_else(|| data::standard_normalization(&a.dataset))
+        .unwrap_or_else(|| data::channel_stats(&test));
+    let mut model = clf.model;
     eprintln!("model: {}", model.config());
     if model.config().in_channels != test.channels {
         return Err(Error::Invalid(format!(

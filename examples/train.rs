@@ -11,6 +11,7 @@
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use resnet_wgpu::classify::preprocessing_metadata;
 use resnet_wgpu::data::{self, Augment, Dataset};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
 use resnet_wgpu::train::{
@@ -18,7 +19,7 @@ use resnet_wgpu::train::{
 };
 use resnet_wgpu::{Error, Gpu, Result, Rng};
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -123,59 +124,14 @@ struct Data {
 
 fn load_data(a: &Args) -> Result<Data> {
     let dir = a.data_dir.as_deref();
-    let need_dir = |what: &str| -> Result<&Path> {
-        dir.ok_or_else(|| Error::Invalid(format!("--dataset {what} needs --data-dir DIR")))
+    let load = |train: bool| -> Result<Dataset> {
+        let (ds, warnings) = data::load_named(&a.dataset, dir, train, a.size, a.channels)?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(ds)
     };
-    let (train, test) = match a.dataset.as_str() {
-        "fashion-mnist" => (
-            data::load_fashion_mnist(dir, true)?,
-            data::load_fashion_mnist(dir, false)?,
-        ),
-        "mnist" => {
-            let d = need_dir("mnist")?;
-            (
-                data::load_mnist_dir(d, true, &data::MNIST_CLASSES)?,
-                data::load_mnist_dir(d, false, &data::MNIST_CLASSES)?,
-            )
-        }
-        "cifar10" => {
-            let d = need_dir("cifar10")?;
-            (
-                data::load_cifar10_dir(d, true)?,
-                data::load_cifar10_dir(d, false)?,
-            )
-        }
-        "folder" => {
-            // One folder of class sub-folders: hold out 20% as the test set. With `train/` and
-            // `test/` (or `val/`) sub-folders, use them.
-            let d = need_dir("folder")?;
-            let channels = a.channels;
-            let load = |p: &Path| -> Result<Dataset> {
-                let (ds, warnings) = data::load_image_folder(p, a.size, channels)?;
-                for w in warnings {
-                    eprintln!("warning: {w}");
-                }
-                Ok(ds)
-            };
-            let test_dir = ["test", "val"]
-                .iter()
-                .map(|s| d.join(s))
-                .find(|p| p.is_dir());
-            match (d.join("train").is_dir(), test_dir) {
-                (true, Some(t)) => (load(&d.join("train"))?, load(&t)?),
-                _ => {
-                    let all = load(d)?;
-                    let hold = (all.len() / 5).max(1);
-                    all.split(hold, a.seed ^ 0x7E57)?
-                }
-            }
-        }
-        other => {
-            return Err(Error::Invalid(format!(
-                "unknown --dataset {other:?}: expected fashion-mnist, mnist, cifar10 or folder"
-            )));
-        }
-    };
+    let (train, test) = (load(true)?, load(false)?);
     // A seeded random subset: folders list their images class by class, so the first N would
     // hold only the first classes.
     let train = match a.limit_train {
@@ -192,15 +148,8 @@ fn load_data(a: &Args) -> Result<Data> {
     } else {
         (train, None)
     };
-    let (mean, std) = match a.dataset.as_str() {
-        "fashion-mnist" => (
-            data::FASHION_MNIST_MEAN.to_vec(),
-            data::FASHION_MNIST_STD.to_vec(),
-        ),
-        "mnist" => (data::MNIST_MEAN.to_vec(), data::MNIST_STD.to_vec()),
-        "cifar10" => (data::CIFAR10_MEAN.to_vec(), data::CIFAR10_STD.to_vec()),
-        _ => data::channel_stats(&train),
-    };
+    let (mean, std) =
+        data::standard_normalization(&a.dataset).unwrap_or_else(|| data::channel_stats(&train));
     Ok(Data {
         train,
         val,
@@ -422,8 +371,16 @@ fn run(a: Args) -> Result<()> {
             );
         }
     }
+    // The weights carry their preprocessing and class names, for evaluate and classify.
     let dict = trainer.model.state_dict()?;
-    resnet_wgpu::io::save_safetensors(&dict, &a.out, None)?;
+    let meta = preprocessing_metadata(
+        &data.train.classes,
+        &data.mean,
+        &data.std,
+        data.train.height,
+        trainer.model.config(),
+    );
+    resnet_wgpu::io::save_safetensors(&dict, &a.out, Some(meta))?;
     println!("saved {}", a.out.display());
     Ok(())
 }

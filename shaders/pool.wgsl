@@ -125,6 +125,33 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     mf_idx[o] = best_i;
 }
 
+// The outputs whose windows hold input element i = (plane, h, w): rows oh0..oh1, columns
+// ow0..ow1 of the output plane starting at `base`; `pixel` = h * W + w within the input plane.
+struct Reach {
+    base: u32,
+    pixel: u32,
+    oh0: u32,
+    oh1: u32,
+    ow0: u32,
+    ow1: u32,
+}
+
+fn reach_of(i: u32) -> Reach {
+    let plane_in = params.h * params.w;
+    let plane = i / plane_in;
+    let r = i - plane * plane_in;
+    let h = r / params.w;
+    let w = r - h * params.w;
+    return Reach(
+        plane * params.oh * params.ow,
+        r,
+        first_out(h),
+        end_out(h, params.oh),
+        first_out(w),
+        end_out(w, params.ow),
+    );
+}
+
 // ---- max_backward ----
 @group(0) @binding(1) var<storage, read> mb_gy: array<f32>;
 @group(0) @binding(2) var<storage, read> mb_idx: array<u32>;
@@ -134,21 +161,14 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    let plane_in = params.h * params.w;
-    if (i >= params.planes * plane_in) { return; }
-    let plane = i / plane_in;
-    let r = i - plane * plane_in;
-    let h = r / params.w;
-    let w = r - h * params.w;
-    let base = plane * params.oh * params.ow;
-    let oh1 = end_out(h, params.oh);
-    let ow0 = first_out(w);
-    let ow1 = end_out(w, params.ow);
+    if (i >= params.planes * params.h * params.w) { return; }
+    let reach = reach_of(i);
+    let base = reach.base;
     var acc = 0.0;
-    for (var oh = first_out(h); oh < oh1; oh = oh + 1u) {
-        for (var ow = ow0; ow < ow1; ow = ow + 1u) {
+    for (var oh = reach.oh0; oh < reach.oh1; oh = oh + 1u) {
+        for (var ow = reach.ow0; ow < reach.ow1; ow = ow + 1u) {
             let o = base + oh * params.ow + ow;
-            if (mb_idx[o] == r) { acc = acc + mb_gy[o]; }
+            if (mb_idx[o] == reach.pixel) { acc = acc + mb_gy[o]; }
         }
     }
     mb_gx[i] = acc;
@@ -182,19 +202,12 @@ fn avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 fn avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    let plane_in = params.h * params.w;
-    if (i >= params.planes * plane_in) { return; }
-    let plane = i / plane_in;
-    let r = i - plane * plane_in;
-    let h = r / params.w;
-    let w = r - h * params.w;
-    let base = plane * params.oh * params.ow;
-    let oh1 = end_out(h, params.oh);
-    let ow0 = first_out(w);
-    let ow1 = end_out(w, params.ow);
+    if (i >= params.planes * params.h * params.w) { return; }
+    let reach = reach_of(i);
+    let base = reach.base;
     var acc = 0.0;
-    for (var oh = first_out(h); oh < oh1; oh = oh + 1u) {
-        for (var ow = ow0; ow < ow1; ow = ow + 1u) {
+    for (var oh = reach.oh0; oh < reach.oh1; oh = oh + 1u) {
+        for (var ow = reach.ow0; ow < reach.ow1; ow = ow + 1u) {
             acc = acc + ab_gy[base + oh * params.ow + ow] / avg_divisor(oh, ow);
         }
     }

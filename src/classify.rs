@@ -4,10 +4,15 @@
 //! Preprocessing is torchvision's `Resize(size)` + `CenterCrop(size)` + `Normalize(mean, std)`;
 //! grayscale or RGBA input is converted to the model's channel count.
 
-use crate::data::preprocess_rgba;
-use crate::nn::ResNet;
+use crate::data::{
+    CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD,
+    preprocess_rgba,
+};
+use crate::io::StateDict;
+use crate::nn::{ResNet, Stem};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
+use std::collections::HashMap;
 
 /// One class of a prediction.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +39,28 @@ pub struct Classifier {
     pub size: usize,
 }
 
+/// Safetensors metadata describing how a model's inputs are prepared and what its classes are,
+/// read back by [`Classifier::from_state_dict`].
+pub fn preprocessing_metadata(
+    labels: &[String],
+    mean: &[f32],
+    std: &[f32],
+    size: usize,
+    config: &crate::nn::ResNetConfig,
+) -> HashMap<String, String> {
+    let json = |v: &[f32]| serde_json::to_string(v).expect("numbers serialise");
+    HashMap::from([
+        (
+            "labels".to_string(),
+            serde_json::to_string(labels).expect("strings serialise"),
+        ),
+        ("mean".to_string(), json(mean)),
+        ("std".to_string(), json(std)),
+        ("input_size".to_string(), size.to_string()),
+        ("architecture".to_string(), config.to_string()),
+    ])
+}
+
 /// Parse a labels file: one class name per line (blank trailing lines ignored). `name` is used in
 /// errors; `classes` is the model's class count, which the line count must equal.
 pub fn parse_labels(text: &str, name: &str, classes: usize) -> Result<Vec<String>> {
@@ -55,28 +82,89 @@ pub fn parse_labels(text: &str, name: &str, classes: usize) -> Result<Vec<String
 }
 
 impl Classifier {
-    /// A classifier with ImageNet normalisation, 224-pixel crops and numeric labels. Mean and std
-    /// of one value per channel are expected; single values are repeated over the channels.
+    /// A classifier with the default preprocessing for the architecture and numeric labels:
+    /// one input channel → 28-pixel crops with Fashion-MNIST's statistics; three channels and the
+    /// CIFAR stem → 32 pixels, CIFAR-10's; three channels otherwise → 224 pixels, ImageNet's.
     pub fn new(model: ResNet) -> Classifier {
-        let c = model.config().in_channels;
-        let labels = (0..model.config().num_classes)
-            .map(|i| i.to_string())
-            .collect();
-        let (mean, std) = if c == 3 {
-            (
-                crate::data::IMAGENET_MEAN.to_vec(),
-                crate::data::IMAGENET_STD.to_vec(),
-            )
-        } else {
-            (vec![0.5; c], vec![0.5; c])
+        let config = model.config();
+        let c = config.in_channels;
+        let labels = (0..config.num_classes).map(|i| i.to_string()).collect();
+        let (size, mean, std) = match (c, config.stem) {
+            (1, _) => (28, FASHION_MNIST_MEAN.to_vec(), FASHION_MNIST_STD.to_vec()),
+            (3, Stem::Cifar) => (32, CIFAR10_MEAN.to_vec(), CIFAR10_STD.to_vec()),
+            (3, _) => (224, IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
+            _ => (224, vec![0.5; c], vec![0.5; c]),
         };
         Classifier {
             model,
             labels,
             mean,
             std,
-            size: 224,
+            size,
         }
+    }
+
+    /// A classifier for a state dict: the architecture is inferred, and the preprocessing and
+    /// class names come from the file's metadata (as written by [`Classifier::metadata`], the
+    /// train example and the browser trainer) where present, else from [`Classifier::new`].
+    /// `name` names the file in errors.
+    pub fn from_state_dict(gpu: &crate::Gpu, dict: &StateDict, name: &str) -> Result<Classifier> {
+        let (model, _) = ResNet::from_state_dict(gpu, dict, None, true)?;
+        let mut c = Classifier::new(model);
+        let meta = dict.metadata();
+        let numbers = |key: &str| -> Result<Option<Vec<f32>>> {
+            meta.get(key)
+                .map(|s| {
+                    serde_json::from_str::<Vec<f32>>(s).map_err(|e| {
+                        Error::format(
+                            name,
+                            format!("metadata `{key}` is not a JSON array of numbers: {e}"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        if let Some(s) = meta.get("input_size") {
+            c.size = s
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&v: &usize| v > 0)
+                .ok_or_else(|| {
+                    Error::format(
+                        name,
+                        format!("metadata `input_size` {s:?} is not a positive number"),
+                    )
+                })?;
+        }
+        let mean = numbers("mean")?.unwrap_or_else(|| c.mean.clone());
+        let std = numbers("std")?.unwrap_or_else(|| c.std.clone());
+        c = c
+            .with_normalization(&mean, &std)
+            .map_err(|e| Error::format(name, e))?;
+        if let Some(s) = meta.get("labels") {
+            let labels: Vec<String> = serde_json::from_str(s).map_err(|e| {
+                Error::format(
+                    name,
+                    format!("metadata `labels` is not a JSON array of strings: {e}"),
+                )
+            })?;
+            c = c.with_labels(labels).map_err(|e| Error::format(name, e))?;
+        }
+        Ok(c)
+    }
+
+    /// The preprocessing and class names as safetensors metadata (`labels`, `mean`, `std` as
+    /// JSON arrays, `input_size`, `architecture`), so [`Classifier::from_state_dict`] restores
+    /// them.
+    pub fn metadata(&self) -> HashMap<String, String> {
+        preprocessing_metadata(
+            &self.labels,
+            &self.mean,
+            &self.std,
+            self.size,
+            self.model.config(),
+        )
     }
 
     /// Set the class names (must match the class count).
@@ -195,11 +283,12 @@ mod native {
     use std::path::Path;
 
     impl Classifier {
-        /// Load weights from a safetensors file, inferring the architecture.
+        /// Load weights from a safetensors file, inferring the architecture and taking the
+        /// preprocessing and class names from its metadata (see [`Classifier::from_state_dict`]).
         pub fn load(gpu: &crate::Gpu, weights: impl AsRef<Path>) -> Result<Classifier> {
-            let dict = crate::io::load_safetensors(weights.as_ref())?;
-            let (model, _) = ResNet::from_state_dict(gpu, &dict, None, true)?;
-            Ok(Classifier::new(model))
+            let path = weights.as_ref();
+            let dict = crate::io::load_safetensors(path)?;
+            Classifier::from_state_dict(gpu, &dict, &path.display().to_string())
         }
 
         /// Read class names from a file, one per line.

@@ -18,7 +18,7 @@
 //! the buffer). Methods that read back return a `Promise`; a second call on the same object while
 //! one is pending is rejected with a "busy" error rather than racing.
 
-use crate::classify::Classifier;
+use crate::classify::{Classifier, preprocessing_metadata};
 use crate::data::{self, Augment, Batch, Dataset};
 use crate::io::{self, StateDict};
 use crate::nn::{ResNet, ResNetConfig, Stem};
@@ -26,7 +26,7 @@ use crate::train::{ScheduleKind, TrainConfig, Trainer};
 use crate::{Gpu, GpuOptions, Rng};
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use wasm_bindgen::prelude::*;
@@ -243,10 +243,9 @@ impl Engine {
         bytes: &[u8],
         options: JsValue,
     ) -> Result<WebClassifier, JsValue> {
-        let dict = io::load_safetensors_bytes(bytes, "model.safetensors").map_err(js_err)?;
-        let (model, _report) =
-            ResNet::from_state_dict(&self.gpu, &dict, None, true).map_err(js_err)?;
-        let clf = configure_classifier(model, dict.metadata(), &options)?;
+        let name = "model.safetensors";
+        let dict = io::load_safetensors_bytes(bytes, name).map_err(js_err)?;
+        let clf = configure_classifier(&self.gpu, &dict, name, &options)?;
         Ok(WebClassifier::wrap(clf, self.gpu_error.clone()))
     }
 
@@ -343,83 +342,31 @@ impl Engine {
     }
 }
 
-/// Preprocessing from `options`, then the file's metadata, then defaults by architecture.
+/// Preprocessing from `options`, then the file's metadata, then defaults by architecture (the
+/// last two as [`Classifier::from_state_dict`] does).
 fn configure_classifier(
-    model: ResNet,
-    meta: &HashMap<String, String>,
+    gpu: &Gpu,
+    dict: &StateDict,
+    name: &str,
     options: &JsValue,
 ) -> Result<Classifier, JsValue> {
-    let config = model.config().clone();
-    let c = config.in_channels;
-    let meta_numbers = |key: &str| -> Result<Option<Vec<f32>>, JsValue> {
-        meta.get(key)
-            .map(|s| {
-                serde_json::from_str::<Vec<f32>>(s).map_err(|e| {
-                    js_err(format!(
-                        "metadata `{key}` is not a JSON array of numbers: {e}"
-                    ))
-                })
-            })
-            .transpose()
-    };
-    let (size, mean, std) = if c == 1 {
-        (
-            28,
-            data::FASHION_MNIST_MEAN.to_vec(),
-            data::FASHION_MNIST_STD.to_vec(),
-        )
-    } else if c == 3 && config.stem == Stem::Cifar {
-        (32, data::CIFAR10_MEAN.to_vec(), data::CIFAR10_STD.to_vec())
-    } else if c == 3 {
-        (
-            224,
-            data::IMAGENET_MEAN.to_vec(),
-            data::IMAGENET_STD.to_vec(),
-        )
-    } else {
-        (224, vec![0.5; c], vec![0.5; c])
-    };
-    let size = match get_usize(options, "size")? {
-        Some(s) => s,
-        None => match meta.get("input_size") {
-            Some(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| js_err(format!("metadata `input_size` {s:?} is not a number")))?,
-            None => size,
-        },
-    };
-    if size == 0 {
-        return Err(js_err("the input size must be positive"));
+    let mut clf = Classifier::from_state_dict(gpu, dict, name).map_err(js_err)?;
+    if let Some(size) = get_usize(options, "size")? {
+        if size == 0 {
+            return Err(js_err("the input size must be positive"));
+        }
+        clf = clf.with_size(size);
     }
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
-    let mean = match get_numbers(options, "mean")? {
-        Some(v) => to_f32(v),
-        None => meta_numbers("mean")?.unwrap_or(mean),
-    };
-    let std = match get_numbers(options, "std")? {
-        Some(v) => to_f32(v),
-        None => meta_numbers("std")?.unwrap_or(std),
-    };
-    let labels = match get_strings(options, "labels")? {
-        Some(l) => Some(l),
-        None => meta
-            .get("labels")
-            .map(|s| {
-                serde_json::from_str::<Vec<String>>(s).map_err(|e| {
-                    js_err(format!(
-                        "metadata `labels` is not a JSON array of strings: {e}"
-                    ))
-                })
-            })
-            .transpose()?,
-    };
-    let mut clf = Classifier::new(model)
-        .with_size(size)
-        .with_normalization(&mean, &std)
-        .map_err(js_err)?;
-    if let Some(l) = labels {
-        clf = clf.with_labels(l).map_err(js_err)?;
+    let mean = get_numbers(options, "mean")?.map(to_f32);
+    let std = get_numbers(options, "std")?.map(to_f32);
+    if mean.is_some() || std.is_some() {
+        let mean = mean.unwrap_or_else(|| clf.mean.clone());
+        let std = std.unwrap_or_else(|| clf.std.clone());
+        clf = clf.with_normalization(&mean, &std).map_err(js_err)?;
+    }
+    if let Some(labels) = get_strings(options, "labels")? {
+        clf = clf.with_labels(labels).map_err(js_err)?;
     }
     Ok(clf)
 }
@@ -605,16 +552,12 @@ impl TrainState {
     /// [`Engine::load_classifier`] restores a ready classifier.
     async fn export(&self, mean: &[f32], std: &[f32], size: usize) -> crate::Result<Vec<u8>> {
         let dict: StateDict = self.trainer.model.state_dict_async().await?;
-        let mut meta = HashMap::new();
-        let json = |v: &[f32]| serde_json::to_string(v).expect("numbers serialise");
-        let labels = serde_json::to_string(&self.dataset.classes).expect("strings serialise");
-        meta.insert("labels".to_string(), labels);
-        meta.insert("mean".to_string(), json(mean));
-        meta.insert("std".to_string(), json(std));
-        meta.insert("input_size".to_string(), size.to_string());
-        meta.insert(
-            "architecture".to_string(),
-            self.trainer.model.config().to_string(),
+        let meta = preprocessing_metadata(
+            &self.dataset.classes,
+            mean,
+            std,
+            size,
+            self.trainer.model.config(),
         );
         io::to_safetensors_bytes_with_metadata(&dict, Some(meta))
     }

@@ -142,3 +142,45 @@ fn weights_of_another_architecture_are_refused_strictly() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn weights_carry_their_preprocessing() {
+    let gpu = gpu();
+    let config = ResNetConfig::resnet18(3)
+        .with_widths(vec![4, 4, 4, 4])
+        .with_stem(Stem::Cifar)
+        .with_in_channels(1);
+    let net = ResNet::new(&gpu, config, &mut Rng::new(5)).unwrap();
+    let labels: Vec<String> = ["cat", "dog", "cow"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut dict = net.state_dict().unwrap();
+    let meta =
+        resnet_wgpu::classify::preprocessing_metadata(&labels, &[0.3], &[0.2], 20, net.config());
+    dict.metadata_mut().extend(meta);
+    let bytes =
+        resnet_wgpu::io::to_safetensors_bytes_with_metadata(&dict, Some(dict.metadata().clone()))
+            .unwrap();
+    let loaded = resnet_wgpu::io::load_safetensors_bytes(&bytes, "w.safetensors").unwrap();
+    let c = Classifier::from_state_dict(&gpu, &loaded, "w.safetensors").unwrap();
+    assert_eq!(
+        (c.labels.clone(), c.mean.clone(), c.std.clone(), c.size),
+        (labels, vec![0.3], vec![0.2], 20)
+    );
+    // Without metadata: the defaults for a one-channel network.
+    let plain =
+        Classifier::from_state_dict(&gpu, &net.state_dict().unwrap(), "p.safetensors").unwrap();
+    assert_eq!(plain.size, 28);
+    // Bad metadata names the file and the key.
+    dict.metadata_mut()
+        .insert("labels".into(), "not json".into());
+    let err = match Classifier::from_state_dict(&gpu, &dict, "bad.safetensors") {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("bad metadata was accepted"),
+    };
+    assert!(
+        err.contains("bad.safetensors") && err.contains("labels"),
+        "{err}"
+    );
+}

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod named;
 
 pub use batch::{Augment, Batch, EpochBatches, channel_stats, epoch_batches};
 #[cfg(not(target_arch = "wasm32"))]
@@ -33,6 +34,9 @@ pub use idx::{
 pub use idx::{
     FASHION_MNIST_DIRS, find_fashion_mnist_dir, load_fashion_mnist, load_idx, load_mnist_dir,
 };
+#[cfg(not(target_arch = "wasm32"))]
+pub use named::load_named;
+pub use named::{DATASET_NAMES, FOLDER_SPLIT_SEED, standard_normalization};
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
