@@ -141,3 +141,22 @@ fn pool_stops_allocating_in_a_loop() {
         "the pool kept allocating"
     );
 }
+
+#[test]
+fn binding_limit_is_a_clear_error() {
+    // With WebGPU's default limits a storage binding holds at most 128 MiB.
+    let gpu = Gpu::with_options(resnet_wgpu::GpuOptions {
+        default_limits: true,
+        ..Default::default()
+    })
+    .expect("a device with default limits");
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    let n = (limit / 4 + 1024) as usize;
+    let big = Tensor::zeros(&gpu, &[n]).unwrap();
+    let err = ops::relu(&big).unwrap_err().to_string();
+    assert!(err.contains("max_storage_buffer_binding_size"), "{err}");
+    let err = Tensor::zeros(&gpu, &[gpu.limits().max_buffer_size as usize])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_buffer_size"), "{err}");
+}
