@@ -238,6 +238,27 @@ impl Tensor {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    /// Read several f32 tensors of one device back to the host with a single submit and wait
+    /// (async; works on the web).
+    pub async fn read_all(tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        let Some(first) = tensors.first() else {
+            return Ok(Vec::new());
+        };
+        for t in tensors {
+            t.expect_dtype("read_all", DType::F32)?;
+            t.expect_same_gpu("read_all", first)?;
+        }
+        let srcs: Vec<(&wgpu::Buffer, u64)> = tensors
+            .iter()
+            .map(|t| (t.buffer(), t.numel() as u64 * 4))
+            .collect();
+        let bytes = first.gpu().read_many(&srcs).await?;
+        Ok(bytes
+            .iter()
+            .map(|b| bytemuck::pod_collect_to_vec(b))
+            .collect())
+    }
+
     /// Read u32 contents back to the host (async).
     pub async fn read_u32(&self) -> Result<Vec<u32>> {
         self.expect_dtype("read_u32", DType::U32)?;

@@ -340,7 +340,8 @@ impl Trainer {
         self.optimizer.step(&updates)?;
         drop(updates);
         self.step += 1;
-        let loss_v = loss.tensor().read().await?[0];
+        let values = Tensor::read_all(&[loss.tensor(), logits.tensor()]).await?;
+        let (loss_v, logits_v) = (values[0][0], &values[1]);
         if !loss_v.is_finite() {
             return Err(Error::Invalid(format!(
                 "the training loss became {loss_v} at step {} (learning rate {lr}); stopping. \
@@ -348,9 +349,8 @@ impl Trainer {
                 self.step
             )));
         }
-        let logits_v = logits.tensor().read().await?;
         let mut tally = Tally::default();
-        tally.add(loss_v, &logits_v, &batch.labels);
+        tally.add(loss_v, logits_v, &batch.labels);
         Ok(tally.metrics())
     }
 
@@ -592,9 +592,8 @@ pub async fn evaluate_async(
         let y = Tensor::from_u32(&gpu, &[batch.labels.len()], &batch.labels)?;
         let logits = model.infer(&x)?;
         let (loss, _) = crate::ops::cross_entropy(&logits, &y, 0.0)?;
-        let loss_v = loss.read().await?[0];
-        let logits_v = logits.read().await?;
-        tally.add(loss_v, &logits_v, &batch.labels);
+        let values = Tensor::read_all(&[&loss, &logits]).await?;
+        tally.add(values[0][0], &values[1], &batch.labels);
     }
     Ok(tally.metrics())
 }

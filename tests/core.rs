@@ -160,3 +160,21 @@ fn binding_limit_is_a_clear_error() {
         .to_string();
     assert!(err.contains("max_buffer_size"), "{err}");
 }
+
+#[test]
+fn read_all_returns_each_tensor() {
+    let gpu = gpu();
+    let a = Tensor::from_slice(&gpu, &[3], &[1.0, 2.0, 3.0]).unwrap();
+    let b = Tensor::from_slice(&gpu, &[2, 2], &[4.0, 5.0, 6.0, 7.0]).unwrap();
+    let c = ops::relu(&Tensor::from_slice(&gpu, &[1], &[-1.0]).unwrap()).unwrap();
+    let v = pollster::block_on(Tensor::read_all(&[&a, &b, &c])).unwrap();
+    assert_eq!(
+        v,
+        vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0, 7.0], vec![0.0]]
+    );
+    assert!(
+        pollster::block_on(Tensor::read_all(&[]))
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -395,9 +395,29 @@ impl Gpu {
 
     /// Copy `bytes` bytes of `src` to the host.
     pub(crate) async fn read_bytes(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        let size = bytes.max(4).next_multiple_of(4);
-        let staging = lock(&self.0.pool).take(&self.0.device, size, READBACK_USAGE);
-        self.copy(src, &staging, size);
+        Ok(self.read_many(&[(src, bytes)]).await?.remove(0))
+    }
+
+    /// Copy the first `bytes` bytes of each buffer to the host with one submit and one wait
+    /// (through one staging buffer), rather than one round trip per buffer.
+    pub(crate) async fn read_many(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        let sizes: Vec<u64> = srcs
+            .iter()
+            .map(|(_, b)| (*b).max(4).next_multiple_of(4))
+            .collect();
+        let total: u64 = sizes.iter().sum::<u64>().max(4);
+        let staging = lock(&self.0.pool).take(&self.0.device, total, READBACK_USAGE);
+        let mut offsets = Vec::with_capacity(srcs.len());
+        {
+            let mut pending = lock(&self.0.pending);
+            let enc = self.encoder(&mut pending);
+            let mut offset = 0;
+            for ((src, _), size) in srcs.iter().zip(&sizes) {
+                enc.copy_buffer_to_buffer(src, 0, &staging, offset, *size);
+                offsets.push(offset);
+                offset += size;
+            }
+        }
         self.flush();
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -415,7 +435,10 @@ impl Gpu {
             let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
-            view[..bytes as usize].to_vec()
+            srcs.iter()
+                .zip(offsets)
+                .map(|((_, bytes), off)| view[off as usize..(off + bytes) as usize].to_vec())
+                .collect()
         };
         staging.unmap();
         self.release(staging);
