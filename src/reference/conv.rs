@@ -23,6 +23,46 @@ fn tap(o: usize, t: usize, stride: usize, padding: usize, size: usize) -> Option
     (o * stride + t).checked_sub(padding).filter(|&i| i < size)
 }
 
+/// Visit every (input, weight, output) index triple that a convolution multiplies together:
+/// `y[yi] += w[wi] * x[xi]`. The forward pass and both gradients are sums over these triples.
+fn for_each_tap(
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let [n, c, h, wd] = x_shape;
+    let [k, _, r, s] = w_shape;
+    let (oh, ow) = out_size(h, wd, r, s, stride, padding);
+    for ni in 0..n {
+        for ki in 0..k {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let yi = ((ni * k + ki) * oh + oy) * ow + ox;
+                    for ci in 0..c {
+                        for ri in 0..r {
+                            let Some(iy) = tap(oy, ri, stride, padding, h) else {
+                                continue;
+                            };
+                            for si in 0..s {
+                                let Some(ix) = tap(ox, si, stride, padding, wd) else {
+                                    continue;
+                                };
+                                f(
+                                    ((ni * c + ci) * h + iy) * wd + ix,
+                                    ((ki * c + ci) * r + ri) * s + si,
+                                    yi,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `y = conv2d(x, w) + b`. Returns the output and its shape `[N, K, OH, OW]`.
 pub fn conv2d(
     x: &[f32],
@@ -37,32 +77,16 @@ pub fn conv2d(
     let [k, c2, r, s] = w_shape;
     assert_eq!(c, c2, "channel mismatch");
     let (oh, ow) = out_size(h, wd, r, s, stride, padding);
-    let mut y = vec![0f32; n * k * oh * ow];
-    for ni in 0..n {
-        for ki in 0..k {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = b.map_or(0.0, |b| b[ki] as f64);
-                    for ci in 0..c {
-                        for ri in 0..r {
-                            let Some(iy) = tap(oy, ri, stride, padding, h) else {
-                                continue;
-                            };
-                            for si in 0..s {
-                                let Some(ix) = tap(ox, si, stride, padding, wd) else {
-                                    continue;
-                                };
-                                acc += w[((ki * c + ci) * r + ri) * s + si] as f64
-                                    * x[((ni * c + ci) * h + iy) * wd + ix] as f64;
-                            }
-                        }
-                    }
-                    y[((ni * k + ki) * oh + oy) * ow + ox] = acc as f32;
-                }
-            }
+    let mut y = vec![0f64; n * k * oh * ow];
+    if let Some(b) = b {
+        for (i, v) in y.iter_mut().enumerate() {
+            *v = b[(i / (oh * ow)) % k] as f64;
         }
     }
-    (y, [n, k, oh, ow])
+    for_each_tap(x_shape, w_shape, stride, padding, |xi, wi, yi| {
+        y[yi] += w[wi] as f64 * x[xi] as f64;
+    });
+    (y.into_iter().map(|v| v as f32).collect(), [n, k, oh, ow])
 }
 
 /// Gradient of `conv2d` with respect to its input, given the upstream gradient `gy`
@@ -75,33 +99,10 @@ pub fn conv2d_backward_input(
     stride: usize,
     padding: usize,
 ) -> Vec<f32> {
-    let [n, c, h, wd] = x_shape;
-    let [k, _, r, s] = w_shape;
-    let (oh, ow) = out_size(h, wd, r, s, stride, padding);
-    let mut gx = vec![0f64; n * c * h * wd];
-    for ni in 0..n {
-        for ki in 0..k {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let g = gy[((ni * k + ki) * oh + oy) * ow + ox] as f64;
-                    for ci in 0..c {
-                        for ri in 0..r {
-                            let Some(iy) = tap(oy, ri, stride, padding, h) else {
-                                continue;
-                            };
-                            for si in 0..s {
-                                let Some(ix) = tap(ox, si, stride, padding, wd) else {
-                                    continue;
-                                };
-                                gx[((ni * c + ci) * h + iy) * wd + ix] +=
-                                    g * w[((ki * c + ci) * r + ri) * s + si] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut gx = vec![0f64; x_shape.iter().product()];
+    for_each_tap(x_shape, w_shape, stride, padding, |xi, wi, yi| {
+        gx[xi] += gy[yi] as f64 * w[wi] as f64;
+    });
     gx.into_iter().map(|v| v as f32).collect()
 }
 
@@ -115,33 +116,10 @@ pub fn conv2d_backward_weight(
     stride: usize,
     padding: usize,
 ) -> Vec<f32> {
-    let [n, c, h, wd] = x_shape;
-    let [k, _, r, s] = w_shape;
-    let (oh, ow) = out_size(h, wd, r, s, stride, padding);
-    let mut gw = vec![0f64; k * c * r * s];
-    for ni in 0..n {
-        for ki in 0..k {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let g = gy[((ni * k + ki) * oh + oy) * ow + ox] as f64;
-                    for ci in 0..c {
-                        for ri in 0..r {
-                            let Some(iy) = tap(oy, ri, stride, padding, h) else {
-                                continue;
-                            };
-                            for si in 0..s {
-                                let Some(ix) = tap(ox, si, stride, padding, wd) else {
-                                    continue;
-                                };
-                                gw[((ki * c + ci) * r + ri) * s + si] +=
-                                    g * x[((ni * c + ci) * h + iy) * wd + ix] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let mut gw = vec![0f64; w_shape.iter().product()];
+    for_each_tap(x_shape, w_shape, stride, padding, |xi, wi, yi| {
+        gw[wi] += gy[yi] as f64 * x[xi] as f64;
+    });
     gw.into_iter().map(|v| v as f32).collect()
 }
 
