@@ -287,8 +287,9 @@ impl Trainer {
         self.schedule.lr_at(self.config.lr, self.step)
     }
 
-    fn tracked(&self, p: &Param) -> bool {
-        !self.config.freeze_backbone || p.is_head()
+    /// Whether `p` is trained: everything, or only the head when the backbone is frozen.
+    fn trains(freeze_backbone: bool, p: &Param) -> bool {
+        p.is_trainable() && (!freeze_backbone || p.is_head())
     }
 
     /// One optimisation step on `batch`. Returns the batch's loss and accuracy.
@@ -302,13 +303,13 @@ impl Trainer {
         let freeze = self.config.freeze_backbone;
         let (logits, binds) = self
             .model
-            .forward_train(&tape, &x, |p| !freeze || p.is_head())?;
+            .forward_train(&tape, &x, |p| Self::trains(freeze, p))?;
         let loss = logits.cross_entropy(&y, self.config.label_smoothing)?;
         let grads = tape.backward(&loss)?;
         let lr = self.lr();
         let mut slots = Vec::new();
         for (i, p) in self.model.params().iter().enumerate() {
-            if !p.is_trainable() || !self.tracked(p) {
+            if !Self::trains(freeze, p) {
                 continue;
             }
             if let Some(g) = grads.get(binds.var(i)) {
