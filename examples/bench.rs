@@ -25,58 +25,67 @@ struct Args {
     what: String,
 }
 
-/// Inference latency of ResNet-18 and ResNet-50 at 224x224, batch 1, and the time of one
-/// ResNet-18 training step (forward, backward, SGD) at `batch`.
+/// The model figures: ResNet-18/50 inference at 224x224 (batch 1 and 64) and training
+/// steps (forward, backward, SGD momentum) for ResNet-18 and ResNet-50 at 224x224, batch `batch`,
+/// and ResNet-18 at 32x32 (10 classes), batch 256.
 fn bench_models(gpu: &Gpu, batch: usize, iters: usize) -> Result<()> {
     use resnet_wgpu::nn::{ResNet, ResNetConfig};
     use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
     use resnet_wgpu::{Rng, Tape};
-    println!("\n{:<34} {:>12} {:>10}", "model", "ms", "images/s");
-    for (name, config) in [
-        ("ResNet-18", ResNetConfig::resnet18(1000)),
-        ("ResNet-50", ResNetConfig::resnet50(1000)),
+    println!("\n{:<40} {:>12} {:>10}", "model", "ms", "images/s");
+    for (name, config, n) in [
+        ("ResNet-18", ResNetConfig::resnet18(1000), 1),
+        ("ResNet-18", ResNetConfig::resnet18(1000), 64),
+        ("ResNet-50", ResNetConfig::resnet50(1000), 1),
+        ("ResNet-50", ResNetConfig::resnet50(1000), 64),
     ] {
         let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
-        let x = Tensor::full(gpu, &[1, 3, 224, 224], 0.5)?;
+        let x = Tensor::full(gpu, &[n, 3, 224, 224], 0.5)?;
         let t = time(gpu, iters, || net.infer(&x))?;
         println!(
-            "{:<34} {:>12.1} {:>10.1}",
-            format!("{name} inference, batch 1"),
+            "{:<40} {:>12.2} {:>10.1}",
+            format!("{name} inference 224, batch {n}"),
             t * 1e3,
-            1.0 / t
+            n as f64 / t
         );
     }
-    let mut net = ResNet::new(gpu, ResNetConfig::resnet18(1000), &mut Rng::new(0))?;
-    let x = Tensor::full(gpu, &[batch, 3, 224, 224], 0.5)?;
-    let labels = Tensor::from_u32(gpu, &[batch], &vec![1; batch])?;
-    let mut sgd = Sgd::new(0.9, false, 5e-4);
-    let t = time(gpu, iters, || {
-        let tape = Tape::new();
-        let (logits, binds) = net.forward_train(&tape, &x, |_| true)?;
-        let loss = logits.cross_entropy(&labels, 0.0)?;
-        let grads = tape.backward(&loss)?;
-        let updates: Vec<ParamUpdate<'_>> = net
-            .params()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                grads.get(binds.var(i)).map(|g| ParamUpdate {
-                    slot: i,
-                    param: &p.tensor,
-                    grad: g,
-                    lr: 0.01,
+    for (name, config, hw, n) in [
+        ("ResNet-18", ResNetConfig::resnet18(1000), 224, batch),
+        ("ResNet-18", ResNetConfig::resnet18(10), 32, 256),
+        ("ResNet-50", ResNetConfig::resnet50(1000), 224, batch),
+    ] {
+        let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
+        let x = Tensor::full(gpu, &[n, 3, hw, hw], 0.5)?;
+        let labels = Tensor::from_u32(gpu, &[n], &vec![1; n])?;
+        let mut sgd = Sgd::new(0.9, false, 5e-4);
+        let t = time(gpu, iters, || {
+            let tape = Tape::new();
+            let (logits, binds) = net.forward_train(&tape, &x, |_| true)?;
+            let loss = logits.cross_entropy(&labels, 0.0)?;
+            let grads = tape.backward(&loss)?;
+            let updates: Vec<ParamUpdate<'_>> = net
+                .params()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    grads.get(binds.var(i)).map(|g| ParamUpdate {
+                        slot: i,
+                        param: &p.tensor,
+                        grad: g,
+                        lr: 0.01,
+                    })
                 })
-            })
-            .collect();
-        sgd.step(&updates)?;
-        Ok(loss.into_tensor())
-    })?;
-    println!(
-        "{:<34} {:>12.1} {:>10.1}",
-        format!("ResNet-18 train step, batch {batch}"),
-        t * 1e3,
-        batch as f64 / t
-    );
+                .collect();
+            sgd.step(&updates)?;
+            Ok(loss.into_tensor())
+        })?;
+        println!(
+            "{:<40} {:>12.2} {:>10.1}",
+            format!("{name} train step {hw}, batch {n}"),
+            t * 1e3,
+            n as f64 / t
+        );
+    }
     Ok(())
 }
 

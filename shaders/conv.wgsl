@@ -16,21 +16,27 @@
 //                         of `chunk` (a multiple of BK) along grid z (split-K; no float atomics)
 //   conv_reduce_splits:   gw[j] = sum_{z < splits} part[z * K*C*R*S + j]
 //
-// Tiling (all GEMM entry points): a workgroup of 256 threads computes a BM x BN = 64 x 64 output
-// tile, looping over the reduction in BK = 16 deep chunks. Each chunk stages a [BK, BM] slice of
-// the A operand and a [BK, BN] slice of B in workgroup memory (rows padded to 68 floats against
-// bank conflicts; 8.5 KiB in all), loaded from global memory one chunk ahead into registers so the
-// loads of chunk t+1 overlap the arithmetic on chunk t. Thread (tx, ty) = (tid % 16, tid / 16)
-// owns a 4 x 4 register micro-tile: rows 4*ty..4*ty+3 and columns 4*tx..4*tx+3 of the tile. Out of
-// range rows, columns and reduction indices load zeros and store nothing, so any shape works.
-// Tile sizes are `const`, not `override`: they size private register arrays, which WGSL requires
-// to be constant-sized.
+// Tiling (all GEMM entry points): a workgroup of 256 threads (16 x 16) computes a BM x BN output
+// tile, looping over the reduction in BK-deep chunks. The tile is a compile-time variant: the host
+// prepends `const TM`, `const TN` (the per-thread micro-tile, multiples of 4) and `const BK` to
+// this file (src/ops/conv.rs, `ConvTile`), giving BM = 16 TM and BN = 16 TN: 64x64 (4x4, BK 16),
+// 128x64, 64x128 (BK 16) and 128x128 (8x8, BK 8). Each chunk stages a [BK, BM] slice of the A
+// operand and a [BK, BN] slice of B in workgroup memory (rows padded by one vec4 against bank
+// conflicts), loaded from global memory one chunk ahead into registers so that the loads of chunk
+// t+1 overlap the arithmetic on chunk t. Thread (tx, ty) = (tid % 16, tid / 16) owns rows
+// 64 u + 4 ty + e (u < TM / 4, e < 4) and columns 64 v + 4 tx + e (v < TN / 4) of the tile, so its
+// workgroup-memory reads are whole vec4s and a warp's reads of B are consecutive. Out-of-range
+// rows, columns and reduction indices load zeros and store nothing, so any shape works.
+//
+// Geometry the loaders divide by is pipeline-overridable (KH, KW: the kernel size; NR, NS: the
+// input gradient's taps per phase), so those divisions compile to multiplies; the remaining
+// run-time divisions happen once per thread (its fixed pixel column) or once per chunk.
 //
 // Dispatch:
-//   conv_forward / conv_backward_input (per phase): x*z = ceil(N / 64) column tiles (tile = wg.x + wg.z *
+//   conv_forward / conv_backward_input (per phase): x*z = ceil(N / BN) column tiles (tile = wg.x + wg.z *
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
-//     y = ceil(M / 64) row tiles.
-//   conv_backward_weight: x = ceil(C*R*S / 64), y = ceil(K / 64), z = splits.
+//     y = ceil(M / BM) row tiles.
+//   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
 //   conv_reduce_splits: one thread per element of gw, 256 per workgroup, linear index
 //     (wg.x + wg.y * num_workgroups.x) * 256 + local index.
 //
@@ -72,60 +78,87 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
-// Row stride of the workgroup tiles in vec4s: 16 vec4 = 64 floats of data + 1 vec4 padding.
-const ROW: u32 = 17u;
+// Kernel size and the input gradient's taps per phase (equal to p.kh, p.kw, and p.nr, p.ns
+// where those are not 0: a phase no tap reaches has p.nr * p.ns = 0 and writes zeros).
+override KH: u32 = 3u;
+override KW: u32 = 3u;
+override NR: u32 = 3u;
+override NS: u32 = 3u;
 
-var<workgroup> a_tile: array<vec4<f32>, 272>;  // [BK][ROW] vec4: A[kk, m]
-var<workgroup> b_tile: array<vec4<f32>, 272>;  // [BK][ROW] vec4: B[kk, n]
+const BM: u32 = 16u * TM;
+const BN: u32 = 16u * TN;
+const VM: u32 = TM / 4u;            // vec4 row groups per thread
+const VN: u32 = TN / 4u;            // vec4 column groups per thread
+const RA: u32 = BM / 4u + 1u;       // row stride of a_tile in vec4s (one vec4 of padding)
+const RB: u32 = BN / 4u + 1u;
+const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk
+const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk
 
-var<private> acc: array<vec4<f32>, 4>;  // acc[i][j] = C[4*ty + i, 4*tx + j]
-var<private> ra: array<f32, 4>;         // staged A values of the next chunk
-var<private> rb: array<f32, 4>;         // staged B values of the next chunk
+var<workgroup> a_tile: array<vec4<f32>, BK * RA>;  // A[kk, m] at [kk * RA + m / 4][m % 4]
+var<workgroup> b_tile: array<vec4<f32>, BK * RB>;  // B[kk, n] at [kk * RB + n / 4][n % 4]
+
+// acc[(4 u + e) * VN + v] holds C[64 u + 4 ty + e, 64 v + 4 tx .. 64 v + 4 tx + 3].
+var<private> acc: array<vec4<f32>, TM * VN>;
+var<private> ra: array<f32, LA>;  // staged A values of the next chunk
+var<private> rb: array<f32, LB>;  // staged B values of the next chunk
 
 fn clear_acc() {
-    for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+    for (var i = 0u; i < TM * VN; i++) { acc[i] = vec4<f32>(0.0); }
 }
 
-// Store the staged registers into the tiles. A "k-fast" operand was loaded with kk = tid % 16 and
-// row/column tid / 16 + 16 i; an "mn-fast" one with kk = tid / 64 + 4 i and row/column tid % 64.
+// Tile row (or column) of micro-tile entry `i` of thread coordinate `t`.
+fn tile_row(i: u32, t: u32) -> u32 {
+    return 64u * (i / 4u) + 4u * t + i % 4u;
+}
+
+// Staging layouts. A "k-fast" operand is loaded with kk = tid % BK and row/column
+// tid / BK + (256 / BK) i (consecutive threads read consecutive reduction indices); an
+// "mn-fast" one with row/column tid % BN and kk = tid / BN + (256 / BN) i.
+fn kfast_row(tid: u32, i: u32) -> u32 { return tid / BK + (256u / BK) * i; }
+fn nfast_kk(tid: u32, i: u32) -> u32 { return tid / BN + (256u / BN) * i; }
+
 fn store_a_kfast(tid: u32) {
     let kk = tid % BK;
-    for (var i = 0u; i < 4u; i++) {
-        let m = tid / BK + 16u * i;
-        a_tile[kk * ROW + m / 4u][m % 4u] = ra[i];
+    for (var i = 0u; i < LA; i++) {
+        let m = kfast_row(tid, i);
+        a_tile[kk * RA + m / 4u][m % 4u] = ra[i];
     }
 }
 
 fn store_b_kfast(tid: u32) {
     let kk = tid % BK;
-    for (var i = 0u; i < 4u; i++) {
-        let n = tid / BK + 16u * i;
-        b_tile[kk * ROW + n / 4u][n % 4u] = rb[i];
+    for (var i = 0u; i < LB; i++) {
+        let n = kfast_row(tid, i);
+        b_tile[kk * RB + n / 4u][n % 4u] = rb[i];
     }
 }
 
 fn store_b_nfast(tid: u32) {
     let n = tid % BN;
-    for (var i = 0u; i < 4u; i++) {
-        let kk = tid / BN + 4u * i;
-        b_tile[kk * ROW + n / 4u][n % 4u] = rb[i];
+    for (var i = 0u; i < LB; i++) {
+        let kk = nfast_kk(tid, i);
+        b_tile[kk * RB + n / 4u][n % 4u] = rb[i];
     }
 }
 
-// Accumulate the staged chunk into the micro-tile.
+// Accumulate the staged chunk into the micro-tile: TM * TN fused multiply-adds per kk from
+// VM + VN vec4 reads of workgroup memory.
 fn multiply(tid: u32) {
     let tx = tid % 16u;
     let ty = tid / 16u;
     for (var kk = 0u; kk < BK; kk++) {
-        let a = a_tile[kk * ROW + ty];
-        let b = b_tile[kk * ROW + tx];
-        acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
-        acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
-        acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
-        acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
+        var a: array<vec4<f32>, VM>;
+        var b: array<vec4<f32>, VN>;
+        for (var u = 0u; u < VM; u++) { a[u] = a_tile[kk * RA + ty + 16u * u]; }
+        for (var v = 0u; v < VN; v++) { b[v] = b_tile[kk * RB + tx + 16u * v]; }
+        for (var u = 0u; u < VM; u++) {
+            for (var e = 0u; e < 4u; e++) {
+                for (var v = 0u; v < VN; v++) {
+                    let i = (4u * u + e) * VN + v;
+                    acc[i] = fma(vec4<f32>(a[u][e]), b[v], acc[i]);
+                }
+            }
+        }
     }
 }
 
@@ -153,30 +186,29 @@ fn pixel(n: u32, count: u32, height: u32, width: u32) -> Pixel {
     return Pixel(n < count, img, y, rem - y * width);
 }
 
-// A = w viewed as [K, CRS] (k-fast); B = im2col(x) [CRS, batch*OH*OW] (n-fast).
-fn fw_load(tid: u32, k0: u32, m0: u32, crs: u32, px: Pixel) {
+// A = w viewed as [K, CRS] (k-fast); B = im2col(x) [CRS, batch*OH*OW] (n-fast). This thread's B
+// column is the output pixel `px`; `xbase` is the offset of its image, `ih0`/`iw0` the input
+// position of its top-left tap.
+fn fw_load(tid: u32, k0: u32, m0: u32, crs: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) {
     let ka = k0 + tid % BK;
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + tid / BK + 16u * i;
+    for (var i = 0u; i < LA; i++) {
+        let m = m0 + kfast_row(tid, i);
         var v = 0.0;
         if (m < p.out_c && ka < crs) { v = fw_w[m * crs + ka]; }
         ra[i] = v;
     }
-    let rs = p.kh * p.kw;
-    let ih0 = i32(px.y * p.stride) - i32(p.pad);
-    let iw0 = i32(px.x * p.stride) - i32(p.pad);
-    for (var i = 0u; i < 4u; i++) {
-        let kb = k0 + tid / BN + 4u * i;
+    let hw = p.in_h * p.in_w;
+    for (var i = 0u; i < LB; i++) {
+        let kb = k0 + nfast_kk(tid, i);
         var v = 0.0;
-        if (px.valid && kb < crs) {
-            let c = kb / rs;
-            let t = kb - c * rs;
-            let r = t / p.kw;
-            let s = t - r * p.kw;
+        if (valid && kb < crs) {
+            let c = kb / (KH * KW);
+            let t = kb - c * (KH * KW);
+            let r = t / KW;
             let ih = ih0 + i32(r);
-            let iw = iw0 + i32(s);
+            let iw = iw0 + i32(t - r * KW);
             if (ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
-                v = fw_x[((px.img * p.in_c + c) * p.in_h + u32(ih)) * p.in_w + u32(iw)];
+                v = fw_x[xbase + c * hw + u32(ih) * p.in_w + u32(iw)];
             }
         }
         rb[i] = v;
@@ -188,33 +220,39 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 @builtin(local_invocation_index) tid: u32) {
     let ohw = p.out_h * p.out_w;
     let ncols = p.batch * ohw;
-    let crs = p.in_c * p.kh * p.kw;
+    let crs = p.in_c * KH * KW;
     let n0 = (wg.x + wg.z * nwg.x) * BN;
     let m0 = wg.y * BM;
     if (n0 >= ncols) { return; }
     let px = pixel(n0 + tid % BN, ncols, p.out_h, p.out_w);
+    let xbase = px.img * p.in_c * p.in_h * p.in_w;
+    let ih0 = i32(px.y * p.stride) - i32(p.pad);
+    let iw0 = i32(px.x * p.stride) - i32(p.pad);
     clear_acc();
-    fw_load(tid, 0u, m0, crs, px);
+    fw_load(tid, 0u, m0, crs, px.valid, xbase, ih0, iw0);
     for (var k0 = 0u; k0 < crs; k0 += BK) {
         store_a_kfast(tid);
         store_b_nfast(tid);
         workgroupBarrier();
-        if (k0 + BK < crs) { fw_load(tid, k0 + BK, m0, crs, px); }
+        if (k0 + BK < crs) { fw_load(tid, k0 + BK, m0, crs, px.valid, xbase, ih0, iw0); }
         multiply(tid);
         workgroupBarrier();
     }
     let tx = tid % 16u;
     let ty = tid / 16u;
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + 4u * ty + i;
-        if (m >= p.out_c) { break; }
-        var bias = 0.0;
-        if (p.has_bias != 0u) { bias = fw_b[m]; }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + 4u * tx + j;
-            if (n >= ncols) { break; }
+    for (var v = 0u; v < VN; v++) {
+        for (var e = 0u; e < 4u; e++) {
+            let n = n0 + 64u * v + 4u * tx + e;
+            if (n >= ncols) { continue; }
             let img = n / ohw;
-            fw_y[(img * p.out_c + m) * ohw + (n - img * ohw)] = acc[i][j] + bias;
+            let out = img * p.out_c * ohw + (n - img * ohw);
+            for (var i = 0u; i < TM; i++) {
+                let m = m0 + tile_row(i, ty);
+                if (m >= p.out_c) { continue; }
+                var bias = 0.0;
+                if (p.has_bias != 0u) { bias = fw_b[m]; }
+                fw_y[out + m * ohw] = acc[i * VN + v][e] + bias;
+            }
         }
     }
 }
@@ -228,37 +266,35 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 
 // A[c, (k,t,u)] = w[k,c,r0+st*t,s0+st*u] (k-fast); B[(k,t,u), (n,i,j)] = gy[n,k,oh,ow] with
 // oh = (h0 + st*i + pd - r0 - st*t) / st (exact by the phase choice), where inside gy (n-fast).
-// `px` holds (n, i, j) of this thread's B column.
-fn bi_load(tid: u32, k0: u32, m0: u32, krs: u32, px: Pixel) {
-    let rs = p.kh * p.kw;
-    let taps = p.nr * p.ns;
+// This thread's B column is pixel (n, i, j): `gbase` is the offset of image n in gy and
+// (oh0, ow0) the gy position its first tap reads.
+fn bi_load(tid: u32, k0: u32, m0: u32, krs: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) {
+    let taps = NR * NS;
     let ka = k0 + tid % BK;
     let k = ka / taps;
     let t = ka - k * taps;
-    let tr = t / p.ns;
-    let wofs = (p.r0 + p.stride * tr) * p.kw + p.s0 + p.stride * (t - tr * p.ns);
-    for (var i = 0u; i < 4u; i++) {
-        let c = m0 + tid / BK + 16u * i;
+    let tr = t / NS;
+    let wofs = (p.r0 + p.stride * tr) * KW + p.s0 + p.stride * (t - tr * NS);
+    for (var i = 0u; i < LA; i++) {
+        let c = m0 + kfast_row(tid, i);
         var v = 0.0;
-        if (c < p.in_c && ka < krs) { v = bi_w[(k * p.in_c + c) * rs + wofs]; }
+        if (c < p.in_c && ka < krs) { v = bi_w[(k * p.in_c + c) * (KH * KW) + wofs]; }
         ra[i] = v;
     }
-    // (h + pd - r0) / st and (w + pd - s0) / st for this column: exact divisions.
-    let oh0 = (p.h0 + p.stride * px.y + p.pad - p.r0) / p.stride;
-    let ow0 = (p.w0 + p.stride * px.x + p.pad - p.s0) / p.stride;
-    for (var i = 0u; i < 4u; i++) {
-        let kb = k0 + tid / BN + 4u * i;
+    let ohw = p.out_h * p.out_w;
+    for (var i = 0u; i < LB; i++) {
+        let kb = k0 + nfast_kk(tid, i);
         var v = 0.0;
-        if (px.valid && kb < krs) {
+        if (valid && kb < krs) {
             let kc = kb / taps;
             let t2 = kb - kc * taps;
-            let dr = t2 / p.ns;
-            let ds = t2 - dr * p.ns;
+            let dr = t2 / NS;
+            let ds = t2 - dr * NS;
             if (oh0 >= dr && ow0 >= ds) {
                 let oh = oh0 - dr;
                 let ow = ow0 - ds;
                 if (oh < p.out_h && ow < p.out_w) {
-                    v = bi_gy[((px.img * p.out_c + kc) * p.out_h + oh) * p.out_w + ow];
+                    v = bi_gy[gbase + kc * ohw + oh * p.out_w + ow];
                 }
             }
         }
@@ -277,28 +313,33 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let m0 = wg.y * BM;
     if (n0 >= ncols) { return; }
     let px = pixel(n0 + tid % BN, ncols, p.hc, p.wc);
+    let gbase = px.img * p.out_c * p.out_h * p.out_w;
+    // (h + pd - r0) / st and (w + pd - s0) / st for this column: exact divisions.
+    let oh0 = (p.h0 + p.stride * px.y + p.pad - p.r0) / p.stride;
+    let ow0 = (p.w0 + p.stride * px.x + p.pad - p.s0) / p.stride;
     clear_acc();
-    bi_load(tid, 0u, m0, krs, px);
+    bi_load(tid, 0u, m0, krs, px.valid, gbase, oh0, ow0);
     for (var k0 = 0u; k0 < krs; k0 += BK) {
         store_a_kfast(tid);
         store_b_nfast(tid);
         workgroupBarrier();
-        if (k0 + BK < krs) { bi_load(tid, k0 + BK, m0, krs, px); }
+        if (k0 + BK < krs) { bi_load(tid, k0 + BK, m0, krs, px.valid, gbase, oh0, ow0); }
         multiply(tid);
         workgroupBarrier();
     }
     let tx = tid % 16u;
     let ty = tid / 16u;
-    for (var i = 0u; i < 4u; i++) {
-        let c = m0 + 4u * ty + i;
-        if (c >= p.in_c) { break; }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + 4u * tx + j;
-            if (n >= ncols) { break; }
+    for (var v = 0u; v < VN; v++) {
+        for (var e = 0u; e < 4u; e++) {
+            let n = n0 + 64u * v + 4u * tx + e;
+            if (n >= ncols) { continue; }
             let q = pixel(n, ncols, p.hc, p.wc);
-            let h = p.h0 + p.stride * q.y;
-            let w = p.w0 + p.stride * q.x;
-            bi_gx[(q.img * p.in_c + c) * hw + h * p.in_w + w] = acc[i][j];
+            let out = q.img * p.in_c * hw + (p.h0 + p.stride * q.y) * p.in_w + p.w0 + p.stride * q.x;
+            for (var i = 0u; i < TM; i++) {
+                let c = m0 + tile_row(i, ty);
+                if (c >= p.in_c) { continue; }
+                bi_gx[out + c * hw] = acc[i * VN + v][e];
+            }
         }
     }
 }
@@ -310,16 +351,9 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(2) var<storage, read> bw_gy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bw_part: array<f32>;
 
-struct Tap {
-    valid: bool,
-    c: u32,
-    r: u32,
-    s: u32,
-}
-
 // A[k, i] = gy[n,k,oh,ow] (k-fast); B[i, (c,r,s)] = x[n,c,oh*st-pd+r,ow*st-pd+s] (k-fast), where
-// i < end indexes (n, oh, ow). `taps` are this thread's four B columns.
-fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, taps: array<Tap, 4>) {
+// i < end indexes (n, oh, ow); this thread's B columns start at n0.
+fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     let ohw = p.out_h * p.out_w;
     let ii = k0 + tid % BK;
     let inside = ii < end;
@@ -327,21 +361,27 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, taps: array<Tap, 4>) {
     let pix = ii - img * ohw;
     let oh = pix / p.out_w;
     let ow = pix - oh * p.out_w;
-    for (var i = 0u; i < 4u; i++) {
-        let k = m0 + tid / BK + 16u * i;
+    let gbase = img * p.out_c * ohw + pix;
+    for (var i = 0u; i < LA; i++) {
+        let k = m0 + kfast_row(tid, i);
         var v = 0.0;
-        if (inside && k < p.out_c) { v = bw_gy[(img * p.out_c + k) * ohw + pix]; }
+        if (inside && k < p.out_c) { v = bw_gy[gbase + k * ohw]; }
         ra[i] = v;
     }
+    let hw = p.in_h * p.in_w;
+    let xbase = img * p.in_c * hw;
     let ih0 = i32(oh * p.stride) - i32(p.pad);
     let iw0 = i32(ow * p.stride) - i32(p.pad);
-    for (var i = 0u; i < 4u; i++) {
-        let tap = taps[i];
+    for (var i = 0u; i < LB; i++) {
+        let j = n0 + kfast_row(tid, i);
+        let c = j / (KH * KW);
+        let t = j - c * (KH * KW);
+        let r = t / KW;
+        let ih = ih0 + i32(r);
+        let iw = iw0 + i32(t - r * KW);
         var v = 0.0;
-        let ih = ih0 + i32(tap.r);
-        let iw = iw0 + i32(tap.s);
-        if (inside && tap.valid && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
-            v = bw_x[((img * p.in_c + tap.c) * p.in_h + u32(ih)) * p.in_w + u32(iw)];
+        if (inside && j < crs && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
+            v = bw_x[xbase + c * hw + u32(ih) * p.in_w + u32(iw)];
         }
         rb[i] = v;
     }
@@ -349,41 +389,34 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, taps: array<Tap, 4>) {
 
 @compute @workgroup_size(256)
 fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let rs = p.kh * p.kw;
-    let crs = p.in_c * rs;
+    let crs = p.in_c * KH * KW;
     let total = p.batch * p.out_h * p.out_w;
     let n0 = wg.x * BN;
     let m0 = wg.y * BM;
     let begin = wg.z * p.chunk;
     let end = min(begin + p.chunk, total);
-    var taps: array<Tap, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        let j = n0 + tid / BK + 16u * i;
-        let c = j / rs;
-        let t = j - c * rs;
-        let r = t / p.kw;
-        taps[i] = Tap(j < crs, c, r, t - r * p.kw);
-    }
     clear_acc();
-    bw_load(tid, begin, end, m0, taps);
+    bw_load(tid, begin, end, m0, n0, crs);
     for (var k0 = begin; k0 < end; k0 += BK) {
         store_a_kfast(tid);
         store_b_kfast(tid);
         workgroupBarrier();
-        if (k0 + BK < end) { bw_load(tid, k0 + BK, end, m0, taps); }
+        if (k0 + BK < end) { bw_load(tid, k0 + BK, end, m0, n0, crs); }
         multiply(tid);
         workgroupBarrier();
     }
     let tx = tid % 16u;
     let ty = tid / 16u;
     let base = wg.z * p.out_c * crs;
-    for (var i = 0u; i < 4u; i++) {
-        let k = m0 + 4u * ty + i;
-        if (k >= p.out_c) { break; }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + 4u * tx + j;
-            if (n >= crs) { break; }
-            bw_part[base + k * crs + n] = acc[i][j];
+    for (var i = 0u; i < TM; i++) {
+        let k = m0 + tile_row(i, ty);
+        if (k >= p.out_c) { continue; }
+        for (var v = 0u; v < VN; v++) {
+            for (var e = 0u; e < 4u; e++) {
+                let n = n0 + 64u * v + 4u * tx + e;
+                if (n >= crs) { continue; }
+                bw_part[base + k * crs + n] = acc[i * VN + v][e];
+            }
         }
     }
 }

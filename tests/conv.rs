@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use resnet_wgpu::ops::ConvTile;
 use resnet_wgpu::{Gpu, Tape, Tensor, Var, ops, reference};
 
 const RTOL: f32 = 1e-4;
@@ -116,8 +117,13 @@ fn golden_through_the_tape() {
 
 /// Compare all three passes with the CPU reference on one random case.
 fn check_random(gpu: &Gpu, c: &Case, seed: u64) {
+    check_random_tiled(gpu, c, seed, None)
+}
+
+/// [`check_random`] with a forced tile (None: the tile the ops choose).
+fn check_random_tiled(gpu: &Gpu, c: &Case, seed: u64, tile: Option<ConvTile>) {
     let what = format!(
-        "x {:?} w {:?} stride {} pad {} bias {}",
+        "x {:?} w {:?} stride {} pad {} bias {} tile {tile:?}",
         c.x, c.w, c.stride, c.pad, c.bias
     );
     let xv = random_vec(c.x.iter().product(), seed);
@@ -135,7 +141,7 @@ fn check_random(gpu: &Gpu, c: &Case, seed: u64) {
         c.stride,
         c.pad,
     );
-    let y = ops::conv2d(&x, &w, c.bias.then_some(&b), c.stride, c.pad).unwrap();
+    let y = ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, tile).unwrap();
     assert_eq!(y.shape(), ys, "{what}: output shape");
     let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
     if c.w[2] == c.w[3] {
@@ -152,7 +158,7 @@ fn check_random(gpu: &Gpu, c: &Case, seed: u64) {
     );
     let gyv = random_vec(ye.len(), seed + 3);
     let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
-    let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+    let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile).unwrap();
     let gxe = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
     assert_close(
         &gx.to_vec().unwrap(),
@@ -161,7 +167,7 @@ fn check_random(gpu: &Gpu, c: &Case, seed: u64) {
         atol,
         &format!("{what}: input gradient"),
     );
-    let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+    let gw = ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, tile).unwrap();
     let gwe = reference::conv2d_backward_weight(&xv, c.x, &gyv, c.w, c.stride, c.pad);
     assert_close(
         &gw.to_vec().unwrap(),
@@ -224,6 +230,41 @@ fn multi_tile_and_split_k() {
     let splits = ops::conv2d_weight_grad_splits(c.x, c.w, c.stride, c.pad).unwrap();
     assert!(splits >= 5, "expected several split-K chunks, got {splits}");
     check_random(&gpu, &c, 9);
+}
+
+#[test]
+fn every_tile_matches_reference() {
+    let gpu = gpu();
+    // Edges ragged against every tile (M = 131, N = 2 * 13 * 11 = 286), several reduction chunks,
+    // a strided case with four input-gradient phases, a 1x1 and a 7x7 kernel, and split-K.
+    let cases = [
+        case([2, 19, 13, 11], 131, 3, 3, 1, 1, true),
+        case([1, 21, 17, 15], 70, 3, 3, 2, 1, false),
+        case([2, 35, 9, 9], 129, 1, 1, 2, 0, false),
+        case([1, 3, 23, 21], 66, 7, 7, 2, 3, true),
+    ];
+    for tile in ConvTile::ALL {
+        for (i, c) in cases.iter().enumerate() {
+            check_random_tiled(&gpu, c, 300 + 10 * i as u64, Some(tile));
+        }
+    }
+}
+
+#[test]
+fn tile_choice_fits_the_gemm() {
+    // Large GEMMs take the large tile; narrow ones do not waste half a tile; small grids keep
+    // enough workgroups.
+    assert_eq!(ConvTile::choose(256, 100_000, 1), ConvTile::T128x128);
+    assert_eq!(ConvTile::choose(64, 400_000, 1), ConvTile::T64x128);
+    assert_eq!(ConvTile::choose(3, 4096, 1), ConvTile::T64x64);
+    let small = ConvTile::choose(512, 6272, 1);
+    let (bm, bn, _) = small.dims();
+    assert!(
+        512usize.div_ceil(bm) * 6272usize.div_ceil(bn) >= 256,
+        "{small:?}"
+    );
+    assert_eq!(ConvTile::parse("128x64"), Some(ConvTile::T128x64));
+    assert_eq!(ConvTile::parse("96x96"), None);
 }
 
 #[test]

@@ -1,7 +1,16 @@
 //! Every shader parses and validates with naga (no GPU needed) and translates to SPIR-V (Vulkan),
-//! MSL (Metal) and HLSL (DX12).
+//! MSL (Metal) and HLSL (DX12). Files compiled in variants (declarations the host prepends, such
+//! as conv.wgsl's tile sizes) are checked in each; overridable constants take their defaults.
 
 use std::path::Path;
+
+/// The variants a file is compiled in ("" alone for files without any).
+fn variants(file: &str) -> Vec<&'static str> {
+    match file {
+        "conv.wgsl" => resnet_wgpu::ops::CONV_SHADER_VARIANTS.to_vec(),
+        _ => vec![""],
+    }
+}
 
 #[test]
 fn every_shader_validates_and_translates() {
@@ -13,23 +22,45 @@ fn every_shader_validates_and_translates() {
             continue;
         }
         count += 1;
-        let name = path.display().to_string();
-        let src = std::fs::read_to_string(&path).unwrap();
-        let module = naga::front::wgsl::parse_str(&src)
-            .unwrap_or_else(|e| panic!("{name}: parse error\n{}", e.emit_to_string(&src)));
-        let header_ok = src.trim_start().starts_with("//");
+        let file = std::fs::read_to_string(&path).unwrap();
+        let header_ok = file.trim_start().starts_with("//");
         assert!(
             header_ok,
-            "{name}: a header comment must describe math, dispatch and bindings"
+            "{}: a header comment must describe math, dispatch and bindings",
+            path.display()
         );
+        let file_name = path.file_name().unwrap().to_str().unwrap();
+        for variant in variants(file_name) {
+            let name = format!("{} {variant:?}", path.display());
+            check(&name, &format!("{variant}{file}"));
+        }
+    }
+    assert!(
+        count >= 2,
+        "expected the shaders directory to hold the kernels, found {count}"
+    );
+}
+
+fn check(name: &str, src: &str) {
+    {
+        let module = naga::front::wgsl::parse_str(src)
+            .unwrap_or_else(|e| panic!("{name}: parse error\n{}", e.emit_to_string(src)));
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::all(),
         )
         .validate(&module)
-        .unwrap_or_else(|e| panic!("{name}: validation error\n{}", e.emit_to_string(&src)));
+        .unwrap_or_else(|e| panic!("{name}: validation error\n{}", e.emit_to_string(src)));
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            None,
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: overrides: {e}"));
+        let (module, info) = (module.as_ref(), info.as_ref());
 
-        naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
+        naga::back::spv::write_vec(module, info, &naga::back::spv::Options::default(), None)
             .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
 
         for ep in &module.entry_points {
@@ -38,8 +69,8 @@ fn every_shader_validates_and_translates() {
                 ..Default::default()
             };
             naga::back::msl::write_string(
-                &module,
-                &info,
+                module,
+                info,
                 &naga::back::msl::Options::default(),
                 &pipeline,
             )
@@ -50,11 +81,7 @@ fn every_shader_validates_and_translates() {
         let opts = naga::back::hlsl::Options::default();
         let pipeline_opts = Default::default();
         let mut w = naga::back::hlsl::Writer::new(&mut hlsl, &opts, &pipeline_opts);
-        w.write(&module, &info, None)
+        w.write(module, info, None)
             .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
     }
-    assert!(
-        count >= 2,
-        "expected the shaders directory to hold the kernels, found {count}"
-    );
 }

@@ -17,12 +17,15 @@ use pool::BufferPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A compute kernel: one entry point of one WGSL file under `shaders/`.
+/// A compute kernel: one entry point of one WGSL file under `shaders/`, optionally a compile-time
+/// variant of it (WGSL declarations prepended to the file, e.g. the conv tile sizes).
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     /// File name under `shaders/`, e.g. `conv.wgsl`.
     pub file: &'static str,
-    /// WGSL source text.
+    /// The declarations prepended to the file ("" for none).
+    pub variant: &'static str,
+    /// WGSL source text: `variant` followed by the file.
     pub source: &'static str,
     /// Entry point name.
     pub entry: &'static str,
@@ -33,9 +36,16 @@ pub struct Kernel {
 #[doc(hidden)]
 macro_rules! kernel {
     ($file:literal, $entry:literal) => {
+        $crate::kernel!($file, $entry, "")
+    };
+    ($file:literal, $entry:literal, $variant:literal) => {
         $crate::gpu::Kernel {
             file: $file,
-            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
+            variant: $variant,
+            source: concat!(
+                $variant,
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
             entry: $entry,
         }
     };
@@ -73,14 +83,19 @@ struct Pending {
     dispatches: u64,
 }
 
-type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+type PipelineKey = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(&'static str, u64)>,
+);
 
 pub(crate) struct GpuInner {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     info: GpuInfo,
     limits: wgpu::Limits,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(&'static str, &'static str), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     pool: Mutex<BufferPool>,
     pending: Mutex<Pending>,
@@ -235,6 +250,7 @@ impl Gpu {
     ) -> wgpu::ComputePipeline {
         let key: PipelineKey = (
             kernel.file,
+            kernel.variant,
             kernel.entry,
             constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
         );
@@ -244,7 +260,7 @@ impl Gpu {
         let module = {
             let mut modules = lock(&self.0.modules);
             modules
-                .entry(kernel.file)
+                .entry((kernel.file, kernel.variant))
                 .or_insert_with(|| {
                     self.0
                         .device

@@ -39,16 +39,149 @@ struct Params {
     wc: u32,
 }
 
-const FORWARD: Kernel = kernel!("conv.wgsl", "conv_forward");
-const BACKWARD_INPUT: Kernel = kernel!("conv.wgsl", "conv_backward_input");
-const BACKWARD_WEIGHT: Kernel = kernel!("conv.wgsl", "conv_backward_weight");
-const REDUCE_SPLITS: Kernel = kernel!("conv.wgsl", "conv_reduce_splits");
+/// The conv kernels of one tile variant.
+struct Kernels {
+    forward: Kernel,
+    backward_input: Kernel,
+    backward_weight: Kernel,
+}
 
-/// Output tile of one workgroup (rows x columns of the GEMM) and reduction chunk; must match the
-/// shader's `BM`, `BN`, `BK`.
-const TILE_M: usize = 64;
-const TILE_N: usize = 64;
-const TILE_K: usize = 16;
+macro_rules! conv_kernels {
+    ($variant:literal) => {
+        Kernels {
+            forward: kernel!("conv.wgsl", "conv_forward", $variant),
+            backward_input: kernel!("conv.wgsl", "conv_backward_input", $variant),
+            backward_weight: kernel!("conv.wgsl", "conv_backward_weight", $variant),
+        }
+    };
+}
+
+const T64X64: Kernels =
+    conv_kernels!("const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n");
+const T128X64: Kernels =
+    conv_kernels!("const TM: u32 = 8u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n");
+const T64X128: Kernels =
+    conv_kernels!("const TM: u32 = 4u;\nconst TN: u32 = 8u;\nconst BK: u32 = 16u;\n");
+const T128X128: Kernels =
+    conv_kernels!("const TM: u32 = 8u;\nconst TN: u32 = 8u;\nconst BK: u32 = 8u;\n");
+const REDUCE_SPLITS: Kernel = kernel!(
+    "conv.wgsl",
+    "conv_reduce_splits",
+    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n"
+);
+
+/// The WGSL declarations each conv variant prepends to `shaders/conv.wgsl` (for shader tests).
+#[doc(hidden)]
+pub const CONV_SHADER_VARIANTS: [&str; 4] = [
+    T64X64.forward.variant,
+    T128X64.forward.variant,
+    T64X128.forward.variant,
+    T128X128.forward.variant,
+];
+
+/// Output tile of one conv workgroup (GEMM rows x columns). Larger tiles do more arithmetic per
+/// byte staged and run faster on large GPUs, but leave fewer workgroups and waste more on
+/// ragged edges; [`ConvTile::choose`] weighs the two per GEMM. `RESNET_WGPU_CONV_TILE` (for
+/// example `128x64`) forces one tile everywhere, for tuning on a new adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvTile {
+    /// 64 x 64, 4 x 4 per thread, reduction chunk 16.
+    T64x64,
+    /// 128 x 64, 8 x 4 per thread, chunk 16.
+    T128x64,
+    /// 64 x 128, 4 x 8 per thread, chunk 16.
+    T64x128,
+    /// 128 x 128, 8 x 8 per thread, chunk 8.
+    T128x128,
+}
+
+/// Workgroups a GEMM should have before larger tiles pay: a few per compute unit of a large GPU.
+const FULL_GRID: usize = 512;
+
+impl ConvTile {
+    /// Every tile.
+    pub const ALL: [ConvTile; 4] = [
+        ConvTile::T64x64,
+        ConvTile::T128x64,
+        ConvTile::T64x128,
+        ConvTile::T128x128,
+    ];
+
+    /// (rows, columns, reduction chunk).
+    pub fn dims(self) -> (usize, usize, usize) {
+        match self {
+            ConvTile::T64x64 => (64, 64, 16),
+            ConvTile::T128x64 => (128, 64, 16),
+            ConvTile::T64x128 => (64, 128, 16),
+            ConvTile::T128x128 => (128, 128, 8),
+        }
+    }
+
+    fn kernels(self) -> &'static Kernels {
+        match self {
+            ConvTile::T64x64 => &T64X64,
+            ConvTile::T128x64 => &T128X64,
+            ConvTile::T64x128 => &T64X128,
+            ConvTile::T128x128 => &T128X128,
+        }
+    }
+
+    /// Relative arithmetic rate of a full tile (measured shape of the trade-off, not exact:
+    /// per staged element a 128 x 128 tile does twice the work of a 64 x 64 one).
+    fn rate(self) -> f64 {
+        match self {
+            ConvTile::T64x64 => 0.6,
+            ConvTile::T128x64 | ConvTile::T64x128 => 0.85,
+            ConvTile::T128x128 => 1.0,
+        }
+    }
+
+    /// The tile for an `m x n` GEMM (with `extra` workgroups along a third axis, such as
+    /// split-K chunks): the best product of tile rate, the share of the tiles' area that is real
+    /// work, and grid occupancy. `RESNET_WGPU_CONV_TILE` overrides.
+    pub fn choose(m: usize, n: usize, extra: usize) -> ConvTile {
+        if let Some(t) = forced_tile() {
+            return t;
+        }
+        let score = |t: ConvTile| {
+            let (bm, bn, _) = t.dims();
+            let tiles = m.div_ceil(bm) * n.div_ceil(bn) * extra.max(1);
+            let used = (m * n) as f64 / (m.next_multiple_of(bm) * n.next_multiple_of(bn)) as f64;
+            let occupancy = (tiles as f64 / FULL_GRID as f64).min(1.0);
+            t.rate() * used * occupancy
+        };
+        let mut best = ConvTile::T64x64;
+        for t in ConvTile::ALL {
+            if score(t) > score(best) * 1.0001 {
+                best = t;
+            }
+        }
+        best
+    }
+
+    /// Parse `64x64`, `128x64`, `64x128` or `128x128`.
+    pub fn parse(s: &str) -> Option<ConvTile> {
+        ConvTile::ALL.into_iter().find(|t| {
+            let (m, n, _) = t.dims();
+            s.trim() == format!("{m}x{n}")
+        })
+    }
+}
+
+fn forced_tile() -> Option<ConvTile> {
+    static FORCED: std::sync::OnceLock<Option<ConvTile>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let v = std::env::var("RESNET_WGPU_CONV_TILE").ok()?;
+        let t = ConvTile::parse(&v);
+        if t.is_none() {
+            eprintln!(
+                "warning: RESNET_WGPU_CONV_TILE={v:?} is not one of 64x64, 128x64, 64x128, 128x128; ignored"
+            );
+        }
+        t
+    })
+}
+
 /// Largest grid dimension allowed by WebGPU.
 const MAX_GRID: usize = 65_535;
 /// Split-K: aim for at least this many workgroups in the weight gradient...
@@ -140,7 +273,7 @@ impl Geometry {
             padding,
         };
         // Every flat index the shaders form must fit in u32.
-        let limit = u32::MAX as usize - 2 * TILE_M.max(TILE_N);
+        let limit = u32::MAX as usize - 2 * 128;
         let extents = [
             n * c * h * wd,
             k * c * r * s,
@@ -158,6 +291,11 @@ impl Geometry {
             ));
         }
         Ok(g)
+    }
+
+    /// The shader's overridable kernel size.
+    fn kernel_size(&self) -> [(&'static str, f64); 2] {
+        [("KH", self.w[2] as f64), ("KW", self.w[3] as f64)]
     }
 
     fn y_shape(&self) -> [usize; 4] {
@@ -193,26 +331,40 @@ impl Geometry {
         }
     }
 
-    /// Split-K plan of the weight gradient: (chunk, splits).
-    fn weight_splits(&self) -> (usize, usize) {
+    /// Tile of the weight gradient: split-K can fill the grid, so only the chunks' minimum
+    /// length limits the third axis.
+    fn weight_tile(&self) -> ConvTile {
         let [n, c, _, _] = self.x;
         let [k, _, r, s] = self.w;
+        ConvTile::choose(
+            k,
+            c * r * s,
+            (n * self.oh * self.ow).div_ceil(SPLIT_MIN_CHUNK),
+        )
+    }
+
+    /// Split-K plan of the weight gradient with `tile`: (chunk, splits).
+    fn weight_splits(&self, tile: ConvTile) -> (usize, usize) {
+        let [n, c, _, _] = self.x;
+        let [k, _, r, s] = self.w;
+        let (tile_m, tile_n, tile_k) = tile.dims();
         let total = n * self.oh * self.ow;
-        let tiles = k.div_ceil(TILE_M) * (c * r * s).div_ceil(TILE_N);
+        let tiles = k.div_ceil(tile_m) * (c * r * s).div_ceil(tile_n);
         let max_by_len = total.div_ceil(SPLIT_MIN_CHUNK);
         let max_by_mem = (SPLIT_MAX_PARTIAL / (k * c * r * s)).max(1);
         let wanted = SPLIT_TARGET_WORKGROUPS.div_ceil(tiles);
         let splits = wanted.min(max_by_len).min(max_by_mem).clamp(1, MAX_GRID);
-        let chunk = total.div_ceil(splits).next_multiple_of(TILE_K);
+        let chunk = total.div_ceil(splits).next_multiple_of(tile_k);
         (chunk, total.div_ceil(chunk))
     }
 }
 
-/// Grid for a GEMM of `m` rows and `n` columns: column tiles over x (and z past 65,535), row
+/// Grid for a GEMM of `m` rows and `n` columns in tiles of `tile`: column tiles over x (and z past 65,535), row
 /// tiles over y.
-fn gemm_grid(op: &'static str, m: usize, n: usize) -> Result<[u32; 3]> {
-    let col_tiles = n.div_ceil(TILE_N);
-    let row_tiles = m.div_ceil(TILE_M);
+fn gemm_grid(op: &'static str, m: usize, n: usize, tile: ConvTile) -> Result<[u32; 3]> {
+    let (tile_m, tile_n, _) = tile.dims();
+    let col_tiles = n.div_ceil(tile_n);
+    let row_tiles = m.div_ceil(tile_m);
     let x = col_tiles.min(MAX_GRID);
     let z = col_tiles.div_ceil(x);
     if row_tiles > MAX_GRID || z > MAX_GRID {
@@ -237,6 +389,19 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    conv2d_tiled(x, w, b, stride, padding, None)
+}
+
+/// [`conv2d`] with a given tile instead of [`ConvTile::choose`]'s (for tests and tuning).
+#[doc(hidden)]
+pub fn conv2d_tiled(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
+) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let xs = x.nchw(OP, "input x [N, C, H, W]")?;
     let ws = w.nchw(OP, "weight w [K, C, R, S]")?;
@@ -258,10 +423,13 @@ pub fn conv2d(
     }
     let ys = g.y_shape();
     let y = Tensor::uninit(x.gpu(), &ys, DType::F32, OP)?;
-    let grid = gemm_grid(OP, ws[0], ys[0] * ys[2] * ys[3])?;
+    let (m, n) = (ws[0], ys[0] * ys[2] * ys[3]);
+    let tile = tile.unwrap_or_else(|| ConvTile::choose(m, n, 1));
+    let grid = gemm_grid(OP, m, n, tile)?;
     let bias = b.map_or(w.buffer(), |b| b.buffer());
-    x.gpu().dispatch(
-        &FORWARD,
+    x.gpu().dispatch_with(
+        &tile.kernels().forward,
+        &g.kernel_size(),
         &g.params(b.is_some(), 0, 1),
         &[x.buffer(), w.buffer(), bias, y.buffer()],
         grid,
@@ -277,6 +445,19 @@ pub fn conv2d_backward_input(
     x_shape: [usize; 4],
     stride: usize,
     padding: usize,
+) -> Result<Tensor> {
+    conv2d_backward_input_tiled(gy, w, x_shape, stride, padding, None)
+}
+
+/// [`conv2d_backward_input`] with a given tile (for tests and tuning).
+#[doc(hidden)]
+pub fn conv2d_backward_input_tiled(
+    gy: &Tensor,
+    w: &Tensor,
+    x_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d_backward_input";
     let gys = gy.nchw(OP, "output gradient gy [N, K, OH, OW]")?;
@@ -321,9 +502,19 @@ pub fn conv2d_backward_input(
             let mut p = g.params(false, 0, 1);
             (p.r0, p.s0, p.nr, p.ns) = (a as u32, b as u32, nr as u32, ns as u32);
             (p.h0, p.w0, p.hc, p.wc) = (h0 as u32, w0 as u32, hc as u32, wc as u32);
-            let grid = gemm_grid(OP, c, n * hc * wc)?;
-            gy.gpu().dispatch(
-                &BACKWARD_INPUT,
+            let cols = n * hc * wc;
+            let phases = stride * stride;
+            let tile = tile.unwrap_or_else(|| ConvTile::choose(c, cols, phases));
+            let grid = gemm_grid(OP, c, cols, tile)?;
+            let constants = [
+                ("KH", r as f64),
+                ("KW", s as f64),
+                ("NR", nr.max(1) as f64),
+                ("NS", ns.max(1) as f64),
+            ];
+            gy.gpu().dispatch_with(
+                &tile.kernels().backward_input,
+                &constants,
                 &p,
                 &[gy.buffer(), w.buffer(), gx.buffer()],
                 grid,
@@ -341,11 +532,10 @@ pub fn conv2d_weight_grad_splits(
     stride: usize,
     padding: usize,
 ) -> Result<usize> {
-    Ok(
-        Geometry::new("conv2d_backward_weight", x_shape, w_shape, stride, padding)?
-            .weight_splits()
-            .1,
-    )
+    Ok({
+        let g = Geometry::new("conv2d_backward_weight", x_shape, w_shape, stride, padding)?;
+        g.weight_splits(g.weight_tile()).1
+    })
 }
 
 /// Gradient of [`conv2d`] with respect to its weights: x `[N, C, H, W]`, gy `[N, K, OH, OW]`, the
@@ -356,6 +546,19 @@ pub fn conv2d_backward_weight(
     w_shape: [usize; 4],
     stride: usize,
     padding: usize,
+) -> Result<Tensor> {
+    conv2d_backward_weight_tiled(x, gy, w_shape, stride, padding, None)
+}
+
+/// [`conv2d_backward_weight`] with a given tile (for tests and tuning).
+#[doc(hidden)]
+pub fn conv2d_backward_weight_tiled(
+    x: &Tensor,
+    gy: &Tensor,
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d_backward_weight";
     let xs = x.nchw(OP, "input x [N, C, H, W]")?;
@@ -373,9 +576,11 @@ pub fn conv2d_backward_weight(
     }
     let [k, c, r, s] = w_shape;
     let crs = c * r * s;
-    let (chunk, splits) = g.weight_splits();
-    let col_tiles = crs.div_ceil(TILE_N);
-    let row_tiles = k.div_ceil(TILE_M);
+    let tile = tile.unwrap_or_else(|| g.weight_tile());
+    let (chunk, splits) = g.weight_splits(tile);
+    let (tile_m, tile_n, _) = tile.dims();
+    let col_tiles = crs.div_ceil(tile_n);
+    let row_tiles = k.div_ceil(tile_m);
     if col_tiles > MAX_GRID || row_tiles > MAX_GRID {
         return Err(Error::shape(
             OP,
@@ -387,16 +592,18 @@ pub fn conv2d_backward_weight(
     let gpu = x.gpu();
     let gw = Tensor::uninit(gpu, &w_shape, DType::F32, OP)?;
     if splits == 1 {
-        gpu.dispatch(
-            &BACKWARD_WEIGHT,
+        gpu.dispatch_with(
+            &tile.kernels().backward_weight,
+            &g.kernel_size(),
             &params,
             &[x.buffer(), gy.buffer(), gw.buffer()],
             grid,
         )?;
     } else {
         let part = Tensor::uninit(gpu, &[splits, k * crs], DType::F32, OP)?;
-        gpu.dispatch(
-            &BACKWARD_WEIGHT,
+        gpu.dispatch_with(
+            &tile.kernels().backward_weight,
+            &g.kernel_size(),
             &params,
             &[x.buffer(), gy.buffer(), part.buffer()],
             grid,

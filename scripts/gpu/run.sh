@@ -1,0 +1,26 @@
+#!/bin/bash
+# Runs on the lent GPU machine (see scripts/gpu/pack.sh): golden/op tests, the bench, and a
+# full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
+# Usage: bash scripts/gpu/run.sh [train-seconds] [bench-args...]
+set -u
+TRAIN_S=${1:-300}; shift || true
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+export WGPU_BACKEND=vulkan RESNET_WGPU_GOLDEN=$PWD/.carry/golden
+B=/tmp/bin && mkdir -p $B && tar -C $B -xJf .carry/bin.tar.xz
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
+echo "== tests"; t0=$(date +%s)
+for t in $B/test-*; do
+  echo "-- $(basename $t)"; timeout 120 "$t" --test-threads 8 2>&1 | grep -E "test result|FAILED|panicked|failed" | head -20
+done 2>&1 | tee "$OUT/tests.log"
+echo "tests took $(( $(date +%s) - t0 )) s"
+echo "== bench"; t0=$(date +%s)
+timeout 200 $B/bench "$@" 2>&1 | tee "$OUT/bench.txt"
+echo "bench took $(( $(date +%s) - t0 )) s"
+if [ "$TRAIN_S" -gt 0 ]; then
+  echo "== train"; t0=$(date +%s)
+  timeout "$TRAIN_S" $B/train --data-dir .carry/fmnist --metrics-json "$OUT/metrics.jsonl" \
+    --out /tmp/fm.safetensors --quiet 2>&1 | tee "$OUT/train.log"
+  echo "train took $(( $(date +%s) - t0 )) s"
+fi
