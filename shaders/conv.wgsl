@@ -14,7 +14,11 @@
 //                         with j = (c*R + r)*S + s, i = (n*OH + oh)*OW + ow
 //                         GEMM: M = K, N = C*R*S, reduction = batch*OH*OW split into `splits` chunks
 //                         of `chunk` (a multiple of BK) along grid z (split-K; no float atomics)
+//                         When the output tiles alone would leave the GPU idle (small batches),
+//                         the reduction is split like the weight gradient's: split z writes its
+//                         partial y at z * len(y), and conv_forward_reduce adds them and the bias.
 //   conv_reduce_splits:   gw[j] = sum_{z < splits} part[z * K*C*R*S + j]
+//   conv_forward_reduce:  y[j]  = b[k(j)] + sum_{z < splits} part[z * len(y) + j]
 //
 // Tiling (all GEMM entry points): a workgroup of 256 threads (16 x 16) computes a BM x BN output
 // tile, looping over the reduction in BK-deep chunks. The tile is a compile-time variant: the host
@@ -35,18 +39,21 @@
 // Dispatch:
 //   conv_forward / conv_backward_input (per phase): x*z = ceil(N / BN) column tiles (tile = wg.x + wg.z *
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
-//     y = ceil(M / BM) row tiles.
+//     y = ceil(M / BM) row tiles. conv_forward with splits > 1: x = column tiles, z = splits.
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
-//   conv_reduce_splits: one thread per element of gw, 256 per workgroup, linear index
-//     (wg.x + wg.y * num_workgroups.x) * 256 + local index.
+//   conv_reduce_splits / conv_forward_reduce: one thread per element of gw / y, 256 per
+//     workgroup, linear index (wg.x + wg.y * num_workgroups.x) * 256 + local index.
 //
 // Bindings (group 0): 0 = Params (uniform), then per entry point:
 //   conv_forward:         1 = x [N,C,H,W] (read), 2 = w [K,C,R,S] (read), 3 = b [K] (read; any
-//                         buffer when has_bias == 0), 4 = y [N,K,OH,OW] (write)
+//                         buffer when has_bias == 0), 4 = y [N,K,OH,OW] (write; with split-K the
+//                         partial results [splits,N,K,OH,OW], has_bias == 0)
 //   conv_backward_input:  1 = gy [N,K,OH,OW] (read), 2 = w [K,C,R,S] (read), 3 = gx [N,C,H,W] (write)
 //   conv_backward_weight: 1 = x [N,C,H,W] (read), 2 = gy [N,K,OH,OW] (read),
 //                         3 = part [splits,K,C*R*S] (write; gw itself when splits == 1)
 //   conv_reduce_splits:   1 = part [splits,K*C*R*S] (read), 2 = gw [K,C,R,S] (write)
+//   conv_forward_reduce:  1 = part [splits,N,K,OH,OW] (read), 2 = b [K] (read; any buffer when
+//                         has_bias == 0), 3 = y [N,K,OH,OW] (write)
 // All indices are u32; the host checks that every tensor and GEMM extent fits.
 
 struct Params {
@@ -62,8 +69,8 @@ struct Params {
     stride: u32,
     pad: u32,
     has_bias: u32,
-    chunk: u32,   // conv_backward_weight: reduction length per split (multiple of BK)
-    splits: u32,  // conv_backward_weight / conv_reduce_splits: number of partial results
+    chunk: u32,   // split-K (weight gradient, small forward): reduction per split (multiple of BK)
+    splits: u32,  // number of partial results (1: no split)
     // conv_backward_input's phase: first tap (r0, s0) and tap counts (nr, ns); first pixel
     // (h0, w0) and pixel counts (hc, wc), both stepping by the stride.
     r0: u32,
@@ -189,19 +196,20 @@ fn pixel(n: u32, count: u32, height: u32, width: u32) -> Pixel {
 // A = w viewed as [K, CRS] (k-fast); B = im2col(x) [CRS, batch*OH*OW] (n-fast). This thread's B
 // column is the output pixel `px`; `xbase` is the offset of its image, `ih0`/`iw0` the input
 // position of its top-left tap.
-fn fw_load(tid: u32, k0: u32, m0: u32, crs: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) {
+fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) {
+    let crs = p.in_c * KH * KW;
     let ka = k0 + tid % BK;
     for (var i = 0u; i < LA; i++) {
         let m = m0 + kfast_row(tid, i);
         var v = 0.0;
-        if (m < p.out_c && ka < crs) { v = fw_w[m * crs + ka]; }
+        if (m < p.out_c && ka < end) { v = fw_w[m * crs + ka]; }
         ra[i] = v;
     }
     let hw = p.in_h * p.in_w;
     for (var i = 0u; i < LB; i++) {
         let kb = k0 + nfast_kk(tid, i);
         var v = 0.0;
-        if (valid && kb < crs) {
+        if (valid && kb < end) {
             let c = kb / (KH * KW);
             let t = kb - c * (KH * KW);
             let r = t / KW;
@@ -221,7 +229,19 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let ohw = p.out_h * p.out_w;
     let ncols = p.batch * ohw;
     let crs = p.in_c * KH * KW;
-    let n0 = (wg.x + wg.z * nwg.x) * BN;
+    // Split-K (p.splits > 1, small grids): grid z is the split, which reduces over
+    // [z * chunk, (z + 1) * chunk) and writes its partial result at z * len(y).
+    var tile = wg.x + wg.z * nwg.x;
+    var begin = 0u;
+    var end = crs;
+    var zofs = 0u;
+    if (p.splits > 1u) {
+        tile = wg.x;
+        begin = wg.z * p.chunk;
+        end = min(begin + p.chunk, crs);
+        zofs = wg.z * ncols * p.out_c;
+    }
+    let n0 = tile * BN;
     let m0 = wg.y * BM;
     if (n0 >= ncols) { return; }
     let px = pixel(n0 + tid % BN, ncols, p.out_h, p.out_w);
@@ -229,12 +249,12 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let ih0 = i32(px.y * p.stride) - i32(p.pad);
     let iw0 = i32(px.x * p.stride) - i32(p.pad);
     clear_acc();
-    fw_load(tid, 0u, m0, crs, px.valid, xbase, ih0, iw0);
-    for (var k0 = 0u; k0 < crs; k0 += BK) {
+    fw_load(tid, begin, m0, end, px.valid, xbase, ih0, iw0);
+    for (var k0 = begin; k0 < end; k0 += BK) {
         store_a_kfast(tid);
         store_b_nfast(tid);
         workgroupBarrier();
-        if (k0 + BK < crs) { fw_load(tid, k0 + BK, m0, crs, px.valid, xbase, ih0, iw0); }
+        if (k0 + BK < end) { fw_load(tid, k0 + BK, m0, end, px.valid, xbase, ih0, iw0); }
         multiply(tid);
         workgroupBarrier();
     }
@@ -245,7 +265,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             let n = n0 + 64u * v + 4u * tx + e;
             if (n >= ncols) { continue; }
             let img = n / ohw;
-            let out = img * p.out_c * ohw + (n - img * ohw);
+            let out = zofs + img * p.out_c * ohw + (n - img * ohw);
             for (var i = 0u; i < TM; i++) {
                 let m = m0 + tile_row(i, ty);
                 if (m >= p.out_c) { continue; }
@@ -255,6 +275,23 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             }
         }
     }
+}
+
+@group(0) @binding(1) var<storage, read> fr_part: array<f32>;
+@group(0) @binding(2) var<storage, read> fr_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> fr_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let ohw = p.out_h * p.out_w;
+    let len = p.batch * p.out_c * ohw;
+    let j = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (j >= len) { return; }
+    var s = 0.0;
+    if (p.has_bias != 0u) { s = fr_b[(j / ohw) % p.out_c]; }
+    for (var z = 0u; z < p.splits; z++) { s += fr_part[z * len + j]; }
+    fr_y[j] = s;
 }
 
 // ---------------------------------------------------------------------------------------------

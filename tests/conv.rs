@@ -236,12 +236,14 @@ fn multi_tile_and_split_k() {
 fn every_tile_matches_reference() {
     let gpu = gpu();
     // Edges ragged against every tile (M = 131, N = 2 * 13 * 11 = 286), several reduction chunks,
-    // a strided case with four input-gradient phases, a 1x1 and a 7x7 kernel, and split-K.
+    // a strided case with four input-gradient phases, a 1x1 and a 7x7 kernel, split-K in the
+    // weight gradient and (last case, a reduction of 576 over one tile) in the forward pass.
     let cases = [
         case([2, 19, 13, 11], 131, 3, 3, 1, 1, true),
         case([1, 21, 17, 15], 70, 3, 3, 2, 1, false),
         case([2, 35, 9, 9], 129, 1, 1, 2, 0, false),
         case([1, 3, 23, 21], 66, 7, 7, 2, 3, true),
+        case([1, 64, 5, 5], 20, 3, 3, 1, 1, true), // few output tiles: split-K forward
     ];
     for tile in ConvTile::ALL {
         for (i, c) in cases.iter().enumerate() {

@@ -69,6 +69,11 @@ const REDUCE_SPLITS: Kernel = kernel!(
     "conv_reduce_splits",
     "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n"
 );
+const FORWARD_REDUCE: Kernel = kernel!(
+    "conv.wgsl",
+    "conv_forward_reduce",
+    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n"
+);
 
 /// The WGSL declarations each conv variant prepends to `shaders/conv.wgsl` (for shader tests).
 #[doc(hidden)]
@@ -97,6 +102,11 @@ pub enum ConvTile {
 
 /// Workgroups a GEMM should have before larger tiles pay: a few per compute unit of a large GPU.
 const FULL_GRID: usize = 512;
+/// The forward pass splits its reduction when its output tiles number fewer than this (small
+/// batches, late layers)...
+const FORWARD_SPLIT_BELOW: usize = FULL_GRID / 4;
+/// ...into chunks of at least this many reduction indices.
+const FORWARD_MIN_CHUNK: usize = 128;
 
 impl ConvTile {
     /// Every tile.
@@ -331,6 +341,22 @@ impl Geometry {
         }
     }
 
+    /// Split-K plan of the forward pass with `tile`: (chunk, splits); one split unless the
+    /// output tiles alone are too few to fill the GPU and the reduction is long.
+    fn forward_splits(&self, tile: ConvTile) -> (usize, usize) {
+        let [n, c, _, _] = self.x;
+        let [k, _, r, s] = self.w;
+        let (tile_m, tile_n, tile_k) = tile.dims();
+        let tiles = k.div_ceil(tile_m) * (n * self.oh * self.ow).div_ceil(tile_n);
+        let crs = c * r * s;
+        if tiles >= FORWARD_SPLIT_BELOW || crs < 2 * FORWARD_MIN_CHUNK {
+            return (crs, 1);
+        }
+        let splits = (FULL_GRID / tiles).min(crs / FORWARD_MIN_CHUNK).max(1);
+        let chunk = crs.div_ceil(splits).next_multiple_of(tile_k);
+        (chunk, crs.div_ceil(chunk))
+    }
+
     /// Tile of the weight gradient: split-K can fill the grid, so only the chunks' minimum
     /// length limits the third axis.
     fn weight_tile(&self) -> ConvTile {
@@ -425,15 +451,42 @@ pub fn conv2d_tiled(
     let y = Tensor::uninit(x.gpu(), &ys, DType::F32, OP)?;
     let (m, n) = (ws[0], ys[0] * ys[2] * ys[3]);
     let tile = tile.unwrap_or_else(|| ConvTile::choose(m, n, 1));
-    let grid = gemm_grid(OP, m, n, tile)?;
+    let (chunk, splits) = g.forward_splits(tile);
+    let gpu = x.gpu();
     let bias = b.map_or(w.buffer(), |b| b.buffer());
-    x.gpu().dispatch_with(
-        &tile.kernels().forward,
-        &g.kernel_size(),
-        &g.params(b.is_some(), 0, 1),
-        &[x.buffer(), w.buffer(), bias, y.buffer()],
-        grid,
-    )?;
+    if splits == 1 {
+        let grid = gemm_grid(OP, m, n, tile)?;
+        gpu.dispatch_with(
+            &tile.kernels().forward,
+            &g.kernel_size(),
+            &g.params(b.is_some(), 0, 1),
+            &[x.buffer(), w.buffer(), bias, y.buffer()],
+            grid,
+        )?;
+    } else {
+        // Few output tiles: split the reduction over grid z, then sum the partial outputs.
+        let (tile_m, tile_n, _) = tile.dims();
+        let grid = [
+            n.div_ceil(tile_n) as u32,
+            m.div_ceil(tile_m) as u32,
+            splits as u32,
+        ];
+        let part = Tensor::uninit(gpu, &[splits, y.numel()], DType::F32, OP)?;
+        let params = g.params(false, chunk, splits);
+        gpu.dispatch_with(
+            &tile.kernels().forward,
+            &g.kernel_size(),
+            &params,
+            &[x.buffer(), w.buffer(), bias, part.buffer()],
+            grid,
+        )?;
+        gpu.dispatch(
+            &FORWARD_REDUCE,
+            &g.params(b.is_some(), chunk, splits),
+            &[part.buffer(), bias, y.buffer()],
+            crate::gpu::grid_for_elements(y.numel()),
+        )?;
+    }
     Ok(y)
 }
 
