@@ -94,57 +94,77 @@ override NS: u32 = 3u;
 
 const BM: u32 = 16u * TM;
 const BN: u32 = 16u * TN;
-const VM: u32 = TM / 4u;            // vec4 row groups per thread
-const VN: u32 = TN / 4u;            // vec4 column groups per thread
+const VM: u32 = TM / 4u;            // vec4 row groups per thread (1 or 2)
+const VN: u32 = TN / 4u;            // vec4 column groups per thread (1 or 2)
 const RA: u32 = BM / 4u + 1u;       // row stride of a_tile in vec4s (one vec4 of padding)
 const RB: u32 = BN / 4u + 1u;
-const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk
-const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk
+const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk (4 or 8)
+const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk (4 or 8)
 
 var<workgroup> a_tile: array<vec4<f32>, BK * RA>;  // A[kk, m] at [kk * RA + m / 4][m % 4]
 var<workgroup> b_tile: array<vec4<f32>, BK * RB>;  // B[kk, n] at [kk * RB + n / 4][n % 4]
 
-// acc[(4 u + e) * VN + v] holds C[64 u + 4 ty + e, 64 v + 4 tx .. 64 v + 4 tx + 3].
-var<private> acc: array<vec4<f32>, TM * VN>;
-var<private> ra: array<f32, LA>;  // staged A values of the next chunk
-var<private> rb: array<f32, LB>;  // staged B values of the next chunk
+// Private arrays are only ever indexed by constants, never by loop counters: drivers keep such
+// arrays in registers, while one run-time index can demote a whole array to slow local memory.
+// Hence the spelled-out sequences below; branches on TM, VN, LA, LB are compile-time constant.
+// acc[i * VN + v] holds C[tile_row(i, ty), 64 v + 4 tx .. 64 v + 4 tx + 3] (16 = the largest TM * VN).
+var<private> acc: array<vec4<f32>, 16>;
+var<private> ra: array<f32, 8>;  // staged A values of the next chunk (LA used)
+var<private> rb: array<f32, 8>;  // staged B values of the next chunk (LB used)
 
-fn clear_acc() {
-    for (var i = 0u; i < TM * VN; i++) { acc[i] = vec4<f32>(0.0); }
-}
-
-// Tile row (or column) of micro-tile entry `i` of thread coordinate `t`.
+// Tile row of micro-tile row `i` of thread row `t`.
 fn tile_row(i: u32, t: u32) -> u32 {
     return 64u * (i / 4u) + 4u * t + i % 4u;
 }
 
 // Staging layouts. A "k-fast" operand is loaded with kk = tid % BK and row/column
 // tid / BK + (256 / BK) i (consecutive threads read consecutive reduction indices); an
-// "mn-fast" one with row/column tid % BN and kk = tid / BN + (256 / BN) i.
+// "n-fast" one with column tid % BN and kk = tid / BN + (256 / BN) i.
 fn kfast_row(tid: u32, i: u32) -> u32 { return tid / BK + (256u / BK) * i; }
 fn nfast_kk(tid: u32, i: u32) -> u32 { return tid / BN + (256u / BN) * i; }
 
+fn put_a(kk: u32, m: u32, v: f32) { a_tile[kk * RA + m / 4u][m % 4u] = v; }
+fn put_b(kk: u32, n: u32, v: f32) { b_tile[kk * RB + n / 4u][n % 4u] = v; }
+
 fn store_a_kfast(tid: u32) {
     let kk = tid % BK;
-    for (var i = 0u; i < LA; i++) {
-        let m = kfast_row(tid, i);
-        a_tile[kk * RA + m / 4u][m % 4u] = ra[i];
+    put_a(kk, kfast_row(tid, 0u), ra[0]);
+    put_a(kk, kfast_row(tid, 1u), ra[1]);
+    put_a(kk, kfast_row(tid, 2u), ra[2]);
+    put_a(kk, kfast_row(tid, 3u), ra[3]);
+    if (LA == 8u) {
+        put_a(kk, kfast_row(tid, 4u), ra[4]);
+        put_a(kk, kfast_row(tid, 5u), ra[5]);
+        put_a(kk, kfast_row(tid, 6u), ra[6]);
+        put_a(kk, kfast_row(tid, 7u), ra[7]);
     }
 }
 
 fn store_b_kfast(tid: u32) {
     let kk = tid % BK;
-    for (var i = 0u; i < LB; i++) {
-        let n = kfast_row(tid, i);
-        b_tile[kk * RB + n / 4u][n % 4u] = rb[i];
+    put_b(kk, kfast_row(tid, 0u), rb[0]);
+    put_b(kk, kfast_row(tid, 1u), rb[1]);
+    put_b(kk, kfast_row(tid, 2u), rb[2]);
+    put_b(kk, kfast_row(tid, 3u), rb[3]);
+    if (LB == 8u) {
+        put_b(kk, kfast_row(tid, 4u), rb[4]);
+        put_b(kk, kfast_row(tid, 5u), rb[5]);
+        put_b(kk, kfast_row(tid, 6u), rb[6]);
+        put_b(kk, kfast_row(tid, 7u), rb[7]);
     }
 }
 
 fn store_b_nfast(tid: u32) {
     let n = tid % BN;
-    for (var i = 0u; i < LB; i++) {
-        let kk = nfast_kk(tid, i);
-        b_tile[kk * RB + n / 4u][n % 4u] = rb[i];
+    put_b(nfast_kk(tid, 0u), n, rb[0]);
+    put_b(nfast_kk(tid, 1u), n, rb[1]);
+    put_b(nfast_kk(tid, 2u), n, rb[2]);
+    put_b(nfast_kk(tid, 3u), n, rb[3]);
+    if (LB == 8u) {
+        put_b(nfast_kk(tid, 4u), n, rb[4]);
+        put_b(nfast_kk(tid, 5u), n, rb[5]);
+        put_b(nfast_kk(tid, 6u), n, rb[6]);
+        put_b(nfast_kk(tid, 7u), n, rb[7]);
     }
 }
 
@@ -154,20 +174,38 @@ fn multiply(tid: u32) {
     let tx = tid % 16u;
     let ty = tid / 16u;
     for (var kk = 0u; kk < BK; kk++) {
-        var a: array<vec4<f32>, VM>;
-        var b: array<vec4<f32>, VN>;
-        for (var u = 0u; u < VM; u++) { a[u] = a_tile[kk * RA + ty + 16u * u]; }
-        for (var v = 0u; v < VN; v++) { b[v] = b_tile[kk * RB + tx + 16u * v]; }
-        for (var u = 0u; u < VM; u++) {
-            for (var e = 0u; e < 4u; e++) {
-                for (var v = 0u; v < VN; v++) {
-                    let i = (4u * u + e) * VN + v;
-                    acc[i] = fma(vec4<f32>(a[u][e]), b[v], acc[i]);
-                }
+        let a0 = a_tile[kk * RA + ty];
+        let b0 = b_tile[kk * RB + tx];
+        acc[0u * VN] = fma(vec4<f32>(a0.x), b0, acc[0u * VN]);
+        acc[1u * VN] = fma(vec4<f32>(a0.y), b0, acc[1u * VN]);
+        acc[2u * VN] = fma(vec4<f32>(a0.z), b0, acc[2u * VN]);
+        acc[3u * VN] = fma(vec4<f32>(a0.w), b0, acc[3u * VN]);
+        if (VN == 2u) {
+            let b1 = b_tile[kk * RB + tx + 16u];
+            acc[0u * VN + 1u] = fma(vec4<f32>(a0.x), b1, acc[0u * VN + 1u]);
+            acc[1u * VN + 1u] = fma(vec4<f32>(a0.y), b1, acc[1u * VN + 1u]);
+            acc[2u * VN + 1u] = fma(vec4<f32>(a0.z), b1, acc[2u * VN + 1u]);
+            acc[3u * VN + 1u] = fma(vec4<f32>(a0.w), b1, acc[3u * VN + 1u]);
+            if (VM == 2u) {
+                let a1 = a_tile[kk * RA + ty + 16u];
+                acc[4u * VN + 1u] = fma(vec4<f32>(a1.x), b1, acc[4u * VN + 1u]);
+                acc[5u * VN + 1u] = fma(vec4<f32>(a1.y), b1, acc[5u * VN + 1u]);
+                acc[6u * VN + 1u] = fma(vec4<f32>(a1.z), b1, acc[6u * VN + 1u]);
+                acc[7u * VN + 1u] = fma(vec4<f32>(a1.w), b1, acc[7u * VN + 1u]);
             }
+        }
+        if (VM == 2u) {
+            let a1 = a_tile[kk * RA + ty + 16u];
+            acc[4u * VN] = fma(vec4<f32>(a1.x), b0, acc[4u * VN]);
+            acc[5u * VN] = fma(vec4<f32>(a1.y), b0, acc[5u * VN]);
+            acc[6u * VN] = fma(vec4<f32>(a1.z), b0, acc[6u * VN]);
+            acc[7u * VN] = fma(vec4<f32>(a1.w), b0, acc[7u * VN]);
         }
     }
 }
+
+// Per-kernel output offsets the epilogues need beyond Params (set at the kernel's start).
+var<private> out_base: u32;
 
 // ---------------------------------------------------------------------------------------------
 // forward
@@ -193,53 +231,103 @@ fn pixel(n: u32, count: u32, height: u32, width: u32) -> Pixel {
     return Pixel(n < count, img, y, rem - y * width);
 }
 
-// A = w viewed as [K, CRS] (k-fast); B = im2col(x) [CRS, batch*OH*OW] (n-fast). This thread's B
-// column is the output pixel `px`; `xbase` is the offset of its image, `ih0`/`iw0` the input
-// position of its top-left tap.
+// A = w viewed as [K, CRS] (k-fast): element (m, ka), zero past the split's `end`.
+fn fw_a(m: u32, ka: u32, end: u32) -> f32 {
+    if (m < p.out_c && ka < end) { return fw_w[m * (p.in_c * KH * KW) + ka]; }
+    return 0.0;
+}
+
+// B = im2col(x) [CRS, batch*OH*OW] (n-fast): element kb of this thread's column, the output
+// pixel whose image starts at `xbase` and whose top-left tap reads input (ih0, iw0).
+fn fw_bv(kb: u32, end: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) -> f32 {
+    if (!valid || kb >= end) { return 0.0; }
+    let c = kb / (KH * KW);
+    let t = kb - c * (KH * KW);
+    let r = t / KW;
+    let ih = ih0 + i32(r);
+    let iw = iw0 + i32(t - r * KW);
+    if (ih < 0 || ih >= i32(p.in_h) || iw < 0 || iw >= i32(p.in_w)) { return 0.0; }
+    return fw_x[xbase + c * p.in_h * p.in_w + u32(ih) * p.in_w + u32(iw)];
+}
+
 fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) {
-    let crs = p.in_c * KH * KW;
     let ka = k0 + tid % BK;
-    for (var i = 0u; i < LA; i++) {
-        let m = m0 + kfast_row(tid, i);
-        var v = 0.0;
-        if (m < p.out_c && ka < end) { v = fw_w[m * crs + ka]; }
-        ra[i] = v;
+    ra[0] = fw_a(m0 + kfast_row(tid, 0u), ka, end);
+    ra[1] = fw_a(m0 + kfast_row(tid, 1u), ka, end);
+    ra[2] = fw_a(m0 + kfast_row(tid, 2u), ka, end);
+    ra[3] = fw_a(m0 + kfast_row(tid, 3u), ka, end);
+    if (LA == 8u) {
+        ra[4] = fw_a(m0 + kfast_row(tid, 4u), ka, end);
+        ra[5] = fw_a(m0 + kfast_row(tid, 5u), ka, end);
+        ra[6] = fw_a(m0 + kfast_row(tid, 6u), ka, end);
+        ra[7] = fw_a(m0 + kfast_row(tid, 7u), ka, end);
     }
-    let hw = p.in_h * p.in_w;
-    for (var i = 0u; i < LB; i++) {
-        let kb = k0 + nfast_kk(tid, i);
-        var v = 0.0;
-        if (valid && kb < end) {
-            let c = kb / (KH * KW);
-            let t = kb - c * (KH * KW);
-            let r = t / KW;
-            let ih = ih0 + i32(r);
-            let iw = iw0 + i32(t - r * KW);
-            if (ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
-                v = fw_x[xbase + c * hw + u32(ih) * p.in_w + u32(iw)];
-            }
-        }
-        rb[i] = v;
+    rb[0] = fw_bv(k0 + nfast_kk(tid, 0u), end, valid, xbase, ih0, iw0);
+    rb[1] = fw_bv(k0 + nfast_kk(tid, 1u), end, valid, xbase, ih0, iw0);
+    rb[2] = fw_bv(k0 + nfast_kk(tid, 2u), end, valid, xbase, ih0, iw0);
+    rb[3] = fw_bv(k0 + nfast_kk(tid, 3u), end, valid, xbase, ih0, iw0);
+    if (LB == 8u) {
+        rb[4] = fw_bv(k0 + nfast_kk(tid, 4u), end, valid, xbase, ih0, iw0);
+        rb[5] = fw_bv(k0 + nfast_kk(tid, 5u), end, valid, xbase, ih0, iw0);
+        rb[6] = fw_bv(k0 + nfast_kk(tid, 6u), end, valid, xbase, ih0, iw0);
+        rb[7] = fw_bv(k0 + nfast_kk(tid, 7u), end, valid, xbase, ih0, iw0);
+    }
+}
+
+// Store y (or this split's partial y, at out_base) for GEMM row m (channel) and column n (pixel).
+fn fw_put(m: u32, n: u32, v: f32) {
+    let ohw = p.out_h * p.out_w;
+    if (n >= p.batch * ohw) { return; }
+    let img = n / ohw;
+    fw_y[out_base + (img * p.out_c + m) * ohw + n - img * ohw] = v;
+}
+
+fn fw_row(m: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
+    if (m >= p.out_c) { return; }
+    var bias = 0.0;
+    if (p.has_bias != 0u) { bias = fw_b[m]; }
+    fw_put(m, n, v0.x + bias);
+    fw_put(m, n + 1u, v0.y + bias);
+    fw_put(m, n + 2u, v0.z + bias);
+    fw_put(m, n + 3u, v0.w + bias);
+    if (VN == 2u) {
+        fw_put(m, n + 64u, v1.x + bias);
+        fw_put(m, n + 65u, v1.y + bias);
+        fw_put(m, n + 66u, v1.z + bias);
+        fw_put(m, n + 67u, v1.w + bias);
+    }
+}
+
+fn fw_emit(tid: u32, m0: u32, n0: u32) {
+    let ty = tid / 16u;
+    let n = n0 + 4u * (tid % 16u);
+    fw_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
+    fw_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
+    fw_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
+    fw_row(m0 + tile_row(3u, ty), n, acc[3u * VN], acc[3u * VN + 1u]);
+    if (TM == 8u) {
+        fw_row(m0 + tile_row(4u, ty), n, acc[4u * VN], acc[4u * VN + 1u]);
+        fw_row(m0 + tile_row(5u, ty), n, acc[5u * VN], acc[5u * VN + 1u]);
+        fw_row(m0 + tile_row(6u, ty), n, acc[6u * VN], acc[6u * VN + 1u]);
+        fw_row(m0 + tile_row(7u, ty), n, acc[7u * VN], acc[7u * VN + 1u]);
     }
 }
 
 @compute @workgroup_size(256)
 fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) tid: u32) {
-    let ohw = p.out_h * p.out_w;
-    let ncols = p.batch * ohw;
-    let crs = p.in_c * KH * KW;
+    let ncols = p.batch * p.out_h * p.out_w;
     // Split-K (p.splits > 1, small grids): grid z is the split, which reduces over
     // [z * chunk, (z + 1) * chunk) and writes its partial result at z * len(y).
     var tile = wg.x + wg.z * nwg.x;
     var begin = 0u;
-    var end = crs;
-    var zofs = 0u;
+    var end = p.in_c * KH * KW;
+    out_base = 0u;
     if (p.splits > 1u) {
         tile = wg.x;
         begin = wg.z * p.chunk;
-        end = min(begin + p.chunk, crs);
-        zofs = wg.z * ncols * p.out_c;
+        end = min(begin + p.chunk, end);
+        out_base = wg.z * ncols * p.out_c;
     }
     let n0 = tile * BN;
     let m0 = wg.y * BM;
@@ -248,7 +336,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let xbase = px.img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(px.y * p.stride) - i32(p.pad);
     let iw0 = i32(px.x * p.stride) - i32(p.pad);
-    clear_acc();
+    acc = array<vec4<f32>, 16>();
     fw_load(tid, begin, m0, end, px.valid, xbase, ih0, iw0);
     for (var k0 = begin; k0 < end; k0 += BK) {
         store_a_kfast(tid);
@@ -258,23 +346,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         multiply(tid);
         workgroupBarrier();
     }
-    let tx = tid % 16u;
-    let ty = tid / 16u;
-    for (var v = 0u; v < VN; v++) {
-        for (var e = 0u; e < 4u; e++) {
-            let n = n0 + 64u * v + 4u * tx + e;
-            if (n >= ncols) { continue; }
-            let img = n / ohw;
-            let out = zofs + img * p.out_c * ohw + (n - img * ohw);
-            for (var i = 0u; i < TM; i++) {
-                let m = m0 + tile_row(i, ty);
-                if (m >= p.out_c) { continue; }
-                var bias = 0.0;
-                if (p.has_bias != 0u) { bias = fw_b[m]; }
-                fw_y[out + m * ohw] = acc[i * VN + v][e] + bias;
-            }
-        }
-    }
+    fw_emit(tid, m0, n0);
 }
 
 @group(0) @binding(1) var<storage, read> fr_part: array<f32>;
@@ -301,50 +373,100 @@ fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(2) var<storage, read> bi_w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bi_gx: array<f32>;
 
-// A[c, (k,t,u)] = w[k,c,r0+st*t,s0+st*u] (k-fast); B[(k,t,u), (n,i,j)] = gy[n,k,oh,ow] with
-// oh = (h0 + st*i + pd - r0 - st*t) / st (exact by the phase choice), where inside gy (n-fast).
-// This thread's B column is pixel (n, i, j): `gbase` is the offset of image n in gy and
-// (oh0, ow0) the gy position its first tap reads.
+// A[c, (k,t,u)] = w[k,c,r0+st*t,s0+st*u] (k-fast): element (c, ka) given ka's weight offset.
+fn bi_a(c: u32, k: u32, wofs: u32, inside: bool) -> f32 {
+    if (c < p.in_c && inside) { return bi_w[(k * p.in_c + c) * (KH * KW) + wofs]; }
+    return 0.0;
+}
+
+// B[(k,t,u), (n,i,j)] = gy[n,k,oh,ow] with oh = (h0 + st*i + pd - r0 - st*t) / st (exact by the
+// phase choice), where inside gy (n-fast). This thread's column is pixel (n, i, j): `gbase` is
+// the offset of image n in gy and (oh0, ow0) the gy position its first tap reads.
+fn bi_bv(kb: u32, krs: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) -> f32 {
+    if (!valid || kb >= krs) { return 0.0; }
+    let kc = kb / (NR * NS);
+    let t = kb - kc * (NR * NS);
+    let dr = t / NS;
+    let ds = t - dr * NS;
+    if (oh0 < dr || ow0 < ds) { return 0.0; }
+    let oh = oh0 - dr;
+    let ow = ow0 - ds;
+    if (oh >= p.out_h || ow >= p.out_w) { return 0.0; }
+    return bi_gy[gbase + kc * p.out_h * p.out_w + oh * p.out_w + ow];
+}
+
 fn bi_load(tid: u32, k0: u32, m0: u32, krs: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) {
-    let taps = NR * NS;
     let ka = k0 + tid % BK;
-    let k = ka / taps;
-    let t = ka - k * taps;
+    let k = ka / (NR * NS);
+    let t = ka - k * (NR * NS);
     let tr = t / NS;
     let wofs = (p.r0 + p.stride * tr) * KW + p.s0 + p.stride * (t - tr * NS);
-    for (var i = 0u; i < LA; i++) {
-        let c = m0 + kfast_row(tid, i);
-        var v = 0.0;
-        if (c < p.in_c && ka < krs) { v = bi_w[(k * p.in_c + c) * (KH * KW) + wofs]; }
-        ra[i] = v;
+    let inside = ka < krs;
+    ra[0] = bi_a(m0 + kfast_row(tid, 0u), k, wofs, inside);
+    ra[1] = bi_a(m0 + kfast_row(tid, 1u), k, wofs, inside);
+    ra[2] = bi_a(m0 + kfast_row(tid, 2u), k, wofs, inside);
+    ra[3] = bi_a(m0 + kfast_row(tid, 3u), k, wofs, inside);
+    if (LA == 8u) {
+        ra[4] = bi_a(m0 + kfast_row(tid, 4u), k, wofs, inside);
+        ra[5] = bi_a(m0 + kfast_row(tid, 5u), k, wofs, inside);
+        ra[6] = bi_a(m0 + kfast_row(tid, 6u), k, wofs, inside);
+        ra[7] = bi_a(m0 + kfast_row(tid, 7u), k, wofs, inside);
     }
-    let ohw = p.out_h * p.out_w;
-    for (var i = 0u; i < LB; i++) {
-        let kb = k0 + nfast_kk(tid, i);
-        var v = 0.0;
-        if (valid && kb < krs) {
-            let kc = kb / taps;
-            let t2 = kb - kc * taps;
-            let dr = t2 / NS;
-            let ds = t2 - dr * NS;
-            if (oh0 >= dr && ow0 >= ds) {
-                let oh = oh0 - dr;
-                let ow = ow0 - ds;
-                if (oh < p.out_h && ow < p.out_w) {
-                    v = bi_gy[gbase + kc * ohw + oh * p.out_w + ow];
-                }
-            }
-        }
-        rb[i] = v;
+    rb[0] = bi_bv(k0 + nfast_kk(tid, 0u), krs, valid, gbase, oh0, ow0);
+    rb[1] = bi_bv(k0 + nfast_kk(tid, 1u), krs, valid, gbase, oh0, ow0);
+    rb[2] = bi_bv(k0 + nfast_kk(tid, 2u), krs, valid, gbase, oh0, ow0);
+    rb[3] = bi_bv(k0 + nfast_kk(tid, 3u), krs, valid, gbase, oh0, ow0);
+    if (LB == 8u) {
+        rb[4] = bi_bv(k0 + nfast_kk(tid, 4u), krs, valid, gbase, oh0, ow0);
+        rb[5] = bi_bv(k0 + nfast_kk(tid, 5u), krs, valid, gbase, oh0, ow0);
+        rb[6] = bi_bv(k0 + nfast_kk(tid, 6u), krs, valid, gbase, oh0, ow0);
+        rb[7] = bi_bv(k0 + nfast_kk(tid, 7u), krs, valid, gbase, oh0, ow0);
+    }
+}
+
+// Store gx for GEMM row c and column n (a pixel of this phase).
+fn bi_put(c: u32, n: u32, v: f32) {
+    let ncols = p.batch * p.hc * p.wc;
+    if (n >= ncols) { return; }
+    let q = pixel(n, ncols, p.hc, p.wc);
+    let h = p.h0 + p.stride * q.y;
+    let w = p.w0 + p.stride * q.x;
+    bi_gx[((q.img * p.in_c + c) * p.in_h + h) * p.in_w + w] = v;
+}
+
+fn bi_row(c: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
+    if (c >= p.in_c) { return; }
+    bi_put(c, n, v0.x);
+    bi_put(c, n + 1u, v0.y);
+    bi_put(c, n + 2u, v0.z);
+    bi_put(c, n + 3u, v0.w);
+    if (VN == 2u) {
+        bi_put(c, n + 64u, v1.x);
+        bi_put(c, n + 65u, v1.y);
+        bi_put(c, n + 66u, v1.z);
+        bi_put(c, n + 67u, v1.w);
+    }
+}
+
+fn bi_emit(tid: u32, m0: u32, n0: u32) {
+    let ty = tid / 16u;
+    let n = n0 + 4u * (tid % 16u);
+    bi_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
+    bi_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
+    bi_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
+    bi_row(m0 + tile_row(3u, ty), n, acc[3u * VN], acc[3u * VN + 1u]);
+    if (TM == 8u) {
+        bi_row(m0 + tile_row(4u, ty), n, acc[4u * VN], acc[4u * VN + 1u]);
+        bi_row(m0 + tile_row(5u, ty), n, acc[5u * VN], acc[5u * VN + 1u]);
+        bi_row(m0 + tile_row(6u, ty), n, acc[6u * VN], acc[6u * VN + 1u]);
+        bi_row(m0 + tile_row(7u, ty), n, acc[7u * VN], acc[7u * VN + 1u]);
     }
 }
 
 @compute @workgroup_size(256)
 fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) tid: u32) {
-    let hw = p.in_h * p.in_w;
-    let phw = p.hc * p.wc;
-    let ncols = p.batch * phw;
+    let ncols = p.batch * p.hc * p.wc;
     let krs = p.out_c * p.nr * p.ns;
     let n0 = (wg.x + wg.z * nwg.x) * BN;
     let m0 = wg.y * BM;
@@ -354,7 +476,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     // (h + pd - r0) / st and (w + pd - s0) / st for this column: exact divisions.
     let oh0 = (p.h0 + p.stride * px.y + p.pad - p.r0) / p.stride;
     let ow0 = (p.w0 + p.stride * px.x + p.pad - p.s0) / p.stride;
-    clear_acc();
+    acc = array<vec4<f32>, 16>();
     bi_load(tid, 0u, m0, krs, px.valid, gbase, oh0, ow0);
     for (var k0 = 0u; k0 < krs; k0 += BK) {
         store_a_kfast(tid);
@@ -364,21 +486,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         multiply(tid);
         workgroupBarrier();
     }
-    let tx = tid % 16u;
-    let ty = tid / 16u;
-    for (var v = 0u; v < VN; v++) {
-        for (var e = 0u; e < 4u; e++) {
-            let n = n0 + 64u * v + 4u * tx + e;
-            if (n >= ncols) { continue; }
-            let q = pixel(n, ncols, p.hc, p.wc);
-            let out = q.img * p.in_c * hw + (p.h0 + p.stride * q.y) * p.in_w + p.w0 + p.stride * q.x;
-            for (var i = 0u; i < TM; i++) {
-                let c = m0 + tile_row(i, ty);
-                if (c >= p.in_c) { continue; }
-                bi_gx[out + c * hw] = acc[i * VN + v][e];
-            }
-        }
-    }
+    bi_emit(tid, m0, n0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,8 +496,25 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(2) var<storage, read> bw_gy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bw_part: array<f32>;
 
-// A[k, i] = gy[n,k,oh,ow] (k-fast); B[i, (c,r,s)] = x[n,c,oh*st-pd+r,ow*st-pd+s] (k-fast), where
-// i < end indexes (n, oh, ow); this thread's B columns start at n0.
+// A[k, i] = gy[n,k,oh,ow] (k-fast): element (k, this thread's reduction index i at gbase).
+fn bw_a(k: u32, gbase: u32, inside: bool) -> f32 {
+    if (inside && k < p.out_c) { return bw_gy[gbase + k * p.out_h * p.out_w]; }
+    return 0.0;
+}
+
+// B[i, (c,r,s)] = x[n,c,oh*st-pd+r,ow*st-pd+s] (k-fast): column j for this thread's i, whose
+// image starts at xbase and whose top-left tap reads input (ih0, iw0).
+fn bw_bv(j: u32, crs: u32, inside: bool, xbase: u32, ih0: i32, iw0: i32) -> f32 {
+    if (!inside || j >= crs) { return 0.0; }
+    let c = j / (KH * KW);
+    let t = j - c * (KH * KW);
+    let r = t / KW;
+    let ih = ih0 + i32(r);
+    let iw = iw0 + i32(t - r * KW);
+    if (ih < 0 || ih >= i32(p.in_h) || iw < 0 || iw >= i32(p.in_w)) { return 0.0; }
+    return bw_x[xbase + c * p.in_h * p.in_w + u32(ih) * p.in_w + u32(iw)];
+}
+
 fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     let ohw = p.out_h * p.out_w;
     let ii = k0 + tid % BK;
@@ -399,28 +524,63 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     let oh = pix / p.out_w;
     let ow = pix - oh * p.out_w;
     let gbase = img * p.out_c * ohw + pix;
-    for (var i = 0u; i < LA; i++) {
-        let k = m0 + kfast_row(tid, i);
-        var v = 0.0;
-        if (inside && k < p.out_c) { v = bw_gy[gbase + k * ohw]; }
-        ra[i] = v;
+    ra[0] = bw_a(m0 + kfast_row(tid, 0u), gbase, inside);
+    ra[1] = bw_a(m0 + kfast_row(tid, 1u), gbase, inside);
+    ra[2] = bw_a(m0 + kfast_row(tid, 2u), gbase, inside);
+    ra[3] = bw_a(m0 + kfast_row(tid, 3u), gbase, inside);
+    if (LA == 8u) {
+        ra[4] = bw_a(m0 + kfast_row(tid, 4u), gbase, inside);
+        ra[5] = bw_a(m0 + kfast_row(tid, 5u), gbase, inside);
+        ra[6] = bw_a(m0 + kfast_row(tid, 6u), gbase, inside);
+        ra[7] = bw_a(m0 + kfast_row(tid, 7u), gbase, inside);
     }
-    let hw = p.in_h * p.in_w;
-    let xbase = img * p.in_c * hw;
+    let xbase = img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(oh * p.stride) - i32(p.pad);
     let iw0 = i32(ow * p.stride) - i32(p.pad);
-    for (var i = 0u; i < LB; i++) {
-        let j = n0 + kfast_row(tid, i);
-        let c = j / (KH * KW);
-        let t = j - c * (KH * KW);
-        let r = t / KW;
-        let ih = ih0 + i32(r);
-        let iw = iw0 + i32(t - r * KW);
-        var v = 0.0;
-        if (inside && j < crs && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
-            v = bw_x[xbase + c * hw + u32(ih) * p.in_w + u32(iw)];
-        }
-        rb[i] = v;
+    rb[0] = bw_bv(n0 + kfast_row(tid, 0u), crs, inside, xbase, ih0, iw0);
+    rb[1] = bw_bv(n0 + kfast_row(tid, 1u), crs, inside, xbase, ih0, iw0);
+    rb[2] = bw_bv(n0 + kfast_row(tid, 2u), crs, inside, xbase, ih0, iw0);
+    rb[3] = bw_bv(n0 + kfast_row(tid, 3u), crs, inside, xbase, ih0, iw0);
+    if (LB == 8u) {
+        rb[4] = bw_bv(n0 + kfast_row(tid, 4u), crs, inside, xbase, ih0, iw0);
+        rb[5] = bw_bv(n0 + kfast_row(tid, 5u), crs, inside, xbase, ih0, iw0);
+        rb[6] = bw_bv(n0 + kfast_row(tid, 6u), crs, inside, xbase, ih0, iw0);
+        rb[7] = bw_bv(n0 + kfast_row(tid, 7u), crs, inside, xbase, ih0, iw0);
+    }
+}
+
+// Store this split's partial gw (at out_base) for GEMM row k and column j = (c, r, s).
+fn bw_put(k: u32, j: u32, v: f32) {
+    let crs = p.in_c * KH * KW;
+    if (j < crs) { bw_part[out_base + k * crs + j] = v; }
+}
+
+fn bw_row(k: u32, j: u32, v0: vec4<f32>, v1: vec4<f32>) {
+    if (k >= p.out_c) { return; }
+    bw_put(k, j, v0.x);
+    bw_put(k, j + 1u, v0.y);
+    bw_put(k, j + 2u, v0.z);
+    bw_put(k, j + 3u, v0.w);
+    if (VN == 2u) {
+        bw_put(k, j + 64u, v1.x);
+        bw_put(k, j + 65u, v1.y);
+        bw_put(k, j + 66u, v1.z);
+        bw_put(k, j + 67u, v1.w);
+    }
+}
+
+fn bw_emit(tid: u32, m0: u32, n0: u32) {
+    let ty = tid / 16u;
+    let j = n0 + 4u * (tid % 16u);
+    bw_row(m0 + tile_row(0u, ty), j, acc[0u * VN], acc[0u * VN + 1u]);
+    bw_row(m0 + tile_row(1u, ty), j, acc[1u * VN], acc[1u * VN + 1u]);
+    bw_row(m0 + tile_row(2u, ty), j, acc[2u * VN], acc[2u * VN + 1u]);
+    bw_row(m0 + tile_row(3u, ty), j, acc[3u * VN], acc[3u * VN + 1u]);
+    if (TM == 8u) {
+        bw_row(m0 + tile_row(4u, ty), j, acc[4u * VN], acc[4u * VN + 1u]);
+        bw_row(m0 + tile_row(5u, ty), j, acc[5u * VN], acc[5u * VN + 1u]);
+        bw_row(m0 + tile_row(6u, ty), j, acc[6u * VN], acc[6u * VN + 1u]);
+        bw_row(m0 + tile_row(7u, ty), j, acc[7u * VN], acc[7u * VN + 1u]);
     }
 }
 
@@ -432,7 +592,8 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     let m0 = wg.y * BM;
     let begin = wg.z * p.chunk;
     let end = min(begin + p.chunk, total);
-    clear_acc();
+    out_base = wg.z * p.out_c * crs;
+    acc = array<vec4<f32>, 16>();
     bw_load(tid, begin, end, m0, n0, crs);
     for (var k0 = begin; k0 < end; k0 += BK) {
         store_a_kfast(tid);
@@ -442,20 +603,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
         multiply(tid);
         workgroupBarrier();
     }
-    let tx = tid % 16u;
-    let ty = tid / 16u;
-    let base = wg.z * p.out_c * crs;
-    for (var i = 0u; i < TM; i++) {
-        let k = m0 + tile_row(i, ty);
-        if (k >= p.out_c) { continue; }
-        for (var v = 0u; v < VN; v++) {
-            for (var e = 0u; e < 4u; e++) {
-                let n = n0 + 64u * v + 4u * tx + e;
-                if (n >= crs) { continue; }
-                bw_part[base + k * crs + n] = acc[i * VN + v][e];
-            }
-        }
-    }
+    bw_emit(tid, m0, n0);
 }
 
 @group(0) @binding(1) var<storage, read> rs_part: array<f32>;

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs on the lent GPU machine (see scripts/gpu/pack.sh): golden/op tests, the bench, and a
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
-# Usage: bash scripts/gpu/run.sh [train-seconds] [bench-args...]
+# Usage: [SWEEP_TILES="64x64 128x128"] bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 set -u
 TRAIN_S=${1:-300}; shift || true
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -15,6 +15,11 @@ for t in $B/test-*; do
   echo "-- $(basename $t)"; timeout 120 "$t" --test-threads 8 2>&1 | grep -E "test result|FAILED|panicked|failed" | head -20
 done 2>&1 | tee "$OUT/tests.log"
 echo "tests took $(( $(date +%s) - t0 )) s"
+# SWEEP_TILES="64x64 128x128 ...": the conv bench once per forced tile first.
+for t in ${SWEEP_TILES:-}; do
+  echo "== convs with every GEMM on tile $t"
+  RESNET_WGPU_CONV_TILE=$t timeout 100 $B/bench --what convs --batch 128 --iters 5 2>&1 | tee "$OUT/convs-$t.txt"
+done
 echo "== bench"; t0=$(date +%s)
 timeout 200 $B/bench "$@" 2>&1 | tee "$OUT/bench.txt"
 echo "bench took $(( $(date +%s) - t0 )) s"
