@@ -1,93 +1,138 @@
-//! Convolution benchmark over the distinct conv shapes of ResNet-18 at 224x224.
+//! The benchmark suite: per-kernel throughput on ResNet-18's shapes and whole-model figures.
 //!
-//! `cargo run --release --example bench -- [--batch N] [--iters N]`
+//! `cargo run --release --example bench -- [--batch N] [--iters N] [--what WHAT] [--json PATH]`
 //!
-//! For each shape: wall time per forward, input-gradient and weight-gradient pass (the weight
-//! gradient includes its split-K reduction), averaged over `--iters` runs after one warm-up and
-//! synchronised with `Gpu::synchronize`, and the GFLOP/s that gives (2 * MACs / time).
+//! - `convs`: every distinct conv shape of ResNet-18 at 224x224, batch `--batch`: forward, input
+//!   gradient (every phase) and weight gradient (GEMM plus split-K reduction), in GFLOP/s
+//!   (2 * MACs / time).
+//! - `kernels`: `convs` plus training-mode batch norm (forward and backward) on the activations
+//!   of ResNet-18's four stages and 3x3/2 max pooling (forward and backward) on the stem output,
+//!   in GB/s: the minimum bytes each pass must read and write once, divided by its time.
+//! - `models`: ResNet-18/50 inference at 224x224 (latency at batch 1, throughput at
+//!   `--infer-batch`), and training steps (forward, backward, SGD momentum; synchronised) for
+//!   ResNet-18 and ResNet-50 at 224x224, batch `--batch`, and ResNet-18 at 32x32 (10 classes),
+//!   batch `--cifar-batch`, each with the CPU time spent recording the step, its GPU time, the
+//!   kernel families it spends that time in and its peak GPU memory.
+//! - `all`: `kernels` and `models`.
+//!
+//! Wall times are averaged over `--iters` synchronised runs after one warm-up. When the adapter
+//! has timestamp queries, each figure also gets GPU time from [`Gpu::start_profiling`]: the sum
+//! of the GPU times of the figure's dispatches, averaged over `--iters` separate profiled runs
+//! (one run for models), and throughputs are computed from GPU time; otherwise from wall time.
+//!
+//! A smoke run on a software adapter (lavapipe): `--batch 1 --iters 1 --infer-batch 2
+//! --cifar-batch 8 --models r18`.
 
 use clap::Parser;
-use resnet_wgpu::{Gpu, Result, Tensor, ops};
+use resnet_wgpu::gpu::KernelTime;
+use resnet_wgpu::nn::{ResNet, ResNetConfig};
+use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
+use resnet_wgpu::{Error, Gpu, Result, Rng, Tape, Tensor, ops};
+use serde::Serialize;
+use std::collections::HashMap;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(about = "Time the conv kernels on the conv shapes of ResNet-18 (224x224 input)")]
+#[command(about = "Benchmark the kernels and the ResNet models (training and inference)")]
 struct Args {
-    /// Batch size.
+    /// Batch size of the kernel benchmarks and of the 224x224 training steps.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Timed iterations per pass (after one warm-up).
+    /// Timed iterations per figure (after one warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// What to time: `convs` (per-layer conv kernels), `models` (ResNet-18/50 inference at
-    /// 224x224, batch 1, and a ResNet-18 training step at `--batch`) or `all`.
+    /// What to time: `convs`, `kernels` (convs, batch norm, pooling), `models` or `all`.
     #[arg(long, default_value = "all")]
     what: String,
+    /// Batch size of the inference throughput figure.
+    #[arg(long, default_value_t = 64)]
+    infer_batch: usize,
+    /// Batch size of the ResNet-18 32x32 training step.
+    #[arg(long, default_value_t = 256)]
+    cifar_batch: usize,
+    /// Models to time, comma-separated: `r18`, `r50`.
+    #[arg(long, default_value = "r18,r50")]
+    models: String,
+    /// Time on the wall clock only, even where timestamp queries are available.
+    #[arg(long)]
+    no_timestamps: bool,
+    /// Also write every result as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
-/// The issue's model figures: ResNet-18/50 inference at 224x224 (batch 1 and 64) and training
-/// steps (forward, backward, SGD momentum) for ResNet-18 and ResNet-50 at 224x224, batch `batch`,
-/// and ResNet-18 at 32x32 (10 classes), batch 256.
-fn bench_models(gpu: &Gpu, batch: usize, iters: usize) -> Result<()> {
-    use resnet_wgpu::nn::{ResNet, ResNetConfig};
-    use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
-    use resnet_wgpu::{Rng, Tape};
-    println!("\n{:<40} {:>12} {:>10}", "model", "ms", "images/s");
-    for (name, config, n) in [
-        ("ResNet-18", ResNetConfig::resnet18(1000), 1),
-        ("ResNet-18", ResNetConfig::resnet18(1000), 64),
-        ("ResNet-50", ResNetConfig::resnet50(1000), 1),
-        ("ResNet-50", ResNetConfig::resnet50(1000), 64),
-    ] {
-        let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
-        let x = Tensor::full(gpu, &[n, 3, 224, 224], 0.5)?;
-        let t = time(gpu, iters, || net.infer(&x))?;
-        println!(
-            "{:<40} {:>12.2} {:>10.1}",
-            format!("{name} inference 224, batch {n}"),
-            t * 1e3,
-            n as f64 / t
-        );
-    }
-    for (name, config, hw, n) in [
-        ("ResNet-18", ResNetConfig::resnet18(1000), 224, batch),
-        ("ResNet-18", ResNetConfig::resnet18(10), 32, 256),
-        ("ResNet-50", ResNetConfig::resnet50(1000), 224, batch),
-    ] {
-        let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
-        let x = Tensor::full(gpu, &[n, 3, hw, hw], 0.5)?;
-        let labels = Tensor::from_u32(gpu, &[n], &vec![1; n])?;
-        let mut sgd = Sgd::new(0.9, false, 5e-4);
-        let t = time(gpu, iters, || {
-            let tape = Tape::new();
-            let (logits, binds) = net.forward_train(&tape, &x, |_| true)?;
-            let loss = logits.cross_entropy(&labels, 0.0)?;
-            let grads = tape.backward(&loss)?;
-            let updates: Vec<ParamUpdate<'_>> = net
-                .params()
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| {
-                    grads.get(binds.var(i)).map(|g| ParamUpdate {
-                        slot: i,
-                        param: &p.tensor,
-                        grad: g,
-                        lr: 0.01,
-                    })
-                })
-                .collect();
-            sgd.step(&updates)?;
-            Ok(loss.into_tensor())
-        })?;
-        println!(
-            "{:<40} {:>12.2} {:>10.1}",
-            format!("{name} train step {hw}, batch {n}"),
-            t * 1e3,
-            n as f64 / t
-        );
-    }
-    Ok(())
+/// What one figure measured.
+#[derive(Clone, Debug, Serialize)]
+struct Timing {
+    /// Mean wall time per run, synchronised, in milliseconds.
+    wall_ms: f64,
+    /// Mean summed GPU time of the run's dispatches in milliseconds (timestamp queries).
+    gpu_ms: Option<f64>,
+    /// Dispatches per run.
+    dispatches: Option<usize>,
 }
+
+impl Timing {
+    /// GPU time when measured, else wall time, in seconds.
+    fn seconds(&self) -> f64 {
+        self.gpu_ms.unwrap_or(self.wall_ms) / 1e3
+    }
+}
+
+/// Runs each figure and holds what every figure shares.
+struct Bench {
+    gpu: Gpu,
+    iters: usize,
+    timestamps: bool,
+}
+
+impl Bench {
+    /// Time `f`: one warm-up, `iters` synchronised runs on the wall clock, then (with timestamps)
+    /// `profiled` runs under the profiler. Returns the timing and the profiled runs' dispatches.
+    fn measure(
+        &self,
+        profiled: usize,
+        mut f: impl FnMut() -> Result<Tensor>,
+    ) -> Result<(Timing, Vec<KernelTime>)> {
+        let gpu = &self.gpu;
+        drop(f()?);
+        gpu.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..self.iters {
+            drop(f()?);
+        }
+        gpu.synchronize()?;
+        let wall_ms = start.elapsed().as_secs_f64() * 1e3 / self.iters as f64;
+        if !self.timestamps || profiled == 0 {
+            let timing = Timing {
+                wall_ms,
+                gpu_ms: None,
+                dispatches: None,
+            };
+            return Ok((timing, Vec::new()));
+        }
+        gpu.start_profiling()?;
+        for _ in 0..profiled {
+            drop(f()?);
+        }
+        let kernels = gpu.finish_profiling()?;
+        let total: f64 = kernels.iter().map(|k| k.nanos).sum();
+        let timing = Timing {
+            wall_ms,
+            gpu_ms: Some(total / 1e6 / profiled as f64),
+            dispatches: Some(kernels.len() / profiled),
+        };
+        Ok((timing, kernels))
+    }
+
+    /// [`Bench::measure`] with `iters` profiled runs, for kernels.
+    fn kernel(&self, f: impl FnMut() -> Result<Tensor>) -> Result<Timing> {
+        Ok(self.measure(self.iters, f)?.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolutions
 
 struct Shape {
     name: &'static str,
@@ -135,86 +180,121 @@ const SHAPES: [(Shape, usize); 11] = [
     (shape("layer4 down 1x1/2", 256, 14, 512, 1, 2, 0), 1),
 ];
 
-fn time(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
-    drop(f()?);
-    gpu.synchronize()?;
-    let start = Instant::now();
-    for _ in 0..iters {
-        drop(f()?);
-    }
-    gpu.synchronize()?;
-    Ok(start.elapsed().as_secs_f64() / iters as f64)
+/// One pass of one conv shape.
+#[derive(Serialize)]
+struct ConvPass {
+    #[serde(flatten)]
+    timing: Timing,
+    /// 2 * MACs / time (GPU time when measured).
+    gflops: f64,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    let iters = args.iters.max(1);
-    let gpu = Gpu::new()?;
-    println!("adapter: {}", gpu.info());
+#[derive(Serialize)]
+struct ConvRow {
+    layer: &'static str,
+    input: [usize; 4],
+    weight: [usize; 4],
+    output: [usize; 4],
+    stride: usize,
+    padding: usize,
+    /// Occurrences in ResNet-18.
+    count: usize,
+    gmac: f64,
+    /// Split-K factor of the weight gradient.
+    weight_grad_splits: usize,
+    forward: ConvPass,
+    input_grad: ConvPass,
+    weight_grad: ConvPass,
+}
+
+/// Per-pass totals over ResNet-18's convs, weighted by count.
+#[derive(Serialize)]
+struct ConvTotals {
+    gmac_per_pass: f64,
+    forward_ms: f64,
+    input_grad_ms: f64,
+    weight_grad_ms: f64,
+}
+
+fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
+    let gpu = &b.gpu;
     println!(
-        "batch {}, {iters} timed iterations per pass after one warm-up\n",
-        args.batch
+        "Convolutions of ResNet-18 at 224x224, batch {batch} (ms: wall / GPU; GFLOP/s from {} time)",
+        if b.timestamps { "GPU" } else { "wall" }
     );
-    if args.what == "models" {
-        return bench_models(&gpu, args.batch, iters);
-    }
     println!(
-        "{:<20} {:>16} {:>6} {:>8} | {:>9} {:>8} | {:>9} {:>8} | {:>9} {:>8} {:>6}",
+        "{:<18} {:>19} {:>3} {:>7} | {:<15} {:>7} | {:<15} {:>7} | {:<15} {:>7} {:>3}",
         "layer",
         "in -> out",
-        "count",
+        "n",
         "GMAC",
-        "fwd ms",
+        "  fwd wall/GPU",
         "GFLOP/s",
-        "dx ms",
+        "   dx wall/GPU",
         "GFLOP/s",
-        "dw ms",
+        "   dw wall/GPU",
         "GFLOP/s",
-        "splits"
+        "spl"
     );
+    let mut rows = Vec::new();
     let mut totals = [0f64; 3];
     let mut total_macs = 0f64;
     for (s, count) in &SHAPES {
-        let n = args.batch;
-        let x_shape = [n, s.c, s.hw, s.hw];
+        let x_shape = [batch, s.c, s.hw, s.hw];
         let w_shape = [s.k, s.c, s.kernel, s.kernel];
         let (oh, ow) = ops::conv2d_output_size(s.hw, s.hw, s.kernel, s.stride, s.pad);
-        let x = Tensor::full(&gpu, &x_shape, 0.5)?;
-        let w = Tensor::full(&gpu, &w_shape, 0.01)?;
-        let gy = Tensor::full(&gpu, &[n, s.k, oh, ow], 0.1)?;
-        let macs = (n * s.k * oh * ow * s.c * s.kernel * s.kernel) as f64;
-        let fwd = time(&gpu, iters, || ops::conv2d(&x, &w, None, s.stride, s.pad))?;
-        let dx = time(&gpu, iters, || {
-            ops::conv2d_backward_input(&gy, &w, x_shape, s.stride, s.pad)
-        })?;
-        let dw = time(&gpu, iters, || {
-            ops::conv2d_backward_weight(&x, &gy, w_shape, s.stride, s.pad)
-        })?;
-        let splits = ops::conv2d_weight_grad_splits(x_shape, w_shape, s.stride, s.pad)?;
-        let gflops = |t: f64| 2.0 * macs / t / 1e9;
+        let x = Tensor::full(gpu, &x_shape, 0.5)?;
+        let w = Tensor::full(gpu, &w_shape, 0.01)?;
+        let gy = Tensor::full(gpu, &[batch, s.k, oh, ow], 0.1)?;
+        let macs = (batch * s.k * oh * ow * s.c * s.kernel * s.kernel) as f64;
+        let pass = |timing: Timing| ConvPass {
+            gflops: 2.0 * macs / timing.seconds() / 1e9,
+            timing,
+        };
+        let forward = pass(b.kernel(|| ops::conv2d(&x, &w, None, s.stride, s.pad))?);
+        let input_grad =
+            pass(b.kernel(|| ops::conv2d_backward_input(&gy, &w, x_shape, s.stride, s.pad))?);
+        let weight_grad =
+            pass(b.kernel(|| ops::conv2d_backward_weight(&x, &gy, w_shape, s.stride, s.pad))?);
+        let row = ConvRow {
+            layer: s.name,
+            input: x_shape,
+            weight: w_shape,
+            output: [batch, s.k, oh, ow],
+            stride: s.stride,
+            padding: s.pad,
+            count: *count,
+            gmac: macs / 1e9,
+            weight_grad_splits: ops::conv2d_weight_grad_splits(x_shape, w_shape, s.stride, s.pad)?,
+            forward,
+            input_grad,
+            weight_grad,
+        };
+        let cell = |p: &ConvPass| format!("{} {:>7.1}", ms_pair(&p.timing), p.gflops);
         println!(
-            "{:<20} {:>16} {:>6} {:>8.3} | {:>9.3} {:>8.1} | {:>9.3} {:>8.1} | {:>9.3} {:>8.1} {:>6}",
-            s.name,
+            "{:<18} {:>19} {:>3} {:>7.3} | {} | {} | {} {:>3}",
+            row.layer,
             format!("{}x{}² -> {}x{}²", s.c, s.hw, s.k, oh),
             count,
-            macs / 1e9,
-            fwd * 1e3,
-            gflops(fwd),
-            dx * 1e3,
-            gflops(dx),
-            dw * 1e3,
-            gflops(dw),
-            splits
+            row.gmac,
+            cell(&row.forward),
+            cell(&row.input_grad),
+            cell(&row.weight_grad),
+            row.weight_grad_splits
         );
-        for (t, v) in totals.iter_mut().zip([fwd, dx, dw]) {
-            *t += v * *count as f64;
+        for (t, p) in totals
+            .iter_mut()
+            .zip([&row.forward, &row.input_grad, &row.weight_grad])
+        {
+            *t += p.timing.seconds() * *count as f64;
         }
         total_macs += macs * *count as f64;
+        rows.push(row);
     }
     let g = |t: f64| 2.0 * total_macs / t / 1e9;
     println!(
-        "\nResNet-18 convs, weighted by count ({:.2} GMAC per pass): forward {:.1} ms ({:.1} GFLOP/s), \
-         input gradient {:.1} ms ({:.1} GFLOP/s), weight gradient {:.1} ms ({:.1} GFLOP/s)",
+        "ResNet-18 convs, weighted by count ({:.2} GMAC per pass): forward {:.2} ms ({:.1} GFLOP/s), \
+         input gradient {:.2} ms ({:.1} GFLOP/s), weight gradient {:.2} ms ({:.1} GFLOP/s)",
         total_macs / 1e9,
         totals[0] * 1e3,
         g(totals[0]),
@@ -223,9 +303,416 @@ fn main() -> Result<()> {
         totals[2] * 1e3,
         g(totals[2])
     );
-    println!("(the stem's input gradient is never needed in training but is timed here too)");
-    if args.what == "all" {
-        bench_models(&gpu, args.batch, iters)?;
+    println!("(the stem's input gradient is never needed in training but is timed here too)\n");
+    let totals = ConvTotals {
+        gmac_per_pass: total_macs / 1e9,
+        forward_ms: totals[0] * 1e3,
+        input_grad_ms: totals[1] * 1e3,
+        weight_grad_ms: totals[2] * 1e3,
+    };
+    Ok((rows, totals))
+}
+
+/// "wall / GPU" milliseconds, 15 characters wide.
+fn ms_pair(t: &Timing) -> String {
+    match t.gpu_ms {
+        Some(g) => format!("{:>7.3}/{:<7.3}", t.wall_ms, g),
+        None => format!("{:>7.3}/{:<7}", t.wall_ms, "-"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory-bound kernels: batch norm and pooling
+
+#[derive(Serialize)]
+struct MemoryRow {
+    op: String,
+    shape: Vec<usize>,
+    /// Minimum bytes the pass must read and write once.
+    bytes: u64,
+    #[serde(flatten)]
+    timing: Timing,
+    /// `bytes` / time (GPU time when measured).
+    gb_per_s: f64,
+}
+
+fn bench_memory_kernels(b: &Bench, batch: usize) -> Result<Vec<MemoryRow>> {
+    let gpu = &b.gpu;
+    println!(
+        "Memory-bound kernels, batch {batch} (GB/s: minimum bytes read + written / {} time)",
+        if b.timestamps { "GPU" } else { "wall" }
+    );
+    println!(
+        "{:<30} {:>20} {:>9} {:<15} {:>8}",
+        "op", "shape", "MB", " ms wall/GPU", "GB/s"
+    );
+    let mut rows = Vec::new();
+    let mut push = |op: &str, shape: &[usize], bytes: usize, timing: Timing| {
+        let row = MemoryRow {
+            op: op.to_string(),
+            shape: shape.to_vec(),
+            bytes: bytes as u64,
+            gb_per_s: bytes as f64 / timing.seconds() / 1e9,
+            timing,
+        };
+        println!(
+            "{:<30} {:>20} {:>9.2} {} {:>8.2}",
+            row.op,
+            format!("{:?}", row.shape),
+            bytes as f64 / 1e6,
+            ms_pair(&row.timing),
+            row.gb_per_s
+        );
+        rows.push(row);
+    };
+    // Batch norm in training mode on the output of each ResNet-18 stage. The forward must read x
+    // and write y; the backward must read x and gy and write gx (the per-channel vectors are
+    // negligible). The kernels read x twice in each (statistics, then normalisation).
+    for (c, hw) in [(64, 56), (128, 28), (256, 14), (512, 7)] {
+        let shape = [batch, c, hw, hw];
+        let bytes = 4 * batch * c * hw * hw;
+        let x = Tensor::from_slice(gpu, &shape, &pattern(bytes / 4))?;
+        let gy = Tensor::full(gpu, &shape, 0.1)?;
+        let gamma = Tensor::full(gpu, &[c], 1.0)?;
+        let beta = Tensor::zeros(gpu, &[c])?;
+        let (rm, rv) = (Tensor::zeros(gpu, &[c])?, Tensor::full(gpu, &[c], 1.0)?);
+        let forward = || ops::batch_norm_train(&x, &gamma, &beta, &rm, &rv, 0.1, 1e-5, false);
+        push(
+            "batch_norm train forward",
+            &shape,
+            2 * bytes,
+            b.kernel(|| Ok(forward()?.0))?,
+        );
+        let (y, saved) = forward()?;
+        let timing =
+            b.kernel(|| Ok(ops::batch_norm_backward(&x, &y, &gy, &gamma, &saved, false)?.0))?;
+        push("batch_norm backward", &shape, 3 * bytes, timing);
+    }
+    // Max pooling 3x3/2 (padding 1) on the stem output. The forward reads x and writes y and the
+    // u32 argmax indices; the backward reads gy and the indices and writes gx.
+    let shape = [batch, 64, 112, 112];
+    let x_numel = batch * 64 * 112 * 112;
+    let x = Tensor::from_slice(gpu, &shape, &pattern(x_numel))?;
+    let (y, idx) = ops::max_pool2d(&x, 3, 2, 1)?;
+    let y_numel = y.numel();
+    let timing = b.kernel(|| Ok(ops::max_pool2d(&x, 3, 2, 1)?.0))?;
+    push(
+        "max_pool 3x3/2 forward",
+        &shape,
+        4 * (x_numel + 2 * y_numel),
+        timing,
+    );
+    let timing = b.kernel(|| ops::max_pool2d_backward(&y, &idx, shape, 3, 2, 1))?;
+    push(
+        "max_pool 3x3/2 backward",
+        &shape,
+        4 * (2 * y_numel + x_numel),
+        timing,
+    );
+    println!();
+    Ok(rows)
+}
+
+/// Deterministic varied values (so max pooling and batch norm see real data).
+fn pattern(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+/// GPU time of one kernel family (entry point) within a profiled run.
+#[derive(Serialize)]
+struct Family {
+    file: &'static str,
+    entry: &'static str,
+    dispatches: usize,
+    gpu_ms: f64,
+    /// Fraction of the run's GPU time.
+    share: f64,
+}
+
+#[derive(Serialize)]
+struct ModelRow {
+    model: &'static str,
+    /// `inference` or `train`.
+    mode: &'static str,
+    image_size: usize,
+    batch: usize,
+    classes: usize,
+    #[serde(flatten)]
+    timing: Timing,
+    /// Images per second from wall time (everything included).
+    images_per_s: f64,
+    /// Mean CPU time recording a training step (forward to the optimizer step, before the
+    /// submit and wait), in milliseconds.
+    cpu_record_ms: Option<f64>,
+    /// Peak bytes allocated from the buffer pool: parameters, optimizer state, activations and
+    /// workspaces of the step.
+    peak_bytes: u64,
+    /// The ten kernel families with the most GPU time in one profiled run.
+    top_kernels: Vec<Family>,
+}
+
+/// Sum the profiled dispatches by entry point; the `n` largest, largest first.
+fn families(kernels: &[KernelTime], n: usize) -> Vec<Family> {
+    let total: f64 = kernels.iter().map(|k| k.nanos).sum();
+    let mut by_entry: HashMap<(&'static str, &'static str), (usize, f64)> = HashMap::new();
+    for k in kernels {
+        let e = by_entry.entry((k.file, k.entry)).or_default();
+        e.0 += 1;
+        e.1 += k.nanos;
+    }
+    let mut fams: Vec<Family> = by_entry
+        .into_iter()
+        .map(|((file, entry), (dispatches, nanos))| Family {
+            file,
+            entry,
+            dispatches,
+            gpu_ms: nanos / 1e6,
+            share: if total > 0.0 { nanos / total } else { 0.0 },
+        })
+        .collect();
+    fams.sort_by(|a, b| b.gpu_ms.total_cmp(&a.gpu_ms));
+    fams.truncate(n);
+    fams
+}
+
+fn model_config(name: &str, classes: usize) -> Result<(&'static str, ResNetConfig)> {
+    match name {
+        "r18" => Ok(("ResNet-18", ResNetConfig::resnet18(classes))),
+        "r50" => Ok(("ResNet-50", ResNetConfig::resnet50(classes))),
+        _ => Err(Error::Invalid(format!(
+            "unknown model {name:?} in --models (use r18, r50)"
+        ))),
+    }
+}
+
+fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
+    let gpu = &b.gpu;
+    let models: Vec<&str> = args.models.split(',').map(str::trim).collect();
+    for m in &models {
+        model_config(m, 1)?;
+    }
+    println!(
+        "Models (wall ms, synchronised; GPU ms: summed kernel time of one profiled run; \
+         record: CPU time recording a training step; peak: pool memory)"
+    );
+    println!(
+        "{:<42} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "model", "wall ms", "GPU ms", "images/s", "record ms", "peak MiB"
+    );
+    let mut rows = Vec::new();
+    let mut print_row = |row: ModelRow| {
+        println!(
+            "{:<42} {:>10.2} {:>10} {:>10.1} {:>10} {:>10.1}",
+            format!(
+                "{} {} {}, batch {}",
+                row.model, row.mode, row.image_size, row.batch
+            ),
+            row.timing.wall_ms,
+            opt(row.timing.gpu_ms),
+            row.images_per_s,
+            opt(row.cpu_record_ms),
+            row.peak_bytes as f64 / (1 << 20) as f64
+        );
+        if row.mode == "train" {
+            for f in &row.top_kernels {
+                println!(
+                    "    {:<38} {:>10.2} ms {:>5.1}% {:>6} dispatches",
+                    format!("{}::{}", f.file, f.entry),
+                    f.gpu_ms,
+                    f.share * 100.0,
+                    f.dispatches
+                );
+            }
+        }
+        rows.push(row);
+    };
+    // Inference: latency at batch 1, throughput at --infer-batch.
+    for m in &models {
+        for n in [1, args.infer_batch] {
+            let (model, config) = model_config(m, 1000)?;
+            fresh_peak(gpu)?;
+            let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
+            let x = Tensor::full(gpu, &[n, 3, 224, 224], 0.5)?;
+            let (timing, kernels) = b.measure(1, || net.infer(&x))?;
+            print_row(ModelRow {
+                model,
+                mode: "inference",
+                image_size: 224,
+                batch: n,
+                classes: 1000,
+                images_per_s: n as f64 * 1e3 / timing.wall_ms,
+                timing,
+                cpu_record_ms: None,
+                peak_bytes: gpu.pool_stats().peak_bytes,
+                top_kernels: families(&kernels, 10),
+            });
+        }
+    }
+    // Training steps: forward, backward, SGD with momentum and weight decay.
+    let mut steps = Vec::new();
+    for m in &models {
+        steps.push((*m, 224, args.batch, 1000));
+        if *m == "r18" {
+            steps.push((*m, 32, args.cifar_batch, 10));
+        }
+    }
+    for (m, hw, n, classes) in steps {
+        let (model, config) = model_config(m, classes)?;
+        fresh_peak(gpu)?;
+        let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
+        let x = Tensor::full(gpu, &[n, 3, hw, hw], 0.5)?;
+        let labels = Tensor::from_u32(gpu, &[n], &vec![1; n])?;
+        let mut sgd = Sgd::new(0.9, false, 5e-4);
+        let mut record = Vec::new();
+        let (timing, kernels) = b.measure(1, || {
+            let start = Instant::now();
+            let tape = Tape::new();
+            let (logits, binds) = net.forward_train(&tape, &x, |_| true)?;
+            let loss = logits.cross_entropy(&labels, 0.0)?;
+            let grads = tape.backward(&loss)?;
+            let updates: Vec<ParamUpdate<'_>> = net
+                .params()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    grads.get(binds.var(i)).map(|g| ParamUpdate {
+                        slot: i,
+                        param: &p.tensor,
+                        grad: g,
+                        lr: 0.01,
+                    })
+                })
+                .collect();
+            sgd.step(&updates)?;
+            record.push(start.elapsed().as_secs_f64());
+            Ok(loss.into_tensor())
+        })?;
+        // The warm-up compiles pipelines and the profiled run pays for timestamps: average the
+        // timed runs only.
+        let timed = &record[1..=b.iters];
+        print_row(ModelRow {
+            model,
+            mode: "train",
+            image_size: hw,
+            batch: n,
+            classes,
+            images_per_s: n as f64 * 1e3 / timing.wall_ms,
+            timing,
+            cpu_record_ms: Some(timed.iter().sum::<f64>() * 1e3 / timed.len() as f64),
+            peak_bytes: gpu.pool_stats().peak_bytes,
+            top_kernels: families(&kernels, 10),
+        });
+    }
+    println!();
+    Ok(rows)
+}
+
+/// Free the previous figure's cached buffers and restart the peak-memory count.
+fn fresh_peak(gpu: &Gpu) -> Result<()> {
+    gpu.synchronize()?;
+    gpu.trim_pool();
+    gpu.reset_peak_memory();
+    Ok(())
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Report {
+    adapter: Adapter,
+    /// Whether GPU times come from timestamp queries (else only wall times were measured).
+    timestamps: bool,
+    batch: usize,
+    iters: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    convs: Option<Vec<ConvRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conv_totals: Option<ConvTotals>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_kernels: Option<Vec<MemoryRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    models: Option<Vec<ModelRow>>,
+}
+
+#[derive(Serialize)]
+struct Adapter {
+    name: String,
+    backend: String,
+    driver: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let (convs, kernels, models) = match args.what.as_str() {
+        "convs" => (true, false, false),
+        "kernels" => (true, true, false),
+        "models" => (false, false, true),
+        "all" => (true, true, true),
+        w => {
+            return Err(Error::Invalid(format!(
+                "--what {w:?}: expected convs, kernels, models or all"
+            )));
+        }
+    };
+    let gpu = Gpu::new()?;
+    let info = gpu.info().clone();
+    let bench = Bench {
+        timestamps: !args.no_timestamps && gpu.profiling_supported(),
+        iters: args.iters.max(1),
+        gpu,
+    };
+    println!("adapter: {info}");
+    println!(
+        "batch {}, {} timed iterations per figure after one warm-up; GPU time: {}\n",
+        args.batch,
+        bench.iters,
+        if bench.timestamps {
+            "timestamp queries"
+        } else if args.no_timestamps {
+            "off (--no-timestamps), wall time only"
+        } else {
+            "unavailable (no timestamp queries), wall time only"
+        }
+    );
+    let mut report = Report {
+        adapter: Adapter {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            driver: info.driver.clone(),
+        },
+        timestamps: bench.timestamps,
+        batch: args.batch,
+        iters: bench.iters,
+        convs: None,
+        conv_totals: None,
+        memory_kernels: None,
+        models: None,
+    };
+    if convs {
+        let (rows, totals) = bench_convs(&bench, args.batch)?;
+        report.convs = Some(rows);
+        report.conv_totals = Some(totals);
+    }
+    if kernels {
+        report.memory_kernels = Some(bench_memory_kernels(&bench, args.batch)?);
+    }
+    if models {
+        report.models = Some(bench_models(&bench, &args)?);
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Invalid(format!("serialising the results: {e}")))?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+        println!("results written to {}", path.display());
     }
     Ok(())
 }

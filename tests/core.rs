@@ -178,3 +178,71 @@ fn read_all_returns_each_tensor() {
             .is_empty()
     );
 }
+
+#[test]
+fn profiler_times_every_dispatch() {
+    // A device of its own: profiling is per device and other tests share `gpu()`.
+    let gpu = new_gpu();
+    if !gpu.profiling_supported() {
+        let err = gpu.start_profiling().unwrap_err().to_string();
+        assert!(err.contains("timestamp"), "{err}");
+        println!("timestamp queries unsupported on {}", gpu.info());
+        return;
+    }
+    assert!(gpu.finish_profiling().is_err(), "finish without start");
+    let a = Tensor::from_slice(&gpu, &[5], &[1.0, -2.0, 3.0, -4.0, 5.0]).unwrap();
+    let untimed = ops::relu(&a).unwrap();
+    gpu.start_profiling().unwrap();
+    assert!(gpu.is_profiling());
+    let first = gpu.dispatch_count();
+    let r = ops::relu(&a).unwrap();
+    let s = ops::add(&r, &untimed).unwrap();
+    // A read-back submits mid-way; the timings of both submits must come back.
+    assert_eq!(s.to_vec().unwrap(), vec![2.0, 0.0, 6.0, 0.0, 10.0]);
+    // More dispatches than one query set holds (2,048 passes).
+    let mut x = s;
+    for _ in 0..2100 {
+        x = ops::scale(&x, 1.0).unwrap();
+    }
+    let times = gpu.finish_profiling().unwrap();
+    assert!(!gpu.is_profiling());
+    assert_eq!(times.len() as u64, gpu.dispatch_count() - first);
+    assert_eq!(
+        (times[0].file, times[0].entry),
+        ("elementwise.wgsl", "relu_forward")
+    );
+    assert_eq!(times[1].entry, "add");
+    assert!(times[2..].iter().all(|t| t.entry == "scale"));
+    assert!(times.iter().all(|t| t.nanos.is_finite() && t.nanos >= 0.0));
+    assert!(
+        times.iter().map(|t| t.nanos).sum::<f64>() > 0.0,
+        "{times:?}"
+    );
+    // Dispatches after the end are untimed, and a new session starts empty.
+    drop(ops::relu(&a).unwrap());
+    gpu.start_profiling().unwrap();
+    drop(ops::add(&a, &a).unwrap());
+    let times = gpu.finish_profiling().unwrap();
+    assert_eq!(times.len(), 1);
+    assert_eq!(times[0].entry, "add");
+    assert_eq!(x.to_vec().unwrap(), vec![2.0, 0.0, 6.0, 0.0, 10.0]);
+}
+
+#[test]
+fn peak_memory_can_be_reset() {
+    let gpu = new_gpu();
+    drop(Tensor::zeros(&gpu, &[1 << 20]).unwrap());
+    gpu.synchronize().unwrap();
+    gpu.trim_pool();
+    let before = gpu.pool_stats();
+    assert!(before.peak_bytes >= 4 << 20, "{before:?}");
+    assert!(before.bytes_allocated < 4 << 20, "{before:?}");
+    gpu.reset_peak_memory();
+    let reset = gpu.pool_stats();
+    assert_eq!(reset.peak_bytes, reset.bytes_allocated);
+    let small = Tensor::zeros(&gpu, &[1000]).unwrap();
+    let after = gpu.pool_stats();
+    assert!(after.peak_bytes >= reset.peak_bytes + 4000, "{after:?}");
+    assert!(after.peak_bytes < before.peak_bytes, "{after:?}");
+    drop(small);
+}

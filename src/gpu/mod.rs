@@ -8,9 +8,11 @@
 
 mod device;
 mod pool;
+mod profile;
 
 pub use device::GpuOptions;
 pub use pool::PoolStats;
+pub use profile::KernelTime;
 
 use crate::{Error, Result};
 use pool::BufferPool;
@@ -81,6 +83,8 @@ struct Pending {
     /// Uniform buffers used by recorded dispatches; back to the pool after the submit.
     uniforms: Vec<wgpu::Buffer>,
     dispatches: u64,
+    /// Timestamp queries of every dispatch while [`Gpu::start_profiling`] is in effect.
+    profiler: Option<profile::Profiler>,
 }
 
 type PipelineKey = (
@@ -180,6 +184,14 @@ impl Gpu {
         self.0
             .total_dispatches
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Restart the peak-memory count: [`PoolStats::peak_bytes`] becomes the bytes allocated now,
+    /// so the next peak is that of the work that follows (call [`Gpu::trim_pool`] first to drop
+    /// cached buffers from the baseline).
+    pub fn reset_peak_memory(&self) {
+        let mut pool = lock(&self.0.pool);
+        pool.stats.peak_bytes = pool.stats.bytes_allocated;
     }
 
     /// Destroy the buffers cached in the pool (those in use are untouched).
@@ -360,10 +372,17 @@ impl Gpu {
         });
         let mut pending = lock(&self.0.pending);
         {
-            let enc = self.encoder(&mut pending);
+            self.encoder(&mut pending);
+            let Pending {
+                encoder, profiler, ..
+            } = &mut *pending;
+            let enc = encoder.as_mut().expect("encoder created above");
+            let timestamp_writes = profiler
+                .as_mut()
+                .map(|p| p.next_pass(&self.0.device, kernel));
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.entry),
-                timestamp_writes: None,
+                timestamp_writes,
             });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
@@ -384,7 +403,10 @@ impl Gpu {
         let uniforms = {
             let mut pending = lock(&self.0.pending);
             pending.dispatches = 0;
-            if let Some(enc) = pending.encoder.take() {
+            if let Some(mut enc) = pending.encoder.take() {
+                if let Some(profiler) = pending.profiler.as_mut() {
+                    profiler.resolve(&self.0.device, &mut enc);
+                }
                 self.0.queue.submit([enc.finish()]);
             }
             std::mem::take(&mut pending.uniforms)
