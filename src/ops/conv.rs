@@ -136,13 +136,15 @@ impl ConvTile {
         }
     }
 
-    /// Relative arithmetic rate of a full tile (measured shape of the trade-off, not exact:
-    /// per staged element a 128 x 128 tile does twice the work of a 64 x 64 one).
+    /// Relative arithmetic rate of a full tile, measured on an H100 through Vulkan over the
+    /// ResNet-18 conv shapes at batch 128 (`bench`, every GEMM forced to each tile with
+    /// `RESNET_WGPU_CONV_TILE`): 64 x 128 ran at 14-18 TFLOP/s, 64 x 64 at 15-17, and the
+    /// 128-row tiles (8 rows per thread) at only 7-10, so they are left to forced use.
     fn rate(self) -> f64 {
         match self {
-            ConvTile::T64x64 => 0.6,
-            ConvTile::T128x64 | ConvTile::T64x128 => 0.85,
-            ConvTile::T128x128 => 1.0,
+            ConvTile::T64x64 => 0.9,
+            ConvTile::T64x128 => 1.0,
+            ConvTile::T128x64 | ConvTile::T128x128 => 0.5,
         }
     }
 
