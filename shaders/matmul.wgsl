@@ -67,8 +67,13 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let tx = lid3.x;
     let ty = lid3.y;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i = i + 1u) { acc[i] = 0.0; }
+    // Row i of the thread's micro-tile lives in acc_i (columns tx + 16 j in component j). Four
+    // named vectors rather than a loop-indexed array: drivers may demote a private array indexed
+    // by loop counters to slow local memory.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < K; k0 = k0 + BK) {
         // Stage opA[row0 .. row0 + 64, k0 .. k0 + 16]: 1024 values, 4 per thread.
@@ -102,31 +107,35 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         workgroupBarrier();
 
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i = i + 1u) {
-                av[i] = a_tile[kk * AS_STRIDE + ty + 16u * i];
-                bv[i] = b_tile[kk * BS_STRIDE + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i = i + 1u) {
-                for (var j = 0u; j < 4u; j = j + 1u) {
-                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
-                }
-            }
+            let ar = kk * AS_STRIDE + ty;
+            let br = kk * BS_STRIDE + tx;
+            let bv = vec4<f32>(b_tile[br], b_tile[br + 16u], b_tile[br + 32u], b_tile[br + 48u]);
+            acc0 = fma(vec4<f32>(a_tile[ar]), bv, acc0);
+            acc1 = fma(vec4<f32>(a_tile[ar + 16u]), bv, acc1);
+            acc2 = fma(vec4<f32>(a_tile[ar + 32u]), bv, acc2);
+            acc3 = fma(vec4<f32>(a_tile[ar + 48u]), bv, acc3);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i = i + 1u) {
-        let row = row0 + ty + 16u * i;
-        if (row >= M) { continue; }
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            let col = col0 + tx + 16u * j;
-            if (col < N) {
-                var v = acc[i * 4u + j];
-                if (params.has_bias != 0u) { v = v + bias[col]; }
-                c[row * N + col] = v;
-            }
-        }
-    }
+    store_row(row0 + ty, col0 + tx, acc0);
+    store_row(row0 + ty + 16u, col0 + tx, acc1);
+    store_row(row0 + ty + 32u, col0 + tx, acc2);
+    store_row(row0 + ty + 48u, col0 + tx, acc3);
+}
+
+// Store C[row, col + 16 j] = v[j] (+ bias) for the columns inside the matrix.
+fn store_row(row: u32, col: u32, v: vec4<f32>) {
+    if (row >= params.m) { return; }
+    store(row, col, v.x);
+    store(row, col + 16u, v.y);
+    store(row, col + 32u, v.z);
+    store(row, col + 48u, v.w);
+}
+
+fn store(row: u32, col: u32, v: f32) {
+    if (col >= params.n) { return; }
+    var out = v;
+    if (params.has_bias != 0u) { out += bias[col]; }
+    c[row * params.n + col] = out;
 }

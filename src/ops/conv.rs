@@ -558,8 +558,9 @@ pub fn conv2d_backward_input_tiled(
             (p.r0, p.s0, p.nr, p.ns) = (a as u32, b as u32, nr as u32, ns as u32);
             (p.h0, p.w0, p.hc, p.wc) = (h0 as u32, w0 as u32, hc as u32, wc as u32);
             let cols = n * hc * wc;
-            let phases = stride * stride;
-            let tile = tile.unwrap_or_else(|| ConvTile::choose(c, cols, phases));
+            // The phases write one gx buffer, so they run one after the other: each must fill
+            // the GPU on its own.
+            let tile = tile.unwrap_or_else(|| ConvTile::choose(c, cols, 1));
             let grid = gemm_grid(OP, c, cols, tile)?;
             let constants = [
                 ("KH", r as f64),
