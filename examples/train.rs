@@ -15,7 +15,8 @@ use resnet_wgpu::classify::preprocessing_metadata;
 use resnet_wgpu::data::{self, Augment, Dataset};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
 use resnet_wgpu::train::{
-    EpochRecord, OptimizerKind, ScheduleKind, TrainConfig, Trainer, check_writable,
+    EpochRecord, Metrics, OptimizerKind, PendingStep, ScheduleKind, TrainConfig, Trainer,
+    check_writable,
 };
 use resnet_wgpu::{Error, Gpu, Result, Rng};
 use std::io::Write as _;
@@ -308,18 +309,27 @@ fn run(a: Args) -> Result<()> {
         );
         pb.set_prefix(format!("{}/{}", epoch + 1, epochs));
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
-        for batch in trainer.prefetch_epoch(train.clone())? {
-            let m = trainer.step(&batch)?;
+        let mut take = |m: Metrics, lr: f32| {
             loss_sum += m.loss * m.count as f64;
             correct += m.accuracy * m.count as f64;
             seen += m.count;
             pb.inc(m.count as u64);
             pb.set_message(format!(
-                "loss {:.4} acc {:.3} lr {:.4}",
+                "loss {:.4} acc {:.3} lr {lr:.4}",
                 loss_sum / seen as f64,
                 correct / seen as f64,
-                trainer.lr()
             ));
+        };
+        // One step in flight: the next step is recorded while the GPU runs this one.
+        let mut in_flight: Option<PendingStep> = None;
+        for batch in trainer.prefetch_epoch(train.clone())? {
+            let next = trainer.submit_step(&batch)?;
+            if let Some(done) = in_flight.replace(next) {
+                take(done.finish()?, trainer.lr());
+            }
+        }
+        if let Some(done) = in_flight {
+            take(done.finish()?, trainer.lr());
         }
         pb.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();

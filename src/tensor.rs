@@ -259,6 +259,22 @@ impl Tensor {
             .collect())
     }
 
+    /// Start reading several f32 tensors back (one submit, no wait); see [`Tensor::read_all`].
+    pub(crate) fn start_read_all(tensors: &[&Tensor]) -> Result<PendingRead> {
+        let Some(first) = tensors.first() else {
+            return Err(Error::Invalid("start_read_all: no tensors".into()));
+        };
+        for t in tensors {
+            t.expect_dtype("read_all", DType::F32)?;
+            t.expect_same_gpu("read_all", first)?;
+        }
+        let srcs: Vec<(&wgpu::Buffer, u64)> = tensors
+            .iter()
+            .map(|t| (t.buffer(), t.numel() as u64 * 4))
+            .collect();
+        Ok(PendingRead(first.gpu().start_read(&srcs)))
+    }
+
     /// Read u32 contents back to the host (async).
     pub async fn read_u32(&self) -> Result<Vec<u32>> {
         self.expect_dtype("read_u32", DType::U32)?;
@@ -321,5 +337,19 @@ impl Tensor {
     pub(crate) fn nchw(&self, op: &'static str, name: &str) -> Result<[usize; 4]> {
         self.expect_f32_rank(op, name, 4)?;
         Ok([self.shape[0], self.shape[1], self.shape[2], self.shape[3]])
+    }
+}
+
+/// A read-back of f32 tensors in flight (see [`Tensor::start_read_all`]).
+pub(crate) struct PendingRead(crate::gpu::Readback);
+
+impl PendingRead {
+    /// The tensors' values, in order.
+    pub(crate) async fn finish(self) -> Result<Vec<Vec<f32>>> {
+        let bytes = self.0.finish().await?;
+        Ok(bytes
+            .iter()
+            .map(|b| bytemuck::pod_collect_to_vec(b))
+            .collect())
     }
 }

@@ -294,6 +294,14 @@ impl Trainer {
 
     /// One optimisation step on `batch`. Returns the batch's loss and accuracy.
     pub async fn step_async(&mut self, batch: &Batch) -> Result<Metrics> {
+        self.submit_step(batch)?.finish_async().await
+    }
+
+    /// Record and submit one optimisation step on `batch` without waiting for it: the returned
+    /// [`PendingStep`] yields the loss and accuracy once the GPU is done. Recording the next step
+    /// while this one runs keeps the GPU busy (see [`Trainer::train_epoch_async`]); the results
+    /// are exactly those of [`Trainer::step_async`].
+    pub fn submit_step(&mut self, batch: &Batch) -> Result<PendingStep> {
         let gpu = self.model.gpu().clone();
         let n = batch.labels.len();
         check_labels(&batch.labels, self.model.config().num_classes)?;
@@ -341,18 +349,12 @@ impl Trainer {
         self.optimizer.step(&updates)?;
         drop(updates);
         self.step += 1;
-        let values = Tensor::read_all(&[loss.tensor(), logits.tensor()]).await?;
-        let (loss_v, logits_v) = (values[0][0], &values[1]);
-        if !loss_v.is_finite() {
-            return Err(Error::Invalid(format!(
-                "the training loss became {loss_v} at step {} (learning rate {lr}); stopping. \
-                 Lower the learning rate or enable gradient clipping",
-                self.step
-            )));
-        }
-        let mut tally = Tally::default();
-        tally.add(loss_v, logits_v, &batch.labels);
-        Ok(tally.metrics())
+        Ok(PendingStep {
+            values: Tensor::start_read_all(&[loss.tensor(), logits.tensor()])?,
+            labels: batch.labels.clone(),
+            step: self.step,
+            lr,
+        })
     }
 
     /// Blocking [`Trainer::step_async`] (native only).
@@ -421,12 +423,22 @@ impl Trainer {
         mut on_batch: impl FnMut(&Metrics),
     ) -> Result<Metrics> {
         let mut tally = Tally::default();
-        for batch in self.epoch_batches(data)? {
-            let m = self.step_async(&batch).await?;
+        let mut take = |m: &Metrics| {
             tally.loss_sum += m.loss * m.count as f64;
             tally.top1 += (m.accuracy * m.count as f64).round() as usize;
             tally.count += m.count;
-            on_batch(&m);
+            on_batch(m);
+        };
+        // One step in flight: step t+1 is recorded while the GPU runs step t.
+        let mut in_flight: Option<PendingStep> = None;
+        for batch in self.epoch_batches(data)? {
+            let next = self.submit_step(&batch)?;
+            if let Some(done) = in_flight.replace(next) {
+                take(&done.finish_async().await?);
+            }
+        }
+        if let Some(done) = in_flight {
+            take(&done.finish_async().await?);
         }
         self.finish_epoch();
         Ok(tally.metrics())
@@ -537,6 +549,39 @@ impl Trainer {
             .map_err(|_| Error::format(&name, "bad metadata `rng`"))?;
         self.rng = Rng::from_state(rng);
         Ok(())
+    }
+}
+
+/// A training step recorded and submitted by [`Trainer::submit_step`] whose loss and logits are
+/// still on their way back.
+pub struct PendingStep {
+    values: crate::tensor::PendingRead,
+    labels: Vec<u32>,
+    step: usize,
+    lr: f32,
+}
+
+impl PendingStep {
+    /// Wait for the step and return its loss and accuracy; a NaN or infinite loss is an error.
+    pub async fn finish_async(self) -> Result<Metrics> {
+        let values = self.values.finish().await?;
+        let (loss, logits) = (values[0][0], &values[1]);
+        if !loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the training loss became {loss} at step {} (learning rate {}); stopping. \
+                 Lower the learning rate or enable gradient clipping",
+                self.step, self.lr
+            )));
+        }
+        let mut tally = Tally::default();
+        tally.add(loss, logits, &self.labels);
+        Ok(tally.metrics())
+    }
+
+    /// Blocking [`PendingStep::finish_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn finish(self) -> Result<Metrics> {
+        pollster::block_on(self.finish_async())
     }
 }
 

@@ -145,6 +145,21 @@ fn same_seed_same_curve() {
 }
 
 #[test]
+fn pipelined_epoch_equals_step_by_step() {
+    // train_epoch keeps one step in flight; the losses must be those of waiting for each step.
+    let gpu = gpu();
+    let data = fashion(false).take(64);
+    let mut a = tiny_trainer(&gpu, 5, OptimizerKind::Sgd);
+    let mut pipelined = Vec::new();
+    a.train_epoch(&data, |m| pipelined.push(m.loss)).unwrap();
+    let mut b = tiny_trainer(&gpu, 5, OptimizerKind::Sgd);
+    let batches: Vec<_> = b.epoch_batches(&data).unwrap().collect();
+    let stepped: Vec<_> = batches.iter().map(|x| b.step(x).unwrap().loss).collect();
+    assert_eq!(pipelined, stepped);
+    assert!(pipelined.len() >= 2, "need several steps in flight");
+}
+
+#[test]
 fn a_diverging_run_stops_with_a_clear_error() {
     let gpu = gpu();
     let data = fashion(false).take(96);

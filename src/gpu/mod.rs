@@ -398,18 +398,24 @@ impl Gpu {
 
     /// Submit everything recorded so far. Cheap when nothing is pending.
     pub fn flush(&self) {
+        self.submit();
+    }
+
+    /// [`Gpu::flush`], returning the submission's index when there was anything to submit.
+    fn submit(&self) -> Option<wgpu::SubmissionIndex> {
         // Submit while holding the lock: otherwise another thread could submit later-recorded
         // work (or write a recycled buffer) before this encoder reaches the queue.
-        let uniforms = {
+        let (uniforms, index) = {
             let mut pending = lock(&self.0.pending);
             pending.dispatches = 0;
+            let mut index = None;
             if let Some(mut enc) = pending.encoder.take() {
                 if let Some(profiler) = pending.profiler.as_mut() {
                     profiler.resolve(&self.0.device, &mut enc);
                 }
-                self.0.queue.submit([enc.finish()]);
+                index = Some(self.0.queue.submit([enc.finish()]));
             }
-            std::mem::take(&mut pending.uniforms)
+            (std::mem::take(&mut pending.uniforms), index)
         };
         if !uniforms.is_empty() {
             let mut pool = lock(&self.0.pool);
@@ -417,6 +423,7 @@ impl Gpu {
                 pool.give(u);
             }
         }
+        index
     }
 
     /// Submit the recorded work and wait until the GPU has finished it (native only; a no-op
@@ -439,48 +446,43 @@ impl Gpu {
     /// Copy the first `bytes` bytes of each buffer to the host with one submit and one wait
     /// (through one staging buffer), rather than one round trip per buffer.
     pub(crate) async fn read_many(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        self.start_read(srcs).finish().await
+    }
+
+    /// Record copies of `srcs` (buffer, bytes) into one staging buffer, submit everything
+    /// recorded so far and request the mapping, without waiting: the returned [`Readback`]
+    /// yields the bytes once the GPU has reached this point. Meanwhile more work can be recorded
+    /// and submitted (a training loop keeps one step in flight this way).
+    pub(crate) fn start_read(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Readback {
         let sizes: Vec<u64> = srcs
             .iter()
             .map(|(_, b)| (*b).max(4).next_multiple_of(4))
             .collect();
         let total: u64 = sizes.iter().sum::<u64>().max(4);
         let staging = lock(&self.0.pool).take(&self.0.device, total, READBACK_USAGE);
-        let mut offsets = Vec::with_capacity(srcs.len());
+        let mut ranges = Vec::with_capacity(srcs.len());
         {
             let mut pending = lock(&self.0.pending);
             let enc = self.encoder(&mut pending);
             let mut offset = 0;
-            for ((src, _), size) in srcs.iter().zip(&sizes) {
+            for ((src, bytes), size) in srcs.iter().zip(&sizes) {
                 enc.copy_buffer_to_buffer(src, 0, &staging, offset, *size);
-                offsets.push(offset);
+                ranges.push(offset as usize..(offset + bytes) as usize);
                 offset += size;
             }
         }
-        self.flush();
+        let submission = self.submit();
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        #[cfg(not(target_arch = "wasm32"))]
-        self.0
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
-        rx.await
-            .map_err(|_| Error::Gpu("buffer mapping was cancelled".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping a read-back buffer failed: {e}")))?;
-        let data = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
-            srcs.iter()
-                .zip(offsets)
-                .map(|((_, bytes), off)| view[off as usize..(off + bytes) as usize].to_vec())
-                .collect()
-        };
-        staging.unmap();
-        self.release(staging);
-        Ok(data)
+        Readback {
+            gpu: self.clone(),
+            staging,
+            ranges,
+            submission,
+            rx,
+        }
     }
 }
 
@@ -498,4 +500,49 @@ pub fn grid_1d(workgroups: u32) -> [u32; 3] {
 /// Grid for one thread per element over `n` elements with [`WORKGROUP_1D`] threads per group.
 pub fn grid_for_elements(n: usize) -> [u32; 3] {
     grid_1d((n as u64).div_ceil(WORKGROUP_1D as u64) as u32)
+}
+
+/// A read-back in flight (see [`Gpu::start_read`]): copies recorded and submitted, mapping
+/// requested. [`Readback::finish`] waits for exactly that submission, not for work submitted
+/// after it.
+pub(crate) struct Readback {
+    gpu: Gpu,
+    staging: wgpu::Buffer,
+    ranges: Vec<std::ops::Range<usize>>,
+    submission: Option<wgpu::SubmissionIndex>,
+    rx: futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+impl Readback {
+    /// The bytes of each source, in order.
+    pub(crate) async fn finish(self) -> Result<Vec<Vec<u8>>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.gpu
+            .0
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: self.submission.clone(),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = &self.submission;
+        self.rx
+            .await
+            .map_err(|_| Error::Gpu("buffer mapping was cancelled".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping a read-back buffer failed: {e}")))?;
+        let data = {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
+            self.ranges
+                .iter()
+                .map(|r| view[r.clone()].to_vec())
+                .collect()
+        };
+        self.staging.unmap();
+        self.gpu.release(self.staging);
+        Ok(data)
+    }
 }
