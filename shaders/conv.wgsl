@@ -207,6 +207,11 @@ fn multiply(tid: u32) {
 // Per-kernel output offsets the epilogues need beyond Params (set at the kernel's start).
 var<private> out_base: u32;
 
+// Each entry point has its own loaders (fw_*, bi_*, bw_*) and epilogue (*_put, *_row, *_emit),
+// alike in shape: WGSL has no function parameters of function type, and one shared epilogue
+// that touched all three outputs would bind all three buffers (at clashing binding numbers) to
+// every entry point that calls it.
+
 // ---------------------------------------------------------------------------------------------
 // forward
 

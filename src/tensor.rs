@@ -241,22 +241,10 @@ impl Tensor {
     /// Read several f32 tensors of one device back to the host with a single submit and wait
     /// (async; works on the web).
     pub async fn read_all(tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
-        let Some(first) = tensors.first() else {
+        if tensors.is_empty() {
             return Ok(Vec::new());
-        };
-        for t in tensors {
-            t.expect_dtype("read_all", DType::F32)?;
-            t.expect_same_gpu("read_all", first)?;
         }
-        let srcs: Vec<(&wgpu::Buffer, u64)> = tensors
-            .iter()
-            .map(|t| (t.buffer(), t.numel() as u64 * 4))
-            .collect();
-        let bytes = first.gpu().read_many(&srcs).await?;
-        Ok(bytes
-            .iter()
-            .map(|b| bytemuck::pod_collect_to_vec(b))
-            .collect())
+        Tensor::start_read_all(tensors)?.finish().await
     }
 
     /// Start reading several f32 tensors back (one submit, no wait); see [`Tensor::read_all`].
