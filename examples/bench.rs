@@ -265,7 +265,9 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
             padding: s.pad,
             count: *count,
             gmac: macs / 1e9,
-            weight_grad_splits: ops::conv2d_weight_grad_splits(x_shape, w_shape, s.stride, s.pad)?,
+            weight_grad_splits: ops::conv2d_weight_grad_splits(
+                gpu, x_shape, w_shape, s.stride, s.pad,
+            )?,
             forward,
             input_grad,
             weight_grad,

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::ops::ConvTile;
+use resnet_wgpu::ops::{ConvTile, TileModel};
 use resnet_wgpu::{Gpu, Tape, Tensor, Var, ops, reference};
 
 const RTOL: f32 = 1e-4;
@@ -222,12 +222,12 @@ fn multi_tile_and_split_k() {
     // M = 70 and N = 2 * 17 * 17 = 578 exceed one 64 x 64 tile, the reduction 67 * 9 = 603 spans
     // many 16-deep chunks, and the weight gradient (reduction 578) runs over several splits.
     let c = case([2, 67, 17, 17], 70, 3, 3, 1, 1, true);
-    let splits = ops::conv2d_weight_grad_splits(c.x, c.w, c.stride, c.pad).unwrap();
+    let splits = ops::conv2d_weight_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
     assert!(splits >= 2, "expected several split-K chunks, got {splits}");
     check_random(&gpu, &c, 7);
     // A longer weight-gradient reduction with few output tiles: many splits, ragged last chunk.
     let c = case([3, 3, 31, 29], 5, 3, 3, 1, 0, false);
-    let splits = ops::conv2d_weight_grad_splits(c.x, c.w, c.stride, c.pad).unwrap();
+    let splits = ops::conv2d_weight_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
     assert!(splits >= 5, "expected several split-K chunks, got {splits}");
     check_random(&gpu, &c, 9);
 }
@@ -254,12 +254,17 @@ fn every_tile_matches_reference() {
 
 #[test]
 fn tile_choice_fits_the_gemm() {
-    // Large GEMMs take the wide tile; narrow ones do not waste most of a tile; grids too small
-    // for the wide tile keep enough workgroups.
-    assert_eq!(ConvTile::choose(256, 100_000, 1), ConvTile::T64x128);
-    assert_eq!(ConvTile::choose(64, 400_000, 1), ConvTile::T64x128);
-    assert_eq!(ConvTile::choose(3, 4096, 1), ConvTile::T64x64);
-    assert_eq!(ConvTile::choose(512, 6272, 1), ConvTile::T64x64);
+    // GPUs: large GEMMs take the wide tile; narrow ones do not waste most of a tile; grids too
+    // small for the wide tile keep enough workgroups.
+    let gpu = TileModel::GPU;
+    assert_eq!(gpu.choose(256, 100_000, 1), ConvTile::T64x128);
+    assert_eq!(gpu.choose(64, 400_000, 1), ConvTile::T64x128);
+    assert_eq!(gpu.choose(3, 4096, 1), ConvTile::T64x64);
+    assert_eq!(gpu.choose(512, 6272, 1), ConvTile::T64x64);
+    // CPUs: a few workgroups fill the device, so the fastest tile wins unless it is mostly waste.
+    let cpu = TileModel::CPU;
+    assert_eq!(cpu.choose(512, 6272, 1), ConvTile::T128x128);
+    assert_eq!(cpu.choose(64, 400_000, 1), ConvTile::T64x128);
     assert_eq!(ConvTile::parse("128x64"), Some(ConvTile::T128x64));
     assert_eq!(ConvTile::parse("96x96"), None);
 }

@@ -147,6 +147,7 @@ impl Gpu {
                 name: info.name,
                 backend: info.backend,
                 driver: info.driver_info,
+                device_type: info.device_type,
             },
         ))
     }
@@ -161,6 +162,7 @@ impl Gpu {
                 name: "application-provided device".into(),
                 backend: wgpu::Backend::Noop,
                 driver: String::new(),
+                device_type: wgpu::DeviceType::Other,
             },
         )
     }
@@ -179,6 +181,7 @@ impl Gpu {
                 name: info.name,
                 backend: info.backend,
                 driver: info.driver_info,
+                device_type: info.device_type,
             },
         )
     }

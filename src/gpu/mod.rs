@@ -65,6 +65,8 @@ pub struct GpuInfo {
     pub backend: wgpu::Backend,
     /// Driver description.
     pub driver: String,
+    /// Kind of adapter (discrete, integrated, CPU, ...); `Other` where unknown.
+    pub device_type: wgpu::DeviceType,
 }
 
 impl std::fmt::Display for GpuInfo {

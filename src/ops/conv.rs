@@ -7,7 +7,7 @@
 //! (split-K) whose partial results a second small kernel sums.
 
 use crate::autograd::Var;
-use crate::gpu::{Kernel, grid_1d};
+use crate::gpu::{Gpu, Kernel, grid_1d};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -86,8 +86,9 @@ pub const CONV_SHADER_VARIANTS: [&str; 4] = [
 
 /// Output tile of one conv workgroup (GEMM rows x columns). Larger tiles do more arithmetic per
 /// byte staged and run faster on large GPUs, but leave fewer workgroups and waste more on
-/// ragged edges; [`ConvTile::choose`] weighs the two per GEMM. `RESNET_WGPU_CONV_TILE` (for
-/// example `128x64`) forces one tile everywhere, for tuning on a new adapter.
+/// ragged edges; [`TileModel::choose`] weighs the two per GEMM and adapter.
+/// `RESNET_WGPU_CONV_TILE` (for example `128x64`) forces one tile everywhere, for tuning on a
+/// new adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvTile {
     /// 64 x 64, 4 x 4 per thread, reduction chunk 16.
@@ -100,12 +101,83 @@ pub enum ConvTile {
     T128x128,
 }
 
-/// Workgroups a GEMM should have before larger tiles pay: a few per compute unit of a large GPU.
-const FULL_GRID: usize = 512;
-/// The forward pass splits its reduction when its output tiles number fewer than this (small
-/// batches, late layers)...
-const FORWARD_SPLIT_BELOW: usize = FULL_GRID / 4;
-/// ...into chunks of at least this many reduction indices.
+/// How the conv tiles trade off on one kind of adapter: their relative rates on full tiles
+/// and the number of workgroups that fills the device. The GEMM plans (tile, split-K) follow
+/// from it; [`TileModel::for_gpu`] picks the model for an adapter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TileModel {
+    /// Relative rate of each tile of [`ConvTile::ALL`], in that order.
+    pub rates: [f64; 4],
+    /// Workgroups that fill the device: fewer leave compute units idle, so smaller tiles or
+    /// split reductions pay.
+    pub full_grid: usize,
+}
+
+impl TileModel {
+    /// Discrete and integrated GPUs. Rates measured on an H100 through Vulkan over the ResNet-18
+    /// conv shapes at batch 128 (`bench --what convs` with every GEMM forced to each tile by
+    /// `RESNET_WGPU_CONV_TILE`; `docs/gpu-runs/run3-convs-*`): 64 x 128 ran at 14-18 TFLOP/s,
+    /// 64 x 64 at 15-17, the 128-row tiles (8 rows per thread) at only 7-10. A few workgroups per
+    /// compute unit fill a large GPU.
+    pub const GPU: TileModel = TileModel {
+        rates: [0.9, 0.5, 1.0, 0.5],
+        full_grid: 512,
+    };
+
+    /// CPU adapters (lavapipe, SwiftShader): measured with lavapipe on 2 cores, where the
+    /// 128 x 128 tile is the fastest (8-10 GFLOP/s on the large shapes against 5-6 for 64 x 64)
+    /// and a handful of workgroups keeps every core busy.
+    pub const CPU: TileModel = TileModel {
+        rates: [0.6, 0.65, 0.8, 1.0],
+        full_grid: 16,
+    };
+
+    /// The model for `gpu`'s adapter: [`TileModel::CPU`] for CPU adapters, else
+    /// [`TileModel::GPU`] (also where the type is unknown, as on the web).
+    pub fn for_gpu(gpu: &Gpu) -> TileModel {
+        if gpu.info().device_type == wgpu::DeviceType::Cpu {
+            TileModel::CPU
+        } else {
+            TileModel::GPU
+        }
+    }
+
+    /// The tile for an `m x n` GEMM (with `extra` workgroups along a third axis, such as
+    /// split-K chunks): the best product of the tile's rate, the share of the tiles' area that is
+    /// real work, and how full the grid is. `RESNET_WGPU_CONV_TILE` overrides.
+    pub fn choose(&self, m: usize, n: usize, extra: usize) -> ConvTile {
+        if let Some(t) = forced_tile() {
+            return t;
+        }
+        let score = |i: usize| {
+            let (bm, bn, _) = ConvTile::ALL[i].dims();
+            let tiles = m.div_ceil(bm) * n.div_ceil(bn) * extra.max(1);
+            let used = (m * n) as f64 / (m.next_multiple_of(bm) * n.next_multiple_of(bn)) as f64;
+            let occupancy = (tiles as f64 / self.full_grid as f64).min(1.0);
+            self.rates[i] * used * occupancy
+        };
+        let mut best = 0;
+        for i in 1..ConvTile::ALL.len() {
+            if score(i) > score(best) * 1.0001 {
+                best = i;
+            }
+        }
+        ConvTile::ALL[best]
+    }
+
+    /// The forward pass splits its reduction when its output tiles fill less than a quarter
+    /// of the device (small batches, late layers).
+    fn forward_split_below(&self) -> usize {
+        self.full_grid / 4
+    }
+
+    /// Split-K of the weight gradient aims at this many workgroups.
+    fn split_target(&self) -> usize {
+        2 * self.full_grid
+    }
+}
+
+/// Forward split-K chunks hold at least this many reduction indices.
 const FORWARD_MIN_CHUNK: usize = 128;
 
 impl ConvTile {
@@ -136,41 +208,6 @@ impl ConvTile {
         }
     }
 
-    /// Relative arithmetic rate of a full tile, measured on an H100 through Vulkan over the
-    /// ResNet-18 conv shapes at batch 128 (`bench`, every GEMM forced to each tile with
-    /// `RESNET_WGPU_CONV_TILE`): 64 x 128 ran at 14-18 TFLOP/s, 64 x 64 at 15-17, and the
-    /// 128-row tiles (8 rows per thread) at only 7-10, so they are left to forced use.
-    fn rate(self) -> f64 {
-        match self {
-            ConvTile::T64x64 => 0.9,
-            ConvTile::T64x128 => 1.0,
-            ConvTile::T128x64 | ConvTile::T128x128 => 0.5,
-        }
-    }
-
-    /// The tile for an `m x n` GEMM (with `extra` workgroups along a third axis, such as
-    /// split-K chunks): the best product of tile rate, the share of the tiles' area that is real
-    /// work, and grid occupancy. `RESNET_WGPU_CONV_TILE` overrides.
-    pub fn choose(m: usize, n: usize, extra: usize) -> ConvTile {
-        if let Some(t) = forced_tile() {
-            return t;
-        }
-        let score = |t: ConvTile| {
-            let (bm, bn, _) = t.dims();
-            let tiles = m.div_ceil(bm) * n.div_ceil(bn) * extra.max(1);
-            let used = (m * n) as f64 / (m.next_multiple_of(bm) * n.next_multiple_of(bn)) as f64;
-            let occupancy = (tiles as f64 / FULL_GRID as f64).min(1.0);
-            t.rate() * used * occupancy
-        };
-        let mut best = ConvTile::T64x64;
-        for t in ConvTile::ALL {
-            if score(t) > score(best) * 1.0001 {
-                best = t;
-            }
-        }
-        best
-    }
-
     /// Parse `64x64`, `128x64`, `64x128` or `128x128`.
     pub fn parse(s: &str) -> Option<ConvTile> {
         ConvTile::ALL.into_iter().find(|t| {
@@ -196,9 +233,8 @@ fn forced_tile() -> Option<ConvTile> {
 
 /// Largest grid dimension allowed by WebGPU.
 const MAX_GRID: usize = 65_535;
-/// Split-K: aim for at least this many workgroups in the weight gradient...
-const SPLIT_TARGET_WORKGROUPS: usize = 1024;
-/// ...but give each split at least this much of the reduction.
+/// Split-K of the weight gradient (aiming at [`TileModel`]'s target of workgroups) gives each
+/// split at least this much of the reduction...
 const SPLIT_MIN_CHUNK: usize = 256;
 /// ...and keep the partial results below this many elements.
 const SPLIT_MAX_PARTIAL: usize = 1 << 25;
@@ -345,26 +381,28 @@ impl Geometry {
 
     /// Split-K plan of the forward pass with `tile`: (chunk, splits); one split unless the
     /// output tiles alone are too few to fill the GPU and the reduction is long.
-    fn forward_splits(&self, tile: ConvTile) -> (usize, usize) {
+    fn forward_splits(&self, model: &TileModel, tile: ConvTile) -> (usize, usize) {
         let [n, c, _, _] = self.x;
         let [k, _, r, s] = self.w;
         let (tile_m, tile_n, tile_k) = tile.dims();
         let tiles = k.div_ceil(tile_m) * (n * self.oh * self.ow).div_ceil(tile_n);
         let crs = c * r * s;
-        if tiles >= FORWARD_SPLIT_BELOW || crs < 2 * FORWARD_MIN_CHUNK {
+        if tiles >= model.forward_split_below() || crs < 2 * FORWARD_MIN_CHUNK {
             return (crs, 1);
         }
-        let splits = (FULL_GRID / tiles).min(crs / FORWARD_MIN_CHUNK).max(1);
+        let splits = (model.full_grid / tiles)
+            .min(crs / FORWARD_MIN_CHUNK)
+            .max(1);
         let chunk = crs.div_ceil(splits).next_multiple_of(tile_k);
         (chunk, crs.div_ceil(chunk))
     }
 
     /// Tile of the weight gradient: split-K can fill the grid, so only the chunks' minimum
     /// length limits the third axis.
-    fn weight_tile(&self) -> ConvTile {
+    fn weight_tile(&self, model: &TileModel) -> ConvTile {
         let [n, c, _, _] = self.x;
         let [k, _, r, s] = self.w;
-        ConvTile::choose(
+        model.choose(
             k,
             c * r * s,
             (n * self.oh * self.ow).div_ceil(SPLIT_MIN_CHUNK),
@@ -372,7 +410,7 @@ impl Geometry {
     }
 
     /// Split-K plan of the weight gradient with `tile`: (chunk, splits).
-    fn weight_splits(&self, tile: ConvTile) -> (usize, usize) {
+    fn weight_splits(&self, model: &TileModel, tile: ConvTile) -> (usize, usize) {
         let [n, c, _, _] = self.x;
         let [k, _, r, s] = self.w;
         let (tile_m, tile_n, tile_k) = tile.dims();
@@ -380,7 +418,7 @@ impl Geometry {
         let tiles = k.div_ceil(tile_m) * (c * r * s).div_ceil(tile_n);
         let max_by_len = total.div_ceil(SPLIT_MIN_CHUNK);
         let max_by_mem = (SPLIT_MAX_PARTIAL / (k * c * r * s)).max(1);
-        let wanted = SPLIT_TARGET_WORKGROUPS.div_ceil(tiles);
+        let wanted = model.split_target().div_ceil(tiles);
         let splits = wanted.min(max_by_len).min(max_by_mem).clamp(1, MAX_GRID);
         let chunk = total.div_ceil(splits).next_multiple_of(tile_k);
         (chunk, total.div_ceil(chunk))
@@ -420,7 +458,7 @@ pub fn conv2d(
     conv2d_tiled(x, w, b, stride, padding, None)
 }
 
-/// [`conv2d`] with a given tile instead of [`ConvTile::choose`]'s (for tests and tuning).
+/// [`conv2d`] with a given tile instead of [`TileModel::choose`]'s (for tests and tuning).
 #[doc(hidden)]
 pub fn conv2d_tiled(
     x: &Tensor,
@@ -452,9 +490,10 @@ pub fn conv2d_tiled(
     let ys = g.y_shape();
     let y = Tensor::uninit(x.gpu(), &ys, DType::F32, OP)?;
     let (m, n) = (ws[0], ys[0] * ys[2] * ys[3]);
-    let tile = tile.unwrap_or_else(|| ConvTile::choose(m, n, 1));
-    let (chunk, splits) = g.forward_splits(tile);
     let gpu = x.gpu();
+    let model = TileModel::for_gpu(gpu);
+    let tile = tile.unwrap_or_else(|| model.choose(m, n, 1));
+    let (chunk, splits) = g.forward_splits(&model, tile);
     let bias = b.map_or(w.buffer(), |b| b.buffer());
     if splits == 1 {
         let grid = gemm_grid(OP, m, n, tile)?;
@@ -529,6 +568,7 @@ pub fn conv2d_backward_input_tiled(
         ));
     }
     let gx = Tensor::uninit(gy.gpu(), &x_shape, DType::F32, OP)?;
+    let model = TileModel::for_gpu(gy.gpu());
     let [n, c, h, wd] = x_shape;
     let [_, _, r, s] = ws;
     // One dispatch per sub-pixel phase: pixels h with (h + padding) % stride == a meet exactly the
@@ -560,7 +600,7 @@ pub fn conv2d_backward_input_tiled(
             let cols = n * hc * wc;
             // The phases write one gx buffer, so they run one after the other: each must fill
             // the GPU on its own.
-            let tile = tile.unwrap_or_else(|| ConvTile::choose(c, cols, 1));
+            let tile = tile.unwrap_or_else(|| model.choose(c, cols, 1));
             let grid = gemm_grid(OP, c, cols, tile)?;
             let constants = [
                 ("KH", r as f64),
@@ -580,18 +620,18 @@ pub fn conv2d_backward_input_tiled(
     Ok(gx)
 }
 
-/// Number of split-K chunks [`conv2d_backward_weight`] uses for these shapes (for tests and
-/// benchmarks).
+/// Number of split-K chunks [`conv2d_backward_weight`] uses for these shapes on `gpu` (for
+/// tests and benchmarks).
 pub fn conv2d_weight_grad_splits(
+    gpu: &Gpu,
     x_shape: [usize; 4],
     w_shape: [usize; 4],
     stride: usize,
     padding: usize,
 ) -> Result<usize> {
-    Ok({
-        let g = Geometry::new("conv2d_backward_weight", x_shape, w_shape, stride, padding)?;
-        g.weight_splits(g.weight_tile()).1
-    })
+    let g = Geometry::new("conv2d_backward_weight", x_shape, w_shape, stride, padding)?;
+    let model = TileModel::for_gpu(gpu);
+    Ok(g.weight_splits(&model, g.weight_tile(&model)).1)
 }
 
 /// Gradient of [`conv2d`] with respect to its weights: x `[N, C, H, W]`, gy `[N, K, OH, OW]`, the
@@ -632,8 +672,9 @@ pub fn conv2d_backward_weight_tiled(
     }
     let [k, c, r, s] = w_shape;
     let crs = c * r * s;
-    let tile = tile.unwrap_or_else(|| g.weight_tile());
-    let (chunk, splits) = g.weight_splits(tile);
+    let model = TileModel::for_gpu(x.gpu());
+    let tile = tile.unwrap_or_else(|| g.weight_tile(&model));
+    let (chunk, splits) = g.weight_splits(&model, tile);
     let (tile_m, tile_n, _) = tile.dims();
     let col_tiles = crs.div_ceil(tile_n);
     let row_tiles = k.div_ceil(tile_m);
