@@ -82,12 +82,24 @@ impl std::fmt::Display for GpuInfo {
 #[derive(Default)]
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
-    /// Uniform buffers used by recorded dispatches; back to the pool after the submit.
-    uniforms: Vec<wgpu::Buffer>,
+    /// The params of the recorded dispatches, packed into uniform buffers (the last one being
+    /// filled); uploaded at the submit, then back to the pool.
+    arenas: Vec<UniformArena>,
     dispatches: u64,
     /// Timestamp queries of every dispatch while [`Gpu::start_profiling`] is in effect.
     profiler: Option<profile::Profiler>,
 }
+
+/// A uniform buffer of [`ARENA_SLOTS`] params slots and the host copy of its used slots. One
+/// `write_buffer` per arena at the submit replaces one per dispatch, which cost more CPU time than
+/// the rest of recording a dispatch.
+struct UniformArena {
+    buffer: wgpu::Buffer,
+    bytes: Vec<u8>,
+}
+
+/// Params slots per uniform arena.
+const ARENA_SLOTS: u64 = 256;
 
 type PipelineKey = (
     &'static str,
@@ -101,6 +113,8 @@ pub(crate) struct GpuInner {
     pub(crate) queue: wgpu::Queue,
     info: GpuInfo,
     limits: wgpu::Limits,
+    /// Bytes between uniform slots: [`UNIFORM_SIZE`] rounded up to the offset alignment.
+    uniform_stride: u64,
     modules: Mutex<HashMap<(&'static str, &'static str), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     pool: Mutex<BufferPool>,
@@ -129,7 +143,8 @@ const UNIFORM_USAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::UNIFORM.union(wgpu::BufferUsages::COPY_DST);
 const READBACK_USAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
-/// Every params struct is padded into a uniform buffer of this size.
+/// Every params struct is padded into a uniform slot of this size (rounded up to the adapter's
+/// uniform offset alignment).
 const UNIFORM_SIZE: u64 = 256;
 
 impl Gpu {
@@ -138,11 +153,14 @@ impl Gpu {
     #[allow(clippy::arc_with_non_send_sync)]
     fn build(device: wgpu::Device, queue: wgpu::Queue, info: GpuInfo) -> Gpu {
         let limits = device.limits();
+        let uniform_stride =
+            UNIFORM_SIZE.next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(1) as u64);
         Gpu(Arc::new(GpuInner {
             device,
             queue,
             info,
             limits,
+            uniform_stride,
             modules: Mutex::default(),
             pipelines: Mutex::default(),
             pool: Mutex::default(),
@@ -303,6 +321,31 @@ impl Gpu {
         pipeline
     }
 
+    /// Reserve the next uniform slot for a dispatch's `params` bytes: (arena buffer, offset).
+    fn uniform_slot(&self, pending: &mut Pending, params: &[u8]) -> (wgpu::Buffer, u64) {
+        let stride = self.0.uniform_stride;
+        let full = pending
+            .arenas
+            .last()
+            .is_none_or(|a| a.bytes.len() as u64 >= ARENA_SLOTS * stride);
+        if full {
+            let buffer =
+                lock(&self.0.pool).take(&self.0.device, ARENA_SLOTS * stride, UNIFORM_USAGE);
+            pending.arenas.push(UniformArena {
+                buffer,
+                bytes: Vec::with_capacity((ARENA_SLOTS * stride) as usize),
+            });
+        }
+        let arena = pending
+            .arenas
+            .last_mut()
+            .expect("an arena was just ensured");
+        let offset = arena.bytes.len();
+        arena.bytes.extend_from_slice(params);
+        arena.bytes.resize(offset + stride as usize, 0);
+        (arena.buffer.clone(), offset as u64)
+    }
+
     /// Record one dispatch of `kernel` with `params` at binding 0 and `buffers` at bindings 1...
     pub(crate) fn dispatch<P: bytemuck::Pod>(
         &self,
@@ -352,11 +395,15 @@ impl Gpu {
             bytes.len() as u64 <= UNIFORM_SIZE,
             "params struct larger than {UNIFORM_SIZE} bytes"
         );
-        let uniform = lock(&self.0.pool).take(&self.0.device, UNIFORM_SIZE, UNIFORM_USAGE);
-        self.0.queue.write_buffer(&uniform, 0, bytes);
+        let mut pending = lock(&self.0.pending);
+        let (arena, offset) = self.uniform_slot(&mut pending, bytes);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &arena,
+                offset,
+                size: std::num::NonZeroU64::new(UNIFORM_SIZE),
+            }),
         }];
         entries.extend(
             buffers
@@ -372,7 +419,6 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let mut pending = lock(&self.0.pending);
         {
             self.encoder(&mut pending);
             let Pending {
@@ -390,7 +436,6 @@ impl Gpu {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         }
-        pending.uniforms.push(uniform);
         pending.dispatches += 1;
         self.0
             .total_dispatches
@@ -407,9 +452,13 @@ impl Gpu {
     fn submit(&self) -> Option<wgpu::SubmissionIndex> {
         // Submit while holding the lock: otherwise another thread could submit later-recorded
         // work (or write a recycled buffer) before this encoder reaches the queue.
-        let (uniforms, index) = {
+        let (arenas, index) = {
             let mut pending = lock(&self.0.pending);
             pending.dispatches = 0;
+            let arenas = std::mem::take(&mut pending.arenas);
+            for a in &arenas {
+                self.0.queue.write_buffer(&a.buffer, 0, &a.bytes);
+            }
             let mut index = None;
             if let Some(mut enc) = pending.encoder.take() {
                 if let Some(profiler) = pending.profiler.as_mut() {
@@ -417,12 +466,12 @@ impl Gpu {
                 }
                 index = Some(self.0.queue.submit([enc.finish()]));
             }
-            (std::mem::take(&mut pending.uniforms), index)
+            (arenas, index)
         };
-        if !uniforms.is_empty() {
+        if !arenas.is_empty() {
             let mut pool = lock(&self.0.pool);
-            for u in uniforms {
-                pool.give(u);
+            for a in arenas {
+                pool.give(a.buffer);
             }
         }
         index
