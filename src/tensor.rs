@@ -81,9 +81,12 @@ impl Tensor {
         Ok(t)
     }
 
-    /// A tensor filled with `value`.
+    /// A tensor filled with `value`, by a kernel recorded with the rest of the work (an upload
+    /// would first submit everything recorded so far, splitting a training step in two).
     pub fn full(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
-        Self::from_slice(gpu, shape, &vec![value; numel(shape)])
+        let t = Self::uninit(gpu, shape, DType::F32, "full")?;
+        crate::ops::fill(&t, value)?;
+        Ok(t)
     }
 
     /// Upload f32 data of the given shape.

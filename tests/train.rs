@@ -232,6 +232,7 @@ fn training_steps_stop_allocating() {
     t.step(&batch).unwrap();
     t.step(&batch).unwrap();
     let allocated = gpu.pool_stats().allocations;
+    let submits = gpu.submit_count();
     for _ in 0..3 {
         t.step(&batch).unwrap();
     }
@@ -239,6 +240,12 @@ fn training_steps_stop_allocating() {
         gpu.pool_stats().allocations,
         allocated,
         "training steps kept allocating buffers"
+    );
+    // Upload, forward, backward, optimizer and the read-back of loss and logits: one submit.
+    assert_eq!(
+        gpu.submit_count() - submits,
+        3,
+        "one submit per training step"
     );
     // Inference records nothing: no tape, no saved activations.
     let x = Tensor::from_slice(&gpu, &batch.shape, &batch.images).unwrap();

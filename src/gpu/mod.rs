@@ -120,6 +120,7 @@ pub(crate) struct GpuInner {
     pool: Mutex<BufferPool>,
     pending: Mutex<Pending>,
     total_dispatches: std::sync::atomic::AtomicU64,
+    total_submits: std::sync::atomic::AtomicU64,
 }
 
 /// A handle to a GPU device. Cheap to clone; all clones share the device, caches and pool.
@@ -166,6 +167,7 @@ impl Gpu {
             pool: Mutex::default(),
             pending: Mutex::default(),
             total_dispatches: Default::default(),
+            total_submits: Default::default(),
         }))
     }
 
@@ -197,6 +199,13 @@ impl Gpu {
     /// Buffer pool counters.
     pub fn pool_stats(&self) -> PoolStats {
         lock(&self.0.pool).stats
+    }
+
+    /// Number of command submissions to the queue since the `Gpu` was made.
+    pub fn submit_count(&self) -> u64 {
+        self.0
+            .total_submits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of compute dispatches recorded since the `Gpu` was made.
@@ -465,6 +474,9 @@ impl Gpu {
                     profiler.resolve(&self.0.device, &mut enc);
                 }
                 index = Some(self.0.queue.submit([enc.finish()]));
+                self.0
+                    .total_submits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             (arenas, index)
         };
