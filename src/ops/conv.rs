@@ -4,7 +4,11 @@
 //! Shapes: x `[N, C, H, W]`, w `[K, C, R, S]`, b `[K]`, y `[N, K, OH, OW]` with
 //! `OH = (H + 2 * padding - R) / stride + 1` (likewise OW). The weight gradient reduces over
 //! `N * OH * OW`, which can be long: it is split into chunks computed by separate workgroups
-//! (split-K) whose partial results a second small kernel sums.
+//! (split-K) whose partial results a second small kernel sums; the forward pass does the same
+//! when its output alone cannot fill the device (small batches).
+//!
+//! Each GEMM runs in one of four tile variants ([`ConvTile`]); a [`TileModel`] for the adapter
+//! picks the tile and the split-K plan per shape.
 
 use crate::autograd::Var;
 use crate::gpu::{Gpu, Kernel, grid_1d};
