@@ -245,6 +245,12 @@ fn every_tile_matches_reference() {
         case([1, 3, 23, 21], 66, 7, 7, 2, 3, true),
         case([1, 64, 5, 5], 20, 3, 3, 1, 1, true), // few output tiles: split-K forward
     ];
+    let last = cases.last().unwrap();
+    let splits = ops::conv2d_forward_splits(&gpu, last.x, last.w, last.stride, last.pad).unwrap();
+    assert!(
+        splits > 1,
+        "expected a split forward reduction, got {splits}"
+    );
     for tile in ConvTile::ALL {
         for (i, c) in cases.iter().enumerate() {
             check_random_tiled(&gpu, c, 300 + 10 * i as u64, Some(tile));

@@ -624,6 +624,22 @@ pub fn conv2d_backward_input_tiled(
     Ok(gx)
 }
 
+/// Number of split-K chunks [`conv2d`] uses for these shapes on `gpu` (1: no split; for tests
+/// and benchmarks).
+pub fn conv2d_forward_splits(
+    gpu: &Gpu,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+) -> Result<usize> {
+    let g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
+    let model = TileModel::for_gpu(gpu);
+    let [n, _, _, _] = x_shape;
+    let tile = model.choose(w_shape[0], n * g.oh * g.ow, 1);
+    Ok(g.forward_splits(&model, tile).1)
+}
+
 /// Number of split-K chunks [`conv2d_backward_weight`] uses for these shapes on `gpu` (for
 /// tests and benchmarks).
 pub fn conv2d_weight_grad_splits(
