@@ -401,6 +401,33 @@ impl Geometry {
         (chunk, crs.div_ceil(chunk))
     }
 
+    /// The forward GEMM's rows (output channels) and columns (output pixels of the batch).
+    fn forward_gemm(&self) -> (usize, usize) {
+        (self.w[0], self.x[0] * self.oh * self.ow)
+    }
+
+    /// Tile of the forward pass.
+    fn forward_tile(&self, model: &TileModel) -> ConvTile {
+        let (m, n) = self.forward_gemm();
+        model.choose(m, n, 1)
+    }
+
+    /// Fail unless `gy` has the shape of this convolution's output (the backward passes).
+    fn expect_y_shape(&self, op: &'static str, gy: [usize; 4]) -> Result<()> {
+        if gy != self.y_shape() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "gy has shape {gy:?} but x {:?} and w {:?} give outputs {:?}",
+                    self.x,
+                    self.w,
+                    self.y_shape()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Tile of the weight gradient: split-K can fill the grid, so only the chunks' minimum
     /// length limits the third axis.
     fn weight_tile(&self, model: &TileModel) -> ConvTile {
@@ -491,12 +518,11 @@ pub fn conv2d_tiled(
             ));
         }
     }
-    let ys = g.y_shape();
-    let y = Tensor::uninit(x.gpu(), &ys, DType::F32, OP)?;
-    let (m, n) = (ws[0], ys[0] * ys[2] * ys[3]);
+    let y = Tensor::uninit(x.gpu(), &g.y_shape(), DType::F32, OP)?;
+    let (m, n) = g.forward_gemm();
     let gpu = x.gpu();
     let model = TileModel::for_gpu(gpu);
-    let tile = tile.unwrap_or_else(|| model.choose(m, n, 1));
+    let tile = tile.unwrap_or_else(|| g.forward_tile(&model));
     let (chunk, splits) = g.forward_splits(&model, tile);
     let bias = b.map_or(w.buffer(), |b| b.buffer());
     if splits == 1 {
@@ -562,15 +588,7 @@ pub fn conv2d_backward_input_tiled(
     let ws = w.nchw(OP, "weight w [K, C, R, S]")?;
     check_same_gpu(OP, gy, w)?;
     let g = Geometry::new(OP, x_shape, ws, stride, padding)?;
-    if gys != g.y_shape() {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "gy has shape {gys:?} but x {x_shape:?} and w {ws:?} give outputs {:?}",
-                g.y_shape()
-            ),
-        ));
-    }
+    g.expect_y_shape(OP, gys)?;
     let gx = Tensor::uninit(gy.gpu(), &x_shape, DType::F32, OP)?;
     let model = TileModel::for_gpu(gy.gpu());
     let [n, c, h, wd] = x_shape;
@@ -635,9 +653,7 @@ pub fn conv2d_forward_splits(
 ) -> Result<usize> {
     let g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
     let model = TileModel::for_gpu(gpu);
-    let [n, _, _, _] = x_shape;
-    let tile = model.choose(w_shape[0], n * g.oh * g.ow, 1);
-    Ok(g.forward_splits(&model, tile).1)
+    Ok(g.forward_splits(&model, g.forward_tile(&model)).1)
 }
 
 /// Number of split-K chunks [`conv2d_backward_weight`] uses for these shapes on `gpu` (for
@@ -681,15 +697,7 @@ pub fn conv2d_backward_weight_tiled(
     let gys = gy.nchw(OP, "output gradient gy [N, K, OH, OW]")?;
     check_same_gpu(OP, x, gy)?;
     let g = Geometry::new(OP, xs, w_shape, stride, padding)?;
-    if gys != g.y_shape() {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "gy has shape {gys:?} but x {xs:?} and w {w_shape:?} give outputs {:?}",
-                g.y_shape()
-            ),
-        ));
-    }
+    g.expect_y_shape(OP, gys)?;
     let [k, c, r, s] = w_shape;
     let crs = c * r * s;
     let model = TileModel::for_gpu(x.gpu());
