@@ -85,7 +85,6 @@ struct Pending {
     /// The params of the recorded dispatches, packed into uniform buffers (the last one being
     /// filled); uploaded at the submit, then back to the pool.
     arenas: Vec<UniformArena>,
-    dispatches: u64,
     /// Timestamp queries of every dispatch while [`Gpu::start_profiling`] is in effect.
     profiler: Option<profile::Profiler>,
 }
@@ -445,7 +444,6 @@ impl Gpu {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         }
-        pending.dispatches += 1;
         self.0
             .total_dispatches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -463,7 +461,6 @@ impl Gpu {
         // work (or write a recycled buffer) before this encoder reaches the queue.
         let (arenas, index) = {
             let mut pending = lock(&self.0.pending);
-            pending.dispatches = 0;
             let arenas = std::mem::take(&mut pending.arenas);
             for a in &arenas {
                 self.0.queue.write_buffer(&a.buffer, 0, &a.bytes);
