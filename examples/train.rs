@@ -15,8 +15,7 @@ use resnet_wgpu::classify::preprocessing_metadata;
 use resnet_wgpu::data::{self, Augment, Dataset};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
 use resnet_wgpu::train::{
-    EpochRecord, Metrics, OptimizerKind, PendingStep, ScheduleKind, TrainConfig, Trainer,
-    check_writable,
+    EpochRecord, OptimizerKind, ScheduleKind, TrainConfig, Trainer, check_writable,
 };
 use resnet_wgpu::{Error, Gpu, Result, Rng};
 use std::io::Write as _;
@@ -308,8 +307,10 @@ fn run(a: Args) -> Result<()> {
             .progress_chars("=> "),
         );
         pb.set_prefix(format!("{}/{}", epoch + 1, epochs));
+        // Running means for the progress bar; the trainer keeps one step in flight.
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
-        let mut take = |m: Metrics, lr: f32| {
+        let batches = trainer.prefetch_epoch(train.clone())?;
+        let epoch_metrics = trainer.run_steps(batches, |m, lr| {
             loss_sum += m.loss * m.count as f64;
             correct += m.accuracy * m.count as f64;
             seen += m.count;
@@ -319,27 +320,16 @@ fn run(a: Args) -> Result<()> {
                 loss_sum / seen as f64,
                 correct / seen as f64,
             ));
-        };
-        // One step in flight: the next step is recorded while the GPU runs this one.
-        let mut in_flight: Option<PendingStep> = None;
-        for batch in trainer.prefetch_epoch(train.clone())? {
-            let next = trainer.submit_step(&batch)?;
-            if let Some(done) = in_flight.replace(next) {
-                take(done.finish()?, trainer.lr());
-            }
-        }
-        if let Some(done) = in_flight {
-            take(done.finish()?, trainer.lr());
-        }
+        })?;
         pb.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
         trainer.finish_epoch();
         let mut rec = EpochRecord {
             epoch: epoch + 1,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct / seen.max(1) as f64,
+            train_loss: epoch_metrics.loss,
+            train_accuracy: epoch_metrics.accuracy,
             lr: trainer.lr() as f64,
-            images_per_s: seen as f64 / seconds,
+            images_per_s: epoch_metrics.count as f64 / seconds,
             seconds,
             ..Default::default()
         };

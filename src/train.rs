@@ -422,26 +422,50 @@ impl Trainer {
         data: &Dataset,
         mut on_batch: impl FnMut(&Metrics),
     ) -> Result<Metrics> {
+        let batches = self.epoch_batches(data)?;
+        let metrics = self.run_steps_async(batches, |m, _| on_batch(m)).await?;
+        self.finish_epoch();
+        Ok(metrics)
+    }
+
+    /// One optimisation step per batch, keeping one step in flight: step t+1 is recorded while
+    /// the GPU runs step t. `on_step` gets each step's loss and accuracy and its learning rate, in
+    /// order; returns the metrics of all the steps together. Does not end the epoch.
+    pub async fn run_steps_async(
+        &mut self,
+        batches: impl IntoIterator<Item = Batch>,
+        mut on_step: impl FnMut(&Metrics, f32),
+    ) -> Result<Metrics> {
         let mut tally = Tally::default();
-        let mut take = |m: &Metrics| {
+        let mut take = |m: Metrics, lr: f32| {
             tally.loss_sum += m.loss * m.count as f64;
             tally.top1 += (m.accuracy * m.count as f64).round() as usize;
             tally.count += m.count;
-            on_batch(m);
+            on_step(&m, lr);
         };
-        // One step in flight: step t+1 is recorded while the GPU runs step t.
         let mut in_flight: Option<PendingStep> = None;
-        for batch in self.epoch_batches(data)? {
+        for batch in batches {
             let next = self.submit_step(&batch)?;
             if let Some(done) = in_flight.replace(next) {
-                take(&done.finish_async().await?);
+                let lr = done.lr;
+                take(done.finish_async().await?, lr);
             }
         }
         if let Some(done) = in_flight {
-            take(&done.finish_async().await?);
+            let lr = done.lr;
+            take(done.finish_async().await?, lr);
         }
-        self.finish_epoch();
         Ok(tally.metrics())
+    }
+
+    /// Blocking [`Trainer::run_steps_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_steps(
+        &mut self,
+        batches: impl IntoIterator<Item = Batch>,
+        on_step: impl FnMut(&Metrics, f32),
+    ) -> Result<Metrics> {
+        pollster::block_on(self.run_steps_async(batches, on_step))
     }
 
     /// Blocking [`Trainer::train_epoch_async`] (native only).
