@@ -59,6 +59,9 @@ struct Args {
     /// Also write every result as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Convolution math: `f32` (exact) or `f16` (tensor cores; see `ConvPrecision`).
+    #[arg(long, default_value = "f32")]
+    precision: resnet_wgpu::ConvPrecision,
 }
 
 /// What one figure measured.
@@ -635,6 +638,8 @@ struct Report {
     timestamps: bool,
     batch: usize,
     iters: usize,
+    /// Conv precision: `F32` or `F16`.
+    precision: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     convs: Option<Vec<ConvRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -665,7 +670,7 @@ fn main() -> Result<()> {
             )));
         }
     };
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::with_conv_precision(args.precision)?;
     let info = gpu.info().clone();
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
@@ -673,6 +678,7 @@ fn main() -> Result<()> {
         gpu,
     };
     println!("adapter: {info}");
+    println!("conv precision: {:?}", args.precision);
     println!(
         "batch {}, {} timed iterations per figure after one warm-up; GPU time: {}\n",
         args.batch,
@@ -694,6 +700,7 @@ fn main() -> Result<()> {
         timestamps: bench.timestamps,
         batch: args.batch,
         iters: bench.iters,
+        precision: format!("{:?}", args.precision),
         convs: None,
         conv_totals: None,
         memory_kernels: None,

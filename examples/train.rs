@@ -112,6 +112,10 @@ struct Args {
     /// No progress bar (log lines only).
     #[arg(long)]
     quiet: bool,
+    /// Convolution math: `f32` (exact), or `f16` (operands rounded to f16 on tensor cores,
+    /// f32 accumulation; needs an adapter with cooperative matrices, e.g. NVIDIA through Vulkan).
+    #[arg(long, default_value = "f32")]
+    precision: resnet_wgpu::ConvPrecision,
 }
 
 struct Data {
@@ -180,8 +184,11 @@ fn model_config(a: &Args, data: &Data) -> Result<ResNetConfig> {
 }
 
 fn run(a: Args) -> Result<()> {
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::with_conv_precision(a.precision)?;
     println!("adapter: {}", gpu.info());
+    if let Some(config) = gpu.mma_config() {
+        println!("convolutions: f16 operands on tensor cores ({config:?}), f32 accumulation");
+    }
     let checkpoint = a
         .checkpoint
         .clone()

@@ -24,7 +24,11 @@
 // tile, looping over the reduction in BK-deep chunks. The tile is a compile-time variant: the host
 // prepends `const TM`, `const TN` (the per-thread micro-tile, multiples of 4) and `const BK` to
 // this file (src/ops/conv.rs, `ConvTile`), giving BM = 16 TM and BN = 16 TN: 64x64 (4x4, BK 16),
-// 128x64, 64x128 (BK 16) and 128x128 (8x8, BK 8). Each chunk stages a [BK, BM] slice of the A
+// 128x64, 64x128 (BK 16) and 128x128 (8x8, BK 8). Between those constants and this file comes
+// the multiply engine: conv_fma.wgsl (exact f32 fused multiply-adds, each thread its micro-tile)
+// or conv_mma.wgsl (operands rounded to f16, cooperative-matrix multiplies by subgroups, f32
+// accumulation; 64x64, BK 32), which stage the chunks (put_a, put_b), multiply them, and leave
+// each thread's micro-tile in `acc` for the epilogues here. Each chunk stages a [BK, BM] slice of the A
 // operand and a [BK, BN] slice of B in workgroup memory (rows padded by one vec4 against bank
 // conflicts), loaded from global memory one chunk ahead into registers so that the loads of chunk
 // t+1 overlap the arithmetic on chunk t. Thread (tx, ty) = (tid % 16, tid / 16) owns rows
@@ -54,6 +58,8 @@
 //   conv_reduce_splits:   1 = part [splits,K*C*R*S] (read), 2 = gw [K,C,R,S] (write)
 //   conv_forward_reduce:  1 = part [splits,N,K,OH,OW] (read), 2 = b [K] (read; any buffer when
 //                         has_bias == 0), 3 = y [N,K,OH,OW] (write)
+//   With conv_mma.wgsl, the three GEMM entry points also bind 5 = the f16 operand scale (see
+//   there; p.scaled selects the operand).
 // All indices are u32; the host checks that every tensor and GEMM extent fits.
 
 struct Params {
@@ -81,6 +87,8 @@ struct Params {
     w0: u32,
     hc: u32,
     wc: u32,
+    scaled: u32,  // the f16 engine's scaled operand (conv_mma.wgsl); unused by the f32 engine
+    pad_: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -96,13 +104,8 @@ const BM: u32 = 16u * TM;
 const BN: u32 = 16u * TN;
 const VM: u32 = TM / 4u;            // vec4 row groups per thread (1 or 2)
 const VN: u32 = TN / 4u;            // vec4 column groups per thread (1 or 2)
-const RA: u32 = BM / 4u + 1u;       // row stride of a_tile in vec4s (one vec4 of padding)
-const RB: u32 = BN / 4u + 1u;
 const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk (4 or 8)
 const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk (4 or 8)
-
-var<workgroup> a_tile: array<vec4<f32>, BK * RA>;  // A[kk, m] at [kk * RA + m / 4][m % 4]
-var<workgroup> b_tile: array<vec4<f32>, BK * RB>;  // B[kk, n] at [kk * RB + n / 4][n % 4]
 
 // Private arrays are only ever indexed by constants, never by loop counters: drivers keep such
 // arrays in registers, while one run-time index can demote a whole array to slow local memory.
@@ -122,9 +125,6 @@ fn tile_row(i: u32, t: u32) -> u32 {
 // "n-fast" one with column tid % BN and kk = tid / BN + (256 / BN) i.
 fn kfast_row(tid: u32, i: u32) -> u32 { return tid / BK + (256u / BK) * i; }
 fn nfast_kk(tid: u32, i: u32) -> u32 { return tid / BN + (256u / BN) * i; }
-
-fn put_a(kk: u32, m: u32, v: f32) { a_tile[kk * RA + m / 4u][m % 4u] = v; }
-fn put_b(kk: u32, n: u32, v: f32) { b_tile[kk * RB + n / 4u][n % 4u] = v; }
 
 fn store_a_kfast(tid: u32) {
     let kk = tid % BK;
@@ -165,42 +165,6 @@ fn store_b_nfast(tid: u32) {
         put_b(nfast_kk(tid, 5u), n, rb[5]);
         put_b(nfast_kk(tid, 6u), n, rb[6]);
         put_b(nfast_kk(tid, 7u), n, rb[7]);
-    }
-}
-
-// Accumulate the staged chunk into the micro-tile: TM * TN fused multiply-adds per kk from
-// VM + VN vec4 reads of workgroup memory.
-fn multiply(tid: u32) {
-    let tx = tid % 16u;
-    let ty = tid / 16u;
-    for (var kk = 0u; kk < BK; kk++) {
-        let a0 = a_tile[kk * RA + ty];
-        let b0 = b_tile[kk * RB + tx];
-        acc[0u * VN] = fma(vec4<f32>(a0.x), b0, acc[0u * VN]);
-        acc[1u * VN] = fma(vec4<f32>(a0.y), b0, acc[1u * VN]);
-        acc[2u * VN] = fma(vec4<f32>(a0.z), b0, acc[2u * VN]);
-        acc[3u * VN] = fma(vec4<f32>(a0.w), b0, acc[3u * VN]);
-        if (VN == 2u) {
-            let b1 = b_tile[kk * RB + tx + 16u];
-            acc[0u * VN + 1u] = fma(vec4<f32>(a0.x), b1, acc[0u * VN + 1u]);
-            acc[1u * VN + 1u] = fma(vec4<f32>(a0.y), b1, acc[1u * VN + 1u]);
-            acc[2u * VN + 1u] = fma(vec4<f32>(a0.z), b1, acc[2u * VN + 1u]);
-            acc[3u * VN + 1u] = fma(vec4<f32>(a0.w), b1, acc[3u * VN + 1u]);
-            if (VM == 2u) {
-                let a1 = a_tile[kk * RA + ty + 16u];
-                acc[4u * VN + 1u] = fma(vec4<f32>(a1.x), b1, acc[4u * VN + 1u]);
-                acc[5u * VN + 1u] = fma(vec4<f32>(a1.y), b1, acc[5u * VN + 1u]);
-                acc[6u * VN + 1u] = fma(vec4<f32>(a1.z), b1, acc[6u * VN + 1u]);
-                acc[7u * VN + 1u] = fma(vec4<f32>(a1.w), b1, acc[7u * VN + 1u]);
-            }
-        }
-        if (VM == 2u) {
-            let a1 = a_tile[kk * RA + ty + 16u];
-            acc[4u * VN] = fma(vec4<f32>(a1.x), b0, acc[4u * VN]);
-            acc[5u * VN] = fma(vec4<f32>(a1.y), b0, acc[5u * VN]);
-            acc[6u * VN] = fma(vec4<f32>(a1.z), b0, acc[6u * VN]);
-            acc[7u * VN] = fma(vec4<f32>(a1.w), b0, acc[7u * VN]);
-        }
     }
 }
 
@@ -341,7 +305,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let xbase = px.img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(px.y * p.stride) - i32(p.pad);
     let iw0 = i32(px.x * p.stride) - i32(p.pad);
-    acc = array<vec4<f32>, 16>();
+    engine_begin();
     fw_load(tid, begin, m0, end, px.valid, xbase, ih0, iw0);
     for (var k0 = begin; k0 < end; k0 += BK) {
         store_a_kfast(tid);
@@ -351,6 +315,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         multiply(tid);
         workgroupBarrier();
     }
+    engine_end(tid);
     fw_emit(tid, m0, n0);
 }
 
@@ -481,7 +446,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     // (h + pd - r0) / st and (w + pd - s0) / st for this column: exact divisions.
     let oh0 = (p.h0 + p.stride * px.y + p.pad - p.r0) / p.stride;
     let ow0 = (p.w0 + p.stride * px.x + p.pad - p.s0) / p.stride;
-    acc = array<vec4<f32>, 16>();
+    engine_begin();
     bi_load(tid, 0u, m0, krs, px.valid, gbase, oh0, ow0);
     for (var k0 = 0u; k0 < krs; k0 += BK) {
         store_a_kfast(tid);
@@ -491,6 +456,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         multiply(tid);
         workgroupBarrier();
     }
+    engine_end(tid);
     bi_emit(tid, m0, n0);
 }
 
@@ -598,7 +564,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     let begin = wg.z * p.chunk;
     let end = min(begin + p.chunk, total);
     out_base = wg.z * p.out_c * crs;
-    acc = array<vec4<f32>, 16>();
+    engine_begin();
     bw_load(tid, begin, end, m0, n0, crs);
     for (var k0 = begin; k0 < end; k0 += BK) {
         store_a_kfast(tid);
@@ -608,6 +574,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
         multiply(tid);
         workgroupBarrier();
     }
+    engine_end(tid);
     bw_emit(tid, m0, n0);
 }
 

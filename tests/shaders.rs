@@ -1,14 +1,18 @@
 //! Every shader parses and validates with naga (no GPU needed) and translates to SPIR-V (Vulkan),
 //! MSL (Metal) and HLSL (DX12). Files compiled in variants (declarations the host prepends, such
-//! as conv.wgsl's tile sizes) are checked in each; overridable constants take their defaults.
+//! as conv.wgsl's tile sizes, and an engine file between them) are checked in each; overridable
+//! constants take their defaults. The f16 tensor-core engine (cooperative matrices, which wgpu
+//! offers on Vulkan and Metal only) is not translated to HLSL.
 
 use std::path::Path;
 
-/// The variants a file is compiled in ("" alone for files without any).
-fn variants(file: &str) -> Vec<&'static str> {
+/// The (variant, engine file) pairs a file is compiled in (("", "") alone for plain files; none
+/// for engine files, which are checked inside the files that include them).
+fn variants(file: &str) -> Vec<(&'static str, &'static str)> {
     match file {
         "conv.wgsl" => resnet_wgpu::ops::CONV_SHADER_VARIANTS.to_vec(),
-        _ => vec![""],
+        "conv_fma.wgsl" | "conv_mma.wgsl" => vec![],
+        _ => vec![("", "")],
     }
 }
 
@@ -16,6 +20,7 @@ fn variants(file: &str) -> Vec<&'static str> {
 fn every_shader_validates_and_translates() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let mut count = 0;
+    let mut count_engines = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
@@ -30,14 +35,23 @@ fn every_shader_validates_and_translates() {
             path.display()
         );
         let file_name = path.file_name().unwrap().to_str().unwrap();
-        for variant in variants(file_name) {
-            let name = format!("{} {variant:?}", path.display());
-            check(&name, &format!("{variant}{file}"));
+        for (variant, engine) in variants(file_name) {
+            let name = format!("{} {engine} {variant:?}", path.display());
+            let engine_text = match engine {
+                "" => String::new(),
+                e => std::fs::read_to_string(dir.join(e)).unwrap(),
+            };
+            check(&name, &format!("{variant}{engine_text}{file}"));
+            count_engines += usize::from(!engine.is_empty());
         }
     }
     assert!(
         count >= 2,
         "expected the shaders directory to hold the kernels, found {count}"
+    );
+    assert!(
+        count_engines >= 6,
+        "expected conv.wgsl to be checked with each engine variant, found {count_engines}"
     );
 }
 
@@ -68,15 +82,17 @@ fn check(name: &str, src: &str) {
                 entry_point: Some((ep.stage, ep.name.clone())),
                 ..Default::default()
             };
-            naga::back::msl::write_string(
-                module,
-                info,
-                &naga::back::msl::Options::default(),
-                &pipeline,
-            )
-            .unwrap_or_else(|e| panic!("{name}::{}: MSL: {e}", ep.name));
+            let mut msl = naga::back::msl::Options::default();
+            if src.contains("enable wgpu_cooperative_matrix") {
+                msl.lang_version = (2, 3); // simdgroup matrices
+            }
+            naga::back::msl::write_string(module, info, &msl, &pipeline)
+                .unwrap_or_else(|e| panic!("{name}::{}: MSL: {e}", ep.name));
         }
 
+        if src.contains("enable wgpu_cooperative_matrix") {
+            return; // no HLSL for cooperative matrices (wgpu offers them on Vulkan and Metal)
+        }
         let mut hlsl = String::new();
         let opts = naga::back::hlsl::Options::default();
         let pipeline_opts = Default::default();

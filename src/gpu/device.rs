@@ -17,6 +17,43 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Ask for WebGPU's default limits instead of the adapter's real ones.
     pub default_limits: bool,
+    /// Ask for wgpu's experimental cooperative-matrix feature (with `shader-f16` and subgroups)
+    /// where the adapter has a configuration the f16 conv engine can use, so that
+    /// [`Gpu::set_conv_precision`](super::Gpu::set_conv_precision) can select
+    /// [`ConvPrecision::F16`](super::ConvPrecision::F16) (tensor cores on NVIDIA, simdgroup
+    /// matrices on Apple). Off by default: wgpu marks the feature experimental. Native only.
+    pub tensor_cores: bool,
+}
+
+/// The f16 x f16 + f32 cooperative-matrix configuration of `adapter` that the f16 conv engine
+/// (`shaders/conv_mma.wgsl`) has a variant for: square F x F x F fragments with F = 16 or 8, and
+/// a fixed subgroup size. None when there is none.
+#[cfg(not(target_arch = "wasm32"))]
+fn mma_config(adapter: &wgpu::Adapter) -> Option<super::MmaConfig> {
+    let features = adapter.features();
+    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP;
+    if !features.contains(needed) {
+        return None;
+    }
+    let info = adapter.get_info();
+    if info.subgroup_min_size != info.subgroup_max_size {
+        return None;
+    }
+    let configs = adapter.cooperative_matrix_properties();
+    [16u32, 8].into_iter().find_map(|f| {
+        let offered = configs.iter().any(|c| {
+            (c.m_size, c.n_size, c.k_size) == (f, f, f)
+                && c.ab_type == wgpu::CooperativeScalarType::F16
+                && c.cr_type == wgpu::CooperativeScalarType::F32
+        });
+        let config = super::MmaConfig {
+            fragment: f,
+            subgroup: info.subgroup_min_size,
+        };
+        (offered && config.has_kernels()).then_some(config)
+    })
 }
 
 fn no_adapter_help(backends: wgpu::Backends) -> String {
@@ -65,6 +102,19 @@ impl Gpu {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Gpu> {
         pollster::block_on(Self::new_async(GpuOptions::default()))
+    }
+
+    /// The default adapter with convolutions in `precision`: for [`ConvPrecision::F16`]
+    /// (`super::ConvPrecision`) the device is opened with [`GpuOptions::tensor_cores`], and an
+    /// adapter without usable tensor cores is an error that says why (blocking; native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_conv_precision(precision: super::ConvPrecision) -> Result<Gpu> {
+        let gpu = Self::with_options(GpuOptions {
+            tensor_cores: precision == super::ConvPrecision::F16,
+            ..Default::default()
+        })?;
+        gpu.set_conv_precision(precision)?;
+        Ok(gpu)
     }
 
     /// Acquire an adapter according to `options` (blocking; native only).
@@ -129,18 +179,32 @@ impl Gpu {
 
     async fn open(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
         let limits = requested_limits(&adapter.limits(), options.default_limits);
-        let features = adapter.features() & optional_features();
+        let mut features = adapter.features() & optional_features();
+        #[cfg(not(target_arch = "wasm32"))]
+        let mma = options.tensor_cores.then(|| mma_config(&adapter)).flatten();
+        #[cfg(target_arch = "wasm32")]
+        let mma: Option<super::MmaConfig> = None;
+        let mut descriptor = wgpu::DeviceDescriptor {
+            label: Some("resnet-wgpu"),
+            required_limits: limits,
+            ..Default::default()
+        };
+        if mma.is_some() {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                | wgpu::Features::SHADER_F16
+                | wgpu::Features::SUBGROUP;
+            // SAFETY: the caller opted in (`GpuOptions::tensor_cores`); the feature is only used
+            // by conv_mma.wgsl, whose variants are checked against the adapter's configurations
+            // (`mma_config`) and whose results the tests compare with the CPU reference.
+            descriptor.experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
+        descriptor.required_features = features;
         let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("resnet-wgpu"),
-                required_features: features,
-                required_limits: limits,
-                ..Default::default()
-            })
+            .request_device(&descriptor)
             .await
             .map_err(|e| Error::NoAdapter(format!("requesting a device failed: {e}")))?;
         let info = adapter.get_info();
-        Ok(Gpu::build(
+        let gpu = Gpu::build(
             device,
             queue,
             GpuInfo {
@@ -149,7 +213,9 @@ impl Gpu {
                 driver: info.driver_info,
                 device_type: info.device_type,
             },
-        ))
+        );
+        gpu.set_mma(mma, options.tensor_cores);
+        Ok(gpu)
     }
 
     /// Wrap a device and queue owned by the application (e.g. a renderer's). The device's own

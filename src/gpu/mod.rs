@@ -20,14 +20,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A compute kernel: one entry point of one WGSL file under `shaders/`, optionally a compile-time
-/// variant of it (WGSL declarations prepended to the file, e.g. the conv tile sizes).
+/// variant of it (WGSL declarations prepended to the file, e.g. the conv tile sizes) and an engine
+/// (a second WGSL file between the two, e.g. the conv kernels' f32 or f16 multiply engine).
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     /// File name under `shaders/`, e.g. `conv.wgsl`.
     pub file: &'static str,
     /// The declarations prepended to the file ("" for none).
     pub variant: &'static str,
-    /// WGSL source text: `variant` followed by the file.
+    /// File name under `shaders/` of the engine compiled between `variant` and `file` ("" for none).
+    pub engine: &'static str,
+    /// WGSL source text: `variant`, the engine, then the file.
     pub source: &'static str,
     /// Entry point name.
     pub entry: &'static str,
@@ -44,6 +47,7 @@ macro_rules! kernel {
         $crate::gpu::Kernel {
             file: $file,
             variant: $variant,
+            engine: "",
             source: concat!(
                 $variant,
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
@@ -51,6 +55,72 @@ macro_rules! kernel {
             entry: $entry,
         }
     };
+    ($file:literal, $entry:literal, $variant:literal, $engine:literal) => {
+        $crate::gpu::Kernel {
+            file: $file,
+            variant: $variant,
+            engine: $engine,
+            source: concat!(
+                $variant,
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $engine)),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+            entry: $entry,
+        }
+    };
+}
+
+/// How the convolutions multiply ([`Gpu::set_conv_precision`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvPrecision {
+    /// f32 operands and f32 fused multiply-adds: the exact path, on every adapter (the default).
+    #[default]
+    F32,
+    /// Operands rounded to f16 (gradients scaled by a power of two first, so they stay out of
+    /// f16's subnormal range), multiplied by cooperative matrices (tensor cores) and accumulated
+    /// in f32; inputs, outputs and weights stay f32 tensors. Needs a device opened with
+    /// [`GpuOptions::tensor_cores`] on an adapter with a usable configuration.
+    F16,
+}
+
+impl std::str::FromStr for ConvPrecision {
+    type Err = Error;
+    /// `f32` or `f16`.
+    fn from_str(s: &str) -> Result<ConvPrecision> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(ConvPrecision::F32),
+            "f16" => Ok(ConvPrecision::F16),
+            other => Err(Error::Invalid(format!(
+                "conv precision {other:?}: expected f32 or f16"
+            ))),
+        }
+    }
+}
+
+/// A cooperative-matrix configuration the f16 conv engine has kernels for: F x F x F fragments
+/// (f16 x f16 + f32) on an adapter whose subgroups have `subgroup` invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmaConfig {
+    /// Fragment size F (8 or 16).
+    pub fragment: u32,
+    /// Invocations per subgroup.
+    pub subgroup: u32,
+}
+
+impl MmaConfig {
+    /// Whether `shaders/conv_mma.wgsl` is compiled for this configuration (see `ops::conv`).
+    pub fn has_kernels(&self) -> bool {
+        crate::ops::conv_mma_supported(*self)
+    }
+}
+
+/// The conv math state: the adapter's usable f16 configuration and the chosen precision.
+#[derive(Clone, Copy, Debug, Default)]
+struct ConvMath {
+    mma: Option<MmaConfig>,
+    /// Whether the device was opened asking for tensor cores (for error messages).
+    requested: bool,
+    precision: ConvPrecision,
 }
 
 /// Threads per workgroup of the one-dimensional (elementwise) kernels.
@@ -100,12 +170,10 @@ struct UniformArena {
 /// Params slots per uniform arena.
 const ARENA_SLOTS: u64 = 256;
 
-type PipelineKey = (
-    &'static str,
-    &'static str,
-    &'static str,
-    Vec<(&'static str, u64)>,
-);
+type PipelineKey = (ModuleKey, &'static str, Vec<(&'static str, u64)>);
+
+/// (file, variant, engine) of a shader module.
+type ModuleKey = (&'static str, &'static str, &'static str);
 
 pub(crate) struct GpuInner {
     pub(crate) device: wgpu::Device,
@@ -114,12 +182,13 @@ pub(crate) struct GpuInner {
     limits: wgpu::Limits,
     /// Bytes between uniform slots: [`UNIFORM_SIZE`] rounded up to the offset alignment.
     uniform_stride: u64,
-    modules: Mutex<HashMap<(&'static str, &'static str), wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     pool: Mutex<BufferPool>,
     pending: Mutex<Pending>,
     total_dispatches: std::sync::atomic::AtomicU64,
     total_submits: std::sync::atomic::AtomicU64,
+    conv_math: Mutex<ConvMath>,
 }
 
 /// A handle to a GPU device. Cheap to clone; all clones share the device, caches and pool.
@@ -167,7 +236,50 @@ impl Gpu {
             pending: Mutex::default(),
             total_dispatches: Default::default(),
             total_submits: Default::default(),
+            conv_math: Mutex::default(),
         }))
+    }
+
+    pub(crate) fn set_mma(&self, mma: Option<MmaConfig>, requested: bool) {
+        let mut math = lock(&self.0.conv_math);
+        math.mma = mma;
+        math.requested = requested;
+    }
+
+    /// The cooperative-matrix configuration the f16 conv engine uses on this device, if any.
+    pub fn mma_config(&self) -> Option<MmaConfig> {
+        lock(&self.0.conv_math).mma
+    }
+
+    /// Choose how convolutions multiply from now on (every clone of this `Gpu` shares it).
+    /// [`ConvPrecision::F16`] fails, naming what is missing, unless the device was opened with
+    /// [`GpuOptions::tensor_cores`] on an adapter offering a configuration the f16 engine has
+    /// kernels for.
+    pub fn set_conv_precision(&self, precision: ConvPrecision) -> Result<()> {
+        let mut math = lock(&self.0.conv_math);
+        if precision == ConvPrecision::F16 && math.mma.is_none() {
+            let why = if math.requested {
+                format!(
+                    "adapter {} offers no cooperative-matrix configuration the f16 conv engine \
+                     has kernels for (it needs the features EXPERIMENTAL_COOPERATIVE_MATRIX, \
+                     SHADER_F16 and SUBGROUP, 16x16x16 or 8x8x8 f16 x f16 + f32 fragments and a \
+                     fixed subgroup size of 32 or 8, respectively)",
+                    self.0.info
+                )
+            } else {
+                "the device was not opened with GpuOptions::tensor_cores".to_string()
+            };
+            return Err(Error::Invalid(format!(
+                "ConvPrecision::F16 is not available: {why}"
+            )));
+        }
+        math.precision = precision;
+        Ok(())
+    }
+
+    /// How convolutions multiply ([`Gpu::set_conv_precision`]).
+    pub fn conv_precision(&self) -> ConvPrecision {
+        lock(&self.0.conv_math).precision
     }
 
     /// The adapter's name, backend and driver.
@@ -288,9 +400,9 @@ impl Gpu {
         kernel: &Kernel,
         constants: &[(&'static str, f64)],
     ) -> wgpu::ComputePipeline {
+        let module_key = (kernel.file, kernel.variant, kernel.engine);
         let key: PipelineKey = (
-            kernel.file,
-            kernel.variant,
+            module_key,
             kernel.entry,
             constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
         );
@@ -300,7 +412,7 @@ impl Gpu {
         let module = {
             let mut modules = lock(&self.0.modules);
             modules
-                .entry((kernel.file, kernel.variant))
+                .entry(module_key)
                 .or_insert_with(|| {
                     self.0
                         .device
@@ -374,6 +486,20 @@ impl Gpu {
         buffers: &[&wgpu::Buffer],
         grid: [u32; 3],
     ) -> Result<()> {
+        let bound: Vec<(u32, &wgpu::Buffer)> = (1..).zip(buffers.iter().copied()).collect();
+        self.dispatch_bound(kernel, constants, params, &bound, grid)
+    }
+
+    /// [`Gpu::dispatch_with`] with each buffer's binding number given (for kernels whose
+    /// bindings are not consecutive).
+    pub(crate) fn dispatch_bound<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+        params: &P,
+        buffers: &[(u32, &wgpu::Buffer)],
+        grid: [u32; 3],
+    ) -> Result<()> {
         let limits = &self.0.limits;
         let max = limits.max_compute_workgroups_per_dimension;
         if let Some(&g) = grid.iter().find(|&&g| g > max) {
@@ -384,7 +510,7 @@ impl Gpu {
                 available: max as u64,
             });
         }
-        for b in buffers {
+        for (_, b) in buffers {
             if b.size() > limits.max_storage_buffer_binding_size {
                 return Err(Error::Limit {
                     what: format!("a buffer bound to {}::{}", kernel.file, kernel.entry),
@@ -413,15 +539,10 @@ impl Gpu {
                 size: std::num::NonZeroU64::new(UNIFORM_SIZE),
             }),
         }];
-        entries.extend(
-            buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: b.as_entire_binding(),
-                }),
-        );
+        entries.extend(buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry {
+            binding: *binding,
+            resource: b.as_entire_binding(),
+        }));
         let bind_group = self.0.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),

@@ -11,7 +11,7 @@
 //! picks the tile and the split-K plan per shape.
 
 use crate::autograd::Var;
-use crate::gpu::{Gpu, Kernel, grid_1d};
+use crate::gpu::{ConvPrecision, Gpu, Kernel, MmaConfig, grid_1d};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -41,6 +41,9 @@ struct Params {
     w0: u32,
     hc: u32,
     wc: u32,
+    /// The f16 engine's scaled operand (0: none, 1: A, 2: B); see `shaders/conv_mma.wgsl`.
+    scaled: u32,
+    _pad: u32,
 }
 
 /// The conv kernels of one tile variant.
@@ -51,41 +54,134 @@ struct Kernels {
 }
 
 macro_rules! conv_kernels {
-    ($variant:literal) => {
+    ($variant:literal, $engine:literal) => {
         Kernels {
-            forward: kernel!("conv.wgsl", "conv_forward", $variant),
-            backward_input: kernel!("conv.wgsl", "conv_backward_input", $variant),
-            backward_weight: kernel!("conv.wgsl", "conv_backward_weight", $variant),
+            forward: kernel!("conv.wgsl", "conv_forward", $variant, $engine),
+            backward_input: kernel!("conv.wgsl", "conv_backward_input", $variant, $engine),
+            backward_weight: kernel!("conv.wgsl", "conv_backward_weight", $variant, $engine),
         }
     };
 }
 
-const T64X64: Kernels =
-    conv_kernels!("const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n");
-const T128X64: Kernels =
-    conv_kernels!("const TM: u32 = 8u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n");
-const T64X128: Kernels =
-    conv_kernels!("const TM: u32 = 4u;\nconst TN: u32 = 8u;\nconst BK: u32 = 16u;\n");
-const T128X128: Kernels =
-    conv_kernels!("const TM: u32 = 8u;\nconst TN: u32 = 8u;\nconst BK: u32 = 8u;\n");
+const T64X64: Kernels = conv_kernels!(
+    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    "conv_fma.wgsl"
+);
+const T128X64: Kernels = conv_kernels!(
+    "const TM: u32 = 8u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    "conv_fma.wgsl"
+);
+const T64X128: Kernels = conv_kernels!(
+    "const TM: u32 = 4u;\nconst TN: u32 = 8u;\nconst BK: u32 = 16u;\n",
+    "conv_fma.wgsl"
+);
+const T128X128: Kernels = conv_kernels!(
+    "const TM: u32 = 8u;\nconst TN: u32 = 8u;\nconst BK: u32 = 8u;\n",
+    "conv_fma.wgsl"
+);
 const REDUCE_SPLITS: Kernel = kernel!(
     "conv.wgsl",
     "conv_reduce_splits",
-    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n"
+    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    "conv_fma.wgsl"
 );
 const FORWARD_REDUCE: Kernel = kernel!(
     "conv.wgsl",
     "conv_forward_reduce",
-    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n"
+    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    "conv_fma.wgsl"
 );
 
-/// The WGSL declarations each conv variant prepends to `shaders/conv.wgsl` (for shader tests).
+/// f16 tensor-core kernels (`shaders/conv_mma.wgsl`): 64 x 64 tiles, reduction chunk 32, each
+/// subgroup one row of two F x F fragments. 16 x 16 fragments with subgroups of 32 (NVIDIA
+/// through Vulkan, Apple)...
+const MMA_F16_SG32: Kernels = conv_kernels!(
+    "enable f16;\nenable wgpu_cooperative_matrix;\nconst TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 32u;\nconst F: u32 = 16u;\nconst SG: u32 = 32u;\nconst FM: u32 = 1u;\nconst FN: u32 = 2u;\nalias MatA = coop_mat16x16<f16, A>;\nalias MatB = coop_mat16x16<f16, B>;\nalias MatC = coop_mat16x16<f32, C>;\n",
+    "conv_mma.wgsl"
+);
+/// ...and 8 x 8 fragments with subgroups of 8 (Mesa's lavapipe).
+const MMA_F8_SG8: Kernels = conv_kernels!(
+    "enable f16;\nenable wgpu_cooperative_matrix;\nconst TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 32u;\nconst F: u32 = 8u;\nconst SG: u32 = 8u;\nconst FM: u32 = 1u;\nconst FN: u32 = 2u;\nalias MatA = coop_mat8x8<f16, A>;\nalias MatB = coop_mat8x8<f16, B>;\nalias MatC = coop_mat8x8<f32, C>;\n",
+    "conv_mma.wgsl"
+);
+
+/// The f16 kernels for `config`, if they exist.
+fn mma_kernels(config: MmaConfig) -> Option<&'static Kernels> {
+    match (config.fragment, config.subgroup) {
+        (16, 32) => Some(&MMA_F16_SG32),
+        (8, 8) => Some(&MMA_F8_SG8),
+        _ => None,
+    }
+}
+
+/// Whether the f16 conv engine has kernels for `config`.
 #[doc(hidden)]
-pub const CONV_SHADER_VARIANTS: [&str; 4] = [
-    T64X64.forward.variant,
-    T128X64.forward.variant,
-    T64X128.forward.variant,
-    T128X128.forward.variant,
+pub fn conv_mma_supported(config: MmaConfig) -> bool {
+    mma_kernels(config).is_some()
+}
+
+/// The multiply engine of one conv dispatch: its kernels and tile.
+#[derive(Clone, Copy)]
+struct Engine {
+    kernels: &'static Kernels,
+    /// (rows, columns, reduction chunk) of a workgroup's tile.
+    dims: (usize, usize, usize),
+    /// The f16 engine, which binds the operand scale at binding 5.
+    f16: bool,
+}
+
+impl Engine {
+    /// `gpu`'s engine: the f16 one under [`ConvPrecision::F16`], else the f32 one with `tile`
+    /// (chosen by the caller's plan unless forced).
+    fn for_gpu(gpu: &Gpu, tile: impl FnOnce() -> ConvTile) -> Engine {
+        if gpu.conv_precision() == ConvPrecision::F16
+            && let Some(kernels) = gpu.mma_config().and_then(mma_kernels)
+        {
+            return Engine {
+                kernels,
+                dims: (64, 64, 32),
+                f16: true,
+            };
+        }
+        let tile = tile();
+        Engine {
+            kernels: tile.kernels(),
+            dims: tile.dims(),
+            f16: false,
+        }
+    }
+
+    /// Record one conv GEMM: `buffers` at bindings 1..., and for the f16 engine the operand
+    /// scale at binding 5 (`scale`, or any f32 buffer with `p.scaled == 0`).
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        gpu: &Gpu,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+        params: &Params,
+        buffers: &[&wgpu::Buffer],
+        scale: &wgpu::Buffer,
+        grid: [u32; 3],
+    ) -> Result<()> {
+        let mut bound: Vec<(u32, &wgpu::Buffer)> = (1..).zip(buffers.iter().copied()).collect();
+        if self.f16 {
+            bound.push((5, scale));
+        }
+        gpu.dispatch_bound(kernel, constants, params, &bound, grid)
+    }
+}
+
+/// Each conv variant's prepended WGSL declarations and its engine file under `shaders/` (for the
+/// shader tests, which compile `variant + engine + conv.wgsl`).
+#[doc(hidden)]
+pub const CONV_SHADER_VARIANTS: [(&str, &str); 6] = [
+    (T64X64.forward.variant, T64X64.forward.engine),
+    (T128X64.forward.variant, T128X64.forward.engine),
+    (T64X128.forward.variant, T64X128.forward.engine),
+    (T128X128.forward.variant, T128X128.forward.engine),
+    (MMA_F16_SG32.forward.variant, MMA_F16_SG32.forward.engine),
+    (MMA_F8_SG8.forward.variant, MMA_F8_SG8.forward.engine),
 ];
 
 /// Output tile of one conv workgroup (GEMM rows x columns). Larger tiles do more arithmetic per
@@ -380,15 +476,17 @@ impl Geometry {
             w0: 0,
             hc: h as u32,
             wc: w as u32,
+            scaled: 0,
+            _pad: 0,
         }
     }
 
-    /// Split-K plan of the forward pass with `tile`: (chunk, splits); one split unless the
-    /// output tiles alone are too few to fill the GPU and the reduction is long.
-    fn forward_splits(&self, model: &TileModel, tile: ConvTile) -> (usize, usize) {
+    /// Split-K plan of the forward pass with tiles of `dims`: (chunk, splits); one split unless
+    /// the output tiles alone are too few to fill the GPU and the reduction is long.
+    fn forward_splits(&self, model: &TileModel, dims: (usize, usize, usize)) -> (usize, usize) {
         let [n, c, _, _] = self.x;
         let [k, _, r, s] = self.w;
-        let (tile_m, tile_n, tile_k) = tile.dims();
+        let (tile_m, tile_n, tile_k) = dims;
         let tiles = k.div_ceil(tile_m) * (n * self.oh * self.ow).div_ceil(tile_n);
         let crs = c * r * s;
         if tiles >= model.forward_split_below() || crs < 2 * FORWARD_MIN_CHUNK {
@@ -440,11 +538,11 @@ impl Geometry {
         )
     }
 
-    /// Split-K plan of the weight gradient with `tile`: (chunk, splits).
-    fn weight_splits(&self, model: &TileModel, tile: ConvTile) -> (usize, usize) {
+    /// Split-K plan of the weight gradient with tiles of `dims`: (chunk, splits).
+    fn weight_splits(&self, model: &TileModel, dims: (usize, usize, usize)) -> (usize, usize) {
         let [n, c, _, _] = self.x;
         let [k, _, r, s] = self.w;
-        let (tile_m, tile_n, tile_k) = tile.dims();
+        let (tile_m, tile_n, tile_k) = dims;
         let total = n * self.oh * self.ow;
         let tiles = k.div_ceil(tile_m) * (c * r * s).div_ceil(tile_n);
         let max_by_len = total.div_ceil(SPLIT_MIN_CHUNK);
@@ -456,10 +554,15 @@ impl Geometry {
     }
 }
 
-/// Grid for a GEMM of `m` rows and `n` columns in tiles of `tile`: column tiles over x (and z past 65,535), row
-/// tiles over y.
-fn gemm_grid(op: &'static str, m: usize, n: usize, tile: ConvTile) -> Result<[u32; 3]> {
-    let (tile_m, tile_n, _) = tile.dims();
+/// Grid for a GEMM of `m` rows and `n` columns in tiles of `dims`: column tiles over x (and z
+/// past 65,535), row tiles over y.
+fn gemm_grid(
+    op: &'static str,
+    m: usize,
+    n: usize,
+    dims: (usize, usize, usize),
+) -> Result<[u32; 3]> {
+    let (tile_m, tile_n, _) = dims;
     let col_tiles = n.div_ceil(tile_n);
     let row_tiles = m.div_ceil(tile_m);
     let x = col_tiles.min(MAX_GRID);
@@ -522,21 +625,23 @@ pub fn conv2d_tiled(
     let (m, n) = g.forward_gemm();
     let gpu = x.gpu();
     let model = TileModel::for_gpu(gpu);
-    let tile = tile.unwrap_or_else(|| g.forward_tile(&model));
-    let (chunk, splits) = g.forward_splits(&model, tile);
+    let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
+    let (chunk, splits) = g.forward_splits(&model, engine.dims);
     let bias = b.map_or(w.buffer(), |b| b.buffer());
     if splits == 1 {
-        let grid = gemm_grid(OP, m, n, tile)?;
-        gpu.dispatch_with(
-            &tile.kernels().forward,
+        let grid = gemm_grid(OP, m, n, engine.dims)?;
+        engine.dispatch(
+            gpu,
+            &engine.kernels.forward,
             &g.kernel_size(),
             &g.params(b.is_some(), 0, 1),
             &[x.buffer(), w.buffer(), bias, y.buffer()],
+            w.buffer(),
             grid,
         )?;
     } else {
         // Few output tiles: split the reduction over grid z, then sum the partial outputs.
-        let (tile_m, tile_n, _) = tile.dims();
+        let (tile_m, tile_n, _) = engine.dims;
         let grid = [
             n.div_ceil(tile_n) as u32,
             m.div_ceil(tile_m) as u32,
@@ -544,11 +649,13 @@ pub fn conv2d_tiled(
         ];
         let part = Tensor::uninit(gpu, &[splits, y.numel()], DType::F32, OP)?;
         let params = g.params(false, chunk, splits);
-        gpu.dispatch_with(
-            &tile.kernels().forward,
+        engine.dispatch(
+            gpu,
+            &engine.kernels.forward,
             &g.kernel_size(),
             &params,
             &[x.buffer(), w.buffer(), bias, part.buffer()],
+            w.buffer(),
             grid,
         )?;
         gpu.dispatch(
@@ -589,8 +696,17 @@ pub fn conv2d_backward_input_tiled(
     check_same_gpu(OP, gy, w)?;
     let g = Geometry::new(OP, x_shape, ws, stride, padding)?;
     g.expect_y_shape(OP, gys)?;
-    let gx = Tensor::uninit(gy.gpu(), &x_shape, DType::F32, OP)?;
-    let model = TileModel::for_gpu(gy.gpu());
+    let gpu = gy.gpu();
+    let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
+    let model = TileModel::for_gpu(gpu);
+    // The f16 engine scales gy (operand B) by a power of two that keeps it clear of f16's
+    // subnormals; `scale` is any buffer for the f32 engine.
+    let f16 = Engine::for_gpu(gpu, || ConvTile::T64x64).f16;
+    let scale = match f16 {
+        true => Some(crate::ops::f16_scale(gy)?),
+        false => None,
+    };
+    let scale_buffer = scale.as_ref().map_or(w.buffer(), |t| t.buffer());
     let [n, c, h, wd] = x_shape;
     let [_, _, r, s] = ws;
     // One dispatch per sub-pixel phase: pixels h with (h + padding) % stride == a meet exactly the
@@ -619,22 +735,25 @@ pub fn conv2d_backward_input_tiled(
             let mut p = g.params(false, 0, 1);
             (p.r0, p.s0, p.nr, p.ns) = (a as u32, b as u32, nr as u32, ns as u32);
             (p.h0, p.w0, p.hc, p.wc) = (h0 as u32, w0 as u32, hc as u32, wc as u32);
+            p.scaled = if f16 { 2 } else { 0 };
             let cols = n * hc * wc;
             // The phases write one gx buffer, so they run one after the other: each must fill
             // the GPU on its own.
-            let tile = tile.unwrap_or_else(|| model.choose(c, cols, 1));
-            let grid = gemm_grid(OP, c, cols, tile)?;
+            let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| model.choose(c, cols, 1)));
+            let grid = gemm_grid(OP, c, cols, engine.dims)?;
             let constants = [
                 ("KH", r as f64),
                 ("KW", s as f64),
                 ("NR", nr.max(1) as f64),
                 ("NS", ns.max(1) as f64),
             ];
-            gy.gpu().dispatch_with(
-                &tile.kernels().backward_input,
+            engine.dispatch(
+                gpu,
+                &engine.kernels.backward_input,
                 &constants,
                 &p,
                 &[gy.buffer(), w.buffer(), gx.buffer()],
+                scale_buffer,
                 grid,
             )?;
         }
@@ -653,7 +772,8 @@ pub fn conv2d_forward_splits(
 ) -> Result<usize> {
     let g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
     let model = TileModel::for_gpu(gpu);
-    Ok(g.forward_splits(&model, g.forward_tile(&model)).1)
+    let engine = Engine::for_gpu(gpu, || g.forward_tile(&model));
+    Ok(g.forward_splits(&model, engine.dims).1)
 }
 
 /// Number of split-K chunks [`conv2d_backward_weight`] uses for these shapes on `gpu` (for
@@ -667,7 +787,8 @@ pub fn conv2d_weight_grad_splits(
 ) -> Result<usize> {
     let g = Geometry::new("conv2d_backward_weight", x_shape, w_shape, stride, padding)?;
     let model = TileModel::for_gpu(gpu);
-    Ok(g.weight_splits(&model, g.weight_tile(&model)).1)
+    let engine = Engine::for_gpu(gpu, || g.weight_tile(&model));
+    Ok(g.weight_splits(&model, engine.dims).1)
 }
 
 /// Gradient of [`conv2d`] with respect to its weights: x `[N, C, H, W]`, gy `[N, K, OH, OW]`, the
@@ -700,10 +821,11 @@ pub fn conv2d_backward_weight_tiled(
     g.expect_y_shape(OP, gys)?;
     let [k, c, r, s] = w_shape;
     let crs = c * r * s;
-    let model = TileModel::for_gpu(x.gpu());
-    let tile = tile.unwrap_or_else(|| g.weight_tile(&model));
-    let (chunk, splits) = g.weight_splits(&model, tile);
-    let (tile_m, tile_n, _) = tile.dims();
+    let gpu = x.gpu();
+    let model = TileModel::for_gpu(gpu);
+    let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.weight_tile(&model)));
+    let (chunk, splits) = g.weight_splits(&model, engine.dims);
+    let (tile_m, tile_n, _) = engine.dims;
     let col_tiles = crs.div_ceil(tile_n);
     let row_tiles = k.div_ceil(tile_m);
     if col_tiles > MAX_GRID || row_tiles > MAX_GRID {
@@ -713,26 +835,36 @@ pub fn conv2d_backward_weight_tiled(
         ));
     }
     let grid = [col_tiles as u32, row_tiles as u32, splits as u32];
-    let params = g.params(false, chunk, splits);
-    let gpu = x.gpu();
+    let mut params = g.params(false, chunk, splits);
+    // The f16 engine scales gy (operand A) by a power of two that keeps it clear of f16's
+    // subnormals.
+    let scale = match engine.f16 {
+        true => Some(crate::ops::f16_scale(gy)?),
+        false => None,
+    };
+    if engine.f16 {
+        params.scaled = 1;
+    }
+    let scale_buffer = scale.as_ref().map_or(x.buffer(), |t| t.buffer());
     let gw = Tensor::uninit(gpu, &w_shape, DType::F32, OP)?;
-    if splits == 1 {
-        gpu.dispatch_with(
-            &tile.kernels().backward_weight,
-            &g.kernel_size(),
-            &params,
-            &[x.buffer(), gy.buffer(), gw.buffer()],
-            grid,
-        )?;
-    } else {
-        let part = Tensor::uninit(gpu, &[splits, k * crs], DType::F32, OP)?;
-        gpu.dispatch_with(
-            &tile.kernels().backward_weight,
-            &g.kernel_size(),
-            &params,
-            &[x.buffer(), gy.buffer(), part.buffer()],
-            grid,
-        )?;
+    let part = match splits {
+        1 => None,
+        _ => Some(Tensor::uninit(gpu, &[splits, k * crs], DType::F32, OP)?),
+    };
+    engine.dispatch(
+        gpu,
+        &engine.kernels.backward_weight,
+        &g.kernel_size(),
+        &params,
+        &[
+            x.buffer(),
+            gy.buffer(),
+            part.as_ref().unwrap_or(&gw).buffer(),
+        ],
+        scale_buffer,
+        grid,
+    )?;
+    if let Some(part) = &part {
         let groups = (k * crs).div_ceil(256) as u32;
         gpu.dispatch(
             &REDUCE_SPLITS,

@@ -17,6 +17,48 @@ struct Params {
 
 const SUM_ROWS: Kernel = kernel!("reduce.wgsl", "sum_rows");
 const SUM_CHANNELS: Kernel = kernel!("reduce.wgsl", "sum_channels");
+const ABS_MAX: Kernel = kernel!("reduce.wgsl", "abs_max");
+const F16_SCALE: Kernel = kernel!("reduce.wgsl", "f16_scale");
+
+/// Workgroups of the first pass of [`f16_scale`].
+const ABS_MAX_GROUPS: usize = 256;
+
+/// The power of two `s` that brings `x`'s largest magnitude `m` into `[2^13, 2^14)`
+/// (`s = 2^(13 - floor(log2 m))`; 1 when `m` is 0 or not finite), as a one-element tensor
+/// computed on the GPU in two passes. The f16 conv engine multiplies gradients by it before
+/// rounding them to f16, so that they keep f16's full precision, and divides the results by it.
+pub fn f16_scale(x: &Tensor) -> Result<Tensor> {
+    x.expect_dtype("f16_scale", DType::F32)?;
+    let n = x.numel();
+    let groups = n.div_ceil(256).clamp(1, ABS_MAX_GROUPS);
+    let gpu = x.gpu();
+    let partial = Tensor::uninit(gpu, &[groups], DType::F32, "f16_scale")?;
+    let p = Params {
+        rows: groups as u32,
+        len: n as u32,
+        batch: 1,
+        alpha: 1.0,
+    };
+    gpu.dispatch(
+        &ABS_MAX,
+        &p,
+        &[x.buffer(), partial.buffer()],
+        grid_1d(groups as u32),
+    )?;
+    let out = Tensor::uninit(gpu, &[1], DType::F32, "f16_scale")?;
+    let p = Params {
+        rows: 1,
+        len: groups as u32,
+        ..p
+    };
+    gpu.dispatch(
+        &F16_SCALE,
+        &p,
+        &[partial.buffer(), out.buffer()],
+        grid_1d(1),
+    )?;
+    Ok(out)
+}
 
 /// Longest row one workgroup sums directly; longer inputs are reduced in two passes.
 const ONE_PASS_MAX: usize = 1 << 16;

@@ -5,6 +5,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
+pub mod f16;
 pub mod linear;
 pub mod loss;
 pub mod optim;
@@ -13,6 +14,7 @@ pub mod pool;
 pub use batchnorm::*;
 pub use conv::*;
 pub use elementwise::*;
+pub use f16::*;
 pub use linear::*;
 pub use loss::*;
 pub use optim::*;

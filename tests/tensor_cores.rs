@@ -1,0 +1,246 @@
+//! The f16 tensor-core conv engine (`ConvPrecision::F16`, shaders/conv_mma.wgsl) against the CPU
+//! reference computed from the same f16-rounded operands.
+//!
+//! Where the adapter has no usable cooperative-matrix configuration (Debian 12's lavapipe, the
+//! browsers), the tests check that asking for F16 fails with a message that says why. Set
+//! `RESNET_WGPU_EXPECT_TENSOR_CORES=1` to make that a failure instead: CI does so when it runs
+//! this file on Mesa 26's lavapipe, which has 8x8x8 f16 fragments (scripts/tensor-cores/).
+
+mod common;
+use common::*;
+use resnet_wgpu::{ConvPrecision, Gpu, GpuOptions, Tape, Tensor, ops, reference};
+
+/// A device opened asking for tensor cores, with F16 convolutions selected; None (after checking
+/// the error) where the adapter has none.
+fn f16_gpu() -> Option<Gpu> {
+    let gpu = Gpu::with_options(GpuOptions {
+        tensor_cores: true,
+        ..Default::default()
+    })
+    .expect("no GPU adapter");
+    match gpu.set_conv_precision(ConvPrecision::F16) {
+        Ok(()) => {
+            let config = gpu.mma_config().expect("F16 was accepted");
+            eprintln!("{}: f16 engine with {config:?}", gpu.info());
+            Some(gpu)
+        }
+        Err(e) => {
+            let expected = std::env::var("RESNET_WGPU_EXPECT_TENSOR_CORES").is_ok_and(|v| v == "1");
+            assert!(
+                !expected,
+                "RESNET_WGPU_EXPECT_TENSOR_CORES=1 but {}: {e}",
+                gpu.info()
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("ConvPrecision::F16") && msg.contains("cooperative-matrix"),
+                "{msg}"
+            );
+            assert_eq!(gpu.conv_precision(), ConvPrecision::F32);
+            None
+        }
+    }
+}
+
+fn rounded(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| reference::round_f16(x)).collect()
+}
+
+fn rms(v: &[f32]) -> f32 {
+    (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt()
+}
+
+/// f32 accumulation of f16 products, in an order unlike the reference's: a relative error of
+/// about 1e-6 per term, and the driver's f32 -> f16 conversion may round toward zero where
+/// the reference rounds to nearest (one f16 ulp, 2^-11 relative, on some operands).
+#[track_caller]
+fn close_f16(actual: &[f32], expected: &[f32], what: &str) {
+    let atol = 2e-3 * rms(expected);
+    assert_close(actual, expected, 2e-3, atol, what);
+}
+
+struct Case {
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    pad: usize,
+    /// Magnitude of the output gradient (small values test the gradient scaling).
+    gy_scale: f32,
+}
+
+fn check(gpu: &Gpu, c: &Case, seed: u64) {
+    let xv = random_vec(c.x.iter().product(), seed);
+    let wv: Vec<f32> = random_vec(c.w.iter().product(), seed + 1)
+        .iter()
+        .map(|v| v * 0.25)
+        .collect();
+    let bv = random_vec(c.w[0], seed + 2);
+    let x = Tensor::from_slice(gpu, &c.x, &xv).unwrap();
+    let w = Tensor::from_slice(gpu, &c.w, &wv).unwrap();
+    let b = Tensor::from_slice(gpu, &[c.w[0]], &bv).unwrap();
+    let what = format!("x {:?} w {:?} stride {} pad {}", c.x, c.w, c.stride, c.pad);
+
+    let y = ops::conv2d(&x, &w, Some(&b), c.stride, c.pad).unwrap();
+    let (ry, ys) = reference::conv2d(
+        &rounded(&xv),
+        c.x,
+        &rounded(&wv),
+        c.w,
+        Some(&bv),
+        c.stride,
+        c.pad,
+    );
+    assert_eq!(y.shape(), ys);
+    let yv = y.to_vec().unwrap();
+    close_f16(&yv, &ry, &format!("{what}: forward"));
+    // The f16 engine really ran: the exact f32 convolution differs by the operands' rounding
+    // (about 1e-4 of the outputs' size), far more than f32 sums do (about 1e-7).
+    let (exact, _) = reference::conv2d(&xv, c.x, &wv, c.w, Some(&bv), c.stride, c.pad);
+    let off = yv
+        .iter()
+        .zip(&exact)
+        .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+    assert!(
+        off > 1e-5 * rms(&exact),
+        "{what}: forward equals the exact f32 result (largest difference {off})"
+    );
+
+    let gyv: Vec<f32> = random_vec(ys.iter().product(), seed + 3)
+        .iter()
+        .map(|v| v * c.gy_scale)
+        .collect();
+    let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
+    let gy16 = reference::round_f16_scaled(&gyv);
+    let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+    let rgx = reference::conv2d_backward_input(&gy16, &rounded(&wv), c.w, c.x, c.stride, c.pad);
+    close_f16(
+        &gx.to_vec().unwrap(),
+        &rgx,
+        &format!("{what}: input gradient"),
+    );
+    let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+    let rgw = reference::conv2d_backward_weight(&rounded(&xv), c.x, &gy16, c.w, c.stride, c.pad);
+    close_f16(
+        &gw.to_vec().unwrap(),
+        &rgw,
+        &format!("{what}: weight gradient"),
+    );
+}
+
+#[test]
+fn f16_engine_matches_the_reference_on_f16_operands() {
+    let Some(gpu) = f16_gpu() else { return };
+    let case = |x, w, stride, pad, gy_scale| Case {
+        x,
+        w,
+        stride,
+        pad,
+        gy_scale,
+    };
+    // Ragged edges against the 64 x 64 tile, several 32-deep chunks, a strided conv with four
+    // input-gradient phases, 1x1 and 7x7 kernels, split-K weight gradients, a split-K forward
+    // (few output tiles), and gradients of 1e-6, which f16 alone would flush to subnormals.
+    let cases = [
+        case([2, 19, 13, 11], [131, 19, 3, 3], 1, 1, 1.0),
+        case([1, 21, 17, 15], [70, 21, 3, 3], 2, 1, 1.0),
+        case([2, 35, 9, 9], [129, 35, 1, 1], 2, 0, 1.0),
+        case([1, 3, 23, 21], [66, 3, 7, 7], 2, 3, 1.0),
+        case([1, 64, 5, 5], [20, 64, 3, 3], 1, 1, 1.0),
+        case([2, 16, 12, 12], [32, 16, 3, 3], 1, 1, 1e-6),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        check(&gpu, c, 900 + 10 * i as u64);
+    }
+}
+
+#[test]
+fn f16_scale_is_the_power_of_two_the_engine_uses() {
+    let gpu = gpu();
+    for (values, expected) in [
+        (vec![0.0f32, 0.0], 1.0f32),
+        (vec![1.0, -0.5], 8192.0),
+        (vec![3e-7, -1e-6], 2f32.powi(13 + 20)),
+        (vec![-40000.0, 2.0], 0.25),
+    ] {
+        let mut long = values.clone();
+        long.resize(100_000, 0.0); // several partial maxima
+        for v in [values, long] {
+            let t = Tensor::from_slice(&gpu, &[v.len()], &v).unwrap();
+            let s = ops::f16_scale(&t).unwrap().to_vec().unwrap();
+            assert_eq!(s, [expected], "{:?}", &v[..2]);
+            assert_eq!(
+                reference::f16_scale(&v),
+                expected,
+                "reference {:?}",
+                &v[..2]
+            );
+        }
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// A small ResNet-18 training step (forward and backward, batch norm in training mode) with F16
+/// convolutions against the same step in F32. Errors of the operands' rounding (2^-11) grow
+/// through the backward pass, most where batch norm's backward subtracts nearly equal terms:
+/// the loss and the classifier's gradient agree closely, the earliest layers' only in direction.
+#[test]
+fn f16_resnet_step_tracks_the_f32_one() {
+    let Some(gpu) = f16_gpu() else { return };
+    use resnet_wgpu::Rng;
+    use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
+    let config = ResNetConfig::resnet18(10)
+        .with_widths(vec![8, 16, 16, 32])
+        .with_stem(Stem::Cifar);
+    let n = 8;
+    let x = Tensor::from_slice(&gpu, &[n, 3, 16, 16], &random_vec(n * 3 * 16 * 16, 77)).unwrap();
+    let y = Tensor::from_u32(&gpu, &[n], &[3, 7, 0, 9, 1, 1, 4, 2]).unwrap();
+    let mut results = Vec::new();
+    for precision in [ConvPrecision::F32, ConvPrecision::F16] {
+        gpu.set_conv_precision(precision).unwrap();
+        let mut net = ResNet::new(&gpu, config.clone(), &mut Rng::new(5)).unwrap();
+        let tape = Tape::new();
+        let (logits, binds) = net.forward_train(&tape, &x, |_| true).unwrap();
+        let loss = logits.cross_entropy(&y, 0.0).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let named: Vec<(String, Vec<f32>)> = net
+            .params()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let g = grads.get(binds.var(i))?;
+                Some((p.name.clone(), g.to_vec().unwrap()))
+            })
+            .collect();
+        results.push((loss.tensor().to_vec().unwrap()[0], named));
+    }
+    let (l32, g32) = &results[0];
+    let (l16, g16) = &results[1];
+    assert!(
+        (l32 - l16).abs() < 2e-3 * l32.abs(),
+        "loss f32 {l32}, f16 {l16}"
+    );
+    let (mut all32, mut all16) = (Vec::new(), Vec::new());
+    for ((name, a), (_, b)) in g32.iter().zip(g16) {
+        let c = cosine(a, b);
+        eprintln!("{name}: cosine {c:.4}");
+        if name.starts_with("fc.") {
+            assert_close(
+                b,
+                a,
+                1e-2,
+                1e-2 * rms(a),
+                &format!("{name} gradient, f16 vs f32"),
+            );
+        }
+        assert!(c > 0.97, "{name}: gradient cosine f16 vs f32 {c}");
+        all32.extend_from_slice(a);
+        all16.extend_from_slice(b);
+    }
+    let c = cosine(&all32, &all16);
+    assert!(c > 0.99, "whole gradient: cosine f16 vs f32 {c}");
+}
