@@ -1,7 +1,10 @@
 #!/bin/bash
 # Runs on the lent GPU machine (see scripts/gpu/pack.sh): golden/op tests, the bench, and a
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
-# Usage: [SWEEP_TILES="64x64 128x128"] bash scripts/gpu/run.sh [train-seconds] [bench-args...]
+# Usage: [SWEEP_TILES="64x64 128x128"] [F16_BENCH="--what models --models r18"] \
+#        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
+# F16_BENCH: also run the bench with --precision f16 (tensor cores) and these arguments, after
+# the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
 set -u
 TRAIN_S=${1:-300}; shift || true
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -12,7 +15,9 @@ B=/tmp/bin && mkdir -p $B && tar -C $B -xJf .carry/bin.tar.xz
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
 echo "== tests"; t0=$(date +%s)
 for t in $B/test-*; do
-  echo "-- $(basename $t)"; timeout 120 "$t" --test-threads 8 2>&1 | grep -E "test result|FAILED|panicked|failed" | head -20
+  echo "-- $(basename $t)"
+  if [ "$(basename $t)" = test-tensor_cores ]; then export RESNET_WGPU_EXPECT_TENSOR_CORES=1; fi
+  timeout 120 "$t" --test-threads 8 2>&1 | grep -E "test result|FAILED|panicked|failed" | head -20
 done 2>&1 | tee "$OUT/tests.log"
 echo "tests took $(( $(date +%s) - t0 )) s"
 # SWEEP_TILES="64x64 128x128 ...": the conv bench once per forced tile first.
@@ -23,6 +28,10 @@ done
 echo "== bench"; t0=$(date +%s)
 timeout 200 $B/bench "$@" 2>&1 | tee "$OUT/bench.txt"
 echo "bench took $(( $(date +%s) - t0 )) s"
+if [ -n "${F16_BENCH:-}" ]; then
+  echo "== bench --precision f16"
+  timeout 200 $B/bench --precision f16 $F16_BENCH 2>&1 | tee "$OUT/bench-f16.txt"
+fi
 if [ "$TRAIN_S" -gt 0 ]; then
   echo "== train"; t0=$(date +%s)
   timeout "$TRAIN_S" $B/train --data-dir .carry/fmnist --metrics-json "$OUT/metrics.jsonl" \
