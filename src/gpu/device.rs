@@ -25,16 +25,17 @@ pub struct GpuOptions {
     pub tensor_cores: bool,
 }
 
+/// The features the f16 conv engine needs (requested only with [`GpuOptions::tensor_cores`]).
+const MMA_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::SUBGROUP);
+
 /// The f16 x f16 + f32 cooperative-matrix configuration of `adapter` that the f16 conv engine
 /// (`shaders/conv_mma.wgsl`) has a variant for: square F x F x F fragments with F = 16 or 8, and
 /// a fixed subgroup size. None when there is none.
 #[cfg(not(target_arch = "wasm32"))]
 fn mma_config(adapter: &wgpu::Adapter) -> Option<super::MmaConfig> {
-    let features = adapter.features();
-    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
-        | wgpu::Features::SHADER_F16
-        | wgpu::Features::SUBGROUP;
-    if !features.contains(needed) {
+    if !adapter.features().contains(MMA_FEATURES) {
         return None;
     }
     let info = adapter.get_info();
@@ -190,9 +191,7 @@ impl Gpu {
             ..Default::default()
         };
         if mma.is_some() {
-            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
-                | wgpu::Features::SHADER_F16
-                | wgpu::Features::SUBGROUP;
+            features |= MMA_FEATURES;
             // SAFETY: the caller opted in (`GpuOptions::tensor_cores`); the feature is only used
             // by conv_mma.wgsl, whose variants are checked against the adapter's configurations
             // (`mma_config`) and whose results the tests compare with the CPU reference.

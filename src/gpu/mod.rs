@@ -55,7 +55,7 @@ macro_rules! kernel {
             entry: $entry,
         }
     };
-    ($file:literal, $entry:literal, $variant:literal, $engine:literal) => {
+    ($file:literal, $entry:literal, $variant:expr, $engine:literal) => {
         $crate::gpu::Kernel {
             file: $file,
             variant: $variant,
@@ -110,7 +110,7 @@ pub struct MmaConfig {
 impl MmaConfig {
     /// Whether `shaders/conv_mma.wgsl` is compiled for this configuration (see `ops::conv`).
     pub fn has_kernels(&self) -> bool {
-        crate::ops::conv_mma_supported(*self)
+        crate::ops::conv::has_mma_kernels(*self)
     }
 }
 

@@ -54,7 +54,7 @@ struct Kernels {
 }
 
 macro_rules! conv_kernels {
-    ($variant:literal, $engine:literal) => {
+    ($variant:expr, $engine:literal) => {
         Kernels {
             forward: kernel!("conv.wgsl", "conv_forward", $variant, $engine),
             backward_input: kernel!("conv.wgsl", "conv_backward_input", $variant, $engine),
@@ -92,18 +92,43 @@ const FORWARD_REDUCE: Kernel = kernel!(
     "conv_fma.wgsl"
 );
 
-/// f16 tensor-core kernels (`shaders/conv_mma.wgsl`): 64 x 64 tiles, reduction chunk 32, each
-/// subgroup one row of two F x F fragments. 16 x 16 fragments with subgroups of 32 (NVIDIA
-/// through Vulkan, Apple)...
-const MMA_F16_SG32: Kernels = conv_kernels!(
-    "enable f16;\nenable wgpu_cooperative_matrix;\nconst TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 32u;\nconst F: u32 = 16u;\nconst SG: u32 = 32u;\nconst FM: u32 = 1u;\nconst FN: u32 = 2u;\nalias MatA = coop_mat16x16<f16, A>;\nalias MatB = coop_mat16x16<f16, B>;\nalias MatC = coop_mat16x16<f32, C>;\n",
-    "conv_mma.wgsl"
-);
+/// The declarations conv_mma.wgsl needs for F x F fragments (`$f`, the literal F) and subgroups
+/// of `$sg`: 64 x 64 tiles, reduction chunk 32, each subgroup one row of two fragments.
+macro_rules! mma_variant {
+    ($f:literal, $sg:literal) => {
+        concat!(
+            "enable f16;\nenable wgpu_cooperative_matrix;\n",
+            "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 32u;\n",
+            "const F: u32 = ",
+            $f,
+            "u;\nconst SG: u32 = ",
+            $sg,
+            "u;\n",
+            "const FM: u32 = 1u;\nconst FN: u32 = 2u;\n",
+            "alias MatA = coop_mat",
+            $f,
+            "x",
+            $f,
+            "<f16, A>;\n",
+            "alias MatB = coop_mat",
+            $f,
+            "x",
+            $f,
+            "<f16, B>;\n",
+            "alias MatC = coop_mat",
+            $f,
+            "x",
+            $f,
+            "<f32, C>;\n",
+        )
+    };
+}
+
+/// f16 tensor-core kernels (`shaders/conv_mma.wgsl`): 16 x 16 fragments with subgroups of 32
+/// (NVIDIA through Vulkan, Apple)...
+const MMA_F16_SG32: Kernels = conv_kernels!(mma_variant!(16, 32), "conv_mma.wgsl");
 /// ...and 8 x 8 fragments with subgroups of 8 (Mesa's lavapipe).
-const MMA_F8_SG8: Kernels = conv_kernels!(
-    "enable f16;\nenable wgpu_cooperative_matrix;\nconst TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 32u;\nconst F: u32 = 8u;\nconst SG: u32 = 8u;\nconst FM: u32 = 1u;\nconst FN: u32 = 2u;\nalias MatA = coop_mat8x8<f16, A>;\nalias MatB = coop_mat8x8<f16, B>;\nalias MatC = coop_mat8x8<f32, C>;\n",
-    "conv_mma.wgsl"
-);
+const MMA_F8_SG8: Kernels = conv_kernels!(mma_variant!(8, 8), "conv_mma.wgsl");
 
 /// The f16 kernels for `config`, if they exist.
 fn mma_kernels(config: MmaConfig) -> Option<&'static Kernels> {
@@ -114,9 +139,8 @@ fn mma_kernels(config: MmaConfig) -> Option<&'static Kernels> {
     }
 }
 
-/// Whether the f16 conv engine has kernels for `config`.
-#[doc(hidden)]
-pub fn conv_mma_supported(config: MmaConfig) -> bool {
+/// Whether the f16 engine has kernels for `config` ([`MmaConfig::has_kernels`]).
+pub(crate) fn has_mma_kernels(config: MmaConfig) -> bool {
     mma_kernels(config).is_some()
 }
 
@@ -130,13 +154,30 @@ struct Engine {
     f16: bool,
 }
 
+/// The f16 engine's kernels when `gpu` runs convolutions in [`ConvPrecision::F16`].
+fn f16_kernels(gpu: &Gpu) -> Option<&'static Kernels> {
+    match gpu.conv_precision() {
+        ConvPrecision::F16 => gpu.mma_config().and_then(mma_kernels),
+        ConvPrecision::F32 => None,
+    }
+}
+
+/// The operand scale the f16 engine multiplies gy by in both backward passes
+/// ([`crate::ops::f16_scale`]): `given` when the caller computed it for the other pass, else
+/// computed here; None for the f32 engine, which binds no scale.
+fn gy_scale(f16: bool, gy: &Tensor, given: Option<&Tensor>) -> Result<Option<Tensor>> {
+    match (f16, given) {
+        (false, _) => Ok(None),
+        (true, Some(scale)) => Ok(Some(scale.clone())),
+        (true, None) => crate::ops::f16_scale(gy).map(Some),
+    }
+}
+
 impl Engine {
     /// `gpu`'s engine: the f16 one under [`ConvPrecision::F16`], else the f32 one with `tile`
     /// (chosen by the caller's plan unless forced).
     fn for_gpu(gpu: &Gpu, tile: impl FnOnce() -> ConvTile) -> Engine {
-        if gpu.conv_precision() == ConvPrecision::F16
-            && let Some(kernels) = gpu.mma_config().and_then(mma_kernels)
-        {
+        if let Some(kernels) = f16_kernels(gpu) {
             return Engine {
                 kernels,
                 dims: (64, 64, 32),
@@ -690,6 +731,19 @@ pub fn conv2d_backward_input_tiled(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
+    backward_input(gy, w, x_shape, stride, padding, tile, None)
+}
+
+/// [`conv2d_backward_input_tiled`] with gy's f16 operand scale when the caller has it.
+fn backward_input(
+    gy: &Tensor,
+    w: &Tensor,
+    x_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
+    scale: Option<&Tensor>,
+) -> Result<Tensor> {
     const OP: &str = "conv2d_backward_input";
     let gys = gy.nchw(OP, "output gradient gy [N, K, OH, OW]")?;
     let ws = w.nchw(OP, "weight w [K, C, R, S]")?;
@@ -700,12 +754,9 @@ pub fn conv2d_backward_input_tiled(
     let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
     let model = TileModel::for_gpu(gpu);
     // The f16 engine scales gy (operand B) by a power of two that keeps it clear of f16's
-    // subnormals; `scale` is any buffer for the f32 engine.
-    let f16 = Engine::for_gpu(gpu, || ConvTile::T64x64).f16;
-    let scale = match f16 {
-        true => Some(crate::ops::f16_scale(gy)?),
-        false => None,
-    };
+    // subnormals; the f32 engine binds no scale.
+    let f16 = f16_kernels(gpu).is_some();
+    let scale = gy_scale(f16, gy, scale)?;
     let scale_buffer = scale.as_ref().map_or(w.buffer(), |t| t.buffer());
     let [n, c, h, wd] = x_shape;
     let [_, _, r, s] = ws;
@@ -813,6 +864,19 @@ pub fn conv2d_backward_weight_tiled(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
+    backward_weight(x, gy, w_shape, stride, padding, tile, None)
+}
+
+/// [`conv2d_backward_weight_tiled`] with gy's f16 operand scale when the caller has it.
+fn backward_weight(
+    x: &Tensor,
+    gy: &Tensor,
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
+    scale: Option<&Tensor>,
+) -> Result<Tensor> {
     const OP: &str = "conv2d_backward_weight";
     let xs = x.nchw(OP, "input x [N, C, H, W]")?;
     let gys = gy.nchw(OP, "output gradient gy [N, K, OH, OW]")?;
@@ -838,10 +902,7 @@ pub fn conv2d_backward_weight_tiled(
     let mut params = g.params(false, chunk, splits);
     // The f16 engine scales gy (operand A) by a power of two that keeps it clear of f16's
     // subnormals.
-    let scale = match engine.f16 {
-        true => Some(crate::ops::f16_scale(gy)?),
-        false => None,
-    };
+    let scale = gy_scale(engine.f16, gy, scale)?;
     if engine.f16 {
         params.scaled = 1;
     }
@@ -899,12 +960,31 @@ impl Var {
         inputs.extend(b);
         let has_bias = b.is_some();
         Var::record("conv2d", &inputs, y, move |gy| {
+            // Both passes of the f16 engine scale gy by the same power of two: computed once.
+            let both = saved_w.is_some() && saved_x.is_some();
+            let scale = gy_scale(both && f16_kernels(gy.gpu()).is_some(), gy, None)?;
             let gx = match &saved_w {
-                Some(w) => Some(conv2d_backward_input(gy, w, x_shape, stride, padding)?),
+                Some(w) => Some(backward_input(
+                    gy,
+                    w,
+                    x_shape,
+                    stride,
+                    padding,
+                    None,
+                    scale.as_ref(),
+                )?),
                 None => None,
             };
             let gw = match &saved_x {
-                Some(x) => Some(conv2d_backward_weight(x, gy, w_shape, stride, padding)?),
+                Some(x) => Some(backward_weight(
+                    x,
+                    gy,
+                    w_shape,
+                    stride,
+                    padding,
+                    None,
+                    scale.as_ref(),
+                )?),
                 None => None,
             };
             let mut grads = vec![gx, gw];
