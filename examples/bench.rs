@@ -523,16 +523,14 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
             opt(row.cpu_record_ms),
             row.peak_bytes as f64 / (1 << 20) as f64
         );
-        if row.mode == "train" {
-            for f in &row.top_kernels {
-                println!(
-                    "    {:<38} {:>10.2} ms {:>5.1}% {:>6} dispatches",
-                    format!("{}::{}", f.file, f.entry),
-                    f.gpu_ms,
-                    f.share * 100.0,
-                    f.dispatches
-                );
-            }
+        for f in &row.top_kernels {
+            println!(
+                "    {:<38} {:>10.2} ms {:>5.1}% {:>6} dispatches",
+                format!("{}::{}", f.file, f.entry),
+                f.gpu_ms,
+                f.share * 100.0,
+                f.dispatches
+            );
         }
         rows.push(row);
     };

@@ -19,6 +19,12 @@
 //                         partial y at z * len(y), and conv_forward_reduce adds them and the bias.
 //   conv_reduce_splits:   gw[j] = sum_{z < splits} part[z * K*C*R*S + j]
 //   conv_forward_reduce:  y[j]  = b[k(j)] + sum_{z < splits} part[z * len(y) + j]
+//   conv_forward_bn:      inference's conv + eval-mode batch norm (+ residual) (+ ReLU) in one pass:
+//                         y[n,k,oh,ow] = relu?((v - mean[k]) / sqrt(var[k] + eps) * gamma[k] + beta[k]
+//                                              (+ res[n,k,oh,ow])) with v the bias-free conv output;
+//                         conv_forward_reduce_bn applies the same to the sum of split partials.
+//                         The operations and their order are those of the separate kernels
+//                         (batchnorm.wgsl normalize, elementwise.wgsl add / add_relu).
 //
 // Tiling (all GEMM entry points): a workgroup of 256 threads (16 x 16) computes a BM x BN output
 // tile, looping over the reduction in BK-deep chunks. The tile is a compile-time variant: the host
@@ -41,11 +47,11 @@
 // run-time divisions happen once per thread (its fixed pixel column) or once per chunk.
 //
 // Dispatch:
-//   conv_forward / conv_backward_input (per phase): x*z = ceil(N / BN) column tiles (tile = wg.x + wg.z *
+//   conv_forward, conv_forward_bn / conv_backward_input (per phase): x*z = ceil(N / BN) column tiles (tile = wg.x + wg.z *
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
 //     y = ceil(M / BM) row tiles. conv_forward with splits > 1: x = column tiles, z = splits.
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
-//   conv_reduce_splits / conv_forward_reduce: one thread per element of gw / y, 256 per
+//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn: one thread per element of gw / y, 256 per
 //     workgroup, linear index (wg.x + wg.y * num_workgroups.x) * 256 + local index.
 //
 // Bindings (group 0): 0 = Params (uniform), then per entry point:
@@ -58,6 +64,11 @@
 //   conv_reduce_splits:   1 = part [splits,K*C*R*S] (read), 2 = gw [K,C,R,S] (write)
 //   conv_forward_reduce:  1 = part [splits,N,K,OH,OW] (read), 2 = b [K] (read; any buffer when
 //                         has_bias == 0), 3 = y [N,K,OH,OW] (write)
+//   conv_forward_bn:      1 = x, 2 = w, 4 = y as conv_forward (no bias, no split), 6 = gamma [K],
+//                         7 = beta [K], 8 = running mean [K], 9 = running var [K] (all read),
+//                         10 = res [N,K,OH,OW] (read; any buffer but y without EPI_RESIDUAL):
+//                         8 storage buffers (9 with conv_mma.wgsl), WebGPU's default limit
+//   conv_forward_reduce_bn: 1 = part (read), 4 = y (write), 6-10 as conv_forward_bn
 //   With conv_mma.wgsl, the three GEMM entry points also bind 5 = the f16 operand scale (see
 //   there; p.scaled selects the operand).
 // All indices are u32; the host checks that every tensor and GEMM extent fits.
@@ -88,6 +99,8 @@ struct Params {
     hc: u32,
     wc: u32,
     scaled: u32,  // the f16 engine's scaled operand (conv_mma.wgsl); unused by the f32 engine
+    epilogue: u32,  // conv_forward_bn, conv_forward_reduce_bn: EPI_RELU | EPI_RESIDUAL
+    eps: f32,       // conv_forward_bn, conv_forward_reduce_bn: the batch norm's epsilon
     pad_: u32,
 }
 
@@ -282,9 +295,9 @@ fn fw_emit(tid: u32, m0: u32, n0: u32) {
     }
 }
 
-@compute @workgroup_size(256)
-fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) tid: u32) {
+// The GEMM of one forward tile, leaving the thread's micro-tile in `acc`. Returns the tile's
+// first row (channel) and column (pixel), or column NO_TILE for the surplus groups of the grid.
+fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
     let ncols = p.batch * p.out_h * p.out_w;
     // Split-K (p.splits > 1, small grids): grid z is the split, which reduces over
     // [z * chunk, (z + 1) * chunk) and writes its partial result at z * len(y).
@@ -300,7 +313,7 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     }
     let n0 = tile * BN;
     let m0 = wg.y * BM;
-    if (n0 >= ncols) { return; }
+    if (n0 >= ncols) { return vec2<u32>(0u, NO_TILE); }
     let px = pixel(n0 + tid % BN, ncols, p.out_h, p.out_w);
     let xbase = px.img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(px.y * p.stride) - i32(p.pad);
@@ -316,7 +329,17 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         workgroupBarrier();
     }
     engine_end(tid);
-    fw_emit(tid, m0, n0);
+    return vec2<u32>(m0, n0);
+}
+
+const NO_TILE: u32 = 0xffffffffu;
+
+@compute @workgroup_size(256)
+fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) tid: u32) {
+    let t = fw_gemm(wg, nwg, tid);
+    if (t.y == NO_TILE) { return; }
+    fw_emit(tid, t.x, t.y);
 }
 
 @group(0) @binding(1) var<storage, read> fr_part: array<f32>;
@@ -334,6 +357,99 @@ fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     if (p.has_bias != 0u) { s = fr_b[(j / ohw) % p.out_c]; }
     for (var z = 0u; z < p.splits; z++) { s += fr_part[z * len + j]; }
     fr_y[j] = s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward fused with an eval-mode batch norm, a residual and a ReLU (inference)
+
+@group(0) @binding(6) var<storage, read> bn_gamma: array<f32>;
+@group(0) @binding(7) var<storage, read> bn_beta: array<f32>;
+@group(0) @binding(8) var<storage, read> bn_mean: array<f32>;
+@group(0) @binding(9) var<storage, read> bn_var: array<f32>;
+@group(0) @binding(10) var<storage, read> bn_res: array<f32>;
+
+const EPI_RELU: u32 = 1u;
+const EPI_RESIDUAL: u32 = 2u;
+
+// The running statistics and affine parameters of one output channel.
+struct BnChannel {
+    mean: f32,
+    invstd: f32,
+    gamma: f32,
+    beta: f32,
+}
+
+fn bn_channel(c: u32) -> BnChannel {
+    return BnChannel(bn_mean[c], 1.0 / sqrt(bn_var[c] + p.eps), bn_gamma[c], bn_beta[c]);
+}
+
+// y[j] from the conv output v of channel ch, in batchnorm.wgsl's `normalize` order and then
+// elementwise.wgsl's `add_relu` (or `add`), so that the result matches those kernels run apart.
+fn bn_out(ch: BnChannel, j: u32, v: f32) -> f32 {
+    var y = (v - ch.mean) * ch.invstd * ch.gamma + ch.beta;
+    if ((p.epilogue & EPI_RESIDUAL) != 0u) { y = y + bn_res[j]; }
+    if ((p.epilogue & EPI_RELU) != 0u) { y = max(y, 0.0); }
+    return y;
+}
+
+fn fb_put(ch: BnChannel, m: u32, n: u32, v: f32) {
+    let ohw = p.out_h * p.out_w;
+    if (n >= p.batch * ohw) { return; }
+    let img = n / ohw;
+    let j = (img * p.out_c + m) * ohw + n - img * ohw;
+    fw_y[j] = bn_out(ch, j, v);
+}
+
+fn fb_row(m: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
+    if (m >= p.out_c) { return; }
+    let ch = bn_channel(m);
+    fb_put(ch, m, n, v0.x);
+    fb_put(ch, m, n + 1u, v0.y);
+    fb_put(ch, m, n + 2u, v0.z);
+    fb_put(ch, m, n + 3u, v0.w);
+    if (VN == 2u) {
+        fb_put(ch, m, n + 64u, v1.x);
+        fb_put(ch, m, n + 65u, v1.y);
+        fb_put(ch, m, n + 66u, v1.z);
+        fb_put(ch, m, n + 67u, v1.w);
+    }
+}
+
+fn fb_emit(tid: u32, m0: u32, n0: u32) {
+    let ty = tid / 16u;
+    let n = n0 + 4u * (tid % 16u);
+    fb_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
+    fb_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
+    fb_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
+    fb_row(m0 + tile_row(3u, ty), n, acc[3u * VN], acc[3u * VN + 1u]);
+    if (TM == 8u) {
+        fb_row(m0 + tile_row(4u, ty), n, acc[4u * VN], acc[4u * VN + 1u]);
+        fb_row(m0 + tile_row(5u, ty), n, acc[5u * VN], acc[5u * VN + 1u]);
+        fb_row(m0 + tile_row(6u, ty), n, acc[6u * VN], acc[6u * VN + 1u]);
+        fb_row(m0 + tile_row(7u, ty), n, acc[7u * VN], acc[7u * VN + 1u]);
+    }
+}
+
+// Only without split-K (p.splits == 1): a split forward runs conv_forward for its partial
+// results and conv_forward_reduce_bn for the epilogue.
+@compute @workgroup_size(256)
+fn conv_forward_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) tid: u32) {
+    let t = fw_gemm(wg, nwg, tid);
+    if (t.y == NO_TILE) { return; }
+    fb_emit(tid, t.x, t.y);
+}
+
+@compute @workgroup_size(256)
+fn conv_forward_reduce_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let ohw = p.out_h * p.out_w;
+    let len = p.batch * p.out_c * ohw;
+    let j = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (j >= len) { return; }
+    var s = 0.0;
+    for (var z = 0u; z < p.splits; z++) { s += fr_part[z * len + j]; }
+    fw_y[j] = bn_out(bn_channel((j / ohw) % p.out_c), j, s);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -258,6 +258,171 @@ fn every_tile_matches_reference() {
     }
 }
 
+/// Random eval-mode batch-norm parameters for `k` channels: gamma, beta, running mean and a
+/// running variance in [0.5, 1.5].
+fn random_bn(k: usize, seed: u64) -> [Vec<f32>; 4] {
+    let var = random_vec(k, seed + 3)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    [
+        random_vec(k, seed),
+        random_vec(k, seed + 1),
+        random_vec(k, seed + 2),
+        var,
+    ]
+}
+
+#[test]
+fn fused_eval_batch_norm_matches_separate_kernels() {
+    // A device of its own: the test counts its dispatches.
+    let gpu = new_gpu();
+    // Inference's conv blocks: conv + eval batch norm (+ residual) (+ ReLU) in one kernel.
+    // Ragged edges against every tile, a 1x1 stride-2 downsample, a 7x7 stem and (last) a
+    // split-K forward, whose epilogue runs in the reduce kernel.
+    let cases = [
+        case([2, 19, 13, 11], 131, 3, 3, 1, 1, false),
+        case([2, 35, 9, 9], 129, 1, 1, 2, 0, false),
+        case([1, 3, 23, 21], 66, 7, 7, 2, 3, false),
+        case([1, 64, 5, 5], 20, 3, 3, 1, 1, false),
+    ];
+    let last = cases.last().unwrap();
+    let splits = ops::conv2d_forward_splits(&gpu, last.x, last.w, last.stride, last.pad).unwrap();
+    assert!(
+        splits > 1,
+        "expected a split forward reduction, got {splits}"
+    );
+    let eps = 1e-5;
+    for (i, c) in cases.iter().enumerate() {
+        let seed = 500 + 10 * i as u64;
+        let xv = random_vec(c.x.iter().product(), seed);
+        let wv = random_vec(c.w.iter().product(), seed + 1);
+        let bnv = random_bn(c.w[0], seed + 2);
+        let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
+        let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
+        let bn_t: Vec<Tensor> = bnv
+            .iter()
+            .map(|v| Tensor::from_slice(&gpu, &[c.w[0]], v).unwrap())
+            .collect();
+        let bn = ops::EvalBatchNorm {
+            gamma: &bn_t[0],
+            beta: &bn_t[1],
+            running_mean: &bn_t[2],
+            running_var: &bn_t[3],
+            eps,
+        };
+        let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
+        let ys = [c.x[0], c.w[0], oh, ow];
+        let rv = random_vec(ys.iter().product(), seed + 7);
+        let r = Tensor::from_slice(&gpu, &ys, &rv).unwrap();
+        for (residual, relu) in [(false, false), (false, true), (true, true), (true, false)] {
+            let res = residual.then_some(&r);
+            let bn_ref = [&bnv[0][..], &bnv[1][..], &bnv[2][..], &bnv[3][..]];
+            let (ye, shape) = reference::conv2d_bn_eval(
+                &xv,
+                c.x,
+                &wv,
+                c.w,
+                c.stride,
+                c.pad,
+                bn_ref,
+                eps,
+                residual.then_some(&rv[..]),
+                relu,
+            );
+            assert_eq!(shape, ys);
+            let apart = ops::conv2d_bn_eval_unfused(&x, &w, c.stride, c.pad, &bn, res, relu)
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let tiles = ConvTile::ALL.iter().copied().map(Some);
+            for tile in std::iter::once(None).chain(tiles) {
+                let what = format!(
+                    "x {:?} w {:?} stride {} pad {} residual {residual} relu {relu} tile {tile:?}",
+                    c.x, c.w, c.stride, c.pad
+                );
+                let before = gpu.dispatch_count();
+                let y = ops::conv2d_bn_eval_tiled(&x, &w, c.stride, c.pad, &bn, res, relu, tile)
+                    .unwrap();
+                // One kernel, two with split-K (the GEMM, then the reduce with the epilogue); the
+                // separate kernels would be two to four.
+                let dispatches = gpu.dispatch_count() - before;
+                if tile.is_none() {
+                    let split = ops::conv2d_forward_splits(&gpu, c.x, c.w, c.stride, c.pad);
+                    let kernels = if split.unwrap() > 1 { 2 } else { 1 };
+                    assert_eq!(dispatches, kernels, "{what}: dispatches");
+                } else {
+                    assert!(dispatches <= 2, "{what}: {dispatches} dispatches");
+                }
+                assert_eq!(y.shape(), ys, "{what}: shape");
+                let y = y.to_vec().unwrap();
+                // The batch norm divides by sqrt(var) >= 0.7: the conv's tolerance, scaled.
+                assert_close(
+                    &y,
+                    &ye,
+                    RTOL,
+                    2e-4,
+                    &format!("{what}: against the reference"),
+                );
+                if tile.is_none() {
+                    // Same tile, same arithmetic in the same order as the separate kernels.
+                    assert_close(
+                        &y,
+                        &apart,
+                        1e-6,
+                        1e-6,
+                        &format!("{what}: against the separate kernels"),
+                    );
+                }
+                if relu {
+                    assert!(y.iter().all(|&v| v >= 0.0), "{what}: ReLU");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_eval_batch_norm_errors() {
+    let gpu = gpu();
+    let z = |s: &[usize]| Tensor::zeros(&gpu, s).unwrap();
+    let (x, w) = (z(&[1, 3, 8, 8]), z(&[4, 3, 3, 3]));
+    let (c4, c5) = (z(&[4]), z(&[5]));
+    let bn = ops::EvalBatchNorm {
+        gamma: &c4,
+        beta: &c4,
+        running_mean: &c4,
+        running_var: &c5,
+        eps: 1e-5,
+    };
+    let e = ops::conv2d_bn_eval(&x, &w, 1, 1, &bn, None, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("conv2d_bn_eval:") && e.contains("running_var") && e.contains("[4]"),
+        "{e}"
+    );
+    let bn = ops::EvalBatchNorm {
+        running_var: &c4,
+        ..bn
+    };
+    let e = ops::conv2d_bn_eval(&x, &w, 1, 1, &bn, Some(&z(&[1, 4, 7, 8])), true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("residual") && e.contains("[1, 4, 8, 8]") && e.contains("[1, 4, 7, 8]"),
+        "{e}"
+    );
+    let e = ops::conv2d_bn_eval(&x, &z(&[4, 2, 3, 3]), 1, 1, &bn, None, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("conv2d_bn_eval:") && e.contains("channels"),
+        "{e}"
+    );
+    assert!(ops::conv2d_bn_eval(&x, &w, 1, 1, &bn, Some(&z(&[1, 4, 8, 8])), false).is_ok());
+}
+
 #[test]
 fn tile_choice_fits_the_gemm() {
     // GPUs: large GEMMs take the wide tile; narrow ones do not waste most of a tile; grids too

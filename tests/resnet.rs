@@ -8,7 +8,7 @@ use common::*;
 use resnet_wgpu::io::{HostData, HostTensor, StateDict};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
-use resnet_wgpu::{Rng, Tape, Tensor};
+use resnet_wgpu::{Rng, Tape, Tensor, Var};
 
 const FILES: [&str; 3] = [
     "tiny_basic.safetensors",
@@ -143,6 +143,58 @@ fn tiny_resnets_match_pytorch_forward_backward_and_sgd_step() {
             1e-3,
             1e-3,
             &format!("{file}: eval logits after the step"),
+        );
+    }
+}
+
+#[test]
+fn inference_fuses_each_conv_with_its_batch_norm() {
+    // A device of its own: the test counts dispatches.
+    let gpu = new_gpu();
+    let configs = [
+        ResNetConfig::resnet18(5)
+            .with_widths(vec![4, 8, 8, 16])
+            .with_stem(Stem::ImageNet),
+        ResNetConfig::resnet50(3)
+            .with_layers(vec![1, 2, 1, 1])
+            .with_widths(vec![4, 4, 8, 8])
+            .with_stem(Stem::Cifar),
+    ];
+    for config in configs {
+        let what = format!("{config}");
+        let mut net = ResNet::new(&gpu, config, &mut Rng::new(3)).unwrap();
+        let x = Tensor::from_slice(&gpu, &[2, 3, 32, 32], &random_vec(2 * 3 * 32 * 32, 4)).unwrap();
+        // Training steps' forward passes move the running statistics away from 0 and 1.
+        for _ in 0..2 {
+            net.forward_train(&Tape::new(), &x, |_| true).unwrap();
+        }
+        let before = gpu.dispatch_count();
+        let fused = net.infer(&x).unwrap().to_vec().unwrap();
+        let fused_dispatches = gpu.dispatch_count() - before;
+        // With tracked parameters the eval-mode forward runs (and records) the separate ops.
+        let tape = Tape::new();
+        let b = net.bind(Some(&tape), |_| true);
+        let before = gpu.dispatch_count();
+        let apart = net
+            .forward_with(&b, &Var::constant(x.clone()), false, None)
+            .unwrap();
+        let apart_dispatches = gpu.dispatch_count() - before;
+        assert_close(
+            &fused,
+            &apart.tensor().to_vec().unwrap(),
+            1e-5,
+            1e-5,
+            &format!("{what}: fused against separate kernels"),
+        );
+        // Each batch norm (and each residual join) is a dispatch fewer.
+        let bns = net
+            .params()
+            .iter()
+            .filter(|p| p.name.ends_with("running_var"))
+            .count() as u64;
+        assert!(
+            fused_dispatches + bns <= apart_dispatches,
+            "{what}: {fused_dispatches} fused dispatches, {apart_dispatches} apart, {bns} batch norms"
         );
     }
 }

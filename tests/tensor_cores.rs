@@ -105,6 +105,44 @@ fn check(gpu: &Gpu, c: &Case, seed: u64) {
         "{what}: forward equals the exact f32 result (largest difference {off})"
     );
 
+    // Inference's fused conv + eval batch norm + residual + ReLU runs on the same engine.
+    let k = c.w[0];
+    let bnv: Vec<Vec<f32>> = (0..4u64)
+        .map(|i| random_vec(k, seed + 10 + i))
+        .map(|v| v.iter().map(|x| x * 0.5 + 1.0).collect())
+        .collect();
+    let bn_t: Vec<Tensor> = bnv
+        .iter()
+        .map(|v| Tensor::from_slice(gpu, &[k], v).unwrap())
+        .collect();
+    let rv = random_vec(ys.iter().product(), seed + 4);
+    let r = Tensor::from_slice(gpu, &ys, &rv).unwrap();
+    let bn = ops::EvalBatchNorm {
+        gamma: &bn_t[0],
+        beta: &bn_t[1],
+        running_mean: &bn_t[2],
+        running_var: &bn_t[3],
+        eps: 1e-5,
+    };
+    let yf = ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, Some(&r), true).unwrap();
+    let (ryf, _) = reference::conv2d_bn_eval(
+        &rounded(&xv),
+        c.x,
+        &rounded(&wv),
+        c.w,
+        c.stride,
+        c.pad,
+        [&bnv[0], &bnv[1], &bnv[2], &bnv[3]],
+        1e-5,
+        Some(&rv),
+        true,
+    );
+    close_f16(
+        &yf.to_vec().unwrap(),
+        &ryf,
+        &format!("{what}: fused forward with eval batch norm"),
+    );
+
     let gyv: Vec<f32> = random_vec(ys.iter().product(), seed + 3)
         .iter()
         .map(|v| v * c.gy_scale)
@@ -216,10 +254,13 @@ fn f16_resnet_step_tracks_the_f32_one() {
                 Some((p.name.clone(), g.to_vec().unwrap()))
             })
             .collect();
-        results.push((loss.tensor().to_vec().unwrap()[0], named));
+        // Inference after the forward pass moved the running statistics: the fused kernels.
+        let eval = net.infer(&x).unwrap().to_vec().unwrap();
+        results.push((loss.tensor().to_vec().unwrap()[0], named, eval));
     }
-    let (l32, g32) = &results[0];
-    let (l16, g16) = &results[1];
+    let (l32, g32, e32) = &results[0];
+    let (l16, g16, e16) = &results[1];
+    assert_close(e16, e32, 1e-2, 1e-2 * rms(e32), "eval logits, f16 vs f32");
     assert!(
         (l32 - l16).abs() < 2e-3 * l32.abs(),
         "loss f32 {l32}, f16 {l16}"

@@ -6,7 +6,7 @@
 use super::resnet::{Block, BlockSpec, ParamKind, ResNetConfig, Stem};
 use crate::autograd::{Tape, Var};
 use crate::io::{HostData, HostTensor, LoadReport, StateDict};
-use crate::ops::BatchNorm;
+use crate::ops::{self, BatchNorm};
 use crate::tensor::Tensor;
 use crate::{Error, Gpu, Result, Rng};
 use std::collections::HashMap;
@@ -223,31 +223,86 @@ impl ResNet {
         )
     }
 
+    /// `conv` then its batch norm `bn`, plus `residual` when given, then a ReLU when `relu`. In
+    /// eval mode with nothing to differentiate (inference) this is one fused kernel
+    /// ([`ops::conv2d_bn_eval`]); otherwise the separate ops, recorded on the tape.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bn(
+        &mut self,
+        b: &Bindings,
+        x: &Var,
+        conv: &str,
+        bn: &str,
+        stride: usize,
+        padding: usize,
+        training: bool,
+        relu: bool,
+        residual: Option<&Var>,
+    ) -> Result<Var> {
+        let w = b.var(self.idx(&format!("{conv}.weight"))?);
+        let gamma = b.var(self.idx(&format!("{bn}.weight"))?);
+        let beta = b.var(self.idx(&format!("{bn}.bias"))?);
+        let tracked = [Some(x), Some(w), Some(gamma), Some(beta), residual]
+            .into_iter()
+            .flatten()
+            .any(Var::requires_grad);
+        if !training && !tracked {
+            let mean = &self.params[self.idx(&format!("{bn}.running_mean"))?].tensor;
+            let var = &self.params[self.idx(&format!("{bn}.running_var"))?].tensor;
+            let y = ops::conv2d_bn_eval(
+                x.tensor(),
+                w.tensor(),
+                stride,
+                padding,
+                &ops::EvalBatchNorm {
+                    gamma: gamma.tensor(),
+                    beta: beta.tensor(),
+                    running_mean: mean,
+                    running_var: var,
+                    eps: BatchNorm::eval().eps,
+                },
+                residual.map(Var::tensor),
+                relu,
+            )?;
+            return Ok(Var::constant(y));
+        }
+        let h = self.conv(b, x, conv, stride, padding)?;
+        let h = self.bn(b, &h, bn, training, relu && residual.is_none())?;
+        match residual {
+            None => Ok(h),
+            Some(r) if relu => h.add_relu(r),
+            Some(r) => h.add(r),
+        }
+    }
+
     fn block(&mut self, b: &Bindings, x: &Var, spec: &BlockSpec, training: bool) -> Result<Var> {
         let p = &spec.prefix;
-        let out = match self.config.block {
-            Block::Basic => {
-                let h = self.conv(b, x, &format!("{p}.conv1"), spec.stride, 1)?;
-                let h = self.bn(b, &h, &format!("{p}.bn1"), training, true)?;
-                let h = self.conv(b, &h, &format!("{p}.conv2"), 1, 1)?;
-                self.bn(b, &h, &format!("{p}.bn2"), training, false)?
-            }
-            Block::Bottleneck => {
-                let h = self.conv(b, x, &format!("{p}.conv1"), 1, 0)?;
-                let h = self.bn(b, &h, &format!("{p}.bn1"), training, true)?;
-                let h = self.conv(b, &h, &format!("{p}.conv2"), spec.stride, 1)?;
-                let h = self.bn(b, &h, &format!("{p}.bn2"), training, true)?;
-                let h = self.conv(b, &h, &format!("{p}.conv3"), 1, 0)?;
-                self.bn(b, &h, &format!("{p}.bn3"), training, false)?
-            }
-        };
         let identity = if spec.has_downsample {
-            let d = self.conv(b, x, &format!("{p}.downsample.0"), spec.stride, 0)?;
-            self.bn(b, &d, &format!("{p}.downsample.1"), training, false)?
+            let (conv, bn) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
+            self.conv_bn(b, x, &conv, &bn, spec.stride, 0, training, false, None)?
         } else {
             x.clone()
         };
-        out.add_relu(&identity)
+        // The layers of the residual branch: (conv, bn, stride, padding); the last one adds the
+        // identity before its ReLU.
+        let layers: Vec<(String, String, usize, usize)> = match self.config.block {
+            Block::Basic => vec![
+                (format!("{p}.conv1"), format!("{p}.bn1"), spec.stride, 1),
+                (format!("{p}.conv2"), format!("{p}.bn2"), 1, 1),
+            ],
+            Block::Bottleneck => vec![
+                (format!("{p}.conv1"), format!("{p}.bn1"), 1, 0),
+                (format!("{p}.conv2"), format!("{p}.bn2"), spec.stride, 1),
+                (format!("{p}.conv3"), format!("{p}.bn3"), 1, 0),
+            ],
+        };
+        let last = layers.len() - 1;
+        let mut h = x.clone();
+        for (i, (conv, bn, stride, padding)) in layers.iter().enumerate() {
+            let residual = (i == last).then_some(&identity);
+            h = self.conv_bn(b, &h, conv, bn, *stride, *padding, training, true, residual)?;
+        }
+        Ok(h)
     }
 
     fn check_input(&self, x: &Var) -> Result<()> {
@@ -275,15 +330,10 @@ impl ResNet {
     ) -> Result<Var> {
         self.check_input(x)?;
         let h = match self.config.stem {
-            Stem::ImageNet => {
-                let h = self.conv(b, x, "conv1", 2, 3)?;
-                let h = self.bn(b, &h, "bn1", training, true)?;
-                h.max_pool2d(3, 2, 1)?
-            }
-            Stem::Cifar => {
-                let h = self.conv(b, x, "conv1", 1, 1)?;
-                self.bn(b, &h, "bn1", training, true)?
-            }
+            Stem::ImageNet => self
+                .conv_bn(b, x, "conv1", "bn1", 2, 3, training, true, None)?
+                .max_pool2d(3, 2, 1)?,
+            Stem::Cifar => self.conv_bn(b, x, "conv1", "bn1", 1, 1, training, true, None)?,
         };
         if let Some(f) = features.as_deref_mut() {
             f.stem = Some(h.tensor().clone());

@@ -43,12 +43,23 @@ struct Params {
     wc: u32,
     /// The f16 engine's scaled operand (0: none, 1: A, 2: B); see `shaders/conv_mma.wgsl`.
     scaled: u32,
+    /// conv_forward_bn's epilogue flags ([`EPI_RELU`], [`EPI_RESIDUAL`]).
+    epilogue: u32,
+    /// conv_forward_bn's batch-norm epsilon.
+    eps: f32,
     _pad: u32,
 }
+
+/// conv_forward_bn epilogue flag: a ReLU last.
+const EPI_RELU: u32 = 1;
+/// conv_forward_bn epilogue flag: add the residual (binding 10) before the ReLU.
+const EPI_RESIDUAL: u32 = 2;
 
 /// The conv kernels of one tile variant.
 struct Kernels {
     forward: Kernel,
+    /// The forward pass with the eval-mode batch-norm epilogue ([`conv2d_bn_eval`]).
+    forward_bn: Kernel,
     backward_input: Kernel,
     backward_weight: Kernel,
 }
@@ -57,6 +68,7 @@ macro_rules! conv_kernels {
     ($variant:expr, $engine:literal) => {
         Kernels {
             forward: kernel!("conv.wgsl", "conv_forward", $variant, $engine),
+            forward_bn: kernel!("conv.wgsl", "conv_forward_bn", $variant, $engine),
             backward_input: kernel!("conv.wgsl", "conv_backward_input", $variant, $engine),
             backward_weight: kernel!("conv.wgsl", "conv_backward_weight", $variant, $engine),
         }
@@ -88,6 +100,13 @@ const REDUCE_SPLITS: Kernel = kernel!(
 const FORWARD_REDUCE: Kernel = kernel!(
     "conv.wgsl",
     "conv_forward_reduce",
+    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    "conv_fma.wgsl"
+);
+
+const FORWARD_REDUCE_BN: Kernel = kernel!(
+    "conv.wgsl",
+    "conv_forward_reduce_bn",
     "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
     "conv_fma.wgsl"
 );
@@ -205,7 +224,22 @@ impl Engine {
         scale: &wgpu::Buffer,
         grid: [u32; 3],
     ) -> Result<()> {
-        let mut bound: Vec<(u32, &wgpu::Buffer)> = (1..).zip(buffers.iter().copied()).collect();
+        let bound: Vec<(u32, &wgpu::Buffer)> = (1..).zip(buffers.iter().copied()).collect();
+        self.dispatch_bound(gpu, kernel, constants, params, bound, scale, grid)
+    }
+
+    /// [`Engine::dispatch`] with each buffer's binding number given.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_bound<'a>(
+        &self,
+        gpu: &Gpu,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+        params: &Params,
+        mut bound: Vec<(u32, &'a wgpu::Buffer)>,
+        scale: &'a wgpu::Buffer,
+        grid: [u32; 3],
+    ) -> Result<()> {
         if self.f16 {
             bound.push((5, scale));
         }
@@ -518,6 +552,8 @@ impl Geometry {
             hc: h as u32,
             wc: w as u32,
             scaled: 0,
+            epilogue: 0,
+            eps: 0.0,
             _pad: 0,
         }
     }
@@ -644,20 +680,18 @@ pub fn conv2d_tiled(
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d";
-    let xs = x.nchw(OP, "input x [N, C, H, W]")?;
-    let ws = w.nchw(OP, "weight w [K, C, R, S]")?;
-    check_same_gpu(OP, x, w)?;
-    let g = Geometry::new(OP, xs, ws, stride, padding)?;
+    let g = forward_geometry(OP, x, w, stride, padding)?;
     if let Some(b) = b {
         b.expect_f32_rank(OP, "bias b [K]", 1)?;
         check_same_gpu(OP, x, b)?;
-        if b.shape()[0] != ws[0] {
+        if b.shape()[0] != g.w[0] {
             return Err(Error::shape(
                 OP,
                 format!(
-                    "bias has {} elements but the weights {ws:?} have {} output channels",
+                    "bias has {} elements but the weights {:?} have {} output channels",
                     b.shape()[0],
-                    ws[0]
+                    g.w,
+                    g.w[0]
                 ),
             ));
         }
@@ -681,24 +715,7 @@ pub fn conv2d_tiled(
             grid,
         )?;
     } else {
-        // Few output tiles: split the reduction over grid z, then sum the partial outputs.
-        let (tile_m, tile_n, _) = engine.dims;
-        let grid = [
-            n.div_ceil(tile_n) as u32,
-            m.div_ceil(tile_m) as u32,
-            splits as u32,
-        ];
-        let part = Tensor::uninit(gpu, &[splits, y.numel()], DType::F32, OP)?;
-        let params = g.params(false, chunk, splits);
-        engine.dispatch(
-            gpu,
-            &engine.kernels.forward,
-            &g.kernel_size(),
-            &params,
-            &[x.buffer(), w.buffer(), bias, part.buffer()],
-            w.buffer(),
-            grid,
-        )?;
+        let part = forward_partials(OP, &g, &engine, x, w, chunk, splits)?;
         gpu.dispatch(
             &FORWARD_REDUCE,
             &g.params(b.is_some(), chunk, splits),
@@ -707,6 +724,221 @@ pub fn conv2d_tiled(
         )?;
     }
     Ok(y)
+}
+
+/// The validated geometry of a forward convolution of x `[N, C, H, W]` with w `[K, C, R, S]`.
+fn forward_geometry(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Geometry> {
+    let xs = x.nchw(op, "input x [N, C, H, W]")?;
+    let ws = w.nchw(op, "weight w [K, C, R, S]")?;
+    check_same_gpu(op, x, w)?;
+    Geometry::new(op, xs, ws, stride, padding)
+}
+
+/// A split-K forward pass's first dispatch (the output tiles alone are too few to fill the
+/// GPU): split z of the reduction, over grid z, writes its partial output at z * len(y).
+/// Returns the partials `[splits, len(y)]` for a reduce kernel to sum.
+fn forward_partials(
+    op: &'static str,
+    g: &Geometry,
+    engine: &Engine,
+    x: &Tensor,
+    w: &Tensor,
+    chunk: usize,
+    splits: usize,
+) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let (m, n) = g.forward_gemm();
+    let (tile_m, tile_n, _) = engine.dims;
+    let grid = [
+        n.div_ceil(tile_n) as u32,
+        m.div_ceil(tile_m) as u32,
+        splits as u32,
+    ];
+    let part = Tensor::uninit(gpu, &[splits, m * n], DType::F32, op)?;
+    engine.dispatch(
+        gpu,
+        &engine.kernels.forward,
+        &g.kernel_size(),
+        &g.params(false, chunk, splits),
+        &[x.buffer(), w.buffer(), w.buffer(), part.buffer()],
+        w.buffer(),
+        grid,
+    )?;
+    Ok(part)
+}
+
+/// The eval-mode batch norm (PyTorch's `BatchNorm2d.eval()`) that [`conv2d_bn_eval`] applies
+/// to a convolution's output: per-output-channel tensors of shape `[K]` and epsilon.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalBatchNorm<'a> {
+    /// Scale (`weight` in PyTorch).
+    pub gamma: &'a Tensor,
+    /// Shift (`bias` in PyTorch).
+    pub beta: &'a Tensor,
+    /// Running mean.
+    pub running_mean: &'a Tensor,
+    /// Running variance.
+    pub running_var: &'a Tensor,
+    /// Added to the variance before the square root.
+    pub eps: f32,
+}
+
+/// Inference's conv block in one kernel: `batch_norm_eval(conv2d(x, w))`, plus `residual` when
+/// given, then a ReLU when `relu`. x `[N, C, H, W]`, w `[K, C, R, S]` (no conv bias: fold one
+/// into `running_mean` as `mean - b`), residual of the output's shape `[N, K, OH, OW]`.
+///
+/// The same arithmetic, in the same order, as [`conv2d`], [`crate::ops::batch_norm_eval`] and
+/// [`crate::ops::add_relu`] (or [`crate::ops::add`]) run one after another
+/// ([`conv2d_bn_eval_unfused`]), but the convolution's output is normalised in registers
+/// instead of making three more passes over memory. Needs 8 storage buffers per shader stage
+/// (WebGPU's default limit; 9 with the f16 engine); on a device with fewer it runs the separate
+/// kernels. Records no gradient: for training use the [`Var`] ops.
+pub fn conv2d_bn_eval(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    bn: &EvalBatchNorm<'_>,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    conv2d_bn_eval_tiled(x, w, stride, padding, bn, residual, relu, None)
+}
+
+/// [`conv2d_bn_eval`] with a given tile instead of [`TileModel::choose`]'s (for tests).
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bn_eval_tiled(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    bn: &EvalBatchNorm<'_>,
+    residual: Option<&Tensor>,
+    relu: bool,
+    tile: Option<ConvTile>,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d_bn_eval";
+    let g = forward_geometry(OP, x, w, stride, padding)?;
+    let k = g.w[0];
+    for (name, v) in [
+        ("gamma", bn.gamma),
+        ("beta", bn.beta),
+        ("running_mean", bn.running_mean),
+        ("running_var", bn.running_var),
+    ] {
+        if v.dtype() != DType::F32 || v.shape() != [k] {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "batch-norm {name} must be an f32 tensor of shape [{k}] for weights {:?}, \
+                     got {:?} {:?}",
+                    g.w,
+                    v.dtype(),
+                    v.shape()
+                ),
+            ));
+        }
+        check_same_gpu(OP, x, v)?;
+    }
+    if let Some(r) = residual {
+        if r.dtype() != DType::F32 || r.shape() != g.y_shape() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "residual must be an f32 tensor of the output's shape {:?}, got {:?} {:?}",
+                    g.y_shape(),
+                    r.dtype(),
+                    r.shape()
+                ),
+            ));
+        }
+        check_same_gpu(OP, x, r)?;
+    }
+    let gpu = x.gpu();
+    let model = TileModel::for_gpu(gpu);
+    let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
+    if gpu.limits().max_storage_buffers_per_shader_stage < 8 + engine.f16 as u32 {
+        return conv2d_bn_eval_unfused(x, w, stride, padding, bn, residual, relu);
+    }
+    let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, OP)?;
+    let (chunk, splits) = g.forward_splits(&model, engine.dims);
+    let mut params = g.params(false, chunk, splits);
+    params.epilogue =
+        if relu { EPI_RELU } else { 0 } | if residual.is_some() { EPI_RESIDUAL } else { 0 };
+    params.eps = bn.eps;
+    let bn_bound = [
+        (6, bn.gamma.buffer()),
+        (7, bn.beta.buffer()),
+        (8, bn.running_mean.buffer()),
+        (9, bn.running_var.buffer()),
+        (
+            10,
+            residual.map_or(bn.running_mean.buffer(), |r| r.buffer()),
+        ),
+    ];
+    if splits == 1 {
+        let (m, n) = g.forward_gemm();
+        let mut bound = vec![(1, x.buffer()), (2, w.buffer()), (4, y.buffer())];
+        bound.extend(bn_bound);
+        engine.dispatch_bound(
+            gpu,
+            &engine.kernels.forward_bn,
+            &g.kernel_size(),
+            &params,
+            bound,
+            w.buffer(),
+            gemm_grid(OP, m, n, engine.dims)?,
+        )?;
+    } else {
+        let part = forward_partials(OP, &g, &engine, x, w, chunk, splits)?;
+        let mut bound = vec![(1, part.buffer()), (4, y.buffer())];
+        bound.extend(bn_bound);
+        gpu.dispatch_bound(
+            &FORWARD_REDUCE_BN,
+            &[],
+            &params,
+            &bound,
+            crate::gpu::grid_for_elements(y.numel()),
+        )?;
+    }
+    Ok(y)
+}
+
+/// [`conv2d_bn_eval`] as separate kernels: [`conv2d`], [`crate::ops::batch_norm_eval`] (with
+/// the ReLU when there is no residual) and [`crate::ops::add_relu`] or [`crate::ops::add`]. The
+/// fallback on devices with too few storage buffers, and the fused kernel's reference in tests.
+#[doc(hidden)]
+pub fn conv2d_bn_eval_unfused(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    bn: &EvalBatchNorm<'_>,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let y = conv2d(x, w, None, stride, padding)?;
+    let y = crate::ops::batch_norm_eval(
+        &y,
+        bn.gamma,
+        bn.beta,
+        bn.running_mean,
+        bn.running_var,
+        bn.eps,
+        relu && residual.is_none(),
+    )?;
+    match residual {
+        None => Ok(y),
+        Some(r) if relu => crate::ops::add_relu(&y, r),
+        Some(r) => crate::ops::add(&y, r),
+    }
 }
 
 /// Gradient of [`conv2d`] with respect to its input: gy `[N, K, OH, OW]`, w `[K, C, R, S]`, the

@@ -140,3 +140,31 @@ pub fn conv2d_backward_bias(gy: &[f32], gy_shape: [usize; 4]) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Inference's fused conv block (`ops::conv2d_bn_eval`): `conv2d(x, w)`, the eval-mode batch
+/// norm with `bn = [gamma, beta, running_mean, running_var]` (each `[K]`) and `eps`, plus
+/// `residual` when given, then a ReLU when `relu`. Returns the output and its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bn_eval(
+    x: &[f32],
+    x_shape: [usize; 4],
+    w: &[f32],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    bn: [&[f32]; 4],
+    eps: f32,
+    residual: Option<&[f32]>,
+    relu: bool,
+) -> (Vec<f32>, [usize; 4]) {
+    let (y, shape) = conv2d(x, x_shape, w, w_shape, None, stride, padding);
+    let [n, k, oh, ow] = shape;
+    let [gamma, beta, mean, var] = bn;
+    let y = super::batch_norm_eval(&y, n, k, oh * ow, gamma, beta, mean, var, eps, false);
+    let y = match residual {
+        Some(r) => super::add(&y, r),
+        None => y,
+    };
+    let y = if relu { super::relu(&y) } else { y };
+    (y, shape)
+}
