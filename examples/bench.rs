@@ -638,6 +638,9 @@ struct Report {
     iters: usize,
     /// Conv precision: `F32` or `F16`.
     precision: String,
+    /// Whether the kernels were compiled with wgpu's runtime checks
+    /// (`RESNET_WGPU_SHADER_CHECKS=1`; off by default).
+    shader_checks: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     convs: Option<Vec<ConvRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -678,6 +681,14 @@ fn main() -> Result<()> {
     println!("adapter: {info}");
     println!("conv precision: {:?}", args.precision);
     println!(
+        "shader runtime checks: {}",
+        if bench.gpu.shader_checks() {
+            "on (RESNET_WGPU_SHADER_CHECKS=1)"
+        } else {
+            "off (trusted kernels)"
+        }
+    );
+    println!(
         "batch {}, {} timed iterations per figure after one warm-up; GPU time: {}\n",
         args.batch,
         bench.iters,
@@ -699,6 +710,7 @@ fn main() -> Result<()> {
         batch: args.batch,
         iters: bench.iters,
         precision: format!("{:?}", args.precision),
+        shader_checks: bench.gpu.shader_checks(),
         convs: None,
         conv_totals: None,
         memory_kernels: None,

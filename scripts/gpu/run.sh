@@ -2,9 +2,11 @@
 # Runs on the lent GPU machine (see scripts/gpu/pack.sh): golden/op tests, the bench, and a
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
 # Usage: [SWEEP_TILES="64x64 128x128"] [F16_BENCH="--what models --models r18"] \
-#        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
+#        [CHECKED_BENCH="--what convs"] bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # F16_BENCH: also run the bench with --precision f16 (tensor cores) and these arguments, after
 # the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
+# CHECKED_BENCH: also run the bench with these arguments and RESNET_WGPU_SHADER_CHECKS=1
+# (wgpu's index clamping and loop bounding back on), to measure what dropping them gains.
 set -u
 TRAIN_S=${1:-300}; shift || true
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -31,6 +33,10 @@ echo "bench took $(( $(date +%s) - t0 )) s"
 if [ -n "${F16_BENCH:-}" ]; then
   echo "== bench --precision f16"
   timeout 200 $B/bench --precision f16 $F16_BENCH 2>&1 | tee "$OUT/bench-f16.txt"
+fi
+if [ -n "${CHECKED_BENCH:-}" ]; then
+  echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"
+  RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench $CHECKED_BENCH 2>&1 | tee "$OUT/bench-checked.txt"
 fi
 if [ "$TRAIN_S" -gt 0 ]; then
   echo "== train"; t0=$(date +%s)

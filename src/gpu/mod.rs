@@ -189,7 +189,29 @@ pub(crate) struct GpuInner {
     total_dispatches: std::sync::atomic::AtomicU64,
     total_submits: std::sync::atomic::AtomicU64,
     conv_math: Mutex<ConvMath>,
+    /// Compile shaders with wgpu's runtime checks (`RESNET_WGPU_SHADER_CHECKS=1`); see
+    /// [`TRUSTED_CHECKS`].
+    shader_checks: bool,
 }
+
+/// The runtime checks this crate's own kernels are compiled with (unless
+/// `RESNET_WGPU_SHADER_CHECKS=1` asks for all of wgpu's): no index clamping and no loop
+/// bounding. By default wgpu (as naga) clamps every run-time index into a workgroup or private
+/// array with a `min`, and gives every loop a hidden 64-bit iteration counter that it checks and
+/// decrements each time round. In the conv kernels' inner loops (a few fused multiply-adds per
+/// workgroup-memory read) that is several extra instructions per iteration, and the counter's
+/// extra exit keeps drivers from unrolling them. The kernels do not need either: every loop
+/// runs over a bounded range, and every workgroup and private array index is within its array
+/// by construction (each shader's header gives the layout; the tests run every kernel on
+/// ragged shapes against the CPU reference). Buffer accesses keep the driver's robust buffer
+/// access where Vulkan offers it, and integer divisions keep their divide-by-zero guard (one
+/// select, next to a division's many instructions). Browsers apply their own checks whatever is
+/// asked here.
+const TRUSTED_CHECKS: wgpu::ShaderRuntimeChecks = wgpu::ShaderRuntimeChecks {
+    bounds_checks: false,
+    force_loop_bounding: false,
+    ..wgpu::ShaderRuntimeChecks::checked()
+};
 
 /// A handle to a GPU device. Cheap to clone; all clones share the device, caches and pool.
 #[derive(Clone)]
@@ -237,6 +259,7 @@ impl Gpu {
             total_dispatches: Default::default(),
             total_submits: Default::default(),
             conv_math: Mutex::default(),
+            shader_checks: std::env::var("RESNET_WGPU_SHADER_CHECKS").is_ok_and(|v| v == "1"),
         }))
     }
 
@@ -317,6 +340,13 @@ impl Gpu {
         self.0
             .total_submits
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether kernels are compiled with all of wgpu's runtime checks (`RESNET_WGPU_SHADER_CHECKS=1`
+    /// when the `Gpu` was made) rather than without index clamping and loop bounding, which this
+    /// crate's kernels do not need (the default).
+    pub fn shader_checks(&self) -> bool {
+        self.0.shader_checks
     }
 
     /// Number of compute dispatches recorded since the `Gpu` was made.
@@ -414,12 +444,22 @@ impl Gpu {
             modules
                 .entry(module_key)
                 .or_insert_with(|| {
-                    self.0
-                        .device
-                        .create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(kernel.file),
-                            source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-                        })
+                    let desc = wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.file),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                    };
+                    if self.0.shader_checks {
+                        self.0.device.create_shader_module(desc)
+                    } else {
+                        // SAFETY: `kernel` is one of this crate's shaders (`kernel!` embeds
+                        // them from shaders/), whose loops terminate and whose array indices
+                        // stay in bounds, as TRUSTED_CHECKS requires.
+                        unsafe {
+                            self.0
+                                .device
+                                .create_shader_module_trusted(desc, TRUSTED_CHECKS)
+                        }
+                    }
                 })
                 .clone()
         };
