@@ -8,7 +8,7 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::{ConvPrecision, Gpu, GpuOptions, Tape, Tensor, ops, reference};
+use resnet_wgpu::{ConvPrecision, Gpu, GpuOptions, MmaConfig, Tape, Tensor, ops, reference};
 
 /// A device opened asking for tensor cores, with F16 convolutions selected; None (after checking
 /// the error) where the adapter has none.
@@ -34,6 +34,14 @@ fn f16_gpu() -> Option<Gpu> {
             let msg = e.to_string();
             assert!(
                 msg.contains("ConvPrecision::F16") && msg.contains("cooperative-matrix"),
+                "{msg}"
+            );
+            // It lists the configurations the engine has kernels for.
+            for config in MmaConfig::supported() {
+                assert!(msg.contains(&config.to_string()), "{msg}");
+            }
+            assert!(
+                msg.contains("16x16x16 f16 x f16 + f32 fragments with subgroups of 32"),
                 "{msg}"
             );
             assert_eq!(gpu.conv_precision(), ConvPrecision::F32);

@@ -31,8 +31,8 @@ const MMA_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MA
     .union(wgpu::Features::SUBGROUP);
 
 /// The f16 x f16 + f32 cooperative-matrix configuration of `adapter` that the f16 conv engine
-/// (`shaders/conv_mma.wgsl`) has a variant for: square F x F x F fragments with F = 16 or 8, and
-/// a fixed subgroup size. None when there is none.
+/// (`shaders/conv_mma.wgsl`) has a variant for (the first of [`super::MmaConfig::supported`] that
+/// the adapter offers, with its fixed subgroup size). None when there is none.
 #[cfg(not(target_arch = "wasm32"))]
 fn mma_config(adapter: &wgpu::Adapter) -> Option<super::MmaConfig> {
     if !adapter.features().contains(MMA_FEATURES) {
@@ -42,18 +42,15 @@ fn mma_config(adapter: &wgpu::Adapter) -> Option<super::MmaConfig> {
     if info.subgroup_min_size != info.subgroup_max_size {
         return None;
     }
-    let configs = adapter.cooperative_matrix_properties();
-    [16u32, 8].into_iter().find_map(|f| {
-        let offered = configs.iter().any(|c| {
-            (c.m_size, c.n_size, c.k_size) == (f, f, f)
-                && c.ab_type == wgpu::CooperativeScalarType::F16
-                && c.cr_type == wgpu::CooperativeScalarType::F32
-        });
-        let config = super::MmaConfig {
-            fragment: f,
-            subgroup: info.subgroup_min_size,
-        };
-        (offered && config.has_kernels()).then_some(config)
+    let offered = adapter.cooperative_matrix_properties();
+    super::MmaConfig::supported().into_iter().find(|config| {
+        let f = config.fragment;
+        config.subgroup == info.subgroup_min_size
+            && offered.iter().any(|c| {
+                (c.m_size, c.n_size, c.k_size) == (f, f, f)
+                    && c.ab_type == wgpu::CooperativeScalarType::F16
+                    && c.cr_type == wgpu::CooperativeScalarType::F32
+            })
     })
 }
 

@@ -108,9 +108,26 @@ pub struct MmaConfig {
 }
 
 impl MmaConfig {
-    /// Whether `shaders/conv_mma.wgsl` is compiled for this configuration (see `ops::conv`).
+    /// The configurations `shaders/conv_mma.wgsl` is compiled for (see `ops::conv`), in order
+    /// of preference.
+    pub fn supported() -> Vec<MmaConfig> {
+        crate::ops::conv::mma_configs().collect()
+    }
+
+    /// Whether `shaders/conv_mma.wgsl` is compiled for this configuration.
     pub fn has_kernels(&self) -> bool {
-        crate::ops::conv::has_mma_kernels(*self)
+        Self::supported().contains(self)
+    }
+}
+
+impl std::fmt::Display for MmaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.fragment;
+        write!(
+            f,
+            "{n}x{n}x{n} f16 x f16 + f32 fragments with subgroups of {}",
+            self.subgroup
+        )
     }
 }
 
@@ -282,12 +299,16 @@ impl Gpu {
         let mut math = lock(&self.0.conv_math);
         if precision == ConvPrecision::F16 && math.mma.is_none() {
             let why = if math.requested {
+                let configs: Vec<String> = MmaConfig::supported()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
                 format!(
                     "adapter {} offers no cooperative-matrix configuration the f16 conv engine \
                      has kernels for (it needs the features EXPERIMENTAL_COOPERATIVE_MATRIX, \
-                     SHADER_F16 and SUBGROUP, 16x16x16 or 8x8x8 f16 x f16 + f32 fragments and a \
-                     fixed subgroup size of 32 or 8, respectively)",
-                    self.0.info
+                     SHADER_F16 and SUBGROUP, a fixed subgroup size and one of: {})",
+                    self.0.info,
+                    configs.join("; ")
                 )
             } else {
                 "the device was not opened with GpuOptions::tensor_cores".to_string()

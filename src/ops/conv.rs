@@ -149,18 +149,35 @@ const MMA_F16_SG32: Kernels = conv_kernels!(mma_variant!(16, 32), "conv_mma.wgsl
 /// ...and 8 x 8 fragments with subgroups of 8 (Mesa's lavapipe).
 const MMA_F8_SG8: Kernels = conv_kernels!(mma_variant!(8, 8), "conv_mma.wgsl");
 
+/// The configurations the f16 engine has kernels for, in order of preference.
+const MMA_VARIANTS: [(MmaConfig, &Kernels); 2] = [
+    (
+        MmaConfig {
+            fragment: 16,
+            subgroup: 32,
+        },
+        &MMA_F16_SG32,
+    ),
+    (
+        MmaConfig {
+            fragment: 8,
+            subgroup: 8,
+        },
+        &MMA_F8_SG8,
+    ),
+];
+
 /// The f16 kernels for `config`, if they exist.
 fn mma_kernels(config: MmaConfig) -> Option<&'static Kernels> {
-    match (config.fragment, config.subgroup) {
-        (16, 32) => Some(&MMA_F16_SG32),
-        (8, 8) => Some(&MMA_F8_SG8),
-        _ => None,
-    }
+    MMA_VARIANTS
+        .iter()
+        .find(|(c, _)| *c == config)
+        .map(|(_, kernels)| *kernels)
 }
 
-/// Whether the f16 engine has kernels for `config` ([`MmaConfig::has_kernels`]).
-pub(crate) fn has_mma_kernels(config: MmaConfig) -> bool {
-    mma_kernels(config).is_some()
+/// The configurations the f16 engine has kernels for ([`MmaConfig::supported`]).
+pub(crate) fn mma_configs() -> impl Iterator<Item = MmaConfig> {
+    MMA_VARIANTS.iter().map(|(c, _)| *c)
 }
 
 /// The multiply engine of one conv dispatch: its kernels and tile.
