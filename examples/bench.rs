@@ -9,7 +9,8 @@
 //!   of ResNet-18's four stages and 3x3/2 max pooling (forward and backward) on the stem output,
 //!   in GB/s: the minimum bytes each pass must read and write once, divided by its time.
 //! - `models`: ResNet-18/50 inference at 224x224 (latency at batch 1, throughput at
-//!   `--infer-batch`), and training steps (forward, backward, SGD momentum; synchronised) for
+//!   `--infer-batch`, and that batch again with the separate conv, batch-norm and add kernels
+//!   that inference's fused ones replace), and training steps (forward, backward, SGD momentum; synchronised) for
 //!   ResNet-18 and ResNet-50 at 224x224, batch `--batch`, and ResNet-18 at 32x32 (10 classes),
 //!   batch `--cifar-batch`, each with the CPU time spent recording the step, its GPU time, the
 //!   kernel families it spends that time in and its peak GPU memory.
@@ -27,7 +28,7 @@ use clap::Parser;
 use resnet_wgpu::gpu::KernelTime;
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
-use resnet_wgpu::{Error, Gpu, Result, Rng, Tape, Tensor, ops};
+use resnet_wgpu::{Error, Gpu, Result, Rng, Tape, Tensor, Var, ops};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -442,7 +443,8 @@ struct Family {
 #[derive(Serialize)]
 struct ModelRow {
     model: &'static str,
-    /// `inference` or `train`.
+    /// `inference`, `inference-separate` (the same without the fused conv + batch-norm
+    /// kernels) or `train`.
     mode: &'static str,
     image_size: usize,
     batch: usize,
@@ -534,17 +536,33 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
         }
         rows.push(row);
     };
-    // Inference: latency at batch 1, throughput at --infer-batch.
+    // Inference: latency at batch 1, throughput at --infer-batch; then that batch again with
+    // the separate conv, batch-norm and add kernels that inference's fused ones replace (the
+    // eval-mode forward with tracked parameters, as fine-tuning with frozen statistics runs it:
+    // its GPU time compares with the fused row's, less one tiny `eval_stats` dispatch per batch
+    // norm that the tape needs; recording the tape costs CPU time and memory).
     for m in &models {
-        for n in [1, args.infer_batch] {
+        for (n, mode) in [
+            (1, "inference"),
+            (args.infer_batch, "inference"),
+            (args.infer_batch, "inference-separate"),
+        ] {
             let (model, config) = model_config(m, 1000)?;
             fresh_peak(gpu)?;
             let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
             let x = Tensor::full(gpu, &[n, 3, 224, 224], 0.5)?;
-            let (timing, kernels) = b.measure(1, || net.infer(&x))?;
+            let (timing, kernels) = b.measure(1, || {
+                if mode == "inference" {
+                    return net.infer(&x);
+                }
+                let tape = Tape::new();
+                let tracked = net.bind(Some(&tape), |_| true);
+                let y = net.forward_with(&tracked, &Var::constant(x.clone()), false, None)?;
+                Ok(y.into_tensor())
+            })?;
             print_row(ModelRow {
                 model,
-                mode: "inference",
+                mode,
                 image_size: 224,
                 batch: n,
                 classes: 1000,
