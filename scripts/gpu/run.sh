@@ -29,7 +29,14 @@ for t in ${SWEEP_TILES:-}; do
 done
 echo "== bench"; t0=$(date +%s)
 timeout 200 $B/bench "$@" 2>&1 | tee "$OUT/bench.txt"
+status=${PIPESTATUS[0]}
 echo "bench took $(( $(date +%s) - t0 )) s"
+if [ "$status" != 0 ] && [ "$status" != 124 ]; then
+  # The first runs without wgpu's shader checks: if the driver rejected those kernels, the run
+  # still measures something with the checks back on.
+  echo "== bench failed ($status): again with RESNET_WGPU_SHADER_CHECKS=1"
+  RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench "$@" 2>&1 | tee "$OUT/bench-checked-fallback.txt"
+fi
 if [ -n "${F16_BENCH:-}" ]; then
   echo "== bench --precision f16"
   timeout 200 $B/bench --precision f16 $F16_BENCH 2>&1 | tee "$OUT/bench-f16.txt"
