@@ -258,10 +258,15 @@ fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i
 
 // Store y (or this split's partial y, at out_base) for GEMM row m (channel) and column n (pixel).
 fn fw_put(m: u32, n: u32, v: f32) {
+    if (n >= p.batch * p.out_h * p.out_w) { return; }
+    fw_y[out_base + y_index(m, n)] = v;
+}
+
+// Index in y [N, K, OH, OW] of GEMM row m (channel) and column n (pixel of the batch).
+fn y_index(m: u32, n: u32) -> u32 {
     let ohw = p.out_h * p.out_w;
-    if (n >= p.batch * ohw) { return; }
     let img = n / ohw;
-    fw_y[out_base + (img * p.out_c + m) * ohw + n - img * ohw] = v;
+    return (img * p.out_c + m) * ohw + n - img * ohw;
 }
 
 fn fw_row(m: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
@@ -393,10 +398,8 @@ fn bn_out(ch: BnChannel, j: u32, v: f32) -> f32 {
 }
 
 fn fb_put(ch: BnChannel, m: u32, n: u32, v: f32) {
-    let ohw = p.out_h * p.out_w;
-    if (n >= p.batch * ohw) { return; }
-    let img = n / ohw;
-    let j = (img * p.out_c + m) * ohw + n - img * ohw;
+    if (n >= p.batch * p.out_h * p.out_w) { return; }
+    let j = y_index(m, n);
     fw_y[j] = bn_out(ch, j, v);
 }
 

@@ -147,10 +147,11 @@ impl Dims {
     }
 }
 
-/// Check that each named tensor is f32 of shape `[C]` and on `x`'s device.
-fn expect_channel_vectors(
+/// Check that each named tensor is f32 of shape `[C]` and on `x`'s device (`of` names `x` in
+/// the message).
+pub(crate) fn expect_channel_vectors(
     op: &'static str,
-    x: &Tensor,
+    (of, x): (&str, &Tensor),
     c: usize,
     vs: &[(&str, &Tensor)],
 ) -> Result<()> {
@@ -159,7 +160,7 @@ fn expect_channel_vectors(
             return Err(Error::shape(
                 op,
                 format!(
-                    "{name} must be an f32 tensor of shape [{c}] for x {:?}, got {:?} {:?}",
+                    "{name} must be an f32 tensor of shape [{c}] for {of} {:?}, got {:?} {:?}",
                     x.shape(),
                     v.dtype(),
                     v.shape()
@@ -223,7 +224,7 @@ pub fn batch_norm_train(
     let d = Dims::of(OP, x)?;
     expect_channel_vectors(
         OP,
-        x,
+        ("x", x),
         d.c,
         &[
             ("gamma", gamma),
@@ -289,7 +290,7 @@ pub fn batch_norm_eval(
     let d = Dims::of(OP, x)?;
     expect_channel_vectors(
         OP,
-        x,
+        ("x", x),
         d.c,
         &[
             ("gamma", gamma),
@@ -321,7 +322,7 @@ pub fn batch_norm_eval_stats(
     const OP: &str = "batch_norm_eval_stats";
     running_mean.expect_f32_rank(OP, "running_mean", 1)?;
     let c = running_mean.numel();
-    expect_channel_vectors(OP, running_mean, c, &[("running_var", running_var)])?;
+    expect_channel_vectors(OP, ("x", running_mean), c, &[("running_var", running_var)])?;
     let gpu = running_mean.gpu();
     let mean = Tensor::uninit(gpu, &[c], DType::F32, OP)?;
     let invstd = Tensor::uninit(gpu, &[c], DType::F32, OP)?;
@@ -377,7 +378,7 @@ fn backward(
     }
     expect_channel_vectors(
         op,
-        x,
+        ("x", x),
         d.c,
         &[
             ("gamma", gamma),
@@ -509,7 +510,7 @@ impl Var {
             let d = Dims::of("batch_norm", x)?;
             expect_channel_vectors(
                 "batch_norm",
-                x,
+                ("x", x),
                 d.c,
                 &[
                     ("gamma", g),

@@ -843,27 +843,17 @@ pub fn conv2d_bn_eval_tiled(
 ) -> Result<Tensor> {
     const OP: &str = "conv2d_bn_eval";
     let g = forward_geometry(OP, x, w, stride, padding)?;
-    let k = g.w[0];
-    for (name, v) in [
-        ("gamma", bn.gamma),
-        ("beta", bn.beta),
-        ("running_mean", bn.running_mean),
-        ("running_var", bn.running_var),
-    ] {
-        if v.dtype() != DType::F32 || v.shape() != [k] {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "batch-norm {name} must be an f32 tensor of shape [{k}] for weights {:?}, \
-                     got {:?} {:?}",
-                    g.w,
-                    v.dtype(),
-                    v.shape()
-                ),
-            ));
-        }
-        check_same_gpu(OP, x, v)?;
-    }
+    crate::ops::batchnorm::expect_channel_vectors(
+        OP,
+        ("weights", w),
+        g.w[0],
+        &[
+            ("batch-norm gamma", bn.gamma),
+            ("batch-norm beta", bn.beta),
+            ("batch-norm running_mean", bn.running_mean),
+            ("batch-norm running_var", bn.running_var),
+        ],
+    )?;
     if let Some(r) = residual {
         if r.dtype() != DType::F32 || r.shape() != g.y_shape() {
             return Err(Error::shape(
