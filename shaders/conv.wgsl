@@ -8,7 +8,9 @@
 //                         Sub-pixel decomposition: one dispatch per phase (a, b) in [0, st)^2
 //                         covers the pixels h = h0 + st*i (i < hc) with (h + pd) % st == a, which
 //                         only taps r = r0 + st*t (t < nr, r0 = a) reach exactly (likewise w, s);
-//                         so no reduction entry is a structural zero.
+//                         so no reduction entry is a structural zero. Phases that no tap
+//                         reaches (kernel smaller than the stride) only hold zeros: the host
+//                         clears gx and skips them.
 //                         GEMM per phase: M = C, N = batch*hc*wc, reduction = K*nr*ns
 //   conv_backward_weight: part[z,k,j]   = sum_{i in chunk z} gy[i -> (n,oh,ow), k] * x[n,c,oh*st-pd+r, ow*st-pd+s]
 //                         with j = (c*R + r)*S + s, i = (n*OH + oh)*OW + ow
@@ -106,8 +108,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// Kernel size and the input gradient's taps per phase (equal to p.kh, p.kw, and p.nr, p.ns
-// where those are not 0: a phase no tap reaches has p.nr * p.ns = 0 and writes zeros).
+// Kernel size and the input gradient's taps per phase (equal to p.kh, p.kw, p.nr, p.ns). The
+// host dispatches no phase that no tap reaches (p.nr * p.ns = 0, a kernel smaller than the
+// stride): it clears gx for those pixels instead.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
 override NR: u32 = 3u;

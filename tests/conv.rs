@@ -258,6 +258,42 @@ fn every_tile_matches_reference() {
     }
 }
 
+#[test]
+fn input_gradient_zeroes_pixels_no_tap_reaches() {
+    // A device of its own, so that gx comes from a pool buffer this test has just dirtied.
+    let gpu = new_gpu();
+    // 1x1 kernels with stride 2 and 3 reach one pixel in four; the other three phases hold
+    // zeros, which the op writes with one clear instead of a dispatch each.
+    let (xs, ws) = ([2, 6, 7, 8], [5, 6, 1, 1]);
+    let (oh, ow) = ops::conv2d_output_size(xs[2], xs[3], 1, 2, 0);
+    let ys = [xs[0], ws[0], oh, ow];
+    let wv = random_vec(ws.iter().product(), 41);
+    let gyv = random_vec(ys.iter().product(), 42);
+    let w = Tensor::from_slice(&gpu, &ws, &wv).unwrap();
+    let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
+    let expected = reference::conv2d_backward_input(&gyv, &wv, ws, xs, 2, 0);
+    for tile in [None, Some(ConvTile::T64x64)] {
+        // Leave a buffer of gx's size full of NaN in the pool.
+        let dirty = Tensor::full(&gpu, &xs, f32::NAN).unwrap();
+        gpu.synchronize().unwrap();
+        drop(dirty);
+        let before = gpu.dispatch_count();
+        let gx = ops::conv2d_backward_input_tiled(&gy, &w, xs, 2, 0, tile).unwrap();
+        assert_eq!(
+            gpu.dispatch_count() - before,
+            1,
+            "one GEMM dispatch: the phase that the tap reaches"
+        );
+        assert_close(
+            &gx.to_vec().unwrap(),
+            &expected,
+            RTOL,
+            ATOL,
+            &format!("1x1 stride-2 input gradient, tile {tile:?}"),
+        );
+    }
+}
+
 /// Random eval-mode batch-norm parameters for `k` channels: gamma, beta, running mean and a
 /// running variance in [0.5, 1.5].
 fn random_bn(k: usize, seed: u64) -> [Vec<f32>; 4] {

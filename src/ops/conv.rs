@@ -1015,38 +1015,48 @@ fn backward_input(
         };
         (first, count, ntaps)
     };
-    for a in 0..stride {
-        let (h0, hc, nr) = phase(a, h, r);
-        for b in 0..stride {
-            let (w0, wc, ns) = phase(b, wd, s);
-            if hc == 0 || wc == 0 {
-                continue;
-            }
-            let mut p = g.params(false, 0, 1);
-            (p.r0, p.s0, p.nr, p.ns) = (a as u32, b as u32, nr as u32, ns as u32);
-            (p.h0, p.w0, p.hc, p.wc) = (h0 as u32, w0 as u32, hc as u32, wc as u32);
-            p.scaled = if f16 { 2 } else { 0 };
-            let cols = n * hc * wc;
-            // The phases write one gx buffer, so they run one after the other: each must fill
-            // the GPU on its own.
-            let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| model.choose(c, cols, 1)));
-            let grid = gemm_grid(OP, c, cols, engine.dims)?;
-            let constants = [
-                ("KH", r as f64),
-                ("KW", s as f64),
-                ("NR", nr.max(1) as f64),
-                ("NS", ns.max(1) as f64),
-            ];
-            engine.dispatch(
-                gpu,
-                &engine.kernels.backward_input,
-                &constants,
-                &p,
-                &[gy.buffer(), w.buffer(), gx.buffer()],
-                scale_buffer,
-                grid,
-            )?;
+    let phases: Vec<_> = (0..stride)
+        .flat_map(|a| (0..stride).map(move |b| (a, b)))
+        .map(|(a, b)| ((a, b), phase(a, h, r), phase(b, wd, s)))
+        .filter(|(_, (_, hc, _), (_, wc, _))| *hc > 0 && *wc > 0)
+        .collect();
+    // A phase that no tap reaches (a kernel smaller than the stride, as in the 1x1 stride-2
+    // downsampling convs: three of four pixels) only has zeros to write: one clear of gx does
+    // that for all of them, instead of a GEMM dispatch each with an empty reduction.
+    if phases
+        .iter()
+        .any(|(_, (_, _, nr), (_, _, ns))| nr * ns == 0)
+    {
+        gpu.clear(gx.buffer());
+    }
+    for ((a, b), (h0, hc, nr), (w0, wc, ns)) in phases {
+        if nr * ns == 0 {
+            continue;
         }
+        let mut p = g.params(false, 0, 1);
+        (p.r0, p.s0, p.nr, p.ns) = (a as u32, b as u32, nr as u32, ns as u32);
+        (p.h0, p.w0, p.hc, p.wc) = (h0 as u32, w0 as u32, hc as u32, wc as u32);
+        p.scaled = if f16 { 2 } else { 0 };
+        let cols = n * hc * wc;
+        // The phases write one gx buffer, so they run one after the other: each must fill
+        // the GPU on its own.
+        let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| model.choose(c, cols, 1)));
+        let grid = gemm_grid(OP, c, cols, engine.dims)?;
+        let constants = [
+            ("KH", r as f64),
+            ("KW", s as f64),
+            ("NR", nr as f64),
+            ("NS", ns as f64),
+        ];
+        engine.dispatch(
+            gpu,
+            &engine.kernels.backward_input,
+            &constants,
+            &p,
+            &[gy.buffer(), w.buffer(), gx.buffer()],
+            scale_buffer,
+            grid,
+        )?;
     }
     Ok(gx)
 }
