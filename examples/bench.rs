@@ -27,6 +27,7 @@
 use clap::Parser;
 use resnet_wgpu::gpu::KernelTime;
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
+use resnet_wgpu::ops::ConvTile;
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
 use resnet_wgpu::{Error, Gpu, Result, Rng, Tape, Tensor, Var, ops};
 use serde::Serialize;
@@ -42,7 +43,9 @@ struct Args {
     /// Timed iterations per figure (after one warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// What to time: `convs`, `kernels` (convs, batch norm, pooling), `models` or `all`.
+    /// What to time: `convs`, `kernels` (convs, batch norm, pooling), `memory` (batch norm and
+    /// pooling only), `models`, `all` (all of those), or `tiles`: every conv pass with each of
+    /// `--tiles` in turn, for tuning the tile choice on a new adapter.
     #[arg(long, default_value = "all")]
     what: String,
     /// Batch size of the inference throughput figure.
@@ -60,6 +63,9 @@ struct Args {
     /// Also write every result as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// The conv tiles `--what tiles` compares, comma-separated (f32 engine).
+    #[arg(long, default_value = "64x64,128x64,64x128,128x128")]
+    tiles: String,
     /// Convolution math: `f32` (exact) or `f16` (tensor cores; see `ConvPrecision`).
     #[arg(long, default_value = "f32")]
     precision: resnet_wgpu::ConvPrecision,
@@ -317,6 +323,123 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
         weight_grad_ms: totals[2] * 1e3,
     };
     Ok((rows, totals))
+}
+
+/// `--what tiles`: each conv pass of each shape timed with every tile in turn.
+#[derive(Serialize)]
+struct TileSweep {
+    tiles: Vec<String>,
+    rows: Vec<TileSweepRow>,
+    /// The first figure (first shape's forward pass, first tile) timed again at the end, in
+    /// GFLOP/s: a difference between the two is the machine changing speed during the sweep,
+    /// not a tile.
+    drift: [f64; 2],
+}
+
+#[derive(Serialize)]
+struct TileSweepRow {
+    layer: &'static str,
+    /// `forward`, `input_grad` or `weight_grad`.
+    pass: &'static str,
+    /// GFLOP/s with each tile of `TileSweep::tiles`, in order.
+    gflops: Vec<f64>,
+    /// GFLOP/s with the library's own plan (tile and split per GEMM).
+    plan_gflops: f64,
+}
+
+/// Time every conv pass of every ResNet-18 shape with each tile in `tiles`, back to back, then
+/// with the library's plan. Tuning data for `TileModel`: the tiles of one shape are timed
+/// within a second of each other, so a machine that changes speed during the sweep (clocks,
+/// other work) shows in the drift figure instead of in the comparison.
+fn bench_tiles(b: &Bench, batch: usize, tiles: &[ConvTile]) -> Result<TileSweep> {
+    let gpu = &b.gpu;
+    let names: Vec<String> = tiles
+        .iter()
+        .map(|t| {
+            let (m, n, _) = t.dims();
+            format!("{m}x{n}")
+        })
+        .collect();
+    println!(
+        "Conv tiles, batch {batch} (GFLOP/s from {} time; * = fastest; plan = the library's own choice)",
+        if b.timestamps { "GPU" } else { "wall" }
+    );
+    print!("{:<18} {:<4}", "layer", "pass");
+    for n in &names {
+        print!(" {n:>9}");
+    }
+    println!(" {:>9}", "plan");
+    let mut rows = Vec::new();
+    let mut first = None;
+    for (s, _) in &SHAPES {
+        let x_shape = [batch, s.c, s.hw, s.hw];
+        let w_shape = [s.k, s.c, s.kernel, s.kernel];
+        let (oh, ow) = ops::conv2d_output_size(s.hw, s.hw, s.kernel, s.stride, s.pad);
+        let x = Tensor::full(gpu, &x_shape, 0.5)?;
+        let w = Tensor::full(gpu, &w_shape, 0.01)?;
+        let gy = Tensor::full(gpu, &[batch, s.k, oh, ow], 0.1)?;
+        let gflops = |t: Timing| {
+            2.0 * (batch * s.k * oh * ow * s.c * s.kernel * s.kernel) as f64 / t.seconds() / 1e9
+        };
+        for pass in ["forward", "input_grad", "weight_grad"] {
+            let run = |tile: Option<ConvTile>| -> Result<Tensor> {
+                match pass {
+                    "forward" => ops::conv2d_tiled(&x, &w, None, s.stride, s.pad, tile),
+                    "input_grad" => {
+                        ops::conv2d_backward_input_tiled(&gy, &w, x_shape, s.stride, s.pad, tile)
+                    }
+                    _ => ops::conv2d_backward_weight_tiled(&x, &gy, w_shape, s.stride, s.pad, tile),
+                }
+            };
+            let mut row = TileSweepRow {
+                layer: s.name,
+                pass,
+                gflops: Vec::new(),
+                plan_gflops: 0.0,
+            };
+            for &tile in tiles {
+                row.gflops.push(gflops(b.kernel(|| run(Some(tile)))?));
+            }
+            row.plan_gflops = gflops(b.kernel(|| run(None))?);
+            first.get_or_insert(row.gflops[0]);
+            let best = row.gflops.iter().copied().fold(0.0, f64::max);
+            let label = match pass {
+                "forward" => "fwd",
+                "input_grad" => "dx",
+                _ => "dw",
+            };
+            print!("{:<18} {:<4}", s.name, label);
+            for g in &row.gflops {
+                print!(" {:>8.1}{}", g, if *g == best { "*" } else { " " });
+            }
+            println!(" {:>9.1}", row.plan_gflops);
+            rows.push(row);
+        }
+    }
+    // The first figure again, now that the sweep has run.
+    let s = &SHAPES[0].0;
+    let x_shape = [batch, s.c, s.hw, s.hw];
+    let w_shape = [s.k, s.c, s.kernel, s.kernel];
+    let (oh, ow) = ops::conv2d_output_size(s.hw, s.hw, s.kernel, s.stride, s.pad);
+    let x = Tensor::full(gpu, &x_shape, 0.5)?;
+    let w = Tensor::full(gpu, &w_shape, 0.01)?;
+    let t =
+        b.kernel(|| ops::conv2d_tiled(&x, &w, None, s.stride, s.pad, tiles.first().copied()))?;
+    let again =
+        2.0 * (batch * s.k * oh * ow * s.c * s.kernel * s.kernel) as f64 / t.seconds() / 1e9;
+    let drift = [first.unwrap_or(0.0), again];
+    println!(
+        "drift: {} forward with {} at {:.1} GFLOP/s first, {:.1} at the end\n",
+        s.name,
+        names.first().map_or("", String::as_str),
+        drift[0],
+        drift[1]
+    );
+    Ok(TileSweep {
+        tiles: names,
+        rows,
+        drift,
+    })
 }
 
 /// "wall / GPU" milliseconds, 15 characters wide.
@@ -667,6 +790,8 @@ struct Report {
     memory_kernels: Option<Vec<MemoryRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     models: Option<Vec<ModelRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tile_sweep: Option<TileSweep>,
 }
 
 #[derive(Serialize)]
@@ -678,17 +803,35 @@ struct Adapter {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let (convs, kernels, models) = match args.what.as_str() {
-        "convs" => (true, false, false),
-        "kernels" => (true, true, false),
-        "models" => (false, false, true),
-        "all" => (true, true, true),
+    let (convs, kernels, models, tiles) = match args.what.as_str() {
+        "convs" => (true, false, false, false),
+        "kernels" => (true, true, false, false),
+        "memory" => (false, true, false, false),
+        "models" => (false, false, true, false),
+        "all" => (true, true, true, false),
+        "tiles" => (false, false, false, true),
         w => {
             return Err(Error::Invalid(format!(
-                "--what {w:?}: expected convs, kernels, models or all"
+                "--what {w:?}: expected convs, kernels, memory, models, all or tiles"
             )));
         }
     };
+    let sweep_tiles = args
+        .tiles
+        .split(',')
+        .map(|t| {
+            ConvTile::parse(t).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128 or 128x128)"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if tiles && args.precision != resnet_wgpu::ConvPrecision::F32 {
+        return Err(Error::Invalid(
+            "--what tiles compares the f32 engine's tiles: leave out --precision f16".into(),
+        ));
+    }
     let gpu = Gpu::with_conv_precision(args.precision)?;
     let info = gpu.info().clone();
     let bench = Bench {
@@ -733,6 +876,7 @@ fn main() -> Result<()> {
         conv_totals: None,
         memory_kernels: None,
         models: None,
+        tile_sweep: None,
     };
     if convs {
         let (rows, totals) = bench_convs(&bench, args.batch)?;
@@ -744,6 +888,9 @@ fn main() -> Result<()> {
     }
     if models {
         report.models = Some(bench_models(&bench, &args)?);
+    }
+    if tiles {
+        report.tile_sweep = Some(bench_tiles(&bench, args.batch, &sweep_tiles)?);
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)

@@ -1,12 +1,15 @@
 #!/bin/bash
 # Runs on the lent GPU machine (see scripts/gpu/pack.sh): golden/op tests, the bench, and a
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
-# Usage: [SWEEP_TILES="64x64 128x128"] [F16_BENCH="--what models --models r18"] \
+# Usage: [TILE_SWEEP="--batch 128 --iters 3"] [F16_BENCH="--what models --models r18"] \
 #        [CHECKED_BENCH="--what convs"] bash scripts/gpu/run.sh [train-seconds] [bench-args...]
+# TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
+# ResNet-18 shape with each tile in turn, and the library's plan).
 # F16_BENCH: also run the bench with --precision f16 (tensor cores) and these arguments, after
 # the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
 # CHECKED_BENCH: also run the bench with these arguments and RESNET_WGPU_SHADER_CHECKS=1
 # (wgpu's index clamping and loop bounding back on), to measure what dropping them gains.
+# Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
 set -u
 TRAIN_S=${1:-300}; shift || true
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -22,28 +25,31 @@ for t in $B/test-*; do
   RESNET_WGPU_EXPECT_TENSOR_CORES=$expect timeout 120 "$t" --test-threads 8 2>&1 | grep -E "test result|FAILED|panicked|failed" | head -20
 done 2>&1 | tee "$OUT/tests.log"
 echo "tests took $(( $(date +%s) - t0 )) s"
-# SWEEP_TILES="64x64 128x128 ...": the conv bench once per forced tile first.
-for t in ${SWEEP_TILES:-}; do
-  echo "== convs with every GEMM on tile $t"
-  RESNET_WGPU_CONV_TILE=$t timeout 100 $B/bench --what convs --batch 128 --iters 5 2>&1 | tee "$OUT/convs-$t.txt"
-done
+# Each bench also writes its figures as JSON beside its text output.
+if [ -n "${TILE_SWEEP:-}" ]; then
+  echo "== conv tile sweep"; t0=$(date +%s)
+  timeout 150 $B/bench --what tiles $TILE_SWEEP --json "$OUT/tiles.json" 2>&1 | tee "$OUT/tiles.txt"
+  echo "tile sweep took $(( $(date +%s) - t0 )) s"
+fi
 echo "== bench"; t0=$(date +%s)
-timeout 200 $B/bench "$@" 2>&1 | tee "$OUT/bench.txt"
+timeout 200 $B/bench "$@" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
 status=${PIPESTATUS[0]}
 echo "bench took $(( $(date +%s) - t0 )) s"
 if [ "$status" != 0 ] && [ "$status" != 124 ]; then
   # The first runs without wgpu's shader checks: if the driver rejected those kernels, the run
   # still measures something with the checks back on.
   echo "== bench failed ($status): again with RESNET_WGPU_SHADER_CHECKS=1"
-  RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench "$@" 2>&1 | tee "$OUT/bench-checked-fallback.txt"
+  RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench "$@" --json "$OUT/bench-checked-fallback.json" 2>&1 \
+    | tee "$OUT/bench-checked-fallback.txt"
 fi
 if [ -n "${F16_BENCH:-}" ]; then
   echo "== bench --precision f16"
-  timeout 200 $B/bench --precision f16 $F16_BENCH 2>&1 | tee "$OUT/bench-f16.txt"
+  timeout 200 $B/bench --precision f16 $F16_BENCH --json "$OUT/bench-f16.json" 2>&1 | tee "$OUT/bench-f16.txt"
 fi
 if [ -n "${CHECKED_BENCH:-}" ]; then
   echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"
-  RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench $CHECKED_BENCH 2>&1 | tee "$OUT/bench-checked.txt"
+  RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench $CHECKED_BENCH --json "$OUT/bench-checked.json" 2>&1 \
+    | tee "$OUT/bench-checked.txt"
 fi
 if [ "$TRAIN_S" -gt 0 ]; then
   echo "== train"; t0=$(date +%s)
