@@ -13,15 +13,16 @@
 //                      eval:     gx = gamma * invstd * dy
 //
 // Reductions are two-level: the M values of a channel are cut into `chunks` chunks of `chunk_len`
-// values; one 256-thread workgroup per (channel, chunk) writes a partial result, then one workgroup
-// per channel merges that channel's partials. Statistics use Welford's running mean / M2 per thread
-// and Chan's pairwise merge in the tree (no E[x^2] - E[x]^2 cancellation).
+// values; one PARTIAL_WG-thread workgroup per (channel, chunk) writes a partial result, then one
+// thread per channel merges that channel's partials in order. Statistics use Welford's running
+// mean / M2 per thread and Chan's pairwise merge in the tree and the final merge (no
+// E[x^2] - E[x]^2 cancellation).
 //
 // Entry points, dispatch grids and bindings (group 0; binding 0 is always Params, uniform):
-//   stats_partial     grid: C * chunks workgroups (linear g = wg.x + wg.y * nwg.x; c = g / chunks,
-//                     chunk = g % chunks)
+//   stats_partial     grid: C * chunks workgroups of PARTIAL_WG threads (linear g = wg.x + wg.y *
+//                     nwg.x; c = g / chunks, chunk = g % chunks)
 //                     1 x [N*C*HW] (read), 2 partials [C * chunks * 3] (count, mean, M2) (write)
-//   stats_finalize    grid: C workgroups
+//   stats_finalize    grid: one thread per channel (256 per workgroup)
 //                     1 partials [C * chunks * 3] (read), 2 mean [C] (write), 3 invstd [C] (write),
 //                     4 running_mean [C] (read_write), 5 running_var [C] (read_write)
 //   eval_stats        grid: one thread per channel (256 per workgroup)
@@ -33,7 +34,7 @@
 //   backward_partial  grid: C * chunks workgroups as stats_partial
 //                     1 x, 2 y (only read when RELU), 3 gy, 4 mean [C], 5 invstd [C] (all read),
 //                     6 partials [C * chunks * 2] (sum dy, sum dy * xhat) (write)
-//   backward_finalize grid: C workgroups
+//   backward_finalize grid: one thread per channel (256 per workgroup)
 //                     1 partials [C * chunks * 2], 2 gamma [C], 3 invstd [C] (read),
 //                     4 ggamma [C], 5 gbeta [C], 6 coef [C * 3] (write):
 //                     coef = (gamma * invstd, gbeta / M, ggamma / M), or (gamma * invstd, 0, 0) in eval
@@ -58,9 +59,14 @@ const EVAL: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
-var<workgroup> red_c: array<f32, 256>;
+// Threads of a partial-reduction workgroup (stats_partial, backward_partial): each reduces
+// chunk_len / PARTIAL_WG values on its own, then the workgroup merges the threads' results in
+// log2(PARTIAL_WG) barrier steps.
+const PARTIAL_WG: u32 = 64u;
+
+var<workgroup> red_a: array<f32, PARTIAL_WG>;
+var<workgroup> red_b: array<f32, PARTIAL_WG>;
+var<workgroup> red_c: array<f32, PARTIAL_WG>;
 
 fn group_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wg.x + wg.y * nwg.x;
@@ -70,11 +76,47 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
-// Flat index of the j-th value (j < M) of channel c.
-fn channel_value_index(c: u32, j: u32) -> u32 {
+// The partial kernels' threads visit values j = start + lid + PARTIAL_WG t (t = 0, 1, ...) of their
+// channel c, whose j-th value (j < M) sits in plane n = j / hw at offset q = j % hw, flat index
+// (n * C + c) * hw + q. A ChannelWalk keeps (n, q) for the thread's current j and steps it by
+// PARTIAL_WG values with one compare and no division (PARTIAL_WG = step_n * hw + step_q,
+// step_q < hw): a run-time integer division per value costs more than the rest of the loop.
+struct ChannelWalk {
+    n: u32,
+    q: u32,
+    step_n: u32,
+    step_q: u32,
+}
+
+fn walk_from(j: u32) -> ChannelWalk {
     let n = j / params.hw;
-    let p = j - n * params.hw;
-    return (n * params.channels + c) * params.hw + p;
+    let step_n = PARTIAL_WG / params.hw;
+    return ChannelWalk(n, j - n * params.hw, step_n, PARTIAL_WG - step_n * params.hw);
+}
+
+fn walk_index(w: ChannelWalk, c: u32) -> u32 {
+    return (w.n * params.channels + c) * params.hw + w.q;
+}
+
+fn walk_next(w: ptr<function, ChannelWalk>) {
+    (*w).q += (*w).step_q;
+    (*w).n += (*w).step_n;
+    if ((*w).q >= params.hw) {
+        (*w).q -= params.hw;
+        (*w).n += 1u;
+    }
+}
+
+// Values each partial-kernel thread loads before it uses any of them: with one load at a time
+// per thread, too few are in flight to keep a GPU's memory busy.
+const ROUND: u32 = 4u;
+
+// Welford's update of a running (count, mean, M2) with value v.
+fn welford_add(cnt: ptr<function, f32>, mu: ptr<function, f32>, m2: ptr<function, f32>, v: f32) {
+    *cnt = *cnt + 1.0;
+    let d = v - *mu;
+    *mu = *mu + d / *cnt;
+    *m2 = *m2 + d * (v - *mu);
 }
 
 // Chan's merge of the (count, mean, M2) triples held by threads `lid` and `other` into `lid`.
@@ -94,7 +136,7 @@ fn merge_stats(lid: u32, other: u32) {
 
 fn tree_merge_stats(lid: u32) {
     workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
+    for (var s = PARTIAL_WG / 2u; s > 0u; s = s >> 1u) {
         if (lid < s) { merge_stats(lid, lid + s); }
         workgroupBarrier();
     }
@@ -102,7 +144,7 @@ fn tree_merge_stats(lid: u32) {
 
 fn tree_sum2(lid: u32) {
     workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
+    for (var s = PARTIAL_WG / 2u; s > 0u; s = s >> 1u) {
         if (lid < s) {
             red_a[lid] = red_a[lid] + red_a[lid + s];
             red_b[lid] = red_b[lid] + red_b[lid + s];
@@ -115,7 +157,7 @@ fn tree_sum2(lid: u32) {
 @group(0) @binding(1) var<storage, read> sp_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sp_partials: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(PARTIAL_WG)
 fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let g = group_index(wg, nwg);
@@ -128,12 +170,30 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         let m = params.batch * params.hw;
         let start = k * params.chunk_len;
         let end = min(start + params.chunk_len, m);
-        for (var j = start + lid; j < end; j = j + 256u) {
-            let v = sp_x[channel_value_index(c, j)];
-            cnt = cnt + 1.0;
-            let d = v - mu;
-            mu = mu + d / cnt;
-            m2 = m2 + d * (v - mu);
+        var walk = walk_from(start + lid);
+        for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
+            // This thread's next ROUND values (fewer at the chunk's end), all loaded before the
+            // first is used.
+            let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
+            let i0 = walk_index(walk, c);
+            walk_next(&walk);
+            let i1 = walk_index(walk, c);
+            walk_next(&walk);
+            let i2 = walk_index(walk, c);
+            walk_next(&walk);
+            let i3 = walk_index(walk, c);
+            walk_next(&walk);
+            let v0 = sp_x[i0];
+            var v1 = 0.0;
+            var v2 = 0.0;
+            var v3 = 0.0;
+            if (left > 1u) { v1 = sp_x[i1]; }
+            if (left > 2u) { v2 = sp_x[i2]; }
+            if (left > 3u) { v3 = sp_x[i3]; }
+            welford_add(&cnt, &mu, &m2, v0);
+            if (left > 1u) { welford_add(&cnt, &mu, &m2, v1); }
+            if (left > 2u) { welford_add(&cnt, &mu, &m2, v2); }
+            if (left > 3u) { welford_add(&cnt, &mu, &m2, v3); }
         }
     }
     red_a[lid] = cnt;
@@ -158,39 +218,29 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn stats_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let c = group_index(wg, nwg);
-    var cnt = 0.0;
-    var mu = 0.0;
+    let c = linear_index(wg, nwg, lid);
+    if (c >= params.channels) { return; }
+    var n = 0.0;
+    var mean = 0.0;
     var m2 = 0.0;
-    if (c < params.channels) {
-        for (var k = lid; k < params.chunks; k = k + 256u) {
-            let o = (c * params.chunks + k) * 3u;
-            let nb = sf_partials[o];
-            if (nb > 0.0) {
-                let n = cnt + nb;
-                let d = sf_partials[o + 1u] - mu;
-                let f = nb / n;
-                mu = mu + d * f;
-                m2 = m2 + sf_partials[o + 2u] + d * d * cnt * f;
-                cnt = n;
-            }
+    for (var k = 0u; k < params.chunks; k = k + 1u) {
+        let o = (c * params.chunks + k) * 3u;
+        let nb = sf_partials[o];
+        if (nb > 0.0) {
+            let na = n;
+            n = na + nb;
+            let d = sf_partials[o + 1u] - mean;
+            let f = nb / n;
+            mean = mean + d * f;
+            m2 = m2 + sf_partials[o + 2u] + d * d * na * f;
         }
     }
-    red_a[lid] = cnt;
-    red_b[lid] = mu;
-    red_c[lid] = m2;
-    tree_merge_stats(lid);
-    if (lid == 0u && c < params.channels) {
-        let n = red_a[0];
-        let mean = red_b[0];
-        let var_biased = red_c[0] / n;
-        sf_mean[c] = mean;
-        sf_invstd[c] = 1.0 / sqrt(var_biased + params.eps);
-        let m = params.momentum;
-        let var_unbiased = red_c[0] / max(n - 1.0, 1.0);
-        sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * mean;
-        sf_running_var[c] = (1.0 - m) * sf_running_var[c] + m * var_unbiased;
-    }
+    sf_mean[c] = mean;
+    sf_invstd[c] = 1.0 / sqrt(m2 / n + params.eps);
+    let m = params.momentum;
+    let var_unbiased = m2 / max(n - 1.0, 1.0);
+    sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * mean;
+    sf_running_var[c] = (1.0 - m) * sf_running_var[c] + m * var_unbiased;
 }
 
 // ---- eval_stats ----
@@ -238,7 +288,14 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
 @group(0) @binding(5) var<storage, read> bp_invstd: array<f32>;
 @group(0) @binding(6) var<storage, read_write> bp_partials: array<f32>;
 
-@compute @workgroup_size(256)
+// (dy, dy * xhat) of flat index i.
+fn bp_terms(i: u32, relu: bool, mean: f32, invstd: f32) -> vec2<f32> {
+    var dy = bp_gy[i];
+    if (relu && !(bp_y[i] > 0.0)) { dy = 0.0; }
+    return vec2<f32>(dy, dy * (bp_x[i] - mean) * invstd);
+}
+
+@compute @workgroup_size(PARTIAL_WG)
 fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let g = group_index(wg, nwg);
@@ -253,12 +310,27 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
         let m = params.batch * params.hw;
         let start = k * params.chunk_len;
         let end = min(start + params.chunk_len, m);
-        for (var j = start + lid; j < end; j = j + 256u) {
-            let i = channel_value_index(c, j);
-            var dy = bp_gy[i];
-            if (relu && !(bp_y[i] > 0.0)) { dy = 0.0; }
-            s_dy = s_dy + dy;
-            s_dyx = s_dyx + dy * (bp_x[i] - mean) * invstd;
+        var walk = walk_from(start + lid);
+        for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
+            // As in stats_partial: ROUND values' loads before their arithmetic.
+            let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
+            let i0 = walk_index(walk, c);
+            walk_next(&walk);
+            let i1 = walk_index(walk, c);
+            walk_next(&walk);
+            let i2 = walk_index(walk, c);
+            walk_next(&walk);
+            let i3 = walk_index(walk, c);
+            walk_next(&walk);
+            let t0 = bp_terms(i0, relu, mean, invstd);
+            var t1 = vec2<f32>(0.0);
+            var t2 = vec2<f32>(0.0);
+            var t3 = vec2<f32>(0.0);
+            if (left > 1u) { t1 = bp_terms(i1, relu, mean, invstd); }
+            if (left > 2u) { t2 = bp_terms(i2, relu, mean, invstd); }
+            if (left > 3u) { t3 = bp_terms(i3, relu, mean, invstd); }
+            s_dy = s_dy + t0.x + t1.x + t2.x + t3.x;
+            s_dyx = s_dyx + t0.y + t1.y + t2.y + t3.y;
         }
     }
     red_a[lid] = s_dy;
@@ -281,30 +353,22 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 @compute @workgroup_size(256)
 fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let c = group_index(wg, nwg);
-    var s_dy = 0.0;
-    var s_dyx = 0.0;
-    if (c < params.channels) {
-        for (var k = lid; k < params.chunks; k = k + 256u) {
-            let o = (c * params.chunks + k) * 2u;
-            s_dy = s_dy + bf_partials[o];
-            s_dyx = s_dyx + bf_partials[o + 1u];
-        }
+    let c = linear_index(wg, nwg, lid);
+    if (c >= params.channels) { return; }
+    var gbeta = 0.0;
+    var ggamma = 0.0;
+    for (var k = 0u; k < params.chunks; k = k + 1u) {
+        let o = (c * params.chunks + k) * 2u;
+        gbeta = gbeta + bf_partials[o];
+        ggamma = ggamma + bf_partials[o + 1u];
     }
-    red_a[lid] = s_dy;
-    red_b[lid] = s_dyx;
-    tree_sum2(lid);
-    if (lid == 0u && c < params.channels) {
-        let gbeta = red_a[0];
-        let ggamma = red_b[0];
-        bf_ggamma[c] = ggamma;
-        bf_gbeta[c] = gbeta;
-        let inv_m = 1.0 / f32(params.batch * params.hw);
-        let is_eval = (params.flags & EVAL) != 0u;
-        bf_coef[c * 3u] = bf_gamma[c] * bf_invstd[c];
-        bf_coef[c * 3u + 1u] = select(gbeta * inv_m, 0.0, is_eval);
-        bf_coef[c * 3u + 2u] = select(ggamma * inv_m, 0.0, is_eval);
-    }
+    bf_ggamma[c] = ggamma;
+    bf_gbeta[c] = gbeta;
+    let inv_m = 1.0 / f32(params.batch * params.hw);
+    let is_eval = (params.flags & EVAL) != 0u;
+    bf_coef[c * 3u] = bf_gamma[c] * bf_invstd[c];
+    bf_coef[c * 3u + 1u] = select(gbeta * inv_m, 0.0, is_eval);
+    bf_coef[c * 3u + 2u] = select(ggamma * inv_m, 0.0, is_eval);
 }
 
 // ---- backward_input ----

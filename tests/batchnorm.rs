@@ -285,6 +285,11 @@ fn random_shapes_match_reference() {
         (1, 1, 1, 2, false),
         (5, 2, 1, 1, false),
         (2, 16, 9, 11, false),
+        // Planes of exactly, half and just over a partial workgroup's 64 threads: the values a
+        // thread visits step through the planes in whole, half or ragged strides.
+        (3, 5, 8, 8, false),
+        (4, 3, 4, 8, false),
+        (2, 4, 5, 13, false),
     ];
     for (i, &(n, c, h, w, relu)) in cases.iter().enumerate() {
         check_case(n, c, h, w, relu, 100 + 10 * i as u64);
@@ -309,8 +314,9 @@ fn long_channels_use_several_reduction_chunks() {
 }
 
 #[test]
-fn more_chunks_than_finalize_threads() {
-    // M = 4 * 512 * 520 = 1,064,960 values: 261 chunks, more than the 256 merging threads.
+fn many_chunks_per_channel() {
+    // M = 4 * 512 * 520 = 1,064,960 values: 261 chunks, each inside one plane, merged in
+    // order by the channel's finalizing thread.
     check_case(4, 1, 512, 520, false, 520);
 }
 

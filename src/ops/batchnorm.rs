@@ -270,7 +270,7 @@ pub fn batch_norm_train(
             running_mean.buffer(),
             running_var.buffer(),
         ],
-        grid_1d(d.c as u32),
+        grid_for_elements(d.c),
     )?;
     let y = normalize(x, d, &mean, &invstd, gamma, beta, relu_flag(relu), eps, OP)?;
     Ok((y, BnSaved { mean, invstd }))
@@ -420,7 +420,7 @@ fn backward(
             gbeta.buffer(),
             coef.buffer(),
         ],
-        grid_1d(d.c as u32),
+        grid_for_elements(d.c),
     )?;
     let gx = Tensor::uninit(gpu, x.shape(), DType::F32, op)?;
     gpu.dispatch(
