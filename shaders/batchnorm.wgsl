@@ -28,7 +28,8 @@
 //   eval_stats        grid: one thread per channel (256 per workgroup)
 //                     1 running_mean [C] (read), 2 running_var [C] (read), 3 mean [C] (write, a
 //                     copy), 4 invstd [C] (write)
-//   normalize         grid: one thread per element (256 per workgroup, split over x and y)
+//   normalize         grid: one workgroup of 256 threads per 1024 elements (four per thread, see
+//                     elements_base), split over x and y
 //                     1 x, 2 mean [C], 3 stat [C] (invstd, or the variance when flags & VAR_STAT),
 //                     4 gamma [C], 5 beta [C] (all read), 6 y [N*C*HW] (write)
 //   backward_partial  grid: C * chunks workgroups as stats_partial
@@ -38,7 +39,7 @@
 //                     1 partials [C * chunks * 2], 2 gamma [C], 3 invstd [C] (read),
 //                     4 ggamma [C], 5 gbeta [C], 6 coef [C * 3] (write):
 //                     coef = (gamma * invstd, gbeta / M, ggamma / M), or (gamma * invstd, 0, 0) in eval
-//   backward_input    grid: one thread per element
+//   backward_input    grid: as normalize
 //                     1 x, 2 y (only read when RELU), 3 gy, 4 mean, 5 invstd, 6 coef (read),
 //                     7 gx [N*C*HW] (write): gx = coef0 * (dy - coef1 - xhat * coef2)
 
@@ -105,6 +106,32 @@ fn walk_next(w: ptr<function, ChannelWalk>) {
         (*w).q -= params.hw;
         (*w).n += 1u;
     }
+}
+
+// normalize and backward_input: each thread handles the four elements i, i + 256, i + 512 and
+// i + 768 of its workgroup's block of 1024 (so a warp's loads stay consecutive). An element
+// walk holds (offset in the plane, channel) of the current one, (q, c) with i = plane * hw + q
+// and c = plane % C, and steps it by 256 elements without a division: 256 = step_n * hw +
+// step_q, and the channel advances by step_n % C plus a carry when q wraps (one subtraction
+// keeps it below C, as c + (step_n % C) + 1 < 2C).
+fn elements_base(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * 1024u + lid;
+}
+
+fn element_walk(i: u32) -> vec2<u32> {
+    let plane = i / params.hw;
+    return vec2<u32>(i - plane * params.hw, plane % params.channels);
+}
+
+fn element_next(w: ptr<function, vec2<u32>>) {
+    let step_n = 256u / params.hw;
+    (*w).x += 256u - step_n * params.hw;
+    (*w).y += step_n % params.channels;
+    if ((*w).x >= params.hw) {
+        (*w).x -= params.hw;
+        (*w).y += 1u;
+    }
+    if ((*w).y >= params.channels) { (*w).y -= params.channels; }
 }
 
 // Values each partial-kernel thread loads before it uses any of them: with one load at a time
@@ -270,14 +297,34 @@ fn eval_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 @compute @workgroup_size(256)
 fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wg, nwg, lid);
-    if (i >= params.batch * params.channels * params.hw) { return; }
-    let c = (i / params.hw) % params.channels;
+    let i = elements_base(wg, nwg, lid);
+    let total = params.batch * params.channels * params.hw;
+    if (i >= total) { return; }
+    // All four loads of x first, then the arithmetic and the stores.
+    let x0 = nm_x[i];
+    var x1 = 0.0;
+    var x2 = 0.0;
+    var x3 = 0.0;
+    if (i + 256u < total) { x1 = nm_x[i + 256u]; }
+    if (i + 512u < total) { x2 = nm_x[i + 512u]; }
+    if (i + 768u < total) { x3 = nm_x[i + 768u]; }
+    var walk = element_walk(i);
+    nm_y[i] = nm_value(x0, walk.y);
+    element_next(&walk);
+    if (i + 256u < total) { nm_y[i + 256u] = nm_value(x1, walk.y); }
+    element_next(&walk);
+    if (i + 512u < total) { nm_y[i + 512u] = nm_value(x2, walk.y); }
+    element_next(&walk);
+    if (i + 768u < total) { nm_y[i + 768u] = nm_value(x3, walk.y); }
+}
+
+// Normalized value of x in channel c.
+fn nm_value(x: f32, c: u32) -> f32 {
     var invstd = nm_stat[c];
     if ((params.flags & VAR_STAT) != 0u) { invstd = 1.0 / sqrt(invstd + params.eps); }
-    var v = (nm_x[i] - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
+    var v = (x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
     if ((params.flags & RELU) != 0u) { v = max(v, 0.0); }
-    nm_y[i] = v;
+    return v;
 }
 
 // ---- backward_partial ----
@@ -383,11 +430,36 @@ fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 @compute @workgroup_size(256)
 fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wg, nwg, lid);
-    if (i >= params.batch * params.channels * params.hw) { return; }
-    let c = (i / params.hw) % params.channels;
+    let i = elements_base(wg, nwg, lid);
+    let total = params.batch * params.channels * params.hw;
+    if (i >= total) { return; }
+    // All loads of the four elements first, then the arithmetic and the stores.
+    let e0 = bi_load(i);
+    var e1 = vec2<f32>(0.0);
+    var e2 = vec2<f32>(0.0);
+    var e3 = vec2<f32>(0.0);
+    if (i + 256u < total) { e1 = bi_load(i + 256u); }
+    if (i + 512u < total) { e2 = bi_load(i + 512u); }
+    if (i + 768u < total) { e3 = bi_load(i + 768u); }
+    var walk = element_walk(i);
+    bi_gx[i] = bi_value(e0, walk.y);
+    element_next(&walk);
+    if (i + 256u < total) { bi_gx[i + 256u] = bi_value(e1, walk.y); }
+    element_next(&walk);
+    if (i + 512u < total) { bi_gx[i + 512u] = bi_value(e2, walk.y); }
+    element_next(&walk);
+    if (i + 768u < total) { bi_gx[i + 768u] = bi_value(e3, walk.y); }
+}
+
+// (dy, x) of flat index i: gy masked by the ReLU's output when RELU.
+fn bi_load(i: u32) -> vec2<f32> {
     var dy = bi_gy[i];
     if ((params.flags & RELU) != 0u && !(bi_y[i] > 0.0)) { dy = 0.0; }
-    let xhat = (bi_x[i] - bi_mean[c]) * bi_invstd[c];
-    bi_gx[i] = bi_coef[c * 3u] * (dy - bi_coef[c * 3u + 1u] - xhat * bi_coef[c * 3u + 2u]);
+    return vec2<f32>(dy, bi_x[i]);
+}
+
+// gx of an element with (dy, x) = e in channel c.
+fn bi_value(e: vec2<f32>, c: u32) -> f32 {
+    let xhat = (e.y - bi_mean[c]) * bi_invstd[c];
+    return bi_coef[c * 3u] * (e.x - bi_coef[c * 3u + 1u] - xhat * bi_coef[c * 3u + 2u]);
 }

@@ -116,7 +116,8 @@ impl Dims {
             c: s[1],
             hw: s[2..].iter().product(),
         };
-        if x.numel() >= u32::MAX as usize {
+        // The element kernels index up to 1023 past the last element before their bounds check.
+        if x.numel() >= u32::MAX as usize - 1024 {
             return Err(Error::shape(
                 op,
                 format!("x {:?} exceeds the u32 index range", x.shape()),
@@ -201,7 +202,7 @@ fn normalize(
             beta.buffer(),
             y.buffer(),
         ],
-        grid_for_elements(x.numel()),
+        grid_for_elements(x.numel().div_ceil(4)),
     )?;
     Ok(y)
 }
@@ -435,7 +436,7 @@ fn backward(
             coef.buffer(),
             gx.buffer(),
         ],
-        grid_for_elements(x.numel()),
+        grid_for_elements(x.numel().div_ceil(4)),
     )?;
     Ok((gx, ggamma, gbeta))
 }
