@@ -29,7 +29,7 @@ use resnet_wgpu::gpu::KernelTime;
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
 use resnet_wgpu::ops::ConvTile;
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
-use resnet_wgpu::{Error, Gpu, Result, Rng, Tape, Tensor, Var, ops};
+use resnet_wgpu::{Error, Gpu, GpuOptions, Result, Rng, Tape, Tensor, Var, ops};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -66,6 +66,10 @@ struct Args {
     /// The conv tiles `--what tiles` compares, comma-separated (f32 engine).
     #[arg(long, default_value = "64x64,128x64,64x128,128x128")]
     tiles: String,
+    /// With `--what tiles`: also time the library's plan on a second device whose kernels are
+    /// compiled with wgpu's runtime checks (`GpuOptions::shader_checks`), beside the rest.
+    #[arg(long)]
+    checks_ab: bool,
     /// Convolution math: `f32` (exact) or `f16` (tensor cores; see `ConvPrecision`).
     #[arg(long, default_value = "f32")]
     precision: resnet_wgpu::ConvPrecision,
@@ -345,13 +349,21 @@ struct TileSweepRow {
     gflops: Vec<f64>,
     /// GFLOP/s with the library's own plan (tile and split per GEMM).
     plan_gflops: f64,
+    /// The plan's GFLOP/s with wgpu's runtime checks compiled in (`--checks-ab`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan_checked_gflops: Option<f64>,
 }
 
 /// Time every conv pass of every ResNet-18 shape with each tile in `tiles`, back to back, then
 /// with the library's plan. Tuning data for `TileModel`: the tiles of one shape are timed
 /// within a second of each other, so a machine that changes speed during the sweep (clocks,
 /// other work) shows in the drift figure instead of in the comparison.
-fn bench_tiles(b: &Bench, batch: usize, tiles: &[ConvTile]) -> Result<TileSweep> {
+fn bench_tiles(
+    b: &Bench,
+    batch: usize,
+    tiles: &[ConvTile],
+    checked: Option<&Bench>,
+) -> Result<TileSweep> {
     let gpu = &b.gpu;
     let names: Vec<String> = tiles
         .iter()
@@ -361,14 +373,19 @@ fn bench_tiles(b: &Bench, batch: usize, tiles: &[ConvTile]) -> Result<TileSweep>
         })
         .collect();
     println!(
-        "Conv tiles, batch {batch} (GFLOP/s from {} time; * = fastest; plan = the library's own choice)",
+        "Conv tiles, batch {batch} (GFLOP/s from {} time; * = fastest; plan = the library's own \
+         choice; checked = the plan with wgpu's runtime checks compiled in)",
         if b.timestamps { "GPU" } else { "wall" }
     );
     print!("{:<18} {:<4}", "layer", "pass");
     for n in &names {
         print!(" {n:>9}");
     }
-    println!(" {:>9}", "plan");
+    print!(" {:>9}", "plan");
+    if checked.is_some() {
+        print!(" {:>9}", "checked");
+    }
+    println!();
     let mut rows = Vec::new();
     let mut first = None;
     for (s, _) in &SHAPES {
@@ -378,29 +395,42 @@ fn bench_tiles(b: &Bench, batch: usize, tiles: &[ConvTile]) -> Result<TileSweep>
         let x = Tensor::full(gpu, &x_shape, 0.5)?;
         let w = Tensor::full(gpu, &w_shape, 0.01)?;
         let gy = Tensor::full(gpu, &[batch, s.k, oh, ow], 0.1)?;
+        // The same tensors on the checked device.
+        let on_checked = checked
+            .map(|c| {
+                Ok::<_, Error>((
+                    Tensor::full(&c.gpu, &x_shape, 0.5)?,
+                    Tensor::full(&c.gpu, &w_shape, 0.01)?,
+                    Tensor::full(&c.gpu, &[batch, s.k, oh, ow], 0.1)?,
+                ))
+            })
+            .transpose()?;
         let gflops = |t: Timing| {
             2.0 * (batch * s.k * oh * ow * s.c * s.kernel * s.kernel) as f64 / t.seconds() / 1e9
         };
         for pass in ["forward", "input_grad", "weight_grad"] {
-            let run = |tile: Option<ConvTile>| -> Result<Tensor> {
-                match pass {
-                    "forward" => ops::conv2d_tiled(&x, &w, None, s.stride, s.pad, tile),
-                    "input_grad" => {
-                        ops::conv2d_backward_input_tiled(&gy, &w, x_shape, s.stride, s.pad, tile)
-                    }
-                    _ => ops::conv2d_backward_weight_tiled(&x, &gy, w_shape, s.stride, s.pad, tile),
+            let run = |(x, w, gy): (&Tensor, &Tensor, &Tensor), tile: Option<ConvTile>| match pass {
+                "forward" => ops::conv2d_tiled(x, w, None, s.stride, s.pad, tile),
+                "input_grad" => {
+                    ops::conv2d_backward_input_tiled(gy, w, x_shape, s.stride, s.pad, tile)
                 }
+                _ => ops::conv2d_backward_weight_tiled(x, gy, w_shape, s.stride, s.pad, tile),
             };
             let mut row = TileSweepRow {
                 layer: s.name,
                 pass,
                 gflops: Vec::new(),
                 plan_gflops: 0.0,
+                plan_checked_gflops: None,
             };
             for &tile in tiles {
-                row.gflops.push(gflops(b.kernel(|| run(Some(tile)))?));
+                row.gflops
+                    .push(gflops(b.kernel(|| run((&x, &w, &gy), Some(tile)))?));
             }
-            row.plan_gflops = gflops(b.kernel(|| run(None))?);
+            row.plan_gflops = gflops(b.kernel(|| run((&x, &w, &gy), None))?);
+            if let (Some(c), Some((x, w, gy))) = (checked, &on_checked) {
+                row.plan_checked_gflops = Some(gflops(c.kernel(|| run((x, w, gy), None))?));
+            }
             first.get_or_insert(row.gflops[0]);
             let best = row.gflops.iter().copied().fold(0.0, f64::max);
             let label = match pass {
@@ -412,7 +442,11 @@ fn bench_tiles(b: &Bench, batch: usize, tiles: &[ConvTile]) -> Result<TileSweep>
             for g in &row.gflops {
                 print!(" {:>8.1}{}", g, if *g == best { "*" } else { " " });
             }
-            println!(" {:>9.1}", row.plan_gflops);
+            print!(" {:>9.1}", row.plan_gflops);
+            if let Some(g) = row.plan_checked_gflops {
+                print!(" {g:>9.1}");
+            }
+            println!();
             rows.push(row);
         }
     }
@@ -827,6 +861,9 @@ fn main() -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    if args.checks_ab && !tiles {
+        return Err(Error::Invalid("--checks-ab goes with --what tiles".into()));
+    }
     if tiles && args.precision != resnet_wgpu::ConvPrecision::F32 {
         return Err(Error::Invalid(
             "--what tiles compares the f32 engine's tiles: leave out --precision f16".into(),
@@ -890,7 +927,25 @@ fn main() -> Result<()> {
         report.models = Some(bench_models(&bench, &args)?);
     }
     if tiles {
-        report.tile_sweep = Some(bench_tiles(&bench, args.batch, &sweep_tiles)?);
+        let checked = if args.checks_ab {
+            let gpu = Gpu::with_options(GpuOptions {
+                shader_checks: Some(true),
+                ..Default::default()
+            })?;
+            Some(Bench {
+                timestamps: bench.timestamps && gpu.profiling_supported(),
+                iters: bench.iters,
+                gpu,
+            })
+        } else {
+            None
+        };
+        report.tile_sweep = Some(bench_tiles(
+            &bench,
+            args.batch,
+            &sweep_tiles,
+            checked.as_ref(),
+        )?);
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)

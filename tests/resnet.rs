@@ -8,7 +8,7 @@ use common::*;
 use resnet_wgpu::io::{HostData, HostTensor, StateDict};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
-use resnet_wgpu::{Rng, Tape, Tensor, Var};
+use resnet_wgpu::{Gpu, GpuOptions, Rng, Tape, Tensor, Var};
 
 const FILES: [&str; 3] = [
     "tiny_basic.safetensors",
@@ -195,6 +195,55 @@ fn inference_fuses_each_conv_with_its_batch_norm() {
         assert!(
             fused_dispatches + bns <= apart_dispatches,
             "{what}: {fused_dispatches} fused dispatches, {apart_dispatches} apart, {bns} batch norms"
+        );
+    }
+}
+
+/// Loss, every parameter gradient and the eval logits of one training step on `gpu`.
+fn step_results(gpu: &Gpu, config: &ResNetConfig) -> Vec<Vec<f32>> {
+    let mut net = ResNet::new(gpu, config.clone(), &mut Rng::new(5)).unwrap();
+    let x = Tensor::from_slice(gpu, &[2, 3, 32, 32], &random_vec(2 * 3 * 32 * 32, 6)).unwrap();
+    let labels = Tensor::from_u32(gpu, &[2], &[1, 4]).unwrap();
+    let tape = Tape::new();
+    let (logits, binds) = net.forward_train(&tape, &x, |_| true).unwrap();
+    let loss = logits.cross_entropy(&labels, 0.0).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let mut out = vec![loss.tensor().to_vec().unwrap()];
+    for i in 0..net.params().len() {
+        if let Some(g) = grads.get(binds.var(i)) {
+            out.push(g.to_vec().unwrap());
+        }
+    }
+    out.push(net.infer(&x).unwrap().to_vec().unwrap());
+    out
+}
+
+#[test]
+fn kernels_compiled_with_and_without_runtime_checks_agree() {
+    // The default compiles the kernels without wgpu's index clamping and loop bounding; the
+    // checked build must compile too (it is the fallback for debugging a kernel) and the two
+    // must compute the same numbers (the checks change no arithmetic). With
+    // RESNET_WGPU_SHADER_CHECKS=1 set, both devices are checked.
+    let checked = Gpu::with_options(GpuOptions {
+        shader_checks: Some(true),
+        ..Default::default()
+    })
+    .expect("a device with shader checks");
+    assert!(checked.shader_checks());
+    let unchecked = new_gpu();
+    let config = ResNetConfig::resnet18(5)
+        .with_widths(vec![4, 8, 8, 16])
+        .with_stem(Stem::ImageNet);
+    let a = step_results(&unchecked, &config);
+    let b = step_results(&checked, &config);
+    assert_eq!(a.len(), b.len());
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        assert_close(
+            a,
+            b,
+            1e-6,
+            1e-7,
+            &format!("result {i} checked against unchecked"),
         );
     }
 }

@@ -23,6 +23,16 @@ pub struct GpuOptions {
     /// [`ConvPrecision::F16`](super::ConvPrecision::F16) (tensor cores on NVIDIA, simdgroup
     /// matrices on Apple). Off by default: wgpu marks the feature experimental. Native only.
     pub tensor_cores: bool,
+    /// Compile the kernels with all of wgpu's runtime checks (`Some(true)`) or without index
+    /// clamping and loop bounding (`Some(false)`, which this crate's kernels do not need; see
+    /// [`Gpu::shader_checks`](super::Gpu::shader_checks)). `None`, the default, is `Some(false)`
+    /// unless `RESNET_WGPU_SHADER_CHECKS=1`; that variable turns the checks on in every case.
+    pub shader_checks: Option<bool>,
+}
+
+/// Whether `RESNET_WGPU_SHADER_CHECKS=1` asks for wgpu's runtime checks.
+fn checks_from_env() -> bool {
+    std::env::var("RESNET_WGPU_SHADER_CHECKS").is_ok_and(|v| v == "1")
 }
 
 /// The features the f16 conv engine needs (requested only with [`GpuOptions::tensor_cores`]).
@@ -209,6 +219,7 @@ impl Gpu {
                 driver: info.driver_info,
                 device_type: info.device_type,
             },
+            checks_from_env() || options.shader_checks.unwrap_or(false),
         );
         gpu.set_mma(mma, options.tensor_cores);
         Ok(gpu)
@@ -226,6 +237,7 @@ impl Gpu {
                 driver: String::new(),
                 device_type: wgpu::DeviceType::Other,
             },
+            checks_from_env(),
         )
     }
 
@@ -245,6 +257,7 @@ impl Gpu {
                 driver: info.driver_info,
                 device_type: info.device_type,
             },
+            checks_from_env(),
         )
     }
 }

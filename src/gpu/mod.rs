@@ -206,8 +206,8 @@ pub(crate) struct GpuInner {
     total_dispatches: std::sync::atomic::AtomicU64,
     total_submits: std::sync::atomic::AtomicU64,
     conv_math: Mutex<ConvMath>,
-    /// Compile shaders with wgpu's runtime checks (`RESNET_WGPU_SHADER_CHECKS=1`); see
-    /// [`TRUSTED_CHECKS`].
+    /// Compile shaders with wgpu's runtime checks ([`GpuOptions::shader_checks`],
+    /// `RESNET_WGPU_SHADER_CHECKS=1`); see [`TRUSTED_CHECKS`].
     shader_checks: bool,
 }
 
@@ -259,7 +259,7 @@ impl Gpu {
     // On wasm32 the wgpu handles are not `Send`; the `Arc` still shares them within the one
     // thread there, and keeps `Gpu` `Send + Sync` on native.
     #[allow(clippy::arc_with_non_send_sync)]
-    fn build(device: wgpu::Device, queue: wgpu::Queue, info: GpuInfo) -> Gpu {
+    fn build(device: wgpu::Device, queue: wgpu::Queue, info: GpuInfo, shader_checks: bool) -> Gpu {
         let limits = device.limits();
         let uniform_stride =
             UNIFORM_SIZE.next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(1) as u64);
@@ -276,7 +276,7 @@ impl Gpu {
             total_dispatches: Default::default(),
             total_submits: Default::default(),
             conv_math: Mutex::default(),
-            shader_checks: std::env::var("RESNET_WGPU_SHADER_CHECKS").is_ok_and(|v| v == "1"),
+            shader_checks,
         }))
     }
 
@@ -363,9 +363,9 @@ impl Gpu {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether kernels are compiled with all of wgpu's runtime checks (`RESNET_WGPU_SHADER_CHECKS=1`
-    /// when the `Gpu` was made) rather than without index clamping and loop bounding, which this
-    /// crate's kernels do not need (the default).
+    /// Whether kernels are compiled with all of wgpu's runtime checks ([`GpuOptions::shader_checks`]
+    /// or `RESNET_WGPU_SHADER_CHECKS=1` when the `Gpu` was made) rather than without index
+    /// clamping and loop bounding, which this crate's kernels do not need (the default).
     pub fn shader_checks(&self) -> bool {
         self.0.shader_checks
     }
