@@ -18,6 +18,8 @@
 // gap_forward: 4 planes per 256-thread workgroup (64 threads per plane, tree reduction), linear
 // workgroup index wg.x + wg.y * num_workgroups.x.
 //
+// max_backward and avg_backward also take the window as pipeline constants WK, WS, WP.
+//
 // Bindings (group 0): 0 = Params (uniform), then
 //   max_forward:  1 x [P*H*W] (read), 2 y [P*OH*OW] (write), 3 idx [P*OH*OW] u32 (write)
 //   max_backward: 1 gy [P*OH*OW] (read), 2 idx [P*OH*OW] u32 (read), 3 gx [P*H*W] (write)
@@ -43,16 +45,24 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
+// The window (kernel, stride, padding) of the backward gathers, as pipeline-overridable
+// constants equal to params.k, params.stride and params.pad, so that their four divisions by the
+// stride per input element compile to shifts or multiplies. No defaults: a pipeline that uses
+// them without setting them fails to build.
+override WK: u32;
+override WS: u32;
+override WP: u32;
+
 // First output index (inclusive) whose window covers input coordinate `i` along one axis.
 fn first_out(i: u32) -> u32 {
-    let ip = i + params.pad;
-    if (ip < params.k) { return 0u; }
-    return (ip - params.k) / params.stride + 1u;
+    let ip = i + WP;
+    if (ip < WK) { return 0u; }
+    return (ip - WK) / WS + 1u;
 }
 
 // One past the last output index whose window covers input coordinate `i`, clamped to `out_len`.
 fn end_out(i: u32, out_len: u32) -> u32 {
-    return min((i + params.pad) / params.stride + 1u, out_len);
+    return min((i + WP) / WS + 1u, out_len);
 }
 
 // Divisor of output (oh, ow) with count_include_pad = True.

@@ -120,6 +120,15 @@ impl Geometry {
             pad: self.pad as u32,
         }
     }
+
+    /// The window as the backward gathers' pipeline constants (`WK`, `WS`, `WP`).
+    fn window_constants(&self) -> [(&'static str, f64); 3] {
+        [
+            ("WK", self.k as f64),
+            ("WS", self.stride as f64),
+            ("WP", self.pad as f64),
+        ]
+    }
 }
 
 /// Check that `gy` (f32) has the output shape of `geo`.
@@ -190,8 +199,9 @@ pub fn max_pool2d_backward(
     }
     gy.expect_same_gpu(OP, indices)?;
     let gx = Tensor::uninit(gy.gpu(), &x_shape, DType::F32, OP)?;
-    gy.gpu().dispatch(
+    gy.gpu().dispatch_with(
         &MAX_BACKWARD,
+        &geo.window_constants(),
         &geo.params(),
         &[gy.buffer(), indices.buffer(), gx.buffer()],
         grid_for_elements(gx.numel()),
@@ -226,8 +236,9 @@ pub fn avg_pool2d_backward(
     let geo = Geometry::new(OP, x_shape, kernel, stride, padding)?;
     expect_out_grad(OP, gy, &geo)?;
     let gx = Tensor::uninit(gy.gpu(), &x_shape, DType::F32, OP)?;
-    gy.gpu().dispatch(
+    gy.gpu().dispatch_with(
         &AVG_BACKWARD,
+        &geo.window_constants(),
         &geo.params(),
         &[gy.buffer(), gx.buffer()],
         grid_for_elements(gx.numel()),
