@@ -52,6 +52,10 @@ struct Params {
     flags: u32,      // bit 0: RELU, bit 1: VAR_STAT (normalize), bit 2: EVAL (backward_finalize)
     momentum: f32,
     eps: f32,
+    element_step_q: u32,  // normalize, backward_input: 256 % hw
+    element_step_c: u32,  // normalize, backward_input: (256 / hw) % C
+    pad0: u32,
+    pad1: u32,
 }
 
 const RELU: u32 = 1u;
@@ -111,9 +115,9 @@ fn walk_next(w: ptr<function, ChannelWalk>) {
 // normalize and backward_input: each thread handles the four elements i, i + 256, i + 512 and
 // i + 768 of its workgroup's block of 1024 (so a warp's loads stay consecutive). An element
 // walk holds (offset in the plane, channel) of the current one, (q, c) with i = plane * hw + q
-// and c = plane % C, and steps it by 256 elements without a division: 256 = step_n * hw +
-// step_q, and the channel advances by step_n % C plus a carry when q wraps (one subtraction
-// keeps it below C, as c + (step_n % C) + 1 < 2C).
+// and c = plane % C, and steps it by 256 elements without a division: q advances by
+// element_step_q = 256 % hw and c by element_step_c = (256 / hw) % C (both from the host), plus
+// a carry when q wraps (one subtraction keeps c below C, as c + element_step_c + 1 < 2C).
 fn elements_base(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 1024u + lid;
 }
@@ -124,9 +128,8 @@ fn element_walk(i: u32) -> vec2<u32> {
 }
 
 fn element_next(w: ptr<function, vec2<u32>>) {
-    let step_n = 256u / params.hw;
-    (*w).x += 256u - step_n * params.hw;
-    (*w).y += step_n % params.channels;
+    (*w).x += params.element_step_q;
+    (*w).y += params.element_step_c;
     if ((*w).x >= params.hw) {
         (*w).x -= params.hw;
         (*w).y += 1u;

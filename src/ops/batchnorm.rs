@@ -73,7 +73,14 @@ struct Params {
     flags: u32,
     momentum: f32,
     eps: f32,
+    /// normalize / backward_input step 256 elements at a time: (256 % hw, (256 / hw) % C).
+    element_step_q: u32,
+    element_step_c: u32,
+    _pad: [u32; 2],
 }
+
+/// Elements between one normalize / backward_input thread's consecutive elements.
+const ELEMENT_STEP: usize = 256;
 
 const FLAG_RELU: u32 = 1;
 const FLAG_VAR_STAT: u32 = 2;
@@ -144,6 +151,9 @@ impl Dims {
             flags,
             momentum,
             eps,
+            element_step_q: (ELEMENT_STEP % self.hw.max(1)) as u32,
+            element_step_c: ((ELEMENT_STEP / self.hw.max(1)) % self.c.max(1)) as u32,
+            _pad: [0; 2],
         }
     }
 }
@@ -336,6 +346,9 @@ pub fn batch_norm_eval_stats(
         flags: 0,
         momentum: 0.0,
         eps,
+        element_step_q: 0,
+        element_step_c: 0,
+        _pad: [0; 2],
     };
     gpu.dispatch(
         &EVAL_STATS,
