@@ -1,7 +1,7 @@
 //! Every shader parses and validates with naga (no GPU needed) and translates to SPIR-V (Vulkan),
 //! MSL (Metal) and HLSL (DX12). Files compiled in variants (declarations the host prepends, such
 //! as conv.wgsl's tile sizes, and an engine file between them) are checked in each; overridable
-//! constants take their defaults. The f16 tensor-core engine (cooperative matrices, which wgpu
+//! constants take their defaults, and those without one (which the host must set) the value 1. The f16 tensor-core engine (cooperative matrices, which wgpu
 //! offers on Vulkan and Metal only) is not translated to HLSL.
 
 use std::path::Path;
@@ -65,13 +65,16 @@ fn check(name: &str, src: &str) {
         )
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: validation error\n{}", e.emit_to_string(src)));
-        let (module, info) = naga::back::pipeline_constants::process_overrides(
-            &module,
-            &info,
-            None,
-            &Default::default(),
-        )
-        .unwrap_or_else(|e| panic!("{name}: overrides: {e}"));
+        // Constants the host must set (no default in the shader) get 1 here.
+        let required: naga::back::PipelineConstants = module
+            .overrides
+            .iter()
+            .filter(|(_, o)| o.init.is_none())
+            .filter_map(|(_, o)| o.name.clone().map(|n| (n, 1.0)))
+            .collect();
+        let (module, info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, None, &required)
+                .unwrap_or_else(|e| panic!("{name}: overrides: {e}"));
         let (module, info) = (module.as_ref(), info.as_ref());
 
         naga::back::spv::write_vec(module, info, &naga::back::spv::Options::default(), None)
