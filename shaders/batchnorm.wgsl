@@ -6,7 +6,8 @@
 //                      running_mean[c] = (1 - m) * running_mean[c] + m * mean[c]
 //                      running_var[c]  = (1 - m) * running_var[c]  + m * var[c] * M / (M - 1)
 //   eval forward:      mean = running_mean, invstd = 1 / sqrt(running_var + eps)
-//   both:              y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]   (then max(y, 0) if RELU)
+//   both:              y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]   (+ residual if RESIDUAL,
+//                      then max(y, 0) if RELU: a residual block's relu(bn(x) + identity))
 //   backward:          dy = gy (masked by y > 0 if RELU), xhat = (x - mean) * invstd
 //                      gbeta[c] = sum dy,  ggamma[c] = sum dy * xhat
 //                      training: gx = gamma * invstd * (dy - gbeta / M - xhat * ggamma / M)
@@ -31,7 +32,8 @@
 //   normalize         grid: one workgroup of 256 threads per 1024 elements (four per thread, see
 //                     elements_base), split over x and y
 //                     1 x, 2 mean [C], 3 stat [C] (invstd, or the variance when flags & VAR_STAT),
-//                     4 gamma [C], 5 beta [C] (all read), 6 y [N*C*HW] (write)
+//                     4 gamma [C], 5 beta [C] (all read), 6 y [N*C*HW] (write), 7 residual
+//                     [N*C*HW] (read when flags & RESIDUAL; any buffer but y otherwise)
 //   backward_partial  grid: C * chunks workgroups as stats_partial
 //                     1 x, 2 y (only read when RELU), 3 gy, 4 mean [C], 5 invstd [C] (all read),
 //                     6 partials [C * chunks * 2] (sum dy, sum dy * xhat) (write)
@@ -49,7 +51,8 @@ struct Params {
     batch: u32,      // N
     chunks: u32,     // reduction chunks per channel
     chunk_len: u32,  // values per chunk (the last chunk may be shorter)
-    flags: u32,      // bit 0: RELU, bit 1: VAR_STAT (normalize), bit 2: EVAL (backward_finalize)
+    flags: u32,      // bit 0: RELU, bit 1: VAR_STAT (normalize), bit 2: EVAL (backward_finalize),
+                     // bit 3: RESIDUAL (normalize)
     momentum: f32,
     eps: f32,
     element_step_q: u32,  // normalize, backward_input: 256 % hw
@@ -61,6 +64,7 @@ struct Params {
 const RELU: u32 = 1u;
 const VAR_STAT: u32 = 2u;
 const EVAL: u32 = 4u;
+const RESIDUAL: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 
@@ -296,6 +300,7 @@ fn eval_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 @group(0) @binding(4) var<storage, read> nm_gamma: array<f32>;
 @group(0) @binding(5) var<storage, read> nm_beta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> nm_y: array<f32>;
+@group(0) @binding(7) var<storage, read> nm_res: array<f32>;
 
 @compute @workgroup_size(256)
 fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -303,29 +308,38 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let i = elements_base(wg, nwg, lid);
     let total = params.batch * params.channels * params.hw;
     if (i >= total) { return; }
-    // All four loads of x first, then the arithmetic and the stores.
-    let x0 = nm_x[i];
-    var x1 = 0.0;
-    var x2 = 0.0;
-    var x3 = 0.0;
-    if (i + 256u < total) { x1 = nm_x[i + 256u]; }
-    if (i + 512u < total) { x2 = nm_x[i + 512u]; }
-    if (i + 768u < total) { x3 = nm_x[i + 768u]; }
+    // All loads of the four elements first, then the arithmetic and the stores.
+    let e0 = nm_load(i);
+    var e1 = vec2<f32>(0.0);
+    var e2 = vec2<f32>(0.0);
+    var e3 = vec2<f32>(0.0);
+    if (i + 256u < total) { e1 = nm_load(i + 256u); }
+    if (i + 512u < total) { e2 = nm_load(i + 512u); }
+    if (i + 768u < total) { e3 = nm_load(i + 768u); }
     var walk = element_walk(i);
-    nm_y[i] = nm_value(x0, walk.y);
+    nm_y[i] = nm_value(e0, walk.y);
     element_next(&walk);
-    if (i + 256u < total) { nm_y[i + 256u] = nm_value(x1, walk.y); }
+    if (i + 256u < total) { nm_y[i + 256u] = nm_value(e1, walk.y); }
     element_next(&walk);
-    if (i + 512u < total) { nm_y[i + 512u] = nm_value(x2, walk.y); }
+    if (i + 512u < total) { nm_y[i + 512u] = nm_value(e2, walk.y); }
     element_next(&walk);
-    if (i + 768u < total) { nm_y[i + 768u] = nm_value(x3, walk.y); }
+    if (i + 768u < total) { nm_y[i + 768u] = nm_value(e3, walk.y); }
 }
 
-// Normalized value of x in channel c.
-fn nm_value(x: f32, c: u32) -> f32 {
+// (x, residual or 0) of flat index i.
+fn nm_load(i: u32) -> vec2<f32> {
+    var r = 0.0;
+    if ((params.flags & RESIDUAL) != 0u) { r = nm_res[i]; }
+    return vec2<f32>(nm_x[i], r);
+}
+
+// Output for e = (x, residual) in channel c: the normalized value, plus the residual when
+// RESIDUAL, then the ReLU when RELU (the order of normalize followed by elementwise add_relu).
+fn nm_value(e: vec2<f32>, c: u32) -> f32 {
     var invstd = nm_stat[c];
     if ((params.flags & VAR_STAT) != 0u) { invstd = 1.0 / sqrt(invstd + params.eps); }
-    var v = (x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
+    var v = (e.x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
+    if ((params.flags & RESIDUAL) != 0u) { v = v + e.y; }
     if ((params.flags & RELU) != 0u) { v = max(v, 0.0); }
     return v;
 }

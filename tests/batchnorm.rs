@@ -321,6 +321,127 @@ fn many_chunks_per_channel() {
 }
 
 #[test]
+fn residual_join_matches_separate_ops() {
+    // relu(bn(x) + r) in one kernel (a residual block's last step) against batch norm followed
+    // by add / add_relu: outputs, running statistics and the gradients of x, gamma, beta and r,
+    // in training and eval mode, tracked and (eval) untracked.
+    let gpu = gpu();
+    let (n, c, h, w) = (3, 6, 5, 7);
+    let shape = [n, c, h, w];
+    let numel = n * c * h * w;
+    let x: Vec<f32> = random_vec(numel, 61)
+        .iter()
+        .map(|v| 2.0 * v + 1.0)
+        .collect();
+    let r = random_vec(numel, 62);
+    let gamma: Vec<f32> = random_vec(c, 63).iter().map(|v| 1.0 + 0.3 * v).collect();
+    let beta = random_vec(c, 64);
+    let (rm, rv) = (random_vec(c, 65), positive_vec(c, 66));
+    let gy = random_vec(numel, 67);
+    for training in [true, false] {
+        for relu in [false, true] {
+            let what = format!("training {training} relu {relu}");
+            let opts = if training {
+                BatchNorm::train()
+            } else {
+                BatchNorm::eval()
+            };
+            let opts = if relu { opts.with_relu() } else { opts };
+            // (y, running mean, running var, gx, ggamma, gbeta, gr) one way or the other.
+            let run = |fused: bool| {
+                let tape = Tape::new();
+                let t = |v: &[f32], s: &[usize]| tape.leaf(Tensor::from_slice(&gpu, s, v).unwrap());
+                let (tx, tr, tg, tb) = (
+                    t(&x, &shape),
+                    t(&r, &shape),
+                    t(&gamma, &[c]),
+                    t(&beta, &[c]),
+                );
+                let trm = Tensor::from_slice(&gpu, &[c], &rm).unwrap();
+                let trv = Tensor::from_slice(&gpu, &[c], &rv).unwrap();
+                let y = if fused {
+                    tx.batch_norm_add(&tg, &tb, &trm, &trv, opts, &tr).unwrap()
+                } else {
+                    let plain = BatchNorm {
+                        relu: false,
+                        ..opts
+                    };
+                    let h = tx.batch_norm(&tg, &tb, &trm, &trv, plain).unwrap();
+                    if relu { h.add_relu(&tr) } else { h.add(&tr) }.unwrap()
+                };
+                let grads = tape
+                    .backward_with(&y, Tensor::from_slice(&gpu, &shape, &gy).unwrap())
+                    .unwrap();
+                let g = |v: &Var| grads.get(v).unwrap().to_vec().unwrap();
+                [
+                    y.tensor().to_vec().unwrap(),
+                    trm.to_vec().unwrap(),
+                    trv.to_vec().unwrap(),
+                    g(&tx),
+                    g(&tg),
+                    g(&tb),
+                    g(&tr),
+                ]
+            };
+            let (fused, apart) = (run(true), run(false));
+            let names = [
+                "y",
+                "running_mean",
+                "running_var",
+                "gx",
+                "ggamma",
+                "gbeta",
+                "gr",
+            ];
+            for ((a, b), name) in fused.iter().zip(&apart).zip(names) {
+                assert_close(a, b, 1e-5, 1e-6, &format!("{what}: {name}"));
+            }
+            if !training {
+                // Untracked eval: the running statistics directly, nothing recorded.
+                let v =
+                    |v: &[f32], s: &[usize]| Var::constant(Tensor::from_slice(&gpu, s, v).unwrap());
+                let trm = Tensor::from_slice(&gpu, &[c], &rm).unwrap();
+                let trv = Tensor::from_slice(&gpu, &[c], &rv).unwrap();
+                let y = v(&x, &shape)
+                    .batch_norm_add(
+                        &v(&gamma, &[c]),
+                        &v(&beta, &[c]),
+                        &trm,
+                        &trv,
+                        opts,
+                        &v(&r, &shape),
+                    )
+                    .unwrap();
+                assert!(!y.requires_grad());
+                assert_close(
+                    &y.tensor().to_vec().unwrap(),
+                    &fused[0],
+                    1e-5,
+                    1e-6,
+                    &format!("{what}: untracked y"),
+                );
+            }
+        }
+    }
+    // A residual of another shape is an error naming both shapes.
+    let tx = Var::constant(Tensor::zeros(&gpu, &shape).unwrap());
+    let bad = Var::constant(Tensor::zeros(&gpu, &[n, c, h, w + 1]).unwrap());
+    let v = Var::constant(Tensor::full(&gpu, &[c], 1.0).unwrap());
+    let (trm, trv) = (
+        Tensor::zeros(&gpu, &[c]).unwrap(),
+        Tensor::full(&gpu, &[c], 1.0).unwrap(),
+    );
+    let err = tx
+        .batch_norm_add(&v, &v, &trm, &trv, BatchNorm::train(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("residual") && err.contains("[3, 6, 5, 7]") && err.contains("[3, 6, 5, 8]"),
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_mode_through_the_tape() {
     // Frozen running statistics with tracked inputs (fine-tuning a backbone in eval mode).
     let gpu = gpu();

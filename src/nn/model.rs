@@ -198,7 +198,17 @@ impl ResNet {
         )
     }
 
-    fn bn(&mut self, b: &Bindings, x: &Var, name: &str, training: bool, relu: bool) -> Result<Var> {
+    /// Batch norm `name` of `x`, plus `residual` when given, then a ReLU when `relu` (one
+    /// kernel; the tape records one op).
+    fn bn(
+        &mut self,
+        b: &Bindings,
+        x: &Var,
+        name: &str,
+        training: bool,
+        relu: bool,
+        residual: Option<&Var>,
+    ) -> Result<Var> {
         let g = self.idx(&format!("{name}.weight"))?;
         let be = self.idx(&format!("{name}.bias"))?;
         let rm = self.idx(&format!("{name}.running_mean"))?;
@@ -214,18 +224,18 @@ impl ResNet {
         if training {
             *self.batches_tracked.entry(name.to_string()).or_insert(0) += 1;
         }
-        x.batch_norm(
-            b.var(g),
-            b.var(be),
-            &self.params[rm].tensor,
-            &self.params[rv].tensor,
-            opts,
-        )
+        let (gamma, beta) = (b.var(g), b.var(be));
+        let (mean, var) = (&self.params[rm].tensor, &self.params[rv].tensor);
+        match residual {
+            None => x.batch_norm(gamma, beta, mean, var, opts),
+            Some(r) => x.batch_norm_add(gamma, beta, mean, var, opts, r),
+        }
     }
 
     /// `conv` then its batch norm `bn`, plus `residual` when given, then a ReLU when `relu`. In
     /// eval mode with nothing to differentiate (inference) this is one fused kernel
-    /// ([`ops::conv2d_bn_eval`]); otherwise the separate ops, recorded on the tape.
+    /// ([`ops::conv2d_bn_eval`]); otherwise two ops recorded on the tape, the conv and the batch
+    /// norm with the residual and the ReLU in its normalizing kernel.
     #[allow(clippy::too_many_arguments)]
     fn conv_bn(
         &mut self,
@@ -267,12 +277,7 @@ impl ResNet {
             return Ok(Var::constant(y));
         }
         let h = self.conv(b, x, conv, stride, padding)?;
-        let h = self.bn(b, &h, bn, training, relu && residual.is_none())?;
-        match residual {
-            None => Ok(h),
-            Some(r) if relu => h.add_relu(r),
-            Some(r) => h.add(r),
-        }
+        self.bn(b, &h, bn, training, relu, residual)
     }
 
     fn block(&mut self, b: &Bindings, x: &Var, spec: &BlockSpec, training: bool) -> Result<Var> {

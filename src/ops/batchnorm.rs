@@ -85,6 +85,7 @@ const ELEMENT_STEP: usize = 256;
 const FLAG_RELU: u32 = 1;
 const FLAG_VAR_STAT: u32 = 2;
 const FLAG_EVAL: u32 = 4;
+const FLAG_RESIDUAL: u32 = 8;
 
 /// Values of one channel reduced by one workgroup before the per-channel merge.
 const CHUNK: usize = 4096;
@@ -187,7 +188,8 @@ fn relu_flag(relu: bool) -> u32 {
     if relu { FLAG_RELU } else { 0 }
 }
 
-/// `y = gamma * (x - mean) * invstd + beta` (`stat` is the variance when `flags` has VAR_STAT).
+/// `y = gamma * (x - mean) * invstd + beta` (`stat` is the variance when `flags` has VAR_STAT),
+/// plus `residual` when given, then a ReLU when `flags` has RELU.
 #[allow(clippy::too_many_arguments)]
 fn normalize(
     x: &Tensor,
@@ -198,9 +200,11 @@ fn normalize(
     beta: &Tensor,
     flags: u32,
     eps: f32,
+    residual: Option<&Tensor>,
     op: &'static str,
 ) -> Result<Tensor> {
     let y = Tensor::uninit(x.gpu(), x.shape(), DType::F32, op)?;
+    let flags = flags | residual.map_or(0, |_| FLAG_RESIDUAL);
     x.gpu().dispatch(
         &NORMALIZE,
         &d.params(flags, 0.0, eps),
@@ -211,10 +215,27 @@ fn normalize(
             gamma.buffer(),
             beta.buffer(),
             y.buffer(),
+            residual.unwrap_or(x).buffer(),
         ],
         grid_for_elements(x.numel().div_ceil(4)),
     )?;
     Ok(y)
+}
+
+/// Check that `residual` can be added to batch norm's output for `x`.
+fn expect_residual(op: &'static str, x: &Tensor, residual: &Tensor) -> Result<()> {
+    if residual.dtype() != DType::F32 || residual.shape() != x.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "residual must be an f32 tensor of x's shape {:?}, got {:?} {:?}",
+                x.shape(),
+                residual.dtype(),
+                residual.shape()
+            ),
+        ));
+    }
+    x.expect_same_gpu(op, residual)
 }
 
 /// Training-mode batch norm: normalise `x` with its per-channel batch statistics, apply
@@ -233,8 +254,48 @@ pub fn batch_norm_train(
 ) -> Result<(Tensor, BnSaved)> {
     const OP: &str = "batch_norm";
     let d = Dims::of(OP, x)?;
-    expect_channel_vectors(
+    let saved = train_stats(
         OP,
+        x,
+        d,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+    )?;
+    let y = normalize(
+        x,
+        d,
+        &saved.mean,
+        &saved.invstd,
+        gamma,
+        beta,
+        relu_flag(relu),
+        eps,
+        None,
+        OP,
+    )?;
+    Ok((y, saved))
+}
+
+/// The checks and the statistics of a training-mode batch norm: the batch mean and inverse
+/// standard deviation of `x`, with the running statistics updated in place.
+#[allow(clippy::too_many_arguments)]
+fn train_stats(
+    op: &'static str,
+    x: &Tensor,
+    d: Dims,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    momentum: f32,
+    eps: f32,
+) -> Result<BnSaved> {
+    expect_channel_vectors(
+        op,
         ("x", x),
         d.c,
         &[
@@ -246,7 +307,7 @@ pub fn batch_norm_train(
     )?;
     if d.m() < 2 {
         return Err(Error::shape(
-            OP,
+            op,
             format!(
                 "training needs more than one value per channel, got x {:?}",
                 x.shape()
@@ -255,13 +316,13 @@ pub fn batch_norm_train(
     }
     if running_mean.same_storage(running_var) {
         return Err(Error::shape(
-            OP,
+            op,
             "running_mean and running_var share one buffer",
         ));
     }
     let gpu = x.gpu();
     let groups = d.c * d.chunks();
-    let partials = Tensor::uninit(gpu, &[groups * 3], DType::F32, OP)?;
+    let partials = Tensor::uninit(gpu, &[groups * 3], DType::F32, op)?;
     let p = d.params(0, momentum, eps);
     gpu.dispatch(
         &STATS_PARTIAL,
@@ -269,8 +330,8 @@ pub fn batch_norm_train(
         &[x.buffer(), partials.buffer()],
         grid_1d(groups as u32),
     )?;
-    let mean = Tensor::uninit(gpu, &[d.c], DType::F32, OP)?;
-    let invstd = Tensor::uninit(gpu, &[d.c], DType::F32, OP)?;
+    let mean = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
+    let invstd = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
     gpu.dispatch(
         &STATS_FINALIZE,
         &p,
@@ -283,8 +344,7 @@ pub fn batch_norm_train(
         ],
         grid_for_elements(d.c),
     )?;
-    let y = normalize(x, d, &mean, &invstd, gamma, beta, relu_flag(relu), eps, OP)?;
-    Ok((y, BnSaved { mean, invstd }))
+    Ok(BnSaved { mean, invstd })
 }
 
 /// Eval-mode batch norm: normalise `x` with the running statistics (one kernel).
@@ -319,6 +379,7 @@ pub fn batch_norm_eval(
         beta,
         relu_flag(relu) | FLAG_VAR_STAT,
         eps,
+        None,
         OP,
     )
 }
@@ -506,62 +567,123 @@ impl Var {
         running_var: &Tensor,
         opts: BatchNorm,
     ) -> Result<Var> {
-        let tracked = Var::any_tracked(&[self, gamma, beta]);
-        let (x, g, b) = (self.tensor(), gamma.tensor(), beta.tensor());
-        let (y, saved) = if opts.training {
-            let (y, s) = batch_norm_train(
-                x,
-                g,
-                b,
-                running_mean,
-                running_var,
-                opts.momentum,
-                opts.eps,
-                opts.relu,
-            )?;
-            (y, tracked.then_some(s))
-        } else if tracked {
-            let d = Dims::of("batch_norm", x)?;
-            expect_channel_vectors(
-                "batch_norm",
-                ("x", x),
-                d.c,
-                &[
-                    ("gamma", g),
-                    ("beta", b),
-                    ("running_mean", running_mean),
-                    ("running_var", running_var),
-                ],
-            )?;
+        batch_norm_var(self, gamma, beta, running_mean, running_var, opts, None)
+    }
+
+    /// Batch norm of `self` plus `residual` (of `self`'s shape), then the ReLU when `opts.relu`:
+    /// a residual block's last step (`relu(bn(x) + identity)`) in one kernel, without writing
+    /// the batch norm's output for a separate add to read back. Records a backward for `self`,
+    /// `gamma`, `beta` and `residual`.
+    pub fn batch_norm_add(
+        &self,
+        gamma: &Var,
+        beta: &Var,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        opts: BatchNorm,
+        residual: &Var,
+    ) -> Result<Var> {
+        batch_norm_var(
+            self,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            opts,
+            Some(residual),
+        )
+    }
+}
+
+/// [`Var::batch_norm`], and with `residual` [`Var::batch_norm_add`].
+fn batch_norm_var(
+    xv: &Var,
+    gamma: &Var,
+    beta: &Var,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    opts: BatchNorm,
+    residual: Option<&Var>,
+) -> Result<Var> {
+    const OP: &str = "batch_norm";
+    let mut inputs = vec![xv, gamma, beta];
+    inputs.extend(residual);
+    let tracked = Var::any_tracked(&inputs);
+    let (x, g, b) = (xv.tensor(), gamma.tensor(), beta.tensor());
+    let r = residual.map(Var::tensor);
+    let d = Dims::of(OP, x)?;
+    if let Some(r) = r {
+        expect_residual(OP, x, r)?;
+    }
+    let relu = relu_flag(opts.relu);
+    let (y, saved) = if opts.training {
+        let s = train_stats(
+            OP,
+            x,
+            d,
+            g,
+            b,
+            running_mean,
+            running_var,
+            opts.momentum,
+            opts.eps,
+        )?;
+        let y = normalize(x, d, &s.mean, &s.invstd, g, b, relu, opts.eps, r, OP)?;
+        (y, tracked.then_some(s))
+    } else {
+        expect_channel_vectors(
+            OP,
+            ("x", x),
+            d.c,
+            &[
+                ("gamma", g),
+                ("beta", b),
+                ("running_mean", running_mean),
+                ("running_var", running_var),
+            ],
+        )?;
+        if tracked {
+            // The backward needs the statistics as the training path saves them.
             let s = batch_norm_eval_stats(running_mean, running_var, opts.eps)?;
+            let y = normalize(x, d, &s.mean, &s.invstd, g, b, relu, opts.eps, r, OP)?;
+            (y, Some(s))
+        } else {
+            let flags = relu | FLAG_VAR_STAT;
             let y = normalize(
                 x,
                 d,
-                &s.mean,
-                &s.invstd,
+                running_mean,
+                running_var,
                 g,
                 b,
-                relu_flag(opts.relu),
+                flags,
                 opts.eps,
-                "batch_norm",
+                r,
+                OP,
             )?;
-            (y, Some(s))
+            (y, None)
+        }
+    };
+    // The backward reads the output for the ReLU's mask.
+    let keep = saved.map(|s| (x.clone(), g.clone(), opts.relu.then(|| y.clone()), s));
+    let with_residual = residual.is_some();
+    Var::record(OP, &inputs, y, move |gy| {
+        let (x, g, y, s) = keep.expect("saved when tracked");
+        let backward = if opts.training {
+            batch_norm_backward
         } else {
-            (
-                batch_norm_eval(x, g, b, running_mean, running_var, opts.eps, opts.relu)?,
-                None,
-            )
+            batch_norm_eval_backward
         };
-        let keep = saved.map(|s| (x.clone(), g.clone(), opts.relu.then(|| y.clone()), s));
-        Var::record("batch_norm", &[self, gamma, beta], y, move |gy| {
-            let (x, g, y, s) = keep.expect("saved when tracked");
-            let y = y.as_ref().unwrap_or(gy);
-            let (gx, gg, gb) = if opts.training {
-                batch_norm_backward(&x, y, gy, &g, &s, opts.relu)?
-            } else {
-                batch_norm_eval_backward(&x, y, gy, &g, &s, opts.relu)?
-            };
-            Ok(vec![Some(gx), Some(gg), Some(gb)])
-        })
-    }
+        if !with_residual {
+            let (gx, gg, gb) = backward(&x, y.as_ref().unwrap_or(gy), gy, &g, &s, opts.relu)?;
+            return Ok(vec![Some(gx), Some(gg), Some(gb)]);
+        }
+        // relu(bn(x) + r): both terms receive the gradient masked by the ReLU.
+        let masked = match &y {
+            Some(y) => crate::ops::relu_backward(y, gy)?,
+            None => gy.clone(),
+        };
+        let (gx, gg, gb) = backward(&x, &masked, &masked, &g, &s, false)?;
+        Ok(vec![Some(gx), Some(gg), Some(gb), Some(masked)])
+    })
 }
