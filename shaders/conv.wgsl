@@ -350,9 +350,30 @@ fn conv_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     fw_emit(tid, t.x, t.y);
 }
 
-@group(0) @binding(1) var<storage, read> fr_part: array<f32>;
+// The split-K partial results [splits, len] that the three reduce kernels (conv_forward_reduce,
+// conv_forward_reduce_bn, conv_reduce_splits) sum.
+@group(0) @binding(1) var<storage, read> split_part: array<f32>;
 @group(0) @binding(2) var<storage, read> fr_b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> fr_y: array<f32>;
+
+// Sum over the splits of element j of split_part: four independent loads and sums at a time
+// (one running sum would leave a thread one load in flight, and the reduce kernels have only
+// one thread per output element), in a fixed order, ((s0 + s1) + (s2 + s3)) with s_k summing
+// the splits z = k mod 4, so results stay deterministic.
+fn sum_splits(j: u32, len: u32) -> f32 {
+    var s = vec4<f32>(0.0);
+    var z = 0u;
+    for (; z + 4u <= p.splits; z += 4u) {
+        s += vec4<f32>(
+            split_part[z * len + j],
+            split_part[(z + 1u) * len + j],
+            split_part[(z + 2u) * len + j],
+            split_part[(z + 3u) * len + j],
+        );
+    }
+    for (; z < p.splits; z++) { s.x += split_part[z * len + j]; }
+    return (s.x + s.y) + (s.z + s.w);
+}
 
 @compute @workgroup_size(256)
 fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -361,10 +382,9 @@ fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let len = p.batch * p.out_c * ohw;
     let j = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (j >= len) { return; }
-    var s = 0.0;
-    if (p.has_bias != 0u) { s = fr_b[(j / ohw) % p.out_c]; }
-    for (var z = 0u; z < p.splits; z++) { s += fr_part[z * len + j]; }
-    fr_y[j] = s;
+    var bias = 0.0;
+    if (p.has_bias != 0u) { bias = fr_b[(j / ohw) % p.out_c]; }
+    fr_y[j] = bias + sum_splits(j, len);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,9 +473,7 @@ fn conv_forward_reduce_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
     let len = p.batch * p.out_c * ohw;
     let j = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (j >= len) { return; }
-    var s = 0.0;
-    for (var z = 0u; z < p.splits; z++) { s += fr_part[z * len + j]; }
-    fw_y[j] = bn_out(bn_channel((j / ohw) % p.out_c), j, s);
+    fw_y[j] = bn_out(bn_channel((j / ohw) % p.out_c), j, sum_splits(j, len));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -700,7 +718,6 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     bw_emit(tid, m0, n0);
 }
 
-@group(0) @binding(1) var<storage, read> rs_part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> rs_gw: array<f32>;
 
 @compute @workgroup_size(256)
@@ -709,7 +726,5 @@ fn conv_reduce_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let len = p.out_c * p.in_c * p.kh * p.kw;
     let j = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (j >= len) { return; }
-    var s = 0.0;
-    for (var z = 0u; z < p.splits; z++) { s += rs_part[z * len + j]; }
-    rs_gw[j] = s;
+    rs_gw[j] = sum_splits(j, len);
 }
