@@ -141,8 +141,9 @@ fn element_next(w: ptr<function, vec2<u32>>) {
     if ((*w).y >= params.channels) { (*w).y -= params.channels; }
 }
 
-// Values each partial-kernel thread loads before it uses any of them: with one load at a time
-// per thread, too few are in flight to keep a GPU's memory busy.
+// Values each partial-kernel thread (and partial results each finalize thread) loads before it
+// uses any of them: with one load at a time per thread, too few are in flight to keep a GPU's
+// memory busy, and a finalize thread would wait out one memory latency per chunk.
 const ROUND: u32 = 4u;
 
 // Welford's update of a running (count, mean, M2) with value v.
@@ -153,19 +154,29 @@ fn welford_add(cnt: ptr<function, f32>, mu: ptr<function, f32>, m2: ptr<function
     *m2 = *m2 + d * (v - *mu);
 }
 
+// Chan's merge of the partial t = (count, mean, M2) into the running (n, mean, m2).
+fn chan_merge(n: ptr<function, f32>, mean: ptr<function, f32>, m2: ptr<function, f32>,
+              t: vec3<f32>) {
+    if (t.x > 0.0) {
+        let na = *n;
+        *n = na + t.x;
+        let d = t.y - *mean;
+        let f = t.x / *n;
+        *mean = *mean + d * f;
+        *m2 = *m2 + t.z + d * d * na * f;
+    }
+}
+
 // Chan's merge of the (count, mean, M2) triples held by threads `lid` and `other` into `lid`.
 // red_a = count, red_b = mean, red_c = M2.
 fn merge_stats(lid: u32, other: u32) {
-    let nb = red_a[other];
-    if (nb > 0.0) {
-        let na = red_a[lid];
-        let n = na + nb;
-        let d = red_b[other] - red_b[lid];
-        let f = nb / n;
-        red_b[lid] = red_b[lid] + d * f;
-        red_c[lid] = red_c[lid] + red_c[other] + d * d * na * f;
-        red_a[lid] = n;
-    }
+    var n = red_a[lid];
+    var mean = red_b[lid];
+    var m2 = red_c[lid];
+    chan_merge(&n, &mean, &m2, vec3<f32>(red_a[other], red_b[other], red_c[other]));
+    red_a[lid] = n;
+    red_b[lid] = mean;
+    red_c[lid] = m2;
 }
 
 fn tree_merge_stats(lid: u32) {
@@ -257,17 +268,17 @@ fn stats_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     var n = 0.0;
     var mean = 0.0;
     var m2 = 0.0;
-    for (var k = 0u; k < params.chunks; k = k + 1u) {
-        let o = (c * params.chunks + k) * 3u;
-        let nb = sf_partials[o];
-        if (nb > 0.0) {
-            let na = n;
-            n = na + nb;
-            let d = sf_partials[o + 1u] - mean;
-            let f = nb / n;
-            mean = mean + d * f;
-            m2 = m2 + sf_partials[o + 2u] + d * d * na * f;
-        }
+    // ROUND partials loaded before they are merged, in chunk order (a missing one past the last
+    // chunk reads as an empty partial, which the merge skips).
+    for (var k = 0u; k < params.chunks; k = k + ROUND) {
+        let t0 = sf_triple(c, k);
+        let t1 = sf_triple(c, k + 1u);
+        let t2 = sf_triple(c, k + 2u);
+        let t3 = sf_triple(c, k + 3u);
+        chan_merge(&n, &mean, &m2, t0);
+        chan_merge(&n, &mean, &m2, t1);
+        chan_merge(&n, &mean, &m2, t2);
+        chan_merge(&n, &mean, &m2, t3);
     }
     sf_mean[c] = mean;
     sf_invstd[c] = 1.0 / sqrt(m2 / n + params.eps);
@@ -275,6 +286,13 @@ fn stats_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let var_unbiased = m2 / max(n - 1.0, 1.0);
     sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * mean;
     sf_running_var[c] = (1.0 - m) * sf_running_var[c] + m * var_unbiased;
+}
+
+// Partial (count, mean, M2) of chunk k of channel c; zeros past the last chunk.
+fn sf_triple(c: u32, k: u32) -> vec3<f32> {
+    if (k >= params.chunks) { return vec3<f32>(0.0); }
+    let o = (c * params.chunks + k) * 3u;
+    return vec3<f32>(sf_partials[o], sf_partials[o + 1u], sf_partials[o + 2u]);
 }
 
 // ---- eval_stats ----
@@ -421,10 +439,14 @@ fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     if (c >= params.channels) { return; }
     var gbeta = 0.0;
     var ggamma = 0.0;
-    for (var k = 0u; k < params.chunks; k = k + 1u) {
-        let o = (c * params.chunks + k) * 2u;
-        gbeta = gbeta + bf_partials[o];
-        ggamma = ggamma + bf_partials[o + 1u];
+    // As in stats_finalize: ROUND partials loaded, then summed in chunk order.
+    for (var k = 0u; k < params.chunks; k = k + ROUND) {
+        let t0 = bf_pair(c, k);
+        let t1 = bf_pair(c, k + 1u);
+        let t2 = bf_pair(c, k + 2u);
+        let t3 = bf_pair(c, k + 3u);
+        gbeta = gbeta + t0.x + t1.x + t2.x + t3.x;
+        ggamma = ggamma + t0.y + t1.y + t2.y + t3.y;
     }
     bf_ggamma[c] = ggamma;
     bf_gbeta[c] = gbeta;
@@ -433,6 +455,13 @@ fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     bf_coef[c * 3u] = bf_gamma[c] * bf_invstd[c];
     bf_coef[c * 3u + 1u] = select(gbeta * inv_m, 0.0, is_eval);
     bf_coef[c * 3u + 2u] = select(ggamma * inv_m, 0.0, is_eval);
+}
+
+// Partial (sum dy, sum dy * xhat) of chunk k of channel c; zeros past the last chunk.
+fn bf_pair(c: u32, k: u32) -> vec2<f32> {
+    if (k >= params.chunks) { return vec2<f32>(0.0); }
+    let o = (c * params.chunks + k) * 2u;
+    return vec2<f32>(bf_partials[o], bf_partials[o + 1u]);
 }
 
 // ---- backward_input ----
