@@ -10,11 +10,16 @@
 //!   in GB/s: the minimum bytes each pass must read and write once, divided by its time.
 //! - `models`: ResNet-18/50 inference at 224x224 (latency at batch 1, throughput at
 //!   `--infer-batch`, and that batch again with the separate conv, batch-norm and add kernels
-//!   that inference's fused ones replace), and training steps (forward, backward, SGD momentum; synchronised) for
-//!   ResNet-18 and ResNet-50 at 224x224, batch `--batch`, and ResNet-18 at 32x32 (10 classes),
-//!   batch `--cifar-batch`, each with the CPU time spent recording the step, its GPU time, the
-//!   kernel families it spends that time in and its peak GPU memory.
+//!   that inference's fused ones replace), and training steps (forward, backward, SGD momentum;
+//!   synchronised) for ResNet-18 and ResNet-50 at 224x224, batch `--batch`, and ResNet-18 at
+//!   32x32 (10 classes), batch `--cifar-batch`, each with the CPU time spent recording the step,
+//!   its GPU time, the kernel families it spends that time in and its peak GPU memory.
+//! - `memory`: the batch norm and max pooling figures of `kernels` alone.
 //! - `all`: `kernels` and `models`.
+//! - `tiles` (tuning, not in `all`): every pass of every conv shape with each tile of `--tiles`
+//!   in turn, then with the library's plan (and with `--checks-ab` the plan on a second device
+//!   compiled with wgpu's runtime checks), and the first figure again at the end as a drift
+//!   check.
 //!
 //! Wall times are averaged over `--iters` synchronised runs after one warm-up. When the adapter
 //! has timestamp queries, each figure also gets GPU time from [`Gpu::start_profiling`]: the sum
