@@ -103,42 +103,50 @@ fn walk_from(j: u32) -> ChannelWalk {
     return ChannelWalk(n, j - n * params.hw, step_n, PARTIAL_WG - step_n * params.hw);
 }
 
-fn walk_index(w: ChannelWalk, c: u32) -> u32 {
-    return (w.n * params.channels + c) * params.hw + w.q;
-}
-
-fn walk_next(w: ptr<function, ChannelWalk>) {
+// The flat index of the walk's current value of channel c; steps the walk to its next value.
+fn walk_take(w: ptr<function, ChannelWalk>, c: u32) -> u32 {
+    let i = ((*w).n * params.channels + c) * params.hw + (*w).q;
     (*w).q += (*w).step_q;
     (*w).n += (*w).step_n;
     if ((*w).q >= params.hw) {
         (*w).q -= params.hw;
         (*w).n += 1u;
     }
+    return i;
 }
 
 // normalize and backward_input: each thread handles the four elements i, i + 256, i + 512 and
 // i + 768 of its workgroup's block of 1024 (so a warp's loads stay consecutive). An element
 // walk holds (offset in the plane, channel) of the current one, (q, c) with i = plane * hw + q
-// and c = plane % C, and steps it by 256 elements without a division: q advances by
-// element_step_q = 256 % hw and c by element_step_c = (256 / hw) % C (both from the host), plus
-// a carry when q wraps (one subtraction keeps c below C, as c + element_step_c + 1 < 2C).
+// and c = plane % C, and steps it by 256 elements without a division (element_step): q
+// advances by element_step_q = 256 % hw and c by element_step_c = (256 / hw) % C (both from the
+// host), plus a carry when q wraps (one subtraction keeps c below C, as c + element_step_c + 1 <
+// 2C).
 fn elements_base(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 1024u + lid;
 }
 
-fn element_walk(i: u32) -> vec2<u32> {
+// The channels of elements i, i + 256, i + 512 and i + 768.
+fn element_channels(i: u32) -> vec4<u32> {
     let plane = i / params.hw;
-    return vec2<u32>(i - plane * params.hw, plane % params.channels);
+    var q = i - plane * params.hw;
+    let c0 = plane % params.channels;
+    let c1 = element_step(&q, c0);
+    let c2 = element_step(&q, c1);
+    let c3 = element_step(&q, c2);
+    return vec4<u32>(c0, c1, c2, c3);
 }
 
-fn element_next(w: ptr<function, vec2<u32>>) {
-    (*w).x += params.element_step_q;
-    (*w).y += params.element_step_c;
-    if ((*w).x >= params.hw) {
-        (*w).x -= params.hw;
-        (*w).y += 1u;
+// The channel 256 elements after one in channel c at plane offset q; steps q with it.
+fn element_step(q: ptr<function, u32>, c: u32) -> u32 {
+    var next = c + params.element_step_c;
+    *q += params.element_step_q;
+    if (*q >= params.hw) {
+        *q -= params.hw;
+        next += 1u;
     }
-    if ((*w).y >= params.channels) { (*w).y -= params.channels; }
+    if (next >= params.channels) { next -= params.channels; }
+    return next;
 }
 
 // Values each partial-kernel thread (and partial results each finalize thread) loads before it
@@ -220,14 +228,10 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
             // This thread's next ROUND values (fewer at the chunk's end), all loaded before the
             // first is used.
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i0 = walk_index(walk, c);
-            walk_next(&walk);
-            let i1 = walk_index(walk, c);
-            walk_next(&walk);
-            let i2 = walk_index(walk, c);
-            walk_next(&walk);
-            let i3 = walk_index(walk, c);
-            walk_next(&walk);
+            let i0 = walk_take(&walk, c);
+            let i1 = walk_take(&walk, c);
+            let i2 = walk_take(&walk, c);
+            let i3 = walk_take(&walk, c);
             let v0 = sp_x[i0];
             var v1 = 0.0;
             var v2 = 0.0;
@@ -334,14 +338,11 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     if (i + 256u < total) { e1 = nm_load(i + 256u); }
     if (i + 512u < total) { e2 = nm_load(i + 512u); }
     if (i + 768u < total) { e3 = nm_load(i + 768u); }
-    var walk = element_walk(i);
-    nm_y[i] = nm_value(e0, walk.y);
-    element_next(&walk);
-    if (i + 256u < total) { nm_y[i + 256u] = nm_value(e1, walk.y); }
-    element_next(&walk);
-    if (i + 512u < total) { nm_y[i + 512u] = nm_value(e2, walk.y); }
-    element_next(&walk);
-    if (i + 768u < total) { nm_y[i + 768u] = nm_value(e3, walk.y); }
+    let c = element_channels(i);
+    nm_y[i] = nm_value(e0, c.x);
+    if (i + 256u < total) { nm_y[i + 256u] = nm_value(e1, c.y); }
+    if (i + 512u < total) { nm_y[i + 512u] = nm_value(e2, c.z); }
+    if (i + 768u < total) { nm_y[i + 768u] = nm_value(e3, c.w); }
 }
 
 // (x, residual or 0) of flat index i.
@@ -396,14 +397,10 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             // As in stats_partial: ROUND values' loads before their arithmetic.
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i0 = walk_index(walk, c);
-            walk_next(&walk);
-            let i1 = walk_index(walk, c);
-            walk_next(&walk);
-            let i2 = walk_index(walk, c);
-            walk_next(&walk);
-            let i3 = walk_index(walk, c);
-            walk_next(&walk);
+            let i0 = walk_take(&walk, c);
+            let i1 = walk_take(&walk, c);
+            let i2 = walk_take(&walk, c);
+            let i3 = walk_take(&walk, c);
             let t0 = bp_terms(i0, relu, mean, invstd);
             var t1 = vec2<f32>(0.0);
             var t2 = vec2<f32>(0.0);
@@ -487,14 +484,11 @@ fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if (i + 256u < total) { e1 = bi_load(i + 256u); }
     if (i + 512u < total) { e2 = bi_load(i + 512u); }
     if (i + 768u < total) { e3 = bi_load(i + 768u); }
-    var walk = element_walk(i);
-    bi_gx[i] = bi_value(e0, walk.y);
-    element_next(&walk);
-    if (i + 256u < total) { bi_gx[i + 256u] = bi_value(e1, walk.y); }
-    element_next(&walk);
-    if (i + 512u < total) { bi_gx[i + 512u] = bi_value(e2, walk.y); }
-    element_next(&walk);
-    if (i + 768u < total) { bi_gx[i + 768u] = bi_value(e3, walk.y); }
+    let c = element_channels(i);
+    bi_gx[i] = bi_value(e0, c.x);
+    if (i + 256u < total) { bi_gx[i + 256u] = bi_value(e1, c.y); }
+    if (i + 512u < total) { bi_gx[i + 512u] = bi_value(e2, c.z); }
+    if (i + 768u < total) { bi_gx[i + 768u] = bi_value(e3, c.w); }
 }
 
 // (dy, x) of flat index i: gy masked by the ReLU's output when RELU.
