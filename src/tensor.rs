@@ -316,6 +316,27 @@ impl Tensor {
         Ok(())
     }
 
+    /// Error unless the tensor is f32 of `shape`, which is `of`'s shape (`of` as "x's" or "the
+    /// output's").
+    pub(crate) fn expect_f32_shape(
+        &self,
+        op: &'static str,
+        name: &str,
+        of: &str,
+        shape: &[usize],
+    ) -> Result<()> {
+        if self.dtype != DType::F32 || self.shape != shape {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{name} must be an f32 tensor of {of} shape {shape:?}, got {:?} {:?}",
+                    self.dtype, self.shape
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Error unless both tensors are on the same device.
     pub(crate) fn expect_same_gpu(&self, op: &'static str, other: &Tensor) -> Result<()> {
         if !Arc::ptr_eq(&self.gpu().0, &other.gpu().0) {

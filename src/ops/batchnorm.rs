@@ -222,22 +222,6 @@ fn normalize(
     Ok(y)
 }
 
-/// Check that `residual` can be added to batch norm's output for `x`.
-fn expect_residual(op: &'static str, x: &Tensor, residual: &Tensor) -> Result<()> {
-    if residual.dtype() != DType::F32 || residual.shape() != x.shape() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "residual must be an f32 tensor of x's shape {:?}, got {:?} {:?}",
-                x.shape(),
-                residual.dtype(),
-                residual.shape()
-            ),
-        ));
-    }
-    x.expect_same_gpu(op, residual)
-}
-
 /// Training-mode batch norm: normalise `x` with its per-channel batch statistics, apply
 /// `gamma`/`beta` (and a ReLU when `relu`), and update `running_mean`/`running_var` in place.
 /// Returns the output and the batch statistics for the backward pass.
@@ -438,17 +422,7 @@ fn backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let d = Dims::of(op, x)?;
     for (name, t) in [("y", y), ("gy", gy)] {
-        if t.dtype() != DType::F32 || t.shape() != x.shape() {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "{name} must be an f32 tensor of x's shape {:?}, got {:?} {:?}",
-                    x.shape(),
-                    t.dtype(),
-                    t.shape()
-                ),
-            ));
-        }
+        t.expect_f32_shape(op, name, "x's", x.shape())?;
         x.expect_same_gpu(op, t)?;
     }
     expect_channel_vectors(
@@ -613,7 +587,8 @@ fn batch_norm_var(
     let r = residual.map(Var::tensor);
     let d = Dims::of(OP, x)?;
     if let Some(r) = r {
-        expect_residual(OP, x, r)?;
+        r.expect_f32_shape(OP, "residual", "x's", x.shape())?;
+        x.expect_same_gpu(OP, r)?;
     }
     let relu = relu_flag(opts.relu);
     let (y, saved) = if opts.training {

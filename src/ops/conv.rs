@@ -855,17 +855,7 @@ pub fn conv2d_bn_eval_tiled(
         ],
     )?;
     if let Some(r) = residual {
-        if r.dtype() != DType::F32 || r.shape() != g.y_shape() {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "residual must be an f32 tensor of the output's shape {:?}, got {:?} {:?}",
-                    g.y_shape(),
-                    r.dtype(),
-                    r.shape()
-                ),
-            ));
-        }
+        r.expect_f32_shape(OP, "residual", "the output's", &g.y_shape())?;
         check_same_gpu(OP, x, r)?;
     }
     let gpu = x.gpu();
