@@ -183,6 +183,43 @@ const fn shape(
     }
 }
 
+/// A conv shape at one batch size: the tensors' shapes and the multiply-adds of one pass.
+struct ConvAt {
+    x: [usize; 4],
+    w: [usize; 4],
+    y: [usize; 4],
+    macs: f64,
+}
+
+impl Shape {
+    fn at(&self, batch: usize) -> ConvAt {
+        let (oh, ow) =
+            ops::conv2d_output_size(self.hw, self.hw, self.kernel, self.stride, self.pad);
+        ConvAt {
+            x: [batch, self.c, self.hw, self.hw],
+            w: [self.k, self.c, self.kernel, self.kernel],
+            y: [batch, self.k, oh, ow],
+            macs: (batch * self.k * oh * ow * self.c * self.kernel * self.kernel) as f64,
+        }
+    }
+}
+
+impl ConvAt {
+    /// Constant-valued x, w and gy on `gpu` (only the time is measured).
+    fn tensors(&self, gpu: &Gpu) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            Tensor::full(gpu, &self.x, 0.5)?,
+            Tensor::full(gpu, &self.w, 0.01)?,
+            Tensor::full(gpu, &self.y, 0.1)?,
+        ))
+    }
+
+    /// 2 * MACs / time (GPU time when measured).
+    fn gflops(&self, t: &Timing) -> f64 {
+        2.0 * self.macs / t.seconds() / 1e9
+    }
+}
+
 /// Distinct conv shapes of ResNet-18 (input channels, input size, output channels, kernel,
 /// stride, padding), with how often each occurs in the network.
 const SHAPES: [(Shape, usize); 11] = [
@@ -259,15 +296,11 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
     let mut totals = [0f64; 3];
     let mut total_macs = 0f64;
     for (s, count) in &SHAPES {
-        let x_shape = [batch, s.c, s.hw, s.hw];
-        let w_shape = [s.k, s.c, s.kernel, s.kernel];
-        let (oh, ow) = ops::conv2d_output_size(s.hw, s.hw, s.kernel, s.stride, s.pad);
-        let x = Tensor::full(gpu, &x_shape, 0.5)?;
-        let w = Tensor::full(gpu, &w_shape, 0.01)?;
-        let gy = Tensor::full(gpu, &[batch, s.k, oh, ow], 0.1)?;
-        let macs = (batch * s.k * oh * ow * s.c * s.kernel * s.kernel) as f64;
+        let conv = s.at(batch);
+        let (x_shape, w_shape, macs, oh) = (conv.x, conv.w, conv.macs, conv.y[2]);
+        let (x, w, gy) = conv.tensors(gpu)?;
         let pass = |timing: Timing| ConvPass {
-            gflops: 2.0 * macs / timing.seconds() / 1e9,
+            gflops: conv.gflops(&timing),
             timing,
         };
         let forward = pass(b.kernel(|| ops::conv2d(&x, &w, None, s.stride, s.pad))?);
@@ -279,7 +312,7 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
             layer: s.name,
             input: x_shape,
             weight: w_shape,
-            output: [batch, s.k, oh, ow],
+            output: conv.y,
             stride: s.stride,
             padding: s.pad,
             count: *count,
@@ -394,25 +427,12 @@ fn bench_tiles(
     let mut rows = Vec::new();
     let mut first = None;
     for (s, _) in &SHAPES {
-        let x_shape = [batch, s.c, s.hw, s.hw];
-        let w_shape = [s.k, s.c, s.kernel, s.kernel];
-        let (oh, ow) = ops::conv2d_output_size(s.hw, s.hw, s.kernel, s.stride, s.pad);
-        let x = Tensor::full(gpu, &x_shape, 0.5)?;
-        let w = Tensor::full(gpu, &w_shape, 0.01)?;
-        let gy = Tensor::full(gpu, &[batch, s.k, oh, ow], 0.1)?;
+        let conv = s.at(batch);
+        let (x_shape, w_shape) = (conv.x, conv.w);
+        let (x, w, gy) = conv.tensors(gpu)?;
         // The same tensors on the checked device.
-        let on_checked = checked
-            .map(|c| {
-                Ok::<_, Error>((
-                    Tensor::full(&c.gpu, &x_shape, 0.5)?,
-                    Tensor::full(&c.gpu, &w_shape, 0.01)?,
-                    Tensor::full(&c.gpu, &[batch, s.k, oh, ow], 0.1)?,
-                ))
-            })
-            .transpose()?;
-        let gflops = |t: Timing| {
-            2.0 * (batch * s.k * oh * ow * s.c * s.kernel * s.kernel) as f64 / t.seconds() / 1e9
-        };
+        let on_checked = checked.map(|c| conv.tensors(&c.gpu)).transpose()?;
+        let gflops = |t: Timing| conv.gflops(&t);
         for pass in ["forward", "input_grad", "weight_grad"] {
             let run = |(x, w, gy): (&Tensor, &Tensor, &Tensor), tile: Option<ConvTile>| match pass {
                 "forward" => ops::conv2d_tiled(x, w, None, s.stride, s.pad, tile),
@@ -457,15 +477,11 @@ fn bench_tiles(
     }
     // The first figure again, now that the sweep has run.
     let s = &SHAPES[0].0;
-    let x_shape = [batch, s.c, s.hw, s.hw];
-    let w_shape = [s.k, s.c, s.kernel, s.kernel];
-    let (oh, ow) = ops::conv2d_output_size(s.hw, s.hw, s.kernel, s.stride, s.pad);
-    let x = Tensor::full(gpu, &x_shape, 0.5)?;
-    let w = Tensor::full(gpu, &w_shape, 0.01)?;
+    let conv = s.at(batch);
+    let (x, w, _) = conv.tensors(gpu)?;
     let t =
         b.kernel(|| ops::conv2d_tiled(&x, &w, None, s.stride, s.pad, tiles.first().copied()))?;
-    let again =
-        2.0 * (batch * s.k * oh * ow * s.c * s.kernel * s.kernel) as f64 / t.seconds() / 1e9;
+    let again = conv.gflops(&t);
     let drift = [first.unwrap_or(0.0), again];
     println!(
         "drift: {} forward with {} at {:.1} GFLOP/s first, {:.1} at the end\n",
