@@ -57,8 +57,8 @@ struct Params {
     eps: f32,
     element_step_q: u32,  // normalize, backward_input: 256 % hw
     element_step_c: u32,  // normalize, backward_input: (256 / hw) % C
-    pad0: u32,
-    pad1: u32,
+    partial_step_q: u32,  // stats_partial, backward_partial: PARTIAL_WG % hw
+    partial_step_n: u32,  // stats_partial, backward_partial: PARTIAL_WG / hw
 }
 
 const RELU: u32 = 1u;
@@ -70,7 +70,8 @@ const RESIDUAL: u32 = 8u;
 
 // Threads of a partial-reduction workgroup (stats_partial, backward_partial): each reduces
 // chunk_len / PARTIAL_WG values on its own, then the workgroup merges the threads' results in
-// log2(PARTIAL_WG) barrier steps.
+// log2(PARTIAL_WG) barrier steps. Equal to PARTIAL_WG in src/ops/batchnorm.rs, whose walk
+// steps (partial_step_q, partial_step_n) assume it.
 const PARTIAL_WG: u32 = 64u;
 
 var<workgroup> red_a: array<f32, PARTIAL_WG>;
@@ -87,30 +88,24 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 // The partial kernels' threads visit values j = start + lid + PARTIAL_WG t (t = 0, 1, ...) of their
 // channel c, whose j-th value (j < M) sits in plane n = j / hw at offset q = j % hw, flat index
-// (n * C + c) * hw + q. A ChannelWalk keeps (n, q) for the thread's current j and steps it by
-// PARTIAL_WG values with one compare and no division (PARTIAL_WG = step_n * hw + step_q,
-// step_q < hw): a run-time integer division per value costs more than the rest of the loop.
-struct ChannelWalk {
-    n: u32,
-    q: u32,
-    step_n: u32,
-    step_q: u32,
-}
-
-fn walk_from(j: u32) -> ChannelWalk {
+// (n * C + c) * hw + q. A walk keeps (n, q) for the thread's current j and steps it by
+// PARTIAL_WG values with one compare and no division (PARTIAL_WG = partial_step_n * hw +
+// partial_step_q, both from the host, partial_step_q < hw): a run-time integer division per value
+// costs more than the rest of the loop.
+fn walk_from(j: u32) -> vec2<u32> {
     let n = j / params.hw;
-    let step_n = PARTIAL_WG / params.hw;
-    return ChannelWalk(n, j - n * params.hw, step_n, PARTIAL_WG - step_n * params.hw);
+    return vec2<u32>(n, j - n * params.hw);
 }
 
-// The flat index of the walk's current value of channel c; steps the walk to its next value.
-fn walk_take(w: ptr<function, ChannelWalk>, c: u32) -> u32 {
-    let i = ((*w).n * params.channels + c) * params.hw + (*w).q;
-    (*w).q += (*w).step_q;
-    (*w).n += (*w).step_n;
-    if ((*w).q >= params.hw) {
-        (*w).q -= params.hw;
-        (*w).n += 1u;
+// The flat index of the walk's current value of channel c; steps the walk (n, q) to its next
+// value.
+fn walk_take(w: ptr<function, vec2<u32>>, c: u32) -> u32 {
+    let i = ((*w).x * params.channels + c) * params.hw + (*w).y;
+    (*w).y += params.partial_step_q;
+    (*w).x += params.partial_step_n;
+    if ((*w).y >= params.hw) {
+        (*w).y -= params.hw;
+        (*w).x += 1u;
     }
     return i;
 }

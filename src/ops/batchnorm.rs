@@ -76,11 +76,17 @@ struct Params {
     /// normalize / backward_input step 256 elements at a time: (256 % hw, (256 / hw) % C).
     element_step_q: u32,
     element_step_c: u32,
-    _pad: [u32; 2],
+    /// stats_partial / backward_partial step PARTIAL_WG values at a time: (64 % hw, 64 / hw).
+    partial_step_q: u32,
+    partial_step_n: u32,
 }
 
 /// Elements between one normalize / backward_input thread's consecutive elements.
 const ELEMENT_STEP: usize = 256;
+
+/// Threads of a batch-norm partial-reduction workgroup (`PARTIAL_WG` in the shader): values
+/// between one thread's consecutive values.
+const PARTIAL_WG: usize = 64;
 
 const FLAG_RELU: u32 = 1;
 const FLAG_VAR_STAT: u32 = 2;
@@ -154,7 +160,8 @@ impl Dims {
             eps,
             element_step_q: (ELEMENT_STEP % self.hw.max(1)) as u32,
             element_step_c: ((ELEMENT_STEP / self.hw.max(1)) % self.c.max(1)) as u32,
-            _pad: [0; 2],
+            partial_step_q: (PARTIAL_WG % self.hw.max(1)) as u32,
+            partial_step_n: (PARTIAL_WG / self.hw.max(1)) as u32,
         }
     }
 }
@@ -393,7 +400,8 @@ pub fn batch_norm_eval_stats(
         eps,
         element_step_q: 0,
         element_step_c: 0,
-        _pad: [0; 2],
+        partial_step_q: 0,
+        partial_step_n: 0,
     };
     gpu.dispatch(
         &EVAL_STATS,
