@@ -12,6 +12,10 @@
 //                         reaches (kernel smaller than the stride) only hold zeros: the host
 //                         clears gx and skips them.
 //                         GEMM per phase: M = C, N = batch*hc*wc, reduction = K*nr*ns
+//                         When a phase's output tiles alone would leave the GPU idle (small
+//                         batches, late layers), its reduction is split like the forward's: split
+//                         z writes the phase's pixels of a partial gx at z * len(gx), every phase
+//                         with the same number of splits, and conv_reduce_splits sums them.
 //   conv_backward_weight: part[z,k,j]   = sum_{i in chunk z} gy[i -> (n,oh,ow), k] * x[n,c,oh*st-pd+r, ow*st-pd+s]
 //                         with j = (c*R + r)*S + s, i = (n*OH + oh)*OW + ow
 //                         GEMM: M = K, N = C*R*S, reduction = batch*OH*OW split into `splits` chunks
@@ -19,7 +23,9 @@
 //                         When the output tiles alone would leave the GPU idle (small batches),
 //                         the reduction is split like the weight gradient's: split z writes its
 //                         partial y at z * len(y), and conv_forward_reduce adds them and the bias.
-//   conv_reduce_splits:   gw[j] = sum_{z < splits} part[z * K*C*R*S + j]
+//   conv_reduce_splits:   out[j] = sum_{z < splits} part[z * len + j], len = p.reduce_len: gw from
+//                         the weight gradient's partials (len = K*C*R*S) or gx from the input
+//                         gradient's (len = batch*C*H*W)
 //   conv_forward_reduce:  y[j]  = b[k(j)] + sum_{z < splits} part[z * len(y) + j]
 //   conv_forward_bn:      inference's conv + eval-mode batch norm (+ residual) (+ ReLU) in one pass:
 //                         y[n,k,oh,ow] = relu?((v - mean[k]) / sqrt(var[k] + eps) * gamma[k] + beta[k]
@@ -51,19 +57,21 @@
 // Dispatch:
 //   conv_forward, conv_forward_bn / conv_backward_input (per phase): x*z = ceil(N / BN) column tiles (tile = wg.x + wg.z *
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
-//     y = ceil(M / BM) row tiles. conv_forward with splits > 1: x = column tiles, z = splits.
+//     y = ceil(M / BM) row tiles. conv_forward and conv_backward_input with splits > 1:
+//     x = column tiles, z = splits.
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
-//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn: one thread per element of gw / y, 256 per
+//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn: one thread per element of gw, gx / y, 256 per
 //     workgroup, linear index (wg.x + wg.y * num_workgroups.x) * 256 + local index.
 //
 // Bindings (group 0): 0 = Params (uniform), then per entry point:
 //   conv_forward:         1 = x [N,C,H,W] (read), 2 = w [K,C,R,S] (read), 3 = b [K] (read; any
 //                         buffer when has_bias == 0), 4 = y [N,K,OH,OW] (write; with split-K the
 //                         partial results [splits,N,K,OH,OW], has_bias == 0)
-//   conv_backward_input:  1 = gy [N,K,OH,OW] (read), 2 = w [K,C,R,S] (read), 3 = gx [N,C,H,W] (write)
+//   conv_backward_input:  1 = gy [N,K,OH,OW] (read), 2 = w [K,C,R,S] (read), 3 = gx [N,C,H,W]
+//                         (write; with split-K the partial results [splits,N,C,H,W])
 //   conv_backward_weight: 1 = x [N,C,H,W] (read), 2 = gy [N,K,OH,OW] (read),
 //                         3 = part [splits,K,C*R*S] (write; gw itself when splits == 1)
-//   conv_reduce_splits:   1 = part [splits,K*C*R*S] (read), 2 = gw [K,C,R,S] (write)
+//   conv_reduce_splits:   1 = part [splits,len] (read), 2 = gw [K,C,R,S] or gx [N,C,H,W] (write)
 //   conv_forward_reduce:  1 = part [splits,N,K,OH,OW] (read), 2 = b [K] (read; any buffer when
 //                         has_bias == 0), 3 = y [N,K,OH,OW] (write)
 //   conv_forward_bn:      1 = x, 2 = w, 4 = y as conv_forward (no bias, no split), 6 = gamma [K],
@@ -103,7 +111,9 @@ struct Params {
     scaled: u32,  // the f16 engine's scaled operand (conv_mma.wgsl); unused by the f32 engine
     epilogue: u32,  // conv_forward_bn, conv_forward_reduce_bn: EPI_RELU | EPI_RESIDUAL
     eps: f32,       // conv_forward_bn, conv_forward_reduce_bn: the batch norm's epsilon
-    pad_: u32,
+    // Split-K of the two backward passes: the length of one partial result (gw's, or gx's for
+    // the input gradient), which conv_reduce_splits sums.
+    reduce_len: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -492,8 +502,8 @@ fn bi_a(c: u32, k: u32, wofs: u32, inside: bool) -> f32 {
 // B[(k,t,u), (n,i,j)] = gy[n,k,oh,ow] with oh = (h0 + st*i + pd - r0 - st*t) / st (exact by the
 // phase choice), where inside gy (n-fast). This thread's column is pixel (n, i, j): `gbase` is
 // the offset of image n in gy and (oh0, ow0) the gy position its first tap reads.
-fn bi_bv(kb: u32, krs: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) -> f32 {
-    if (!valid || kb >= krs) { return 0.0; }
+fn bi_bv(kb: u32, end: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) -> f32 {
+    if (!valid || kb >= end) { return 0.0; }
     let kc = kb / (NR * NS);
     let t = kb - kc * (NR * NS);
     let dr = t / NS;
@@ -505,13 +515,15 @@ fn bi_bv(kb: u32, krs: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) -> f32 
     return bi_gy[gbase + kc * p.out_h * p.out_w + oh * p.out_w + ow];
 }
 
-fn bi_load(tid: u32, k0: u32, m0: u32, krs: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) {
+// Stage the chunk at reduction index k0; indices from `end` on (the reduction's or this split's
+// end) load zeros.
+fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) {
     let ka = k0 + tid % BK;
     let k = ka / (NR * NS);
     let t = ka - k * (NR * NS);
     let tr = t / NS;
     let wofs = (p.r0 + p.stride * tr) * KW + p.s0 + p.stride * (t - tr * NS);
-    let inside = ka < krs;
+    let inside = ka < end;
     ra[0] = bi_a(m0 + kfast_row(tid, 0u), k, wofs, inside);
     ra[1] = bi_a(m0 + kfast_row(tid, 1u), k, wofs, inside);
     ra[2] = bi_a(m0 + kfast_row(tid, 2u), k, wofs, inside);
@@ -522,26 +534,27 @@ fn bi_load(tid: u32, k0: u32, m0: u32, krs: u32, valid: bool, gbase: u32, oh0: u
         ra[6] = bi_a(m0 + kfast_row(tid, 6u), k, wofs, inside);
         ra[7] = bi_a(m0 + kfast_row(tid, 7u), k, wofs, inside);
     }
-    rb[0] = bi_bv(k0 + nfast_kk(tid, 0u), krs, valid, gbase, oh0, ow0);
-    rb[1] = bi_bv(k0 + nfast_kk(tid, 1u), krs, valid, gbase, oh0, ow0);
-    rb[2] = bi_bv(k0 + nfast_kk(tid, 2u), krs, valid, gbase, oh0, ow0);
-    rb[3] = bi_bv(k0 + nfast_kk(tid, 3u), krs, valid, gbase, oh0, ow0);
+    rb[0] = bi_bv(k0 + nfast_kk(tid, 0u), end, valid, gbase, oh0, ow0);
+    rb[1] = bi_bv(k0 + nfast_kk(tid, 1u), end, valid, gbase, oh0, ow0);
+    rb[2] = bi_bv(k0 + nfast_kk(tid, 2u), end, valid, gbase, oh0, ow0);
+    rb[3] = bi_bv(k0 + nfast_kk(tid, 3u), end, valid, gbase, oh0, ow0);
     if (LB == 8u) {
-        rb[4] = bi_bv(k0 + nfast_kk(tid, 4u), krs, valid, gbase, oh0, ow0);
-        rb[5] = bi_bv(k0 + nfast_kk(tid, 5u), krs, valid, gbase, oh0, ow0);
-        rb[6] = bi_bv(k0 + nfast_kk(tid, 6u), krs, valid, gbase, oh0, ow0);
-        rb[7] = bi_bv(k0 + nfast_kk(tid, 7u), krs, valid, gbase, oh0, ow0);
+        rb[4] = bi_bv(k0 + nfast_kk(tid, 4u), end, valid, gbase, oh0, ow0);
+        rb[5] = bi_bv(k0 + nfast_kk(tid, 5u), end, valid, gbase, oh0, ow0);
+        rb[6] = bi_bv(k0 + nfast_kk(tid, 6u), end, valid, gbase, oh0, ow0);
+        rb[7] = bi_bv(k0 + nfast_kk(tid, 7u), end, valid, gbase, oh0, ow0);
     }
 }
 
-// Store gx for GEMM row c and column n (a pixel of this phase).
+// Store gx (or this split's partial gx, at out_base) for GEMM row c and column n (a pixel of
+// this phase).
 fn bi_put(c: u32, n: u32, v: f32) {
     let ncols = p.batch * p.hc * p.wc;
     if (n >= ncols) { return; }
     let q = pixel(n, ncols, p.hc, p.wc);
     let h = p.h0 + p.stride * q.y;
     let w = p.w0 + p.stride * q.x;
-    bi_gx[((q.img * p.in_c + c) * p.in_h + h) * p.in_w + w] = v;
+    bi_gx[out_base + ((q.img * p.in_c + c) * p.in_h + h) * p.in_w + w] = v;
 }
 
 fn bi_row(c: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
@@ -577,8 +590,20 @@ fn bi_emit(tid: u32, m0: u32, n0: u32) {
 fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) tid: u32) {
     let ncols = p.batch * p.hc * p.wc;
-    let krs = p.out_c * p.nr * p.ns;
-    let n0 = (wg.x + wg.z * nwg.x) * BN;
+    // Split-K (p.splits > 1, small grids): grid z is the split, which reduces over
+    // [z * chunk, (z + 1) * chunk) (empty for some splits of a phase with few taps: those write
+    // zeros) and writes its partial gx at z * len(gx).
+    var tile = wg.x + wg.z * nwg.x;
+    var begin = 0u;
+    var end = p.out_c * p.nr * p.ns;
+    out_base = 0u;
+    if (p.splits > 1u) {
+        tile = wg.x;
+        begin = wg.z * p.chunk;
+        end = min(begin + p.chunk, end);
+        out_base = wg.z * p.reduce_len;
+    }
+    let n0 = tile * BN;
     let m0 = wg.y * BM;
     if (n0 >= ncols) { return; }
     let px = pixel(n0 + tid % BN, ncols, p.hc, p.wc);
@@ -587,12 +612,12 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let oh0 = (p.h0 + p.stride * px.y + p.pad - p.r0) / p.stride;
     let ow0 = (p.w0 + p.stride * px.x + p.pad - p.s0) / p.stride;
     engine_begin();
-    bi_load(tid, 0u, m0, krs, px.valid, gbase, oh0, ow0);
-    for (var k0 = 0u; k0 < krs; k0 += BK) {
+    bi_load(tid, begin, m0, end, px.valid, gbase, oh0, ow0);
+    for (var k0 = begin; k0 < end; k0 += BK) {
         store_a_kfast(tid);
         store_b_nfast(tid);
         workgroupBarrier();
-        if (k0 + BK < krs) { bi_load(tid, k0 + BK, m0, krs, px.valid, gbase, oh0, ow0); }
+        if (k0 + BK < end) { bi_load(tid, k0 + BK, m0, end, px.valid, gbase, oh0, ow0); }
         multiply(tid);
         workgroupBarrier();
     }
@@ -718,13 +743,12 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     bw_emit(tid, m0, n0);
 }
 
-@group(0) @binding(2) var<storage, read_write> rs_gw: array<f32>;
+@group(0) @binding(2) var<storage, read_write> rs_out: array<f32>;
 
 @compute @workgroup_size(256)
 fn conv_reduce_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let len = p.out_c * p.in_c * p.kh * p.kw;
     let j = (wg.x + wg.y * nwg.x) * 256u + lid;
-    if (j >= len) { return; }
-    rs_gw[j] = sum_splits(j, len);
+    if (j >= p.reduce_len) { return; }
+    rs_out[j] = sum_splits(j, p.reduce_len);
 }

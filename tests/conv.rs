@@ -9,6 +9,7 @@ use resnet_wgpu::{Gpu, Tape, Tensor, Var, ops, reference};
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-5;
 
+#[derive(Debug)]
 struct Case {
     x: [usize; 4],
     w: [usize; 4],
@@ -291,6 +292,61 @@ fn input_gradient_zeroes_pixels_no_tap_reaches() {
             ATOL,
             &format!("1x1 stride-2 input gradient, tile {tile:?}"),
         );
+    }
+}
+
+#[test]
+fn input_gradient_split_k() {
+    // A device of its own, so that gx and the partial results come from pool buffers this test
+    // has just dirtied.
+    let gpu = new_gpu();
+    // Input gradients whose tiles alone leave the device idle (small batches, late layers)
+    // split their reduction: one 3x3 stride-1 phase; four stride-2 phases with 4, 2, 2 and 1
+    // taps, whose lightest phases get shorter chunks and (272 output channels) empty last
+    // splits, which must write zeros; a 1x1 stride-2 kernel that reaches one pixel in four,
+    // whose partial results must hold zeros at the other three.
+    let cases = [
+        case([2, 64, 4, 4], 64, 3, 3, 1, 1, false),
+        case([2, 16, 5, 5], 272, 3, 3, 2, 1, false),
+        case([2, 8, 5, 6], 512, 1, 1, 2, 0, false),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let splits = ops::conv2d_input_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
+        assert!(
+            splits > 1,
+            "{c:?}: expected a split input gradient, got {splits}"
+        );
+        let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
+        let ys = [c.x[0], c.w[0], oh, ow];
+        let wv = random_vec(c.w.iter().product(), 700 + i as u64);
+        let gyv = random_vec(ys.iter().product(), 710 + i as u64);
+        let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
+        let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
+        let expected = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
+        let len: usize = c.x.iter().product();
+        let tiles = ConvTile::ALL.iter().copied().map(Some);
+        for tile in std::iter::once(None).chain(tiles) {
+            // Leave buffers of gx's and of the partial results' sizes full of NaN in the pool.
+            let dirty = [
+                Tensor::full(&gpu, &c.x, f32::NAN).unwrap(),
+                Tensor::full(&gpu, &[splits, len], f32::NAN).unwrap(),
+            ];
+            gpu.synchronize().unwrap();
+            drop(dirty);
+            let before = gpu.dispatch_count();
+            let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile).unwrap();
+            let what = format!("{c:?} tile {tile:?}");
+            if tile.is_none() {
+                // One GEMM per phase that taps reach, then the reduce.
+                let phases = (c.stride * c.stride).min(c.w[2] * c.w[3]);
+                assert_eq!(
+                    gpu.dispatch_count() - before,
+                    phases as u64 + 1,
+                    "{what}: dispatches"
+                );
+            }
+            assert_close(&gx.to_vec().unwrap(), &expected, RTOL, 1e-4, &what);
+        }
     }
 }
 

@@ -47,7 +47,8 @@ struct Params {
     epilogue: u32,
     /// conv_forward_bn's batch-norm epsilon.
     eps: f32,
-    _pad: u32,
+    /// conv_reduce_splits: the length of one partial result (gw's or gx's).
+    reduce_len: u32,
 }
 
 /// conv_forward_bn epilogue flag: a ReLU last.
@@ -357,10 +358,20 @@ impl TileModel {
         ConvTile::ALL[best]
     }
 
-    /// The forward pass splits its reduction when its output tiles fill less than a quarter
-    /// of the device (small batches, late layers).
-    fn forward_split_below(&self) -> usize {
+    /// The forward pass and the input gradient split their reduction when their output tiles
+    /// fill less than a quarter of the device (small batches, late layers).
+    fn split_below(&self) -> usize {
         self.full_grid / 4
+    }
+
+    /// Splits of a reduction of `len` whose output fills `tiles` workgroups (the forward pass,
+    /// one input-gradient phase): one unless the tiles alone are too few to fill the device and
+    /// the reduction is long enough for chunks of [`FILL_MIN_CHUNK`].
+    fn fill_splits(&self, tiles: usize, len: usize) -> usize {
+        if tiles >= self.split_below() || len < 2 * FILL_MIN_CHUNK {
+            return 1;
+        }
+        (self.full_grid / tiles).min(len / FILL_MIN_CHUNK).max(1)
     }
 
     /// Split-K of the weight gradient aims at this many workgroups.
@@ -369,8 +380,9 @@ impl TileModel {
     }
 }
 
-/// Forward split-K chunks hold at least this many reduction indices.
-const FORWARD_MIN_CHUNK: usize = 128;
+/// Split-K chunks of the forward pass and the input gradient hold at least this many reduction
+/// indices.
+const FILL_MIN_CHUNK: usize = 128;
 
 impl ConvTile {
     /// Every tile.
@@ -571,7 +583,7 @@ impl Geometry {
             scaled: 0,
             epilogue: 0,
             eps: 0.0,
-            _pad: 0,
+            reduce_len: 0,
         }
     }
 
@@ -583,12 +595,10 @@ impl Geometry {
         let (tile_m, tile_n, tile_k) = dims;
         let tiles = k.div_ceil(tile_m) * (n * self.oh * self.ow).div_ceil(tile_n);
         let crs = c * r * s;
-        if tiles >= model.forward_split_below() || crs < 2 * FORWARD_MIN_CHUNK {
+        let splits = model.fill_splits(tiles, crs);
+        if splits == 1 {
             return (crs, 1);
         }
-        let splits = (model.full_grid / tiles)
-            .min(crs / FORWARD_MIN_CHUNK)
-            .max(1);
         let chunk = crs.div_ceil(splits).next_multiple_of(tile_k);
         (chunk, crs.div_ceil(chunk))
     }
@@ -645,6 +655,114 @@ impl Geometry {
         let splits = wanted.min(max_by_len).min(max_by_mem).clamp(1, MAX_GRID);
         let chunk = total.div_ceil(splits).next_multiple_of(tile_k);
         (chunk, total.div_ceil(chunk))
+    }
+}
+
+/// One sub-pixel phase of the input gradient (see the shader's header): its first tap and tap
+/// counts, its first pixel and pixel counts, its GEMM, multiply engine and split-K chunk.
+struct InputPhase {
+    r0: usize,
+    s0: usize,
+    nr: usize,
+    ns: usize,
+    h0: usize,
+    w0: usize,
+    hc: usize,
+    wc: usize,
+    /// GEMM rows (input channels) and columns (this phase's pixels of the batch).
+    rows: usize,
+    cols: usize,
+    engine: Engine,
+    /// Reduction indices per split (the whole reduction without split-K).
+    chunk: usize,
+}
+
+/// The input gradient's dispatches: the phases that taps reach, their common number of splits,
+/// and whether some pixels are reached by no tap (and only hold zeros).
+struct InputPlan {
+    phases: Vec<InputPhase>,
+    splits: usize,
+    skips_pixels: bool,
+}
+
+impl Geometry {
+    /// Plan the input gradient: one GEMM per sub-pixel phase, tiles of `tile` unless the model
+    /// chooses. Pixels h with (h + padding) % stride == a meet exactly the taps r with
+    /// r % stride == a.
+    fn input_plan(&self, gpu: &Gpu, model: &TileModel, tile: Option<ConvTile>) -> InputPlan {
+        let [n, c, h, wd] = self.x;
+        let [k, _, r, s] = self.w;
+        let (stride, padding) = (self.stride, self.padding);
+        // (first pixel, pixel count, tap count) of phase a along an axis.
+        let phase = |a: usize, size: usize, taps: usize| {
+            let first = (a + stride - padding % stride) % stride;
+            let count = if first < size {
+                (size - first).div_ceil(stride)
+            } else {
+                0
+            };
+            let ntaps = if a < taps {
+                (taps - a).div_ceil(stride)
+            } else {
+                0
+            };
+            (first, count, ntaps)
+        };
+        let mut phases = Vec::new();
+        let mut skips_pixels = false;
+        for a in 0..stride {
+            for b in 0..stride {
+                let ((h0, hc, nr), (w0, wc, ns)) = (phase(a, h, r), phase(b, wd, s));
+                if hc == 0 || wc == 0 {
+                    continue;
+                }
+                if nr * ns == 0 {
+                    skips_pixels = true;
+                    continue;
+                }
+                let cols = n * hc * wc;
+                let engine =
+                    Engine::for_gpu(gpu, || tile.unwrap_or_else(|| model.choose(c, cols, 1)));
+                phases.push(InputPhase {
+                    r0: a,
+                    s0: b,
+                    nr,
+                    ns,
+                    h0,
+                    w0,
+                    hc,
+                    wc,
+                    rows: c,
+                    cols,
+                    engine,
+                    chunk: k * nr * ns,
+                });
+            }
+        }
+        // The phases write one gx (or one set of partials), so they run one after the other:
+        // each must fill the GPU on its own, splitting its reduction when its tiles are too few.
+        // They share one number of splits, that of the phase that wants most, so that one
+        // reduce sums all pixels; a phase with fewer taps gets shorter chunks (or empty ones,
+        // which write zeros).
+        let wanted = phases
+            .iter()
+            .map(|ph| {
+                let (bm, bn, _) = ph.engine.dims;
+                model.fill_splits(ph.rows.div_ceil(bm) * ph.cols.div_ceil(bn), ph.chunk)
+            })
+            .max()
+            .unwrap_or(1);
+        let splits = wanted.min((SPLIT_MAX_PARTIAL / (n * c * h * wd)).max(1));
+        if splits > 1 {
+            for ph in &mut phases {
+                ph.chunk = ph.chunk.div_ceil(splits).next_multiple_of(ph.engine.dims.2);
+            }
+        }
+        InputPlan {
+            phases,
+            splits,
+            skips_pixels,
+        }
     }
 }
 
@@ -987,65 +1105,56 @@ fn backward_input(
     let f16 = f16_kernels(gpu).is_some();
     let scale = gy_scale(f16, gy, scale)?;
     let scale_buffer = scale.as_ref().map_or(w.buffer(), |t| t.buffer());
-    let [n, c, h, wd] = x_shape;
-    let [_, _, r, s] = ws;
-    // One dispatch per sub-pixel phase: pixels h with (h + padding) % stride == a meet exactly the
-    // taps r with r % stride == a (see the shader's header).
-    let phase = |a: usize, size: usize, taps: usize| {
-        let first = (a + stride - padding % stride) % stride;
-        let count = if first < size {
-            (size - first).div_ceil(stride)
-        } else {
-            0
-        };
-        let ntaps = if a < taps {
-            (taps - a).div_ceil(stride)
-        } else {
-            0
-        };
-        (first, count, ntaps)
+    let plan = g.input_plan(gpu, &model, tile);
+    let len = x_shape.iter().product::<usize>();
+    // With split-K the phases write partial results, which a reduce kernel sums into gx.
+    let part = match plan.splits {
+        1 => None,
+        splits => Some(Tensor::uninit(gpu, &[splits, len], DType::F32, OP)?),
     };
-    let phases: Vec<_> = (0..stride)
-        .flat_map(|a| (0..stride).map(move |b| (a, b)))
-        .map(|(a, b)| ((a, b), phase(a, h, r), phase(b, wd, s)))
-        .filter(|(_, (_, hc, _), (_, wc, _))| *hc > 0 && *wc > 0)
-        .collect();
+    let out = part.as_ref().unwrap_or(&gx);
     // A phase that no tap reaches (a kernel smaller than the stride, as in the 1x1 stride-2
-    // downsampling convs: three of four pixels) only has zeros to write: one clear of gx does
-    // that for all of them, instead of a GEMM dispatch each with an empty reduction.
-    if phases
-        .iter()
-        .any(|(_, (_, _, nr), (_, _, ns))| nr * ns == 0)
-    {
-        gpu.clear(gx.buffer());
+    // downsampling convs: three of four pixels) only has zeros to write: one clear does that
+    // for all of them, instead of a GEMM dispatch each with an empty reduction.
+    if plan.skips_pixels {
+        gpu.clear(out.buffer());
     }
-    for ((a, b), (h0, hc, nr), (w0, wc, ns)) in phases {
-        if nr * ns == 0 {
-            continue;
-        }
-        let mut p = g.params(false, 0, 1);
-        (p.r0, p.s0, p.nr, p.ns) = (a as u32, b as u32, nr as u32, ns as u32);
-        (p.h0, p.w0, p.hc, p.wc) = (h0 as u32, w0 as u32, hc as u32, wc as u32);
+    let [_, _, r, s] = ws;
+    for ph in &plan.phases {
+        let mut p = g.params(false, ph.chunk, plan.splits);
+        (p.r0, p.s0, p.nr, p.ns) = (ph.r0 as u32, ph.s0 as u32, ph.nr as u32, ph.ns as u32);
+        (p.h0, p.w0, p.hc, p.wc) = (ph.h0 as u32, ph.w0 as u32, ph.hc as u32, ph.wc as u32);
         p.scaled = if f16 { 2 } else { 0 };
-        let cols = n * hc * wc;
-        // The phases write one gx buffer, so they run one after the other: each must fill
-        // the GPU on its own.
-        let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| model.choose(c, cols, 1)));
-        let grid = gemm_grid(OP, c, cols, engine.dims)?;
+        p.reduce_len = len as u32;
+        let mut grid = gemm_grid(OP, ph.rows, ph.cols, ph.engine.dims)?;
+        if plan.splits > 1 {
+            // Split only with few tiles: the column tiles fit x alone, and z is the split.
+            grid[2] = plan.splits as u32;
+        }
         let constants = [
             ("KH", r as f64),
             ("KW", s as f64),
-            ("NR", nr as f64),
-            ("NS", ns as f64),
+            ("NR", ph.nr as f64),
+            ("NS", ph.ns as f64),
         ];
-        engine.dispatch(
+        ph.engine.dispatch(
             gpu,
-            &engine.kernels.backward_input,
+            &ph.engine.kernels.backward_input,
             &constants,
             &p,
-            &[gy.buffer(), w.buffer(), gx.buffer()],
+            &[gy.buffer(), w.buffer(), out.buffer()],
             scale_buffer,
             grid,
+        )?;
+    }
+    if let Some(part) = &part {
+        let mut p = g.params(false, 0, plan.splits);
+        p.reduce_len = len as u32;
+        gpu.dispatch(
+            &REDUCE_SPLITS,
+            &p,
+            &[part.buffer(), gx.buffer()],
+            grid_1d(len.div_ceil(256) as u32),
         )?;
     }
     Ok(gx)
@@ -1079,6 +1188,19 @@ pub fn conv2d_weight_grad_splits(
     let model = TileModel::for_gpu(gpu);
     let engine = Engine::for_gpu(gpu, || g.weight_tile(&model));
     Ok(g.weight_splits(&model, engine.dims).1)
+}
+
+/// Number of split-K chunks [`conv2d_backward_input`] uses for these shapes on `gpu` (1: no
+/// split; for tests and benchmarks).
+pub fn conv2d_input_grad_splits(
+    gpu: &Gpu,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+) -> Result<usize> {
+    let g = Geometry::new("conv2d_backward_input", x_shape, w_shape, stride, padding)?;
+    Ok(g.input_plan(gpu, &TileModel::for_gpu(gpu), None).splits)
 }
 
 /// Gradient of [`conv2d`] with respect to its weights: x `[N, C, H, W]`, gy `[N, K, OH, OW]`, the
@@ -1139,6 +1261,7 @@ fn backward_weight(
     }
     let grid = [col_tiles as u32, row_tiles as u32, splits as u32];
     let mut params = g.params(false, chunk, splits);
+    params.reduce_len = (k * crs) as u32;
     // The f16 engine scales gy (operand A) by a power of two that keeps it clear of f16's
     // subnormals.
     let scale = gy_scale(engine.f16, gy, scale)?;
