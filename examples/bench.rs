@@ -21,6 +21,10 @@
 //!   compiled with wgpu's runtime checks), and the first figure again at the end as a drift
 //!   check.
 //!
+//! With `--autotune` every figure runs with conv autotuning on ([`Gpu::set_conv_autotune`]):
+//! each figure's warm-up tunes the shapes it meets, and a table of the tuned tiles (with every
+//! tile's time and the model's choice) ends the output.
+//!
 //! Wall times are averaged over `--iters` synchronised runs after one warm-up. When the adapter
 //! has timestamp queries, each figure also gets GPU time from [`Gpu::start_profiling`]: the sum
 //! of the GPU times of the figure's dispatches, averaged over `--iters` separate profiled runs
@@ -78,6 +82,10 @@ struct Args {
     /// Convolution math: `f32` (exact) or `f16` (tensor cores; see `ConvPrecision`).
     #[arg(long, default_value = "f32")]
     precision: resnet_wgpu::ConvPrecision,
+    /// Tune the conv tiles on this adapter (`Gpu::set_conv_autotune`) before each figure's
+    /// timed runs, and list what was tuned.
+    #[arg(long)]
+    autotune: bool,
 }
 
 /// What one figure measured.
@@ -847,6 +855,73 @@ struct Report {
     models: Option<Vec<ModelRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tile_sweep: Option<TileSweep>,
+    /// With `--autotune`: every conv shape and pass tuned, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tuned_convs: Option<Vec<TunedRow>>,
+}
+
+/// One tuned conv shape and pass (`--autotune`).
+#[derive(Serialize)]
+struct TunedRow {
+    pass: String,
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    padding: usize,
+    /// The tile the model would have used.
+    model: String,
+    /// The tile tuning chose.
+    tuned: String,
+    /// Wall milliseconds per run with each tile (64x64, 128x64, 64x128, 128x128).
+    millis: [f64; 4],
+}
+
+fn tile_name(t: ConvTile) -> String {
+    let (m, n, _) = t.dims();
+    format!("{m}x{n}")
+}
+
+/// Print and return what `--autotune` tuned.
+fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
+    let tuned = gpu.tuned_convs();
+    let changed = tuned.iter().filter(|t| t.tile != t.model).count();
+    println!(
+        "Tuned conv tiles ({} shapes and passes, {changed} moved off the model's tile; wall ms \
+         per run with each tile)",
+        tuned.len()
+    );
+    println!(
+        "{:<11} {:>20} {:>20} {:>4} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "pass", "x", "w", "s/p", "model", "tuned", "64x64", "128x64", "64x128", "128x128"
+    );
+    let rows: Vec<TunedRow> = tuned
+        .iter()
+        .map(|t| TunedRow {
+            pass: format!("{:?}", t.key.pass),
+            x: t.key.x,
+            w: t.key.w,
+            stride: t.key.stride,
+            padding: t.key.padding,
+            model: tile_name(t.model),
+            tuned: tile_name(t.tile),
+            millis: t.millis,
+        })
+        .collect();
+    for r in &rows {
+        let ms: Vec<String> = r.millis.iter().map(|m| format!("{m:>9.3}")).collect();
+        println!(
+            "{:<11} {:>20} {:>20} {:>4} {:>7} {:>7} {}",
+            r.pass,
+            format!("{:?}", r.x),
+            format!("{:?}", r.w),
+            format!("{}/{}", r.stride, r.padding),
+            r.model,
+            r.tuned,
+            ms.join(" ")
+        );
+    }
+    println!();
+    rows
 }
 
 #[derive(Serialize)]
@@ -890,7 +965,14 @@ fn main() -> Result<()> {
             "--what tiles compares the f32 engine's tiles: leave out --precision f16".into(),
         ));
     }
+    if args.autotune && (tiles || args.precision != resnet_wgpu::ConvPrecision::F32) {
+        return Err(Error::Invalid(
+            "--autotune tunes the f32 engine's plan: not with --what tiles or --precision f16"
+                .into(),
+        ));
+    }
     let gpu = Gpu::with_conv_precision(args.precision)?;
+    gpu.set_conv_autotune(args.autotune)?;
     let info = gpu.info().clone();
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
@@ -899,6 +981,14 @@ fn main() -> Result<()> {
     };
     println!("adapter: {info}");
     println!("conv precision: {:?}", args.precision);
+    println!(
+        "conv tiles: {}",
+        if args.autotune {
+            "autotuned (--autotune)"
+        } else {
+            "the adapter's tile model"
+        }
+    );
     println!(
         "shader runtime checks: {}",
         if bench.gpu.shader_checks() {
@@ -935,6 +1025,7 @@ fn main() -> Result<()> {
         memory_kernels: None,
         models: None,
         tile_sweep: None,
+        tuned_convs: None,
     };
     if convs {
         let (rows, totals) = bench_convs(&bench, args.batch)?;
@@ -967,6 +1058,9 @@ fn main() -> Result<()> {
             &sweep_tiles,
             checked.as_ref(),
         )?);
+    }
+    if args.autotune {
+        report.tuned_convs = Some(report_tuned(&bench.gpu));
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)

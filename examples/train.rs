@@ -116,6 +116,12 @@ struct Args {
     /// f32 accumulation; needs an adapter with cooperative matrices, e.g. NVIDIA through Vulkan).
     #[arg(long, default_value = "f32")]
     precision: resnet_wgpu::ConvPrecision,
+    /// Time every conv tile on this adapter at the first step and keep the fastest per shape
+    /// (like cuDNN's benchmark mode): faster on adapters the built-in tile model does not
+    /// describe, at the cost of a few seconds at the start; results may then differ from an
+    /// untuned run by rounding.
+    #[arg(long)]
+    autotune: bool,
 }
 
 struct Data {
@@ -185,6 +191,7 @@ fn model_config(a: &Args, data: &Data) -> Result<ResNetConfig> {
 
 fn run(a: Args) -> Result<()> {
     let gpu = Gpu::with_conv_precision(a.precision)?;
+    gpu.set_conv_autotune(a.autotune)?;
     println!("adapter: {}", gpu.info());
     if let Some(config) = gpu.mma_config() {
         println!("convolutions: f16 operands on tensor cores ({config:?}), f32 accumulation");
@@ -389,6 +396,14 @@ fn run(a: Args) -> Result<()> {
     );
     resnet_wgpu::io::save_safetensors(&dict, &a.out, Some(meta))?;
     println!("saved {}", a.out.display());
+    if a.autotune {
+        let tuned = gpu.tuned_convs();
+        let moved = tuned.iter().filter(|t| t.tile != t.model).count();
+        println!(
+            "autotune: {} conv shapes and passes tuned, {moved} on another tile than the model's",
+            tuned.len()
+        );
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::ops::{ConvTile, TileModel};
+use resnet_wgpu::ops::{ConvPass, ConvTile, TileModel};
 use resnet_wgpu::{Gpu, Tape, Tensor, Var, ops, reference};
 
 const RTOL: f32 = 1e-4;
@@ -348,6 +348,92 @@ fn input_gradient_split_k() {
             assert_close(&gx.to_vec().unwrap(), &expected, RTOL, 1e-4, &what);
         }
     }
+}
+
+#[test]
+fn autotune_times_each_shape_and_pass_once() {
+    // A device of its own: the test turns tuning on and counts dispatches.
+    let gpu = new_gpu();
+    assert!(!gpu.conv_autotune(), "tuning is off by default");
+    gpu.set_conv_autotune(true).unwrap();
+    // A stride-1 shape, and a strided one with four input-gradient phases.
+    let cases = [
+        case([2, 19, 13, 11], 131, 3, 3, 1, 1, true),
+        case([1, 21, 17, 15], 70, 3, 3, 2, 1, false),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        check_random(&gpu, c, 800 + 10 * i as u64);
+    }
+    let tuned = gpu.tuned_convs();
+    assert_eq!(tuned.len(), 3 * cases.len(), "{tuned:#?}");
+    for c in &cases {
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            let t = tuned
+                .iter()
+                .find(|t| t.key.pass == pass && t.key.x == c.x && t.key.w == c.w)
+                .unwrap_or_else(|| panic!("{c:?} {pass:?} not tuned: {tuned:#?}"));
+            assert_eq!((t.key.stride, t.key.padding), (c.stride, c.pad));
+            assert!(t.millis.iter().all(|&ms| ms > 0.0), "{t:?}");
+        }
+    }
+    // Tuned shapes run their tile at once: the same dispatches and results as that tile
+    // forced, and nothing tuned again (the inference kernels share the forward's tile).
+    let c = &cases[1];
+    let tile = |pass| {
+        tuned
+            .iter()
+            .find(|t| t.key.pass == pass && t.key.x == c.x)
+            .unwrap()
+            .tile
+    };
+    let x = Tensor::from_slice(&gpu, &c.x, &random_vec(c.x.iter().product(), 1)).unwrap();
+    let w = Tensor::from_slice(&gpu, &c.w, &random_vec(c.w.iter().product(), 2)).unwrap();
+    let before = gpu.dispatch_count();
+    let y = ops::conv2d(&x, &w, None, c.stride, c.pad).unwrap();
+    let tuned_dispatches = gpu.dispatch_count() - before;
+    let before = gpu.dispatch_count();
+    let forced = ops::conv2d_tiled(&x, &w, None, c.stride, c.pad, Some(tile(ConvPass::Forward)));
+    assert_eq!(gpu.dispatch_count() - before, tuned_dispatches);
+    assert_eq!(y.to_vec().unwrap(), forced.unwrap().to_vec().unwrap());
+    let gy = Tensor::from_slice(&gpu, y.shape(), &random_vec(y.numel(), 3)).unwrap();
+    let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+    let forced = ops::conv2d_backward_input_tiled(
+        &gy,
+        &w,
+        c.x,
+        c.stride,
+        c.pad,
+        Some(tile(ConvPass::InputGrad)),
+    );
+    assert_eq!(gx.to_vec().unwrap(), forced.unwrap().to_vec().unwrap());
+    let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+    let forced = ops::conv2d_backward_weight_tiled(
+        &x,
+        &gy,
+        c.w,
+        c.stride,
+        c.pad,
+        Some(tile(ConvPass::WeightGrad)),
+    );
+    assert_eq!(gw.to_vec().unwrap(), forced.unwrap().to_vec().unwrap());
+    let bnv = random_bn(c.w[0], 4);
+    let bn_t: Vec<Tensor> = bnv
+        .iter()
+        .map(|v| Tensor::from_slice(&gpu, &[c.w[0]], v).unwrap())
+        .collect();
+    let bn = ops::EvalBatchNorm {
+        gamma: &bn_t[0],
+        beta: &bn_t[1],
+        running_mean: &bn_t[2],
+        running_var: &bn_t[3],
+        eps: 1e-5,
+    };
+    ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, None, true).unwrap();
+    assert_eq!(gpu.tuned_convs(), tuned, "nothing tuned twice");
+    // Off again: the model plans, and the tuned tiles stay for later.
+    gpu.set_conv_autotune(false).unwrap();
+    assert!(!gpu.conv_autotune());
+    assert_eq!(gpu.tuned_convs().len(), tuned.len());
 }
 
 /// Random eval-mode batch-norm parameters for `k` channels: gamma, beta, running mean and a

@@ -209,6 +209,8 @@ pub(crate) struct GpuInner {
     /// Compile shaders with wgpu's runtime checks ([`GpuOptions::shader_checks`],
     /// `RESNET_WGPU_SHADER_CHECKS=1`); see [`TRUSTED_CHECKS`].
     shader_checks: bool,
+    /// Conv autotuning ([`Gpu::set_conv_autotune`]).
+    pub(crate) conv_tuning: Mutex<crate::ops::tune::ConvTuning>,
 }
 
 /// The runtime checks this crate's own kernels are compiled with (unless
@@ -277,6 +279,7 @@ impl Gpu {
             total_submits: Default::default(),
             conv_math: Mutex::default(),
             shader_checks,
+            conv_tuning: Mutex::default(),
         }))
     }
 

@@ -10,6 +10,7 @@
 //! Each GEMM runs in one of four tile variants ([`ConvTile`]); a [`TileModel`] for the adapter
 //! picks the tile and the split-K plan per shape.
 
+use super::tune::{self, ConvKey, ConvPass};
 use crate::autograd::Var;
 use crate::gpu::{ConvPrecision, Gpu, Kernel, MmaConfig, grid_1d};
 use crate::kernel;
@@ -421,7 +422,7 @@ impl ConvTile {
     }
 }
 
-fn forced_tile() -> Option<ConvTile> {
+pub(crate) fn forced_tile() -> Option<ConvTile> {
     static FORCED: std::sync::OnceLock<Option<ConvTile>> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| {
         let v = std::env::var("RESNET_WGPU_CONV_TILE").ok()?;
@@ -685,7 +686,45 @@ struct InputPlan {
     skips_pixels: bool,
 }
 
+impl InputPlan {
+    /// The model's tile for the first phase (the tuner's baseline for the whole gradient).
+    fn model_tile(&self, model: &TileModel) -> ConvTile {
+        self.phases
+            .first()
+            .map_or(ConvTile::T64x64, |ph| model.choose(ph.rows, ph.cols, 1))
+    }
+}
+
 impl Geometry {
+    /// The f32 tile of one pass: `given` when the caller forces one; with autotuning on (and
+    /// the f32 engine, and no tile forced by `RESNET_WGPU_CONV_TILE`) the tuned one, tuning it
+    /// now if this shape and pass are new (`model` gives the model's choice, `trial` runs the
+    /// pass once with a tile); else None, and the model plans.
+    fn chosen_tile(
+        &self,
+        gpu: &Gpu,
+        pass: ConvPass,
+        given: Option<ConvTile>,
+        model: impl FnOnce() -> ConvTile,
+        trial: impl FnMut(ConvTile) -> Result<()>,
+    ) -> Result<Option<ConvTile>> {
+        if given.is_some()
+            || !gpu.conv_autotune()
+            || f16_kernels(gpu).is_some()
+            || forced_tile().is_some()
+        {
+            return Ok(given);
+        }
+        let key = ConvKey {
+            pass,
+            x: self.x,
+            w: self.w,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        tune::tuned_tile(gpu, key, model, trial).map(Some)
+    }
+
     /// Plan the input gradient: one GEMM per sub-pixel phase, tiles of `tile` unless the model
     /// chooses. Pixels h with (h + padding) % stride == a meet exactly the taps r with
     /// r % stride == a.
@@ -831,10 +870,17 @@ pub fn conv2d_tiled(
             ));
         }
     }
-    let y = Tensor::uninit(x.gpu(), &g.y_shape(), DType::F32, OP)?;
-    let (m, n) = g.forward_gemm();
     let gpu = x.gpu();
     let model = TileModel::for_gpu(gpu);
+    let tile = g.chosen_tile(
+        gpu,
+        ConvPass::Forward,
+        tile,
+        || g.forward_tile(&model),
+        |t| conv2d_tiled(x, w, b, stride, padding, Some(t)).map(drop),
+    )?;
+    let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, OP)?;
+    let (m, n) = g.forward_gemm();
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
     let (chunk, splits) = g.forward_splits(&model, engine.dims);
     let bias = b.map_or(w.buffer(), |b| b.buffer());
@@ -978,6 +1024,14 @@ pub fn conv2d_bn_eval_tiled(
     }
     let gpu = x.gpu();
     let model = TileModel::for_gpu(gpu);
+    // The plain forward's tile: the same GEMM, tuned once for both.
+    let tile = g.chosen_tile(
+        gpu,
+        ConvPass::Forward,
+        tile,
+        || g.forward_tile(&model),
+        |t| conv2d_tiled(x, w, None, stride, padding, Some(t)).map(drop),
+    )?;
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
     if gpu.limits().max_storage_buffers_per_shader_stage < 8 + engine.f16 as u32 {
         return conv2d_bn_eval_unfused(x, w, stride, padding, bn, residual, relu);
@@ -1098,8 +1152,16 @@ fn backward_input(
     let g = Geometry::new(OP, x_shape, ws, stride, padding)?;
     g.expect_y_shape(OP, gys)?;
     let gpu = gy.gpu();
-    let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
     let model = TileModel::for_gpu(gpu);
+    // Tuned, one tile serves every phase; the model's is that of the first phase.
+    let tile = g.chosen_tile(
+        gpu,
+        ConvPass::InputGrad,
+        tile,
+        || g.input_plan(gpu, &model, None).model_tile(&model),
+        |t| backward_input(gy, w, x_shape, stride, padding, Some(t), scale).map(drop),
+    )?;
+    let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
     // The f16 engine scales gy (operand B) by a power of two that keeps it clear of f16's
     // subnormals; the f32 engine binds no scale.
     let f16 = f16_kernels(gpu).is_some();
@@ -1248,6 +1310,13 @@ fn backward_weight(
     let crs = c * r * s;
     let gpu = x.gpu();
     let model = TileModel::for_gpu(gpu);
+    let tile = g.chosen_tile(
+        gpu,
+        ConvPass::WeightGrad,
+        tile,
+        || g.weight_tile(&model),
+        |t| backward_weight(x, gy, w_shape, stride, padding, Some(t), scale).map(drop),
+    )?;
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.weight_tile(&model)));
     let (chunk, splits) = g.weight_splits(&model, engine.dims);
     let (tile_m, tile_n, _) = engine.dims;

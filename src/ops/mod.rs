@@ -10,6 +10,7 @@ pub mod linear;
 pub mod loss;
 pub mod pool;
 pub mod reduce;
+pub mod tune;
 
 pub use batchnorm::*;
 pub use conv::*;
@@ -18,3 +19,4 @@ pub use linear::*;
 pub use loss::*;
 pub use pool::*;
 pub use reduce::*;
+pub use tune::{ConvKey, ConvPass, TunedConv};
