@@ -320,17 +320,30 @@ impl TileModel {
 
     /// CPU adapters (lavapipe, SwiftShader): measured with lavapipe on 2 cores, where the
     /// 128 x 128 tile is the fastest (8-10 GFLOP/s on the large shapes against 5-6 for 64 x 64)
-    /// and a handful of workgroups keeps every core busy.
+    /// and two workgroups per core keep every core busy (lavapipe runs a thread per core):
+    /// `full_grid` is a 2-core machine's, which [`TileModel::for_gpu`] scales to the
+    /// machine's cores ([`TileModel::cpu_with_cores`]). With 16 workgroups to fill, the model
+    /// chose 64 x 64 tiles for ResNet-18's late layers at batch 1, and the conv passes ran
+    /// 10-23% slower on 2 cores (`bench --what convs --batch 1`).
     pub const CPU: TileModel = TileModel {
         rates: [0.6, 0.65, 0.8, 1.0],
-        full_grid: 16,
+        full_grid: 4,
     };
+
+    /// [`TileModel::CPU`] for a machine with `cores` cores: two workgroups per core.
+    pub fn cpu_with_cores(cores: usize) -> TileModel {
+        TileModel {
+            full_grid: 2 * cores.max(1),
+            ..TileModel::CPU
+        }
+    }
 
     /// The model for `gpu`'s adapter: [`TileModel::CPU`] for CPU adapters, else
     /// [`TileModel::GPU`] (also where the type is unknown, as on the web).
     pub fn for_gpu(gpu: &Gpu) -> TileModel {
         if gpu.info().device_type == wgpu::DeviceType::Cpu {
-            TileModel::CPU
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            TileModel::cpu_with_cores(cores)
         } else {
             TileModel::GPU
         }
@@ -360,9 +373,10 @@ impl TileModel {
     }
 
     /// The forward pass and the input gradient split their reduction when their output tiles
-    /// fill less than a quarter of the device (small batches, late layers).
+    /// fill less than a quarter of the device (small batches, late layers), and always when
+    /// they are one workgroup.
     fn split_below(&self) -> usize {
-        self.full_grid / 4
+        (self.full_grid / 4).max(2)
     }
 
     /// Splits of a reduction of `len` whose output fills `tiles` workgroups (the forward pass,
