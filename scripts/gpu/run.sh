@@ -2,13 +2,16 @@
 # Runs on the lent GPU machine (see scripts/gpu/pack.sh): golden/op tests, the bench, and a
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
 # Usage: [TILE_SWEEP="--batch 128 --iters 3"] [F16_BENCH="--what models --models r18"] \
-#        [CHECKED_BENCH="--what convs"] bash scripts/gpu/run.sh [train-seconds] [bench-args...]
+#        [CHECKED_BENCH="--what convs"] [AUTOTUNE_BENCH="--what models --models r18"] \
+#        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
 # F16_BENCH: also run the bench with --precision f16 (tensor cores) and these arguments, after
 # the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
 # CHECKED_BENCH: also run the bench with these arguments and RESNET_WGPU_SHADER_CHECKS=1
 # (wgpu's index clamping and loop bounding back on), to measure what dropping them gains.
+# AUTOTUNE_BENCH: also run the bench with --autotune and these arguments (every figure with the
+# conv tiles tuned on this GPU; the tuned tiles and every tile's time end its output).
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
 set -u
 TRAIN_S=${1:-300}; shift || true
@@ -50,6 +53,12 @@ if [ -n "${CHECKED_BENCH:-}" ]; then
   echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"
   RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench $CHECKED_BENCH --json "$OUT/bench-checked.json" 2>&1 \
     | tee "$OUT/bench-checked.txt"
+fi
+if [ -n "${AUTOTUNE_BENCH:-}" ]; then
+  echo "== bench --autotune"; t0=$(date +%s)
+  timeout 200 $B/bench --autotune $AUTOTUNE_BENCH --json "$OUT/bench-autotune.json" 2>&1 \
+    | tee "$OUT/bench-autotune.txt"
+  echo "autotuned bench took $(( $(date +%s) - t0 )) s"
 fi
 if [ "$TRAIN_S" -gt 0 ]; then
   echo "== train"; t0=$(date +%s)
