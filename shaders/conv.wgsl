@@ -27,6 +27,8 @@
 //                         the weight gradient's partials (len = K*C*R*S) or gx from the input
 //                         gradient's (len = batch*C*H*W)
 //   conv_forward_reduce:  y[j]  = b[k(j)] + sum_{z < splits} part[z * len(y) + j]
+//   conv_taps_crop, conv_taps_expand: the weights cut to the taps that reach the input, and the
+//                         weight gradient expanded back (see "tap windows" at the end).
 //   conv_forward_bn:      inference's conv + eval-mode batch norm (+ residual) (+ ReLU) in one pass:
 //                         y[n,k,oh,ow] = relu?((v - mean[k]) / sqrt(var[k] + eps) * gamma[k] + beta[k]
 //                                              (+ res[n,k,oh,ow])) with v the bias-free conv output;
@@ -60,8 +62,10 @@
 //     y = ceil(M / BM) row tiles. conv_forward and conv_backward_input with splits > 1:
 //     x = column tiles, z = splits.
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
-//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn: one thread per element of gw, gx / y, 256 per
-//     workgroup, linear index (wg.x + wg.y * num_workgroups.x) * 256 + local index.
+//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn / conv_taps_crop /
+//     conv_taps_expand: one thread per element written (gw, gx / y / the cropped or expanded
+//     weights), 256 per workgroup, linear index (wg.x + wg.y * num_workgroups.x) * 256 + local
+//     index.
 //
 // Bindings (group 0): 0 = Params (uniform), then per entry point:
 //   conv_forward:         1 = x [N,C,H,W] (read), 2 = w [K,C,R,S] (read), 3 = b [K] (read; any
@@ -72,6 +76,8 @@
 //   conv_backward_weight: 1 = x [N,C,H,W] (read), 2 = gy [N,K,OH,OW] (read),
 //                         3 = part [splits,K,C*R*S] (write; gw itself when splits == 1)
 //   conv_reduce_splits:   1 = part [splits,len] (read), 2 = gw [K,C,R,S] or gx [N,C,H,W] (write)
+//   conv_taps_crop / conv_taps_expand: 1 = the weights (or the window's weight gradient) (read),
+//                         2 = the window's weights (or the whole weight gradient) (write)
 //   conv_forward_reduce:  1 = part [splits,N,K,OH,OW] (read), 2 = b [K] (read; any buffer when
 //                         has_bias == 0), 3 = y [N,K,OH,OW] (write)
 //   conv_forward_bn:      1 = x, 2 = w, 4 = y as conv_forward (no bias, no split), 6 = gamma [K],
@@ -751,4 +757,48 @@ fn conv_reduce_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let j = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (j >= p.reduce_len) { return; }
     rs_out[j] = sum_splits(j, p.reduce_len);
+}
+
+// ---------------------------------------------------------------------------------------------
+// tap windows: a convolution whose input is so small that some taps only ever read padding (a
+// 3x3 kernel on a 1x1 map reaches it with its centre tap only) runs its three GEMMs on the
+// window of taps that reach the input, as a smaller kernel with less padding and the same
+// output size. The host crops the weights to the window for the forward pass and the input
+// gradient and expands the weight gradient back, with zeros at the other taps (checked through
+// the conv passes against the CPU reference). Params: p.kh, p.kw the kernel; p.r0, p.s0 the
+// window's first tap and p.nr, p.ns its size; p.reduce_len the elements to write.
+
+@group(0) @binding(1) var<storage, read> tw_src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> tw_dst: array<f32>;
+
+// dst[kc, r, s] = src[kc, r0 + r, s0 + s] (src [K*C, kh, kw], dst [K*C, nr, ns]).
+@compute @workgroup_size(256)
+fn conv_taps_crop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let j = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (j >= p.reduce_len) { return; }
+    let window = p.nr * p.ns;
+    let kc = j / window;
+    let t = j - kc * window;
+    let r = t / p.ns;
+    tw_dst[j] = tw_src[kc * p.kh * p.kw + (p.r0 + r) * p.kw + p.s0 + t - r * p.ns];
+}
+
+// dst[kc, r, s] = src[kc, r - r0, s - s0] inside the window, else 0 (src [K*C, nr, ns],
+// dst [K*C, kh, kw]).
+@compute @workgroup_size(256)
+fn conv_taps_expand(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let j = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (j >= p.reduce_len) { return; }
+    let taps = p.kh * p.kw;
+    let kc = j / taps;
+    let t = j - kc * taps;
+    let r = t / p.kw;
+    let s = t - r * p.kw;
+    var v = 0.0;
+    if (r >= p.r0 && r < p.r0 + p.nr && s >= p.s0 && s < p.s0 + p.ns) {
+        v = tw_src[(kc * p.nr + r - p.r0) * p.ns + s - p.s0];
+    }
+    tw_dst[j] = v;
 }

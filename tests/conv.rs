@@ -436,6 +436,64 @@ fn autotune_times_each_shape_and_pass_once() {
     assert_eq!(gpu.tuned_convs().len(), tuned.len());
 }
 
+#[test]
+fn small_inputs_run_only_the_taps_that_reach_them() {
+    let gpu = gpu();
+    // (case, taps the GEMMs run): a 3x3 kernel on 1x1 maps reaches them with its centre tap
+    // only (ResNet-18's layer4 on 32x32 images), and a 3x3 stride-2 kernel on 2x2 maps with
+    // its last two rows and columns; a map one pixel high but four wide would need another
+    // padding per axis, and an output that reads only padding has no tap to keep: both run the
+    // whole kernel. Every pass against the CPU reference, with each tile.
+    let cases = [
+        (case([3, 8, 1, 1], 6, 3, 3, 1, 1, true), (1, 1)),
+        (case([2, 8, 2, 2], 70, 3, 3, 2, 1, false), (2, 2)),
+        (case([2, 5, 3, 3], 4, 5, 5, 1, 2, true), (5, 5)),
+        (case([1, 4, 1, 4], 3, 3, 3, 1, 1, false), (3, 3)),
+        (case([1, 2, 1, 1], 3, 3, 3, 5, 3, true), (3, 3)),
+    ];
+    for (i, (c, taps)) in cases.iter().enumerate() {
+        assert_eq!(
+            ops::conv2d_taps(c.x, c.w, c.stride, c.pad).unwrap(),
+            *taps,
+            "{c:?}"
+        );
+        check_random(&gpu, c, 900 + 10 * i as u64);
+        for tile in ConvTile::ALL {
+            check_random_tiled(&gpu, c, 950 + 10 * i as u64, Some(tile));
+        }
+    }
+    // Inference's fused kernels take the same window.
+    let c = &cases[0].0;
+    let xv = random_vec(c.x.iter().product(), 1);
+    let wv = random_vec(c.w.iter().product(), 2);
+    let bnv = random_bn(c.w[0], 3);
+    let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
+    let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
+    let bn_t: Vec<Tensor> = bnv
+        .iter()
+        .map(|v| Tensor::from_slice(&gpu, &[c.w[0]], v).unwrap())
+        .collect();
+    let bn = ops::EvalBatchNorm {
+        gamma: &bn_t[0],
+        beta: &bn_t[1],
+        running_mean: &bn_t[2],
+        running_var: &bn_t[3],
+        eps: 1e-5,
+    };
+    let bn_ref = [&bnv[0][..], &bnv[1][..], &bnv[2][..], &bnv[3][..]];
+    let (ye, _) = reference::conv2d_bn_eval(
+        &xv, c.x, &wv, c.w, c.stride, c.pad, bn_ref, 1e-5, None, true,
+    );
+    let y = ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, None, true).unwrap();
+    assert_close(
+        &y.to_vec().unwrap(),
+        &ye,
+        RTOL,
+        2e-4,
+        "fused eval conv on 1x1 maps",
+    );
+}
+
 /// Random eval-mode batch-norm parameters for `k` channels: gamma, beta, running mean and a
 /// running variance in [0.5, 1.5].
 fn random_bn(k: usize, seed: u64) -> [Vec<f32>; 4] {
