@@ -185,7 +185,9 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
     };
     // Ragged edges against the 64 x 64 tile, several 32-deep chunks, a strided conv with four
     // input-gradient phases, 1x1 and 7x7 kernels, split-K weight gradients, a split-K forward
-    // (few output tiles), and gradients of 1e-6, which f16 alone would flush to subnormals.
+    // (few output tiles), gradients of 1e-6, which f16 alone would flush to subnormals,
+    // split-K input gradients (one phase; four phases with 4, 2, 2 and 1 taps) and a 3x3
+    // kernel on 1x1 maps, which runs on its centre tap.
     let cases = [
         case([2, 19, 13, 11], [131, 19, 3, 3], 1, 1, 1.0),
         case([1, 21, 17, 15], [70, 21, 3, 3], 2, 1, 1.0),
@@ -193,7 +195,18 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
         case([1, 3, 23, 21], [66, 3, 7, 7], 2, 3, 1.0),
         case([1, 64, 5, 5], [20, 64, 3, 3], 1, 1, 1.0),
         case([2, 16, 12, 12], [32, 16, 3, 3], 1, 1, 1e-6),
+        case([2, 64, 4, 4], [64, 64, 3, 3], 1, 1, 1.0),
+        case([2, 16, 5, 5], [136, 16, 3, 3], 2, 1, 1.0),
+        case([3, 8, 1, 1], [6, 8, 3, 3], 1, 1, 1.0),
     ];
+    for c in &cases[6..8] {
+        let splits = ops::conv2d_input_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
+        assert!(splits > 1, "{:?}: expected a split input gradient", c.x);
+    }
+    assert_eq!(
+        ops::conv2d_taps(cases[8].x, cases[8].w, 1, 1).unwrap(),
+        (1, 1)
+    );
     for (i, c) in cases.iter().enumerate() {
         check(&gpu, c, 900 + 10 * i as u64);
     }
