@@ -75,7 +75,7 @@ struct Args {
     #[arg(long)]
     json: Option<std::path::PathBuf>,
     /// The conv tiles `--what tiles` compares, comma-separated (f32 engine).
-    #[arg(long, default_value = "64x64,128x64,64x128,128x128")]
+    #[arg(long, default_value = "64x64,128x64,64x128,128x128,32x128")]
     tiles: String,
     /// With `--what tiles`: also time the library's plan on a second device whose kernels are
     /// compiled with wgpu's runtime checks (`GpuOptions::shader_checks`), beside the rest.
@@ -878,8 +878,9 @@ struct TunedRow {
     model: String,
     /// The tile tuning chose.
     tuned: String,
-    /// Wall milliseconds per run with each tile (64x64, 128x64, 64x128, 128x128).
-    millis: [f64; 4],
+    /// Wall milliseconds per run with each tile, in the order of `ConvTile::ALL` (64x64,
+    /// 128x64, 64x128, 128x128, 32x128).
+    millis: Vec<f64>,
 }
 
 fn tile_name(t: ConvTile) -> String {
@@ -896,9 +897,19 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
          per run with each tile)",
         tuned.len()
     );
+    let names: Vec<String> = ConvTile::ALL
+        .iter()
+        .map(|&t| format!("{:>9}", tile_name(t)))
+        .collect();
     println!(
-        "{:<11} {:>20} {:>20} {:>4} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
-        "pass", "x", "w", "s/p", "model", "tuned", "64x64", "128x64", "64x128", "128x128"
+        "{:<11} {:>20} {:>20} {:>4} {:>7} {:>7} {}",
+        "pass",
+        "x",
+        "w",
+        "s/p",
+        "model",
+        "tuned",
+        names.join(" ")
     );
     let rows: Vec<TunedRow> = tuned
         .iter()
@@ -910,7 +921,7 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
             padding: t.key.padding,
             model: tile_name(t.model),
             tuned: tile_name(t.tile),
-            millis: t.millis,
+            millis: t.millis.to_vec(),
         })
         .collect();
     for r in &rows {
@@ -958,7 +969,7 @@ fn main() -> Result<()> {
         .map(|t| {
             ConvTile::parse(t).ok_or_else(|| {
                 Error::Invalid(format!(
-                    "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128 or 128x128)"
+                    "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128, 128x128 or 32x128)"
                 ))
             })
         })

@@ -36,21 +36,24 @@
 //                         The operations and their order are those of the separate kernels
 //                         (batchnorm.wgsl normalize, elementwise.wgsl add / add_relu).
 //
-// Tiling (all GEMM entry points): a workgroup of 256 threads (16 x 16) computes a BM x BN output
-// tile, looping over the reduction in BK-deep chunks. The tile is a compile-time variant: the host
-// prepends `const TM`, `const TN` (the per-thread micro-tile, multiples of 4) and `const BK` to
-// this file (src/ops/conv.rs, `ConvTile`), giving BM = 16 TM and BN = 16 TN: 64x64 (4x4, BK 16),
-// 128x64, 64x128 (BK 16) and 128x128 (8x8, BK 8). Between those constants and this file comes
-// the multiply engine: conv_fma.wgsl (exact f32 fused multiply-adds, each thread its micro-tile)
-// or conv_mma.wgsl (operands rounded to f16, cooperative-matrix multiplies by subgroups, f32
-// accumulation; 64x64, BK 32), which stage the chunks (put_a, put_b), multiply them, and leave
-// each thread's micro-tile in `acc` for the epilogues here. Each chunk stages a [BK, BM] slice of the A
-// operand and a [BK, BN] slice of B in workgroup memory (rows padded by one vec4 against bank
-// conflicts), loaded from global memory one chunk ahead into registers so that the loads of chunk
-// t+1 overlap the arithmetic on chunk t. Thread (tx, ty) = (tid % 16, tid / 16) owns rows
-// 64 u + 4 ty + e (u < TM / 4, e < 4) and columns 64 v + 4 tx + e (v < TN / 4) of the tile, so its
-// workgroup-memory reads are whole vec4s and a warp's reads of B are consecutive. Out-of-range
-// rows, columns and reduction indices load zeros and store nothing, so any shape works.
+// Tiling (all GEMM entry points): a workgroup of 256 threads (TX columns x TY = 256 / TX rows)
+// computes a BM x BN output tile, looping over the reduction in BK-deep chunks. The tile is a
+// compile-time variant: the host prepends `const TM`, `const TN` (the per-thread micro-tile,
+// multiples of 4), `const BK` and `const TX` to this file (src/ops/conv.rs, `ConvTile`), giving
+// BM = TY TM and BN = TX TN: with 16 x 16 threads 64x64 (4x4, BK 16), 128x64, 64x128 (BK 16) and
+// 128x128 (8x8, BK 8); with 32 x 8 threads 32x128 (4x4, BK 16), for GEMMs of 32 rows or fewer
+// (narrow layers), which the 64-row tiles would half waste. Between those constants and this file
+// comes the multiply engine: conv_fma.wgsl (exact f32 fused multiply-adds, each thread its
+// micro-tile) or conv_mma.wgsl (operands rounded to f16, cooperative-matrix multiplies by
+// subgroups, f32 accumulation; 64x64, BK 32, TX 16), which stage the chunks (put_a, put_b),
+// multiply them, and leave each thread's micro-tile in `acc` for the epilogues here. Each chunk
+// stages a [BK, BM] slice of the A operand and a [BK, BN] slice of B in workgroup memory (rows
+// padded by one vec4 against bank conflicts), loaded from global memory one chunk ahead into
+// registers so that the loads of chunk t+1 overlap the arithmetic on chunk t. Thread (tx, ty) =
+// (tid % TX, tid / TX) owns rows 4 TY u + 4 ty + e (u < TM / 4, e < 4) and columns 4 TX v + 4 tx
+// + e (v < TN / 4) of the tile, so its workgroup-memory reads are whole vec4s and a warp's reads
+// of B are consecutive. Out-of-range rows, columns and reduction indices load zeros and store
+// nothing, so any shape works.
 //
 // Geometry the loaders divide by is pipeline-overridable (KH, KW: the kernel size; NR, NS: the
 // input gradient's taps per phase), so those divisions compile to multiplies; the remaining
@@ -132,24 +135,26 @@ override KW: u32 = 3u;
 override NR: u32 = 3u;
 override NS: u32 = 3u;
 
-const BM: u32 = 16u * TM;
-const BN: u32 = 16u * TN;
+const TY: u32 = 256u / TX;          // thread rows (TX thread columns)
+const BM: u32 = TY * TM;
+const BN: u32 = TX * TN;
 const VM: u32 = TM / 4u;            // vec4 row groups per thread (1 or 2)
 const VN: u32 = TN / 4u;            // vec4 column groups per thread (1 or 2)
-const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk (4 or 8)
+const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk (2, 4 or 8)
 const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk (4 or 8)
 
 // Private arrays are only ever indexed by constants, never by loop counters: drivers keep such
 // arrays in registers, while one run-time index can demote a whole array to slow local memory.
 // Hence the spelled-out sequences below; branches on TM, VN, LA, LB are compile-time constant.
-// acc[i * VN + v] holds C[tile_row(i, ty), 64 v + 4 tx .. 64 v + 4 tx + 3] (16 = the largest TM * VN).
+// acc[i * VN + v] holds C[tile_row(i, ty), 4 TX v + 4 tx .. 4 TX v + 4 tx + 3] (16 = the largest
+// TM * VN).
 var<private> acc: array<vec4<f32>, 16>;
 var<private> ra: array<f32, 8>;  // staged A values of the next chunk (LA used)
 var<private> rb: array<f32, 8>;  // staged B values of the next chunk (LB used)
 
 // Tile row of micro-tile row `i` of thread row `t`.
 fn tile_row(i: u32, t: u32) -> u32 {
-    return 64u * (i / 4u) + 4u * t + i % 4u;
+    return 4u * TY * (i / 4u) + 4u * t + i % 4u;
 }
 
 // Staging layouts. A "k-fast" operand is loaded with kk = tid % BK and row/column
@@ -162,8 +167,10 @@ fn store_a_kfast(tid: u32) {
     let kk = tid % BK;
     put_a(kk, kfast_row(tid, 0u), ra[0]);
     put_a(kk, kfast_row(tid, 1u), ra[1]);
-    put_a(kk, kfast_row(tid, 2u), ra[2]);
-    put_a(kk, kfast_row(tid, 3u), ra[3]);
+    if (LA >= 4u) {
+        put_a(kk, kfast_row(tid, 2u), ra[2]);
+        put_a(kk, kfast_row(tid, 3u), ra[3]);
+    }
     if (LA == 8u) {
         put_a(kk, kfast_row(tid, 4u), ra[4]);
         put_a(kk, kfast_row(tid, 5u), ra[5]);
@@ -255,8 +262,10 @@ fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i
     let ka = k0 + tid % BK;
     ra[0] = fw_a(m0 + kfast_row(tid, 0u), ka, end);
     ra[1] = fw_a(m0 + kfast_row(tid, 1u), ka, end);
-    ra[2] = fw_a(m0 + kfast_row(tid, 2u), ka, end);
-    ra[3] = fw_a(m0 + kfast_row(tid, 3u), ka, end);
+    if (LA >= 4u) {
+        ra[2] = fw_a(m0 + kfast_row(tid, 2u), ka, end);
+        ra[3] = fw_a(m0 + kfast_row(tid, 3u), ka, end);
+    }
     if (LA == 8u) {
         ra[4] = fw_a(m0 + kfast_row(tid, 4u), ka, end);
         ra[5] = fw_a(m0 + kfast_row(tid, 5u), ka, end);
@@ -297,16 +306,16 @@ fn fw_row(m: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
     fw_put(m, n + 2u, v0.z + bias);
     fw_put(m, n + 3u, v0.w + bias);
     if (VN == 2u) {
-        fw_put(m, n + 64u, v1.x + bias);
-        fw_put(m, n + 65u, v1.y + bias);
-        fw_put(m, n + 66u, v1.z + bias);
-        fw_put(m, n + 67u, v1.w + bias);
+        fw_put(m, n + 4u * TX, v1.x + bias);
+        fw_put(m, n + 4u * TX + 1u, v1.y + bias);
+        fw_put(m, n + 4u * TX + 2u, v1.z + bias);
+        fw_put(m, n + 4u * TX + 3u, v1.w + bias);
     }
 }
 
 fn fw_emit(tid: u32, m0: u32, n0: u32) {
-    let ty = tid / 16u;
-    let n = n0 + 4u * (tid % 16u);
+    let ty = tid / TX;
+    let n = n0 + 4u * (tid % TX);
     fw_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
     fw_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
     fw_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
@@ -450,16 +459,16 @@ fn fb_row(m: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
     fb_put(ch, m, n + 2u, v0.z);
     fb_put(ch, m, n + 3u, v0.w);
     if (VN == 2u) {
-        fb_put(ch, m, n + 64u, v1.x);
-        fb_put(ch, m, n + 65u, v1.y);
-        fb_put(ch, m, n + 66u, v1.z);
-        fb_put(ch, m, n + 67u, v1.w);
+        fb_put(ch, m, n + 4u * TX, v1.x);
+        fb_put(ch, m, n + 4u * TX + 1u, v1.y);
+        fb_put(ch, m, n + 4u * TX + 2u, v1.z);
+        fb_put(ch, m, n + 4u * TX + 3u, v1.w);
     }
 }
 
 fn fb_emit(tid: u32, m0: u32, n0: u32) {
-    let ty = tid / 16u;
-    let n = n0 + 4u * (tid % 16u);
+    let ty = tid / TX;
+    let n = n0 + 4u * (tid % TX);
     fb_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
     fb_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
     fb_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
@@ -532,8 +541,10 @@ fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u
     let inside = ka < end;
     ra[0] = bi_a(m0 + kfast_row(tid, 0u), k, wofs, inside);
     ra[1] = bi_a(m0 + kfast_row(tid, 1u), k, wofs, inside);
-    ra[2] = bi_a(m0 + kfast_row(tid, 2u), k, wofs, inside);
-    ra[3] = bi_a(m0 + kfast_row(tid, 3u), k, wofs, inside);
+    if (LA >= 4u) {
+        ra[2] = bi_a(m0 + kfast_row(tid, 2u), k, wofs, inside);
+        ra[3] = bi_a(m0 + kfast_row(tid, 3u), k, wofs, inside);
+    }
     if (LA == 8u) {
         ra[4] = bi_a(m0 + kfast_row(tid, 4u), k, wofs, inside);
         ra[5] = bi_a(m0 + kfast_row(tid, 5u), k, wofs, inside);
@@ -570,16 +581,16 @@ fn bi_row(c: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
     bi_put(c, n + 2u, v0.z);
     bi_put(c, n + 3u, v0.w);
     if (VN == 2u) {
-        bi_put(c, n + 64u, v1.x);
-        bi_put(c, n + 65u, v1.y);
-        bi_put(c, n + 66u, v1.z);
-        bi_put(c, n + 67u, v1.w);
+        bi_put(c, n + 4u * TX, v1.x);
+        bi_put(c, n + 4u * TX + 1u, v1.y);
+        bi_put(c, n + 4u * TX + 2u, v1.z);
+        bi_put(c, n + 4u * TX + 3u, v1.w);
     }
 }
 
 fn bi_emit(tid: u32, m0: u32, n0: u32) {
-    let ty = tid / 16u;
-    let n = n0 + 4u * (tid % 16u);
+    let ty = tid / TX;
+    let n = n0 + 4u * (tid % TX);
     bi_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
     bi_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
     bi_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
@@ -668,8 +679,10 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     let gbase = img * p.out_c * ohw + pix;
     ra[0] = bw_a(m0 + kfast_row(tid, 0u), gbase, inside);
     ra[1] = bw_a(m0 + kfast_row(tid, 1u), gbase, inside);
-    ra[2] = bw_a(m0 + kfast_row(tid, 2u), gbase, inside);
-    ra[3] = bw_a(m0 + kfast_row(tid, 3u), gbase, inside);
+    if (LA >= 4u) {
+        ra[2] = bw_a(m0 + kfast_row(tid, 2u), gbase, inside);
+        ra[3] = bw_a(m0 + kfast_row(tid, 3u), gbase, inside);
+    }
     if (LA == 8u) {
         ra[4] = bw_a(m0 + kfast_row(tid, 4u), gbase, inside);
         ra[5] = bw_a(m0 + kfast_row(tid, 5u), gbase, inside);
@@ -704,16 +717,16 @@ fn bw_row(k: u32, j: u32, v0: vec4<f32>, v1: vec4<f32>) {
     bw_put(k, j + 2u, v0.z);
     bw_put(k, j + 3u, v0.w);
     if (VN == 2u) {
-        bw_put(k, j + 64u, v1.x);
-        bw_put(k, j + 65u, v1.y);
-        bw_put(k, j + 66u, v1.z);
-        bw_put(k, j + 67u, v1.w);
+        bw_put(k, j + 4u * TX, v1.x);
+        bw_put(k, j + 4u * TX + 1u, v1.y);
+        bw_put(k, j + 4u * TX + 2u, v1.z);
+        bw_put(k, j + 4u * TX + 3u, v1.w);
     }
 }
 
 fn bw_emit(tid: u32, m0: u32, n0: u32) {
-    let ty = tid / 16u;
-    let j = n0 + 4u * (tid % 16u);
+    let ty = tid / TX;
+    let j = n0 + 4u * (tid % TX);
     bw_row(m0 + tile_row(0u, ty), j, acc[0u * VN], acc[0u * VN + 1u]);
     bw_row(m0 + tile_row(1u, ty), j, acc[1u * VN], acc[1u * VN + 1u]);
     bw_row(m0 + tile_row(2u, ty), j, acc[2u * VN], acc[2u * VN + 1u]);

@@ -1,15 +1,15 @@
 // The f32 multiply engine of the conv kernels (conv.wgsl): exact f32 fused multiply-adds into
 // each thread's register micro-tile. The host compiles conv.wgsl as: the tile constants (TM, TN,
-// BK), then this file, then conv.wgsl; conv_mma.wgsl is the f16 tensor-core alternative with the
-// same interface:
+// BK, TX), then this file, then conv.wgsl; conv_mma.wgsl is the f16 tensor-core alternative
+// with the same interface:
 //   engine_begin()       zero the accumulators (at a kernel's start)
 //   put_a(kk, m, v)      stage A[kk, m] of the current chunk in workgroup memory
 //   put_b(kk, n, v)      stage B[kk, n]
 //   multiply(tid)        accumulate the staged BK-deep chunk (between the body's barriers)
 //   engine_end(tid)      leave thread tid's micro-tile of C in `acc` (conv.wgsl's layout)
 //
-// Math: acc[i * VN + v][e] += A[kk, tile_row(i, ty)] * B[kk, 64 v + 4 tx + e] for every kk of the
-// chunk, with (tx, ty) = (tid % 16, tid / 16). No bindings of its own; no dispatch of its own.
+// Math: acc[i * VN + v][e] += A[kk, tile_row(i, ty)] * B[kk, 4 TX v + 4 tx + e] for every kk of
+// the chunk, with (tx, ty) = (tid % TX, tid / TX). No bindings of its own; no dispatch of its own.
 
 const RA: u32 = BM / 4u + 1u;       // row stride of a_tile in vec4s (one vec4 of padding)
 const RB: u32 = BN / 4u + 1u;
@@ -23,8 +23,8 @@ fn put_b(kk: u32, n: u32, v: f32) { b_tile[kk * RB + n / 4u][n % 4u] = v; }
 // Accumulate the staged chunk into the micro-tile: TM * TN fused multiply-adds per kk from
 // VM + VN vec4 reads of workgroup memory.
 fn multiply(tid: u32) {
-    let tx = tid % 16u;
-    let ty = tid / 16u;
+    let tx = tid % TX;
+    let ty = tid / TX;
     for (var kk = 0u; kk < BK; kk++) {
         let a0 = a_tile[kk * RA + ty];
         let b0 = b_tile[kk * RB + tx];
@@ -33,13 +33,13 @@ fn multiply(tid: u32) {
         acc[2u * VN] = fma(vec4<f32>(a0.z), b0, acc[2u * VN]);
         acc[3u * VN] = fma(vec4<f32>(a0.w), b0, acc[3u * VN]);
         if (VN == 2u) {
-            let b1 = b_tile[kk * RB + tx + 16u];
+            let b1 = b_tile[kk * RB + tx + TX];
             acc[0u * VN + 1u] = fma(vec4<f32>(a0.x), b1, acc[0u * VN + 1u]);
             acc[1u * VN + 1u] = fma(vec4<f32>(a0.y), b1, acc[1u * VN + 1u]);
             acc[2u * VN + 1u] = fma(vec4<f32>(a0.z), b1, acc[2u * VN + 1u]);
             acc[3u * VN + 1u] = fma(vec4<f32>(a0.w), b1, acc[3u * VN + 1u]);
             if (VM == 2u) {
-                let a1 = a_tile[kk * RA + ty + 16u];
+                let a1 = a_tile[kk * RA + ty + TY];
                 acc[4u * VN + 1u] = fma(vec4<f32>(a1.x), b1, acc[4u * VN + 1u]);
                 acc[5u * VN + 1u] = fma(vec4<f32>(a1.y), b1, acc[5u * VN + 1u]);
                 acc[6u * VN + 1u] = fma(vec4<f32>(a1.z), b1, acc[6u * VN + 1u]);
@@ -47,7 +47,7 @@ fn multiply(tid: u32) {
             }
         }
         if (VM == 2u) {
-            let a1 = a_tile[kk * RA + ty + 16u];
+            let a1 = a_tile[kk * RA + ty + TY];
             acc[4u * VN] = fma(vec4<f32>(a1.x), b0, acc[4u * VN]);
             acc[5u * VN] = fma(vec4<f32>(a1.y), b0, acc[5u * VN]);
             acc[6u * VN] = fma(vec4<f32>(a1.z), b0, acc[6u * VN]);

@@ -668,11 +668,17 @@ fn tile_choice_fits_the_gemm() {
     assert_eq!(gpu.choose(64, 400_000, 1), ConvTile::T64x128);
     assert_eq!(gpu.choose(3, 4096, 1), ConvTile::T64x64);
     assert_eq!(gpu.choose(512, 6272, 1), ConvTile::T64x64);
+    // Narrow GEMMs (32 channels or fewer) take the 32-row tile, which wastes none or less.
+    assert_eq!(gpu.choose(32, 100_000, 1), ConvTile::T32x128);
+    assert_eq!(gpu.choose(8, 100_000, 1), ConvTile::T32x128);
+    assert_eq!(gpu.choose(48, 100_000, 1), ConvTile::T64x128);
     // CPUs: a few workgroups fill the device, so the fastest tile wins unless it is mostly waste.
     let cpu = TileModel::CPU;
     assert_eq!(cpu.choose(512, 6272, 1), ConvTile::T128x128);
     assert_eq!(cpu.choose(64, 400_000, 1), ConvTile::T64x128);
+    assert_eq!(cpu.choose(32, 400_000, 1), ConvTile::T32x128);
     assert_eq!(ConvTile::parse("128x64"), Some(ConvTile::T128x64));
+    assert_eq!(ConvTile::parse("32x128"), Some(ConvTile::T32x128));
     assert_eq!(ConvTile::parse("96x96"), None);
 }
 

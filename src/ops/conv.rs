@@ -7,7 +7,7 @@
 //! (split-K) whose partial results a second small kernel sums; the forward pass does the same
 //! when its output alone cannot fill the device (small batches).
 //!
-//! Each GEMM runs in one of four tile variants ([`ConvTile`]); a [`TileModel`] for the adapter
+//! Each GEMM runs in one of five tile variants ([`ConvTile`]); a [`TileModel`] for the adapter
 //! picks the tile and the split-K plan per shape.
 
 use super::tune::{self, ConvKey, ConvPass};
@@ -66,6 +66,24 @@ struct Kernels {
     backward_weight: Kernel,
 }
 
+/// The declarations conv.wgsl's f32 tile variants start with: a TM x TN micro-tile per thread,
+/// reduction chunks of BK, TX threads along the tile's columns (256 / TX along its rows).
+macro_rules! f32_tile {
+    ($tm:literal, $tn:literal, $bk:literal, $tx:literal) => {
+        concat!(
+            "const TM: u32 = ",
+            $tm,
+            "u;\nconst TN: u32 = ",
+            $tn,
+            "u;\nconst BK: u32 = ",
+            $bk,
+            "u;\nconst TX: u32 = ",
+            $tx,
+            "u;\n"
+        )
+    };
+}
+
 macro_rules! conv_kernels {
     ($variant:expr, $engine:literal) => {
         Kernels {
@@ -77,52 +95,41 @@ macro_rules! conv_kernels {
     };
 }
 
-const T64X64: Kernels = conv_kernels!(
-    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
-    "conv_fma.wgsl"
-);
-const T128X64: Kernels = conv_kernels!(
-    "const TM: u32 = 8u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
-    "conv_fma.wgsl"
-);
-const T64X128: Kernels = conv_kernels!(
-    "const TM: u32 = 4u;\nconst TN: u32 = 8u;\nconst BK: u32 = 16u;\n",
-    "conv_fma.wgsl"
-);
-const T128X128: Kernels = conv_kernels!(
-    "const TM: u32 = 8u;\nconst TN: u32 = 8u;\nconst BK: u32 = 8u;\n",
-    "conv_fma.wgsl"
-);
+const T64X64: Kernels = conv_kernels!(f32_tile!(4, 4, 16, 16), "conv_fma.wgsl");
+const T128X64: Kernels = conv_kernels!(f32_tile!(8, 4, 16, 16), "conv_fma.wgsl");
+const T64X128: Kernels = conv_kernels!(f32_tile!(4, 8, 16, 16), "conv_fma.wgsl");
+const T128X128: Kernels = conv_kernels!(f32_tile!(8, 8, 8, 16), "conv_fma.wgsl");
+const T32X128: Kernels = conv_kernels!(f32_tile!(4, 4, 16, 32), "conv_fma.wgsl");
 const REDUCE_SPLITS: Kernel = kernel!(
     "conv.wgsl",
     "conv_reduce_splits",
-    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    f32_tile!(4, 4, 16, 16),
     "conv_fma.wgsl"
 );
 const FORWARD_REDUCE: Kernel = kernel!(
     "conv.wgsl",
     "conv_forward_reduce",
-    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    f32_tile!(4, 4, 16, 16),
     "conv_fma.wgsl"
 );
 
 const TAPS_CROP: Kernel = kernel!(
     "conv.wgsl",
     "conv_taps_crop",
-    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    f32_tile!(4, 4, 16, 16),
     "conv_fma.wgsl"
 );
 const TAPS_EXPAND: Kernel = kernel!(
     "conv.wgsl",
     "conv_taps_expand",
-    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    f32_tile!(4, 4, 16, 16),
     "conv_fma.wgsl"
 );
 
 const FORWARD_REDUCE_BN: Kernel = kernel!(
     "conv.wgsl",
     "conv_forward_reduce_bn",
-    "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 16u;\n",
+    f32_tile!(4, 4, 16, 16),
     "conv_fma.wgsl"
 );
 
@@ -132,7 +139,7 @@ macro_rules! mma_variant {
     ($f:literal, $sg:literal) => {
         concat!(
             "enable f16;\nenable wgpu_cooperative_matrix;\n",
-            "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 32u;\n",
+            "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 32u;\nconst TX: u32 = 16u;\n",
             "const F: u32 = ",
             $f,
             "u;\nconst SG: u32 = ",
@@ -282,11 +289,12 @@ impl Engine {
 /// Each conv variant's prepended WGSL declarations and its engine file under `shaders/` (for the
 /// shader tests, which compile `variant + engine + conv.wgsl`).
 #[doc(hidden)]
-pub const CONV_SHADER_VARIANTS: [(&str, &str); 6] = [
+pub const CONV_SHADER_VARIANTS: [(&str, &str); 7] = [
     (T64X64.forward.variant, T64X64.forward.engine),
     (T128X64.forward.variant, T128X64.forward.engine),
     (T64X128.forward.variant, T64X128.forward.engine),
     (T128X128.forward.variant, T128X128.forward.engine),
+    (T32X128.forward.variant, T32X128.forward.engine),
     (MMA_F16_SG32.forward.variant, MMA_F16_SG32.forward.engine),
     (MMA_F8_SG8.forward.variant, MMA_F8_SG8.forward.engine),
 ];
@@ -306,6 +314,9 @@ pub enum ConvTile {
     T64x128,
     /// 128 x 128, 8 x 8 per thread, chunk 8.
     T128x128,
+    /// 32 x 128, 4 x 4 per thread (threads 32 columns by 8 rows), chunk 16: GEMMs of 32 rows
+    /// or fewer (narrow layers' channels), which 64-row tiles would at least half waste.
+    T32x128,
 }
 
 /// How the conv tiles trade off on one kind of adapter: their relative rates on full tiles
@@ -314,7 +325,7 @@ pub enum ConvTile {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TileModel {
     /// Relative rate of each tile of [`ConvTile::ALL`], in that order.
-    pub rates: [f64; 4],
+    pub rates: [f64; ConvTile::ALL.len()],
     /// Workgroups that fill the device: fewer leave compute units idle, so smaller tiles or
     /// split reductions pay.
     pub full_grid: usize,
@@ -325,9 +336,11 @@ impl TileModel {
     /// conv shapes at batch 128 (`bench --what convs` with every GEMM forced to each tile by
     /// `RESNET_WGPU_CONV_TILE`; `docs/gpu-runs/run3-convs-*`): 64 x 128 ran at 14-18 TFLOP/s,
     /// 64 x 64 at 15-17, the 128-row tiles (8 rows per thread) at only 7-10. A few workgroups per
-    /// compute unit fill a large GPU.
+    /// compute unit fill a large GPU. The 32 x 128 tile has not run on a GPU yet: its rate is a
+    /// guess below 64 x 64's (the same micro-tile, twice the im2col loads per thread), which
+    /// only matters for GEMMs of 32 rows or fewer, where the 64-row tiles compute half zeros.
     pub const GPU: TileModel = TileModel {
-        rates: [0.9, 0.5, 1.0, 0.5],
+        rates: [0.9, 0.5, 1.0, 0.5, 0.7],
         full_grid: 512,
     };
 
@@ -337,9 +350,10 @@ impl TileModel {
     /// `full_grid` is a 2-core machine's, which [`TileModel::for_gpu`] scales to the
     /// machine's cores ([`TileModel::cpu_with_cores`]). With 16 workgroups to fill, the model
     /// chose 64 x 64 tiles for ResNet-18's late layers at batch 1, and the conv passes ran
-    /// 10-23% slower on 2 cores (`bench --what convs --batch 1`).
+    /// 10-23% slower on 2 cores (`bench --what convs --batch 1`). 32 x 128 ran at 0.75-0.85 of
+    /// 64 x 64's rate on full tiles (`bench --what tiles --batch 2`).
     pub const CPU: TileModel = TileModel {
-        rates: [0.6, 0.65, 0.8, 1.0],
+        rates: [0.6, 0.65, 0.8, 1.0, 0.5],
         full_grid: 4,
     };
 
@@ -414,11 +428,12 @@ const FILL_MIN_CHUNK: usize = 128;
 
 impl ConvTile {
     /// Every tile.
-    pub const ALL: [ConvTile; 4] = [
+    pub const ALL: [ConvTile; 5] = [
         ConvTile::T64x64,
         ConvTile::T128x64,
         ConvTile::T64x128,
         ConvTile::T128x128,
+        ConvTile::T32x128,
     ];
 
     /// (rows, columns, reduction chunk).
@@ -428,6 +443,7 @@ impl ConvTile {
             ConvTile::T128x64 => (128, 64, 16),
             ConvTile::T64x128 => (64, 128, 16),
             ConvTile::T128x128 => (128, 128, 8),
+            ConvTile::T32x128 => (32, 128, 16),
         }
     }
 
@@ -437,10 +453,11 @@ impl ConvTile {
             ConvTile::T128x64 => &T128X64,
             ConvTile::T64x128 => &T64X128,
             ConvTile::T128x128 => &T128X128,
+            ConvTile::T32x128 => &T32X128,
         }
     }
 
-    /// Parse `64x64`, `128x64`, `64x128` or `128x128`.
+    /// Parse `64x64`, `128x64`, `64x128`, `128x128` or `32x128`.
     pub fn parse(s: &str) -> Option<ConvTile> {
         ConvTile::ALL.into_iter().find(|t| {
             let (m, n, _) = t.dims();
@@ -456,7 +473,7 @@ pub(crate) fn forced_tile() -> Option<ConvTile> {
         let t = ConvTile::parse(&v);
         if t.is_none() {
             eprintln!(
-                "warning: RESNET_WGPU_CONV_TILE={v:?} is not one of 64x64, 128x64, 64x128, 128x128; ignored"
+                "warning: RESNET_WGPU_CONV_TILE={v:?} is not one of 64x64, 128x64, 64x128, 128x128, 32x128; ignored"
             );
         }
         t

@@ -57,7 +57,7 @@ pub struct TunedConv {
     /// The tile the adapter's [`TileModel`](super::TileModel) would have used.
     pub model: ConvTile,
     /// Wall milliseconds per run of the pass with each tile of [`ConvTile::ALL`], in order.
-    pub millis: [f64; 4],
+    pub millis: [f64; ConvTile::ALL.len()],
 }
 
 /// Timed repeats aim at this many seconds per tile...
@@ -86,7 +86,10 @@ pub(crate) fn tuned_tile(
 
 /// Wall milliseconds per run of `trial` with each tile of [`ConvTile::ALL`].
 #[cfg(not(target_arch = "wasm32"))]
-fn time_tiles(gpu: &Gpu, mut trial: impl FnMut(ConvTile) -> Result<()>) -> Result<[f64; 4]> {
+fn time_tiles(
+    gpu: &Gpu,
+    mut trial: impl FnMut(ConvTile) -> Result<()>,
+) -> Result<[f64; ConvTile::ALL.len()]> {
     use std::time::Instant;
     let mut timed = |tile: ConvTile, repeats: usize| -> Result<f64> {
         gpu.synchronize()?;
@@ -97,7 +100,7 @@ fn time_tiles(gpu: &Gpu, mut trial: impl FnMut(ConvTile) -> Result<()>) -> Resul
         gpu.synchronize()?;
         Ok(start.elapsed().as_secs_f64() / repeats as f64)
     };
-    let mut millis = [0.0; 4];
+    let mut millis = [0.0; ConvTile::ALL.len()];
     for (i, tile) in ConvTile::ALL.into_iter().enumerate() {
         timed(tile, 1)?; // compiles the pipelines
         let estimate = timed(tile, 1)?;
@@ -108,11 +111,11 @@ fn time_tiles(gpu: &Gpu, mut trial: impl FnMut(ConvTile) -> Result<()>) -> Resul
 }
 
 /// The model's tile unless another is at least [`MARGIN`] faster, then the fastest.
-fn choose(key: ConvKey, model: ConvTile, millis: [f64; 4]) -> TunedConv {
+fn choose(key: ConvKey, model: ConvTile, millis: [f64; ConvTile::ALL.len()]) -> TunedConv {
     let index = |t: ConvTile| ConvTile::ALL.iter().position(|&a| a == t).expect("a tile");
-    let best = (0..4)
+    let best = (0..millis.len())
         .min_by(|&a, &b| millis[a].total_cmp(&millis[b]))
-        .expect("four tiles");
+        .expect("tiles");
     let tile = if millis[best] < (1.0 - MARGIN) * millis[index(model)] {
         ConvTile::ALL[best]
     } else {
@@ -127,7 +130,10 @@ fn choose(key: ConvKey, model: ConvTile, millis: [f64; 4]) -> TunedConv {
 }
 
 #[cfg(target_arch = "wasm32")]
-fn time_tiles(_gpu: &Gpu, _trial: impl FnMut(ConvTile) -> Result<()>) -> Result<[f64; 4]> {
+fn time_tiles(
+    _gpu: &Gpu,
+    _trial: impl FnMut(ConvTile) -> Result<()>,
+) -> Result<[f64; ConvTile::ALL.len()]> {
     Err(Error::Invalid(
         "conv autotuning is not available on the web (it waits on the GPU)".into(),
     ))
@@ -194,14 +200,14 @@ mod tests {
     #[test]
     fn keeps_the_model_tile_within_the_margin() {
         // 64x128 is the model's; 128x128 is 2% faster: noise, not a reason to switch.
-        let t = choose(key(), ConvTile::T64x128, [2.0, 3.0, 1.0, 0.98]);
+        let t = choose(key(), ConvTile::T64x128, [2.0, 3.0, 1.0, 0.98, 4.0]);
         assert_eq!(t.tile, ConvTile::T64x128);
         // 5% faster: switch.
-        let t = choose(key(), ConvTile::T64x128, [2.0, 3.0, 1.0, 0.95]);
+        let t = choose(key(), ConvTile::T64x128, [2.0, 3.0, 1.0, 0.95, 4.0]);
         assert_eq!(t.tile, ConvTile::T128x128);
         assert_eq!(t.model, ConvTile::T64x128);
         // The fastest, not the first faster one.
-        let t = choose(key(), ConvTile::T128x128, [0.5, 0.4, 0.9, 1.0]);
+        let t = choose(key(), ConvTile::T128x128, [0.5, 0.4, 0.9, 1.0, 0.6]);
         assert_eq!(t.tile, ConvTile::T128x64);
     }
 }
