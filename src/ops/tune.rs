@@ -2,9 +2,9 @@
 //! pass times every f32 tile ([`ConvTile::ALL`], each with its own split-K plan) on the device
 //! and keeps the fastest for every later call, as cuDNN's benchmark mode does. The default plan
 //! comes from a [`TileModel`](super::TileModel), measured on one GPU (an H100) and one CPU
-//! adapter; tuning fits the plan to whatever adapter runs it, at the cost of a few runs of each
-//! pass per shape at the start (about a dozen ResNet-18 training steps' worth of convolution
-//! work; a CPU adapter pays minutes).
+//! adapter; tuning fits the plan to whatever adapter runs it, at the cost of three or more runs
+//! of each pass per shape and tile at the start (for ResNet-18, about twenty training steps'
+//! worth of convolution work; 26 s at batch 1 on lavapipe with 2 cores and four tiles).
 //!
 //! Timing is wall-clock around [`Gpu::synchronize`]: a first run compiles the pipelines, a
 //! second estimates the time, and enough repeats to fill [`TARGET_SECS`] (at most
