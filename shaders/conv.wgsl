@@ -65,10 +65,10 @@
 //     y = ceil(M / BM) row tiles. conv_forward and conv_backward_input with splits > 1:
 //     x = column tiles, z = splits.
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
-//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn / conv_taps_crop /
-//     conv_taps_expand: one thread per element written (gw, gx / y / the cropped or expanded
-//     weights), 256 per workgroup, linear index (wg.x + wg.y * num_workgroups.x) * 256 + local
-//     index.
+//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn: one thread per element
+//     written (gw, gx / y), 256 per workgroup, linear index (wg.x + wg.y * num_workgroups.x) *
+//     256 + local index. conv_taps_crop / conv_taps_expand: the same with one thread per row
+//     (k, c) of the weights.
 //
 // Bindings (group 0): 0 = Params (uniform), then per entry point:
 //   conv_forward:         1 = x [N,C,H,W] (read), 2 = w [K,C,R,S] (read), 3 = b [K] (read; any
@@ -779,22 +779,26 @@ fn conv_reduce_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
 // output size. The host crops the weights to the window for the forward pass and the input
 // gradient and expands the weight gradient back, with zeros at the other taps (checked through
 // the conv passes against the CPU reference). Params: p.kh, p.kw the kernel; p.r0, p.s0 the
-// window's first tap and p.nr, p.ns its size; p.reduce_len the elements to write.
+// window's first tap and p.nr, p.ns its size; p.reduce_len the rows K*C.
 
 @group(0) @binding(1) var<storage, read> tw_src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> tw_dst: array<f32>;
 
+// One thread per row kc < K*C (p.reduce_len), which copies that row's taps: no division per
+// element.
 // dst[kc, r, s] = src[kc, r0 + r, s0 + s] (src [K*C, kh, kw], dst [K*C, nr, ns]).
 @compute @workgroup_size(256)
 fn conv_taps_crop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let j = (wg.x + wg.y * nwg.x) * 256u + lid;
-    if (j >= p.reduce_len) { return; }
-    let window = p.nr * p.ns;
-    let kc = j / window;
-    let t = j - kc * window;
-    let r = t / p.ns;
-    tw_dst[j] = tw_src[kc * p.kh * p.kw + (p.r0 + r) * p.kw + p.s0 + t - r * p.ns];
+    let kc = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (kc >= p.reduce_len) { return; }
+    let src = kc * p.kh * p.kw + p.r0 * p.kw + p.s0;
+    let dst = kc * p.nr * p.ns;
+    for (var r = 0u; r < p.nr; r++) {
+        for (var s = 0u; s < p.ns; s++) {
+            tw_dst[dst + r * p.ns + s] = tw_src[src + r * p.kw + s];
+        }
+    }
 }
 
 // dst[kc, r, s] = src[kc, r - r0, s - s0] inside the window, else 0 (src [K*C, nr, ns],
@@ -802,16 +806,17 @@ fn conv_taps_crop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 @compute @workgroup_size(256)
 fn conv_taps_expand(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let j = (wg.x + wg.y * nwg.x) * 256u + lid;
-    if (j >= p.reduce_len) { return; }
-    let taps = p.kh * p.kw;
-    let kc = j / taps;
-    let t = j - kc * taps;
-    let r = t / p.kw;
-    let s = t - r * p.kw;
-    var v = 0.0;
-    if (r >= p.r0 && r < p.r0 + p.nr && s >= p.s0 && s < p.s0 + p.ns) {
-        v = tw_src[(kc * p.nr + r - p.r0) * p.ns + s - p.s0];
+    let kc = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (kc >= p.reduce_len) { return; }
+    let src = kc * p.nr * p.ns;
+    let dst = kc * p.kh * p.kw;
+    for (var r = 0u; r < p.kh; r++) {
+        for (var s = 0u; s < p.kw; s++) {
+            var v = 0.0;
+            if (r >= p.r0 && r < p.r0 + p.nr && s >= p.s0 && s < p.s0 + p.ns) {
+                v = tw_src[src + (r - p.r0) * p.ns + s - p.s0];
+            }
+            tw_dst[dst + r * p.kw + s] = v;
+        }
     }
-    tw_dst[j] = v;
 }

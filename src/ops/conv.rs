@@ -749,8 +749,10 @@ impl Geometry {
         })
     }
 
-    /// Params of the tap-window copies: the kernel, the window, and `len` elements to write.
-    fn window_params(&self, win: TapWindow, len: usize) -> Params {
+    /// Params of the tap-window copies: the kernel, the window, and the K*C rows to copy.
+    fn window_params(&self, win: TapWindow) -> Params {
+        let [k, c, _, _] = self.w;
+        let len = k * c;
         let mut p = self.params(false, 0, 1);
         (p.r0, p.s0) = (win.first as u32, win.first as u32);
         (p.nr, p.ns) = (win.taps.0 as u32, win.taps.1 as u32);
@@ -762,13 +764,12 @@ impl Geometry {
     fn crop_taps(&self, op: &'static str, w: &Tensor, win: TapWindow) -> Result<Tensor> {
         let [k, c, _, _] = self.w;
         let shape = [k, c, win.taps.0, win.taps.1];
-        let len = shape.iter().product::<usize>();
         let out = Tensor::uninit(w.gpu(), &shape, DType::F32, op)?;
         w.gpu().dispatch(
             &TAPS_CROP,
-            &self.window_params(win, len),
+            &self.window_params(win),
             &[w.buffer(), out.buffer()],
-            grid_1d(len.div_ceil(256) as u32),
+            grid_1d((k * c).div_ceil(256) as u32),
         )?;
         Ok(out)
     }
@@ -776,13 +777,13 @@ impl Geometry {
     /// The window's weight gradient `[K, C, nr, ns]` placed in the kernel's `[K, C, R, S]`,
     /// zeros at the taps that reach no input.
     fn expand_taps(&self, op: &'static str, gw: &Tensor, win: TapWindow) -> Result<Tensor> {
-        let len = self.w.iter().product::<usize>();
+        let [k, c, _, _] = self.w;
         let out = Tensor::uninit(gw.gpu(), &self.w, DType::F32, op)?;
         gw.gpu().dispatch(
             &TAPS_EXPAND,
-            &self.window_params(win, len),
+            &self.window_params(win),
             &[gw.buffer(), out.buffer()],
-            grid_1d(len.div_ceil(256) as u32),
+            grid_1d((k * c).div_ceil(256) as u32),
         )?;
         Ok(out)
     }
