@@ -31,7 +31,7 @@ echo "tests took $(( $(date +%s) - t0 )) s"
 # Each bench also writes its figures as JSON beside its text output.
 if [ -n "${TILE_SWEEP:-}" ]; then
   echo "== conv tile sweep"; t0=$(date +%s)
-  timeout 150 $B/bench --what tiles $TILE_SWEEP --json "$OUT/tiles.json" 2>&1 | tee "$OUT/tiles.txt"
+  timeout 200 $B/bench --what tiles $TILE_SWEEP --json "$OUT/tiles.json" 2>&1 | tee "$OUT/tiles.txt"
   echo "tile sweep took $(( $(date +%s) - t0 )) s"
 fi
 echo "== bench"; t0=$(date +%s)
