@@ -112,7 +112,7 @@ impl Gpu {
         pollster::block_on(Self::new_async(GpuOptions::default()))
     }
 
-    /// The default adapter with convolutions in `precision`: for [`ConvPrecision::F16`]
+    /// The default adapter with convolutions in `precision`: for [`ConvPrecision::F16`](super::ConvPrecision::F16)
     /// (`super::ConvPrecision`) the device is opened with [`GpuOptions::tensor_cores`], and an
     /// adapter without usable tensor cores is an error that says why (blocking; native only).
     #[cfg(not(target_arch = "wasm32"))]
