@@ -100,38 +100,26 @@ const T128X64: Kernels = conv_kernels!(f32_tile!(8, 4, 16, 16), "conv_fma.wgsl")
 const T64X128: Kernels = conv_kernels!(f32_tile!(4, 8, 16, 16), "conv_fma.wgsl");
 const T128X128: Kernels = conv_kernels!(f32_tile!(8, 8, 8, 16), "conv_fma.wgsl");
 const T32X128: Kernels = conv_kernels!(f32_tile!(4, 4, 16, 32), "conv_fma.wgsl");
-const REDUCE_SPLITS: Kernel = kernel!(
-    "conv.wgsl",
-    "conv_reduce_splits",
-    f32_tile!(4, 4, 16, 16),
-    "conv_fma.wgsl"
-);
-const FORWARD_REDUCE: Kernel = kernel!(
-    "conv.wgsl",
-    "conv_forward_reduce",
-    f32_tile!(4, 4, 16, 16),
-    "conv_fma.wgsl"
-);
 
-const TAPS_CROP: Kernel = kernel!(
-    "conv.wgsl",
-    "conv_taps_crop",
-    f32_tile!(4, 4, 16, 16),
-    "conv_fma.wgsl"
-);
-const TAPS_EXPAND: Kernel = kernel!(
-    "conv.wgsl",
-    "conv_taps_expand",
-    f32_tile!(4, 4, 16, 16),
-    "conv_fma.wgsl"
-);
+/// A conv.wgsl entry point that is no GEMM (the split-K reductions and the tap-window copies,
+/// one thread per element or weight row): it uses no tile, but the file needs one declared to
+/// compile.
+macro_rules! conv_elementwise {
+    ($entry:literal) => {
+        kernel!(
+            "conv.wgsl",
+            $entry,
+            f32_tile!(4, 4, 16, 16),
+            "conv_fma.wgsl"
+        )
+    };
+}
 
-const FORWARD_REDUCE_BN: Kernel = kernel!(
-    "conv.wgsl",
-    "conv_forward_reduce_bn",
-    f32_tile!(4, 4, 16, 16),
-    "conv_fma.wgsl"
-);
+const REDUCE_SPLITS: Kernel = conv_elementwise!("conv_reduce_splits");
+const FORWARD_REDUCE: Kernel = conv_elementwise!("conv_forward_reduce");
+const FORWARD_REDUCE_BN: Kernel = conv_elementwise!("conv_forward_reduce_bn");
+const TAPS_CROP: Kernel = conv_elementwise!("conv_taps_crop");
+const TAPS_EXPAND: Kernel = conv_elementwise!("conv_taps_expand");
 
 /// The declarations conv_mma.wgsl needs for F x F fragments (`$f`, the literal F) and subgroups
 /// of `$sg`: 64 x 64 tiles, reduction chunk 32, each subgroup one row of two fragments.
@@ -763,26 +751,30 @@ impl Geometry {
     /// `w` cut to the window's taps: `[K, C, nr, ns]`.
     fn crop_taps(&self, op: &'static str, w: &Tensor, win: TapWindow) -> Result<Tensor> {
         let [k, c, _, _] = self.w;
-        let shape = [k, c, win.taps.0, win.taps.1];
-        let out = Tensor::uninit(w.gpu(), &shape, DType::F32, op)?;
-        w.gpu().dispatch(
-            &TAPS_CROP,
-            &self.window_params(win),
-            &[w.buffer(), out.buffer()],
-            grid_1d((k * c).div_ceil(256) as u32),
-        )?;
-        Ok(out)
+        self.copy_taps(op, &TAPS_CROP, w, [k, c, win.taps.0, win.taps.1], win)
     }
 
     /// The window's weight gradient `[K, C, nr, ns]` placed in the kernel's `[K, C, R, S]`,
     /// zeros at the taps that reach no input.
     fn expand_taps(&self, op: &'static str, gw: &Tensor, win: TapWindow) -> Result<Tensor> {
+        self.copy_taps(op, &TAPS_EXPAND, gw, self.w, win)
+    }
+
+    /// Run a tap-window copy `kernel` from `src` into a new tensor of `shape`.
+    fn copy_taps(
+        &self,
+        op: &'static str,
+        kernel: &Kernel,
+        src: &Tensor,
+        shape: [usize; 4],
+        win: TapWindow,
+    ) -> Result<Tensor> {
         let [k, c, _, _] = self.w;
-        let out = Tensor::uninit(gw.gpu(), &self.w, DType::F32, op)?;
-        gw.gpu().dispatch(
-            &TAPS_EXPAND,
+        let out = Tensor::uninit(src.gpu(), &shape, DType::F32, op)?;
+        src.gpu().dispatch(
+            kernel,
             &self.window_params(win),
-            &[gw.buffer(), out.buffer()],
+            &[src.buffer(), out.buffer()],
             grid_1d((k * c).div_ceil(256) as u32),
         )?;
         Ok(out)

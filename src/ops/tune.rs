@@ -134,9 +134,12 @@ fn time_tiles(
     _gpu: &Gpu,
     _trial: impl FnMut(ConvTile) -> Result<()>,
 ) -> Result<[f64; ConvTile::ALL.len()]> {
-    Err(Error::Invalid(
-        "conv autotuning is not available on the web (it waits on the GPU)".into(),
-    ))
+    Err(not_on_the_web())
+}
+
+/// Tuning waits on the GPU, which nothing on the web can.
+fn not_on_the_web() -> Error {
+    Error::Invalid("conv autotuning is not available on the web (it waits on the GPU)".into())
 }
 
 impl Gpu {
@@ -145,9 +148,7 @@ impl Gpu {
     /// Fails on the web, where nothing can wait on the GPU.
     pub fn set_conv_autotune(&self, on: bool) -> Result<()> {
         if on && cfg!(target_arch = "wasm32") {
-            return Err(Error::Invalid(
-                "conv autotuning is not available on the web (it waits on the GPU)".into(),
-            ));
+            return Err(not_on_the_web());
         }
         self.tuning().on = on;
         Ok(())
