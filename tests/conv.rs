@@ -259,25 +259,40 @@ fn every_tile_matches_reference() {
     }
 }
 
+/// Case `c`'s input gradient: w and gy of random values (seeds `seeds`) and the reference gx.
+fn input_grad_problem(gpu: &Gpu, c: &Case, seeds: (u64, u64)) -> (Tensor, Tensor, Vec<f32>) {
+    let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
+    let ys = [c.x[0], c.w[0], oh, ow];
+    let wv = random_vec(c.w.iter().product(), seeds.0);
+    let gyv = random_vec(ys.iter().product(), seeds.1);
+    let w = Tensor::from_slice(gpu, &c.w, &wv).unwrap();
+    let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
+    let expected = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
+    (w, gy, expected)
+}
+
+/// Leave buffers of these shapes full of NaN in `gpu`'s pool, for the next allocations of
+/// their sizes to reuse: an op that relies on a buffer's old contents then fails.
+fn leave_nan_buffers(gpu: &Gpu, shapes: &[&[usize]]) {
+    let dirty: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| Tensor::full(gpu, s, f32::NAN).unwrap())
+        .collect();
+    gpu.synchronize().unwrap();
+    drop(dirty);
+}
+
 #[test]
 fn input_gradient_zeroes_pixels_no_tap_reaches() {
     // A device of its own, so that gx comes from a pool buffer this test has just dirtied.
     let gpu = new_gpu();
     // 1x1 kernels with stride 2 and 3 reach one pixel in four; the other three phases hold
     // zeros, which the op writes with one clear instead of a dispatch each.
-    let (xs, ws) = ([2, 6, 7, 8], [5, 6, 1, 1]);
-    let (oh, ow) = ops::conv2d_output_size(xs[2], xs[3], 1, 2, 0);
-    let ys = [xs[0], ws[0], oh, ow];
-    let wv = random_vec(ws.iter().product(), 41);
-    let gyv = random_vec(ys.iter().product(), 42);
-    let w = Tensor::from_slice(&gpu, &ws, &wv).unwrap();
-    let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
-    let expected = reference::conv2d_backward_input(&gyv, &wv, ws, xs, 2, 0);
+    let c = case([2, 6, 7, 8], 5, 1, 1, 2, 0, false);
+    let (w, gy, expected) = input_grad_problem(&gpu, &c, (41, 42));
+    let xs = c.x;
     for tile in [None, Some(ConvTile::T64x64)] {
-        // Leave a buffer of gx's size full of NaN in the pool.
-        let dirty = Tensor::full(&gpu, &xs, f32::NAN).unwrap();
-        gpu.synchronize().unwrap();
-        drop(dirty);
+        leave_nan_buffers(&gpu, &[&xs]);
         let before = gpu.dispatch_count();
         let gx = ops::conv2d_backward_input_tiled(&gy, &w, xs, 2, 0, tile).unwrap();
         assert_eq!(
@@ -303,8 +318,8 @@ fn input_gradient_split_k() {
     // Input gradients whose tiles alone leave the device idle (small batches, late layers)
     // split their reduction: one 3x3 stride-1 phase; four stride-2 phases with 4, 2, 2 and 1
     // taps, whose lightest phases get shorter chunks and (136 output channels, 4 splits on 2
-    // cores: chunks of 48) an empty last split, which must write zeros; a 1x1 stride-2 kernel that reaches one pixel in four,
-    // whose partial results must hold zeros at the other three.
+    // cores: chunks of 48) an empty last split, which must write zeros; a 1x1 stride-2 kernel
+    // that reaches one pixel in four, whose partial results must hold zeros at the other three.
     let cases = [
         case([2, 64, 4, 4], 64, 3, 3, 1, 1, false),
         case([2, 16, 5, 5], 136, 3, 3, 2, 1, false),
@@ -316,23 +331,12 @@ fn input_gradient_split_k() {
             splits > 1,
             "{c:?}: expected a split input gradient, got {splits}"
         );
-        let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
-        let ys = [c.x[0], c.w[0], oh, ow];
-        let wv = random_vec(c.w.iter().product(), 700 + i as u64);
-        let gyv = random_vec(ys.iter().product(), 710 + i as u64);
-        let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
-        let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
-        let expected = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
+        let (w, gy, expected) = input_grad_problem(&gpu, c, (700 + i as u64, 710 + i as u64));
         let len: usize = c.x.iter().product();
         let tiles = ConvTile::ALL.iter().copied().map(Some);
         for tile in std::iter::once(None).chain(tiles) {
-            // Leave buffers of gx's and of the partial results' sizes full of NaN in the pool.
-            let dirty = [
-                Tensor::full(&gpu, &c.x, f32::NAN).unwrap(),
-                Tensor::full(&gpu, &[splits, len], f32::NAN).unwrap(),
-            ];
-            gpu.synchronize().unwrap();
-            drop(dirty);
+            // gx's and the partial results' sizes.
+            leave_nan_buffers(&gpu, &[&c.x, &[splits, len]]);
             let before = gpu.dispatch_count();
             let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile).unwrap();
             let what = format!("{c:?} tile {tile:?}");
@@ -417,17 +421,8 @@ fn autotune_times_each_shape_and_pass_once() {
     );
     assert_eq!(gw.to_vec().unwrap(), forced.unwrap().to_vec().unwrap());
     let bnv = random_bn(c.w[0], 4);
-    let bn_t: Vec<Tensor> = bnv
-        .iter()
-        .map(|v| Tensor::from_slice(&gpu, &[c.w[0]], v).unwrap())
-        .collect();
-    let bn = ops::EvalBatchNorm {
-        gamma: &bn_t[0],
-        beta: &bn_t[1],
-        running_mean: &bn_t[2],
-        running_var: &bn_t[3],
-        eps: 1e-5,
-    };
+    let bn_t = channel_tensors(&gpu, &bnv);
+    let bn = eval_bn(&bn_t, 1e-5);
     ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, None, true).unwrap();
     assert_eq!(gpu.tuned_convs(), tuned, "nothing tuned twice");
     // Off again: the model plans, and the tuned tiles stay for later.
@@ -469,17 +464,8 @@ fn small_inputs_run_only_the_taps_that_reach_them() {
     let bnv = random_bn(c.w[0], 3);
     let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
     let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
-    let bn_t: Vec<Tensor> = bnv
-        .iter()
-        .map(|v| Tensor::from_slice(&gpu, &[c.w[0]], v).unwrap())
-        .collect();
-    let bn = ops::EvalBatchNorm {
-        gamma: &bn_t[0],
-        beta: &bn_t[1],
-        running_mean: &bn_t[2],
-        running_var: &bn_t[3],
-        eps: 1e-5,
-    };
+    let bn_t = channel_tensors(&gpu, &bnv);
+    let bn = eval_bn(&bn_t, 1e-5);
     let bn_ref = [&bnv[0][..], &bnv[1][..], &bnv[2][..], &bnv[3][..]];
     let (ye, _) = reference::conv2d_bn_eval(
         &xv, c.x, &wv, c.w, c.stride, c.pad, bn_ref, 1e-5, None, true,
@@ -536,17 +522,8 @@ fn fused_eval_batch_norm_matches_separate_kernels() {
         let bnv = random_bn(c.w[0], seed + 2);
         let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
         let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
-        let bn_t: Vec<Tensor> = bnv
-            .iter()
-            .map(|v| Tensor::from_slice(&gpu, &[c.w[0]], v).unwrap())
-            .collect();
-        let bn = ops::EvalBatchNorm {
-            gamma: &bn_t[0],
-            beta: &bn_t[1],
-            running_mean: &bn_t[2],
-            running_var: &bn_t[3],
-            eps,
-        };
+        let bn_t = channel_tensors(&gpu, &bnv);
+        let bn = eval_bn(&bn_t, eps);
         let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
         let ys = [c.x[0], c.w[0], oh, ow];
         let rv = random_vec(ys.iter().product(), seed + 7);

@@ -119,19 +119,10 @@ fn check(gpu: &Gpu, c: &Case, seed: u64) {
         .map(|i| random_vec(k, seed + 10 + i))
         .map(|v| v.iter().map(|x| x * 0.5 + 1.0).collect())
         .collect();
-    let bn_t: Vec<Tensor> = bnv
-        .iter()
-        .map(|v| Tensor::from_slice(gpu, &[k], v).unwrap())
-        .collect();
+    let bn_t = channel_tensors(gpu, &bnv);
     let rv = random_vec(ys.iter().product(), seed + 4);
     let r = Tensor::from_slice(gpu, &ys, &rv).unwrap();
-    let bn = ops::EvalBatchNorm {
-        gamma: &bn_t[0],
-        beta: &bn_t[1],
-        running_mean: &bn_t[2],
-        running_var: &bn_t[3],
-        eps: 1e-5,
-    };
+    let bn = eval_bn(&bn_t, 1e-5);
     let yf = ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, Some(&r), true).unwrap();
     let (ryf, _) = reference::conv2d_bn_eval(
         &rounded(&xv),

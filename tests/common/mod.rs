@@ -135,3 +135,23 @@ pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Eval-mode batch-norm vectors (gamma, beta, running mean, running variance) as tensors on
+/// `gpu`, for [`eval_bn`].
+pub fn channel_tensors(gpu: &Gpu, vectors: &[Vec<f32>]) -> Vec<Tensor> {
+    vectors
+        .iter()
+        .map(|v| Tensor::from_slice(gpu, &[v.len()], v).unwrap())
+        .collect()
+}
+
+/// The eval-mode batch norm of four [`channel_tensors`] with `eps`.
+pub fn eval_bn(t: &[Tensor], eps: f32) -> resnet_wgpu::ops::EvalBatchNorm<'_> {
+    resnet_wgpu::ops::EvalBatchNorm {
+        gamma: &t[0],
+        beta: &t[1],
+        running_mean: &t[2],
+        running_var: &t[3],
+        eps,
+    }
+}
