@@ -2,7 +2,7 @@
 # Runs on the lent GPU machine (see scripts/gpu/pack.sh): golden/op tests, the bench, and a
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
 # Usage: [TILE_SWEEP="--batch 128 --iters 3"] [F16_BENCH="--what models --models r18"] \
-#        [CHECKED_BENCH="--what convs"] [AUTOTUNE_BENCH="--what models --models r18"] \
+#        [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
@@ -10,6 +10,8 @@
 # the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
 # CHECKED_BENCH: also run the bench with these arguments and RESNET_WGPU_SHADER_CHECKS=1
 # (wgpu's index clamping and loop bounding back on), to measure what dropping them gains.
+# TORCH_REF: first run scripts/gpu/pytorch_reference.py (PyTorch's figures on the same card, as
+# the reference table measures them), when the machine has PyTorch.
 # AUTOTUNE_BENCH: also run the bench with --autotune and these arguments (every figure with the
 # conv tiles tuned on this GPU; the tuned tiles and every tile's time end its output).
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
@@ -28,6 +30,12 @@ for t in $B/test-*; do
   RESNET_WGPU_EXPECT_TENSOR_CORES=$expect timeout 120 "$t" --test-threads 8 2>&1 | grep -E "test result|FAILED|panicked|failed" | head -20
 done 2>&1 | tee "$OUT/tests.log"
 echo "tests took $(( $(date +%s) - t0 )) s"
+if [ -n "${TORCH_REF:-}" ]; then
+  echo "== PyTorch reference"; t0=$(date +%s)
+  PYTHONUNBUFFERED=1 timeout 150 python3 scripts/gpu/pytorch_reference.py --json "$OUT/torch.json" 2>&1 \
+    | tee "$OUT/torch.txt"
+  echo "PyTorch reference took $(( $(date +%s) - t0 )) s"
+fi
 # Each bench also writes its figures as JSON beside its text output.
 if [ -n "${TILE_SWEEP:-}" ]; then
   echo "== conv tile sweep"; t0=$(date +%s)
