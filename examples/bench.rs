@@ -27,7 +27,9 @@
 //! each figure's warm-up tunes the shapes it meets, and a table of the tuned tiles (with every
 //! tile's time and the model's choice) ends the output.
 //!
-//! Wall times are averaged over `--iters` synchronised runs after one warm-up. When the adapter
+//! Each figure first repeats its work for `--warmup-ms` (at least once, which compiles its
+//! pipelines), so that a GPU's clocks are up. Wall times are averaged over `--iters`
+//! synchronised runs after that warm-up. When the adapter
 //! has timestamp queries, each figure also gets GPU time from [`Gpu::start_profiling`]: the sum
 //! of the GPU times of the figure's dispatches, averaged over `--iters` separate profiled runs
 //! (one run for models), and throughputs are computed from GPU time; otherwise from wall time.
@@ -51,9 +53,15 @@ struct Args {
     /// Batch size of the kernel benchmarks and of the 224x224 training steps.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Timed iterations per figure (after one warm-up).
+    /// Timed iterations per figure (after the warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// Warm-up per figure: the figure's work repeats for at least this many milliseconds before
+    /// it is timed (at least one run, which also compiles its pipelines). GPUs raise their
+    /// clocks only under sustained load: on an H200, the same kernels ran up to 3.5x slower
+    /// after a moment of light load than a second later.
+    #[arg(long, default_value_t = 300)]
+    warmup_ms: u64,
     /// What to time: `convs`, `kernels` (convs, batch norm, pooling), `memory` (batch norm and
     /// pooling only), `models`, `all` (all of those), or `tiles`: every conv pass with each of
     /// `--tiles` in turn, for tuning the tile choice on a new adapter.
@@ -112,20 +120,21 @@ impl Timing {
 struct Bench {
     gpu: Gpu,
     iters: usize,
+    warmup: std::time::Duration,
     timestamps: bool,
 }
 
 impl Bench {
-    /// Time `f`: one warm-up, `iters` synchronised runs on the wall clock, then (with timestamps)
-    /// `profiled` runs under the profiler. Returns the timing and the profiled runs' dispatches.
+    /// Time `f`: the warm-up, `iters` synchronised runs on the wall clock, then (with
+    /// timestamps) `profiled` runs under the profiler. Returns the timing and the profiled runs'
+    /// dispatches.
     fn measure(
         &self,
         profiled: usize,
         mut f: impl FnMut() -> Result<Tensor>,
     ) -> Result<(Timing, Vec<KernelTime>)> {
         let gpu = &self.gpu;
-        drop(f()?);
-        gpu.synchronize()?;
+        self.warm_up(&mut f)?;
         let start = Instant::now();
         for _ in 0..self.iters {
             drop(f()?);
@@ -152,6 +161,28 @@ impl Bench {
             dispatches: Some(kernels.len() / profiled),
         };
         Ok((timing, kernels))
+    }
+
+    /// Run `f` until `warmup` has passed since the first run, which compiles the pipelines.
+    /// The runs go in batches, synchronised once each, and each batch doubles until it takes
+    /// about 20 ms: small kernels keep the device busy rather than waiting on the host, so the
+    /// clocks rise as they would under training.
+    fn warm_up(&self, f: &mut impl FnMut() -> Result<Tensor>) -> Result<()> {
+        let start = Instant::now();
+        let mut batch = 1;
+        loop {
+            let t = Instant::now();
+            for _ in 0..batch {
+                drop(f()?);
+            }
+            self.gpu.synchronize()?;
+            if start.elapsed() >= self.warmup {
+                return Ok(());
+            }
+            if t.elapsed().as_secs_f64() < 0.02 {
+                batch = (batch * 2).min(256);
+            }
+        }
     }
 
     /// [`Bench::measure`] with `iters` profiled runs, for kernels.
@@ -215,12 +246,18 @@ impl Shape {
 }
 
 impl ConvAt {
-    /// Constant-valued x, w and gy on `gpu` (only the time is measured).
+    /// Varied x, w and gy on `gpu` (only the time is measured; constants can run faster than
+    /// real data on a power-limited chip).
     fn tensors(&self, gpu: &Gpu) -> Result<(Tensor, Tensor, Tensor)> {
+        let varied = |shape: &[usize], scale: f32| {
+            let n = shape.iter().product();
+            let v: Vec<f32> = pattern(n).into_iter().map(|a| a * scale).collect();
+            Tensor::from_slice(gpu, shape, &v)
+        };
         Ok((
-            Tensor::full(gpu, &self.x, 0.5)?,
-            Tensor::full(gpu, &self.w, 0.01)?,
-            Tensor::full(gpu, &self.y, 0.1)?,
+            varied(&self.x, 1.0)?,
+            varied(&self.w, 0.05)?,
+            varied(&self.y, 0.1)?,
         ))
     }
 
@@ -738,7 +775,7 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
             let (model, config) = model_config(m, 1000)?;
             fresh_peak(gpu)?;
             let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
-            let x = Tensor::full(gpu, &[n, 3, 224, 224], 0.5)?;
+            let x = Tensor::from_slice(gpu, &[n, 3, 224, 224], &pattern(n * 3 * 224 * 224))?;
             let (timing, kernels) = b.measure(1, || {
                 if mode == "inference" {
                     return net.infer(&x);
@@ -774,7 +811,7 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
         let (model, config) = model_config(m, classes)?;
         fresh_peak(gpu)?;
         let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
-        let x = Tensor::full(gpu, &[n, 3, hw, hw], 0.5)?;
+        let x = Tensor::from_slice(gpu, &[n, 3, hw, hw], &pattern(n * 3 * hw * hw))?;
         let labels = Tensor::from_u32(gpu, &[n], &vec![1; n])?;
         let mut sgd = Sgd::new(0.9, false, 5e-4);
         let mut record = Vec::new();
@@ -805,9 +842,9 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
             gpu.flush();
             Ok(loss.into_tensor())
         })?;
-        // The warm-up compiles pipelines and the profiled run pays for timestamps: average the
-        // timed runs only.
-        let timed = &record[1..=b.iters];
+        // The warm-up compiles pipelines and the profiled run (the last) pays for timestamps:
+        // average the timed runs only.
+        let timed = &record[record.len() - 1 - b.iters..record.len() - 1];
         print_row(ModelRow {
             model,
             mode: "train",
@@ -846,6 +883,8 @@ struct Report {
     timestamps: bool,
     batch: usize,
     iters: usize,
+    /// Minimum warm-up per figure in milliseconds.
+    warmup_ms: u64,
     /// Conv precision: `F32` or `F16`.
     precision: String,
     /// Whether the kernels were compiled with wgpu's runtime checks
@@ -994,6 +1033,7 @@ fn main() -> Result<()> {
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
         iters: args.iters.max(1),
+        warmup: std::time::Duration::from_millis(args.warmup_ms),
         gpu,
     };
     println!("adapter: {info}");
@@ -1015,9 +1055,10 @@ fn main() -> Result<()> {
         }
     );
     println!(
-        "batch {}, {} timed iterations per figure after one warm-up; GPU time: {}\n",
+        "batch {}, {} timed iterations per figure after a warm-up of at least {} ms; GPU time: {}\n",
         args.batch,
         bench.iters,
+        args.warmup_ms,
         if bench.timestamps {
             "timestamp queries"
         } else if args.no_timestamps {
@@ -1035,6 +1076,7 @@ fn main() -> Result<()> {
         timestamps: bench.timestamps,
         batch: args.batch,
         iters: bench.iters,
+        warmup_ms: args.warmup_ms,
         precision: format!("{:?}", args.precision),
         shader_checks: bench.gpu.shader_checks(),
         convs: None,
@@ -1064,6 +1106,7 @@ fn main() -> Result<()> {
             Some(Bench {
                 timestamps: bench.timestamps && gpu.profiling_supported(),
                 iters: bench.iters,
+                warmup: bench.warmup,
                 gpu,
             })
         } else {
