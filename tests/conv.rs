@@ -641,14 +641,15 @@ fn tile_choice_fits_the_gemm() {
     // GPUs: large GEMMs take the wide tile; narrow ones do not waste most of a tile; grids too
     // small for the wide tile keep enough workgroups.
     let gpu = TileModel::GPU;
-    assert_eq!(gpu.choose(256, 100_000, 1), ConvTile::T64x128);
-    assert_eq!(gpu.choose(64, 400_000, 1), ConvTile::T64x128);
+    assert_eq!(gpu.choose(256, 100_000, 1), ConvTile::T128x64);
+    assert_eq!(gpu.choose(512, 6272, 1), ConvTile::T128x64);
+    assert_eq!(gpu.choose(64, 400_000, 1), ConvTile::T64x64);
     assert_eq!(gpu.choose(3, 4096, 1), ConvTile::T64x64);
-    assert_eq!(gpu.choose(512, 6272, 1), ConvTile::T64x64);
+    assert_eq!(gpu.choose(512, 3136, 1), ConvTile::T64x64);
     // Narrow GEMMs (32 channels or fewer) take the 32-row tile, which wastes none or less.
     assert_eq!(gpu.choose(32, 100_000, 1), ConvTile::T32x128);
     assert_eq!(gpu.choose(8, 100_000, 1), ConvTile::T32x128);
-    assert_eq!(gpu.choose(48, 100_000, 1), ConvTile::T64x128);
+    assert_eq!(gpu.choose(48, 100_000, 1), ConvTile::T64x64);
     // CPUs: a few workgroups fill the device, so the fastest tile wins unless it is mostly waste.
     let cpu = TileModel::CPU;
     assert_eq!(cpu.choose(512, 6272, 1), ConvTile::T128x128);

@@ -320,16 +320,19 @@ pub struct TileModel {
 }
 
 impl TileModel {
-    /// Discrete and integrated GPUs. Rates measured on an H100 through Vulkan over the ResNet-18
-    /// conv shapes at batch 128 (`bench --what convs` with every GEMM forced to each tile by
-    /// `RESNET_WGPU_CONV_TILE`; `docs/gpu-runs/run3-convs-*`): 64 x 128 ran at 14-18 TFLOP/s,
-    /// 64 x 64 at 15-17, the 128-row tiles (8 rows per thread) at only 7-10. A few workgroups per
-    /// compute unit fill a large GPU. The 32 x 128 tile has not run on a GPU yet: its rate is a
-    /// guess below 64 x 64's (the same micro-tile, twice the im2col loads per thread), which
-    /// only matters for GEMMs of 32 rows or fewer, where the 64-row tiles compute half zeros.
+    /// Discrete and integrated GPUs. Rates measured on an H200 through Vulkan (run 5 in
+    /// `docs/gpu-runs/`): `bench --what tiles --batch 128`, every ResNet-18 conv pass with each
+    /// tile, on the 14 passes of 128 channels or more whose rows were timed at full clocks.
+    /// Relative to 128 x 64 (27-33 TFLOP/s on layer2-4's 3x3 convs, the fastest on 12 of the
+    /// 14), 64 x 64 and 64 x 128 ran at a median 0.85, 128 x 128 at 0.82 and 32 x 128 at 0.71.
+    /// (Run 3 on an H100 had put the 128-row tiles at half the others': those figures were taken
+    /// with wgpu's runtime checks compiled in, and partly while the clocks were low.) A Hopper
+    /// GPU has 132 compute units, and three of these 256-thread workgroups per unit fill it: on
+    /// layer4's 3x3 convs at batch 128 (392 tiles of 128 x 64), 128 x 64 beat 64 x 64 (784
+    /// tiles) by 1.18x, and at batch 64 (196 tiles) lost to it.
     pub const GPU: TileModel = TileModel {
-        rates: [0.9, 0.5, 1.0, 0.5, 0.7],
-        full_grid: 512,
+        rates: [0.85, 1.0, 0.85, 0.82, 0.71],
+        full_grid: 396,
     };
 
     /// CPU adapters (lavapipe, SwiftShader): measured with lavapipe on 2 cores, where the
