@@ -27,9 +27,9 @@
 //! each figure's warm-up tunes the shapes it meets, and a table of the tuned tiles (with every
 //! tile's time and the model's choice) ends the output.
 //!
-//! Each figure first repeats its work for `--warmup-ms` (at least once, which compiles its
-//! pipelines), so that a GPU's clocks are up. Wall times are averaged over `--iters`
-//! synchronised runs after that warm-up. When the adapter
+//! Each figure first repeats its work for `--warmup-ms` and until its speed settles (at least
+//! once, which compiles its pipelines), so that a GPU's clocks are up. Wall times are averaged
+//! over `--iters` synchronised runs after that warm-up. When the adapter
 //! has timestamp queries, each figure also gets GPU time from [`Gpu::start_profiling`]: the sum
 //! of the GPU times of the figure's dispatches, averaged over `--iters` separate profiled runs
 //! (one run for models), and throughputs are computed from GPU time; otherwise from wall time.
@@ -56,10 +56,10 @@ struct Args {
     /// Timed iterations per figure (after the warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Warm-up per figure: the figure's work repeats for at least this many milliseconds before
-    /// it is timed (at least one run, which also compiles its pipelines). GPUs raise their
-    /// clocks only under sustained load: on an H200, the same kernels ran up to 3.5x slower
-    /// after a moment of light load than a second later.
+    /// Warm-up per figure: the figure's work repeats for at least this many milliseconds, and
+    /// until its speed settles, before it is timed (at least one run, which also compiles its
+    /// pipelines). GPUs raise their clocks only under sustained load: on an H200, the same
+    /// kernels ran up to 3.5x slower after a moment of light load than a second later.
     #[arg(long, default_value_t = 300)]
     warmup_ms: u64,
     /// What to time: `convs`, `kernels` (convs, batch norm, pooling), `memory` (batch norm and
@@ -116,6 +116,11 @@ impl Timing {
     }
 }
 
+/// The warm-up ends once two batches' times per run are within this fraction of each other...
+const STEADY: f64 = 0.03;
+/// ...or after this many times `--warmup-ms`.
+const MAX_WARMUP: u32 = 10;
+
 /// Runs each figure and holds what every figure shares.
 struct Bench {
     gpu: Gpu,
@@ -163,23 +168,36 @@ impl Bench {
         Ok((timing, kernels))
     }
 
-    /// Run `f` until `warmup` has passed since the first run, which compiles the pipelines.
-    /// The runs go in batches, synchronised once each, and each batch doubles until it takes
-    /// about 20 ms: small kernels keep the device busy rather than waiting on the host, so the
-    /// clocks rise as they would under training.
+    /// Run `f` until `warmup` has passed since the first run (which compiles the pipelines) and
+    /// its speed has settled: the last two batches' time per run within [`STEADY`] of each
+    /// other, or [`MAX_WARMUP`] times `warmup` in all. A GPU raises its clocks over a fraction of
+    /// a second of sustained load. With 300 ms alone, ResNet-18 inference at batch 64 on the
+    /// H200 (right after the lightly loaded batch-1 figure) took 2.8x longer per timed run than
+    /// its profiled run right after them; rising clocks are the likely cause. The runs go in
+    /// batches, synchronised once each, each batch doubling until it takes about 20 ms, so that
+    /// small kernels keep the device busy rather than waiting on the host. Where the first run
+    /// alone outlasts `warmup` (a CPU adapter), it is the whole warm-up.
     fn warm_up(&self, f: &mut impl FnMut() -> Result<Tensor>) -> Result<()> {
         let start = Instant::now();
-        let mut batch = 1;
+        let (mut batch, mut runs) = (1, 0);
+        let mut last: Option<f64> = None;
         loop {
             let t = Instant::now();
             for _ in 0..batch {
                 drop(f()?);
             }
             self.gpu.synchronize()?;
+            let secs = t.elapsed().as_secs_f64();
+            let per_run = secs / batch as f64;
+            runs += batch;
             if start.elapsed() >= self.warmup {
-                return Ok(());
+                let steady = last.is_some_and(|l| (per_run - l).abs() <= STEADY * l);
+                if runs == 1 || steady || start.elapsed() >= self.warmup * MAX_WARMUP {
+                    return Ok(());
+                }
             }
-            if t.elapsed().as_secs_f64() < 0.02 {
+            last = Some(per_run);
+            if secs < 0.02 {
                 batch = (batch * 2).min(256);
             }
         }
