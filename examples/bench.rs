@@ -15,7 +15,9 @@
 //!   overlaps the GPU's work; the timed steps end with a synchronize) for ResNet-18 and
 //!   ResNet-50 at 224x224, batch `--batch`, and ResNet-18 at
 //!   32x32 (10 classes), batch `--cifar-batch`, each with the CPU time spent recording the step,
-//!   its GPU time, the kernel families it spends that time in and its peak GPU memory.
+//!   its GPU time (the dispatches' sum, and their span from the first start to the last end,
+//!   which adds the device's idle gaps between them), the kernel families it spends that time
+//!   in and its peak GPU memory.
 //! - `memory`: the batch norm and max pooling figures of `kernels` alone.
 //! - `all`: `kernels` and `models`.
 //! - `tiles` (tuning, not in `all`): every pass of every conv shape with each tile of `--tiles`
@@ -38,7 +40,7 @@
 //! --cifar-batch 8 --models r18`.
 
 use clap::Parser;
-use resnet_wgpu::gpu::KernelTime;
+use resnet_wgpu::gpu::{KernelTime, gpu_span_nanos};
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
 use resnet_wgpu::ops::ConvTile;
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
@@ -105,6 +107,9 @@ struct Timing {
     wall_ms: f64,
     /// Mean summed GPU time of the run's dispatches in milliseconds (timestamp queries).
     gpu_ms: Option<f64>,
+    /// Mean GPU time per run from its first dispatch's start to its last one's end, idle gaps
+    /// between dispatches included (barriers, pass boundaries), in milliseconds.
+    gpu_span_ms: Option<f64>,
     /// Dispatches per run.
     dispatches: Option<usize>,
 }
@@ -150,6 +155,7 @@ impl Bench {
             let timing = Timing {
                 wall_ms,
                 gpu_ms: None,
+                gpu_span_ms: None,
                 dispatches: None,
             };
             return Ok((timing, Vec::new()));
@@ -163,6 +169,7 @@ impl Bench {
         let timing = Timing {
             wall_ms,
             gpu_ms: Some(total / 1e6 / profiled as f64),
+            gpu_span_ms: Some(gpu_span_nanos(&kernels) / 1e6 / profiled as f64),
             dispatches: Some(kernels.len() / profiled),
         };
         Ok((timing, kernels))
@@ -747,23 +754,25 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
         model_config(m, 1)?;
     }
     println!(
-        "Models (wall ms, synchronised; GPU ms: summed kernel time of one profiled run; \
+        "Models (wall ms, synchronised; GPU ms: summed kernel time of one profiled run; span: \
+         that run's first dispatch start to last dispatch end on the GPU, gaps included; \
          record: CPU time recording a training step; peak: pool memory)"
     );
     println!(
-        "{:<42} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "model", "wall ms", "GPU ms", "images/s", "record ms", "peak MiB"
+        "{:<42} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "model", "wall ms", "GPU ms", "span ms", "images/s", "record ms", "peak MiB"
     );
     let mut rows = Vec::new();
     let mut print_row = |row: ModelRow| {
         println!(
-            "{:<42} {:>10.2} {:>10} {:>10.1} {:>10} {:>10.1}",
+            "{:<42} {:>10.2} {:>10} {:>10} {:>10.1} {:>10} {:>10.1}",
             format!(
                 "{} {} {}, batch {}",
                 row.model, row.mode, row.image_size, row.batch
             ),
             row.timing.wall_ms,
             opt(row.timing.gpu_ms),
+            opt(row.timing.gpu_span_ms),
             row.images_per_s,
             opt(row.cpu_record_ms),
             row.peak_bytes as f64 / (1 << 20) as f64

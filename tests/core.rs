@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use resnet_wgpu::gpu::gpu_span_nanos;
 use resnet_wgpu::{Gpu, Tape, Tensor, ops, reference};
 
 #[test]
@@ -217,6 +218,24 @@ fn profiler_times_every_dispatch() {
     assert!(
         times.iter().map(|t| t.nanos).sum::<f64>() > 0.0,
         "{times:?}"
+    );
+    // Start times count from the first timed dispatch, in recording order (the scales form a
+    // chain, each reading the last one's output), and the span covers every dispatch.
+    assert_eq!(times[0].start, 0.0);
+    assert!(
+        times.windows(2).all(|w| w[1].start >= w[0].start),
+        "{:?}",
+        &times[..4]
+    );
+    let span = gpu_span_nanos(&times);
+    assert!(
+        times.iter().all(|t| t.start + t.nanos <= span),
+        "span {span}"
+    );
+    let last = times.last().unwrap();
+    assert!(
+        last.start > 0.0 && span >= last.start + last.nanos,
+        "{last:?}"
     );
     // Dispatches after the end are untimed, and a new session starts empty.
     drop(ops::relu(&a).unwrap());

@@ -12,7 +12,7 @@ mod profile;
 
 pub use device::GpuOptions;
 pub use pool::PoolStats;
-pub use profile::KernelTime;
+pub use profile::{KernelTime, gpu_span_nanos};
 
 use crate::{Error, Result};
 use pool::BufferPool;

@@ -28,6 +28,20 @@ pub struct KernelTime {
     /// GPU nanoseconds between the start and the end of the dispatch's compute pass (never
     /// negative: a driver reporting an end before the start gives 0).
     pub nanos: f64,
+    /// When the pass started: GPU nanoseconds after the start of the first dispatch timed since
+    /// [`Gpu::start_profiling`]. The last dispatch's `start + nanos` is the GPU time the timed
+    /// work spanned, gaps between dispatches included ([`gpu_span_nanos`]).
+    pub start: f64,
+}
+
+/// GPU nanoseconds from the start of the first of `kernels` to the end of the last (0 for none):
+/// their summed `nanos` plus the device's idle time between them (barriers, pass boundaries,
+/// waiting on the host between submissions).
+pub fn gpu_span_nanos(kernels: &[KernelTime]) -> f64 {
+    kernels
+        .iter()
+        .map(|k| k.start + k.nanos)
+        .fold(0.0, f64::max)
 }
 
 /// Profiling state, kept in [`Pending`] so the dispatch path reaches it under the lock it holds.
@@ -183,6 +197,7 @@ impl Gpu {
             .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
         let period = self.0.queue.get_timestamp_period() as f64;
         let mut times = Vec::new();
+        let mut first: Option<u64> = None;
         for ((staging, labels), rx) in profiler.resolved.iter().zip(receivers) {
             rx.await
                 .map_err(|_| Error::Gpu("buffer mapping was cancelled".into()))?
@@ -193,10 +208,14 @@ impl Gpu {
                     .map_err(|e| Error::Gpu(format!("reading profiler timestamps failed: {e}")))?;
                 let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view);
                 times.extend(labels.iter().zip(ticks.chunks_exact(2)).map(
-                    |(&(file, entry), t)| KernelTime {
-                        file,
-                        entry,
-                        nanos: t[1].saturating_sub(t[0]) as f64 * period,
+                    |(&(file, entry), t)| {
+                        let origin = *first.get_or_insert(t[0]);
+                        KernelTime {
+                            file,
+                            entry,
+                            nanos: t[1].saturating_sub(t[0]) as f64 * period,
+                            start: t[0].saturating_sub(origin) as f64 * period,
+                        }
                     },
                 ));
             }
