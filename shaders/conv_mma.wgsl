@@ -23,9 +23,10 @@
 // drivers lay out one-dimensional workgroups.
 //
 // Workgroup memory: a_sh holds A as [m][kk] (row stride LDA), b_sh B as [kk][n] (LDB), both f16;
-// c_sh receives 64 rows of C at a time (LDC) from coopStoreT, from where engine_end gathers each
-// thread's micro-tile into conv.wgsl's `acc` layout, so the epilogues are shared with the f32
-// engine. Row strides are multiples of 8 halves (16 bytes), as fragment loads want.
+// c_sh receives CR rows of C at a time (LDC; 64 rows, 32 for 128-column tiles, so that every
+// tile fits in 27.4 KiB) from coopStoreT, from where engine_end gathers each thread's
+// micro-tile into conv.wgsl's `acc` layout, so the epilogues are shared with the f32 engine.
+// Row strides are multiples of 8 halves (16 bytes), as fragment loads want.
 //
 // Bindings (group 0): 5 = mma_scale (read; [s]; any f32 buffer when p.scaled == 0). No dispatch
 // of its own.
@@ -33,12 +34,13 @@
 const LDA: u32 = BK + 8u;
 const LDB: u32 = BN + 8u;
 const LDC: u32 = BN + 4u;
+const CR: u32 = 4096u / BN;
 const SGM: u32 = BM / (F * FM);
 const F16_MAX: f32 = 65504.0;
 
 var<workgroup> a_sh: array<f16, BM * LDA>;
 var<workgroup> b_sh: array<f16, BK * LDB>;
-var<workgroup> c_sh: array<f32, 64u * LDC>;
+var<workgroup> c_sh: array<f32, CR * LDC>;
 
 @group(0) @binding(5) var<storage, read> mma_scale: array<f32>;
 
@@ -117,14 +119,15 @@ fn multiply(tid: u32) {
     }
 }
 
-// Store the subgroup's fragments that lie in rows [64 h, 64 h + 64) of the tile into c_sh.
-fn store_half(tid: u32, h: u32) {
+// Store the subgroup's fragments that lie in rows [CR h, CR h + CR) of the tile into c_sh (a
+// subgroup's F * FM rows lie in one such chunk).
+fn store_chunk(tid: u32, h: u32) {
     let g = tid / SG;
     let row0 = (g % SGM) * (F * FM);
     let col0 = (g / SGM) * (F * FN);
-    if (row0 / 64u != h) { return; }
+    if (row0 / CR != h) { return; }
     let ldc = LDC;
-    let i0 = (row0 - 64u * h) * LDC + col0;
+    let i0 = (row0 - CR * h) * LDC + col0;
     let i1 = i0 + F;
     coopStoreT(c0, &c_sh[i0], ldc);
     coopStoreT(c1, &c_sh[i1], ldc);
@@ -154,11 +157,9 @@ fn c_quad(r: u32, v: u32, tx: u32) -> vec4<f32> {
     return vec4<f32>(c_sh[i], c_sh[i + 1u], c_sh[i + 2u], c_sh[i + 3u]) * unscale;
 }
 
-// acc rows i0 .. i0 + 3 (tile rows 64 (i0 / 4) + 4 ty + e) from c_sh. Called with constant i0
-// only: `acc` must never be indexed at run time (see conv.wgsl).
-fn gather_rows(i0: u32, tid: u32) {
-    let tx = tid % 16u;
-    let r = 4u * (tid / 16u);
+// acc rows i0 .. i0 + 3 from c_sh rows r .. r + 3. Called with constant i0 only: `acc` must
+// never be indexed at run time (see conv.wgsl).
+fn gather_rows(i0: u32, r: u32, tx: u32) {
     acc[(i0 + 0u) * VN] = c_quad(r, 0u, tx);
     acc[(i0 + 1u) * VN] = c_quad(r + 1u, 0u, tx);
     acc[(i0 + 2u) * VN] = c_quad(r + 2u, 0u, tx);
@@ -171,15 +172,31 @@ fn gather_rows(i0: u32, tid: u32) {
     }
 }
 
-// The tile's C, 64 rows at a time, through c_sh into each thread's `acc`.
-fn engine_end(tid: u32) {
-    store_half(tid, 0u);
-    workgroupBarrier();
-    gather_rows(0u, tid);
+// The acc rows of thread tid that chunk h of c_sh holds: acc[0 .. 3] are tile rows 4 ty ..
+// 4 ty + 3, acc[4 .. 7] (TM = 8) rows 64 + 4 ty ..; a chunk holds all four rows or none.
+fn gather_chunk(tid: u32, h: u32) {
+    let tx = tid % 16u;
+    let lo = CR * h;
+    let r0 = 4u * (tid / 16u);
+    if (r0 >= lo && r0 < lo + CR) {
+        gather_rows(0u, r0 - lo, tx);
+    }
     if (TM == 8u) {
+        let r1 = 64u + r0;
+        if (r1 >= lo && r1 < lo + CR) {
+            gather_rows(4u, r1 - lo, tx);
+        }
+    }
+}
+
+// The tile's C, CR rows at a time, through c_sh into each thread's `acc`.
+fn engine_end(tid: u32) {
+    for (var h = 0u; h < BM / CR; h++) {
+        if (h > 0u) {
+            workgroupBarrier();
+        }
+        store_chunk(tid, h);
         workgroupBarrier();
-        store_half(tid, 1u);
-        workgroupBarrier();
-        gather_rows(4u, tid);
+        gather_chunk(tid, h);
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::ops::{ConvPass, ConvTile, TileModel};
+use resnet_wgpu::ops::{ConvPass, ConvTile, MmaTile, TileModel};
 use resnet_wgpu::{Gpu, Tape, Tensor, Var, ops, reference};
 
 const RTOL: f32 = 1e-4;
@@ -655,6 +655,20 @@ fn tile_choice_fits_the_gemm() {
     assert_eq!(cpu.choose(512, 6272, 1), ConvTile::T128x128);
     assert_eq!(cpu.choose(64, 400_000, 1), ConvTile::T64x128);
     assert_eq!(cpu.choose(32, 400_000, 1), ConvTile::T32x128);
+    // The f16 engine runs the f16 tile standing in for the plan's, and on GPUs its model, which
+    // counts the values staged per multiply-add, takes 128 x 128 where the tiles are full.
+    assert_eq!(MmaTile::for_f32_tile(ConvTile::T128x128), MmaTile::T128x128);
+    assert_eq!(MmaTile::for_f32_tile(ConvTile::T128x64), MmaTile::T128x64);
+    assert_eq!(MmaTile::for_f32_tile(ConvTile::T64x128), MmaTile::T64x64);
+    assert_eq!(MmaTile::for_f32_tile(ConvTile::T32x128), MmaTile::T64x64);
+    let f16 = TileModel::GPU_F16;
+    assert_eq!(f16.choose(256, 100_000, 1), ConvTile::T128x128);
+    assert_eq!(f16.choose(64, 400_000, 1), ConvTile::T64x64);
+    assert_eq!(f16.choose(512, 3136, 1), ConvTile::T64x64);
+    // Every f16 tile fits in 32 KiB of workgroup memory (Apple's GPUs, lavapipe).
+    for t in MmaTile::ALL {
+        assert!(t.workgroup_bytes() <= 32 << 10, "{t:?}");
+    }
     assert_eq!(ConvTile::parse("128x64"), Some(ConvTile::T128x64));
     assert_eq!(ConvTile::parse("32x128"), Some(ConvTile::T32x128));
     assert_eq!(ConvTile::parse("96x96"), None);

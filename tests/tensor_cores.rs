@@ -8,6 +8,7 @@
 
 mod common;
 use common::*;
+use resnet_wgpu::ops::{ConvTile, MmaTile};
 use resnet_wgpu::{ConvPrecision, Gpu, GpuOptions, MmaConfig, Tape, Tensor, ops, reference};
 
 /// A device opened asking for tensor cores, with F16 convolutions selected; None (after checking
@@ -76,7 +77,17 @@ struct Case {
     gy_scale: f32,
 }
 
+/// The f32 tiles that select each f16 tile ([`MmaTile::for_f32_tile`]): 64 x 64, 128 x 64 and
+/// 128 x 128.
+const F16_TILES: [ConvTile; 3] = [ConvTile::T64x64, ConvTile::T128x64, ConvTile::T128x128];
+
 fn check(gpu: &Gpu, c: &Case, seed: u64) {
+    for tile in F16_TILES {
+        check_tile(gpu, c, seed, tile);
+    }
+}
+
+fn check_tile(gpu: &Gpu, c: &Case, seed: u64, tile: ConvTile) {
     let xv = random_vec(c.x.iter().product(), seed);
     let wv: Vec<f32> = random_vec(c.w.iter().product(), seed + 1)
         .iter()
@@ -86,9 +97,13 @@ fn check(gpu: &Gpu, c: &Case, seed: u64) {
     let x = Tensor::from_slice(gpu, &c.x, &xv).unwrap();
     let w = Tensor::from_slice(gpu, &c.w, &wv).unwrap();
     let b = Tensor::from_slice(gpu, &[c.w[0]], &bv).unwrap();
-    let what = format!("x {:?} w {:?} stride {} pad {}", c.x, c.w, c.stride, c.pad);
+    let what = format!(
+        "x {:?} w {:?} stride {} pad {}, tile {tile:?}",
+        c.x, c.w, c.stride, c.pad
+    );
+    let t = Some(tile);
 
-    let y = ops::conv2d(&x, &w, Some(&b), c.stride, c.pad).unwrap();
+    let y = ops::conv2d_tiled(&x, &w, Some(&b), c.stride, c.pad, t).unwrap();
     let (ry, ys) = reference::conv2d(
         &rounded(&xv),
         c.x,
@@ -123,7 +138,7 @@ fn check(gpu: &Gpu, c: &Case, seed: u64) {
     let rv = random_vec(ys.iter().product(), seed + 4);
     let r = Tensor::from_slice(gpu, &ys, &rv).unwrap();
     let bn = eval_bn(&bn_t, 1e-5);
-    let yf = ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, Some(&r), true).unwrap();
+    let yf = ops::conv2d_bn_eval_tiled(&x, &w, c.stride, c.pad, &bn, Some(&r), true, t).unwrap();
     let (ryf, _) = reference::conv2d_bn_eval(
         &rounded(&xv),
         c.x,
@@ -148,14 +163,14 @@ fn check(gpu: &Gpu, c: &Case, seed: u64) {
         .collect();
     let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
     let gy16 = reference::round_f16_scaled(&gyv);
-    let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+    let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, t).unwrap();
     let rgx = reference::conv2d_backward_input(&gy16, &rounded(&wv), c.w, c.x, c.stride, c.pad);
     close_f16(
         &gx.to_vec().unwrap(),
         &rgx,
         &format!("{what}: input gradient"),
     );
-    let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+    let gw = ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, t).unwrap();
     let rgw = reference::conv2d_backward_weight(&rounded(&xv), c.x, &gy16, c.w, c.stride, c.pad);
     close_f16(
         &gw.to_vec().unwrap(),
@@ -167,6 +182,13 @@ fn check(gpu: &Gpu, c: &Case, seed: u64) {
 #[test]
 fn f16_engine_matches_the_reference_on_f16_operands() {
     let Some(gpu) = f16_gpu() else { return };
+    // Every f16 tile runs here: the largest needs more workgroup memory than some adapters give.
+    let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
+    assert!(
+        limit >= MmaTile::T128x128.workgroup_bytes(),
+        "{} allows {limit} bytes of workgroup memory",
+        gpu.info()
+    );
     let case = |x, w, stride, pad, gy_scale| Case {
         x,
         w,

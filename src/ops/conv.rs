@@ -122,18 +122,29 @@ const TAPS_CROP: Kernel = conv_elementwise!("conv_taps_crop");
 const TAPS_EXPAND: Kernel = conv_elementwise!("conv_taps_expand");
 
 /// The declarations conv_mma.wgsl needs for F x F fragments (`$f`, the literal F) and subgroups
-/// of `$sg`: 64 x 64 tiles, reduction chunk 32, each subgroup one row of two fragments.
+/// of `$sg`, on a tile of 256 threads with a `$tm` x `$tn` micro-tile each (16 thread columns,
+/// so 16 `$tm` x 16 `$tn`), reduction chunks of `$bk`, each subgroup `$fm` x `$fn` fragments.
 macro_rules! mma_variant {
-    ($f:literal, $sg:literal) => {
+    ($f:literal, $sg:literal, $tm:literal, $tn:literal, $bk:literal, $fm:literal, $fn:literal) => {
         concat!(
             "enable f16;\nenable wgpu_cooperative_matrix;\n",
-            "const TM: u32 = 4u;\nconst TN: u32 = 4u;\nconst BK: u32 = 32u;\nconst TX: u32 = 16u;\n",
+            "const TM: u32 = ",
+            $tm,
+            "u;\nconst TN: u32 = ",
+            $tn,
+            "u;\nconst BK: u32 = ",
+            $bk,
+            "u;\nconst TX: u32 = 16u;\n",
             "const F: u32 = ",
             $f,
             "u;\nconst SG: u32 = ",
             $sg,
             "u;\n",
-            "const FM: u32 = 1u;\nconst FN: u32 = 2u;\n",
+            "const FM: u32 = ",
+            $fm,
+            "u;\nconst FN: u32 = ",
+            $fn,
+            "u;\n",
             "alias MatA = coop_mat",
             $f,
             "x",
@@ -153,14 +164,30 @@ macro_rules! mma_variant {
     };
 }
 
+/// The f16 engine's kernels for one fragment configuration, one set per tile of
+/// [`MmaTile::ALL`]: 64 x 64 with chunks of 32 and each subgroup one row of two fragments;
+/// 128 x 64 and 128 x 128 with chunks of 16 (the staging code holds at most 8 values of a
+/// chunk per thread) and each subgroup 2 x 2 and 2 x 4 fragments, so that every fragment loaded
+/// from workgroup memory feeds two to four multiplies and every value staged from memory more
+/// of them.
+macro_rules! mma_kernels {
+    ($f:literal, $sg:literal) => {
+        [
+            conv_kernels!(mma_variant!($f, $sg, 4, 4, 32, 1, 2), "conv_mma.wgsl"),
+            conv_kernels!(mma_variant!($f, $sg, 8, 4, 16, 2, 2), "conv_mma.wgsl"),
+            conv_kernels!(mma_variant!($f, $sg, 8, 8, 16, 2, 4), "conv_mma.wgsl"),
+        ]
+    };
+}
+
 /// f16 tensor-core kernels (`shaders/conv_mma.wgsl`): 16 x 16 fragments with subgroups of 32
 /// (NVIDIA through Vulkan, Apple)...
-const MMA_F16_SG32: Kernels = conv_kernels!(mma_variant!(16, 32), "conv_mma.wgsl");
+const MMA_F16_SG32: [Kernels; 3] = mma_kernels!(16, 32);
 /// ...and 8 x 8 fragments with subgroups of 8 (Mesa's lavapipe).
-const MMA_F8_SG8: Kernels = conv_kernels!(mma_variant!(8, 8), "conv_mma.wgsl");
+const MMA_F8_SG8: [Kernels; 3] = mma_kernels!(8, 8);
 
 /// The configurations the f16 engine has kernels for, in order of preference.
-const MMA_VARIANTS: [(MmaConfig, &Kernels); 2] = [
+const MMA_VARIANTS: [(MmaConfig, &[Kernels; 3]); 2] = [
     (
         MmaConfig {
             fragment: 16,
@@ -177,8 +204,60 @@ const MMA_VARIANTS: [(MmaConfig, &Kernels); 2] = [
     ),
 ];
 
-/// The f16 kernels for `config`, if they exist.
-fn mma_kernels(config: MmaConfig) -> Option<&'static Kernels> {
+/// A tile of the f16 engine. Its workgroup memory holds both operands in f16 and 64 rows of
+/// the f32 result at a time, 32 for 128 columns (`shaders/conv_mma.wgsl`): 26.5 KiB for 64 x 64
+/// (chunks of 32), 25.3 for 128 x 64 and 26.75 for 128 x 128.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmaTile {
+    /// 64 x 64, reduction chunks of 32.
+    T64x64,
+    /// 128 x 64, chunks of 16.
+    T128x64,
+    /// 128 x 128, chunks of 16.
+    T128x128,
+}
+
+impl MmaTile {
+    /// Every f16 tile, in the order of the kernel sets.
+    pub const ALL: [MmaTile; 3] = [MmaTile::T64x64, MmaTile::T128x64, MmaTile::T128x128];
+
+    /// (rows, columns, reduction chunk).
+    pub fn dims(self) -> (usize, usize, usize) {
+        match self {
+            MmaTile::T64x64 => (64, 64, 32),
+            MmaTile::T128x64 => (128, 64, 16),
+            MmaTile::T128x128 => (128, 128, 16),
+        }
+    }
+
+    /// Bytes of workgroup memory the tile's kernels declare (a_sh, b_sh and c_sh in
+    /// conv_mma.wgsl, with their padded row strides).
+    pub fn workgroup_bytes(self) -> u64 {
+        let (bm, bn, bk) = self.dims();
+        let c_rows = 4096 / bn;
+        (2 * bm * (bk + 8) + 2 * bk * (bn + 8) + 4 * c_rows * (bn + 4)) as u64
+    }
+
+    /// The f16 tile standing in for the f32 engine's `tile` in a plan: the same tile where the
+    /// f16 engine has it, else 64 x 64 (for 64 x 128 and 32 x 128).
+    pub fn for_f32_tile(tile: ConvTile) -> MmaTile {
+        match tile {
+            ConvTile::T128x128 => MmaTile::T128x128,
+            ConvTile::T128x64 => MmaTile::T128x64,
+            ConvTile::T64x64 | ConvTile::T64x128 | ConvTile::T32x128 => MmaTile::T64x64,
+        }
+    }
+
+    fn index(self) -> usize {
+        MmaTile::ALL
+            .iter()
+            .position(|&t| t == self)
+            .expect("a tile")
+    }
+}
+
+/// The f16 kernels for `config`, one set per [`MmaTile`], if they exist.
+fn mma_kernels(config: MmaConfig) -> Option<&'static [Kernels; 3]> {
     MMA_VARIANTS
         .iter()
         .find(|(c, _)| *c == config)
@@ -201,7 +280,7 @@ struct Engine {
 }
 
 /// The f16 engine's kernels when `gpu` runs convolutions in [`ConvPrecision::F16`].
-fn f16_kernels(gpu: &Gpu) -> Option<&'static Kernels> {
+fn f16_kernels(gpu: &Gpu) -> Option<&'static [Kernels; 3]> {
     match gpu.conv_precision() {
         ConvPrecision::F16 => gpu.mma_config().and_then(mma_kernels),
         ConvPrecision::F32 => None,
@@ -222,11 +301,14 @@ fn gy_scale(f16: bool, gy: &Tensor, given: Option<&Tensor>) -> Result<Option<Ten
 impl Engine {
     /// `gpu`'s engine: the f16 one under [`ConvPrecision::F16`], else the f32 one with `tile`
     /// (chosen by the caller's plan unless forced).
+    /// The f16 engine takes the f16 tile of the same rows as the plan's f32 tile
+    /// ([`MmaTile::for_f32_tile`]).
     fn for_gpu(gpu: &Gpu, tile: impl FnOnce() -> ConvTile) -> Engine {
         if let Some(kernels) = f16_kernels(gpu) {
+            let t = MmaTile::for_f32_tile(tile());
             return Engine {
-                kernels,
-                dims: (64, 64, 32),
+                kernels: &kernels[t.index()],
+                dims: t.dims(),
                 f16: true,
             };
         }
@@ -277,14 +359,27 @@ impl Engine {
 /// Each conv variant's prepended WGSL declarations and its engine file under `shaders/` (for the
 /// shader tests, which compile `variant + engine + conv.wgsl`).
 #[doc(hidden)]
-pub const CONV_SHADER_VARIANTS: [(&str, &str); 7] = [
+pub const CONV_SHADER_VARIANTS: [(&str, &str); 11] = [
     (T64X64.forward.variant, T64X64.forward.engine),
     (T128X64.forward.variant, T128X64.forward.engine),
     (T64X128.forward.variant, T64X128.forward.engine),
     (T128X128.forward.variant, T128X128.forward.engine),
     (T32X128.forward.variant, T32X128.forward.engine),
-    (MMA_F16_SG32.forward.variant, MMA_F16_SG32.forward.engine),
-    (MMA_F8_SG8.forward.variant, MMA_F8_SG8.forward.engine),
+    (
+        MMA_F16_SG32[0].forward.variant,
+        MMA_F16_SG32[0].forward.engine,
+    ),
+    (
+        MMA_F16_SG32[1].forward.variant,
+        MMA_F16_SG32[1].forward.engine,
+    ),
+    (
+        MMA_F16_SG32[2].forward.variant,
+        MMA_F16_SG32[2].forward.engine,
+    ),
+    (MMA_F8_SG8[0].forward.variant, MMA_F8_SG8[0].forward.engine),
+    (MMA_F8_SG8[1].forward.variant, MMA_F8_SG8[1].forward.engine),
+    (MMA_F8_SG8[2].forward.variant, MMA_F8_SG8[2].forward.engine),
 ];
 
 /// Output tile of one conv workgroup (GEMM rows x columns). Larger tiles do more arithmetic per
@@ -335,6 +430,19 @@ impl TileModel {
         full_grid: 396,
     };
 
+    /// GPUs running the f16 engine, whose tiles stand in for the f32 ones
+    /// ([`MmaTile::for_f32_tile`]): 128 x 128 runs f16 128 x 128, 128 x 64 f16 128 x 64, the
+    /// others f16 64 x 64. Not measured yet. On the H200 (run 6) the 64 x 64 f16 kernels ran at
+    /// the f32 64 x 64 tile's speed, so they are bound by staging operands from memory, not by
+    /// the multiplies: the rates are the values staged per multiply-add, relative to 128 x 128's
+    /// (1/64 of one per multiply-add, 128 x 64's 1/43, 64 x 64's 1/32). 64 x 128 and 32 x 128,
+    /// which the f16 engine runs as 64 x 64, get a quarter, so that the model picks 64 x 64
+    /// itself.
+    pub const GPU_F16: TileModel = TileModel {
+        rates: [0.5, 0.67, 0.25, 1.0, 0.25],
+        full_grid: 396,
+    };
+
     /// CPU adapters (lavapipe, SwiftShader): measured with lavapipe on 2 cores, where the
     /// 128 x 128 tile is the fastest (8-10 GFLOP/s on the large shapes against 5-6 for 64 x 64)
     /// and two workgroups per core keep every core busy (lavapipe runs a thread per core):
@@ -357,11 +465,14 @@ impl TileModel {
     }
 
     /// The model for `gpu`'s adapter: [`TileModel::CPU`] for CPU adapters, else
-    /// [`TileModel::GPU`] (also where the type is unknown, as on the web).
+    /// [`TileModel::GPU`] (also where the type is unknown, as on the web), or
+    /// [`TileModel::GPU_F16`] when `gpu` runs the f16 engine.
     pub fn for_gpu(gpu: &Gpu) -> TileModel {
         if gpu.info().device_type == wgpu::DeviceType::Cpu {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             TileModel::cpu_with_cores(cores)
+        } else if f16_kernels(gpu).is_some() {
+            TileModel::GPU_F16
         } else {
             TileModel::GPU
         }
