@@ -24,7 +24,7 @@
 //
 // Workgroup memory: a_sh holds A as [m][kk] (row stride LDA), b_sh B as [kk][n] (LDB), both f16;
 // c_sh receives CR rows of C at a time (LDC; 64 rows, 32 for 128-column tiles, so that every
-// tile fits in 27.4 KiB) from coopStoreT, from where engine_end gathers each thread's
+// tile fits in 26.75 KiB) from coopStoreT, from where engine_end gathers each thread's
 // micro-tile into conv.wgsl's `acc` layout, so the epilogues are shared with the f32 engine.
 // Row strides are multiples of 8 halves (16 bytes), as fragment loads want.
 //

@@ -170,7 +170,7 @@ macro_rules! mma_variant {
 /// chunk per thread) and each subgroup 2 x 2 and 2 x 4 fragments, so that every fragment loaded
 /// from workgroup memory feeds two to four multiplies and every value staged from memory more
 /// of them.
-macro_rules! mma_kernels {
+macro_rules! mma_tiles {
     ($f:literal, $sg:literal) => {
         [
             conv_kernels!(mma_variant!($f, $sg, 4, 4, 32, 1, 2), "conv_mma.wgsl"),
@@ -182,9 +182,9 @@ macro_rules! mma_kernels {
 
 /// f16 tensor-core kernels (`shaders/conv_mma.wgsl`): 16 x 16 fragments with subgroups of 32
 /// (NVIDIA through Vulkan, Apple)...
-const MMA_F16_SG32: [Kernels; 3] = mma_kernels!(16, 32);
+const MMA_F16_SG32: [Kernels; 3] = mma_tiles!(16, 32);
 /// ...and 8 x 8 fragments with subgroups of 8 (Mesa's lavapipe).
-const MMA_F8_SG8: [Kernels; 3] = mma_kernels!(8, 8);
+const MMA_F8_SG8: [Kernels; 3] = mma_tiles!(8, 8);
 
 /// The configurations the f16 engine has kernels for, in order of preference.
 const MMA_VARIANTS: [(MmaConfig, &[Kernels; 3]); 2] = [
