@@ -23,7 +23,7 @@
 //! - `tiles` (tuning, not in `all`): every pass of every conv shape with each tile of `--tiles`
 //!   in turn, then with the library's plan (and with `--checks-ab` the plan on a second device
 //!   compiled with wgpu's runtime checks), and the first figure again at the end as a drift
-//!   check.
+//!   check. With `--precision f16`, the f16 engine's tiles (64x64, 128x64, 128x128).
 //!
 //! With `--autotune` every figure runs with conv autotuning on ([`Gpu::set_conv_autotune`]):
 //! each figure's warm-up tunes the shapes it meets, and a table of the tuned tiles (with every
@@ -42,7 +42,7 @@
 use clap::Parser;
 use resnet_wgpu::gpu::{KernelTime, gpu_span_nanos};
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
-use resnet_wgpu::ops::ConvTile;
+use resnet_wgpu::ops::{ConvTile, MmaTile};
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
 use resnet_wgpu::{Error, Gpu, GpuOptions, Result, Rng, Tape, Tensor, Var, ops};
 use serde::Serialize;
@@ -84,9 +84,11 @@ struct Args {
     /// Also write every result as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// The conv tiles `--what tiles` compares, comma-separated (f32 engine).
-    #[arg(long, default_value = "64x64,128x64,64x128,128x128,32x128")]
-    tiles: String,
+    /// The conv tiles `--what tiles` compares, comma-separated. Default: every tile of the
+    /// engine `--precision` selects (f32: 64x64, 128x64, 64x128, 128x128, 32x128; f16: 64x64,
+    /// 128x64, 128x128).
+    #[arg(long)]
+    tiles: Option<String>,
     /// With `--what tiles`: also time the library's plan on a second device whose kernels are
     /// compiled with wgpu's runtime checks (`GpuOptions::shader_checks`), beside the rest.
     #[arg(long)]
@@ -1029,23 +1031,42 @@ fn main() -> Result<()> {
             )));
         }
     };
+    let f16 = args.precision == resnet_wgpu::ConvPrecision::F16;
+    let default_tiles = if f16 {
+        "64x64,128x64,128x128"
+    } else {
+        "64x64,128x64,64x128,128x128,32x128"
+    };
     let sweep_tiles = args
         .tiles
+        .as_deref()
+        .unwrap_or(default_tiles)
         .split(',')
         .map(|t| {
-            ConvTile::parse(t).ok_or_else(|| {
+            let tile = ConvTile::parse(t).ok_or_else(|| {
                 Error::Invalid(format!(
                     "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128, 128x128 or 32x128)"
                 ))
-            })
+            })?;
+            // A conv tile forced under F16 runs the f16 tile of the same shape, if there is one.
+            let (m, n, _) = tile.dims();
+            let (fm, fn_, _) = MmaTile::for_f32_tile(tile).dims();
+            if f16 && (m, n) != (fm, fn_) {
+                return Err(Error::Invalid(format!(
+                    "--tiles: the f16 engine has no {t} tile (it has {default_tiles})"
+                )));
+            }
+            Ok(tile)
         })
         .collect::<Result<Vec<_>>>()?;
     if args.checks_ab && !tiles {
         return Err(Error::Invalid("--checks-ab goes with --what tiles".into()));
     }
-    if tiles && args.precision != resnet_wgpu::ConvPrecision::F32 {
+    if args.checks_ab && f16 {
         return Err(Error::Invalid(
-            "--what tiles compares the f32 engine's tiles: leave out --precision f16".into(),
+            "--checks-ab compares the f32 plan with and without runtime checks: leave out \
+             --precision f16"
+                .into(),
         ));
     }
     if args.autotune && (tiles || args.precision != resnet_wgpu::ConvPrecision::F32) {

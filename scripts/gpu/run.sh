@@ -2,12 +2,14 @@
 # Runs on the lent GPU machine (see scripts/gpu/pack.sh): golden/op tests, the bench, and a
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
 # Usage: [TILE_SWEEP="--batch 128 --iters 3"] [F16_BENCH="--what models --models r18"] \
-#        [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
+#        [F16_TILE_SWEEP="--batch 128 --iters 3"] [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
 # F16_BENCH: also run the bench with --precision f16 (tensor cores) and these arguments, after
 # the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
+# F16_TILE_SWEEP: also run `bench --what tiles --precision f16` with these arguments (each f16
+# tile on every conv pass, and the f16 plan).
 # CHECKED_BENCH: also run the bench with these arguments and RESNET_WGPU_SHADER_CHECKS=1
 # (wgpu's index clamping and loop bounding back on), to measure what dropping them gains.
 # TORCH_REF: first run scripts/gpu/pytorch_reference.py (PyTorch's figures on the same card, as
@@ -56,6 +58,11 @@ fi
 if [ -n "${F16_BENCH:-}" ]; then
   echo "== bench --precision f16"
   timeout 200 $B/bench --precision f16 $F16_BENCH --json "$OUT/bench-f16.json" 2>&1 | tee "$OUT/bench-f16.txt"
+fi
+if [ -n "${F16_TILE_SWEEP:-}" ]; then
+  echo "== f16 conv tile sweep"
+  timeout 200 $B/bench --what tiles --precision f16 $F16_TILE_SWEEP --json "$OUT/tiles-f16.json" 2>&1 \
+    | tee "$OUT/tiles-f16.txt"
 fi
 if [ -n "${CHECKED_BENCH:-}" ]; then
   echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"
