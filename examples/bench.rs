@@ -1032,33 +1032,37 @@ fn main() -> Result<()> {
         }
     };
     let f16 = args.precision == resnet_wgpu::ConvPrecision::F16;
-    let default_tiles = if f16 {
-        "64x64,128x64,128x128"
-    } else {
-        "64x64,128x64,64x128,128x128,32x128"
-    };
-    let sweep_tiles = args
-        .tiles
-        .as_deref()
-        .unwrap_or(default_tiles)
-        .split(',')
-        .map(|t| {
-            let tile = ConvTile::parse(t).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128, 128x128 or 32x128)"
-                ))
-            })?;
-            // A conv tile forced under F16 runs the f16 tile of the same shape, if there is one.
-            let (m, n, _) = tile.dims();
-            let (fm, fn_, _) = MmaTile::for_f32_tile(tile).dims();
-            if f16 && (m, n) != (fm, fn_) {
-                return Err(Error::Invalid(format!(
-                    "--tiles: the f16 engine has no {t} tile (it has {default_tiles})"
-                )));
-            }
-            Ok(tile)
+    // The engine's tiles: every f32 tile, or those the f16 engine has (a conv tile forced under
+    // F16 runs the f16 tile of the same shape, where there is one).
+    let engine_tiles: Vec<ConvTile> = ConvTile::ALL
+        .into_iter()
+        .filter(|&t| {
+            let (m, n, _) = t.dims();
+            let (fm, fn_, _) = MmaTile::for_f32_tile(t).dims();
+            !f16 || (m, n) == (fm, fn_)
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
+    let sweep_tiles = match &args.tiles {
+        None => engine_tiles.clone(),
+        Some(list) => list
+            .split(',')
+            .map(|t| {
+                let tile = ConvTile::parse(t).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128, 128x128 or 32x128)"
+                    ))
+                })?;
+                if !engine_tiles.contains(&tile) {
+                    let names: Vec<String> = engine_tiles.iter().map(|&e| tile_name(e)).collect();
+                    return Err(Error::Invalid(format!(
+                        "--tiles: the f16 engine has no {t} tile (it has {})",
+                        names.join(",")
+                    )));
+                }
+                Ok(tile)
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
     if args.checks_ab && !tiles {
         return Err(Error::Invalid("--checks-ab goes with --what tiles".into()));
     }
