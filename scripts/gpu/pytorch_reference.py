@@ -19,9 +19,14 @@ import torch
 import torchvision
 
 
+def use_tf32(on):
+    """TF32 for matmuls and convolutions on or off (process-wide, so every figure sets it)."""
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
 def train_step_ms(arch, size, batch, classes, precision, iters=20, warmup=5):
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    use_tf32(precision == "tf32")
     model = getattr(torchvision.models, arch)(num_classes=classes).cuda()
     fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -55,8 +60,7 @@ def train_step_ms(arch, size, batch, classes, precision, iters=20, warmup=5):
 
 @torch.no_grad()
 def inference_ms(batch, precision, iters=50, warmup=10):
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    use_tf32(precision == "tf32")
     model = torchvision.models.resnet18(num_classes=1000).cuda().eval()
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     for _ in range(warmup):
