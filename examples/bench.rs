@@ -708,9 +708,12 @@ struct ModelRow {
     /// Mean CPU time recording a training step (forward to the optimizer step, before the
     /// submit and wait), in milliseconds.
     cpu_record_ms: Option<f64>,
-    /// Peak bytes allocated from the buffer pool: parameters, optimizer state, activations and
-    /// workspaces of the step.
+    /// Peak bytes allocated from the buffer pool, cached buffers included: parameters,
+    /// optimizer state, activations and workspaces of the step (compare PyTorch's
+    /// `max_memory_reserved`).
     peak_bytes: u64,
+    /// Peak bytes of the tensors in use at once (compare PyTorch's `max_memory_allocated`).
+    peak_live_bytes: u64,
     /// The ten kernel families with the most GPU time in one profiled run.
     top_kernels: Vec<Family>,
 }
@@ -758,16 +761,17 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
     println!(
         "Models (wall ms, synchronised; GPU ms: summed kernel time of one profiled run; span: \
          that run's first dispatch start to last dispatch end on the GPU, gaps included; \
-         record: CPU time recording a training step; peak: pool memory)"
+         record: CPU time recording a training step; pool: peak pool memory, cached buffers \
+         included; live: peak memory of the tensors in use at once)"
     );
     println!(
-        "{:<42} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "model", "wall ms", "GPU ms", "span ms", "images/s", "record ms", "peak MiB"
+        "{:<42} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "model", "wall ms", "GPU ms", "span ms", "images/s", "record ms", "pool MiB", "live MiB"
     );
     let mut rows = Vec::new();
     let mut print_row = |row: ModelRow| {
         println!(
-            "{:<42} {:>10.2} {:>10} {:>10} {:>10.1} {:>10} {:>10.1}",
+            "{:<42} {:>10.2} {:>10} {:>10} {:>10.1} {:>10} {:>10.1} {:>10.1}",
             format!(
                 "{} {} {}, batch {}",
                 row.model, row.mode, row.image_size, row.batch
@@ -777,7 +781,8 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
             opt(row.timing.gpu_span_ms),
             row.images_per_s,
             opt(row.cpu_record_ms),
-            row.peak_bytes as f64 / (1 << 20) as f64
+            row.peak_bytes as f64 / (1 << 20) as f64,
+            row.peak_live_bytes as f64 / (1 << 20) as f64
         );
         for f in &row.top_kernels {
             println!(
@@ -824,6 +829,7 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
                 timing,
                 cpu_record_ms: None,
                 peak_bytes: gpu.pool_stats().peak_bytes,
+                peak_live_bytes: gpu.pool_stats().peak_live_bytes,
                 top_kernels: families(&kernels, 10),
             });
         }
@@ -884,6 +890,7 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
             timing,
             cpu_record_ms: Some(timed.iter().sum::<f64>() * 1e3 / timed.len() as f64),
             peak_bytes: gpu.pool_stats().peak_bytes,
+            peak_live_bytes: gpu.pool_stats().peak_live_bytes,
             top_kernels: families(&kernels, 10),
         });
     }

@@ -112,6 +112,22 @@ fn tape_accumulates_where_a_value_feeds_two_consumers() {
 }
 
 #[test]
+fn peak_live_memory_counts_tensors_alive_together() {
+    let gpu = new_gpu();
+    gpu.synchronize().unwrap();
+    gpu.trim_pool();
+    gpu.reset_peak_memory();
+    let base = gpu.pool_stats();
+    // 4 MiB freed before 2 MiB are taken: the pool holds 6 MiB, at most 4 were in use.
+    drop(Tensor::zeros(&gpu, &[1 << 20]).unwrap());
+    let small = Tensor::zeros(&gpu, &[1 << 19]).unwrap();
+    let s = gpu.pool_stats();
+    assert_eq!(s.peak_bytes - base.peak_bytes, 6 << 20, "{s:?}");
+    assert_eq!(s.peak_live_bytes - base.peak_live_bytes, 4 << 20, "{s:?}");
+    drop(small);
+}
+
+#[test]
 fn inference_records_nothing() {
     let gpu = gpu();
     let x = resnet_wgpu::Var::constant(Tensor::from_slice(&gpu, &[2], &[1.0, -1.0]).unwrap());

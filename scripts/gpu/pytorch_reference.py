@@ -5,7 +5,9 @@ has the H100's arithmetic and 1.4x its memory bandwidth). Run beside `bench` in 
 (`TORCH_REF=1 bash scripts/gpu/run.sh ...`), this gives the baseline on the same card:
 ResNet-18 train steps (224x224 batch 128 and 32x32 batch 256, SGD with momentum), ResNet-18
 inference at batch 1 and 64, f32 with TF32 off and TF32 on, plus ResNet-50's TF32 step and the
-bf16 channels-last step, and the peak memory of the f32 ResNet-18 step.
+bf16 channels-last step, and the peak memory of each train step: the tensors in use at once
+(`max_memory_allocated`, the bench's "live") and the caching allocator's footprint
+(`max_memory_reserved`, the bench's "pool").
 
 Each figure: warm-up steps, then the mean of timed steps between CUDA events. cuDNN's
 benchmark mode is on (PyTorch's fastest algorithms, as a user tuning for speed would run it).
@@ -52,7 +54,7 @@ def train_step_ms(arch, size, batch, classes, precision, iters=20, warmup=5):
         step()
     end.record()
     torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**20
+    peak = (torch.cuda.max_memory_allocated() / 2**20, torch.cuda.max_memory_reserved() / 2**20)
     del model, opt, x, y
     torch.cuda.empty_cache()
     return start.elapsed_time(end) / iters, peak
@@ -85,9 +87,12 @@ def main():
     rows = []
 
     def row(work, precision, ms, images, peak=None):
+        live, reserved = peak if peak is not None else (None, None)
         rows.append({"work": work, "precision": precision, "ms": ms,
-                     "images_per_s": images / ms * 1e3, "peak_mib": peak})
-        mem = f", peak {peak:,.0f} MiB" if peak is not None else ""
+                     "images_per_s": images / ms * 1e3, "peak_mib": live,
+                     "peak_reserved_mib": reserved})
+        mem = (f", peak {live:,.0f} MiB allocated, {reserved:,.0f} MiB reserved"
+               if peak is not None else "")
         print(f"{work:<34} {precision:<5} {ms:8.2f} ms {images / ms * 1e3:9,.0f} img/s{mem}",
               flush=True)
 

@@ -380,12 +380,14 @@ impl Gpu {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Restart the peak-memory count: [`PoolStats::peak_bytes`] becomes the bytes allocated now,
-    /// so the next peak is that of the work that follows (call [`Gpu::trim_pool`] first to drop
-    /// cached buffers from the baseline).
+    /// Restart the peak-memory counts: [`PoolStats::peak_bytes`] becomes the bytes allocated now
+    /// and [`PoolStats::peak_live_bytes`] the bytes in use now, so the next peaks are those of
+    /// the work that follows (call [`Gpu::trim_pool`] first to drop cached buffers from the
+    /// baseline).
     pub fn reset_peak_memory(&self) {
         let mut pool = lock(&self.0.pool);
         pool.stats.peak_bytes = pool.stats.bytes_allocated;
+        pool.stats.peak_live_bytes = pool.stats.bytes_allocated - pool.stats.bytes_cached;
     }
 
     /// Destroy the buffers cached in the pool (those in use are untouched).

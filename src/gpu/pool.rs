@@ -15,8 +15,11 @@ pub struct PoolStats {
     pub bytes_allocated: u64,
     /// Bytes sitting free in the pool.
     pub bytes_cached: u64,
-    /// Largest `bytes_allocated` seen.
+    /// Largest `bytes_allocated` seen: the pool's footprint on the device.
     pub peak_bytes: u64,
+    /// Largest number of bytes in use at once (`bytes_allocated - bytes_cached`): the tensors
+    /// alive together, what PyTorch reports as `max_memory_allocated`.
+    pub peak_live_bytes: u64,
 }
 
 #[derive(Default)]
@@ -35,17 +38,24 @@ impl BufferPool {
     ) -> wgpu::Buffer {
         if let Some(buf) = self.free.get_mut(&(size, usage)).and_then(Vec::pop) {
             self.stats.bytes_cached -= size;
+            self.note_live();
             return buf;
         }
         self.stats.allocations += 1;
         self.stats.bytes_allocated += size;
         self.stats.peak_bytes = self.stats.peak_bytes.max(self.stats.bytes_allocated);
+        self.note_live();
         device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size,
             usage,
             mapped_at_creation: false,
         })
+    }
+
+    fn note_live(&mut self) {
+        let live = self.stats.bytes_allocated - self.stats.bytes_cached;
+        self.stats.peak_live_bytes = self.stats.peak_live_bytes.max(live);
     }
 
     /// Return a buffer for reuse.
