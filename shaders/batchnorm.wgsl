@@ -44,6 +44,9 @@
 //   backward_input    grid: as normalize
 //                     1 x, 2 y (only read when RELU), 3 gy, 4 mean, 5 invstd, 6 coef (read),
 //                     7 gx [N*C*HW] (write): gx = coef0 * (dy - coef1 - xhat * coef2)
+//   backward_input_inplace  backward_input with gx written over gy: grid as normalize;
+//                     1 x, 2 y (only read when RELU; any buffer but gy otherwise), 4 mean,
+//                     5 invstd, 6 coef (read), 3 gy [N*C*HW] (read_write: gy in, gx out)
 
 struct Params {
     channels: u32,   // C
@@ -488,7 +491,12 @@ fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 
 // (dy, x) of flat index i: gy masked by the ReLU's output when RELU.
 fn bi_load(i: u32) -> vec2<f32> {
-    var dy = bi_gy[i];
+    return bi_mask(i, bi_gy[i]);
+}
+
+// (dy, x) of flat index i from its upstream gradient g: g masked by the ReLU's output when RELU.
+fn bi_mask(i: u32, g: f32) -> vec2<f32> {
+    var dy = g;
     if ((params.flags & RELU) != 0u && !(bi_y[i] > 0.0)) { dy = 0.0; }
     return vec2<f32>(dy, bi_x[i]);
 }
@@ -497,4 +505,29 @@ fn bi_load(i: u32) -> vec2<f32> {
 fn bi_value(e: vec2<f32>, c: u32) -> f32 {
     let xhat = (e.y - bi_mean[c]) * bi_invstd[c];
     return bi_coef[c * 3u] * (e.x - bi_coef[c * 3u + 1u] - xhat * bi_coef[c * 3u + 2u]);
+}
+
+// ---- backward_input_inplace: backward_input reading gy from and writing gx to binding 3 ----
+// Each element is read before it is written, by the same thread, so the overwrite is safe.
+@group(0) @binding(3) var<storage, read_write> bii_g: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward_input_inplace(@builtin(workgroup_id) wg: vec3<u32>,
+                          @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let i = elements_base(wg, nwg, lid);
+    let total = params.batch * params.channels * params.hw;
+    if (i >= total) { return; }
+    let e0 = bi_mask(i, bii_g[i]);
+    var e1 = vec2<f32>(0.0);
+    var e2 = vec2<f32>(0.0);
+    var e3 = vec2<f32>(0.0);
+    if (i + 256u < total) { e1 = bi_mask(i + 256u, bii_g[i + 256u]); }
+    if (i + 512u < total) { e2 = bi_mask(i + 512u, bii_g[i + 512u]); }
+    if (i + 768u < total) { e3 = bi_mask(i + 768u, bii_g[i + 768u]); }
+    let c = element_channels(i);
+    bii_g[i] = bi_value(e0, c.x);
+    if (i + 256u < total) { bii_g[i + 256u] = bi_value(e1, c.y); }
+    if (i + 512u < total) { bii_g[i + 512u] = bi_value(e2, c.z); }
+    if (i + 768u < total) { bii_g[i + 768u] = bi_value(e3, c.w); }
 }

@@ -3,6 +3,7 @@
 // Math (per element i < n):
 //   relu_forward:   y[i]  = max(x[i], 0)
 //   relu_backward:  gx[i] = gy[i] if y[i] > 0 else 0        (y is the forward output)
+//   relu_backward_inplace: g[i] = g[i] if y[i] > 0 else 0   (gy replaced by gx, in place)
 //   add:            out[i] = a[i] + b[i]
 //   add_relu:       out[i] = max(a[i] + b[i], 0)
 //   axpy:           y[i] += alpha * x[i]                      (in place)
@@ -53,6 +54,15 @@ fn axpy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i < params.n) { un_y[i] = un_y[i] + params.alpha * un_x[i]; }
+}
+
+// relu_backward_inplace: binding 1 = y (the forward output, read), binding 2 = g (read_write:
+// gy in, gx out)
+@compute @workgroup_size(256)
+fn relu_backward_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < params.n) { un_y[i] = select(0.0, un_y[i], un_x[i] > 0.0); }
 }
 
 // ---- fill: binding 1 = output ----

@@ -189,6 +189,12 @@ impl Tensor {
         })
     }
 
+    /// Whether this handle is the only one to its buffer (no clone, reshape or saved copy
+    /// shares it), so that writing over the contents cannot be observed elsewhere.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.storage) == 1
+    }
+
     /// A copy of the data in a new buffer.
     pub fn deep_clone(&self) -> Result<Tensor> {
         let t = Self::uninit(self.gpu(), &self.shape, self.dtype, "deep_clone")?;

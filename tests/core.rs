@@ -112,6 +112,33 @@ fn tape_accumulates_where_a_value_feeds_two_consumers() {
 }
 
 #[test]
+fn backward_writes_over_unshared_gradients() {
+    let gpu = new_gpu();
+    let n = 1 << 18; // 1 MiB per tensor
+    let xs = random_vec(n, 11);
+    let seed_values = random_vec(n, 12);
+    let tape = Tape::new();
+    let x = tape.leaf(Tensor::from_slice(&gpu, &[n], &xs).unwrap());
+    let y = x.relu().unwrap().relu().unwrap().relu().unwrap();
+    let seed = Tensor::from_slice(&gpu, &[n], &seed_values).unwrap();
+    gpu.synchronize().unwrap();
+    gpu.reset_peak_memory();
+    let stats = gpu.pool_stats();
+    let live = stats.bytes_allocated - stats.bytes_cached;
+    let grads = tape.backward_with(&y, seed).unwrap();
+    // Each ReLU's gradient replaces its upstream one, so the replay needs no tensor beyond those
+    // already live (only a uniform buffer for the dispatches' parameters, if any).
+    let extra = gpu.pool_stats().peak_live_bytes - live;
+    assert!(extra < 256 << 10, "the backward took {extra} more bytes");
+    let want: Vec<f32> = xs
+        .iter()
+        .zip(&seed_values)
+        .map(|(&x, &g)| if x > 0.0 { g } else { 0.0 })
+        .collect();
+    assert_eq!(grads.get(&x).unwrap().to_vec().unwrap(), want);
+}
+
+#[test]
 fn peak_live_memory_counts_tensors_alive_together() {
     let gpu = new_gpu();
     gpu.synchronize().unwrap();

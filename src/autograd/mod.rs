@@ -13,7 +13,12 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 /// A backward closure: upstream gradient in, one optional gradient per recorded input out.
-pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>>>;
+///
+/// The closure owns the upstream gradient. When no other handle shares its buffer
+/// ([`Tensor::is_unique`]), an op may write an input's gradient of the same shape over it
+/// instead of allocating one (ReLU and batch norm do): the replay never reads a gradient after
+/// passing it on, so this only lowers the step's memory.
+pub type BackwardFn = Box<dyn FnOnce(Tensor) -> Result<Vec<Option<Tensor>>>>;
 
 struct Node {
     output: usize,
@@ -153,24 +158,37 @@ impl Tape {
             let Some(gout) = grads.remove(&node.output) else {
                 continue;
             };
-            let gins = (node.backward)(&gout)?;
+            let gins = (node.backward)(gout)?;
             debug_assert_eq!(gins.len(), node.inputs.len());
             for (input, g) in node.inputs.iter().zip(gins) {
                 let (Some(id), Some(g)) = (input, g) else {
                     continue;
                 };
-                match grads.remove(id) {
-                    Some(acc) => {
-                        grads.insert(*id, ops::add(&acc, &g)?);
-                    }
-                    None => {
-                        grads.insert(*id, g);
-                    }
-                }
+                let sum = match grads.remove(id) {
+                    Some(acc) => accumulate(acc, g)?,
+                    None => g,
+                };
+                grads.insert(*id, sum);
             }
         }
         grads.retain(|id, _| leaves.contains(id));
         Ok(Gradients { grads })
+    }
+}
+
+/// `acc + g`, written over whichever of the two no other handle shares (a residual block's
+/// input gradient is the sum of its shortcut's and its first conv's; the shortcut's may be
+/// shared with the block's other branch), or into a new tensor when both are shared.
+fn accumulate(acc: Tensor, g: Tensor) -> Result<Tensor> {
+    // axpy with alpha 1 adds exactly like add: 1 * g is g, and addition commutes.
+    if acc.is_unique() {
+        ops::axpy(&acc, 1.0, &g)?;
+        Ok(acc)
+    } else if g.is_unique() {
+        ops::axpy(&g, 1.0, &acc)?;
+        Ok(g)
+    } else {
+        ops::add(&acc, &g)
     }
 }
 
@@ -217,7 +235,7 @@ impl Var {
         op: &'static str,
         inputs: &[&Var],
         output: Tensor,
-        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+        backward: impl FnOnce(Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
     ) -> Result<Var> {
         let mut tape: Option<&Tape> = None;
         for v in inputs {

@@ -103,6 +103,7 @@ const NORMALIZE: Kernel = kernel!("batchnorm.wgsl", "normalize");
 const BACKWARD_PARTIAL: Kernel = kernel!("batchnorm.wgsl", "backward_partial");
 const BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.wgsl", "backward_finalize");
 const BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "backward_input");
+const BACKWARD_INPUT_INPLACE: Kernel = kernel!("batchnorm.wgsl", "backward_input_inplace");
 
 /// The layout of `x` as (N, C, HW), checked.
 #[derive(Clone, Copy)]
@@ -427,6 +428,7 @@ fn backward(
     saved: &BnSaved,
     relu: bool,
     eval: bool,
+    over_gy: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let d = Dims::of(op, x)?;
     for (name, t) in [("y", y), ("gy", gy)] {
@@ -446,8 +448,9 @@ fn backward(
     let gpu = x.gpu();
     let flags = relu_flag(relu) | if eval { FLAG_EVAL } else { 0 };
     let p = d.params(flags, 0.0, 0.0);
-    // Without the ReLU mask y is never read; bind gy in its place.
-    let y = if relu { y } else { gy };
+    // Without the ReLU mask y is never read; bind x in its place (not gy, which the in-place
+    // kernel writes).
+    let y = if relu { y } else { x };
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 2], DType::F32, op)?;
     gpu.dispatch(
@@ -479,6 +482,22 @@ fn backward(
         ],
         grid_for_elements(d.c),
     )?;
+    if over_gy {
+        gpu.dispatch(
+            &BACKWARD_INPUT_INPLACE,
+            &p,
+            &[
+                x.buffer(),
+                y.buffer(),
+                gy.buffer(),
+                saved.mean.buffer(),
+                saved.invstd.buffer(),
+                coef.buffer(),
+            ],
+            grid_for_elements(x.numel().div_ceil(4)),
+        )?;
+        return Ok((gy.clone(), ggamma, gbeta));
+    }
     let gx = Tensor::uninit(gpu, x.shape(), DType::F32, op)?;
     gpu.dispatch(
         &BACKWARD_INPUT,
@@ -511,7 +530,17 @@ pub fn batch_norm_backward(
     saved: &BnSaved,
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    backward("batch_norm_backward", x, y, gy, gamma, saved, relu, false)
+    backward(
+        "batch_norm_backward",
+        x,
+        y,
+        gy,
+        gamma,
+        saved,
+        relu,
+        false,
+        false,
+    )
 }
 
 /// Backward of eval-mode batch norm (fixed statistics, e.g. fine-tuning with a frozen backbone's
@@ -534,6 +563,7 @@ pub fn batch_norm_eval_backward(
         saved,
         relu,
         true,
+        false,
     )
 }
 
@@ -652,21 +682,25 @@ fn batch_norm_var(
     let with_residual = residual.is_some();
     Var::record(OP, &inputs, y, move |gy| {
         let (x, g, y, s) = keep.expect("saved when tracked");
-        let backward = if opts.training {
-            batch_norm_backward
+        let (op, eval) = if opts.training {
+            ("batch_norm_backward", false)
         } else {
-            batch_norm_eval_backward
+            ("batch_norm_eval_backward", true)
         };
         if !with_residual {
-            let (gx, gg, gb) = backward(&x, y.as_ref().unwrap_or(gy), gy, &g, &s, opts.relu)?;
+            // gx replaces gy when nothing else holds it.
+            let over_gy = gy.is_unique();
+            let y = y.as_ref().unwrap_or(&x);
+            let (gx, gg, gb) = backward(op, &x, y, &gy, &g, &s, opts.relu, eval, over_gy)?;
             return Ok(vec![Some(gx), Some(gg), Some(gb)]);
         }
-        // relu(bn(x) + r): both terms receive the gradient masked by the ReLU.
+        // relu(bn(x) + r): both terms receive the gradient masked by the ReLU. The residual's
+        // keeps the masked gradient, so gx gets a buffer of its own.
         let masked = match &y {
-            Some(y) => crate::ops::relu_backward(y, gy)?,
-            None => gy.clone(),
+            Some(y) => crate::ops::relu_backward_consume(y, gy)?,
+            None => gy,
         };
-        let (gx, gg, gb) = backward(&x, &masked, &masked, &g, &s, false)?;
+        let (gx, gg, gb) = backward(op, &x, &x, &masked, &g, &s, false, eval, false)?;
         Ok(vec![Some(gx), Some(gg), Some(gb), Some(masked)])
     })
 }

@@ -1658,6 +1658,7 @@ impl Var {
         inputs.extend(b);
         let has_bias = b.is_some();
         Var::record("conv2d", &inputs, y, move |gy| {
+            let gy = &gy;
             // Both passes of the f16 engine scale gy by the same power of two: computed once.
             let both = saved_w.is_some() && saved_x.is_some();
             let scale = gy_scale(both && f16_kernels(gy.gpu()).is_some(), gy, None)?;

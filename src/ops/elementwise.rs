@@ -16,6 +16,7 @@ struct Params {
 
 const RELU_FORWARD: Kernel = kernel!("elementwise.wgsl", "relu_forward");
 const RELU_BACKWARD: Kernel = kernel!("elementwise.wgsl", "relu_backward");
+const RELU_BACKWARD_INPLACE: Kernel = kernel!("elementwise.wgsl", "relu_backward_inplace");
 const ADD: Kernel = kernel!("elementwise.wgsl", "add");
 const ADD_RELU: Kernel = kernel!("elementwise.wgsl", "add_relu");
 const AXPY: Kernel = kernel!("elementwise.wgsl", "axpy");
@@ -83,6 +84,32 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// Gradient of relu given its output `y` and upstream gradient `gy`.
 pub fn relu_backward(y: &Tensor, gy: &Tensor) -> Result<Tensor> {
     binary("relu_backward", &RELU_BACKWARD, y, gy)
+}
+
+/// [`relu_backward`] taking `gy` by value: when no other handle shares its buffer
+/// ([`Tensor::is_unique`]) the gradient is written over it, without allocating.
+pub fn relu_backward_consume(y: &Tensor, gy: Tensor) -> Result<Tensor> {
+    const OP: &str = "relu_backward";
+    if !gy.is_unique() {
+        return relu_backward(y, &gy);
+    }
+    y.expect_dtype(OP, DType::F32)?;
+    gy.expect_dtype(OP, DType::F32)?;
+    y.expect_same_gpu(OP, &gy)?;
+    if y.shape() != gy.shape() {
+        return Err(Error::shape(
+            OP,
+            format!("shapes differ: {:?} vs {:?}", y.shape(), gy.shape()),
+        ));
+    }
+    check_n(OP, y.numel())?;
+    gy.gpu().dispatch(
+        &RELU_BACKWARD_INPLACE,
+        &params(y.numel(), 0.0),
+        &[y.buffer(), gy.buffer()],
+        grid_for_elements(y.numel()),
+    )?;
+    Ok(gy)
 }
 
 /// `a + b` (same shapes).
@@ -156,7 +183,7 @@ impl Var {
         let saved = Var::any_tracked(&[self]).then(|| y.clone());
         Var::record("relu", &[self], y, move |gy| {
             let y = saved.expect("saved when tracked");
-            Ok(vec![Some(relu_backward(&y, gy)?)])
+            Ok(vec![Some(relu_backward_consume(&y, gy)?)])
         })
     }
 
@@ -173,7 +200,7 @@ impl Var {
         let y = add_relu(self.tensor(), other.tensor())?;
         let saved = Var::any_tracked(&[self, other]).then(|| y.clone());
         Var::record("add_relu", &[self, other], y, move |gy| {
-            let g = relu_backward(&saved.expect("saved when tracked"), gy)?;
+            let g = relu_backward_consume(&saved.expect("saved when tracked"), gy)?;
             Ok(vec![Some(g.clone()), Some(g)])
         })
     }
@@ -182,7 +209,7 @@ impl Var {
     pub fn scale(&self, alpha: f32) -> Result<Var> {
         let out = scale(self.tensor(), alpha)?;
         Var::record("scale", &[self], out, move |gy| {
-            Ok(vec![Some(scale(gy, alpha)?)])
+            Ok(vec![Some(scale(&gy, alpha)?)])
         })
     }
 

@@ -164,8 +164,8 @@ impl Var {
         });
         Var::record("matmul", &[self, other], out, move |gy| {
             let (a, b) = saved.expect("saved when tracked");
-            let ga = b.map(|b| matmul(gy, &b, false, true)).transpose()?;
-            let gb = a.map(|a| matmul(&a, gy, true, false)).transpose()?;
+            let ga = b.map(|b| matmul(&gy, &b, false, true)).transpose()?;
+            let gb = a.map(|a| matmul(&a, &gy, true, false)).transpose()?;
             Ok(vec![ga, gb])
         })
     }
@@ -188,12 +188,12 @@ impl Var {
         let has_bias = b.is_some();
         Var::record("linear", &inputs, y, move |gy| {
             let (x, w) = saved.expect("saved when tracked");
-            let gx = w.map(|w| matmul(gy, &w, false, false)).transpose()?;
-            let gw = x.map(|x| matmul(gy, &x, true, false)).transpose()?;
+            let gx = w.map(|w| matmul(&gy, &w, false, false)).transpose()?;
+            let gw = x.map(|x| matmul(&gy, &x, true, false)).transpose()?;
             let mut grads = vec![gx, gw];
             if has_bias {
                 grads.push(if need_gb {
-                    Some(crate::ops::sum_channels(gy)?)
+                    Some(crate::ops::sum_channels(&gy)?)
                 } else {
                     None
                 });

@@ -133,7 +133,7 @@ impl Var {
         let saved = Var::any_tracked(&[self]).then_some(glogits);
         Var::record("cross_entropy", &[self], loss, move |gy| {
             let g = saved.expect("saved when tracked");
-            Ok(vec![Some(crate::ops::scale_by(&g, gy)?)])
+            Ok(vec![Some(crate::ops::scale_by(&g, &gy)?)])
         })
     }
 }

@@ -320,7 +320,7 @@ impl Var {
         Var::record("max_pool2d", &[self], y, move |gy| {
             let idx = saved.expect("saved when tracked");
             Ok(vec![Some(max_pool2d_backward(
-                gy, &idx, x_shape, kernel, stride, padding,
+                &gy, &idx, x_shape, kernel, stride, padding,
             )?)])
         })
     }
@@ -331,7 +331,7 @@ impl Var {
         let x_shape = shape4(self.tensor());
         Var::record("avg_pool2d", &[self], y, move |gy| {
             Ok(vec![Some(avg_pool2d_backward(
-                gy, x_shape, kernel, stride, padding,
+                &gy, x_shape, kernel, stride, padding,
             )?)])
         })
     }
@@ -341,7 +341,7 @@ impl Var {
         let y = global_avg_pool(self.tensor())?;
         let x_shape = shape4(self.tensor());
         Var::record("global_avg_pool", &[self], y, move |gy| {
-            Ok(vec![Some(global_avg_pool_backward(gy, x_shape)?)])
+            Ok(vec![Some(global_avg_pool_backward(&gy, x_shape)?)])
         })
     }
 }

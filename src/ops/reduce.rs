@@ -163,7 +163,7 @@ impl Var {
         let shape = self.shape().to_vec();
         Var::record("sum", &[self], out, move |gy| {
             let ones = Tensor::full(gy.gpu(), &shape, 1.0)?;
-            Ok(vec![Some(crate::ops::scale_by(&ones, gy)?)])
+            Ok(vec![Some(crate::ops::scale_by(&ones, &gy)?)])
         })
     }
 
