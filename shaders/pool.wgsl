@@ -6,6 +6,11 @@
 //                  maximum in row-major window order (NaN wins, as in PyTorch)
 //   max_backward:  gx[h, w] = sum of gy[oh, ow] over the outputs whose window holds (h, w) and whose
 //                  idx is h * W + w  (a gather: each input element reads, nothing is scattered)
+//   With the pipeline constant RELU, both fuse a ReLU after the pooling: max_forward writes
+//   max(y, 0), and max_backward only sums gy[oh, ow] where that output y[oh, ow] > 0. Since the
+//   ReLU is monotone this equals max pooling of relu(x), with its gradient: a window whose maximum
+//   is positive has the same first maximum in x and in relu(x), and a window whose maximum is not
+//   positive passes no gradient either way.
 //   avg_forward:   y = (sum over the window clipped to the image) / D, where D counts the window
 //                  clipped to the padded image (count_include_pad = True, PyTorch's default)
 //   avg_backward:  gx[h, w] = sum of gy[oh, ow] / D(oh, ow) over the outputs whose window holds (h, w)
@@ -22,7 +27,8 @@
 //
 // Bindings (group 0): 0 = Params (uniform), then
 //   max_forward:  1 x [P*H*W] (read), 2 y [P*OH*OW] (write), 3 idx [P*OH*OW] u32 (write)
-//   max_backward: 1 gy [P*OH*OW] (read), 2 idx [P*OH*OW] u32 (read), 3 gx [P*H*W] (write)
+//   max_backward: 1 gy [P*OH*OW] (read), 2 idx [P*OH*OW] u32 (read), 3 gx [P*H*W] (write),
+//                 4 y [P*OH*OW] (read when RELU; any buffer but gx otherwise)
 //   avg_forward:  1 x (read), 2 y (write)
 //   avg_backward: 1 gy (read), 2 gx (write)
 //   gap_forward:  1 x [P*HW] (read), 2 y [P] (write)
@@ -52,6 +58,9 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 override WK: u32;
 override WS: u32;
 override WP: u32;
+
+// A ReLU after the max pooling (see the header); false by default.
+override RELU: bool = false;
 
 // First output index (inclusive) whose window covers input coordinate `i` along one axis.
 fn first_out(i: u32) -> u32 {
@@ -131,7 +140,7 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    mf_y[o] = best;
+    mf_y[o] = select(best, max(best, 0.0), RELU);
     mf_idx[o] = best_i;
 }
 
@@ -166,6 +175,7 @@ fn reach_of(i: u32) -> Reach {
 @group(0) @binding(1) var<storage, read> mb_gy: array<f32>;
 @group(0) @binding(2) var<storage, read> mb_idx: array<u32>;
 @group(0) @binding(3) var<storage, read_write> mb_gx: array<f32>;
+@group(0) @binding(4) var<storage, read> mb_y: array<f32>;
 
 @compute @workgroup_size(256)
 fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -178,7 +188,7 @@ fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     for (var oh = reach.oh0; oh < reach.oh1; oh = oh + 1u) {
         for (var ow = reach.ow0; ow < reach.ow1; ow = ow + 1u) {
             let o = base + oh * params.ow + ow;
-            if (mb_idx[o] == reach.pixel) { acc = acc + mb_gy[o]; }
+            if (mb_idx[o] == reach.pixel && (!RELU || mb_y[o] > 0.0)) { acc = acc + mb_gy[o]; }
         }
     }
     mb_gx[i] = acc;

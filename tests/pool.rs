@@ -139,6 +139,48 @@ fn max_pool_matches_reference() {
 }
 
 #[test]
+fn max_pool_relu_matches_relu_then_max_pool() {
+    let gpu = gpu();
+    for (i, &(shape, k, s, p)) in CASES.iter().enumerate() {
+        let what = format!("max_pool2d_relu {shape:?} k{k} s{s} p{p}");
+        let numel = shape.iter().product();
+        // Quantised values around zero: ties, zeros and windows without a positive value.
+        let x: Vec<f32> = random_vec(numel, 900 + i as u64)
+            .iter()
+            .map(|v| (v * 2.0).round() - 0.5)
+            .collect();
+        let tx = Tensor::from_slice(&gpu, &shape, &x).unwrap();
+        let (y, idx) = ops::max_pool2d_relu(&tx, k, s, p).unwrap();
+        let gy = random_vec(y.numel(), 1000 + i as u64);
+        let (ry, rgx) = reference::relu_max_pool2d(&x, &gy, shape, k, s, p);
+        assert_eq!(y.to_vec().unwrap(), ry, "{what}: y");
+        // The indices are x's argmax, not relu(x)'s: a window without a positive value may
+        // point elsewhere, and passes no gradient either way.
+        let tgy = Tensor::from_slice(&gpu, y.shape(), &gy).unwrap();
+        let gx = ops::max_pool2d_relu_backward(&tgy, &y, &idx, shape, k, s, p).unwrap();
+        assert_close(
+            &gx.to_vec().unwrap(),
+            &rgx,
+            1e-6,
+            1e-6,
+            &format!("{what}: gx"),
+        );
+        // The recorded op gives the same gradient.
+        let tape = Tape::new();
+        let xv = tape.leaf(tx.clone());
+        let yv = xv.max_pool2d_relu(k, s, p).unwrap();
+        let grads = tape.backward_with(&yv, tgy).unwrap();
+        assert_close(
+            &grads.get(&xv).unwrap().to_vec().unwrap(),
+            &rgx,
+            1e-6,
+            1e-6,
+            &format!("{what}: recorded gx"),
+        );
+    }
+}
+
+#[test]
 fn max_pool_padding_is_minus_infinity() {
     // All-negative input: padding must never win.
     let gpu = gpu();

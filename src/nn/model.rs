@@ -335,9 +335,11 @@ impl ResNet {
     ) -> Result<Var> {
         self.check_input(x)?;
         let h = match self.config.stem {
+            // relu(bn) then the max pool, as torchvision, with the ReLU moved after the pool
+            // (they commute): the backward then keeps no full-size ReLU output.
             Stem::ImageNet => self
-                .conv_bn(b, x, "conv1", "bn1", 2, 3, training, true, None)?
-                .max_pool2d(3, 2, 1)?,
+                .conv_bn(b, x, "conv1", "bn1", 2, 3, training, false, None)?
+                .max_pool2d_relu(3, 2, 1)?,
             Stem::Cifar => self.conv_bn(b, x, "conv1", "bn1", 1, 1, training, true, None)?,
         };
         if let Some(f) = features.as_deref_mut() {

@@ -108,6 +108,10 @@ impl Geometry {
         [self.n, self.c, self.oh, self.ow]
     }
 
+    fn x_shape(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+
     fn params(&self) -> Params {
         Params {
             planes: (self.n * self.c) as u32,
@@ -160,12 +164,35 @@ pub fn max_pool2d(
     stride: usize,
     padding: usize,
 ) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "max_pool2d";
-    let geo = Geometry::new(OP, x.nchw(OP, "x")?, kernel, stride, padding)?;
-    let y = Tensor::uninit(x.gpu(), &geo.out_shape(), DType::F32, OP)?;
-    let idx = Tensor::uninit(x.gpu(), &geo.out_shape(), DType::U32, OP)?;
-    x.gpu().dispatch(
+    max_forward("max_pool2d", x, kernel, stride, padding, false)
+}
+
+/// `relu(max_pool2d(x))`, which equals max pooling of `relu(x)`: a ReLU followed by a max pool
+/// (a ResNet stem) in one pass whose backward needs the pooled output but not the ReLU's
+/// full-size output. Returns the output and the argmax indices of `x`'s windows.
+pub fn max_pool2d_relu(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<(Tensor, Tensor)> {
+    max_forward("max_pool2d_relu", x, kernel, stride, padding, true)
+}
+
+fn max_forward(
+    op: &'static str,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<(Tensor, Tensor)> {
+    let geo = Geometry::new(op, x.nchw(op, "x")?, kernel, stride, padding)?;
+    let y = Tensor::uninit(x.gpu(), &geo.out_shape(), DType::F32, op)?;
+    let idx = Tensor::uninit(x.gpu(), &geo.out_shape(), DType::U32, op)?;
+    x.gpu().dispatch_with(
         &MAX_FORWARD,
+        &[("RELU", f64::from(u8::from(relu)))],
         &geo.params(),
         &[x.buffer(), y.buffer(), idx.buffer()],
         grid_for_elements(y.numel()),
@@ -183,12 +210,39 @@ pub fn max_pool2d_backward(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    const OP: &str = "max_pool2d_backward";
+    let geo = Geometry::new("max_pool2d_backward", x_shape, kernel, stride, padding)?;
+    max_backward("max_pool2d_backward", gy, indices, None, &geo)
+}
+
+/// Backward of [`max_pool2d_relu`] from its output `y`: [`max_pool2d_backward`] of `gy` masked
+/// by `y > 0`.
+pub fn max_pool2d_relu_backward(
+    gy: &Tensor,
+    y: &Tensor,
+    indices: &Tensor,
+    x_shape: [usize; 4],
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    const OP: &str = "max_pool2d_relu_backward";
     let geo = Geometry::new(OP, x_shape, kernel, stride, padding)?;
-    expect_out_grad(OP, gy, &geo)?;
+    y.expect_f32_shape(OP, "y", "gy's", gy.shape())?;
+    gy.expect_same_gpu(OP, y)?;
+    max_backward(OP, gy, indices, Some(y), &geo)
+}
+
+fn max_backward(
+    op: &'static str,
+    gy: &Tensor,
+    indices: &Tensor,
+    relu_y: Option<&Tensor>,
+    geo: &Geometry,
+) -> Result<Tensor> {
+    expect_out_grad(op, gy, geo)?;
     if indices.dtype() != DType::U32 || indices.shape() != gy.shape() {
         return Err(Error::shape(
-            OP,
+            op,
             format!(
                 "indices must be a u32 tensor of gy's shape {:?}, got {:?} {:?}",
                 gy.shape(),
@@ -197,13 +251,20 @@ pub fn max_pool2d_backward(
             ),
         ));
     }
-    gy.expect_same_gpu(OP, indices)?;
-    let gx = Tensor::uninit(gy.gpu(), &x_shape, DType::F32, OP)?;
+    gy.expect_same_gpu(op, indices)?;
+    let gx = Tensor::uninit(gy.gpu(), &geo.x_shape(), DType::F32, op)?;
+    let [wk, ws, wp] = geo.window_constants();
     gy.gpu().dispatch_with(
         &MAX_BACKWARD,
-        &geo.window_constants(),
+        &[wk, ws, wp, ("RELU", f64::from(u8::from(relu_y.is_some())))],
         &geo.params(),
-        &[gy.buffer(), indices.buffer(), gx.buffer()],
+        // Without the ReLU, y is never read: gy stands in for it.
+        &[
+            gy.buffer(),
+            indices.buffer(),
+            gx.buffer(),
+            relu_y.unwrap_or(gy).buffer(),
+        ],
         grid_for_elements(gx.numel()),
     )?;
     Ok(gx)
@@ -321,6 +382,20 @@ impl Var {
             let idx = saved.expect("saved when tracked");
             Ok(vec![Some(max_pool2d_backward(
                 &gy, &idx, x_shape, kernel, stride, padding,
+            )?)])
+        })
+    }
+
+    /// `relu(max_pool2d(x))` (see [`max_pool2d_relu`]): a ReLU then a max pool, whose backward
+    /// keeps the pooled output and the argmax indices rather than the ReLU's full-size output.
+    pub fn max_pool2d_relu(&self, kernel: usize, stride: usize, padding: usize) -> Result<Var> {
+        let (y, idx) = max_pool2d_relu(self.tensor(), kernel, stride, padding)?;
+        let x_shape = shape4(self.tensor());
+        let saved = Var::any_tracked(&[self]).then(|| (y.clone(), idx));
+        Var::record("max_pool2d_relu", &[self], y, move |gy| {
+            let (y, idx) = saved.expect("saved when tracked");
+            Ok(vec![Some(max_pool2d_relu_backward(
+                &gy, &y, &idx, x_shape, kernel, stride, padding,
             )?)])
         })
     }

@@ -64,6 +64,28 @@ pub fn max_pool2d_backward(gy: &[f32], idx: &[u32], x_shape: [usize; 4]) -> Vec<
     gx
 }
 
+/// A ReLU then max pooling, in that order (torchvision's stem): the output, and the input
+/// gradient for the output gradient `gy`. The kernel (`max_pool2d_relu`) pools first and applies
+/// the ReLU after; the tests check that the two agree.
+pub fn relu_max_pool2d(
+    x: &[f32],
+    gy: &[f32],
+    shape: [usize; 4],
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let relu: Vec<f32> = x.iter().map(|&v| v.max(0.0)).collect();
+    let (y, idx) = max_pool2d(&relu, shape, kernel, stride, padding);
+    let g = max_pool2d_backward(gy, &idx, shape);
+    let gx = g
+        .iter()
+        .zip(&relu)
+        .map(|(&g, &r)| if r > 0.0 { g } else { 0.0 })
+        .collect();
+    (y, gx)
+}
+
 /// Divisor of an average-pool window with count_include_pad = True.
 fn avg_divisor(
     i: usize,
