@@ -17,7 +17,8 @@
 //!   32x32 (10 classes), batch `--cifar-batch`, each with the CPU time spent recording the step,
 //!   its GPU time (the dispatches' sum, and their span from the first start to the last end,
 //!   which adds the device's idle gaps between them), the kernel families it spends that time
-//!   in and its peak GPU memory.
+//!   in, and its peak memory: the pool's (cached buffers included) and that of the tensors in
+//!   use at once.
 //! - `memory`: the batch norm and max pooling figures of `kernels` alone.
 //! - `all`: `kernels` and `models`.
 //! - `tiles` (tuning, not in `all`): every pass of every conv shape with each tile of `--tiles`
