@@ -1,8 +1,8 @@
 //! Opt-in GPU timing of every dispatch with timestamp queries.
 //!
-//! Every dispatch is recorded in its own compute pass, so with profiling on each pass gets
-//! `ComputePassTimestampWrites` at the beginning and the end: pass `i` of the pending encoder writes
-//! queries `2i` and `2i + 1` of the query sets (sets of [`QUERIES_PER_SET`] queries, added as more
+//! With profiling on, every dispatch is recorded in its own compute pass (untimed ones share
+//! one), which gets `ComputePassTimestampWrites` at the beginning and the end: timed pass `i` of
+//! the pending encoder writes queries `2i` and `2i + 1` of the query sets (sets of [`QUERIES_PER_SET`] queries, added as more
 //! dispatches are recorded). When the encoder is submitted ([`Gpu::flush`]) the used queries are
 //! resolved and copied into a small staging buffer, kept with the kernel names until
 //! [`Gpu::finish_profiling`] maps them all, so any number of dispatches and flushes works and
