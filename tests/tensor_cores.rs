@@ -236,15 +236,19 @@ fn f16_scale_is_the_power_of_two_the_engine_uses() {
     ] {
         let mut long = values.clone();
         long.resize(100_000, 0.0); // several partial maxima
-        for v in [values, long] {
+        // Past the first pass's 4,096 x 256 threads: the threads loop, the values at the end.
+        let mut longer = vec![0.0; 1_100_000 - values.len()];
+        longer.extend(&values);
+        for v in [values, long, longer] {
             let t = Tensor::from_slice(&gpu, &[v.len()], &v).unwrap();
             let s = ops::f16_scale(&t).unwrap().to_vec().unwrap();
-            assert_eq!(s, [expected], "{:?}", &v[..2]);
+            assert_eq!(s, [expected], "{:?} of {}", &v[v.len() - 2..], v.len());
             assert_eq!(
                 reference::f16_scale(&v),
                 expected,
-                "reference {:?}",
-                &v[..2]
+                "reference {:?} of {}",
+                &v[v.len() - 2..],
+                v.len()
             );
         }
     }
