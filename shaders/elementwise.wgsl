@@ -59,7 +59,8 @@ fn axpy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 // relu_backward_inplace: binding 1 = y (the forward output, read), binding 2 = g (read_write:
 // gy in, gx out)
 @compute @workgroup_size(256)
-fn relu_backward_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn relu_backward_inplace(@builtin(workgroup_id) wg: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i < params.n) { un_y[i] = select(0.0, un_y[i], un_x[i] > 0.0); }

@@ -176,9 +176,9 @@ impl Tape {
     }
 }
 
-/// `acc + g`, written over whichever of the two no other handle shares (a residual block's
-/// input gradient is the sum of its shortcut's and its first conv's; the shortcut's may be
-/// shared with the block's other branch), or into a new tensor when both are shared.
+/// `acc + g` for a value that feeds several consumers (a residual block's input: its shortcut and
+/// its first conv), written over whichever of the two no other handle shares, or into a new
+/// tensor when both are shared (an add's backward hands both its inputs one gradient).
 fn accumulate(acc: Tensor, g: Tensor) -> Result<Tensor> {
     // axpy with alpha 1 adds exactly like add: 1 * g is g, and addition commutes.
     if acc.is_unique() {

@@ -5,8 +5,9 @@
 //! one compute pass (each dispatch is its own usage scope, so wgpu still places the barriers
 //! between a write and the reads that follow). A copy, a clear or a timed dispatch ends the pass.
 //! The encoder is submitted ([`Gpu::flush`]) when a read-back needs the results, when data is
-//! uploaded into a recycled buffer, or when the caller asks. Shapes reach shaders through a `#[repr(C)]` params struct bound
-//! as a uniform at binding 0 of group 0; storage buffers follow at bindings 1, 2, ...
+//! uploaded into a recycled buffer, or when the caller asks. Shapes reach shaders through a
+//! `#[repr(C)]` params struct bound as a uniform at binding 0 of group 0; storage buffers follow
+//! at bindings 1, 2, ...
 
 mod device;
 mod pool;

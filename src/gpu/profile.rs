@@ -2,11 +2,12 @@
 //!
 //! With profiling on, every dispatch is recorded in its own compute pass (untimed ones share
 //! one), which gets `ComputePassTimestampWrites` at the beginning and the end: timed pass `i` of
-//! the pending encoder writes queries `2i` and `2i + 1` of the query sets (sets of [`QUERIES_PER_SET`] queries, added as more
-//! dispatches are recorded). When the encoder is submitted ([`Gpu::flush`]) the used queries are
-//! resolved and copied into a small staging buffer, kept with the kernel names until
-//! [`Gpu::finish_profiling`] maps them all, so any number of dispatches and flushes works and
-//! nothing waits on the GPU before the end. The query sets are reused by the next encoder.
+//! the pending encoder writes queries `2i` and `2i + 1` of the query sets (sets of
+//! [`QUERIES_PER_SET`] queries, added as more dispatches are recorded). When the encoder is
+//! submitted ([`Gpu::flush`]) the used queries are resolved and copied into a small staging
+//! buffer, kept with the kernel names until [`Gpu::finish_profiling`] maps them all, so any number
+//! of dispatches and flushes works and nothing waits on the GPU before the end. The query sets
+//! are reused by the next encoder.
 //!
 //! When profiling is off, the dispatch path only checks one `Option` under a lock it already holds.
 
