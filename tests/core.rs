@@ -155,6 +155,23 @@ fn peak_live_memory_counts_tensors_alive_together() {
 }
 
 #[test]
+fn dispatches_copies_and_clears_keep_their_recorded_order() {
+    // Consecutive dispatches share a compute pass; a copy or a clear ends it. Nothing is
+    // submitted until the reads at the end.
+    let gpu = gpu();
+    let a = Tensor::from_slice(&gpu, &[3], &[1.0, -2.0, 3.0]).unwrap();
+    let b = ops::relu(&a).unwrap();
+    let copy = b.deep_clone().unwrap();
+    ops::fill(&b, 7.0).unwrap();
+    let z = Tensor::zeros(&gpu, &[3]).unwrap();
+    ops::axpy(&z, 2.0, &b).unwrap();
+    ops::axpy(&z, 1.0, &copy).unwrap();
+    assert_eq!(copy.to_vec().unwrap(), vec![1.0, 0.0, 3.0]);
+    assert_eq!(b.to_vec().unwrap(), vec![7.0; 3]);
+    assert_eq!(z.to_vec().unwrap(), vec![15.0, 14.0, 17.0]);
+}
+
+#[test]
 fn inference_records_nothing() {
     let gpu = gpu();
     let x = resnet_wgpu::Var::constant(Tensor::from_slice(&gpu, &[2], &[1.0, -1.0]).unwrap());
