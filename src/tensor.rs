@@ -63,7 +63,7 @@ impl Tensor {
         if n == 0 {
             return Err(Error::shape(op, format!("empty tensor of shape {shape:?}")));
         }
-        let buf = gpu.alloc_storage(n as u64 * 4, &format!("{op}: tensor of shape {shape:?}"))?;
+        let buf = gpu.alloc_storage(n as u64 * 4, || format!("{op}: tensor of shape {shape:?}"))?;
         Ok(Tensor {
             shape: shape.to_vec(),
             dtype,

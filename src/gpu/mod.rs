@@ -408,13 +408,18 @@ impl Gpu {
         lock(&self.0.pipelines).len()
     }
 
-    /// Take a storage buffer of `bytes` bytes from the pool, checking the device's limits.
-    /// Its contents are unspecified.
-    pub(crate) fn alloc_storage(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+    /// Take a storage buffer of `bytes` bytes from the pool, checking the device's limits
+    /// (`what` names the tensor in the error, formatted only then). Its contents are
+    /// unspecified.
+    pub(crate) fn alloc_storage(
+        &self,
+        bytes: u64,
+        what: impl FnOnce() -> String,
+    ) -> Result<wgpu::Buffer> {
         let limits = &self.0.limits;
         if bytes > limits.max_buffer_size {
             return Err(Error::Limit {
-                what: what.to_string(),
+                what: what(),
                 limit: "max_buffer_size",
                 needed: bytes,
                 available: limits.max_buffer_size,
