@@ -19,6 +19,8 @@
 //!   which adds the device's idle gaps between them), the kernel families it spends that time
 //!   in, and its peak memory: the pool's (cached buffers included) and that of the tensors in
 //!   use at once.
+//!   Before them, the host's CPU time per dispatch: recording, and finishing and submitting, a
+//!   chain of 400 small dispatches.
 //! - `memory`: the batch norm and max pooling figures of `kernels` alone.
 //! - `all`: `kernels` and `models`.
 //! - `tiles` (tuning, not in `all`): every pass of every conv shape with each tile of `--tiles`
@@ -899,6 +901,57 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
     Ok(rows)
 }
 
+/// Host time per dispatch, apart from any model's own work.
+#[derive(Serialize)]
+struct HostRow {
+    /// Dispatches per run: a chain of ReLUs on 256 elements.
+    dispatches: usize,
+    /// Median CPU time recording one dispatch (allocation, bind group, pass commands), in
+    /// microseconds.
+    record_us: f64,
+    /// Median CPU time finishing the encoder and submitting it, per dispatch, in microseconds.
+    submit_us: f64,
+}
+
+/// The CPU time the library spends per dispatch: record a chain of small dispatches, then
+/// submit it, timing each part (median of 25 runs after 5 untimed ones). On a fast GPU this
+/// host time, times a step's dispatches, bounds small models' steps.
+fn bench_host(gpu: &Gpu) -> Result<HostRow> {
+    const DISPATCHES: usize = 400;
+    let x = Tensor::from_slice(gpu, &[256], &pattern(256))?;
+    let (mut record, mut submit) = (Vec::new(), Vec::new());
+    for run in 0..30 {
+        let start = Instant::now();
+        let mut h = x.clone();
+        for _ in 0..DISPATCHES {
+            h = ops::relu(&h)?;
+        }
+        let recorded = Instant::now();
+        gpu.flush();
+        let submitted = Instant::now();
+        gpu.synchronize()?;
+        if run >= 5 {
+            record.push((recorded - start).as_secs_f64());
+            submit.push((submitted - recorded).as_secs_f64());
+        }
+    }
+    let median_us = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 1e6 / DISPATCHES as f64
+    };
+    let row = HostRow {
+        dispatches: DISPATCHES,
+        record_us: median_us(record),
+        submit_us: median_us(submit),
+    };
+    println!(
+        "Host time per dispatch ({} small dispatches, median of 25 runs): recording {:.2} us, \
+         finishing and submitting {:.2} us\n",
+        row.dispatches, row.record_us, row.submit_us
+    );
+    Ok(row)
+}
+
 /// Free the previous figure's cached buffers and restart the peak-memory count.
 fn fresh_peak(gpu: &Gpu) -> Result<()> {
     gpu.synchronize()?;
@@ -933,6 +986,8 @@ struct Report {
     conv_totals: Option<ConvTotals>,
     #[serde(skip_serializing_if = "Option::is_none")]
     memory_kernels: Option<Vec<MemoryRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<HostRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     models: Option<Vec<ModelRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1142,6 +1197,7 @@ fn main() -> Result<()> {
         convs: None,
         conv_totals: None,
         memory_kernels: None,
+        host: None,
         models: None,
         tile_sweep: None,
         tuned_convs: None,
@@ -1155,6 +1211,7 @@ fn main() -> Result<()> {
         report.memory_kernels = Some(bench_memory_kernels(&bench, args.batch)?);
     }
     if models {
+        report.host = Some(bench_host(&bench.gpu)?);
         report.models = Some(bench_models(&bench, &args)?);
     }
     if tiles {
