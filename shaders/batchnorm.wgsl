@@ -47,6 +47,21 @@
 //   backward_input_inplace  backward_input with gx written over gy: grid as normalize;
 //                     1 x, 2 y (only read when RELU; any buffer but gy otherwise), 4 mean,
 //                     5 invstd, 6 coef (read), 3 gy [N*C*HW] (read_write: gy in, gx out)
+//   With the pipeline constant POOLED, backward_partial and pooled_backward_input are the
+//   backward of batch norm followed by a max pool with a ReLU after it (ops::pool's
+//   max_pool2d_relu; a ResNet stem), without the pooling's full-size input gradient. The batch
+//   norm's output gradient is then dy[p] = sum of gy[o] over the pooled outputs o whose argmax
+//   idx[o] is p and whose output y[o] > 0: zero but at the windows' argmax elements.
+//   backward_partial (POOLED): walks the pooled outputs (hw = OH * OW, chunks of them, flag RELU)
+//                     with 2 y, 3 gy the pooled output and its gradient, 7 idx [N*C*OH*OW] u32
+//                     (read; bound with any buffer otherwise), and x read at each output's
+//                     argmax: the sums over dy's nonzeros. backward_finalize then runs with
+//                     hw = H * W, the batch norm's count.
+//   pooled_backward_input  grid: as normalize over x (hw = H * W)
+//                     1 x [N*C*H*W] (read_write: x in, gx out), 2 y, 3 gy [N*C*OH*OW],
+//                     4 mean, 5 invstd, 6 coef (read), 7 idx (read): dy gathered as
+//                     pool.wgsl's max_backward gathers (window constants PK, PS, PP), then
+//                     backward_input's gx
 
 struct Params {
     channels: u32,   // C
@@ -62,6 +77,11 @@ struct Params {
     element_step_c: u32,  // normalize, backward_input: (256 / hw) % C
     partial_step_q: u32,  // stats_partial, backward_partial: PARTIAL_WG % hw
     partial_step_n: u32,  // stats_partial, backward_partial: PARTIAL_WG / hw
+    // POOLED: the max pool's input plane (in_h x in_w) and output plane (out_h x out_w).
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
 }
 
 const RELU: u32 = 1u;
@@ -361,6 +381,17 @@ fn nm_value(e: vec2<f32>, c: u32) -> f32 {
     return v;
 }
 
+// The pooled backward (see the header): POOLED selects it; PK, PS and PP are the max pool's
+// kernel, stride and padding (pool.wgsl's WK, WS, WP), so that its divisions by the stride
+// compile to shifts or multiplies.
+override POOLED: bool = false;
+override PK: u32 = 3u;
+override PS: u32 = 2u;
+override PP: u32 = 1u;
+
+// POOLED: the argmax index of each pooled output within its plane of x.
+@group(0) @binding(7) var<storage, read> pool_idx: array<u32>;
+
 // ---- backward_partial ----
 @group(0) @binding(1) var<storage, read> bp_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bp_y: array<f32>;
@@ -369,11 +400,13 @@ fn nm_value(e: vec2<f32>, c: u32) -> f32 {
 @group(0) @binding(5) var<storage, read> bp_invstd: array<f32>;
 @group(0) @binding(6) var<storage, read_write> bp_partials: array<f32>;
 
-// (dy, dy * xhat) of flat index i.
+// (dy, dy * xhat) of flat index i (POOLED: of pooled output i, x read at its argmax).
 fn bp_terms(i: u32, relu: bool, mean: f32, invstd: f32) -> vec2<f32> {
     var dy = bp_gy[i];
     if (relu && !(bp_y[i] > 0.0)) { dy = 0.0; }
-    return vec2<f32>(dy, dy * (bp_x[i] - mean) * invstd);
+    var xi = i;
+    if (POOLED) { xi = (i / params.hw) * (params.in_h * params.in_w) + pool_idx[i]; }
+    return vec2<f32>(dy, dy * (bp_x[xi] - mean) * invstd);
 }
 
 @compute @workgroup_size(PARTIAL_WG)
@@ -530,4 +563,58 @@ fn backward_input_inplace(@builtin(workgroup_id) wg: vec3<u32>,
     if (i + 256u < total) { bii_g[i + 256u] = bi_value(e1, c.y); }
     if (i + 512u < total) { bii_g[i + 512u] = bi_value(e2, c.z); }
     if (i + 768u < total) { bii_g[i + 768u] = bi_value(e3, c.w); }
+}
+
+// ---- pooled_backward_input (see the header) ----
+@group(0) @binding(1) var<storage, read_write> pbi_x: array<f32>;
+
+@compute @workgroup_size(256)
+fn pooled_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let i = elements_base(wg, nwg, lid);
+    let total = params.batch * params.channels * params.hw;
+    if (i >= total) { return; }
+    let e0 = vec2<f32>(pooled_dy(i), pbi_x[i]);
+    var e1 = vec2<f32>(0.0);
+    var e2 = vec2<f32>(0.0);
+    var e3 = vec2<f32>(0.0);
+    if (i + 256u < total) { e1 = vec2<f32>(pooled_dy(i + 256u), pbi_x[i + 256u]); }
+    if (i + 512u < total) { e2 = vec2<f32>(pooled_dy(i + 512u), pbi_x[i + 512u]); }
+    if (i + 768u < total) { e3 = vec2<f32>(pooled_dy(i + 768u), pbi_x[i + 768u]); }
+    let c = element_channels(i);
+    pbi_x[i] = bi_value(e0, c.x);
+    if (i + 256u < total) { pbi_x[i + 256u] = bi_value(e1, c.y); }
+    if (i + 512u < total) { pbi_x[i + 512u] = bi_value(e2, c.z); }
+    if (i + 768u < total) { pbi_x[i + 768u] = bi_value(e3, c.w); }
+}
+
+// dy of element i of x: the pooled gradient bi_gy summed over the outputs whose windows hold
+// it, whose argmax it is and whose output bi_y is positive, in max_backward's order.
+fn pooled_dy(i: u32) -> f32 {
+    let plane = i / params.hw;
+    let q = i - plane * params.hw;
+    let h = q / params.in_w;
+    let w = q - h * params.in_w;
+    let base = plane * params.out_h * params.out_w;
+    var acc = 0.0;
+    for (var oh = pool_first(h); oh < pool_end(h, params.out_h); oh = oh + 1u) {
+        for (var ow = pool_first(w); ow < pool_end(w, params.out_w); ow = ow + 1u) {
+            let o = base + oh * params.out_w + ow;
+            if (pool_idx[o] == q && bi_y[o] > 0.0) { acc = acc + bi_gy[o]; }
+        }
+    }
+    return acc;
+}
+
+// First pooled output (inclusive) whose window covers coordinate i along one axis.
+fn pool_first(i: u32) -> u32 {
+    let ip = i + PP;
+    if (ip < PK) { return 0u; }
+    return (ip - PK) / PS + 1u;
+}
+
+// One past the last pooled output whose window covers coordinate i.
+fn pool_end(i: u32, out_len: u32) -> u32 {
+    return min((i + PP) / PS + 1u, out_len);
 }

@@ -6,6 +6,10 @@
 //                  maximum in row-major window order (NaN wins, as in PyTorch)
 //   max_backward:  gx[h, w] = sum of gy[oh, ow] over the outputs whose window holds (h, w) and whose
 //                  idx is h * W + w  (a gather: each input element reads, nothing is scattered)
+//   With the pipeline constant BN, max_forward pools the batch norm of x instead of x:
+//                  v = (x - mean[c]) * invstd[c] * gamma[c] + beta[c] per element of channel c
+//                  (batchnorm.wgsl normalize's expression), so that a batch norm followed by
+//                  the pool never writes its full-size output; idx is the argmax of v.
 //   With the pipeline constant RELU, both fuse a ReLU after the pooling: max_forward writes
 //   max(y, 0), and max_backward only sums gy[oh, ow] where that output y[oh, ow] > 0. Since the
 //   ReLU is monotone this equals max pooling of relu(x), with its gradient: a window whose maximum
@@ -26,7 +30,8 @@
 // max_backward and avg_backward also take the window as pipeline constants WK, WS, WP.
 //
 // Bindings (group 0): 0 = Params (uniform), then
-//   max_forward:  1 x [P*H*W] (read), 2 y [P*OH*OW] (write), 3 idx [P*OH*OW] u32 (write)
+//   max_forward:  1 x [P*H*W] (read), 2 y [P*OH*OW] (write), 3 idx [P*OH*OW] u32 (write),
+//                 4 mean, 5 invstd, 6 gamma, 7 beta [C] (read when BN; any buffers otherwise)
 //   max_backward: 1 gy [P*OH*OW] (read), 2 idx [P*OH*OW] u32 (read), 3 gx [P*H*W] (write),
 //                 4 y [P*OH*OW] (read when RELU; any buffer but gx otherwise)
 //   avg_forward:  1 x (read), 2 y (write)
@@ -43,6 +48,7 @@ struct Params {
     k: u32,
     stride: u32,
     pad: u32,
+    channels: u32,  // C (max_forward with BN: the channel of plane p is p % C)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -61,6 +67,8 @@ override WP: u32;
 
 // A ReLU after the max pooling (see the header); false by default.
 override RELU: bool = false;
+// max_forward pools the batch norm of x (see the header); false by default.
+override BN: bool = false;
 
 // First output index (inclusive) whose window covers input coordinate `i` along one axis.
 fn first_out(i: u32) -> u32 {
@@ -118,6 +126,10 @@ fn window(o: u32) -> Window {
 @group(0) @binding(1) var<storage, read> mf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> mf_y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> mf_idx: array<u32>;
+@group(0) @binding(4) var<storage, read> mf_mean: array<f32>;
+@group(0) @binding(5) var<storage, read> mf_invstd: array<f32>;
+@group(0) @binding(6) var<storage, read> mf_gamma: array<f32>;
+@group(0) @binding(7) var<storage, read> mf_beta: array<f32>;
 
 @compute @workgroup_size(256)
 fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -130,10 +142,23 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     // (Chrome's Tint rejects the module; naga accepts it).
     var best = bitcast<f32>(0xff800000u | (params.k & 0u));
     var best_i = win.h0 * params.w + win.w0;
+    // With BN, the batch norm of the plane's channel.
+    var mean = 0.0;
+    var invstd = 1.0;
+    var gamma = 1.0;
+    var beta = 0.0;
+    if (BN) {
+        let c = (base / (params.h * params.w)) % params.channels;
+        mean = mf_mean[c];
+        invstd = mf_invstd[c];
+        gamma = mf_gamma[c];
+        beta = mf_beta[c];
+    }
     for (var h = win.h0; h < win.h1; h = h + 1u) {
         for (var w = win.w0; w < win.w1; w = w + 1u) {
             let i = h * params.w + w;
-            let v = mf_x[base + i];
+            var v = mf_x[base + i];
+            if (BN) { v = (v - mean) * invstd * gamma + beta; }
             if (v > best || v != v) {
                 best = v;
                 best_i = i;

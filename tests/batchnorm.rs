@@ -636,3 +636,96 @@ fn gradient_check_training_relu() {
 fn gradient_check_eval() {
     grad_check(false, false);
 }
+
+#[test]
+fn batch_norm_max_pool_relu_matches_the_separate_ops() {
+    // The fused op's max pool normalizes as it reads, with the batch norm's expression; its
+    // backward gathers the pool's gradient instead of holding it, and sums it in another order.
+    // Results agree to rounding (a GPU compiler may contract the two kernels' multiply-adds
+    // differently).
+    let gpu = gpu();
+    let cases = [
+        (2, 3, 9, 9, 3, 2, 1),
+        (1, 5, 8, 7, 3, 2, 1),
+        (2, 2, 6, 6, 2, 2, 0),
+        (1, 4, 5, 11, 3, 1, 1),
+    ];
+    for (i, &(n, c, h, w, k, s, p)) in cases.iter().enumerate() {
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let seed = 70 + 10 * i as u64;
+        let x = random_vec(n * c * h * w, seed);
+        // Some negative gammas: the pool must take the maximum after the batch norm.
+        let gamma: Vec<f32> = random_vec(c, seed + 1).iter().map(|v| 1.5 * v).collect();
+        let beta = random_vec(c, seed + 2);
+        let rm = random_vec(c, seed + 3);
+        let rv = positive_vec(c, seed + 4);
+        let gy = random_vec(n * c * oh * ow, seed + 5);
+        for training in [true, false] {
+            // x_shared: the test holds x (the backward then writes gx over a copy); otherwise x
+            // is an intermediate that only the op keeps, as in the model.
+            for x_shared in [true, false] {
+                let run = |fused: bool| {
+                    let tape = Tape::new();
+                    let leaf =
+                        |v: &[f32], s: &[usize]| tape.leaf(Tensor::from_slice(&gpu, s, v).unwrap());
+                    let (x0, tg, tb) = (
+                        leaf(&x, &[n, c, h, w]),
+                        leaf(&gamma, &[c]),
+                        leaf(&beta, &[c]),
+                    );
+                    let trm = Tensor::from_slice(&gpu, &[c], &rm).unwrap();
+                    let trv = Tensor::from_slice(&gpu, &[c], &rv).unwrap();
+                    let opts = if training {
+                        BatchNorm::train()
+                    } else {
+                        BatchNorm::eval()
+                    };
+                    let tx = if x_shared {
+                        x0.clone()
+                    } else {
+                        x0.scale(1.0).unwrap()
+                    };
+                    let y = if fused {
+                        tx.batch_norm_max_pool_relu(&tg, &tb, &trm, &trv, opts, k, s, p)
+                            .unwrap()
+                    } else {
+                        tx.batch_norm(&tg, &tb, &trm, &trv, opts)
+                            .unwrap()
+                            .max_pool2d_relu(k, s, p)
+                            .unwrap()
+                    };
+                    drop(tx);
+                    let yv = y.tensor().to_vec().unwrap();
+                    let tgy = Tensor::from_slice(&gpu, &[n, c, oh, ow], &gy).unwrap();
+                    let grads = tape.backward_with(&y, tgy).unwrap();
+                    let g = |v: &Var| grads.get(v).unwrap().to_vec().unwrap();
+                    let stats = (trm.to_vec().unwrap(), trv.to_vec().unwrap());
+                    (yv, [g(&x0), g(&tg), g(&tb)], stats)
+                };
+                let what = format!("{:?} training {training} x shared {x_shared}", cases[i]);
+                let (fy, fg, fstats) = run(true);
+                let (sy, sg, sstats) = run(false);
+                assert_close(&fy, &sy, 1e-5, 1e-6, &format!("{what}: y"));
+                assert_eq!(fstats, sstats, "{what}: running statistics");
+                for (name, (f, s)) in ["gx", "ggamma", "gbeta"].iter().zip(fg.iter().zip(&sg)) {
+                    assert_close(f, s, 1e-4, 1e-5, &format!("{what}: {name}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_norm_max_pool_relu_keeps_the_relu_to_itself() {
+    let gpu = gpu();
+    let x = Var::constant(Tensor::zeros(&gpu, &[1, 2, 4, 4]).unwrap());
+    let v = Var::constant(Tensor::full(&gpu, &[2], 1.0).unwrap());
+    let stat = Tensor::full(&gpu, &[2], 1.0).unwrap();
+    let err = x
+        .batch_norm_max_pool_relu(&v, &v, &stat, &stat, BatchNorm::eval().with_relu(), 3, 2, 1)
+        .expect_err("a ReLU in the options is an error");
+    assert!(
+        err.to_string().contains("batch_norm_max_pool_relu"),
+        "{err}"
+    );
+}

@@ -71,6 +71,19 @@ impl Bindings {
     }
 }
 
+/// What a batch norm's recorded op includes after the normalization.
+#[derive(Clone, Copy)]
+enum BnTail<'a> {
+    Nothing,
+    /// A residual block's join: `bn(x) + identity`.
+    Residual(&'a Var),
+    /// The ImageNet stem's ReLU and 3x3/2 max pool (padding 1), the ReLU after the pool.
+    MaxPoolRelu,
+}
+
+/// The ImageNet stem's max pool: kernel, stride, padding.
+const STEM_POOL: [usize; 3] = [3, 2, 1];
+
 impl ResNet {
     /// A freshly initialised network (torchvision's initialisation).
     pub fn new(gpu: &Gpu, config: ResNetConfig, rng: &mut Rng) -> Result<ResNet> {
@@ -207,7 +220,7 @@ impl ResNet {
         name: &str,
         training: bool,
         relu: bool,
-        residual: Option<&Var>,
+        tail: BnTail<'_>,
     ) -> Result<Var> {
         let g = self.idx(&format!("{name}.weight"))?;
         let be = self.idx(&format!("{name}.bias"))?;
@@ -226,16 +239,20 @@ impl ResNet {
         }
         let (gamma, beta) = (b.var(g), b.var(be));
         let (mean, var) = (&self.params[rm].tensor, &self.params[rv].tensor);
-        match residual {
-            None => x.batch_norm(gamma, beta, mean, var, opts),
-            Some(r) => x.batch_norm_add(gamma, beta, mean, var, opts, r),
+        match tail {
+            BnTail::Nothing => x.batch_norm(gamma, beta, mean, var, opts),
+            BnTail::Residual(r) => x.batch_norm_add(gamma, beta, mean, var, opts, r),
+            BnTail::MaxPoolRelu => {
+                let [k, s, p] = STEM_POOL;
+                x.batch_norm_max_pool_relu(gamma, beta, mean, var, opts, k, s, p)
+            }
         }
     }
 
-    /// `conv` then its batch norm `bn`, plus `residual` when given, then a ReLU when `relu`. In
-    /// eval mode with nothing to differentiate (inference) this is one fused kernel
-    /// ([`ops::conv2d_bn_eval`]); otherwise two ops recorded on the tape, the conv and the batch
-    /// norm with the residual and the ReLU in its normalizing kernel.
+    /// `conv` then its batch norm `bn` and `tail`, then a ReLU when `relu`. In eval mode with
+    /// nothing to differentiate (inference) the conv and the batch norm (with a residual) are
+    /// one fused kernel ([`ops::conv2d_bn_eval`]); otherwise two ops recorded on the tape, the
+    /// conv and the batch norm with the tail and the ReLU.
     #[allow(clippy::too_many_arguments)]
     fn conv_bn(
         &mut self,
@@ -247,11 +264,15 @@ impl ResNet {
         padding: usize,
         training: bool,
         relu: bool,
-        residual: Option<&Var>,
+        tail: BnTail<'_>,
     ) -> Result<Var> {
         let w = b.var(self.idx(&format!("{conv}.weight"))?);
         let gamma = b.var(self.idx(&format!("{bn}.weight"))?);
         let beta = b.var(self.idx(&format!("{bn}.bias"))?);
+        let residual = match tail {
+            BnTail::Residual(r) => Some(r),
+            _ => None,
+        };
         let tracked = [Some(x), Some(w), Some(gamma), Some(beta), residual]
             .into_iter()
             .flatten()
@@ -274,17 +295,23 @@ impl ResNet {
                 residual.map(Var::tensor),
                 relu,
             )?;
-            return Ok(Var::constant(y));
+            let y = Var::constant(y);
+            let [k, s, p] = STEM_POOL;
+            return match tail {
+                BnTail::MaxPoolRelu => y.max_pool2d_relu(k, s, p),
+                _ => Ok(y),
+            };
         }
         let h = self.conv(b, x, conv, stride, padding)?;
-        self.bn(b, &h, bn, training, relu, residual)
+        self.bn(b, &h, bn, training, relu, tail)
     }
 
     fn block(&mut self, b: &Bindings, x: &Var, spec: &BlockSpec, training: bool) -> Result<Var> {
         let p = &spec.prefix;
         let identity = if spec.has_downsample {
             let (conv, bn) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
-            self.conv_bn(b, x, &conv, &bn, spec.stride, 0, training, false, None)?
+            let tail = BnTail::Nothing;
+            self.conv_bn(b, x, &conv, &bn, spec.stride, 0, training, false, tail)?
         } else {
             x.clone()
         };
@@ -304,8 +331,12 @@ impl ResNet {
         let last = layers.len() - 1;
         let mut h = x.clone();
         for (i, (conv, bn, stride, padding)) in layers.iter().enumerate() {
-            let residual = (i == last).then_some(&identity);
-            h = self.conv_bn(b, &h, conv, bn, *stride, *padding, training, true, residual)?;
+            let tail = if i == last {
+                BnTail::Residual(&identity)
+            } else {
+                BnTail::Nothing
+            };
+            h = self.conv_bn(b, &h, conv, bn, *stride, *padding, training, true, tail)?;
         }
         Ok(h)
     }
@@ -336,11 +367,16 @@ impl ResNet {
         self.check_input(x)?;
         let h = match self.config.stem {
             // relu(bn) then the max pool, as torchvision, with the ReLU moved after the pool
-            // (they commute): the backward then keeps no full-size ReLU output.
-            Stem::ImageNet => self
-                .conv_bn(b, x, "conv1", "bn1", 2, 3, training, false, None)?
-                .max_pool2d_relu(3, 2, 1)?,
-            Stem::Cifar => self.conv_bn(b, x, "conv1", "bn1", 1, 1, training, true, None)?,
+            // (they commute): the backward keeps no full-size ReLU output, and the batch norm's
+            // backward never holds the pool's full-size input gradient.
+            Stem::ImageNet => {
+                let tail = BnTail::MaxPoolRelu;
+                self.conv_bn(b, x, "conv1", "bn1", 2, 3, training, false, tail)?
+            }
+            Stem::Cifar => {
+                let tail = BnTail::Nothing;
+                self.conv_bn(b, x, "conv1", "bn1", 1, 1, training, true, tail)?
+            }
         };
         if let Some(f) = features.as_deref_mut() {
             f.stem = Some(h.tensor().clone());

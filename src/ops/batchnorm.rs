@@ -79,6 +79,11 @@ struct Params {
     /// stats_partial / backward_partial step PARTIAL_WG values at a time: (64 % hw, 64 / hw).
     partial_step_q: u32,
     partial_step_n: u32,
+    /// The pooled backward: the max pool's input plane and output plane (0 otherwise).
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
 }
 
 /// Elements between one normalize / backward_input thread's consecutive elements.
@@ -104,6 +109,7 @@ const BACKWARD_PARTIAL: Kernel = kernel!("batchnorm.wgsl", "backward_partial");
 const BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.wgsl", "backward_finalize");
 const BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "backward_input");
 const BACKWARD_INPUT_INPLACE: Kernel = kernel!("batchnorm.wgsl", "backward_input_inplace");
+const POOLED_BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "pooled_backward_input");
 
 /// The layout of `x` as (N, C, HW), checked.
 #[derive(Clone, Copy)]
@@ -163,6 +169,10 @@ impl Dims {
             element_step_c: ((ELEMENT_STEP / self.hw.max(1)) % self.c.max(1)) as u32,
             partial_step_q: (PARTIAL_WG % self.hw.max(1)) as u32,
             partial_step_n: (PARTIAL_WG / self.hw.max(1)) as u32,
+            in_h: 0,
+            in_w: 0,
+            out_h: 0,
+            out_w: 0,
         }
     }
 }
@@ -390,20 +400,8 @@ pub fn batch_norm_eval_stats(
     let gpu = running_mean.gpu();
     let mean = Tensor::uninit(gpu, &[c], DType::F32, OP)?;
     let invstd = Tensor::uninit(gpu, &[c], DType::F32, OP)?;
-    let p = Params {
-        channels: c as u32,
-        hw: 1,
-        batch: 1,
-        chunks: 1,
-        chunk_len: 1,
-        flags: 0,
-        momentum: 0.0,
-        eps,
-        element_step_q: 0,
-        element_step_c: 0,
-        partial_step_q: 0,
-        partial_step_n: 0,
-    };
+    // eval_stats reads only the channel count and eps.
+    let p = Dims { n: 1, c, hw: 1 }.params(0, 0.0, eps);
     gpu.dispatch(
         &EVAL_STATS,
         &p,
@@ -416,6 +414,35 @@ pub fn batch_norm_eval_stats(
         grid_for_elements(c),
     )?;
     Ok(BnSaved { mean, invstd })
+}
+
+/// backward_finalize: `[ggamma, gbeta, coef]` from backward_partial's `partials` (`p.chunks`
+/// per channel, over `p.batch * p.hw` values).
+fn finalize_backward(
+    op: &'static str,
+    p: &Params,
+    partials: &Tensor,
+    gamma: &Tensor,
+    invstd: &Tensor,
+) -> Result<[Tensor; 3]> {
+    let (gpu, c) = (partials.gpu(), p.channels as usize);
+    let ggamma = Tensor::uninit(gpu, &[c], DType::F32, op)?;
+    let gbeta = Tensor::uninit(gpu, &[c], DType::F32, op)?;
+    let coef = Tensor::uninit(gpu, &[c * 3], DType::F32, op)?;
+    gpu.dispatch(
+        &BACKWARD_FINALIZE,
+        p,
+        &[
+            partials.buffer(),
+            gamma.buffer(),
+            invstd.buffer(),
+            ggamma.buffer(),
+            gbeta.buffer(),
+            coef.buffer(),
+        ],
+        grid_for_elements(c),
+    )?;
+    Ok([ggamma, gbeta, coef])
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -463,25 +490,12 @@ fn backward(
             saved.mean.buffer(),
             saved.invstd.buffer(),
             partials.buffer(),
+            // The pooled variant's indices: not read here.
+            x.buffer(),
         ],
         grid_1d(groups as u32),
     )?;
-    let ggamma = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
-    let gbeta = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
-    let coef = Tensor::uninit(gpu, &[d.c * 3], DType::F32, op)?;
-    gpu.dispatch(
-        &BACKWARD_FINALIZE,
-        &p,
-        &[
-            partials.buffer(),
-            gamma.buffer(),
-            saved.invstd.buffer(),
-            ggamma.buffer(),
-            gbeta.buffer(),
-            coef.buffer(),
-        ],
-        grid_for_elements(d.c),
-    )?;
+    let [ggamma, gbeta, coef] = finalize_backward(op, &p, &partials, gamma, &saved.invstd)?;
     if over_gy {
         gpu.dispatch(
             &BACKWARD_INPUT_INPLACE,
@@ -512,6 +526,113 @@ fn backward(
             gx.buffer(),
         ],
         grid_for_elements(x.numel().div_ceil(4)),
+    )?;
+    Ok((gx, ggamma, gbeta))
+}
+
+/// The backward of a batch norm followed by a max pool with a ReLU after it
+/// ([`Var::batch_norm_max_pool_relu`]), from the batch norm's input `x` (`[N, C, H, W]`), the
+/// pool's output `y`, its gradient `gy` and argmax `indices` (`[N, C, OH, OW]`) and the
+/// forward's statistics: `(gx, ggamma, gbeta)`. The batch norm's output gradient is nonzero
+/// only at the windows' argmax elements, so the reductions run over the pooled outputs and gx
+/// gathers it per element, as the max pool's backward does, without ever holding it whole; gx
+/// is written over `x` (over a copy when another handle shares `x`).
+#[allow(clippy::too_many_arguments)]
+fn pooled_backward(
+    x: Tensor,
+    y: &Tensor,
+    gy: &Tensor,
+    indices: &Tensor,
+    gamma: &Tensor,
+    saved: &BnSaved,
+    eval: bool,
+    [kernel, stride, padding]: [usize; 3],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "batch_norm_max_pool_relu_backward";
+    let [n, c, h, w] = x.nchw(OP, "x")?;
+    let (oh, ow) = (
+        (h + 2 * padding - kernel) / stride + 1,
+        (w + 2 * padding - kernel) / stride + 1,
+    );
+    for (name, t) in [("y", y), ("gy", gy)] {
+        t.expect_f32_shape(OP, name, "the pooled output's", &[n, c, oh, ow])?;
+        x.expect_same_gpu(OP, t)?;
+    }
+    if indices.dtype() != DType::U32 || indices.shape() != [n, c, oh, ow] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "indices must be a u32 tensor of shape {:?}, got {:?} {:?}",
+                [n, c, oh, ow],
+                indices.dtype(),
+                indices.shape()
+            ),
+        ));
+    }
+    expect_channel_vectors(
+        OP,
+        ("x", &x),
+        c,
+        &[
+            ("gamma", gamma),
+            ("saved mean", &saved.mean),
+            ("saved invstd", &saved.invstd),
+        ],
+    )?;
+    let gpu = x.gpu().clone();
+    let planes = |p: Params| Params {
+        in_h: h as u32,
+        in_w: w as u32,
+        out_h: oh as u32,
+        out_w: ow as u32,
+        ..p
+    };
+    let eval_flag = if eval { FLAG_EVAL } else { 0 };
+    // The sums over dy's nonzeros: backward_partial walking the pooled outputs.
+    let pooled = Dims { n, c, hw: oh * ow };
+    let groups = c * pooled.chunks();
+    let partials = Tensor::uninit(&gpu, &[groups * 2], DType::F32, OP)?;
+    gpu.dispatch_with(
+        &BACKWARD_PARTIAL,
+        &[("POOLED", 1.0)],
+        &planes(pooled.params(FLAG_RELU | eval_flag, 0.0, 0.0)),
+        &[
+            x.buffer(),
+            y.buffer(),
+            gy.buffer(),
+            saved.mean.buffer(),
+            saved.invstd.buffer(),
+            partials.buffer(),
+            indices.buffer(),
+        ],
+        grid_1d(groups as u32),
+    )?;
+    // The per-channel coefficients over the batch norm's N * H * W values.
+    let full = Dims { n, c, hw: h * w };
+    let p = Params {
+        chunks: pooled.chunks() as u32,
+        ..planes(full.params(eval_flag, 0.0, 0.0))
+    };
+    let [ggamma, gbeta, coef] = finalize_backward(OP, &p, &partials, gamma, &saved.invstd)?;
+    let gx = if x.is_unique() { x } else { x.deep_clone()? };
+    gpu.dispatch_with(
+        &POOLED_BACKWARD_INPUT,
+        &[
+            ("PK", kernel as f64),
+            ("PS", stride as f64),
+            ("PP", padding as f64),
+        ],
+        &p,
+        &[
+            gx.buffer(),
+            y.buffer(),
+            gy.buffer(),
+            saved.mean.buffer(),
+            saved.invstd.buffer(),
+            coef.buffer(),
+            indices.buffer(),
+        ],
+        grid_for_elements(gx.numel().div_ceil(4)),
     )?;
     Ok((gx, ggamma, gbeta))
 }
@@ -580,6 +701,58 @@ impl Var {
         opts: BatchNorm,
     ) -> Result<Var> {
         batch_norm_var(self, gamma, beta, running_mean, running_var, opts, None)
+    }
+
+    /// Batch norm of `self` (`[N, C, H, W]`), a ReLU and a `kernel` x `kernel` max pool: a
+    /// ResNet stem's `max_pool(relu(bn(x)))`, computed as [`max_pool2d_relu`] of the batch
+    /// norm's output (the ReLU commutes with the pool), the pool normalizing as it reads: the
+    /// batch norm's full-size output is never written. `opts.relu` must be off: the ReLU is
+    /// part of the op. The backward keeps `self`, the pooled output and the argmax indices,
+    /// and never holds the pool's full-size input gradient either (see `pooled_backward` in
+    /// `src/ops/batchnorm.rs`).
+    ///
+    /// [`max_pool2d_relu`]: crate::ops::max_pool2d_relu
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_max_pool_relu(
+        &self,
+        gamma: &Var,
+        beta: &Var,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        opts: BatchNorm,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Var> {
+        const OP: &str = "batch_norm_max_pool_relu";
+        if opts.relu {
+            return Err(Error::shape(
+                OP,
+                "the ReLU follows the max pool in this op: leave BatchNorm's relu off",
+            ));
+        }
+        let inputs = [self, gamma, beta];
+        let (x, g, b) = (self.tensor(), gamma.tensor(), beta.tensor());
+        let d = Dims::of(OP, x)?;
+        let s = if opts.training {
+            let (m, e) = (opts.momentum, opts.eps);
+            train_stats(OP, x, d, g, b, running_mean, running_var, m, e)?
+        } else {
+            expect_channel_vectors(OP, ("x", x), d.c, &[("gamma", g), ("beta", b)])?;
+            batch_norm_eval_stats(running_mean, running_var, opts.eps)?
+        };
+        for t in [&s.mean, &s.invstd, g, b] {
+            x.expect_same_gpu(OP, t)?;
+        }
+        let bn = [&s.mean, &s.invstd, g, b];
+        let (y, idx) = crate::ops::pool::max_pool2d_bn_relu(x, bn, kernel, stride, padding)?;
+        let keep = Var::any_tracked(&inputs).then(|| (x.clone(), g.clone(), s, y.clone(), idx));
+        Var::record(OP, &inputs, y, move |gy| {
+            let (x, g, s, y, idx) = keep.expect("saved when tracked");
+            let window = [kernel, stride, padding];
+            let (gx, gg, gb) = pooled_backward(x, &y, &gy, &idx, &g, &s, !opts.training, window)?;
+            Ok(vec![Some(gx), Some(gg), Some(gb)])
+        })
     }
 
     /// Batch norm of `self` plus `residual` (of `self`'s shape), then the ReLU when `opts.relu`:

@@ -23,6 +23,8 @@ struct Params {
     k: u32,
     stride: u32,
     pad: u32,
+    /// C: max_forward with BN finds a plane's channel.
+    channels: u32,
 }
 
 const MAX_FORWARD: Kernel = kernel!("pool.wgsl", "max_forward");
@@ -122,6 +124,7 @@ impl Geometry {
             k: self.k as u32,
             stride: self.stride as u32,
             pad: self.pad as u32,
+            channels: self.c as u32,
         }
     }
 
@@ -164,7 +167,7 @@ pub fn max_pool2d(
     stride: usize,
     padding: usize,
 ) -> Result<(Tensor, Tensor)> {
-    max_forward("max_pool2d", x, kernel, stride, padding, false)
+    max_forward("max_pool2d", x, kernel, stride, padding, false, None)
 }
 
 /// `relu(max_pool2d(x))`, which equals max pooling of `relu(x)`: a ReLU followed by a max pool
@@ -176,7 +179,28 @@ pub fn max_pool2d_relu(
     stride: usize,
     padding: usize,
 ) -> Result<(Tensor, Tensor)> {
-    max_forward("max_pool2d_relu", x, kernel, stride, padding, true)
+    max_forward("max_pool2d_relu", x, kernel, stride, padding, true, None)
+}
+
+/// [`max_pool2d_relu`] of the batch norm of `x`, `(x - mean) * invstd * gamma + beta` per
+/// channel (`bn` = [mean, invstd, gamma, beta], each `[C]`), without writing the batch norm's
+/// output. The indices are the argmax of the normalized values.
+pub(crate) fn max_pool2d_bn_relu(
+    x: &Tensor,
+    bn: [&Tensor; 4],
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<(Tensor, Tensor)> {
+    max_forward(
+        "max_pool2d_bn_relu",
+        x,
+        kernel,
+        stride,
+        padding,
+        true,
+        Some(bn),
+    )
 }
 
 fn max_forward(
@@ -186,15 +210,29 @@ fn max_forward(
     stride: usize,
     padding: usize,
     relu: bool,
+    bn: Option<[&Tensor; 4]>,
 ) -> Result<(Tensor, Tensor)> {
     let geo = Geometry::new(op, x.nchw(op, "x")?, kernel, stride, padding)?;
     let y = Tensor::uninit(x.gpu(), &geo.out_shape(), DType::F32, op)?;
     let idx = Tensor::uninit(x.gpu(), &geo.out_shape(), DType::U32, op)?;
+    // Without BN the statistics are never read: x stands in for them.
+    let [mean, invstd, gamma, beta] = bn.unwrap_or([x; 4]);
     x.gpu().dispatch_with(
         &MAX_FORWARD,
-        &[("RELU", f64::from(u8::from(relu)))],
+        &[
+            ("RELU", f64::from(u8::from(relu))),
+            ("BN", f64::from(u8::from(bn.is_some()))),
+        ],
         &geo.params(),
-        &[x.buffer(), y.buffer(), idx.buffer()],
+        &[
+            x.buffer(),
+            y.buffer(),
+            idx.buffer(),
+            mean.buffer(),
+            invstd.buffer(),
+            gamma.buffer(),
+            beta.buffer(),
+        ],
         grid_for_elements(y.numel()),
     )?;
     Ok((y, idx))
@@ -325,6 +363,7 @@ fn gap_params(op: &'static str, x_shape: [usize; 4]) -> Result<Params> {
         k: 1,
         stride: 1,
         pad: 0,
+        channels: c as u32,
     })
 }
 
