@@ -128,13 +128,7 @@ macro_rules! mma_variant {
     ($f:literal, $sg:literal, $tm:literal, $tn:literal, $bk:literal, $fm:literal, $fn:literal) => {
         concat!(
             "enable f16;\nenable wgpu_cooperative_matrix;\n",
-            "const TM: u32 = ",
-            $tm,
-            "u;\nconst TN: u32 = ",
-            $tn,
-            "u;\nconst BK: u32 = ",
-            $bk,
-            "u;\nconst TX: u32 = 16u;\n",
+            f32_tile!($tm, $tn, $bk, 16),
             "const F: u32 = ",
             $f,
             "u;\nconst SG: u32 = ",
