@@ -55,7 +55,8 @@ fn unary(op: &'static str, k: &Kernel, x: &Tensor, alpha: f32) -> Result<Tensor>
     Ok(y)
 }
 
-fn binary(op: &'static str, k: &Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// Check the two operands of an elementwise kernel: f32, one device, one shape.
+fn expect_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     a.expect_dtype(op, DType::F32)?;
     b.expect_dtype(op, DType::F32)?;
     a.expect_same_gpu(op, b)?;
@@ -65,7 +66,11 @@ fn binary(op: &'static str, k: &Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor
             format!("shapes differ: {:?} vs {:?}", a.shape(), b.shape()),
         ));
     }
-    check_n(op, a.numel())?;
+    check_n(op, a.numel())
+}
+
+fn binary(op: &'static str, k: &Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    expect_pair(op, a, b)?;
     let out = Tensor::uninit(a.gpu(), a.shape(), DType::F32, op)?;
     a.gpu().dispatch(
         k,
@@ -93,16 +98,7 @@ pub fn relu_backward_consume(y: &Tensor, gy: Tensor) -> Result<Tensor> {
     if !gy.is_unique() {
         return relu_backward(y, &gy);
     }
-    y.expect_dtype(OP, DType::F32)?;
-    gy.expect_dtype(OP, DType::F32)?;
-    y.expect_same_gpu(OP, &gy)?;
-    if y.shape() != gy.shape() {
-        return Err(Error::shape(
-            OP,
-            format!("shapes differ: {:?} vs {:?}", y.shape(), gy.shape()),
-        ));
-    }
-    check_n(OP, y.numel())?;
+    expect_pair(OP, y, &gy)?;
     gy.gpu().dispatch(
         &RELU_BACKWARD_INPLACE,
         &params(y.numel(), 0.0),
