@@ -496,35 +496,30 @@ fn backward(
         grid_1d(groups as u32),
     )?;
     let [ggamma, gbeta, coef] = finalize_backward(op, &p, &partials, gamma, &saved.invstd)?;
-    if over_gy {
-        gpu.dispatch(
-            &BACKWARD_INPUT_INPLACE,
-            &p,
-            &[
-                x.buffer(),
-                y.buffer(),
-                gy.buffer(),
-                saved.mean.buffer(),
-                saved.invstd.buffer(),
-                coef.buffer(),
-            ],
-            grid_for_elements(x.numel().div_ceil(4)),
-        )?;
-        return Ok((gy.clone(), ggamma, gbeta));
+    // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
+    let (kernel, gx) = if over_gy {
+        (&BACKWARD_INPUT_INPLACE, gy.clone())
+    } else {
+        (
+            &BACKWARD_INPUT,
+            Tensor::uninit(gpu, x.shape(), DType::F32, op)?,
+        )
+    };
+    let mut buffers = vec![
+        x.buffer(),
+        y.buffer(),
+        gy.buffer(),
+        saved.mean.buffer(),
+        saved.invstd.buffer(),
+        coef.buffer(),
+    ];
+    if !over_gy {
+        buffers.push(gx.buffer());
     }
-    let gx = Tensor::uninit(gpu, x.shape(), DType::F32, op)?;
     gpu.dispatch(
-        &BACKWARD_INPUT,
+        kernel,
         &p,
-        &[
-            x.buffer(),
-            y.buffer(),
-            gy.buffer(),
-            saved.mean.buffer(),
-            saved.invstd.buffer(),
-            coef.buffer(),
-            gx.buffer(),
-        ],
+        &buffers,
         grid_for_elements(x.numel().div_ceil(4)),
     )?;
     Ok((gx, ggamma, gbeta))
@@ -558,17 +553,7 @@ fn pooled_backward(
         t.expect_f32_shape(OP, name, "the pooled output's", &[n, c, oh, ow])?;
         x.expect_same_gpu(OP, t)?;
     }
-    if indices.dtype() != DType::U32 || indices.shape() != [n, c, oh, ow] {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "indices must be a u32 tensor of shape {:?}, got {:?} {:?}",
-                [n, c, oh, ow],
-                indices.dtype(),
-                indices.shape()
-            ),
-        ));
-    }
+    crate::ops::pool::expect_indices(OP, indices, gy)?;
     expect_channel_vectors(
         OP,
         ("x", &x),
@@ -738,12 +723,15 @@ impl Var {
             let (m, e) = (opts.momentum, opts.eps);
             train_stats(OP, x, d, g, b, running_mean, running_var, m, e)?
         } else {
-            expect_channel_vectors(OP, ("x", x), d.c, &[("gamma", g), ("beta", b)])?;
+            let vs = [
+                ("gamma", g),
+                ("beta", b),
+                ("running_mean", running_mean),
+                ("running_var", running_var),
+            ];
+            expect_channel_vectors(OP, ("x", x), d.c, &vs)?;
             batch_norm_eval_stats(running_mean, running_var, opts.eps)?
         };
-        for t in [&s.mean, &s.invstd, g, b] {
-            x.expect_same_gpu(OP, t)?;
-        }
         let bn = [&s.mean, &s.invstd, g, b];
         let (y, idx) = crate::ops::pool::max_pool2d_bn_relu(x, bn, kernel, stride, padding)?;
         let keep = Var::any_tracked(&inputs).then(|| (x.clone(), g.clone(), s, y.clone(), idx));

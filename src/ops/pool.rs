@@ -270,14 +270,9 @@ pub fn max_pool2d_relu_backward(
     max_backward(OP, gy, indices, Some(y), &geo)
 }
 
-fn max_backward(
-    op: &'static str,
-    gy: &Tensor,
-    indices: &Tensor,
-    relu_y: Option<&Tensor>,
-    geo: &Geometry,
-) -> Result<Tensor> {
-    expect_out_grad(op, gy, geo)?;
+/// Check max pooling's argmax `indices` against the output gradient `gy`: u32, of gy's shape,
+/// on gy's device.
+pub(crate) fn expect_indices(op: &'static str, indices: &Tensor, gy: &Tensor) -> Result<()> {
     if indices.dtype() != DType::U32 || indices.shape() != gy.shape() {
         return Err(Error::shape(
             op,
@@ -289,7 +284,18 @@ fn max_backward(
             ),
         ));
     }
-    gy.expect_same_gpu(op, indices)?;
+    gy.expect_same_gpu(op, indices)
+}
+
+fn max_backward(
+    op: &'static str,
+    gy: &Tensor,
+    indices: &Tensor,
+    relu_y: Option<&Tensor>,
+    geo: &Geometry,
+) -> Result<Tensor> {
+    expect_out_grad(op, gy, geo)?;
+    expect_indices(op, indices, gy)?;
     let gx = Tensor::uninit(gy.gpu(), &geo.x_shape(), DType::F32, op)?;
     let [wk, ws, wp] = geo.window_constants();
     gy.gpu().dispatch_with(
