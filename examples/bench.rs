@@ -103,6 +103,11 @@ struct Args {
     /// timed runs, and list what was tuned.
     #[arg(long)]
     autotune: bool,
+    /// Reduction order of the conv GEMMs: `rsc` (taps outer wherever the channels allow) or
+    /// `crs` (channel-major everywhere); see `ConvOrder`. Default: `RESNET_WGPU_CONV_ORDER`,
+    /// else rsc.
+    #[arg(long)]
+    order: Option<resnet_wgpu::ConvOrder>,
 }
 
 /// What one figure measured.
@@ -977,6 +982,8 @@ struct Report {
     warmup_ms: u64,
     /// Conv precision: `F32` or `F16`.
     precision: String,
+    /// Conv reduction order: `Rsc` or `Crs`.
+    order: String,
     /// Whether the kernels were compiled with wgpu's runtime checks
     /// (`RESNET_WGPU_SHADER_CHECKS=1`; off by default).
     shader_checks: bool,
@@ -1144,6 +1151,9 @@ fn main() -> Result<()> {
     }
     let gpu = Gpu::with_conv_precision(args.precision)?;
     gpu.set_conv_autotune(args.autotune)?;
+    if let Some(order) = args.order {
+        gpu.set_conv_order(order);
+    }
     let info = gpu.info().clone();
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
@@ -1153,6 +1163,7 @@ fn main() -> Result<()> {
     };
     println!("adapter: {info}");
     println!("conv precision: {:?}", args.precision);
+    println!("conv reduction order: {:?}", bench.gpu.conv_order());
     println!(
         "conv tiles: {}",
         if args.autotune {
@@ -1193,6 +1204,7 @@ fn main() -> Result<()> {
         iters: bench.iters,
         warmup_ms: args.warmup_ms,
         precision: format!("{:?}", args.precision),
+        order: format!("{:?}", bench.gpu.conv_order()),
         shader_checks: bench.gpu.shader_checks(),
         convs: None,
         conv_totals: None,

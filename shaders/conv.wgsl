@@ -59,28 +59,44 @@
 // input gradient's taps per phase), so those divisions compile to multiplies; the remaining
 // run-time divisions happen once per thread (its fixed pixel column) or once per chunk.
 //
+// Reduction order (override TAPS_OUTER; the host's ConvOrder). Channel-major reduces over
+// j = (c R + r) S + s, as the weights [K, C, R, S] lie: every staged element of the im2col
+// operand decomposes its own j (divisions by the kernel size, four bounds checks). Taps outer
+// reduces over j = (r S + s) C + c: where the reduced channels (C in the forward, K in the input
+// gradient) are a multiple of BK, each chunk lies in one tap, so a thread checks its pixel's
+// bounds once per chunk and steps through its elements one channel plane apart (the tap and
+// first channel advance chunk by chunk, taps_begin / taps_next). The forward and the input
+// gradient then read A from a [K, R, S, C] copy of the weights (conv_weights_rsc), whose loads
+// stay consecutive: k-fast over c in the forward, m-fast over c (store_a_mfast) in the input
+// gradient. The weight gradient's GEMM columns become (tap, c), with C a multiple of BN so that a
+// tile lies in one tap; its epilogue writes gw in [K, C, R, S] either way. The products summed
+// are the same in both orders; only the order of the f32 additions differs.
+//
 // Dispatch:
 //   conv_forward, conv_forward_bn / conv_backward_input (per phase): x*z = ceil(N / BN) column tiles (tile = wg.x + wg.z *
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
 //     y = ceil(M / BM) row tiles. conv_forward and conv_backward_input with splits > 1:
 //     x = column tiles, z = splits.
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
-//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn: one thread per element
-//     written (gw, gx / y), 256 per workgroup, linear index (wg.x + wg.y * num_workgroups.x) *
-//     256 + local index. conv_taps_crop / conv_taps_expand: the same with one thread per row
-//     (k, c) of the weights.
+//   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn / conv_weights_rsc: one
+//     thread per element written (gw, gx / y) or read (the weights), 256 per workgroup, linear
+//     index (wg.x + wg.y * num_workgroups.x) * 256 + local index. conv_taps_crop /
+//     conv_taps_expand: the same with one thread per row (k, c) of the weights.
 //
 // Bindings (group 0): 0 = Params (uniform), then per entry point:
-//   conv_forward:         1 = x [N,C,H,W] (read), 2 = w [K,C,R,S] (read), 3 = b [K] (read; any
+//   conv_forward:         1 = x [N,C,H,W] (read), 2 = w [K,C,R,S] (read; [K,R,S,C] taps
+//                         outer), 3 = b [K] (read; any
 //                         buffer when has_bias == 0), 4 = y [N,K,OH,OW] (write; with split-K the
 //                         partial results [splits,N,K,OH,OW], has_bias == 0)
-//   conv_backward_input:  1 = gy [N,K,OH,OW] (read), 2 = w [K,C,R,S] (read), 3 = gx [N,C,H,W]
+//   conv_backward_input:  1 = gy [N,K,OH,OW] (read), 2 = w [K,C,R,S] (read; [K,R,S,C] taps
+//                         outer), 3 = gx [N,C,H,W]
 //                         (write; with split-K the partial results [splits,N,C,H,W])
 //   conv_backward_weight: 1 = x [N,C,H,W] (read), 2 = gy [N,K,OH,OW] (read),
 //                         3 = part [splits,K,C*R*S] (write; gw itself when splits == 1)
 //   conv_reduce_splits:   1 = part [splits,len] (read), 2 = gw [K,C,R,S] or gx [N,C,H,W] (write)
 //   conv_taps_crop / conv_taps_expand: 1 = the weights (or the window's weight gradient) (read),
 //                         2 = the window's weights (or the whole weight gradient) (write)
+//   conv_weights_rsc:     1 = w [K,C,R,S] (read), 2 = the copy [K,R,S,C] (write)
 //   conv_forward_reduce:  1 = part [splits,N,K,OH,OW] (read), 2 = b [K] (read; any buffer when
 //                         has_bias == 0), 3 = y [N,K,OH,OW] (write)
 //   conv_forward_bn:      1 = x, 2 = w, 4 = y as conv_forward (no bias, no split), 6 = gamma [K],
@@ -135,6 +151,12 @@ override KW: u32 = 3u;
 override NR: u32 = 3u;
 override NS: u32 = 3u;
 
+// The reduction's order (see "Reduction order" in the header). false: channel-major, as the
+// weights [K, C, R, S] lie; any shape. true: taps outer, channels inner, where the host has
+// checked that every chunk lies in one tap (the reduced channels are a multiple of BK; for the
+// weight gradient, C a multiple of BN).
+override TAPS_OUTER: bool = false;
+
 const TY: u32 = 256u / TX;          // thread rows (TX thread columns)
 const BM: u32 = TY * TM;
 const BN: u32 = TX * TN;
@@ -179,6 +201,27 @@ fn store_a_kfast(tid: u32) {
     }
 }
 
+// A staged "m-fast" (consecutive threads on consecutive rows m = tid % BM, kk = tid / BM +
+// (256 / BM) i): the input gradient's taps-outer A, whose rows (input channels) are consecutive
+// in the weights' [K, R*S, C] copy.
+fn mfast_kk(tid: u32, i: u32) -> u32 { return tid / BM + (256u / BM) * i; }
+
+fn store_a_mfast(tid: u32) {
+    let m = tid % BM;
+    put_a(mfast_kk(tid, 0u), m, ra[0]);
+    put_a(mfast_kk(tid, 1u), m, ra[1]);
+    if (LA >= 4u) {
+        put_a(mfast_kk(tid, 2u), m, ra[2]);
+        put_a(mfast_kk(tid, 3u), m, ra[3]);
+    }
+    if (LA == 8u) {
+        put_a(mfast_kk(tid, 4u), m, ra[4]);
+        put_a(mfast_kk(tid, 5u), m, ra[5]);
+        put_a(mfast_kk(tid, 6u), m, ra[6]);
+        put_a(mfast_kk(tid, 7u), m, ra[7]);
+    }
+}
+
 fn store_b_kfast(tid: u32) {
     let kk = tid % BK;
     put_b(kk, kfast_row(tid, 0u), rb[0]);
@@ -209,6 +252,25 @@ fn store_b_nfast(tid: u32) {
 
 // Per-kernel output offsets the epilogues need beyond Params (set at the kernel's start).
 var<private> out_base: u32;
+
+// Taps-outer order: the tap and the first channel of the chunk the next load stages. The
+// forward and input-gradient loaders advance them chunk by chunk (taps_next), so that no
+// division by the channel count happens per chunk.
+var<private> chunk_tap: u32;
+var<private> chunk_ch: u32;
+
+fn taps_begin(k0: u32, channels: u32) {
+    chunk_tap = k0 / channels;
+    chunk_ch = k0 - chunk_tap * channels;
+}
+
+fn taps_next(channels: u32) {
+    chunk_ch += BK;
+    if (chunk_ch == channels) {
+        chunk_ch = 0u;
+        chunk_tap += 1u;
+    }
+}
 
 // Each entry point has its own loaders (fw_*, bi_*, bw_*) and epilogue (*_put, *_row, *_emit),
 // alike in shape: WGSL has no function parameters of function type, and one shared epilogue
@@ -259,6 +321,10 @@ fn fw_bv(kb: u32, end: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) -> f32 
 }
 
 fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) {
+    if (TAPS_OUTER) {
+        fw_load_taps(tid, m0, valid, xbase, ih0, iw0);
+        return;
+    }
     let ka = k0 + tid % BK;
     ra[0] = fw_a(m0 + kfast_row(tid, 0u), ka, end);
     ra[1] = fw_a(m0 + kfast_row(tid, 1u), ka, end);
@@ -282,6 +348,55 @@ fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i
         rb[6] = fw_bv(k0 + nfast_kk(tid, 6u), end, valid, xbase, ih0, iw0);
         rb[7] = fw_bv(k0 + nfast_kk(tid, 7u), end, valid, xbase, ih0, iw0);
     }
+}
+
+// Taps-outer staging of the chunk at (chunk_tap, chunk_ch): A = the weights in [K, R*S, C]
+// order (conv_weights_rsc), element (m, kk) at (m * R*S + tap) * C + chunk_ch + kk; B = x at the
+// chunk's tap for BK consecutive channels, element (kk, this thread's pixel) one channel plane
+// apart per kk. One bounds check per chunk instead of one per element, and no divisions.
+fn fw_load_taps(tid: u32, m0: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) {
+    let t = chunk_tap;
+    let rsc = KH * KW * p.in_c;
+    let a = (m0 + tid / BK) * rsc + t * p.in_c + chunk_ch + tid % BK;
+    let astep = (256u / BK) * rsc;
+    ra[0] = fw_at(m0 + kfast_row(tid, 0u), a);
+    ra[1] = fw_at(m0 + kfast_row(tid, 1u), a + astep);
+    if (LA >= 4u) {
+        ra[2] = fw_at(m0 + kfast_row(tid, 2u), a + 2u * astep);
+        ra[3] = fw_at(m0 + kfast_row(tid, 3u), a + 3u * astep);
+    }
+    if (LA == 8u) {
+        ra[4] = fw_at(m0 + kfast_row(tid, 4u), a + 4u * astep);
+        ra[5] = fw_at(m0 + kfast_row(tid, 5u), a + 5u * astep);
+        ra[6] = fw_at(m0 + kfast_row(tid, 6u), a + 6u * astep);
+        ra[7] = fw_at(m0 + kfast_row(tid, 7u), a + 7u * astep);
+    }
+    let r = t / KW;
+    let ih = ih0 + i32(r);
+    let iw = iw0 + i32(t - r * KW);
+    rb = array<f32, 8>();
+    if (valid && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
+        let hw = p.in_h * p.in_w;
+        let b = xbase + (chunk_ch + tid / BN) * hw + u32(ih) * p.in_w + u32(iw);
+        let bstep = (256u / BN) * hw;
+        rb[0] = fw_x[b];
+        rb[1] = fw_x[b + bstep];
+        rb[2] = fw_x[b + 2u * bstep];
+        rb[3] = fw_x[b + 3u * bstep];
+        if (LB == 8u) {
+            rb[4] = fw_x[b + 4u * bstep];
+            rb[5] = fw_x[b + 5u * bstep];
+            rb[6] = fw_x[b + 6u * bstep];
+            rb[7] = fw_x[b + 7u * bstep];
+        }
+    }
+    taps_next(p.in_c);
+}
+
+// The weight at index i of the [K, R*S, C] copy, for row m (zero past the output channels).
+fn fw_at(m: u32, i: u32) -> f32 {
+    if (m < p.out_c) { return fw_w[i]; }
+    return 0.0;
 }
 
 // Store y (or this split's partial y, at out_base) for GEMM row m (channel) and column n (pixel).
@@ -352,6 +467,7 @@ fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
     let ih0 = i32(px.y * p.stride) - i32(p.pad);
     let iw0 = i32(px.x * p.stride) - i32(p.pad);
     engine_begin();
+    if (TAPS_OUTER) { taps_begin(begin, p.in_c); }
     fw_load(tid, begin, m0, end, px.valid, xbase, ih0, iw0);
     for (var k0 = begin; k0 < end; k0 += BK) {
         store_a_kfast(tid);
@@ -533,6 +649,10 @@ fn bi_bv(kb: u32, end: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) -> f32 
 // Stage the chunk at reduction index k0; indices from `end` on (the reduction's or this split's
 // end) load zeros.
 fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) {
+    if (TAPS_OUTER) {
+        bi_load_taps(tid, m0, valid, gbase, oh0, ow0);
+        return;
+    }
     let ka = k0 + tid % BK;
     let k = ka / (NR * NS);
     let t = ka - k * (NR * NS);
@@ -561,6 +681,52 @@ fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u
         rb[6] = bi_bv(k0 + nfast_kk(tid, 6u), end, valid, gbase, oh0, ow0);
         rb[7] = bi_bv(k0 + nfast_kk(tid, 7u), end, valid, gbase, oh0, ow0);
     }
+}
+
+// Taps-outer staging of the chunk at (chunk_tap, chunk_ch): the reduction index is the phase's
+// tap t = (tr, tu) times K plus k. A = the weights in [K, R*S, C] order, element (c, kk) at
+// ((chunk_ch + kk) * R*S + tap) * C + c, staged m-fast (consecutive threads, consecutive c);
+// B = gy at the tap's offset for BK consecutive channels k, one gy plane apart per kk.
+fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) {
+    let t = chunk_tap;
+    let tr = t / NS;
+    let tu = t - tr * NS;
+    let tap = (p.r0 + p.stride * tr) * KW + p.s0 + p.stride * tu;
+    let c = m0 + tid % BM;
+    ra = array<f32, 8>();
+    if (c < p.in_c) {
+        let a = ((chunk_ch + tid / BM) * (KH * KW) + tap) * p.in_c + c;
+        let astep = (256u / BM) * (KH * KW) * p.in_c;
+        ra[0] = bi_w[a];
+        ra[1] = bi_w[a + astep];
+        if (LA >= 4u) {
+            ra[2] = bi_w[a + 2u * astep];
+            ra[3] = bi_w[a + 3u * astep];
+        }
+        if (LA == 8u) {
+            ra[4] = bi_w[a + 4u * astep];
+            ra[5] = bi_w[a + 5u * astep];
+            ra[6] = bi_w[a + 6u * astep];
+            ra[7] = bi_w[a + 7u * astep];
+        }
+    }
+    rb = array<f32, 8>();
+    if (valid && oh0 >= tr && ow0 >= tu && oh0 - tr < p.out_h && ow0 - tu < p.out_w) {
+        let ohw = p.out_h * p.out_w;
+        let b = gbase + (chunk_ch + tid / BN) * ohw + (oh0 - tr) * p.out_w + ow0 - tu;
+        let bstep = (256u / BN) * ohw;
+        rb[0] = bi_gy[b];
+        rb[1] = bi_gy[b + bstep];
+        rb[2] = bi_gy[b + 2u * bstep];
+        rb[3] = bi_gy[b + 3u * bstep];
+        if (LB == 8u) {
+            rb[4] = bi_gy[b + 4u * bstep];
+            rb[5] = bi_gy[b + 5u * bstep];
+            rb[6] = bi_gy[b + 6u * bstep];
+            rb[7] = bi_gy[b + 7u * bstep];
+        }
+    }
+    taps_next(p.out_c);
 }
 
 // Store gx (or this split's partial gx, at out_base) for GEMM row c and column n (a pixel of
@@ -629,9 +795,13 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let oh0 = (p.h0 + p.stride * px.y + p.pad - p.r0) / p.stride;
     let ow0 = (p.w0 + p.stride * px.x + p.pad - p.s0) / p.stride;
     engine_begin();
-    bi_load(tid, begin, m0, end, px.valid, gbase, oh0, ow0);
+    // A split past the phase's taps has nothing to load (and writes zeros).
+    if (begin < end) {
+        if (TAPS_OUTER) { taps_begin(begin, p.out_c); }
+        bi_load(tid, begin, m0, end, px.valid, gbase, oh0, ow0);
+    }
     for (var k0 = begin; k0 < end; k0 += BK) {
-        store_a_kfast(tid);
+        if (TAPS_OUTER) { store_a_mfast(tid); } else { store_a_kfast(tid); }
         store_b_nfast(tid);
         workgroupBarrier();
         if (k0 + BK < end) { bi_load(tid, k0 + BK, m0, end, px.valid, gbase, oh0, ow0); }
@@ -692,6 +862,10 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     let xbase = img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(oh * p.stride) - i32(p.pad);
     let iw0 = i32(ow * p.stride) - i32(p.pad);
+    if (TAPS_OUTER) {
+        bw_load_b_taps(tid, n0, inside, xbase, ih0, iw0);
+        return;
+    }
     rb[0] = bw_bv(n0 + kfast_row(tid, 0u), crs, inside, xbase, ih0, iw0);
     rb[1] = bw_bv(n0 + kfast_row(tid, 1u), crs, inside, xbase, ih0, iw0);
     rb[2] = bw_bv(n0 + kfast_row(tid, 2u), crs, inside, xbase, ih0, iw0);
@@ -704,10 +878,43 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     }
 }
 
-// Store this split's partial gw (at out_base) for GEMM row k and column j = (c, r, s).
+// Taps-outer order: column j = tap * C + c, and C is a multiple of BN, so the whole tile lies
+// in the tap bw_tap (set at the kernel's start).
+var<private> bw_tap: u32;
+
+// Taps-outer B of the chunk: x at the tile's tap, for this thread's pixel (at xbase, top-left
+// tap reading (ih0, iw0)) and the columns' consecutive channels, one channel plane apart per
+// row. One bounds check per chunk instead of one per element, and no divisions.
+fn bw_load_b_taps(tid: u32, n0: u32, inside: bool, xbase: u32, ih0: i32, iw0: i32) {
+    let r = bw_tap / KW;
+    let ih = ih0 + i32(r);
+    let iw = iw0 + i32(bw_tap - r * KW);
+    rb = array<f32, 8>();
+    if (inside && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
+        let hw = p.in_h * p.in_w;
+        let b = xbase + (n0 - bw_tap * p.in_c + tid / BK) * hw + u32(ih) * p.in_w + u32(iw);
+        let bstep = (256u / BK) * hw;
+        rb[0] = bw_x[b];
+        rb[1] = bw_x[b + bstep];
+        rb[2] = bw_x[b + 2u * bstep];
+        rb[3] = bw_x[b + 3u * bstep];
+        if (LB == 8u) {
+            rb[4] = bw_x[b + 4u * bstep];
+            rb[5] = bw_x[b + 5u * bstep];
+            rb[6] = bw_x[b + 6u * bstep];
+            rb[7] = bw_x[b + 7u * bstep];
+        }
+    }
+}
+
+// Store this split's partial gw (at out_base, [K, C, R, S] in either order) for GEMM row k and
+// column j: (c, r, s), or (tap, c) in taps-outer order.
 fn bw_put(k: u32, j: u32, v: f32) {
     let crs = p.in_c * KH * KW;
-    if (j < crs) { bw_part[out_base + k * crs + j] = v; }
+    if (j >= crs) { return; }
+    var i = j;
+    if (TAPS_OUTER) { i = (j - bw_tap * p.in_c) * (KH * KW) + bw_tap; }
+    bw_part[out_base + k * crs + i] = v;
 }
 
 fn bw_row(k: u32, j: u32, v0: vec4<f32>, v1: vec4<f32>) {
@@ -748,6 +955,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     let begin = wg.z * p.chunk;
     let end = min(begin + p.chunk, total);
     out_base = wg.z * p.out_c * crs;
+    if (TAPS_OUTER) { bw_tap = n0 / p.in_c; }
     engine_begin();
     bw_load(tid, begin, end, m0, n0, crs);
     for (var k0 = begin; k0 < end; k0 += BK) {
@@ -799,6 +1007,21 @@ fn conv_taps_crop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
             tw_dst[dst + r * p.ns + s] = tw_src[src + r * p.kw + s];
         }
     }
+}
+
+// The weights in taps-outer order for the forward and input-gradient GEMMs:
+// dst[k, t, c] = src[k, c, t] (src [K, C, R*S], dst [K, R*S, C]); one thread per element, read
+// in order. p.out_c = K, p.in_c = C; KH, KW the kernel.
+@compute @workgroup_size(256)
+fn conv_weights_rsc(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let j = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (j >= p.out_c * p.in_c * KH * KW) { return; }
+    let kc = j / (KH * KW);
+    let t = j - kc * (KH * KW);
+    let k = kc / p.in_c;
+    let c = kc - k * p.in_c;
+    tw_dst[(k * (KH * KW) + t) * p.in_c + c] = tw_src[j];
 }
 
 // dst[kc, r, s] = src[kc, r - r0, s - s0] inside the window, else 0 (src [K*C, nr, ns],

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvPass, ConvTile, MmaTile, TileModel};
-use resnet_wgpu::{Gpu, Tape, Tensor, Var, ops, reference};
+use resnet_wgpu::{ConvOrder, Gpu, Tape, Tensor, Var, ops, reference};
 
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-5;
@@ -259,6 +259,57 @@ fn every_tile_matches_reference() {
     }
 }
 
+#[test]
+fn both_reduction_orders_match_reference() {
+    // A device of its own: the order is a device-wide setting.
+    let gpu = new_gpu();
+    // Channels in multiples of 16 (and of 128 where the weight gradient's widest column tiles
+    // should run taps outer too), so that the taps-outer order runs on every pass; ragged
+    // edges against the tiles; a strided 3x3 with four input-gradient phases; a 1x1/2, which
+    // reads the weights as they are; a 5x5; split-K forward and input gradient (few output
+    // tiles); and a 3x3 on 1x1 maps, which runs its centre tap only.
+    let cases = [
+        case([2, 128, 6, 5], 80, 3, 3, 1, 1, true),
+        case([1, 64, 9, 9], 48, 3, 3, 2, 1, false),
+        case([2, 64, 7, 7], 128, 1, 1, 2, 0, false),
+        case([1, 16, 11, 10], 32, 5, 5, 1, 2, true),
+        case([1, 64, 4, 4], 64, 3, 3, 1, 1, false),
+        case([2, 64, 1, 1], 64, 3, 3, 1, 1, false),
+    ];
+    let split = &cases[4];
+    assert!(
+        ops::conv2d_forward_splits(&gpu, split.x, split.w, split.stride, split.pad).unwrap() > 1
+    );
+    assert!(
+        ops::conv2d_input_grad_splits(&gpu, split.x, split.w, split.stride, split.pad).unwrap() > 1
+    );
+    for order in [ConvOrder::Rsc, ConvOrder::Crs] {
+        gpu.set_conv_order(order);
+        let tiles = ConvTile::ALL.iter().copied().map(Some);
+        for tile in std::iter::once(None).chain(tiles) {
+            for (i, c) in cases.iter().enumerate() {
+                let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, tile).unwrap();
+                if order == ConvOrder::Crs {
+                    assert_eq!(taps, [false; 3], "{c:?} tile {tile:?}");
+                } else {
+                    // Channels divide every tile's chunk; the weight gradient needs C a
+                    // multiple of the tile's columns.
+                    assert_eq!(
+                        taps[..2],
+                        [true, true],
+                        "{c:?} tile {tile:?}: forward, input gradient"
+                    );
+                    if let Some(t) = tile {
+                        let weight = c.x[1] % t.dims().1 == 0;
+                        assert_eq!(taps[2], weight, "{c:?} tile {tile:?}: weight gradient");
+                    }
+                }
+                check_random_tiled(&gpu, c, 1200 + 10 * i as u64, tile);
+            }
+        }
+    }
+}
+
 /// Case `c`'s input gradient: w and gy of random values (seeds `seeds`) and the reference gx.
 fn input_grad_problem(gpu: &Gpu, c: &Case, seeds: (u64, u64)) -> (Tensor, Tensor, Vec<f32>) {
     let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
@@ -341,11 +392,14 @@ fn input_gradient_split_k() {
             let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile).unwrap();
             let what = format!("{c:?} tile {tile:?}");
             if tile.is_none() {
-                // One GEMM per phase that taps reach, then the reduce.
+                // One GEMM per phase that taps reach, then the reduce (after the weights' taps-
+                // outer copy, where the GEMMs read one).
                 let phases = (c.stride * c.stride).min(c.w[2] * c.w[3]);
+                let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, None).unwrap();
+                let copy = taps[1] && c.w[2] * c.w[3] > 1;
                 assert_eq!(
                     gpu.dispatch_count() - before,
-                    phases as u64 + 1,
+                    phases as u64 + 1 + copy as u64,
                     "{what}: dispatches"
                 );
             }
@@ -558,14 +612,18 @@ fn fused_eval_batch_norm_matches_separate_kernels() {
                 let y = ops::conv2d_bn_eval_tiled(&x, &w, c.stride, c.pad, &bn, res, relu, tile)
                     .unwrap();
                 // One kernel, two with split-K (the GEMM, then the reduce with the epilogue); the
-                // separate kernels would be two to four.
+                // separate kernels would be two to four. The weights' taps-outer copy, where the
+                // GEMM reads one, is one more.
                 let dispatches = gpu.dispatch_count() - before;
                 if tile.is_none() {
                     let split = ops::conv2d_forward_splits(&gpu, c.x, c.w, c.stride, c.pad);
                     let kernels = if split.unwrap() > 1 { 2 } else { 1 };
-                    assert_eq!(dispatches, kernels, "{what}: dispatches");
+                    let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, None);
+                    let window = ops::conv2d_taps(c.x, c.w, c.stride, c.pad).unwrap();
+                    let copy = taps.unwrap()[0] && window != (1, 1);
+                    assert_eq!(dispatches, kernels + copy as u64, "{what}: dispatches");
                 } else {
-                    assert!(dispatches <= 2, "{what}: {dispatches} dispatches");
+                    assert!(dispatches <= 3, "{what}: {dispatches} dispatches");
                 }
                 assert_eq!(y.shape(), ys, "{what}: shape");
                 let y = y.to_vec().unwrap();

@@ -211,7 +211,16 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
         case([2, 64, 4, 4], [64, 64, 3, 3], 1, 1, 1.0),
         case([2, 16, 5, 5], [136, 16, 3, 3], 2, 1, 1.0),
         case([3, 8, 1, 1], [6, 8, 3, 3], 1, 1, 1.0),
+        // Channels that run every pass taps outer (ConvOrder::Rsc), plain and strided.
+        case([2, 128, 6, 5], [96, 128, 3, 3], 1, 1, 1.0),
+        case([1, 128, 9, 9], [64, 128, 3, 3], 2, 1, 1.0),
     ];
+    for c in &cases[9..] {
+        for tile in F16_TILES {
+            let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, Some(tile)).unwrap();
+            assert_eq!(taps, [true; 3], "{:?} {tile:?}: taps outer", c.x);
+        }
+    }
     for c in &cases[6..8] {
         let splits = ops::conv2d_input_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
         assert!(splits > 1, "{:?}: expected a split input gradient", c.x);

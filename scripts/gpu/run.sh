@@ -3,6 +3,7 @@
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
 # Usage: [TILE_SWEEP="--batch 128 --iters 3"] [F16_BENCH="--what models --models r18"] \
 #        [F16_TILE_SWEEP="--batch 128 --iters 3"] [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
+#        [CRS_BENCH="--what models --models r18"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
@@ -16,6 +17,9 @@
 # the issue's reference table measures them), when the machine has PyTorch.
 # AUTOTUNE_BENCH: also run the bench with --autotune and these arguments (every figure with the
 # conv tiles tuned on this GPU; the tuned tiles and every tile's time end its output).
+# CRS_BENCH: also run the bench with --order crs (the conv GEMMs' channel-major reduction
+# everywhere) and these arguments, and the same with --precision f16 when F16_BENCH is set: the
+# comparison for the default taps-outer order (ConvOrder::Rsc).
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
 set -u
 TRAIN_S=${1:-300}; shift || true
@@ -63,6 +67,15 @@ if [ -n "${F16_TILE_SWEEP:-}" ]; then
   echo "== f16 conv tile sweep"
   timeout 200 $B/bench --what tiles --precision f16 $F16_TILE_SWEEP --json "$OUT/tiles-f16.json" 2>&1 \
     | tee "$OUT/tiles-f16.txt"
+fi
+if [ -n "${CRS_BENCH:-}" ]; then
+  echo "== bench --order crs"
+  timeout 200 $B/bench --order crs $CRS_BENCH --json "$OUT/bench-crs.json" 2>&1 | tee "$OUT/bench-crs.txt"
+  if [ -n "${F16_BENCH:-}" ]; then
+    echo "== bench --order crs --precision f16"
+    timeout 200 $B/bench --order crs --precision f16 $CRS_BENCH --json "$OUT/bench-crs-f16.json" 2>&1 \
+      | tee "$OUT/bench-crs-f16.txt"
+  fi
 fi
 if [ -n "${CHECKED_BENCH:-}" ]; then
   echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"

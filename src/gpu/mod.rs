@@ -100,6 +100,49 @@ impl std::str::FromStr for ConvPrecision {
     }
 }
 
+/// The order in which the conv GEMMs run their reductions ([`Gpu::set_conv_order`]; see
+/// "Reduction order" in `shaders/conv.wgsl`). Both give the same sums up to f32 rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvOrder {
+    /// Taps outer, channels inner, wherever the reduced channels split into whole chunks (all
+    /// but the first convolution of a ResNet), channel-major elsewhere: one bounds check per
+    /// staged chunk and no divisions per element. The forward and input-gradient passes read
+    /// the weights from a `[K, R, S, C]` copy, one small dispatch each (the default).
+    #[default]
+    Rsc,
+    /// Channel-major everywhere, as the weights `[K, C, R, S]` lie: an im2col index computed
+    /// per staged element.
+    Crs,
+}
+
+impl ConvOrder {
+    /// [`ConvOrder::Rsc`] unless `RESNET_WGPU_CONV_ORDER=crs`: the order a new [`Gpu`] starts
+    /// with.
+    pub fn from_env() -> ConvOrder {
+        match std::env::var("RESNET_WGPU_CONV_ORDER") {
+            Ok(v) => v.parse().unwrap_or_else(|e| {
+                eprintln!("warning: RESNET_WGPU_CONV_ORDER: {e}; using rsc");
+                ConvOrder::Rsc
+            }),
+            Err(_) => ConvOrder::Rsc,
+        }
+    }
+}
+
+impl std::str::FromStr for ConvOrder {
+    type Err = Error;
+    /// `rsc` or `crs`.
+    fn from_str(s: &str) -> Result<ConvOrder> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "rsc" => Ok(ConvOrder::Rsc),
+            "crs" => Ok(ConvOrder::Crs),
+            other => Err(Error::Invalid(format!(
+                "conv order {other:?}: expected rsc or crs"
+            ))),
+        }
+    }
+}
+
 /// A cooperative-matrix configuration the f16 conv engine has kernels for: F x F x F fragments
 /// (f16 x f16 + f32) on an adapter whose subgroups have `subgroup` invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +184,7 @@ struct ConvMath {
     /// Whether the device was opened asking for tensor cores (for error messages).
     requested: bool,
     precision: ConvPrecision,
+    order: ConvOrder,
 }
 
 /// Threads per workgroup of the one-dimensional (elementwise) kernels.
@@ -285,7 +329,10 @@ impl Gpu {
             pending: Mutex::default(),
             total_dispatches: Default::default(),
             total_submits: Default::default(),
-            conv_math: Mutex::default(),
+            conv_math: Mutex::new(ConvMath {
+                order: ConvOrder::from_env(),
+                ..ConvMath::default()
+            }),
             shader_checks,
             conv_tuning: Mutex::default(),
         }))
@@ -335,6 +382,17 @@ impl Gpu {
     /// How convolutions multiply ([`Gpu::set_conv_precision`]).
     pub fn conv_precision(&self) -> ConvPrecision {
         lock(&self.0.conv_math).precision
+    }
+
+    /// Choose the conv GEMMs' reduction order from now on (every clone of this `Gpu` shares
+    /// it; a new `Gpu` starts with [`ConvOrder::from_env`]).
+    pub fn set_conv_order(&self, order: ConvOrder) {
+        lock(&self.0.conv_math).order = order;
+    }
+
+    /// The conv GEMMs' reduction order ([`Gpu::set_conv_order`]).
+    pub fn conv_order(&self) -> ConvOrder {
+        lock(&self.0.conv_math).order
     }
 
     /// The adapter's name, backend and driver.

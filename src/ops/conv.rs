@@ -12,7 +12,7 @@
 
 use super::tune::{self, ConvKey, ConvPass};
 use crate::autograd::Var;
-use crate::gpu::{ConvPrecision, Gpu, Kernel, MmaConfig, grid_1d};
+use crate::gpu::{ConvOrder, ConvPrecision, Gpu, Kernel, MmaConfig, grid_1d};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -120,6 +120,7 @@ const FORWARD_REDUCE: Kernel = conv_elementwise!("conv_forward_reduce");
 const FORWARD_REDUCE_BN: Kernel = conv_elementwise!("conv_forward_reduce_bn");
 const TAPS_CROP: Kernel = conv_elementwise!("conv_taps_crop");
 const TAPS_EXPAND: Kernel = conv_elementwise!("conv_taps_expand");
+const WEIGHTS_RSC: Kernel = conv_elementwise!("conv_weights_rsc");
 
 /// The declarations conv_mma.wgsl needs for F x F fragments (`$f`, the literal F) and subgroups
 /// of `$sg`, on a tile of 256 threads with a `$tm` x `$tn` micro-tile each (16 thread columns,
@@ -576,6 +577,13 @@ pub(crate) fn forced_tile() -> Option<ConvTile> {
     })
 }
 
+/// Whether a conv GEMM on `gpu` reduces taps outer ([`ConvOrder::Rsc`]): over `channels` in
+/// chunks of `chunk` (the tile's BK; for the weight gradient, whose columns hold the taps, its
+/// BN), every chunk must lie in one tap.
+fn taps_outer(gpu: &Gpu, channels: usize, chunk: usize) -> bool {
+    gpu.conv_order() == ConvOrder::Rsc && channels.is_multiple_of(chunk)
+}
+
 /// Largest grid dimension allowed by WebGPU.
 const MAX_GRID: usize = 65_535;
 /// Split-K of the weight gradient (aiming at [`TileModel`]'s target of workgroups) gives each
@@ -689,6 +697,35 @@ impl Geometry {
     /// The shader's overridable kernel size.
     fn kernel_size(&self) -> [(&'static str, f64); 2] {
         [("KH", self.w[2] as f64), ("KW", self.w[3] as f64)]
+    }
+
+    /// The overridable constants of a GEMM pass: the kernel size and the reduction order.
+    fn gemm_constants(&self, taps_outer: bool) -> [(&'static str, f64); 3] {
+        let [kh, kw] = self.kernel_size();
+        [kh, kw, ("TAPS_OUTER", taps_outer as u8 as f64)]
+    }
+
+    /// Whether the forward pass on `gpu` reduces taps outer with tiles of `dims`.
+    fn forward_taps_outer(&self, gpu: &Gpu, dims: (usize, usize, usize)) -> bool {
+        taps_outer(gpu, self.x[1], dims.2)
+    }
+
+    /// `w` as the taps-outer forward and input-gradient GEMMs read it: `[K, R, S, C]` when
+    /// `taps_outer` (the same tensor for 1x1 kernels), else `w` itself.
+    fn gemm_weights(&self, op: &'static str, w: &Tensor, taps_outer: bool) -> Result<Tensor> {
+        let [k, c, r, s] = self.w;
+        if !taps_outer || r * s == 1 {
+            return Ok(w.clone());
+        }
+        let out = Tensor::uninit(w.gpu(), &[k, r, s, c], DType::F32, op)?;
+        w.gpu().dispatch_with(
+            &WEIGHTS_RSC,
+            &self.kernel_size(),
+            &self.params(false, 0, 1),
+            &[w.buffer(), out.buffer()],
+            crate::gpu::grid_for_elements(w.numel()),
+        )?;
+        Ok(out)
     }
 
     fn y_shape(&self) -> [usize; 4] {
@@ -1130,20 +1167,22 @@ pub fn conv2d_tiled(
     let (m, n) = g.forward_gemm();
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
     let (chunk, splits) = g.forward_splits(&model, engine.dims);
+    let taps_outer = g.forward_taps_outer(gpu, engine.dims);
+    let wk = g.gemm_weights(OP, w, taps_outer)?;
     let bias = b.map_or(w.buffer(), |b| b.buffer());
     if splits == 1 {
         let grid = gemm_grid(OP, m, n, engine.dims)?;
         engine.dispatch(
             gpu,
             &engine.kernels.forward,
-            &g.kernel_size(),
+            &g.gemm_constants(taps_outer),
             &g.params(b.is_some(), 0, 1),
-            &[x.buffer(), w.buffer(), bias, y.buffer()],
+            &[x.buffer(), wk.buffer(), bias, y.buffer()],
             w.buffer(),
             grid,
         )?;
     } else {
-        let part = forward_partials(OP, &g, &engine, x, w, chunk, splits)?;
+        let part = forward_partials(OP, &g, &engine, x, &wk, taps_outer, chunk, splits)?;
         gpu.dispatch(
             &FORWARD_REDUCE,
             &g.params(b.is_some(), chunk, splits),
@@ -1170,13 +1209,16 @@ fn forward_geometry(
 
 /// A split-K forward pass's first dispatch (the output tiles alone are too few to fill the
 /// GPU): split z of the reduction, over grid z, writes its partial output at z * len(y).
-/// Returns the partials `[splits, len(y)]` for a reduce kernel to sum.
+/// `w` is in the GEMM's order ([`Geometry::gemm_weights`]). Returns the partials
+/// `[splits, len(y)]` for a reduce kernel to sum.
+#[allow(clippy::too_many_arguments)]
 fn forward_partials(
     op: &'static str,
     g: &Geometry,
     engine: &Engine,
     x: &Tensor,
     w: &Tensor,
+    taps_outer: bool,
     chunk: usize,
     splits: usize,
 ) -> Result<Tensor> {
@@ -1192,7 +1234,7 @@ fn forward_partials(
     engine.dispatch(
         gpu,
         &engine.kernels.forward,
-        &g.kernel_size(),
+        &g.gemm_constants(taps_outer),
         &g.params(false, chunk, splits),
         &[x.buffer(), w.buffer(), w.buffer(), part.buffer()],
         w.buffer(),
@@ -1289,6 +1331,8 @@ pub fn conv2d_bn_eval_tiled(
     }
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, OP)?;
     let (chunk, splits) = g.forward_splits(&model, engine.dims);
+    let taps_outer = g.forward_taps_outer(gpu, engine.dims);
+    let wk = g.gemm_weights(OP, w, taps_outer)?;
     let mut params = g.params(false, chunk, splits);
     params.epilogue =
         if relu { EPI_RELU } else { 0 } | if residual.is_some() { EPI_RESIDUAL } else { 0 };
@@ -1305,19 +1349,19 @@ pub fn conv2d_bn_eval_tiled(
     ];
     if splits == 1 {
         let (m, n) = g.forward_gemm();
-        let mut bound = vec![(1, x.buffer()), (2, w.buffer()), (4, y.buffer())];
+        let mut bound = vec![(1, x.buffer()), (2, wk.buffer()), (4, y.buffer())];
         bound.extend(bn_bound);
         engine.dispatch_bound(
             gpu,
             &engine.kernels.forward_bn,
-            &g.kernel_size(),
+            &g.gemm_constants(taps_outer),
             &params,
             bound,
             w.buffer(),
             gemm_grid(OP, m, n, engine.dims)?,
         )?;
     } else {
-        let part = forward_partials(OP, &g, &engine, x, w, chunk, splits)?;
+        let part = forward_partials(OP, &g, &engine, x, &wk, taps_outer, chunk, splits)?;
         let mut bound = vec![(1, part.buffer()), (4, y.buffer())];
         bound.extend(bn_bound);
         gpu.dispatch_bound(
@@ -1436,8 +1480,13 @@ fn backward_input(
     if plan.skips_pixels {
         gpu.clear(out.buffer());
     }
-    let [_, _, r, s] = ws;
+    let [k, _, r, s] = ws;
+    // Taps outer wherever a phase's chunks split the output channels evenly; those phases
+    // read the weights' [K, R, S, C] copy.
+    let phase_taps_outer = |ph: &InputPhase| taps_outer(gpu, k, ph.engine.dims.2);
+    let wk = g.gemm_weights(OP, w, plan.phases.iter().any(phase_taps_outer))?;
     for ph in &plan.phases {
+        let taps = phase_taps_outer(ph);
         let mut p = g.params(false, ph.chunk, plan.splits);
         (p.r0, p.s0, p.nr, p.ns) = (ph.r0 as u32, ph.s0 as u32, ph.nr as u32, ph.ns as u32);
         (p.h0, p.w0, p.hc, p.wc) = (ph.h0 as u32, ph.w0 as u32, ph.hc as u32, ph.wc as u32);
@@ -1453,13 +1502,18 @@ fn backward_input(
             ("KW", s as f64),
             ("NR", ph.nr as f64),
             ("NS", ph.ns as f64),
+            ("TAPS_OUTER", taps as u8 as f64),
         ];
         ph.engine.dispatch(
             gpu,
             &ph.engine.kernels.backward_input,
             &constants,
             &p,
-            &[gy.buffer(), w.buffer(), out.buffer()],
+            &[
+                gy.buffer(),
+                if taps { &wk } else { w }.buffer(),
+                out.buffer(),
+            ],
             scale_buffer,
             grid,
         )?;
@@ -1490,6 +1544,41 @@ pub fn conv2d_forward_splits(
     let model = TileModel::for_gpu(gpu);
     let engine = Engine::for_gpu(gpu, || g.forward_tile(&model));
     Ok(g.forward_splits(&model, engine.dims).1)
+}
+
+/// Which of the three conv passes reduce taps outer ([`crate::ConvOrder::Rsc`]) with these
+/// shapes on `gpu`, with `tile` or the plan's: [forward (and [`conv2d_bn_eval`]), input gradient
+/// (any of its phases), weight gradient] (for tests and benchmarks). The first two then read a
+/// `[K, R, S, C]` copy of the weights, one dispatch more each, unless the kernel (or the window
+/// of taps they run, [`conv2d_taps`]) is 1x1.
+pub fn conv2d_taps_outer(
+    gpu: &Gpu,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
+) -> Result<[bool; 3]> {
+    let mut g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
+    if let Some(win) = g.tap_window() {
+        let [k, c, _, _] = w_shape;
+        let window = [k, c, win.taps.0, win.taps.1];
+        g = Geometry::new("conv2d", x_shape, window, stride, win.padding)?;
+    }
+    let [k, c, _, _] = g.w;
+    let model = TileModel::for_gpu(gpu);
+    let forward = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
+    let input = g
+        .input_plan(gpu, &model, tile)
+        .phases
+        .iter()
+        .any(|ph| taps_outer(gpu, k, ph.engine.dims.2));
+    let weight = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.weight_tile(&model)));
+    Ok([
+        g.forward_taps_outer(gpu, forward.dims),
+        input,
+        taps_outer(gpu, c, weight.dims.1),
+    ])
 }
 
 /// Number of split-K chunks [`conv2d_backward_weight`] uses for these shapes on `gpu` (for
@@ -1581,6 +1670,8 @@ fn backward_weight(
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.weight_tile(&model)));
     let (chunk, splits) = g.weight_splits(&model, engine.dims);
     let (tile_m, tile_n, _) = engine.dims;
+    // Taps outer when each column tile lies in one tap.
+    let taps_outer = taps_outer(gpu, c, tile_n);
     let col_tiles = crs.div_ceil(tile_n);
     let row_tiles = k.div_ceil(tile_m);
     if col_tiles > MAX_GRID || row_tiles > MAX_GRID {
@@ -1607,7 +1698,7 @@ fn backward_weight(
     engine.dispatch(
         gpu,
         &engine.kernels.backward_weight,
-        &g.kernel_size(),
+        &g.gemm_constants(taps_outer),
         &params,
         &[
             x.buffer(),
