@@ -263,50 +263,67 @@ fn every_tile_matches_reference() {
 fn both_reduction_orders_match_reference() {
     // A device of its own: the order is a device-wide setting.
     let gpu = new_gpu();
-    // Channels in multiples of 16 (and of 128 where the weight gradient's widest column tiles
-    // should run taps outer too), so that the taps-outer order runs on every pass; ragged
-    // edges against the tiles; a strided 3x3 with four input-gradient phases; a 1x1/2, which
-    // reads the weights as they are; a 5x5; split-K forward and input gradient (few output
-    // tiles); and a 3x3 on 1x1 maps, which runs its centre tap only.
+    // Channels in multiples of 16 (and of 128 where the weight gradient's 128-column tiles
+    // should run taps outer too), so that the taps-outer order runs on every pass, and for
+    // kernels larger than 1x1 GEMMs of at least 1,024 columns, which amortize the weights'
+    // copy: ragged edges against the tiles; a strided 3x3 with four input-gradient phases of
+    // 1,056 pixels; a 5x5; 1x1 kernels, which read the weights as they lie, with a split-K
+    // forward and a split-K input gradient (few output tiles); a 3x3 on 1x1 maps, which runs
+    // its centre tap only; and a 3x3 GEMM of 16 columns, too few for the copy, whose forward
+    // and input gradient stay channel-major. With the expected [forward, input gradient].
     let cases = [
-        case([2, 128, 6, 5], 80, 3, 3, 1, 1, true),
-        case([1, 64, 9, 9], 48, 3, 3, 2, 1, false),
-        case([2, 64, 7, 7], 128, 1, 1, 2, 0, false),
-        case([1, 16, 11, 10], 32, 5, 5, 1, 2, true),
-        case([1, 64, 4, 4], 64, 3, 3, 1, 1, false),
-        case([2, 64, 1, 1], 64, 3, 3, 1, 1, false),
+        (case([2, 128, 24, 22], 80, 3, 3, 1, 1, true), [true, true]),
+        (case([1, 64, 66, 64], 48, 3, 3, 2, 1, false), [true, true]),
+        (case([1, 16, 33, 32], 32, 5, 5, 1, 2, true), [true, true]),
+        (case([1, 512, 4, 4], 64, 1, 1, 1, 0, false), [true, true]),
+        (case([1, 64, 4, 4], 512, 1, 1, 1, 0, true), [true, true]),
+        (case([2, 64, 1, 1], 64, 3, 3, 1, 1, false), [true, true]),
+        (case([1, 64, 4, 4], 64, 3, 3, 1, 1, false), [false, false]),
     ];
-    let split = &cases[4];
-    assert!(
-        ops::conv2d_forward_splits(&gpu, split.x, split.w, split.stride, split.pad).unwrap() > 1
-    );
-    assert!(
-        ops::conv2d_input_grad_splits(&gpu, split.x, split.w, split.stride, split.pad).unwrap() > 1
-    );
+    let splits = |c: &Case| {
+        [
+            ops::conv2d_forward_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap(),
+            ops::conv2d_input_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap(),
+        ]
+    };
+    assert!(splits(&cases[3].0)[0] > 1, "a split forward");
+    assert!(splits(&cases[4].0)[1] > 1, "a split input gradient");
     for order in [ConvOrder::Rsc, ConvOrder::Crs] {
         gpu.set_conv_order(order);
         let tiles = ConvTile::ALL.iter().copied().map(Some);
         for tile in std::iter::once(None).chain(tiles) {
-            for (i, c) in cases.iter().enumerate() {
+            for (i, (c, expected)) in cases.iter().enumerate() {
+                let what = format!("{c:?} tile {tile:?} {order:?}");
                 let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, tile).unwrap();
                 if order == ConvOrder::Crs {
-                    assert_eq!(taps, [false; 3], "{c:?} tile {tile:?}");
+                    assert_eq!(taps, [false; 3], "{what}");
                 } else {
-                    // Channels divide every tile's chunk; the weight gradient needs C a
+                    // The channels divide every tile's chunk; the weight gradient needs C a
                     // multiple of the tile's columns.
-                    assert_eq!(
-                        taps[..2],
-                        [true, true],
-                        "{c:?} tile {tile:?}: forward, input gradient"
-                    );
+                    assert_eq!(taps[..2], expected[..], "{what}: forward, input gradient");
                     if let Some(t) = tile {
                         let weight = c.x[1] % t.dims().1 == 0;
-                        assert_eq!(taps[2], weight, "{c:?} tile {tile:?}: weight gradient");
+                        assert_eq!(taps[2], weight, "{what}: weight gradient");
                     }
                 }
                 check_random_tiled(&gpu, c, 1200 + 10 * i as u64, tile);
             }
         }
+    }
+    // Split-K 3x3 GEMMs, whose later splits start past the first tap, have too few columns
+    // for the weights' copy on any device: with the copy allowed for any GEMM.
+    gpu.set_conv_order(ConvOrder::Rsc);
+    gpu.set_conv_weight_copy_min_columns(0);
+    let c = &cases[6].0;
+    assert!(
+        splits(c).iter().all(|&s| s > 1),
+        "split forward and input gradient"
+    );
+    let tiles = ConvTile::ALL.iter().copied().map(Some);
+    for tile in std::iter::once(None).chain(tiles) {
+        let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, tile).unwrap();
+        assert_eq!(taps[..2], [true, true], "{c:?} tile {tile:?}");
+        check_random_tiled(&gpu, c, 1300, tile);
     }
 }
 

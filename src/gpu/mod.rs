@@ -106,8 +106,10 @@ impl std::str::FromStr for ConvPrecision {
 pub enum ConvOrder {
     /// Taps outer, channels inner, wherever the reduced channels split into whole chunks (all
     /// but the first convolution of a ResNet), channel-major elsewhere: one bounds check per
-    /// staged chunk and no divisions per element. The forward and input-gradient passes read
-    /// the weights from a `[K, R, S, C]` copy, one small dispatch each (the default).
+    /// staged chunk and no divisions per element. The forward and input-gradient passes of
+    /// kernels larger than 1x1 read the weights from a `[K, R, S, C]` copy, one small dispatch
+    /// each, and so reduce taps outer only where their GEMM has enough columns (output pixels)
+    /// to amortize it: at least 1,024 (the default).
     #[default]
     Rsc,
     /// Channel-major everywhere, as the weights `[K, C, R, S]` lie: an im2col index computed
@@ -185,6 +187,8 @@ struct ConvMath {
     requested: bool,
     precision: ConvPrecision,
     order: ConvOrder,
+    /// The fewest GEMM columns for which the taps-outer order copies the weights.
+    weight_copy_min_columns: usize,
 }
 
 /// Threads per workgroup of the one-dimensional (elementwise) kernels.
@@ -331,6 +335,7 @@ impl Gpu {
             total_submits: Default::default(),
             conv_math: Mutex::new(ConvMath {
                 order: ConvOrder::from_env(),
+                weight_copy_min_columns: crate::ops::conv::WEIGHT_COPY_MIN_COLUMNS,
                 ..ConvMath::default()
             }),
             shader_checks,
@@ -393,6 +398,17 @@ impl Gpu {
     /// The conv GEMMs' reduction order ([`Gpu::set_conv_order`]).
     pub fn conv_order(&self) -> ConvOrder {
         lock(&self.0.conv_math).order
+    }
+
+    /// The fewest GEMM columns for which [`ConvOrder::Rsc`] copies a kernel's weights (1,024
+    /// unless set; 0 for tests that need the copy on small shapes).
+    #[doc(hidden)]
+    pub fn set_conv_weight_copy_min_columns(&self, columns: usize) {
+        lock(&self.0.conv_math).weight_copy_min_columns = columns;
+    }
+
+    pub(crate) fn conv_weight_copy_min_columns(&self) -> usize {
+        lock(&self.0.conv_math).weight_copy_min_columns
     }
 
     /// The adapter's name, backend and driver.

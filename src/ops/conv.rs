@@ -584,6 +584,14 @@ fn taps_outer(gpu: &Gpu, channels: usize, chunk: usize) -> bool {
     gpu.conv_order() == ConvOrder::Rsc && channels.is_multiple_of(chunk)
 }
 
+/// Taps outer, the forward and input-gradient GEMMs of kernels larger than 1x1 read a
+/// `[K, R, S, C]` copy of the weights, which moves 8 bytes per weight, while the GEMM does one
+/// multiply-add per weight and column. At an H200's ratio (about 15 T multiply-adds/s in these
+/// kernels to 4.8 TB/s) the copy costs 25 / columns of the GEMM's time: these many columns
+/// keep it near 2%, below what the order saves. Fewer (layer2-4 at batch 1), and the channel-
+/// major order reads the weights as they lie.
+pub(crate) const WEIGHT_COPY_MIN_COLUMNS: usize = 1024;
+
 /// Largest grid dimension allowed by WebGPU.
 const MAX_GRID: usize = 65_535;
 /// Split-K of the weight gradient (aiming at [`TileModel`]'s target of workgroups) gives each
@@ -707,7 +715,18 @@ impl Geometry {
 
     /// Whether the forward pass on `gpu` reduces taps outer with tiles of `dims`.
     fn forward_taps_outer(&self, gpu: &Gpu, dims: (usize, usize, usize)) -> bool {
-        taps_outer(gpu, self.x[1], dims.2)
+        taps_outer(gpu, self.x[1], dims.2) && self.weight_copy_pays(gpu, self.forward_gemm().1)
+    }
+
+    /// Whether an input-gradient phase on `gpu` reduces taps outer.
+    fn input_taps_outer(&self, gpu: &Gpu, ph: &InputPhase) -> bool {
+        taps_outer(gpu, self.w[0], ph.engine.dims.2) && self.weight_copy_pays(gpu, ph.cols)
+    }
+
+    /// Whether a GEMM of `columns` amortizes the weights' taps-outer copy (none for 1x1
+    /// kernels, whose weights lie the same in both orders): [`WEIGHT_COPY_MIN_COLUMNS`].
+    fn weight_copy_pays(&self, gpu: &Gpu, columns: usize) -> bool {
+        self.w[2] * self.w[3] == 1 || columns >= gpu.conv_weight_copy_min_columns()
     }
 
     /// `w` as the taps-outer forward and input-gradient GEMMs read it: `[K, R, S, C]` when
@@ -1480,13 +1499,12 @@ fn backward_input(
     if plan.skips_pixels {
         gpu.clear(out.buffer());
     }
-    let [k, _, r, s] = ws;
-    // Taps outer wherever a phase's chunks split the output channels evenly; those phases
-    // read the weights' [K, R, S, C] copy.
-    let phase_taps_outer = |ph: &InputPhase| taps_outer(gpu, k, ph.engine.dims.2);
-    let wk = g.gemm_weights(OP, w, plan.phases.iter().any(phase_taps_outer))?;
+    let [_, _, r, s] = ws;
+    // The phases that reduce taps outer read the weights' [K, R, S, C] copy.
+    let copy = plan.phases.iter().any(|ph| g.input_taps_outer(gpu, ph));
+    let wk = g.gemm_weights(OP, w, copy)?;
     for ph in &plan.phases {
-        let taps = phase_taps_outer(ph);
+        let taps = g.input_taps_outer(gpu, ph);
         let mut p = g.params(false, ph.chunk, plan.splits);
         (p.r0, p.s0, p.nr, p.ns) = (ph.r0 as u32, ph.s0 as u32, ph.nr as u32, ph.ns as u32);
         (p.h0, p.w0, p.hc, p.wc) = (ph.h0 as u32, ph.w0 as u32, ph.hc as u32, ph.wc as u32);
@@ -1550,7 +1568,9 @@ pub fn conv2d_forward_splits(
 /// shapes on `gpu`, with `tile` or the plan's: [forward (and [`conv2d_bn_eval`]), input gradient
 /// (any of its phases), weight gradient] (for tests and benchmarks). The first two then read a
 /// `[K, R, S, C]` copy of the weights, one dispatch more each, unless the kernel (or the window
-/// of taps they run, [`conv2d_taps`]) is 1x1.
+/// of taps they run, [`conv2d_taps`]) is 1x1; with a larger kernel they reduce taps outer only
+/// when their GEMM has at least 1,024 columns (output pixels of the batch, or of an input-
+/// gradient phase), which amortize the copy.
 pub fn conv2d_taps_outer(
     gpu: &Gpu,
     x_shape: [usize; 4],
@@ -1565,14 +1585,14 @@ pub fn conv2d_taps_outer(
         let window = [k, c, win.taps.0, win.taps.1];
         g = Geometry::new("conv2d", x_shape, window, stride, win.padding)?;
     }
-    let [k, c, _, _] = g.w;
+    let c = g.w[1];
     let model = TileModel::for_gpu(gpu);
     let forward = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
     let input = g
         .input_plan(gpu, &model, tile)
         .phases
         .iter()
-        .any(|ph| taps_outer(gpu, k, ph.engine.dims.2));
+        .any(|ph| g.input_taps_outer(gpu, ph));
     let weight = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.weight_tile(&model)));
     Ok([
         g.forward_taps_outer(gpu, forward.dims),
