@@ -838,14 +838,47 @@ fn bw_bv(j: u32, crs: u32, inside: bool, xbase: u32, ih0: i32, iw0: i32) -> f32 
     return bw_x[xbase + c * p.in_h * p.in_w + u32(ih) * p.in_w + u32(iw)];
 }
 
+// The weight gradient's reduction walk: this thread's pixel (image, row, column) of the batch's
+// outputs, ii = k0 + tid % BK for the chunk at k0, advanced by BK pixels per chunk (bw_walk_next)
+// with additions and two compares instead of two run-time divisions per chunk.
+var<private> walk_img: u32;
+var<private> walk_oh: u32;
+var<private> walk_ow: u32;
+// BK pixels as (images, rows, columns), each part below its extent.
+var<private> walk_step: vec3<u32>;
+
+fn bw_walk_begin(ii: u32) {
+    let ohw = p.out_h * p.out_w;
+    walk_img = ii / ohw;
+    let pix = ii - walk_img * ohw;
+    walk_oh = pix / p.out_w;
+    walk_ow = pix - walk_oh * p.out_w;
+    let rows = BK / p.out_w;
+    walk_step = vec3<u32>(rows / p.out_h, rows % p.out_h, BK % p.out_w);
+}
+
+fn bw_walk_next() {
+    walk_img += walk_step.x;
+    walk_oh += walk_step.y;
+    walk_ow += walk_step.z;
+    if (walk_ow >= p.out_w) {
+        walk_ow -= p.out_w;
+        walk_oh += 1u;
+    }
+    if (walk_oh >= p.out_h) {
+        walk_oh -= p.out_h;
+        walk_img += 1u;
+    }
+}
+
 fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     let ohw = p.out_h * p.out_w;
-    let ii = k0 + tid % BK;
-    let inside = ii < end;
-    let img = ii / ohw;
-    let pix = ii - img * ohw;
-    let oh = pix / p.out_w;
-    let ow = pix - oh * p.out_w;
+    let inside = k0 + tid % BK < end;
+    let img = walk_img;
+    let oh = walk_oh;
+    let ow = walk_ow;
+    bw_walk_next();
+    let pix = oh * p.out_w + ow;
     let gbase = img * p.out_c * ohw + pix;
     ra[0] = bw_a(m0 + kfast_row(tid, 0u), gbase, inside);
     ra[1] = bw_a(m0 + kfast_row(tid, 1u), gbase, inside);
@@ -956,6 +989,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     let end = min(begin + p.chunk, total);
     out_base = wg.z * p.out_c * crs;
     if (TAPS_OUTER) { bw_tap = n0 / p.in_c; }
+    bw_walk_begin(begin + tid % BK);
     engine_begin();
     bw_load(tid, begin, end, m0, n0, crs);
     for (var k0 = begin; k0 < end; k0 += BK) {
