@@ -327,6 +327,44 @@ fn both_reduction_orders_match_reference() {
     }
 }
 
+#[test]
+fn the_tape_reads_the_forward_weights_copy() {
+    // A device of its own, for counting dispatches.
+    let gpu = new_gpu();
+    // 1,056 output pixels: both the forward and the input gradient read the weights' taps-
+    // outer copy. Through the tape the input gradient reads the forward's.
+    let c = case([2, 64, 24, 22], 48, 3, 3, 1, 1, false);
+    let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, None).unwrap();
+    assert_eq!(taps[..2], [true, true]);
+    let x = Tensor::from_slice(&gpu, &c.x, &random_vec(c.x.iter().product(), 1500)).unwrap();
+    let w = Tensor::from_slice(&gpu, &c.w, &random_vec(c.w.iter().product(), 1501)).unwrap();
+    let ys = [2, 48, 24, 22];
+    let gy = Tensor::from_slice(&gpu, &ys, &random_vec(ys.iter().product(), 1502)).unwrap();
+    let before = gpu.dispatch_count();
+    let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+    let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+    let apart = gpu.dispatch_count() - before;
+    let tape = Tape::new();
+    let (xv, wv) = (tape.leaf(x), tape.leaf(w));
+    let y = xv.conv2d(&wv, None, c.stride, c.pad).unwrap();
+    let before = gpu.dispatch_count();
+    let grads = tape.backward_with(&y, gy).unwrap();
+    assert_eq!(
+        gpu.dispatch_count() - before,
+        apart - 1,
+        "one weights copy fewer"
+    );
+    // The same kernels on the same values.
+    assert_eq!(
+        grads.get(&xv).unwrap().to_vec().unwrap(),
+        gx.to_vec().unwrap()
+    );
+    assert_eq!(
+        grads.get(&wv).unwrap().to_vec().unwrap(),
+        gw.to_vec().unwrap()
+    );
+}
+
 /// Case `c`'s input gradient: w and gy of random values (seeds `seeds`) and the reference gx.
 fn input_grad_problem(gpu: &Gpu, c: &Case, seeds: (u64, u64)) -> (Tensor, Tensor, Vec<f32>) {
     let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);

@@ -588,8 +588,8 @@ fn taps_outer(gpu: &Gpu, channels: usize, chunk: usize) -> bool {
 /// `[K, R, S, C]` copy of the weights, which moves 8 bytes per weight, while the GEMM does one
 /// multiply-add per weight and column. At an H200's ratio (about 15 T multiply-adds/s in these
 /// kernels to 4.8 TB/s) the copy costs 25 / columns of the GEMM's time: these many columns
-/// keep it near 2%, below what the order saves. Fewer (layer2-4 at batch 1), and the channel-
-/// major order reads the weights as they lie.
+/// keep it near 2%, below what the order saves. GEMMs with fewer (layer2-4 at batch 1) keep
+/// the channel-major order, which reads the weights as they lie.
 pub(crate) const WEIGHT_COPY_MIN_COLUMNS: usize = 1024;
 
 /// Largest grid dimension allowed by WebGPU.
@@ -729,12 +729,18 @@ impl Geometry {
         self.w[2] * self.w[3] == 1 || columns >= gpu.conv_weight_copy_min_columns()
     }
 
-    /// `w` as the taps-outer forward and input-gradient GEMMs read it: `[K, R, S, C]` when
-    /// `taps_outer` (the same tensor for 1x1 kernels), else `w` itself.
-    fn gemm_weights(&self, op: &'static str, w: &Tensor, taps_outer: bool) -> Result<Tensor> {
+    /// The copy of `w` that the forward and input-gradient GEMMs read when `taps_outer`:
+    /// `[K, R, S, C]`. None where they read `w` itself (channel-major, or a 1x1 kernel, whose
+    /// weights lie the same in both orders).
+    fn weights_copy(
+        &self,
+        op: &'static str,
+        w: &Tensor,
+        taps_outer: bool,
+    ) -> Result<Option<Tensor>> {
         let [k, c, r, s] = self.w;
         if !taps_outer || r * s == 1 {
-            return Ok(w.clone());
+            return Ok(None);
         }
         let out = Tensor::uninit(w.gpu(), &[k, r, s, c], DType::F32, op)?;
         w.gpu().dispatch_with(
@@ -744,7 +750,7 @@ impl Geometry {
             &[w.buffer(), out.buffer()],
             crate::gpu::grid_for_elements(w.numel()),
         )?;
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn y_shape(&self) -> [usize; 4] {
@@ -1152,11 +1158,25 @@ pub fn conv2d_tiled(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
+    forward(x, w, b, stride, padding, tile).map(|(y, _)| y)
+}
+
+/// [`conv2d_tiled`], also returning the weights' taps-outer copy when it made one
+/// ([`Geometry::weights_copy`]; of the window's weights when it ran a window of taps), which the
+/// input gradient can read instead of copying again.
+fn forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
+) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "conv2d";
     let g = forward_geometry(OP, x, w, stride, padding)?;
     if let Some(win) = g.tap_window() {
         let w = g.crop_taps(OP, w, win)?;
-        return conv2d_tiled(x, &w, b, stride, win.padding, tile);
+        return forward(x, &w, b, stride, win.padding, tile);
     }
     if let Some(b) = b {
         b.expect_f32_rank(OP, "bias b [K]", 1)?;
@@ -1187,7 +1207,8 @@ pub fn conv2d_tiled(
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
     let (chunk, splits) = g.forward_splits(&model, engine.dims);
     let taps_outer = g.forward_taps_outer(gpu, engine.dims);
-    let wk = g.gemm_weights(OP, w, taps_outer)?;
+    let copy = g.weights_copy(OP, w, taps_outer)?;
+    let wk = copy.as_ref().unwrap_or(w);
     let bias = b.map_or(w.buffer(), |b| b.buffer());
     if splits == 1 {
         let grid = gemm_grid(OP, m, n, engine.dims)?;
@@ -1201,7 +1222,7 @@ pub fn conv2d_tiled(
             grid,
         )?;
     } else {
-        let part = forward_partials(OP, &g, &engine, x, &wk, taps_outer, chunk, splits)?;
+        let part = forward_partials(OP, &g, &engine, x, wk, taps_outer, chunk, splits)?;
         gpu.dispatch(
             &FORWARD_REDUCE,
             &g.params(b.is_some(), chunk, splits),
@@ -1209,7 +1230,7 @@ pub fn conv2d_tiled(
             crate::gpu::grid_for_elements(y.numel()),
         )?;
     }
-    Ok(y)
+    Ok((y, copy))
 }
 
 /// The validated geometry of a forward convolution of x `[N, C, H, W]` with w `[K, C, R, S]`.
@@ -1228,7 +1249,7 @@ fn forward_geometry(
 
 /// A split-K forward pass's first dispatch (the output tiles alone are too few to fill the
 /// GPU): split z of the reduction, over grid z, writes its partial output at z * len(y).
-/// `w` is in the GEMM's order ([`Geometry::gemm_weights`]). Returns the partials
+/// `w` is in the GEMM's order ([`Geometry::weights_copy`]). Returns the partials
 /// `[splits, len(y)]` for a reduce kernel to sum.
 #[allow(clippy::too_many_arguments)]
 fn forward_partials(
@@ -1351,7 +1372,8 @@ pub fn conv2d_bn_eval_tiled(
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, OP)?;
     let (chunk, splits) = g.forward_splits(&model, engine.dims);
     let taps_outer = g.forward_taps_outer(gpu, engine.dims);
-    let wk = g.gemm_weights(OP, w, taps_outer)?;
+    let copy = g.weights_copy(OP, w, taps_outer)?;
+    let wk = copy.as_ref().unwrap_or(w);
     let mut params = g.params(false, chunk, splits);
     params.epilogue =
         if relu { EPI_RELU } else { 0 } | if residual.is_some() { EPI_RESIDUAL } else { 0 };
@@ -1380,7 +1402,7 @@ pub fn conv2d_bn_eval_tiled(
             gemm_grid(OP, m, n, engine.dims)?,
         )?;
     } else {
-        let part = forward_partials(OP, &g, &engine, x, &wk, taps_outer, chunk, splits)?;
+        let part = forward_partials(OP, &g, &engine, x, wk, taps_outer, chunk, splits)?;
         let mut bound = vec![(1, part.buffer()), (4, y.buffer())];
         bound.extend(bn_bound);
         gpu.dispatch_bound(
@@ -1446,13 +1468,16 @@ pub fn conv2d_backward_input_tiled(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
-    backward_input(gy, w, x_shape, stride, padding, tile, None)
+    backward_input(gy, w, None, x_shape, stride, padding, tile, None)
 }
 
-/// [`conv2d_backward_input_tiled`] with gy's f16 operand scale when the caller has it.
+/// [`conv2d_backward_input_tiled`] with gy's f16 operand scale and the weights' taps-outer copy
+/// (`copied`, [`forward`]'s) when the caller has them.
+#[allow(clippy::too_many_arguments)]
 fn backward_input(
     gy: &Tensor,
     w: &Tensor,
+    copied: Option<&Tensor>,
     x_shape: [usize; 4],
     stride: usize,
     padding: usize,
@@ -1467,7 +1492,7 @@ fn backward_input(
     g.expect_y_shape(OP, gys)?;
     if let Some(win) = g.tap_window() {
         let w = g.crop_taps(OP, w, win)?;
-        return backward_input(gy, &w, x_shape, stride, win.padding, tile, scale);
+        return backward_input(gy, &w, copied, x_shape, stride, win.padding, tile, scale);
     }
     let gpu = gy.gpu();
     let model = TileModel::for_gpu(gpu);
@@ -1477,7 +1502,7 @@ fn backward_input(
         ConvPass::InputGrad,
         tile,
         || g.input_plan(gpu, &model, None).model_tile(&model),
-        |t| backward_input(gy, w, x_shape, stride, padding, Some(t), scale).map(drop),
+        |t| backward_input(gy, w, copied, x_shape, stride, padding, Some(t), scale).map(drop),
     )?;
     let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
     // The f16 engine scales gy (operand B) by a power of two that keeps it clear of f16's
@@ -1499,10 +1524,15 @@ fn backward_input(
     if plan.skips_pixels {
         gpu.clear(out.buffer());
     }
-    let [_, _, r, s] = ws;
-    // The phases that reduce taps outer read the weights' [K, R, S, C] copy.
-    let copy = plan.phases.iter().any(|ph| g.input_taps_outer(gpu, ph));
-    let wk = g.gemm_weights(OP, w, copy)?;
+    let [k, c, r, s] = ws;
+    // The phases that reduce taps outer read the weights' [K, R, S, C] copy: the forward's
+    // when the caller has it, else one made here.
+    let taps = plan.phases.iter().any(|ph| g.input_taps_outer(gpu, ph));
+    let copy = match copied {
+        Some(t) if taps && r * s > 1 && t.shape() == [k, r, s, c] => Some(t.clone()),
+        _ => g.weights_copy(OP, w, taps)?,
+    };
+    let wk = copy.as_ref().unwrap_or(w);
     for ph in &plan.phases {
         let taps = g.input_taps_outer(gpu, ph);
         let mut p = g.params(false, ph.chunk, plan.splits);
@@ -1529,7 +1559,7 @@ fn backward_input(
             &p,
             &[
                 gy.buffer(),
-                if taps { &wk } else { w }.buffer(),
+                if taps { wk } else { w }.buffer(),
                 out.buffer(),
             ],
             scale_buffer,
@@ -1742,15 +1772,18 @@ fn backward_weight(
 
 impl Var {
     /// `conv2d(self, w) + b` (see [`conv2d`]), recording its backward. Only what the backward
-    /// needs is kept: x when w is tracked (for gw), w when x is tracked (for gx). Gradients of
-    /// untracked inputs (the network's input, frozen weights) are not computed.
+    /// needs is kept: x when w is tracked (for gw), w when x is tracked (for gx), with the
+    /// forward's taps-outer copy of w when it made one ([`crate::ConvOrder::Rsc`]), which the
+    /// input gradient reads instead of copying w again. Gradients of untracked inputs (the
+    /// network's input, frozen weights) are not computed.
     pub fn conv2d(&self, w: &Var, b: Option<&Var>, stride: usize, padding: usize) -> Result<Var> {
-        let y = conv2d(
+        let (y, copied) = forward(
             self.tensor(),
             w.tensor(),
             b.map(|b| b.tensor()),
             stride,
             padding,
+            None,
         )?;
         let x_shape = self.tensor().nchw("conv2d", "x")?;
         let w_shape = w.tensor().nchw("conv2d", "w")?;
@@ -1758,7 +1791,9 @@ impl Var {
         let need_gw = w.requires_grad();
         let need_gb = b.is_some_and(|b| b.requires_grad());
         let saved_x = need_gw.then(|| self.tensor().clone());
-        let saved_w = need_gx.then(|| w.tensor().clone());
+        // With the forward's taps-outer copy of w, if it made one, for the input gradient to
+        // read instead of copying again.
+        let saved_w = need_gx.then(|| (w.tensor().clone(), copied));
         let mut inputs = vec![self, w];
         inputs.extend(b);
         let has_bias = b.is_some();
@@ -1768,9 +1803,10 @@ impl Var {
             let both = saved_w.is_some() && saved_x.is_some();
             let scale = gy_scale(both && f16_kernels(gy.gpu()).is_some(), gy, None)?;
             let gx = match &saved_w {
-                Some(w) => Some(backward_input(
+                Some((w, copied)) => Some(backward_input(
                     gy,
                     w,
+                    copied.as_ref(),
                     x_shape,
                     stride,
                     padding,
