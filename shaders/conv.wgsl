@@ -301,6 +301,31 @@ fn pixel(n: u32, count: u32, height: u32, width: u32) -> Pixel {
     return Pixel(n < count, img, y, rem - y * width);
 }
 
+// The pixel after q (flat index n + 1 < count, or not valid) of [batch, height, width], by
+// carries instead of divisions.
+fn pixel_next(q: Pixel, n: u32, count: u32, height: u32, width: u32) -> Pixel {
+    var r = q;
+    r.valid = n + 1u < count;
+    r.x += 1u;
+    if (r.x == width) {
+        r.x = 0u;
+        r.y += 1u;
+        if (r.y == height) {
+            r.y = 0u;
+            r.img += 1u;
+        }
+    }
+    return r;
+}
+
+// The epilogues' output columns: for each of the thread's columns n .. n + 3 (cols_lo) and
+// n + 4 TX .. n + 4 TX + 3 (cols_hi, VN == 2), its offset in the output without the row's
+// term, or NO_COL past the GEMM's columns. Set once per thread from two pixel decompositions
+// (fw_cols, bi_cols), instead of one per stored element.
+var<private> cols_lo: vec4<u32>;
+var<private> cols_hi: vec4<u32>;
+const NO_COL: u32 = 0xffffffffu;
+
 // A = w viewed as [K, CRS] (k-fast): element (m, ka), zero past the split's `end`.
 fn fw_a(m: u32, ka: u32, end: u32) -> f32 {
     if (m < p.out_c && ka < end) { return fw_w[m * (p.in_c * KH * KW) + ka]; }
@@ -399,47 +424,63 @@ fn fw_at(m: u32, i: u32) -> f32 {
     return 0.0;
 }
 
-// Store y (or this split's partial y, at out_base) for GEMM row m (channel) and column n (pixel).
-fn fw_put(m: u32, n: u32, v: f32) {
-    if (n >= p.batch * p.out_h * p.out_w) { return; }
-    fw_y[out_base + y_index(m, n)] = v;
+// Store y (or this split's partial y, at out_base) for GEMM row m (channel) at output column
+// `col` (see cols_lo).
+fn fw_put(m: u32, col: u32, v: f32) {
+    if (col == NO_COL) { return; }
+    fw_y[out_base + col + m * p.out_h * p.out_w] = v;
 }
 
-// Index in y [N, K, OH, OW] of GEMM row m (channel) and column n (pixel of the batch).
-fn y_index(m: u32, n: u32) -> u32 {
-    let ohw = p.out_h * p.out_w;
-    let img = n / ohw;
-    return (img * p.out_c + m) * ohw + n - img * ohw;
+// Offset in y [N, K, OH, OW] of output pixel q without the channel's term (q.img K + m) OH OW.
+fn y_col(q: Pixel) -> u32 {
+    if (!q.valid) { return NO_COL; }
+    return (q.img * p.out_c * p.out_h + q.y) * p.out_w + q.x;
 }
 
-fn fw_row(m: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
+// y_col of columns n .. n + 3 (output pixels of the batch).
+fn y_cols(n: u32) -> vec4<u32> {
+    let count = p.batch * p.out_h * p.out_w;
+    let q0 = pixel(n, count, p.out_h, p.out_w);
+    let q1 = pixel_next(q0, n, count, p.out_h, p.out_w);
+    let q2 = pixel_next(q1, n + 1u, count, p.out_h, p.out_w);
+    let q3 = pixel_next(q2, n + 2u, count, p.out_h, p.out_w);
+    return vec4<u32>(y_col(q0), y_col(q1), y_col(q2), y_col(q3));
+}
+
+// The forward epilogues' cols_lo and cols_hi for this thread's first column n.
+fn fw_cols(n: u32) {
+    cols_lo = y_cols(n);
+    if (VN == 2u) { cols_hi = y_cols(n + 4u * TX); }
+}
+
+fn fw_row(m: u32, v0: vec4<f32>, v1: vec4<f32>) {
     if (m >= p.out_c) { return; }
     var bias = 0.0;
     if (p.has_bias != 0u) { bias = fw_b[m]; }
-    fw_put(m, n, v0.x + bias);
-    fw_put(m, n + 1u, v0.y + bias);
-    fw_put(m, n + 2u, v0.z + bias);
-    fw_put(m, n + 3u, v0.w + bias);
+    fw_put(m, cols_lo.x, v0.x + bias);
+    fw_put(m, cols_lo.y, v0.y + bias);
+    fw_put(m, cols_lo.z, v0.z + bias);
+    fw_put(m, cols_lo.w, v0.w + bias);
     if (VN == 2u) {
-        fw_put(m, n + 4u * TX, v1.x + bias);
-        fw_put(m, n + 4u * TX + 1u, v1.y + bias);
-        fw_put(m, n + 4u * TX + 2u, v1.z + bias);
-        fw_put(m, n + 4u * TX + 3u, v1.w + bias);
+        fw_put(m, cols_hi.x, v1.x + bias);
+        fw_put(m, cols_hi.y, v1.y + bias);
+        fw_put(m, cols_hi.z, v1.z + bias);
+        fw_put(m, cols_hi.w, v1.w + bias);
     }
 }
 
 fn fw_emit(tid: u32, m0: u32, n0: u32) {
     let ty = tid / TX;
-    let n = n0 + 4u * (tid % TX);
-    fw_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
-    fw_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
-    fw_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
-    fw_row(m0 + tile_row(3u, ty), n, acc[3u * VN], acc[3u * VN + 1u]);
+    fw_cols(n0 + 4u * (tid % TX));
+    fw_row(m0 + tile_row(0u, ty), acc[0u * VN], acc[0u * VN + 1u]);
+    fw_row(m0 + tile_row(1u, ty), acc[1u * VN], acc[1u * VN + 1u]);
+    fw_row(m0 + tile_row(2u, ty), acc[2u * VN], acc[2u * VN + 1u]);
+    fw_row(m0 + tile_row(3u, ty), acc[3u * VN], acc[3u * VN + 1u]);
     if (TM == 8u) {
-        fw_row(m0 + tile_row(4u, ty), n, acc[4u * VN], acc[4u * VN + 1u]);
-        fw_row(m0 + tile_row(5u, ty), n, acc[5u * VN], acc[5u * VN + 1u]);
-        fw_row(m0 + tile_row(6u, ty), n, acc[6u * VN], acc[6u * VN + 1u]);
-        fw_row(m0 + tile_row(7u, ty), n, acc[7u * VN], acc[7u * VN + 1u]);
+        fw_row(m0 + tile_row(4u, ty), acc[4u * VN], acc[4u * VN + 1u]);
+        fw_row(m0 + tile_row(5u, ty), acc[5u * VN], acc[5u * VN + 1u]);
+        fw_row(m0 + tile_row(6u, ty), acc[6u * VN], acc[6u * VN + 1u]);
+        fw_row(m0 + tile_row(7u, ty), acc[7u * VN], acc[7u * VN + 1u]);
     }
 }
 
@@ -561,39 +602,39 @@ fn bn_out(ch: BnChannel, j: u32, v: f32) -> f32 {
     return y;
 }
 
-fn fb_put(ch: BnChannel, m: u32, n: u32, v: f32) {
-    if (n >= p.batch * p.out_h * p.out_w) { return; }
-    let j = y_index(m, n);
+fn fb_put(ch: BnChannel, m: u32, col: u32, v: f32) {
+    if (col == NO_COL) { return; }
+    let j = col + m * p.out_h * p.out_w;
     fw_y[j] = bn_out(ch, j, v);
 }
 
-fn fb_row(m: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
+fn fb_row(m: u32, v0: vec4<f32>, v1: vec4<f32>) {
     if (m >= p.out_c) { return; }
     let ch = bn_channel(m);
-    fb_put(ch, m, n, v0.x);
-    fb_put(ch, m, n + 1u, v0.y);
-    fb_put(ch, m, n + 2u, v0.z);
-    fb_put(ch, m, n + 3u, v0.w);
+    fb_put(ch, m, cols_lo.x, v0.x);
+    fb_put(ch, m, cols_lo.y, v0.y);
+    fb_put(ch, m, cols_lo.z, v0.z);
+    fb_put(ch, m, cols_lo.w, v0.w);
     if (VN == 2u) {
-        fb_put(ch, m, n + 4u * TX, v1.x);
-        fb_put(ch, m, n + 4u * TX + 1u, v1.y);
-        fb_put(ch, m, n + 4u * TX + 2u, v1.z);
-        fb_put(ch, m, n + 4u * TX + 3u, v1.w);
+        fb_put(ch, m, cols_hi.x, v1.x);
+        fb_put(ch, m, cols_hi.y, v1.y);
+        fb_put(ch, m, cols_hi.z, v1.z);
+        fb_put(ch, m, cols_hi.w, v1.w);
     }
 }
 
 fn fb_emit(tid: u32, m0: u32, n0: u32) {
     let ty = tid / TX;
-    let n = n0 + 4u * (tid % TX);
-    fb_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
-    fb_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
-    fb_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
-    fb_row(m0 + tile_row(3u, ty), n, acc[3u * VN], acc[3u * VN + 1u]);
+    fw_cols(n0 + 4u * (tid % TX));
+    fb_row(m0 + tile_row(0u, ty), acc[0u * VN], acc[0u * VN + 1u]);
+    fb_row(m0 + tile_row(1u, ty), acc[1u * VN], acc[1u * VN + 1u]);
+    fb_row(m0 + tile_row(2u, ty), acc[2u * VN], acc[2u * VN + 1u]);
+    fb_row(m0 + tile_row(3u, ty), acc[3u * VN], acc[3u * VN + 1u]);
     if (TM == 8u) {
-        fb_row(m0 + tile_row(4u, ty), n, acc[4u * VN], acc[4u * VN + 1u]);
-        fb_row(m0 + tile_row(5u, ty), n, acc[5u * VN], acc[5u * VN + 1u]);
-        fb_row(m0 + tile_row(6u, ty), n, acc[6u * VN], acc[6u * VN + 1u]);
-        fb_row(m0 + tile_row(7u, ty), n, acc[7u * VN], acc[7u * VN + 1u]);
+        fb_row(m0 + tile_row(4u, ty), acc[4u * VN], acc[4u * VN + 1u]);
+        fb_row(m0 + tile_row(5u, ty), acc[5u * VN], acc[5u * VN + 1u]);
+        fb_row(m0 + tile_row(6u, ty), acc[6u * VN], acc[6u * VN + 1u]);
+        fb_row(m0 + tile_row(7u, ty), acc[7u * VN], acc[7u * VN + 1u]);
     }
 }
 
@@ -729,43 +770,60 @@ fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) 
     taps_next(p.out_c);
 }
 
-// Store gx (or this split's partial gx, at out_base) for GEMM row c and column n (a pixel of
-// this phase).
-fn bi_put(c: u32, n: u32, v: f32) {
-    let ncols = p.batch * p.hc * p.wc;
-    if (n >= ncols) { return; }
-    let q = pixel(n, ncols, p.hc, p.wc);
-    let h = p.h0 + p.stride * q.y;
-    let w = p.w0 + p.stride * q.x;
-    bi_gx[out_base + ((q.img * p.in_c + c) * p.in_h + h) * p.in_w + w] = v;
+// Store gx (or this split's partial gx, at out_base) for GEMM row c at output column `col` (see
+// cols_lo).
+fn bi_put(c: u32, col: u32, v: f32) {
+    if (col == NO_COL) { return; }
+    bi_gx[out_base + col + c * p.in_h * p.in_w] = v;
 }
 
-fn bi_row(c: u32, n: u32, v0: vec4<f32>, v1: vec4<f32>) {
+// Offset in gx [N, C, H, W] of this phase's pixel q = (img, i, j), at h = h0 + st i and
+// w = w0 + st j, without the channel's term.
+fn gx_col(q: Pixel) -> u32 {
+    if (!q.valid) { return NO_COL; }
+    let h = p.h0 + p.stride * q.y;
+    let w = p.w0 + p.stride * q.x;
+    return (q.img * p.in_c * p.in_h + h) * p.in_w + w;
+}
+
+// gx_col of columns n .. n + 3 (the phase's pixels of the batch).
+fn gx_cols(n: u32) -> vec4<u32> {
+    let count = p.batch * p.hc * p.wc;
+    let q0 = pixel(n, count, p.hc, p.wc);
+    let q1 = pixel_next(q0, n, count, p.hc, p.wc);
+    let q2 = pixel_next(q1, n + 1u, count, p.hc, p.wc);
+    let q3 = pixel_next(q2, n + 2u, count, p.hc, p.wc);
+    return vec4<u32>(gx_col(q0), gx_col(q1), gx_col(q2), gx_col(q3));
+}
+
+fn bi_row(c: u32, v0: vec4<f32>, v1: vec4<f32>) {
     if (c >= p.in_c) { return; }
-    bi_put(c, n, v0.x);
-    bi_put(c, n + 1u, v0.y);
-    bi_put(c, n + 2u, v0.z);
-    bi_put(c, n + 3u, v0.w);
+    bi_put(c, cols_lo.x, v0.x);
+    bi_put(c, cols_lo.y, v0.y);
+    bi_put(c, cols_lo.z, v0.z);
+    bi_put(c, cols_lo.w, v0.w);
     if (VN == 2u) {
-        bi_put(c, n + 4u * TX, v1.x);
-        bi_put(c, n + 4u * TX + 1u, v1.y);
-        bi_put(c, n + 4u * TX + 2u, v1.z);
-        bi_put(c, n + 4u * TX + 3u, v1.w);
+        bi_put(c, cols_hi.x, v1.x);
+        bi_put(c, cols_hi.y, v1.y);
+        bi_put(c, cols_hi.z, v1.z);
+        bi_put(c, cols_hi.w, v1.w);
     }
 }
 
 fn bi_emit(tid: u32, m0: u32, n0: u32) {
     let ty = tid / TX;
     let n = n0 + 4u * (tid % TX);
-    bi_row(m0 + tile_row(0u, ty), n, acc[0u * VN], acc[0u * VN + 1u]);
-    bi_row(m0 + tile_row(1u, ty), n, acc[1u * VN], acc[1u * VN + 1u]);
-    bi_row(m0 + tile_row(2u, ty), n, acc[2u * VN], acc[2u * VN + 1u]);
-    bi_row(m0 + tile_row(3u, ty), n, acc[3u * VN], acc[3u * VN + 1u]);
+    cols_lo = gx_cols(n);
+    if (VN == 2u) { cols_hi = gx_cols(n + 4u * TX); }
+    bi_row(m0 + tile_row(0u, ty), acc[0u * VN], acc[0u * VN + 1u]);
+    bi_row(m0 + tile_row(1u, ty), acc[1u * VN], acc[1u * VN + 1u]);
+    bi_row(m0 + tile_row(2u, ty), acc[2u * VN], acc[2u * VN + 1u]);
+    bi_row(m0 + tile_row(3u, ty), acc[3u * VN], acc[3u * VN + 1u]);
     if (TM == 8u) {
-        bi_row(m0 + tile_row(4u, ty), n, acc[4u * VN], acc[4u * VN + 1u]);
-        bi_row(m0 + tile_row(5u, ty), n, acc[5u * VN], acc[5u * VN + 1u]);
-        bi_row(m0 + tile_row(6u, ty), n, acc[6u * VN], acc[6u * VN + 1u]);
-        bi_row(m0 + tile_row(7u, ty), n, acc[7u * VN], acc[7u * VN + 1u]);
+        bi_row(m0 + tile_row(4u, ty), acc[4u * VN], acc[4u * VN + 1u]);
+        bi_row(m0 + tile_row(5u, ty), acc[5u * VN], acc[5u * VN + 1u]);
+        bi_row(m0 + tile_row(6u, ty), acc[6u * VN], acc[6u * VN + 1u]);
+        bi_row(m0 + tile_row(7u, ty), acc[7u * VN], acc[7u * VN + 1u]);
     }
 }
 
