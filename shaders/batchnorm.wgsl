@@ -16,8 +16,8 @@
 // Reductions are two-level: the M values of a channel are cut into `chunks` chunks of `chunk_len`
 // values; one PARTIAL_WG-thread workgroup per (channel, chunk) writes a partial result, then one
 // thread per channel merges that channel's partials in order. Statistics use Welford's running
-// mean / M2 per thread and Chan's pairwise merge in the tree and the final merge (no
-// E[x^2] - E[x]^2 cancellation).
+// mean / M2 per thread, updated four values at a time (block_add), and Chan's pairwise merge in
+// the tree and the final merge (no E[x^2] - E[x]^2 cancellation).
 //
 // Entry points, dispatch grids and bindings (group 0; binding 0 is always Params, uniform):
 //   stats_partial     grid: C * chunks workgroups of PARTIAL_WG threads (linear g = wg.x + wg.y *
@@ -172,12 +172,28 @@ fn element_step(q: ptr<function, u32>, c: u32) -> u32 {
 // memory busy, and a finalize thread would wait out one memory latency per chunk.
 const ROUND: u32 = 4u;
 
-// Welford's update of a running (count, mean, M2) with value v.
-fn welford_add(cnt: ptr<function, f32>, mu: ptr<function, f32>, m2: ptr<function, f32>, v: f32) {
-    *cnt = *cnt + 1.0;
-    let d = v - *mu;
-    *mu = *mu + d / *cnt;
-    *m2 = *m2 + d * (v - *mu);
+// Add a block of `count` values (v0, then rest.x .. as many as count - 1; 1 <= count <= 4) to a
+// running (count, mean, M2): Welford's update by blocks. With the block's values taken about the
+// running mean mu (d = v - mu, sums s = sum d and q = sum d^2 over the block), the merged mean
+// is mu + s / n and M2 grows by q - s^2 / n, n the merged count: one division per block instead
+// of one per value, and no cancellation while mu is near the data. The first block is taken
+// about its own first value, as no mean is known yet.
+fn block_add(cnt: ptr<function, f32>, mu: ptr<function, f32>, m2: ptr<function, f32>, v0: f32,
+             rest: vec3<f32>, count: u32) {
+    if (*cnt == 0.0) { *mu = v0; }
+    let m = *mu;
+    let d = vec4<f32>(
+        v0 - m,
+        select(0.0, rest.x - m, count > 1u),
+        select(0.0, rest.y - m, count > 2u),
+        select(0.0, rest.z - m, count > 3u),
+    );
+    let n = *cnt + f32(count);
+    let s = (d.x + d.y) + (d.z + d.w);
+    let f = s / n;
+    *mu = m + f;
+    *m2 = *m2 + dot(d, d) - s * f;
+    *cnt = n;
 }
 
 // Chan's merge of the partial t = (count, mean, M2) into the running (n, mean, m2).
@@ -257,10 +273,7 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
             if (left > 1u) { v1 = sp_x[i1]; }
             if (left > 2u) { v2 = sp_x[i2]; }
             if (left > 3u) { v3 = sp_x[i3]; }
-            welford_add(&cnt, &mu, &m2, v0);
-            if (left > 1u) { welford_add(&cnt, &mu, &m2, v1); }
-            if (left > 2u) { welford_add(&cnt, &mu, &m2, v2); }
-            if (left > 3u) { welford_add(&cnt, &mu, &m2, v3); }
+            block_add(&cnt, &mu, &m2, v0, vec3<f32>(v1, v2, v3), min(left, ROUND));
         }
     }
     red_a[lid] = cnt;

@@ -321,6 +321,45 @@ fn many_chunks_per_channel() {
 }
 
 #[test]
+fn statistics_far_from_zero() {
+    // Values 1000 + 0.01 u (u uniform in [-1, 1]): the variance, about 3.3e-5, is 1e-11 of the
+    // mean's square, so sums of squares about zero would lose it to rounding; the statistics
+    // stay exact only if every sum is taken about a running mean. Against f64 two-pass sums.
+    let gpu = gpu();
+    let (n, c, hw) = (2, 3, 33 * 31);
+    let x: Vec<f32> = random_vec(n * c * hw, 530)
+        .iter()
+        .map(|v| 1000.0 + 0.01 * v)
+        .collect();
+    let tx = Tensor::from_slice(&gpu, &[n, c, 33, 31], &x).unwrap();
+    let ones = Tensor::full(&gpu, &[c], 1.0).unwrap();
+    let zeros = Tensor::zeros(&gpu, &[c]).unwrap();
+    let (rm, rv) = (zeros.clone(), ones.clone());
+    let (_, saved) = ops::batch_norm_train(&tx, &ones, &zeros, &rm, &rv, 0.1, 0.0, false).unwrap();
+    let (mean, invstd) = (saved.mean.to_vec().unwrap(), saved.invstd.to_vec().unwrap());
+    for ch in 0..c {
+        let values: Vec<f64> = (0..n)
+            .flat_map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw])
+            .map(|&v| f64::from(v))
+            .collect();
+        let m = values.iter().sum::<f64>() / values.len() as f64;
+        let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64;
+        assert!(
+            (f64::from(mean[ch]) - m).abs() < 1e-4,
+            "channel {ch}: mean {} against {m}",
+            mean[ch]
+        );
+        let expected = 1.0 / var.sqrt();
+        let rel = (f64::from(invstd[ch]) - expected).abs() / expected;
+        assert!(
+            rel < 1e-3,
+            "channel {ch}: invstd {} against {expected}",
+            invstd[ch]
+        );
+    }
+}
+
+#[test]
 fn residual_join_matches_separate_ops() {
     // relu(bn(x) + r) in one kernel (a residual block's last step) against batch norm followed
     // by add / add_relu: outputs, running statistics and the gradients of x, gamma, beta and r,
