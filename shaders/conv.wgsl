@@ -321,7 +321,7 @@ fn pixel_next(q: Pixel, n: u32, count: u32, height: u32, width: u32) -> Pixel {
 // The epilogues' output columns: for each of the thread's columns n .. n + 3 (cols_lo) and
 // n + 4 TX .. n + 4 TX + 3 (cols_hi, VN == 2), its offset in the output without the row's
 // term, or NO_COL past the GEMM's columns. Set once per thread from two pixel decompositions
-// (fw_cols, bi_cols), instead of one per stored element.
+// (y_cols, gx_cols), instead of one per stored element.
 var<private> cols_lo: vec4<u32>;
 var<private> cols_hi: vec4<u32>;
 const NO_COL: u32 = 0xffffffffu;
