@@ -301,8 +301,17 @@ fn pixel(n: u32, count: u32, height: u32, width: u32) -> Pixel {
     return Pixel(n < count, img, y, rem - y * width);
 }
 
-// The pixel after q (flat index n + 1 < count, or not valid) of [batch, height, width], by
-// carries instead of divisions.
+// Pixels n .. n + 3 of [batch, height, width]: one decomposition, then carries instead of
+// divisions.
+fn pixel_quad(n: u32, height: u32, width: u32) -> array<Pixel, 4> {
+    let count = p.batch * height * width;
+    let q0 = pixel(n, count, height, width);
+    let q1 = pixel_next(q0, n, count, height, width);
+    let q2 = pixel_next(q1, n + 1u, count, height, width);
+    return array<Pixel, 4>(q0, q1, q2, pixel_next(q2, n + 2u, count, height, width));
+}
+
+// The pixel after q (flat index n + 1 < count, or not valid) of [batch, height, width].
 fn pixel_next(q: Pixel, n: u32, count: u32, height: u32, width: u32) -> Pixel {
     var r = q;
     r.valid = n + 1u < count;
@@ -439,12 +448,8 @@ fn y_col(q: Pixel) -> u32 {
 
 // y_col of columns n .. n + 3 (output pixels of the batch).
 fn y_cols(n: u32) -> vec4<u32> {
-    let count = p.batch * p.out_h * p.out_w;
-    let q0 = pixel(n, count, p.out_h, p.out_w);
-    let q1 = pixel_next(q0, n, count, p.out_h, p.out_w);
-    let q2 = pixel_next(q1, n + 1u, count, p.out_h, p.out_w);
-    let q3 = pixel_next(q2, n + 2u, count, p.out_h, p.out_w);
-    return vec4<u32>(y_col(q0), y_col(q1), y_col(q2), y_col(q3));
+    let q = pixel_quad(n, p.out_h, p.out_w);
+    return vec4<u32>(y_col(q[0]), y_col(q[1]), y_col(q[2]), y_col(q[3]));
 }
 
 // The forward epilogues' cols_lo and cols_hi for this thread's first column n.
@@ -788,12 +793,8 @@ fn gx_col(q: Pixel) -> u32 {
 
 // gx_col of columns n .. n + 3 (the phase's pixels of the batch).
 fn gx_cols(n: u32) -> vec4<u32> {
-    let count = p.batch * p.hc * p.wc;
-    let q0 = pixel(n, count, p.hc, p.wc);
-    let q1 = pixel_next(q0, n, count, p.hc, p.wc);
-    let q2 = pixel_next(q1, n + 1u, count, p.hc, p.wc);
-    let q3 = pixel_next(q2, n + 2u, count, p.hc, p.wc);
-    return vec4<u32>(gx_col(q0), gx_col(q1), gx_col(q2), gx_col(q3));
+    let q = pixel_quad(n, p.hc, p.wc);
+    return vec4<u32>(gx_col(q[0]), gx_col(q[1]), gx_col(q[2]), gx_col(q[3]));
 }
 
 fn bi_row(c: u32, v0: vec4<f32>, v1: vec4<f32>) {
