@@ -1529,7 +1529,7 @@ fn backward_input(
     // when the caller has it, else one made here.
     let taps = plan.phases.iter().any(|ph| g.input_taps_outer(gpu, ph));
     let copy = match copied {
-        Some(t) if taps && r * s > 1 && t.shape() == [k, r, s, c] => Some(t.clone()),
+        Some(t) if taps && t.shape() == [k, r, s, c] => Some(t.clone()),
         _ => g.weights_copy(OP, w, taps)?,
     };
     let wk = copy.as_ref().unwrap_or(w);
@@ -1545,13 +1545,8 @@ fn backward_input(
             // Split only with few tiles: the column tiles fit x alone, and z is the split.
             grid[2] = plan.splits as u32;
         }
-        let constants = [
-            ("KH", r as f64),
-            ("KW", s as f64),
-            ("NR", ph.nr as f64),
-            ("NS", ph.ns as f64),
-            ("TAPS_OUTER", taps as u8 as f64),
-        ];
+        let [kh, kw, order] = g.gemm_constants(taps);
+        let constants = [kh, kw, ("NR", ph.nr as f64), ("NS", ph.ns as f64), order];
         ph.engine.dispatch(
             gpu,
             &ph.engine.kernels.backward_input,
