@@ -409,6 +409,14 @@ pub struct TileModel {
     pub full_grid: usize,
 }
 
+/// The machine's cores, asked once: on Linux `available_parallelism` reads the cgroup's CPU
+/// quota from files each time, which cost 40% of the CPU time recording a training step on
+/// lavapipe when every conv plan asked.
+fn cpu_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
 impl TileModel {
     /// Discrete and integrated GPUs. Rates measured on an H200 through Vulkan (run 5 in
     /// `docs/gpu-runs/`): `bench --what tiles --batch 128`, every ResNet-18 conv pass with each
@@ -464,8 +472,7 @@ impl TileModel {
     /// [`TileModel::GPU_F16`] when `gpu` runs the f16 engine.
     pub fn for_gpu(gpu: &Gpu) -> TileModel {
         if gpu.info().device_type == wgpu::DeviceType::Cpu {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            TileModel::cpu_with_cores(cores)
+            TileModel::cpu_with_cores(cpu_cores())
         } else if f16_kernels(gpu).is_some() {
             TileModel::GPU_F16
         } else {
