@@ -108,6 +108,11 @@ struct Args {
     /// else rsc.
     #[arg(long)]
     order: Option<resnet_wgpu::ConvOrder>,
+    /// Copies of a reduction chunk the f32 conv GEMMs stage in workgroup memory: `double`
+    /// (where the device holds them) or `single`; see `ConvStaging`. Default:
+    /// `RESNET_WGPU_CONV_STAGING`, else double.
+    #[arg(long)]
+    staging: Option<resnet_wgpu::ConvStaging>,
 }
 
 /// What one figure measured.
@@ -984,6 +989,8 @@ struct Report {
     precision: String,
     /// Conv reduction order: `Rsc` or `Crs`.
     order: String,
+    /// Conv staging: `Double` or `Single` (double only where the device holds it).
+    staging: String,
     /// Whether the kernels were compiled with wgpu's runtime checks
     /// (`RESNET_WGPU_SHADER_CHECKS=1`; off by default).
     shader_checks: bool,
@@ -1154,6 +1161,9 @@ fn main() -> Result<()> {
     if let Some(order) = args.order {
         gpu.set_conv_order(order);
     }
+    if let Some(staging) = args.staging {
+        gpu.set_conv_staging(staging);
+    }
     let info = gpu.info().clone();
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
@@ -1164,6 +1174,7 @@ fn main() -> Result<()> {
     println!("adapter: {info}");
     println!("conv precision: {:?}", args.precision);
     println!("conv reduction order: {:?}", bench.gpu.conv_order());
+    println!("conv staging: {:?}", bench.gpu.conv_staging());
     println!(
         "conv tiles: {}",
         if args.autotune {
@@ -1205,6 +1216,7 @@ fn main() -> Result<()> {
         warmup_ms: args.warmup_ms,
         precision: format!("{:?}", args.precision),
         order: format!("{:?}", bench.gpu.conv_order()),
+        staging: format!("{:?}", bench.gpu.conv_staging()),
         shader_checks: bench.gpu.shader_checks(),
         convs: None,
         conv_totals: None,

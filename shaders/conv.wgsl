@@ -49,7 +49,13 @@
 // multiply them, and leave each thread's micro-tile in `acc` for the epilogues here. Each chunk
 // stages a [BK, BM] slice of the A operand and a [BK, BN] slice of B in workgroup memory (rows
 // padded by one vec4 against bank conflicts), loaded from global memory one chunk ahead into
-// registers so that the loads of chunk t+1 overlap the arithmetic on chunk t. Thread (tx, ty) =
+// registers so that the loads of chunk t+1 overlap the arithmetic on chunk t. The tile
+// declarations' STAGES says how many copies of the staged chunk the engine keeps (the host's
+// ConvStaging; 2 only with conv_fma.wgsl and where the device's workgroup memory holds them).
+// With one, each chunk is stored, a barrier, multiplied, a barrier (before the next store
+// overwrites it). With two (the *_store functions, then engine_flip between copies), chunk t+1
+// is stored into the other copy right after chunk t's multiply, and one barrier per chunk
+// separates the two. Thread (tx, ty) =
 // (tid % TX, tid / TX) owns rows 4 TY u + 4 ty + e (u < TM / 4, e < 4) and columns 4 TX v + 4 tx
 // + e (v < TN / 4) of the tile, so its workgroup-memory reads are whole vec4s and a warp's reads
 // of B are consecutive. Out-of-range rows, columns and reduction indices load zeros and store
@@ -489,6 +495,12 @@ fn fw_emit(tid: u32, m0: u32, n0: u32) {
     }
 }
 
+// Stage the forward's loaded chunk (ra, rb) in workgroup memory.
+fn fw_store(tid: u32) {
+    store_a_kfast(tid);
+    store_b_nfast(tid);
+}
+
 // The GEMM of one forward tile, leaving the thread's micro-tile in `acc`. Returns the tile's
 // first row (channel) and column (pixel), or column NO_TILE for the surplus groups of the grid.
 fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
@@ -515,12 +527,22 @@ fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
     engine_begin();
     if (TAPS_OUTER) { taps_begin(begin, p.in_c); }
     fw_load(tid, begin, m0, end, px.valid, xbase, ih0, iw0);
-    for (var k0 = begin; k0 < end; k0 += BK) {
-        store_a_kfast(tid);
-        store_b_nfast(tid);
+    if (STAGES == 2u) {
+        fw_store(tid);
         workgroupBarrier();
-        if (k0 + BK < end) { fw_load(tid, k0 + BK, m0, end, px.valid, xbase, ih0, iw0); }
+    }
+    for (var k0 = begin; k0 < end; k0 += BK) {
+        let more = k0 + BK < end;
+        if (STAGES == 1u) {
+            fw_store(tid);
+            workgroupBarrier();
+        }
+        if (more) { fw_load(tid, k0 + BK, m0, end, px.valid, xbase, ih0, iw0); }
         multiply(tid);
+        if (STAGES == 2u && more) {
+            engine_flip();
+            fw_store(tid);
+        }
         workgroupBarrier();
     }
     engine_end(tid);
@@ -828,6 +850,12 @@ fn bi_emit(tid: u32, m0: u32, n0: u32) {
     }
 }
 
+// Stage the input gradient's loaded chunk (ra, rb) in workgroup memory.
+fn bi_store(tid: u32) {
+    if (TAPS_OUTER) { store_a_mfast(tid); } else { store_a_kfast(tid); }
+    store_b_nfast(tid);
+}
+
 @compute @workgroup_size(256)
 fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) tid: u32) {
@@ -858,13 +886,23 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     if (begin < end) {
         if (TAPS_OUTER) { taps_begin(begin, p.out_c); }
         bi_load(tid, begin, m0, end, px.valid, gbase, oh0, ow0);
+        if (STAGES == 2u) {
+            bi_store(tid);
+            workgroupBarrier();
+        }
     }
     for (var k0 = begin; k0 < end; k0 += BK) {
-        if (TAPS_OUTER) { store_a_mfast(tid); } else { store_a_kfast(tid); }
-        store_b_nfast(tid);
-        workgroupBarrier();
-        if (k0 + BK < end) { bi_load(tid, k0 + BK, m0, end, px.valid, gbase, oh0, ow0); }
+        let more = k0 + BK < end;
+        if (STAGES == 1u) {
+            bi_store(tid);
+            workgroupBarrier();
+        }
+        if (more) { bi_load(tid, k0 + BK, m0, end, px.valid, gbase, oh0, ow0); }
         multiply(tid);
+        if (STAGES == 2u && more) {
+            engine_flip();
+            bi_store(tid);
+        }
         workgroupBarrier();
     }
     engine_end(tid);
@@ -1038,6 +1076,12 @@ fn bw_emit(tid: u32, m0: u32, n0: u32) {
     }
 }
 
+// Stage the weight gradient's loaded chunk (ra, rb) in workgroup memory.
+fn bw_store(tid: u32) {
+    store_a_kfast(tid);
+    store_b_kfast(tid);
+}
+
 @compute @workgroup_size(256)
 fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let crs = p.in_c * KH * KW;
@@ -1051,12 +1095,22 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     bw_walk_begin(begin + tid % BK);
     engine_begin();
     bw_load(tid, begin, end, m0, n0, crs);
-    for (var k0 = begin; k0 < end; k0 += BK) {
-        store_a_kfast(tid);
-        store_b_kfast(tid);
+    if (STAGES == 2u) {
+        bw_store(tid);
         workgroupBarrier();
-        if (k0 + BK < end) { bw_load(tid, k0 + BK, end, m0, n0, crs); }
+    }
+    for (var k0 = begin; k0 < end; k0 += BK) {
+        let more = k0 + BK < end;
+        if (STAGES == 1u) {
+            bw_store(tid);
+            workgroupBarrier();
+        }
+        if (more) { bw_load(tid, k0 + BK, end, m0, n0, crs); }
         multiply(tid);
+        if (STAGES == 2u && more) {
+            engine_flip();
+            bw_store(tid);
+        }
         workgroupBarrier();
     }
     engine_end(tid);

@@ -3,43 +3,66 @@
 // BK, TX), then this file, then conv.wgsl; conv_mma.wgsl is the f16 tensor-core alternative
 // with the same interface:
 //   engine_begin()       zero the accumulators (at a kernel's start)
-//   put_a(kk, m, v)      stage A[kk, m] of the current chunk in workgroup memory
+//   put_a(kk, m, v)      stage A[kk, m] of a chunk in workgroup memory
 //   put_b(kk, n, v)      stage B[kk, n]
 //   multiply(tid)        accumulate the staged BK-deep chunk (between the body's barriers)
+//   engine_flip()        with STAGES == 2: make the other copy of the tiles the one that put_a
+//                        and put_b write and the next multiply reads (see conv.wgsl's loops)
 //   engine_end(tid)      leave thread tid's micro-tile of C in `acc` (conv.wgsl's layout)
 //
 // Math: acc[i * VN + v][e] += A[kk, tile_row(i, ty)] * B[kk, 4 TX v + 4 tx + e] for every kk of
 // the chunk, with (tx, ty) = (tid % TX, tid / TX). No bindings of its own; no dispatch of its own.
+//
+// Workgroup memory: STAGES (1 or 2, from the host's tile declarations) copies of a BK x BM tile
+// of A and a BK x BN tile of B, rows padded by one vec4: 16 STAGES BK (BM / 4 + BN / 4 + 2)
+// bytes (ConvTile::workgroup_bytes). Two copies let a chunk be staged while the one before it
+// is multiplied, with one barrier per chunk instead of two.
 
 const RA: u32 = BM / 4u + 1u;       // row stride of a_tile in vec4s (one vec4 of padding)
 const RB: u32 = BN / 4u + 1u;
 
-var<workgroup> a_tile: array<vec4<f32>, BK * RA>;  // A[kk, m] at [kk * RA + m / 4][m % 4]
-var<workgroup> b_tile: array<vec4<f32>, BK * RB>;  // B[kk, n] at [kk * RB + n / 4][n % 4]
+const SA: u32 = BK * RA;            // vec4s of one copy of a_tile
+const SB: u32 = BK * RB;
 
-fn put_a(kk: u32, m: u32, v: f32) { a_tile[kk * RA + m / 4u][m % 4u] = v; }
-fn put_b(kk: u32, n: u32, v: f32) { b_tile[kk * RB + n / 4u][n % 4u] = v; }
+// A[kk, m] of copy s at [s * SA + kk * RA + m / 4][m % 4],
+// B[kk, n] at [s * SB + kk * RB + n / 4][n % 4].
+var<workgroup> a_tile: array<vec4<f32>, STAGES * SA>;
+var<workgroup> b_tile: array<vec4<f32>, STAGES * SB>;
+
+// The copy put_a / put_b write and multiply reads: 0 or 1 times SA (a_at) and SB (b_at).
+var<private> a_at: u32;
+var<private> b_at: u32;
+
+fn put_a(kk: u32, m: u32, v: f32) { a_tile[a_at + kk * RA + m / 4u][m % 4u] = v; }
+fn put_b(kk: u32, n: u32, v: f32) { b_tile[b_at + kk * RB + n / 4u][n % 4u] = v; }
+
+fn engine_flip() {
+    if (STAGES == 2u) {
+        a_at = SA - a_at;
+        b_at = SB - b_at;
+    }
+}
 
 // Accumulate the staged chunk into the micro-tile: TM * TN fused multiply-adds per kk from
 // VM + VN vec4 reads of workgroup memory.
 fn multiply(tid: u32) {
-    let tx = tid % TX;
-    let ty = tid / TX;
+    let ta = a_at + tid / TX;
+    let tb = b_at + tid % TX;
     for (var kk = 0u; kk < BK; kk++) {
-        let a0 = a_tile[kk * RA + ty];
-        let b0 = b_tile[kk * RB + tx];
+        let a0 = a_tile[kk * RA + ta];
+        let b0 = b_tile[kk * RB + tb];
         acc[0u * VN] = fma(vec4<f32>(a0.x), b0, acc[0u * VN]);
         acc[1u * VN] = fma(vec4<f32>(a0.y), b0, acc[1u * VN]);
         acc[2u * VN] = fma(vec4<f32>(a0.z), b0, acc[2u * VN]);
         acc[3u * VN] = fma(vec4<f32>(a0.w), b0, acc[3u * VN]);
         if (VN == 2u) {
-            let b1 = b_tile[kk * RB + tx + TX];
+            let b1 = b_tile[kk * RB + tb + TX];
             acc[0u * VN + 1u] = fma(vec4<f32>(a0.x), b1, acc[0u * VN + 1u]);
             acc[1u * VN + 1u] = fma(vec4<f32>(a0.y), b1, acc[1u * VN + 1u]);
             acc[2u * VN + 1u] = fma(vec4<f32>(a0.z), b1, acc[2u * VN + 1u]);
             acc[3u * VN + 1u] = fma(vec4<f32>(a0.w), b1, acc[3u * VN + 1u]);
             if (VM == 2u) {
-                let a1 = a_tile[kk * RA + ty + TY];
+                let a1 = a_tile[kk * RA + ta + TY];
                 acc[4u * VN + 1u] = fma(vec4<f32>(a1.x), b1, acc[4u * VN + 1u]);
                 acc[5u * VN + 1u] = fma(vec4<f32>(a1.y), b1, acc[5u * VN + 1u]);
                 acc[6u * VN + 1u] = fma(vec4<f32>(a1.z), b1, acc[6u * VN + 1u]);
@@ -47,7 +70,7 @@ fn multiply(tid: u32) {
             }
         }
         if (VM == 2u) {
-            let a1 = a_tile[kk * RA + ty + TY];
+            let a1 = a_tile[kk * RA + ta + TY];
             acc[4u * VN] = fma(vec4<f32>(a1.x), b0, acc[4u * VN]);
             acc[5u * VN] = fma(vec4<f32>(a1.y), b0, acc[5u * VN]);
             acc[6u * VN] = fma(vec4<f32>(a1.z), b0, acc[6u * VN]);
@@ -58,6 +81,8 @@ fn multiply(tid: u32) {
 
 fn engine_begin() {
     acc = array<vec4<f32>, 16>();
+    a_at = 0u;
+    b_at = 0u;
 }
 
 // The micro-tile is already in `acc`.

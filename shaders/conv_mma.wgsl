@@ -1,5 +1,6 @@
 // The f16 tensor-core multiply engine of the conv kernels (conv.wgsl), with the interface of
-// conv_fma.wgsl (engine_begin, put_a, put_b, multiply, engine_end): the A and B operands are
+// conv_fma.wgsl (engine_begin, put_a, put_b, multiply, engine_flip, engine_end; one copy of the
+// staged tiles, STAGES == 1, so engine_flip does nothing): the A and B operands are
 // rounded to f16 as they are staged, and each subgroup multiplies F x F fragments of them with
 // cooperative matrices (`wgpu_cooperative_matrix`: tensor cores on NVIDIA, simdgroup matrices
 // on Apple), accumulating in f32. Needs the adapter features SHADER_F16, SUBGROUP and
@@ -72,6 +73,9 @@ fn engine_begin() {
     scale_b = select(1.0, s, p.scaled == 2u);
     unscale = select(1.0, 1.0 / s, p.scaled != 0u);
 }
+
+// One copy of the staged tiles (STAGES == 1): nothing to flip.
+fn engine_flip() {}
 
 fn to_f16(v: f32) -> f16 {
     return f16(clamp(v, -F16_MAX, F16_MAX));

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvPass, ConvTile, MmaTile, TileModel};
-use resnet_wgpu::{ConvOrder, Gpu, Tape, Tensor, Var, ops, reference};
+use resnet_wgpu::{ConvOrder, ConvStaging, Gpu, Tape, Tensor, Var, ops, reference};
 
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-5;
@@ -325,6 +325,74 @@ fn both_reduction_orders_match_reference() {
         assert_eq!(taps[..2], [true, true], "{c:?} tile {tile:?}");
         check_random_tiled(&gpu, c, 1300, tile);
     }
+}
+
+#[test]
+fn both_stagings_give_the_same_bits() {
+    // A device of its own: the staging is a device-wide setting. Double staging changes where
+    // a chunk waits in workgroup memory, not what is multiplied in which order: both give the
+    // same bits on every pass and tile. Cases: ragged edges, taps outer; a strided 3x3 with
+    // four input-gradient phases, channel-major; 1x1 kernels with a split-K forward and a
+    // split-K input gradient; a 5x5 with padding 2.
+    let gpu = new_gpu();
+    let cases = [
+        case([2, 32, 13, 11], 48, 3, 3, 1, 1, true),
+        case([1, 24, 34, 32], 40, 3, 3, 2, 1, false),
+        case([1, 512, 4, 4], 64, 1, 1, 1, 0, false),
+        case([1, 64, 4, 4], 512, 1, 1, 1, 0, true),
+        case([1, 16, 21, 20], 32, 5, 5, 1, 2, true),
+    ];
+    let run = |c: &Case, seed: u64, tile: ConvTile| {
+        let x = Tensor::from_slice(&gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
+        let w =
+            Tensor::from_slice(&gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
+        let b = Tensor::from_slice(&gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
+        let y =
+            ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, Some(tile)).unwrap();
+        let gy = Tensor::from_slice(&gpu, y.shape(), &random_vec(y.numel(), seed + 3)).unwrap();
+        let gx =
+            ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, Some(tile)).unwrap();
+        let gw =
+            ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, Some(tile)).unwrap();
+        [y, gx, gw].map(|t| t.to_vec().unwrap())
+    };
+    for tile in ConvTile::ALL {
+        gpu.set_conv_staging(ConvStaging::Single);
+        assert_eq!(ops::conv_stages(&gpu, tile), 1, "{tile:?}");
+        let single: Vec<_> = (0..)
+            .zip(&cases)
+            .map(|(i, c)| run(c, 1600 + 10 * i, tile))
+            .collect();
+        gpu.set_conv_staging(ConvStaging::Double);
+        // lavapipe's workgroup memory (32 KiB) holds every tile twice.
+        assert_eq!(ops::conv_stages(&gpu, tile), 2, "{tile:?}");
+        for (i, c) in cases.iter().enumerate() {
+            let double = run(c, 1600 + 10 * i as u64, tile);
+            for (pass, (d, s)) in ["forward", "input gradient", "weight gradient"]
+                .iter()
+                .zip(double.iter().zip(&single[i]))
+            {
+                let same = d.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{c:?} tile {tile:?}: {pass} differs between the stagings"
+                );
+            }
+        }
+    }
+    // WebGPU's default 16 KiB of workgroup memory holds no tile twice: one copy everywhere.
+    let small = Gpu::with_options(resnet_wgpu::GpuOptions {
+        default_limits: true,
+        ..Default::default()
+    })
+    .expect("a device with default limits");
+    small.set_conv_staging(ConvStaging::Double);
+    for tile in ConvTile::ALL {
+        assert!(tile.workgroup_bytes(1) <= 16 << 10, "{tile:?}");
+        assert_eq!(ops::conv_stages(&small, tile), 1, "{tile:?}");
+    }
+    let c = &cases[0];
+    check_random_tiled(&small, c, 1700, Some(ConvTile::T128x64));
 }
 
 #[test]

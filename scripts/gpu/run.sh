@@ -3,7 +3,7 @@
 # full Fashion-MNIST training run, each under its own time limit, logs under $OUT.
 # Usage: [TILE_SWEEP="--batch 128 --iters 3"] [F16_BENCH="--what models --models r18"] \
 #        [F16_TILE_SWEEP="--batch 128 --iters 3"] [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
-#        [CRS_BENCH="--what models --models r18"] \
+#        [CRS_BENCH="--what models --models r18"] [SINGLE_BENCH="--what models --models r18"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
@@ -20,6 +20,9 @@
 # CRS_BENCH: also run the bench with --order crs (the conv GEMMs' channel-major reduction
 # everywhere) and these arguments, and the same with --precision f16 when F16_BENCH is set: the
 # comparison for the default taps-outer order (ConvOrder::Rsc).
+# SINGLE_BENCH: also run the bench with --staging single (one copy of each staged chunk in the
+# f32 conv kernels, two barriers per chunk) and these arguments: the comparison for the default
+# double staging (ConvStaging::Double).
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
 set -u
 TRAIN_S=${1:-300}; shift || true
@@ -76,6 +79,11 @@ if [ -n "${CRS_BENCH:-}" ]; then
     timeout 200 $B/bench --order crs --precision f16 $CRS_BENCH --json "$OUT/bench-crs-f16.json" 2>&1 \
       | tee "$OUT/bench-crs-f16.txt"
   fi
+fi
+if [ -n "${SINGLE_BENCH:-}" ]; then
+  echo "== bench --staging single"
+  timeout 200 $B/bench --staging single $SINGLE_BENCH --json "$OUT/bench-single.json" 2>&1 \
+    | tee "$OUT/bench-single.txt"
 fi
 if [ -n "${CHECKED_BENCH:-}" ]; then
   echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"

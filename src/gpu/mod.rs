@@ -145,6 +145,49 @@ impl std::str::FromStr for ConvOrder {
     }
 }
 
+/// How many copies of a reduction chunk the f32 conv GEMMs stage in workgroup memory
+/// ([`Gpu::set_conv_staging`]; see `shaders/conv_fma.wgsl`). Both give the same sums, bit for
+/// bit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvStaging {
+    /// Two copies, where the device's workgroup memory holds them (native adapters; not
+    /// WebGPU's default 16 KiB, where the kernels stage one): each chunk is staged into one
+    /// copy while the chunk before it is multiplied from the other, so a workgroup waits at
+    /// one barrier per chunk instead of two.
+    #[default]
+    Double,
+    /// One copy: stage a chunk, wait, multiply it, wait before staging the next.
+    Single,
+}
+
+impl ConvStaging {
+    /// [`ConvStaging::Double`] unless `RESNET_WGPU_CONV_STAGING=single`: the staging a new
+    /// [`Gpu`] starts with.
+    pub fn from_env() -> ConvStaging {
+        match std::env::var("RESNET_WGPU_CONV_STAGING") {
+            Ok(v) => v.parse().unwrap_or_else(|e| {
+                eprintln!("warning: RESNET_WGPU_CONV_STAGING: {e}; using double");
+                ConvStaging::Double
+            }),
+            Err(_) => ConvStaging::Double,
+        }
+    }
+}
+
+impl std::str::FromStr for ConvStaging {
+    type Err = Error;
+    /// `double` or `single`.
+    fn from_str(s: &str) -> Result<ConvStaging> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "double" => Ok(ConvStaging::Double),
+            "single" => Ok(ConvStaging::Single),
+            other => Err(Error::Invalid(format!(
+                "conv staging {other:?}: expected double or single"
+            ))),
+        }
+    }
+}
+
 /// A cooperative-matrix configuration the f16 conv engine has kernels for: F x F x F fragments
 /// (f16 x f16 + f32) on an adapter whose subgroups have `subgroup` invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +230,7 @@ struct ConvMath {
     requested: bool,
     precision: ConvPrecision,
     order: ConvOrder,
+    staging: ConvStaging,
     /// The fewest GEMM columns for which the taps-outer order copies the weights.
     weight_copy_min_columns: usize,
 }
@@ -335,6 +379,7 @@ impl Gpu {
             total_submits: Default::default(),
             conv_math: Mutex::new(ConvMath {
                 order: ConvOrder::from_env(),
+                staging: ConvStaging::from_env(),
                 weight_copy_min_columns: crate::ops::conv::WEIGHT_COPY_MIN_COLUMNS,
                 ..ConvMath::default()
             }),
@@ -398,6 +443,17 @@ impl Gpu {
     /// The conv GEMMs' reduction order ([`Gpu::set_conv_order`]).
     pub fn conv_order(&self) -> ConvOrder {
         lock(&self.0.conv_math).order
+    }
+
+    /// Choose how many copies of a chunk the f32 conv GEMMs stage from now on (every clone of
+    /// this `Gpu` shares it; a new `Gpu` starts with [`ConvStaging::from_env`]).
+    pub fn set_conv_staging(&self, staging: ConvStaging) {
+        lock(&self.0.conv_math).staging = staging;
+    }
+
+    /// The f32 conv GEMMs' staging ([`Gpu::set_conv_staging`]).
+    pub fn conv_staging(&self) -> ConvStaging {
+        lock(&self.0.conv_math).staging
     }
 
     /// The fewest GEMM columns for which [`ConvOrder::Rsc`] copies a kernel's weights (1,024

@@ -12,7 +12,7 @@
 
 use super::tune::{self, ConvKey, ConvPass};
 use crate::autograd::Var;
-use crate::gpu::{ConvOrder, ConvPrecision, Gpu, Kernel, MmaConfig, grid_1d};
+use crate::gpu::{ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, grid_1d};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -67,9 +67,10 @@ struct Kernels {
 }
 
 /// The declarations conv.wgsl's f32 tile variants start with: a TM x TN micro-tile per thread,
-/// reduction chunks of BK, TX threads along the tile's columns (256 / TX along its rows).
+/// reduction chunks of BK, TX threads along the tile's columns (256 / TX along its rows), and
+/// STAGES copies of the staged chunk in workgroup memory ([`ConvStaging`]).
 macro_rules! f32_tile {
-    ($tm:literal, $tn:literal, $bk:literal, $tx:literal) => {
+    ($tm:literal, $tn:literal, $bk:literal, $tx:literal, $stages:literal) => {
         concat!(
             "const TM: u32 = ",
             $tm,
@@ -79,6 +80,8 @@ macro_rules! f32_tile {
             $bk,
             "u;\nconst TX: u32 = ",
             $tx,
+            "u;\nconst STAGES: u32 = ",
+            $stages,
             "u;\n"
         )
     };
@@ -95,11 +98,24 @@ macro_rules! conv_kernels {
     };
 }
 
-const T64X64: Kernels = conv_kernels!(f32_tile!(4, 4, 16, 16), "conv_fma.wgsl");
-const T128X64: Kernels = conv_kernels!(f32_tile!(8, 4, 16, 16), "conv_fma.wgsl");
-const T64X128: Kernels = conv_kernels!(f32_tile!(4, 8, 16, 16), "conv_fma.wgsl");
-const T128X128: Kernels = conv_kernels!(f32_tile!(8, 8, 8, 16), "conv_fma.wgsl");
-const T32X128: Kernels = conv_kernels!(f32_tile!(4, 4, 16, 32), "conv_fma.wgsl");
+/// The f32 kernels of every tile of [`ConvTile::ALL`], in that order, with `$stages` copies of
+/// the staged chunk.
+macro_rules! f32_tiles {
+    ($stages:literal) => {
+        [
+            conv_kernels!(f32_tile!(4, 4, 16, 16, $stages), "conv_fma.wgsl"),
+            conv_kernels!(f32_tile!(8, 4, 16, 16, $stages), "conv_fma.wgsl"),
+            conv_kernels!(f32_tile!(4, 8, 16, 16, $stages), "conv_fma.wgsl"),
+            conv_kernels!(f32_tile!(8, 8, 8, 16, $stages), "conv_fma.wgsl"),
+            conv_kernels!(f32_tile!(4, 4, 16, 32, $stages), "conv_fma.wgsl"),
+        ]
+    };
+}
+
+/// The f32 kernels staging each chunk once ([`ConvStaging::Single`])...
+const F32_SINGLE: [Kernels; 5] = f32_tiles!(1);
+/// ...and in two alternating copies ([`ConvStaging::Double`]).
+const F32_DOUBLE: [Kernels; 5] = f32_tiles!(2);
 
 /// A conv.wgsl entry point that is no GEMM (the split-K reductions and the tap-window copies,
 /// one thread per element or weight row): it uses no tile, but the file needs one declared to
@@ -109,7 +125,7 @@ macro_rules! conv_elementwise {
         kernel!(
             "conv.wgsl",
             $entry,
-            f32_tile!(4, 4, 16, 16),
+            f32_tile!(4, 4, 16, 16, 1),
             "conv_fma.wgsl"
         )
     };
@@ -129,7 +145,7 @@ macro_rules! mma_variant {
     ($f:literal, $sg:literal, $tm:literal, $tn:literal, $bk:literal, $fm:literal, $fn:literal) => {
         concat!(
             "enable f16;\nenable wgpu_cooperative_matrix;\n",
-            f32_tile!($tm, $tn, $bk, 16),
+            f32_tile!($tm, $tn, $bk, 16, 1),
             "const F: u32 = ",
             $f,
             "u;\nconst SG: u32 = ",
@@ -309,7 +325,7 @@ impl Engine {
         }
         let tile = tile();
         Engine {
-            kernels: tile.kernels(),
+            kernels: tile.kernels(conv_stages(gpu, tile)),
             dims: tile.dims(),
             f16: false,
         }
@@ -354,12 +370,17 @@ impl Engine {
 /// Each conv variant's prepended WGSL declarations and its engine file under `shaders/` (for the
 /// shader tests, which compile `variant + engine + conv.wgsl`).
 #[doc(hidden)]
-pub const CONV_SHADER_VARIANTS: [(&str, &str); 11] = [
-    (T64X64.forward.variant, T64X64.forward.engine),
-    (T128X64.forward.variant, T128X64.forward.engine),
-    (T64X128.forward.variant, T64X128.forward.engine),
-    (T128X128.forward.variant, T128X128.forward.engine),
-    (T32X128.forward.variant, T32X128.forward.engine),
+pub const CONV_SHADER_VARIANTS: [(&str, &str); 16] = [
+    (F32_SINGLE[0].forward.variant, F32_SINGLE[0].forward.engine),
+    (F32_SINGLE[1].forward.variant, F32_SINGLE[1].forward.engine),
+    (F32_SINGLE[2].forward.variant, F32_SINGLE[2].forward.engine),
+    (F32_SINGLE[3].forward.variant, F32_SINGLE[3].forward.engine),
+    (F32_SINGLE[4].forward.variant, F32_SINGLE[4].forward.engine),
+    (F32_DOUBLE[0].forward.variant, F32_DOUBLE[0].forward.engine),
+    (F32_DOUBLE[1].forward.variant, F32_DOUBLE[1].forward.engine),
+    (F32_DOUBLE[2].forward.variant, F32_DOUBLE[2].forward.engine),
+    (F32_DOUBLE[3].forward.variant, F32_DOUBLE[3].forward.engine),
+    (F32_DOUBLE[4].forward.variant, F32_DOUBLE[4].forward.engine),
     (
         MMA_F16_SG32[0].forward.variant,
         MMA_F16_SG32[0].forward.engine,
@@ -551,14 +572,24 @@ impl ConvTile {
         }
     }
 
-    fn kernels(self) -> &'static Kernels {
-        match self {
-            ConvTile::T64x64 => &T64X64,
-            ConvTile::T128x64 => &T128X64,
-            ConvTile::T64x128 => &T64X128,
-            ConvTile::T128x128 => &T128X128,
-            ConvTile::T32x128 => &T32X128,
-        }
+    /// Bytes of workgroup memory the tile's f32 kernels declare with `stages` copies of the
+    /// staged chunk (a_tile and b_tile in conv_fma.wgsl, rows padded by one vec4).
+    pub fn workgroup_bytes(self, stages: usize) -> u64 {
+        let (bm, bn, bk) = self.dims();
+        (16 * stages * bk * (bm / 4 + bn / 4 + 2)) as u64
+    }
+
+    fn kernels(self, stages: usize) -> &'static Kernels {
+        let set = if stages == 2 {
+            &F32_DOUBLE
+        } else {
+            &F32_SINGLE
+        };
+        let i = ConvTile::ALL
+            .iter()
+            .position(|&t| t == self)
+            .expect("a tile");
+        &set[i]
     }
 
     /// Parse `64x64`, `128x64`, `64x128`, `128x128` or `32x128`.
@@ -582,6 +613,19 @@ pub(crate) fn forced_tile() -> Option<ConvTile> {
         }
         t
     })
+}
+
+/// Copies of the staged chunk in `gpu`'s f32 kernels with `tile`: two under
+/// [`ConvStaging::Double`] where the device's workgroup memory holds them (WebGPU's default
+/// 16 KiB holds none of the tiles twice), else one. Public for the tests.
+#[doc(hidden)]
+pub fn conv_stages(gpu: &Gpu, tile: ConvTile) -> usize {
+    let room = gpu.limits().max_compute_workgroup_storage_size as u64;
+    if gpu.conv_staging() == ConvStaging::Double && tile.workgroup_bytes(2) <= room {
+        2
+    } else {
+        1
+    }
 }
 
 /// Whether a conv GEMM on `gpu` reduces taps outer ([`ConvOrder::Rsc`]): over `channels` in
