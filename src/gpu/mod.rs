@@ -150,8 +150,9 @@ impl std::str::FromStr for ConvOrder {
 /// bit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvStaging {
-    /// Two copies, where the device's workgroup memory holds them (native adapters; not
-    /// WebGPU's default 16 KiB, where the kernels stage one): each chunk is staged into one
+    /// Two copies, where the device's workgroup memory holds them (25 KiB for the largest
+    /// tiles: native adapters, and browsers whose adapter offers 32 KiB; not WebGPU's default
+    /// 16 KiB, where the kernels stage one): each chunk is staged into one
     /// copy while the chunk before it is multiplied from the other, so a workgroup waits at
     /// one barrier per chunk instead of two.
     #[default]
