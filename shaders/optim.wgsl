@@ -6,6 +6,7 @@
 //                  buf' = d                      on the first step (first = 1)
 //                  buf' = momentum * buf + d     afterwards              (dampening 0)
 //                  p -= lr * (nesterov ? d + momentum * buf' : buf')
+//   sgd_momentum_group: sgd_momentum for up to 8 parameter tensors at once
 //   adam:          decoupled (AdamW): p *= 1 - lr * wd;  coupled (Adam): g' = g + wd * p
 //                  m' = m + (1 - beta1) * (g' - m)                        (torch's lerp)
 //                  v' = beta2 * v + (1 - beta2) * g' * g'
@@ -23,7 +24,8 @@
 // bindings are not read (any buffer, e.g. g, may be bound).
 //
 // Dispatch: the update kernels and clip_scale run one thread per element, 256 per workgroup, the
-// grid split over x and y (index = (wg.x + wg.y * num_workgroups.x) * 256 + local index).
+// grid split over x and y (index = (wg.x + wg.y * num_workgroups.x) * 256 + local index);
+// sgd_momentum_group the same over the concatenated workgroups of its slots (see there).
 // clip_sumsq runs `groups` (<= 65,535) one-dimensional workgroups of 256 threads, each thread
 // striding over x by groups * 256, then a workgroup tree reduction. clip_finalize runs one
 // workgroup.
@@ -32,6 +34,9 @@
 //   sgd_plain:     1 = p (read_write) [n], 2 = g (read) [n]
 //   sgd_momentum:  1 = p (read_write) [n], 2 = g (read) [n], 3 = buf (read) [n],
 //                  4 = buf' (read_write) [n]
+//   sgd_momentum_group: 0 = GroupParams (uniform); slot s < 8 at 4 s + 1 .. 4 s + 4 as
+//                  sgd_momentum's 1 .. 4 (unused slots bound to placeholders: one read-only
+//                  and one read-write buffer for all of them); 32 storage buffers
 //   adam:          1 = p (read_write) [n], 2 = g (read) [n], 3 = exp_avg (read) [n],
 //                  4 = exp_avg_sq (read) [n], 5 = exp_avg' (read_write) [n],
 //                  6 = exp_avg_sq' (read_write) [n]
@@ -80,19 +85,118 @@ fn sgd_plain(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     p[i] = pv - params.lr * d;
 }
 
+// One element of SGD with momentum (see the header): (p', buf') from the parameter pv, the
+// gradient gv and the old momentum buffer's value old (unread on the first step). Shared by
+// sgd_momentum and sgd_momentum_group, so that both compute the same bits.
+fn momentum_step(pv: f32, gv: f32, old: f32, first: bool, nesterov: bool, momentum: f32,
+                 weight_decay: f32, lr: f32) -> vec2<f32> {
+    let d = gv + weight_decay * pv;
+    var buf = d;
+    if (!first) { buf = momentum * old + d; }
+    var step = buf;
+    if (nesterov) { step = d + momentum * buf; }
+    return vec2<f32>(pv - lr * step, buf);
+}
+
 @compute @workgroup_size(256)
 fn sgd_momentum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = elem_index(wg, nwg, lid);
     if (i >= params.n) { return; }
-    let pv = p[i];
-    let d = g[i] + params.weight_decay * pv;
-    var buf = d;
-    if ((params.flags & 2u) == 0u) { buf = params.momentum * state1_in[i] + d; }
-    sgd_buf_out[i] = buf;
-    var step = buf;
-    if ((params.flags & 1u) != 0u) { step = d + params.momentum * buf; }
-    p[i] = pv - params.lr * step;
+    let first = (params.flags & 2u) != 0u;
+    var old = 0.0;
+    if (!first) { old = state1_in[i]; }
+    let r = momentum_step(p[i], g[i], old, first, (params.flags & 1u) != 0u, params.momentum,
+                          params.weight_decay, params.lr);
+    sgd_buf_out[i] = r.y;
+    p[i] = r.x;
+}
+
+// ---- SGD with momentum, GROUP_SLOTS parameters per dispatch ----
+// Slot s (< gp.count) updates one parameter tensor of gp.n[s] elements with learning rate
+// gp.lr[s] over the workgroups [gp.start[s], gp.start[s + 1]) of the linear workgroup index
+// (gp.start[0] = 0; the last slot's range runs to the grid's end, its surplus workgroups
+// exit). Bit s of gp.first: the slot's first step. One dispatch instead of one per tensor: a
+// ResNet-18 step's 62 become 8, most of them tensors of a few hundred elements whose own
+// dispatches cost more than their work.
+const GROUP_SLOTS: u32 = 8u;
+
+struct GroupParams {
+    count: u32,      // slots in use, 1..=GROUP_SLOTS
+    flags: u32,      // bit 0: nesterov
+    first: u32,      // bit s: slot s takes its first step
+    _pad0: u32,
+    momentum: f32,
+    weight_decay: f32,
+    _pad1: u32,
+    _pad2: u32,
+    start: array<vec4<u32>, 2>,  // slot s at [s / 4][s % 4]
+    n: array<vec4<u32>, 2>,
+    lr: array<vec4<f32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> gp: GroupParams;
+@group(0) @binding(1) var<storage, read_write> gp0: array<f32>;
+@group(0) @binding(2) var<storage, read> gg0: array<f32>;
+@group(0) @binding(3) var<storage, read> gi0: array<f32>;
+@group(0) @binding(4) var<storage, read_write> go0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> gp1: array<f32>;
+@group(0) @binding(6) var<storage, read> gg1: array<f32>;
+@group(0) @binding(7) var<storage, read> gi1: array<f32>;
+@group(0) @binding(8) var<storage, read_write> go1: array<f32>;
+@group(0) @binding(9) var<storage, read_write> gp2: array<f32>;
+@group(0) @binding(10) var<storage, read> gg2: array<f32>;
+@group(0) @binding(11) var<storage, read> gi2: array<f32>;
+@group(0) @binding(12) var<storage, read_write> go2: array<f32>;
+@group(0) @binding(13) var<storage, read_write> gp3: array<f32>;
+@group(0) @binding(14) var<storage, read> gg3: array<f32>;
+@group(0) @binding(15) var<storage, read> gi3: array<f32>;
+@group(0) @binding(16) var<storage, read_write> go3: array<f32>;
+@group(0) @binding(17) var<storage, read_write> gp4: array<f32>;
+@group(0) @binding(18) var<storage, read> gg4: array<f32>;
+@group(0) @binding(19) var<storage, read> gi4: array<f32>;
+@group(0) @binding(20) var<storage, read_write> go4: array<f32>;
+@group(0) @binding(21) var<storage, read_write> gp5: array<f32>;
+@group(0) @binding(22) var<storage, read> gg5: array<f32>;
+@group(0) @binding(23) var<storage, read> gi5: array<f32>;
+@group(0) @binding(24) var<storage, read_write> go5: array<f32>;
+@group(0) @binding(25) var<storage, read_write> gp6: array<f32>;
+@group(0) @binding(26) var<storage, read> gg6: array<f32>;
+@group(0) @binding(27) var<storage, read> gi6: array<f32>;
+@group(0) @binding(28) var<storage, read_write> go6: array<f32>;
+@group(0) @binding(29) var<storage, read_write> gp7: array<f32>;
+@group(0) @binding(30) var<storage, read> gg7: array<f32>;
+@group(0) @binding(31) var<storage, read> gi7: array<f32>;
+@group(0) @binding(32) var<storage, read_write> go7: array<f32>;
+
+// (p', buf') of element i of slot s, from its parameter, gradient and old buffer values.
+fn group_step(s: u32, pv: f32, gv: f32, old: f32) -> vec2<f32> {
+    let first = (gp.first & (1u << s)) != 0u;
+    return momentum_step(pv, gv, old, first, (gp.flags & 1u) != 0u, gp.momentum,
+                         gp.weight_decay, gp.lr[s / 4u][s % 4u]);
+}
+
+@compute @workgroup_size(256)
+fn sgd_momentum_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let w = wg.x + wg.y * nwg.x;
+    var s = 0u;
+    for (var k = 1u; k < gp.count; k++) {
+        if (w >= gp.start[k / 4u][k % 4u]) { s = k; }
+    }
+    let i = (w - gp.start[s / 4u][s % 4u]) * 256u + lid;
+    if (i >= gp.n[s / 4u][s % 4u]) { return; }
+    // The old buffer is read on the first step too: the host then binds the gradient there.
+    switch s {
+        case 0u: { let r = group_step(0u, gp0[i], gg0[i], gi0[i]); go0[i] = r.y; gp0[i] = r.x; }
+        case 1u: { let r = group_step(1u, gp1[i], gg1[i], gi1[i]); go1[i] = r.y; gp1[i] = r.x; }
+        case 2u: { let r = group_step(2u, gp2[i], gg2[i], gi2[i]); go2[i] = r.y; gp2[i] = r.x; }
+        case 3u: { let r = group_step(3u, gp3[i], gg3[i], gi3[i]); go3[i] = r.y; gp3[i] = r.x; }
+        case 4u: { let r = group_step(4u, gp4[i], gg4[i], gi4[i]); go4[i] = r.y; gp4[i] = r.x; }
+        case 5u: { let r = group_step(5u, gp5[i], gg5[i], gi5[i]); go5[i] = r.y; gp5[i] = r.x; }
+        case 6u: { let r = group_step(6u, gp6[i], gg6[i], gi6[i]); go6[i] = r.y; gp6[i] = r.x; }
+        default: { let r = group_step(7u, gp7[i], gg7[i], gi7[i]); go7[i] = r.y; gp7[i] = r.x; }
+    }
 }
 
 @compute @workgroup_size(256)

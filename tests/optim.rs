@@ -174,6 +174,127 @@ fn sgd_variants_match_reference_over_two_steps() {
 }
 
 #[test]
+fn grouped_sgd_gives_the_per_tensor_bits() {
+    // lavapipe binds 32 storage buffers per stage: asked to, SGD with momentum updates eight
+    // tensors per dispatch (on a CPU adapter it does not by default, where that is slower). A
+    // device with WebGPU's default limits (8) updates one per dispatch. Both run the same
+    // arithmetic (momentum_step in optim.wgsl): the same bits, over two steps (the first primes
+    // the momentum buffers), with a learning rate per tensor. Sizes: one element, a ragged
+    // 70,001, and tensors around one workgroup's 256.
+    let grouped = new_gpu();
+    let single = resnet_wgpu::Gpu::with_options(resnet_wgpu::GpuOptions {
+        default_limits: true,
+        ..Default::default()
+    })
+    .expect("a device with default limits");
+    assert!(grouped.limits().max_storage_buffers_per_shader_stage >= 32);
+    assert!(single.limits().max_storage_buffers_per_shader_stage < 32);
+    let sizes = [
+        1, 255, 256, 257, 70_001, 3, 512, 64, 64, 1000, 17, 9, 4096, 2, 300, 77, 5,
+    ];
+    // (device, grouping asked for, dispatches expected per step)
+    let run = |gpu: &resnet_wgpu::Gpu, grouping: Option<bool>, expected: usize| {
+        let params: Vec<Tensor> = (0..)
+            .zip(sizes)
+            .map(|(i, n)| Tensor::from_slice(gpu, &[n], &random_vec(n, 2000 + i)).unwrap())
+            .collect();
+        let mut opt = Sgd::new(0.9, true, 5e-4);
+        if let Some(g) = grouping {
+            opt = opt.with_grouping(g);
+        }
+        for step in 0..2u64 {
+            let grads: Vec<Tensor> = (0..)
+                .zip(sizes)
+                .map(|(i, n)| {
+                    Tensor::from_slice(gpu, &[n], &random_vec(n, 3000 + 100 * step + i)).unwrap()
+                })
+                .collect();
+            let updates: Vec<ParamUpdate> = (0..)
+                .zip(params.iter().zip(&grads))
+                .map(|(slot, (param, grad))| ParamUpdate {
+                    slot,
+                    param,
+                    grad,
+                    lr: lr(slot, step),
+                })
+                .collect();
+            let before = gpu.dispatch_count();
+            opt.step(&updates).unwrap();
+            let dispatches = gpu.dispatch_count() - before;
+            assert_eq!(dispatches, expected as u64, "{grouping:?} step {step}");
+        }
+        let bufs: Vec<Vec<f32>> = opt
+            .state()
+            .iter()
+            .map(|(_, t)| t.to_vec().unwrap())
+            .collect();
+        let values: Vec<Vec<f32>> = params.iter().map(|p| p.to_vec().unwrap()).collect();
+        (values, bufs)
+    };
+    let n = sizes.len();
+    let a = run(&grouped, Some(true), n.div_ceil(8));
+    let b = run(&single, Some(true), n);
+    // A CPU adapter does not group unless asked.
+    let c = run(&grouped, None, n);
+    for (what, x, y) in [
+        ("parameter", &a.0, &b.0),
+        ("state", &a.1, &b.1),
+        ("parameter", &a.0, &c.0),
+    ] {
+        for (i, (x, y)) in x.iter().zip(y).enumerate() {
+            let same =
+                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(
+                same,
+                "{what} {i} differs between grouped and per-tensor SGD"
+            );
+        }
+    }
+}
+
+#[test]
+fn grouped_sgd_splits_where_a_gradient_is_another_parameter() {
+    // wgpu rejects one buffer bound read-only and read-write in one dispatch: an update whose
+    // parameter is an earlier update's gradient starts a new dispatch, after the earlier one
+    // read it, as per-tensor updates in order would.
+    let gpu = new_gpu();
+    let (a0, x0, y0) = (random_vec(300, 1), random_vec(300, 2), random_vec(300, 3));
+    let a = Tensor::from_slice(&gpu, &[300], &a0).unwrap();
+    let x = Tensor::from_slice(&gpu, &[300], &x0).unwrap();
+    let y = Tensor::from_slice(&gpu, &[300], &y0).unwrap();
+    let mut opt = Sgd::new(0.9, false, 0.0).with_grouping(true);
+    let updates = [
+        ParamUpdate {
+            slot: 0,
+            param: &a,
+            grad: &x,
+            lr: 0.1,
+        },
+        ParamUpdate {
+            slot: 1,
+            param: &x,
+            grad: &y,
+            lr: 0.2,
+        },
+    ];
+    let before = gpu.dispatch_count();
+    opt.step(&updates).unwrap();
+    assert_eq!(gpu.dispatch_count() - before, 2);
+    let (mut ha, mut hx) = (a0.clone(), x0.clone());
+    let (mut ba, mut bx) = (None, None);
+    reference::sgd_step(&mut ha, &x0, &mut ba, 0.1, 0.9, false, 0.0);
+    reference::sgd_step(&mut hx, &y0, &mut bx, 0.2, 0.9, false, 0.0);
+    assert_close(
+        &a.to_vec().unwrap(),
+        &ha,
+        1e-6,
+        1e-7,
+        "a (read x before it moved)",
+    );
+    assert_close(&x.to_vec().unwrap(), &hx, 1e-6, 1e-7, "x");
+}
+
+#[test]
 fn adam_and_adamw_match_reference_over_two_steps() {
     for decoupled in [false, true] {
         let (betas, eps, wd) = ((0.9, 0.999), 1e-8, 1e-2);

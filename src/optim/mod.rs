@@ -1,6 +1,8 @@
 //! Optimizers (SGD with momentum/Nesterov, Adam, AdamW), learning-rate schedules and gradient
-//! clipping by global norm. The updates run on the GPU (`shaders/optim.wgsl`), one dispatch per
-//! parameter tensor, and follow `torch.optim` exactly.
+//! clipping by global norm. The updates run on the GPU (`shaders/optim.wgsl`) and follow
+//! `torch.optim` exactly: SGD with momentum updates eight parameter tensors per dispatch on GPUs
+//! that bind 32 storage buffers per shader stage (native adapters; not CPU adapters, where it
+//! is slower), the others one dispatch per tensor.
 //!
 //! Each parameter is identified by a stable `slot` (its index in the model's parameter list), the
 //! key of its optimizer state. [`Optimizer::state`] returns that state as named tensors
@@ -69,6 +71,7 @@ pub(crate) struct Params {
 
 pub(crate) const SGD_PLAIN: Kernel = kernel!("optim.wgsl", "sgd_plain");
 pub(crate) const SGD_MOMENTUM: Kernel = kernel!("optim.wgsl", "sgd_momentum");
+pub(crate) const SGD_MOMENTUM_GROUP: Kernel = kernel!("optim.wgsl", "sgd_momentum_group");
 pub(crate) const ADAM: Kernel = kernel!("optim.wgsl", "adam");
 pub(crate) const CLIP_SUMSQ: Kernel = kernel!("optim.wgsl", "clip_sumsq");
 pub(crate) const CLIP_FINALIZE: Kernel = kernel!("optim.wgsl", "clip_finalize");
