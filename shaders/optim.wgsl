@@ -7,6 +7,7 @@
 //                  buf' = momentum * buf + d     afterwards              (dampening 0)
 //                  p -= lr * (nesterov ? d + momentum * buf' : buf')
 //   sgd_momentum_group: sgd_momentum for up to 8 parameter tensors at once
+//   adam_group:    adam for up to 5 parameter tensors at once
 //   adam:          decoupled (AdamW): p *= 1 - lr * wd;  coupled (Adam): g' = g + wd * p
 //                  m' = m + (1 - beta1) * (g' - m)                        (torch's lerp)
 //                  v' = beta2 * v + (1 - beta2) * g' * g'
@@ -40,6 +41,9 @@
 //   adam:          1 = p (read_write) [n], 2 = g (read) [n], 3 = exp_avg (read) [n],
 //                  4 = exp_avg_sq (read) [n], 5 = exp_avg' (read_write) [n],
 //                  6 = exp_avg_sq' (read_write) [n]
+//   adam_group:    0 = AdamGroupParams (uniform); slot s < 5 at 6 s + 1 .. 6 s + 6 as adam's
+//                  1 .. 6 (unused slots bound to placeholders as sgd_momentum_group's);
+//                  30 storage buffers
 //   clip_sumsq:    1 = x (read) [n], 2 = partials (read_write) [>= offset + groups]
 //   clip_finalize: 1 = partials (read) [>= count], 2 = norm (read_write) [1],
 //                  3 = coef (read_write) [1]
@@ -199,30 +203,165 @@ fn sgd_momentum_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
 }
 
+// The constants of an Adam update: flags bit 0 decoupled, bit 1 first step.
+struct AdamConsts {
+    flags: u32,
+    lr: f32,
+    weight_decay: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+}
+
+// One element of Adam / AdamW (see the header): (p', m', v') from the parameter pv, the gradient
+// gv and the old moments m_in, v_in (unread on the first step). Shared by adam and adam_group,
+// so that both compute the same bits.
+fn adam_step(pv_in: f32, gv_in: f32, m_in: f32, v_in: f32, k: AdamConsts) -> vec3<f32> {
+    var pv = pv_in;
+    var gv = gv_in;
+    if ((k.flags & 1u) != 0u) {
+        pv = pv * (1.0 - k.lr * k.weight_decay);
+    } else {
+        gv = gv + k.weight_decay * pv;
+    }
+    var m0 = 0.0;
+    var v0 = 0.0;
+    if ((k.flags & 2u) == 0u) {
+        m0 = m_in;
+        v0 = v_in;
+    }
+    let m = m0 + (1.0 - k.beta1) * (gv - m0);
+    let v = k.beta2 * v0 + (1.0 - k.beta2) * gv * gv;
+    let denom = sqrt(v) / k.bc2_sqrt + k.eps;
+    return vec3<f32>(pv - k.step_size * (m / denom), m, v);
+}
+
 @compute @workgroup_size(256)
 fn adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = elem_index(wg, nwg, lid);
     if (i >= params.n) { return; }
-    var pv = p[i];
-    var gv = g[i];
-    if ((params.flags & 1u) != 0u) {
-        pv = pv * (1.0 - params.lr * params.weight_decay);
-    } else {
-        gv = gv + params.weight_decay * pv;
-    }
-    var m0 = 0.0;
-    var v0 = 0.0;
+    var m_in = 0.0;
+    var v_in = 0.0;
     if ((params.flags & 2u) == 0u) {
-        m0 = state1_in[i];
-        v0 = state2_in[i];
+        m_in = state1_in[i];
+        v_in = state2_in[i];
     }
-    let m = m0 + (1.0 - params.momentum) * (gv - m0);
-    let v = params.beta2 * v0 + (1.0 - params.beta2) * gv * gv;
-    state1_out[i] = m;
-    state2_out[i] = v;
-    let denom = sqrt(v) / params.bc2_sqrt + params.eps;
-    p[i] = pv - params.step_size * (m / denom);
+    let k = AdamConsts(params.flags, params.lr, params.weight_decay, params.momentum,
+                       params.beta2, params.eps, params.step_size, params.bc2_sqrt);
+    let r = adam_step(p[i], g[i], m_in, v_in, k);
+    state1_out[i] = r.y;
+    state2_out[i] = r.z;
+    p[i] = r.x;
+}
+
+// ---- Adam / AdamW, ADAM_SLOTS parameters per dispatch ----
+// As sgd_momentum_group, with slot s's step size ap.step_size[s] and bias correction
+// ap.bc2_sqrt[s] (each tensor keeps its own step count) and six bindings per slot.
+const ADAM_SLOTS: u32 = 5u;
+
+struct AdamGroupParams {
+    count: u32,      // slots in use, 1..=ADAM_SLOTS
+    flags: u32,      // bit 0: decoupled
+    first: u32,      // bit s: slot s takes its first step
+    _pad0: u32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    start: array<vec4<u32>, 2>,  // slot s at [s / 4][s % 4]
+    n: array<vec4<u32>, 2>,
+    lr: array<vec4<f32>, 2>,
+    step_size: array<vec4<f32>, 2>,
+    bc2_sqrt: array<vec4<f32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> ap: AdamGroupParams;
+@group(0) @binding(1) var<storage, read_write> aw0: array<f32>;
+@group(0) @binding(2) var<storage, read> ag0: array<f32>;
+@group(0) @binding(3) var<storage, read> am0: array<f32>;
+@group(0) @binding(4) var<storage, read> av0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> amo0: array<f32>;
+@group(0) @binding(6) var<storage, read_write> avo0: array<f32>;
+@group(0) @binding(7) var<storage, read_write> aw1: array<f32>;
+@group(0) @binding(8) var<storage, read> ag1: array<f32>;
+@group(0) @binding(9) var<storage, read> am1: array<f32>;
+@group(0) @binding(10) var<storage, read> av1: array<f32>;
+@group(0) @binding(11) var<storage, read_write> amo1: array<f32>;
+@group(0) @binding(12) var<storage, read_write> avo1: array<f32>;
+@group(0) @binding(13) var<storage, read_write> aw2: array<f32>;
+@group(0) @binding(14) var<storage, read> ag2: array<f32>;
+@group(0) @binding(15) var<storage, read> am2: array<f32>;
+@group(0) @binding(16) var<storage, read> av2: array<f32>;
+@group(0) @binding(17) var<storage, read_write> amo2: array<f32>;
+@group(0) @binding(18) var<storage, read_write> avo2: array<f32>;
+@group(0) @binding(19) var<storage, read_write> aw3: array<f32>;
+@group(0) @binding(20) var<storage, read> ag3: array<f32>;
+@group(0) @binding(21) var<storage, read> am3: array<f32>;
+@group(0) @binding(22) var<storage, read> av3: array<f32>;
+@group(0) @binding(23) var<storage, read_write> amo3: array<f32>;
+@group(0) @binding(24) var<storage, read_write> avo3: array<f32>;
+@group(0) @binding(25) var<storage, read_write> aw4: array<f32>;
+@group(0) @binding(26) var<storage, read> ag4: array<f32>;
+@group(0) @binding(27) var<storage, read> am4: array<f32>;
+@group(0) @binding(28) var<storage, read> av4: array<f32>;
+@group(0) @binding(29) var<storage, read_write> amo4: array<f32>;
+@group(0) @binding(30) var<storage, read_write> avo4: array<f32>;
+
+// (p', m', v') of element i of slot s.
+fn adam_group_step(s: u32, pv: f32, gv: f32, m_in: f32, v_in: f32) -> vec3<f32> {
+    let first = select(0u, 2u, (ap.first & (1u << s)) != 0u);
+    let k = AdamConsts(ap.flags | first, ap.lr[s / 4u][s % 4u], ap.weight_decay, ap.beta1,
+                       ap.beta2, ap.eps, ap.step_size[s / 4u][s % 4u],
+                       ap.bc2_sqrt[s / 4u][s % 4u]);
+    return adam_step(pv, gv, m_in, v_in, k);
+}
+
+@compute @workgroup_size(256)
+fn adam_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let w = wg.x + wg.y * nwg.x;
+    var s = 0u;
+    for (var k = 1u; k < ap.count; k++) {
+        if (w >= ap.start[k / 4u][k % 4u]) { s = k; }
+    }
+    let i = (w - ap.start[s / 4u][s % 4u]) * 256u + lid;
+    if (i >= ap.n[s / 4u][s % 4u]) { return; }
+    // The old moments are read on the first step too: the host then binds the gradient there.
+    switch s {
+        case 0u: {
+            let r = adam_group_step(0u, aw0[i], ag0[i], am0[i], av0[i]);
+            amo0[i] = r.y;
+            avo0[i] = r.z;
+            aw0[i] = r.x;
+        }
+        case 1u: {
+            let r = adam_group_step(1u, aw1[i], ag1[i], am1[i], av1[i]);
+            amo1[i] = r.y;
+            avo1[i] = r.z;
+            aw1[i] = r.x;
+        }
+        case 2u: {
+            let r = adam_group_step(2u, aw2[i], ag2[i], am2[i], av2[i]);
+            amo2[i] = r.y;
+            avo2[i] = r.z;
+            aw2[i] = r.x;
+        }
+        case 3u: {
+            let r = adam_group_step(3u, aw3[i], ag3[i], am3[i], av3[i]);
+            amo3[i] = r.y;
+            avo3[i] = r.z;
+            aw3[i] = r.x;
+        }
+        default: {
+            let r = adam_group_step(4u, aw4[i], ag4[i], am4[i], av4[i]);
+            amo4[i] = r.y;
+            avo4[i] = r.z;
+            aw4[i] = r.x;
+        }
+    }
 }
 
 // ---- clipping ----

@@ -173,14 +173,65 @@ fn sgd_variants_match_reference_over_two_steps() {
     }
 }
 
-#[test]
-fn grouped_sgd_gives_the_per_tensor_bits() {
-    // lavapipe binds 32 storage buffers per stage: asked to, SGD with momentum updates eight
-    // tensors per dispatch (on a CPU adapter it does not by default, where that is slower). A
-    // device with WebGPU's default limits (8) updates one per dispatch. Both run the same
-    // arithmetic (momentum_step in optim.wgsl): the same bits, over two steps (the first primes
-    // the momentum buffers), with a learning rate per tensor. Sizes: one element, a ragged
-    // 70,001, and tensors around one workgroup's 256.
+/// Run three steps of the optimizer `make(grouping)` on `gpu` over tensors of awkward sizes (one
+/// element, a ragged 70,001, and around one workgroup's 256), with a learning rate per tensor;
+/// the first step leaves every third tensor out, so that later steps mix first and later steps
+/// (per-tensor step counts) in one dispatch. Checks the dispatches of each step against
+/// `slots` tensors per dispatch, and returns the parameters and the optimizer state.
+fn grouped_run(
+    gpu: &resnet_wgpu::Gpu,
+    make: &dyn Fn() -> Box<dyn Optimizer>,
+    slots: usize,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let sizes = [
+        1, 255, 256, 257, 70_001, 3, 512, 64, 64, 1000, 17, 9, 4096, 2, 300, 77, 5,
+    ];
+    let params: Vec<Tensor> = (0..)
+        .zip(sizes)
+        .map(|(i, n)| Tensor::from_slice(gpu, &[n], &random_vec(n, 2000 + i)).unwrap())
+        .collect();
+    let mut opt = make();
+    for step in 0..3u64 {
+        let grads: Vec<Tensor> = (0..)
+            .zip(sizes)
+            .map(|(i, n)| {
+                Tensor::from_slice(gpu, &[n], &random_vec(n, 3000 + 100 * step + i)).unwrap()
+            })
+            .collect();
+        let updates: Vec<ParamUpdate> = (0..)
+            .zip(params.iter().zip(&grads))
+            .filter(|(slot, _)| step > 0 || slot % 3 != 2)
+            .map(|(slot, (param, grad))| ParamUpdate {
+                slot,
+                param,
+                grad,
+                lr: lr(slot, step),
+            })
+            .collect();
+        let before = gpu.dispatch_count();
+        opt.step(&updates).unwrap();
+        let dispatches = gpu.dispatch_count() - before;
+        let expected = updates.len().div_ceil(slots) as u64;
+        assert_eq!(dispatches, expected, "{slots} per dispatch, step {step}");
+    }
+    let state = opt
+        .state()
+        .iter()
+        .map(|(_, t)| t.to_vec().unwrap())
+        .collect();
+    let values = params.iter().map(|p| p.to_vec().unwrap()).collect();
+    (values, state)
+}
+
+/// Run `make(grouping)` grouped with `slots` tensors per dispatch and per tensor: lavapipe binds
+/// 32 storage buffers per stage, so asked to, it groups; a device with WebGPU's default limits
+/// (8) updates one tensor per dispatch even when asked, and a CPU adapter does not group unless
+/// asked (it is slower there). Both kernels share the arithmetic: the same bits.
+fn assert_grouping_keeps_bits(
+    what: &str,
+    make: &dyn Fn(Option<bool>) -> Box<dyn Optimizer>,
+    slots: usize,
+) {
     let grouped = new_gpu();
     let single = resnet_wgpu::Gpu::with_options(resnet_wgpu::GpuOptions {
         default_limits: true,
@@ -188,67 +239,57 @@ fn grouped_sgd_gives_the_per_tensor_bits() {
     })
     .expect("a device with default limits");
     assert!(grouped.limits().max_storage_buffers_per_shader_stage >= 32);
-    assert!(single.limits().max_storage_buffers_per_shader_stage < 32);
-    let sizes = [
-        1, 255, 256, 257, 70_001, 3, 512, 64, 64, 1000, 17, 9, 4096, 2, 300, 77, 5,
-    ];
-    // (device, grouping asked for, dispatches expected per step)
-    let run = |gpu: &resnet_wgpu::Gpu, grouping: Option<bool>, expected: usize| {
-        let params: Vec<Tensor> = (0..)
-            .zip(sizes)
-            .map(|(i, n)| Tensor::from_slice(gpu, &[n], &random_vec(n, 2000 + i)).unwrap())
-            .collect();
-        let mut opt = Sgd::new(0.9, true, 5e-4);
-        if let Some(g) = grouping {
-            opt = opt.with_grouping(g);
-        }
-        for step in 0..2u64 {
-            let grads: Vec<Tensor> = (0..)
-                .zip(sizes)
-                .map(|(i, n)| {
-                    Tensor::from_slice(gpu, &[n], &random_vec(n, 3000 + 100 * step + i)).unwrap()
-                })
-                .collect();
-            let updates: Vec<ParamUpdate> = (0..)
-                .zip(params.iter().zip(&grads))
-                .map(|(slot, (param, grad))| ParamUpdate {
-                    slot,
-                    param,
-                    grad,
-                    lr: lr(slot, step),
-                })
-                .collect();
-            let before = gpu.dispatch_count();
-            opt.step(&updates).unwrap();
-            let dispatches = gpu.dispatch_count() - before;
-            assert_eq!(dispatches, expected as u64, "{grouping:?} step {step}");
-        }
-        let bufs: Vec<Vec<f32>> = opt
-            .state()
-            .iter()
-            .map(|(_, t)| t.to_vec().unwrap())
-            .collect();
-        let values: Vec<Vec<f32>> = params.iter().map(|p| p.to_vec().unwrap()).collect();
-        (values, bufs)
-    };
-    let n = sizes.len();
-    let a = run(&grouped, Some(true), n.div_ceil(8));
-    let b = run(&single, Some(true), n);
-    // A CPU adapter does not group unless asked.
-    let c = run(&grouped, None, n);
-    for (what, x, y) in [
+    assert!(single.limits().max_storage_buffers_per_shader_stage < 24);
+    let a = grouped_run(&grouped, &|| make(Some(true)), slots);
+    let b = grouped_run(&single, &|| make(Some(true)), 1);
+    let c = grouped_run(&grouped, &|| make(None), 1);
+    for (kind, x, y) in [
         ("parameter", &a.0, &b.0),
         ("state", &a.1, &b.1),
         ("parameter", &a.0, &c.0),
     ] {
+        assert_eq!(x.len(), y.len(), "{what}: {kind} tensors");
         for (i, (x, y)) in x.iter().zip(y).enumerate() {
             let same =
                 x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
             assert!(
                 same,
-                "{what} {i} differs between grouped and per-tensor SGD"
+                "{what}: {kind} {i} differs between grouped and per-tensor updates"
             );
         }
+    }
+}
+
+#[test]
+fn grouped_sgd_gives_the_per_tensor_bits() {
+    // Nesterov momentum with weight decay, eight tensors per dispatch.
+    let make = |grouping: Option<bool>| -> Box<dyn Optimizer> {
+        let opt = Sgd::new(0.9, true, 5e-4);
+        Box::new(match grouping {
+            Some(g) => opt.with_grouping(g),
+            None => opt,
+        })
+    };
+    assert_grouping_keeps_bits("sgd", &make, 8);
+}
+
+#[test]
+fn grouped_adam_gives_the_per_tensor_bits() {
+    // AdamW (decoupled decay) and Adam (coupled), five tensors per dispatch, each tensor with
+    // its own step count and so its own bias corrections.
+    for decoupled in [true, false] {
+        let make = move |grouping: Option<bool>| -> Box<dyn Optimizer> {
+            let opt = if decoupled {
+                AdamW::adamw((0.9, 0.999), 1e-8, 0.05)
+            } else {
+                AdamW::adam((0.8, 0.99), 1e-6, 0.01)
+            };
+            Box::new(match grouping {
+                Some(g) => opt.with_grouping(g),
+                None => opt,
+            })
+        };
+        assert_grouping_keeps_bits(if decoupled { "adamw" } else { "adam" }, &make, 5);
     }
 }
 

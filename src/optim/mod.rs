@@ -1,8 +1,8 @@
 //! Optimizers (SGD with momentum/Nesterov, Adam, AdamW), learning-rate schedules and gradient
 //! clipping by global norm. The updates run on the GPU (`shaders/optim.wgsl`) and follow
-//! `torch.optim` exactly: SGD with momentum updates eight parameter tensors per dispatch on GPUs
-//! that bind 32 storage buffers per shader stage (native adapters; not CPU adapters, where it
-//! is slower), the others one dispatch per tensor.
+//! `torch.optim` exactly: SGD with momentum updates eight parameter tensors per dispatch and
+//! Adam/AdamW five on GPUs that bind 32 storage buffers per shader stage (native adapters; not
+//! CPU adapters, where it is slower), the others one dispatch per tensor.
 //!
 //! Each parameter is identified by a stable `slot` (its index in the model's parameter list), the
 //! key of its optimizer state. [`Optimizer::state`] returns that state as named tensors
@@ -24,6 +24,7 @@ use crate::gpu::Kernel;
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
+use std::collections::HashSet;
 
 /// One parameter tensor to update: its stable slot, the parameter (updated in place), its
 /// gradient and the learning rate to use.
@@ -73,12 +74,67 @@ pub(crate) const SGD_PLAIN: Kernel = kernel!("optim.wgsl", "sgd_plain");
 pub(crate) const SGD_MOMENTUM: Kernel = kernel!("optim.wgsl", "sgd_momentum");
 pub(crate) const SGD_MOMENTUM_GROUP: Kernel = kernel!("optim.wgsl", "sgd_momentum_group");
 pub(crate) const ADAM: Kernel = kernel!("optim.wgsl", "adam");
+pub(crate) const ADAM_GROUP: Kernel = kernel!("optim.wgsl", "adam_group");
 pub(crate) const CLIP_SUMSQ: Kernel = kernel!("optim.wgsl", "clip_sumsq");
 pub(crate) const CLIP_FINALIZE: Kernel = kernel!("optim.wgsl", "clip_finalize");
 pub(crate) const CLIP_SCALE: Kernel = kernel!("optim.wgsl", "clip_scale");
 
 pub(crate) const FLAG_VARIANT: u32 = 1;
 pub(crate) const FLAG_FIRST: u32 = 2;
+
+/// Whether a grouped update kernel binding `buffers` storage buffers may run on `gpu` (the
+/// device binds that many per shader stage), and runs there by default unless `asked` says
+/// otherwise: on GPUs, not on CPU adapters. A GPU runs only the switch case of a workgroup's
+/// tensor (the same for all its threads), but lavapipe runs every case under a mask: there
+/// SGD's eight tensors per dispatch took 4.8x the time of a dispatch per tensor (ResNet-18
+/// CIFAR step at batch 2: 241 against 50 ms). All updates must be on one device.
+pub(crate) fn use_groups(updates: &[ParamUpdate<'_>], buffers: u32, asked: Option<bool>) -> bool {
+    let Some(first) = updates.first() else {
+        return false;
+    };
+    let gpu = first.param.gpu();
+    let by_default = || gpu.info().device_type != wgpu::DeviceType::Cpu;
+    gpu.limits().max_storage_buffers_per_shader_stage >= buffers
+        && asked.unwrap_or_else(by_default)
+        && updates
+            .iter()
+            .all(|u| u.param.expect_same_gpu("optimizer", first.param).is_ok())
+}
+
+/// Split `updates` into the ranges that one grouped dispatch each updates, in order: at most
+/// `slots` tensors, and a new dispatch wherever an update's parameter is read or written by an
+/// earlier update of the current one, or one of the buffers it reads (`reads`: its gradient and old
+/// state) is an earlier update's parameter. wgpu rejects a buffer bound both read-only and
+/// read-write in one dispatch; per tensor in order, the earlier update reads the buffer before
+/// the later one writes it, and so do the split dispatches. (The new state tensors come fresh
+/// from the pool, so they are bound nowhere else.)
+pub(crate) fn plan_groups(
+    updates: &[ParamUpdate<'_>],
+    slots: usize,
+    reads: impl Fn(&ParamUpdate<'_>) -> Vec<wgpu::Buffer>,
+) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    let (mut read, mut written) = (HashSet::new(), HashSet::new());
+    for (i, u) in updates.iter().enumerate() {
+        let r = reads(u);
+        let w = u.param.buffer();
+        let clash =
+            read.contains(w) || written.contains(w) || r.iter().any(|b| written.contains(b));
+        if i - start == slots || clash {
+            ranges.push(start..i);
+            start = i;
+            read.clear();
+            written.clear();
+        }
+        read.extend(r);
+        written.insert(w.clone());
+    }
+    if start < updates.len() {
+        ranges.push(start..updates.len());
+    }
+    ranges
+}
 
 /// Check every update: f32 parameter and gradient of one shape on one device, distinct slots,
 /// a finite learning rate.

@@ -3,12 +3,13 @@
 
 use super::{
     FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, SGD_MOMENTUM, SGD_MOMENTUM_GROUP,
-    SGD_PLAIN, check_state, check_updates, counter_tensor, parse_slot, read_counter,
+    SGD_PLAIN, check_state, check_updates, counter_tensor, parse_slot, plan_groups, read_counter,
+    use_groups,
 };
 use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, grid_for_elements};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 /// SGD: `d = g + λ·p`; with momentum μ, `buf = d` on a parameter's first step and
 /// `buf = μ·buf + d` afterwards; `p -= lr·(nesterov ? d + μ·buf : buf)` (`p -= lr·d` when μ = 0).
@@ -59,21 +60,6 @@ const GROUP_SLOTS: usize = 8;
 /// ...binding four storage buffers for each.
 const GROUP_BUFFERS: u32 = 4 * GROUP_SLOTS as u32;
 
-/// Whether SGD with momentum on `gpu` can update [`GROUP_SLOTS`] tensors per dispatch: where a
-/// shader stage may bind [`GROUP_BUFFERS`] storage buffers (native adapters; WebGPU's default
-/// is 8, where each tensor gets a dispatch of its own).
-fn can_group(gpu: &Gpu) -> bool {
-    gpu.limits().max_storage_buffers_per_shader_stage >= GROUP_BUFFERS
-}
-
-/// Whether SGD with momentum on `gpu` groups by default: where it can, but not on CPU adapters.
-/// A GPU runs only the switch case of a workgroup's tensor (the same for all its threads), but
-/// lavapipe runs every case under a mask: there eight tensors per dispatch took 4.8x the time
-/// of a dispatch per tensor (ResNet-18 CIFAR step at batch 2: 241 against 50 ms).
-fn groups_by_default(gpu: &Gpu) -> bool {
-    can_group(gpu) && gpu.info().device_type != wgpu::DeviceType::Cpu
-}
-
 /// `GroupParams` in `shaders/optim.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -91,39 +77,30 @@ struct GroupParams {
 }
 
 impl Sgd {
-    /// SGD with momentum, [`GROUP_SLOTS`] tensors per dispatch, in the order of `updates`. A
-    /// tensor starts a new dispatch when the current one is full, or when one of its buffers is
-    /// already bound there in the other access (a gradient that is another update's parameter):
-    /// wgpu rejects a buffer bound both read-only and read-write in one dispatch.
+    /// SGD with momentum, [`GROUP_SLOTS`] tensors per dispatch, in the order of `updates`
+    /// ([`plan_groups`]).
     fn step_grouped(&mut self, updates: &[ParamUpdate<'_>]) -> Result<()> {
-        const OP: &str = "sgd";
-        let mut group: Vec<(&ParamUpdate<'_>, Tensor)> = Vec::with_capacity(GROUP_SLOTS);
-        let (mut reads, mut writes) = (HashSet::new(), HashSet::new());
-        for u in updates {
-            let new = Tensor::uninit(u.param.gpu(), u.param.shape(), DType::F32, OP)?;
+        let ranges = plan_groups(updates, GROUP_SLOTS, |u| {
             let old = self.buffers.get(&u.slot).unwrap_or(u.grad);
-            let r = [u.grad.buffer().clone(), old.buffer().clone()];
-            let w = [u.param.buffer().clone(), new.buffer().clone()];
-            let clash = r.iter().any(|b| writes.contains(b)) || w.iter().any(|b| reads.contains(b));
-            if group.len() == GROUP_SLOTS || clash {
-                self.dispatch_group(std::mem::take(&mut group))?;
-                reads.clear();
-                writes.clear();
-            }
-            reads.extend(r);
-            writes.extend(w);
-            group.push((u, new));
+            vec![u.grad.buffer().clone(), old.buffer().clone()]
+        });
+        for r in ranges {
+            self.dispatch_group(&updates[r])?;
         }
-        self.dispatch_group(group)
+        Ok(())
     }
 
-    /// One `sgd_momentum_group` dispatch over `group` (at most [`GROUP_SLOTS`] updates with
-    /// their new momentum buffers), which then replace the old ones.
-    fn dispatch_group(&mut self, group: Vec<(&ParamUpdate<'_>, Tensor)>) -> Result<()> {
-        let Some((first, _)) = group.first() else {
+    /// One `sgd_momentum_group` dispatch over `group` (at most [`GROUP_SLOTS`] updates); their
+    /// new momentum buffers then replace the old ones.
+    fn dispatch_group(&mut self, group: &[ParamUpdate<'_>]) -> Result<()> {
+        let Some(first) = group.first() else {
             return Ok(());
         };
         let gpu = first.param.gpu().clone();
+        let new = group
+            .iter()
+            .map(|u| Tensor::uninit(&gpu, u.param.shape(), DType::F32, "sgd"))
+            .collect::<Result<Vec<_>>>()?;
         let mut p = GroupParams {
             count: group.len() as u32,
             flags: if self.nesterov { 1 } else { 0 },
@@ -138,7 +115,7 @@ impl Sgd {
         let mut workgroups = 0u32;
         for s in 0..GROUP_SLOTS {
             let b = 4 * s as u32;
-            let Some((u, new)) = group.get(s) else {
+            let (Some(u), Some(new)) = (group.get(s), new.get(s)) else {
                 bound.extend([
                     (b + 1, spare_write.buffer()),
                     (b + 2, spare_read.buffer()),
@@ -165,7 +142,7 @@ impl Sgd {
         }
         gpu.dispatch_bound(&SGD_MOMENTUM_GROUP, &[], &p, &bound, grid_1d(workgroups))?;
         drop(bound);
-        for (u, new) in group {
+        for (u, new) in group.iter().zip(new) {
             self.buffers.insert(u.slot, new);
         }
         Ok(())
@@ -189,15 +166,7 @@ impl Optimizer for Sgd {
                 check_state(OP, "momentum", u.slot, buf, u.param)?;
             }
         }
-        // Grouped dispatches bind tensors of one device.
-        let grouping = updates.first().is_some_and(|first| {
-            let gpu = first.param.gpu();
-            can_group(gpu)
-                && self.grouping.unwrap_or_else(|| groups_by_default(gpu))
-                && updates
-                    .iter()
-                    .all(|u| u.param.expect_same_gpu(OP, first.param).is_ok())
-        });
+        let grouping = use_groups(updates, GROUP_BUFFERS, self.grouping);
         if self.momentum != 0.0 && grouping {
             self.step_grouped(updates)?;
         }
