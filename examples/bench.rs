@@ -593,7 +593,7 @@ fn ms_pair(t: &Timing) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Memory-bound kernels: batch norm and pooling
+// Memory-bound kernels: batch norm, pooling and the classifiers at batch 1
 
 #[derive(Serialize)]
 struct MemoryRow {
@@ -680,6 +680,20 @@ fn bench_memory_kernels(b: &Bench, batch: usize) -> Result<Vec<MemoryRow>> {
         4 * (2 * y_numel + x_numel),
         timing,
     );
+    // The classifiers of ResNet-18 and -50 at batch 1 (inference), shape [1, K, N]: reading the
+    // [N, K] weights is nearly all the traffic (x, bias and y are K + 2N floats).
+    for (k, n) in [(512, 1000), (2048, 1000)] {
+        let x = Tensor::from_slice(gpu, &[1, k], &pattern(k))?;
+        let w = Tensor::from_slice(gpu, &[n, k], &pattern(n * k))?;
+        let bias = Tensor::zeros(gpu, &[n])?;
+        let timing = b.kernel(|| ops::linear(&x, &w, Some(&bias)))?;
+        push(
+            "linear, batch 1",
+            &[1, k, n],
+            4 * (k + n * k + 2 * n),
+            timing,
+        );
+    }
     println!();
     Ok(rows)
 }

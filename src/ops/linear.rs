@@ -1,7 +1,7 @@
 //! Matrix multiply (with transpose flags) and the fully connected layer. See `shaders/matmul.wgsl`.
 
 use crate::autograd::Var;
-use crate::gpu::Kernel;
+use crate::gpu::{Kernel, grid_1d};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -20,8 +20,13 @@ struct Params {
 }
 
 const MATMUL: Kernel = kernel!("matmul.wgsl", "matmul");
+const MATVEC: Kernel = kernel!("matmul.wgsl", "matvec");
 /// Output block computed by one workgroup (must match `BM`/`BN` in the shader).
 const TILE: usize = 64;
+/// Rows of `op(A)` that `matvec` handles (the components of its accumulator)...
+const MATVEC_ROWS: usize = 4;
+/// ...and the output columns of one of its workgroups (`MV_COLS` in the shader).
+const MATVEC_COLS: usize = 8;
 const MAX_GRID: usize = 65_535;
 
 fn dims(t: &Tensor, op: &'static str, name: &str) -> Result<(usize, usize)> {
@@ -57,6 +62,25 @@ fn gemm(
     check_u32(op, "the output", m * n)?;
     let gpu = a.gpu();
     let c = Tensor::uninit(gpu, &[m, n], DType::F32, op)?;
+    let bias_buf = bias.map_or(a.buffer(), |t| t.buffer());
+    let mut p = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        trans_a: trans_a as u32,
+        trans_b: trans_b as u32,
+        has_bias: bias.is_some() as u32,
+        row_tiles: 0,
+        _pad: 0,
+    };
+    let buffers = [a.buffer(), b.buffer(), bias_buf, c.buffer()];
+    if m <= MATVEC_ROWS && !trans_a && trans_b {
+        // A few rows against a [N, K] matrix (the linear layer at batch 1-4): a workgroup per
+        // eight output columns instead of a 64 x 64 tile that is mostly empty rows.
+        let groups = n.div_ceil(MATVEC_COLS) as u32;
+        gpu.dispatch(&MATVEC, &p, &buffers, grid_1d(groups))?;
+        return Ok(c);
+    }
     let col_tiles = n.div_ceil(TILE);
     let row_tiles = m.div_ceil(TILE);
     if col_tiles > MAX_GRID {
@@ -76,23 +100,8 @@ fn gemm(
             row_tiles.div_ceil(MAX_GRID) as u32,
         ]
     };
-    let p = Params {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        trans_a: trans_a as u32,
-        trans_b: trans_b as u32,
-        has_bias: bias.is_some() as u32,
-        row_tiles: row_tiles as u32,
-        _pad: 0,
-    };
-    let bias_buf = bias.map_or(a.buffer(), |t| t.buffer());
-    gpu.dispatch(
-        &MATMUL,
-        &p,
-        &[a.buffer(), b.buffer(), bias_buf, c.buffer()],
-        grid,
-    )?;
+    p.row_tiles = row_tiles as u32;
+    gpu.dispatch(&MATMUL, &p, &buffers, grid)?;
     Ok(c)
 }
 
