@@ -19,6 +19,7 @@
 //   clip_finalize: norm[0] = sqrt(sum_j partials[j], j < count);
 //                  coef[0] = min(1, max_norm / (norm[0] + 1e-6))              (torch.nn.utils)
 //   clip_scale:    g[i] *= coef[0]
+//   clip_sumsq_group, clip_scale_group: clip_sumsq and clip_scale for up to 7 tensors at once
 //
 // Optimizer state is updated out of place (state in -> state out, primed above), so state
 // tensors handed out by Optimizer::state() stay valid snapshots. On the first step the state-in
@@ -26,10 +27,10 @@
 //
 // Dispatch: the update kernels and clip_scale run one thread per element, 256 per workgroup, the
 // grid split over x and y (index = (wg.x + wg.y * num_workgroups.x) * 256 + local index);
-// sgd_momentum_group the same over the concatenated workgroups of its slots (see there).
-// clip_sumsq runs `groups` (<= 65,535) one-dimensional workgroups of 256 threads, each thread
-// striding over x by groups * 256, then a workgroup tree reduction. clip_finalize runs one
-// workgroup.
+// sgd_momentum_group, adam_group and clip_scale_group the same over the concatenated workgroups
+// of their slots (see there). clip_sumsq runs `groups` (<= 256) one-dimensional workgroups of
+// 256 threads, each thread striding over x by groups * 256, then a workgroup tree reduction;
+// clip_sumsq_group the same for each slot in turn along x. clip_finalize runs one workgroup.
 //
 // Bindings (group 0; 0 = Params uniform in every entry point):
 //   sgd_plain:     1 = p (read_write) [n], 2 = g (read) [n]
@@ -48,6 +49,11 @@
 //   clip_finalize: 1 = partials (read) [>= count], 2 = norm (read_write) [1],
 //                  3 = coef (read_write) [1]
 //   clip_scale:    1 = coef (read) [1], 2 = g (read_write) [n]
+//   clip_sumsq_group: 0 = ClipGroupParams (uniform), 1 .. 7 = slot s's x at s + 1 (read),
+//                  8 = partials (read_write): 8 storage buffers, WebGPU's default limit
+//   clip_scale_group: 0 = ClipGroupParams, 1 .. 7 = slot s's g at s + 1 (read_write),
+//                  8 = coef (read)
+//                  (unused slots of both bound to a placeholder, never read or written)
 
 struct Params {
     n: u32,
@@ -417,4 +423,97 @@ fn clip_scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
               @builtin(local_invocation_index) lid: u32) {
     let i = elem_index(wg, nwg, lid);
     if (i < params.n) { sc_g[i] = sc_g[i] * sc_coef[0]; }
+}
+
+// ---- clipping, CLIP_SLOTS tensors per dispatch ----
+// As sgd_momentum_group: the dispatch's workgroups are its slots' in turn, slot s from workgroup
+// cp.start[s] (increasing), cp.groups[s] of them; a workgroup finds its slot and runs that
+// slot's case of a switch. Each slot's workgroups do exactly what clip_sumsq's or clip_scale's
+// would in a dispatch of its own: local workgroup index w - start[s], the same strides, the
+// same sums; clip_sumsq_group writes workgroup w's partial at cp.base + w, which is where the
+// per-tensor dispatches, one after another, put it. So both compute the same bits.
+const CLIP_SLOTS: u32 = 7u;
+
+struct ClipGroupParams {
+    count: u32,      // slots in use, 1..=CLIP_SLOTS
+    base: u32,       // clip_sumsq_group: the partial of the dispatch's first workgroup
+    _pad0: u32,
+    _pad1: u32,
+    start: array<vec4<u32>, 2>,   // slot s at [s / 4][s % 4]
+    groups: array<vec4<u32>, 2>,  // workgroups of slot s
+    n: array<vec4<u32>, 2>,       // elements of slot s
+}
+
+@group(0) @binding(0) var<uniform> cp: ClipGroupParams;
+@group(0) @binding(1) var<storage, read> cx0: array<f32>;
+@group(0) @binding(2) var<storage, read> cx1: array<f32>;
+@group(0) @binding(3) var<storage, read> cx2: array<f32>;
+@group(0) @binding(4) var<storage, read> cx3: array<f32>;
+@group(0) @binding(5) var<storage, read> cx4: array<f32>;
+@group(0) @binding(6) var<storage, read> cx5: array<f32>;
+@group(0) @binding(7) var<storage, read> cx6: array<f32>;
+@group(0) @binding(8) var<storage, read_write> cx_partials: array<f32>;
+
+@group(0) @binding(1) var<storage, read_write> cg0: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cg1: array<f32>;
+@group(0) @binding(3) var<storage, read_write> cg2: array<f32>;
+@group(0) @binding(4) var<storage, read_write> cg3: array<f32>;
+@group(0) @binding(5) var<storage, read_write> cg4: array<f32>;
+@group(0) @binding(6) var<storage, read_write> cg5: array<f32>;
+@group(0) @binding(7) var<storage, read_write> cg6: array<f32>;
+@group(0) @binding(8) var<storage, read> cg_coef: array<f32>;
+
+// The slot of dispatch-wide workgroup w.
+fn clip_slot(w: u32) -> u32 {
+    var s = 0u;
+    for (var k = 1u; k < cp.count; k++) {
+        if (w >= cp.start[k / 4u][k % 4u]) { s = k; }
+    }
+    return s;
+}
+
+// Element i of slot s's tensor (clip_sumsq_group).
+fn clip_x(s: u32, i: u32) -> f32 {
+    switch s {
+        case 0u: { return cx0[i]; }
+        case 1u: { return cx1[i]; }
+        case 2u: { return cx2[i]; }
+        case 3u: { return cx3[i]; }
+        case 4u: { return cx4[i]; }
+        case 5u: { return cx5[i]; }
+        default: { return cx6[i]; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn clip_sumsq_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s = clip_slot(wg.x);
+    let stride = cp.groups[s / 4u][s % 4u] * 256u;
+    let n = cp.n[s / 4u][s % 4u];
+    var acc = 0.0;
+    for (var i = (wg.x - cp.start[s / 4u][s % 4u]) * 256u + lid; i < n; i = i + stride) {
+        let v = clip_x(s, i);
+        acc = fma(v, v, acc);
+    }
+    let total = tree_sum(lid, acc);
+    if (lid == 0u) { cx_partials[cp.base + wg.x] = total; }
+}
+
+@compute @workgroup_size(256)
+fn clip_scale_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let w = wg.x + wg.y * nwg.x;
+    let s = clip_slot(w);
+    let i = (w - cp.start[s / 4u][s % 4u]) * 256u + lid;
+    if (i >= cp.n[s / 4u][s % 4u]) { return; }
+    let c = cg_coef[0];
+    switch s {
+        case 0u: { cg0[i] = cg0[i] * c; }
+        case 1u: { cg1[i] = cg1[i] * c; }
+        case 2u: { cg2[i] = cg2[i] * c; }
+        case 3u: { cg3[i] = cg3[i] * c; }
+        case 4u: { cg4[i] = cg4[i] * c; }
+        case 5u: { cg5[i] = cg5[i] * c; }
+        default: { cg6[i] = cg6[i] * c; }
+    }
 }

@@ -3,7 +3,9 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::optim::{AdamW, Optimizer, ParamUpdate, Schedule, Sgd, clip_grad_norm};
+use resnet_wgpu::optim::{
+    AdamW, Optimizer, ParamUpdate, Schedule, Sgd, clip_grad_norm, clip_grad_norm_with,
+};
 use resnet_wgpu::{Tensor, reference};
 
 fn golden_sgd_step(file: &str) {
@@ -605,6 +607,52 @@ fn clip_grad_norm_matches_reference() {
     }
     assert!(clip_grad_norm(&[], 1.0).is_err());
     let t = Tensor::zeros(&gpu, &[2]).unwrap();
+    assert!(clip_grad_norm_with(&[&t, &t], 1.0, Some(true)).is_err());
     assert!(clip_grad_norm(&[&t], 0.0).is_err());
     assert!(clip_grad_norm(&[&t, &t], 1.0).is_err());
+}
+
+#[test]
+fn grouped_clipping_gives_the_per_tensor_bits() {
+    // Seven gradients per dispatch (asked for: lavapipe is a CPU adapter, which does not group
+    // by default) against one per gradient: the same partial sums in the same places, so the
+    // same norm and the same scaled bits. Sizes: 17 gradients (three groups, the last partial),
+    // from one element to past the 256 workgroups one gradient's sum may use, clipped and not.
+    // A device of its own: the dispatch counts must not include other tests'.
+    let gpu = new_gpu();
+    let sizes = [
+        1, 255, 256, 257, 70_001, 3, 512, 64, 64, 1000, 17, 9, 4096, 2, 300, 77, 5,
+    ];
+    for max_norm in [1.0f32, 1e6] {
+        let run = |grouping: Option<bool>| {
+            let tensors: Vec<Tensor> = (0..)
+                .zip(sizes)
+                .map(|(i, n)| Tensor::from_slice(&gpu, &[n], &random_vec(n, 900 + i)).unwrap())
+                .collect();
+            let refs: Vec<&Tensor> = tensors.iter().collect();
+            let before = gpu.dispatch_count();
+            let norm = clip_grad_norm_with(&refs, max_norm, grouping).unwrap();
+            let dispatches = gpu.dispatch_count() - before;
+            let values: Vec<Vec<f32>> = tensors.iter().map(|t| t.to_vec().unwrap()).collect();
+            (norm.to_vec().unwrap(), values, dispatches)
+        };
+        let grouped = run(Some(true));
+        let single = run(Some(false));
+        let default = run(None);
+        let groups = sizes.len().div_ceil(7) as u64;
+        assert_eq!(grouped.2, 2 * groups + 1, "grouped dispatches");
+        assert_eq!(
+            single.2,
+            2 * sizes.len() as u64 + 1,
+            "per-gradient dispatches"
+        );
+        assert_eq!(default.2, single.2, "a CPU adapter groups only when asked");
+        let same = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        assert!(same(&grouped.0, &single.0), "norm, max_norm {max_norm}");
+        for (i, (a, b)) in grouped.1.iter().zip(&single.1).enumerate() {
+            assert!(same(a, b), "gradient {i} differs, max_norm {max_norm}");
+        }
+    }
 }

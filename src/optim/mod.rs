@@ -16,7 +16,7 @@ mod schedule;
 mod sgd;
 
 pub use adam::AdamW;
-pub use clip::clip_grad_norm;
+pub use clip::{clip_grad_norm, clip_grad_norm_with};
 pub use schedule::Schedule;
 pub use sgd::Sgd;
 
@@ -78,6 +78,8 @@ pub(crate) const ADAM_GROUP: Kernel = kernel!("optim.wgsl", "adam_group");
 pub(crate) const CLIP_SUMSQ: Kernel = kernel!("optim.wgsl", "clip_sumsq");
 pub(crate) const CLIP_FINALIZE: Kernel = kernel!("optim.wgsl", "clip_finalize");
 pub(crate) const CLIP_SCALE: Kernel = kernel!("optim.wgsl", "clip_scale");
+pub(crate) const CLIP_SUMSQ_GROUP: Kernel = kernel!("optim.wgsl", "clip_sumsq_group");
+pub(crate) const CLIP_SCALE_GROUP: Kernel = kernel!("optim.wgsl", "clip_scale_group");
 
 pub(crate) const FLAG_VARIANT: u32 = 1;
 pub(crate) const FLAG_FIRST: u32 = 2;
