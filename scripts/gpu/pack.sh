@@ -17,7 +17,7 @@ for l in sys.stdin:
   case "$name" in train|browser|data|classify) continue ;; esac
   cp "$exe" ".carry/bin/test-$name"
 done
-for e in bench train evaluate; do cp "target/release/examples/$e" .carry/bin/; done
+for e in bench train evaluate kernel_stats; do cp "target/release/examples/$e" .carry/bin/; done
 strip .carry/bin/*
 tar -C .carry/bin -cJf .carry/bin.tar.xz . && rm -rf .carry/bin
 cp -r "${RESNET_WGPU_GOLDEN:-../shared/golden}" .carry/golden

@@ -39,6 +39,9 @@ for t in $B/test-*; do
   RESNET_WGPU_EXPECT_TENSOR_CORES=$expect timeout 120 "$t" --test-threads 8 2>&1 | grep -E "test result|FAILED|panicked|failed" | head -20
 done 2>&1 | tee "$OUT/tests.log"
 echo "tests took $(( $(date +%s) - t0 )) s"
+# What the driver's compiler made of each kernel (registers and the like; seconds).
+echo "== kernel statistics"
+timeout 60 $B/kernel_stats --json "$OUT/kernel-stats.json" 2>&1 | tee "$OUT/kernel-stats.txt" | tail -3
 if [ -n "${TORCH_REF:-}" ]; then
   echo "== PyTorch reference"; t0=$(date +%s)
   PYTHONUNBUFFERED=1 timeout 150 python3 scripts/gpu/pytorch_reference.py --json "$OUT/torch.json" 2>&1 \

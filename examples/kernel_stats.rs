@@ -1,0 +1,511 @@
+//! What the Vulkan driver's compiler made of the kernels: the statistics it reports for each
+//! compiled pipeline through `VK_KHR_pipeline_executable_properties` (NVIDIA: register count,
+//! among others; Mesa: instruction, spill and register counts), for every conv tile and pass, the
+//! memory-bound kernels and the optimizer's. Register counts bound how many workgroups share a
+//! compute unit, which timings alone cannot show.
+//!
+//! `cargo run --release --example kernel_stats -- [--json PATH]`
+//!
+//! The kernels are compiled as the library compiles them on Vulkan: naga's SPIR-V with the
+//! pipeline constants the conv kernels use for 3x3 convolutions (taps outer), no index or loop
+//! checks (`create_shader_module_trusted`), no workgroup-memory zeroing. The device is one of
+//! this tool's own (plain Vulkan through `ash`), so that it can enable the extension, which wgpu
+//! does not. Where no device offers it (lavapipe), the pipelines are built all the same, without
+//! statistics: a check that every kernel compiles for the driver.
+
+use ash::vk;
+use resnet_wgpu::ops::CONV_SHADER_VARIANTS;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::ffi::CString;
+
+/// The WGSL source of a file under `shaders/`.
+fn shader(file: &str) -> &'static str {
+    match file {
+        "conv.wgsl" => include_str!("../shaders/conv.wgsl"),
+        "conv_fma.wgsl" => include_str!("../shaders/conv_fma.wgsl"),
+        "conv_mma.wgsl" => include_str!("../shaders/conv_mma.wgsl"),
+        "batchnorm.wgsl" => include_str!("../shaders/batchnorm.wgsl"),
+        "elementwise.wgsl" => include_str!("../shaders/elementwise.wgsl"),
+        "pool.wgsl" => include_str!("../shaders/pool.wgsl"),
+        "matmul.wgsl" => include_str!("../shaders/matmul.wgsl"),
+        "optim.wgsl" => include_str!("../shaders/optim.wgsl"),
+        "loss.wgsl" => include_str!("../shaders/loss.wgsl"),
+        other => panic!("no shader {other}"),
+    }
+}
+
+/// One kernel to compile: a label, its WGSL source, the entry point and pipeline constants.
+struct Job {
+    label: String,
+    source: String,
+    entry: &'static str,
+    constants: Vec<(&'static str, f64)>,
+    /// Needs `shader-f16` and cooperative matrices (the f16 conv engine).
+    mma: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    kernel: String,
+    entry: String,
+    /// Per executable (usually one for a compute pipeline): its name and statistics.
+    executables: Vec<Executable>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Executable {
+    name: String,
+    stats: Vec<(String, String)>,
+}
+
+/// `const TM: u32 = 8u;` ... of a conv variant, as `TM 8 TN 4 BK 16 TX 16 STAGES 2`.
+fn tile_label(variant: &str) -> String {
+    let mut parts = Vec::new();
+    for line in variant.lines() {
+        let Some(rest) = line.strip_prefix("const ") else {
+            continue;
+        };
+        let Some((name, value)) = rest.split_once(':') else {
+            continue;
+        };
+        let value = value.rsplit('=').next().unwrap_or("").trim();
+        let value = value.trim_end_matches(';').trim_end_matches('u');
+        parts.push(format!("{name} {value}"));
+    }
+    parts.join(" ")
+}
+
+fn jobs() -> Vec<Job> {
+    let mut jobs = Vec::new();
+    // The conv passes of a 3x3 stride-1 convolution, taps outer (the default order): every f32
+    // tile with one and two staged copies, and the f16 tensor-core tiles for subgroups of 32.
+    let conv = [
+        ("KH", 3.0),
+        ("KW", 3.0),
+        ("NR", 3.0),
+        ("NS", 3.0),
+        ("TAPS_OUTER", 1.0),
+    ];
+    for (i, (variant, engine)) in CONV_SHADER_VARIANTS.iter().enumerate() {
+        let mma = engine.contains("mma");
+        if mma && !variant.contains("const SG: u32 = 32u;") {
+            continue; // lavapipe's 8x8 fragments
+        }
+        let source = format!("{variant}{}{}", shader(engine), shader("conv.wgsl"));
+        for entry in [
+            "conv_forward",
+            "conv_backward_input",
+            "conv_backward_weight",
+        ] {
+            jobs.push(Job {
+                label: format!("conv #{i} {} ({engine})", tile_label(variant)),
+                source: source.clone(),
+                entry,
+                constants: conv.to_vec(),
+                mma,
+            });
+        }
+    }
+    let simple = |file: &str, entry: &'static str, constants: Vec<(&'static str, f64)>| Job {
+        label: file.to_string(),
+        source: shader(file).to_string(),
+        entry,
+        constants,
+        mma: false,
+    };
+    for entry in [
+        "stats_partial",
+        "stats_finalize",
+        "normalize",
+        "backward_partial",
+        "backward_input",
+        "backward_input_inplace",
+    ] {
+        jobs.push(simple("batchnorm.wgsl", entry, vec![]));
+    }
+    for entry in ["add", "axpy", "relu_backward", "relu_backward_inplace"] {
+        jobs.push(simple("elementwise.wgsl", entry, vec![]));
+    }
+    let pool = vec![("WK", 3.0), ("WS", 2.0), ("WP", 1.0)];
+    for entry in ["max_forward", "max_backward"] {
+        jobs.push(simple("pool.wgsl", entry, pool.clone()));
+    }
+    for entry in ["matmul", "matvec"] {
+        jobs.push(simple("matmul.wgsl", entry, vec![]));
+    }
+    for entry in ["sgd_momentum", "sgd_momentum_group", "adam_group"] {
+        jobs.push(simple("optim.wgsl", entry, vec![]));
+    }
+    jobs
+}
+
+/// A compiled kernel: SPIR-V words and the group-0 bindings its entry point uses, (binding,
+/// whether it is the uniform).
+type Compiled = (Vec<u32>, Vec<(u32, bool)>);
+
+/// SPIR-V of `job` as wgpu's Vulkan back end makes it for the library's trusted kernels.
+fn compile(job: &Job, lang_version: (u8, u8)) -> Result<Compiled, String> {
+    let module = naga::front::wgsl::parse_str(&job.source).map_err(|e| e.emit_to_string(""))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| format!("{e:?}"))?;
+    let constants: naga::back::PipelineConstants = job
+        .constants
+        .iter()
+        .filter(|(name, _)| {
+            module
+                .overrides
+                .iter()
+                .any(|(_, o)| o.name.as_deref() == Some(name))
+        })
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, job.entry)),
+        &constants,
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    let options = naga::back::spv::Options {
+        lang_version,
+        bounds_check_policies: naga::proc::BoundsCheckPolicies::default(),
+        zero_initialize_workgroup_memory: naga::back::spv::ZeroInitializeWorkgroupMemoryMode::None,
+        force_loop_bounding: false,
+        ..Default::default()
+    };
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: job.entry.to_string(),
+    };
+    let words = naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
+        .map_err(|e| format!("{e:?}"))?;
+    // The entry point's buffers: (binding, uniform?) of group 0.
+    let ep = module
+        .entry_points
+        .iter()
+        .position(|e| e.name == job.entry)
+        .ok_or("no such entry point")?;
+    let usage = info.get_entry_point(ep);
+    let mut bindings = Vec::new();
+    for (handle, var) in module.global_variables.iter() {
+        let Some(rb) = &var.binding else { continue };
+        if usage[handle].is_empty() || rb.group != 0 {
+            continue;
+        }
+        let uniform = matches!(var.space, naga::AddressSpace::Uniform);
+        bindings.push((rb.binding, uniform));
+    }
+    Ok((words, bindings))
+}
+
+struct Device {
+    _entry: ash::Entry,
+    instance: ash::Instance,
+    device: ash::Device,
+    /// None where the device does not offer the extension: the pipelines are still built (a
+    /// check that every kernel compiles), without statistics.
+    exec: Option<ash::khr::pipeline_executable_properties::Device>,
+    name: String,
+    lang_version: (u8, u8),
+    mma: bool,
+}
+
+fn has_extension(instance: &ash::Instance, pd: vk::PhysicalDevice, name: &std::ffi::CStr) -> bool {
+    let exts = unsafe { instance.enumerate_device_extension_properties(pd) }.unwrap_or_default();
+    exts.iter()
+        .any(|e| e.extension_name_as_c_str().is_ok_and(|n| n == name))
+}
+
+/// A Vulkan device, one offering `VK_KHR_pipeline_executable_properties` first (then a discrete
+/// GPU first), with that feature, and where offered shader f16 and cooperative matrices.
+fn open_device() -> Result<Device, String> {
+    let entry = unsafe { ash::Entry::load() }.map_err(|e| format!("no Vulkan loader: {e}"))?;
+    let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_3);
+    let create = vk::InstanceCreateInfo::default().application_info(&app);
+    let instance = unsafe { entry.create_instance(&create, None) }
+        .map_err(|e| format!("cannot create a Vulkan instance: {e}"))?;
+    let exec_name = ash::khr::pipeline_executable_properties::NAME;
+    let mut candidates: Vec<(vk::PhysicalDevice, vk::PhysicalDeviceProperties)> =
+        unsafe { instance.enumerate_physical_devices() }
+            .map_err(|e| format!("cannot list Vulkan devices: {e}"))?
+            .into_iter()
+            .map(|pd| (pd, unsafe { instance.get_physical_device_properties(pd) }))
+            .collect();
+    candidates.sort_by_key(|(pd, p)| {
+        (
+            !has_extension(&instance, *pd, exec_name),
+            p.device_type != vk::PhysicalDeviceType::DISCRETE_GPU,
+        )
+    });
+    let Some(&(pd, props)) = candidates.first() else {
+        return Err("no Vulkan device".into());
+    };
+    let stats = has_extension(&instance, pd, exec_name);
+    let name = props
+        .device_name_as_c_str()
+        .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+    let queue_family = unsafe { instance.get_physical_device_queue_family_properties(pd) }
+        .iter()
+        .position(|q| q.queue_flags.contains(vk::QueueFlags::COMPUTE))
+        .ok_or("no compute queue")? as u32;
+    let coop_name = ash::khr::cooperative_matrix::NAME;
+    let mma = has_extension(&instance, pd, coop_name);
+    let mut exts = Vec::new();
+    if stats {
+        exts.push(exec_name.as_ptr());
+    }
+    if mma {
+        exts.push(coop_name.as_ptr());
+    }
+    let priorities = [1.0f32];
+    let queues = [vk::DeviceQueueCreateInfo::default()
+        .queue_family_index(queue_family)
+        .queue_priorities(&priorities)];
+    let mut exec_features = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default()
+        .pipeline_executable_info(true);
+    let mut v12 = vk::PhysicalDeviceVulkan12Features::default()
+        .shader_float16(mma)
+        .vulkan_memory_model(mma)
+        .vulkan_memory_model_device_scope(mma);
+    let mut v11 = vk::PhysicalDeviceVulkan11Features::default()
+        .storage_buffer16_bit_access(mma)
+        .uniform_and_storage_buffer16_bit_access(mma);
+    let mut coop =
+        vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
+    let mut create = vk::DeviceCreateInfo::default()
+        .queue_create_infos(&queues)
+        .enabled_extension_names(&exts);
+    if stats {
+        create = create.push_next(&mut exec_features);
+    }
+    if mma {
+        create = create
+            .push_next(&mut v12)
+            .push_next(&mut v11)
+            .push_next(&mut coop);
+    }
+    let device = unsafe { instance.create_device(pd, &create, None) }
+        .map_err(|e| format!("cannot open {name}: {e}"))?;
+    let exec =
+        stats.then(|| ash::khr::pipeline_executable_properties::Device::new(&instance, &device));
+    let v = props.api_version;
+    let lang_version = if v >= vk::API_VERSION_1_3 {
+        (1, 6)
+    } else if v >= vk::API_VERSION_1_2 {
+        (1, 5)
+    } else if v >= vk::API_VERSION_1_1 {
+        (1, 3)
+    } else {
+        (1, 0)
+    };
+    Ok(Device {
+        _entry: entry,
+        instance,
+        device,
+        exec,
+        name,
+        lang_version,
+        mma,
+    })
+}
+
+/// Build `job`'s pipeline with statistics captured and read them.
+fn stats(dev: &Device, job: &Job) -> Result<Vec<Executable>, String> {
+    let (words, bindings) = compile(job, dev.lang_version)?;
+    let d = &dev.device;
+    unsafe {
+        let module = d
+            .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
+            .map_err(|e| format!("shader module: {e}"))?;
+        let layout_bindings: Vec<vk::DescriptorSetLayoutBinding> = bindings
+            .iter()
+            .map(|&(binding, uniform)| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(binding)
+                    .descriptor_type(if uniform {
+                        vk::DescriptorType::UNIFORM_BUFFER
+                    } else {
+                        vk::DescriptorType::STORAGE_BUFFER
+                    })
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            })
+            .collect();
+        let set_layout = d
+            .create_descriptor_set_layout(
+                &vk::DescriptorSetLayoutCreateInfo::default().bindings(&layout_bindings),
+                None,
+            )
+            .map_err(|e| format!("descriptor set layout: {e}"))?;
+        let set_layouts = [set_layout];
+        let layout = d
+            .create_pipeline_layout(
+                &vk::PipelineLayoutCreateInfo::default().set_layouts(&set_layouts),
+                None,
+            )
+            .map_err(|e| format!("pipeline layout: {e}"))?;
+        let name = CString::new(job.entry).expect("entry names have no NUL");
+        let stage = vk::PipelineShaderStageCreateInfo::default()
+            .stage(vk::ShaderStageFlags::COMPUTE)
+            .module(module)
+            .name(&name);
+        let mut info = vk::ComputePipelineCreateInfo::default()
+            .stage(stage)
+            .layout(layout);
+        if dev.exec.is_some() {
+            info = info.flags(vk::PipelineCreateFlags::CAPTURE_STATISTICS_KHR);
+        }
+        let result = d.create_compute_pipelines(vk::PipelineCache::null(), &[info], None);
+        let out = match result {
+            Ok(pipelines) => {
+                let p = pipelines[0];
+                let read = read_stats(dev, p);
+                d.destroy_pipeline(p, None);
+                read
+            }
+            Err((_, e)) => Err(format!("pipeline: {e}")),
+        };
+        d.destroy_pipeline_layout(layout, None);
+        d.destroy_descriptor_set_layout(set_layout, None);
+        d.destroy_shader_module(module, None);
+        out
+    }
+}
+
+unsafe fn read_stats(dev: &Device, pipeline: vk::Pipeline) -> Result<Vec<Executable>, String> {
+    let Some(exec) = &dev.exec else {
+        return Ok(Vec::new());
+    };
+    let info = vk::PipelineInfoKHR::default().pipeline(pipeline);
+    let props = unsafe { exec.get_pipeline_executable_properties(&info) }
+        .map_err(|e| format!("executable properties: {e}"))?;
+    let mut out = Vec::new();
+    for (i, prop) in props.iter().enumerate() {
+        let exe = vk::PipelineExecutableInfoKHR::default()
+            .pipeline(pipeline)
+            .executable_index(i as u32);
+        let stats = unsafe { exec.get_pipeline_executable_statistics(&exe) }
+            .map_err(|e| format!("executable statistics: {e}"))?;
+        let text = |s: Result<&std::ffi::CStr, _>| {
+            s.map_or(String::from("?"), |c: &std::ffi::CStr| {
+                c.to_string_lossy().into_owned()
+            })
+        };
+        let stats = stats
+            .iter()
+            .map(|s| {
+                let value = unsafe {
+                    match s.format {
+                        vk::PipelineExecutableStatisticFormatKHR::BOOL32 => {
+                            (s.value.b32 != 0).to_string()
+                        }
+                        vk::PipelineExecutableStatisticFormatKHR::INT64 => s.value.i64.to_string(),
+                        vk::PipelineExecutableStatisticFormatKHR::UINT64 => s.value.u64.to_string(),
+                        vk::PipelineExecutableStatisticFormatKHR::FLOAT64 => {
+                            format!("{:.3}", s.value.f64)
+                        }
+                        _ => "?".into(),
+                    }
+                };
+                (text(s.name_as_c_str()), value)
+            })
+            .collect();
+        out.push(Executable {
+            name: text(prop.name_as_c_str()),
+            stats,
+        });
+    }
+    Ok(out)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = match args.as_slice() {
+        [] => None,
+        [flag, path] if flag == "--json" => Some(path.clone()),
+        _ => {
+            eprintln!("usage: kernel_stats [--json PATH]");
+            std::process::exit(2);
+        }
+    };
+    let dev = match open_device() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kernel_stats: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "device: {} (SPIR-V {}.{}; f16 tensor-core kernels {})",
+        dev.name,
+        dev.lang_version.0,
+        dev.lang_version.1,
+        if dev.mma {
+            "included"
+        } else {
+            "skipped: no VK_KHR_cooperative_matrix"
+        }
+    );
+    if dev.exec.is_none() {
+        println!(
+            "no VK_KHR_pipeline_executable_properties: the pipelines are built, without statistics"
+        );
+    }
+    let mut rows = Vec::new();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for job in jobs() {
+        if job.mma && !dev.mma {
+            continue;
+        }
+        let (executables, error) = match stats(&dev, &job) {
+            Ok(e) => (e, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let summary = match &error {
+            Some(e) => format!("error: {e}"),
+            None if dev.exec.is_none() => "built".into(),
+            None => executables
+                .iter()
+                .map(|x| {
+                    let s: Vec<String> = x.stats.iter().map(|(n, v)| format!("{n} {v}")).collect();
+                    s.join(", ")
+                })
+                .collect::<Vec<_>>()
+                .join(" | "),
+        };
+        *counts
+            .entry(if error.is_some() { "failed" } else { "ok" })
+            .or_default() += 1;
+        println!("{:<58} {:<24} {summary}", job.label, job.entry);
+        rows.push(Row {
+            kernel: job.label,
+            entry: job.entry.to_string(),
+            executables,
+            error,
+        });
+    }
+    println!(
+        "{} pipelines, {} failed",
+        counts.get("ok").unwrap_or(&0) + counts.get("failed").unwrap_or(&0),
+        counts.get("failed").unwrap_or(&0)
+    );
+    unsafe {
+        dev.device.destroy_device(None);
+        dev.instance.destroy_instance(None);
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&rows).expect("rows serialize");
+        let tmp = format!("{path}.tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+            eprintln!("kernel_stats: cannot write {path}: {e}");
+            std::process::exit(1);
+        }
+        println!("statistics written to {path}");
+    }
+}
