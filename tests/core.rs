@@ -37,7 +37,10 @@ fn upload_read_round_trip_and_shape_errors() {
 #[test]
 fn elementwise_matches_reference() {
     let gpu = gpu();
-    for (i, n) in [1usize, 255, 256, 1001, 70_000].into_iter().enumerate() {
+    for (i, n) in [1usize, 4, 255, 256, 1001, 1002, 70_000]
+        .into_iter()
+        .enumerate()
+    {
         let a = random_vec(n, 10 + i as u64);
         let b = random_vec(n, 20 + i as u64);
         let ta = Tensor::from_slice(&gpu, &[n], &a).unwrap();
@@ -58,6 +61,25 @@ fn elementwise_matches_reference() {
         );
         let s = ops::sum(&ta).unwrap().to_vec().unwrap()[0];
         assert_close(&[s], &[reference::sum(&a)], 1e-4, 1e-3, "sum");
+        // The rest of the elementwise ops; sizes that are multiples of 4 take the kernels with
+        // four elements per thread, the others one (the same arithmetic).
+        let sum: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        assert_eq!(
+            ops::add_relu(&ta, &tb).unwrap().to_vec().unwrap(),
+            reference::relu(&sum),
+            "add_relu {n}"
+        );
+        let scaled: Vec<f32> = a.iter().map(|x| -0.5 * x).collect();
+        assert_eq!(ops::scale(&ta, -0.5).unwrap().to_vec().unwrap(), scaled);
+        let g = Tensor::from_slice(&gpu, &[n], &b).unwrap();
+        let masked = ops::relu_backward_consume(&ty, g).unwrap();
+        assert_eq!(masked.to_vec().unwrap(), reference::relu_backward(&y, &b));
+        let acc = Tensor::from_slice(&gpu, &[n], &b).unwrap();
+        ops::axpy(&acc, 0.25, &ta).unwrap();
+        let expected: Vec<f32> = b.iter().zip(&a).map(|(y, x)| y + 0.25 * x).collect();
+        assert_close(&acc.to_vec().unwrap(), &expected, 1e-6, 1e-7, "axpy");
+        ops::fill(&acc, 3.5).unwrap();
+        assert!(acc.to_vec().unwrap().iter().all(|&v| v == 3.5), "fill {n}");
     }
     let err = ops::add(
         &Tensor::zeros(&gpu, &[2]).unwrap(),

@@ -23,6 +23,33 @@ const AXPY: Kernel = kernel!("elementwise.wgsl", "axpy");
 const SCALE: Kernel = kernel!("elementwise.wgsl", "scale");
 const SCALE_BY: Kernel = kernel!("elementwise.wgsl", "scale_by");
 const FILL: Kernel = kernel!("elementwise.wgsl", "fill");
+const RELU_FORWARD4: Kernel = kernel!("elementwise.wgsl", "relu_forward4");
+const RELU_BACKWARD4: Kernel = kernel!("elementwise.wgsl", "relu_backward4");
+const RELU_BACKWARD_INPLACE4: Kernel = kernel!("elementwise.wgsl", "relu_backward_inplace4");
+const ADD4: Kernel = kernel!("elementwise.wgsl", "add4");
+const ADD_RELU4: Kernel = kernel!("elementwise.wgsl", "add_relu4");
+const AXPY4: Kernel = kernel!("elementwise.wgsl", "axpy4");
+const SCALE4: Kernel = kernel!("elementwise.wgsl", "scale4");
+const FILL4: Kernel = kernel!("elementwise.wgsl", "fill4");
+
+/// An elementwise op's kernel, one element per thread, and its four-element twin.
+type Pair = (&'static Kernel, &'static Kernel);
+
+/// The kernel, parameters and grid for `n` elements: four per thread (vec4s) where `n` is a
+/// multiple of 4, one otherwise (see `shaders/elementwise.wgsl`).
+fn plan(kernels: Pair, n: usize, alpha: f32) -> (&'static Kernel, Params, [u32; 3]) {
+    let (kernel, units) = if n.is_multiple_of(4) {
+        (kernels.1, n / 4)
+    } else {
+        (kernels.0, n)
+    };
+    let p = Params {
+        n: units as u32,
+        alpha,
+        _pad: [0; 2],
+    };
+    (kernel, p, grid_for_elements(units))
+}
 
 fn params(n: usize, alpha: f32) -> Params {
     Params {
@@ -42,16 +69,12 @@ fn check_n(op: &'static str, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn unary(op: &'static str, k: &Kernel, x: &Tensor, alpha: f32) -> Result<Tensor> {
+fn unary(op: &'static str, kernels: Pair, x: &Tensor, alpha: f32) -> Result<Tensor> {
     x.expect_dtype(op, DType::F32)?;
     check_n(op, x.numel())?;
     let y = Tensor::uninit(x.gpu(), x.shape(), DType::F32, op)?;
-    x.gpu().dispatch(
-        k,
-        &params(x.numel(), alpha),
-        &[x.buffer(), y.buffer()],
-        grid_for_elements(x.numel()),
-    )?;
+    let (k, p, grid) = plan(kernels, x.numel(), alpha);
+    x.gpu().dispatch(k, &p, &[x.buffer(), y.buffer()], grid)?;
     Ok(y)
 }
 
@@ -69,26 +92,23 @@ fn expect_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     check_n(op, a.numel())
 }
 
-fn binary(op: &'static str, k: &Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn binary(op: &'static str, kernels: Pair, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     expect_pair(op, a, b)?;
     let out = Tensor::uninit(a.gpu(), a.shape(), DType::F32, op)?;
-    a.gpu().dispatch(
-        k,
-        &params(a.numel(), 0.0),
-        &[a.buffer(), b.buffer(), out.buffer()],
-        grid_for_elements(a.numel()),
-    )?;
+    let (k, p, grid) = plan(kernels, a.numel(), 0.0);
+    a.gpu()
+        .dispatch(k, &p, &[a.buffer(), b.buffer(), out.buffer()], grid)?;
     Ok(out)
 }
 
 /// `max(x, 0)`.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    unary("relu", &RELU_FORWARD, x, 0.0)
+    unary("relu", (&RELU_FORWARD, &RELU_FORWARD4), x, 0.0)
 }
 
 /// Gradient of relu given its output `y` and upstream gradient `gy`.
 pub fn relu_backward(y: &Tensor, gy: &Tensor) -> Result<Tensor> {
-    binary("relu_backward", &RELU_BACKWARD, y, gy)
+    binary("relu_backward", (&RELU_BACKWARD, &RELU_BACKWARD4), y, gy)
 }
 
 /// [`relu_backward`] taking `gy` by value: when no other handle shares its buffer
@@ -99,28 +119,25 @@ pub fn relu_backward_consume(y: &Tensor, gy: Tensor) -> Result<Tensor> {
         return relu_backward(y, &gy);
     }
     expect_pair(OP, y, &gy)?;
-    gy.gpu().dispatch(
-        &RELU_BACKWARD_INPLACE,
-        &params(y.numel(), 0.0),
-        &[y.buffer(), gy.buffer()],
-        grid_for_elements(y.numel()),
-    )?;
+    let kernels = (&RELU_BACKWARD_INPLACE, &RELU_BACKWARD_INPLACE4);
+    let (k, p, grid) = plan(kernels, y.numel(), 0.0);
+    gy.gpu().dispatch(k, &p, &[y.buffer(), gy.buffer()], grid)?;
     Ok(gy)
 }
 
 /// `a + b` (same shapes).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    binary("add", &ADD, a, b)
+    binary("add", (&ADD, &ADD4), a, b)
 }
 
 /// `max(a + b, 0)`: a residual join fused with its relu.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    binary("add_relu", &ADD_RELU, a, b)
+    binary("add_relu", (&ADD_RELU, &ADD_RELU4), a, b)
 }
 
 /// `alpha * x`.
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
-    unary("scale", &SCALE, x, alpha)
+    unary("scale", (&SCALE, &SCALE4), x, alpha)
 }
 
 /// `x * s[0]` where `s` holds one element (an upstream scalar gradient, say).
@@ -153,23 +170,15 @@ pub fn axpy(y: &Tensor, alpha: f32, x: &Tensor) -> Result<()> {
             format!("shapes differ: {:?} vs {:?}", x.shape(), y.shape()),
         ));
     }
-    y.gpu().dispatch(
-        &AXPY,
-        &params(x.numel(), alpha),
-        &[x.buffer(), y.buffer()],
-        grid_for_elements(x.numel()),
-    )
+    let (k, p, grid) = plan((&AXPY, &AXPY4), x.numel(), alpha);
+    y.gpu().dispatch(k, &p, &[x.buffer(), y.buffer()], grid)
 }
 
 /// Set every element of `y` to `value`, in place (ordered with recorded work).
 pub fn fill(y: &Tensor, value: f32) -> Result<()> {
     y.expect_dtype("fill", DType::F32)?;
-    y.gpu().dispatch(
-        &FILL,
-        &params(y.numel(), value),
-        &[y.buffer()],
-        grid_for_elements(y.numel()),
-    )
+    let (k, p, grid) = plan((&FILL, &FILL4), y.numel(), value);
+    y.gpu().dispatch(k, &p, &[y.buffer()], grid)
 }
 
 impl Var {
