@@ -47,6 +47,9 @@
 //   backward_input_inplace  backward_input with gx written over gy: grid as normalize;
 //                     1 x, 2 y (only read when RELU; any buffer but gy otherwise), 4 mean,
 //                     5 invstd, 6 coef (read), 3 gy [N*C*HW] (read_write: gy in, gx out)
+//   normalize4, backward_input4, backward_input_inplace4: the same three on vec4s where H * W
+//                     is a multiple of 4, params.hw then counting vec4s (see there); bindings
+//                     as theirs
 //   With the pipeline constant POOLED, backward_partial and pooled_backward_input are the
 //   backward of batch norm followed by a max pool with a ReLU after it (ops::pool's
 //   max_pool2d_relu; a ResNet stem), without the pooling's full-size input gradient. The batch
@@ -630,4 +633,125 @@ fn pool_first(i: u32) -> u32 {
 // One past the last pooled output whose window covers coordinate i.
 fn pool_end(i: u32, out_len: u32) -> u32 {
     return min((i + PP) / PS + 1u, out_len);
+}
+
+// ---- normalize4, backward_input4, backward_input_inplace4: vec4s ----
+// normalize, backward_input and backward_input_inplace on vec4s of four consecutive elements,
+// where H * W is a multiple of 4 so that no vec4 straddles two channel planes: a quarter of
+// the threads, loads and stores. The host passes the plane in vec4s as params.hw (with the
+// element steps for it), so elements_base and element_channels index vec4s: a thread takes
+// the four vec4s i, i + 256, i + 512, i + 768 of its workgroup's 1024. The per-channel vectors
+// are the scalar kernels' bindings, and each component gets the scalar kernels' arithmetic.
+@group(0) @binding(1) var<storage, read> nm4_x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> nm4_y: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> nm4_res: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn normalize4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = elements_base(wg, nwg, lid);
+    let total = params.batch * params.channels * params.hw;
+    if (i >= total) { return; }
+    let x0 = nm4_x[i];
+    let r0 = nm4_load_res(i);
+    var x1 = vec4<f32>(0.0);
+    var x2 = vec4<f32>(0.0);
+    var x3 = vec4<f32>(0.0);
+    var r1 = vec4<f32>(0.0);
+    var r2 = vec4<f32>(0.0);
+    var r3 = vec4<f32>(0.0);
+    if (i + 256u < total) { x1 = nm4_x[i + 256u]; r1 = nm4_load_res(i + 256u); }
+    if (i + 512u < total) { x2 = nm4_x[i + 512u]; r2 = nm4_load_res(i + 512u); }
+    if (i + 768u < total) { x3 = nm4_x[i + 768u]; r3 = nm4_load_res(i + 768u); }
+    let c = element_channels(i);
+    nm4_y[i] = nm_value4(x0, r0, c.x);
+    if (i + 256u < total) { nm4_y[i + 256u] = nm_value4(x1, r1, c.y); }
+    if (i + 512u < total) { nm4_y[i + 512u] = nm_value4(x2, r2, c.z); }
+    if (i + 768u < total) { nm4_y[i + 768u] = nm_value4(x3, r3, c.w); }
+}
+
+// The residual vec4 i, or zeros without RESIDUAL.
+fn nm4_load_res(i: u32) -> vec4<f32> {
+    if ((params.flags & RESIDUAL) != 0u) { return nm4_res[i]; }
+    return vec4<f32>(0.0);
+}
+
+// nm_value of each component of x (residual r) in channel c.
+fn nm_value4(x: vec4<f32>, r: vec4<f32>, c: u32) -> vec4<f32> {
+    var invstd = nm_stat[c];
+    if ((params.flags & VAR_STAT) != 0u) { invstd = 1.0 / sqrt(invstd + params.eps); }
+    var v = (x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
+    if ((params.flags & RESIDUAL) != 0u) { v = v + r; }
+    if ((params.flags & RELU) != 0u) { v = max(v, vec4<f32>(0.0)); }
+    return v;
+}
+
+@group(0) @binding(1) var<storage, read> bi4_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bi4_y: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bi4_gy: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> bi4_gx: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn backward_input4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = elements_base(wg, nwg, lid);
+    let total = params.batch * params.channels * params.hw;
+    if (i >= total) { return; }
+    let g0 = bi_mask4(i, bi4_gy[i]);
+    let x0 = bi4_x[i];
+    var g1 = vec4<f32>(0.0);
+    var g2 = vec4<f32>(0.0);
+    var g3 = vec4<f32>(0.0);
+    var x1 = vec4<f32>(0.0);
+    var x2 = vec4<f32>(0.0);
+    var x3 = vec4<f32>(0.0);
+    if (i + 256u < total) { g1 = bi_mask4(i + 256u, bi4_gy[i + 256u]); x1 = bi4_x[i + 256u]; }
+    if (i + 512u < total) { g2 = bi_mask4(i + 512u, bi4_gy[i + 512u]); x2 = bi4_x[i + 512u]; }
+    if (i + 768u < total) { g3 = bi_mask4(i + 768u, bi4_gy[i + 768u]); x3 = bi4_x[i + 768u]; }
+    let c = element_channels(i);
+    bi4_gx[i] = bi_value4(g0, x0, c.x);
+    if (i + 256u < total) { bi4_gx[i + 256u] = bi_value4(g1, x1, c.y); }
+    if (i + 512u < total) { bi4_gx[i + 512u] = bi_value4(g2, x2, c.z); }
+    if (i + 768u < total) { bi4_gx[i + 768u] = bi_value4(g3, x3, c.w); }
+}
+
+// The upstream gradient g of vec4 i masked by the ReLU's output when RELU (bi_mask's dy).
+fn bi_mask4(i: u32, g: vec4<f32>) -> vec4<f32> {
+    if ((params.flags & RELU) == 0u) { return g; }
+    return select(vec4<f32>(0.0), g, bi4_y[i] > vec4<f32>(0.0));
+}
+
+// bi_value of each component of (dy, x) in channel c.
+fn bi_value4(dy: vec4<f32>, x: vec4<f32>, c: u32) -> vec4<f32> {
+    let xhat = (x - bi_mean[c]) * bi_invstd[c];
+    return bi_coef[c * 3u] * (dy - bi_coef[c * 3u + 1u] - xhat * bi_coef[c * 3u + 2u]);
+}
+
+// backward_input4 reading gy from and writing gx to binding 3 (each vec4 read before the same
+// thread writes it).
+@group(0) @binding(3) var<storage, read_write> bii4_g: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn backward_input_inplace4(@builtin(workgroup_id) wg: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let i = elements_base(wg, nwg, lid);
+    let total = params.batch * params.channels * params.hw;
+    if (i >= total) { return; }
+    let g0 = bi_mask4(i, bii4_g[i]);
+    let x0 = bi4_x[i];
+    var g1 = vec4<f32>(0.0);
+    var g2 = vec4<f32>(0.0);
+    var g3 = vec4<f32>(0.0);
+    var x1 = vec4<f32>(0.0);
+    var x2 = vec4<f32>(0.0);
+    var x3 = vec4<f32>(0.0);
+    if (i + 256u < total) { g1 = bi_mask4(i + 256u, bii4_g[i + 256u]); x1 = bi4_x[i + 256u]; }
+    if (i + 512u < total) { g2 = bi_mask4(i + 512u, bii4_g[i + 512u]); x2 = bi4_x[i + 512u]; }
+    if (i + 768u < total) { g3 = bi_mask4(i + 768u, bii4_g[i + 768u]); x3 = bi4_x[i + 768u]; }
+    let c = element_channels(i);
+    bii4_g[i] = bi_value4(g0, x0, c.x);
+    if (i + 256u < total) { bii4_g[i + 256u] = bi_value4(g1, x1, c.y); }
+    if (i + 512u < total) { bii4_g[i + 512u] = bi_value4(g2, x2, c.z); }
+    if (i + 768u < total) { bii4_g[i + 768u] = bi_value4(g3, x3, c.w); }
 }

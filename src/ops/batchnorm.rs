@@ -109,6 +109,9 @@ const BACKWARD_PARTIAL: Kernel = kernel!("batchnorm.wgsl", "backward_partial");
 const BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.wgsl", "backward_finalize");
 const BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "backward_input");
 const BACKWARD_INPUT_INPLACE: Kernel = kernel!("batchnorm.wgsl", "backward_input_inplace");
+const NORMALIZE4: Kernel = kernel!("batchnorm.wgsl", "normalize4");
+const BACKWARD_INPUT4: Kernel = kernel!("batchnorm.wgsl", "backward_input4");
+const BACKWARD_INPUT_INPLACE4: Kernel = kernel!("batchnorm.wgsl", "backward_input_inplace4");
 const POOLED_BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "pooled_backward_input");
 
 /// The layout of `x` as (N, C, HW), checked.
@@ -175,6 +178,20 @@ impl Dims {
             out_w: 0,
         }
     }
+
+    /// `p` for the element kernels (normalize, backward_input, backward_input_inplace) and
+    /// their grid: on vec4s where a channel plane holds a multiple of 4 values (`true`; the
+    /// plane is then counted in vec4s, and so are the element steps), else on single values.
+    /// A workgroup takes 1024 units, four per thread.
+    fn elements(&self, mut p: Params) -> (Params, bool, [u32; 3]) {
+        let vec4 = self.hw.is_multiple_of(4);
+        let hw = if vec4 { self.hw / 4 } else { self.hw };
+        p.hw = hw as u32;
+        p.element_step_q = (ELEMENT_STEP % hw.max(1)) as u32;
+        p.element_step_c = ((ELEMENT_STEP / hw.max(1)) % self.c.max(1)) as u32;
+        let units = self.n * self.c * hw;
+        (p, vec4, grid_for_elements(units.div_ceil(4)))
+    }
 }
 
 /// Check that each named tensor is f32 of shape `[C]` and on `x`'s device (`of` names `x` in
@@ -223,9 +240,10 @@ fn normalize(
 ) -> Result<Tensor> {
     let y = Tensor::uninit(x.gpu(), x.shape(), DType::F32, op)?;
     let flags = flags | residual.map_or(0, |_| FLAG_RESIDUAL);
+    let (p, vec4, grid) = d.elements(d.params(flags, 0.0, eps));
     x.gpu().dispatch(
-        &NORMALIZE,
-        &d.params(flags, 0.0, eps),
+        if vec4 { &NORMALIZE4 } else { &NORMALIZE },
+        &p,
         &[
             x.buffer(),
             mean.buffer(),
@@ -235,7 +253,7 @@ fn normalize(
             y.buffer(),
             residual.unwrap_or(x).buffer(),
         ],
-        grid_for_elements(x.numel().div_ceil(4)),
+        grid,
     )?;
     Ok(y)
 }
@@ -497,13 +515,14 @@ fn backward(
     )?;
     let [ggamma, gbeta, coef] = finalize_backward(op, &p, &partials, gamma, &saved.invstd)?;
     // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
-    let (kernel, gx) = if over_gy {
-        (&BACKWARD_INPUT_INPLACE, gy.clone())
-    } else {
-        (
-            &BACKWARD_INPUT,
+    let (pe, vec4, grid) = d.elements(p);
+    let (kernel, gx) = match (over_gy, vec4) {
+        (true, false) => (&BACKWARD_INPUT_INPLACE, gy.clone()),
+        (true, true) => (&BACKWARD_INPUT_INPLACE4, gy.clone()),
+        (false, v) => (
+            if v { &BACKWARD_INPUT4 } else { &BACKWARD_INPUT },
             Tensor::uninit(gpu, x.shape(), DType::F32, op)?,
-        )
+        ),
     };
     let mut buffers = vec![
         x.buffer(),
@@ -516,12 +535,7 @@ fn backward(
     if !over_gy {
         buffers.push(gx.buffer());
     }
-    gpu.dispatch(
-        kernel,
-        &p,
-        &buffers,
-        grid_for_elements(x.numel().div_ceil(4)),
-    )?;
+    gpu.dispatch(kernel, &pe, &buffers, grid)?;
     Ok((gx, ggamma, gbeta))
 }
 
