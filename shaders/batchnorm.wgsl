@@ -47,9 +47,10 @@
 //   backward_input_inplace  backward_input with gx written over gy: grid as normalize;
 //                     1 x, 2 y (only read when RELU; any buffer but gy otherwise), 4 mean,
 //                     5 invstd, 6 coef (read), 3 gy [N*C*HW] (read_write: gy in, gx out)
-//   normalize4, backward_input4, backward_input_inplace4: the same three on vec4s where H * W
-//                     is a multiple of 4, params.hw then counting vec4s (see there); bindings
-//                     as theirs
+//   normalize4, backward_input4, backward_input_inplace4, stats_partial4, backward_partial4:
+//                     the same on vec4s where H * W is a multiple of 4, params.hw (and the
+//                     chunk and steps) then counting vec4s (see there); bindings as theirs
+//                     (backward_partial4 without 7)
 //   With the pipeline constant POOLED, backward_partial and pooled_backward_input are the
 //   backward of batch norm followed by a max pool with a ReLU after it (ops::pool's
 //   max_pool2d_relu; a ResNet stem), without the pooling's full-size input gradient. The batch
@@ -754,4 +755,113 @@ fn backward_input_inplace4(@builtin(workgroup_id) wg: vec3<u32>,
     if (i + 256u < total) { bii4_g[i + 256u] = bi_value4(g1, x1, c.y); }
     if (i + 512u < total) { bii4_g[i + 512u] = bi_value4(g2, x2, c.z); }
     if (i + 768u < total) { bii4_g[i + 768u] = bi_value4(g3, x3, c.w); }
+}
+
+// ---- stats_partial4, backward_partial4: the partial sums over vec4s ----
+// stats_partial and backward_partial (not POOLED) where H * W is a multiple of 4: the host
+// passes the plane, the chunk and the walk's steps counted in vec4s (params.hw, chunk_len,
+// partial_step_q / _n), and a thread's walk visits vec4s j = start + lid + PARTIAL_WG t of its
+// channel, ROUND of them loaded before any is used. stats_partial4 adds each vec4 to the
+// running statistics as one block of four values (block_add); backward_partial4 adds its four
+// terms to the sums. The partials cover the same chunks of values as the scalar kernels'
+// (params.chunks is unchanged), only the order of the additions within a chunk differs.
+@group(0) @binding(1) var<storage, read> sp4_x: array<vec4<f32>>;
+
+@compute @workgroup_size(PARTIAL_WG)
+fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let g = group_index(wg, nwg);
+    let c = g / params.chunks;
+    let k = g - c * params.chunks;
+    var cnt = 0.0;
+    var mu = 0.0;
+    var m2 = 0.0;
+    if (c < params.channels) {
+        let m = params.batch * params.hw;
+        let start = k * params.chunk_len;
+        let end = min(start + params.chunk_len, m);
+        var walk = walk_from(start + lid);
+        for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
+            let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
+            let i0 = walk_take(&walk, c);
+            let i1 = walk_take(&walk, c);
+            let i2 = walk_take(&walk, c);
+            let i3 = walk_take(&walk, c);
+            let v0 = sp4_x[i0];
+            var v1 = vec4<f32>(0.0);
+            var v2 = vec4<f32>(0.0);
+            var v3 = vec4<f32>(0.0);
+            if (left > 1u) { v1 = sp4_x[i1]; }
+            if (left > 2u) { v2 = sp4_x[i2]; }
+            if (left > 3u) { v3 = sp4_x[i3]; }
+            block_add(&cnt, &mu, &m2, v0.x, v0.yzw, 4u);
+            if (left > 1u) { block_add(&cnt, &mu, &m2, v1.x, v1.yzw, 4u); }
+            if (left > 2u) { block_add(&cnt, &mu, &m2, v2.x, v2.yzw, 4u); }
+            if (left > 3u) { block_add(&cnt, &mu, &m2, v3.x, v3.yzw, 4u); }
+        }
+    }
+    red_a[lid] = cnt;
+    red_b[lid] = mu;
+    red_c[lid] = m2;
+    tree_merge_stats(lid);
+    if (lid == 0u && c < params.channels) {
+        let o = g * 3u;
+        sp_partials[o] = red_a[0];
+        sp_partials[o + 1u] = red_b[0];
+        sp_partials[o + 2u] = red_c[0];
+    }
+}
+
+@group(0) @binding(1) var<storage, read> bp4_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bp4_y: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bp4_gy: array<vec4<f32>>;
+
+// (sum dy, sum dy * xhat) over the four values of vec4 i (dy masked as bp_terms masks it).
+fn bp_terms4(i: u32, relu: bool, mean: f32, invstd: f32) -> vec2<f32> {
+    var dy = bp4_gy[i];
+    if (relu) { dy = select(vec4<f32>(0.0), dy, bp4_y[i] > vec4<f32>(0.0)); }
+    let t = dy * (bp4_x[i] - mean) * invstd;
+    return vec2<f32>((dy.x + dy.y) + (dy.z + dy.w), (t.x + t.y) + (t.z + t.w));
+}
+
+@compute @workgroup_size(PARTIAL_WG)
+fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let g = group_index(wg, nwg);
+    let c = g / params.chunks;
+    let k = g - c * params.chunks;
+    var s_dy = 0.0;
+    var s_dyx = 0.0;
+    if (c < params.channels) {
+        let relu = (params.flags & RELU) != 0u;
+        let mean = bp_mean[c];
+        let invstd = bp_invstd[c];
+        let m = params.batch * params.hw;
+        let start = k * params.chunk_len;
+        let end = min(start + params.chunk_len, m);
+        var walk = walk_from(start + lid);
+        for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
+            let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
+            let i0 = walk_take(&walk, c);
+            let i1 = walk_take(&walk, c);
+            let i2 = walk_take(&walk, c);
+            let i3 = walk_take(&walk, c);
+            let t0 = bp_terms4(i0, relu, mean, invstd);
+            var t1 = vec2<f32>(0.0);
+            var t2 = vec2<f32>(0.0);
+            var t3 = vec2<f32>(0.0);
+            if (left > 1u) { t1 = bp_terms4(i1, relu, mean, invstd); }
+            if (left > 2u) { t2 = bp_terms4(i2, relu, mean, invstd); }
+            if (left > 3u) { t3 = bp_terms4(i3, relu, mean, invstd); }
+            s_dy = s_dy + t0.x + t1.x + t2.x + t3.x;
+            s_dyx = s_dyx + t0.y + t1.y + t2.y + t3.y;
+        }
+    }
+    red_a[lid] = s_dy;
+    red_b[lid] = s_dyx;
+    tree_sum2(lid);
+    if (lid == 0u && c < params.channels) {
+        bp_partials[g * 2u] = red_a[0];
+        bp_partials[g * 2u + 1u] = red_b[0];
+    }
 }

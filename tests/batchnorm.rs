@@ -325,13 +325,20 @@ fn statistics_far_from_zero() {
     // Values 1000 + 0.01 u (u uniform in [-1, 1]): the variance, about 3.3e-5, is 1e-11 of the
     // mean's square, so sums of squares about zero would lose it to rounding; the statistics
     // stay exact only if every sum is taken about a running mean. Against f64 two-pass sums.
+    // Planes of 33 x 31 values (one per thread) and 32 x 31 (vec4s).
+    for (h, w) in [(33, 31), (32, 31)] {
+        far_from_zero_case(h, w);
+    }
+}
+
+fn far_from_zero_case(h: usize, w: usize) {
     let gpu = gpu();
-    let (n, c, hw) = (2, 3, 33 * 31);
+    let (n, c, hw) = (2, 3, h * w);
     let x: Vec<f32> = random_vec(n * c * hw, 530)
         .iter()
         .map(|v| 1000.0 + 0.01 * v)
         .collect();
-    let tx = Tensor::from_slice(&gpu, &[n, c, 33, 31], &x).unwrap();
+    let tx = Tensor::from_slice(&gpu, &[n, c, h, w], &x).unwrap();
     let ones = Tensor::full(&gpu, &[c], 1.0).unwrap();
     let zeros = Tensor::zeros(&gpu, &[c]).unwrap();
     let (rm, rv) = (zeros.clone(), ones.clone());
@@ -346,14 +353,14 @@ fn statistics_far_from_zero() {
         let var = values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64;
         assert!(
             (f64::from(mean[ch]) - m).abs() < 1e-4,
-            "channel {ch}: mean {} against {m}",
+            "{h}x{w} channel {ch}: mean {} against {m}",
             mean[ch]
         );
         let expected = 1.0 / var.sqrt();
         let rel = (f64::from(invstd[ch]) - expected).abs() / expected;
         assert!(
             rel < 1e-3,
-            "channel {ch}: invstd {} against {expected}",
+            "{h}x{w} channel {ch}: invstd {} against {expected}",
             invstd[ch]
         );
     }

@@ -110,6 +110,8 @@ const BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.wgsl", "backward_finalize")
 const BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "backward_input");
 const BACKWARD_INPUT_INPLACE: Kernel = kernel!("batchnorm.wgsl", "backward_input_inplace");
 const NORMALIZE4: Kernel = kernel!("batchnorm.wgsl", "normalize4");
+const STATS_PARTIAL4: Kernel = kernel!("batchnorm.wgsl", "stats_partial4");
+const BACKWARD_PARTIAL4: Kernel = kernel!("batchnorm.wgsl", "backward_partial4");
 const BACKWARD_INPUT4: Kernel = kernel!("batchnorm.wgsl", "backward_input4");
 const BACKWARD_INPUT_INPLACE4: Kernel = kernel!("batchnorm.wgsl", "backward_input_inplace4");
 const POOLED_BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "pooled_backward_input");
@@ -177,6 +179,21 @@ impl Dims {
             out_h: 0,
             out_w: 0,
         }
+    }
+
+    /// `p` for the partial kernels (stats_partial, backward_partial) on vec4s where a channel
+    /// plane holds a multiple of 4 values (`true`): the plane, the chunk and the walk's steps
+    /// counted in vec4s (the chunks are the same values). `p` unchanged otherwise.
+    fn partials(&self, mut p: Params) -> (Params, bool) {
+        if self.hw == 0 || !self.hw.is_multiple_of(4) {
+            return (p, false);
+        }
+        let hw = self.hw / 4;
+        p.hw = hw as u32;
+        p.chunk_len = (CHUNK / 4) as u32;
+        p.partial_step_q = (PARTIAL_WG % hw) as u32;
+        p.partial_step_n = (PARTIAL_WG / hw) as u32;
+        (p, true)
     }
 
     /// `p` for the element kernels (normalize, backward_input, backward_input_inplace) and
@@ -344,9 +361,14 @@ fn train_stats(
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 3], DType::F32, op)?;
     let p = d.params(0, momentum, eps);
+    let (pp, vec4) = d.partials(p);
     gpu.dispatch(
-        &STATS_PARTIAL,
-        &p,
+        if vec4 {
+            &STATS_PARTIAL4
+        } else {
+            &STATS_PARTIAL
+        },
+        &pp,
         &[x.buffer(), partials.buffer()],
         grid_1d(groups as u32),
     )?;
@@ -498,21 +520,25 @@ fn backward(
     let y = if relu { y } else { x };
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 2], DType::F32, op)?;
-    gpu.dispatch(
-        &BACKWARD_PARTIAL,
-        &p,
-        &[
-            x.buffer(),
-            y.buffer(),
-            gy.buffer(),
-            saved.mean.buffer(),
-            saved.invstd.buffer(),
-            partials.buffer(),
-            // The pooled variant's indices: not read here.
-            x.buffer(),
-        ],
-        grid_1d(groups as u32),
-    )?;
+    let (pp, vec4) = d.partials(p);
+    let mut buffers = vec![
+        x.buffer(),
+        y.buffer(),
+        gy.buffer(),
+        saved.mean.buffer(),
+        saved.invstd.buffer(),
+        partials.buffer(),
+    ];
+    if !vec4 {
+        // The pooled variant's indices: not read here (the vec4 kernel has no such binding).
+        buffers.push(x.buffer());
+    }
+    let kernel = if vec4 {
+        &BACKWARD_PARTIAL4
+    } else {
+        &BACKWARD_PARTIAL
+    };
+    gpu.dispatch(kernel, &pp, &buffers, grid_1d(groups as u32))?;
     let [ggamma, gbeta, coef] = finalize_backward(op, &p, &partials, gamma, &saved.invstd)?;
     // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
     let (pe, vec4, grid) = d.elements(p);
