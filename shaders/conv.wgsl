@@ -25,7 +25,8 @@
 //                         partial y at z * len(y), and conv_forward_reduce adds them and the bias.
 //   conv_reduce_splits:   out[j] = sum_{z < splits} part[z * len + j], len = p.reduce_len: gw from
 //                         the weight gradient's partials (len = K*C*R*S) or gx from the input
-//                         gradient's (len = batch*C*H*W)
+//                         gradient's (len = batch*C*H*W); conv_reduce_splits4 the same on vec4s
+//                         where len is a multiple of 4
 //   conv_forward_reduce:  y[j]  = b[k(j)] + sum_{z < splits} part[z * len(y) + j]
 //   conv_taps_crop, conv_taps_expand: the weights cut to the taps that reach the input, and the
 //                         weight gradient expanded back (see "tap windows" at the end).
@@ -86,7 +87,8 @@
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
 //   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn / conv_weights_rsc: one
 //     thread per element written (gw, gx / y) or read (the weights), 256 per workgroup, linear
-//     index (wg.x + wg.y * num_workgroups.x) * 256 + local index. conv_taps_crop /
+//     index (wg.x + wg.y * num_workgroups.x) * 256 + local index; conv_reduce_splits4 one
+//     thread per four elements written. conv_taps_crop /
 //     conv_taps_expand: the same with one thread per row (k, c) of the weights.
 //
 // Bindings (group 0): 0 = Params (uniform), then per entry point:
@@ -99,7 +101,7 @@
 //                         (write; with split-K the partial results [splits,N,C,H,W])
 //   conv_backward_weight: 1 = x [N,C,H,W] (read), 2 = gy [N,K,OH,OW] (read),
 //                         3 = part [splits,K,C*R*S] (write; gw itself when splits == 1)
-//   conv_reduce_splits:   1 = part [splits,len] (read), 2 = gw [K,C,R,S] or gx [N,C,H,W] (write)
+//   conv_reduce_splits(4): 1 = part [splits,len] (read), 2 = gw [K,C,R,S] or gx [N,C,H,W] (write)
 //   conv_taps_crop / conv_taps_expand: 1 = the weights (or the window's weight gradient) (read),
 //                         2 = the window's weights (or the whole weight gradient) (write)
 //   conv_weights_rsc:     1 = w [K,C,R,S] (read), 2 = the copy [K,R,S,C] (write)
@@ -1125,6 +1127,35 @@ fn conv_reduce_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let j = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (j >= p.reduce_len) { return; }
     rs_out[j] = sum_splits(j, p.reduce_len);
+}
+
+// conv_reduce_splits on vec4s, where p.reduce_len is a multiple of 4 (the host's choice): one
+// thread per four consecutive outputs, vec4 loads and stores, and for each component the sums
+// and order of sum_splits, so the same bits.
+@group(0) @binding(1) var<storage, read> split_part4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> rs4_out: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn conv_reduce_splits4(@builtin(workgroup_id) wg: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let len = p.reduce_len / 4u;
+    let j = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (j >= len) { return; }
+    // s_k sums the splits z = k mod 4, as sum_splits' components do.
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    var z = 0u;
+    for (; z + 4u <= p.splits; z += 4u) {
+        s0 += split_part4[z * len + j];
+        s1 += split_part4[(z + 1u) * len + j];
+        s2 += split_part4[(z + 2u) * len + j];
+        s3 += split_part4[(z + 3u) * len + j];
+    }
+    for (; z < p.splits; z++) { s0 += split_part4[z * len + j]; }
+    rs4_out[j] = (s0 + s1) + (s2 + s3);
 }
 
 // ---------------------------------------------------------------------------------------------

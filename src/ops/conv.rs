@@ -132,6 +132,23 @@ macro_rules! conv_elementwise {
 }
 
 const REDUCE_SPLITS: Kernel = conv_elementwise!("conv_reduce_splits");
+const REDUCE_SPLITS4: Kernel = conv_elementwise!("conv_reduce_splits4");
+
+/// Sum the `splits` partial results `[splits, len]` in `part` into `out` (`p.reduce_len` =
+/// `len`): four outputs per thread where `len` is a multiple of 4, else one (the same bits).
+fn reduce_splits(gpu: &Gpu, p: &Params, part: &Tensor, out: &Tensor, len: usize) -> Result<()> {
+    let (kernel, units) = if len.is_multiple_of(4) {
+        (&REDUCE_SPLITS4, len / 4)
+    } else {
+        (&REDUCE_SPLITS, len)
+    };
+    gpu.dispatch(
+        kernel,
+        p,
+        &[part.buffer(), out.buffer()],
+        grid_1d(units.div_ceil(256) as u32),
+    )
+}
 const FORWARD_REDUCE: Kernel = conv_elementwise!("conv_forward_reduce");
 const FORWARD_REDUCE_BN: Kernel = conv_elementwise!("conv_forward_reduce_bn");
 const TAPS_CROP: Kernel = conv_elementwise!("conv_taps_crop");
@@ -1615,12 +1632,7 @@ fn backward_input(
     if let Some(part) = &part {
         let mut p = g.params(false, 0, plan.splits);
         p.reduce_len = len as u32;
-        gpu.dispatch(
-            &REDUCE_SPLITS,
-            &p,
-            &[part.buffer(), gx.buffer()],
-            grid_1d(len.div_ceil(256) as u32),
-        )?;
+        reduce_splits(gpu, &p, part, &gx, len)?;
     }
     Ok(gx)
 }
@@ -1805,13 +1817,7 @@ fn backward_weight(
         grid,
     )?;
     if let Some(part) = &part {
-        let groups = (k * crs).div_ceil(256) as u32;
-        gpu.dispatch(
-            &REDUCE_SPLITS,
-            &params,
-            &[part.buffer(), gw.buffer()],
-            grid_1d(groups),
-        )?;
+        reduce_splits(gpu, &params, part, &gw, k * crs)?;
     }
     Ok(gw)
 }
