@@ -255,43 +255,20 @@ fn open_device() -> Result<Device, String> {
         .position(|q| q.queue_flags.contains(vk::QueueFlags::COMPUTE))
         .ok_or("no compute queue")? as u32;
     let coop_name = ash::khr::cooperative_matrix::NAME;
-    let mma = has_extension(&instance, pd, coop_name);
-    let mut exts = Vec::new();
-    if stats {
-        exts.push(exec_name.as_ptr());
+    let offers_mma = has_extension(&instance, pd, coop_name);
+    // With the f16 engine's features where offered; without them if the driver refuses those.
+    let mut opened = None;
+    for mma in [offers_mma, false] {
+        match unsafe { create_device(&instance, pd, queue_family, stats, mma) } {
+            Ok(device) => {
+                opened = Some((device, mma));
+                break;
+            }
+            Err(e) if !mma => return Err(format!("cannot open {name}: {e}")),
+            Err(e) => eprintln!("kernel_stats: {name} without the f16 engine's features ({e})"),
+        }
     }
-    if mma {
-        exts.push(coop_name.as_ptr());
-    }
-    let priorities = [1.0f32];
-    let queues = [vk::DeviceQueueCreateInfo::default()
-        .queue_family_index(queue_family)
-        .queue_priorities(&priorities)];
-    let mut exec_features = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default()
-        .pipeline_executable_info(true);
-    let mut v12 = vk::PhysicalDeviceVulkan12Features::default()
-        .shader_float16(mma)
-        .vulkan_memory_model(mma)
-        .vulkan_memory_model_device_scope(mma);
-    let mut v11 = vk::PhysicalDeviceVulkan11Features::default()
-        .storage_buffer16_bit_access(mma)
-        .uniform_and_storage_buffer16_bit_access(mma);
-    let mut coop =
-        vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
-    let mut create = vk::DeviceCreateInfo::default()
-        .queue_create_infos(&queues)
-        .enabled_extension_names(&exts);
-    if stats {
-        create = create.push_next(&mut exec_features);
-    }
-    if mma {
-        create = create
-            .push_next(&mut v12)
-            .push_next(&mut v11)
-            .push_next(&mut coop);
-    }
-    let device = unsafe { instance.create_device(pd, &create, None) }
-        .map_err(|e| format!("cannot open {name}: {e}"))?;
+    let (device, mma) = opened.expect("the loop returns or opens");
     let exec =
         stats.then(|| ash::khr::pipeline_executable_properties::Device::new(&instance, &device));
     let v = props.api_version;
@@ -313,6 +290,52 @@ fn open_device() -> Result<Device, String> {
         lang_version,
         mma,
     })
+}
+
+/// A device on `pd` with one compute queue, the statistics feature when `stats`, and shader f16,
+/// the Vulkan memory model, 16-bit storage and cooperative matrices when `mma`.
+unsafe fn create_device(
+    instance: &ash::Instance,
+    pd: vk::PhysicalDevice,
+    queue_family: u32,
+    stats: bool,
+    mma: bool,
+) -> Result<ash::Device, vk::Result> {
+    let mut exts = Vec::new();
+    if stats {
+        exts.push(ash::khr::pipeline_executable_properties::NAME.as_ptr());
+    }
+    if mma {
+        exts.push(ash::khr::cooperative_matrix::NAME.as_ptr());
+    }
+    let priorities = [1.0f32];
+    let queues = [vk::DeviceQueueCreateInfo::default()
+        .queue_family_index(queue_family)
+        .queue_priorities(&priorities)];
+    let mut exec_features = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default()
+        .pipeline_executable_info(true);
+    let mut v12 = vk::PhysicalDeviceVulkan12Features::default()
+        .shader_float16(true)
+        .vulkan_memory_model(true)
+        .vulkan_memory_model_device_scope(true);
+    let mut v11 = vk::PhysicalDeviceVulkan11Features::default()
+        .storage_buffer16_bit_access(true)
+        .uniform_and_storage_buffer16_bit_access(true);
+    let mut coop =
+        vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
+    let mut create = vk::DeviceCreateInfo::default()
+        .queue_create_infos(&queues)
+        .enabled_extension_names(&exts);
+    if stats {
+        create = create.push_next(&mut exec_features);
+    }
+    if mma {
+        create = create
+            .push_next(&mut v12)
+            .push_next(&mut v11)
+            .push_next(&mut coop);
+    }
+    unsafe { instance.create_device(pd, &create, None) }
 }
 
 /// Build `job`'s pipeline with statistics captured and read them.

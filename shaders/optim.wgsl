@@ -90,9 +90,13 @@ fn sgd_plain(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
              @builtin(local_invocation_index) lid: u32) {
     let i = elem_index(wg, nwg, lid);
     if (i >= params.n) { return; }
-    let pv = p[i];
-    let d = g[i] + params.weight_decay * pv;
-    p[i] = pv - params.lr * d;
+    p[i] = plain_step(p[i], g[i]);
+}
+
+// One element of SGD without momentum: p' from the parameter pv and the gradient gv.
+fn plain_step(pv: f32, gv: f32) -> f32 {
+    let d = gv + params.weight_decay * pv;
+    return pv - params.lr * d;
 }
 
 // One element of SGD with momentum (see the header): (p', buf') from the parameter pv, the
@@ -368,6 +372,76 @@ fn adam_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
             aw4[i] = r.x;
         }
     }
+}
+
+// ---- sgd_plain4, sgd_momentum4, adam4: four elements per thread ----
+// The per-tensor updates on vec4s where a tensor's size is a multiple of 4 (the host's choice;
+// params.n then counts vec4s): a quarter of the threads, loads and stores. Each component goes
+// through the scalar kernels' own step function (plain_step, momentum_step, adam_step), so the
+// bits are theirs. Bindings as the scalar kernels'.
+@group(0) @binding(1) var<storage, read_write> p4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> g4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> state1_in4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> sgd_buf_out4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> state2_in4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> state1_out4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> state2_out4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn sgd_plain4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = elem_index(wg, nwg, lid);
+    if (i >= params.n) { return; }
+    let pv = p4[i];
+    let gv = g4[i];
+    p4[i] = vec4<f32>(plain_step(pv.x, gv.x), plain_step(pv.y, gv.y), plain_step(pv.z, gv.z),
+                      plain_step(pv.w, gv.w));
+}
+
+@compute @workgroup_size(256)
+fn sgd_momentum4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = elem_index(wg, nwg, lid);
+    if (i >= params.n) { return; }
+    let first = (params.flags & 2u) != 0u;
+    let nesterov = (params.flags & 1u) != 0u;
+    var old = vec4<f32>(0.0);
+    if (!first) { old = state1_in4[i]; }
+    let pv = p4[i];
+    let gv = g4[i];
+    let m = params.momentum;
+    let wd = params.weight_decay;
+    let lr = params.lr;
+    let r0 = momentum_step(pv.x, gv.x, old.x, first, nesterov, m, wd, lr);
+    let r1 = momentum_step(pv.y, gv.y, old.y, first, nesterov, m, wd, lr);
+    let r2 = momentum_step(pv.z, gv.z, old.z, first, nesterov, m, wd, lr);
+    let r3 = momentum_step(pv.w, gv.w, old.w, first, nesterov, m, wd, lr);
+    sgd_buf_out4[i] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+    p4[i] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+}
+
+@compute @workgroup_size(256)
+fn adam4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = elem_index(wg, nwg, lid);
+    if (i >= params.n) { return; }
+    var m_in = vec4<f32>(0.0);
+    var v_in = vec4<f32>(0.0);
+    if ((params.flags & 2u) == 0u) {
+        m_in = state1_in4[i];
+        v_in = state2_in4[i];
+    }
+    let k = AdamConsts(params.flags, params.lr, params.weight_decay, params.momentum,
+                       params.beta2, params.eps, params.step_size, params.bc2_sqrt);
+    let pv = p4[i];
+    let gv = g4[i];
+    let r0 = adam_step(pv.x, gv.x, m_in.x, v_in.x, k);
+    let r1 = adam_step(pv.y, gv.y, m_in.y, v_in.y, k);
+    let r2 = adam_step(pv.z, gv.z, m_in.z, v_in.z, k);
+    let r3 = adam_step(pv.w, gv.w, m_in.w, v_in.w, k);
+    state1_out4[i] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+    state2_out4[i] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+    p4[i] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
 }
 
 // ---- clipping ----

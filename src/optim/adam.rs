@@ -2,10 +2,10 @@
 //! (`torch.optim.AdamW`), amsgrad off.
 
 use super::{
-    ADAM, ADAM_GROUP, FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, check_state,
-    check_updates, counter_tensor, parse_slot, plan_groups, read_counter, use_groups,
+    ADAM, ADAM_GROUP, ADAM4, FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, check_state,
+    check_updates, counter_tensor, parse_slot, per_tensor, plan_groups, read_counter, use_groups,
 };
-use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, grid_for_elements};
+use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -239,8 +239,10 @@ impl Optimizer for AdamW {
             let (m_old, v_old) = old.map_or((u.grad.buffer(), u.grad.buffer()), |s| {
                 (s.exp_avg.buffer(), s.exp_avg_sq.buffer())
             });
+            let (kernel, units, grid) = per_tensor(n, &ADAM, &ADAM4);
+            let p = Params { n: units, ..p };
             gpu.dispatch(
-                &ADAM,
+                kernel,
                 &p,
                 &[
                     u.param.buffer(),
@@ -250,7 +252,7 @@ impl Optimizer for AdamW {
                     m_new.buffer(),
                     v_new.buffer(),
                 ],
-                grid_for_elements(n),
+                grid,
             )?;
             self.slots.insert(
                 u.slot,

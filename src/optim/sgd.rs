@@ -3,10 +3,10 @@
 
 use super::{
     FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, SGD_MOMENTUM, SGD_MOMENTUM_GROUP,
-    SGD_PLAIN, check_state, check_updates, counter_tensor, parse_slot, plan_groups, read_counter,
-    use_groups,
+    SGD_MOMENTUM4, SGD_PLAIN, SGD_PLAIN4, check_state, check_updates, counter_tensor, parse_slot,
+    per_tensor, plan_groups, read_counter, use_groups,
 };
-use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, grid_for_elements};
+use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -181,12 +181,9 @@ impl Optimizer for Sgd {
             };
             let gpu = u.param.gpu();
             if self.momentum == 0.0 {
-                gpu.dispatch(
-                    &SGD_PLAIN,
-                    &p,
-                    &[u.param.buffer(), u.grad.buffer()],
-                    grid_for_elements(n),
-                )?;
+                let (kernel, units, grid) = per_tensor(n, &SGD_PLAIN, &SGD_PLAIN4);
+                p.n = units;
+                gpu.dispatch(kernel, &p, &[u.param.buffer(), u.grad.buffer()], grid)?;
                 continue;
             }
             let old = self.buffers.get(&u.slot);
@@ -194,11 +191,13 @@ impl Optimizer for Sgd {
                 | if old.is_none() { FLAG_FIRST } else { 0 };
             let new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
             let old_buf = old.map_or(u.grad.buffer(), |t| t.buffer());
+            let (kernel, units, grid) = per_tensor(n, &SGD_MOMENTUM, &SGD_MOMENTUM4);
+            p.n = units;
             gpu.dispatch(
-                &SGD_MOMENTUM,
+                kernel,
                 &p,
                 &[u.param.buffer(), u.grad.buffer(), old_buf, new.buffer()],
-                grid_for_elements(n),
+                grid,
             )?;
             self.buffers.insert(u.slot, new);
         }
