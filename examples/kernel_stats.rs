@@ -117,15 +117,28 @@ fn jobs() -> Vec<Job> {
     };
     for entry in [
         "stats_partial",
+        "stats_partial4",
         "stats_finalize",
         "normalize",
+        "normalize4",
         "backward_partial",
+        "backward_partial4",
         "backward_input",
+        "backward_input4",
         "backward_input_inplace",
+        "backward_input_inplace4",
     ] {
         jobs.push(simple("batchnorm.wgsl", entry, vec![]));
     }
-    for entry in ["add", "axpy", "relu_backward", "relu_backward_inplace"] {
+    for entry in [
+        "add",
+        "add4",
+        "axpy",
+        "axpy4",
+        "relu_backward",
+        "relu_backward_inplace",
+        "relu_backward_inplace4",
+    ] {
         jobs.push(simple("elementwise.wgsl", entry, vec![]));
     }
     let pool = vec![("WK", 3.0), ("WS", 2.0), ("WP", 1.0)];
@@ -135,7 +148,13 @@ fn jobs() -> Vec<Job> {
     for entry in ["matmul", "matvec"] {
         jobs.push(simple("matmul.wgsl", entry, vec![]));
     }
-    for entry in ["sgd_momentum", "sgd_momentum_group", "adam_group"] {
+    for entry in [
+        "sgd_momentum",
+        "sgd_momentum4",
+        "sgd_momentum_group",
+        "adam4",
+        "adam_group",
+    ] {
         jobs.push(simple("optim.wgsl", entry, vec![]));
     }
     jobs
