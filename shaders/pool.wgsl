@@ -25,7 +25,10 @@
 // (max_backward, avg_backward, gap_backward), 256 threads per workgroup, linear index
 // (wg.x + wg.y * num_workgroups.x) * 256 + local index (grid split over x and y).
 // gap_forward: 4 planes per 256-thread workgroup (64 threads per plane, tree reduction), linear
-// workgroup index wg.x + wg.y * num_workgroups.x.
+// workgroup index wg.x + wg.y * num_workgroups.x. gap_forward_small, for planes of at most 64
+// values (7x7 and smaller: a ResNet's last feature maps): one thread per plane summing it in
+// order, 256 planes per workgroup, linear index as the elementwise kernels' (the tree would
+// leave most of its 64 threads idle and wait at six barriers for a handful of values).
 //
 // max_backward and avg_backward also take the window as pipeline constants WK, WS, WP.
 //
@@ -36,7 +39,7 @@
 //                 4 y [P*OH*OW] (read when RELU; any buffer but gx otherwise)
 //   avg_forward:  1 x (read), 2 y (write)
 //   avg_backward: 1 gy (read), 2 gx (write)
-//   gap_forward:  1 x [P*HW] (read), 2 y [P] (write)
+//   gap_forward, gap_forward_small:  1 x [P*HW] (read), 2 y [P] (write)
 //   gap_backward: 1 gy [P] (read), 2 gx [P*HW] (write)
 
 struct Params {
@@ -283,6 +286,18 @@ fn gap_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         workgroupBarrier();
     }
     if (lane == 0u && p < params.planes) { gf_y[p] = gap_partial[lid] / f32(hw); }
+}
+
+@compute @workgroup_size(256)
+fn gap_forward_small(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let p = (wg.x + wg.y * nwg.x) * 256u + lid;
+    if (p >= params.planes) { return; }
+    let hw = params.h * params.w;
+    let base = p * hw;
+    var acc = 0.0;
+    for (var q = 0u; q < hw; q++) { acc = acc + gf_x[base + q]; }
+    gf_y[p] = acc / f32(hw);
 }
 
 // ---- gap_backward ----

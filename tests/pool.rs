@@ -239,10 +239,20 @@ fn avg_pool_counts_padding() {
 #[test]
 fn global_avg_pool_matches_reference() {
     let gpu = gpu();
-    // Odd plane counts (not multiples of the 4 planes per workgroup), planes longer than 64 lanes.
-    for (i, shape) in [[1, 3, 1, 1], [2, 5, 7, 7], [3, 7, 13, 11], [1, 1, 2, 3]]
-        .into_iter()
-        .enumerate()
+    // Odd plane counts (not multiples of the 4 planes per workgroup), planes longer than 64 lanes
+    // (the tree kernel) and of 64 values or fewer (a thread per plane; 350 planes, more than
+    // one workgroup's 256).
+    for (i, shape) in [
+        [1, 3, 1, 1],
+        [2, 5, 7, 7],
+        [3, 7, 13, 11],
+        [1, 1, 2, 3],
+        [70, 5, 1, 1],
+        [2, 3, 8, 8],
+        [1, 2, 5, 13],
+    ]
+    .into_iter()
+    .enumerate()
     {
         let numel = shape.iter().product();
         let x = random_vec(numel, 1100 + i as u64);

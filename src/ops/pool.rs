@@ -32,10 +32,13 @@ const MAX_BACKWARD: Kernel = kernel!("pool.wgsl", "max_backward");
 const AVG_FORWARD: Kernel = kernel!("pool.wgsl", "avg_forward");
 const AVG_BACKWARD: Kernel = kernel!("pool.wgsl", "avg_backward");
 const GAP_FORWARD: Kernel = kernel!("pool.wgsl", "gap_forward");
+const GAP_FORWARD_SMALL: Kernel = kernel!("pool.wgsl", "gap_forward_small");
 const GAP_BACKWARD: Kernel = kernel!("pool.wgsl", "gap_backward");
 
 /// Planes reduced by one `gap_forward` workgroup.
 const GAP_PLANES_PER_GROUP: usize = 4;
+/// Planes of at most this many values take `gap_forward_small`, a thread per plane.
+const GAP_SMALL_PLANE: usize = 64;
 
 /// A checked pooling geometry.
 #[derive(Clone, Copy, Debug)]
@@ -380,9 +383,17 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     let p = gap_params(OP, shape)?;
     let planes = shape[0] * shape[1];
     let y = Tensor::uninit(x.gpu(), &[shape[0], shape[1]], DType::F32, OP)?;
-    let groups = planes.div_ceil(GAP_PLANES_PER_GROUP) as u32;
-    x.gpu()
-        .dispatch(&GAP_FORWARD, &p, &[x.buffer(), y.buffer()], grid_1d(groups))?;
+    let (kernel, groups) = if shape[2] * shape[3] <= GAP_SMALL_PLANE {
+        (&GAP_FORWARD_SMALL, planes.div_ceil(256))
+    } else {
+        (&GAP_FORWARD, planes.div_ceil(GAP_PLANES_PER_GROUP))
+    };
+    x.gpu().dispatch(
+        kernel,
+        &p,
+        &[x.buffer(), y.buffer()],
+        grid_1d(groups as u32),
+    )?;
     Ok(y)
 }
 
