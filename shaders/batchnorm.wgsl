@@ -50,7 +50,8 @@
 //   normalize4, backward_input4, backward_input_inplace4, stats_partial4, backward_partial4:
 //                     the same on vec4s where H * W is a multiple of 4, params.hw (and the
 //                     chunk and steps) then counting vec4s (see there); bindings as theirs
-//                     (backward_partial4 without 7)
+//                     (backward_partial4 without 7, and with 3 = gy read_write: with flag
+//                     MASK_OUT it writes the ReLU-masked gradient back over gy)
 //   With the pipeline constant POOLED, backward_partial and pooled_backward_input are the
 //   backward of batch norm followed by a max pool with a ReLU after it (ops::pool's
 //   max_pool2d_relu; a ResNet stem), without the pooling's full-size input gradient. The batch
@@ -74,7 +75,7 @@ struct Params {
     chunks: u32,     // reduction chunks per channel
     chunk_len: u32,  // values per chunk (the last chunk may be shorter)
     flags: u32,      // bit 0: RELU, bit 1: VAR_STAT (normalize), bit 2: EVAL (backward_finalize),
-                     // bit 3: RESIDUAL (normalize)
+                     // bit 3: RESIDUAL (normalize), bit 4: MASK_OUT (backward_partial4)
     momentum: f32,
     eps: f32,
     element_step_q: u32,  // normalize, backward_input: 256 % hw
@@ -92,6 +93,7 @@ const RELU: u32 = 1u;
 const VAR_STAT: u32 = 2u;
 const EVAL: u32 = 4u;
 const RESIDUAL: u32 = 8u;
+const MASK_OUT: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 
@@ -814,12 +816,19 @@ fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 
 @group(0) @binding(1) var<storage, read> bp4_x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bp4_y: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bp4_gy: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> bp4_gy: array<vec4<f32>>;
 
 // (sum dy, sum dy * xhat) over the four values of vec4 i (dy masked as bp_terms masks it).
+// With MASK_OUT (and RELU) the masked vec4 is also written back over gy where the mask zeroes
+// any of its values: gy leaves the dispatch as the ReLU's input gradient, which a residual
+// block's shortcut receives too, without a pass of its own (relu_backward_inplace).
 fn bp_terms4(i: u32, relu: bool, mean: f32, invstd: f32) -> vec2<f32> {
     var dy = bp4_gy[i];
-    if (relu) { dy = select(vec4<f32>(0.0), dy, bp4_y[i] > vec4<f32>(0.0)); }
+    if (relu) {
+        let keep = bp4_y[i] > vec4<f32>(0.0);
+        dy = select(vec4<f32>(0.0), dy, keep);
+        if ((params.flags & MASK_OUT) != 0u && !all(keep)) { bp4_gy[i] = dy; }
+    }
     let t = dy * (bp4_x[i] - mean) * invstd;
     return vec2<f32>((dy.x + dy.y) + (dy.z + dy.w), (t.x + t.y) + (t.z + t.w));
 }

@@ -417,7 +417,9 @@ fn residual_case(n: usize, c: usize, h: usize, w: usize) {
             };
             let opts = if relu { opts.with_relu() } else { opts };
             // (y, running mean, running var, gx, ggamma, gbeta, gr) one way or the other.
-            let run = |fused: bool| {
+            // fused: one op; keep_seed: the test keeps a handle on the upstream gradient, which
+            // the backward must then leave as it was (no masking in place).
+            let run = |fused: bool, keep_seed: bool| {
                 let tape = Tape::new();
                 let t = |v: &[f32], s: &[usize]| tape.leaf(Tensor::from_slice(&gpu, s, v).unwrap());
                 let (tx, tr, tg, tb) = (
@@ -438,9 +440,16 @@ fn residual_case(n: usize, c: usize, h: usize, w: usize) {
                     let h = tx.batch_norm(&tg, &tb, &trm, &trv, plain).unwrap();
                     if relu { h.add_relu(&tr) } else { h.add(&tr) }.unwrap()
                 };
-                let grads = tape
-                    .backward_with(&y, Tensor::from_slice(&gpu, &shape, &gy).unwrap())
-                    .unwrap();
+                let seed = Tensor::from_slice(&gpu, &shape, &gy).unwrap();
+                let kept = keep_seed.then(|| seed.clone());
+                let grads = tape.backward_with(&y, seed).unwrap();
+                if let Some(kept) = kept {
+                    assert_eq!(
+                        kept.to_vec().unwrap(),
+                        gy,
+                        "{what}: a kept seed was written"
+                    );
+                }
                 let g = |v: &Var| grads.get(v).unwrap().to_vec().unwrap();
                 [
                     y.tensor().to_vec().unwrap(),
@@ -452,7 +461,8 @@ fn residual_case(n: usize, c: usize, h: usize, w: usize) {
                     g(&tr),
                 ]
             };
-            let (fused, apart) = (run(true), run(false));
+            let (fused, apart) = (run(true, false), run(false, false));
+            let shared = run(true, true);
             let names = [
                 "y",
                 "running_mean",
@@ -464,6 +474,9 @@ fn residual_case(n: usize, c: usize, h: usize, w: usize) {
             ];
             for ((a, b), name) in fused.iter().zip(&apart).zip(names) {
                 assert_close(a, b, 1e-5, 1e-6, &format!("{what}: {name}"));
+            }
+            for ((a, b), name) in shared.iter().zip(&apart).zip(names) {
+                assert_close(a, b, 1e-5, 1e-6, &format!("{what}, seed kept: {name}"));
             }
             if !training {
                 // Untracked eval: the running statistics directly, nothing recorded.
@@ -605,6 +618,15 @@ fn options_and_errors() {
         err.starts_with("batch_norm_backward:") && err.contains("gy"),
         "{err}"
     );
+    // The backward may write over gy: it cannot be x (or the ReLU's y) too.
+    let err = ops::batch_norm_backward(&x, &y, &x, &v3, &saved, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gy must not share a buffer"), "{err}");
+    let err = ops::batch_norm_backward(&x, &y, &y, &v3, &saved, true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gy must not share a buffer"), "{err}");
 }
 
 /// Central differences of `L = sum(y * r)` through the tape, for x, gamma and beta.

@@ -97,6 +97,21 @@ const FLAG_RELU: u32 = 1;
 const FLAG_VAR_STAT: u32 = 2;
 const FLAG_EVAL: u32 = 4;
 const FLAG_RESIDUAL: u32 = 8;
+const FLAG_MASK_OUT: u32 = 16;
+
+/// What the backward may do with the upstream gradient's buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GyUse {
+    /// Only read it (another handle holds it).
+    Read,
+    /// Write gx over it (nothing else holds it).
+    Overwrite,
+    /// Mask it by the ReLU in place and keep it (a residual block's join, whose shortcut
+    /// receives the masked gradient too); gx gets a buffer of its own. Only with the ReLU, and
+    /// only where nothing else holds it. The vec4 partial sums do the masking as they read
+    /// (`MASK_OUT`); elsewhere it is a pass of its own.
+    Mask,
+}
 
 /// Values of one channel reduced by one workgroup before the per-channel merge.
 const CHUNK: usize = 4096;
@@ -495,12 +510,20 @@ fn backward(
     saved: &BnSaved,
     relu: bool,
     eval: bool,
-    over_gy: bool,
+    gy_use: GyUse,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let d = Dims::of(op, x)?;
     for (name, t) in [("y", y), ("gy", gy)] {
         t.expect_f32_shape(op, name, "x's", x.shape())?;
         x.expect_same_gpu(op, t)?;
+    }
+    // The partial sums bind gy read-write (they may mask it in place): it cannot also be bound
+    // as x or the ReLU's y.
+    if gy.same_storage(x) || (relu && gy.same_storage(y)) {
+        return Err(Error::shape(
+            op,
+            "gy must not share a buffer with x or y (the backward may write over gy)",
+        ));
     }
     expect_channel_vectors(
         op,
@@ -513,14 +536,23 @@ fn backward(
         ],
     )?;
     let gpu = x.gpu();
-    let flags = relu_flag(relu) | if eval { FLAG_EVAL } else { 0 };
+    let mask = gy_use == GyUse::Mask && relu;
+    if mask && !d.partials(d.params(0, 0.0, 0.0)).1 {
+        // The scalar partial sums do not mask in place: a pass of its own, then the plain
+        // backward of the masked gradient.
+        crate::ops::elementwise::relu_backward_in_place(y, gy)?;
+        return backward(op, x, x, gy, gamma, saved, false, eval, GyUse::Read);
+    }
+    let eval_flag = if eval { FLAG_EVAL } else { 0 };
+    let flags = relu_flag(relu) | eval_flag;
     let p = d.params(flags, 0.0, 0.0);
     // Without the ReLU mask y is never read; bind x in its place (not gy, which the in-place
-    // kernel writes).
+    // kernels write).
     let y = if relu { y } else { x };
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 2], DType::F32, op)?;
-    let (pp, vec4) = d.partials(p);
+    let mask_flag = if mask { FLAG_MASK_OUT } else { 0 };
+    let (pp, vec4) = d.partials(d.params(flags | mask_flag, 0.0, 0.0));
     let mut buffers = vec![
         x.buffer(),
         y.buffer(),
@@ -541,7 +573,14 @@ fn backward(
     gpu.dispatch(kernel, &pp, &buffers, grid_1d(groups as u32))?;
     let [ggamma, gbeta, coef] = finalize_backward(op, &p, &partials, gamma, &saved.invstd)?;
     // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
-    let (pe, vec4, grid) = d.elements(p);
+    // Masked in place, gy needs no mask here.
+    let pe = if mask {
+        d.params(eval_flag, 0.0, 0.0)
+    } else {
+        p
+    };
+    let (pe, vec4, grid) = d.elements(pe);
+    let over_gy = gy_use == GyUse::Overwrite;
     let (kernel, gx) = match (over_gy, vec4) {
         (true, false) => (&BACKWARD_INPUT_INPLACE, gy.clone()),
         (true, true) => (&BACKWARD_INPUT_INPLACE4, gy.clone()),
@@ -667,7 +706,7 @@ fn pooled_backward(
 ///
 /// `gx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))`, `ggamma = sum(dy * xhat)`,
 /// `gbeta = sum(dy)`, per channel over `M = N * H * W` values; `dy = gy` masked by `y > 0` when
-/// `relu`.
+/// `relu`. `gy` must not share a buffer with `x` (nor with `y` when `relu`).
 pub fn batch_norm_backward(
     x: &Tensor,
     y: &Tensor,
@@ -685,7 +724,7 @@ pub fn batch_norm_backward(
         saved,
         relu,
         false,
-        false,
+        GyUse::Read,
     )
 }
 
@@ -709,7 +748,7 @@ pub fn batch_norm_eval_backward(
         saved,
         relu,
         true,
-        false,
+        GyUse::Read,
     )
 }
 
@@ -890,18 +929,25 @@ fn batch_norm_var(
         };
         if !with_residual {
             // gx replaces gy when nothing else holds it.
-            let over_gy = gy.is_unique();
+            let gy_use = if gy.is_unique() {
+                GyUse::Overwrite
+            } else {
+                GyUse::Read
+            };
             let y = y.as_ref().unwrap_or(&x);
-            let (gx, gg, gb) = backward(op, &x, y, &gy, &g, &s, opts.relu, eval, over_gy)?;
+            let (gx, gg, gb) = backward(op, &x, y, &gy, &g, &s, opts.relu, eval, gy_use)?;
             return Ok(vec![Some(gx), Some(gg), Some(gb)]);
         }
-        // relu(bn(x) + r): both terms receive the gradient masked by the ReLU. The residual's
-        // keeps the masked gradient, so gx gets a buffer of its own.
-        let masked = match &y {
-            Some(y) => crate::ops::relu_backward_consume(y, gy)?,
-            None => gy,
+        // relu(bn(x) + r): both terms receive the gradient masked by the ReLU. The residual
+        // keeps the masked gradient (masked over gy when nothing else holds it), so gx gets a
+        // buffer of its own.
+        let (masked, gy_use, y) = match &y {
+            Some(y) if gy.is_unique() => (gy, GyUse::Mask, y),
+            Some(y) => (crate::ops::relu_backward(y, &gy)?, GyUse::Read, &x),
+            None => (gy, GyUse::Read, &x),
         };
-        let (gx, gg, gb) = backward(op, &x, &x, &masked, &g, &s, false, eval, false)?;
+        let relu = gy_use == GyUse::Mask;
+        let (gx, gg, gb) = backward(op, &x, y, &masked, &g, &s, relu, eval, gy_use)?;
         Ok(vec![Some(gx), Some(gg), Some(gb), Some(masked)])
     })
 }

@@ -114,15 +114,21 @@ pub fn relu_backward(y: &Tensor, gy: &Tensor) -> Result<Tensor> {
 /// [`relu_backward`] taking `gy` by value: when no other handle shares its buffer
 /// ([`Tensor::is_unique`]) the gradient is written over it, without allocating.
 pub fn relu_backward_consume(y: &Tensor, gy: Tensor) -> Result<Tensor> {
-    const OP: &str = "relu_backward";
     if !gy.is_unique() {
         return relu_backward(y, &gy);
     }
-    expect_pair(OP, y, &gy)?;
+    relu_backward_in_place(y, &gy)?;
+    Ok(gy)
+}
+
+/// Mask `g` by the ReLU output `y` in place (`g = 0` where `y <= 0`); the caller makes sure no
+/// other handle needs `g`'s old values.
+pub(crate) fn relu_backward_in_place(y: &Tensor, g: &Tensor) -> Result<()> {
+    const OP: &str = "relu_backward";
+    expect_pair(OP, y, g)?;
     let kernels = (&RELU_BACKWARD_INPLACE, &RELU_BACKWARD_INPLACE4);
     let (k, p, grid) = plan(kernels, y.numel(), 0.0);
-    gy.gpu().dispatch(k, &p, &[y.buffer(), gy.buffer()], grid)?;
-    Ok(gy)
+    g.gpu().dispatch(k, &p, &[y.buffer(), g.buffer()], grid)
 }
 
 /// `a + b` (same shapes).
