@@ -912,6 +912,22 @@ pub fn grid_for_elements(n: usize) -> [u32; 3] {
     grid_1d((n as u64).div_ceil(WORKGROUP_1D as u64) as u32)
 }
 
+/// A pass over `n` values by a kernel with a vec4 twin, one thread per unit: `four` over the
+/// `n / 4` vec4s where `n` is a multiple of 4, else `one` over the `n` values. Returns the
+/// kernel, the number of units (what its `n` parameter counts) and the grid.
+pub(crate) fn scalar_or_vec4(
+    n: usize,
+    one: &'static Kernel,
+    four: &'static Kernel,
+) -> (&'static Kernel, usize, [u32; 3]) {
+    let (kernel, units) = if n.is_multiple_of(4) {
+        (four, n / 4)
+    } else {
+        (one, n)
+    };
+    (kernel, units, grid_for_elements(units))
+}
+
 /// A read-back in flight (see [`Gpu::start_read`]): copies recorded and submitted, mapping
 /// requested. [`Readback::finish`] waits for exactly that submission, not for work submitted
 /// after it.

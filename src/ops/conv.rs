@@ -12,7 +12,9 @@
 
 use super::tune::{self, ConvKey, ConvPass};
 use crate::autograd::Var;
-use crate::gpu::{ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, grid_1d};
+use crate::gpu::{
+    ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, grid_1d, scalar_or_vec4,
+};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -137,17 +139,8 @@ const REDUCE_SPLITS4: Kernel = conv_elementwise!("conv_reduce_splits4");
 /// Sum the `splits` partial results `[splits, len]` in `part` into `out` (`p.reduce_len` =
 /// `len`): four outputs per thread where `len` is a multiple of 4, else one (the same bits).
 fn reduce_splits(gpu: &Gpu, p: &Params, part: &Tensor, out: &Tensor, len: usize) -> Result<()> {
-    let (kernel, units) = if len.is_multiple_of(4) {
-        (&REDUCE_SPLITS4, len / 4)
-    } else {
-        (&REDUCE_SPLITS, len)
-    };
-    gpu.dispatch(
-        kernel,
-        p,
-        &[part.buffer(), out.buffer()],
-        grid_1d(units.div_ceil(256) as u32),
-    )
+    let (kernel, _, grid) = scalar_or_vec4(len, &REDUCE_SPLITS, &REDUCE_SPLITS4);
+    gpu.dispatch(kernel, p, &[part.buffer(), out.buffer()], grid)
 }
 const FORWARD_REDUCE: Kernel = conv_elementwise!("conv_forward_reduce");
 const FORWARD_REDUCE_BN: Kernel = conv_elementwise!("conv_forward_reduce_bn");

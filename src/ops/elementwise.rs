@@ -1,7 +1,7 @@
 //! Elementwise ops: relu, add, scale, fill, axpy. See `shaders/elementwise.wgsl`.
 
 use crate::autograd::Var;
-use crate::gpu::{Kernel, grid_for_elements};
+use crate::gpu::{Kernel, grid_for_elements, scalar_or_vec4};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -35,20 +35,10 @@ const FILL4: Kernel = kernel!("elementwise.wgsl", "fill4");
 /// An elementwise op's kernel, one element per thread, and its four-element twin.
 type Pair = (&'static Kernel, &'static Kernel);
 
-/// The kernel, parameters and grid for `n` elements: four per thread (vec4s) where `n` is a
-/// multiple of 4, one otherwise (see `shaders/elementwise.wgsl`).
+/// The kernel, parameters and grid for `n` elements ([`scalar_or_vec4`]).
 fn plan(kernels: Pair, n: usize, alpha: f32) -> (&'static Kernel, Params, [u32; 3]) {
-    let (kernel, units) = if n.is_multiple_of(4) {
-        (kernels.1, n / 4)
-    } else {
-        (kernels.0, n)
-    };
-    let p = Params {
-        n: units as u32,
-        alpha,
-        _pad: [0; 2],
-    };
-    (kernel, p, grid_for_elements(units))
+    let (kernel, units, grid) = scalar_or_vec4(n, kernels.0, kernels.1);
+    (kernel, params(units, alpha), grid)
 }
 
 fn params(n: usize, alpha: f32) -> Params {

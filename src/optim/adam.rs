@@ -3,9 +3,9 @@
 
 use super::{
     ADAM, ADAM_GROUP, ADAM4, FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, check_state,
-    check_updates, counter_tensor, parse_slot, per_tensor, plan_groups, read_counter, use_groups,
+    check_updates, counter_tensor, parse_slot, plan_groups, read_counter, use_groups,
 };
-use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d};
+use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, scalar_or_vec4};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -239,8 +239,11 @@ impl Optimizer for AdamW {
             let (m_old, v_old) = old.map_or((u.grad.buffer(), u.grad.buffer()), |s| {
                 (s.exp_avg.buffer(), s.exp_avg_sq.buffer())
             });
-            let (kernel, units, grid) = per_tensor(n, &ADAM, &ADAM4);
-            let p = Params { n: units, ..p };
+            let (kernel, units, grid) = scalar_or_vec4(n, &ADAM, &ADAM4);
+            let p = Params {
+                n: units as u32,
+                ..p
+            };
             gpu.dispatch(
                 kernel,
                 &p,

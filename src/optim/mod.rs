@@ -87,21 +87,6 @@ pub(crate) const CLIP_SCALE_GROUP: Kernel = kernel!("optim.wgsl", "clip_scale_gr
 pub(crate) const FLAG_VARIANT: u32 = 1;
 pub(crate) const FLAG_FIRST: u32 = 2;
 
-/// A per-tensor update of `n` elements: `four` (the kernel on vec4s) with `n / 4` units where
-/// `n` is a multiple of 4, else `one` with `n`; the count for `Params::n` and the grid.
-pub(crate) fn per_tensor(
-    n: usize,
-    one: &'static Kernel,
-    four: &'static Kernel,
-) -> (&'static Kernel, u32, [u32; 3]) {
-    let (kernel, units) = if n.is_multiple_of(4) {
-        (four, n / 4)
-    } else {
-        (one, n)
-    };
-    (kernel, units as u32, crate::gpu::grid_for_elements(units))
-}
-
 /// Whether a grouped update kernel binding `buffers` storage buffers may run on `gpu` (the
 /// device binds that many per shader stage), and runs there by default unless `asked` says
 /// otherwise: on GPUs, not on CPU adapters. A GPU runs only the switch case of a workgroup's

@@ -4,9 +4,9 @@
 use super::{
     FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, SGD_MOMENTUM, SGD_MOMENTUM_GROUP,
     SGD_MOMENTUM4, SGD_PLAIN, SGD_PLAIN4, check_state, check_updates, counter_tensor, parse_slot,
-    per_tensor, plan_groups, read_counter, use_groups,
+    plan_groups, read_counter, use_groups,
 };
-use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d};
+use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, scalar_or_vec4};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -181,8 +181,8 @@ impl Optimizer for Sgd {
             };
             let gpu = u.param.gpu();
             if self.momentum == 0.0 {
-                let (kernel, units, grid) = per_tensor(n, &SGD_PLAIN, &SGD_PLAIN4);
-                p.n = units;
+                let (kernel, units, grid) = scalar_or_vec4(n, &SGD_PLAIN, &SGD_PLAIN4);
+                p.n = units as u32;
                 gpu.dispatch(kernel, &p, &[u.param.buffer(), u.grad.buffer()], grid)?;
                 continue;
             }
@@ -191,8 +191,8 @@ impl Optimizer for Sgd {
                 | if old.is_none() { FLAG_FIRST } else { 0 };
             let new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
             let old_buf = old.map_or(u.grad.buffer(), |t| t.buffer());
-            let (kernel, units, grid) = per_tensor(n, &SGD_MOMENTUM, &SGD_MOMENTUM4);
-            p.n = units;
+            let (kernel, units, grid) = scalar_or_vec4(n, &SGD_MOMENTUM, &SGD_MOMENTUM4);
+            p.n = units as u32;
             gpu.dispatch(
                 kernel,
                 &p,
