@@ -190,14 +190,24 @@ fn group_step(s: u32, pv: f32, gv: f32, old: f32) -> vec2<f32> {
                          gp.weight_decay, gp.lr[s / 4u][s % 4u]);
 }
 
+// The slot of a grouped dispatch's workgroup w (linear index): the last of its `count` slots
+// whose first workgroup (increasing; slots 0-3 in lo, 4-7 in hi: a params struct's start[0]
+// and start[1]) is at most w. Two vectors rather than the array, which a function would hold
+// as a private array indexed at run time. Shared by sgd_momentum_group, adam_group and the
+// grouped clipping kernels.
+fn group_slot(w: u32, count: u32, lo: vec4<u32>, hi: vec4<u32>) -> u32 {
+    var s = 0u;
+    for (var k = 1u; k < count; k++) {
+        if (w >= select(hi, lo, k < 4u)[k % 4u]) { s = k; }
+    }
+    return s;
+}
+
 @compute @workgroup_size(256)
 fn sgd_momentum_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let w = wg.x + wg.y * nwg.x;
-    var s = 0u;
-    for (var k = 1u; k < gp.count; k++) {
-        if (w >= gp.start[k / 4u][k % 4u]) { s = k; }
-    }
+    let s = group_slot(w, gp.count, gp.start[0], gp.start[1]);
     let i = (w - gp.start[s / 4u][s % 4u]) * 256u + lid;
     if (i >= gp.n[s / 4u][s % 4u]) { return; }
     // The old buffer is read on the first step too: the host then binds the gradient there.
@@ -333,10 +343,7 @@ fn adam_group_step(s: u32, pv: f32, gv: f32, m_in: f32, v_in: f32) -> vec3<f32> 
 fn adam_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let w = wg.x + wg.y * nwg.x;
-    var s = 0u;
-    for (var k = 1u; k < ap.count; k++) {
-        if (w >= ap.start[k / 4u][k % 4u]) { s = k; }
-    }
+    let s = group_slot(w, ap.count, ap.start[0], ap.start[1]);
     let i = (w - ap.start[s / 4u][s % 4u]) * 256u + lid;
     if (i >= ap.n[s / 4u][s % 4u]) { return; }
     // The old moments are read on the first step too: the host then binds the gradient there.
@@ -537,15 +544,6 @@ struct ClipGroupParams {
 @group(0) @binding(7) var<storage, read_write> cg6: array<f32>;
 @group(0) @binding(8) var<storage, read> cg_coef: array<f32>;
 
-// The slot of dispatch-wide workgroup w.
-fn clip_slot(w: u32) -> u32 {
-    var s = 0u;
-    for (var k = 1u; k < cp.count; k++) {
-        if (w >= cp.start[k / 4u][k % 4u]) { s = k; }
-    }
-    return s;
-}
-
 // Element i of slot s's tensor (clip_sumsq_group).
 fn clip_x(s: u32, i: u32) -> f32 {
     switch s {
@@ -561,7 +559,7 @@ fn clip_x(s: u32, i: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn clip_sumsq_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let s = clip_slot(wg.x);
+    let s = group_slot(wg.x, cp.count, cp.start[0], cp.start[1]);
     let stride = cp.groups[s / 4u][s % 4u] * 256u;
     let n = cp.n[s / 4u][s % 4u];
     var acc = 0.0;
@@ -577,7 +575,7 @@ fn clip_sumsq_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 fn clip_scale_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let w = wg.x + wg.y * nwg.x;
-    let s = clip_slot(w);
+    let s = group_slot(w, cp.count, cp.start[0], cp.start[1]);
     let i = (w - cp.start[s / 4u][s % 4u]) * 256u + lid;
     if (i >= cp.n[s / 4u][s % 4u]) { return; }
     let c = cg_coef[0];
