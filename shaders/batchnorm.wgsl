@@ -139,6 +139,15 @@ fn walk_take(w: ptr<function, vec2<u32>>, c: u32) -> u32 {
     return i;
 }
 
+// The flat indices of the walk's next four values (a round of the partial kernels).
+fn walk_take4(w: ptr<function, vec2<u32>>, c: u32) -> vec4<u32> {
+    let i0 = walk_take(w, c);
+    let i1 = walk_take(w, c);
+    let i2 = walk_take(w, c);
+    let i3 = walk_take(w, c);
+    return vec4<u32>(i0, i1, i2, i3);
+}
+
 // normalize and backward_input: each thread handles the four elements i, i + 256, i + 512 and
 // i + 768 of its workgroup's block of 1024 (so a warp's loads stay consecutive). An element
 // walk holds (offset in the plane, channel) of the current one, (q, c) with i = plane * hw + q
@@ -268,17 +277,14 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
             // This thread's next ROUND values (fewer at the chunk's end), all loaded before the
             // first is used.
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i0 = walk_take(&walk, c);
-            let i1 = walk_take(&walk, c);
-            let i2 = walk_take(&walk, c);
-            let i3 = walk_take(&walk, c);
-            let v0 = sp_x[i0];
+            let i = walk_take4(&walk, c);
+            let v0 = sp_x[i.x];
             var v1 = 0.0;
             var v2 = 0.0;
             var v3 = 0.0;
-            if (left > 1u) { v1 = sp_x[i1]; }
-            if (left > 2u) { v2 = sp_x[i2]; }
-            if (left > 3u) { v3 = sp_x[i3]; }
+            if (left > 1u) { v1 = sp_x[i.y]; }
+            if (left > 2u) { v2 = sp_x[i.z]; }
+            if (left > 3u) { v3 = sp_x[i.w]; }
             block_add(&cnt, &mu, &m2, v0, vec3<f32>(v1, v2, v3), min(left, ROUND));
         }
     }
@@ -447,17 +453,14 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             // As in stats_partial: ROUND values' loads before their arithmetic.
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i0 = walk_take(&walk, c);
-            let i1 = walk_take(&walk, c);
-            let i2 = walk_take(&walk, c);
-            let i3 = walk_take(&walk, c);
-            let t0 = bp_terms(i0, relu, mean, invstd);
+            let i = walk_take4(&walk, c);
+            let t0 = bp_terms(i.x, relu, mean, invstd);
             var t1 = vec2<f32>(0.0);
             var t2 = vec2<f32>(0.0);
             var t3 = vec2<f32>(0.0);
-            if (left > 1u) { t1 = bp_terms(i1, relu, mean, invstd); }
-            if (left > 2u) { t2 = bp_terms(i2, relu, mean, invstd); }
-            if (left > 3u) { t3 = bp_terms(i3, relu, mean, invstd); }
+            if (left > 1u) { t1 = bp_terms(i.y, relu, mean, invstd); }
+            if (left > 2u) { t2 = bp_terms(i.z, relu, mean, invstd); }
+            if (left > 3u) { t3 = bp_terms(i.w, relu, mean, invstd); }
             s_dy = s_dy + t0.x + t1.x + t2.x + t3.x;
             s_dyx = s_dyx + t0.y + t1.y + t2.y + t3.y;
         }
@@ -785,17 +788,14 @@ fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         var walk = walk_from(start + lid);
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i0 = walk_take(&walk, c);
-            let i1 = walk_take(&walk, c);
-            let i2 = walk_take(&walk, c);
-            let i3 = walk_take(&walk, c);
-            let v0 = sp4_x[i0];
+            let i = walk_take4(&walk, c);
+            let v0 = sp4_x[i.x];
             var v1 = vec4<f32>(0.0);
             var v2 = vec4<f32>(0.0);
             var v3 = vec4<f32>(0.0);
-            if (left > 1u) { v1 = sp4_x[i1]; }
-            if (left > 2u) { v2 = sp4_x[i2]; }
-            if (left > 3u) { v3 = sp4_x[i3]; }
+            if (left > 1u) { v1 = sp4_x[i.y]; }
+            if (left > 2u) { v2 = sp4_x[i.z]; }
+            if (left > 3u) { v3 = sp4_x[i.w]; }
             block_add(&cnt, &mu, &m2, v0.x, v0.yzw, 4u);
             if (left > 1u) { block_add(&cnt, &mu, &m2, v1.x, v1.yzw, 4u); }
             if (left > 2u) { block_add(&cnt, &mu, &m2, v2.x, v2.yzw, 4u); }
@@ -851,17 +851,14 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         var walk = walk_from(start + lid);
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i0 = walk_take(&walk, c);
-            let i1 = walk_take(&walk, c);
-            let i2 = walk_take(&walk, c);
-            let i3 = walk_take(&walk, c);
-            let t0 = bp_terms4(i0, relu, mean, invstd);
+            let i = walk_take4(&walk, c);
+            let t0 = bp_terms4(i.x, relu, mean, invstd);
             var t1 = vec2<f32>(0.0);
             var t2 = vec2<f32>(0.0);
             var t3 = vec2<f32>(0.0);
-            if (left > 1u) { t1 = bp_terms4(i1, relu, mean, invstd); }
-            if (left > 2u) { t2 = bp_terms4(i2, relu, mean, invstd); }
-            if (left > 3u) { t3 = bp_terms4(i3, relu, mean, invstd); }
+            if (left > 1u) { t1 = bp_terms4(i.y, relu, mean, invstd); }
+            if (left > 2u) { t2 = bp_terms4(i.z, relu, mean, invstd); }
+            if (left > 3u) { t3 = bp_terms4(i.w, relu, mean, invstd); }
             s_dy = s_dy + t0.x + t1.x + t2.x + t3.x;
             s_dyx = s_dyx + t0.y + t1.y + t2.y + t3.y;
         }

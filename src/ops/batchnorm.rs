@@ -196,11 +196,17 @@ impl Dims {
         }
     }
 
+    /// Whether the kernels with vec4 twins run on vec4s: where a channel plane holds a
+    /// (nonzero) multiple of 4 values, so that no vec4 straddles two planes.
+    fn vec4(&self) -> bool {
+        self.hw > 0 && self.hw.is_multiple_of(4)
+    }
+
     /// `p` for the partial kernels (stats_partial, backward_partial) on vec4s where a channel
     /// plane holds a multiple of 4 values (`true`): the plane, the chunk and the walk's steps
     /// counted in vec4s (the chunks are the same values). `p` unchanged otherwise.
     fn partials(&self, mut p: Params) -> (Params, bool) {
-        if self.hw == 0 || !self.hw.is_multiple_of(4) {
+        if !self.vec4() {
             return (p, false);
         }
         let hw = self.hw / 4;
@@ -216,7 +222,7 @@ impl Dims {
     /// plane is then counted in vec4s, and so are the element steps), else on single values.
     /// A workgroup takes 1024 units, four per thread.
     fn elements(&self, mut p: Params) -> (Params, bool, [u32; 3]) {
-        let vec4 = self.hw.is_multiple_of(4);
+        let vec4 = self.vec4();
         let hw = if vec4 { self.hw / 4 } else { self.hw };
         p.hw = hw as u32;
         p.element_step_q = (ELEMENT_STEP % hw.max(1)) as u32;
@@ -537,7 +543,7 @@ fn backward(
     )?;
     let gpu = x.gpu();
     let mask = gy_use == GyUse::Mask && relu;
-    if mask && !d.partials(d.params(0, 0.0, 0.0)).1 {
+    if mask && !d.vec4() {
         // The scalar partial sums do not mask in place: a pass of its own, then the plain
         // backward of the masked gradient.
         crate::ops::elementwise::relu_backward_in_place(y, gy)?;
@@ -552,15 +558,20 @@ fn backward(
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 2], DType::F32, op)?;
     let mask_flag = if mask { FLAG_MASK_OUT } else { 0 };
-    let (pp, vec4) = d.partials(d.params(flags | mask_flag, 0.0, 0.0));
-    let mut buffers = vec![
+    let (pp, vec4) = d.partials(Params {
+        flags: flags | mask_flag,
+        ..p
+    });
+    // Bindings 1-5 of both passes.
+    let inputs = [
         x.buffer(),
         y.buffer(),
         gy.buffer(),
         saved.mean.buffer(),
         saved.invstd.buffer(),
-        partials.buffer(),
     ];
+    let mut buffers = inputs.to_vec();
+    buffers.push(partials.buffer());
     if !vec4 {
         // The pooled variant's indices: not read here (the vec4 kernel has no such binding).
         buffers.push(x.buffer());
@@ -575,7 +586,10 @@ fn backward(
     // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
     // Masked in place, gy needs no mask here.
     let pe = if mask {
-        d.params(eval_flag, 0.0, 0.0)
+        Params {
+            flags: eval_flag,
+            ..p
+        }
     } else {
         p
     };
@@ -589,14 +603,8 @@ fn backward(
             Tensor::uninit(gpu, x.shape(), DType::F32, op)?,
         ),
     };
-    let mut buffers = vec![
-        x.buffer(),
-        y.buffer(),
-        gy.buffer(),
-        saved.mean.buffer(),
-        saved.invstd.buffer(),
-        coef.buffer(),
-    ];
+    let mut buffers = inputs.to_vec();
+    buffers.push(coef.buffer());
     if !over_gy {
         buffers.push(gx.buffer());
     }
