@@ -4,7 +4,17 @@
 //! memory-bound kernels and the optimizer's. Register counts bound how many workgroups share a
 //! compute unit, which timings alone cannot show.
 //!
-//! `cargo run --release --example kernel_stats -- [--json PATH]`
+//! `cargo run --release --example kernel_stats -- [--json PATH] [--only TEXT] [--isa DIR]`
+//!
+//! `--only` keeps the kernels whose label or entry point contains TEXT; `--isa` writes what the
+//! driver shows of each compiled pipeline (its internal representations: on Mesa's RADV the
+//! NIR and the GPU's assembly) to one file per kernel under DIR, for
+//! `scripts/kernel-stats/loops.py`, which counts the instructions of each loop by kind.
+//!
+//! Without a GPU, Mesa's RADV compiles for an AMD GPU it does not have (a "null device"): with
+//! Mesa 22-25, `RADV_FORCE_FAMILY=navi31` (`scripts/kernel-stats/radv.sh` runs this tool so, the
+//! f16 kernels with Mesa 25's cooperative matrices). The counts are AMD's, not NVIDIA's; what
+//! they compare is one version of a kernel against another.
 //!
 //! The kernels are compiled as the library compiles them on Vulkan: naga's SPIR-V with the
 //! pipeline constants the conv kernels use for 3x3 convolutions (taps outer), no index or loop
@@ -357,8 +367,9 @@ unsafe fn create_device(
     unsafe { instance.create_device(pd, &create, None) }
 }
 
-/// Build `job`'s pipeline with statistics captured and read them.
-fn stats(dev: &Device, job: &Job) -> Result<Vec<Executable>, String> {
+/// Build `job`'s pipeline with statistics captured and read them; with `isa`, also what the
+/// driver shows of the compiled code, written to a file under that folder.
+fn stats(dev: &Device, job: &Job, isa: Option<&str>) -> Result<Vec<Executable>, String> {
     let (words, bindings) = compile(job, dev.lang_version)?;
     let d = &dev.device;
     unsafe {
@@ -401,15 +412,23 @@ fn stats(dev: &Device, job: &Job) -> Result<Vec<Executable>, String> {
             .stage(stage)
             .layout(layout);
         if dev.exec.is_some() {
-            info = info.flags(vk::PipelineCreateFlags::CAPTURE_STATISTICS_KHR);
+            let mut flags = vk::PipelineCreateFlags::CAPTURE_STATISTICS_KHR;
+            if isa.is_some() {
+                flags |= vk::PipelineCreateFlags::CAPTURE_INTERNAL_REPRESENTATIONS_KHR;
+            }
+            info = info.flags(flags);
         }
         let result = d.create_compute_pipelines(vk::PipelineCache::null(), &[info], None);
         let out = match result {
             Ok(pipelines) => {
                 let p = pipelines[0];
                 let read = read_stats(dev, p);
+                let written = match isa {
+                    Some(dir) => write_isa(dev, p, dir, job),
+                    None => Ok(()),
+                };
                 d.destroy_pipeline(p, None);
-                read
+                written.and(read)
             }
             Err((_, e)) => Err(format!("pipeline: {e}")),
         };
@@ -418,6 +437,69 @@ fn stats(dev: &Device, job: &Job) -> Result<Vec<Executable>, String> {
         d.destroy_shader_module(module, None);
         out
     }
+}
+
+/// The driver's internal representations of `pipeline` (text ones), one after another under a
+/// `=== executable: representation ===` line, to `DIR/<kernel>.<entry>.txt`.
+unsafe fn write_isa(
+    dev: &Device,
+    pipeline: vk::Pipeline,
+    dir: &str,
+    job: &Job,
+) -> Result<(), String> {
+    let Some(exec) = &dev.exec else {
+        return Ok(());
+    };
+    let info = vk::PipelineInfoKHR::default().pipeline(pipeline);
+    let props = unsafe { exec.get_pipeline_executable_properties(&info) }
+        .map_err(|e| format!("executable properties: {e}"))?;
+    let mut text = String::new();
+    for (i, prop) in props.iter().enumerate() {
+        let exe = vk::PipelineExecutableInfoKHR::default()
+            .pipeline(pipeline)
+            .executable_index(i as u32);
+        // Two calls: the representations' names and sizes, then their text into buffers.
+        let mut reps = unsafe { exec.get_pipeline_executable_internal_representations(&exe) }
+            .map_err(|e| format!("internal representations: {e}"))?;
+        let mut buffers: Vec<Vec<u8>> = reps.iter().map(|r| vec![0u8; r.data_size]).collect();
+        for (r, b) in reps.iter_mut().zip(&mut buffers) {
+            r.p_data = b.as_mut_ptr().cast();
+        }
+        let mut count = reps.len() as u32;
+        let get = exec
+            .fp()
+            .get_pipeline_executable_internal_representations_khr;
+        unsafe { get(exec.device(), &exe, &mut count, reps.as_mut_ptr()) }
+            .result()
+            .map_err(|e| format!("internal representations: {e}"))?;
+        let exe_name = prop
+            .name_as_c_str()
+            .map_or(String::from("?"), |c| c.to_string_lossy().into_owned());
+        for (r, b) in reps.iter().zip(&buffers) {
+            if r.is_text == vk::FALSE {
+                continue;
+            }
+            let name = r
+                .name_as_c_str()
+                .map_or(String::from("?"), |c| c.to_string_lossy().into_owned());
+            let body = String::from_utf8_lossy(b);
+            text.push_str(&format!("=== {exe_name}: {name} ===\n"));
+            text.push_str(body.trim_end_matches('\0'));
+            text.push('\n');
+        }
+    }
+    let file: String = format!("{} {}", job.label, job.entry)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = format!("{dir}/{file}.txt");
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {path}: {e}"))
 }
 
 unsafe fn read_stats(dev: &Device, pipeline: vk::Pipeline) -> Result<Vec<Executable>, String> {
@@ -466,16 +548,31 @@ unsafe fn read_stats(dev: &Device, pipeline: vk::Pipeline) -> Result<Vec<Executa
     Ok(out)
 }
 
+fn usage() -> ! {
+    eprintln!("usage: kernel_stats [--json PATH] [--only TEXT] [--isa DIR]");
+    std::process::exit(2);
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let json = match args.as_slice() {
-        [] => None,
-        [flag, path] if flag == "--json" => Some(path.clone()),
-        _ => {
-            eprintln!("usage: kernel_stats [--json PATH]");
-            std::process::exit(2);
-        }
-    };
+    let mut json = None;
+    let mut only = None;
+    let mut isa = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let slot = match flag.as_str() {
+            "--json" => &mut json,
+            "--only" => &mut only,
+            "--isa" => &mut isa,
+            _ => usage(),
+        };
+        *slot = Some(args.next().unwrap_or_else(|| usage()));
+    }
+    if let Some(dir) = &isa
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("kernel_stats: cannot create {dir}: {e}");
+        std::process::exit(1);
+    }
     let dev = match open_device() {
         Ok(d) => d,
         Err(e) => {
@@ -505,7 +602,13 @@ fn main() {
         if job.mma && !dev.mma {
             continue;
         }
-        let (executables, error) = match stats(&dev, &job) {
+        if let Some(text) = &only
+            && !job.label.contains(text.as_str())
+            && !job.entry.contains(text.as_str())
+        {
+            continue;
+        }
+        let (executables, error) = match stats(&dev, &job, isa.as_deref()) {
             Ok(e) => (e, None),
             Err(e) => (Vec::new(), Some(e)),
         };
