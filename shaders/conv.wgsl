@@ -46,7 +46,7 @@
 // (narrow layers), which the 64-row tiles would half waste. Between those constants and this file
 // comes the multiply engine: conv_fma.wgsl (exact f32 fused multiply-adds, each thread its
 // micro-tile) or conv_mma.wgsl (operands rounded to f16, cooperative-matrix multiplies by
-// subgroups, f32 accumulation; 64x64, BK 32, TX 16), which stage the chunks (put_a, put_b),
+// subgroups, f32 accumulation; 64x64 with BK 32, 128x64 and 128x128 with BK 16), which stage the chunks (put_a, put_b),
 // multiply them, and leave each thread's micro-tile in `acc` for the epilogues here. Each chunk
 // stages a [BK, BM] slice of the A operand and a [BK, BN] slice of B in workgroup memory (rows
 // padded by one vec4 against bank conflicts), loaded from global memory one chunk ahead into

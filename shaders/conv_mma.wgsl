@@ -24,10 +24,10 @@
 // drivers lay out one-dimensional workgroups.
 //
 // Workgroup memory: a_sh holds A as [m][kk] (row stride LDA), b_sh B as [kk][n] (LDB), both f16;
-// c_sh receives CR rows of C at a time (LDC; 64 rows, 32 for 128-column tiles, so that every
-// tile fits in 26.75 KiB) from coopStoreT, from where engine_end gathers each thread's
-// micro-tile into conv.wgsl's `acc` layout, so the epilogues are shared with the f32 engine.
-// Row strides are multiples of 8 halves (16 bytes), as fragment loads want.
+// c_sh receives one row of fragments of C (F rows, stride LDC) at a time from coopStoreT, from
+// where engine_end gathers each thread's micro-tile into conv.wgsl's `acc` layout, so the
+// epilogues are shared with the f32 engine: 18.5 KiB for the 128x128 tile (MmaTile::
+// workgroup_bytes). Row strides are multiples of 8 halves (16 bytes), as fragment loads want.
 //
 // Bindings (group 0): 5 = mma_scale (read; [s]; any f32 buffer when p.scaled == 0). No dispatch
 // of its own.
@@ -35,13 +35,12 @@
 const LDA: u32 = BK + 8u;
 const LDB: u32 = BN + 8u;
 const LDC: u32 = BN + 4u;
-const CR: u32 = 4096u / BN;
 const SGM: u32 = BM / (F * FM);
 const F16_MAX: f32 = 65504.0;
 
 var<workgroup> a_sh: array<f16, BM * LDA>;
 var<workgroup> b_sh: array<f16, BK * LDB>;
-var<workgroup> c_sh: array<f32, CR * LDC>;
+var<workgroup> c_sh: array<f32, F * LDC>;
 
 @group(0) @binding(5) var<storage, read> mma_scale: array<f32>;
 
@@ -123,34 +122,32 @@ fn multiply(tid: u32) {
     }
 }
 
-// Store the subgroup's fragments that lie in rows [CR h, CR h + CR) of the tile into c_sh (a
-// subgroup's F * FM rows lie in one such chunk).
+// Store the subgroup's fragments in tile rows [F h, F h + F) (fragment row h of the tile; the
+// subgroup's are row0 / F .. row0 / F + FM - 1) into c_sh.
 fn store_chunk(tid: u32, h: u32) {
     let g = tid / SG;
     let row0 = (g % SGM) * (F * FM);
     let col0 = (g / SGM) * (F * FN);
-    if (row0 / CR != h) { return; }
+    let i = h - row0 / F;  // wraps past FM below the subgroup's rows
+    if (i >= FM) { return; }
     let ldc = LDC;
-    let i0 = (row0 - CR * h) * LDC + col0;
+    let i0 = col0;
     let i1 = i0 + F;
-    coopStoreT(c0, &c_sh[i0], ldc);
-    coopStoreT(c1, &c_sh[i1], ldc);
-    if (FN == 4u) {
-        let i2 = i0 + 2u * F;
-        let i3 = i0 + 3u * F;
-        coopStoreT(c2, &c_sh[i2], ldc);
-        coopStoreT(c3, &c_sh[i3], ldc);
-    }
-    if (FM == 2u) {
-        let i4 = i0 + F * LDC;
-        let i5 = i4 + F;
-        coopStoreT(c4, &c_sh[i4], ldc);
-        coopStoreT(c5, &c_sh[i5], ldc);
+    let i2 = i0 + 2u * F;
+    let i3 = i0 + 3u * F;
+    if (i == 0u) {
+        coopStoreT(c0, &c_sh[i0], ldc);
+        coopStoreT(c1, &c_sh[i1], ldc);
         if (FN == 4u) {
-            let i6 = i4 + 2u * F;
-            let i7 = i4 + 3u * F;
-            coopStoreT(c6, &c_sh[i6], ldc);
-            coopStoreT(c7, &c_sh[i7], ldc);
+            coopStoreT(c2, &c_sh[i2], ldc);
+            coopStoreT(c3, &c_sh[i3], ldc);
+        }
+    } else {
+        coopStoreT(c4, &c_sh[i0], ldc);
+        coopStoreT(c5, &c_sh[i1], ldc);
+        if (FN == 4u) {
+            coopStoreT(c6, &c_sh[i2], ldc);
+            coopStoreT(c7, &c_sh[i3], ldc);
         }
     }
 }
@@ -176,26 +173,27 @@ fn gather_rows(i0: u32, r: u32, tx: u32) {
     }
 }
 
-// The acc rows of thread tid that chunk h of c_sh holds: acc[0 .. 3] are tile rows 4 ty ..
-// 4 ty + 3, acc[4 .. 7] (TM = 8) rows 64 + 4 ty ..; a chunk holds all four rows or none.
+// The acc rows of thread tid that fragment row h of the tile (c_sh) holds: acc[0 .. 3] are
+// tile rows 4 ty .. 4 ty + 3, acc[4 .. 7] (TM = 8) rows 64 + 4 ty ..; F rows (8 or 16) hold
+// all four or none.
 fn gather_chunk(tid: u32, h: u32) {
     let tx = tid % 16u;
-    let lo = CR * h;
+    let lo = F * h;
     let r0 = 4u * (tid / 16u);
-    if (r0 >= lo && r0 < lo + CR) {
+    if (r0 >= lo && r0 < lo + F) {
         gather_rows(0u, r0 - lo, tx);
     }
     if (TM == 8u) {
         let r1 = 64u + r0;
-        if (r1 >= lo && r1 < lo + CR) {
+        if (r1 >= lo && r1 < lo + F) {
             gather_rows(4u, r1 - lo, tx);
         }
     }
 }
 
-// The tile's C, CR rows at a time, through c_sh into each thread's `acc`.
+// The tile's C, one row of fragments (F rows) at a time, through c_sh into each thread's `acc`.
 fn engine_end(tid: u32) {
-    for (var h = 0u; h < BM / CR; h++) {
+    for (var h = 0u; h < BM / F; h++) {
         if (h > 0u) {
             workgroupBarrier();
         }

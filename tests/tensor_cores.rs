@@ -184,8 +184,9 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
     let Some(gpu) = f16_gpu() else { return };
     // Every f16 tile runs here: the largest needs more workgroup memory than some adapters give.
     let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
+    let fragment = gpu.mma_config().unwrap().fragment as usize;
     assert!(
-        limit >= MmaTile::T128x128.workgroup_bytes(),
+        limit >= MmaTile::T128x128.workgroup_bytes(fragment),
         "{} allows {limit} bytes of workgroup memory",
         gpu.info()
     );

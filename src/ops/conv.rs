@@ -190,7 +190,8 @@ macro_rules! mma_variant {
 /// 128 x 64 and 128 x 128 with chunks of 16 (the staging code holds at most 8 values of a
 /// chunk per thread) and each subgroup 2 x 2 and 2 x 4 fragments, so that every fragment loaded
 /// from workgroup memory feeds two to four multiplies and every value staged from memory more
-/// of them.
+/// of them. One copy of the staged chunk: two (as the f32 kernels stage, [`ConvStaging`]) cost
+/// the 128 x 128 tile 120 -> 156 registers on RADV (`docs/kernel-stats/`).
 macro_rules! mma_tiles {
     ($f:literal, $sg:literal) => {
         [
@@ -225,9 +226,10 @@ const MMA_VARIANTS: [(MmaConfig, &[Kernels; 3]); 2] = [
     ),
 ];
 
-/// A tile of the f16 engine. Its workgroup memory holds both operands in f16 and 64 rows of
-/// the f32 result at a time, 32 for 128 columns (`shaders/conv_mma.wgsl`): 26.5 KiB for 64 x 64
-/// (chunks of 32), 25.3 for 128 x 64 and 26.75 for 128 x 128.
+/// A tile of the f16 engine. Its workgroup memory holds both operands in f16 and one row of
+/// fragments of the f32 result at a time (`shaders/conv_mma.wgsl`): with 16 x 16 fragments
+/// 13.75 KiB for 64 x 64 (chunks of 32), 12.5 for 128 x 64 and 18.5 for 128 x 128 (the
+/// result's 32 or 64 rows at a time took 26.5, 25.3 and 26.75 KiB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmaTile {
     /// 64 x 64, reduction chunks of 32.
@@ -251,12 +253,11 @@ impl MmaTile {
         }
     }
 
-    /// Bytes of workgroup memory the tile's kernels declare (a_sh, b_sh and c_sh in
-    /// conv_mma.wgsl, with their padded row strides).
-    pub fn workgroup_bytes(self) -> u64 {
+    /// Bytes of workgroup memory the tile's kernels declare with fragments of `fragment` x
+    /// `fragment` (a_sh, b_sh and c_sh in conv_mma.wgsl, with their padded row strides).
+    pub fn workgroup_bytes(self, fragment: usize) -> u64 {
         let (bm, bn, bk) = self.dims();
-        let c_rows = 4096 / bn;
-        (2 * bm * (bk + 8) + 2 * bk * (bn + 8) + 4 * c_rows * (bn + 4)) as u64
+        (2 * bm * (bk + 8) + 2 * bk * (bn + 8) + 4 * fragment * (bn + 4)) as u64
     }
 
     /// The f16 tile standing in for the f32 engine's `tile` in a plan: the same tile where the
@@ -377,35 +378,33 @@ impl Engine {
     }
 }
 
+/// (variant, engine) of each kernel set named.
+macro_rules! shader_variants {
+    ($($set:ident[$i:literal]),* $(,)?) => {
+        [$(($set[$i].forward.variant, $set[$i].forward.engine)),*]
+    };
+}
+
 /// Each conv variant's prepended WGSL declarations and its engine file under `shaders/` (for the
 /// shader tests, which compile `variant + engine + conv.wgsl`).
 #[doc(hidden)]
-pub const CONV_SHADER_VARIANTS: [(&str, &str); 16] = [
-    (F32_SINGLE[0].forward.variant, F32_SINGLE[0].forward.engine),
-    (F32_SINGLE[1].forward.variant, F32_SINGLE[1].forward.engine),
-    (F32_SINGLE[2].forward.variant, F32_SINGLE[2].forward.engine),
-    (F32_SINGLE[3].forward.variant, F32_SINGLE[3].forward.engine),
-    (F32_SINGLE[4].forward.variant, F32_SINGLE[4].forward.engine),
-    (F32_DOUBLE[0].forward.variant, F32_DOUBLE[0].forward.engine),
-    (F32_DOUBLE[1].forward.variant, F32_DOUBLE[1].forward.engine),
-    (F32_DOUBLE[2].forward.variant, F32_DOUBLE[2].forward.engine),
-    (F32_DOUBLE[3].forward.variant, F32_DOUBLE[3].forward.engine),
-    (F32_DOUBLE[4].forward.variant, F32_DOUBLE[4].forward.engine),
-    (
-        MMA_F16_SG32[0].forward.variant,
-        MMA_F16_SG32[0].forward.engine,
-    ),
-    (
-        MMA_F16_SG32[1].forward.variant,
-        MMA_F16_SG32[1].forward.engine,
-    ),
-    (
-        MMA_F16_SG32[2].forward.variant,
-        MMA_F16_SG32[2].forward.engine,
-    ),
-    (MMA_F8_SG8[0].forward.variant, MMA_F8_SG8[0].forward.engine),
-    (MMA_F8_SG8[1].forward.variant, MMA_F8_SG8[1].forward.engine),
-    (MMA_F8_SG8[2].forward.variant, MMA_F8_SG8[2].forward.engine),
+pub const CONV_SHADER_VARIANTS: [(&str, &str); 16] = shader_variants![
+    F32_SINGLE[0],
+    F32_SINGLE[1],
+    F32_SINGLE[2],
+    F32_SINGLE[3],
+    F32_SINGLE[4],
+    F32_DOUBLE[0],
+    F32_DOUBLE[1],
+    F32_DOUBLE[2],
+    F32_DOUBLE[3],
+    F32_DOUBLE[4],
+    MMA_F16_SG32[0],
+    MMA_F16_SG32[1],
+    MMA_F16_SG32[2],
+    MMA_F8_SG8[0],
+    MMA_F8_SG8[1],
+    MMA_F8_SG8[2],
 ];
 
 /// Output tile of one conv workgroup (GEMM rows x columns). Larger tiles do more arithmetic per
