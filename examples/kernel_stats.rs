@@ -276,9 +276,7 @@ fn open_device() -> Result<Device, String> {
         return Err("no Vulkan device".into());
     };
     let stats = has_extension(&instance, pd, exec_name);
-    let name = props
-        .device_name_as_c_str()
-        .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+    let name = c_text(props.device_name_as_c_str());
     let queue_family = unsafe { instance.get_physical_device_queue_family_properties(pd) }
         .iter()
         .position(|q| q.queue_flags.contains(vk::QueueFlags::COMPUTE))
@@ -439,6 +437,31 @@ fn stats(dev: &Device, job: &Job, isa: Option<&str>) -> Result<Vec<Executable>, 
     }
 }
 
+/// A name the driver gave, or `?` where it is not a C string.
+fn c_text(s: Result<&std::ffi::CStr, std::ffi::FromBytesUntilNulError>) -> String {
+    s.map_or(String::from("?"), |c| c.to_string_lossy().into_owned())
+}
+
+/// Each compiled executable of `pipeline` (one for a compute pipeline, usually): the info that
+/// names it in the extension's queries, and its name.
+unsafe fn executables(
+    exec: &ash::khr::pipeline_executable_properties::Device,
+    pipeline: vk::Pipeline,
+) -> Result<Vec<(vk::PipelineExecutableInfoKHR<'static>, String)>, String> {
+    let info = vk::PipelineInfoKHR::default().pipeline(pipeline);
+    let props = unsafe { exec.get_pipeline_executable_properties(&info) }
+        .map_err(|e| format!("executable properties: {e}"))?;
+    Ok((0..)
+        .zip(&props)
+        .map(|(i, prop)| {
+            let exe = vk::PipelineExecutableInfoKHR::default()
+                .pipeline(pipeline)
+                .executable_index(i);
+            (exe, c_text(prop.name_as_c_str()))
+        })
+        .collect())
+}
+
 /// The driver's internal representations of `pipeline` (text ones), one after another under a
 /// `=== executable: representation ===` line, to `DIR/<kernel>.<entry>.txt`.
 unsafe fn write_isa(
@@ -450,14 +473,8 @@ unsafe fn write_isa(
     let Some(exec) = &dev.exec else {
         return Ok(());
     };
-    let info = vk::PipelineInfoKHR::default().pipeline(pipeline);
-    let props = unsafe { exec.get_pipeline_executable_properties(&info) }
-        .map_err(|e| format!("executable properties: {e}"))?;
     let mut text = String::new();
-    for (i, prop) in props.iter().enumerate() {
-        let exe = vk::PipelineExecutableInfoKHR::default()
-            .pipeline(pipeline)
-            .executable_index(i as u32);
+    for (exe, exe_name) in unsafe { executables(exec, pipeline) }? {
         // Two calls: the representations' names and sizes, then their text into buffers.
         let mut reps = unsafe { exec.get_pipeline_executable_internal_representations(&exe) }
             .map_err(|e| format!("internal representations: {e}"))?;
@@ -472,16 +489,11 @@ unsafe fn write_isa(
         unsafe { get(exec.device(), &exe, &mut count, reps.as_mut_ptr()) }
             .result()
             .map_err(|e| format!("internal representations: {e}"))?;
-        let exe_name = prop
-            .name_as_c_str()
-            .map_or(String::from("?"), |c| c.to_string_lossy().into_owned());
         for (r, b) in reps.iter().zip(&buffers) {
             if r.is_text == vk::FALSE {
                 continue;
             }
-            let name = r
-                .name_as_c_str()
-                .map_or(String::from("?"), |c| c.to_string_lossy().into_owned());
+            let name = c_text(r.name_as_c_str());
             let body = String::from_utf8_lossy(b);
             text.push_str(&format!("=== {exe_name}: {name} ===\n"));
             text.push_str(body.trim_end_matches('\0'));
@@ -506,21 +518,10 @@ unsafe fn read_stats(dev: &Device, pipeline: vk::Pipeline) -> Result<Vec<Executa
     let Some(exec) = &dev.exec else {
         return Ok(Vec::new());
     };
-    let info = vk::PipelineInfoKHR::default().pipeline(pipeline);
-    let props = unsafe { exec.get_pipeline_executable_properties(&info) }
-        .map_err(|e| format!("executable properties: {e}"))?;
     let mut out = Vec::new();
-    for (i, prop) in props.iter().enumerate() {
-        let exe = vk::PipelineExecutableInfoKHR::default()
-            .pipeline(pipeline)
-            .executable_index(i as u32);
+    for (exe, name) in unsafe { executables(exec, pipeline) }? {
         let stats = unsafe { exec.get_pipeline_executable_statistics(&exe) }
             .map_err(|e| format!("executable statistics: {e}"))?;
-        let text = |s: Result<&std::ffi::CStr, _>| {
-            s.map_or(String::from("?"), |c: &std::ffi::CStr| {
-                c.to_string_lossy().into_owned()
-            })
-        };
         let stats = stats
             .iter()
             .map(|s| {
@@ -537,13 +538,10 @@ unsafe fn read_stats(dev: &Device, pipeline: vk::Pipeline) -> Result<Vec<Executa
                         _ => "?".into(),
                     }
                 };
-                (text(s.name_as_c_str()), value)
+                (c_text(s.name_as_c_str()), value)
             })
             .collect();
-        out.push(Executable {
-            name: text(prop.name_as_c_str()),
-            stats,
-        });
+        out.push(Executable { name, stats });
     }
     Ok(out)
 }

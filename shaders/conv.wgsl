@@ -46,21 +46,20 @@
 // (narrow layers), which the 64-row tiles would half waste. Between those constants and this file
 // comes the multiply engine: conv_fma.wgsl (exact f32 fused multiply-adds, each thread its
 // micro-tile) or conv_mma.wgsl (operands rounded to f16, cooperative-matrix multiplies by
-// subgroups, f32 accumulation; 64x64 with BK 32, 128x64 and 128x128 with BK 16), which stage the chunks (put_a, put_b),
-// multiply them, and leave each thread's micro-tile in `acc` for the epilogues here. Each chunk
-// stages a [BK, BM] slice of the A operand and a [BK, BN] slice of B in workgroup memory (rows
-// padded by one vec4 against bank conflicts), loaded from global memory one chunk ahead into
-// registers so that the loads of chunk t+1 overlap the arithmetic on chunk t. The tile
-// declarations' STAGES says how many copies of the staged chunk the engine keeps (the host's
-// ConvStaging; 2 only with conv_fma.wgsl and where the device's workgroup memory holds them).
-// With one, each chunk is stored, a barrier, multiplied, a barrier (before the next store
-// overwrites it). With two (the *_store functions, then engine_flip between copies), chunk t+1
-// is stored into the other copy right after chunk t's multiply, and one barrier per chunk
-// separates the two. Thread (tx, ty) =
-// (tid % TX, tid / TX) owns rows 4 TY u + 4 ty + e (u < TM / 4, e < 4) and columns 4 TX v + 4 tx
-// + e (v < TN / 4) of the tile, so its workgroup-memory reads are whole vec4s and a warp's reads
-// of B are consecutive. Out-of-range rows, columns and reduction indices load zeros and store
-// nothing, so any shape works.
+// subgroups, f32 accumulation; 64x64 with BK 32, 128x64 and 128x128 with BK 16), which stage the
+// chunks (put_a, put_b), multiply them, and leave each thread's micro-tile in `acc` for the
+// epilogues here. Each chunk stages a [BK, BM] slice of the A operand and a [BK, BN] slice of B in
+// workgroup memory (rows padded by one vec4 against bank conflicts), loaded from global memory one
+// chunk ahead into registers so that the loads of chunk t+1 overlap the arithmetic on chunk t. The
+// tile declarations' STAGES says how many copies of the staged chunk the engine keeps (the host's
+// ConvStaging; 2 only with conv_fma.wgsl and where the device's workgroup memory holds them). With
+// one, each chunk is stored, a barrier, multiplied, a barrier (before the next store overwrites
+// it). With two (the *_store functions, then engine_flip between copies), chunk t+1 is stored into
+// the other copy right after chunk t's multiply, and one barrier per chunk separates the two.
+// Thread (tx, ty) = (tid % TX, tid / TX) owns rows 4 TY u + 4 ty + e (u < TM / 4, e < 4) and
+// columns 4 TX v + 4 tx + e (v < TN / 4) of the tile, so its workgroup-memory reads are whole vec4s
+// and a warp's reads of B are consecutive. Out-of-range rows, columns and reduction indices load
+// zeros and store nothing, so any shape works.
 //
 // Geometry the loaders divide by is pipeline-overridable (KH, KW: the kernel size; NR, NS: the
 // input gradient's taps per phase), so those divisions compile to multiplies; the remaining

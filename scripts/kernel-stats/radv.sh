@@ -23,10 +23,9 @@ ROOT=${3:-/var/tmp/resnet-wgpu-trixie}
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 bash scripts/tensor-cores/setup.sh "$ROOT"
-MESA=25.0.7-2+deb13u1
 if [ ! -f "$ROOT/opt/mesa25/radeon.json" ]; then
     $SUDO chroot "$ROOT" bash -c "set -e; cd /tmp; apt-get update -qq
-        apt-get download -qq mesa-vulkan-drivers=$MESA
+        apt-get download -qq mesa-vulkan-drivers/trixie
         rm -rf /opt/mesa25; dpkg -x mesa-vulkan-drivers_*.deb /opt/mesa25; rm mesa-vulkan-drivers_*.deb
         printf '%s\n' '{\"ICD\": {\"api_version\": \"1.4.305\", \"library_path\": \"/opt/mesa25/usr/lib/x86_64-linux-gnu/libvulkan_radeon.so\"}, \"file_format_version\": \"1.0.0\"}' > /opt/mesa25/radeon.json"
 fi
