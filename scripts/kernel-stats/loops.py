@@ -9,6 +9,12 @@ dual-issue v_dual_fmac pairs counted as two), mma (v_wmma*), other valu, salu, l
 vmem (global/buffer loads and stores), smem (scalar loads), barriers, waits and branches.
 Nested loops are listed on their own and inside their parents. Static counts: one pass through
 each block of the body, whatever its branches take.
+
+For a loop that loads from memory and then multiplies (a conv kernel's chunk loop: the next
+chunk's loads, then this chunk's multiply), "in flight k/n" says how many of the loop's n memory
+loads are still outstanding at the first fma or mma after the last of them, going through the
+blocks in order and lowering the count at each `s_waitcnt vmcnt(N)`: n/n when the multiply runs
+while all the loads are on their way, 0/n when it waits for every one of them first.
 """
 import re
 import sys
@@ -79,6 +85,28 @@ def count(blocks):
     return c
 
 
+def in_flight(blocks):
+    """(outstanding, loads) at the first fma/mma after the loop's last memory load, or None."""
+    ops = [(op, line) for _, body in blocks for op, _, line in body]
+    loads = [i for i, (op, _) in enumerate(ops) if kind(op) == "vmem" and "load" in op]
+    if not loads:
+        return None
+    outstanding = 0
+    for i, (op, line) in enumerate(ops):
+        k = kind(op)
+        if k == "vmem" and "load" in op:
+            outstanding += 1
+        elif k == "wait":
+            m = re.search(r"vmcnt\((\d+)\)", line) or (
+                re.search(r"s_waitcnt_vmcnt\s+\w+,\s*(0x[0-9a-f]+|\d+)", line)
+            )
+            if m:
+                outstanding = min(outstanding, int(m.group(1), 0))
+        elif i > loads[-1] and (k == "fma" or k == "mma" or (k == "dual" and "fma" in line)):
+            return outstanding, len(loads)
+    return None
+
+
 def main():
     for path in sys.argv[1:]:
         blocks = parse(path)
@@ -93,6 +121,7 @@ def main():
         for lo, hi in sorted(set(loops)):
             c = count(blocks[lo : hi + 1])
             n = sum(c.values())
+            flight = in_flight(blocks[lo : hi + 1])
             inner = [
                 f"{blocks[a][0]}..{blocks[b][0]}"
                 for a, b in loops
@@ -103,6 +132,7 @@ def main():
                 + (f"; contains {', '.join(sorted(set(inner)))}" if inner else "")
                 + "): "
                 + ", ".join(f"{k} {v}" for k, v in c.items() if v)
+                + (f"; in flight {flight[0]}/{flight[1]}" if flight else "")
             )
 
 
