@@ -178,8 +178,28 @@ const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk (
 // acc[i * VN + v] holds C[tile_row(i, ty), 4 TX v + 4 tx .. 4 TX v + 4 tx + 3] (16 = the largest
 // TM * VN).
 var<private> acc: array<vec4<f32>, 16>;
-var<private> ra: array<f32, 8>;  // staged A values of the next chunk (LA used)
-var<private> rb: array<f32, 8>;  // staged B values of the next chunk (LB used)
+var<private> ra: array<Staged, 8>;  // A values of the next chunk (LA used)
+var<private> rb: array<Staged, 8>;  // B values of the next chunk (LB used)
+
+// One loaded element of the next chunk: its value, and whether that is what the chunk holds
+// there (false: the element lies in the padding or past the reduction's end, and the chunk
+// holds a zero). Every loader loads unconditionally, from a safe index (0, or a clamped row)
+// where the element is out of range, and the store (`staged`) makes it a zero after the
+// multiply: a branch around each load made RADV wait for every load before the next (an
+// `s_waitcnt vmcnt(0)` per element, the loads of a chunk one after another), and a select right
+// after the load would wait for it before the multiply; this way a chunk's loads are in flight
+// together and overlap the multiply of the chunk before. The loaders join their conditions
+// with `&`, not `&&`: short-circuit joins become branches, over which SwiftShader's compiler
+// (Chromium's WebGPU without a GPU) took minutes. Rows of A past the GEMM's rows (and columns
+// past its columns) are never stored by the epilogues, so they load any element.
+struct Staged {
+    v: f32,
+    ok: bool,
+}
+
+fn staged(e: Staged) -> f32 {
+    return select(0.0, e.v, e.ok);
+}
 
 // Tile row of micro-tile row `i` of thread row `t`.
 fn tile_row(i: u32, t: u32) -> u32 {
@@ -194,17 +214,17 @@ fn nfast_kk(tid: u32, i: u32) -> u32 { return tid / BN + (256u / BN) * i; }
 
 fn store_a_kfast(tid: u32) {
     let kk = tid % BK;
-    put_a(kk, kfast_row(tid, 0u), ra[0]);
-    put_a(kk, kfast_row(tid, 1u), ra[1]);
+    put_a(kk, kfast_row(tid, 0u), staged(ra[0]));
+    put_a(kk, kfast_row(tid, 1u), staged(ra[1]));
     if (LA >= 4u) {
-        put_a(kk, kfast_row(tid, 2u), ra[2]);
-        put_a(kk, kfast_row(tid, 3u), ra[3]);
+        put_a(kk, kfast_row(tid, 2u), staged(ra[2]));
+        put_a(kk, kfast_row(tid, 3u), staged(ra[3]));
     }
     if (LA == 8u) {
-        put_a(kk, kfast_row(tid, 4u), ra[4]);
-        put_a(kk, kfast_row(tid, 5u), ra[5]);
-        put_a(kk, kfast_row(tid, 6u), ra[6]);
-        put_a(kk, kfast_row(tid, 7u), ra[7]);
+        put_a(kk, kfast_row(tid, 4u), staged(ra[4]));
+        put_a(kk, kfast_row(tid, 5u), staged(ra[5]));
+        put_a(kk, kfast_row(tid, 6u), staged(ra[6]));
+        put_a(kk, kfast_row(tid, 7u), staged(ra[7]));
     }
 }
 
@@ -215,45 +235,45 @@ fn mfast_kk(tid: u32, i: u32) -> u32 { return tid / BM + (256u / BM) * i; }
 
 fn store_a_mfast(tid: u32) {
     let m = tid % BM;
-    put_a(mfast_kk(tid, 0u), m, ra[0]);
-    put_a(mfast_kk(tid, 1u), m, ra[1]);
+    put_a(mfast_kk(tid, 0u), m, staged(ra[0]));
+    put_a(mfast_kk(tid, 1u), m, staged(ra[1]));
     if (LA >= 4u) {
-        put_a(mfast_kk(tid, 2u), m, ra[2]);
-        put_a(mfast_kk(tid, 3u), m, ra[3]);
+        put_a(mfast_kk(tid, 2u), m, staged(ra[2]));
+        put_a(mfast_kk(tid, 3u), m, staged(ra[3]));
     }
     if (LA == 8u) {
-        put_a(mfast_kk(tid, 4u), m, ra[4]);
-        put_a(mfast_kk(tid, 5u), m, ra[5]);
-        put_a(mfast_kk(tid, 6u), m, ra[6]);
-        put_a(mfast_kk(tid, 7u), m, ra[7]);
+        put_a(mfast_kk(tid, 4u), m, staged(ra[4]));
+        put_a(mfast_kk(tid, 5u), m, staged(ra[5]));
+        put_a(mfast_kk(tid, 6u), m, staged(ra[6]));
+        put_a(mfast_kk(tid, 7u), m, staged(ra[7]));
     }
 }
 
 fn store_b_kfast(tid: u32) {
     let kk = tid % BK;
-    put_b(kk, kfast_row(tid, 0u), rb[0]);
-    put_b(kk, kfast_row(tid, 1u), rb[1]);
-    put_b(kk, kfast_row(tid, 2u), rb[2]);
-    put_b(kk, kfast_row(tid, 3u), rb[3]);
+    put_b(kk, kfast_row(tid, 0u), staged(rb[0]));
+    put_b(kk, kfast_row(tid, 1u), staged(rb[1]));
+    put_b(kk, kfast_row(tid, 2u), staged(rb[2]));
+    put_b(kk, kfast_row(tid, 3u), staged(rb[3]));
     if (LB == 8u) {
-        put_b(kk, kfast_row(tid, 4u), rb[4]);
-        put_b(kk, kfast_row(tid, 5u), rb[5]);
-        put_b(kk, kfast_row(tid, 6u), rb[6]);
-        put_b(kk, kfast_row(tid, 7u), rb[7]);
+        put_b(kk, kfast_row(tid, 4u), staged(rb[4]));
+        put_b(kk, kfast_row(tid, 5u), staged(rb[5]));
+        put_b(kk, kfast_row(tid, 6u), staged(rb[6]));
+        put_b(kk, kfast_row(tid, 7u), staged(rb[7]));
     }
 }
 
 fn store_b_nfast(tid: u32) {
     let n = tid % BN;
-    put_b(nfast_kk(tid, 0u), n, rb[0]);
-    put_b(nfast_kk(tid, 1u), n, rb[1]);
-    put_b(nfast_kk(tid, 2u), n, rb[2]);
-    put_b(nfast_kk(tid, 3u), n, rb[3]);
+    put_b(nfast_kk(tid, 0u), n, staged(rb[0]));
+    put_b(nfast_kk(tid, 1u), n, staged(rb[1]));
+    put_b(nfast_kk(tid, 2u), n, staged(rb[2]));
+    put_b(nfast_kk(tid, 3u), n, staged(rb[3]));
     if (LB == 8u) {
-        put_b(nfast_kk(tid, 4u), n, rb[4]);
-        put_b(nfast_kk(tid, 5u), n, rb[5]);
-        put_b(nfast_kk(tid, 6u), n, rb[6]);
-        put_b(nfast_kk(tid, 7u), n, rb[7]);
+        put_b(nfast_kk(tid, 4u), n, staged(rb[4]));
+        put_b(nfast_kk(tid, 5u), n, staged(rb[5]));
+        put_b(nfast_kk(tid, 6u), n, staged(rb[6]));
+        put_b(nfast_kk(tid, 7u), n, staged(rb[7]));
     }
 }
 
@@ -343,22 +363,22 @@ var<private> cols_hi: vec4<u32>;
 const NO_COL: u32 = 0xffffffffu;
 
 // A = w viewed as [K, CRS] (k-fast): element (m, ka), zero past the split's `end`.
-fn fw_a(m: u32, ka: u32, end: u32) -> f32 {
-    if (m < p.out_c && ka < end) { return fw_w[m * (p.in_c * KH * KW) + ka]; }
-    return 0.0;
+fn fw_a(m: u32, ka: u32, end: u32) -> Staged {
+    let ok = (m < p.out_c) & (ka < end);
+    return Staged(fw_w[select(0u, m * (p.in_c * KH * KW) + ka, ok)], ok);
 }
 
 // B = im2col(x) [CRS, batch*OH*OW] (n-fast): element kb of this thread's column, the output
 // pixel whose image starts at `xbase` and whose top-left tap reads input (ih0, iw0).
-fn fw_bv(kb: u32, end: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) -> f32 {
-    if (!valid || kb >= end) { return 0.0; }
+fn fw_bv(kb: u32, end: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) -> Staged {
     let c = kb / (KH * KW);
     let t = kb - c * (KH * KW);
     let r = t / KW;
     let ih = ih0 + i32(r);
     let iw = iw0 + i32(t - r * KW);
-    if (ih < 0 || ih >= i32(p.in_h) || iw < 0 || iw >= i32(p.in_w)) { return 0.0; }
-    return fw_x[xbase + c * p.in_h * p.in_w + u32(ih) * p.in_w + u32(iw)];
+    let ok = valid & (kb < end) & (ih >= 0) & (ih < i32(p.in_h)) & (iw >= 0) & (iw < i32(p.in_w));
+    let i = xbase + c * p.in_h * p.in_w + u32(ih) * p.in_w + u32(iw);
+    return Staged(fw_x[select(0u, i, ok)], ok);
 }
 
 fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) {
@@ -396,7 +416,9 @@ fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i
 // chunk's tap for BK consecutive channels, element (kk, this thread's pixel) one channel plane
 // apart per kk. One bounds check per chunk instead of one per element, and no divisions.
 fn fw_load_taps(tid: u32, m0: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) {
-    let t = chunk_tap;
+    // After the last chunk the loop loads once more (see fw_gemm), past the reduction's last
+    // tap: tap 0 keeps those indices inside the tensors.
+    let t = select(0u, chunk_tap, chunk_tap < KH * KW);
     let rsc = KH * KW * p.in_c;
     let a = (m0 + tid / BK) * rsc + t * p.in_c + chunk_ch + tid % BK;
     let astep = (256u / BK) * rsc;
@@ -415,29 +437,27 @@ fn fw_load_taps(tid: u32, m0: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) 
     let r = t / KW;
     let ih = ih0 + i32(r);
     let iw = iw0 + i32(t - r * KW);
-    rb = array<f32, 8>();
-    if (valid && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
-        let hw = p.in_h * p.in_w;
-        let b = xbase + (chunk_ch + tid / BN) * hw + u32(ih) * p.in_w + u32(iw);
-        let bstep = (256u / BN) * hw;
-        rb[0] = fw_x[b];
-        rb[1] = fw_x[b + bstep];
-        rb[2] = fw_x[b + 2u * bstep];
-        rb[3] = fw_x[b + 3u * bstep];
-        if (LB == 8u) {
-            rb[4] = fw_x[b + 4u * bstep];
-            rb[5] = fw_x[b + 5u * bstep];
-            rb[6] = fw_x[b + 6u * bstep];
-            rb[7] = fw_x[b + 7u * bstep];
-        }
+    let ok = valid & (ih >= 0) & (ih < i32(p.in_h)) & (iw >= 0) & (iw < i32(p.in_w));
+    let hw = p.in_h * p.in_w;
+    let b = select(0u, xbase + u32(ih) * p.in_w + u32(iw), ok) + (chunk_ch + tid / BN) * hw;
+    let bstep = (256u / BN) * hw;
+    rb[0] = Staged(fw_x[b], ok);
+    rb[1] = Staged(fw_x[b + bstep], ok);
+    rb[2] = Staged(fw_x[b + 2u * bstep], ok);
+    rb[3] = Staged(fw_x[b + 3u * bstep], ok);
+    if (LB == 8u) {
+        rb[4] = Staged(fw_x[b + 4u * bstep], ok);
+        rb[5] = Staged(fw_x[b + 5u * bstep], ok);
+        rb[6] = Staged(fw_x[b + 6u * bstep], ok);
+        rb[7] = Staged(fw_x[b + 7u * bstep], ok);
     }
     taps_next(p.in_c);
 }
 
-// The weight at index i of the [K, R*S, C] copy, for row m (zero past the output channels).
-fn fw_at(m: u32, i: u32) -> f32 {
-    if (m < p.out_c) { return fw_w[i]; }
-    return 0.0;
+// The weight at index i of the [K, R*S, C] copy for row m; rows past the output channels are
+// never stored, so they read any weight (the first).
+fn fw_at(m: u32, i: u32) -> Staged {
+    return Staged(fw_w[select(0u, i, m < p.out_c)], true);
 }
 
 // Store y (or this split's partial y, at out_base) for GEMM row m (channel) at output column
@@ -533,14 +553,20 @@ fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
         workgroupBarrier();
     }
     for (var k0 = begin; k0 < end; k0 += BK) {
-        let more = k0 + BK < end;
         if (STAGES == 1u) {
             fw_store(tid);
             workgroupBarrier();
         }
-        if (more) { fw_load(tid, k0 + BK, m0, end, px.valid, xbase, ih0, iw0); }
+        // The next chunk's loads, in flight during this chunk's multiply. After the last chunk
+        // this loads one past the end, which the loaders keep inside the tensors and no
+        // multiply reads: with a branch around it, compilers merge the two paths' registers
+        // with copies that wait for the loads before the multiply.
+        fw_load(tid, k0 + BK, m0, end, px.valid, xbase, ih0, iw0);
         multiply(tid);
-        if (STAGES == 2u && more) {
+        // With two copies, the next chunk goes into the other one, after the last chunk too: a
+        // store on some iterations only would let compilers sink the loads into its branch,
+        // after the multiply.
+        if (STAGES == 2u) {
             engine_flip();
             fw_store(tid);
         }
@@ -694,25 +720,25 @@ fn conv_forward_reduce_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
 @group(0) @binding(3) var<storage, read_write> bi_gx: array<f32>;
 
 // A[c, (k,t,u)] = w[k,c,r0+st*t,s0+st*u] (k-fast): element (c, ka) given ka's weight offset.
-fn bi_a(c: u32, k: u32, wofs: u32, inside: bool) -> f32 {
-    if (c < p.in_c && inside) { return bi_w[(k * p.in_c + c) * (KH * KW) + wofs]; }
-    return 0.0;
+fn bi_a(c: u32, k: u32, wofs: u32, inside: bool) -> Staged {
+    let ok = (c < p.in_c) & inside;
+    return Staged(bi_w[select(0u, (k * p.in_c + c) * (KH * KW) + wofs, ok)], ok);
 }
 
 // B[(k,t,u), (n,i,j)] = gy[n,k,oh,ow] with oh = (h0 + st*i + pd - r0 - st*t) / st (exact by the
 // phase choice), where inside gy (n-fast). This thread's column is pixel (n, i, j): `gbase` is
 // the offset of image n in gy and (oh0, ow0) the gy position its first tap reads.
-fn bi_bv(kb: u32, end: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) -> f32 {
-    if (!valid || kb >= end) { return 0.0; }
+fn bi_bv(kb: u32, end: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) -> Staged {
     let kc = kb / (NR * NS);
     let t = kb - kc * (NR * NS);
     let dr = t / NS;
     let ds = t - dr * NS;
-    if (oh0 < dr || ow0 < ds) { return 0.0; }
+    // oh0 < dr (or ow0 < ds) wraps oh (ow) past the gradient's extent.
     let oh = oh0 - dr;
     let ow = ow0 - ds;
-    if (oh >= p.out_h || ow >= p.out_w) { return 0.0; }
-    return bi_gy[gbase + kc * p.out_h * p.out_w + oh * p.out_w + ow];
+    let ok = valid & (kb < end) & (oh0 >= dr) & (ow0 >= ds) & (oh < p.out_h) & (ow < p.out_w);
+    let i = gbase + kc * p.out_h * p.out_w + oh * p.out_w + ow;
+    return Staged(bi_gy[select(0u, i, ok)], ok);
 }
 
 // Stage the chunk at reduction index k0; indices from `end` on (the reduction's or this split's
@@ -757,43 +783,44 @@ fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u
 // ((chunk_ch + kk) * R*S + tap) * C + c, staged m-fast (consecutive threads, consecutive c);
 // B = gy at the tap's offset for BK consecutive channels k, one gy plane apart per kk.
 fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) {
-    let t = chunk_tap;
+    // Past the reduction's last tap (the loop's load after the last chunk), tap 0 keeps the
+    // indices inside the tensors.
+    let t = select(0u, chunk_tap, chunk_tap < NR * NS);
     let tr = t / NS;
     let tu = t - tr * NS;
     let tap = (p.r0 + p.stride * tr) * KW + p.s0 + p.stride * tu;
-    let c = m0 + tid % BM;
-    ra = array<f32, 8>();
-    if (c < p.in_c) {
-        let a = ((chunk_ch + tid / BM) * (KH * KW) + tap) * p.in_c + c;
-        let astep = (256u / BM) * (KH * KW) * p.in_c;
-        ra[0] = bi_w[a];
-        ra[1] = bi_w[a + astep];
-        if (LA >= 4u) {
-            ra[2] = bi_w[a + 2u * astep];
-            ra[3] = bi_w[a + 3u * astep];
-        }
-        if (LA == 8u) {
-            ra[4] = bi_w[a + 4u * astep];
-            ra[5] = bi_w[a + 5u * astep];
-            ra[6] = bi_w[a + 6u * astep];
-            ra[7] = bi_w[a + 7u * astep];
-        }
+    // Rows past the input channels are never stored: they read the last channel's weights.
+    let c = min(m0 + tid % BM, p.in_c - 1u);
+    let a = ((chunk_ch + tid / BM) * (KH * KW) + tap) * p.in_c + c;
+    let astep = (256u / BM) * (KH * KW) * p.in_c;
+    ra[0] = Staged(bi_w[a], true);
+    ra[1] = Staged(bi_w[a + astep], true);
+    if (LA >= 4u) {
+        ra[2] = Staged(bi_w[a + 2u * astep], true);
+        ra[3] = Staged(bi_w[a + 3u * astep], true);
     }
-    rb = array<f32, 8>();
-    if (valid && oh0 >= tr && ow0 >= tu && oh0 - tr < p.out_h && ow0 - tu < p.out_w) {
-        let ohw = p.out_h * p.out_w;
-        let b = gbase + (chunk_ch + tid / BN) * ohw + (oh0 - tr) * p.out_w + ow0 - tu;
-        let bstep = (256u / BN) * ohw;
-        rb[0] = bi_gy[b];
-        rb[1] = bi_gy[b + bstep];
-        rb[2] = bi_gy[b + 2u * bstep];
-        rb[3] = bi_gy[b + 3u * bstep];
-        if (LB == 8u) {
-            rb[4] = bi_gy[b + 4u * bstep];
-            rb[5] = bi_gy[b + 5u * bstep];
-            rb[6] = bi_gy[b + 6u * bstep];
-            rb[7] = bi_gy[b + 7u * bstep];
-        }
+    if (LA == 8u) {
+        ra[4] = Staged(bi_w[a + 4u * astep], true);
+        ra[5] = Staged(bi_w[a + 5u * astep], true);
+        ra[6] = Staged(bi_w[a + 6u * astep], true);
+        ra[7] = Staged(bi_w[a + 7u * astep], true);
+    }
+    // oh0 < tr (or ow0 < tu) wraps the row (column) past the gradient's extent.
+    let oh = oh0 - tr;
+    let ow = ow0 - tu;
+    let ok = valid & (oh0 >= tr) & (ow0 >= tu) & (oh < p.out_h) & (ow < p.out_w);
+    let ohw = p.out_h * p.out_w;
+    let b = select(0u, gbase + oh * p.out_w + ow, ok) + (chunk_ch + tid / BN) * ohw;
+    let bstep = (256u / BN) * ohw;
+    rb[0] = Staged(bi_gy[b], ok);
+    rb[1] = Staged(bi_gy[b + bstep], ok);
+    rb[2] = Staged(bi_gy[b + 2u * bstep], ok);
+    rb[3] = Staged(bi_gy[b + 3u * bstep], ok);
+    if (LB == 8u) {
+        rb[4] = Staged(bi_gy[b + 4u * bstep], ok);
+        rb[5] = Staged(bi_gy[b + 5u * bstep], ok);
+        rb[6] = Staged(bi_gy[b + 6u * bstep], ok);
+        rb[7] = Staged(bi_gy[b + 7u * bstep], ok);
     }
     taps_next(p.out_c);
 }
@@ -893,14 +920,14 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         }
     }
     for (var k0 = begin; k0 < end; k0 += BK) {
-        let more = k0 + BK < end;
         if (STAGES == 1u) {
             bi_store(tid);
             workgroupBarrier();
         }
-        if (more) { bi_load(tid, k0 + BK, m0, end, px.valid, gbase, oh0, ow0); }
+        // The next chunk, even after the last (see fw_gemm).
+        bi_load(tid, k0 + BK, m0, end, px.valid, gbase, oh0, ow0);
         multiply(tid);
-        if (STAGES == 2u && more) {
+        if (STAGES == 2u) {
             engine_flip();
             bi_store(tid);
         }
@@ -917,23 +944,24 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(2) var<storage, read> bw_gy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bw_part: array<f32>;
 
-// A[k, i] = gy[n,k,oh,ow] (k-fast): element (k, this thread's reduction index i at gbase).
-fn bw_a(k: u32, gbase: u32, inside: bool) -> f32 {
-    if (inside && k < p.out_c) { return bw_gy[gbase + k * p.out_h * p.out_w]; }
-    return 0.0;
+// A[k, i] = gy[n,k,oh,ow] (k-fast): element (k, this thread's reduction index i) at index j
+// of gy, zero past the reduction's end (!inside) or the output channels.
+fn bw_a(k: u32, j: u32, inside: bool) -> Staged {
+    let ok = inside & (k < p.out_c);
+    return Staged(bw_gy[select(0u, j, ok)], ok);
 }
 
 // B[i, (c,r,s)] = x[n,c,oh*st-pd+r,ow*st-pd+s] (k-fast): column j for this thread's i, whose
 // image starts at xbase and whose top-left tap reads input (ih0, iw0).
-fn bw_bv(j: u32, crs: u32, inside: bool, xbase: u32, ih0: i32, iw0: i32) -> f32 {
-    if (!inside || j >= crs) { return 0.0; }
+fn bw_bv(j: u32, crs: u32, inside: bool, xbase: u32, ih0: i32, iw0: i32) -> Staged {
     let c = j / (KH * KW);
     let t = j - c * (KH * KW);
     let r = t / KW;
     let ih = ih0 + i32(r);
     let iw = iw0 + i32(t - r * KW);
-    if (ih < 0 || ih >= i32(p.in_h) || iw < 0 || iw >= i32(p.in_w)) { return 0.0; }
-    return bw_x[xbase + c * p.in_h * p.in_w + u32(ih) * p.in_w + u32(iw)];
+    let ok = inside & (j < crs) & (ih >= 0) & (ih < i32(p.in_h)) & (iw >= 0) & (iw < i32(p.in_w));
+    let i = xbase + c * p.in_h * p.in_w + u32(ih) * p.in_w + u32(iw);
+    return Staged(bw_x[select(0u, i, ok)], ok);
 }
 
 // The weight gradient's reduction walk: this thread's pixel (image, row, column) of the batch's
@@ -976,19 +1004,20 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     let oh = walk_oh;
     let ow = walk_ow;
     bw_walk_next();
-    let pix = oh * p.out_w + ow;
-    let gbase = img * p.out_c * ohw + pix;
-    ra[0] = bw_a(m0 + kfast_row(tid, 0u), gbase, inside);
-    ra[1] = bw_a(m0 + kfast_row(tid, 1u), gbase, inside);
+    // gy at this thread's pixel for channels m0 + kfast_row(tid, i), one gy plane apart.
+    let a = (img * p.out_c + m0 + tid / BK) * ohw + oh * p.out_w + ow;
+    let astep = (256u / BK) * ohw;
+    ra[0] = bw_a(m0 + kfast_row(tid, 0u), a, inside);
+    ra[1] = bw_a(m0 + kfast_row(tid, 1u), a + astep, inside);
     if (LA >= 4u) {
-        ra[2] = bw_a(m0 + kfast_row(tid, 2u), gbase, inside);
-        ra[3] = bw_a(m0 + kfast_row(tid, 3u), gbase, inside);
+        ra[2] = bw_a(m0 + kfast_row(tid, 2u), a + 2u * astep, inside);
+        ra[3] = bw_a(m0 + kfast_row(tid, 3u), a + 3u * astep, inside);
     }
     if (LA == 8u) {
-        ra[4] = bw_a(m0 + kfast_row(tid, 4u), gbase, inside);
-        ra[5] = bw_a(m0 + kfast_row(tid, 5u), gbase, inside);
-        ra[6] = bw_a(m0 + kfast_row(tid, 6u), gbase, inside);
-        ra[7] = bw_a(m0 + kfast_row(tid, 7u), gbase, inside);
+        ra[4] = bw_a(m0 + kfast_row(tid, 4u), a + 4u * astep, inside);
+        ra[5] = bw_a(m0 + kfast_row(tid, 5u), a + 5u * astep, inside);
+        ra[6] = bw_a(m0 + kfast_row(tid, 6u), a + 6u * astep, inside);
+        ra[7] = bw_a(m0 + kfast_row(tid, 7u), a + 7u * astep, inside);
     }
     let xbase = img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(oh * p.stride) - i32(p.pad);
@@ -1020,21 +1049,20 @@ fn bw_load_b_taps(tid: u32, n0: u32, inside: bool, xbase: u32, ih0: i32, iw0: i3
     let r = bw_tap / KW;
     let ih = ih0 + i32(r);
     let iw = iw0 + i32(bw_tap - r * KW);
-    rb = array<f32, 8>();
-    if (inside && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
-        let hw = p.in_h * p.in_w;
-        let b = xbase + (n0 - bw_tap * p.in_c + tid / BK) * hw + u32(ih) * p.in_w + u32(iw);
-        let bstep = (256u / BK) * hw;
-        rb[0] = bw_x[b];
-        rb[1] = bw_x[b + bstep];
-        rb[2] = bw_x[b + 2u * bstep];
-        rb[3] = bw_x[b + 3u * bstep];
-        if (LB == 8u) {
-            rb[4] = bw_x[b + 4u * bstep];
-            rb[5] = bw_x[b + 5u * bstep];
-            rb[6] = bw_x[b + 6u * bstep];
-            rb[7] = bw_x[b + 7u * bstep];
-        }
+    let ok = inside & (ih >= 0) & (ih < i32(p.in_h)) & (iw >= 0) & (iw < i32(p.in_w));
+    let hw = p.in_h * p.in_w;
+    let c = n0 - bw_tap * p.in_c + tid / BK;
+    let b = select(0u, xbase + u32(ih) * p.in_w + u32(iw), ok) + c * hw;
+    let bstep = (256u / BK) * hw;
+    rb[0] = Staged(bw_x[b], ok);
+    rb[1] = Staged(bw_x[b + bstep], ok);
+    rb[2] = Staged(bw_x[b + 2u * bstep], ok);
+    rb[3] = Staged(bw_x[b + 3u * bstep], ok);
+    if (LB == 8u) {
+        rb[4] = Staged(bw_x[b + 4u * bstep], ok);
+        rb[5] = Staged(bw_x[b + 5u * bstep], ok);
+        rb[6] = Staged(bw_x[b + 6u * bstep], ok);
+        rb[7] = Staged(bw_x[b + 7u * bstep], ok);
     }
 }
 
@@ -1101,14 +1129,14 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
         workgroupBarrier();
     }
     for (var k0 = begin; k0 < end; k0 += BK) {
-        let more = k0 + BK < end;
         if (STAGES == 1u) {
             bw_store(tid);
             workgroupBarrier();
         }
-        if (more) { bw_load(tid, k0 + BK, end, m0, n0, crs); }
+        // The next chunk, even after the last (see fw_gemm).
+        bw_load(tid, k0 + BK, end, m0, n0, crs);
         multiply(tid);
-        if (STAGES == 2u && more) {
+        if (STAGES == 2u) {
             engine_flip();
             bw_store(tid);
         }
