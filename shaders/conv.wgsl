@@ -208,23 +208,30 @@ fn tile_row(i: u32, t: u32) -> u32 {
 
 // Staging layouts. A "k-fast" operand is loaded with kk = tid % BK and row/column
 // tid / BK + (256 / BK) i (consecutive threads read consecutive reduction indices); an
-// "n-fast" one with column tid % BN and kk = tid / BN + (256 / BN) i.
+// "n-fast" one with column tid % BN and kk = tid / BN + (256 / BN) i. put_a and put_b also take
+// the row (column) as its quad and lane, m = 4 q + e, for the f32 engine's vec4 tiles: a
+// thread's k-fast rows share the lane and step the quad by a constant, so that each store's
+// address is one base plus a constant (a compiler cannot split (m + 16 i) / 4 itself: u32 sums
+// wrap).
 fn kfast_row(tid: u32, i: u32) -> u32 { return tid / BK + (256u / BK) * i; }
 fn nfast_kk(tid: u32, i: u32) -> u32 { return tid / BN + (256u / BN) * i; }
+const KQ: u32 = 64u / BK;           // the quad step between a thread's k-fast rows (256 / BK / 4)
 
 fn store_a_kfast(tid: u32) {
     let kk = tid % BK;
-    put_a(kk, kfast_row(tid, 0u), staged(ra[0]));
-    put_a(kk, kfast_row(tid, 1u), staged(ra[1]));
+    let q = tid / BK / 4u;
+    let e = tid / BK % 4u;
+    put_a(kk, kfast_row(tid, 0u), q, e, staged(ra[0]));
+    put_a(kk, kfast_row(tid, 1u), q + KQ, e, staged(ra[1]));
     if (LA >= 4u) {
-        put_a(kk, kfast_row(tid, 2u), staged(ra[2]));
-        put_a(kk, kfast_row(tid, 3u), staged(ra[3]));
+        put_a(kk, kfast_row(tid, 2u), q + 2u * KQ, e, staged(ra[2]));
+        put_a(kk, kfast_row(tid, 3u), q + 3u * KQ, e, staged(ra[3]));
     }
     if (LA == 8u) {
-        put_a(kk, kfast_row(tid, 4u), staged(ra[4]));
-        put_a(kk, kfast_row(tid, 5u), staged(ra[5]));
-        put_a(kk, kfast_row(tid, 6u), staged(ra[6]));
-        put_a(kk, kfast_row(tid, 7u), staged(ra[7]));
+        put_a(kk, kfast_row(tid, 4u), q + 4u * KQ, e, staged(ra[4]));
+        put_a(kk, kfast_row(tid, 5u), q + 5u * KQ, e, staged(ra[5]));
+        put_a(kk, kfast_row(tid, 6u), q + 6u * KQ, e, staged(ra[6]));
+        put_a(kk, kfast_row(tid, 7u), q + 7u * KQ, e, staged(ra[7]));
     }
 }
 
@@ -235,45 +242,51 @@ fn mfast_kk(tid: u32, i: u32) -> u32 { return tid / BM + (256u / BM) * i; }
 
 fn store_a_mfast(tid: u32) {
     let m = tid % BM;
-    put_a(mfast_kk(tid, 0u), m, staged(ra[0]));
-    put_a(mfast_kk(tid, 1u), m, staged(ra[1]));
+    let q = tid % BM / 4u;
+    let e = tid % 4u;
+    put_a(mfast_kk(tid, 0u), m, q, e, staged(ra[0]));
+    put_a(mfast_kk(tid, 1u), m, q, e, staged(ra[1]));
     if (LA >= 4u) {
-        put_a(mfast_kk(tid, 2u), m, staged(ra[2]));
-        put_a(mfast_kk(tid, 3u), m, staged(ra[3]));
+        put_a(mfast_kk(tid, 2u), m, q, e, staged(ra[2]));
+        put_a(mfast_kk(tid, 3u), m, q, e, staged(ra[3]));
     }
     if (LA == 8u) {
-        put_a(mfast_kk(tid, 4u), m, staged(ra[4]));
-        put_a(mfast_kk(tid, 5u), m, staged(ra[5]));
-        put_a(mfast_kk(tid, 6u), m, staged(ra[6]));
-        put_a(mfast_kk(tid, 7u), m, staged(ra[7]));
+        put_a(mfast_kk(tid, 4u), m, q, e, staged(ra[4]));
+        put_a(mfast_kk(tid, 5u), m, q, e, staged(ra[5]));
+        put_a(mfast_kk(tid, 6u), m, q, e, staged(ra[6]));
+        put_a(mfast_kk(tid, 7u), m, q, e, staged(ra[7]));
     }
 }
 
 fn store_b_kfast(tid: u32) {
     let kk = tid % BK;
-    put_b(kk, kfast_row(tid, 0u), staged(rb[0]));
-    put_b(kk, kfast_row(tid, 1u), staged(rb[1]));
-    put_b(kk, kfast_row(tid, 2u), staged(rb[2]));
-    put_b(kk, kfast_row(tid, 3u), staged(rb[3]));
+    let q = tid / BK / 4u;
+    let e = tid / BK % 4u;
+    put_b(kk, kfast_row(tid, 0u), q, e, staged(rb[0]));
+    put_b(kk, kfast_row(tid, 1u), q + KQ, e, staged(rb[1]));
+    put_b(kk, kfast_row(tid, 2u), q + 2u * KQ, e, staged(rb[2]));
+    put_b(kk, kfast_row(tid, 3u), q + 3u * KQ, e, staged(rb[3]));
     if (LB == 8u) {
-        put_b(kk, kfast_row(tid, 4u), staged(rb[4]));
-        put_b(kk, kfast_row(tid, 5u), staged(rb[5]));
-        put_b(kk, kfast_row(tid, 6u), staged(rb[6]));
-        put_b(kk, kfast_row(tid, 7u), staged(rb[7]));
+        put_b(kk, kfast_row(tid, 4u), q + 4u * KQ, e, staged(rb[4]));
+        put_b(kk, kfast_row(tid, 5u), q + 5u * KQ, e, staged(rb[5]));
+        put_b(kk, kfast_row(tid, 6u), q + 6u * KQ, e, staged(rb[6]));
+        put_b(kk, kfast_row(tid, 7u), q + 7u * KQ, e, staged(rb[7]));
     }
 }
 
 fn store_b_nfast(tid: u32) {
     let n = tid % BN;
-    put_b(nfast_kk(tid, 0u), n, staged(rb[0]));
-    put_b(nfast_kk(tid, 1u), n, staged(rb[1]));
-    put_b(nfast_kk(tid, 2u), n, staged(rb[2]));
-    put_b(nfast_kk(tid, 3u), n, staged(rb[3]));
+    let q = tid % BN / 4u;
+    let e = tid % 4u;
+    put_b(nfast_kk(tid, 0u), n, q, e, staged(rb[0]));
+    put_b(nfast_kk(tid, 1u), n, q, e, staged(rb[1]));
+    put_b(nfast_kk(tid, 2u), n, q, e, staged(rb[2]));
+    put_b(nfast_kk(tid, 3u), n, q, e, staged(rb[3]));
     if (LB == 8u) {
-        put_b(nfast_kk(tid, 4u), n, staged(rb[4]));
-        put_b(nfast_kk(tid, 5u), n, staged(rb[5]));
-        put_b(nfast_kk(tid, 6u), n, staged(rb[6]));
-        put_b(nfast_kk(tid, 7u), n, staged(rb[7]));
+        put_b(nfast_kk(tid, 4u), n, q, e, staged(rb[4]));
+        put_b(nfast_kk(tid, 5u), n, q, e, staged(rb[5]));
+        put_b(nfast_kk(tid, 6u), n, q, e, staged(rb[6]));
+        put_b(nfast_kk(tid, 7u), n, q, e, staged(rb[7]));
     }
 }
 

@@ -3,8 +3,9 @@
 // BK, TX), then this file, then conv.wgsl; conv_mma.wgsl is the f16 tensor-core alternative
 // with the same interface:
 //   engine_begin()       zero the accumulators (at a kernel's start)
-//   put_a(kk, m, v)      stage A[kk, m] of a chunk in workgroup memory
-//   put_b(kk, n, v)      stage B[kk, n]
+//   put_a(kk, m, q, e, v) stage A[kk, m] of a chunk in workgroup memory; q and e are m's quad
+//                        and lane (m = 4 q + e), for an engine that stores into vec4s
+//   put_b(kk, n, q, e, v) stage B[kk, n] (n = 4 q + e)
 //   multiply(tid)        accumulate the staged BK-deep chunk (between the body's barriers)
 //   engine_flip()        with STAGES == 2: make the other copy of the tiles the one that put_a
 //                        and put_b write and the next multiply reads (see conv.wgsl's loops)
@@ -33,8 +34,8 @@ var<workgroup> b_tile: array<vec4<f32>, STAGES * SB>;
 var<private> a_at: u32;
 var<private> b_at: u32;
 
-fn put_a(kk: u32, m: u32, v: f32) { a_tile[a_at + kk * RA + m / 4u][m % 4u] = v; }
-fn put_b(kk: u32, n: u32, v: f32) { b_tile[b_at + kk * RB + n / 4u][n % 4u] = v; }
+fn put_a(kk: u32, m: u32, q: u32, e: u32, v: f32) { a_tile[a_at + kk * RA + q][e] = v; }
+fn put_b(kk: u32, n: u32, q: u32, e: u32, v: f32) { b_tile[b_at + kk * RB + q][e] = v; }
 
 fn engine_flip() {
     if (STAGES == 2u) {
