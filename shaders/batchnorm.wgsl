@@ -148,6 +148,13 @@ fn walk_take4(w: ptr<function, vec2<u32>>, c: u32) -> vec4<u32> {
     return vec4<u32>(i0, i1, i2, i3);
 }
 
+// A round's indices with those past the chunk's end (`left` values remain, at least one)
+// replaced by the first, so that every load of the round is in bounds and none needs a branch:
+// the kernels load the repeats and leave their values out.
+fn round_indices(i: vec4<u32>, left: u32) -> vec4<u32> {
+    return select(vec4<u32>(i.x), i, vec4<u32>(1u, 2u, 3u, 4u) <= vec4<u32>(left));
+}
+
 // normalize and backward_input: each thread handles the four elements i, i + 256, i + 512 and
 // i + 768 of its workgroup's block of 1024 (so a warp's loads stay consecutive). An element
 // walk holds (offset in the plane, channel) of the current one, (q, c) with i = plane * hw + q
@@ -209,6 +216,19 @@ fn block_add(cnt: ptr<function, f32>, mu: ptr<function, f32>, m2: ptr<function, 
     *mu = m + f;
     *m2 = *m2 + dot(d, d) - s * f;
     *cnt = n;
+}
+
+// block_add of the four values of v where `take`, without a branch: a branch would let
+// compilers sink the load of v into it, after the loads before it have completed.
+fn block_add_if(cnt: ptr<function, f32>, mu: ptr<function, f32>, m2: ptr<function, f32>,
+                v: vec4<f32>, take: bool) {
+    var n = *cnt;
+    var mean = *mu;
+    var q = *m2;
+    block_add(&n, &mean, &q, v.x, v.yzw, 4u);
+    *cnt = select(*cnt, n, take);
+    *mu = select(*mu, mean, take);
+    *m2 = select(*m2, q, take);
 }
 
 // Chan's merge of the partial t = (count, mean, M2) into the running (n, mean, m2).
@@ -275,17 +295,12 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         var walk = walk_from(start + lid);
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             // This thread's next ROUND values (fewer at the chunk's end), all loaded before the
-            // first is used.
+            // first is used: without branches (round_indices), so that the loads are in flight
+            // together; a branch around each load made RADV wait for it before the next.
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i = walk_take4(&walk, c);
-            let v0 = sp_x[i.x];
-            var v1 = 0.0;
-            var v2 = 0.0;
-            var v3 = 0.0;
-            if (left > 1u) { v1 = sp_x[i.y]; }
-            if (left > 2u) { v2 = sp_x[i.z]; }
-            if (left > 3u) { v3 = sp_x[i.w]; }
-            block_add(&cnt, &mu, &m2, v0, vec3<f32>(v1, v2, v3), min(left, ROUND));
+            let i = round_indices(walk_take4(&walk, c), left);
+            let v = vec4<f32>(sp_x[i.x], sp_x[i.y], sp_x[i.z], sp_x[i.w]);
+            block_add(&cnt, &mu, &m2, v.x, v.yzw, min(left, ROUND));
         }
     }
     red_a[lid] = cnt;
@@ -451,7 +466,7 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
         let end = min(start + params.chunk_len, m);
         var walk = walk_from(start + lid);
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
-            // As in stats_partial: ROUND values' loads before their arithmetic.
+            // ROUND values' terms (fewer at the chunk's end).
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
             let i = walk_take4(&walk, c);
             let t0 = bp_terms(i.x, relu, mean, invstd);
@@ -788,18 +803,15 @@ fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         var walk = walk_from(start + lid);
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i = walk_take4(&walk, c);
+            let i = round_indices(walk_take4(&walk, c), left);
             let v0 = sp4_x[i.x];
-            var v1 = vec4<f32>(0.0);
-            var v2 = vec4<f32>(0.0);
-            var v3 = vec4<f32>(0.0);
-            if (left > 1u) { v1 = sp4_x[i.y]; }
-            if (left > 2u) { v2 = sp4_x[i.z]; }
-            if (left > 3u) { v3 = sp4_x[i.w]; }
+            let v1 = sp4_x[i.y];
+            let v2 = sp4_x[i.z];
+            let v3 = sp4_x[i.w];
             block_add(&cnt, &mu, &m2, v0.x, v0.yzw, 4u);
-            if (left > 1u) { block_add(&cnt, &mu, &m2, v1.x, v1.yzw, 4u); }
-            if (left > 2u) { block_add(&cnt, &mu, &m2, v2.x, v2.yzw, 4u); }
-            if (left > 3u) { block_add(&cnt, &mu, &m2, v3.x, v3.yzw, 4u); }
+            block_add_if(&cnt, &mu, &m2, v1, left > 1u);
+            block_add_if(&cnt, &mu, &m2, v2, left > 2u);
+            block_add_if(&cnt, &mu, &m2, v3, left > 3u);
         }
     }
     red_a[lid] = cnt;
@@ -818,18 +830,20 @@ fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(2) var<storage, read> bp4_y: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> bp4_gy: array<vec4<f32>>;
 
-// (sum dy, sum dy * xhat) over the four values of vec4 i (dy masked as bp_terms masks it).
-// With MASK_OUT (and RELU) the masked vec4 is also written back over gy where the mask zeroes
-// any of its values: gy leaves the dispatch as the ReLU's input gradient, which a residual
-// block's shortcut receives too, without a pass of its own (relu_backward_inplace).
-fn bp_terms4(i: u32, relu: bool, mean: f32, invstd: f32) -> vec2<f32> {
-    var dy = bp4_gy[i];
-    if (relu) {
-        let keep = bp4_y[i] > vec4<f32>(0.0);
-        dy = select(vec4<f32>(0.0), dy, keep);
-        if ((params.flags & MASK_OUT) != 0u && !all(keep)) { bp4_gy[i] = dy; }
-    }
-    let t = dy * (bp4_x[i] - mean) * invstd;
+// The upstream gradient dy of vec4 i masked by the ReLU's output y there (as bp_terms masks
+// it). With MASK_OUT the masked vec4 is also written back over gy where the mask zeroes any of
+// its values: gy leaves the dispatch as the ReLU's input gradient, which a residual block's
+// shortcut receives too, without a pass of its own (relu_backward_inplace).
+fn bp_mask4(i: u32, dy: vec4<f32>, y: vec4<f32>) -> vec4<f32> {
+    let keep = y > vec4<f32>(0.0);
+    let masked = select(vec4<f32>(0.0), dy, keep);
+    if ((params.flags & MASK_OUT) != 0u && !all(keep)) { bp4_gy[i] = masked; }
+    return masked;
+}
+
+// (sum dy, sum dy * xhat) over the four values of a vec4.
+fn bp_sums4(dy: vec4<f32>, x: vec4<f32>, mean: f32, invstd: f32) -> vec2<f32> {
+    let t = dy * (x - mean) * invstd;
     return vec2<f32>((dy.x + dy.y) + (dy.z + dy.w), (t.x + t.y) + (t.z + t.w));
 }
 
@@ -851,14 +865,32 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         var walk = walk_from(start + lid);
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i = walk_take4(&walk, c);
-            let t0 = bp_terms4(i.x, relu, mean, invstd);
-            var t1 = vec2<f32>(0.0);
-            var t2 = vec2<f32>(0.0);
-            var t3 = vec2<f32>(0.0);
-            if (left > 1u) { t1 = bp_terms4(i.y, relu, mean, invstd); }
-            if (left > 2u) { t2 = bp_terms4(i.z, relu, mean, invstd); }
-            if (left > 3u) { t3 = bp_terms4(i.w, relu, mean, invstd); }
+            let i = round_indices(walk_take4(&walk, c), left);
+            // The round's gy and x first, then (one uniform branch) the ReLU's outputs, so that
+            // the loads are in flight together (see stats_partial). A repeated index (past the
+            // chunk's end) masks and writes back the same values twice.
+            var dy0 = bp4_gy[i.x];
+            var dy1 = bp4_gy[i.y];
+            var dy2 = bp4_gy[i.z];
+            var dy3 = bp4_gy[i.w];
+            let x0 = bp4_x[i.x];
+            let x1 = bp4_x[i.y];
+            let x2 = bp4_x[i.z];
+            let x3 = bp4_x[i.w];
+            if (relu) {
+                let y0 = bp4_y[i.x];
+                let y1 = bp4_y[i.y];
+                let y2 = bp4_y[i.z];
+                let y3 = bp4_y[i.w];
+                dy0 = bp_mask4(i.x, dy0, y0);
+                dy1 = bp_mask4(i.y, dy1, y1);
+                dy2 = bp_mask4(i.z, dy2, y2);
+                dy3 = bp_mask4(i.w, dy3, y3);
+            }
+            let t0 = bp_sums4(dy0, x0, mean, invstd);
+            let t1 = select(vec2<f32>(0.0), bp_sums4(dy1, x1, mean, invstd), left > 1u);
+            let t2 = select(vec2<f32>(0.0), bp_sums4(dy2, x2, mean, invstd), left > 2u);
+            let t3 = select(vec2<f32>(0.0), bp_sums4(dy3, x3, mean, invstd), left > 3u);
             s_dy = s_dy + t0.x + t1.x + t2.x + t3.x;
             s_dyx = s_dyx + t0.y + t1.y + t2.y + t3.y;
         }
