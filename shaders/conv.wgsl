@@ -746,10 +746,10 @@ fn bi_bv(kb: u32, end: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) -> Stag
     let t = kb - kc * (NR * NS);
     let dr = t / NS;
     let ds = t - dr * NS;
-    // oh0 < dr (or ow0 < ds) wraps oh (ow) past the gradient's extent.
+    // oh0 < dr (or ow0 < ds) wraps oh (ow) past the gradient's extent: the bounds check covers it.
     let oh = oh0 - dr;
     let ow = ow0 - ds;
-    let ok = valid & (kb < end) & (oh0 >= dr) & (ow0 >= ds) & (oh < p.out_h) & (ow < p.out_w);
+    let ok = valid & (kb < end) & (oh < p.out_h) & (ow < p.out_w);
     let i = gbase + kc * p.out_h * p.out_w + oh * p.out_w + ow;
     return Staged(bi_gy[select(0u, i, ok)], ok);
 }
@@ -818,10 +818,11 @@ fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) 
         ra[6] = Staged(bi_w[a + 6u * astep], true);
         ra[7] = Staged(bi_w[a + 7u * astep], true);
     }
-    // oh0 < tr (or ow0 < tu) wraps the row (column) past the gradient's extent.
+    // oh0 < tr (or ow0 < tu) wraps the row (column) past the gradient's extent: the bounds
+    // check covers it.
     let oh = oh0 - tr;
     let ow = ow0 - tu;
-    let ok = valid & (oh0 >= tr) & (ow0 >= tu) & (oh < p.out_h) & (ow < p.out_w);
+    let ok = valid & (oh < p.out_h) & (ow < p.out_w);
     let ohw = p.out_h * p.out_w;
     let b = select(0u, gbase + oh * p.out_w + ow, ok) + (chunk_ch + tid / BN) * ohw;
     let bstep = (256u / BN) * ohw;
