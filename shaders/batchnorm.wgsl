@@ -155,6 +155,14 @@ fn round_indices(i: vec4<u32>, left: u32) -> vec4<u32> {
     return select(vec4<u32>(i.x), i, vec4<u32>(1u, 2u, 3u, 4u) <= vec4<u32>(left));
 }
 
+// A thread's elements i, i + 256, i + 512 and i + 768 (see below), with those from `total` on
+// replaced by i: the element passes load all four without a branch and guard only the stores
+// (a branch around each load made RADV wait for it before the next, as in the partial sums).
+fn element_indices(i: u32, total: u32) -> vec4<u32> {
+    let j = vec4<u32>(i) + vec4<u32>(0u, 256u, 512u, 768u);
+    return select(vec4<u32>(i), j, j < vec4<u32>(total));
+}
+
 // normalize and backward_input: each thread handles the four elements i, i + 256, i + 512 and
 // i + 768 of its workgroup's block of 1024 (so a warp's loads stay consecutive). An element
 // walk holds (offset in the plane, channel) of the current one, (q, c) with i = plane * hw + q
@@ -389,25 +397,19 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let total = params.batch * params.channels * params.hw;
     if (i >= total) { return; }
     // All loads of the four elements first, then the arithmetic and the stores.
-    let e0 = nm_load(i);
-    var e1 = vec2<f32>(0.0);
-    var e2 = vec2<f32>(0.0);
-    var e3 = vec2<f32>(0.0);
-    if (i + 256u < total) { e1 = nm_load(i + 256u); }
-    if (i + 512u < total) { e2 = nm_load(i + 512u); }
-    if (i + 768u < total) { e3 = nm_load(i + 768u); }
+    let j = element_indices(i, total);
+    let x = vec4<f32>(nm_x[j.x], nm_x[j.y], nm_x[j.z], nm_x[j.w]);
+    var r = vec4<f32>(0.0);
+    if ((params.flags & RESIDUAL) != 0u) {
+        r = vec4<f32>(nm_res[j.x], nm_res[j.y], nm_res[j.z], nm_res[j.w]);
+    }
     let c = element_channels(i);
-    nm_y[i] = nm_value(e0, c.x);
-    if (i + 256u < total) { nm_y[i + 256u] = nm_value(e1, c.y); }
-    if (i + 512u < total) { nm_y[i + 512u] = nm_value(e2, c.z); }
-    if (i + 768u < total) { nm_y[i + 768u] = nm_value(e3, c.w); }
-}
-
-// (x, residual or 0) of flat index i.
-fn nm_load(i: u32) -> vec2<f32> {
-    var r = 0.0;
-    if ((params.flags & RESIDUAL) != 0u) { r = nm_res[i]; }
-    return vec2<f32>(nm_x[i], r);
+    let y = vec4<f32>(nm_value(vec2<f32>(x.x, r.x), c.x), nm_value(vec2<f32>(x.y, r.y), c.y),
+                      nm_value(vec2<f32>(x.z, r.z), c.z), nm_value(vec2<f32>(x.w, r.w), c.w));
+    nm_y[i] = y.x;
+    if (i + 256u < total) { nm_y[i + 256u] = y.y; }
+    if (i + 512u < total) { nm_y[i + 512u] = y.z; }
+    if (i + 768u < total) { nm_y[i + 768u] = y.w; }
 }
 
 // Output for e = (x, residual) in channel c: the normalized value, plus the residual when
@@ -545,30 +547,28 @@ fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let total = params.batch * params.channels * params.hw;
     if (i >= total) { return; }
     // All loads of the four elements first, then the arithmetic and the stores.
-    let e0 = bi_load(i);
-    var e1 = vec2<f32>(0.0);
-    var e2 = vec2<f32>(0.0);
-    var e3 = vec2<f32>(0.0);
-    if (i + 256u < total) { e1 = bi_load(i + 256u); }
-    if (i + 512u < total) { e2 = bi_load(i + 512u); }
-    if (i + 768u < total) { e3 = bi_load(i + 768u); }
-    let c = element_channels(i);
-    bi_gx[i] = bi_value(e0, c.x);
-    if (i + 256u < total) { bi_gx[i + 256u] = bi_value(e1, c.y); }
-    if (i + 512u < total) { bi_gx[i + 512u] = bi_value(e2, c.z); }
-    if (i + 768u < total) { bi_gx[i + 768u] = bi_value(e3, c.w); }
+    let j = element_indices(i, total);
+    let x = vec4<f32>(bi_x[j.x], bi_x[j.y], bi_x[j.z], bi_x[j.w]);
+    let dy = bi_mask(j, vec4<f32>(bi_gy[j.x], bi_gy[j.y], bi_gy[j.z], bi_gy[j.w]));
+    let g = bi_values(dy, x, element_channels(i));
+    bi_gx[i] = g.x;
+    if (i + 256u < total) { bi_gx[i + 256u] = g.y; }
+    if (i + 512u < total) { bi_gx[i + 512u] = g.z; }
+    if (i + 768u < total) { bi_gx[i + 768u] = g.w; }
 }
 
-// (dy, x) of flat index i: gy masked by the ReLU's output when RELU.
-fn bi_load(i: u32) -> vec2<f32> {
-    return bi_mask(i, bi_gy[i]);
+// The upstream gradients g of elements j masked by the ReLU's outputs there when RELU (the
+// four outputs loaded together).
+fn bi_mask(j: vec4<u32>, g: vec4<f32>) -> vec4<f32> {
+    if ((params.flags & RELU) == 0u) { return g; }
+    let y = vec4<f32>(bi_y[j.x], bi_y[j.y], bi_y[j.z], bi_y[j.w]);
+    return select(vec4<f32>(0.0), g, y > vec4<f32>(0.0));
 }
 
-// (dy, x) of flat index i from its upstream gradient g: g masked by the ReLU's output when RELU.
-fn bi_mask(i: u32, g: f32) -> vec2<f32> {
-    var dy = g;
-    if ((params.flags & RELU) != 0u && !(bi_y[i] > 0.0)) { dy = 0.0; }
-    return vec2<f32>(dy, bi_x[i]);
+// bi_value of four elements (dy, x) in channels c.
+fn bi_values(dy: vec4<f32>, x: vec4<f32>, c: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(bi_value(vec2<f32>(dy.x, x.x), c.x), bi_value(vec2<f32>(dy.y, x.y), c.y),
+                     bi_value(vec2<f32>(dy.z, x.z), c.z), bi_value(vec2<f32>(dy.w, x.w), c.w));
 }
 
 // gx of an element with (dy, x) = e in channel c.
@@ -588,18 +588,14 @@ fn backward_input_inplace(@builtin(workgroup_id) wg: vec3<u32>,
     let i = elements_base(wg, nwg, lid);
     let total = params.batch * params.channels * params.hw;
     if (i >= total) { return; }
-    let e0 = bi_mask(i, bii_g[i]);
-    var e1 = vec2<f32>(0.0);
-    var e2 = vec2<f32>(0.0);
-    var e3 = vec2<f32>(0.0);
-    if (i + 256u < total) { e1 = bi_mask(i + 256u, bii_g[i + 256u]); }
-    if (i + 512u < total) { e2 = bi_mask(i + 512u, bii_g[i + 512u]); }
-    if (i + 768u < total) { e3 = bi_mask(i + 768u, bii_g[i + 768u]); }
-    let c = element_channels(i);
-    bii_g[i] = bi_value(e0, c.x);
-    if (i + 256u < total) { bii_g[i + 256u] = bi_value(e1, c.y); }
-    if (i + 512u < total) { bii_g[i + 512u] = bi_value(e2, c.z); }
-    if (i + 768u < total) { bii_g[i + 768u] = bi_value(e3, c.w); }
+    let j = element_indices(i, total);
+    let x = vec4<f32>(bi_x[j.x], bi_x[j.y], bi_x[j.z], bi_x[j.w]);
+    let dy = bi_mask(j, vec4<f32>(bii_g[j.x], bii_g[j.y], bii_g[j.z], bii_g[j.w]));
+    let g = bi_values(dy, x, element_channels(i));
+    bii_g[i] = g.x;
+    if (i + 256u < total) { bii_g[i + 256u] = g.y; }
+    if (i + 512u < total) { bii_g[i + 512u] = g.z; }
+    if (i + 768u < total) { bii_g[i + 768u] = g.w; }
 }
 
 // ---- pooled_backward_input (see the header) ----
@@ -673,28 +669,20 @@ fn normalize4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let i = elements_base(wg, nwg, lid);
     let total = params.batch * params.channels * params.hw;
     if (i >= total) { return; }
-    let x0 = nm4_x[i];
-    let r0 = nm4_load_res(i);
-    var x1 = vec4<f32>(0.0);
-    var x2 = vec4<f32>(0.0);
-    var x3 = vec4<f32>(0.0);
-    var r1 = vec4<f32>(0.0);
-    var r2 = vec4<f32>(0.0);
-    var r3 = vec4<f32>(0.0);
-    if (i + 256u < total) { x1 = nm4_x[i + 256u]; r1 = nm4_load_res(i + 256u); }
-    if (i + 512u < total) { x2 = nm4_x[i + 512u]; r2 = nm4_load_res(i + 512u); }
-    if (i + 768u < total) { x3 = nm4_x[i + 768u]; r3 = nm4_load_res(i + 768u); }
+    let j = element_indices(i, total);
+    let x = array<vec4<f32>, 4>(nm4_x[j.x], nm4_x[j.y], nm4_x[j.z], nm4_x[j.w]);
+    var r = array<vec4<f32>, 4>();
+    if ((params.flags & RESIDUAL) != 0u) {
+        r = array<vec4<f32>, 4>(nm4_res[j.x], nm4_res[j.y], nm4_res[j.z], nm4_res[j.w]);
+    }
     let c = element_channels(i);
-    nm4_y[i] = nm_value4(x0, r0, c.x);
-    if (i + 256u < total) { nm4_y[i + 256u] = nm_value4(x1, r1, c.y); }
-    if (i + 512u < total) { nm4_y[i + 512u] = nm_value4(x2, r2, c.z); }
-    if (i + 768u < total) { nm4_y[i + 768u] = nm_value4(x3, r3, c.w); }
-}
-
-// The residual vec4 i, or zeros without RESIDUAL.
-fn nm4_load_res(i: u32) -> vec4<f32> {
-    if ((params.flags & RESIDUAL) != 0u) { return nm4_res[i]; }
-    return vec4<f32>(0.0);
+    let y1 = nm_value4(x[1], r[1], c.y);
+    let y2 = nm_value4(x[2], r[2], c.z);
+    let y3 = nm_value4(x[3], r[3], c.w);
+    nm4_y[i] = nm_value4(x[0], r[0], c.x);
+    if (i + 256u < total) { nm4_y[i + 256u] = y1; }
+    if (i + 512u < total) { nm4_y[i + 512u] = y2; }
+    if (i + 768u < total) { nm4_y[i + 768u] = y3; }
 }
 
 // nm_value of each component of x (residual r) in channel c.
@@ -718,28 +706,26 @@ fn backward_input4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     let i = elements_base(wg, nwg, lid);
     let total = params.batch * params.channels * params.hw;
     if (i >= total) { return; }
-    let g0 = bi_mask4(i, bi4_gy[i]);
-    let x0 = bi4_x[i];
-    var g1 = vec4<f32>(0.0);
-    var g2 = vec4<f32>(0.0);
-    var g3 = vec4<f32>(0.0);
-    var x1 = vec4<f32>(0.0);
-    var x2 = vec4<f32>(0.0);
-    var x3 = vec4<f32>(0.0);
-    if (i + 256u < total) { g1 = bi_mask4(i + 256u, bi4_gy[i + 256u]); x1 = bi4_x[i + 256u]; }
-    if (i + 512u < total) { g2 = bi_mask4(i + 512u, bi4_gy[i + 512u]); x2 = bi4_x[i + 512u]; }
-    if (i + 768u < total) { g3 = bi_mask4(i + 768u, bi4_gy[i + 768u]); x3 = bi4_x[i + 768u]; }
+    let j = element_indices(i, total);
+    let x = array<vec4<f32>, 4>(bi4_x[j.x], bi4_x[j.y], bi4_x[j.z], bi4_x[j.w]);
+    let g = bi_mask4(j, array<vec4<f32>, 4>(bi4_gy[j.x], bi4_gy[j.y], bi4_gy[j.z], bi4_gy[j.w]));
     let c = element_channels(i);
-    bi4_gx[i] = bi_value4(g0, x0, c.x);
-    if (i + 256u < total) { bi4_gx[i + 256u] = bi_value4(g1, x1, c.y); }
-    if (i + 512u < total) { bi4_gx[i + 512u] = bi_value4(g2, x2, c.z); }
-    if (i + 768u < total) { bi4_gx[i + 768u] = bi_value4(g3, x3, c.w); }
+    let v1 = bi_value4(g[1], x[1], c.y);
+    let v2 = bi_value4(g[2], x[2], c.z);
+    let v3 = bi_value4(g[3], x[3], c.w);
+    bi4_gx[i] = bi_value4(g[0], x[0], c.x);
+    if (i + 256u < total) { bi4_gx[i + 256u] = v1; }
+    if (i + 512u < total) { bi4_gx[i + 512u] = v2; }
+    if (i + 768u < total) { bi4_gx[i + 768u] = v3; }
 }
 
-// The upstream gradient g of vec4 i masked by the ReLU's output when RELU (bi_mask's dy).
-fn bi_mask4(i: u32, g: vec4<f32>) -> vec4<f32> {
+// bi_mask on vec4s: the upstream gradients g of vec4s j masked by the ReLU's outputs when RELU.
+fn bi_mask4(j: vec4<u32>, g: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
     if ((params.flags & RELU) == 0u) { return g; }
-    return select(vec4<f32>(0.0), g, bi4_y[i] > vec4<f32>(0.0));
+    let z = vec4<f32>(0.0);
+    let y = array<vec4<f32>, 4>(bi4_y[j.x], bi4_y[j.y], bi4_y[j.z], bi4_y[j.w]);
+    return array<vec4<f32>, 4>(select(z, g[0], y[0] > z), select(z, g[1], y[1] > z),
+                               select(z, g[2], y[2] > z), select(z, g[3], y[3] > z));
 }
 
 // bi_value of each component of (dy, x) in channel c.
@@ -759,22 +745,17 @@ fn backward_input_inplace4(@builtin(workgroup_id) wg: vec3<u32>,
     let i = elements_base(wg, nwg, lid);
     let total = params.batch * params.channels * params.hw;
     if (i >= total) { return; }
-    let g0 = bi_mask4(i, bii4_g[i]);
-    let x0 = bi4_x[i];
-    var g1 = vec4<f32>(0.0);
-    var g2 = vec4<f32>(0.0);
-    var g3 = vec4<f32>(0.0);
-    var x1 = vec4<f32>(0.0);
-    var x2 = vec4<f32>(0.0);
-    var x3 = vec4<f32>(0.0);
-    if (i + 256u < total) { g1 = bi_mask4(i + 256u, bii4_g[i + 256u]); x1 = bi4_x[i + 256u]; }
-    if (i + 512u < total) { g2 = bi_mask4(i + 512u, bii4_g[i + 512u]); x2 = bi4_x[i + 512u]; }
-    if (i + 768u < total) { g3 = bi_mask4(i + 768u, bii4_g[i + 768u]); x3 = bi4_x[i + 768u]; }
+    let j = element_indices(i, total);
+    let x = array<vec4<f32>, 4>(bi4_x[j.x], bi4_x[j.y], bi4_x[j.z], bi4_x[j.w]);
+    let g = bi_mask4(j, array<vec4<f32>, 4>(bii4_g[j.x], bii4_g[j.y], bii4_g[j.z], bii4_g[j.w]));
     let c = element_channels(i);
-    bii4_g[i] = bi_value4(g0, x0, c.x);
-    if (i + 256u < total) { bii4_g[i + 256u] = bi_value4(g1, x1, c.y); }
-    if (i + 512u < total) { bii4_g[i + 512u] = bi_value4(g2, x2, c.z); }
-    if (i + 768u < total) { bii4_g[i + 768u] = bi_value4(g3, x3, c.w); }
+    let v1 = bi_value4(g[1], x[1], c.y);
+    let v2 = bi_value4(g[2], x[2], c.z);
+    let v3 = bi_value4(g[3], x[3], c.w);
+    bii4_g[i] = bi_value4(g[0], x[0], c.x);
+    if (i + 256u < total) { bii4_g[i + 256u] = v1; }
+    if (i + 512u < total) { bii4_g[i + 512u] = v2; }
+    if (i + 768u < total) { bii4_g[i + 768u] = v3; }
 }
 
 // ---- stats_partial4, backward_partial4: the partial sums over vec4s ----
