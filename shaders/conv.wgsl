@@ -20,9 +20,17 @@
 //                         with j = (c*R + r)*S + s, i = (n*OH + oh)*OW + ow
 //                         GEMM: M = K, N = C*R*S, reduction = batch*OH*OW split into `splits` chunks
 //                         of `chunk` (a multiple of BK) along grid z (split-K; no float atomics)
-//                         When the output tiles alone would leave the GPU idle (small batches),
+//                         Batched (p.batched = B > 1): B GEMMs alike, x and gy of GEMM b at b
+//                         times their lengths, split s of GEMM b at grid z = s B + b writing
+//                         partial p.z_base + z: Winograd's 16 (winograd.wgsl), each a 1x1
+//                         convolution's weight gradient over one image of 1 x tiles pixels.
+//   conv_forward (cont.): When the output tiles alone would leave the GPU idle (small batches),
 //                         the reduction is split like the weight gradient's: split z writes its
 //                         partial y at z * len(y), and conv_forward_reduce adds them and the bias.
+//                         Batched (p.batched = B > 1, no split, no bias): grid z runs B GEMMs
+//                         alike, GEMM z reading x at z * len(x) and w at z * len(w) and writing
+//                         y at z * len(y): Winograd's 16, each the 1x1 convolution of one image
+//                         of 1 x tiles pixels.
 //   conv_reduce_splits:   out[j] = sum_{z < splits} part[z * len + j], len = p.reduce_len: gw from
 //                         the weight gradient's partials (len = K*C*R*S) or gx from the input
 //                         gradient's (len = batch*C*H*W); conv_reduce_splits4 the same on vec4s
@@ -82,8 +90,9 @@
 //   conv_forward, conv_forward_bn / conv_backward_input (per phase): x*z = ceil(N / BN) column tiles (tile = wg.x + wg.z *
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
 //     y = ceil(M / BM) row tiles. conv_forward and conv_backward_input with splits > 1:
-//     x = column tiles, z = splits.
-//   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits.
+//     x = column tiles, z = splits; conv_forward batched: x = column tiles, z = the GEMM.
+//   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits (batched: splits
+//     times the GEMMs).
 //   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn / conv_weights_rsc: one
 //     thread per element written (gw, gx / y) or read (the weights), 256 per workgroup, linear
 //     index (wg.x + wg.y * num_workgroups.x) * 256 + local index; conv_reduce_splits4 one
@@ -146,6 +155,13 @@ struct Params {
     // Split-K of the two backward passes: the length of one partial result (gw's, or gx's for
     // the input gradient), which conv_reduce_splits sums.
     reduce_len: u32,
+    // GEMMs batched over grid z (Winograd's 16, winograd.wgsl; 0 or 1: none). conv_forward:
+    // each with its own x, w and y at z times their lengths (no split, no bias);
+    // conv_backward_weight: z = split * batched + GEMM, x and gy at the GEMM's offsets.
+    batched: u32,
+    // conv_backward_weight: the first partial result this dispatch writes (part index z_base
+    // + z; Winograd's chunks of images write side by side).
+    z_base: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -292,6 +308,8 @@ fn store_b_nfast(tid: u32) {
 
 // Per-kernel output offsets the epilogues need beyond Params (set at the kernel's start).
 var<private> out_base: u32;
+// The forward's offset of its GEMM's weights (batched GEMMs, p.batched > 1; else 0).
+var<private> w_base: u32;
 
 // Taps-outer order: the tap and the first channel of the chunk the next load stages. The
 // forward and input-gradient loaders advance them chunk by chunk (taps_next), so that no
@@ -378,7 +396,7 @@ const NO_COL: u32 = 0xffffffffu;
 // A = w viewed as [K, CRS] (k-fast): element (m, ka), zero past the split's `end`.
 fn fw_a(m: u32, ka: u32, end: u32) -> Staged {
     let ok = (m < p.out_c) & (ka < end);
-    return Staged(fw_w[select(0u, m * (p.in_c * KH * KW) + ka, ok)], ok);
+    return Staged(fw_w[w_base + select(0u, m * (p.in_c * KH * KW) + ka, ok)], ok);
 }
 
 // B = im2col(x) [CRS, batch*OH*OW] (n-fast): element kb of this thread's column, the output
@@ -470,7 +488,7 @@ fn fw_load_taps(tid: u32, m0: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) 
 // The weight at index i of the [K, R*S, C] copy for row m; rows past the output channels are
 // never stored, so they read any weight (the first).
 fn fw_at(m: u32, i: u32) -> Staged {
-    return Staged(fw_w[select(0u, i, m < p.out_c)], true);
+    return Staged(fw_w[w_base + select(0u, i, m < p.out_c)], true);
 }
 
 // Store y (or this split's partial y, at out_base) for GEMM row m (channel) at output column
@@ -545,17 +563,25 @@ fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
     var begin = 0u;
     var end = p.in_c * KH * KW;
     out_base = 0u;
+    w_base = 0u;
+    // Batched GEMMs (p.batched > 1): grid z is the GEMM, whose x, w and y follow the one before.
+    var x_base = 0u;
     if (p.splits > 1u) {
         tile = wg.x;
         begin = wg.z * p.chunk;
         end = min(begin + p.chunk, end);
         out_base = wg.z * ncols * p.out_c;
+    } else if (p.batched > 1u) {
+        tile = wg.x;
+        out_base = wg.z * ncols * p.out_c;
+        w_base = wg.z * p.out_c * end;
+        x_base = wg.z * p.batch * p.in_c * p.in_h * p.in_w;
     }
     let n0 = tile * BN;
     let m0 = wg.y * BM;
     if (n0 >= ncols) { return vec2<u32>(0u, NO_TILE); }
     let px = pixel(n0 + tid % BN, ncols, p.out_h, p.out_w);
-    let xbase = px.img * p.in_c * p.in_h * p.in_w;
+    let xbase = x_base + px.img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(px.y * p.stride) - i32(p.pad);
     let iw0 = i32(px.x * p.stride) - i32(p.pad);
     engine_begin();
@@ -962,8 +988,12 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 // of gy, zero past the reduction's end (!inside) or the output channels.
 fn bw_a(k: u32, j: u32, inside: bool) -> Staged {
     let ok = inside & (k < p.out_c);
-    return Staged(bw_gy[select(0u, j, ok)], ok);
+    return Staged(bw_gy[bw_gy_base + select(0u, j, ok)], ok);
 }
+
+// Offsets of a batched weight gradient's GEMM in x and gy (0 unless p.batched > 1).
+var<private> bw_x_base: u32;
+var<private> bw_gy_base: u32;
 
 // B[i, (c,r,s)] = x[n,c,oh*st-pd+r,ow*st-pd+s] (k-fast): column j for this thread's i, whose
 // image starts at xbase and whose top-left tap reads input (ih0, iw0).
@@ -1033,7 +1063,7 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
         ra[6] = bw_a(m0 + kfast_row(tid, 6u), a + 6u * astep, inside);
         ra[7] = bw_a(m0 + kfast_row(tid, 7u), a + 7u * astep, inside);
     }
-    let xbase = img * p.in_c * p.in_h * p.in_w;
+    let xbase = bw_x_base + img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(oh * p.stride) - i32(p.pad);
     let iw0 = i32(ow * p.stride) - i32(p.pad);
     if (TAPS_OUTER) {
@@ -1131,9 +1161,19 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     let total = p.batch * p.out_h * p.out_w;
     let n0 = wg.x * BN;
     let m0 = wg.y * BM;
-    let begin = wg.z * p.chunk;
+    // Batched (p.batched > 1): grid z is split * batched + the GEMM.
+    var split = wg.z;
+    bw_x_base = 0u;
+    bw_gy_base = 0u;
+    if (p.batched > 1u) {
+        split = wg.z / p.batched;
+        let gemm = wg.z - split * p.batched;
+        bw_x_base = gemm * p.in_c * p.in_h * p.in_w * p.batch;
+        bw_gy_base = gemm * p.out_c * total;
+    }
+    let begin = split * p.chunk;
     let end = min(begin + p.chunk, total);
-    out_base = wg.z * p.out_c * crs;
+    out_base = (p.z_base + wg.z) * p.out_c * crs;
     if (TAPS_OUTER) { bw_tap = n0 / p.in_c; }
     bw_walk_begin(begin + tid % BK);
     engine_begin();

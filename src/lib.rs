@@ -34,6 +34,8 @@ pub mod web;
 
 pub use autograd::{Gradients, Tape, Var};
 pub use error::{Error, Result};
-pub use gpu::{ConvOrder, ConvPrecision, ConvStaging, Gpu, GpuInfo, GpuOptions, MmaConfig};
+pub use gpu::{
+    ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, GpuInfo, GpuOptions, MmaConfig,
+};
 pub use rng::Rng;
 pub use tensor::{DType, Tensor};

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvPass, ConvTile, MmaTile, TileModel};
-use resnet_wgpu::{ConvOrder, ConvStaging, Gpu, Tape, Tensor, Var, ops, reference};
+use resnet_wgpu::{ConvAlgo, ConvOrder, ConvStaging, Gpu, Tape, Tensor, Var, ops, reference};
 
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-5;
@@ -397,8 +397,10 @@ fn both_stagings_give_the_same_bits() {
 
 #[test]
 fn the_tape_reads_the_forward_weights_copy() {
-    // A device of its own, for counting dispatches.
+    // A device of its own, for counting dispatches. Direct convolutions (Winograd reads the
+    // weights through its own transforms).
     let gpu = new_gpu();
+    gpu.set_conv_algo(ConvAlgo::Direct);
     // 1,056 output pixels: both the forward and the input gradient read the weights' taps-
     // outer copy. Through the tape the input gradient reads the forward's.
     let c = case([2, 64, 24, 22], 48, 3, 3, 1, 1, false);
@@ -487,8 +489,9 @@ fn input_gradient_zeroes_pixels_no_tap_reaches() {
 #[test]
 fn input_gradient_split_k() {
     // A device of its own, so that gx and the partial results come from pool buffers this test
-    // has just dirtied.
+    // has just dirtied. Direct convolutions (Winograd's input gradient does not split).
     let gpu = new_gpu();
+    gpu.set_conv_algo(ConvAlgo::Direct);
     // Input gradients whose tiles alone leave the device idle (small batches, late layers)
     // split their reduction: one 3x3 stride-1 phase; four stride-2 phases with 4, 2, 2 and 1
     // taps, whose lightest phases get shorter chunks and (136 output channels, 4 splits on 2
@@ -535,6 +538,8 @@ fn input_gradient_split_k() {
 fn autotune_times_each_shape_and_pass_once() {
     // A device of its own: the test turns tuning on and counts dispatches.
     let gpu = new_gpu();
+    // Tuning chooses the direct GEMMs' tiles (Winograd's are the model's).
+    gpu.set_conv_algo(ConvAlgo::Direct);
     assert!(!gpu.conv_autotune(), "tuning is off by default");
     gpu.set_conv_autotune(true).unwrap();
     // A stride-1 shape, and a strided one with four input-gradient phases.
@@ -674,8 +679,10 @@ fn random_bn(k: usize, seed: u64) -> [Vec<f32>; 4] {
 
 #[test]
 fn fused_eval_batch_norm_matches_separate_kernels() {
-    // A device of its own: the test counts its dispatches.
+    // A device of its own: the test counts its dispatches. Direct convolutions, which the
+    // fused kernel runs too (the separate ones must match it closely).
     let gpu = new_gpu();
+    gpu.set_conv_algo(ConvAlgo::Direct);
     // Inference's conv blocks: conv + eval batch norm (+ residual) (+ ReLU) in one kernel.
     // Ragged edges against every tile, a 1x1 stride-2 downsample, a 7x7 stem and (last) a
     // split-K forward, whose epilogue runs in the reduce kernel.

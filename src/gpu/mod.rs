@@ -189,6 +189,57 @@ impl std::str::FromStr for ConvStaging {
     }
 }
 
+/// How the 3x3 convolutions of stride 1 and padding 1 (all but the first of each ResNet
+/// stage's) run their forward pass and input gradient ([`Gpu::set_conv_algo`]). The weight
+/// gradient, the other kernel sizes and [`ConvPrecision::F16`] always run direct.
+///
+/// Winograd F(2x2, 3x3) (`shaders/winograd.wgsl`) runs 16 GEMMs with 4/9 of the direct
+/// convolution's multiply-adds, between transforms that move about 16 bytes per output pixel
+/// and channel. Its sums are not the direct ones bit for bit: the transforms add and subtract
+/// inputs before the products (errors of the order of f32 rounding on the sums, as with any
+/// change of summation order; tested against the goldens at the same tolerance).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// Winograd where the channels are many enough for the saved arithmetic to outweigh the
+    /// transforms' traffic on the adapter (at least 128 input and output channels on GPUs,
+    /// 16 on CPU adapters), direct elsewhere.
+    #[default]
+    Auto,
+    /// Winograd on every such convolution.
+    Winograd,
+    /// The implicit GEMM everywhere: every product of the direct convolution summed in f32.
+    Direct,
+}
+
+impl ConvAlgo {
+    /// [`ConvAlgo::Auto`] unless `RESNET_WGPU_CONV_ALGO` is `winograd` or `direct`: the
+    /// algorithm a new [`Gpu`] starts with.
+    pub fn from_env() -> ConvAlgo {
+        match std::env::var("RESNET_WGPU_CONV_ALGO") {
+            Ok(v) => v.parse().unwrap_or_else(|e| {
+                eprintln!("warning: RESNET_WGPU_CONV_ALGO: {e}; using auto");
+                ConvAlgo::Auto
+            }),
+            Err(_) => ConvAlgo::Auto,
+        }
+    }
+}
+
+impl std::str::FromStr for ConvAlgo {
+    type Err = Error;
+    /// `auto`, `winograd` or `direct`.
+    fn from_str(s: &str) -> Result<ConvAlgo> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(ConvAlgo::Auto),
+            "winograd" => Ok(ConvAlgo::Winograd),
+            "direct" => Ok(ConvAlgo::Direct),
+            other => Err(Error::Invalid(format!(
+                "conv algorithm {other:?}: expected auto, winograd or direct"
+            ))),
+        }
+    }
+}
+
 /// A cooperative-matrix configuration the f16 conv engine has kernels for: F x F x F fragments
 /// (f16 x f16 + f32) on an adapter whose subgroups have `subgroup` invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,8 +283,11 @@ struct ConvMath {
     precision: ConvPrecision,
     order: ConvOrder,
     staging: ConvStaging,
+    algo: ConvAlgo,
     /// The fewest GEMM columns for which the taps-outer order copies the weights.
     weight_copy_min_columns: usize,
+    /// The most elements of each transient buffer of the Winograd transforms.
+    winograd_chunk: usize,
 }
 
 /// Threads per workgroup of the one-dimensional (elementwise) kernels.
@@ -381,7 +435,9 @@ impl Gpu {
             conv_math: Mutex::new(ConvMath {
                 order: ConvOrder::from_env(),
                 staging: ConvStaging::from_env(),
+                algo: ConvAlgo::from_env(),
                 weight_copy_min_columns: crate::ops::conv::WEIGHT_COPY_MIN_COLUMNS,
+                winograd_chunk: crate::ops::conv::WINOGRAD_CHUNK_ELEMENTS,
                 ..ConvMath::default()
             }),
             shader_checks,
@@ -455,6 +511,29 @@ impl Gpu {
     /// The f32 conv GEMMs' staging ([`Gpu::set_conv_staging`]).
     pub fn conv_staging(&self) -> ConvStaging {
         lock(&self.0.conv_math).staging
+    }
+
+    /// Choose the algorithm of the 3x3 convolutions of stride 1 from now on (every clone of
+    /// this `Gpu` shares it; a new `Gpu` starts with [`ConvAlgo::from_env`]).
+    pub fn set_conv_algo(&self, algo: ConvAlgo) {
+        lock(&self.0.conv_math).algo = algo;
+    }
+
+    /// The algorithm of the 3x3 convolutions of stride 1 ([`Gpu::set_conv_algo`]).
+    pub fn conv_algo(&self) -> ConvAlgo {
+        lock(&self.0.conv_math).algo
+    }
+
+    /// The most elements each of the Winograd transforms' two transient buffers holds (the
+    /// batch is transformed in chunks of images that fit): 2^25 (128 MiB) unless set; small
+    /// values for tests of the chunking.
+    #[doc(hidden)]
+    pub fn set_winograd_chunk_elements(&self, elements: usize) {
+        lock(&self.0.conv_math).winograd_chunk = elements;
+    }
+
+    pub(crate) fn winograd_chunk_elements(&self) -> usize {
+        lock(&self.0.conv_math).winograd_chunk
     }
 
     /// The fewest GEMM columns for which [`ConvOrder::Rsc`] copies a kernel's weights (1,024

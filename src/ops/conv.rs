@@ -10,6 +10,10 @@
 //! Each GEMM runs in one of five tile variants ([`ConvTile`]); a [`TileModel`] for the adapter
 //! picks the tile and the split-K plan per shape.
 
+mod winograd;
+
+pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd};
+
 use super::tune::{self, ConvKey, ConvPass};
 use crate::autograd::Var;
 use crate::gpu::{
@@ -52,6 +56,10 @@ struct Params {
     eps: f32,
     /// conv_reduce_splits: the length of one partial result (gw's or gx's).
     reduce_len: u32,
+    /// GEMMs batched over grid z (0 or 1: one), for [`winograd`].
+    batched: u32,
+    /// conv_backward_weight: the first partial result the dispatch writes.
+    z_base: u32,
 }
 
 /// conv_forward_bn epilogue flag: a ReLU last.
@@ -847,6 +855,8 @@ impl Geometry {
             epilogue: 0,
             eps: 0.0,
             reduce_len: 0,
+            batched: 0,
+            z_base: 0,
         }
     }
 
@@ -1254,6 +1264,9 @@ fn forward(
         }
     }
     let gpu = x.gpu();
+    if tile.is_none() && winograd::applies(gpu, &g) {
+        return Ok((winograd::forward(OP, &g, x, w, b)?, None));
+    }
     let model = TileModel::for_gpu(gpu);
     let tile = g.chosen_tile(
         gpu,
@@ -1555,6 +1568,9 @@ fn backward_input(
         return backward_input(gy, &w, copied, x_shape, stride, win.padding, tile, scale);
     }
     let gpu = gy.gpu();
+    if tile.is_none() && winograd::applies(gpu, &g) {
+        return winograd::backward_input(OP, &g, gy, w);
+    }
     let model = TileModel::for_gpu(gpu);
     // Tuned, one tile serves every phase; the model's is that of the first phase.
     let tile = g.chosen_tile(
@@ -1759,6 +1775,9 @@ fn backward_weight(
     let [k, c, r, s] = w_shape;
     let crs = c * r * s;
     let gpu = x.gpu();
+    if tile.is_none() && winograd::applies(gpu, &g) && winograd::weight_grad_applies(gpu, &g) {
+        return winograd::backward_weight(OP, &g, x, gy);
+    }
     let model = TileModel::for_gpu(gpu);
     let tile = g.chosen_tile(
         gpu,

@@ -10,6 +10,7 @@ pub mod linear;
 pub mod loss;
 pub mod optim;
 pub mod pool;
+pub mod winograd;
 
 pub use batchnorm::*;
 pub use conv::*;
@@ -19,3 +20,4 @@ pub use linear::*;
 pub use loss::*;
 pub use optim::*;
 pub use pool::*;
+pub use winograd::*;

@@ -1,0 +1,372 @@
+//! Winograd F(2x2, 3x3) for the 3x3 convolutions of stride 1 and padding 1: the forward pass,
+//! the input gradient (itself such a convolution, of gy with the kernel turned by 180 degrees
+//! and its channels swapped) and the weight gradient, each as 16 GEMMs with 4/9 of the direct
+//! convolution's multiply-adds. See `shaders/winograd.wgsl` for the math.
+//!
+//! A forward pass (or input gradient): the weights' transform U `[16, rows, depth]` (one
+//! dispatch), then per chunk of images the input's transform V `[16, depth, tiles]`, the 16
+//! GEMMs M[ξ] = U[ξ] V[ξ] (`conv_forward` of a 1x1 convolution over the tiles, batched over
+//! grid z: the direct kernels' tiles, staging and plan) and the output transform into y (or
+//! gx). The weight gradient: per chunk the transforms V of x and GY of gy, and the 16 GEMMs
+//! dU[ξ] = GY[ξ] V[ξ]ᵀ (`conv_backward_weight`, batched and split like the direct one's),
+//! whose partial results over splits and chunks one reduction sums; then dU's transform into
+//! gw. The transformed tensors hold four values per output pixel and channel; the chunks keep
+//! each below [`WINOGRAD_CHUNK_ELEMENTS`] (ResNet-18 at 224x224, batch 128: layer1 in four
+//! chunks, the later layers in one or two).
+
+use super::{
+    Engine, Geometry, MAX_GRID, SPLIT_MAX_PARTIAL, SPLIT_MIN_CHUNK, TileModel, reduce_splits,
+    taps_outer,
+};
+use crate::gpu::{ConvAlgo, Gpu, Kernel, grid_for_elements};
+use crate::kernel;
+use crate::tensor::{DType, Tensor};
+use crate::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    count: u32,
+    channels: u32,
+    height: u32,
+    width: u32,
+    tiles_h: u32,
+    tiles_w: u32,
+    tiles: u32,
+    base: u32,
+    has_bias: u32,
+    rows: u32,
+    cols: u32,
+    flip: u32,
+}
+
+const WEIGHTS: Kernel = kernel!("winograd.wgsl", "wino_weights");
+const INPUT: Kernel = kernel!("winograd.wgsl", "wino_input");
+const OUTPUT: Kernel = kernel!("winograd.wgsl", "wino_output");
+const GY: Kernel = kernel!("winograd.wgsl", "wino_gy");
+const WEIGHTS_GRAD: Kernel = kernel!("winograd.wgsl", "wino_weights_grad");
+
+/// Positions of a transformed 4x4 tile: the number of GEMMs.
+const XI: usize = 16;
+
+/// The default cap on the elements of each transient buffer (V, M): 128 MiB, WebGPU's default
+/// largest storage binding ([`Gpu::set_winograd_chunk_elements`]).
+pub const WINOGRAD_CHUNK_ELEMENTS: usize = 1 << 25;
+
+/// Under [`ConvAlgo::Auto`], Winograd runs where the input and output channels are both at
+/// least this many. On a GPU (estimated for an H200, 4.8 TB/s against about 30 TFLOP/s in the
+/// GEMMs): the transforms move about 16 (C + K) bytes per output pixel, which at 64 channels
+/// costs about as much as the 5/9 of the multiply-adds they save, and at 128 about a third
+/// of it. Not yet measured.
+const GPU_MIN_CHANNELS: usize = 128;
+/// On CPU adapters (lavapipe), where moving data is cheap next to arithmetic: from 16.
+const CPU_MIN_CHANNELS: usize = 16;
+
+/// Whether the three passes of `g` run Winograd on `gpu`: a 3x3 kernel of
+/// stride 1 and padding 1 with the f32 engine, and [`ConvAlgo::Winograd`], or
+/// [`ConvAlgo::Auto`] with enough channels.
+pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
+    let [_, c, _, _] = g.x;
+    let [k, _, r, s] = g.w;
+    let shape = (r, s, g.stride, g.padding) == (3, 3, 1, 1) && super::f16_kernels(gpu).is_none();
+    let min = if gpu.info().device_type == wgpu::DeviceType::Cpu {
+        CPU_MIN_CHANNELS
+    } else {
+        GPU_MIN_CHANNELS
+    };
+    shape
+        && match gpu.conv_algo() {
+            ConvAlgo::Auto => c.min(k) >= min,
+            ConvAlgo::Winograd => true,
+            ConvAlgo::Direct => false,
+        }
+}
+
+/// Whether the weight gradient of `g` (where [`applies`]) runs Winograd on `gpu`: unless the
+/// partial results of its chunks of images, one per chunk at the least, would exceed
+/// [`SPLIT_MAX_PARTIAL`] (wide layers on large planes, 26 chunks of 512 channels at 56x56 and
+/// batch 128: not ResNet's), where it stays direct.
+pub(super) fn weight_grad_applies(gpu: &Gpu, g: &Geometry) -> bool {
+    let [n, c, h, w] = g.x;
+    let k = g.w[0];
+    let per_image = h.div_ceil(2) * w.div_ceil(2);
+    let chunks = n.div_ceil(chunk_images(gpu, n, c.max(k), per_image));
+    chunks * XI * k * c <= SPLIT_MAX_PARTIAL
+}
+
+/// Which passes of the convolution run Winograd F(2x2, 3x3) with these shapes on `gpu`:
+/// [[`crate::ops::conv2d`], [`crate::ops::conv2d_backward_input`],
+/// [`crate::ops::conv2d_backward_weight`]] (for tests and benchmarks).
+pub fn conv2d_winograd(
+    gpu: &Gpu,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+) -> Result<[bool; 3]> {
+    let g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
+    let on = g.tap_window().is_none() && applies(gpu, &g);
+    Ok([on, on, on && weight_grad_applies(gpu, &g)])
+}
+
+/// The forward pass: y `[N, K, H, W]` from x `[N, C, H, W]`, w `[K, C, 3, 3]` and the bias.
+pub(super) fn forward(
+    op: &'static str,
+    g: &Geometry,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
+    let [_, c, _, _] = g.x;
+    let k = g.w[0];
+    let gpu = x.gpu();
+    let u = weights(op, gpu, w, k, c, false)?;
+    let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
+    convolve(op, gpu, x, g.x, &u, k, b, &y)?;
+    Ok(y)
+}
+
+/// The input gradient: gx `[N, C, H, W]` from gy `[N, K, H, W]` and w `[K, C, 3, 3]`.
+pub(super) fn backward_input(
+    op: &'static str,
+    g: &Geometry,
+    gy: &Tensor,
+    w: &Tensor,
+) -> Result<Tensor> {
+    let [n, c, h, wd] = g.x;
+    let k = g.w[0];
+    let gpu = gy.gpu();
+    let u = weights(op, gpu, w, c, k, true)?;
+    let gx = Tensor::uninit(gpu, &g.x, DType::F32, op)?;
+    convolve(op, gpu, gy, [n, k, h, wd], &u, c, None, &gx)?;
+    Ok(gx)
+}
+
+/// U `[16, rows, cols]` from w `[K, C, 3, 3]`: rows K and cols C, or with `flip` (the input
+/// gradient's kernel) rows C and cols K.
+fn weights(
+    op: &'static str,
+    gpu: &Gpu,
+    w: &Tensor,
+    rows: usize,
+    cols: usize,
+    flip: bool,
+) -> Result<Tensor> {
+    let u = Tensor::uninit(gpu, &[XI, rows, cols], DType::F32, op)?;
+    let p = Params {
+        count: (rows * cols) as u32,
+        rows: rows as u32,
+        cols: cols as u32,
+        flip: flip as u32,
+        ..Params::default()
+    };
+    gpu.dispatch(
+        &WEIGHTS,
+        &p,
+        &[w.buffer(), u.buffer()],
+        grid_for_elements(rows * cols),
+    )?;
+    Ok(u)
+}
+
+/// The weight gradient: gw `[K, C, 3, 3]` from x `[N, C, H, W]` and gy `[N, K, H, W]`.
+pub(super) fn backward_weight(
+    op: &'static str,
+    g: &Geometry,
+    x: &Tensor,
+    gy: &Tensor,
+) -> Result<Tensor> {
+    let [n, c, h, w] = g.x;
+    let k = g.w[0];
+    let gpu = x.gpu();
+    let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
+    let per_image = tiles_h * tiles_w;
+    let images = chunk_images(gpu, n, c.max(k), per_image);
+    let chunks = n.div_ceil(images);
+    let most = images * per_image;
+    let v = Tensor::uninit(gpu, &[XI, c, most], DType::F32, op)?;
+    let gyt = Tensor::uninit(gpu, &[XI, k, most], DType::F32, op)?;
+    // The GEMMs: rows k, columns c, reduced over a chunk's tiles, split like the direct weight
+    // gradient's (towards the model's target of workgroups, in chunks of at least
+    // SPLIT_MIN_CHUNK tiles, the partial results of all chunks below SPLIT_MAX_PARTIAL).
+    let gg = Geometry::new(op, [1, c, 1, most], [k, c, 1, 1], 1, 0)?;
+    let model = TileModel::for_gpu(gpu);
+    let engine = Engine::for_gpu(gpu, || {
+        model.choose(k, c, XI * most.div_ceil(SPLIT_MIN_CHUNK))
+    });
+    let (tile_m, tile_n, tile_k) = engine.dims;
+    let grid_tiles = XI * k.div_ceil(tile_m) * c.div_ceil(tile_n);
+    let max_by_len = most.div_ceil(SPLIT_MIN_CHUNK);
+    let max_by_mem = (SPLIT_MAX_PARTIAL / (chunks * XI * k * c)).max(1);
+    let wanted = model.split_target().div_ceil(grid_tiles);
+    let splits = wanted
+        .min(max_by_len)
+        .min(max_by_mem)
+        .clamp(1, MAX_GRID / XI);
+    let part = Tensor::uninit(gpu, &[chunks * splits, XI * k * c], DType::F32, op)?;
+    let geometry = |kernel: &Kernel, src: &Tensor, dst: &Tensor, ch: usize, first: usize| {
+        let tiles = images.min(n - first) * per_image;
+        let p = Params {
+            count: (ch * tiles) as u32,
+            channels: ch as u32,
+            height: h as u32,
+            width: w as u32,
+            tiles_h: tiles_h as u32,
+            tiles_w: tiles_w as u32,
+            tiles: tiles as u32,
+            base: (first * ch * h * w) as u32,
+            ..Params::default()
+        };
+        gpu.dispatch(
+            kernel,
+            &p,
+            &[src.buffer(), dst.buffer()],
+            grid_for_elements(ch * tiles),
+        )
+    };
+    for (chunk, first) in (0..n).step_by(images).enumerate() {
+        let tiles = images.min(n - first) * per_image;
+        geometry(&INPUT, x, &v, c, first)?;
+        geometry(&GY, gy, &gyt, k, first)?;
+        // Every split of every chunk writes its partial result (zeros past a short chunk's
+        // end), so that the reduction sums chunks * splits of them.
+        let mut p = gg.params(
+            false,
+            tiles.div_ceil(splits).next_multiple_of(tile_k),
+            splits,
+        );
+        p.out_w = tiles as u32;
+        p.in_w = tiles as u32;
+        p.batched = XI as u32;
+        p.z_base = (chunk * splits * XI) as u32;
+        engine.dispatch(
+            gpu,
+            &engine.kernels.backward_weight,
+            &gg.gemm_constants(taps_outer(gpu, c, tile_n)),
+            &p,
+            &[v.buffer(), gyt.buffer(), part.buffer()],
+            x.buffer(),
+            [
+                c.div_ceil(tile_n) as u32,
+                k.div_ceil(tile_m) as u32,
+                (splits * XI) as u32,
+            ],
+        )?;
+    }
+    let du = Tensor::uninit(gpu, &[XI, k, c], DType::F32, op)?;
+    let mut p = gg.params(false, 0, chunks * splits);
+    p.reduce_len = (XI * k * c) as u32;
+    reduce_splits(gpu, &p, &part, &du, XI * k * c)?;
+    let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
+    let p = Params {
+        count: (k * c) as u32,
+        rows: k as u32,
+        cols: c as u32,
+        ..Params::default()
+    };
+    gpu.dispatch(
+        &WEIGHTS_GRAD,
+        &p,
+        &[du.buffer(), gw.buffer()],
+        grid_for_elements(k * c),
+    )?;
+    Ok(gw)
+}
+
+/// `out` `[N, K, H, W]` = the 3x3 stride-1 padding-1 convolution of `src` (`shape` `[N, C, H,
+/// W]`) with the transformed weights `u` `[16, K, C]` (+ bias), a chunk of images at a time.
+#[allow(clippy::too_many_arguments)]
+fn convolve(
+    op: &'static str,
+    gpu: &Gpu,
+    src: &Tensor,
+    shape: [usize; 4],
+    u: &Tensor,
+    k: usize,
+    bias: Option<&Tensor>,
+    out: &Tensor,
+) -> Result<()> {
+    let [n, c, h, w] = shape;
+    let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
+    let per_image = tiles_h * tiles_w;
+    let images = chunk_images(gpu, n, c.max(k), per_image);
+    let v = Tensor::uninit(gpu, &[XI, c, images * per_image], DType::F32, op)?;
+    let m = Tensor::uninit(gpu, &[XI, k, images * per_image], DType::F32, op)?;
+    let geometry = |channels: usize, first: usize, tiles: usize| Params {
+        count: (channels * tiles) as u32,
+        channels: channels as u32,
+        height: h as u32,
+        width: w as u32,
+        tiles_h: tiles_h as u32,
+        tiles_w: tiles_w as u32,
+        tiles: tiles as u32,
+        base: (first * channels * h * w) as u32,
+        ..Params::default()
+    };
+    for first in (0..n).step_by(images) {
+        let tiles = images.min(n - first) * per_image;
+        gpu.dispatch(
+            &INPUT,
+            &geometry(c, first, tiles),
+            &[src.buffer(), v.buffer()],
+            grid_for_elements(c * tiles),
+        )?;
+        gemm(op, gpu, k, c, tiles, u, &v, &m)?;
+        let p = Params {
+            has_bias: bias.is_some() as u32,
+            ..geometry(k, first, tiles)
+        };
+        gpu.dispatch(
+            &OUTPUT,
+            &p,
+            &[m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()],
+            grid_for_elements(k * tiles),
+        )?;
+    }
+    Ok(())
+}
+
+/// Images per chunk: as many as keep V and M (16 values per tile and channel) within the
+/// device's cap, at least one.
+fn chunk_images(gpu: &Gpu, n: usize, channels: usize, per_image: usize) -> usize {
+    let binding = gpu.limits().max_storage_buffer_binding_size as usize / 4;
+    let cap = gpu.winograd_chunk_elements().min(binding);
+    (cap / (XI * channels * per_image)).clamp(1, n)
+}
+
+/// M[ξ] `[rows, cols]` = U[ξ] `[rows, depth]` V[ξ] `[depth, cols]` for the 16 ξ: the direct
+/// forward kernel of a 1x1 convolution of one image of 1 x cols pixels, batched over grid z.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    op: &'static str,
+    gpu: &Gpu,
+    rows: usize,
+    depth: usize,
+    cols: usize,
+    u: &Tensor,
+    v: &Tensor,
+    m: &Tensor,
+) -> Result<()> {
+    let g = Geometry::new(op, [1, depth, 1, cols], [rows, depth, 1, 1], 1, 0)?;
+    let model = TileModel::for_gpu(gpu);
+    let engine = Engine::for_gpu(gpu, || model.choose(rows, cols, XI));
+    let (tile_m, tile_n, tile_k) = engine.dims;
+    let col_tiles = cols.div_ceil(tile_n);
+    if col_tiles > MAX_GRID {
+        return Err(Error::shape(
+            op,
+            format!("a chunk of {cols} Winograd tiles needs too many workgroups"),
+        ));
+    }
+    let mut p = g.params(false, 0, 1);
+    p.batched = XI as u32;
+    engine.dispatch(
+        gpu,
+        &engine.kernels.forward,
+        &g.gemm_constants(taps_outer(gpu, depth, tile_k)),
+        &p,
+        &[v.buffer(), u.buffer(), u.buffer(), m.buffer()],
+        u.buffer(),
+        [col_tiles as u32, rows.div_ceil(tile_m) as u32, XI as u32],
+    )
+}

@@ -1,0 +1,200 @@
+//! Winograd F(2x2, 3x3) convolutions (the three passes of 3x3 stride-1 padding-1
+//! convolutions): PyTorch goldens, the CPU twin of the transforms, the direct reference, chunks
+//! of images, and which shapes take it.
+
+mod common;
+use common::*;
+use resnet_wgpu::{ConvAlgo, Gpu, Tape, Tensor, ops, reference};
+
+/// The conv goldens' tolerance (tests/conv.rs).
+const RTOL: f32 = 1e-4;
+const ATOL: f32 = 1e-5;
+
+/// A device of its own running Winograd on every 3x3 stride-1 padding-1 convolution.
+fn winograd_gpu() -> Gpu {
+    let gpu = new_gpu();
+    gpu.set_conv_algo(ConvAlgo::Winograd);
+    gpu
+}
+
+#[test]
+fn goldens_through_winograd() {
+    let gpu = winograd_gpu();
+    let g = Golden::open("ops.safetensors");
+    // c0: 3 -> 4 channels on 8x8 with a bias; c4: 16 -> 16 on 5x5 (odd: ragged tiles), bias.
+    for name in ["c0", "c4"] {
+        let cfg = g.i64(&format!("{name}.cfg"));
+        let u = |i: usize| cfg[i] as usize;
+        let (xs, ws) = ([u(0), u(1), u(2), u(3)], [u(4), u(1), u(5), u(5)]);
+        assert_eq!(
+            ops::conv2d_winograd(&gpu, xs, ws, u(6), u(7)).unwrap(),
+            [true; 3],
+            "{name} runs Winograd"
+        );
+        let t = |s: &str| g.tensor(&gpu, &format!("{name}.{s}"));
+        let f = |s: &str| g.f32(&format!("{name}.{s}"));
+        let tape = Tape::new();
+        let x = tape.leaf(t("x"));
+        let w = tape.leaf(t("w"));
+        let b = (u(8) != 0).then(|| tape.leaf(t("b")));
+        let y = x.conv2d(&w, b.as_ref(), u(6), u(7)).unwrap();
+        let what = |s: &str| format!("{name} {s}");
+        assert_close(
+            &y.tensor().to_vec().unwrap(),
+            &f("y"),
+            RTOL,
+            ATOL,
+            &what("y"),
+        );
+        let grads = tape.backward_with(&y, t("gy")).unwrap();
+        let gx = grads.get(&x).unwrap().to_vec().unwrap();
+        assert_close(&gx, &f("gx"), RTOL, ATOL, &what("gx"));
+        let gw = grads.get(&w).unwrap().to_vec().unwrap();
+        assert_close(&gw, &f("gw"), RTOL, ATOL, &what("gw"));
+    }
+}
+
+/// Forward and input gradient of one case against the CPU twin (the same transforms and
+/// sums; the two differ by f32 rounding, on lavapipe by up to about as much as each differs
+/// from the exact sums) and the direct f64 reference.
+fn check(gpu: &Gpu, x: [usize; 4], k: usize, bias: bool, seed: u64) {
+    let w = [k, x[1], 3, 3];
+    let what = format!("x {x:?} w {w:?} bias {bias}");
+    assert_eq!(
+        ops::conv2d_winograd(gpu, x, w, 1, 1).unwrap(),
+        [true; 3],
+        "{what}: runs Winograd"
+    );
+    let xv = random_vec(x.iter().product(), seed);
+    let wv = random_vec(w.iter().product(), seed + 1);
+    let bv = random_vec(k, seed + 2);
+    let xt = Tensor::from_slice(gpu, &x, &xv).unwrap();
+    let wt = Tensor::from_slice(gpu, &w, &wv).unwrap();
+    let bt = Tensor::from_slice(gpu, &[k], &bv).unwrap();
+    let b = bias.then_some(bv.as_slice());
+    let y = ops::conv2d(&xt, &wt, bias.then_some(&bt), 1, 1).unwrap();
+    let y = y.to_vec().unwrap();
+    let twin = reference::conv2d_winograd(&xv, x, &wv, w, b);
+    assert_close(&y, &twin, 1e-5, 1e-5, &format!("{what}: forward, CPU twin"));
+    let (direct, ys) = reference::conv2d(&xv, x, &wv, w, b, 1, 1);
+    assert_close(&y, &direct, RTOL, 1e-4, &format!("{what}: forward, direct"));
+    let gyv = random_vec(direct.len(), seed + 3);
+    let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
+    let gx = ops::conv2d_backward_input(&gy, &wt, x, 1, 1).unwrap();
+    let gx = gx.to_vec().unwrap();
+    let twin = reference::conv2d_backward_input_winograd(&gyv, &wv, w, x);
+    assert_close(&gx, &twin, 1e-5, 1e-5, &format!("{what}: gx, CPU twin"));
+    let direct = reference::conv2d_backward_input(&gyv, &wv, w, x, 1, 1);
+    assert_close(&gx, &direct, RTOL, 1e-4, &format!("{what}: gx, direct"));
+    // Sums over every tile of the batch, in splits: the twin's single sum in another order.
+    let gw = ops::conv2d_backward_weight(&xt, &gy, w, 1, 1).unwrap();
+    let gw = gw.to_vec().unwrap();
+    let twin = reference::conv2d_backward_weight_winograd(&xv, x, &gyv, w);
+    assert_close(&gw, &twin, 1e-5, 1e-4, &format!("{what}: gw, CPU twin"));
+    let direct = reference::conv2d_backward_weight(&xv, x, &gyv, w, 1, 1);
+    assert_close(&gw, &direct, RTOL, 1e-3, &format!("{what}: gw, direct"));
+}
+
+#[test]
+fn random_shapes_match_the_twin_and_the_direct_reference() {
+    let gpu = winograd_gpu();
+    // Even and odd planes (ragged last tiles), 1xN and 2x2 planes, channels off the GEMM
+    // tiles' multiples (the channel-major GEMM), and a few hundred tiles.
+    let cases: [([usize; 4], usize, bool); 7] = [
+        ([2, 16, 8, 8], 32, true),
+        ([1, 19, 7, 5], 23, false),
+        ([3, 8, 2, 2], 5, true),
+        ([2, 32, 1, 9], 16, false),
+        ([1, 5, 13, 11], 131, true),
+        ([2, 64, 14, 14], 64, false),
+        ([1, 48, 30, 26], 24, true),
+    ];
+    for (i, (x, k, bias)) in cases.into_iter().enumerate() {
+        check(&gpu, x, k, bias, 40 + 10 * i as u64);
+    }
+}
+
+#[test]
+fn chunks_of_images_give_the_same_bits() {
+    // Chunks of one, two and three images (a ragged last chunk of 5 images) against the whole
+    // batch at once: only offsets differ, not the sums.
+    let x = [5, 24, 9, 10];
+    let w = [40, 24, 3, 3];
+    let xv = random_vec(x.iter().product(), 7);
+    let wv = random_vec(w.iter().product(), 8);
+    let gyv = random_vec(5 * 40 * 9 * 10, 9);
+    let run = |chunk: Option<usize>| {
+        let gpu = winograd_gpu();
+        if let Some(images) = chunk {
+            // V and M hold 16 values per tile and channel (40 channels, 5 x 5 tiles).
+            gpu.set_winograd_chunk_elements(images * 16 * 40 * 25);
+        }
+        let xt = Tensor::from_slice(&gpu, &x, &xv).unwrap();
+        let wt = Tensor::from_slice(&gpu, &w, &wv).unwrap();
+        let gy = Tensor::from_slice(&gpu, &[5, 40, 9, 10], &gyv).unwrap();
+        let before = gpu.dispatch_count();
+        let y = ops::conv2d(&xt, &wt, None, 1, 1).unwrap().to_vec().unwrap();
+        let dispatches = gpu.dispatch_count() - before;
+        let gx = ops::conv2d_backward_input(&gy, &wt, x, 1, 1).unwrap();
+        let before = gpu.dispatch_count();
+        let gw = ops::conv2d_backward_weight(&xt, &gy, w, 1, 1).unwrap();
+        let gw_dispatches = gpu.dispatch_count() - before;
+        let gw = gw.to_vec().unwrap();
+        (y, gx.to_vec().unwrap(), gw, [dispatches, gw_dispatches])
+    };
+    let (y, gx, gw, dispatches) = run(None);
+    // The weights' transform, then the input transform, 16 GEMMs and the output transform;
+    // for gw both transforms, the GEMMs, the sum of their partial results and gw's transform.
+    assert_eq!(dispatches, [4, 5], "one chunk");
+    for images in [1, 2, 3] {
+        let chunks = 5usize.div_ceil(images) as u64;
+        let (yc, gxc, gwc, d) = run(Some(images));
+        assert_eq!(d, [1 + 3 * chunks, 2 + 3 * chunks], "{images} a chunk");
+        assert_eq!(yc, y, "forward, chunks of {images}");
+        assert_eq!(gxc, gx, "input gradient, chunks of {images}");
+        // The weight gradient sums the chunks' partial results: the same products, added in
+        // another order.
+        let what = format!("weight gradient, chunks of {images}");
+        assert_close(&gwc, &gw, 1e-5, 1e-4, &what);
+    }
+}
+
+#[test]
+fn which_convolutions_take_it() {
+    let gpu = new_gpu();
+    let x = [2, 128, 14, 14];
+    let w = [128, 128, 3, 3];
+    let takes = |x, w, stride, pad| {
+        let passes = ops::conv2d_winograd(&gpu, x, w, stride, pad).unwrap();
+        assert!(
+            passes[0] == passes[1] && passes[1] == passes[2],
+            "{passes:?}"
+        );
+        passes[0]
+    };
+    assert_eq!(gpu.conv_algo(), ConvAlgo::Auto, "the default");
+    assert!(takes(x, w, 1, 1), "128 channels, 3x3, stride 1, padding 1");
+    assert!(!takes(x, w, 2, 1), "stride 2");
+    assert!(!takes(x, w, 1, 0), "padding 0");
+    assert!(!takes(x, [128, 128, 1, 1], 1, 0), "1x1");
+    assert!(
+        !takes([2, 128, 1, 1], w, 1, 1),
+        "a 1x1 plane: the centre tap alone"
+    );
+    // Auto leaves few channels direct on GPUs (16 on CPU adapters such as lavapipe).
+    let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+    assert!(!takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1));
+    assert_eq!(takes([2, 64, 14, 14], [64, 64, 3, 3], 1, 1), cpu);
+    gpu.set_conv_algo(ConvAlgo::Winograd);
+    assert!(takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1), "forced");
+    // The weight gradient stays direct where even one partial result per chunk of images
+    // would exceed 2^25 values (512 channels at 56x56, batch 128: 26 chunks of 4M).
+    let wide = ops::conv2d_winograd(&gpu, [128, 512, 56, 56], [512, 512, 3, 3], 1, 1).unwrap();
+    assert_eq!(wide, [true, true, false]);
+    gpu.set_conv_algo(ConvAlgo::Direct);
+    assert!(!takes(x, w, 1, 1), "direct");
+    assert_eq!("winograd".parse::<ConvAlgo>().unwrap(), ConvAlgo::Winograd);
+    assert_eq!(" Direct".parse::<ConvAlgo>().unwrap(), ConvAlgo::Direct);
+    let err = "fft".parse::<ConvAlgo>().unwrap_err().to_string();
+    assert!(err.contains("fft") && err.contains("winograd"), "{err}");
+}
