@@ -113,6 +113,11 @@ struct Args {
     /// `RESNET_WGPU_CONV_STAGING`, else double.
     #[arg(long)]
     staging: Option<resnet_wgpu::ConvStaging>,
+    /// Algorithm of the 3x3 stride-1 convolutions' forward pass and input gradient: `auto`
+    /// (Winograd where the adapter gains), `winograd` or `direct`; see `ConvAlgo`. Default:
+    /// `RESNET_WGPU_CONV_ALGO`, else auto.
+    #[arg(long)]
+    algo: Option<resnet_wgpu::ConvAlgo>,
 }
 
 /// What one figure measured.
@@ -345,6 +350,9 @@ struct ConvRow {
     gmac: f64,
     /// Split-K factor of the weight gradient.
     weight_grad_splits: usize,
+    /// Whether the three passes ran Winograd F(2x2, 3x3) (`ConvAlgo`); their GFLOP/s count
+    /// the direct convolution's multiply-adds either way.
+    winograd: bool,
     forward: ConvPass,
     input_grad: ConvPass,
     weight_grad: ConvPass,
@@ -407,6 +415,7 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
             weight_grad_splits: ops::conv2d_weight_grad_splits(
                 gpu, x_shape, w_shape, s.stride, s.pad,
             )?,
+            winograd: ops::conv2d_winograd(gpu, x_shape, w_shape, s.stride, s.pad)?[0],
             forward,
             input_grad,
             weight_grad,
@@ -414,7 +423,7 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
         let cell = |p: &ConvPass| format!("{} {:>7.1}", ms_pair(&p.timing), p.gflops);
         println!(
             "{:<18} {:>19} {:>3} {:>7.3} | {} | {} | {} {:>3}",
-            row.layer,
+            format!("{}{}", row.layer, if row.winograd { " W" } else { "" }),
             format!("{}x{}² -> {}x{}²", s.c, s.hw, s.k, oh),
             count,
             row.gmac,
@@ -444,7 +453,11 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
         totals[2] * 1e3,
         g(totals[2])
     );
-    println!("(the stem's input gradient is never needed in training but is timed here too)\n");
+    println!("(the stem's input gradient is never needed in training but is timed here too)");
+    println!(
+        "(W: the three passes by Winograd F(2x2, 3x3); GFLOP/s always count the direct \
+         convolution's multiply-adds)\n"
+    );
     let totals = ConvTotals {
         gmac_per_pass: total_macs / 1e9,
         forward_ms: totals[0] * 1e3,
@@ -1005,6 +1018,8 @@ struct Report {
     order: String,
     /// Conv staging: `Double` or `Single` (double only where the device holds it).
     staging: String,
+    /// Algorithm of the 3x3 stride-1 convs: `Auto`, `Winograd` or `Direct`.
+    algo: String,
     /// Whether the kernels were compiled with wgpu's runtime checks
     /// (`RESNET_WGPU_SHADER_CHECKS=1`; off by default).
     shader_checks: bool,
@@ -1178,6 +1193,9 @@ fn main() -> Result<()> {
     if let Some(staging) = args.staging {
         gpu.set_conv_staging(staging);
     }
+    if let Some(algo) = args.algo {
+        gpu.set_conv_algo(algo);
+    }
     let info = gpu.info().clone();
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
@@ -1189,6 +1207,7 @@ fn main() -> Result<()> {
     println!("conv precision: {:?}", args.precision);
     println!("conv reduction order: {:?}", bench.gpu.conv_order());
     println!("conv staging: {:?}", bench.gpu.conv_staging());
+    println!("conv algorithm (3x3 stride 1): {:?}", bench.gpu.conv_algo());
     println!(
         "conv tiles: {}",
         if args.autotune {
@@ -1231,6 +1250,7 @@ fn main() -> Result<()> {
         precision: format!("{:?}", args.precision),
         order: format!("{:?}", bench.gpu.conv_order()),
         staging: format!("{:?}", bench.gpu.conv_staging()),
+        algo: format!("{:?}", bench.gpu.conv_algo()),
         shader_checks: bench.gpu.shader_checks(),
         convs: None,
         conv_totals: None,

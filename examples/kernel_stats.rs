@@ -41,6 +41,7 @@ fn shader(file: &str) -> &'static str {
         "matmul.wgsl" => include_str!("../shaders/matmul.wgsl"),
         "optim.wgsl" => include_str!("../shaders/optim.wgsl"),
         "loss.wgsl" => include_str!("../shaders/loss.wgsl"),
+        "winograd.wgsl" => include_str!("../shaders/winograd.wgsl"),
         other => panic!("no shader {other}"),
     }
 }
@@ -154,6 +155,9 @@ fn jobs() -> Vec<Job> {
     let pool = vec![("WK", 3.0), ("WS", 2.0), ("WP", 1.0)];
     for entry in ["max_forward", "max_backward"] {
         jobs.push(simple("pool.wgsl", entry, pool.clone()));
+    }
+    for entry in ["wino_weights", "wino_input", "wino_output"] {
+        jobs.push(simple("winograd.wgsl", entry, vec![]));
     }
     for entry in ["matmul", "matvec"] {
         jobs.push(simple("matmul.wgsl", entry, vec![]));

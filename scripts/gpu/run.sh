@@ -4,6 +4,7 @@
 # Usage: [TILE_SWEEP="--batch 128 --iters 3"] [F16_BENCH="--what models --models r18"] \
 #        [F16_TILE_SWEEP="--batch 128 --iters 3"] [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
 #        [CRS_BENCH="--what models --models r18"] [SINGLE_BENCH="--what models --models r18"] \
+#        [ALGO_BENCH="--what all --models r18"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
@@ -23,6 +24,10 @@
 # SINGLE_BENCH: also run the bench with --staging single (one copy of each staged chunk in the
 # f32 conv kernels, two barriers per chunk) and these arguments: the comparison for the default
 # double staging (ConvStaging::Double).
+# ALGO_BENCH: also run the bench with --algo direct (every conv by the implicit GEMM) and with
+# --algo winograd (Winograd F(2x2, 3x3) on every 3x3 stride-1 conv, layer1's 64 channels too)
+# and these arguments: the comparisons for the default (ConvAlgo::Auto: Winograd from 128
+# channels on GPUs).
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
 set -u
 TRAIN_S=${1:-300}; shift || true
@@ -87,6 +92,13 @@ if [ -n "${SINGLE_BENCH:-}" ]; then
   echo "== bench --staging single"
   timeout 200 $B/bench --staging single $SINGLE_BENCH --json "$OUT/bench-single.json" 2>&1 \
     | tee "$OUT/bench-single.txt"
+fi
+if [ -n "${ALGO_BENCH:-}" ]; then
+  for algo in direct winograd; do
+    echo "== bench --algo $algo"
+    timeout 200 $B/bench --algo $algo $ALGO_BENCH --json "$OUT/bench-$algo.json" 2>&1 \
+      | tee "$OUT/bench-$algo.txt"
+  done
 fi
 if [ -n "${CHECKED_BENCH:-}" ]; then
   echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"
