@@ -41,7 +41,9 @@
 //
 // Bindings (group 0): 0 = Params (uniform); 1 = the source (read: w, x, M, gy or dU), 2 = the
 // destination (write: U, V, y, GY or gw); wino_output also 3 = bias [K] (read; any buffer
-// when has_bias == 0).
+// when has_bias == 0); wino_output_bn (the output transform with inference's batch norm, see
+// there) 4-7 = gamma, beta, running mean, running var [K], 8 = the residual (read; any buffer
+// but y without EPI_RESIDUAL): 7 storage buffers.
 
 struct Params {
     count: u32,     // work items (threads that do something)
@@ -56,6 +58,8 @@ struct Params {
     rows: u32,      // wino_weights: rows and columns of each U[ξ]
     cols: u32,
     flip: u32,      // wino_weights: the input gradient's turned, transposed kernel
+    epilogue: u32,  // wino_output_bn: EPI_RELU | EPI_RESIDUAL
+    eps: f32,       // wino_output_bn: the batch norm's epsilon
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -168,11 +172,18 @@ fn wino_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-@compute @workgroup_size(256)
-fn wino_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wg, nwg, lid);
-    if (i >= p.count) { return; }
+// The output tile of work item i (channel k, tile q): its two rows, its first pixel's offset
+// in y (at), and whether it has a second column and row (odd sizes: not the last ones).
+struct OutTile {
+    k: u32,
+    at: u32,
+    right: bool,
+    down: bool,
+    y0: vec2<f32>,
+    y1: vec2<f32>,
+}
+
+fn output_tile(i: u32) -> OutTile {
     let k = i / p.tiles;
     let q = i - k * p.tiles;
     let t = tile_of(q);
@@ -186,20 +197,65 @@ fn wino_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             src[(4u * r + 3u) * plane_m + i],
         );
     }
-    // Aᵀ M, row by row, then each row times A.
-    let y0 = a_row(m[0] + m[1] + m[2]);
-    let y1 = a_row(m[1] - m[2] - m[3]);
-    var b = 0.0;
-    if (p.has_bias != 0u) { b = bias[k]; }
     let oy = 2u * t.y;
     let ox = 2u * t.z;
-    let at = p.base + ((t.x * p.channels + k) * p.height + oy) * p.width + ox;
-    let right = ox + 1u < p.width;
-    dst[at] = y0.x + b;
-    if (right) { dst[at + 1u] = y0.y + b; }
-    if (oy + 1u < p.height) {
-        dst[at + p.width] = y1.x + b;
-        if (right) { dst[at + p.width + 1u] = y1.y + b; }
+    // Aᵀ M, row by row, then each row times A.
+    return OutTile(
+        k,
+        p.base + ((t.x * p.channels + k) * p.height + oy) * p.width + ox,
+        ox + 1u < p.width,
+        oy + 1u < p.height,
+        a_row(m[0] + m[1] + m[2]),
+        a_row(m[1] - m[2] - m[3]),
+    );
+}
+
+@compute @workgroup_size(256)
+fn wino_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= p.count) { return; }
+    let t = output_tile(i);
+    var b = 0.0;
+    if (p.has_bias != 0u) { b = bias[t.k]; }
+    dst[t.at] = t.y0.x + b;
+    if (t.right) { dst[t.at + 1u] = t.y0.y + b; }
+    if (t.down) {
+        dst[t.at + p.width] = t.y1.x + b;
+        if (t.right) { dst[t.at + p.width + 1u] = t.y1.y + b; }
+    }
+}
+
+// wino_output_bn: inference's conv + eval-mode batch norm (+ residual) (+ ReLU), as
+// conv.wgsl's conv_forward_bn applies them to the conv's output v (no conv bias):
+// y = relu?((v - mean[k]) / sqrt(var[k] + eps) * gamma[k] + beta[k] (+ res)), in that order.
+@group(0) @binding(4) var<storage, read> bn_gamma: array<f32>;
+@group(0) @binding(5) var<storage, read> bn_beta: array<f32>;
+@group(0) @binding(6) var<storage, read> bn_mean: array<f32>;
+@group(0) @binding(7) var<storage, read> bn_var: array<f32>;
+@group(0) @binding(8) var<storage, read> bn_res: array<f32>;
+
+const EPI_RELU: u32 = 1u;
+const EPI_RESIDUAL: u32 = 2u;
+
+fn bn_store(k: u32, j: u32, v: f32) {
+    var y = (v - bn_mean[k]) * (1.0 / sqrt(bn_var[k] + p.eps)) * bn_gamma[k] + bn_beta[k];
+    if ((p.epilogue & EPI_RESIDUAL) != 0u) { y = y + bn_res[j]; }
+    if ((p.epilogue & EPI_RELU) != 0u) { y = max(y, 0.0); }
+    dst[j] = y;
+}
+
+@compute @workgroup_size(256)
+fn wino_output_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= p.count) { return; }
+    let t = output_tile(i);
+    bn_store(t.k, t.at, t.y0.x);
+    if (t.right) { bn_store(t.k, t.at + 1u, t.y0.y); }
+    if (t.down) {
+        bn_store(t.k, t.at + p.width, t.y1.x);
+        if (t.right) { bn_store(t.k, t.at + p.width + 1u, t.y1.y); }
     }
 }
 

@@ -198,3 +198,45 @@ fn which_convolutions_take_it() {
     let err = "fft".parse::<ConvAlgo>().unwrap_err().to_string();
     assert!(err.contains("fft") && err.contains("winograd"), "{err}");
 }
+
+#[test]
+fn inference_block_matches_the_separate_kernels() {
+    // conv + eval batch norm (+ residual) (+ ReLU): the output transform applies the batch
+    // norm as the separate kernel would after Winograd's convolution.
+    let gpu = winograd_gpu();
+    let x = [2, 24, 9, 10];
+    let k = 40;
+    let w = [k, 24, 3, 3];
+    let xt = Tensor::from_slice(&gpu, &x, &random_vec(x.iter().product(), 61)).unwrap();
+    let wt = Tensor::from_slice(&gpu, &w, &random_vec(w.iter().product(), 62)).unwrap();
+    let ys = [2, k, 9, 10];
+    let res = Tensor::from_slice(&gpu, &ys, &random_vec(ys.iter().product(), 63)).unwrap();
+    let channel = |seed, lo: f32| {
+        let v: Vec<f32> = random_vec(k, seed).iter().map(|v| lo + v.abs()).collect();
+        Tensor::from_slice(&gpu, &[k], &v).unwrap()
+    };
+    let (gamma, beta, mean, var) = (
+        channel(64, 0.5),
+        channel(65, -0.5),
+        channel(66, -0.5),
+        channel(67, 0.5),
+    );
+    let bn = ops::EvalBatchNorm {
+        gamma: &gamma,
+        beta: &beta,
+        running_mean: &mean,
+        running_var: &var,
+        eps: 1e-5,
+    };
+    for (residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+        let what = format!("residual {residual} relu {relu}");
+        let r = residual.then_some(&res);
+        let before = gpu.dispatch_count();
+        let fused = ops::conv2d_bn_eval(&xt, &wt, 1, 1, &bn, r, relu).unwrap();
+        // The weights' transform, the input transform, the GEMMs, the output transform.
+        assert_eq!(gpu.dispatch_count() - before, 4, "{what}: dispatches");
+        let apart = ops::conv2d_bn_eval_unfused(&xt, &wt, 1, 1, &bn, r, relu).unwrap();
+        let (fused, apart) = (fused.to_vec().unwrap(), apart.to_vec().unwrap());
+        assert_close(&fused, &apart, 1e-6, 1e-6, &what);
+    }
+}

@@ -1381,7 +1381,9 @@ pub struct EvalBatchNorm<'a> {
 /// ([`conv2d_bn_eval_unfused`]), but the convolution's output is normalised in registers
 /// instead of making three more passes over memory. Needs 8 storage buffers per shader stage
 /// (WebGPU's default limit; 9 with the f16 engine); on a device with fewer it runs the separate
-/// kernels. Records no gradient: for training use the [`Var`] ops.
+/// kernels. Where the convolution runs Winograd ([`crate::ConvAlgo`]), its output transform
+/// applies the batch norm (7 storage buffers). Records no gradient: for training use the
+/// [`Var`] ops.
 pub fn conv2d_bn_eval(
     x: &Tensor,
     w: &Tensor,
@@ -1429,6 +1431,13 @@ pub fn conv2d_bn_eval_tiled(
         check_same_gpu(OP, x, r)?;
     }
     let gpu = x.gpu();
+    // Winograd's output transform applies the batch norm (7 storage buffers).
+    if tile.is_none()
+        && winograd::applies(gpu, &g)
+        && gpu.limits().max_storage_buffers_per_shader_stage >= 7
+    {
+        return winograd::forward_bn(OP, &g, x, w, bn, residual, relu);
+    }
     let model = TileModel::for_gpu(gpu);
     // The plain forward's tile: the same GEMM, tuned once for both.
     let tile = g.chosen_tile(

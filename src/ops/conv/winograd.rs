@@ -15,8 +15,8 @@
 //! chunks, the later layers in one or two).
 
 use super::{
-    Engine, Geometry, MAX_GRID, SPLIT_MAX_PARTIAL, SPLIT_MIN_CHUNK, TileModel, reduce_splits,
-    taps_outer,
+    EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, Geometry, MAX_GRID, SPLIT_MAX_PARTIAL,
+    SPLIT_MIN_CHUNK, TileModel, reduce_splits, taps_outer,
 };
 use crate::gpu::{ConvAlgo, Gpu, Kernel, grid_for_elements};
 use crate::kernel;
@@ -38,11 +38,14 @@ struct Params {
     rows: u32,
     cols: u32,
     flip: u32,
+    epilogue: u32,
+    eps: f32,
 }
 
 const WEIGHTS: Kernel = kernel!("winograd.wgsl", "wino_weights");
 const INPUT: Kernel = kernel!("winograd.wgsl", "wino_input");
 const OUTPUT: Kernel = kernel!("winograd.wgsl", "wino_output");
+const OUTPUT_BN: Kernel = kernel!("winograd.wgsl", "wino_output_bn");
 const GY: Kernel = kernel!("winograd.wgsl", "wino_gy");
 const WEIGHTS_GRAD: Kernel = kernel!("winograd.wgsl", "wino_weights_grad");
 
@@ -62,7 +65,7 @@ const GPU_MIN_CHANNELS: usize = 128;
 /// On CPU adapters (lavapipe), where moving data is cheap next to arithmetic: from 16.
 const CPU_MIN_CHANNELS: usize = 16;
 
-/// Whether the three passes of `g` run Winograd on `gpu`: a 3x3 kernel of
+/// Whether the three passes of `g` (and inference's conv block) run Winograd on `gpu`: a 3x3 kernel of
 /// stride 1 and padding 1 with the f32 engine, and [`ConvAlgo::Winograd`], or
 /// [`ConvAlgo::Auto`] with enough channels.
 pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
@@ -122,8 +125,43 @@ pub(super) fn forward(
     let gpu = x.gpu();
     let u = weights(op, gpu, w, k, c, false)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
-    convolve(op, gpu, x, g.x, &u, k, b, &y)?;
+    convolve(op, gpu, x, g.x, &u, k, Epilogue::Bias(b), &y)?;
     Ok(y)
+}
+
+/// Inference's conv block ([`super::conv2d_bn_eval`]): y = relu?(batch_norm_eval(conv2d(x, w))
+/// (+ residual)), the batch norm applied by the output transform (the arithmetic of
+/// `conv_forward_bn`'s epilogue on Winograd's convolution).
+pub(super) fn forward_bn(
+    op: &'static str,
+    g: &Geometry,
+    x: &Tensor,
+    w: &Tensor,
+    bn: &EvalBatchNorm<'_>,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let [_, c, _, _] = g.x;
+    let k = g.w[0];
+    let gpu = x.gpu();
+    let u = weights(op, gpu, w, k, c, false)?;
+    let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
+    let epilogue = Epilogue::BatchNorm { bn, residual, relu };
+    convolve(op, gpu, x, g.x, &u, k, epilogue, &y)?;
+    Ok(y)
+}
+
+/// What the output transform adds to the convolution.
+#[derive(Clone, Copy)]
+enum Epilogue<'a> {
+    /// The conv's bias, if any.
+    Bias(Option<&'a Tensor>),
+    /// Inference's eval-mode batch norm, residual and ReLU.
+    BatchNorm {
+        bn: &'a EvalBatchNorm<'a>,
+        residual: Option<&'a Tensor>,
+        relu: bool,
+    },
 }
 
 /// The input gradient: gx `[N, C, H, W]` from gy `[N, K, H, W]` and w `[K, C, 3, 3]`.
@@ -138,7 +176,7 @@ pub(super) fn backward_input(
     let gpu = gy.gpu();
     let u = weights(op, gpu, w, c, k, true)?;
     let gx = Tensor::uninit(gpu, &g.x, DType::F32, op)?;
-    convolve(op, gpu, gy, [n, k, h, wd], &u, c, None, &gx)?;
+    convolve(op, gpu, gy, [n, k, h, wd], &u, c, Epilogue::Bias(None), &gx)?;
     Ok(gx)
 }
 
@@ -274,7 +312,8 @@ pub(super) fn backward_weight(
 }
 
 /// `out` `[N, K, H, W]` = the 3x3 stride-1 padding-1 convolution of `src` (`shape` `[N, C, H,
-/// W]`) with the transformed weights `u` `[16, K, C]` (+ bias), a chunk of images at a time.
+/// W]`) with the transformed weights `u` `[16, K, C]` (+ the epilogue), a chunk of images at a
+/// time.
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     op: &'static str,
@@ -283,7 +322,7 @@ fn convolve(
     shape: [usize; 4],
     u: &Tensor,
     k: usize,
-    bias: Option<&Tensor>,
+    epilogue: Epilogue<'_>,
     out: &Tensor,
 ) -> Result<()> {
     let [n, c, h, w] = shape;
@@ -312,16 +351,35 @@ fn convolve(
             grid_for_elements(c * tiles),
         )?;
         gemm(op, gpu, k, c, tiles, u, &v, &m)?;
-        let p = Params {
-            has_bias: bias.is_some() as u32,
-            ..geometry(k, first, tiles)
-        };
-        gpu.dispatch(
-            &OUTPUT,
-            &p,
-            &[m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()],
-            grid_for_elements(k * tiles),
-        )?;
+        let grid = grid_for_elements(k * tiles);
+        match epilogue {
+            Epilogue::Bias(bias) => {
+                let p = Params {
+                    has_bias: bias.is_some() as u32,
+                    ..geometry(k, first, tiles)
+                };
+                let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
+                gpu.dispatch(&OUTPUT, &p, &buffers, grid)?;
+            }
+            Epilogue::BatchNorm { bn, residual, relu } => {
+                let p = Params {
+                    epilogue: if relu { EPI_RELU } else { 0 }
+                        | if residual.is_some() { EPI_RESIDUAL } else { 0 },
+                    eps: bn.eps,
+                    ..geometry(k, first, tiles)
+                };
+                let bound = [
+                    (1, m.buffer()),
+                    (2, out.buffer()),
+                    (4, bn.gamma.buffer()),
+                    (5, bn.beta.buffer()),
+                    (6, bn.running_mean.buffer()),
+                    (7, bn.running_var.buffer()),
+                    (8, residual.map_or(bn.running_mean.buffer(), |r| r.buffer())),
+                ];
+                gpu.dispatch_bound(&OUTPUT_BN, &[], &p, &bound, grid)?;
+            }
+        }
     }
     Ok(())
 }
