@@ -503,6 +503,26 @@ fn bench_tiles(
     checked: Option<&Bench>,
 ) -> Result<TileSweep> {
     let gpu = &b.gpu;
+    // The sweep compares the direct GEMMs' tiles: the plan column is the direct plan too
+    // (Winograd's GEMMs take the model's tile for their own shapes).
+    let algo = gpu.conv_algo();
+    gpu.set_conv_algo(resnet_wgpu::ConvAlgo::Direct);
+    if let Some(c) = checked {
+        c.gpu.set_conv_algo(resnet_wgpu::ConvAlgo::Direct);
+    }
+    let sweep = sweep_tiles(b, batch, tiles, checked);
+    gpu.set_conv_algo(algo);
+    sweep
+}
+
+/// [`bench_tiles`] with the direct convolutions set.
+fn sweep_tiles(
+    b: &Bench,
+    batch: usize,
+    tiles: &[ConvTile],
+    checked: Option<&Bench>,
+) -> Result<TileSweep> {
+    let gpu = &b.gpu;
     let names: Vec<String> = tiles
         .iter()
         .map(|t| {
@@ -512,7 +532,7 @@ fn bench_tiles(
         .collect();
     println!(
         "Conv tiles, batch {batch} (GFLOP/s from {} time; * = fastest; plan = the library's own \
-         choice; checked = the plan with wgpu's runtime checks compiled in)",
+         choice of direct GEMM; checked = the plan with wgpu's runtime checks compiled in)",
         if b.timestamps { "GPU" } else { "wall" }
     );
     print!("{:<18} {:<4}", "layer", "pass");
