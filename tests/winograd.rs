@@ -162,7 +162,7 @@ fn chunks_of_images_give_the_same_bits() {
 #[test]
 fn which_convolutions_take_it() {
     let gpu = new_gpu();
-    let x = [2, 128, 14, 14];
+    let x = [8, 128, 14, 14];
     let w = [128, 128, 3, 3];
     let takes = |x, w, stride, pad| {
         let passes = ops::conv2d_winograd(&gpu, x, w, stride, pad).unwrap();
@@ -181,10 +181,16 @@ fn which_convolutions_take_it() {
         !takes([2, 128, 1, 1], w, 1, 1),
         "a 1x1 plane: the centre tap alone"
     );
-    // Auto leaves few channels direct on GPUs (16 on CPU adapters such as lavapipe).
+    // Auto leaves fewer than 128 channels direct on GPUs (16 on CPU adapters such as
+    // lavapipe), and batches of fewer than 1,024 output pixels.
     let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
     assert!(!takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1));
-    assert_eq!(takes([2, 64, 14, 14], [64, 64, 3, 3], 1, 1), cpu);
+    assert_eq!(takes([2, 64, 24, 24], [64, 64, 3, 3], 1, 1), cpu);
+    assert!(
+        takes([32, 512, 7, 7], [512, 512, 3, 3], 1, 1),
+        "1,568 pixels"
+    );
+    assert!(!takes([8, 512, 7, 7], [512, 512, 3, 3], 1, 1), "392 pixels");
     gpu.set_conv_algo(ConvAlgo::Winograd);
     assert!(takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1), "forced");
     // The weight gradient stays direct where even one partial result per chunk of images

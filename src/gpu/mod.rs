@@ -202,7 +202,7 @@ impl std::str::FromStr for ConvStaging {
 pub enum ConvAlgo {
     /// Winograd where the channels are many enough for the saved arithmetic to outweigh the
     /// transforms' traffic on the adapter (at least 128 input and output channels on GPUs,
-    /// 16 on CPU adapters), direct elsewhere.
+    /// 16 on CPU adapters) and the batch has at least 1,024 output pixels, direct elsewhere.
     #[default]
     Auto,
     /// Winograd on every such convolution.
@@ -525,7 +525,7 @@ impl Gpu {
     }
 
     /// The most elements each of the Winograd transforms' two transient buffers holds (the
-    /// batch is transformed in chunks of images that fit): 2^25 (128 MiB) unless set; small
+    /// batch is transformed in chunks of images that fit): 2^24 (64 MiB) unless set; small
     /// values for tests of the chunking.
     #[doc(hidden)]
     pub fn set_winograd_chunk_elements(&self, elements: usize) {

@@ -11,8 +11,8 @@
 //! dU[ξ] = GY[ξ] V[ξ]ᵀ (`conv_backward_weight`, batched and split like the direct one's),
 //! whose partial results over splits and chunks one reduction sums; then dU's transform into
 //! gw. The transformed tensors hold four values per output pixel and channel; the chunks keep
-//! each below [`WINOGRAD_CHUNK_ELEMENTS`] (ResNet-18 at 224x224, batch 128: layer1 in four
-//! chunks, the later layers in one or two).
+//! each below [`WINOGRAD_CHUNK_ELEMENTS`] (ResNet-18 at 224x224, batch 128: layer2 in four
+//! chunks, layer3 in two, layer4 in one).
 
 use super::{
     EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, Geometry, MAX_GRID, SPLIT_MAX_PARTIAL,
@@ -52,24 +52,32 @@ const WEIGHTS_GRAD: Kernel = kernel!("winograd.wgsl", "wino_weights_grad");
 /// Positions of a transformed 4x4 tile: the number of GEMMs.
 const XI: usize = 16;
 
-/// The default cap on the elements of each transient buffer (V, M): 128 MiB, WebGPU's default
-/// largest storage binding ([`Gpu::set_winograd_chunk_elements`]).
-pub const WINOGRAD_CHUNK_ELEMENTS: usize = 1 << 25;
+/// The default cap on the elements of each transient buffer (V, M, GY): 64 MiB, half WebGPU's
+/// default largest storage binding ([`Gpu::set_winograd_chunk_elements`]). The pool keeps each
+/// size it has served, so this bounds what Winograd adds to a step's memory: a few such
+/// buffers (ResNet-18 at batch 128: two to four of 64 MiB, about 3% of its step's 2.7 GB).
+pub const WINOGRAD_CHUNK_ELEMENTS: usize = 1 << 24;
 
-/// Under [`ConvAlgo::Auto`], Winograd runs where the input and output channels are both at
-/// least this many. On a GPU (estimated for an H200, 4.8 TB/s against about 30 TFLOP/s in the
-/// GEMMs): the transforms move about 16 (C + K) bytes per output pixel, which at 64 channels
-/// costs about as much as the 5/9 of the multiply-adds they save, and at 128 about a third
-/// of it. Not yet measured.
+/// Under [`ConvAlgo::Auto`], Winograd runs on GPUs where the input and output channels are
+/// both at least this many. Estimated for an H200 (4.8 TB/s against about 30 TFLOP/s in the
+/// GEMMs), not yet measured: the transforms move about 16 (C + K) bytes per output pixel,
+/// which at 64 channels costs about as much as the 5/9 of the multiply-adds they save, and at
+/// 128 about a third of it.
 const GPU_MIN_CHANNELS: usize = 128;
 /// On CPU adapters (lavapipe), where moving data is cheap next to arithmetic: from 16.
 const CPU_MIN_CHANNELS: usize = 16;
+/// Under [`ConvAlgo::Auto`], also at least this many output pixels in the batch: the weights'
+/// transform (25 values moved per input and output channel) and three more dispatches per
+/// pass pay only over enough tiles. Batch-1 inference at 224x224 keeps layer2-4 direct: on
+/// lavapipe ResNet-18's took 596-979 ms with them on Winograd against 590-611 direct, the
+/// weights' transforms alone 30-53 ms of it.
+const AUTO_MIN_PIXELS: usize = 1024;
 
-/// Whether the three passes of `g` (and inference's conv block) run Winograd on `gpu`: a 3x3 kernel of
-/// stride 1 and padding 1 with the f32 engine, and [`ConvAlgo::Winograd`], or
-/// [`ConvAlgo::Auto`] with enough channels.
+/// Whether the three passes of `g` (and inference's conv block) run Winograd on `gpu`: a 3x3
+/// kernel of stride 1 and padding 1 with the f32 engine, and [`ConvAlgo::Winograd`], or
+/// [`ConvAlgo::Auto`] with enough channels and output pixels.
 pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
-    let [_, c, _, _] = g.x;
+    let [n, c, h, w] = g.x;
     let [k, _, r, s] = g.w;
     let shape = (r, s, g.stride, g.padding) == (3, 3, 1, 1) && super::f16_kernels(gpu).is_none();
     let min = if gpu.info().device_type == wgpu::DeviceType::Cpu {
@@ -79,7 +87,7 @@ pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
     };
     shape
         && match gpu.conv_algo() {
-            ConvAlgo::Auto => c.min(k) >= min,
+            ConvAlgo::Auto => c.min(k) >= min && n * h * w >= AUTO_MIN_PIXELS,
             ConvAlgo::Winograd => true,
             ConvAlgo::Direct => false,
         }
@@ -222,8 +230,8 @@ pub(super) fn backward_weight(
     let images = chunk_images(gpu, n, c.max(k), per_image);
     let chunks = n.div_ceil(images);
     let most = images * per_image;
-    let v = Tensor::uninit(gpu, &[XI, c, most], DType::F32, op)?;
-    let gyt = Tensor::uninit(gpu, &[XI, k, most], DType::F32, op)?;
+    let v = scratch(op, gpu, XI * c * most)?;
+    let gyt = scratch(op, gpu, XI * k * most)?;
     // The GEMMs: rows k, columns c, reduced over a chunk's tiles, split like the direct weight
     // gradient's (towards the model's target of workgroups, in chunks of at least
     // SPLIT_MIN_CHUNK tiles, the partial results of all chunks below SPLIT_MAX_PARTIAL).
@@ -329,8 +337,8 @@ fn convolve(
     let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
     let per_image = tiles_h * tiles_w;
     let images = chunk_images(gpu, n, c.max(k), per_image);
-    let v = Tensor::uninit(gpu, &[XI, c, images * per_image], DType::F32, op)?;
-    let m = Tensor::uninit(gpu, &[XI, k, images * per_image], DType::F32, op)?;
+    let v = scratch(op, gpu, XI * c * images * per_image)?;
+    let m = scratch(op, gpu, XI * k * images * per_image)?;
     let geometry = |channels: usize, first: usize, tiles: usize| Params {
         count: (channels * tiles) as u32,
         channels: channels as u32,
@@ -382,6 +390,14 @@ fn convolve(
         }
     }
     Ok(())
+}
+
+/// A transient buffer of at least `elements` values (V, M or GY), rounded up to a power of
+/// two: the pool reuses a freed buffer only for the same size, and the transformed tensors of
+/// different layers (each within the chunk cap, itself a power of two) then share a few sizes
+/// instead of caching one buffer per layer.
+fn scratch(op: &'static str, gpu: &Gpu, elements: usize) -> Result<Tensor> {
+    Tensor::uninit(gpu, &[elements.next_power_of_two()], DType::F32, op)
 }
 
 /// Images per chunk: as many as keep V and M (16 values per tile and channel) within the
