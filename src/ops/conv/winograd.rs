@@ -98,10 +98,9 @@ pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
 /// [`SPLIT_MAX_PARTIAL`] (wide layers on large planes, 26 chunks of 512 channels at 56x56 and
 /// batch 128: not ResNet's), where it stays direct.
 pub(super) fn weight_grad_applies(gpu: &Gpu, g: &Geometry) -> bool {
-    let [n, c, h, w] = g.x;
+    let [_, c, _, _] = g.x;
     let k = g.w[0];
-    let per_image = h.div_ceil(2) * w.div_ceil(2);
-    let chunks = n.div_ceil(chunk_images(gpu, n, c.max(k), per_image));
+    let chunks = Chunks::new(gpu, g.x, c.max(k)).count();
     chunks * XI * k * c <= SPLIT_MAX_PARTIAL
 }
 
@@ -222,14 +221,11 @@ pub(super) fn backward_weight(
     x: &Tensor,
     gy: &Tensor,
 ) -> Result<Tensor> {
-    let [n, c, h, w] = g.x;
+    let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
-    let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
-    let per_image = tiles_h * tiles_w;
-    let images = chunk_images(gpu, n, c.max(k), per_image);
-    let chunks = n.div_ceil(images);
-    let most = images * per_image;
+    let batch = Chunks::new(gpu, g.x, c.max(k));
+    let (chunks, most) = (batch.count(), batch.most());
     let v = scratch(op, gpu, XI * c * most)?;
     let gyt = scratch(op, gpu, XI * k * most)?;
     // The GEMMs: rows k, columns c, reduced over a chunk's tiles, split like the direct weight
@@ -250,32 +246,12 @@ pub(super) fn backward_weight(
         .min(max_by_mem)
         .clamp(1, MAX_GRID / XI);
     let part = Tensor::uninit(gpu, &[chunks * splits, XI * k * c], DType::F32, op)?;
-    let geometry = |kernel: &Kernel, src: &Tensor, dst: &Tensor, ch: usize, first: usize| {
-        let tiles = images.min(n - first) * per_image;
-        let p = Params {
-            count: (ch * tiles) as u32,
-            channels: ch as u32,
-            height: h as u32,
-            width: w as u32,
-            tiles_h: tiles_h as u32,
-            tiles_w: tiles_w as u32,
-            tiles: tiles as u32,
-            base: (first * ch * h * w) as u32,
-            ..Params::default()
-        };
-        gpu.dispatch(
-            kernel,
-            &p,
-            &[src.buffer(), dst.buffer()],
-            grid_for_elements(ch * tiles),
-        )
-    };
-    for (chunk, first) in (0..n).step_by(images).enumerate() {
-        let tiles = images.min(n - first) * per_image;
-        geometry(&INPUT, x, &v, c, first)?;
-        geometry(&GY, gy, &gyt, k, first)?;
+    for (chunk, first, tiles) in batch.iter() {
+        batch.transform(gpu, &INPUT, x, &v, c, first, tiles)?;
+        batch.transform(gpu, &GY, gy, &gyt, k, first, tiles)?;
         // Every split of every chunk writes its partial result (zeros past a short chunk's
-        // end), so that the reduction sums chunks * splits of them.
+        // end), so that the reduction sums chunks * splits of them. The GEMM's geometry is
+        // the largest chunk's with this chunk's tiles.
         let mut p = gg.params(
             false,
             tiles.div_ceil(splits).next_multiple_of(tile_k),
@@ -333,38 +309,19 @@ fn convolve(
     epilogue: Epilogue<'_>,
     out: &Tensor,
 ) -> Result<()> {
-    let [n, c, h, w] = shape;
-    let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
-    let per_image = tiles_h * tiles_w;
-    let images = chunk_images(gpu, n, c.max(k), per_image);
-    let v = scratch(op, gpu, XI * c * images * per_image)?;
-    let m = scratch(op, gpu, XI * k * images * per_image)?;
-    let geometry = |channels: usize, first: usize, tiles: usize| Params {
-        count: (channels * tiles) as u32,
-        channels: channels as u32,
-        height: h as u32,
-        width: w as u32,
-        tiles_h: tiles_h as u32,
-        tiles_w: tiles_w as u32,
-        tiles: tiles as u32,
-        base: (first * channels * h * w) as u32,
-        ..Params::default()
-    };
-    for first in (0..n).step_by(images) {
-        let tiles = images.min(n - first) * per_image;
-        gpu.dispatch(
-            &INPUT,
-            &geometry(c, first, tiles),
-            &[src.buffer(), v.buffer()],
-            grid_for_elements(c * tiles),
-        )?;
+    let c = shape[1];
+    let batch = Chunks::new(gpu, shape, c.max(k));
+    let v = scratch(op, gpu, XI * c * batch.most())?;
+    let m = scratch(op, gpu, XI * k * batch.most())?;
+    for (_, first, tiles) in batch.iter() {
+        batch.transform(gpu, &INPUT, src, &v, c, first, tiles)?;
         gemm(op, gpu, k, c, tiles, u, &v, &m)?;
         let grid = grid_for_elements(k * tiles);
         match epilogue {
             Epilogue::Bias(bias) => {
                 let p = Params {
                     has_bias: bias.is_some() as u32,
-                    ..geometry(k, first, tiles)
+                    ..batch.params(k, first, tiles)
                 };
                 let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
                 gpu.dispatch(&OUTPUT, &p, &buffers, grid)?;
@@ -374,7 +331,7 @@ fn convolve(
                     epilogue: if relu { EPI_RELU } else { 0 }
                         | if residual.is_some() { EPI_RESIDUAL } else { 0 },
                     eps: bn.eps,
-                    ..geometry(k, first, tiles)
+                    ..batch.params(k, first, tiles)
                 };
                 let bound = [
                     (1, m.buffer()),
@@ -400,12 +357,92 @@ fn scratch(op: &'static str, gpu: &Gpu, elements: usize) -> Result<Tensor> {
     Tensor::uninit(gpu, &[elements.next_power_of_two()], DType::F32, op)
 }
 
-/// Images per chunk: as many as keep V and M (16 values per tile and channel) within the
-/// device's cap, at least one.
-fn chunk_images(gpu: &Gpu, n: usize, channels: usize, per_image: usize) -> usize {
-    let binding = gpu.limits().max_storage_buffer_binding_size as usize / 4;
-    let cap = gpu.winograd_chunk_elements().min(binding);
-    (cap / (XI * channels * per_image)).clamp(1, n)
+/// A batch's 2x2 output tiles, in chunks of images whose transformed tensors (16 values per
+/// tile and channel) stay within the device's cap.
+struct Chunks {
+    /// The planes' shape `[N, _, H, W]` (input and output alike).
+    shape: [usize; 4],
+    /// Tiles per plane along each axis.
+    tiles_h: usize,
+    tiles_w: usize,
+    /// Images per chunk (the last may hold fewer).
+    images: usize,
+}
+
+impl Chunks {
+    /// The chunks of a batch of `shape` whose widest transformed tensor has `channels`.
+    fn new(gpu: &Gpu, shape: [usize; 4], channels: usize) -> Chunks {
+        let [n, _, h, w] = shape;
+        let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
+        let binding = gpu.limits().max_storage_buffer_binding_size as usize / 4;
+        let cap = gpu.winograd_chunk_elements().min(binding);
+        Chunks {
+            shape,
+            tiles_h,
+            tiles_w,
+            images: (cap / (XI * channels * tiles_h * tiles_w)).clamp(1, n),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.shape[0].div_ceil(self.images)
+    }
+
+    /// Tiles of the largest chunk.
+    fn most(&self) -> usize {
+        self.images * self.tiles_h * self.tiles_w
+    }
+
+    /// (index, first image, tiles) of each chunk.
+    fn iter(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let n = self.shape[0];
+        (0..n)
+            .step_by(self.images)
+            .enumerate()
+            .map(move |(i, first)| {
+                (
+                    i,
+                    first,
+                    self.images.min(n - first) * self.tiles_h * self.tiles_w,
+                )
+            })
+    }
+
+    /// A transform's params for `tiles` tiles of planes of `channels` from image `first`.
+    fn params(&self, channels: usize, first: usize, tiles: usize) -> Params {
+        let [_, _, h, w] = self.shape;
+        Params {
+            count: (channels * tiles) as u32,
+            channels: channels as u32,
+            height: h as u32,
+            width: w as u32,
+            tiles_h: self.tiles_h as u32,
+            tiles_w: self.tiles_w as u32,
+            tiles: tiles as u32,
+            base: (first * channels * h * w) as u32,
+            ..Params::default()
+        }
+    }
+
+    /// Record `kernel` (wino_input or wino_gy) from `src`'s chunk into `dst`.
+    #[allow(clippy::too_many_arguments)]
+    fn transform(
+        &self,
+        gpu: &Gpu,
+        kernel: &Kernel,
+        src: &Tensor,
+        dst: &Tensor,
+        channels: usize,
+        first: usize,
+        tiles: usize,
+    ) -> Result<()> {
+        gpu.dispatch(
+            kernel,
+            &self.params(channels, first, tiles),
+            &[src.buffer(), dst.buffer()],
+            grid_for_elements(channels * tiles),
+        )
+    }
 }
 
 /// M[ξ] `[rows, cols]` = U[ξ] `[rows, depth]` V[ξ] `[depth, cols]` for the 16 ξ: the direct
