@@ -156,7 +156,14 @@ fn jobs() -> Vec<Job> {
     for entry in ["max_forward", "max_backward"] {
         jobs.push(simple("pool.wgsl", entry, pool.clone()));
     }
-    for entry in ["wino_weights", "wino_input", "wino_output"] {
+    for entry in [
+        "wino_weights",
+        "wino_input",
+        "wino_output",
+        "wino_output_bn",
+        "wino_gy",
+        "wino_weights_grad",
+    ] {
         jobs.push(simple("winograd.wgsl", entry, vec![]));
     }
     for entry in ["matmul", "matvec"] {
