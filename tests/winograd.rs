@@ -118,20 +118,29 @@ fn random_shapes_match_the_twin_and_the_direct_reference() {
 fn chunks_of_images_give_the_same_bits() {
     // Chunks of one, two and three images (a ragged last chunk of 5 images) against the whole
     // batch at once: only offsets differ, not the sums.
-    let x = [5, 24, 9, 10];
-    let w = [40, 24, 3, 3];
+    // 20 x 19 planes (10 x 10 tiles, the last column of tiles half outside), so that the
+    // weight gradient's partial results (16 x 12 x 8 per chunk) fit the cap of one image's V
+    // (16 x 12 x 100) even with a partial result per image.
+    let x = [5, 8, 20, 19];
+    let w = [12, 8, 3, 3];
+    let ys = [5, 12, 20, 19];
     let xv = random_vec(x.iter().product(), 7);
     let wv = random_vec(w.iter().product(), 8);
-    let gyv = random_vec(5 * 40 * 9 * 10, 9);
+    let gyv = random_vec(ys.iter().product(), 9);
     let run = |chunk: Option<usize>| {
         let gpu = winograd_gpu();
         if let Some(images) = chunk {
-            // V and M hold 16 values per tile and channel (40 channels, 5 x 5 tiles).
-            gpu.set_winograd_chunk_elements(images * 16 * 40 * 25);
+            // V and M hold 16 values per tile and channel (12 channels at most, 100 tiles).
+            gpu.set_winograd_chunk_elements(images * 16 * 12 * 100);
         }
         let xt = Tensor::from_slice(&gpu, &x, &xv).unwrap();
         let wt = Tensor::from_slice(&gpu, &w, &wv).unwrap();
-        let gy = Tensor::from_slice(&gpu, &[5, 40, 9, 10], &gyv).unwrap();
+        let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
+        assert_eq!(
+            ops::conv2d_winograd(&gpu, x, w, 1, 1).unwrap(),
+            [true; 3],
+            "{chunk:?}"
+        );
         let before = gpu.dispatch_count();
         let y = ops::conv2d(&xt, &wt, None, 1, 1).unwrap().to_vec().unwrap();
         let dispatches = gpu.dispatch_count() - before;
@@ -194,7 +203,8 @@ fn which_convolutions_take_it() {
     gpu.set_conv_algo(ConvAlgo::Winograd);
     assert!(takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1), "forced");
     // The weight gradient stays direct where even one partial result per chunk of images
-    // would exceed 2^25 values (512 channels at 56x56, batch 128: 26 chunks of 4M).
+    // would exceed the transforms' cap of 2^24 values (512 channels at 56x56, batch 128: 64
+    // chunks of 4M).
     let wide = ops::conv2d_winograd(&gpu, [128, 512, 56, 56], [512, 512, 3, 3], 1, 1).unwrap();
     assert_eq!(wide, [true, true, false]);
     gpu.set_conv_algo(ConvAlgo::Direct);

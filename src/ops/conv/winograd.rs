@@ -15,8 +15,8 @@
 //! chunks, layer3 in two, layer4 in one).
 
 use super::{
-    EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, Geometry, MAX_GRID, SPLIT_MAX_PARTIAL,
-    SPLIT_MIN_CHUNK, TileModel, reduce_splits, taps_outer,
+    EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, Geometry, MAX_GRID, SPLIT_MIN_CHUNK, TileModel,
+    reduce_splits, taps_outer,
 };
 use crate::gpu::{ConvAlgo, Gpu, Kernel, grid_for_elements};
 use crate::kernel;
@@ -94,14 +94,14 @@ pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
 }
 
 /// Whether the weight gradient of `g` (where [`applies`]) runs Winograd on `gpu`: unless the
-/// partial results of its chunks of images, one per chunk at the least, would exceed
-/// [`SPLIT_MAX_PARTIAL`] (wide layers on large planes, 26 chunks of 512 channels at 56x56 and
-/// batch 128: not ResNet's), where it stays direct.
+/// partial results of its chunks of images, one per chunk at the least, would exceed the
+/// transforms' cap (wide layers on large planes, such as 512 channels at 56x56 and batch 128:
+/// 64 chunks of 4M values; not ResNet's), where it stays direct.
 pub(super) fn weight_grad_applies(gpu: &Gpu, g: &Geometry) -> bool {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
-    let chunks = Chunks::new(gpu, g.x, c.max(k)).count();
-    chunks * XI * k * c <= SPLIT_MAX_PARTIAL
+    let batch = Chunks::new(gpu, g.x, c.max(k));
+    batch.count() * XI * k * c <= batch.cap
 }
 
 /// Which passes of the convolution run Winograd F(2x2, 3x3) with these shapes on `gpu`:
@@ -229,8 +229,9 @@ pub(super) fn backward_weight(
     let v = scratch(op, gpu, XI * c * most)?;
     let gyt = scratch(op, gpu, XI * k * most)?;
     // The GEMMs: rows k, columns c, reduced over a chunk's tiles, split like the direct weight
-    // gradient's (towards the model's target of workgroups, in chunks of at least
-    // SPLIT_MIN_CHUNK tiles, the partial results of all chunks below SPLIT_MAX_PARTIAL).
+    // gradient's (towards the model's target of workgroups per dispatch, in chunks of at least
+    // SPLIT_MIN_CHUNK tiles), the partial results of all chunks within the transforms' cap
+    // (one per chunk at the least: weight_grad_applies).
     let gg = Geometry::new(op, [1, c, 1, most], [k, c, 1, 1], 1, 0)?;
     let model = TileModel::for_gpu(gpu);
     let engine = Engine::for_gpu(gpu, || {
@@ -239,13 +240,13 @@ pub(super) fn backward_weight(
     let (tile_m, tile_n, tile_k) = engine.dims;
     let grid_tiles = XI * k.div_ceil(tile_m) * c.div_ceil(tile_n);
     let max_by_len = most.div_ceil(SPLIT_MIN_CHUNK);
-    let max_by_mem = (SPLIT_MAX_PARTIAL / (chunks * XI * k * c)).max(1);
+    let max_by_mem = (batch.cap / (chunks * XI * k * c)).max(1);
     let wanted = model.split_target().div_ceil(grid_tiles);
     let splits = wanted
         .min(max_by_len)
         .min(max_by_mem)
         .clamp(1, MAX_GRID / XI);
-    let part = Tensor::uninit(gpu, &[chunks * splits, XI * k * c], DType::F32, op)?;
+    let part = scratch(op, gpu, chunks * splits * XI * k * c)?;
     for (chunk, first, tiles) in batch.iter() {
         batch.transform(gpu, &INPUT, x, &v, c, first, tiles)?;
         batch.transform(gpu, &GY, gy, &gyt, k, first, tiles)?;
@@ -367,6 +368,8 @@ struct Chunks {
     tiles_w: usize,
     /// Images per chunk (the last may hold fewer).
     images: usize,
+    /// The most values of each transient buffer.
+    cap: usize,
 }
 
 impl Chunks {
@@ -381,6 +384,7 @@ impl Chunks {
             tiles_h,
             tiles_w,
             images: (cap / (XI * channels * tiles_h * tiles_w)).clamp(1, n),
+            cap,
         }
     }
 
