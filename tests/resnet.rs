@@ -8,7 +8,7 @@ use common::*;
 use resnet_wgpu::io::{HostData, HostTensor, StateDict};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
-use resnet_wgpu::{Gpu, GpuOptions, Rng, Tape, Tensor, Var};
+use resnet_wgpu::{ConvAlgo, Gpu, GpuOptions, Rng, Tape, Tensor, Var};
 
 const FILES: [&str; 3] = [
     "tiny_basic.safetensors",
@@ -41,15 +41,28 @@ fn labels(g: &Golden) -> Vec<u32> {
 
 #[test]
 fn tiny_resnets_match_pytorch_forward_backward_and_sgd_step() {
-    let gpu = gpu();
+    check_goldens(&gpu());
+}
+
+#[test]
+fn tiny_resnets_match_pytorch_through_winograd() {
+    // Every 3x3 stride-1 conv of the tiny nets (8-64 channels on planes of 8x8 to 1x1, which
+    // ConvAlgo::Auto leaves direct) on Winograd: its three passes in training and the fused
+    // inference block after the step.
+    let gpu = new_gpu();
+    gpu.set_conv_algo(ConvAlgo::Winograd);
+    check_goldens(&gpu);
+}
+
+/// The goldens' training step, gradients, SGD step and eval logits on `gpu`.
+fn check_goldens(gpu: &Gpu) {
     for file in FILES {
         let g = Golden::open(file);
         // The architecture comes from the file's names and shapes, not from settings here.
-        let (mut net, report) =
-            ResNet::from_state_dict(&gpu, &params_dict(&g), None, true).unwrap();
+        let (mut net, report) = ResNet::from_state_dict(gpu, &params_dict(&g), None, true).unwrap();
         assert!(report.is_clean(), "{file}: {report}");
-        let x = g.tensor(&gpu, "input");
-        let y = Tensor::from_u32(&gpu, &[4], &labels(&g)).unwrap();
+        let x = g.tensor(gpu, "input");
+        let y = Tensor::from_u32(gpu, &[4], &labels(&g)).unwrap();
 
         let tape = Tape::new();
         let (logits, binds) = net.forward_train(&tape, &x, |_| true).unwrap();
