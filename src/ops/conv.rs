@@ -9,6 +9,10 @@
 //!
 //! Each GEMM runs in one of five tile variants ([`ConvTile`]); a [`TileModel`] for the adapter
 //! picks the tile and the split-K plan per shape.
+//!
+//! The 3x3 convolutions of stride 1 and padding 1 run Winograd F(2x2, 3x3) where
+//! [`crate::ConvAlgo`] says so (the `winograd` submodule): transforms around 16 of these GEMMs,
+//! batched, with 4/9 of the multiply-adds.
 
 mod winograd;
 
