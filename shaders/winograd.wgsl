@@ -1,7 +1,7 @@
 // Winograd F(2x2, 3x3) transforms: the 3x3 convolutions of stride 1 and padding 1 (all but the
 // first of each ResNet stage's) as 16 GEMMs with 4/9 of the direct convolution's
-// multiply-adds (src/ops/conv/winograd.rs drives them; the GEMMs are conv.wgsl's forward pass
-// batched over grid z).
+// multiply-adds, for all three passes (src/ops/conv/winograd.rs drives them; the GEMMs are
+// conv.wgsl's conv_forward and conv_backward_weight, batched over grid z).
 //
 // Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015): the output
 // splits into 2x2 tiles; tile (th, tw) of a plane reads the 4x4 input patch d at rows
@@ -47,15 +47,15 @@
 
 struct Params {
     count: u32,     // work items (threads that do something)
-    channels: u32,  // wino_input: C of x; wino_output: K of y
-    height: u32,    // the planes' height and width (x's for wino_input, y's for wino_output)
+    channels: u32,  // the transformed planes' channels: C of x (wino_input), K of y or gy
+    height: u32,    // the planes' height and width (equal for x, y and gy)
     width: u32,
     tiles_h: u32,   // 2x2 tiles per plane: ceil(height / 2) x ceil(width / 2)
     tiles_w: u32,
     tiles: u32,     // tiles of the chunk: images * tiles_h * tiles_w
-    base: u32,      // offset of the chunk's first image in x (wino_input) or y (wino_output)
+    base: u32,      // offset of the chunk's first image in x, y or gy
     has_bias: u32,
-    rows: u32,      // wino_weights: rows and columns of each U[ξ]
+    rows: u32,      // wino_weights, wino_weights_grad: rows and columns of each U[ξ] (dU[ξ])
     cols: u32,
     flip: u32,      // wino_weights: the input gradient's turned, transposed kernel
     epilogue: u32,  // wino_output_bn: EPI_RELU | EPI_RESIDUAL
