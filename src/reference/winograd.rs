@@ -2,8 +2,8 @@
 //! operations in the same order), and the stride-1, padding-1 3x3 convolution and its two
 //! gradients built from them with 16 f32 GEMMs each, as `src/ops/conv/winograd.rs` runs them.
 
-/// U `[16, rows, cols]` from w `[K, C, 3, 3]`: U[ξ][k][c] = (G w[k, c] Gᵀ)[ξ / 4][ξ % 4] with
-/// rows K and cols C; with `flip` (the input gradient's kernel) U[ξ][c][k] from w[k, c] turned
+/// U `[16, rows, cols]` from w `[K, C, 3, 3]`: `U[ξ][k][c] = (G w[k, c] Gᵀ)[ξ / 4][ξ % 4]` with
+/// rows K and cols C; with `flip` (the input gradient's kernel) `U[ξ][c][k]` from `w[k, c]` turned
 /// by 180 degrees, rows C and cols K.
 pub fn winograd_weights(w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
     let [k, c, r, s] = w_shape;
@@ -54,7 +54,7 @@ fn b_row(u: [f32; 4]) -> [f32; 4] {
     [u[0] - u[2], u[1] + u[2], u[2] - u[1], u[1] - u[3]]
 }
 
-/// V `[16, C, P]` from x `[N, C, H, W]`: V[ξ][c][p] = (Bᵀ d B)[ξ / 4][ξ % 4] for the 4x4 patch
+/// V `[16, C, P]` from x `[N, C, H, W]`: `V[ξ][c][p] = (Bᵀ d B)[ξ / 4][ξ % 4]` for the 4x4 patch
 /// d of tile p = (n th_count + th) tw_count + tw at rows 2 th - 1.. and columns 2 tw - 1..,
 /// zeros outside.
 pub fn winograd_input(x: &[f32], x_shape: [usize; 4]) -> Vec<f32> {
@@ -106,7 +106,7 @@ pub fn winograd_input(x: &[f32], x_shape: [usize; 4]) -> Vec<f32> {
     v
 }
 
-/// y `[N, K, H, W]` from M `[16, K, P]`: each 2x2 output tile is Aᵀ M A (+ b[k]), its pixels
+/// y `[N, K, H, W]` from M `[16, K, P]`: each 2x2 output tile is Aᵀ M A (+ `b[k]`), its pixels
 /// past the output's edge dropped.
 pub fn winograd_output(m: &[f32], y_shape: [usize; 4], b: Option<&[f32]>) -> Vec<f32> {
     let [n, k, h, w] = y_shape;
@@ -141,7 +141,7 @@ pub fn winograd_output(m: &[f32], y_shape: [usize; 4], b: Option<&[f32]>) -> Vec
     y
 }
 
-/// The 16 GEMMs: M[ξ] `[rows, cols]` = U[ξ] `[rows, depth]` V[ξ] `[depth, cols]`, each sum
+/// The 16 GEMMs: `M[ξ]` `[rows, cols]` = `U[ξ]` `[rows, depth]` `V[ξ]` `[depth, cols]`, each sum
 /// in f32 in order of the reduction index, as the GPU's GEMM adds.
 fn gemms(u: &[f32], v: &[f32], rows: usize, depth: usize, cols: usize) -> Vec<f32> {
     let mut m = vec![0f32; 16 * rows * cols];
@@ -195,7 +195,7 @@ pub fn conv2d_backward_input_winograd(
     winograd_output(&gemms(&u, &v, c, k, tiles), x_shape, None)
 }
 
-/// GY `[16, K, P]` from gy `[N, K, H, W]`: GY[ξ][k][p] = (A dy Aᵀ)[ξ / 4][ξ % 4] for the 2x2
+/// GY `[16, K, P]` from gy `[N, K, H, W]`: `GY[ξ][k][p] = (A dy Aᵀ)[ξ / 4][ξ % 4]` for the 2x2
 /// tile dy of tile p, zeros past the plane's edge.
 pub fn winograd_gy(gy: &[f32], y_shape: [usize; 4]) -> Vec<f32> {
     let [n, k, h, w] = y_shape;
@@ -232,7 +232,7 @@ pub fn winograd_gy(gy: &[f32], y_shape: [usize; 4]) -> Vec<f32> {
     out
 }
 
-/// gw `[K, C, 3, 3]` from dU `[16, K, C]`: gw[k, c] = Gᵀ dU[.][k][c] G.
+/// gw `[K, C, 3, 3]` from dU `[16, K, C]`: `gw[k, c] = Gᵀ dU[.][k][c] G`.
 pub fn winograd_weights_grad(du: &[f32], k: usize, c: usize) -> Vec<f32> {
     let plane = k * c;
     let mut gw = vec![0f32; plane * 9];
@@ -257,7 +257,7 @@ pub fn winograd_weights_grad(du: &[f32], k: usize, c: usize) -> Vec<f32> {
 }
 
 /// The weight gradient of [`conv2d_winograd`]: gw `[K, C, 3, 3]` from x `[N, C, H, W]` and gy
-/// `[N, K, H, W]`, dU[ξ] = GY[ξ] V[ξ]ᵀ summed over all tiles in order.
+/// `[N, K, H, W]`, `dU[ξ] = GY[ξ] V[ξ]ᵀ` summed over all tiles in order.
 pub fn conv2d_backward_weight_winograd(
     x: &[f32],
     x_shape: [usize; 4],
