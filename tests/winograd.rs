@@ -207,6 +207,10 @@ fn which_convolutions_take_it() {
     // chunks of 4M).
     let wide = ops::conv2d_winograd(&gpu, [128, 512, 56, 56], [512, 512, 3, 3], 1, 1).unwrap();
     assert_eq!(wide, [true, true, false]);
+    // No pass where one image's transformed tensors alone exceed the cap (16 x 512 x 112 x 112
+    // values for 512 channels at 224x224).
+    let huge = ops::conv2d_winograd(&gpu, [1, 512, 224, 224], [512, 512, 3, 3], 1, 1).unwrap();
+    assert_eq!(huge, [false; 3]);
     gpu.set_conv_algo(ConvAlgo::Direct);
     assert!(!takes(x, w, 1, 1), "direct");
     assert_eq!("winograd".parse::<ConvAlgo>().unwrap(), ConvAlgo::Winograd);

@@ -74,12 +74,15 @@ const CPU_MIN_CHANNELS: usize = 16;
 const AUTO_MIN_PIXELS: usize = 1024;
 
 /// Whether the three passes of `g` (and inference's conv block) run Winograd on `gpu`: a 3x3
-/// kernel of stride 1 and padding 1 with the f32 engine, and [`ConvAlgo::Winograd`], or
-/// [`ConvAlgo::Auto`] with enough channels and output pixels.
+/// kernel of stride 1 and padding 1 with the f32 engine, whose single image's transformed
+/// tensors fit the cap, and [`ConvAlgo::Winograd`], or [`ConvAlgo::Auto`] with enough channels
+/// and output pixels.
 pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
     let [n, c, h, w] = g.x;
     let [k, _, r, s] = g.w;
-    let shape = (r, s, g.stride, g.padding) == (3, 3, 1, 1) && super::f16_kernels(gpu).is_none();
+    let shape = (r, s, g.stride, g.padding) == (3, 3, 1, 1)
+        && super::f16_kernels(gpu).is_none()
+        && Chunks::new(gpu, g.x, c.max(k)).fits();
     let min = if gpu.info().device_type == wgpu::DeviceType::Cpu {
         CPU_MIN_CHANNELS
     } else {
@@ -370,6 +373,8 @@ struct Chunks {
     images: usize,
     /// The most values of each transient buffer.
     cap: usize,
+    /// The widest transformed tensor's channels.
+    channels: usize,
 }
 
 impl Chunks {
@@ -385,11 +390,18 @@ impl Chunks {
             tiles_w,
             images: (cap / (XI * channels * tiles_h * tiles_w)).clamp(1, n),
             cap,
+            channels,
         }
     }
 
     fn count(&self) -> usize {
         self.shape[0].div_ceil(self.images)
+    }
+
+    /// Whether a chunk's transformed tensors fit the cap: not where one image's alone exceed
+    /// it (hundreds of channels on planes of hundreds of pixels a side), which stay direct.
+    fn fits(&self) -> bool {
+        XI * self.channels * self.tiles_h * self.tiles_w <= self.cap
     }
 
     /// Tiles of the largest chunk.
