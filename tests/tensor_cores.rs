@@ -9,7 +9,9 @@
 mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvTile, MmaTile};
-use resnet_wgpu::{ConvPrecision, Gpu, GpuOptions, MmaConfig, Tape, Tensor, ops, reference};
+use resnet_wgpu::{
+    ConvAlgo, ConvPrecision, Gpu, GpuOptions, MmaConfig, Tape, Tensor, ops, reference,
+};
 
 /// A device opened asking for tensor cores, with F16 convolutions selected; None (after checking
 /// the error) where the adapter has none.
@@ -235,6 +237,64 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
     );
     for (i, c) in cases.iter().enumerate() {
         check(&gpu, c, 900 + 10 * i as u64);
+    }
+}
+
+#[test]
+fn f16_winograd_tracks_the_exact_convolution() {
+    let Some(gpu) = f16_gpu() else { return };
+    gpu.set_conv_algo(ConvAlgo::Winograd);
+    // Winograd's GEMMs on the f16 engine: the transformed operands rounded to f16 (gy's scaled
+    // by a quarter of the direct passes' scale), so against the exact f32 convolution, at
+    // about f16's precision. Ragged planes and tiles, channels on and off the chunk, and
+    // gradients of 1e-6, which f16 alone would flush to subnormals.
+    let cases: [([usize; 4], usize, f32); 3] = [
+        ([2, 64, 6, 5], 32, 1.0),
+        ([1, 19, 7, 9], 24, 1.0),
+        ([2, 16, 12, 12], 32, 1e-6),
+    ];
+    for (i, (xs, k, gy_scale)) in cases.into_iter().enumerate() {
+        let ws = [k, xs[1], 3, 3];
+        let what = format!("x {xs:?} w {ws:?} gy x {gy_scale}");
+        assert_eq!(
+            ops::conv2d_winograd(&gpu, xs, ws, 1, 1).unwrap(),
+            [true; 3],
+            "{what}"
+        );
+        let seed = 700 + 10 * i as u64;
+        let xv = random_vec(xs.iter().product(), seed);
+        let wv: Vec<f32> = random_vec(ws.iter().product(), seed + 1)
+            .iter()
+            .map(|v| v * 0.25)
+            .collect();
+        let x = Tensor::from_slice(&gpu, &xs, &xv).unwrap();
+        let w = Tensor::from_slice(&gpu, &ws, &wv).unwrap();
+        let (ry, ys) = reference::conv2d(&xv, xs, &wv, ws, None, 1, 1);
+        let y = ops::conv2d(&x, &w, None, 1, 1).unwrap().to_vec().unwrap();
+        let close = |a: &[f32], e: &[f32], pass: &str| {
+            assert_close(a, e, 1e-2, 1e-2 * rms(e), &format!("{what}: {pass}"))
+        };
+        close(&y, &ry, "forward");
+        // The f16 engine ran: f32 sums would be within about 1e-6 of the outputs' size.
+        let off = y
+            .iter()
+            .zip(&ry)
+            .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+        assert!(
+            off > 1e-5 * rms(&ry),
+            "{what}: forward as exact as f32 ({off})"
+        );
+        let gyv: Vec<f32> = random_vec(ys.iter().product(), seed + 3)
+            .iter()
+            .map(|v| v * gy_scale)
+            .collect();
+        let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
+        let gx = ops::conv2d_backward_input(&gy, &w, xs, 1, 1).unwrap();
+        let rgx = reference::conv2d_backward_input(&gyv, &wv, ws, xs, 1, 1);
+        close(&gx.to_vec().unwrap(), &rgx, "input gradient");
+        let gw = ops::conv2d_backward_weight(&x, &gy, ws, 1, 1).unwrap();
+        let rgw = reference::conv2d_backward_weight(&xv, xs, &gyv, ws, 1, 1);
+        close(&gw.to_vec().unwrap(), &rgw, "weight gradient");
     }
 }
 

@@ -190,8 +190,9 @@ impl std::str::FromStr for ConvStaging {
 }
 
 /// How the 3x3 convolutions of stride 1 and padding 1 (all but the first of each ResNet
-/// stage's) run their forward pass and input gradient ([`Gpu::set_conv_algo`]). The weight
-/// gradient, the other kernel sizes and [`ConvPrecision::F16`] always run direct.
+/// stage's) run their three passes and inference's fused conv block ([`Gpu::set_conv_algo`]).
+/// Other kernel sizes and strides always run direct. Under [`ConvPrecision::F16`] Winograd's
+/// GEMMs run on the f16 engine.
 ///
 /// Winograd F(2x2, 3x3) (`shaders/winograd.wgsl`) runs 16 GEMMs with 4/9 of the direct
 /// convolution's multiply-adds, between transforms that move about 16 bytes per output pixel

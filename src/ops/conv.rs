@@ -1582,7 +1582,7 @@ fn backward_input(
     }
     let gpu = gy.gpu();
     if tile.is_none() && winograd::applies(gpu, &g) {
-        return winograd::backward_input(OP, &g, gy, w);
+        return winograd::backward_input(OP, &g, gy, w, scale);
     }
     let model = TileModel::for_gpu(gpu);
     // Tuned, one tile serves every phase; the model's is that of the first phase.
@@ -1789,7 +1789,7 @@ fn backward_weight(
     let crs = c * r * s;
     let gpu = x.gpu();
     if tile.is_none() && winograd::applies(gpu, &g) && winograd::weight_grad_applies(gpu, &g) {
-        return winograd::backward_weight(OP, &g, x, gy);
+        return winograd::backward_weight(OP, &g, x, gy, scale);
     }
     let model = TileModel::for_gpu(gpu);
     let tile = g.chosen_tile(

@@ -74,15 +74,14 @@ const CPU_MIN_CHANNELS: usize = 16;
 const AUTO_MIN_PIXELS: usize = 1024;
 
 /// Whether the three passes of `g` (and inference's conv block) run Winograd on `gpu`: a 3x3
-/// kernel of stride 1 and padding 1 with the f32 engine, whose single image's transformed
-/// tensors fit the cap, and [`ConvAlgo::Winograd`], or [`ConvAlgo::Auto`] with enough channels
-/// and output pixels.
+/// kernel of stride 1 and padding 1 whose single image's transformed tensors fit the cap, and
+/// [`ConvAlgo::Winograd`], or [`ConvAlgo::Auto`] with enough channels and output pixels. The
+/// GEMMs run on either engine (f32, or f16 under [`crate::ConvPrecision::F16`]).
 pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
     let [n, c, h, w] = g.x;
     let [k, _, r, s] = g.w;
-    let shape = (r, s, g.stride, g.padding) == (3, 3, 1, 1)
-        && super::f16_kernels(gpu).is_none()
-        && Chunks::new(gpu, g.x, c.max(k)).fits();
+    let shape =
+        (r, s, g.stride, g.padding) == (3, 3, 1, 1) && Chunks::new(gpu, g.x, c.max(k)).fits();
     let min = if gpu.info().device_type == wgpu::DeviceType::Cpu {
         CPU_MIN_CHANNELS
     } else {
@@ -135,7 +134,7 @@ pub(super) fn forward(
     let gpu = x.gpu();
     let u = weights(op, gpu, w, k, c, false)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
-    convolve(op, gpu, x, g.x, &u, k, Epilogue::Bias(b), &y)?;
+    convolve(op, gpu, x, g.x, &u, k, Epilogue::Bias(b), None, &y)?;
     Ok(y)
 }
 
@@ -157,7 +156,7 @@ pub(super) fn forward_bn(
     let u = weights(op, gpu, w, k, c, false)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
     let epilogue = Epilogue::BatchNorm { bn, residual, relu };
-    convolve(op, gpu, x, g.x, &u, k, epilogue, &y)?;
+    convolve(op, gpu, x, g.x, &u, k, epilogue, None, &y)?;
     Ok(y)
 }
 
@@ -175,19 +174,44 @@ enum Epilogue<'a> {
 }
 
 /// The input gradient: gx `[N, C, H, W]` from gy `[N, K, H, W]` and w `[K, C, 3, 3]`.
+/// `scale`: gy's f16 operand scale when the caller has it ([`super::gy_scale`]).
 pub(super) fn backward_input(
     op: &'static str,
     g: &Geometry,
     gy: &Tensor,
     w: &Tensor,
+    scale: Option<&Tensor>,
 ) -> Result<Tensor> {
     let [n, c, h, wd] = g.x;
     let k = g.w[0];
     let gpu = gy.gpu();
     let u = weights(op, gpu, w, c, k, true)?;
     let gx = Tensor::uninit(gpu, &g.x, DType::F32, op)?;
-    convolve(op, gpu, gy, [n, k, h, wd], &u, c, Epilogue::Bias(None), &gx)?;
+    let scale = transformed_gy_scale(gy, scale)?;
+    let epilogue = Epilogue::Bias(None);
+    convolve(
+        op,
+        gpu,
+        gy,
+        [n, k, h, wd],
+        &u,
+        c,
+        epilogue,
+        scale.as_ref(),
+        &gx,
+    )?;
     Ok(gx)
+}
+
+/// The f16 engine's operand scale for gy's transforms (Bᵀ d B in the input gradient, A dy Aᵀ in
+/// the weight gradient), None with the f32 engine: a quarter of the direct passes' (`given`, or
+/// computed), since each transformed value sums up to four of gy's, so that the largest stays
+/// within [2^13, 2^14) after scaling, below f16's largest finite value.
+fn transformed_gy_scale(gy: &Tensor, given: Option<&Tensor>) -> Result<Option<Tensor>> {
+    match super::gy_scale(super::f16_kernels(gy.gpu()).is_some(), gy, given)? {
+        Some(s) => crate::ops::scale(&s, 0.25).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// U `[16, rows, cols]` from w `[K, C, 3, 3]`: rows K and cols C, or with `flip` (the input
@@ -218,11 +242,13 @@ fn weights(
 }
 
 /// The weight gradient: gw `[K, C, 3, 3]` from x `[N, C, H, W]` and gy `[N, K, H, W]`.
+/// `scale`: gy's f16 operand scale when the caller has it ([`super::gy_scale`]).
 pub(super) fn backward_weight(
     op: &'static str,
     g: &Geometry,
     x: &Tensor,
     gy: &Tensor,
+    scale: Option<&Tensor>,
 ) -> Result<Tensor> {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
@@ -250,6 +276,8 @@ pub(super) fn backward_weight(
         .min(max_by_mem)
         .clamp(1, MAX_GRID / XI);
     let part = scratch(op, gpu, chunks * splits * XI * k * c)?;
+    // With the f16 engine, GY (operand A) is scaled.
+    let scale = transformed_gy_scale(gy, scale)?;
     for (chunk, first, tiles) in batch.iter() {
         batch.transform(gpu, &INPUT, x, &v, c, first, tiles)?;
         batch.transform(gpu, &GY, gy, &gyt, k, first, tiles)?;
@@ -265,13 +293,14 @@ pub(super) fn backward_weight(
         p.in_w = tiles as u32;
         p.batched = XI as u32;
         p.z_base = (chunk * splits * XI) as u32;
+        p.scaled = scale.is_some() as u32;
         engine.dispatch(
             gpu,
             &engine.kernels.backward_weight,
             &gg.gemm_constants(taps_outer(gpu, c, tile_n)),
             &p,
             &[v.buffer(), gyt.buffer(), part.buffer()],
-            x.buffer(),
+            scale.as_ref().unwrap_or(x).buffer(),
             [
                 c.div_ceil(tile_n) as u32,
                 k.div_ceil(tile_m) as u32,
@@ -301,7 +330,7 @@ pub(super) fn backward_weight(
 
 /// `out` `[N, K, H, W]` = the 3x3 stride-1 padding-1 convolution of `src` (`shape` `[N, C, H,
 /// W]`) with the transformed weights `u` `[16, K, C]` (+ the epilogue), a chunk of images at a
-/// time.
+/// time; with the f16 engine, `src`'s transform scaled by `scale` (none: unscaled).
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     op: &'static str,
@@ -311,6 +340,7 @@ fn convolve(
     u: &Tensor,
     k: usize,
     epilogue: Epilogue<'_>,
+    scale: Option<&Tensor>,
     out: &Tensor,
 ) -> Result<()> {
     let c = shape[1];
@@ -319,7 +349,7 @@ fn convolve(
     let m = scratch(op, gpu, XI * k * batch.most())?;
     for (_, first, tiles) in batch.iter() {
         batch.transform(gpu, &INPUT, src, &v, c, first, tiles)?;
-        gemm(op, gpu, k, c, tiles, u, &v, &m)?;
+        gemm(op, gpu, [k, c, tiles], u, &v, scale, &m)?;
         let grid = grid_for_elements(k * tiles);
         match epilogue {
             Epilogue::Bias(bias) => {
@@ -462,16 +492,15 @@ impl Chunks {
 }
 
 /// M[ξ] `[rows, cols]` = U[ξ] `[rows, depth]` V[ξ] `[depth, cols]` for the 16 ξ: the direct
-/// forward kernel of a 1x1 convolution of one image of 1 x cols pixels, batched over grid z.
-#[allow(clippy::too_many_arguments)]
+/// forward kernel of a 1x1 convolution of one image of 1 x cols pixels, batched over grid z
+/// (with the f16 engine, V scaled by `scale` when given).
 fn gemm(
     op: &'static str,
     gpu: &Gpu,
-    rows: usize,
-    depth: usize,
-    cols: usize,
+    [rows, depth, cols]: [usize; 3],
     u: &Tensor,
     v: &Tensor,
+    scale: Option<&Tensor>,
     m: &Tensor,
 ) -> Result<()> {
     let g = Geometry::new(op, [1, depth, 1, cols], [rows, depth, 1, 1], 1, 0)?;
@@ -487,13 +516,15 @@ fn gemm(
     }
     let mut p = g.params(false, 0, 1);
     p.batched = XI as u32;
+    // The f16 engine's operand B (V) scaled.
+    p.scaled = if scale.is_some() { 2 } else { 0 };
     engine.dispatch(
         gpu,
         &engine.kernels.forward,
         &g.gemm_constants(taps_outer(gpu, depth, tile_k)),
         &p,
         &[v.buffer(), u.buffer(), u.buffer(), m.buffer()],
-        u.buffer(),
+        scale.unwrap_or(u).buffer(),
         [col_tiles as u32, rows.div_ceil(tile_m) as u32, XI as u32],
     )
 }
