@@ -86,6 +86,32 @@ fn a_row(u: vec4<f32>) -> vec2<f32> {
     return vec2<f32>(u.x + u.y + u.z, u.y - u.z - u.w);
 }
 
+// Write work item i's 4x4 transformed values, value (r, c) to position ξ = 4 r + c of
+// dst's 16 planes of `plane` values each (U, V or GY).
+fn store_tile(t: array<vec4<f32>, 4>, plane: u32, i: u32) {
+    for (var r = 0u; r < 4u; r++) {
+        let u = t[r];
+        dst[(4u * r) * plane + i] = u.x;
+        dst[(4u * r + 1u) * plane + i] = u.y;
+        dst[(4u * r + 2u) * plane + i] = u.z;
+        dst[(4u * r + 3u) * plane + i] = u.w;
+    }
+}
+
+// Read work item i's 4x4 values from src's 16 planes of `plane` values each (M or dU).
+fn load_tile(plane: u32, i: u32) -> array<vec4<f32>, 4> {
+    var t: array<vec4<f32>, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        t[r] = vec4<f32>(
+            src[(4u * r) * plane + i],
+            src[(4u * r + 1u) * plane + i],
+            src[(4u * r + 2u) * plane + i],
+            src[(4u * r + 3u) * plane + i],
+        );
+    }
+    return t;
+}
+
 @compute @workgroup_size(256)
 fn wino_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
@@ -110,23 +136,31 @@ fn wino_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         g_row(0.5 * (g0 - g1 + g2)),
         g_row(g2),
     );
-    let plane = p.rows * p.cols;
-    for (var r = 0u; r < 4u; r++) {
-        let v = u[r];
-        dst[(4u * r) * plane + i] = v.x;
-        dst[(4u * r + 1u) * plane + i] = v.y;
-        dst[(4u * r + 2u) * plane + i] = v.z;
-        dst[(4u * r + 3u) * plane + i] = v.w;
-    }
+    store_tile(u, p.rows * p.cols, i);
 }
 
-// The image, tile row and tile column of tile q of the chunk.
-fn tile_of(q: u32) -> vec3<u32> {
+// Work item i of the transforms over planes (wino_input, wino_gy, the output's): channel
+// i / tiles, tile i % tiles of the chunk, which lies in image n at tile row th and column tw.
+struct Item {
+    ch: u32,
+    n: u32,
+    th: u32,
+    tw: u32,
+}
+
+fn item_of(i: u32) -> Item {
+    let ch = i / p.tiles;
+    let q = i - ch * p.tiles;
     let per_image = p.tiles_h * p.tiles_w;
     let n = q / per_image;
     let t = q - n * per_image;
     let th = t / p.tiles_w;
-    return vec3<u32>(n, th, t - th * p.tiles_w);
+    return Item(ch, n, th, t - th * p.tiles_w);
+}
+
+// Offset of the item's plane (its image and channel) in x, y or gy.
+fn plane_of(t: Item) -> u32 {
+    return p.base + (t.n * p.channels + t.ch) * p.height * p.width;
 }
 
 // Row `r` (0..3) of the 4x4 patch of input plane `plane` (offset in src) at rows from `y0` and
@@ -150,26 +184,17 @@ fn wino_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
               @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let c = i / p.tiles;
-    let q = i - c * p.tiles;
-    let t = tile_of(q);
-    let plane = p.base + (t.x * p.channels + c) * p.height * p.width;
-    let y0 = 2 * i32(t.y) - 1;
-    let x0 = 2 * i32(t.z) - 1;
+    let t = item_of(i);
+    let plane = plane_of(t);
+    let y0 = 2 * i32(t.th) - 1;
+    let x0 = 2 * i32(t.tw) - 1;
     let d0 = patch_row(plane, y0, x0, 0);
     let d1 = patch_row(plane, y0, x0, 1);
     let d2 = patch_row(plane, y0, x0, 2);
     let d3 = patch_row(plane, y0, x0, 3);
     // Bᵀ d, row by row, then each row times B.
     let v = array<vec4<f32>, 4>(b_row(d0 - d2), b_row(d1 + d2), b_row(d2 - d1), b_row(d1 - d3));
-    let plane_v = p.channels * p.tiles;
-    for (var r = 0u; r < 4u; r++) {
-        let u = v[r];
-        dst[(4u * r) * plane_v + i] = u.x;
-        dst[(4u * r + 1u) * plane_v + i] = u.y;
-        dst[(4u * r + 2u) * plane_v + i] = u.z;
-        dst[(4u * r + 3u) * plane_v + i] = u.w;
-    }
+    store_tile(v, p.channels * p.tiles, i);
 }
 
 // The output tile of work item i (channel k, tile q): its two rows, its first pixel's offset
@@ -184,25 +209,14 @@ struct OutTile {
 }
 
 fn output_tile(i: u32) -> OutTile {
-    let k = i / p.tiles;
-    let q = i - k * p.tiles;
-    let t = tile_of(q);
-    let plane_m = p.channels * p.tiles;
-    var m: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        m[r] = vec4<f32>(
-            src[(4u * r) * plane_m + i],
-            src[(4u * r + 1u) * plane_m + i],
-            src[(4u * r + 2u) * plane_m + i],
-            src[(4u * r + 3u) * plane_m + i],
-        );
-    }
-    let oy = 2u * t.y;
-    let ox = 2u * t.z;
+    let t = item_of(i);
+    let m = load_tile(p.channels * p.tiles, i);
+    let oy = 2u * t.th;
+    let ox = 2u * t.tw;
     // Aᵀ M, row by row, then each row times A.
     return OutTile(
-        k,
-        p.base + ((t.x * p.channels + k) * p.height + oy) * p.width + ox,
+        t.ch,
+        plane_of(t) + oy * p.width + ox,
         ox + 1u < p.width,
         oy + 1u < p.height,
         a_row(m[0] + m[1] + m[2]),
@@ -275,25 +289,16 @@ fn wino_gy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
            @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let k = i / p.tiles;
-    let q = i - k * p.tiles;
-    let t = tile_of(q);
-    let plane = p.base + (t.x * p.channels + k) * p.height * p.width;
-    let oy = 2u * t.y;
-    let ox = 2u * t.z;
+    let t = item_of(i);
+    let plane = plane_of(t);
+    let oy = 2u * t.th;
+    let ox = 2u * t.tw;
     // A dy: rows (dy0, dy0 + dy1, dy0 - dy1, -dy1) of the tile's rows dy0, dy1; then each
     // row times Aᵀ.
     let dy0 = vec2<f32>(gy_at(plane, oy, ox), gy_at(plane, oy, ox + 1u));
     let dy1 = vec2<f32>(gy_at(plane, oy + 1u, ox), gy_at(plane, oy + 1u, ox + 1u));
     let v = array<vec4<f32>, 4>(a_col(dy0), a_col(dy0 + dy1), a_col(dy0 - dy1), a_col(-dy1));
-    let plane_v = p.channels * p.tiles;
-    for (var r = 0u; r < 4u; r++) {
-        let u = v[r];
-        dst[(4u * r) * plane_v + i] = u.x;
-        dst[(4u * r + 1u) * plane_v + i] = u.y;
-        dst[(4u * r + 2u) * plane_v + i] = u.z;
-        dst[(4u * r + 3u) * plane_v + i] = u.w;
-    }
+    store_tile(v, p.channels * p.tiles, i);
 }
 
 // u G for a row u of Gᵀ dU (3 values from 4).
@@ -308,16 +313,7 @@ fn wino_weights_grad(@builtin(workgroup_id) wg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let plane = p.rows * p.cols;
-    var d: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        d[r] = vec4<f32>(
-            src[(4u * r) * plane + i],
-            src[(4u * r + 1u) * plane + i],
-            src[(4u * r + 2u) * plane + i],
-            src[(4u * r + 3u) * plane + i],
-        );
-    }
+    let d = load_tile(p.rows * p.cols, i);
     // Gᵀ dU, row by row, then each row times G.
     let h = 0.5 * (d[1] + d[2]);
     let g0 = gt_row(d[0] + h);
