@@ -566,6 +566,24 @@ impl TileModel {
     fn split_target(&self) -> usize {
         2 * self.full_grid
     }
+
+    /// Splits of a weight gradient's reduction of `len` whose output fills `tiles` workgroups
+    /// and whose partial results take `partial` values per split: towards
+    /// [`TileModel::split_target`] workgroups, each split at least [`SPLIT_MIN_CHUNK`] long,
+    /// all partial results within `budget` values (one split at the least), at most `most`.
+    fn weight_grad_splits(
+        &self,
+        tiles: usize,
+        len: usize,
+        partial: usize,
+        budget: usize,
+        most: usize,
+    ) -> usize {
+        let max_by_len = len.div_ceil(SPLIT_MIN_CHUNK);
+        let max_by_mem = (budget / partial).max(1);
+        let wanted = self.split_target().div_ceil(tiles);
+        wanted.min(max_by_len).min(max_by_mem).clamp(1, most)
+    }
 }
 
 /// Split-K chunks of the forward pass and the input gradient hold at least this many reduction
@@ -926,10 +944,8 @@ impl Geometry {
         let (tile_m, tile_n, tile_k) = dims;
         let total = n * self.oh * self.ow;
         let tiles = k.div_ceil(tile_m) * (c * r * s).div_ceil(tile_n);
-        let max_by_len = total.div_ceil(SPLIT_MIN_CHUNK);
-        let max_by_mem = (SPLIT_MAX_PARTIAL / (k * c * r * s)).max(1);
-        let wanted = model.split_target().div_ceil(tiles);
-        let splits = wanted.min(max_by_len).min(max_by_mem).clamp(1, MAX_GRID);
+        let partial = k * c * r * s;
+        let splits = model.weight_grad_splits(tiles, total, partial, SPLIT_MAX_PARTIAL, MAX_GRID);
         let chunk = total.div_ceil(splits).next_multiple_of(tile_k);
         (chunk, total.div_ceil(chunk))
     }
@@ -1269,7 +1285,8 @@ fn forward(
     }
     let gpu = x.gpu();
     if tile.is_none() && winograd::applies(gpu, &g) {
-        return Ok((winograd::forward(OP, &g, x, w, b)?, None));
+        let epilogue = winograd::Epilogue::Bias(b);
+        return Ok((winograd::forward(OP, &g, x, w, epilogue)?, None));
     }
     let model = TileModel::for_gpu(gpu);
     let tile = g.chosen_tile(
@@ -1440,7 +1457,8 @@ pub fn conv2d_bn_eval_tiled(
         && winograd::applies(gpu, &g)
         && gpu.limits().max_storage_buffers_per_shader_stage >= 7
     {
-        return winograd::forward_bn(OP, &g, x, w, bn, residual, relu);
+        let epilogue = winograd::Epilogue::BatchNorm { bn, residual, relu };
+        return winograd::forward(OP, &g, x, w, epilogue);
     }
     let model = TileModel::for_gpu(gpu);
     // The plain forward's tile: the same GEMM, tuned once for both.

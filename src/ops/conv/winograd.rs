@@ -121,51 +121,32 @@ pub fn conv2d_winograd(
     Ok([on, on, on && weight_grad_applies(gpu, &g)])
 }
 
-/// The forward pass: y `[N, K, H, W]` from x `[N, C, H, W]`, w `[K, C, 3, 3]` and the bias.
+/// The forward pass: y `[N, K, H, W]` from x `[N, C, H, W]` and w `[K, C, 3, 3]`, plus the
+/// epilogue: the conv's bias ([`super::conv2d`]), or inference's batch norm
+/// ([`super::conv2d_bn_eval`]).
 pub(super) fn forward(
     op: &'static str,
     g: &Geometry,
     x: &Tensor,
     w: &Tensor,
-    b: Option<&Tensor>,
+    epilogue: Epilogue<'_>,
 ) -> Result<Tensor> {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
     let u = weights(op, gpu, w, k, c, false)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
-    convolve(op, gpu, x, g.x, &u, k, Epilogue::Bias(b), None, &y)?;
-    Ok(y)
-}
-
-/// Inference's conv block ([`super::conv2d_bn_eval`]): y = relu?(batch_norm_eval(conv2d(x, w))
-/// (+ residual)), the batch norm applied by the output transform (the arithmetic of
-/// `conv_forward_bn`'s epilogue on Winograd's convolution).
-pub(super) fn forward_bn(
-    op: &'static str,
-    g: &Geometry,
-    x: &Tensor,
-    w: &Tensor,
-    bn: &EvalBatchNorm<'_>,
-    residual: Option<&Tensor>,
-    relu: bool,
-) -> Result<Tensor> {
-    let [_, c, _, _] = g.x;
-    let k = g.w[0];
-    let gpu = x.gpu();
-    let u = weights(op, gpu, w, k, c, false)?;
-    let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
-    let epilogue = Epilogue::BatchNorm { bn, residual, relu };
     convolve(op, gpu, x, g.x, &u, k, epilogue, None, &y)?;
     Ok(y)
 }
 
 /// What the output transform adds to the convolution.
 #[derive(Clone, Copy)]
-enum Epilogue<'a> {
+pub(super) enum Epilogue<'a> {
     /// The conv's bias, if any.
     Bias(Option<&'a Tensor>),
-    /// Inference's eval-mode batch norm, residual and ReLU.
+    /// Inference's eval-mode batch norm, residual and ReLU: y = relu?(batch_norm_eval(v)
+    /// (+ residual)) of the convolution's output v, with `conv_forward_bn`'s arithmetic.
     BatchNorm {
         bn: &'a EvalBatchNorm<'a>,
         residual: Option<&'a Tensor>,
@@ -261,20 +242,14 @@ pub(super) fn backward_weight(
     // gradient's (towards the model's target of workgroups per dispatch, in chunks of at least
     // SPLIT_MIN_CHUNK tiles), the partial results of all chunks within the transforms' cap
     // (one per chunk at the least: weight_grad_applies).
-    let gg = Geometry::new(op, [1, c, 1, most], [k, c, 1, 1], 1, 0)?;
     let model = TileModel::for_gpu(gpu);
     let engine = Engine::for_gpu(gpu, || {
         model.choose(k, c, XI * most.div_ceil(SPLIT_MIN_CHUNK))
     });
     let (tile_m, tile_n, tile_k) = engine.dims;
     let grid_tiles = XI * k.div_ceil(tile_m) * c.div_ceil(tile_n);
-    let max_by_len = most.div_ceil(SPLIT_MIN_CHUNK);
-    let max_by_mem = (batch.cap / (chunks * XI * k * c)).max(1);
-    let wanted = model.split_target().div_ceil(grid_tiles);
-    let splits = wanted
-        .min(max_by_len)
-        .min(max_by_mem)
-        .clamp(1, MAX_GRID / XI);
+    let partial = chunks * XI * k * c;
+    let splits = model.weight_grad_splits(grid_tiles, most, partial, batch.cap, MAX_GRID / XI);
     let part = scratch(op, gpu, chunks * splits * XI * k * c)?;
     // With the f16 engine, GY (operand A) is scaled.
     let scale = transformed_gy_scale(gy, scale)?;
@@ -282,15 +257,10 @@ pub(super) fn backward_weight(
         batch.transform(gpu, &INPUT, x, &v, c, first, tiles)?;
         batch.transform(gpu, &GY, gy, &gyt, k, first, tiles)?;
         // Every split of every chunk writes its partial result (zeros past a short chunk's
-        // end), so that the reduction sums chunks * splits of them. The GEMM's geometry is
-        // the largest chunk's with this chunk's tiles.
-        let mut p = gg.params(
-            false,
-            tiles.div_ceil(splits).next_multiple_of(tile_k),
-            splits,
-        );
-        p.out_w = tiles as u32;
-        p.in_w = tiles as u32;
+        // end), so that the reduction sums chunks * splits of them.
+        let gg = Geometry::new(op, [1, c, 1, tiles], [k, c, 1, 1], 1, 0)?;
+        let chunk_len = tiles.div_ceil(splits).next_multiple_of(tile_k);
+        let mut p = gg.params(false, chunk_len, splits);
         p.batched = XI as u32;
         p.z_base = (chunk * splits * XI) as u32;
         p.scaled = scale.is_some() as u32;
@@ -309,7 +279,7 @@ pub(super) fn backward_weight(
         )?;
     }
     let du = Tensor::uninit(gpu, &[XI, k, c], DType::F32, op)?;
-    let mut p = gg.params(false, 0, chunks * splits);
+    let mut p = g.params(false, 0, chunks * splits);
     p.reduce_len = (XI * k * c) as u32;
     reduce_splits(gpu, &p, &part, &du, XI * k * c)?;
     let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
