@@ -121,13 +121,7 @@ impl ConvOrder {
     /// [`ConvOrder::Rsc`] unless `RESNET_WGPU_CONV_ORDER=crs`: the order a new [`Gpu`] starts
     /// with.
     pub fn from_env() -> ConvOrder {
-        match std::env::var("RESNET_WGPU_CONV_ORDER") {
-            Ok(v) => v.parse().unwrap_or_else(|e| {
-                eprintln!("warning: RESNET_WGPU_CONV_ORDER: {e}; using rsc");
-                ConvOrder::Rsc
-            }),
-            Err(_) => ConvOrder::Rsc,
-        }
+        env_setting("RESNET_WGPU_CONV_ORDER", ConvOrder::Rsc, "rsc")
     }
 }
 
@@ -165,13 +159,7 @@ impl ConvStaging {
     /// [`ConvStaging::Double`] unless `RESNET_WGPU_CONV_STAGING=single`: the staging a new
     /// [`Gpu`] starts with.
     pub fn from_env() -> ConvStaging {
-        match std::env::var("RESNET_WGPU_CONV_STAGING") {
-            Ok(v) => v.parse().unwrap_or_else(|e| {
-                eprintln!("warning: RESNET_WGPU_CONV_STAGING: {e}; using double");
-                ConvStaging::Double
-            }),
-            Err(_) => ConvStaging::Double,
-        }
+        env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Double, "double")
     }
 }
 
@@ -216,13 +204,19 @@ impl ConvAlgo {
     /// [`ConvAlgo::Auto`] unless `RESNET_WGPU_CONV_ALGO` is `winograd` or `direct`: the
     /// algorithm a new [`Gpu`] starts with.
     pub fn from_env() -> ConvAlgo {
-        match std::env::var("RESNET_WGPU_CONV_ALGO") {
-            Ok(v) => v.parse().unwrap_or_else(|e| {
-                eprintln!("warning: RESNET_WGPU_CONV_ALGO: {e}; using auto");
-                ConvAlgo::Auto
-            }),
-            Err(_) => ConvAlgo::Auto,
-        }
+        env_setting("RESNET_WGPU_CONV_ALGO", ConvAlgo::Auto, "auto")
+    }
+}
+
+/// The conv setting environment variable `var` names, else `default` (`default_name` in the
+/// warning printed when the value does not parse).
+fn env_setting<T: std::str::FromStr<Err = Error>>(var: &str, default: T, default_name: &str) -> T {
+    match std::env::var(var) {
+        Ok(v) => v.parse().unwrap_or_else(|e| {
+            eprintln!("warning: {var}: {e}; using {default_name}");
+            default
+        }),
+        Err(_) => default,
     }
 }
 
