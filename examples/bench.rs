@@ -113,9 +113,9 @@ struct Args {
     /// `RESNET_WGPU_CONV_STAGING`, else double.
     #[arg(long)]
     staging: Option<resnet_wgpu::ConvStaging>,
-    /// Algorithm of the 3x3 stride-1 convolutions' forward pass and input gradient: `auto`
-    /// (Winograd where the adapter gains), `winograd` or `direct`; see `ConvAlgo`. Default:
-    /// `RESNET_WGPU_CONV_ALGO`, else auto.
+    /// Algorithm of the 3x3 stride-1 convolutions (their three passes and inference's fused
+    /// block): `auto` (Winograd where the adapter gains), `winograd` or `direct`; see
+    /// `ConvAlgo`. Default: `RESNET_WGPU_CONV_ALGO`, else auto.
     #[arg(long)]
     algo: Option<resnet_wgpu::ConvAlgo>,
 }
