@@ -29,8 +29,9 @@
 //!   check. With `--precision f16`, the f16 engine's tiles (64x64, 128x64, 128x128).
 //!
 //! With `--autotune` every figure runs with conv autotuning on ([`Gpu::set_conv_autotune`]):
-//! each figure's warm-up tunes the shapes it meets, and a table of the tuned tiles (with every
-//! tile's time and the model's choice) ends the output.
+//! each figure's warm-up tunes the shapes it meets, and a table of the tuned tiles and
+//! algorithms (with every tile's time, Winograd's where the shape takes it, and the model's
+//! choice) ends the output.
 //!
 //! Each figure first repeats its work for `--warmup-ms` and until its speed settles (at least
 //! once, which compiles its pipelines), so that a GPU's clocks are up. Wall times are averaged
@@ -99,8 +100,8 @@ struct Args {
     /// Convolution math: `f32` (exact) or `f16` (tensor cores; see `ConvPrecision`).
     #[arg(long, default_value = "f32")]
     precision: resnet_wgpu::ConvPrecision,
-    /// Tune the conv tiles on this adapter (`Gpu::set_conv_autotune`) before each figure's
-    /// timed runs, and list what was tuned.
+    /// Tune the conv tiles and algorithms on this adapter (`Gpu::set_conv_autotune`) before
+    /// each figure's timed runs, and list what was tuned.
     #[arg(long)]
     autotune: bool,
     /// Reduction order of the conv GEMMs: `rsc` (taps outer wherever the channels allow) or
@@ -1075,6 +1076,16 @@ struct TunedRow {
     /// Wall milliseconds per run with each tile, in the order of `ConvTile::ALL` (64x64,
     /// 128x64, 64x128, 128x128, 32x128).
     millis: Vec<f64>,
+    /// Wall milliseconds per run through Winograd, where the shape can take it.
+    winograd_millis: Option<f64>,
+    /// The algorithm ConvAlgo::Auto's rule would run ("winograd" or "direct").
+    model_algo: &'static str,
+    /// The algorithm tuning chose for ConvAlgo::Auto.
+    tuned_algo: &'static str,
+}
+
+fn algo_name(winograd: bool) -> &'static str {
+    if winograd { "winograd" } else { "direct" }
 }
 
 fn tile_name(t: ConvTile) -> String {
@@ -1086,9 +1097,14 @@ fn tile_name(t: ConvTile) -> String {
 fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
     let tuned = gpu.tuned_convs();
     let changed = tuned.iter().filter(|t| t.tile != t.model).count();
+    let algos = tuned
+        .iter()
+        .filter(|t| t.winograd != t.model_winograd)
+        .count();
     println!(
-        "Tuned conv tiles ({} shapes and passes, {changed} moved off the model's tile; wall ms \
-         per run with each tile)",
+        "Tuned convs ({} shapes and passes, {changed} moved off the model's tile, {algos} off \
+         Auto's algorithm; wall ms per run with each tile and through Winograd, W, where the \
+         shape takes it)",
         tuned.len()
     );
     let names: Vec<String> = ConvTile::ALL
@@ -1096,14 +1112,15 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
         .map(|&t| format!("{:>9}", tile_name(t)))
         .collect();
     println!(
-        "{:<11} {:>20} {:>20} {:>4} {:>7} {:>7} {}",
+        "{:<11} {:>20} {:>20} {:>4} {:>9} {:>9} {} {:>9}",
         "pass",
         "x",
         "w",
         "s/p",
         "model",
         "tuned",
-        names.join(" ")
+        names.join(" "),
+        "W"
     );
     let rows: Vec<TunedRow> = tuned
         .iter()
@@ -1116,19 +1133,32 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
             model: tile_name(t.model),
             tuned: tile_name(t.tile),
             millis: t.millis.to_vec(),
+            winograd_millis: t.winograd_millis,
+            model_algo: algo_name(t.model_winograd),
+            tuned_algo: algo_name(t.winograd),
         })
         .collect();
-    for r in &rows {
+    // The model and tuned columns: the tile, or W where ConvAlgo::Auto runs Winograd.
+    let choice = |winograd: bool, tile: &str| {
+        if winograd {
+            "W".into()
+        } else {
+            tile.to_string()
+        }
+    };
+    for (r, t) in rows.iter().zip(&tuned) {
         let ms: Vec<String> = r.millis.iter().map(|m| format!("{m:>9.3}")).collect();
+        let wino = r.winograd_millis.map_or("-".into(), |m| format!("{m:.3}"));
         println!(
-            "{:<11} {:>20} {:>20} {:>4} {:>7} {:>7} {}",
+            "{:<11} {:>20} {:>20} {:>4} {:>9} {:>9} {} {:>9}",
             r.pass,
             format!("{:?}", r.x),
             format!("{:?}", r.w),
             format!("{}/{}", r.stride, r.padding),
-            r.model,
-            r.tuned,
-            ms.join(" ")
+            choice(t.model_winograd, &r.model),
+            choice(t.winograd, &r.tuned),
+            ms.join(" "),
+            wino
         );
     }
     println!();

@@ -116,10 +116,10 @@ struct Args {
     /// f32 accumulation; needs an adapter with cooperative matrices, e.g. NVIDIA through Vulkan).
     #[arg(long, default_value = "f32")]
     precision: resnet_wgpu::ConvPrecision,
-    /// Time every conv tile on this adapter at the first step and keep the fastest per shape
-    /// (like cuDNN's benchmark mode): faster on adapters the built-in tile model does not
-    /// describe, at the cost of a few seconds at the start; results may then differ from an
-    /// untuned run by rounding.
+    /// Time every conv tile (and Winograd, for the 3x3 stride-1 convs) on this adapter at the
+    /// first step and keep the fastest per shape (like cuDNN's benchmark mode): faster on
+    /// adapters the built-in tile model does not describe, at the cost of a few seconds at the
+    /// start; results may then differ from an untuned run by rounding.
     #[arg(long)]
     autotune: bool,
 }
@@ -399,8 +399,14 @@ fn run(a: Args) -> Result<()> {
     if a.autotune {
         let tuned = gpu.tuned_convs();
         let moved = tuned.iter().filter(|t| t.tile != t.model).count();
+        let wino = tuned.iter().filter(|t| t.winograd).count();
+        let algos = tuned
+            .iter()
+            .filter(|t| t.winograd != t.model_winograd)
+            .count();
         println!(
-            "autotune: {} conv shapes and passes tuned, {moved} on another tile than the model's",
+            "autotune: {} conv shapes and passes tuned, {moved} on another tile than the model's, \
+             {wino} on Winograd ({algos} against Auto's rule)",
             tuned.len()
         );
     }

@@ -538,7 +538,8 @@ fn input_gradient_split_k() {
 fn autotune_times_each_shape_and_pass_once() {
     // A device of its own: the test turns tuning on and counts dispatches.
     let gpu = new_gpu();
-    // Tuning chooses the direct GEMMs' tiles (Winograd's are the model's).
+    // Every pass runs its tuned direct tile (tuning times Winograd too where the shape takes
+    // it: tests/winograd.rs).
     gpu.set_conv_algo(ConvAlgo::Direct);
     assert!(!gpu.conv_autotune(), "tuning is off by default");
     gpu.set_conv_autotune(true).unwrap();
@@ -560,6 +561,7 @@ fn autotune_times_each_shape_and_pass_once() {
                 .unwrap_or_else(|| panic!("{c:?} {pass:?} not tuned: {tuned:#?}"));
             assert_eq!((t.key.stride, t.key.padding), (c.stride, c.pad));
             assert!(t.millis.iter().all(|&ms| ms > 0.0), "{t:?}");
+            assert_eq!(t.winograd_millis.is_some(), c.stride == 1, "{t:?}");
         }
     }
     // Tuned shapes run their tile at once: the same dispatches and results as that tile

@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use resnet_wgpu::ops::ConvPass;
 use resnet_wgpu::{ConvAlgo, Gpu, Tape, Tensor, ops, reference};
 
 /// The conv goldens' tolerance (tests/conv.rs).
@@ -217,6 +218,95 @@ fn which_convolutions_take_it() {
     assert_eq!(" Direct".parse::<ConvAlgo>().unwrap(), ConvAlgo::Direct);
     let err = "fft".parse::<ConvAlgo>().unwrap_err().to_string();
     assert!(err.contains("fft") && err.contains("winograd"), "{err}");
+}
+
+#[test]
+fn autotune_times_winograd_and_runs_its_choice() {
+    // A device of its own: the test turns tuning on.
+    let gpu = new_gpu();
+    assert_eq!(gpu.conv_algo(), ConvAlgo::Auto, "the default");
+    gpu.set_conv_autotune(true).unwrap();
+    let passes = [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad];
+    // (x, stride): Auto's rule runs the first direct (fewer than 1,024 output pixels) and the
+    // second Winograd on CPU adapters (from 16 channels); the stride-2 conv cannot run it.
+    let cases = [
+        ([2, 16, 10, 10], 1),
+        ([4, 16, 16, 16], 1),
+        ([2, 16, 10, 10], 2),
+    ];
+    for (i, &(x, stride)) in cases.iter().enumerate() {
+        let w = [16, 16, 3, 3];
+        let what = format!("x {x:?} stride {stride}");
+        // Not tuned yet: the rule's route.
+        let rule = ops::conv2d_winograd(&gpu, x, w, stride, 1).unwrap();
+        let seed = 900 + 10 * i as u64;
+        let xt = Tensor::from_slice(&gpu, &x, &random_vec(x.iter().product(), seed)).unwrap();
+        let wt = Tensor::from_slice(&gpu, &w, &random_vec(w.iter().product(), seed + 1)).unwrap();
+        // Each pass: through the tuned route, then the route it reports forced.
+        let run = |pass, tile| -> Vec<f32> {
+            let y = ops::conv2d_tiled(&xt, &wt, None, stride, 1, None).unwrap();
+            let gy = Tensor::from_slice(&gpu, y.shape(), &random_vec(y.numel(), seed + 2)).unwrap();
+            let out = match pass {
+                ConvPass::Forward => ops::conv2d_tiled(&xt, &wt, None, stride, 1, tile),
+                ConvPass::InputGrad => {
+                    ops::conv2d_backward_input_tiled(&gy, &wt, x, stride, 1, tile)
+                }
+                ConvPass::WeightGrad => {
+                    ops::conv2d_backward_weight_tiled(&xt, &gy, w, stride, 1, tile)
+                }
+            };
+            out.unwrap().to_vec().unwrap()
+        };
+        let routed: Vec<Vec<f32>> = passes.iter().map(|&p| run(p, None)).collect();
+        let tuned = gpu.tuned_convs();
+        let now = ops::conv2d_winograd(&gpu, x, w, stride, 1).unwrap();
+        for (p, &pass) in passes.iter().enumerate() {
+            let t = tuned
+                .iter()
+                .find(|t| t.key.pass == pass && t.key.x == x && t.key.stride == stride)
+                .unwrap_or_else(|| panic!("{what} {pass:?} not tuned: {tuned:#?}"));
+            let what = format!("{what} {pass:?}: {t:?}");
+            assert_eq!(t.winograd_millis.is_some(), stride == 1, "{what}");
+            assert!(t.winograd_millis.is_none_or(|ms| ms > 0.0), "{what}");
+            assert_eq!(t.model_winograd, rule[p], "{what}");
+            assert!(t.winograd_millis.is_some() || !t.winograd, "{what}");
+            assert_eq!(
+                now[p], t.winograd,
+                "{what}: conv2d_winograd reports the tuned route"
+            );
+            // The same bits as the chosen route forced: Winograd untuned, or the tuned tile.
+            let forced = if t.winograd {
+                gpu.set_conv_algo(ConvAlgo::Winograd);
+                let v = run(pass, None);
+                gpu.set_conv_algo(ConvAlgo::Auto);
+                v
+            } else {
+                run(pass, Some(t.tile))
+            };
+            assert_eq!(routed[p], forced, "{what}");
+        }
+        // Under ConvAlgo::Direct the tuned tiles run, never Winograd.
+        gpu.set_conv_algo(ConvAlgo::Direct);
+        assert_eq!(
+            ops::conv2d_winograd(&gpu, x, w, stride, 1).unwrap(),
+            [false; 3]
+        );
+        let t = tuned
+            .iter()
+            .find(|t| t.key.x == x && t.key.stride == stride)
+            .unwrap();
+        assert_eq!(
+            run(t.key.pass, None),
+            run(t.key.pass, Some(t.tile)),
+            "{what}"
+        );
+        gpu.set_conv_algo(ConvAlgo::Auto);
+    }
+    assert_eq!(
+        gpu.tuned_convs().len(),
+        3 * cases.len(),
+        "nothing tuned twice"
+    );
 }
 
 #[test]

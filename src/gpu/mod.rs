@@ -192,6 +192,8 @@ pub enum ConvAlgo {
     /// Winograd where the channels are many enough for the saved arithmetic to outweigh the
     /// transforms' traffic on the adapter (at least 128 input and output channels on GPUs,
     /// 16 on CPU adapters) and the batch has at least 1,024 output pixels, direct elsewhere.
+    /// With conv autotuning on ([`Gpu::set_conv_autotune`]) each such convolution's passes are
+    /// timed both ways instead, and the faster runs.
     #[default]
     Auto,
     /// Winograd on every such convolution.

@@ -18,10 +18,11 @@ mod winograd;
 
 pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd};
 
-use super::tune::{self, ConvKey, ConvPass};
+use super::tune::{self, Candidate, ConvKey, ConvPass, TunedConv};
 use crate::autograd::Var;
 use crate::gpu::{
-    ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, grid_1d, scalar_or_vec4,
+    ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, grid_1d,
+    scalar_or_vec4,
 };
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
@@ -1073,6 +1074,15 @@ struct InputPhase {
     chunk: usize,
 }
 
+/// How a pass of a convolution runs ([`Geometry::route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Winograd F(2x2, 3x3) ([`winograd`]).
+    Winograd,
+    /// The direct GEMM, with this tile (None: the model's plan).
+    Direct(Option<ConvTile>),
+}
+
 /// The input gradient's dispatches: the phases that taps reach, their common number of splits,
 /// and whether some pixels are reached by no tap (and only hold zeros).
 struct InputPlan {
@@ -1091,33 +1101,79 @@ impl InputPlan {
 }
 
 impl Geometry {
-    /// The f32 tile of one pass: `given` when the caller forces one; with autotuning on (and
-    /// the f32 engine, and no tile forced by `RESNET_WGPU_CONV_TILE`) the tuned one, tuning it
-    /// now if this shape and pass are new (`model` gives the model's choice, `trial` runs the
-    /// pass once with a tile); else None, and the model plans.
-    fn chosen_tile(
+    /// How one pass runs: the direct GEMM with `given` when the caller forces a tile; else with
+    /// autotuning on (and the f32 engine, and no tile forced by `RESNET_WGPU_CONV_TILE`) the
+    /// tuned algorithm and tile, tuning them now if this shape and pass are new (`model` gives
+    /// the model's tile, `trial` runs the pass once as a candidate); else Winograd where the
+    /// shape fits it and [`winograd::by_rule`] says so, and the model's plan otherwise.
+    /// [`crate::ConvAlgo::Winograd`] runs Winograd wherever the shape fits it, untuned.
+    fn route(
         &self,
         gpu: &Gpu,
         pass: ConvPass,
         given: Option<ConvTile>,
         model: impl FnOnce() -> ConvTile,
-        trial: impl FnMut(ConvTile) -> Result<()>,
-    ) -> Result<Option<ConvTile>> {
-        if given.is_some()
-            || !gpu.conv_autotune()
-            || f16_kernels(gpu).is_some()
-            || forced_tile().is_some()
-        {
-            return Ok(given);
+        trial: impl FnMut(Candidate) -> Result<()>,
+    ) -> Result<Route> {
+        if given.is_some() {
+            return Ok(Route::Direct(given));
         }
-        let key = ConvKey {
+        let fits = self.winograd_fits(gpu, pass);
+        if !self.tunes(gpu) || (fits && gpu.conv_algo() == ConvAlgo::Winograd) {
+            return Ok(self.untuned_route(gpu, fits));
+        }
+        let rule = fits.then(|| winograd::auto_rule(gpu, self));
+        let tuned = tune::tuned(gpu, self.key(pass), model, rule, trial)?;
+        Ok(self.tuned_route(gpu, &tuned))
+    }
+
+    /// The route of a pass as [`Geometry::route`] would take it, without tuning: a tuned
+    /// shape's tuned route, else the rule's (for [`conv2d_winograd`]).
+    pub(super) fn known_route(&self, gpu: &Gpu, pass: ConvPass) -> Route {
+        let fits = self.winograd_fits(gpu, pass);
+        match gpu.tuned_conv(&self.key(pass)) {
+            Some(t) if self.tunes(gpu) && !(fits && gpu.conv_algo() == ConvAlgo::Winograd) => {
+                self.tuned_route(gpu, &t)
+            }
+            _ => self.untuned_route(gpu, fits),
+        }
+    }
+
+    /// Whether `pass` can run Winograd ([`winograd::fits`]).
+    fn winograd_fits(&self, gpu: &Gpu, pass: ConvPass) -> bool {
+        winograd::fits(gpu, self)
+            && (pass != ConvPass::WeightGrad || winograd::weight_grad_fits(gpu, self))
+    }
+
+    /// Whether the passes are tuned: autotuning on, the f32 engine, no tile forced.
+    fn tunes(&self, gpu: &Gpu) -> bool {
+        gpu.conv_autotune() && f16_kernels(gpu).is_none() && forced_tile().is_none()
+    }
+
+    fn untuned_route(&self, gpu: &Gpu, fits: bool) -> Route {
+        if fits && winograd::by_rule(gpu, self) {
+            Route::Winograd
+        } else {
+            Route::Direct(None)
+        }
+    }
+
+    fn tuned_route(&self, gpu: &Gpu, tuned: &TunedConv) -> Route {
+        if tuned.winograd && gpu.conv_algo() == ConvAlgo::Auto {
+            Route::Winograd
+        } else {
+            Route::Direct(Some(tuned.tile))
+        }
+    }
+
+    fn key(&self, pass: ConvPass) -> ConvKey {
+        ConvKey {
             pass,
             x: self.x,
             w: self.w,
             stride: self.stride,
             padding: self.padding,
-        };
-        tune::tuned_tile(gpu, key, model, trial).map(Some)
+        }
     }
 
     /// Plan the input gradient: one GEMM per sub-pixel phase, tiles of `tile` unless the model
@@ -1284,18 +1340,25 @@ fn forward(
         }
     }
     let gpu = x.gpu();
-    if tile.is_none() && winograd::applies(gpu, &g) {
-        let epilogue = winograd::Epilogue::Bias(b);
-        return Ok((winograd::forward(OP, &g, x, w, epilogue)?, None));
-    }
     let model = TileModel::for_gpu(gpu);
-    let tile = g.chosen_tile(
+    let tile = match g.route(
         gpu,
         ConvPass::Forward,
         tile,
         || g.forward_tile(&model),
-        |t| conv2d_tiled(x, w, b, stride, padding, Some(t)).map(drop),
-    )?;
+        |c| match c {
+            Candidate::Tile(t) => conv2d_tiled(x, w, b, stride, padding, Some(t)).map(drop),
+            Candidate::Winograd => {
+                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(b)).map(drop)
+            }
+        },
+    )? {
+        Route::Winograd => {
+            let epilogue = winograd::Epilogue::Bias(b);
+            return Ok((winograd::forward(OP, &g, x, w, epilogue)?, None));
+        }
+        Route::Direct(tile) => tile,
+    };
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, OP)?;
     let (m, n) = g.forward_gemm();
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
@@ -1452,23 +1515,29 @@ pub fn conv2d_bn_eval_tiled(
         check_same_gpu(OP, x, r)?;
     }
     let gpu = x.gpu();
-    // Winograd's output transform applies the batch norm (7 storage buffers).
-    if tile.is_none()
-        && winograd::applies(gpu, &g)
-        && gpu.limits().max_storage_buffers_per_shader_stage >= 7
-    {
-        let epilogue = winograd::Epilogue::BatchNorm { bn, residual, relu };
-        return winograd::forward(OP, &g, x, w, epilogue);
-    }
     let model = TileModel::for_gpu(gpu);
-    // The plain forward's tile: the same GEMM, tuned once for both.
-    let tile = g.chosen_tile(
+    // The plain forward's route: the same GEMMs, tuned once for both.
+    let route = g.route(
         gpu,
         ConvPass::Forward,
         tile,
         || g.forward_tile(&model),
-        |t| conv2d_tiled(x, w, None, stride, padding, Some(t)).map(drop),
+        |c| match c {
+            Candidate::Tile(t) => conv2d_tiled(x, w, None, stride, padding, Some(t)).map(drop),
+            Candidate::Winograd => {
+                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(None)).map(drop)
+            }
+        },
     )?;
+    let tile = match route {
+        // Winograd's output transform applies the batch norm (7 storage buffers).
+        Route::Winograd if gpu.limits().max_storage_buffers_per_shader_stage >= 7 => {
+            let epilogue = winograd::Epilogue::BatchNorm { bn, residual, relu };
+            return winograd::forward(OP, &g, x, w, epilogue);
+        }
+        Route::Winograd => None,
+        Route::Direct(tile) => tile,
+    };
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
     if gpu.limits().max_storage_buffers_per_shader_stage < 8 + engine.f16 as u32 {
         return conv2d_bn_eval_unfused(x, w, stride, padding, bn, residual, relu);
@@ -1599,18 +1668,23 @@ fn backward_input(
         return backward_input(gy, &w, copied, x_shape, stride, win.padding, tile, scale);
     }
     let gpu = gy.gpu();
-    if tile.is_none() && winograd::applies(gpu, &g) {
-        return winograd::backward_input(OP, &g, gy, w, scale);
-    }
     let model = TileModel::for_gpu(gpu);
     // Tuned, one tile serves every phase; the model's is that of the first phase.
-    let tile = g.chosen_tile(
+    let tile = match g.route(
         gpu,
         ConvPass::InputGrad,
         tile,
         || g.input_plan(gpu, &model, None).model_tile(&model),
-        |t| backward_input(gy, w, copied, x_shape, stride, padding, Some(t), scale).map(drop),
-    )?;
+        |c| match c {
+            Candidate::Tile(t) => {
+                backward_input(gy, w, copied, x_shape, stride, padding, Some(t), scale).map(drop)
+            }
+            Candidate::Winograd => winograd::backward_input(OP, &g, gy, w, scale).map(drop),
+        },
+    )? {
+        Route::Winograd => return winograd::backward_input(OP, &g, gy, w, scale),
+        Route::Direct(tile) => tile,
+    };
     let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
     // The f16 engine scales gy (operand B) by a power of two that keeps it clear of f16's
     // subnormals; the f32 engine binds no scale.
@@ -1806,17 +1880,22 @@ fn backward_weight(
     let [k, c, r, s] = w_shape;
     let crs = c * r * s;
     let gpu = x.gpu();
-    if tile.is_none() && winograd::applies(gpu, &g) && winograd::weight_grad_applies(gpu, &g) {
-        return winograd::backward_weight(OP, &g, x, gy, scale);
-    }
     let model = TileModel::for_gpu(gpu);
-    let tile = g.chosen_tile(
+    let tile = match g.route(
         gpu,
         ConvPass::WeightGrad,
         tile,
         || g.weight_tile(&model),
-        |t| backward_weight(x, gy, w_shape, stride, padding, Some(t), scale).map(drop),
-    )?;
+        |c| match c {
+            Candidate::Tile(t) => {
+                backward_weight(x, gy, w_shape, stride, padding, Some(t), scale).map(drop)
+            }
+            Candidate::Winograd => winograd::backward_weight(OP, &g, x, gy, scale).map(drop),
+        },
+    )? {
+        Route::Winograd => return winograd::backward_weight(OP, &g, x, gy, scale),
+        Route::Direct(tile) => tile,
+    };
     let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.weight_tile(&model)));
     let (chunk, splits) = g.weight_splits(&model, engine.dims);
     let (tile_m, tile_n, _) = engine.dims;

@@ -58,11 +58,11 @@ const XI: usize = 16;
 /// buffers (ResNet-18 at batch 128: two to four of 64 MiB, about 3% of its step's 2.7 GB).
 pub const WINOGRAD_CHUNK_ELEMENTS: usize = 1 << 24;
 
-/// Under [`ConvAlgo::Auto`], Winograd runs on GPUs where the input and output channels are
-/// both at least this many. Estimated for an H200 (4.8 TB/s against about 30 TFLOP/s in the
-/// GEMMs), not yet measured: the transforms move about 16 (C + K) bytes per output pixel,
-/// which at 64 channels costs about as much as the 5/9 of the multiply-adds they save, and at
-/// 128 about a third of it.
+/// Under [`ConvAlgo::Auto`] without tuning, Winograd runs on GPUs where the input and output
+/// channels are both at least this many. Estimated for an H200 (4.8 TB/s against about 30
+/// TFLOP/s in the GEMMs), not yet measured: the transforms move about 16 (C + K) bytes per
+/// output pixel, which at 64 channels costs about as much as the 5/9 of the multiply-adds they
+/// save, and at 128 about a third of it. Conv autotuning times both algorithms instead.
 const GPU_MIN_CHANNELS: usize = 128;
 /// On CPU adapters (lavapipe), where moving data is cheap next to arithmetic: from 16.
 const CPU_MIN_CHANNELS: usize = 16;
@@ -73,42 +73,53 @@ const CPU_MIN_CHANNELS: usize = 16;
 /// weights' transforms alone 30-53 ms of it.
 const AUTO_MIN_PIXELS: usize = 1024;
 
-/// Whether the three passes of `g` (and inference's conv block) run Winograd on `gpu`: a 3x3
-/// kernel of stride 1 and padding 1 whose single image's transformed tensors fit the cap, and
-/// [`ConvAlgo::Winograd`], or [`ConvAlgo::Auto`] with enough channels and output pixels. The
-/// GEMMs run on either engine (f32, or f16 under [`crate::ConvPrecision::F16`]).
-pub(super) fn applies(gpu: &Gpu, g: &Geometry) -> bool {
-    let [n, c, h, w] = g.x;
+/// Whether `g` can run Winograd on `gpu`: a 3x3 kernel of stride 1 and padding 1 whose single
+/// image's transformed tensors fit the cap. The weight gradient also needs
+/// [`weight_grad_fits`].
+pub(super) fn fits(gpu: &Gpu, g: &Geometry) -> bool {
+    let [_, c, _, _] = g.x;
     let [k, _, r, s] = g.w;
-    let shape =
-        (r, s, g.stride, g.padding) == (3, 3, 1, 1) && Chunks::new(gpu, g.x, c.max(k)).fits();
-    let min = if gpu.info().device_type == wgpu::DeviceType::Cpu {
-        CPU_MIN_CHANNELS
-    } else {
-        GPU_MIN_CHANNELS
-    };
-    shape
-        && match gpu.conv_algo() {
-            ConvAlgo::Auto => c.min(k) >= min && n * h * w >= AUTO_MIN_PIXELS,
-            ConvAlgo::Winograd => true,
-            ConvAlgo::Direct => false,
-        }
+    (r, s, g.stride, g.padding) == (3, 3, 1, 1) && Chunks::new(gpu, g.x, c.max(k)).fits()
 }
 
-/// Whether the weight gradient of `g` (where [`applies`]) runs Winograd on `gpu`: unless the
+/// Whether the weight gradient of `g` (where it [`fits`]) can run Winograd on `gpu`: unless the
 /// partial results of its chunks of images, one per chunk at the least, would exceed the
 /// transforms' cap (wide layers on large planes, such as 512 channels at 56x56 and batch 128:
 /// 64 chunks of 4M values; not ResNet's), where it stays direct.
-pub(super) fn weight_grad_applies(gpu: &Gpu, g: &Geometry) -> bool {
+pub(super) fn weight_grad_fits(gpu: &Gpu, g: &Geometry) -> bool {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let batch = Chunks::new(gpu, g.x, c.max(k));
     batch.count() * XI * k * c <= batch.cap
 }
 
+/// [`ConvAlgo::Auto`]'s rule without tuning, for a `g` that [`fits`]: enough channels and
+/// output pixels.
+pub(super) fn auto_rule(gpu: &Gpu, g: &Geometry) -> bool {
+    let [n, c, h, w] = g.x;
+    let k = g.w[0];
+    let min = if gpu.info().device_type == wgpu::DeviceType::Cpu {
+        CPU_MIN_CHANNELS
+    } else {
+        GPU_MIN_CHANNELS
+    };
+    c.min(k) >= min && n * h * w >= AUTO_MIN_PIXELS
+}
+
+/// Whether `g` (where it [`fits`]) runs Winograd on `gpu` without tuning: under
+/// [`ConvAlgo::Winograd`], or [`ConvAlgo::Auto`] by its rule.
+pub(super) fn by_rule(gpu: &Gpu, g: &Geometry) -> bool {
+    match gpu.conv_algo() {
+        ConvAlgo::Auto => auto_rule(gpu, g),
+        ConvAlgo::Winograd => true,
+        ConvAlgo::Direct => false,
+    }
+}
+
 /// Which passes of the convolution run Winograd F(2x2, 3x3) with these shapes on `gpu`:
 /// [[`crate::ops::conv2d`], [`crate::ops::conv2d_backward_input`],
-/// [`crate::ops::conv2d_backward_weight`]] (for tests and benchmarks).
+/// [`crate::ops::conv2d_backward_weight`]] (for tests and benchmarks). With conv autotuning on,
+/// a pass already tuned reports its tuned choice; one not yet tuned, the rule's.
 pub fn conv2d_winograd(
     gpu: &Gpu,
     x_shape: [usize; 4],
@@ -116,9 +127,17 @@ pub fn conv2d_winograd(
     stride: usize,
     padding: usize,
 ) -> Result<[bool; 3]> {
+    use super::tune::ConvPass;
     let g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
-    let on = g.tap_window().is_none() && applies(gpu, &g);
-    Ok([on, on, on && weight_grad_applies(gpu, &g)])
+    if g.tap_window().is_some() {
+        return Ok([false; 3]);
+    }
+    let pass = |pass| g.known_route(gpu, pass) == super::Route::Winograd;
+    Ok([
+        pass(ConvPass::Forward),
+        pass(ConvPass::InputGrad),
+        pass(ConvPass::WeightGrad),
+    ])
 }
 
 /// The forward pass: y `[N, K, H, W]` from x `[N, C, H, W]` and w `[K, C, 3, 3]`, plus the
@@ -241,7 +260,7 @@ pub(super) fn backward_weight(
     // The GEMMs: rows k, columns c, reduced over a chunk's tiles, split like the direct weight
     // gradient's (towards the model's target of workgroups per dispatch, in chunks of at least
     // SPLIT_MIN_CHUNK tiles), the partial results of all chunks within the transforms' cap
-    // (one per chunk at the least: weight_grad_applies).
+    // (one per chunk at the least: weight_grad_fits).
     let model = TileModel::for_gpu(gpu);
     let engine = Engine::for_gpu(gpu, || {
         model.choose(k, c, XI * most.div_ceil(SPLIT_MIN_CHUNK))
