@@ -91,7 +91,8 @@ fn tile_label(variant: &str) -> String {
 fn jobs() -> Vec<Job> {
     let mut jobs = Vec::new();
     // The conv passes of a 3x3 stride-1 convolution, taps outer (the default order): every f32
-    // tile with one and two staged copies, and the f16 tensor-core tiles for subgroups of 32.
+    // tile with one and two staged copies, and the f16 tensor-core tiles for subgroups of 32;
+    // and the input gradient with a strided convolution's phases merged into one dispatch.
     let conv = [
         ("KH", 3.0),
         ("KW", 3.0),
@@ -118,6 +119,17 @@ fn jobs() -> Vec<Job> {
                 mma,
             });
         }
+        // The input gradient of a strided convolution with its phases in one dispatch.
+        let mut merged = conv.to_vec();
+        merged.extend([("NR", 1.0), ("NS", 1.0), ("MERGED", 1.0)]);
+        merged.retain(|&(name, value)| !matches!(name, "NR" | "NS") || value == 1.0);
+        jobs.push(Job {
+            label: format!("conv #{i} {} ({engine}) merged", tile_label(variant)),
+            source,
+            entry: "conv_backward_input",
+            constants: merged,
+            mma,
+        });
     }
     let simple = |file: &str, entry: &'static str, constants: Vec<(&'static str, f64)>| Job {
         label: file.to_string(),

@@ -12,6 +12,11 @@
 //                         reaches (kernel smaller than the stride) only hold zeros: the host
 //                         clears gx and skips them.
 //                         GEMM per phase: M = C, N = batch*hc*wc, reduction = K*nr*ns
+//                         Merged (override MERGED, taps outer only): the st*st phases in one
+//                         dispatch, grid z = phase * splits + split with phase = a*st + b, each
+//                         workgroup computing its phase's taps and pixels from (a, b) as the host
+//                         does; the phases' GEMMs then share the device instead of running one
+//                         after another.
 //                         When a phase's output tiles alone would leave the GPU idle (small
 //                         batches, late layers), its reduction is split like the forward's: split
 //                         z writes the phase's pixels of a partial gx at z * len(gx), every phase
@@ -91,6 +96,8 @@
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
 //     y = ceil(M / BM) row tiles. conv_forward and conv_backward_input with splits > 1:
 //     x = column tiles, z = splits; conv_forward batched: x = column tiles, z = the GEMM.
+//     conv_backward_input merged: x = the largest phase's column tiles (a smaller phase's
+//     surplus groups exit), z = phases * splits.
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits (batched: splits
 //     times the GEMMs).
 //   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn / conv_weights_rsc: one
@@ -173,6 +180,11 @@ override KH: u32 = 3u;
 override KW: u32 = 3u;
 override NR: u32 = 3u;
 override NS: u32 = 3u;
+
+// The input gradient's phases in one dispatch (see the header; needs TAPS_OUTER): each
+// workgroup's phase comes from grid z, and its tap counts replace NR and NS. false: one phase
+// per dispatch, given in Params.
+override MERGED: bool = false;
 
 // The reduction's order (see "Reduction order" in the header). false: channel-major, as the
 // weights [K, C, R, S] lie; any shape. true: taps outer, channels inner, where the host has
@@ -758,6 +770,71 @@ fn conv_forward_reduce_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
 @group(0) @binding(2) var<storage, read> bi_w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bi_gx: array<f32>;
 
+// The workgroup's sub-pixel phase (set at conv_backward_input's start): first tap (r0, s0) and
+// tap counts (nr, ns); first pixel (h0, w0) and pixel counts (hc, wc).
+struct Phase {
+    r0: u32,
+    s0: u32,
+    nr: u32,
+    ns: u32,
+    h0: u32,
+    w0: u32,
+    hc: u32,
+    wc: u32,
+}
+
+var<private> ph: Phase;
+
+// Phase a along one axis of `size` pixels and `taps` taps: (first pixel, pixel count, tap
+// count), as the host's input_plan computes them.
+fn phase_axis(a: u32, size: u32, taps: u32) -> vec3<u32> {
+    let st = p.stride;
+    let first = (a + st - p.pad % st) % st;
+    let count = select(0u, (size - first + st - 1u) / st, first < size);
+    let ntaps = select(0u, (taps - a + st - 1u) / st, a < taps);
+    return vec3<u32>(first, count, ntaps);
+}
+
+// Phase `phase` = a * stride + b of a merged dispatch.
+fn merged_phase(phase: u32) -> Phase {
+    let a = phase / p.stride;
+    let b = phase - a * p.stride;
+    let rows = phase_axis(a, p.in_h, KH);
+    let cols = phase_axis(b, p.in_w, KW);
+    return Phase(a, b, rows.z, cols.z, rows.x, cols.x, rows.y, cols.y);
+}
+
+// The taps-outer loader's tap counts: the constants, or a merged dispatch's phase's.
+fn phase_nr() -> u32 { return select(NR, ph.nr, MERGED); }
+fn phase_ns() -> u32 { return select(NS, ph.ns, MERGED); }
+
+// Under MERGED, the phase's tap (tr, tu) of chunk_tap = tr * ns + tu, advanced with it
+// (bi_taps_next) instead of divided out per chunk: ns is no constant there, and a run-time
+// division cost RADV about 25 instructions of the chunk loop (with the constant NS, the
+// division costs less than the advance).
+var<private> bi_tr: u32;
+var<private> bi_tu: u32;
+
+fn bi_taps_begin(k0: u32) {
+    taps_begin(k0, p.out_c);
+    if (MERGED) {
+        bi_tr = chunk_tap / ph.ns;
+        bi_tu = chunk_tap - bi_tr * ph.ns;
+    }
+}
+
+fn bi_taps_next() {
+    let tap = chunk_tap;
+    taps_next(p.out_c);
+    if (MERGED && chunk_tap != tap) {
+        bi_tu += 1u;
+        if (bi_tu == ph.ns) {
+            bi_tu = 0u;
+            bi_tr += 1u;
+        }
+    }
+}
+
 // A[c, (k,t,u)] = w[k,c,r0+st*t,s0+st*u] (k-fast): element (c, ka) given ka's weight offset.
 fn bi_a(c: u32, k: u32, wofs: u32, inside: bool) -> Staged {
     let ok = (c < p.in_c) & inside;
@@ -791,7 +868,7 @@ fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u
     let k = ka / (NR * NS);
     let t = ka - k * (NR * NS);
     let tr = t / NS;
-    let wofs = (p.r0 + p.stride * tr) * KW + p.s0 + p.stride * (t - tr * NS);
+    let wofs = (ph.r0 + p.stride * tr) * KW + ph.s0 + p.stride * (t - tr * NS);
     let inside = ka < end;
     ra[0] = bi_a(m0 + kfast_row(tid, 0u), k, wofs, inside);
     ra[1] = bi_a(m0 + kfast_row(tid, 1u), k, wofs, inside);
@@ -824,10 +901,15 @@ fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u
 fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) {
     // Past the reduction's last tap (the loop's load after the last chunk), tap 0 keeps the
     // indices inside the tensors.
-    let t = select(0u, chunk_tap, chunk_tap < NR * NS);
-    let tr = t / NS;
-    let tu = t - tr * NS;
-    let tap = (p.r0 + p.stride * tr) * KW + p.s0 + p.stride * tu;
+    let past = chunk_tap >= phase_nr() * phase_ns();
+    let t = select(chunk_tap, 0u, past);
+    var tr = t / NS;
+    var tu = t - tr * NS;
+    if (MERGED) {
+        tr = select(bi_tr, 0u, past);
+        tu = select(bi_tu, 0u, past);
+    }
+    let tap = (ph.r0 + p.stride * tr) * KW + ph.s0 + p.stride * tu;
     // Rows past the input channels are never stored: they read the last channel's weights.
     let c = min(m0 + tid % BM, p.in_c - 1u);
     let a = ((chunk_ch + tid / BM) * (KH * KW) + tap) * p.in_c + c;
@@ -862,7 +944,7 @@ fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) 
         rb[6] = Staged(bi_gy[b + 6u * bstep], ok);
         rb[7] = Staged(bi_gy[b + 7u * bstep], ok);
     }
-    taps_next(p.out_c);
+    bi_taps_next();
 }
 
 // Store gx (or this split's partial gx, at out_base) for GEMM row c at output column `col` (see
@@ -876,14 +958,14 @@ fn bi_put(c: u32, col: u32, v: f32) {
 // w = w0 + st j, without the channel's term.
 fn gx_col(q: Pixel) -> u32 {
     if (!q.valid) { return NO_COL; }
-    let h = p.h0 + p.stride * q.y;
-    let w = p.w0 + p.stride * q.x;
+    let h = ph.h0 + p.stride * q.y;
+    let w = ph.w0 + p.stride * q.x;
     return (q.img * p.in_c * p.in_h + h) * p.in_w + w;
 }
 
 // gx_col of columns n .. n + 3 (the phase's pixels of the batch).
 fn gx_cols(n: u32) -> vec4<u32> {
-    let q = pixel_quad(n, p.hc, p.wc);
+    let q = pixel_quad(n, ph.hc, ph.wc);
     return vec4<u32>(gx_col(q[0]), gx_col(q[1]), gx_col(q[2]), gx_col(q[3]));
 }
 
@@ -927,32 +1009,48 @@ fn bi_store(tid: u32) {
 @compute @workgroup_size(256)
 fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) tid: u32) {
-    let ncols = p.batch * p.hc * p.wc;
-    // Split-K (p.splits > 1, small grids): grid z is the split, which reduces over
-    // [z * chunk, (z + 1) * chunk) (empty for some splits of a phase with few taps: those write
-    // zeros) and writes its partial gx at z * len(gx).
+    // Merged, grid z is phase * splits + split; else the phase is Params'.
     var tile = wg.x + wg.z * nwg.x;
+    var split = wg.z;
+    var chunk = p.chunk;
+    if (MERGED) {
+        ph = merged_phase(wg.z / p.splits);
+        tile = wg.x;
+        split = wg.z % p.splits;
+    } else {
+        ph = Phase(p.r0, p.s0, p.nr, p.ns, p.h0, p.w0, p.hc, p.wc);
+    }
+    let ncols = p.batch * ph.hc * ph.wc;
+    // Split-K (p.splits > 1, small grids): the split reduces over [split * chunk, (split + 1)
+    // * chunk) (empty for some splits of a phase with few taps: those write zeros) and writes
+    // its partial gx at split * len(gx). A merged phase's chunk is the host's: its reduction
+    // over the splits, rounded up to whole chunks of BK.
     var begin = 0u;
-    var end = p.out_c * p.nr * p.ns;
+    var end = p.out_c * ph.nr * ph.ns;
     out_base = 0u;
     if (p.splits > 1u) {
-        tile = wg.x;
-        begin = wg.z * p.chunk;
-        end = min(begin + p.chunk, end);
-        out_base = wg.z * p.reduce_len;
+        if (MERGED) {
+            chunk = (end + p.splits - 1u) / p.splits;
+            chunk = (chunk + BK - 1u) / BK * BK;
+        } else {
+            tile = wg.x;
+        }
+        begin = split * chunk;
+        end = min(begin + chunk, end);
+        out_base = split * p.reduce_len;
     }
     let n0 = tile * BN;
     let m0 = wg.y * BM;
     if (n0 >= ncols) { return; }
-    let px = pixel(n0 + tid % BN, ncols, p.hc, p.wc);
+    let px = pixel(n0 + tid % BN, ncols, ph.hc, ph.wc);
     let gbase = px.img * p.out_c * p.out_h * p.out_w;
     // (h + pd - r0) / st and (w + pd - s0) / st for this column: exact divisions.
-    let oh0 = (p.h0 + p.stride * px.y + p.pad - p.r0) / p.stride;
-    let ow0 = (p.w0 + p.stride * px.x + p.pad - p.s0) / p.stride;
+    let oh0 = (ph.h0 + p.stride * px.y + p.pad - ph.r0) / p.stride;
+    let ow0 = (ph.w0 + p.stride * px.x + p.pad - ph.s0) / p.stride;
     engine_begin();
     // A split past the phase's taps has nothing to load (and writes zeros).
     if (begin < end) {
-        if (TAPS_OUTER) { taps_begin(begin, p.out_c); }
+        if (TAPS_OUTER) { bi_taps_begin(begin); }
         bi_load(tid, begin, m0, end, px.valid, gbase, oh0, ow0);
         if (STAGES == 2u) {
             bi_store(tid);

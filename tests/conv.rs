@@ -487,6 +487,53 @@ fn input_gradient_zeroes_pixels_no_tap_reaches() {
 }
 
 #[test]
+fn input_gradient_phases_in_one_dispatch() {
+    // A device of its own: the test allows the weights' taps-outer copy on small GEMMs, so
+    // that these reduce taps outer, and changes the order.
+    let gpu = new_gpu();
+    gpu.set_conv_weight_copy_min_columns(0);
+    // Strided kernels whose phases all reduce taps outer (output channels in multiples of 16)
+    // run their phases in one dispatch: a 3x3/2 on ragged planes (phases of 1, 2, 2 and 4
+    // taps over unequal pixel counts), a 5x5/2 (2 or 3 taps per axis), a 3x3/3 (nine phases of
+    // one tap) and a split-K 3x3/2 (few tiles, 144 output channels: 4 splits on 2 cores),
+    // whose lighter phases get shorter chunks (the one-tap phase's rounded up from 36 to 48
+    // reduction indices, leaving its last split empty, which must write zeros).
+    let cases = [
+        case([2, 24, 17, 19], 32, 3, 3, 2, 1, false),
+        case([1, 16, 17, 18], 32, 5, 5, 2, 2, false),
+        case([2, 16, 20, 19], 32, 3, 3, 3, 1, false),
+        case([1, 16, 9, 9], 144, 3, 3, 2, 1, false),
+    ];
+    let splits = |c: &Case| ops::conv2d_input_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
+    assert!(splits(&cases[3]) > 1, "a split input gradient");
+    for (i, c) in cases.iter().enumerate() {
+        let (w, gy, expected) = input_grad_problem(&gpu, c, (1500 + i as u64, 1510 + i as u64));
+        let len: usize = c.x.iter().product();
+        let tiles = ConvTile::ALL.iter().copied().map(Some);
+        for tile in std::iter::once(None).chain(tiles) {
+            let what = format!("{c:?} tile {tile:?}");
+            let gemms =
+                ops::conv2d_input_grad_gemms(&gpu, c.x, c.w, c.stride, c.pad, tile).unwrap();
+            assert_eq!(gemms, 1, "{what}: one GEMM dispatch for all phases");
+            leave_nan_buffers(&gpu, &[&c.x, &[splits(c), len]]);
+            let before = gpu.dispatch_count();
+            let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile).unwrap();
+            if tile.is_none() {
+                // The weights' copy, the GEMM and, split, the reduce.
+                let reduce = (splits(c) > 1) as u64;
+                assert_eq!(gpu.dispatch_count() - before, 2 + reduce, "{what}");
+            }
+            assert_close(&gx.to_vec().unwrap(), &expected, RTOL, 1e-4, &what);
+        }
+    }
+    // Channel-major, a dispatch per phase.
+    gpu.set_conv_order(ConvOrder::Crs);
+    let c = &cases[2];
+    let gemms = ops::conv2d_input_grad_gemms(&gpu, c.x, c.w, c.stride, c.pad, None).unwrap();
+    assert_eq!(gemms, 9);
+}
+
+#[test]
 fn input_gradient_split_k() {
     // A device of its own, so that gx and the partial results come from pool buffers this test
     // has just dirtied. Direct convolutions (Winograd's input gradient does not split).
@@ -518,14 +565,17 @@ fn input_gradient_split_k() {
             let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile).unwrap();
             let what = format!("{c:?} tile {tile:?}");
             if tile.is_none() {
-                // One GEMM per phase that taps reach, then the reduce (after the weights' taps-
-                // outer copy, where the GEMMs read one).
+                // One GEMM per phase that taps reach (or one for all, merged), then the reduce
+                // (after the weights' taps-outer copy, where the GEMMs read one).
                 let phases = (c.stride * c.stride).min(c.w[2] * c.w[3]);
+                let gemms =
+                    ops::conv2d_input_grad_gemms(&gpu, c.x, c.w, c.stride, c.pad, None).unwrap();
+                assert!(gemms == phases || gemms == 1, "{what}: {gemms} GEMMs");
                 let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, None).unwrap();
                 let copy = taps[1] && c.w[2] * c.w[3] > 1;
                 assert_eq!(
                     gpu.dispatch_count() - before,
-                    phases as u64 + 1 + copy as u64,
+                    gemms as u64 + 1 + copy as u64,
                     "{what}: dispatches"
                 );
             }

@@ -225,6 +225,10 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
         for tile in F16_TILES {
             let taps = ops::conv2d_taps_outer(&gpu, c.x, c.w, c.stride, c.pad, Some(tile)).unwrap();
             assert_eq!(taps, [true; 3], "{:?} {tile:?}: taps outer", c.x);
+            // One input-gradient GEMM: the strided one's four phases in one dispatch.
+            let gemms =
+                ops::conv2d_input_grad_gemms(&gpu, c.x, c.w, c.stride, c.pad, Some(tile)).unwrap();
+            assert_eq!(gemms, 1, "{:?} {tile:?}", c.x);
         }
     }
     for c in &cases[6..8] {

@@ -1098,6 +1098,27 @@ impl InputPlan {
             .first()
             .map_or(ConvTile::T64x64, |ph| model.choose(ph.rows, ph.cols, 1))
     }
+
+    /// Whether the phases run as one dispatch (conv.wgsl's MERGED): every one of the stride's
+    /// phases (at least two) reduces taps outer on the same tile, so that the shader can
+    /// derive each workgroup's phase from grid z, with each phase's column tiles within grid x.
+    /// One after another, each phase's GEMM must fill the device on its own, with the short
+    /// reductions of the lightest phases (a quarter of the taps of a 3x3 stride-2 kernel's
+    /// heaviest) and a drain between phases; together the phases' workgroups share it.
+    fn merges(&self, g: &Geometry, gpu: &Gpu) -> bool {
+        let Some(first) = self.phases.first() else {
+            return false;
+        };
+        let dims = first.engine.dims;
+        self.phases.len() >= 2
+            && self.phases.len() == g.stride * g.stride
+            && self.phases.len() * self.splits <= MAX_GRID
+            && self.phases.iter().all(|ph| {
+                ph.engine.dims == dims
+                    && ph.cols.div_ceil(dims.1) <= MAX_GRID
+                    && g.input_taps_outer(gpu, ph)
+            })
+    }
 }
 
 impl Geometry {
@@ -1714,33 +1735,54 @@ fn backward_input(
         _ => g.weights_copy(OP, w, taps)?,
     };
     let wk = copy.as_ref().unwrap_or(w);
-    for ph in &plan.phases {
-        let taps = g.input_taps_outer(gpu, ph);
-        let mut p = g.params(false, ph.chunk, plan.splits);
-        (p.r0, p.s0, p.nr, p.ns) = (ph.r0 as u32, ph.s0 as u32, ph.nr as u32, ph.ns as u32);
-        (p.h0, p.w0, p.hc, p.wc) = (ph.h0 as u32, ph.w0 as u32, ph.hc as u32, ph.wc as u32);
-        p.scaled = if f16 { 2 } else { 0 };
-        p.reduce_len = len as u32;
-        let mut grid = gemm_grid(OP, ph.rows, ph.cols, ph.engine.dims)?;
-        if plan.splits > 1 {
-            // Split only with few tiles: the column tiles fit x alone, and z is the split.
-            grid[2] = plan.splits as u32;
-        }
-        let [kh, kw, order] = g.gemm_constants(taps);
-        let constants = [kh, kw, ("NR", ph.nr as f64), ("NS", ph.ns as f64), order];
+    let mut p = g.params(false, 0, plan.splits);
+    p.scaled = if f16 { 2 } else { 0 };
+    p.reduce_len = len as u32;
+    if plan.merges(&g, gpu) {
+        // One dispatch for all phases, grid z = phase * splits + split: the shader derives
+        // each workgroup's phase, its taps and pixels (NR and NS go unused).
+        let ph = &plan.phases[0];
+        let cols = plan.phases.iter().map(|ph| ph.cols).max().unwrap_or(0);
+        let mut grid = gemm_grid(OP, ph.rows, cols, ph.engine.dims)?;
+        grid[2] = (plan.phases.len() * plan.splits) as u32;
+        let [kh, kw, order] = g.gemm_constants(true);
+        let constants = [kh, kw, ("NR", 1.0), ("NS", 1.0), order, ("MERGED", 1.0)];
         ph.engine.dispatch(
             gpu,
             &ph.engine.kernels.backward_input,
             &constants,
             &p,
-            &[
-                gy.buffer(),
-                if taps { wk } else { w }.buffer(),
-                out.buffer(),
-            ],
+            &[gy.buffer(), wk.buffer(), out.buffer()],
             scale_buffer,
             grid,
         )?;
+    } else {
+        for ph in &plan.phases {
+            let taps = g.input_taps_outer(gpu, ph);
+            p.chunk = ph.chunk as u32;
+            (p.r0, p.s0, p.nr, p.ns) = (ph.r0 as u32, ph.s0 as u32, ph.nr as u32, ph.ns as u32);
+            (p.h0, p.w0, p.hc, p.wc) = (ph.h0 as u32, ph.w0 as u32, ph.hc as u32, ph.wc as u32);
+            let mut grid = gemm_grid(OP, ph.rows, ph.cols, ph.engine.dims)?;
+            if plan.splits > 1 {
+                // Split only with few tiles: the column tiles fit x alone, and z is the split.
+                grid[2] = plan.splits as u32;
+            }
+            let [kh, kw, order] = g.gemm_constants(taps);
+            let constants = [kh, kw, ("NR", ph.nr as f64), ("NS", ph.ns as f64), order];
+            ph.engine.dispatch(
+                gpu,
+                &ph.engine.kernels.backward_input,
+                &constants,
+                &p,
+                &[
+                    gy.buffer(),
+                    if taps { wk } else { w }.buffer(),
+                    out.buffer(),
+                ],
+                scale_buffer,
+                grid,
+            )?;
+        }
     }
     if let Some(part) = &part {
         let mut p = g.params(false, 0, plan.splits);
@@ -1828,6 +1870,37 @@ pub fn conv2d_input_grad_splits(
 ) -> Result<usize> {
     let g = Geometry::new("conv2d_backward_input", x_shape, w_shape, stride, padding)?;
     Ok(g.input_plan(gpu, &TileModel::for_gpu(gpu), None).splits)
+}
+
+/// GEMM dispatches of [`conv2d_backward_input`]'s direct plan for these shapes on `gpu`, with
+/// `tile` or the plan's: one per sub-pixel phase that taps reach, or one for all of them where
+/// they merge (every phase reducing taps outer; for tests and benchmarks).
+pub fn conv2d_input_grad_gemms(
+    gpu: &Gpu,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
+) -> Result<usize> {
+    const OP: &str = "conv2d_backward_input";
+    let mut g = Geometry::new(OP, x_shape, w_shape, stride, padding)?;
+    if let Some(win) = g.tap_window() {
+        let [k, c, _, _] = w_shape;
+        g = Geometry::new(
+            OP,
+            x_shape,
+            [k, c, win.taps.0, win.taps.1],
+            stride,
+            win.padding,
+        )?;
+    }
+    let plan = g.input_plan(gpu, &TileModel::for_gpu(gpu), tile);
+    Ok(if plan.merges(&g, gpu) {
+        1
+    } else {
+        plan.phases.len()
+    })
 }
 
 /// Gradient of [`conv2d`] with respect to its weights: x `[N, C, H, W]`, gy `[N, K, OH, OW]`, the
