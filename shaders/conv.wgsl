@@ -13,10 +13,12 @@
 //                         clears gx and skips them.
 //                         GEMM per phase: M = C, N = batch*hc*wc, reduction = K*nr*ns
 //                         Merged (override MERGED, taps outer only): the st*st phases in one
-//                         dispatch, grid z = phase * splits + split with phase = a*st + b, each
-//                         workgroup computing its phase's taps and pixels from (a, b) as the host
-//                         does; the phases' GEMMs then share the device instead of running one
-//                         after another.
+//                         dispatch, grid x = column tile * st*st + phase with phase = a*st + b,
+//                         each workgroup computing its phase's taps and pixels from (a, b) as
+//                         the host does; the phases' GEMMs then share the device instead of
+//                         running one after another, and neighbouring workgroups (which a
+//                         device starts together, or a CPU driver hands one thread) mix heavy
+//                         and light phases.
 //                         When a phase's output tiles alone would leave the GPU idle (small
 //                         batches, late layers), its reduction is split like the forward's: split
 //                         z writes the phase's pixels of a partial gx at z * len(gx), every phase
@@ -96,8 +98,8 @@
 //     num_workgroups.x, split over z to respect 65,535 per dimension; surplus groups exit),
 //     y = ceil(M / BM) row tiles. conv_forward and conv_backward_input with splits > 1:
 //     x = column tiles, z = splits; conv_forward batched: x = column tiles, z = the GEMM.
-//     conv_backward_input merged: x = the largest phase's column tiles (a smaller phase's
-//     surplus groups exit), z = phases * splits.
+//     conv_backward_input merged: x = the largest phase's column tiles times the phases,
+//     interleaved (a smaller phase's surplus groups exit), z = splits.
 //   conv_backward_weight: x = ceil(C*R*S / BN), y = ceil(K / BM), z = splits (batched: splits
 //     times the GEMMs).
 //   conv_reduce_splits / conv_forward_reduce / conv_forward_reduce_bn / conv_weights_rsc: one
@@ -182,7 +184,7 @@ override NR: u32 = 3u;
 override NS: u32 = 3u;
 
 // The input gradient's phases in one dispatch (see the header; needs TAPS_OUTER): each
-// workgroup's phase comes from grid z, and its tap counts replace NR and NS. false: one phase
+// workgroup's phase comes from grid x, and its tap counts replace NR and NS. false: one phase
 // per dispatch, given in Params.
 override MERGED: bool = false;
 
@@ -1009,14 +1011,15 @@ fn bi_store(tid: u32) {
 @compute @workgroup_size(256)
 fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) tid: u32) {
-    // Merged, grid z is phase * splits + split; else the phase is Params'.
+    // Merged, grid x interleaves the phases (x = tile * stride^2 + phase); else the phase is
+    // Params'.
     var tile = wg.x + wg.z * nwg.x;
     var split = wg.z;
     var chunk = p.chunk;
     if (MERGED) {
-        ph = merged_phase(wg.z / p.splits);
-        tile = wg.x;
-        split = wg.z % p.splits;
+        let phases = p.stride * p.stride;
+        tile = wg.x / phases;
+        ph = merged_phase(wg.x - tile * phases);
     } else {
         ph = Phase(p.r0, p.s0, p.nr, p.ns, p.h0, p.w0, p.hc, p.wc);
     }
@@ -1032,9 +1035,8 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         if (MERGED) {
             chunk = (end + p.splits - 1u) / p.splits;
             chunk = (chunk + BK - 1u) / BK * BK;
-        } else {
-            tile = wg.x;
         }
+        tile = select(wg.x, tile, MERGED);
         begin = split * chunk;
         end = min(begin + chunk, end);
         out_base = split * p.reduce_len;

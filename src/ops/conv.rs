@@ -1101,7 +1101,8 @@ impl InputPlan {
 
     /// Whether the phases run as one dispatch (conv.wgsl's MERGED): every one of the stride's
     /// phases (at least two) reduces taps outer on the same tile, so that the shader can
-    /// derive each workgroup's phase from grid z, with each phase's column tiles within grid x.
+    /// derive each workgroup's phase from grid x, which interleaves them (column tile times the
+    /// phases plus the phase, within one grid dimension).
     /// One after another, each phase's GEMM must fill the device on its own, with the short
     /// reductions of the lightest phases (a quarter of the taps of a 3x3 stride-2 kernel's
     /// heaviest) and a drain between phases; together the phases' workgroups share it.
@@ -1112,10 +1113,10 @@ impl InputPlan {
         let dims = first.engine.dims;
         self.phases.len() >= 2
             && self.phases.len() == g.stride * g.stride
-            && self.phases.len() * self.splits <= MAX_GRID
             && self.phases.iter().all(|ph| {
                 ph.engine.dims == dims
-                    && ph.cols.div_ceil(dims.1) <= MAX_GRID
+                    && ph.cols.div_ceil(dims.1) * self.phases.len() <= MAX_GRID
+                    && ph.rows.div_ceil(dims.0) <= MAX_GRID
                     && g.input_taps_outer(gpu, ph)
             })
     }
@@ -1739,12 +1740,16 @@ fn backward_input(
     p.scaled = if f16 { 2 } else { 0 };
     p.reduce_len = len as u32;
     if plan.merges(&g, gpu) {
-        // One dispatch for all phases, grid z = phase * splits + split: the shader derives
-        // each workgroup's phase, its taps and pixels (NR and NS go unused).
+        // One dispatch for all phases, grid x = column tile * phases + phase, z = split: the
+        // shader derives each workgroup's phase, its taps and pixels (NR and NS go unused).
         let ph = &plan.phases[0];
+        let (tile_m, tile_n, _) = ph.engine.dims;
         let cols = plan.phases.iter().map(|ph| ph.cols).max().unwrap_or(0);
-        let mut grid = gemm_grid(OP, ph.rows, cols, ph.engine.dims)?;
-        grid[2] = (plan.phases.len() * plan.splits) as u32;
+        let grid = [
+            (cols.div_ceil(tile_n) * plan.phases.len()) as u32,
+            ph.rows.div_ceil(tile_m) as u32,
+            plan.splits as u32,
+        ];
         let [kh, kw, order] = g.gemm_constants(true);
         let constants = [kh, kw, ("NR", 1.0), ("NS", 1.0), order, ("MERGED", 1.0)];
         ph.engine.dispatch(
