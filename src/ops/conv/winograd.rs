@@ -5,10 +5,10 @@
 //!
 //! A forward pass (or input gradient): the weights' transform U `[16, rows, depth]` (one
 //! dispatch), then per chunk of images the input's transform V `[16, depth, tiles]`, the 16
-//! GEMMs M[ξ] = U[ξ] V[ξ] (`conv_forward` of a 1x1 convolution over the tiles, batched over
+//! GEMMs `M[ξ] = U[ξ] V[ξ]` (`conv_forward` of a 1x1 convolution over the tiles, batched over
 //! grid z: the direct kernels' tiles, staging and plan) and the output transform into y (or
 //! gx). The weight gradient: per chunk the transforms V of x and GY of gy, and the 16 GEMMs
-//! dU[ξ] = GY[ξ] V[ξ]ᵀ (`conv_backward_weight`, batched and split like the direct one's),
+//! `dU[ξ] = GY[ξ] V[ξ]ᵀ` (`conv_backward_weight`, batched and split like the direct one's),
 //! whose partial results over splits and chunks one reduction sums; then dU's transform into
 //! gw. The transformed tensors hold four values per output pixel and channel; the chunks keep
 //! each below [`WINOGRAD_CHUNK_ELEMENTS`] (ResNet-18 at 224x224, batch 128: layer2 in four
@@ -480,7 +480,7 @@ impl Chunks {
     }
 }
 
-/// M[ξ] `[rows, cols]` = U[ξ] `[rows, depth]` V[ξ] `[depth, cols]` for the 16 ξ: the direct
+/// `M[ξ]` `[rows, cols]` = `U[ξ]` `[rows, depth]` `V[ξ]` `[depth, cols]` for the 16 ξ: the direct
 /// forward kernel of a 1x1 convolution of one image of 1 x cols pixels, batched over grid z
 /// (with the f16 engine, V scaled by `scale` when given).
 fn gemm(
