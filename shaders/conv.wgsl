@@ -1013,23 +1013,26 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
                        @builtin(local_invocation_index) tid: u32) {
     // Merged, grid x interleaves the phases (x = tile * stride^2 + phase); else the phase is
     // Params'.
+    // The loop's bounds come from this local copy: Tint's uniformity analysis (browsers')
+    // takes whatever is read back from a private variable for non-uniform, and the chunk loop
+    // holds barriers.
     var tile = wg.x + wg.z * nwg.x;
     var split = wg.z;
     var chunk = p.chunk;
+    var phase = Phase(p.r0, p.s0, p.nr, p.ns, p.h0, p.w0, p.hc, p.wc);
     if (MERGED) {
         let phases = p.stride * p.stride;
         tile = wg.x / phases;
-        ph = merged_phase(wg.x - tile * phases);
-    } else {
-        ph = Phase(p.r0, p.s0, p.nr, p.ns, p.h0, p.w0, p.hc, p.wc);
+        phase = merged_phase(wg.x - tile * phases);
     }
-    let ncols = p.batch * ph.hc * ph.wc;
+    ph = phase;
+    let ncols = p.batch * phase.hc * phase.wc;
     // Split-K (p.splits > 1, small grids): the split reduces over [split * chunk, (split + 1)
     // * chunk) (empty for some splits of a phase with few taps: those write zeros) and writes
     // its partial gx at split * len(gx). A merged phase's chunk is the host's: its reduction
     // over the splits, rounded up to whole chunks of BK.
     var begin = 0u;
-    var end = p.out_c * ph.nr * ph.ns;
+    var end = p.out_c * phase.nr * phase.ns;
     out_base = 0u;
     if (p.splits > 1u) {
         if (MERGED) {
@@ -1044,11 +1047,11 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     let n0 = tile * BN;
     let m0 = wg.y * BM;
     if (n0 >= ncols) { return; }
-    let px = pixel(n0 + tid % BN, ncols, ph.hc, ph.wc);
+    let px = pixel(n0 + tid % BN, ncols, phase.hc, phase.wc);
     let gbase = px.img * p.out_c * p.out_h * p.out_w;
     // (h + pd - r0) / st and (w + pd - s0) / st for this column: exact divisions.
-    let oh0 = (ph.h0 + p.stride * px.y + p.pad - ph.r0) / p.stride;
-    let ow0 = (ph.w0 + p.stride * px.x + p.pad - ph.s0) / p.stride;
+    let oh0 = (phase.h0 + p.stride * px.y + p.pad - phase.r0) / p.stride;
+    let ow0 = (phase.w0 + p.stride * px.x + p.pad - phase.s0) / p.stride;
     engine_begin();
     // A split past the phase's taps has nothing to load (and writes zeros).
     if (begin < end) {
