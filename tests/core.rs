@@ -226,6 +226,52 @@ fn pool_stops_allocating_in_a_loop() {
 }
 
 #[test]
+fn identical_steps_reuse_their_bind_groups() {
+    // A device of its own, counting the bind groups it creates.
+    let gpu: Gpu = new_gpu();
+    let x = Tensor::from_slice(&gpu, &[64, 33], &random_vec(64 * 33, 5)).unwrap();
+    // Six temporaries of one size, freed in another order than taken (as a tape frees a
+    // step's activations): the pool must still hand the same buffers to the same dispatches
+    // every step, so that each finds its bind group. Last freed, first out, this order
+    // assigns them differently for six steps in a row.
+    let step = || {
+        let a = ops::relu(&x).unwrap();
+        let b = ops::scale(&a, 2.0).unwrap();
+        let c = ops::add(&a, &b).unwrap();
+        let d = ops::add_relu(&c, &a).unwrap();
+        let e = ops::scale(&d, 0.5).unwrap();
+        let f = ops::add(&e, &b).unwrap();
+        drop((c, e, b));
+        let out = f.to_vec().unwrap();
+        drop((f, a, d));
+        out
+    };
+    let first = step();
+    step();
+    let created = gpu.bind_groups_created();
+    for _ in 0..6 {
+        assert_eq!(step(), first);
+    }
+    assert_eq!(gpu.bind_groups_created(), created, "new bind groups");
+}
+
+#[test]
+fn params_slots_start_over_without_losing_recorded_work() {
+    // More distinct params than the uniform slots hold (4,096), all recorded before one
+    // submit: starting the slots over must first submit the dispatches that read them.
+    let gpu: Gpu = new_gpu();
+    let n = 5000;
+    let y = Tensor::full(&gpu, &[8], 0.0).unwrap();
+    let ones = Tensor::full(&gpu, &[8], 1.0).unwrap();
+    for i in 0..n {
+        ops::axpy(&y, i as f32, &ones).unwrap();
+    }
+    // 0 + 1 + ... + 4999, exact in f32.
+    let sum = (n * (n - 1) / 2) as f32;
+    assert_eq!(y.to_vec().unwrap(), vec![sum; 8]);
+}
+
+#[test]
 fn binding_limit_is_a_clear_error() {
     // With WebGPU's default limits a storage binding holds at most 128 MiB.
     let gpu = Gpu::with_options(resnet_wgpu::GpuOptions {
