@@ -133,7 +133,24 @@
 //   there; p.scaled selects the operand).
 // All indices are u32; the host checks that every tensor and GEMM extent fits.
 
+// A sub-pixel phase of the input gradient: first tap (r0, s0) and tap counts (nr, ns); first
+// pixel (h0, w0) and pixel counts (hc, wc), both stepping by the stride.
+struct Phase {
+    r0: u32,
+    s0: u32,
+    nr: u32,
+    ns: u32,
+    h0: u32,
+    w0: u32,
+    hc: u32,
+    wc: u32,
+}
+
 struct Params {
+    // conv_backward_input's phase (unless MERGED); conv_taps_crop's and conv_taps_expand's
+    // window (its first tap and size in r0, s0, nr, ns). First: a struct member of a uniform
+    // starts at a multiple of 16 bytes.
+    phase: Phase,
     batch: u32,
     in_c: u32,
     in_h: u32,
@@ -148,16 +165,6 @@ struct Params {
     has_bias: u32,
     chunk: u32,   // split-K (weight gradient, small forward): reduction per split (multiple of BK)
     splits: u32,  // number of partial results (1: no split)
-    // conv_backward_input's phase: first tap (r0, s0) and tap counts (nr, ns); first pixel
-    // (h0, w0) and pixel counts (hc, wc), both stepping by the stride.
-    r0: u32,
-    s0: u32,
-    nr: u32,
-    ns: u32,
-    h0: u32,
-    w0: u32,
-    hc: u32,
-    wc: u32,
     scaled: u32,  // the f16 engine's scaled operand (conv_mma.wgsl); unused by the f32 engine
     epilogue: u32,  // conv_forward_bn, conv_forward_reduce_bn: EPI_RELU | EPI_RESIDUAL
     eps: f32,       // conv_forward_bn, conv_forward_reduce_bn: the batch norm's epsilon
@@ -175,9 +182,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// Kernel size and the input gradient's taps per phase (equal to p.kh, p.kw, p.nr, p.ns). The
-// host dispatches no phase that no tap reaches (p.nr * p.ns = 0, a kernel smaller than the
-// stride): it clears gx for those pixels instead.
+// Kernel size and the input gradient's taps per phase (equal to p.kh, p.kw, p.phase.nr,
+// p.phase.ns). The host dispatches no phase that no tap reaches (nr * ns = 0, a kernel smaller
+// than the stride): it clears gx for those pixels instead.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
 override NR: u32 = 3u;
@@ -772,19 +779,7 @@ fn conv_forward_reduce_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
 @group(0) @binding(2) var<storage, read> bi_w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> bi_gx: array<f32>;
 
-// The workgroup's sub-pixel phase (set at conv_backward_input's start): first tap (r0, s0) and
-// tap counts (nr, ns); first pixel (h0, w0) and pixel counts (hc, wc).
-struct Phase {
-    r0: u32,
-    s0: u32,
-    nr: u32,
-    ns: u32,
-    h0: u32,
-    w0: u32,
-    hc: u32,
-    wc: u32,
-}
-
+// The workgroup's sub-pixel phase (set at conv_backward_input's start).
 var<private> ph: Phase;
 
 // Phase a along one axis of `size` pixels and `taps` taps: (first pixel, pixel count, tap
@@ -1019,7 +1014,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     var tile = wg.x + wg.z * nwg.x;
     var split = wg.z;
     var chunk = p.chunk;
-    var phase = Phase(p.r0, p.s0, p.nr, p.ns, p.h0, p.w0, p.hc, p.wc);
+    var phase = p.phase;
     if (MERGED) {
         let phases = p.stride * p.stride;
         tile = wg.x / phases;
@@ -1348,8 +1343,9 @@ fn conv_reduce_splits4(@builtin(workgroup_id) wg: vec3<u32>,
 // window of taps that reach the input, as a smaller kernel with less padding and the same
 // output size. The host crops the weights to the window for the forward pass and the input
 // gradient and expands the weight gradient back, with zeros at the other taps (checked through
-// the conv passes against the CPU reference). Params: p.kh, p.kw the kernel; p.r0, p.s0 the
-// window's first tap and p.nr, p.ns its size; p.reduce_len the rows K*C.
+// the conv passes against the CPU reference). Params: p.kh, p.kw the kernel; p.phase.r0,
+// p.phase.s0 the window's first tap and p.phase.nr, p.phase.ns its size; p.reduce_len the rows
+// K*C.
 
 @group(0) @binding(1) var<storage, read> tw_src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> tw_dst: array<f32>;
@@ -1362,11 +1358,12 @@ fn conv_taps_crop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let kc = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (kc >= p.reduce_len) { return; }
-    let src = kc * p.kh * p.kw + p.r0 * p.kw + p.s0;
-    let dst = kc * p.nr * p.ns;
-    for (var r = 0u; r < p.nr; r++) {
-        for (var s = 0u; s < p.ns; s++) {
-            tw_dst[dst + r * p.ns + s] = tw_src[src + r * p.kw + s];
+    let win = p.phase;
+    let src = kc * p.kh * p.kw + win.r0 * p.kw + win.s0;
+    let dst = kc * win.nr * win.ns;
+    for (var r = 0u; r < win.nr; r++) {
+        for (var s = 0u; s < win.ns; s++) {
+            tw_dst[dst + r * win.ns + s] = tw_src[src + r * p.kw + s];
         }
     }
 }
@@ -1393,13 +1390,14 @@ fn conv_taps_expand(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
                     @builtin(local_invocation_index) lid: u32) {
     let kc = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (kc >= p.reduce_len) { return; }
-    let src = kc * p.nr * p.ns;
+    let win = p.phase;
+    let src = kc * win.nr * win.ns;
     let dst = kc * p.kh * p.kw;
     for (var r = 0u; r < p.kh; r++) {
         for (var s = 0u; s < p.kw; s++) {
             var v = 0.0;
-            if (r >= p.r0 && r < p.r0 + p.nr && s >= p.s0 && s < p.s0 + p.ns) {
-                v = tw_src[src + (r - p.r0) * p.ns + s - p.s0];
+            if (r >= win.r0 && r < win.r0 + win.nr && s >= win.s0 && s < win.s0 + win.ns) {
+                v = tw_src[src + (r - win.r0) * win.ns + s - win.s0];
             }
             tw_dst[dst + r * p.kw + s] = v;
         }

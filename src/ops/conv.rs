@@ -575,12 +575,7 @@ pub fn conv2d_taps_outer(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<[bool; 3]> {
-    let mut g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
-    if let Some(win) = g.tap_window() {
-        let [k, c, _, _] = w_shape;
-        let window = [k, c, win.taps.0, win.taps.1];
-        g = Geometry::new("conv2d", x_shape, window, stride, win.padding)?;
-    }
+    let g = Geometry::windowed("conv2d", x_shape, w_shape, stride, padding)?;
     let c = g.w[1];
     let model = TileModel::for_gpu(gpu);
     let forward = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
@@ -636,18 +631,7 @@ pub fn conv2d_input_grad_gemms(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<usize> {
-    const OP: &str = "conv2d_backward_input";
-    let mut g = Geometry::new(OP, x_shape, w_shape, stride, padding)?;
-    if let Some(win) = g.tap_window() {
-        let [k, c, _, _] = w_shape;
-        g = Geometry::new(
-            OP,
-            x_shape,
-            [k, c, win.taps.0, win.taps.1],
-            stride,
-            win.padding,
-        )?;
-    }
+    let g = Geometry::windowed("conv2d_backward_input", x_shape, w_shape, stride, padding)?;
     let plan = g.input_plan(gpu, &TileModel::for_gpu(gpu), tile);
     Ok(if plan.merges(&g, gpu) {
         1

@@ -7,6 +7,17 @@ use super::*;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(super) struct Params {
+    /// The input gradient's phase (conv.wgsl's `Phase`, a struct there, hence first: a uniform's
+    /// struct members start at multiples of 16 bytes), or the tap window of the weights' crop
+    /// and expansion.
+    pub(super) r0: u32,
+    pub(super) s0: u32,
+    pub(super) nr: u32,
+    pub(super) ns: u32,
+    pub(super) h0: u32,
+    pub(super) w0: u32,
+    pub(super) hc: u32,
+    pub(super) wc: u32,
     pub(super) batch: u32,
     pub(super) in_c: u32,
     pub(super) in_h: u32,
@@ -21,14 +32,6 @@ pub(super) struct Params {
     pub(super) has_bias: u32,
     pub(super) chunk: u32,
     pub(super) splits: u32,
-    pub(super) r0: u32,
-    pub(super) s0: u32,
-    pub(super) nr: u32,
-    pub(super) ns: u32,
-    pub(super) h0: u32,
-    pub(super) w0: u32,
-    pub(super) hc: u32,
-    pub(super) wc: u32,
     /// The f16 engine's scaled operand (0: none, 1: A, 2: B); see `shaders/conv_mma.wgsl`.
     pub(super) scaled: u32,
     /// conv_forward_bn's epilogue flags ([`EPI_RELU`], [`EPI_RESIDUAL`]).

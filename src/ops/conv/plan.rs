@@ -312,6 +312,24 @@ pub(super) struct TapWindow {
 }
 
 impl Geometry {
+    /// The geometry whose GEMMs a convolution runs: that of its window of taps where it has
+    /// one ([`Geometry::tap_window`]), else its own (for the functions that report a plan).
+    pub(super) fn windowed(
+        op: &'static str,
+        x_shape: [usize; 4],
+        w_shape: [usize; 4],
+        stride: usize,
+        padding: usize,
+    ) -> Result<Geometry> {
+        let g = Geometry::new(op, x_shape, w_shape, stride, padding)?;
+        let Some(win) = g.tap_window() else {
+            return Ok(g);
+        };
+        let [k, c, _, _] = w_shape;
+        let window = [k, c, win.taps.0, win.taps.1];
+        Geometry::new(op, x_shape, window, stride, win.padding)
+    }
+
     /// The window of taps that reach the input, if it is smaller than the kernel and the
     /// smaller convolution has this one's output size with symmetric padding (the same first
     /// tap along both axes).
