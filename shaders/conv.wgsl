@@ -1006,38 +1006,38 @@ fn bi_store(tid: u32) {
 @compute @workgroup_size(256)
 fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) tid: u32) {
-    // Merged, grid x interleaves the phases (x = tile * stride^2 + phase); else the phase is
-    // Params'.
-    // The loop's bounds come from this local copy: Tint's uniformity analysis (browsers')
-    // takes whatever is read back from a private variable for non-uniform, and the chunk loop
-    // holds barriers.
-    var tile = wg.x + wg.z * nwg.x;
-    var split = wg.z;
-    var chunk = p.chunk;
+    // The column tile and the phase: merged, grid x interleaves the phases (x = tile *
+    // stride^2 + phase); else the phase is Params', and grid z carries the column tiles past
+    // 65,535 unless it is the split. The loop's bounds come from this local copy of the phase:
+    // Tint's uniformity analysis (browsers') takes whatever is read back from a private
+    // variable for non-uniform, and the chunk loop holds barriers.
+    var tile = wg.x;
     var phase = p.phase;
     if (MERGED) {
         let phases = p.stride * p.stride;
         tile = wg.x / phases;
         phase = merged_phase(wg.x - tile * phases);
+    } else if (p.splits == 1u) {
+        tile = wg.x + wg.z * nwg.x;
     }
     ph = phase;
     let ncols = p.batch * phase.hc * phase.wc;
-    // Split-K (p.splits > 1, small grids): the split reduces over [split * chunk, (split + 1)
-    // * chunk) (empty for some splits of a phase with few taps: those write zeros) and writes
-    // its partial gx at split * len(gx). A merged phase's chunk is the host's: its reduction
-    // over the splits, rounded up to whole chunks of BK.
+    // Split-K (p.splits > 1, small grids): split z reduces over [z * chunk, (z + 1) * chunk)
+    // (empty for some splits of a phase with few taps: those write zeros) and writes its
+    // partial gx at z * len(gx). A merged phase's chunk is the host's: its reduction over the
+    // splits, rounded up to whole chunks of BK.
     var begin = 0u;
     var end = p.out_c * phase.nr * phase.ns;
     out_base = 0u;
     if (p.splits > 1u) {
+        var chunk = p.chunk;
         if (MERGED) {
             chunk = (end + p.splits - 1u) / p.splits;
             chunk = (chunk + BK - 1u) / BK * BK;
         }
-        tile = select(wg.x, tile, MERGED);
-        begin = split * chunk;
+        begin = wg.z * chunk;
         end = min(begin + chunk, end);
-        out_base = split * p.reduce_len;
+        out_base = wg.z * p.reduce_len;
     }
     let n0 = tile * BN;
     let m0 = wg.y * BM;

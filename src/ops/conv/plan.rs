@@ -508,7 +508,7 @@ impl Geometry {
             return Ok(Route::Direct(given));
         }
         let fits = self.winograd_fits(gpu, pass);
-        if !self.tunes(gpu) || (fits && gpu.conv_algo() == ConvAlgo::Winograd) {
+        if !self.tuned_here(gpu, fits) {
             return Ok(self.untuned_route(gpu, fits));
         }
         let rule = fits.then(|| winograd::auto_rule(gpu, self));
@@ -521,9 +521,7 @@ impl Geometry {
     pub(super) fn known_route(&self, gpu: &Gpu, pass: ConvPass) -> Route {
         let fits = self.winograd_fits(gpu, pass);
         match gpu.tuned_conv(&self.key(pass)) {
-            Some(t) if self.tunes(gpu) && !(fits && gpu.conv_algo() == ConvAlgo::Winograd) => {
-                self.tuned_route(gpu, &t)
-            }
+            Some(t) if self.tuned_here(gpu, fits) => self.tuned_route(gpu, &t),
             _ => self.untuned_route(gpu, fits),
         }
     }
@@ -534,9 +532,14 @@ impl Geometry {
             && (pass != ConvPass::WeightGrad || winograd::weight_grad_fits(gpu, self))
     }
 
-    /// Whether the passes are tuned: autotuning on, the f32 engine, no tile forced.
-    pub(super) fn tunes(&self, gpu: &Gpu) -> bool {
-        gpu.conv_autotune() && f16_kernels(gpu).is_none() && forced_tile().is_none()
+    /// Whether a pass (that `fits` Winograd or not) is tuned: autotuning on, the f32 engine, no
+    /// tile forced, and not a Winograd-shaped pass under [`ConvAlgo::Winograd`], which runs it
+    /// untuned.
+    pub(super) fn tuned_here(&self, gpu: &Gpu, fits: bool) -> bool {
+        gpu.conv_autotune()
+            && f16_kernels(gpu).is_none()
+            && forced_tile().is_none()
+            && !(fits && gpu.conv_algo() == ConvAlgo::Winograd)
     }
 
     pub(super) fn untuned_route(&self, gpu: &Gpu, fits: bool) -> Route {
