@@ -65,6 +65,20 @@ fn rms(v: &[f32]) -> f32 {
 /// about 1e-6 per term, and the driver's f32 -> f16 conversion may round toward zero where
 /// the reference rounds to nearest (one f16 ulp, 2^-11 relative, on some operands).
 #[track_caller]
+/// That the f16 engine really ran: `actual` differs from the `exact` f32 convolution by the
+/// operands' rounding (about 1e-4 of the outputs' size), far more than f32 sums do (about 1e-7
+/// to 1e-6).
+fn assert_f16_ran(actual: &[f32], exact: &[f32], what: &str) {
+    let off = actual
+        .iter()
+        .zip(exact)
+        .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+    assert!(
+        off > 1e-5 * rms(exact),
+        "{what} equals the exact f32 result (largest difference {off})"
+    );
+}
+
 fn close_f16(actual: &[f32], expected: &[f32], what: &str) {
     let atol = 2e-3 * rms(expected);
     assert_close(actual, expected, 2e-3, atol, what);
@@ -118,17 +132,8 @@ fn check_tile(gpu: &Gpu, c: &Case, seed: u64, tile: ConvTile) {
     assert_eq!(y.shape(), ys);
     let yv = y.to_vec().unwrap();
     close_f16(&yv, &ry, &format!("{what}: forward"));
-    // The f16 engine really ran: the exact f32 convolution differs by the operands' rounding
-    // (about 1e-4 of the outputs' size), far more than f32 sums do (about 1e-7).
     let (exact, _) = reference::conv2d(&xv, c.x, &wv, c.w, Some(&bv), c.stride, c.pad);
-    let off = yv
-        .iter()
-        .zip(&exact)
-        .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-    assert!(
-        off > 1e-5 * rms(&exact),
-        "{what}: forward equals the exact f32 result (largest difference {off})"
-    );
+    assert_f16_ran(&yv, &exact, &format!("{what}: forward"));
 
     // Inference's fused conv + eval batch norm + residual + ReLU runs on the same engine.
     let k = c.w[0];
@@ -279,15 +284,7 @@ fn f16_winograd_tracks_the_exact_convolution() {
             assert_close(a, e, 1e-2, 1e-2 * rms(e), &format!("{what}: {pass}"))
         };
         close(&y, &ry, "forward");
-        // The f16 engine ran: f32 sums would be within about 1e-6 of the outputs' size.
-        let off = y
-            .iter()
-            .zip(&ry)
-            .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-        assert!(
-            off > 1e-5 * rms(&ry),
-            "{what}: forward as exact as f32 ({off})"
-        );
+        assert_f16_ran(&y, &ry, &format!("{what}: forward"));
         let gyv: Vec<f32> = random_vec(ys.iter().product(), seed + 3)
             .iter()
             .map(|v| v * gy_scale)
