@@ -31,7 +31,8 @@
 //! With `--autotune` every figure runs with conv autotuning on ([`Gpu::set_conv_autotune`]):
 //! each figure's warm-up tunes the shapes it meets, and a table of the tuned tiles and
 //! algorithms (with every tile's time, Winograd's where the shape takes it, and the model's
-//! choice) ends the output.
+//! choice) ends the output. With `--precision f16` both engines' tiles are timed, and
+//! Winograd with its GEMMs on either.
 //!
 //! Each figure first repeats its work for `--warmup-ms` and until its speed settles (at least
 //! once, which compiles its pipelines), so that a GPU's clocks are up. Wall times are averaged
@@ -1069,18 +1070,27 @@ struct TunedRow {
     w: [usize; 4],
     stride: usize,
     padding: usize,
-    /// The tile the model would have used.
+    /// The engine and tile the model would have used ("f32 64x64", "f16 128x64", ...).
     model: String,
-    /// The tile tuning chose.
+    /// The engine and tile tuning chose.
     tuned: String,
-    /// Wall milliseconds per run with each tile, in the order of `ConvTile::ALL` (64x64,
+    /// Wall milliseconds per run with each f32 tile, in the order of `ConvTile::ALL` (64x64,
     /// 128x64, 64x128, 128x128, 32x128).
     millis: Vec<f64>,
-    /// Wall milliseconds per run through Winograd, where the shape can take it.
+    /// With `--precision f16`, wall milliseconds per run with each f16 tile, in the order of
+    /// `MmaTile::ALL` (64x64, 128x64, 128x128).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    f16_millis: Option<Vec<f64>>,
+    /// Wall milliseconds per run through Winograd (its GEMMs on the f32 engine), where the
+    /// shape can take it...
     winograd_millis: Option<f64>,
+    /// ...and with `--precision f16`, its GEMMs on the f16 engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    f16_winograd_millis: Option<f64>,
     /// The algorithm ConvAlgo::Auto's rule would run ("winograd" or "direct").
     model_algo: &'static str,
-    /// The algorithm tuning chose for ConvAlgo::Auto.
+    /// The algorithm tuning chose for ConvAlgo::Auto ("winograd f16": its GEMMs on the f16
+    /// engine).
     tuned_algo: &'static str,
 }
 
@@ -1093,6 +1103,11 @@ fn tile_name(t: ConvTile) -> String {
     format!("{m}x{n}")
 }
 
+fn mma_tile_name(t: MmaTile) -> String {
+    let (m, n, _) = t.dims();
+    format!("f16 {m}x{n}")
+}
+
 /// Print and return what `--autotune` tuned.
 fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
     let tuned = gpu.tuned_convs();
@@ -1102,17 +1117,30 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
         .filter(|t| t.winograd != t.model_winograd)
         .count();
     println!(
-        "Tuned convs ({} shapes and passes, {changed} moved off the model's tile, {algos} off \
-         Auto's algorithm; wall ms per run with each tile and through Winograd, W, where the \
-         shape takes it)",
+        "Tuned convs ({} shapes and passes, {changed} moved off the model's engine and tile, \
+         {algos} off Auto's algorithm; wall ms per run with each tile (f32, then f16 with \
+         --precision f16) and through Winograd, W (W f16: its GEMMs on the f16 engine), where \
+         the shape takes it)",
         tuned.len()
     );
-    let names: Vec<String> = ConvTile::ALL
+    let f16 = tuned.iter().any(|t| t.f16_millis.is_some());
+    let mut names: Vec<String> = ConvTile::ALL
         .iter()
         .map(|&t| format!("{:>9}", tile_name(t)))
         .collect();
+    if f16 {
+        names.extend(
+            MmaTile::ALL
+                .iter()
+                .map(|&t| format!("{:>11}", mma_tile_name(t))),
+        );
+    }
+    names.push(format!("{:>9}", "W"));
+    if f16 {
+        names.push(format!("{:>9}", "W f16"));
+    }
     println!(
-        "{:<11} {:>20} {:>20} {:>4} {:>9} {:>9} {} {:>9}",
+        "{:<11} {:>20} {:>20} {:>4} {:>11} {:>11} {}",
         "pass",
         "x",
         "w",
@@ -1120,7 +1148,6 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
         "model",
         "tuned",
         names.join(" "),
-        "W"
     );
     let rows: Vec<TunedRow> = tuned
         .iter()
@@ -1130,35 +1157,52 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
             w: t.key.w,
             stride: t.key.stride,
             padding: t.key.padding,
-            model: tile_name(t.model),
-            tuned: tile_name(t.tile),
+            model: t.model.to_string(),
+            tuned: t.tile.to_string(),
             millis: t.millis.to_vec(),
+            f16_millis: t.f16_millis.map(|ms| ms.to_vec()),
             winograd_millis: t.winograd_millis,
+            f16_winograd_millis: t.f16_winograd_millis,
             model_algo: algo_name(t.model_winograd),
-            tuned_algo: algo_name(t.winograd),
+            tuned_algo: match (t.winograd, t.winograd_f16) {
+                (true, true) => "winograd f16",
+                (winograd, _) => algo_name(winograd),
+            },
         })
         .collect();
-    // The model and tuned columns: the tile, or W where ConvAlgo::Auto runs Winograd.
-    let choice = |winograd: bool, tile: &str| {
-        if winograd {
-            "W".into()
-        } else {
-            tile.to_string()
-        }
-    };
+    // The model and tuned columns: the engine and tile, or W where ConvAlgo::Auto runs
+    // Winograd (W f16 with its GEMMs on the f16 engine).
+    let wino_name = |f16: bool| if f16 { "W f16" } else { "W" };
     for (r, t) in rows.iter().zip(&tuned) {
-        let ms: Vec<String> = r.millis.iter().map(|m| format!("{m:>9.3}")).collect();
-        let wino = r.winograd_millis.map_or("-".into(), |m| format!("{m:.3}"));
+        let mut ms: Vec<String> = r.millis.iter().map(|m| format!("{m:>9.3}")).collect();
+        if f16 {
+            let f16_ms = r.f16_millis.as_deref().unwrap_or(&[]);
+            ms.extend(f16_ms.iter().map(|m| format!("{m:>11.3}")));
+        }
+        let wino = |ms: Option<f64>| ms.map_or("-".into(), |m| format!("{m:>9.3}"));
+        ms.push(format!("{:>9}", wino(r.winograd_millis)));
+        if f16 {
+            ms.push(format!("{:>9}", wino(r.f16_winograd_millis)));
+        }
+        let model = if t.model_winograd {
+            wino_name(t.key.precision == resnet_wgpu::ConvPrecision::F16).into()
+        } else {
+            r.model.clone()
+        };
+        let tuned = if t.winograd {
+            wino_name(t.winograd_f16).into()
+        } else {
+            r.tuned.clone()
+        };
         println!(
-            "{:<11} {:>20} {:>20} {:>4} {:>9} {:>9} {} {:>9}",
+            "{:<11} {:>20} {:>20} {:>4} {:>11} {:>11} {}",
             r.pass,
             format!("{:?}", r.x),
             format!("{:?}", r.w),
             format!("{}/{}", r.stride, r.padding),
-            choice(t.model_winograd, &r.model),
-            choice(t.winograd, &r.tuned),
+            model,
+            tuned,
             ms.join(" "),
-            wino
         );
     }
     println!();
@@ -1229,9 +1273,10 @@ fn main() -> Result<()> {
                 .into(),
         ));
     }
-    if args.autotune && (tiles || args.precision != resnet_wgpu::ConvPrecision::F32) {
+    if args.autotune && tiles {
         return Err(Error::Invalid(
-            "--autotune tunes the f32 engine's plan: not with --what tiles or --precision f16"
+            "--autotune tunes the library's own plan: not with --what tiles, which forces each \
+             tile"
                 .into(),
         ));
     }

@@ -119,7 +119,8 @@ struct Args {
     /// Time every conv tile (and Winograd, for the 3x3 stride-1 convs) on this adapter at the
     /// first step and keep the fastest per shape (like cuDNN's benchmark mode): faster on
     /// adapters the built-in tile model does not describe, at the cost of a few seconds at the
-    /// start; results may then differ from an untuned run by rounding.
+    /// start; results may then differ from an untuned run by rounding. With `--precision f16`
+    /// both engines are timed, and the f32 one runs where it is faster.
     #[arg(long)]
     autotune: bool,
 }
@@ -405,8 +406,8 @@ fn run(a: Args) -> Result<()> {
             .filter(|t| t.winograd != t.model_winograd)
             .count();
         println!(
-            "autotune: {} conv shapes and passes tuned, {moved} on another tile than the model's, \
-             {wino} on Winograd ({algos} against Auto's rule)",
+            "autotune: {} conv shapes and passes tuned, {moved} on another engine or tile than \
+             the model's, {wino} on Winograd ({algos} against Auto's rule)",
             tuned.len()
         );
     }

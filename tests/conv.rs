@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::ops::{ConvPass, ConvTile, MmaTile, TileModel};
+use resnet_wgpu::ops::{ConvPass, ConvTile, GemmTile, MmaTile, TileModel};
 use resnet_wgpu::{ConvAlgo, ConvOrder, ConvStaging, Gpu, Tape, Tensor, Var, ops, reference};
 
 const RTOL: f32 = 1e-4;
@@ -618,11 +618,14 @@ fn autotune_times_each_shape_and_pass_once() {
     // forced, and nothing tuned again (the inference kernels share the forward's tile).
     let c = &cases[1];
     let tile = |pass| {
-        tuned
+        let t = tuned
             .iter()
             .find(|t| t.key.pass == pass && t.key.x == c.x)
-            .unwrap()
-            .tile
+            .unwrap();
+        match t.tile {
+            GemmTile::F32(tile) => tile,
+            GemmTile::F16(_) => panic!("an f16 tile tuned under ConvPrecision::F32: {t:?}"),
+        }
     };
     let x = Tensor::from_slice(&gpu, &c.x, &random_vec(c.x.iter().product(), 1)).unwrap();
     let w = Tensor::from_slice(&gpu, &c.w, &random_vec(c.w.iter().product(), 2)).unwrap();

@@ -8,7 +8,7 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::ops::{ConvTile, MmaTile};
+use resnet_wgpu::ops::{ConvPass, ConvTile, GemmTile, MmaTile};
 use resnet_wgpu::{
     ConvAlgo, ConvPrecision, Gpu, GpuOptions, MmaConfig, Tape, Tensor, ops, reference,
 };
@@ -297,6 +297,107 @@ fn f16_winograd_tracks_the_exact_convolution() {
         let rgw = reference::conv2d_backward_weight(&xv, xs, &gyv, ws, 1, 1);
         close(&gw.to_vec().unwrap(), &rgw, "weight gradient");
     }
+}
+
+#[test]
+fn f16_autotune_times_both_engines_and_runs_its_choice() {
+    let Some(gpu) = f16_gpu() else { return };
+    gpu.set_conv_autotune(true).unwrap();
+    let passes = [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad];
+    // A stride-1 3x3 conv (Winograd a candidate too) and a strided one.
+    let cases = [([2, 16, 10, 10], 1), ([2, 16, 9, 9], 2)];
+    for (i, &(x, stride)) in cases.iter().enumerate() {
+        let w = [24, 16, 3, 3];
+        let what = format!("x {x:?} stride {stride}");
+        let seed = 600 + 10 * i as u64;
+        let xt = Tensor::from_slice(&gpu, &x, &random_vec(x.iter().product(), seed)).unwrap();
+        let wt = Tensor::from_slice(&gpu, &w, &random_vec(w.iter().product(), seed + 1)).unwrap();
+        let ys = [x[0], w[0], (x[2] - 1) / stride + 1, (x[3] - 1) / stride + 1];
+        let gyv = random_vec(ys.iter().product(), seed + 2);
+        let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
+        let run = |pass, tile: Option<ConvTile>| -> Vec<f32> {
+            let out = match pass {
+                ConvPass::Forward => ops::conv2d_tiled(&xt, &wt, None, stride, 1, tile),
+                ConvPass::InputGrad => {
+                    ops::conv2d_backward_input_tiled(&gy, &wt, x, stride, 1, tile)
+                }
+                ConvPass::WeightGrad => {
+                    ops::conv2d_backward_weight_tiled(&xt, &gy, w, stride, 1, tile)
+                }
+            };
+            out.unwrap().to_vec().unwrap()
+        };
+        let routed: Vec<Vec<f32>> = passes.iter().map(|&p| run(p, None)).collect();
+        let tuned = gpu.tuned_convs();
+        for (p, &pass) in passes.iter().enumerate() {
+            let t = tuned
+                .iter()
+                .find(|t| t.key.pass == pass && t.key.x == x)
+                .unwrap_or_else(|| panic!("{what} {pass:?} not tuned: {tuned:#?}"));
+            let what = format!("{what} {pass:?}: {t:?}");
+            assert_eq!(t.key.precision, ConvPrecision::F16, "{what}");
+            // Both engines' tiles timed; the model's choice is the f16 engine's.
+            let ms = t.f16_millis.expect("f16 tiles timed under F16");
+            assert!(ms.iter().chain(&t.millis).all(|&ms| ms > 0.0), "{what}");
+            assert_eq!(t.direct_millis().len(), 8, "{what}");
+            assert!(matches!(t.model, GemmTile::F16(_)), "{what}");
+            // Winograd on both engines where the shape takes it.
+            assert_eq!(t.winograd_millis.is_some(), stride == 1, "{what}");
+            assert_eq!(t.f16_winograd_millis.is_some(), stride == 1, "{what}");
+            // The same bits as the chosen engine and tile forced: an f16 tile through the f32
+            // tile that selects it, an f32 one (and Winograd on the f32 engine) at F32
+            // precision, Winograd untuned.
+            let at = |precision, tile| {
+                gpu.set_conv_precision(precision).unwrap();
+                let v = run(pass, tile);
+                gpu.set_conv_precision(ConvPrecision::F16).unwrap();
+                v
+            };
+            let forced = match (t.winograd, t.tile) {
+                (true, _) => {
+                    gpu.set_conv_algo(ConvAlgo::Winograd);
+                    let engine = if t.winograd_f16 {
+                        ConvPrecision::F16
+                    } else {
+                        ConvPrecision::F32
+                    };
+                    let v = at(engine, None);
+                    gpu.set_conv_algo(ConvAlgo::Auto);
+                    v
+                }
+                (false, GemmTile::F16(tile)) => run(pass, Some(selecting(tile))),
+                (false, GemmTile::F32(tile)) => at(ConvPrecision::F32, Some(tile)),
+            };
+            assert_eq!(routed[p], forced, "{what}");
+        }
+    }
+    assert_eq!(
+        gpu.tuned_convs().len(),
+        3 * cases.len(),
+        "nothing tuned twice"
+    );
+    // A shape tuned under F16 is tuned again under F32, where the f16 engine is no candidate.
+    gpu.set_conv_precision(ConvPrecision::F32).unwrap();
+    let (x, stride) = cases[1];
+    let xt = Tensor::from_slice(&gpu, &x, &random_vec(x.iter().product(), 1)).unwrap();
+    let wt = Tensor::from_slice(&gpu, &[24, 16, 3, 3], &random_vec(24 * 16 * 9, 2)).unwrap();
+    ops::conv2d(&xt, &wt, None, stride, 1).unwrap();
+    let tuned = gpu.tuned_convs();
+    assert_eq!(tuned.len(), 3 * cases.len() + 1);
+    let t = tuned.last().unwrap();
+    assert_eq!(t.key.precision, ConvPrecision::F32, "{t:?}");
+    assert!(
+        t.f16_millis.is_none() && matches!(t.tile, GemmTile::F32(_)),
+        "{t:?}"
+    );
+}
+
+/// The f32 tile that selects the f16 engine's `tile` ([`MmaTile::for_f32_tile`]).
+fn selecting(tile: MmaTile) -> ConvTile {
+    F16_TILES
+        .into_iter()
+        .find(|&t| MmaTile::for_f32_tile(t) == tile)
+        .unwrap()
 }
 
 #[test]

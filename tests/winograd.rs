@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use resnet_wgpu::ops::ConvPass;
+use resnet_wgpu::ops::{ConvPass, ConvTile, GemmTile, TunedConv};
 use resnet_wgpu::{ConvAlgo, Gpu, Tape, Tensor, ops, reference};
 
 /// The conv goldens' tolerance (tests/conv.rs).
@@ -220,6 +220,14 @@ fn which_convolutions_take_it() {
     assert!(err.contains("fft") && err.contains("winograd"), "{err}");
 }
 
+/// The f32 tile of a pass tuned under `ConvPrecision::F32`.
+fn f32_tile(t: &TunedConv) -> ConvTile {
+    match t.tile {
+        GemmTile::F32(tile) => tile,
+        GemmTile::F16(_) => panic!("an f16 tile tuned under ConvPrecision::F32: {t:?}"),
+    }
+}
+
 #[test]
 fn autotune_times_winograd_and_runs_its_choice() {
     // A device of its own: the test turns tuning on.
@@ -281,7 +289,7 @@ fn autotune_times_winograd_and_runs_its_choice() {
                 gpu.set_conv_algo(ConvAlgo::Auto);
                 v
             } else {
-                run(pass, Some(t.tile))
+                run(pass, Some(f32_tile(t)))
             };
             assert_eq!(routed[p], forced, "{what}");
         }
@@ -297,7 +305,7 @@ fn autotune_times_winograd_and_runs_its_choice() {
             .unwrap();
         assert_eq!(
             run(t.key.pass, None),
-            run(t.key.pass, Some(t.tile)),
+            run(t.key.pass, Some(f32_tile(t))),
             "{what}"
         );
         gpu.set_conv_algo(ConvAlgo::Auto);

@@ -4,7 +4,7 @@
 # Usage: [TILE_SWEEP="--batch 128 --iters 3"] [F16_BENCH="--what models --models r18"] \
 #        [F16_TILE_SWEEP="--batch 128 --iters 3"] [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
 #        [CRS_BENCH="--what models --models r18"] [SINGLE_BENCH="--what models --models r18"] \
-#        [ALGO_BENCH="--what all --models r18"] \
+#        [ALGO_BENCH="--what all --models r18"] [AUTOTUNE_F16_BENCH="--what models --models r18"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
@@ -16,6 +16,8 @@
 # (wgpu's index clamping and loop bounding back on), to measure what dropping them gains.
 # TORCH_REF: first run scripts/gpu/pytorch_reference.py (PyTorch's figures on the same card, as
 # the issue's reference table measures them), when the machine has PyTorch.
+# AUTOTUNE_F16_BENCH: also run the bench with --autotune --precision f16 and these arguments
+# (both engines' tiles and Winograd on either timed per pass; the f32 engine runs where faster).
 # AUTOTUNE_BENCH: also run the bench with --autotune and these arguments (every figure with the
 # conv tiles tuned on this GPU; the tuned tiles and every tile's time end its output).
 # CRS_BENCH: also run the bench with --order crs (the conv GEMMs' channel-major reduction
@@ -110,6 +112,12 @@ if [ -n "${AUTOTUNE_BENCH:-}" ]; then
   timeout 200 $B/bench --autotune $AUTOTUNE_BENCH --json "$OUT/bench-autotune.json" 2>&1 \
     | tee "$OUT/bench-autotune.txt"
   echo "autotuned bench took $(( $(date +%s) - t0 )) s"
+fi
+if [ -n "${AUTOTUNE_F16_BENCH:-}" ]; then
+  echo "== bench --autotune --precision f16"; t0=$(date +%s)
+  timeout 200 $B/bench --autotune --precision f16 $AUTOTUNE_F16_BENCH \
+    --json "$OUT/bench-autotune-f16.json" 2>&1 | tee "$OUT/bench-autotune-f16.txt"
+  echo "autotuned f16 bench took $(( $(date +%s) - t0 )) s"
 fi
 if [ "$TRAIN_S" -gt 0 ]; then
   echo "== train"; t0=$(date +%s)

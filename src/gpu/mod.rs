@@ -74,7 +74,7 @@ macro_rules! kernel {
 }
 
 /// How the convolutions multiply ([`Gpu::set_conv_precision`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvPrecision {
     /// f32 operands and f32 fused multiply-adds: the exact path, on every adapter (the default).
     #[default]

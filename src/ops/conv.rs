@@ -7,8 +7,10 @@
 //! (split-K) whose partial results a second small kernel sums; the forward pass does the same
 //! when its output alone cannot fill the device (small batches).
 //!
-//! Each GEMM runs in one of five tile variants ([`ConvTile`]); a [`TileModel`] for the adapter
-//! picks the tile and the split-K plan per shape.
+//! Each GEMM runs in one of five tile variants ([`ConvTile`]), or under
+//! [`ConvPrecision::F16`] on the f16 engine's tiles ([`MmaTile`]); a [`TileModel`] for the
+//! adapter picks the tile and the split-K plan per shape, and autotuning ([`crate::ops::tune`])
+//! can replace its choice of tile, engine ([`GemmTile`]) and algorithm.
 //!
 //! The 3x3 convolutions of stride 1 and padding 1 run Winograd F(2x2, 3x3) where
 //! [`crate::ConvAlgo`] says so (the `winograd` submodule): transforms around 16 of these GEMMs,
@@ -25,7 +27,7 @@ mod tiles;
 mod winograd;
 
 pub(crate) use kernels::mma_configs;
-pub use kernels::{CONV_SHADER_VARIANTS, MmaTile};
+pub use kernels::{CONV_SHADER_VARIANTS, GemmTile, MmaTile};
 pub(crate) use plan::WEIGHT_COPY_MIN_COLUMNS;
 pub use plan::{conv2d_output_size, conv2d_taps};
 pub(crate) use tiles::forced_tile;
@@ -34,7 +36,8 @@ pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd};
 
 use kernels::{
     EPI_RELU, EPI_RESIDUAL, Engine, F32_DOUBLE, F32_SINGLE, FORWARD_REDUCE, FORWARD_REDUCE_BN,
-    Kernels, Params, TAPS_CROP, TAPS_EXPAND, WEIGHTS_RSC, f16_kernels, gy_scale, reduce_splits,
+    GyScale, Kernels, Params, TAPS_CROP, TAPS_EXPAND, WEIGHTS_RSC, f16_kernels, gy_scale,
+    reduce_splits,
 };
 use plan::{Geometry, MAX_GRID, Route, SPLIT_MIN_CHUNK, gemm_grid, taps_outer};
 
@@ -74,19 +77,20 @@ pub fn conv2d_tiled(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
+    let tile = tile.map(|t| GemmTile::on(x.gpu(), t));
     forward(x, w, b, stride, padding, tile).map(|(y, _)| y)
 }
 
-/// [`conv2d_tiled`], also returning the weights' taps-outer copy when it made one
-/// ([`Geometry::weights_copy`]; of the window's weights when it ran a window of taps), which the
-/// input gradient can read instead of copying again.
+/// [`conv2d_tiled`] with a given engine and tile, also returning the weights' taps-outer copy
+/// when it made one ([`Geometry::weights_copy`]; of the window's weights when it ran a window
+/// of taps), which the input gradient can read instead of copying again.
 fn forward(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    tile: Option<ConvTile>,
+    tile: Option<GemmTile>,
 ) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "conv2d";
     let g = forward_geometry(OP, x, w, stride, padding)?;
@@ -117,21 +121,21 @@ fn forward(
         tile,
         || g.forward_tile(&model),
         |c| match c {
-            Candidate::Tile(t) => conv2d_tiled(x, w, b, stride, padding, Some(t)).map(drop),
-            Candidate::Winograd => {
-                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(b)).map(drop)
+            Candidate::Gemm(t) => forward(x, w, b, stride, padding, Some(t)).map(drop),
+            Candidate::Winograd { f16 } => {
+                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(b), f16).map(drop)
             }
         },
     )? {
-        Route::Winograd => {
+        Route::Winograd { f16 } => {
             let epilogue = winograd::Epilogue::Bias(b);
-            return Ok((winograd::forward(OP, &g, x, w, epilogue)?, None));
+            return Ok((winograd::forward(OP, &g, x, w, epilogue, f16)?, None));
         }
         Route::Direct(tile) => tile,
     };
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, OP)?;
     let (m, n) = g.forward_gemm();
-    let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
+    let engine = Engine::for_gpu(gpu, tile, || g.forward_tile(&model));
     let (chunk, splits) = g.forward_splits(&model, engine.dims);
     let taps_outer = g.forward_taps_outer(gpu, engine.dims);
     let copy = g.weights_copy(OP, w, taps_outer)?;
@@ -290,25 +294,25 @@ pub fn conv2d_bn_eval_tiled(
     let route = g.route(
         gpu,
         ConvPass::Forward,
-        tile,
+        tile.map(|t| GemmTile::on(gpu, t)),
         || g.forward_tile(&model),
         |c| match c {
-            Candidate::Tile(t) => conv2d_tiled(x, w, None, stride, padding, Some(t)).map(drop),
-            Candidate::Winograd => {
-                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(None)).map(drop)
+            Candidate::Gemm(t) => forward(x, w, None, stride, padding, Some(t)).map(drop),
+            Candidate::Winograd { f16 } => {
+                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(None), f16).map(drop)
             }
         },
     )?;
     let tile = match route {
         // Winograd's output transform applies the batch norm (7 storage buffers).
-        Route::Winograd if gpu.limits().max_storage_buffers_per_shader_stage >= 7 => {
+        Route::Winograd { f16 } if gpu.limits().max_storage_buffers_per_shader_stage >= 7 => {
             let epilogue = winograd::Epilogue::BatchNorm { bn, residual, relu };
-            return winograd::forward(OP, &g, x, w, epilogue);
+            return winograd::forward(OP, &g, x, w, epilogue, f16);
         }
-        Route::Winograd => None,
+        Route::Winograd { .. } => None,
         Route::Direct(tile) => tile,
     };
-    let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
+    let engine = Engine::for_gpu(gpu, tile, || g.forward_tile(&model));
     if gpu.limits().max_storage_buffers_per_shader_stage < 8 + engine.f16 as u32 {
         return conv2d_bn_eval_unfused(x, w, stride, padding, bn, residual, relu);
     }
@@ -411,11 +415,13 @@ pub fn conv2d_backward_input_tiled(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
-    backward_input(gy, w, None, x_shape, stride, padding, tile, None)
+    let tile = tile.map(|t| GemmTile::on(gy.gpu(), t));
+    backward_input(gy, w, None, x_shape, stride, padding, tile, &GyScale::new())
 }
 
-/// [`conv2d_backward_input_tiled`] with gy's f16 operand scale and the weights' taps-outer copy
-/// (`copied`, [`forward`]'s) when the caller has them.
+/// [`conv2d_backward_input_tiled`] with a given engine and tile, gy's f16 operand scale shared
+/// with the weight gradient, and the weights' taps-outer copy (`copied`, [`forward`]'s) when
+/// the caller has it.
 #[allow(clippy::too_many_arguments)]
 fn backward_input(
     gy: &Tensor,
@@ -424,8 +430,8 @@ fn backward_input(
     x_shape: [usize; 4],
     stride: usize,
     padding: usize,
-    tile: Option<ConvTile>,
-    scale: Option<&Tensor>,
+    tile: Option<GemmTile>,
+    scale: &GyScale,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d_backward_input";
     let gys = gy.nchw(OP, "output gradient gy [N, K, OH, OW]")?;
@@ -446,22 +452,24 @@ fn backward_input(
         tile,
         || g.input_plan(gpu, &model, None).model_tile(&model),
         |c| match c {
-            Candidate::Tile(t) => {
+            Candidate::Gemm(t) => {
                 backward_input(gy, w, copied, x_shape, stride, padding, Some(t), scale).map(drop)
             }
-            Candidate::Winograd => winograd::backward_input(OP, &g, gy, w, scale).map(drop),
+            Candidate::Winograd { f16 } => {
+                winograd::backward_input(OP, &g, gy, w, scale, f16).map(drop)
+            }
         },
     )? {
-        Route::Winograd => return winograd::backward_input(OP, &g, gy, w, scale),
+        Route::Winograd { f16 } => return winograd::backward_input(OP, &g, gy, w, scale, f16),
         Route::Direct(tile) => tile,
     };
     let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
+    let plan = g.input_plan(gpu, &model, tile);
     // The f16 engine scales gy (operand B) by a power of two that keeps it clear of f16's
-    // subnormals; the f32 engine binds no scale.
-    let f16 = f16_kernels(gpu).is_some();
+    // subnormals; the f32 engine binds no scale. The phases share one engine.
+    let f16 = plan.phases.first().is_some_and(|ph| ph.engine.f16);
     let scale = gy_scale(f16, gy, scale)?;
     let scale_buffer = scale.as_ref().map_or(w.buffer(), |t| t.buffer());
-    let plan = g.input_plan(gpu, &model, tile);
     let len = x_shape.iter().product::<usize>();
     // With split-K the phases write partial results, which a reduce kernel sums into gx.
     let part = match plan.splits {
@@ -556,7 +564,7 @@ pub fn conv2d_forward_splits(
 ) -> Result<usize> {
     let g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
     let model = TileModel::for_gpu(gpu);
-    let engine = Engine::for_gpu(gpu, || g.forward_tile(&model));
+    let engine = Engine::for_gpu(gpu, None, || g.forward_tile(&model));
     Ok(g.forward_splits(&model, engine.dims).1)
 }
 
@@ -578,13 +586,14 @@ pub fn conv2d_taps_outer(
     let g = Geometry::windowed("conv2d", x_shape, w_shape, stride, padding)?;
     let c = g.w[1];
     let model = TileModel::for_gpu(gpu);
-    let forward = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.forward_tile(&model)));
+    let tile = tile.map(|t| GemmTile::on(gpu, t));
+    let forward = Engine::for_gpu(gpu, tile, || g.forward_tile(&model));
     let input = g
         .input_plan(gpu, &model, tile)
         .phases
         .iter()
         .any(|ph| g.input_taps_outer(gpu, ph));
-    let weight = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.weight_tile(&model)));
+    let weight = Engine::for_gpu(gpu, tile, || g.weight_tile(&model));
     Ok([
         g.forward_taps_outer(gpu, forward.dims),
         input,
@@ -603,7 +612,7 @@ pub fn conv2d_weight_grad_splits(
 ) -> Result<usize> {
     let g = Geometry::new("conv2d_backward_weight", x_shape, w_shape, stride, padding)?;
     let model = TileModel::for_gpu(gpu);
-    let engine = Engine::for_gpu(gpu, || g.weight_tile(&model));
+    let engine = Engine::for_gpu(gpu, None, || g.weight_tile(&model));
     Ok(g.weight_splits(&model, engine.dims).1)
 }
 
@@ -632,6 +641,7 @@ pub fn conv2d_input_grad_gemms(
     tile: Option<ConvTile>,
 ) -> Result<usize> {
     let g = Geometry::windowed("conv2d_backward_input", x_shape, w_shape, stride, padding)?;
+    let tile = tile.map(|t| GemmTile::on(gpu, t));
     let plan = g.input_plan(gpu, &TileModel::for_gpu(gpu), tile);
     Ok(if plan.merges(&g, gpu) {
         1
@@ -662,18 +672,20 @@ pub fn conv2d_backward_weight_tiled(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
-    backward_weight(x, gy, w_shape, stride, padding, tile, None)
+    let tile = tile.map(|t| GemmTile::on(x.gpu(), t));
+    backward_weight(x, gy, w_shape, stride, padding, tile, &GyScale::new())
 }
 
-/// [`conv2d_backward_weight_tiled`] with gy's f16 operand scale when the caller has it.
+/// [`conv2d_backward_weight_tiled`] with a given engine and tile, and gy's f16 operand scale
+/// shared with the input gradient.
 fn backward_weight(
     x: &Tensor,
     gy: &Tensor,
     w_shape: [usize; 4],
     stride: usize,
     padding: usize,
-    tile: Option<ConvTile>,
-    scale: Option<&Tensor>,
+    tile: Option<GemmTile>,
+    scale: &GyScale,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d_backward_weight";
     let xs = x.nchw(OP, "input x [N, C, H, W]")?;
@@ -697,16 +709,18 @@ fn backward_weight(
         tile,
         || g.weight_tile(&model),
         |c| match c {
-            Candidate::Tile(t) => {
+            Candidate::Gemm(t) => {
                 backward_weight(x, gy, w_shape, stride, padding, Some(t), scale).map(drop)
             }
-            Candidate::Winograd => winograd::backward_weight(OP, &g, x, gy, scale).map(drop),
+            Candidate::Winograd { f16 } => {
+                winograd::backward_weight(OP, &g, x, gy, scale, f16).map(drop)
+            }
         },
     )? {
-        Route::Winograd => return winograd::backward_weight(OP, &g, x, gy, scale),
+        Route::Winograd { f16 } => return winograd::backward_weight(OP, &g, x, gy, scale, f16),
         Route::Direct(tile) => tile,
     };
-    let engine = Engine::for_gpu(gpu, || tile.unwrap_or_else(|| g.weight_tile(&model)));
+    let engine = Engine::for_gpu(gpu, tile, || g.weight_tile(&model));
     let (chunk, splits) = g.weight_splits(&model, engine.dims);
     let (tile_m, tile_n, _) = engine.dims;
     // Taps outer when each column tile lies in one tap.
@@ -782,9 +796,8 @@ impl Var {
         let has_bias = b.is_some();
         Var::record("conv2d", &inputs, y, move |gy| {
             let gy = &gy;
-            // Both passes of the f16 engine scale gy by the same power of two: computed once.
-            let both = saved_w.is_some() && saved_x.is_some();
-            let scale = gy_scale(both && f16_kernels(gy.gpu()).is_some(), gy, None)?;
+            // Passes on the f16 engine scale gy by the same power of two: computed once.
+            let scale = GyScale::new();
             let gx = match &saved_w {
                 Some((w, copied)) => Some(backward_input(
                     gy,
@@ -794,19 +807,13 @@ impl Var {
                     stride,
                     padding,
                     None,
-                    scale.as_ref(),
+                    &scale,
                 )?),
                 None => None,
             };
             let gw = match &saved_x {
                 Some(x) => Some(backward_weight(
-                    x,
-                    gy,
-                    w_shape,
-                    stride,
-                    padding,
-                    None,
-                    scale.as_ref(),
+                    x, gy, w_shape, stride, padding, None, &scale,
                 )?),
                 None => None,
             };

@@ -1,6 +1,9 @@
 //! Conv autotuning: with [`Gpu::set_conv_autotune`] on, the first GEMM of each conv shape and
 //! pass times every f32 tile ([`ConvTile::ALL`], each with its own split-K plan) on the device
-//! and keeps the fastest for every later call, as cuDNN's benchmark mode does. Where the shape
+//! and keeps the fastest for every later call, as cuDNN's benchmark mode does. Under
+//! [`ConvPrecision::F16`] the f16 engine's tiles ([`MmaTile::ALL`]) are timed too, and the
+//! fastest of both engines runs: the f32 engine where it is faster (as on the H200 of run 6,
+//! where the f16 step was slower), the f16 one elsewhere. Where the shape
 //! can run Winograd F(2x2, 3x3) (a 3x3 kernel of stride 1 and padding 1, see
 //! [`crate::ConvAlgo`]), the pass is also timed through it, and under [`crate::ConvAlgo::Auto`]
 //! the faster of the two algorithms runs: the thresholds of Auto's rule were estimated for one
@@ -25,8 +28,8 @@
 //! so results may differ by rounding from an untuned run (and from another tuned run that
 //! picked differently); leave tuning off where runs must be reproducible to the bit.
 
-use super::conv::ConvTile;
-use crate::gpu::Gpu;
+use super::conv::{ConvTile, GemmTile, MmaTile};
+use crate::gpu::{ConvPrecision, Gpu};
 use crate::{Error, Result};
 
 /// Which GEMM of a convolution a tuned tile serves.
@@ -53,6 +56,8 @@ pub struct ConvKey {
     pub stride: usize,
     /// Zero padding.
     pub padding: usize,
+    /// The precision it was tuned under (which engines were candidates).
+    pub precision: ConvPrecision,
 }
 
 /// The outcome of tuning one [`ConvKey`].
@@ -60,29 +65,54 @@ pub struct ConvKey {
 pub struct TunedConv {
     /// The shape and pass.
     pub key: ConvKey,
-    /// The tile every later direct run uses.
-    pub tile: ConvTile,
-    /// The tile the adapter's [`TileModel`](super::TileModel) would have used.
-    pub model: ConvTile,
-    /// Wall milliseconds per run of the pass with each tile of [`ConvTile::ALL`], in order.
+    /// The engine and tile every later direct run uses.
+    pub tile: GemmTile,
+    /// The engine and tile the adapter's [`TileModel`](super::TileModel) would have used.
+    pub model: GemmTile,
+    /// Wall milliseconds per run of the pass with each f32 tile of [`ConvTile::ALL`], in order.
     pub millis: [f64; ConvTile::ALL.len()],
-    /// Wall milliseconds per run of the pass through Winograd F(2x2, 3x3), where the shape can
-    /// take it (else None).
+    /// Under [`ConvPrecision::F16`], wall milliseconds per run with each f16 tile of
+    /// [`MmaTile::ALL`], in order (else None).
+    pub f16_millis: Option<[f64; MmaTile::ALL.len()]>,
+    /// Wall milliseconds per run of the pass through Winograd F(2x2, 3x3) with its GEMMs on the
+    /// f32 engine, where the shape can take it (else None)...
     pub winograd_millis: Option<f64>,
+    /// ...and with them on the f16 engine, under [`ConvPrecision::F16`].
+    pub f16_winograd_millis: Option<f64>,
     /// Whether [`crate::ConvAlgo::Auto`]'s rule runs Winograd here without tuning.
     pub model_winograd: bool,
     /// Whether later calls under [`crate::ConvAlgo::Auto`] run Winograd (then `tile` serves
-    /// [`crate::ConvAlgo::Direct`] only). Under [`crate::ConvAlgo::Winograd`] they always do.
+    /// [`crate::ConvAlgo::Direct`] only). Under [`crate::ConvAlgo::Winograd`] they always do,
+    /// untuned.
     pub winograd: bool,
+    /// Whether tuned Winograd runs its GEMMs on the f16 engine: under [`ConvPrecision::F16`],
+    /// unless the f32 engine was at least [`MARGIN`] faster.
+    pub winograd_f16: bool,
+}
+
+impl TunedConv {
+    /// Every direct candidate timed, with its milliseconds: the f32 tiles, then the f16 ones.
+    pub fn direct_millis(&self) -> Vec<(GemmTile, f64)> {
+        let f32 = ConvTile::ALL
+            .into_iter()
+            .map(GemmTile::F32)
+            .zip(self.millis);
+        let f16 = self
+            .f16_millis
+            .into_iter()
+            .flat_map(|ms| MmaTile::ALL.into_iter().map(GemmTile::F16).zip(ms));
+        f32.chain(f16).collect()
+    }
 }
 
 /// One way of running a pass that tuning times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Candidate {
-    /// The direct GEMM with this tile.
-    Tile(ConvTile),
-    /// Winograd F(2x2, 3x3) (its GEMMs on the model's tiles).
-    Winograd,
+    /// The direct GEMM on this engine and tile.
+    Gemm(GemmTile),
+    /// Winograd F(2x2, 3x3), its GEMMs on the model's tiles of the f16 engine where `f16`,
+    /// else of the f32 one.
+    Winograd { f16: bool },
 }
 
 /// Timed repeats aim at this many seconds per candidate...
@@ -96,32 +126,50 @@ pub const ROUNDS: usize = 3;
 pub const MARGIN: f64 = 0.03;
 
 /// The tuning of `key`, tuning it now with `trial` (which runs the pass once as the given
-/// candidate) if this is the key's first call; `model()` gives the model's tile, and `winograd`
-/// whether the shape can run Winograd (Some) and if so whether Auto's rule would.
+/// candidate) if this is the key's first call; `model()` gives the model's engine and tile,
+/// and `winograd` whether the shape can run Winograd (Some) and if so whether Auto's rule
+/// would. The f16 engine's tiles are candidates under [`ConvPrecision::F16`] (`key.precision`).
 pub(crate) fn tuned(
     gpu: &Gpu,
     key: ConvKey,
-    model: impl FnOnce() -> ConvTile,
+    model: impl FnOnce() -> GemmTile,
     winograd: Option<bool>,
     trial: impl FnMut(Candidate) -> Result<()>,
 ) -> Result<TunedConv> {
     if let Some(t) = gpu.tuned_conv(&key) {
         return Ok(t);
     }
-    let mut candidates: Vec<Candidate> = ConvTile::ALL.into_iter().map(Candidate::Tile).collect();
+    let f16 = key.precision == ConvPrecision::F16;
+    let mut candidates: Vec<Candidate> = ConvTile::ALL
+        .into_iter()
+        .map(|t| Candidate::Gemm(GemmTile::F32(t)))
+        .collect();
+    if f16 {
+        candidates.extend(MmaTile::ALL.map(|t| Candidate::Gemm(GemmTile::F16(t))));
+    }
     if winograd.is_some() {
-        candidates.push(Candidate::Winograd);
+        candidates.push(Candidate::Winograd { f16: false });
+        if f16 {
+            candidates.push(Candidate::Winograd { f16: true });
+        }
     }
     let timed = time_candidates(gpu, &candidates, trial)?;
+    let (f32_ms, rest) = timed.split_at(ConvTile::ALL.len());
+    let (f16_ms, wino_ms) = rest.split_at(if f16 { MmaTile::ALL.len() } else { 0 });
     let mut millis = [f64::INFINITY; ConvTile::ALL.len()];
-    millis.copy_from_slice(&timed[..ConvTile::ALL.len()]);
-    let winograd_millis = winograd.map(|_| timed[ConvTile::ALL.len()]);
+    millis.copy_from_slice(f32_ms);
+    let f16_millis = f16.then(|| {
+        let mut ms = [f64::INFINITY; MmaTile::ALL.len()];
+        ms.copy_from_slice(f16_ms);
+        ms
+    });
     let tuned = choose(
         key,
         model(),
         millis,
+        f16_millis,
         winograd.unwrap_or(false),
-        winograd_millis,
+        [wino_ms.first().copied(), wino_ms.get(1).copied()],
     );
     gpu.record_tuned_conv(tuned.clone());
     Ok(tuned)
@@ -159,42 +207,64 @@ fn time_candidates(
     Ok(millis)
 }
 
-/// The model's tile unless another is at least [`MARGIN`] faster, then the fastest; and
-/// Winograd (where timed) against that tile, the model's choice (`model_winograd`) unless the
-/// other is at least [`MARGIN`] faster.
+/// The model's engine and tile unless another is at least [`MARGIN`] faster, then the
+/// fastest; Winograd's engine likewise (the f16 one under [`ConvPrecision::F16`] unless the
+/// f32 one is at least the margin faster); and Winograd (where timed) against the direct
+/// choice, the model's algorithm (`model_winograd`) unless the other is at least [`MARGIN`]
+/// faster. `winograd_millis`: Winograd's time on the f32 engine and on the f16 one.
 fn choose(
     key: ConvKey,
-    model: ConvTile,
+    model: GemmTile,
     millis: [f64; ConvTile::ALL.len()],
+    f16_millis: Option<[f64; MmaTile::ALL.len()]>,
     model_winograd: bool,
-    winograd_millis: Option<f64>,
+    [winograd_millis, f16_winograd_millis]: [Option<f64>; 2],
 ) -> TunedConv {
-    let index = |t: ConvTile| ConvTile::ALL.iter().position(|&a| a == t).expect("a tile");
-    let best = (0..millis.len())
-        .min_by(|&a, &b| millis[a].total_cmp(&millis[b]))
-        .expect("tiles");
-    let tile = if millis[best] < (1.0 - MARGIN) * millis[index(model)] {
-        ConvTile::ALL[best]
-    } else {
-        model
+    let mut tuned = TunedConv {
+        key,
+        tile: model,
+        model,
+        millis,
+        f16_millis,
+        winograd_millis,
+        f16_winograd_millis,
+        model_winograd,
+        winograd: false,
+        winograd_f16: false,
     };
-    let direct = millis[index(tile)];
-    let winograd = winograd_millis.is_some_and(|wino| {
+    let direct = tuned.direct_millis();
+    let time = |t: GemmTile| {
+        direct
+            .iter()
+            .find(|(d, _)| *d == t)
+            .map_or(f64::INFINITY, |&(_, ms)| ms)
+    };
+    let (best, best_ms) = direct
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("tiles");
+    if best_ms < (1.0 - MARGIN) * time(model) {
+        tuned.tile = best;
+    }
+    let direct = time(tuned.tile);
+    tuned.winograd_f16 = match (winograd_millis, f16_winograd_millis) {
+        (Some(f32), Some(f16)) => f32 >= (1.0 - MARGIN) * f16,
+        _ => false,
+    };
+    let winograd_millis = if tuned.winograd_f16 {
+        f16_winograd_millis
+    } else {
+        winograd_millis
+    };
+    tuned.winograd = winograd_millis.is_some_and(|wino| {
         if model_winograd {
             direct >= (1.0 - MARGIN) * wino
         } else {
             wino < (1.0 - MARGIN) * direct
         }
     });
-    TunedConv {
-        key,
-        tile,
-        model,
-        millis,
-        winograd_millis,
-        model_winograd,
-        winograd,
-    }
+    tuned
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -264,22 +334,27 @@ mod tests {
             w: [5, 2, 3, 3],
             stride: 1,
             padding: 1,
+            precision: ConvPrecision::F32,
         }
+    }
+
+    fn f32(t: ConvTile) -> GemmTile {
+        GemmTile::F32(t)
     }
 
     #[test]
     fn keeps_the_model_tile_within_the_margin() {
-        let choose = |model, millis| choose(key(), model, millis, false, None);
+        let choose = |model, millis| choose(key(), f32(model), millis, None, false, [None; 2]);
         // 64x128 is the model's; 128x128 is 2% faster: noise, not a reason to switch.
         let t = choose(ConvTile::T64x128, [2.0, 3.0, 1.0, 0.98, 4.0]);
-        assert_eq!(t.tile, ConvTile::T64x128);
+        assert_eq!(t.tile, f32(ConvTile::T64x128));
         // 5% faster: switch.
         let t = choose(ConvTile::T64x128, [2.0, 3.0, 1.0, 0.95, 4.0]);
-        assert_eq!(t.tile, ConvTile::T128x128);
-        assert_eq!(t.model, ConvTile::T64x128);
+        assert_eq!(t.tile, f32(ConvTile::T128x128));
+        assert_eq!(t.model, f32(ConvTile::T64x128));
         // The fastest, not the first faster one.
         let t = choose(ConvTile::T128x128, [0.5, 0.4, 0.9, 1.0, 0.6]);
-        assert_eq!(t.tile, ConvTile::T128x64);
+        assert_eq!(t.tile, f32(ConvTile::T128x64));
         assert!(!t.winograd && t.winograd_millis.is_none());
     }
 
@@ -288,8 +363,15 @@ mod tests {
         // The chosen tile (128x64, the model's) takes 1.0 ms; 64x64's 0.98 is within the margin.
         let millis = [0.98, 1.0, 2.0, 2.0, 2.0];
         let t = |model_winograd, wino| {
-            let t = choose(key(), ConvTile::T128x64, millis, model_winograd, Some(wino));
-            assert_eq!(t.tile, ConvTile::T128x64);
+            let t = choose(
+                key(),
+                f32(ConvTile::T128x64),
+                millis,
+                None,
+                model_winograd,
+                [Some(wino), None],
+            );
+            assert_eq!(t.tile, f32(ConvTile::T128x64));
             assert_eq!(t.model_winograd, model_winograd);
             t.winograd
         };
@@ -300,6 +382,57 @@ mod tests {
         assert!(t(true, 1.02));
         assert!(!t(true, 1.05));
         // Never where the shape cannot run it.
-        assert!(!choose(key(), ConvTile::T128x64, millis, false, None).winograd);
+        let t = choose(
+            key(),
+            f32(ConvTile::T128x64),
+            millis,
+            None,
+            false,
+            [None; 2],
+        );
+        assert!(!t.winograd);
+    }
+
+    #[test]
+    fn chooses_between_the_engines_within_the_margin() {
+        let f16 = GemmTile::F16;
+        let key = ConvKey {
+            precision: ConvPrecision::F16,
+            ..key()
+        };
+        let model = f16(MmaTile::T128x64);
+        let choose =
+            |millis, f16_millis| choose(key, model, millis, Some(f16_millis), false, [None; 2]);
+        // The model's f16 tile stays against an f32 tile 2% faster...
+        let t = choose([0.98, 2.0, 2.0, 2.0, 2.0], [2.0, 1.0, 2.0]);
+        assert_eq!(t.tile, model);
+        // ...and gives way to one 5% faster, and to a faster f16 tile.
+        let t = choose([0.95, 2.0, 2.0, 2.0, 2.0], [2.0, 1.0, 2.0]);
+        assert_eq!(t.tile, f32(ConvTile::T64x64));
+        assert_eq!(t.model, model);
+        let t = choose([0.95, 2.0, 2.0, 2.0, 2.0], [2.0, 1.0, 0.9]);
+        assert_eq!(t.tile, f16(MmaTile::T128x128));
+        assert_eq!(
+            t.direct_millis().len(),
+            ConvTile::ALL.len() + MmaTile::ALL.len()
+        );
+        // Winograd's engine: the f16 one unless the f32 one is the margin faster; then
+        // Winograd on that engine against the chosen direct tile.
+        let wino = |f32_ms, f16_ms| {
+            let t = super::choose(
+                key,
+                model,
+                [0.95, 2.0, 2.0, 2.0, 2.0],
+                Some([2.0, 1.0, 2.0]),
+                false,
+                [Some(f32_ms), Some(f16_ms)],
+            );
+            assert_eq!(t.tile, f32(ConvTile::T64x64));
+            (t.winograd, t.winograd_f16)
+        };
+        assert_eq!(wino(0.89, 0.9), (true, true));
+        assert_eq!(wino(0.8, 0.9), (true, false));
+        assert_eq!(wino(0.8, 2.0), (true, false));
+        assert_eq!(wino(2.0, 0.94), (false, true));
     }
 }

@@ -307,37 +307,104 @@ pub(super) fn f16_kernels(gpu: &Gpu) -> Option<&'static [Kernels; 3]> {
     }
 }
 
-/// The operand scale the f16 engine multiplies gy by in both backward passes
-/// ([`crate::ops::f16_scale`]): `given` when the caller computed it for the other pass, else
-/// computed here; None for the f32 engine, which binds no scale.
-pub(super) fn gy_scale(f16: bool, gy: &Tensor, given: Option<&Tensor>) -> Result<Option<Tensor>> {
-    match (f16, given) {
-        (false, _) => Ok(None),
-        (true, Some(scale)) => Ok(Some(scale.clone())),
-        (true, None) => crate::ops::f16_scale(gy).map(Some),
+/// gy's f16 operand scale ([`crate::ops::f16_scale`]), which the f16 engine multiplies gy by in
+/// both backward passes, shared between them: the first pass on the f16 engine computes it
+/// into `shared` and the other reads it there (with tuning, either pass may run either engine).
+pub(super) type GyScale = std::cell::OnceCell<Tensor>;
+
+/// The scale of [`GyScale`] for a pass on the f16 engine (`f16`), from `shared` or computed
+/// now; None for the f32 engine, which binds no scale.
+pub(super) fn gy_scale(f16: bool, gy: &Tensor, shared: &GyScale) -> Result<Option<Tensor>> {
+    if !f16 {
+        return Ok(None);
+    }
+    if let Some(scale) = shared.get() {
+        return Ok(Some(scale.clone()));
+    }
+    let scale = crate::ops::f16_scale(gy)?;
+    Ok(Some(shared.get_or_init(|| scale).clone()))
+}
+
+/// The engine and tile of one direct conv GEMM: the f32 engine's [`ConvTile`] or the f16
+/// engine's [`MmaTile`]. Autotuning under [`ConvPrecision::F16`] times both engines and keeps
+/// the faster ([`crate::ops::TunedConv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmTile {
+    /// The exact f32 engine (`shaders/conv_fma.wgsl`).
+    F32(ConvTile),
+    /// The f16 tensor-core engine (`shaders/conv_mma.wgsl`).
+    F16(MmaTile),
+}
+
+impl GemmTile {
+    /// `tile` on `gpu`'s engine: the f16 engine's tile of the same rows
+    /// ([`MmaTile::for_f32_tile`]) under [`ConvPrecision::F16`], else `tile` itself.
+    pub fn on(gpu: &Gpu, tile: ConvTile) -> GemmTile {
+        GemmTile::with_engine(f16_kernels(gpu).is_some(), tile)
+    }
+
+    /// `tile` on the f16 engine (its tile of the same rows) where `f16`, else on the f32 one.
+    pub fn with_engine(f16: bool, tile: ConvTile) -> GemmTile {
+        if f16 {
+            GemmTile::F16(MmaTile::for_f32_tile(tile))
+        } else {
+            GemmTile::F32(tile)
+        }
+    }
+
+    /// (rows, columns, reduction chunk) of a workgroup's tile.
+    pub fn dims(self) -> (usize, usize, usize) {
+        match self {
+            GemmTile::F32(t) => t.dims(),
+            GemmTile::F16(t) => t.dims(),
+        }
+    }
+}
+
+impl std::fmt::Display for GemmTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (engine, (m, n, _)) = match self {
+            GemmTile::F32(t) => ("f32", t.dims()),
+            GemmTile::F16(t) => ("f16", t.dims()),
+        };
+        write!(f, "{engine} {m}x{n}")
     }
 }
 
 impl Engine {
-    /// `gpu`'s engine: the f16 one under [`ConvPrecision::F16`], else the f32 one with `tile`
-    /// (chosen by the caller's plan unless forced).
-    /// The f16 engine takes the f16 tile of the same rows as the plan's f32 tile
-    /// ([`MmaTile::for_f32_tile`]).
-    pub(super) fn for_gpu(gpu: &Gpu, tile: impl FnOnce() -> ConvTile) -> Engine {
-        if let Some(kernels) = f16_kernels(gpu) {
-            let t = MmaTile::for_f32_tile(tile());
-            return Engine {
-                kernels: &kernels[t.index()],
+    /// The engine of `tile`. The f16 engine's kernels are those of the adapter's
+    /// cooperative-matrix configuration; `gpu` must have one (a tile of the f16 engine comes
+    /// from [`GemmTile::on`] or from tuning under [`ConvPrecision::F16`], which require it).
+    pub(super) fn new(gpu: &Gpu, tile: GemmTile) -> Engine {
+        match tile {
+            GemmTile::F32(t) => Engine {
+                kernels: t.kernels(conv_stages(gpu, t)),
                 dims: t.dims(),
-                f16: true,
-            };
+                f16: false,
+            },
+            GemmTile::F16(t) => {
+                let kernels = gpu
+                    .mma_config()
+                    .and_then(mma_kernels)
+                    .expect("an f16 tile only where the f16 engine has kernels");
+                Engine {
+                    kernels: &kernels[t.index()],
+                    dims: t.dims(),
+                    f16: true,
+                }
+            }
         }
-        let tile = tile();
-        Engine {
-            kernels: tile.kernels(conv_stages(gpu, tile)),
-            dims: tile.dims(),
-            f16: false,
-        }
+    }
+
+    /// The engine of `tile` when a pass has one (forced, or tuned), else `gpu`'s engine with the
+    /// plan's tile `model()`: the f16 engine under [`ConvPrecision::F16`], with the f16 tile of
+    /// the same rows ([`MmaTile::for_f32_tile`]), else the f32 one.
+    pub(super) fn for_gpu(
+        gpu: &Gpu,
+        tile: Option<GemmTile>,
+        model: impl FnOnce() -> ConvTile,
+    ) -> Engine {
+        Engine::new(gpu, tile.unwrap_or_else(|| GemmTile::on(gpu, model())))
     }
 
     /// Record one conv GEMM: `buffers` at bindings 1..., and for the f16 engine the operand

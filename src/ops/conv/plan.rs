@@ -444,10 +444,10 @@ pub(super) struct InputPhase {
 /// How a pass of a convolution runs ([`Geometry::route`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Route {
-    /// Winograd F(2x2, 3x3) ([`winograd`]).
-    Winograd,
-    /// The direct GEMM, with this tile (None: the model's plan).
-    Direct(Option<ConvTile>),
+    /// Winograd F(2x2, 3x3) ([`winograd`]), its GEMMs on the f16 engine where `f16`.
+    Winograd { f16: bool },
+    /// The direct GEMM, with this engine and tile (None: the model's plan on the gpu's engine).
+    Direct(Option<GemmTile>),
 }
 
 /// The input gradient's dispatches: the phases that taps reach, their common number of splits,
@@ -459,7 +459,8 @@ pub(super) struct InputPlan {
 }
 
 impl InputPlan {
-    /// The model's tile for the first phase (the tuner's baseline for the whole gradient).
+    /// The model's tile for the first phase (the tuner's baseline for the whole gradient, on
+    /// the gpu's engine).
     pub(super) fn model_tile(&self, model: &TileModel) -> ConvTile {
         self.phases
             .first()
@@ -491,16 +492,17 @@ impl InputPlan {
 
 impl Geometry {
     /// How one pass runs: the direct GEMM with `given` when the caller forces a tile; else with
-    /// autotuning on (and the f32 engine, and no tile forced by `RESNET_WGPU_CONV_TILE`) the
-    /// tuned algorithm and tile, tuning them now if this shape and pass are new (`model` gives
-    /// the model's tile, `trial` runs the pass once as a candidate); else Winograd where the
-    /// shape fits it and [`winograd::by_rule`] says so, and the model's plan otherwise.
-    /// [`crate::ConvAlgo::Winograd`] runs Winograd wherever the shape fits it, untuned.
+    /// autotuning on (and no tile forced by `RESNET_WGPU_CONV_TILE`) the tuned algorithm,
+    /// engine and tile, tuning them now if this shape and pass are new (`model` gives the
+    /// model's tile, which the gpu's engine runs, and `trial` runs the pass once as a
+    /// candidate); else Winograd where the shape fits it and [`winograd::by_rule`] says so, and
+    /// the model's plan otherwise. [`crate::ConvAlgo::Winograd`] runs Winograd wherever the
+    /// shape fits it, untuned.
     pub(super) fn route(
         &self,
         gpu: &Gpu,
         pass: ConvPass,
-        given: Option<ConvTile>,
+        given: Option<GemmTile>,
         model: impl FnOnce() -> ConvTile,
         trial: impl FnMut(Candidate) -> Result<()>,
     ) -> Result<Route> {
@@ -512,7 +514,8 @@ impl Geometry {
             return Ok(self.untuned_route(gpu, fits));
         }
         let rule = fits.then(|| winograd::auto_rule(gpu, self));
-        let tuned = tune::tuned(gpu, self.key(pass), model, rule, trial)?;
+        let model = || GemmTile::on(gpu, model());
+        let tuned = tune::tuned(gpu, self.key(gpu, pass), model, rule, trial)?;
         Ok(self.tuned_route(gpu, &tuned))
     }
 
@@ -520,7 +523,7 @@ impl Geometry {
     /// shape's tuned route, else the rule's (for [`conv2d_winograd`]).
     pub(super) fn known_route(&self, gpu: &Gpu, pass: ConvPass) -> Route {
         let fits = self.winograd_fits(gpu, pass);
-        match gpu.tuned_conv(&self.key(pass)) {
+        match gpu.tuned_conv(&self.key(gpu, pass)) {
             Some(t) if self.tuned_here(gpu, fits) => self.tuned_route(gpu, &t),
             _ => self.untuned_route(gpu, fits),
         }
@@ -532,19 +535,19 @@ impl Geometry {
             && (pass != ConvPass::WeightGrad || winograd::weight_grad_fits(gpu, self))
     }
 
-    /// Whether a pass (that `fits` Winograd or not) is tuned: autotuning on, the f32 engine, no
-    /// tile forced, and not a Winograd-shaped pass under [`ConvAlgo::Winograd`], which runs it
-    /// untuned.
+    /// Whether a pass (that `fits` Winograd or not) is tuned: autotuning on, no tile forced,
+    /// and not a Winograd-shaped pass under [`ConvAlgo::Winograd`], which runs it untuned.
     pub(super) fn tuned_here(&self, gpu: &Gpu, fits: bool) -> bool {
         gpu.conv_autotune()
-            && f16_kernels(gpu).is_none()
             && forced_tile().is_none()
             && !(fits && gpu.conv_algo() == ConvAlgo::Winograd)
     }
 
     pub(super) fn untuned_route(&self, gpu: &Gpu, fits: bool) -> Route {
         if fits && winograd::by_rule(gpu, self) {
-            Route::Winograd
+            Route::Winograd {
+                f16: f16_kernels(gpu).is_some(),
+            }
         } else {
             Route::Direct(None)
         }
@@ -552,30 +555,35 @@ impl Geometry {
 
     pub(super) fn tuned_route(&self, gpu: &Gpu, tuned: &TunedConv) -> Route {
         if tuned.winograd && gpu.conv_algo() == ConvAlgo::Auto {
-            Route::Winograd
+            Route::Winograd {
+                f16: tuned.winograd_f16,
+            }
         } else {
             Route::Direct(Some(tuned.tile))
         }
     }
 
-    pub(super) fn key(&self, pass: ConvPass) -> ConvKey {
+    /// The tuning key of `pass` at `gpu`'s precision: a shape tuned under one precision is
+    /// tuned again under the other, whose candidates differ.
+    pub(super) fn key(&self, gpu: &Gpu, pass: ConvPass) -> ConvKey {
         ConvKey {
             pass,
             x: self.x,
             w: self.w,
             stride: self.stride,
             padding: self.padding,
+            precision: gpu.conv_precision(),
         }
     }
 
-    /// Plan the input gradient: one GEMM per sub-pixel phase, tiles of `tile` unless the model
-    /// chooses. Pixels h with (h + padding) % stride == a meet exactly the taps r with
-    /// r % stride == a.
+    /// Plan the input gradient: one GEMM per sub-pixel phase, on `tile`'s engine and tile
+    /// unless the model chooses (on the gpu's engine). Pixels h with (h + padding) % stride == a
+    /// meet exactly the taps r with r % stride == a.
     pub(super) fn input_plan(
         &self,
         gpu: &Gpu,
         model: &TileModel,
-        tile: Option<ConvTile>,
+        tile: Option<GemmTile>,
     ) -> InputPlan {
         let [n, c, h, wd] = self.x;
         let [k, _, r, s] = self.w;
@@ -608,8 +616,7 @@ impl Geometry {
                     continue;
                 }
                 let cols = n * hc * wc;
-                let engine =
-                    Engine::for_gpu(gpu, || tile.unwrap_or_else(|| model.choose(c, cols, 1)));
+                let engine = Engine::for_gpu(gpu, tile, || model.choose(c, cols, 1));
                 phases.push(InputPhase {
                     r0: a,
                     s0: b,

@@ -15,8 +15,8 @@
 //! chunks, layer3 in two, layer4 in one).
 
 use super::{
-    EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, Geometry, MAX_GRID, SPLIT_MIN_CHUNK, TileModel,
-    reduce_splits, taps_outer,
+    EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, GemmTile, Geometry, GyScale, MAX_GRID,
+    SPLIT_MIN_CHUNK, TileModel, reduce_splits, taps_outer,
 };
 use crate::gpu::{ConvAlgo, Gpu, Kernel, grid_for_elements};
 use crate::kernel;
@@ -132,7 +132,7 @@ pub fn conv2d_winograd(
     if g.tap_window().is_some() {
         return Ok([false; 3]);
     }
-    let pass = |pass| g.known_route(gpu, pass) == super::Route::Winograd;
+    let pass = |pass| matches!(g.known_route(gpu, pass), super::Route::Winograd { .. });
     Ok([
         pass(ConvPass::Forward),
         pass(ConvPass::InputGrad),
@@ -142,20 +142,22 @@ pub fn conv2d_winograd(
 
 /// The forward pass: y `[N, K, H, W]` from x `[N, C, H, W]` and w `[K, C, 3, 3]`, plus the
 /// epilogue: the conv's bias ([`super::conv2d`]), or inference's batch norm
-/// ([`super::conv2d_bn_eval`]).
+/// ([`super::conv2d_bn_eval`]). The GEMMs run on the f16 engine where `f16` (every pass here
+/// takes that flag: the gpu's engine, or the one tuning chose), else on the f32 engine.
 pub(super) fn forward(
     op: &'static str,
     g: &Geometry,
     x: &Tensor,
     w: &Tensor,
     epilogue: Epilogue<'_>,
+    f16: bool,
 ) -> Result<Tensor> {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
     let u = weights(op, gpu, w, k, c, false)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
-    convolve(op, gpu, x, g.x, &u, k, epilogue, None, &y)?;
+    convolve(op, gpu, x, g.x, &u, k, epilogue, f16, None, &y)?;
     Ok(y)
 }
 
@@ -174,20 +176,21 @@ pub(super) enum Epilogue<'a> {
 }
 
 /// The input gradient: gx `[N, C, H, W]` from gy `[N, K, H, W]` and w `[K, C, 3, 3]`.
-/// `scale`: gy's f16 operand scale when the caller has it ([`super::gy_scale`]).
+/// `scale`: gy's f16 operand scale, shared with the weight gradient ([`super::gy_scale`]).
 pub(super) fn backward_input(
     op: &'static str,
     g: &Geometry,
     gy: &Tensor,
     w: &Tensor,
-    scale: Option<&Tensor>,
+    scale: &GyScale,
+    f16: bool,
 ) -> Result<Tensor> {
     let [n, c, h, wd] = g.x;
     let k = g.w[0];
     let gpu = gy.gpu();
     let u = weights(op, gpu, w, c, k, true)?;
     let gx = Tensor::uninit(gpu, &g.x, DType::F32, op)?;
-    let scale = transformed_gy_scale(gy, scale)?;
+    let scale = transformed_gy_scale(gy, f16, scale)?;
     let epilogue = Epilogue::Bias(None);
     convolve(
         op,
@@ -197,6 +200,7 @@ pub(super) fn backward_input(
         &u,
         c,
         epilogue,
+        f16,
         scale.as_ref(),
         &gx,
     )?;
@@ -204,11 +208,11 @@ pub(super) fn backward_input(
 }
 
 /// The f16 engine's operand scale for gy's transforms (Bᵀ d B in the input gradient, A dy Aᵀ in
-/// the weight gradient), None with the f32 engine: a quarter of the direct passes' (`given`, or
-/// computed), since each transformed value sums up to four of gy's, so that the largest stays
-/// within [2^13, 2^14) after scaling, below f16's largest finite value.
-fn transformed_gy_scale(gy: &Tensor, given: Option<&Tensor>) -> Result<Option<Tensor>> {
-    match super::gy_scale(super::f16_kernels(gy.gpu()).is_some(), gy, given)? {
+/// the weight gradient), None with the f32 engine: a quarter of the direct passes' (`shared`,
+/// or computed into it), since each transformed value sums up to four of gy's, so that the
+/// largest stays within [2^13, 2^14) after scaling, below f16's largest finite value.
+fn transformed_gy_scale(gy: &Tensor, f16: bool, shared: &GyScale) -> Result<Option<Tensor>> {
+    match super::gy_scale(f16, gy, shared)? {
         Some(s) => crate::ops::scale(&s, 0.25).map(Some),
         None => Ok(None),
     }
@@ -242,13 +246,14 @@ fn weights(
 }
 
 /// The weight gradient: gw `[K, C, 3, 3]` from x `[N, C, H, W]` and gy `[N, K, H, W]`.
-/// `scale`: gy's f16 operand scale when the caller has it ([`super::gy_scale`]).
+/// `scale`: gy's f16 operand scale, shared with the input gradient ([`super::gy_scale`]).
 pub(super) fn backward_weight(
     op: &'static str,
     g: &Geometry,
     x: &Tensor,
     gy: &Tensor,
-    scale: Option<&Tensor>,
+    scale: &GyScale,
+    f16: bool,
 ) -> Result<Tensor> {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
@@ -261,17 +266,16 @@ pub(super) fn backward_weight(
     // gradient's (towards the model's target of workgroups per dispatch, in chunks of at least
     // SPLIT_MIN_CHUNK tiles), the partial results of all chunks within the transforms' cap
     // (one per chunk at the least: weight_grad_fits).
-    let model = TileModel::for_gpu(gpu);
-    let engine = Engine::for_gpu(gpu, || {
-        model.choose(k, c, XI * most.div_ceil(SPLIT_MIN_CHUNK))
-    });
+    let model = TileModel::for_engine(gpu, f16);
+    let tile = model.choose(k, c, XI * most.div_ceil(SPLIT_MIN_CHUNK));
+    let engine = Engine::new(gpu, GemmTile::with_engine(f16, tile));
     let (tile_m, tile_n, tile_k) = engine.dims;
     let grid_tiles = XI * k.div_ceil(tile_m) * c.div_ceil(tile_n);
     let partial = chunks * XI * k * c;
     let splits = model.weight_grad_splits(grid_tiles, most, partial, batch.cap, MAX_GRID / XI);
     let part = scratch(op, gpu, chunks * splits * XI * k * c)?;
     // With the f16 engine, GY (operand A) is scaled.
-    let scale = transformed_gy_scale(gy, scale)?;
+    let scale = transformed_gy_scale(gy, f16, scale)?;
     for (chunk, first, tiles) in batch.iter() {
         batch.transform(gpu, &INPUT, x, &v, c, first, tiles)?;
         batch.transform(gpu, &GY, gy, &gyt, k, first, tiles)?;
@@ -319,7 +323,7 @@ pub(super) fn backward_weight(
 
 /// `out` `[N, K, H, W]` = the 3x3 stride-1 padding-1 convolution of `src` (`shape` `[N, C, H,
 /// W]`) with the transformed weights `u` `[16, K, C]` (+ the epilogue), a chunk of images at a
-/// time; with the f16 engine, `src`'s transform scaled by `scale` (none: unscaled).
+/// time; with the f16 engine (`f16`), `src`'s transform scaled by `scale` (none: unscaled).
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     op: &'static str,
@@ -329,6 +333,7 @@ fn convolve(
     u: &Tensor,
     k: usize,
     epilogue: Epilogue<'_>,
+    f16: bool,
     scale: Option<&Tensor>,
     out: &Tensor,
 ) -> Result<()> {
@@ -338,7 +343,7 @@ fn convolve(
     let m = scratch(op, gpu, XI * k * batch.most())?;
     for (_, first, tiles) in batch.iter() {
         batch.transform(gpu, &INPUT, src, &v, c, first, tiles)?;
-        gemm(op, gpu, [k, c, tiles], u, &v, scale, &m)?;
+        gemm(op, gpu, [k, c, tiles], u, &v, f16, scale, &m)?;
         let grid = grid_for_elements(k * tiles);
         match epilogue {
             Epilogue::Bias(bias) => {
@@ -482,19 +487,21 @@ impl Chunks {
 
 /// `M[ξ]` `[rows, cols]` = `U[ξ]` `[rows, depth]` `V[ξ]` `[depth, cols]` for the 16 ξ: the direct
 /// forward kernel of a 1x1 convolution of one image of 1 x cols pixels, batched over grid z
-/// (with the f16 engine, V scaled by `scale` when given).
+/// (with the f16 engine, `f16`, V scaled by `scale` when given).
+#[allow(clippy::too_many_arguments)]
 fn gemm(
     op: &'static str,
     gpu: &Gpu,
     [rows, depth, cols]: [usize; 3],
     u: &Tensor,
     v: &Tensor,
+    f16: bool,
     scale: Option<&Tensor>,
     m: &Tensor,
 ) -> Result<()> {
     let g = Geometry::new(op, [1, depth, 1, cols], [rows, depth, 1, 1], 1, 0)?;
-    let model = TileModel::for_gpu(gpu);
-    let engine = Engine::for_gpu(gpu, || model.choose(rows, cols, XI));
+    let tile = TileModel::for_engine(gpu, f16).choose(rows, cols, XI);
+    let engine = Engine::new(gpu, GemmTile::with_engine(f16, tile));
     let (tile_m, tile_n, tile_k) = engine.dims;
     let col_tiles = cols.div_ceil(tile_n);
     if col_tiles > MAX_GRID {
