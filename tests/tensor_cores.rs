@@ -315,18 +315,7 @@ fn f16_autotune_times_both_engines_and_runs_its_choice() {
         let ys = [x[0], w[0], (x[2] - 1) / stride + 1, (x[3] - 1) / stride + 1];
         let gyv = random_vec(ys.iter().product(), seed + 2);
         let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
-        let run = |pass, tile: Option<ConvTile>| -> Vec<f32> {
-            let out = match pass {
-                ConvPass::Forward => ops::conv2d_tiled(&xt, &wt, None, stride, 1, tile),
-                ConvPass::InputGrad => {
-                    ops::conv2d_backward_input_tiled(&gy, &wt, x, stride, 1, tile)
-                }
-                ConvPass::WeightGrad => {
-                    ops::conv2d_backward_weight_tiled(&xt, &gy, w, stride, 1, tile)
-                }
-            };
-            out.unwrap().to_vec().unwrap()
-        };
+        let run = |pass, tile| conv_pass(pass, [&xt, &wt, &gy], stride, tile);
         let routed: Vec<Vec<f32>> = passes.iter().map(|&p| run(p, None)).collect();
         let tuned = gpu.tuned_convs();
         for (p, &pass) in passes.iter().enumerate() {

@@ -251,19 +251,10 @@ fn autotune_times_winograd_and_runs_its_choice() {
         let xt = Tensor::from_slice(&gpu, &x, &random_vec(x.iter().product(), seed)).unwrap();
         let wt = Tensor::from_slice(&gpu, &w, &random_vec(w.iter().product(), seed + 1)).unwrap();
         // Each pass: through the tuned route, then the route it reports forced.
-        let run = |pass, tile| -> Vec<f32> {
+        let run = |pass, tile| {
             let y = ops::conv2d_tiled(&xt, &wt, None, stride, 1, None).unwrap();
             let gy = Tensor::from_slice(&gpu, y.shape(), &random_vec(y.numel(), seed + 2)).unwrap();
-            let out = match pass {
-                ConvPass::Forward => ops::conv2d_tiled(&xt, &wt, None, stride, 1, tile),
-                ConvPass::InputGrad => {
-                    ops::conv2d_backward_input_tiled(&gy, &wt, x, stride, 1, tile)
-                }
-                ConvPass::WeightGrad => {
-                    ops::conv2d_backward_weight_tiled(&xt, &gy, w, stride, 1, tile)
-                }
-            };
-            out.unwrap().to_vec().unwrap()
+            conv_pass(pass, [&xt, &wt, &gy], stride, tile)
         };
         let routed: Vec<Vec<f32>> = passes.iter().map(|&p| run(p, None)).collect();
         let tuned = gpu.tuned_convs();

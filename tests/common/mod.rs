@@ -1,6 +1,7 @@
 //! Shared test helpers: the device, golden files and tolerant comparisons.
 #![allow(dead_code)]
 
+use resnet_wgpu::ops::{self, ConvPass, ConvTile};
 use resnet_wgpu::{Gpu, Tensor};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -154,4 +155,22 @@ pub fn eval_bn(t: &[Tensor], eps: f32) -> resnet_wgpu::ops::EvalBatchNorm<'_> {
         running_var: &t[3],
         eps,
     }
+}
+
+/// One pass of the convolution of x with w (`stride`, padding 1), read back: the forward, or a
+/// gradient from gy; with `tile` forced, else by the library's route (for the tuned routes'
+/// tests).
+pub fn conv_pass(
+    pass: ConvPass,
+    [x, w, gy]: [&Tensor; 3],
+    stride: usize,
+    tile: Option<ConvTile>,
+) -> Vec<f32> {
+    let shape = |t: &Tensor| -> [usize; 4] { t.shape().try_into().expect("an NCHW tensor") };
+    let out = match pass {
+        ConvPass::Forward => ops::conv2d_tiled(x, w, None, stride, 1, tile),
+        ConvPass::InputGrad => ops::conv2d_backward_input_tiled(gy, w, shape(x), stride, 1, tile),
+        ConvPass::WeightGrad => ops::conv2d_backward_weight_tiled(x, gy, shape(w), stride, 1, tile),
+    };
+    out.unwrap().to_vec().unwrap()
 }
