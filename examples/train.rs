@@ -123,6 +123,11 @@ struct Args {
     /// both engines are timed, and the f32 one runs where it is faster.
     #[arg(long)]
     autotune: bool,
+    /// With --autotune: read the conv tuning from this file if it exists (one written on this
+    /// adapter, driver and crate version; otherwise an error says what differs), and write
+    /// what was tuned there after each epoch and at the end, so that later runs skip tuning.
+    #[arg(long, requires = "autotune")]
+    autotune_cache: Option<PathBuf>,
 }
 
 struct Data {
@@ -194,6 +199,13 @@ fn run(a: Args) -> Result<()> {
     let gpu = Gpu::with_conv_precision(a.precision)?;
     gpu.set_conv_autotune(a.autotune)?;
     println!("adapter: {}", gpu.info());
+    if let Some(path) = a.autotune_cache.as_ref().filter(|p| p.exists()) {
+        let n = gpu.load_conv_tuning(path)?;
+        println!(
+            "autotune: {n} tuned conv shapes and passes from {}",
+            path.display()
+        );
+    }
     if let Some(config) = gpu.mma_config() {
         println!("convolutions: f16 operands on tensor cores ({config:?}), f32 accumulation");
     }
@@ -355,6 +367,9 @@ fn run(a: Args) -> Result<()> {
             rec.val_top5 = v.top5;
         }
         trainer.save_checkpoint(&checkpoint)?;
+        if let Some(path) = &a.autotune_cache {
+            gpu.save_conv_tuning(path)?;
+        }
         let last = epoch + 1 == epochs;
         if last {
             let t = trainer.evaluate(&data.test, 256)?;
@@ -397,6 +412,11 @@ fn run(a: Args) -> Result<()> {
     );
     resnet_wgpu::io::save_safetensors(&dict, &a.out, Some(meta))?;
     println!("saved {}", a.out.display());
+    if let Some(path) = &a.autotune_cache {
+        // Again: the test evaluation's batch shapes were tuned after the last epoch's save.
+        gpu.save_conv_tuning(path)?;
+        println!("autotune: tuning saved to {}", path.display());
+    }
     if a.autotune {
         let tuned = gpu.tuned_convs();
         let moved = tuned.iter().filter(|t| t.tile != t.model).count();

@@ -585,6 +585,68 @@ fn input_gradient_split_k() {
 }
 
 #[test]
+fn conv_tuning_saves_and_loads_for_the_same_adapter() {
+    let gpu = new_gpu();
+    gpu.set_conv_autotune(true).unwrap();
+    let (xs, ws) = ([2, 8, 9, 9], [12, 8, 3, 3]);
+    let x = Tensor::from_slice(&gpu, &xs, &random_vec(xs.iter().product(), 1)).unwrap();
+    let w = Tensor::from_slice(&gpu, &ws, &random_vec(ws.iter().product(), 2)).unwrap();
+    let y = ops::conv2d(&x, &w, None, 2, 1).unwrap().to_vec().unwrap();
+    let tuned = gpu.tuned_convs();
+    assert_eq!(tuned.len(), 1, "{tuned:#?}");
+    let dir = std::env::temp_dir().join(format!("resnet-wgpu-tuning-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tuning.json");
+    gpu.save_conv_tuning(&path).unwrap();
+
+    // Another device on the same adapter runs the saved choice without timing anything.
+    let other = new_gpu();
+    other.set_conv_autotune(true).unwrap();
+    assert_eq!(other.load_conv_tuning(&path).unwrap(), 1);
+    assert_eq!(other.tuned_convs(), tuned);
+    let x2 = Tensor::from_slice(&other, &xs, &x.to_vec().unwrap()).unwrap();
+    let w2 = Tensor::from_slice(&other, &ws, &w.to_vec().unwrap()).unwrap();
+    let before = other.submit_count();
+    let y2 = ops::conv2d(&x2, &w2, None, 2, 1).unwrap();
+    assert_eq!(
+        other.submit_count(),
+        before,
+        "tuning would have submitted its trials"
+    );
+    assert_eq!(y2.to_vec().unwrap(), y);
+    assert_eq!(other.tuned_convs(), tuned, "nothing tuned again");
+
+    // Files it cannot use: named, with what is wrong.
+    let err = |file: &std::path::Path| other.load_conv_tuning(file).unwrap_err().to_string();
+    let missing = dir.join("missing.json");
+    assert!(err(&missing).contains("missing.json"), "{}", err(&missing));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let elsewhere = dir.join("elsewhere.json");
+    let name = &gpu.info().name;
+    std::fs::write(&elsewhere, text.replace(name.as_str(), "Some Other GPU")).unwrap();
+    let e = err(&elsewhere);
+    assert!(
+        e.contains("elsewhere.json") && e.contains("Some Other GPU") && e.contains(name.as_str()),
+        "{e}"
+    );
+    let garbage = dir.join("garbage.json");
+    std::fs::write(&garbage, "{\"format\": 3}").unwrap();
+    let e = err(&garbage);
+    assert!(
+        e.contains("garbage.json") && e.contains("not a conv tuning file"),
+        "{e}"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let older = dir.join("older.json");
+    let old_text = text.replace(&format!("\"{version}\""), "\"0.0.1\"");
+    std::fs::write(&older, old_text).unwrap();
+    let e = err(&older);
+    assert!(e.contains("0.0.1") && e.contains("tune again"), "{e}");
+    assert_eq!(other.tuned_convs(), tuned, "failed loads change nothing");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn autotune_times_each_shape_and_pass_once() {
     // A device of its own: the test turns tuning on and counts dispatches.
     let gpu = new_gpu();

@@ -74,7 +74,9 @@ macro_rules! kernel {
 }
 
 /// How the convolutions multiply ([`Gpu::set_conv_precision`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ConvPrecision {
     /// f32 operands and f32 fused multiply-adds: the exact path, on every adapter (the default).
     #[default]

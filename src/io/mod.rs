@@ -11,6 +11,8 @@ mod infer;
 mod state_dict;
 
 #[cfg(not(target_arch = "wasm32"))]
+pub(crate) use format::write_atomically;
+#[cfg(not(target_arch = "wasm32"))]
 pub use format::{load_safetensors, save_safetensors};
 pub use format::{
     load_safetensors_bytes, to_safetensors_bytes, to_safetensors_bytes_with_metadata,

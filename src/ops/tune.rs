@@ -31,9 +31,10 @@
 use super::conv::{ConvTile, GemmTile, MmaTile};
 use crate::gpu::{ConvPrecision, Gpu};
 use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
 
 /// Which GEMM of a convolution a tuned tile serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConvPass {
     /// The forward pass (also the inference kernels with batch norm fused in).
     Forward,
@@ -44,7 +45,7 @@ pub enum ConvPass {
 }
 
 /// A conv shape and pass: the key of a tuned tile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConvKey {
     /// The GEMM.
     pub pass: ConvPass,
@@ -61,7 +62,7 @@ pub struct ConvKey {
 }
 
 /// The outcome of tuning one [`ConvKey`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TunedConv {
     /// The shape and pass.
     pub key: ConvKey,
@@ -311,8 +312,125 @@ impl Gpu {
         self.tuning().tuned.push(tuned);
     }
 
+    /// Write every conv shape and pass tuned so far to `path` (JSON, with this adapter's name,
+    /// backend and driver and this crate's version), for [`Gpu::load_conv_tuning`] in a later
+    /// run to skip tuning them again. The file is written to a temporary name and renamed, so
+    /// an earlier file at `path` survives a failed save.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_conv_tuning(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let file = TuningFile {
+            format: TUNING_FORMAT.into(),
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            adapter: AdapterId::of(self),
+            convs: self.tuned_convs(),
+        };
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::io::write_atomically(path.as_ref(), |f| std::io::Write::write_all(f, &json))
+    }
+
+    /// Read the conv shapes and passes that [`Gpu::save_conv_tuning`] wrote to `path`: with
+    /// autotuning on they run as tuned there, without being timed again (a shape the file
+    /// tuned and this device tuned too takes the file's choice). Returns how many the file
+    /// holds. Fails, naming the file and what differs, where it was tuned on another adapter
+    /// or driver, or by another version of this crate, whose kernels may differ: tune again
+    /// there.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_conv_tuning(&self, path: impl AsRef<std::path::Path>) -> Result<usize> {
+        let path = path.as_ref();
+        let shown = path.display();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let file: TuningFile = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::format(
+                &shown,
+                format!("not a conv tuning file of this crate ({e})"),
+            )
+        })?;
+        if file.format != TUNING_FORMAT {
+            return Err(Error::format(
+                &shown,
+                format!("format {:?}, expected {TUNING_FORMAT:?}", file.format),
+            ));
+        }
+        let crate_version = env!("CARGO_PKG_VERSION");
+        if file.crate_version != crate_version {
+            return Err(Error::format(
+                &shown,
+                format!(
+                    "tuned by resnet-wgpu {}, not this {crate_version}, whose kernels may \
+                     differ: tune again",
+                    file.crate_version
+                ),
+            ));
+        }
+        let here = AdapterId::of(self);
+        if file.adapter != here {
+            return Err(Error::format(
+                &shown,
+                format!(
+                    "tuned on {}, not on this {}: tune again on this adapter",
+                    file.adapter, here
+                ),
+            ));
+        }
+        let count = file.convs.len();
+        let mut tuning = self.tuning();
+        for t in file.convs {
+            match tuning.tuned.iter_mut().find(|d| d.key == t.key) {
+                Some(done) => *done = t,
+                None => tuning.tuned.push(t),
+            }
+        }
+        Ok(count)
+    }
+
     fn tuning(&self) -> std::sync::MutexGuard<'_, ConvTuning> {
         self.0.conv_tuning.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `format` of a file of [`Gpu::save_conv_tuning`] (native only, as the file functions).
+#[cfg(not(target_arch = "wasm32"))]
+const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 1";
+
+/// A file of [`Gpu::save_conv_tuning`].
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Serialize, Deserialize)]
+struct TuningFile {
+    format: String,
+    crate_version: String,
+    adapter: AdapterId,
+    convs: Vec<TunedConv>,
+}
+
+/// The adapter and driver a tuning was measured on.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct AdapterId {
+    name: String,
+    backend: String,
+    driver: String,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl AdapterId {
+    fn of(gpu: &Gpu) -> AdapterId {
+        let info = gpu.info();
+        AdapterId {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            driver: info.driver.clone(),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl std::fmt::Display for AdapterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, driver {:?})",
+            self.name, self.backend, self.driver
+        )
     }
 }
 

@@ -228,7 +228,7 @@ pub(super) const MMA_VARIANTS: [(MmaConfig, &[Kernels; 3]); 2] = [
 /// fragments of the f32 result at a time (`shaders/conv_mma.wgsl`): with 16 x 16 fragments
 /// 13.75 KiB for 64 x 64 (chunks of 32), 12.5 for 128 x 64 and 18.5 for 128 x 128 (the
 /// result's 32 or 64 rows at a time took 26.5, 25.3 and 26.75 KiB).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MmaTile {
     /// 64 x 64, reduction chunks of 32.
     T64x64,
@@ -328,7 +328,7 @@ pub(super) fn gy_scale(f16: bool, gy: &Tensor, shared: &GyScale) -> Result<Optio
 /// The engine and tile of one direct conv GEMM: the f32 engine's [`ConvTile`] or the f16
 /// engine's [`MmaTile`]. Autotuning under [`ConvPrecision::F16`] times both engines and keeps
 /// the faster ([`crate::ops::TunedConv`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GemmTile {
     /// The exact f32 engine (`shaders/conv_fma.wgsl`).
     F32(ConvTile),

@@ -8,7 +8,7 @@ use super::*;
 /// ragged edges; [`TileModel::choose`] weighs the two per GEMM and adapter.
 /// `RESNET_WGPU_CONV_TILE` (for example `128x64`) forces one tile everywhere, for tuning on a
 /// new adapter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConvTile {
     /// 64 x 64, 4 x 4 per thread, reduction chunk 16.
     T64x64,
