@@ -461,6 +461,27 @@ mod tests {
     }
 
     #[test]
+    fn records_survive_json_to_the_bit() {
+        // Timings are arbitrary doubles: serde_json reads some of them back one ulp off unless
+        // its float_roundtrip feature is on (Cargo.toml), and a loaded tuning must equal the
+        // saved one.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            let mut millis = [0.0; ConvTile::ALL.len()];
+            for ms in &mut millis {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *ms = (x >> 11) as f64 / (1u64 << 53) as f64 * 100.0;
+            }
+            let t = choose(key(), f32(ConvTile::T64x64), millis, None, false, [None; 2]);
+            let json = serde_json::to_string(&t).unwrap();
+            let back: TunedConv = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, t, "{json}");
+        }
+    }
+
+    #[test]
     fn keeps_the_model_tile_within_the_margin() {
         let choose = |model, millis| choose(key(), f32(model), millis, None, false, [None; 2]);
         // 64x128 is the model's; 128x128 is 2% faster: noise, not a reason to switch.
