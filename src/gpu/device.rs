@@ -42,7 +42,8 @@ const MMA_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MA
 
 /// The f16 x f16 + f32 cooperative-matrix configuration of `adapter` that the f16 conv engine
 /// (`shaders/conv_mma.wgsl`) has a variant for (the first of [`super::MmaConfig::supported`] that
-/// the adapter offers, with its fixed subgroup size). None when there is none.
+/// the adapter offers, with its fixed subgroup size, and whose every tile fits the adapter's
+/// workgroup memory: autotuning runs them all). None when there is none.
 #[cfg(not(target_arch = "wasm32"))]
 fn mma_config(adapter: &wgpu::Adapter) -> Option<super::MmaConfig> {
     if !adapter.features().contains(MMA_FEATURES) {
@@ -53,9 +54,11 @@ fn mma_config(adapter: &wgpu::Adapter) -> Option<super::MmaConfig> {
         return None;
     }
     let offered = adapter.cooperative_matrix_properties();
+    let room = adapter.limits().max_compute_workgroup_storage_size as u64;
     super::MmaConfig::supported().into_iter().find(|config| {
         let f = config.fragment;
         config.subgroup == info.subgroup_min_size
+            && config.workgroup_bytes() <= room
             && offered.iter().any(|c| {
                 (c.m_size, c.n_size, c.k_size) == (f, f, f)
                     && c.ab_type == wgpu::CooperativeScalarType::F16

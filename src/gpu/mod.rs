@@ -260,6 +260,16 @@ impl MmaConfig {
     pub fn has_kernels(&self) -> bool {
         crate::ops::conv::mma_configs().any(|c| c == *self)
     }
+
+    /// The most workgroup memory the f16 engine's tiles declare with these fragments, in
+    /// bytes: the adapter must allow that much ([`crate::ops::MmaTile::workgroup_bytes`]).
+    pub fn workgroup_bytes(&self) -> u64 {
+        crate::ops::MmaTile::ALL
+            .iter()
+            .map(|t| t.workgroup_bytes(self.fragment as usize))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl std::fmt::Display for MmaConfig {
@@ -267,8 +277,10 @@ impl std::fmt::Display for MmaConfig {
         let n = self.fragment;
         write!(
             f,
-            "{n}x{n}x{n} f16 x f16 + f32 fragments with subgroups of {}",
-            self.subgroup
+            "{n}x{n}x{n} f16 x f16 + f32 fragments with subgroups of {} ({} bytes of workgroup \
+             memory)",
+            self.subgroup,
+            self.workgroup_bytes()
         )
     }
 }
@@ -502,7 +514,8 @@ impl Gpu {
                 format!(
                     "adapter {} offers no cooperative-matrix configuration the f16 conv engine \
                      has kernels for (it needs the features EXPERIMENTAL_COOPERATIVE_MATRIX, \
-                     SHADER_F16 and SUBGROUP, a fixed subgroup size and one of: {})",
+                     SHADER_F16 and SUBGROUP, a fixed subgroup size, the workgroup memory of \
+                     the engine's tiles and one of: {})",
                     self.0.info,
                     configs.join("; ")
                 )
