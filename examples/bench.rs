@@ -47,7 +47,7 @@
 use clap::Parser;
 use resnet_wgpu::gpu::{KernelTime, gpu_span_nanos};
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
-use resnet_wgpu::ops::{ConvTile, MmaTile};
+use resnet_wgpu::ops::{ConvTile, GemmTile, MmaTile};
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
 use resnet_wgpu::{Error, Gpu, GpuOptions, Result, Rng, Tape, Tensor, Var, ops};
 use serde::Serialize;
@@ -1103,11 +1103,6 @@ fn tile_name(t: ConvTile) -> String {
     format!("{m}x{n}")
 }
 
-fn mma_tile_name(t: MmaTile) -> String {
-    let (m, n, _) = t.dims();
-    format!("f16 {m}x{n}")
-}
-
 /// Print and return what `--autotune` tuned.
 fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
     let tuned = gpu.tuned_convs();
@@ -1132,7 +1127,7 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
         names.extend(
             MmaTile::ALL
                 .iter()
-                .map(|&t| format!("{:>11}", mma_tile_name(t))),
+                .map(|&t| format!("{:>11}", GemmTile::F16(t).to_string())),
         );
     }
     names.push(format!("{:>9}", "W"));

@@ -363,10 +363,11 @@ impl GemmTile {
 
 impl std::fmt::Display for GemmTile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (engine, (m, n, _)) = match self {
-            GemmTile::F32(t) => ("f32", t.dims()),
-            GemmTile::F16(t) => ("f16", t.dims()),
+        let engine = match self {
+            GemmTile::F32(_) => "f32",
+            GemmTile::F16(_) => "f16",
         };
+        let (m, n, _) = self.dims();
         write!(f, "{engine} {m}x{n}")
     }
 }
