@@ -367,10 +367,11 @@ fn run(a: Args) -> Result<()> {
             rec.val_top5 = v.top5;
         }
         trainer.save_checkpoint(&checkpoint)?;
-        if let Some(path) = &a.autotune_cache {
+        let last = epoch + 1 == epochs;
+        // The last epoch's tuning is saved at the end, with the test evaluation's.
+        if let Some(path) = a.autotune_cache.as_ref().filter(|_| !last) {
             gpu.save_conv_tuning(path)?;
         }
-        let last = epoch + 1 == epochs;
         if last {
             let t = trainer.evaluate(&data.test, 256)?;
             rec.test_accuracy = Some(t.accuracy);
@@ -413,7 +414,6 @@ fn run(a: Args) -> Result<()> {
     resnet_wgpu::io::save_safetensors(&dict, &a.out, Some(meta))?;
     println!("saved {}", a.out.display());
     if let Some(path) = &a.autotune_cache {
-        // Again: the test evaluation's batch shapes were tuned after the last epoch's save.
         gpu.save_conv_tuning(path)?;
         println!("autotune: tuning saved to {}", path.display());
     }
