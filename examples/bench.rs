@@ -120,6 +120,30 @@ struct Args {
     /// `ConvAlgo`. Default: `RESNET_WGPU_CONV_ALGO`, else auto.
     #[arg(long)]
     algo: Option<resnet_wgpu::ConvAlgo>,
+    /// Output tile of the Winograd convolutions on the f32 engine: `auto` (per convolution and
+    /// pass), `4` (F(4x4, 3x3)) or `2` (F(2x2, 3x3)); see `WinogradTile`. Default:
+    /// `RESNET_WGPU_WINOGRAD_TILE`, else auto.
+    #[arg(long)]
+    winograd_tile: Option<String>,
+}
+
+/// The gpu's Winograd tile setting, for the header and the JSON.
+fn winograd_tile_name(gpu: &Gpu) -> String {
+    gpu.winograd_tile()
+        .map_or("auto (per convolution)".into(), |t| t.to_string())
+}
+
+/// The conv table's mark of the passes' Winograd tiles: "" (all direct), " W4" (all three
+/// F(4x4, 3x3)), or each pass's, as " W4/4/2" (- for a direct pass).
+fn winograd_mark(tiles: [Option<usize>; 3]) -> String {
+    match tiles {
+        [None, None, None] => String::new(),
+        [Some(a), Some(b), Some(c)] if a == b && b == c => format!(" W{a}"),
+        _ => {
+            let m = tiles.map(|t| t.map_or("-".to_string(), |m| m.to_string()));
+            format!(" W{}", m.join("/"))
+        }
+    }
 }
 
 /// What one figure measured.
@@ -352,9 +376,9 @@ struct ConvRow {
     gmac: f64,
     /// Split-K factor of the weight gradient.
     weight_grad_splits: usize,
-    /// Whether the three passes ran Winograd F(2x2, 3x3) (`ConvAlgo`); their GFLOP/s count
-    /// the direct convolution's multiply-adds either way.
-    winograd: bool,
+    /// The Winograd tile each pass ran (m of F(m x m, 3x3): 2 or 4; None: direct; `ConvAlgo`,
+    /// `WinogradTile`); their GFLOP/s count the direct convolution's multiply-adds either way.
+    winograd: [Option<usize>; 3],
     forward: ConvPass,
     input_grad: ConvPass,
     weight_grad: ConvPass,
@@ -417,7 +441,8 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
             weight_grad_splits: ops::conv2d_weight_grad_splits(
                 gpu, x_shape, w_shape, s.stride, s.pad,
             )?,
-            winograd: ops::conv2d_winograd(gpu, x_shape, w_shape, s.stride, s.pad)?[0],
+            winograd: ops::conv2d_winograd_tiles(gpu, x_shape, w_shape, s.stride, s.pad)?
+                .map(|t| t.map(|t| t.m())),
             forward,
             input_grad,
             weight_grad,
@@ -425,7 +450,7 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
         let cell = |p: &ConvPass| format!("{} {:>7.1}", ms_pair(&p.timing), p.gflops);
         println!(
             "{:<18} {:>19} {:>3} {:>7.3} | {} | {} | {} {:>3}",
-            format!("{}{}", row.layer, if row.winograd { " W" } else { "" }),
+            format!("{}{}", row.layer, winograd_mark(row.winograd)),
             format!("{}x{}² -> {}x{}²", s.c, s.hw, s.k, oh),
             count,
             row.gmac,
@@ -457,8 +482,8 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
     );
     println!("(the stem's input gradient is never needed in training but is timed here too)");
     println!(
-        "(W: the three passes by Winograd F(2x2, 3x3); GFLOP/s always count the direct \
-         convolution's multiply-adds)\n"
+        "(W4: the three passes by Winograd F(4x4, 3x3), W2: F(2x2, 3x3), W4/2/-: each pass's, - \
+         direct; GFLOP/s always count the direct convolution's multiply-adds)\n"
     );
     let totals = ConvTotals {
         gmac_per_pass: total_macs / 1e9,
@@ -1042,6 +1067,9 @@ struct Report {
     staging: String,
     /// Algorithm of the 3x3 stride-1 convs: `Auto`, `Winograd` or `Direct`.
     algo: String,
+    /// The f32 engine's Winograd tile: `F(4x4, 3x3)`, `F(2x2, 3x3)` or `auto (per
+    /// convolution)`.
+    winograd_tile: String,
     /// Whether the kernels were compiled with wgpu's runtime checks
     /// (`RESNET_WGPU_SHADER_CHECKS=1`; off by default).
     shader_checks: bool,
@@ -1286,6 +1314,9 @@ fn main() -> Result<()> {
     if let Some(algo) = args.algo {
         gpu.set_conv_algo(algo);
     }
+    if let Some(tile) = &args.winograd_tile {
+        gpu.set_winograd_tile(resnet_wgpu::WinogradTile::parse_choice(tile)?);
+    }
     let info = gpu.info().clone();
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
@@ -1297,7 +1328,11 @@ fn main() -> Result<()> {
     println!("conv precision: {:?}", args.precision);
     println!("conv reduction order: {:?}", bench.gpu.conv_order());
     println!("conv staging: {:?}", bench.gpu.conv_staging());
-    println!("conv algorithm (3x3 stride 1): {:?}", bench.gpu.conv_algo());
+    println!(
+        "conv algorithm (3x3 stride 1): {:?}, Winograd tile on the f32 engine: {}",
+        bench.gpu.conv_algo(),
+        winograd_tile_name(&bench.gpu)
+    );
     println!(
         "conv tiles: {}",
         if args.autotune {
@@ -1341,6 +1376,7 @@ fn main() -> Result<()> {
         order: format!("{:?}", bench.gpu.conv_order()),
         staging: format!("{:?}", bench.gpu.conv_staging()),
         algo: format!("{:?}", bench.gpu.conv_algo()),
+        winograd_tile: winograd_tile_name(&bench.gpu),
         shader_checks: bench.gpu.shader_checks(),
         convs: None,
         conv_totals: None,

@@ -36,6 +36,7 @@ pub use autograd::{Gradients, Tape, Var};
 pub use error::{Error, Result};
 pub use gpu::{
     ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, GpuInfo, GpuOptions, MmaConfig,
+    WinogradTile,
 };
 pub use rng::Rng;
 pub use tensor::{DType, Tensor};

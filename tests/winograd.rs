@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvPass, ConvTile, GemmTile, TunedConv};
-use resnet_wgpu::{ConvAlgo, Gpu, Tape, Tensor, ops, reference};
+use resnet_wgpu::{ConvAlgo, Gpu, Tape, Tensor, WinogradTile, ops, reference};
 
 /// The conv goldens' tolerance (tests/conv.rs).
 const RTOL: f32 = 1e-4;
@@ -20,7 +20,11 @@ fn winograd_gpu() -> Gpu {
 
 #[test]
 fn goldens_through_winograd() {
-    let gpu = winograd_gpu();
+    each_tile(goldens_with);
+}
+
+/// The conv goldens through `gpu`'s Winograd tile, at the goldens' tolerance.
+fn goldens_with(gpu: &Gpu) {
     let g = Golden::open("ops.safetensors");
     // c0: 3 -> 4 channels on 8x8 with a bias; c4: 16 -> 16 on 5x5 (odd: ragged tiles), bias.
     for name in ["c0", "c4"] {
@@ -28,18 +32,18 @@ fn goldens_through_winograd() {
         let u = |i: usize| cfg[i] as usize;
         let (xs, ws) = ([u(0), u(1), u(2), u(3)], [u(4), u(1), u(5), u(5)]);
         assert_eq!(
-            ops::conv2d_winograd(&gpu, xs, ws, u(6), u(7)).unwrap(),
+            ops::conv2d_winograd(gpu, xs, ws, u(6), u(7)).unwrap(),
             [true; 3],
             "{name} runs Winograd"
         );
-        let t = |s: &str| g.tensor(&gpu, &format!("{name}.{s}"));
+        let t = |s: &str| g.tensor(gpu, &format!("{name}.{s}"));
         let f = |s: &str| g.f32(&format!("{name}.{s}"));
         let tape = Tape::new();
         let x = tape.leaf(t("x"));
         let w = tape.leaf(t("w"));
         let b = (u(8) != 0).then(|| tape.leaf(t("b")));
         let y = x.conv2d(&w, b.as_ref(), u(6), u(7)).unwrap();
-        let what = |s: &str| format!("{name} {s}");
+        let what = |s: &str| format!("{:?} {name} {s}", gpu.winograd_tile());
         assert_close(
             &y.tensor().to_vec().unwrap(),
             &f("y"),
@@ -55,10 +59,31 @@ fn goldens_through_winograd() {
     }
 }
 
-/// Forward and input gradient of one case against the CPU twin (the same transforms and
-/// sums; the two differ by f32 rounding, on lavapipe by up to about as much as each differs
-/// from the exact sums) and the direct f64 reference.
+/// Checks `actual` against `expected` (the CPU twin or the direct reference): F(2x2, 3x3)
+/// element by element within `rtol` and `atol`; F(4x4, 3x3) within `rtol` and `f4_scale`
+/// times the RMS of `expected`. F(4x4, 3x3)'s transforms mix each tile's values with
+/// coefficients up to 8 (and 1/15), so its rounding errors scale with the whole output: on
+/// outputs near zero they are large next to the element itself.
+fn assert_tile_close(
+    tile: WinogradTile,
+    actual: &[f32],
+    expected: &[f32],
+    [rtol, atol]: [f32; 2],
+    f4_scale: f32,
+    what: &str,
+) {
+    let what = format!("{tile} {what}");
+    match tile {
+        WinogradTile::F2 => assert_close(actual, expected, rtol, atol, &what),
+        WinogradTile::F4 => assert_close_to_scale(actual, expected, rtol, f4_scale, &what),
+    }
+}
+
+/// The three passes of one case against the CPU twin (the same transforms and sums; the two
+/// differ by f32 rounding, on lavapipe by up to about as much as each differs from the exact
+/// sums) and the direct f64 reference, with `gpu`'s Winograd tile.
 fn check(gpu: &Gpu, x: [usize; 4], k: usize, bias: bool, seed: u64) {
+    let tile = gpu.winograd_tile().expect("a tile set");
     let w = [k, x[1], 3, 3];
     let what = format!("x {x:?} w {w:?} bias {bias}");
     assert_eq!(
@@ -73,35 +98,55 @@ fn check(gpu: &Gpu, x: [usize; 4], k: usize, bias: bool, seed: u64) {
     let wt = Tensor::from_slice(gpu, &w, &wv).unwrap();
     let bt = Tensor::from_slice(gpu, &[k], &bv).unwrap();
     let b = bias.then_some(bv.as_slice());
+    let close = |actual: &[f32], expected: &[f32], tol, f4_scale, against: &str| {
+        let what = format!("{what}: {against}");
+        assert_tile_close(tile, actual, expected, tol, f4_scale, &what);
+    };
     let y = ops::conv2d(&xt, &wt, bias.then_some(&bt), 1, 1).unwrap();
     let y = y.to_vec().unwrap();
-    let twin = reference::conv2d_winograd(&xv, x, &wv, w, b);
-    assert_close(&y, &twin, 1e-5, 1e-5, &format!("{what}: forward, CPU twin"));
+    let twin = reference::conv2d_winograd(tile, &xv, x, &wv, w, b);
+    close(&y, &twin, [1e-5, 1e-5], TWIN_SCALE, "forward, CPU twin");
     let (direct, ys) = reference::conv2d(&xv, x, &wv, w, b, 1, 1);
-    assert_close(&y, &direct, RTOL, 1e-4, &format!("{what}: forward, direct"));
+    close(&y, &direct, [RTOL, 1e-4], DIRECT_SCALE, "forward, direct");
     let gyv = random_vec(direct.len(), seed + 3);
     let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
     let gx = ops::conv2d_backward_input(&gy, &wt, x, 1, 1).unwrap();
     let gx = gx.to_vec().unwrap();
-    let twin = reference::conv2d_backward_input_winograd(&gyv, &wv, w, x);
-    assert_close(&gx, &twin, 1e-5, 1e-5, &format!("{what}: gx, CPU twin"));
+    let twin = reference::conv2d_backward_input_winograd(tile, &gyv, &wv, w, x);
+    close(&gx, &twin, [1e-5, 1e-5], TWIN_SCALE, "gx, CPU twin");
     let direct = reference::conv2d_backward_input(&gyv, &wv, w, x, 1, 1);
-    assert_close(&gx, &direct, RTOL, 1e-4, &format!("{what}: gx, direct"));
+    close(&gx, &direct, [RTOL, 1e-4], DIRECT_SCALE, "gx, direct");
     // Sums over every tile of the batch, in splits: the twin's single sum in another order.
     let gw = ops::conv2d_backward_weight(&xt, &gy, w, 1, 1).unwrap();
     let gw = gw.to_vec().unwrap();
-    let twin = reference::conv2d_backward_weight_winograd(&xv, x, &gyv, w);
-    assert_close(&gw, &twin, 1e-5, 1e-4, &format!("{what}: gw, CPU twin"));
+    let twin = reference::conv2d_backward_weight_winograd(tile, &xv, x, &gyv, w);
+    close(&gw, &twin, [1e-5, 1e-4], TWIN_SCALE, "gw, CPU twin");
     let direct = reference::conv2d_backward_weight(&xv, x, &gyv, w, 1, 1);
-    assert_close(&gw, &direct, RTOL, 1e-3, &format!("{what}: gw, direct"));
+    close(&gw, &direct, [RTOL, 1e-3], DIRECT_SCALE, "gw, direct");
+}
+
+/// F(4x4, 3x3)'s tolerances, times the output's RMS: against the CPU twin and against the
+/// direct reference.
+/// lavapipe's worst over the random shapes: 5.9e-6 and 1.1e-5 (F(2x2, 3x3): 1.3e-6 and
+/// 2.7e-6).
+const TWIN_SCALE: f32 = 1.5e-5;
+const DIRECT_SCALE: f32 = 3e-5;
+
+/// A Winograd device ([`winograd_gpu`]) with each tile in turn.
+fn each_tile(mut test: impl FnMut(&Gpu)) {
+    for tile in [WinogradTile::F2, WinogradTile::F4] {
+        let gpu = winograd_gpu();
+        gpu.set_winograd_tile(Some(tile));
+        test(&gpu);
+    }
 }
 
 #[test]
 fn random_shapes_match_the_twin_and_the_direct_reference() {
-    let gpu = winograd_gpu();
-    // Even and odd planes (ragged last tiles), 1xN and 2x2 planes, channels off the GEMM
-    // tiles' multiples (the channel-major GEMM), and a few hundred tiles.
-    let cases: [([usize; 4], usize, bool); 7] = [
+    // Even and odd planes (ragged last tiles: F(4x4)'s with 1, 2 and 3 rows or columns), 1xN
+    // and 2x2 planes, channels off the GEMM tiles' multiples (the channel-major GEMM), and a
+    // few hundred tiles.
+    let cases: [([usize; 4], usize, bool); 8] = [
         ([2, 16, 8, 8], 32, true),
         ([1, 19, 7, 5], 23, false),
         ([3, 8, 2, 2], 5, true),
@@ -109,63 +154,72 @@ fn random_shapes_match_the_twin_and_the_direct_reference() {
         ([1, 5, 13, 11], 131, true),
         ([2, 64, 14, 14], 64, false),
         ([1, 48, 30, 26], 24, true),
+        ([1, 128, 10, 6], 96, false),
     ];
-    for (i, (x, k, bias)) in cases.into_iter().enumerate() {
-        check(&gpu, x, k, bias, 40 + 10 * i as u64);
-    }
+    each_tile(|gpu| {
+        for (i, &(x, k, bias)) in cases.iter().enumerate() {
+            check(gpu, x, k, bias, 40 + 10 * i as u64);
+        }
+    });
 }
 
 #[test]
 fn chunks_of_images_give_the_same_bits() {
     // Chunks of one, two and three images (a ragged last chunk of 5 images) against the whole
     // batch at once: only offsets differ, not the sums.
-    // 20 x 19 planes (10 x 10 tiles, the last column of tiles half outside), so that the
-    // weight gradient's partial results (16 x 12 x 8 per chunk) fit the cap of one image's V
-    // (16 x 12 x 100) even with a partial result per image.
-    let x = [5, 8, 20, 19];
+    // 32 x 19 planes (F(2x2): 16 x 10 tiles, F(4x4): 8 x 5, the last column of tiles partly
+    // outside), so that the weight gradient's partial results (α² x 12 x 8 per chunk) fit the
+    // cap of one image's V (α² x 12 x tiles) even with a partial result per image.
+    let x = [5, 8, 32, 19];
     let w = [12, 8, 3, 3];
-    let ys = [5, 12, 20, 19];
+    let ys = [5, 12, 32, 19];
     let xv = random_vec(x.iter().product(), 7);
     let wv = random_vec(w.iter().product(), 8);
     let gyv = random_vec(ys.iter().product(), 9);
-    let run = |chunk: Option<usize>| {
-        let gpu = winograd_gpu();
-        if let Some(images) = chunk {
-            // V and M hold 16 values per tile and channel (12 channels at most, 100 tiles).
-            gpu.set_winograd_chunk_elements(images * 16 * 12 * 100);
+    for tile in [WinogradTile::F2, WinogradTile::F4] {
+        let run = |chunk: Option<usize>| {
+            let gpu = winograd_gpu();
+            gpu.set_winograd_tile(Some(tile));
+            if let Some(images) = chunk {
+                // V and M hold α² values per tile and channel (12 channels at most).
+                let tiles = 32usize.div_ceil(tile.m()) * 19usize.div_ceil(tile.m());
+                gpu.set_winograd_chunk_elements(images * tile.positions() * 12 * tiles);
+            }
+            let xt = Tensor::from_slice(&gpu, &x, &xv).unwrap();
+            let wt = Tensor::from_slice(&gpu, &w, &wv).unwrap();
+            let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
+            assert_eq!(
+                ops::conv2d_winograd(&gpu, x, w, 1, 1).unwrap(),
+                [true; 3],
+                "{tile} {chunk:?}"
+            );
+            let before = gpu.dispatch_count();
+            let y = ops::conv2d(&xt, &wt, None, 1, 1).unwrap().to_vec().unwrap();
+            let dispatches = gpu.dispatch_count() - before;
+            let gx = ops::conv2d_backward_input(&gy, &wt, x, 1, 1).unwrap();
+            let before = gpu.dispatch_count();
+            let gw = ops::conv2d_backward_weight(&xt, &gy, w, 1, 1).unwrap();
+            let gw_dispatches = gpu.dispatch_count() - before;
+            let gw = gw.to_vec().unwrap();
+            (y, gx.to_vec().unwrap(), gw, [dispatches, gw_dispatches])
+        };
+        let (y, gx, gw, dispatches) = run(None);
+        // The weights' transform, then the input transform, the GEMMs and the output
+        // transform; for gw both transforms, the GEMMs, the sum of their partial results and
+        // gw's transform.
+        assert_eq!(dispatches, [4, 5], "{tile}, one chunk");
+        for images in [1, 2, 3] {
+            let chunks = 5usize.div_ceil(images) as u64;
+            let (yc, gxc, gwc, d) = run(Some(images));
+            let what = format!("{tile}, chunks of {images}");
+            assert_eq!(d, [1 + 3 * chunks, 2 + 3 * chunks], "{what}");
+            assert_eq!(yc, y, "forward, {what}");
+            assert_eq!(gxc, gx, "input gradient, {what}");
+            // The weight gradient sums the chunks' partial results: the same products, added
+            // in another order.
+            let what = format!("weight gradient, {what}");
+            assert_tile_close(tile, &gwc, &gw, [1e-5, 1e-4], TWIN_SCALE, &what);
         }
-        let xt = Tensor::from_slice(&gpu, &x, &xv).unwrap();
-        let wt = Tensor::from_slice(&gpu, &w, &wv).unwrap();
-        let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
-        assert_eq!(
-            ops::conv2d_winograd(&gpu, x, w, 1, 1).unwrap(),
-            [true; 3],
-            "{chunk:?}"
-        );
-        let before = gpu.dispatch_count();
-        let y = ops::conv2d(&xt, &wt, None, 1, 1).unwrap().to_vec().unwrap();
-        let dispatches = gpu.dispatch_count() - before;
-        let gx = ops::conv2d_backward_input(&gy, &wt, x, 1, 1).unwrap();
-        let before = gpu.dispatch_count();
-        let gw = ops::conv2d_backward_weight(&xt, &gy, w, 1, 1).unwrap();
-        let gw_dispatches = gpu.dispatch_count() - before;
-        let gw = gw.to_vec().unwrap();
-        (y, gx.to_vec().unwrap(), gw, [dispatches, gw_dispatches])
-    };
-    let (y, gx, gw, dispatches) = run(None);
-    // The weights' transform, then the input transform, 16 GEMMs and the output transform;
-    // for gw both transforms, the GEMMs, the sum of their partial results and gw's transform.
-    assert_eq!(dispatches, [4, 5], "one chunk");
-    for images in [1, 2, 3] {
-        let chunks = 5usize.div_ceil(images) as u64;
-        let (yc, gxc, gwc, d) = run(Some(images));
-        assert_eq!(d, [1 + 3 * chunks, 2 + 3 * chunks], "{images} a chunk");
-        assert_eq!(yc, y, "forward, chunks of {images}");
-        assert_eq!(gxc, gx, "input gradient, chunks of {images}");
-        // The weight gradient sums the chunks' partial results: the same products, added in
-        // another order.
-        let what = format!("weight gradient, chunks of {images}");
-        assert_close(&gwc, &gw, 1e-5, 1e-4, &what);
     }
 }
 
@@ -218,6 +272,47 @@ fn which_convolutions_take_it() {
     assert_eq!(" Direct".parse::<ConvAlgo>().unwrap(), ConvAlgo::Direct);
     let err = "fft".parse::<ConvAlgo>().unwrap_err().to_string();
     assert!(err.contains("fft") && err.contains("winograd"), "{err}");
+}
+
+#[test]
+fn the_tile_follows_the_gemms() {
+    // Unless set, each pass runs the tile whose GEMMs do fewer multiply-adds, counting the
+    // padding of their last column tile: F(4x4, 3x3) but where its output tiles leave most of
+    // a column tile empty (the forward pass and input gradient of 7x7 planes at batch 8: 32
+    // tiles, against F(2x2, 3x3)'s 128); the weight gradient reduces over the tiles.
+    let gpu = winograd_gpu();
+    assert_eq!(gpu.winograd_tile(), None, "the default: per convolution");
+    let (f2, f4) = (Some(WinogradTile::F2), Some(WinogradTile::F4));
+    let tiles = |x: [usize; 4]| {
+        let w = [x[1], x[1], 3, 3];
+        ops::conv2d_winograd_tiles(&gpu, x, w, 1, 1).unwrap()
+    };
+    assert_eq!(tiles([8, 64, 56, 56]), [f4; 3], "layer1 at batch 8");
+    assert_eq!(tiles([8, 256, 14, 14]), [f4; 3], "layer3 at batch 8");
+    assert_eq!(tiles([8, 512, 7, 7]), [f2, f2, f4], "layer4 at batch 8");
+    assert_eq!(tiles([128, 512, 7, 7]), [f4; 3], "layer4 at batch 128");
+    assert_eq!(
+        tiles([1, 16, 2, 2]),
+        [f2; 3],
+        "one tile either way: 16 GEMMs, not 36"
+    );
+    for tile in [WinogradTile::F2, WinogradTile::F4] {
+        gpu.set_winograd_tile(Some(tile));
+        assert_eq!(tiles([8, 512, 7, 7]), [Some(tile); 3], "{tile} set");
+        assert_eq!(tiles([8, 64, 56, 56]), [Some(tile); 3], "{tile} set");
+    }
+    assert_eq!(
+        WinogradTile::parse_choice(" Auto").unwrap(),
+        None,
+        "auto: per convolution"
+    );
+    assert_eq!(WinogradTile::parse_choice("4x4").unwrap(), f4);
+    assert_eq!(WinogradTile::parse_choice("2").unwrap(), f2);
+    let err = WinogradTile::parse_choice("6").unwrap_err().to_string();
+    assert!(err.contains("\"6\"") && err.contains("auto"), "{err}");
+    assert_eq!(WinogradTile::F4.to_string(), "F(4x4, 3x3)");
+    assert_eq!(WinogradTile::F2.positions(), 16);
+    assert_eq!(WinogradTile::F4.positions(), 36);
 }
 
 /// The f32 tile of a pass tuned under `ConvPrecision::F32`.
@@ -310,19 +405,22 @@ fn autotune_times_winograd_and_runs_its_choice() {
 
 #[test]
 fn inference_block_matches_the_separate_kernels() {
-    // conv + eval batch norm (+ residual) (+ ReLU): the output transform applies the batch
-    // norm as the separate kernel would after Winograd's convolution.
-    let gpu = winograd_gpu();
+    each_tile(inference_block_with);
+}
+
+/// conv + eval batch norm (+ residual) (+ ReLU) through `gpu`'s Winograd tile: the output
+/// transform applies the batch norm as the separate kernel would after Winograd's convolution.
+fn inference_block_with(gpu: &Gpu) {
     let x = [2, 24, 9, 10];
     let k = 40;
     let w = [k, 24, 3, 3];
-    let xt = Tensor::from_slice(&gpu, &x, &random_vec(x.iter().product(), 61)).unwrap();
-    let wt = Tensor::from_slice(&gpu, &w, &random_vec(w.iter().product(), 62)).unwrap();
+    let xt = Tensor::from_slice(gpu, &x, &random_vec(x.iter().product(), 61)).unwrap();
+    let wt = Tensor::from_slice(gpu, &w, &random_vec(w.iter().product(), 62)).unwrap();
     let ys = [2, k, 9, 10];
-    let res = Tensor::from_slice(&gpu, &ys, &random_vec(ys.iter().product(), 63)).unwrap();
+    let res = Tensor::from_slice(gpu, &ys, &random_vec(ys.iter().product(), 63)).unwrap();
     let channel = |seed, lo: f32| {
         let v: Vec<f32> = random_vec(k, seed).iter().map(|v| lo + v.abs()).collect();
-        Tensor::from_slice(&gpu, &[k], &v).unwrap()
+        Tensor::from_slice(gpu, &[k], &v).unwrap()
     };
     let (gamma, beta, mean, var) = (
         channel(64, 0.5),
@@ -338,7 +436,7 @@ fn inference_block_matches_the_separate_kernels() {
         eps: 1e-5,
     };
     for (residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
-        let what = format!("residual {residual} relu {relu}");
+        let what = format!("{:?} residual {residual} relu {relu}", gpu.winograd_tile());
         let r = residual.then_some(&res);
         let before = gpu.dispatch_count();
         let fused = ops::conv2d_bn_eval(&xt, &wt, 1, 1, &bn, r, relu).unwrap();

@@ -184,11 +184,12 @@ impl std::str::FromStr for ConvStaging {
 /// Other kernel sizes and strides always run direct. Under [`ConvPrecision::F16`] Winograd's
 /// GEMMs run on the f16 engine.
 ///
-/// Winograd F(2x2, 3x3) (`shaders/winograd.wgsl`) runs 16 GEMMs with 4/9 of the direct
-/// convolution's multiply-adds, between transforms that move about 16 bytes per output pixel
-/// and channel. Its sums are not the direct ones bit for bit: the transforms add and subtract
-/// inputs before the products (errors of the order of f32 rounding on the sums, as with any
-/// change of summation order; tested against the goldens at the same tolerance).
+/// Winograd F(4x4, 3x3) (`shaders/winograd4.wgsl`; [`WinogradTile`]) runs 36 GEMMs with a
+/// quarter of the direct convolution's multiply-adds, between transforms that move about 9
+/// bytes per output pixel and channel; F(2x2, 3x3) 16 GEMMs with 4/9 of them and 16 bytes. Their
+/// sums are not the direct ones bit for bit: the transforms add and subtract inputs before the
+/// products (errors of a few times f32 rounding on the sums, relative to the output's scale;
+/// tested against the goldens at the same tolerance as the direct convolution).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgo {
     /// Winograd where the channels are many enough for the saved arithmetic to outweigh the
@@ -234,6 +235,95 @@ impl std::str::FromStr for ConvAlgo {
             "direct" => Ok(ConvAlgo::Direct),
             other => Err(Error::Invalid(format!(
                 "conv algorithm {other:?}: expected auto, winograd or direct"
+            ))),
+        }
+    }
+}
+
+/// The output tile of the Winograd convolutions that run their GEMMs on the f32 engine
+/// ([`Gpu::set_winograd_tile`]; unless set, chosen per convolution and pass: the one whose
+/// GEMMs do fewer multiply-adds, counting the padding of their last column tile, which is
+/// F(4x4, 3x3) except on the smallest batches of small planes, such as ResNet's 7x7 layer4 at
+/// batch 8, whose 32 tiles fill half of a 64-column GEMM tile). Winograd's GEMMs on the f16
+/// engine always run
+/// [`WinogradTile::F2`]: F(4x4, 3x3)'s transforms grow values by up to 49 times (F(2x2, 3x3)'s
+/// by 4), too much for f16's 11-bit significands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WinogradTile {
+    /// F(2x2, 3x3) (`shaders/winograd.wgsl`): 16 GEMMs, 4/9 of the direct convolution's
+    /// multiply-adds; the transformed tensors hold 4 values per output pixel and channel.
+    F2,
+    /// F(4x4, 3x3) (`shaders/winograd4.wgsl`): 36 GEMMs, a quarter of the direct convolution's
+    /// multiply-adds; 2.25 transformed values per output pixel and channel (planes whose sides
+    /// are multiples of 4). Its transforms' coefficients (up to 8, and 1/3, 1/15) round more than
+    /// F(2x2, 3x3)'s: on random 3x3 convolutions of 16-128 channels in f32 on lavapipe, the
+    /// largest error against the exact sums is 3e-6 to 1.2e-5 of the output's RMS (F(2x2, 3x3):
+    /// up to 2.7e-6). The points of its transforms (0, 1, -1, 1/2, -2) are those Barabasz et al.
+    /// (2020) found most accurate, 3.5 times more than Lavin & Gray's 0, +-1, +-2. The conv
+    /// goldens pass through it at the direct convolution's tolerance.
+    #[default]
+    F4,
+}
+
+impl WinogradTile {
+    /// `RESNET_WGPU_WINOGRAD_TILE` ([`WinogradTile::parse_choice`]), else None (the choice per
+    /// convolution): the setting a new [`Gpu`] starts with.
+    pub fn from_env() -> Option<WinogradTile> {
+        match std::env::var("RESNET_WGPU_WINOGRAD_TILE") {
+            Ok(v) => WinogradTile::parse_choice(&v).unwrap_or_else(|e| {
+                eprintln!("warning: RESNET_WGPU_WINOGRAD_TILE: {e}; using auto");
+                None
+            }),
+            Err(_) => None,
+        }
+    }
+
+    /// `auto` (None: the choice per convolution) or a tile ([`WinogradTile::from_str`]).
+    pub fn parse_choice(s: &str) -> Result<Option<WinogradTile>> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| {
+            Error::Invalid(format!(
+                "Winograd tile {s:?}: expected auto, 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))"
+            ))
+        })
+    }
+
+    /// Output pixels per tile side (2 or 4).
+    pub fn m(self) -> usize {
+        match self {
+            WinogradTile::F2 => 2,
+            WinogradTile::F4 => 4,
+        }
+    }
+
+    /// Transformed values per tile side, m + 2 for the 3x3 kernel.
+    pub fn alpha(self) -> usize {
+        self.m() + 2
+    }
+
+    /// Positions of a transformed tile: the number of GEMMs (16 or 36).
+    pub fn positions(self) -> usize {
+        self.alpha() * self.alpha()
+    }
+}
+
+impl std::fmt::Display for WinogradTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "F({m}x{m}, 3x3)", m = self.m())
+    }
+}
+
+impl std::str::FromStr for WinogradTile {
+    type Err = Error;
+    /// `2` or `4` (also `2x2`, `4x4`, `f2`, `f4`).
+    fn from_str(s: &str) -> Result<WinogradTile> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "2" | "2x2" | "f2" => Ok(WinogradTile::F2),
+            "4" | "4x4" | "f4" => Ok(WinogradTile::F4),
+            other => Err(Error::Invalid(format!(
+                "Winograd tile {other:?}: expected 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))"
             ))),
         }
     }
@@ -299,6 +389,8 @@ struct ConvMath {
     weight_copy_min_columns: usize,
     /// The most elements of each transient buffer of the Winograd transforms.
     winograd_chunk: usize,
+    /// The f32 engine's Winograd tile (None: chosen per convolution).
+    winograd_tile: Option<WinogradTile>,
 }
 
 /// Threads per workgroup of the one-dimensional (elementwise) kernels.
@@ -481,6 +573,7 @@ impl Gpu {
                 algo: ConvAlgo::from_env(),
                 weight_copy_min_columns: crate::ops::conv::WEIGHT_COPY_MIN_COLUMNS,
                 winograd_chunk: crate::ops::conv::WINOGRAD_CHUNK_ELEMENTS,
+                winograd_tile: WinogradTile::from_env(),
                 ..ConvMath::default()
             }),
             shader_checks,
@@ -566,6 +659,20 @@ impl Gpu {
     /// The algorithm of the 3x3 convolutions of stride 1 ([`Gpu::set_conv_algo`]).
     pub fn conv_algo(&self) -> ConvAlgo {
         lock(&self.0.conv_math).algo
+    }
+
+    /// Choose the output tile of the Winograd convolutions whose GEMMs run on the f32 engine from
+    /// now on, None to choose it per convolution and pass ([`WinogradTile`]; every clone of this
+    /// `Gpu` shares it; a new `Gpu` starts with [`WinogradTile::from_env`]). Shapes already
+    /// tuned keep the choice that tuning made with the setting of the time.
+    pub fn set_winograd_tile(&self, tile: Option<WinogradTile>) {
+        lock(&self.0.conv_math).winograd_tile = tile;
+    }
+
+    /// The f32 engine's Winograd tile, None where chosen per convolution
+    /// ([`Gpu::set_winograd_tile`]).
+    pub fn winograd_tile(&self) -> Option<WinogradTile> {
+        lock(&self.0.conv_math).winograd_tile
     }
 
     /// The most elements each of the Winograd transforms' two transient buffers holds (the

@@ -12,9 +12,10 @@
 //! adapter picks the tile and the split-K plan per shape, and autotuning ([`crate::ops::tune`])
 //! can replace its choice of tile, engine ([`GemmTile`]) and algorithm.
 //!
-//! The 3x3 convolutions of stride 1 and padding 1 run Winograd F(2x2, 3x3) where
-//! [`crate::ConvAlgo`] says so (the `winograd` submodule): transforms around 16 of these GEMMs,
-//! batched, with 4/9 of the multiply-adds.
+//! The 3x3 convolutions of stride 1 and padding 1 run Winograd where [`crate::ConvAlgo`] says
+//! so (the `winograd` submodule): transforms around 36 of these GEMMs, batched, with a quarter
+//! of the multiply-adds (F(4x4, 3x3)), or 16 with 4/9 of them (F(2x2, 3x3), the f16 engine's
+//! and [`crate::WinogradTile::F2`]).
 //!
 //! This file holds the ops; the submodules, their parts: `kernels` (the uniform params, the
 //! compiled tile variants and the multiply engine that dispatches them), `tiles` (the tiles and
@@ -32,7 +33,7 @@ pub(crate) use plan::WEIGHT_COPY_MIN_COLUMNS;
 pub use plan::{conv2d_output_size, conv2d_taps};
 pub(crate) use tiles::forced_tile;
 pub use tiles::{ConvTile, TileModel, conv_stages};
-pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd};
+pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_tiles};
 
 use kernels::{
     EPI_RELU, EPI_RESIDUAL, Engine, F32_DOUBLE, F32_SINGLE, FORWARD_REDUCE, FORWARD_REDUCE_BN,

@@ -4,7 +4,7 @@
 //! [`ConvPrecision::F16`] the f16 engine's tiles ([`MmaTile::ALL`]) are timed too, and the
 //! fastest of both engines runs: the f32 engine where it is faster (as on the H200 of run 6,
 //! where the f16 step was slower), the f16 one elsewhere. Where the shape
-//! can run Winograd F(2x2, 3x3) (a 3x3 kernel of stride 1 and padding 1, see
+//! can run Winograd (a 3x3 kernel of stride 1 and padding 1, see
 //! [`crate::ConvAlgo`]), the pass is also timed through it, and under [`crate::ConvAlgo::Auto`]
 //! the faster of the two algorithms runs: the thresholds of Auto's rule were estimated for one
 //! GPU, and tuning replaces them with this adapter's timings. The default plan comes from a
@@ -75,10 +75,10 @@ pub struct TunedConv {
     /// Under [`ConvPrecision::F16`], wall milliseconds per run with each f16 tile of
     /// [`MmaTile::ALL`], in order (else None).
     pub f16_millis: Option<[f64; MmaTile::ALL.len()]>,
-    /// Wall milliseconds per run of the pass through Winograd F(2x2, 3x3) with its GEMMs on the
-    /// f32 engine, where the shape can take it (else None)...
+    /// Wall milliseconds per run of the pass through Winograd with its GEMMs on the f32 engine
+    /// (with the gpu's [`crate::WinogradTile`]), where the shape can take it (else None)...
     pub winograd_millis: Option<f64>,
-    /// ...and with them on the f16 engine, under [`ConvPrecision::F16`].
+    /// ...and with them on the f16 engine (F(2x2, 3x3)), under [`ConvPrecision::F16`].
     pub f16_winograd_millis: Option<f64>,
     /// Whether [`crate::ConvAlgo::Auto`]'s rule runs Winograd here without tuning.
     pub model_winograd: bool,
@@ -111,8 +111,8 @@ impl TunedConv {
 pub(crate) enum Candidate {
     /// The direct GEMM on this engine and tile.
     Gemm(GemmTile),
-    /// Winograd F(2x2, 3x3), its GEMMs on the model's tiles of the f16 engine where `f16`,
-    /// else of the f32 one.
+    /// Winograd, its GEMMs on the model's tiles of the f16 engine where `f16` (F(2x2, 3x3)),
+    /// else of the f32 one (the gpu's [`crate::WinogradTile`]).
     Winograd { f16: bool },
 }
 

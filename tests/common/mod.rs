@@ -124,6 +124,26 @@ pub fn assert_close(actual: &[f32], expected: &[f32], rtol: f32, atol: f32, what
     }
 }
 
+/// The root mean square of `v`.
+pub fn rms(v: &[f32]) -> f32 {
+    (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt() as f32
+}
+
+/// [`assert_close`] with an absolute tolerance of `scale_tol` times the RMS of `expected`: for
+/// algorithms whose rounding errors scale with the whole output (Winograd's transforms mix
+/// each tile's values), not with each element.
+pub fn assert_close_to_scale(
+    actual: &[f32],
+    expected: &[f32],
+    rtol: f32,
+    scale_tol: f32,
+    what: &str,
+) {
+    let atol = scale_tol * rms(expected);
+    let what = format!("{what} (atol {scale_tol} x RMS {})", rms(expected));
+    assert_close(actual, expected, rtol, atol, &what);
+}
+
 /// Deterministic pseudo-random values in [-1, 1) (xorshift), for reproducible random tests.
 pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -444,7 +444,8 @@ pub(super) struct InputPhase {
 /// How a pass of a convolution runs ([`Geometry::route`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Route {
-    /// Winograd F(2x2, 3x3) ([`winograd`]), its GEMMs on the f16 engine where `f16`.
+    /// Winograd ([`winograd`]), its GEMMs on the f16 engine where `f16` (F(2x2, 3x3)), else on
+    /// the f32 one (the gpu's [`crate::WinogradTile`]).
     Winograd { f16: bool },
     /// The direct GEMM, with this engine and tile (None: the model's plan on the gpu's engine).
     Direct(Option<GemmTile>),

@@ -1,24 +1,29 @@
-//! Winograd F(2x2, 3x3) for the 3x3 convolutions of stride 1 and padding 1: the forward pass,
+//! Winograd F(m x m, 3x3) for the 3x3 convolutions of stride 1 and padding 1: the forward pass,
 //! the input gradient (itself such a convolution, of gy with the kernel turned by 180 degrees
-//! and its channels swapped) and the weight gradient, each as 16 GEMMs with 4/9 of the direct
-//! convolution's multiply-adds. See `shaders/winograd.wgsl` for the math.
+//! and its channels swapped) and the weight gradient, each as α² GEMMs (α = m + 2) over the
+//! m x m output tiles. F(4x4, 3x3) (36 GEMMs, a quarter of the direct convolution's
+//! multiply-adds, `shaders/winograd4.wgsl`) on the f32 engine unless
+//! [`Gpu::set_winograd_tile`] says otherwise; F(2x2, 3x3) (16 GEMMs, 4/9 of them,
+//! `shaders/winograd.wgsl`) on the f16 engine. See the shaders for the math.
 //!
-//! A forward pass (or input gradient): the weights' transform U `[16, rows, depth]` (one
-//! dispatch), then per chunk of images the input's transform V `[16, depth, tiles]`, the 16
+//! A forward pass (or input gradient): the weights' transform U `[α², rows, depth]` (one
+//! dispatch), then per chunk of images the input's transform V `[α², depth, tiles]`, the α²
 //! GEMMs `M[ξ] = U[ξ] V[ξ]` (`conv_forward` of a 1x1 convolution over the tiles, batched over
 //! grid z: the direct kernels' tiles, staging and plan) and the output transform into y (or
-//! gx). The weight gradient: per chunk the transforms V of x and GY of gy, and the 16 GEMMs
+//! gx). The weight gradient: per chunk the transforms V of x and GY of gy, and the α² GEMMs
 //! `dU[ξ] = GY[ξ] V[ξ]ᵀ` (`conv_backward_weight`, batched and split like the direct one's),
 //! whose partial results over splits and chunks one reduction sums; then dU's transform into
-//! gw. The transformed tensors hold four values per output pixel and channel; the chunks keep
-//! each below [`WINOGRAD_CHUNK_ELEMENTS`] (ResNet-18 at 224x224, batch 128: layer2 in four
-//! chunks, layer3 in two, layer4 in one).
+//! gw. The transformed tensors hold α²/m² values per output pixel and channel (4 for F(2x2),
+//! 2.25 for F(4x4) where the planes' sides are multiples of 4); the chunks keep each below
+//! [`WINOGRAD_CHUNK_ELEMENTS`] (ResNet-18 at 224x224, batch 128, F(4x4): layer1 in four chunks,
+//! layer2 in two, layer3 in two, layer4 in one).
 
+use super::tune::ConvPass;
 use super::{
     EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, GemmTile, Geometry, GyScale, MAX_GRID,
     SPLIT_MIN_CHUNK, TileModel, reduce_splits, taps_outer,
 };
-use crate::gpu::{ConvAlgo, Gpu, Kernel, grid_for_elements};
+use crate::gpu::{ConvAlgo, Gpu, Kernel, WinogradTile, grid_for_elements};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -42,15 +47,92 @@ struct Params {
     eps: f32,
 }
 
-const WEIGHTS: Kernel = kernel!("winograd.wgsl", "wino_weights");
-const INPUT: Kernel = kernel!("winograd.wgsl", "wino_input");
-const OUTPUT: Kernel = kernel!("winograd.wgsl", "wino_output");
-const OUTPUT_BN: Kernel = kernel!("winograd.wgsl", "wino_output_bn");
-const GY: Kernel = kernel!("winograd.wgsl", "wino_gy");
-const WEIGHTS_GRAD: Kernel = kernel!("winograd.wgsl", "wino_weights_grad");
+/// A Winograd tile's transforms (the same bindings and Params in both shaders).
+struct Kernels {
+    weights: Kernel,
+    input: Kernel,
+    output: Kernel,
+    output_bn: Kernel,
+    gy: Kernel,
+    weights_grad: Kernel,
+}
 
-/// Positions of a transformed 4x4 tile: the number of GEMMs.
-const XI: usize = 16;
+const F2_KERNELS: Kernels = Kernels {
+    weights: kernel!("winograd.wgsl", "wino_weights"),
+    input: kernel!("winograd.wgsl", "wino_input"),
+    output: kernel!("winograd.wgsl", "wino_output"),
+    output_bn: kernel!("winograd.wgsl", "wino_output_bn"),
+    gy: kernel!("winograd.wgsl", "wino_gy"),
+    weights_grad: kernel!("winograd.wgsl", "wino_weights_grad"),
+};
+
+const F4_KERNELS: Kernels = Kernels {
+    weights: kernel!("winograd4.wgsl", "wino4_weights"),
+    input: kernel!("winograd4.wgsl", "wino4_input"),
+    output: kernel!("winograd4.wgsl", "wino4_output"),
+    output_bn: kernel!("winograd4.wgsl", "wino4_output_bn"),
+    gy: kernel!("winograd4.wgsl", "wino4_gy"),
+    weights_grad: kernel!("winograd4.wgsl", "wino4_weights_grad"),
+};
+
+fn kernels(tile: WinogradTile) -> &'static Kernels {
+    match tile {
+        WinogradTile::F2 => &F2_KERNELS,
+        WinogradTile::F4 => &F4_KERNELS,
+    }
+}
+
+/// The tile `pass` of `g` runs Winograd with, its GEMMs on the f16 engine (`f16`) or the f32
+/// one: F(2x2, 3x3) on the f16 engine, whose operands could not hold F(4x4, 3x3)'s range; on
+/// the f32 one the gpu's [`Gpu::winograd_tile`], else the tile whose GEMMs do fewer
+/// multiply-adds: α² times the padded rows and columns of the model's GEMM tile for the
+/// forward pass and the input gradient (whose columns are the output tiles: F(4x4, 3x3) has a
+/// quarter as many, which on small batches of small planes leaves most of a column tile
+/// empty), α² times the output tiles for the weight gradient (which reduces over them).
+pub(super) fn tile_for(gpu: &Gpu, f16: bool, g: &Geometry, pass: ConvPass) -> WinogradTile {
+    if f16 {
+        return WinogradTile::F2;
+    }
+    if let Some(tile) = gpu.winograd_tile() {
+        return tile;
+    }
+    let [n, c, h, w] = g.x;
+    let rows = if pass == ConvPass::InputGrad {
+        c
+    } else {
+        g.w[0]
+    };
+    let model = TileModel::for_engine(gpu, false);
+    let cost = |t: WinogradTile| {
+        let tiles = n * h.div_ceil(t.m()) * w.div_ceil(t.m());
+        let gemm = if pass == ConvPass::WeightGrad {
+            tiles
+        } else {
+            let (bm, bn, _) = model.choose(rows, tiles, t.positions()).dims();
+            rows.next_multiple_of(bm) * tiles.next_multiple_of(bn)
+        };
+        t.positions() * gemm
+    };
+    if cost(WinogradTile::F4) <= cost(WinogradTile::F2) {
+        WinogradTile::F4
+    } else {
+        WinogradTile::F2
+    }
+}
+
+/// The tiles a Winograd pass may run on `gpu`: the f32 engine's (both where chosen per pass),
+/// and F(2x2, 3x3) where the f16 engine runs (under [`crate::ConvPrecision::F16`] tuning times
+/// both engines).
+fn tiles_in_use(gpu: &Gpu) -> Vec<WinogradTile> {
+    let mut tiles = match gpu.winograd_tile() {
+        Some(tile) => vec![tile],
+        None => vec![WinogradTile::F2, WinogradTile::F4],
+    };
+    if super::f16_kernels(gpu).is_some() && !tiles.contains(&WinogradTile::F2) {
+        tiles.push(WinogradTile::F2);
+    }
+    tiles
+}
 
 /// The default cap on the elements of each transient buffer (V, M, GY): 64 MiB, half WebGPU's
 /// default largest storage binding ([`Gpu::set_winograd_chunk_elements`]). The pool keeps each
@@ -58,12 +140,16 @@ const XI: usize = 16;
 /// buffers (ResNet-18 at batch 128: two to four of 64 MiB, about 3% of its step's 2.7 GB).
 pub const WINOGRAD_CHUNK_ELEMENTS: usize = 1 << 24;
 
-/// Under [`ConvAlgo::Auto`] without tuning, Winograd runs on GPUs where the input and output
-/// channels are both at least this many. Estimated for an H200 (4.8 TB/s against about 30
-/// TFLOP/s in the GEMMs), not yet measured: the transforms move about 16 (C + K) bytes per
-/// output pixel, which at 64 channels costs about as much as the 5/9 of the multiply-adds they
-/// save, and at 128 about a third of it. Conv autotuning times both algorithms instead.
-const GPU_MIN_CHANNELS: usize = 128;
+/// Under [`ConvAlgo::Auto`] without tuning, Winograd F(2x2, 3x3) runs on GPUs where the input
+/// and output channels are both at least this many. Estimated for an H200 (4.8 TB/s against
+/// about 30 TFLOP/s in the GEMMs), not yet measured: the transforms move about 16 (C + K) bytes
+/// per output pixel, which at 64 channels costs about as much as the 5/9 of the multiply-adds
+/// they save, and at 128 about a third of it. Conv autotuning times both algorithms instead.
+const GPU_MIN_CHANNELS_F2: usize = 128;
+/// F(4x4, 3x3)'s: it moves about 9 (C + K) bytes per output pixel to save 3/4 of the
+/// multiply-adds, which at 64 channels (ResNet's layer1) by the same estimate costs less than
+/// half of what it saves.
+const GPU_MIN_CHANNELS_F4: usize = 64;
 /// On CPU adapters (lavapipe), where moving data is cheap next to arithmetic: from 16.
 const CPU_MIN_CHANNELS: usize = 16;
 /// Under [`ConvAlgo::Auto`], also at least this many output pixels in the batch: the weights'
@@ -74,12 +160,15 @@ const CPU_MIN_CHANNELS: usize = 16;
 const AUTO_MIN_PIXELS: usize = 1024;
 
 /// Whether `g` can run Winograd on `gpu`: a 3x3 kernel of stride 1 and padding 1 whose single
-/// image's transformed tensors fit the cap. The weight gradient also needs
-/// [`weight_grad_fits`].
+/// image's transformed tensors fit the cap with each tile in use (so that the route does not
+/// depend on the engine). The weight gradient also needs [`weight_grad_fits`].
 pub(super) fn fits(gpu: &Gpu, g: &Geometry) -> bool {
     let [_, c, _, _] = g.x;
     let [k, _, r, s] = g.w;
-    (r, s, g.stride, g.padding) == (3, 3, 1, 1) && Chunks::new(gpu, g.x, c.max(k)).fits()
+    (r, s, g.stride, g.padding) == (3, 3, 1, 1)
+        && tiles_in_use(gpu)
+            .into_iter()
+            .all(|t| Chunks::new(gpu, g.x, c.max(k), t).fits())
 }
 
 /// Whether the weight gradient of `g` (where it [`fits`]) can run Winograd on `gpu`: unless the
@@ -89,8 +178,10 @@ pub(super) fn fits(gpu: &Gpu, g: &Geometry) -> bool {
 pub(super) fn weight_grad_fits(gpu: &Gpu, g: &Geometry) -> bool {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
-    let batch = Chunks::new(gpu, g.x, c.max(k));
-    batch.count() * XI * k * c <= batch.cap
+    tiles_in_use(gpu).into_iter().all(|t| {
+        let batch = Chunks::new(gpu, g.x, c.max(k), t);
+        batch.count() * batch.xi * k * c <= batch.cap
+    })
 }
 
 /// [`ConvAlgo::Auto`]'s rule without tuning, for a `g` that [`fits`]: enough channels and
@@ -101,7 +192,10 @@ pub(super) fn auto_rule(gpu: &Gpu, g: &Geometry) -> bool {
     let min = if gpu.info().device_type == wgpu::DeviceType::Cpu {
         CPU_MIN_CHANNELS
     } else {
-        GPU_MIN_CHANNELS
+        match tile_for(gpu, super::f16_kernels(gpu).is_some(), g, ConvPass::Forward) {
+            WinogradTile::F2 => GPU_MIN_CHANNELS_F2,
+            WinogradTile::F4 => GPU_MIN_CHANNELS_F4,
+        }
     };
     c.min(k) >= min && n * h * w >= AUTO_MIN_PIXELS
 }
@@ -116,7 +210,7 @@ pub(super) fn by_rule(gpu: &Gpu, g: &Geometry) -> bool {
     }
 }
 
-/// Which passes of the convolution run Winograd F(2x2, 3x3) with these shapes on `gpu`:
+/// Which passes of the convolution run Winograd with these shapes on `gpu`:
 /// [[`crate::ops::conv2d`], [`crate::ops::conv2d_backward_input`],
 /// [`crate::ops::conv2d_backward_weight`]] (for tests and benchmarks). With conv autotuning on,
 /// a pass already tuned reports its tuned choice; one not yet tuned, the rule's.
@@ -127,12 +221,26 @@ pub fn conv2d_winograd(
     stride: usize,
     padding: usize,
 ) -> Result<[bool; 3]> {
-    use super::tune::ConvPass;
+    let tiles = conv2d_winograd_tiles(gpu, x_shape, w_shape, stride, padding)?;
+    Ok(tiles.map(|t| t.is_some()))
+}
+
+/// [`conv2d_winograd`] with the tile each pass that runs Winograd runs it with.
+pub fn conv2d_winograd_tiles(
+    gpu: &Gpu,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+) -> Result<[Option<WinogradTile>; 3]> {
     let g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
     if g.tap_window().is_some() {
-        return Ok([false; 3]);
+        return Ok([None; 3]);
     }
-    let pass = |pass| matches!(g.known_route(gpu, pass), super::Route::Winograd { .. });
+    let pass = |pass| match g.known_route(gpu, pass) {
+        super::Route::Winograd { f16 } => Some(tile_for(gpu, f16, &g, pass)),
+        super::Route::Direct(_) => None,
+    };
     Ok([
         pass(ConvPass::Forward),
         pass(ConvPass::InputGrad),
@@ -155,9 +263,10 @@ pub(super) fn forward(
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
-    let u = weights(op, gpu, w, k, c, false)?;
+    let tile = tile_for(gpu, f16, g, ConvPass::Forward);
+    let u = weights(op, gpu, tile, w, k, c, false)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
-    convolve(op, gpu, x, g.x, &u, k, epilogue, f16, None, &y)?;
+    convolve(op, gpu, tile, x, g.x, &u, k, epilogue, f16, None, &y)?;
     Ok(y)
 }
 
@@ -188,13 +297,15 @@ pub(super) fn backward_input(
     let [n, c, h, wd] = g.x;
     let k = g.w[0];
     let gpu = gy.gpu();
-    let u = weights(op, gpu, w, c, k, true)?;
+    let tile = tile_for(gpu, f16, g, ConvPass::InputGrad);
+    let u = weights(op, gpu, tile, w, c, k, true)?;
     let gx = Tensor::uninit(gpu, &g.x, DType::F32, op)?;
     let scale = transformed_gy_scale(gy, f16, scale)?;
     let epilogue = Epilogue::Bias(None);
     convolve(
         op,
         gpu,
+        tile,
         gy,
         [n, k, h, wd],
         &u,
@@ -208,9 +319,10 @@ pub(super) fn backward_input(
 }
 
 /// The f16 engine's operand scale for gy's transforms (Bᵀ d B in the input gradient, A dy Aᵀ in
-/// the weight gradient), None with the f32 engine: a quarter of the direct passes' (`shared`,
-/// or computed into it), since each transformed value sums up to four of gy's, so that the
-/// largest stays within [2^13, 2^14) after scaling, below f16's largest finite value.
+/// the weight gradient, F(2x2, 3x3)'s: [`tile_for`]), None with the f32 engine: a quarter of
+/// the direct passes' (`shared`, or computed into it), since each transformed value sums up to
+/// four of gy's, so that the largest stays within [2^13, 2^14) after scaling, below f16's
+/// largest finite value.
 fn transformed_gy_scale(gy: &Tensor, f16: bool, shared: &GyScale) -> Result<Option<Tensor>> {
     match super::gy_scale(f16, gy, shared)? {
         Some(s) => crate::ops::scale(&s, 0.25).map(Some),
@@ -218,17 +330,18 @@ fn transformed_gy_scale(gy: &Tensor, f16: bool, shared: &GyScale) -> Result<Opti
     }
 }
 
-/// U `[16, rows, cols]` from w `[K, C, 3, 3]`: rows K and cols C, or with `flip` (the input
-/// gradient's kernel) rows C and cols K.
+/// `tile`'s U `[α², rows, cols]` from w `[K, C, 3, 3]`: rows K and cols C, or with `flip` (the
+/// input gradient's kernel) rows C and cols K.
 fn weights(
     op: &'static str,
     gpu: &Gpu,
+    tile: WinogradTile,
     w: &Tensor,
     rows: usize,
     cols: usize,
     flip: bool,
 ) -> Result<Tensor> {
-    let u = Tensor::uninit(gpu, &[XI, rows, cols], DType::F32, op)?;
+    let u = Tensor::uninit(gpu, &[tile.positions(), rows, cols], DType::F32, op)?;
     let p = Params {
         count: (rows * cols) as u32,
         rows: rows as u32,
@@ -237,7 +350,7 @@ fn weights(
         ..Params::default()
     };
     gpu.dispatch(
-        &WEIGHTS,
+        &kernels(tile).weights,
         &p,
         &[w.buffer(), u.buffer()],
         grid_for_elements(rows * cols),
@@ -258,34 +371,35 @@ pub(super) fn backward_weight(
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
-    let batch = Chunks::new(gpu, g.x, c.max(k));
-    let (chunks, most) = (batch.count(), batch.most());
-    let v = scratch(op, gpu, XI * c * most)?;
-    let gyt = scratch(op, gpu, XI * k * most)?;
+    let tile = tile_for(gpu, f16, g, ConvPass::WeightGrad);
+    let batch = Chunks::new(gpu, g.x, c.max(k), tile);
+    let (chunks, most, xi) = (batch.count(), batch.most(), batch.xi);
+    let v = scratch(op, gpu, xi * c * most)?;
+    let gyt = scratch(op, gpu, xi * k * most)?;
     // The GEMMs: rows k, columns c, reduced over a chunk's tiles, split like the direct weight
     // gradient's (towards the model's target of workgroups per dispatch, in chunks of at least
     // SPLIT_MIN_CHUNK tiles), the partial results of all chunks within the transforms' cap
     // (one per chunk at the least: weight_grad_fits).
     let model = TileModel::for_engine(gpu, f16);
-    let tile = model.choose(k, c, XI * most.div_ceil(SPLIT_MIN_CHUNK));
-    let engine = Engine::new(gpu, GemmTile::with_engine(f16, tile));
+    let gemm_tile = model.choose(k, c, xi * most.div_ceil(SPLIT_MIN_CHUNK));
+    let engine = Engine::new(gpu, GemmTile::with_engine(f16, gemm_tile));
     let (tile_m, tile_n, tile_k) = engine.dims;
-    let grid_tiles = XI * k.div_ceil(tile_m) * c.div_ceil(tile_n);
-    let partial = chunks * XI * k * c;
-    let splits = model.weight_grad_splits(grid_tiles, most, partial, batch.cap, MAX_GRID / XI);
-    let part = scratch(op, gpu, chunks * splits * XI * k * c)?;
+    let grid_tiles = xi * k.div_ceil(tile_m) * c.div_ceil(tile_n);
+    let partial = chunks * xi * k * c;
+    let splits = model.weight_grad_splits(grid_tiles, most, partial, batch.cap, MAX_GRID / xi);
+    let part = scratch(op, gpu, chunks * splits * xi * k * c)?;
     // With the f16 engine, GY (operand A) is scaled.
     let scale = transformed_gy_scale(gy, f16, scale)?;
     for (chunk, first, tiles) in batch.iter() {
-        batch.transform(gpu, &INPUT, x, &v, c, first, tiles)?;
-        batch.transform(gpu, &GY, gy, &gyt, k, first, tiles)?;
+        batch.transform(gpu, &kernels(tile).input, x, &v, c, first, tiles)?;
+        batch.transform(gpu, &kernels(tile).gy, gy, &gyt, k, first, tiles)?;
         // Every split of every chunk writes its partial result (zeros past a short chunk's
         // end), so that the reduction sums chunks * splits of them.
         let gg = Geometry::new(op, [1, c, 1, tiles], [k, c, 1, 1], 1, 0)?;
         let chunk_len = tiles.div_ceil(splits).next_multiple_of(tile_k);
         let mut p = gg.params(false, chunk_len, splits);
-        p.batched = XI as u32;
-        p.z_base = (chunk * splits * XI) as u32;
+        p.batched = xi as u32;
+        p.z_base = (chunk * splits * xi) as u32;
         p.scaled = scale.is_some() as u32;
         engine.dispatch(
             gpu,
@@ -297,14 +411,14 @@ pub(super) fn backward_weight(
             [
                 c.div_ceil(tile_n) as u32,
                 k.div_ceil(tile_m) as u32,
-                (splits * XI) as u32,
+                (splits * xi) as u32,
             ],
         )?;
     }
-    let du = Tensor::uninit(gpu, &[XI, k, c], DType::F32, op)?;
+    let du = Tensor::uninit(gpu, &[xi, k, c], DType::F32, op)?;
     let mut p = g.params(false, 0, chunks * splits);
-    p.reduce_len = (XI * k * c) as u32;
-    reduce_splits(gpu, &p, &part, &du, XI * k * c)?;
+    p.reduce_len = (xi * k * c) as u32;
+    reduce_splits(gpu, &p, &part, &du, xi * k * c)?;
     let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
     let p = Params {
         count: (k * c) as u32,
@@ -313,7 +427,7 @@ pub(super) fn backward_weight(
         ..Params::default()
     };
     gpu.dispatch(
-        &WEIGHTS_GRAD,
+        &kernels(tile).weights_grad,
         &p,
         &[du.buffer(), gw.buffer()],
         grid_for_elements(k * c),
@@ -322,12 +436,14 @@ pub(super) fn backward_weight(
 }
 
 /// `out` `[N, K, H, W]` = the 3x3 stride-1 padding-1 convolution of `src` (`shape` `[N, C, H,
-/// W]`) with the transformed weights `u` `[16, K, C]` (+ the epilogue), a chunk of images at a
-/// time; with the f16 engine (`f16`), `src`'s transform scaled by `scale` (none: unscaled).
+/// W]`) with `tile`'s transformed weights `u` `[α², K, C]` (+ the epilogue), a chunk of images
+/// at a time; with the f16 engine (`f16`), `src`'s transform scaled by `scale` (none:
+/// unscaled).
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     op: &'static str,
     gpu: &Gpu,
+    tile: WinogradTile,
     src: &Tensor,
     shape: [usize; 4],
     u: &Tensor,
@@ -338,12 +454,12 @@ fn convolve(
     out: &Tensor,
 ) -> Result<()> {
     let c = shape[1];
-    let batch = Chunks::new(gpu, shape, c.max(k));
-    let v = scratch(op, gpu, XI * c * batch.most())?;
-    let m = scratch(op, gpu, XI * k * batch.most())?;
+    let batch = Chunks::new(gpu, shape, c.max(k), tile);
+    let v = scratch(op, gpu, batch.xi * c * batch.most())?;
+    let m = scratch(op, gpu, batch.xi * k * batch.most())?;
     for (_, first, tiles) in batch.iter() {
-        batch.transform(gpu, &INPUT, src, &v, c, first, tiles)?;
-        gemm(op, gpu, [k, c, tiles], u, &v, f16, scale, &m)?;
+        batch.transform(gpu, &kernels(tile).input, src, &v, c, first, tiles)?;
+        gemm(op, gpu, batch.xi, [k, c, tiles], u, &v, f16, scale, &m)?;
         let grid = grid_for_elements(k * tiles);
         match epilogue {
             Epilogue::Bias(bias) => {
@@ -352,7 +468,7 @@ fn convolve(
                     ..batch.params(k, first, tiles)
                 };
                 let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
-                gpu.dispatch(&OUTPUT, &p, &buffers, grid)?;
+                gpu.dispatch(&kernels(tile).output, &p, &buffers, grid)?;
             }
             Epilogue::BatchNorm { bn, residual, relu } => {
                 let p = Params {
@@ -370,7 +486,7 @@ fn convolve(
                     (7, bn.running_var.buffer()),
                     (8, residual.map_or(bn.running_mean.buffer(), |r| r.buffer())),
                 ];
-                gpu.dispatch_bound(&OUTPUT_BN, &[], &p, &bound, grid)?;
+                gpu.dispatch_bound(&kernels(tile).output_bn, &[], &p, &bound, grid)?;
             }
         }
     }
@@ -385,11 +501,13 @@ fn scratch(op: &'static str, gpu: &Gpu, elements: usize) -> Result<Tensor> {
     Tensor::uninit(gpu, &[elements.next_power_of_two()], DType::F32, op)
 }
 
-/// A batch's 2x2 output tiles, in chunks of images whose transformed tensors (16 values per
+/// A batch's m x m output tiles, in chunks of images whose transformed tensors (α² values per
 /// tile and channel) stay within the device's cap.
 struct Chunks {
     /// The planes' shape `[N, _, H, W]` (input and output alike).
     shape: [usize; 4],
+    /// The transformed tile's positions α² (the GEMMs).
+    xi: usize,
     /// Tiles per plane along each axis.
     tiles_h: usize,
     tiles_w: usize,
@@ -402,17 +520,20 @@ struct Chunks {
 }
 
 impl Chunks {
-    /// The chunks of a batch of `shape` whose widest transformed tensor has `channels`.
-    fn new(gpu: &Gpu, shape: [usize; 4], channels: usize) -> Chunks {
+    /// The chunks of `tile`s of a batch of `shape` whose widest transformed tensor has
+    /// `channels`.
+    fn new(gpu: &Gpu, shape: [usize; 4], channels: usize, tile: WinogradTile) -> Chunks {
         let [n, _, h, w] = shape;
-        let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
+        let (tiles_h, tiles_w) = (h.div_ceil(tile.m()), w.div_ceil(tile.m()));
         let binding = gpu.limits().max_storage_buffer_binding_size as usize / 4;
         let cap = gpu.winograd_chunk_elements().min(binding);
+        let xi = tile.positions();
         Chunks {
             shape,
+            xi,
             tiles_h,
             tiles_w,
-            images: (cap / (XI * channels * tiles_h * tiles_w)).clamp(1, n),
+            images: (cap / (xi * channels * tiles_h * tiles_w)).clamp(1, n),
             cap,
             channels,
         }
@@ -425,7 +546,7 @@ impl Chunks {
     /// Whether a chunk's transformed tensors fit the cap: not where one image's alone exceed
     /// it (hundreds of channels on planes of hundreds of pixels a side), which stay direct.
     fn fits(&self) -> bool {
-        XI * self.channels * self.tiles_h * self.tiles_w <= self.cap
+        self.xi * self.channels * self.tiles_h * self.tiles_w <= self.cap
     }
 
     /// Tiles of the largest chunk.
@@ -485,13 +606,14 @@ impl Chunks {
     }
 }
 
-/// `M[ξ]` `[rows, cols]` = `U[ξ]` `[rows, depth]` `V[ξ]` `[depth, cols]` for the 16 ξ: the direct
-/// forward kernel of a 1x1 convolution of one image of 1 x cols pixels, batched over grid z
-/// (with the f16 engine, `f16`, V scaled by `scale` when given).
+/// `M[ξ]` `[rows, cols]` = `U[ξ]` `[rows, depth]` `V[ξ]` `[depth, cols]` for the `xi` ξ: the
+/// direct forward kernel of a 1x1 convolution of one image of 1 x cols pixels, batched over
+/// grid z (with the f16 engine, `f16`, V scaled by `scale` when given).
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     op: &'static str,
     gpu: &Gpu,
+    xi: usize,
     [rows, depth, cols]: [usize; 3],
     u: &Tensor,
     v: &Tensor,
@@ -500,7 +622,7 @@ fn gemm(
     m: &Tensor,
 ) -> Result<()> {
     let g = Geometry::new(op, [1, depth, 1, cols], [rows, depth, 1, 1], 1, 0)?;
-    let tile = TileModel::for_engine(gpu, f16).choose(rows, cols, XI);
+    let tile = TileModel::for_engine(gpu, f16).choose(rows, cols, xi);
     let engine = Engine::new(gpu, GemmTile::with_engine(f16, tile));
     let (tile_m, tile_n, tile_k) = engine.dims;
     let col_tiles = cols.div_ceil(tile_n);
@@ -511,7 +633,7 @@ fn gemm(
         ));
     }
     let mut p = g.params(false, 0, 1);
-    p.batched = XI as u32;
+    p.batched = xi as u32;
     // The f16 engine's operand B (V) scaled.
     p.scaled = if scale.is_some() { 2 } else { 0 };
     engine.dispatch(
@@ -521,6 +643,6 @@ fn gemm(
         &p,
         &[v.buffer(), u.buffer(), u.buffer(), m.buffer()],
         scale.unwrap_or(u).buffer(),
-        [col_tiles as u32, rows.div_ceil(tile_m) as u32, XI as u32],
+        [col_tiles as u32, rows.div_ceil(tile_m) as u32, xi as u32],
     )
 }
