@@ -5,6 +5,7 @@
 #        [F16_TILE_SWEEP="--batch 128 --iters 3"] [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
 #        [CRS_BENCH="--what models --models r18"] [SINGLE_BENCH="--what models --models r18"] \
 #        [ALGO_BENCH="--what all --models r18"] [AUTOTUNE_F16_BENCH="--what models --models r18"] \
+#        [WINO2_BENCH="--what convs"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
@@ -27,9 +28,11 @@
 # f32 conv kernels, two barriers per chunk) and these arguments: the comparison for the default
 # double staging (ConvStaging::Double).
 # ALGO_BENCH: also run the bench with --algo direct (every conv by the implicit GEMM) and with
-# --algo winograd (Winograd F(2x2, 3x3) on every 3x3 stride-1 conv, layer1's 64 channels too)
-# and these arguments: the comparisons for the default (ConvAlgo::Auto: Winograd from 128
-# channels on GPUs).
+# --algo winograd (Winograd on every 3x3 stride-1 conv, with the tile per pass) and these
+# arguments: the comparisons for the default (ConvAlgo::Auto: on GPUs Winograd F(4x4, 3x3) from
+# 64 channels, F(2x2, 3x3) from 128).
+# WINO2_BENCH: also run the bench with --winograd-tile 2 (F(2x2, 3x3), sessions 14-16's
+# Winograd, where Auto runs it) and these arguments: the comparison for F(4x4, 3x3).
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
 set -u
 TRAIN_S=${1:-300}; shift || true
@@ -101,6 +104,11 @@ if [ -n "${ALGO_BENCH:-}" ]; then
     timeout 200 $B/bench --algo $algo $ALGO_BENCH --json "$OUT/bench-$algo.json" 2>&1 \
       | tee "$OUT/bench-$algo.txt"
   done
+fi
+if [ -n "${WINO2_BENCH:-}" ]; then
+  echo "== bench --winograd-tile 2"
+  timeout 200 $B/bench --winograd-tile 2 $WINO2_BENCH --json "$OUT/bench-wino2.json" 2>&1 \
+    | tee "$OUT/bench-wino2.txt"
 fi
 if [ -n "${CHECKED_BENCH:-}" ]; then
   echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"
