@@ -184,7 +184,7 @@ impl std::str::FromStr for ConvStaging {
 /// Other kernel sizes and strides always run direct. Under [`ConvPrecision::F16`] Winograd's
 /// GEMMs run on the f16 engine.
 ///
-/// Winograd F(4x4, 3x3) (`shaders/winograd4.wgsl`; [`WinogradTile`]) runs 36 GEMMs with a
+/// Winograd F(4x4, 3x3) (`shaders/winograd.wgsl`; [`WinogradTile`]) runs 36 GEMMs with a
 /// quarter of the direct convolution's multiply-adds, between transforms that move about 9
 /// bytes per output pixel and channel; F(2x2, 3x3) 16 GEMMs with 4/9 of them and 16 bytes. Their
 /// sums are not the direct ones bit for bit: the transforms add and subtract inputs before the
@@ -253,7 +253,7 @@ pub enum WinogradTile {
     /// F(2x2, 3x3) (`shaders/winograd.wgsl`): 16 GEMMs, 4/9 of the direct convolution's
     /// multiply-adds; the transformed tensors hold 4 values per output pixel and channel.
     F2,
-    /// F(4x4, 3x3) (`shaders/winograd4.wgsl`): 36 GEMMs, a quarter of the direct convolution's
+    /// F(4x4, 3x3): 36 GEMMs, a quarter of the direct convolution's
     /// multiply-adds; 2.25 transformed values per output pixel and channel (planes whose sides
     /// are multiples of 4). Its transforms' coefficients (up to 8, and 1/3, 1/15) round more than
     /// F(2x2, 3x3)'s: on random 3x3 convolutions of 16-128 channels in f32 on lavapipe, the

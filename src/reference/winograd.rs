@@ -1,5 +1,5 @@
-//! Winograd F(2x2, 3x3) and F(4x4, 3x3): the CPU twins of `shaders/winograd.wgsl`'s and
-//! `shaders/winograd4.wgsl`'s transforms (the same f32 operations in the same order), and the
+//! Winograd F(2x2, 3x3) and F(4x4, 3x3): the CPU twins of `shaders/winograd.wgsl`'s
+//! transforms (the same f32 operations in the same order), and the
 //! stride-1, padding-1 3x3 convolution and its two gradients built from them with 16 (36) f32
 //! GEMMs each, as `src/ops/conv/winograd.rs` runs them.
 
@@ -205,7 +205,7 @@ fn winograd_weights_grad2(du: &[f32], k: usize, c: usize) -> Vec<f32> {
     gw
 }
 
-/// The F(4x4, 3x3) transforms' one-dimensional steps (`winograd4.wgsl`'s functions of the same
+/// The F(4x4, 3x3) transforms' one-dimensional steps (`winograd.wgsl`'s functions of the same
 /// names): Bᵀ d, G g, Aᵀ m, A y and Gᵀ u for a column (a row times the transposed matrix).
 fn bt6(d: [f32; 6]) -> [f32; 6] {
     let t = d[3] - d[1];
@@ -280,7 +280,7 @@ fn rows_to_columns<const R: usize, const C: usize, const O: usize>(
 }
 
 /// X t Xᵀ for the one-dimensional transform `f` (a column u to X u): `f` on the rows written
-/// as columns, twice, as `winograd4.wgsl` computes it.
+/// as columns, twice, as `winograd.wgsl` computes it.
 fn two_sided<const N: usize, const O: usize>(
     t: [[f32; N]; N],
     f: fn([f32; N]) -> [f32; O],

@@ -1,10 +1,9 @@
 //! Winograd F(m x m, 3x3) for the 3x3 convolutions of stride 1 and padding 1: the forward pass,
 //! the input gradient (itself such a convolution, of gy with the kernel turned by 180 degrees
 //! and its channels swapped) and the weight gradient, each as α² GEMMs (α = m + 2) over the
-//! m x m output tiles. F(4x4, 3x3) (36 GEMMs, a quarter of the direct convolution's
-//! multiply-adds, `shaders/winograd4.wgsl`) on the f32 engine unless
-//! [`Gpu::set_winograd_tile`] says otherwise; F(2x2, 3x3) (16 GEMMs, 4/9 of them,
-//! `shaders/winograd.wgsl`) on the f16 engine. See the shaders for the math.
+//! m x m output tiles: F(4x4, 3x3) (36 GEMMs, a quarter of the direct convolution's
+//! multiply-adds) or F(2x2, 3x3) (16 GEMMs, 4/9 of them; the f16 engine's), chosen per pass
+//! ([`tile_for`], [`Gpu::set_winograd_tile`]). `shaders/winograd.wgsl` has the math of both.
 //!
 //! A forward pass (or input gradient): the weights' transform U `[α², rows, depth]` (one
 //! dispatch), then per chunk of images the input's transform V `[α², depth, tiles]`, the α²
@@ -67,12 +66,12 @@ const F2_KERNELS: Kernels = Kernels {
 };
 
 const F4_KERNELS: Kernels = Kernels {
-    weights: kernel!("winograd4.wgsl", "wino4_weights"),
-    input: kernel!("winograd4.wgsl", "wino4_input"),
-    output: kernel!("winograd4.wgsl", "wino4_output"),
-    output_bn: kernel!("winograd4.wgsl", "wino4_output_bn"),
-    gy: kernel!("winograd4.wgsl", "wino4_gy"),
-    weights_grad: kernel!("winograd4.wgsl", "wino4_weights_grad"),
+    weights: kernel!("winograd.wgsl", "wino4_weights"),
+    input: kernel!("winograd.wgsl", "wino4_input"),
+    output: kernel!("winograd.wgsl", "wino4_output"),
+    output_bn: kernel!("winograd.wgsl", "wino4_output_bn"),
+    gy: kernel!("winograd.wgsl", "wino4_gy"),
+    weights_grad: kernel!("winograd.wgsl", "wino4_weights_grad"),
 };
 
 fn kernels(tile: WinogradTile) -> &'static Kernels {
