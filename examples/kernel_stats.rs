@@ -175,6 +175,12 @@ fn jobs() -> Vec<Job> {
         "wino_output_bn",
         "wino_gy",
         "wino_weights_grad",
+        "wino4_weights",
+        "wino4_input",
+        "wino4_output",
+        "wino4_output_bn",
+        "wino4_gy",
+        "wino4_weights_grad",
     ] {
         jobs.push(simple("winograd.wgsl", entry, vec![]));
     }

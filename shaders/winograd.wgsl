@@ -89,28 +89,49 @@ fn a_row(u: vec4<f32>) -> vec2<f32> {
 
 // Write work item i's 4x4 transformed values, value (r, c) to position ξ = 4 r + c of
 // dst's 16 planes of `plane` values each (U, V or GY).
+// (Private arrays here are only ever indexed by constants, as in conv.wgsl: one run-time index
+// can demote a whole array to slow local memory. Hence the spelled-out rows.)
 fn store_tile(t: array<vec4<f32>, 4>, plane: u32, i: u32) {
-    for (var r = 0u; r < 4u; r++) {
-        let u = t[r];
-        dst[(4u * r) * plane + i] = u.x;
-        dst[(4u * r + 1u) * plane + i] = u.y;
-        dst[(4u * r + 2u) * plane + i] = u.z;
-        dst[(4u * r + 3u) * plane + i] = u.w;
-    }
+    store_row4(t[0], i, plane);
+    store_row4(t[1], 4u * plane + i, plane);
+    store_row4(t[2], 8u * plane + i, plane);
+    store_row4(t[3], 12u * plane + i, plane);
+}
+
+// dst[at + c plane] = u[c] for the four values of u.
+fn store_row4(u: vec4<f32>, at: u32, plane: u32) {
+    dst[at] = u.x;
+    dst[at + plane] = u.y;
+    dst[at + 2u * plane] = u.z;
+    dst[at + 3u * plane] = u.w;
 }
 
 // Read work item i's 4x4 values from src's 16 planes of `plane` values each (M or dU).
 fn load_tile(plane: u32, i: u32) -> array<vec4<f32>, 4> {
-    var t: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        t[r] = vec4<f32>(
-            src[(4u * r) * plane + i],
-            src[(4u * r + 1u) * plane + i],
-            src[(4u * r + 2u) * plane + i],
-            src[(4u * r + 3u) * plane + i],
-        );
-    }
-    return t;
+    return array<vec4<f32>, 4>(
+        load_row4(i, plane),
+        load_row4(4u * plane + i, plane),
+        load_row4(8u * plane + i, plane),
+        load_row4(12u * plane + i, plane),
+    );
+}
+
+// (src[at], src[at + plane], src[at + 2 plane], src[at + 3 plane]).
+fn load_row4(at: u32, plane: u32) -> vec4<f32> {
+    return vec4<f32>(src[at], src[at + plane], src[at + 2u * plane], src[at + 3u * plane]);
+}
+
+// The offset in w of the kernel of U's row and column: w[row, col] ([K, C, 3, 3]), or with
+// flip != 0 w[col, row] (the input gradient's).
+fn kernel_base(row: u32, col: u32) -> u32 {
+    if (p.flip != 0u) { return (col * p.rows + row) * 9u; }
+    return (row * p.cols + col) * 9u;
+}
+
+// Tap t (3 r + c) of the kernel at `base`: w[base + t], or turned by 180 degrees with flip != 0,
+// w[base + 8 - t].
+fn tap(base: u32, t: u32) -> f32 {
+    return src[base + select(t, 8u - t, p.flip != 0u)];
 }
 
 @compute @workgroup_size(256)
@@ -120,16 +141,10 @@ fn wino_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     if (i >= p.count) { return; }
     let row = i / p.cols;
     let col = i - row * p.cols;
-    // Tap t of g at w[base + t] (forward) or w[base + 8 - t] (turned).
-    var base = (row * p.cols + col) * 9u;
-    if (p.flip != 0u) { base = (col * p.rows + row) * 9u; }
-    var g: array<f32, 9>;
-    for (var t = 0u; t < 9u; t++) {
-        g[t] = src[base + select(t, 8u - t, p.flip != 0u)];
-    }
-    let g0 = vec3<f32>(g[0], g[1], g[2]);
-    let g1 = vec3<f32>(g[3], g[4], g[5]);
-    let g2 = vec3<f32>(g[6], g[7], g[8]);
+    let base = kernel_base(row, col);
+    let g0 = vec3<f32>(tap(base, 0u), tap(base, 1u), tap(base, 2u));
+    let g1 = vec3<f32>(tap(base, 3u), tap(base, 4u), tap(base, 5u));
+    let g2 = vec3<f32>(tap(base, 6u), tap(base, 7u), tap(base, 8u));
     // G g, row by row, then each row times Gᵀ.
     let u = array<vec4<f32>, 4>(
         g_row(g0),
@@ -169,15 +184,12 @@ fn plane_of(t: Item) -> u32 {
 // from a safe index (the plane's first element) where outside and zeroes after.
 fn patch_row(plane: u32, y0: i32, x0: i32, r: i32) -> vec4<f32> {
     let y = y0 + r;
-    let row_ok = (y >= 0) & (y < i32(p.height));
-    let at = plane + u32(max(y, 0)) * p.width;
-    var v: vec4<f32>;
-    for (var c = 0; c < 4; c++) {
-        let x = x0 + c;
-        let ok = row_ok & (x >= 0) & (x < i32(p.width));
-        v[c] = select(0.0, src[select(plane, at + u32(max(x, 0)), ok)], ok);
-    }
-    return v;
+    return vec4<f32>(
+        plane_at(plane, y, x0),
+        plane_at(plane, y, x0 + 1),
+        plane_at(plane, y, x0 + 2),
+        plane_at(plane, y, x0 + 3),
+    );
 }
 
 @compute @workgroup_size(256)
@@ -360,10 +372,12 @@ fn wino_weights_grad(@builtin(workgroup_id) wg: vec3<u32>,
 //
 // Each two-dimensional transform X M Yᵀ (Bᵀ d B, G g Gᵀ, Aᵀ M A, A dy Aᵀ, Gᵀ dU G) is one
 // one-dimensional transform (bt6, g6, at4, a6, gt3: a vector times a matrix, written out with
-// its common subexpressions) applied twice: to each row of the tile, writing the results as
-// columns; then to each row of that. The first pass gives (M Yᵀ)ᵀ = Y Mᵀ, the second
-// (Y Mᵀ Xᵀ)ᵀ = X M Yᵀ. src/reference/winograd.rs is the CPU twin, the same operations in the
-// same order.
+// its common subexpressions) applied twice: to each row of the tile (M Yᵀ), whose result is
+// transposed (Y Mᵀ), then to each row of that: Y Mᵀ Xᵀ = (X M Yᵀ)ᵀ, the tile by columns, which
+// the stores write as such. The private arrays are indexed by constants only (as in
+// conv.wgsl: one run-time index can demote a whole array to slow local memory), hence the
+// spelled-out transposes, loads and stores. src/reference/winograd.rs is the CPU twin, the
+// same operations in the same order.
 //
 // Dispatch: one thread per transformed column (U: rows * cols; V, GY: channels * tiles, each
 // writing its 36 values), per tile and channel (wino4_output*: channels * tiles, each writing
@@ -443,14 +457,101 @@ fn gt3(u: Vec6) -> Vec3 {
     );
 }
 
-// Write work item i's 6x6 transformed values, value (r, c) to position ξ = 6 r + c of dst's 36
-// planes of `plane` values each (U, V or GY).
-fn store_tile6(t: array<Vec6, 6>, plane: u32, i: u32) {
-    for (var r = 0u; r < 6u; r++) {
-        for (var c = 0u; c < 6u; c++) {
-            dst[(6u * r + c) * plane + i] = t[r][c];
-        }
-    }
+// The transposes between the two passes. transpose_rc: r rows of c values to c rows of r.
+fn transpose_66(t: array<Vec6, 6>) -> array<Vec6, 6> {
+    return array<Vec6, 6>(
+        Vec6(t[0][0], t[1][0], t[2][0], t[3][0], t[4][0], t[5][0]),
+        Vec6(t[0][1], t[1][1], t[2][1], t[3][1], t[4][1], t[5][1]),
+        Vec6(t[0][2], t[1][2], t[2][2], t[3][2], t[4][2], t[5][2]),
+        Vec6(t[0][3], t[1][3], t[2][3], t[3][3], t[4][3], t[5][3]),
+        Vec6(t[0][4], t[1][4], t[2][4], t[3][4], t[4][4], t[5][4]),
+        Vec6(t[0][5], t[1][5], t[2][5], t[3][5], t[4][5], t[5][5]),
+    );
+}
+
+fn transpose_36(t: array<Vec6, 3>) -> array<Vec3, 6> {
+    return array<Vec3, 6>(
+        Vec3(t[0][0], t[1][0], t[2][0]),
+        Vec3(t[0][1], t[1][1], t[2][1]),
+        Vec3(t[0][2], t[1][2], t[2][2]),
+        Vec3(t[0][3], t[1][3], t[2][3]),
+        Vec3(t[0][4], t[1][4], t[2][4]),
+        Vec3(t[0][5], t[1][5], t[2][5]),
+    );
+}
+
+fn transpose_63(t: array<Vec3, 6>) -> array<Vec6, 3> {
+    return array<Vec6, 3>(
+        Vec6(t[0][0], t[1][0], t[2][0], t[3][0], t[4][0], t[5][0]),
+        Vec6(t[0][1], t[1][1], t[2][1], t[3][1], t[4][1], t[5][1]),
+        Vec6(t[0][2], t[1][2], t[2][2], t[3][2], t[4][2], t[5][2]),
+    );
+}
+
+fn transpose_64(t: array<Vec4, 6>) -> array<Vec6, 4> {
+    return array<Vec6, 4>(
+        Vec6(t[0][0], t[1][0], t[2][0], t[3][0], t[4][0], t[5][0]),
+        Vec6(t[0][1], t[1][1], t[2][1], t[3][1], t[4][1], t[5][1]),
+        Vec6(t[0][2], t[1][2], t[2][2], t[3][2], t[4][2], t[5][2]),
+        Vec6(t[0][3], t[1][3], t[2][3], t[3][3], t[4][3], t[5][3]),
+    );
+}
+
+fn transpose_46(t: array<Vec6, 4>) -> array<Vec4, 6> {
+    return array<Vec4, 6>(
+        Vec4(t[0][0], t[1][0], t[2][0], t[3][0]),
+        Vec4(t[0][1], t[1][1], t[2][1], t[3][1]),
+        Vec4(t[0][2], t[1][2], t[2][2], t[3][2]),
+        Vec4(t[0][3], t[1][3], t[2][3], t[3][3]),
+        Vec4(t[0][4], t[1][4], t[2][4], t[3][4]),
+        Vec4(t[0][5], t[1][5], t[2][5], t[3][5]),
+    );
+}
+
+// Write the transformed tile whose column j is t[j]: value (r, j) to position ξ = 6 r + j of
+// dst's 36 planes of `plane` values each (U, V or GY), for work item i.
+fn store_columns6(t: array<Vec6, 6>, plane: u32, i: u32) {
+    let s = 6u * plane;
+    store6(t[0], i, s);
+    store6(t[1], plane + i, s);
+    store6(t[2], 2u * plane + i, s);
+    store6(t[3], 3u * plane + i, s);
+    store6(t[4], 4u * plane + i, s);
+    store6(t[5], 5u * plane + i, s);
+}
+
+// dst[at + c stride] = v[c] for the six values of v.
+fn store6(v: Vec6, at: u32, stride: u32) {
+    dst[at] = v[0];
+    dst[at + stride] = v[1];
+    dst[at + 2u * stride] = v[2];
+    dst[at + 3u * stride] = v[3];
+    dst[at + 4u * stride] = v[4];
+    dst[at + 5u * stride] = v[5];
+}
+
+// (src[at], src[at + stride], .., src[at + 5 stride]).
+fn load6(at: u32, stride: u32) -> Vec6 {
+    return Vec6(
+        src[at],
+        src[at + stride],
+        src[at + 2u * stride],
+        src[at + 3u * stride],
+        src[at + 4u * stride],
+        src[at + 5u * stride],
+    );
+}
+
+// Work item i's 6x6 values from src's 36 planes of `plane` values each (M or dU), by rows.
+fn load_tile6(plane: u32, i: u32) -> array<Vec6, 6> {
+    return array<Vec6, 6>(
+        load6(i, plane),
+        load6(6u * plane + i, plane),
+        load6(12u * plane + i, plane),
+        load6(18u * plane + i, plane),
+        load6(24u * plane + i, plane),
+        load6(30u * plane + i, plane),
+    );
 }
 
 @compute @workgroup_size(256)
@@ -459,29 +560,15 @@ fn wino4_weights(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
     let row = i / p.cols;
-    let col = i - row * p.cols;
-    // Tap t of g at w[base + t] (forward) or w[base + 8 - t] (turned).
-    var base = (row * p.cols + col) * 9u;
-    if (p.flip != 0u) { base = (col * p.rows + row) * 9u; }
-    var g: array<Vec3, 3>;
-    for (var r = 0u; r < 3u; r++) {
-        for (var c = 0u; c < 3u; c++) {
-            let t = 3u * r + c;
-            g[r][c] = src[base + select(t, 8u - t, p.flip != 0u)];
-        }
-    }
-    // g Gᵀ by rows, as columns of h (h = G gᵀ); then G g Gᵀ = (h Gᵀ)ᵀ.
-    var h: array<Vec3, 6>;
-    for (var r = 0u; r < 3u; r++) {
-        let v = g6(g[r]);
-        for (var c = 0u; c < 6u; c++) { h[c][r] = v[c]; }
-    }
-    var u: array<Vec6, 6>;
-    for (var r = 0u; r < 6u; r++) {
-        let v = g6(h[r]);
-        for (var c = 0u; c < 6u; c++) { u[c][r] = v[c]; }
-    }
-    store_tile6(u, p.rows * p.cols, i);
+    let base = kernel_base(row, i - row * p.cols);
+    let g = array<Vec3, 3>(
+        Vec3(tap(base, 0u), tap(base, 1u), tap(base, 2u)),
+        Vec3(tap(base, 3u), tap(base, 4u), tap(base, 5u)),
+        Vec3(tap(base, 6u), tap(base, 7u), tap(base, 8u)),
+    );
+    let h = transpose_36(array<Vec6, 3>(g6(g[0]), g6(g[1]), g6(g[2])));
+    let u = array<Vec6, 6>(g6(h[0]), g6(h[1]), g6(h[2]), g6(h[3]), g6(h[4]), g6(h[5]));
+    store_columns6(u, p.rows * p.cols, i);
 }
 
 // src[plane + y * width + x], zero where (y, x) lies outside the plane (loaded from the
@@ -490,6 +577,18 @@ fn plane_at(plane: u32, y: i32, x: i32) -> f32 {
     let ok = (y >= 0) & (y < i32(p.height)) & (x >= 0) & (x < i32(p.width));
     let j = plane + u32(max(y, 0)) * p.width + u32(max(x, 0));
     return select(0.0, src[select(plane, j, ok)], ok);
+}
+
+// Row y of the 6x6 input patch from column x0 (zeros outside the plane).
+fn patch_row6(plane: u32, y: i32, x0: i32) -> Vec6 {
+    return Vec6(
+        plane_at(plane, y, x0),
+        plane_at(plane, y, x0 + 1),
+        plane_at(plane, y, x0 + 2),
+        plane_at(plane, y, x0 + 3),
+        plane_at(plane, y, x0 + 4),
+        plane_at(plane, y, x0 + 5),
+    );
 }
 
 @compute @workgroup_size(256)
@@ -501,25 +600,23 @@ fn wino4_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let plane = plane_of(t);
     let y0 = 4 * i32(t.th) - 1;
     let x0 = 4 * i32(t.tw) - 1;
-    // d B by rows, as columns of h (h = Bᵀ dᵀ); then Bᵀ d B = (h B)ᵀ.
-    var h: array<Vec6, 6>;
-    for (var r = 0; r < 6; r++) {
-        var d: Vec6;
-        for (var c = 0; c < 6; c++) { d[c] = plane_at(plane, y0 + r, x0 + c); }
-        let v = bt6(d);
-        for (var c = 0u; c < 6u; c++) { h[c][r] = v[c]; }
-    }
-    var v: array<Vec6, 6>;
-    for (var r = 0u; r < 6u; r++) {
-        let b = bt6(h[r]);
-        for (var c = 0u; c < 6u; c++) { v[c][r] = b[c]; }
-    }
-    store_tile6(v, p.channels * p.tiles, i);
+    let d = array<Vec6, 6>(
+        patch_row6(plane, y0, x0),
+        patch_row6(plane, y0 + 1, x0),
+        patch_row6(plane, y0 + 2, x0),
+        patch_row6(plane, y0 + 3, x0),
+        patch_row6(plane, y0 + 4, x0),
+        patch_row6(plane, y0 + 5, x0),
+    );
+    let h = transpose_66(array<Vec6, 6>(bt6(d[0]), bt6(d[1]), bt6(d[2]), bt6(d[3]), bt6(d[4]),
+                                        bt6(d[5])));
+    let v = array<Vec6, 6>(bt6(h[0]), bt6(h[1]), bt6(h[2]), bt6(h[3]), bt6(h[4]), bt6(h[5]));
+    store_columns6(v, p.channels * p.tiles, i);
 }
 
-// The output tile of work item i (channel k, tile q): Aᵀ M A, and its first pixel's offset in
-// y with how many of its rows and columns the output has (fewer than 4 at the last tiles of
-// planes whose sides are not multiples of 4).
+// The output tile of work item i (channel k, tile q): Aᵀ M A by columns (y[c] is column c),
+// its first pixel's offset in y, and how many of its rows and columns the output has (fewer
+// than 4 at the last tiles of planes whose sides are not multiples of 4).
 struct OutTile4 {
     k: u32,
     at: u32,
@@ -530,20 +627,9 @@ struct OutTile4 {
 
 fn output_tile4(i: u32) -> OutTile4 {
     let t = item_of(i);
-    let plane = p.channels * p.tiles;
-    // M A by rows, as columns of h (h = Aᵀ Mᵀ, 4x6); then Aᵀ M A = (h A)ᵀ.
-    var h: array<Vec6, 4>;
-    for (var r = 0u; r < 6u; r++) {
-        var m: Vec6;
-        for (var c = 0u; c < 6u; c++) { m[c] = src[(6u * r + c) * plane + i]; }
-        let v = at4(m);
-        for (var c = 0u; c < 4u; c++) { h[c][r] = v[c]; }
-    }
-    var y: array<Vec4, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        let v = at4(h[r]);
-        for (var c = 0u; c < 4u; c++) { y[c][r] = v[c]; }
-    }
+    let m = load_tile6(p.channels * p.tiles, i);
+    let h = transpose_64(array<Vec4, 6>(at4(m[0]), at4(m[1]), at4(m[2]), at4(m[3]), at4(m[4]),
+                                        at4(m[5])));
     let oy = 4u * t.th;
     let ox = 4u * t.tw;
     return OutTile4(
@@ -551,8 +637,16 @@ fn output_tile4(i: u32) -> OutTile4 {
         plane_of(t) + oy * p.width + ox,
         min(4u, p.height - oy),
         min(4u, p.width - ox),
-        y,
+        array<Vec4, 4>(at4(h[0]), at4(h[1]), at4(h[2]), at4(h[3])),
     );
+}
+
+// Column `col` of an output tile at y[at] (rows of the output: `rows`), plus b.
+fn put_column4(col: Vec4, at: u32, rows: u32, b: f32) {
+    dst[at] = col[0] + b;
+    if (rows > 1u) { dst[at + p.width] = col[1] + b; }
+    if (rows > 2u) { dst[at + 2u * p.width] = col[2] + b; }
+    if (rows > 3u) { dst[at + 3u * p.width] = col[3] + b; }
 }
 
 @compute @workgroup_size(256)
@@ -563,31 +657,41 @@ fn wino4_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let t = output_tile4(i);
     var b = 0.0;
     if (p.has_bias != 0u) { b = bias[t.k]; }
-    for (var r = 0u; r < t.rows; r++) {
-        for (var c = 0u; c < t.cols; c++) {
-            dst[t.at + r * p.width + c] = t.y[r][c] + b;
-        }
-    }
+    put_column4(t.y[0], t.at, t.rows, b);
+    if (t.cols > 1u) { put_column4(t.y[1], t.at + 1u, t.rows, b); }
+    if (t.cols > 2u) { put_column4(t.y[2], t.at + 2u, t.rows, b); }
+    if (t.cols > 3u) { put_column4(t.y[3], t.at + 3u, t.rows, b); }
 }
 
-// wino4_output_bn: wino_output_bn's epilogue (bn_store's arithmetic) on F(4x4, 3x3)'s tiles.
+// Column `col` of an output tile at y[at] through wino_output_bn's epilogue (bn_store).
+fn put_column4_bn(col: Vec4, k: u32, at: u32, rows: u32) {
+    bn_store(k, at, col[0]);
+    if (rows > 1u) { bn_store(k, at + p.width, col[1]); }
+    if (rows > 2u) { bn_store(k, at + 2u * p.width, col[2]); }
+    if (rows > 3u) { bn_store(k, at + 3u * p.width, col[3]); }
+}
+
+// wino4_output_bn: wino_output_bn's epilogue on F(4x4, 3x3)'s tiles.
 @compute @workgroup_size(256)
 fn wino4_output_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
     let t = output_tile4(i);
-    let k = t.k;
-    for (var r = 0u; r < t.rows; r++) {
-        for (var c = 0u; c < t.cols; c++) {
-            let j = t.at + r * p.width + c;
-            var y = (t.y[r][c] - bn_mean[k]) * (1.0 / sqrt(bn_var[k] + p.eps)) * bn_gamma[k]
-                + bn_beta[k];
-            if ((p.epilogue & EPI_RESIDUAL) != 0u) { y = y + bn_res[j]; }
-            if ((p.epilogue & EPI_RELU) != 0u) { y = max(y, 0.0); }
-            dst[j] = y;
-        }
-    }
+    put_column4_bn(t.y[0], t.k, t.at, t.rows);
+    if (t.cols > 1u) { put_column4_bn(t.y[1], t.k, t.at + 1u, t.rows); }
+    if (t.cols > 2u) { put_column4_bn(t.y[2], t.k, t.at + 2u, t.rows); }
+    if (t.cols > 3u) { put_column4_bn(t.y[3], t.k, t.at + 3u, t.rows); }
+}
+
+// Row y of gy's 4x4 output tile from column x0 (zeros past the plane's edge).
+fn gy_row4(plane: u32, y: i32, x0: i32) -> Vec4 {
+    return Vec4(
+        plane_at(plane, y, x0),
+        plane_at(plane, y, x0 + 1),
+        plane_at(plane, y, x0 + 2),
+        plane_at(plane, y, x0 + 3),
+    );
 }
 
 @compute @workgroup_size(256)
@@ -599,21 +703,15 @@ fn wino4_gy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let plane = plane_of(t);
     let oy = 4 * i32(t.th);
     let ox = 4 * i32(t.tw);
-    // dy Aᵀ by rows, as columns of h (h = A dyᵀ, 6x4); then A dy Aᵀ = (h Aᵀ)ᵀ. Zeros past the
-    // plane's edge.
-    var h: array<Vec4, 6>;
-    for (var r = 0; r < 4; r++) {
-        var dy: Vec4;
-        for (var c = 0; c < 4; c++) { dy[c] = plane_at(plane, oy + r, ox + c); }
-        let v = a6(dy);
-        for (var c = 0u; c < 6u; c++) { h[c][r] = v[c]; }
-    }
-    var g: array<Vec6, 6>;
-    for (var r = 0u; r < 6u; r++) {
-        let v = a6(h[r]);
-        for (var c = 0u; c < 6u; c++) { g[c][r] = v[c]; }
-    }
-    store_tile6(g, p.channels * p.tiles, i);
+    let dy = array<Vec4, 4>(
+        gy_row4(plane, oy, ox),
+        gy_row4(plane, oy + 1, ox),
+        gy_row4(plane, oy + 2, ox),
+        gy_row4(plane, oy + 3, ox),
+    );
+    let h = transpose_46(array<Vec6, 4>(a6(dy[0]), a6(dy[1]), a6(dy[2]), a6(dy[3])));
+    let g = array<Vec6, 6>(a6(h[0]), a6(h[1]), a6(h[2]), a6(h[3]), a6(h[4]), a6(h[5]));
+    store_columns6(g, p.channels * p.tiles, i);
 }
 
 @compute @workgroup_size(256)
@@ -622,17 +720,21 @@ fn wino4_weights_grad(@builtin(workgroup_id) wg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let plane = p.rows * p.cols;
-    // dU G by rows, as columns of h (h = Gᵀ dUᵀ, 3x6); then Gᵀ dU G = (h G)ᵀ.
-    var h: array<Vec6, 3>;
-    for (var r = 0u; r < 6u; r++) {
-        var u: Vec6;
-        for (var c = 0u; c < 6u; c++) { u[c] = src[(6u * r + c) * plane + i]; }
-        let v = gt3(u);
-        for (var c = 0u; c < 3u; c++) { h[c][r] = v[c]; }
-    }
-    for (var r = 0u; r < 3u; r++) {
-        let v = gt3(h[r]);
-        for (var c = 0u; c < 3u; c++) { dst[i * 9u + 3u * c + r] = v[c]; }
-    }
+    let d = load_tile6(p.rows * p.cols, i);
+    let h = transpose_63(array<Vec3, 6>(gt3(d[0]), gt3(d[1]), gt3(d[2]), gt3(d[3]), gt3(d[4]),
+                                        gt3(d[5])));
+    // gw's column c is gt3(h[c]): gw[r][c] at i * 9 + 3 r + c.
+    let c0 = gt3(h[0]);
+    let c1 = gt3(h[1]);
+    let c2 = gt3(h[2]);
+    let at = i * 9u;
+    dst[at] = c0[0];
+    dst[at + 1u] = c1[0];
+    dst[at + 2u] = c2[0];
+    dst[at + 3u] = c0[1];
+    dst[at + 4u] = c1[1];
+    dst[at + 5u] = c2[1];
+    dst[at + 6u] = c0[2];
+    dst[at + 7u] = c1[2];
+    dst[at + 8u] = c2[2];
 }
