@@ -1109,21 +1109,26 @@ struct TunedRow {
     /// `MmaTile::ALL` (64x64, 128x64, 128x128).
     #[serde(skip_serializing_if = "Option::is_none")]
     f16_millis: Option<Vec<f64>>,
-    /// Wall milliseconds per run through Winograd (its GEMMs on the f32 engine), where the
-    /// shape can take it...
-    winograd_millis: Option<f64>,
-    /// ...and with `--precision f16`, its GEMMs on the f16 engine.
+    /// Wall milliseconds per run through Winograd with its GEMMs on the f32 engine, with
+    /// F(2x2, 3x3) and F(4x4, 3x3), where the shape can take it (null: not timed)...
+    winograd_millis: [Option<f64>; 2],
+    /// ...and with `--precision f16`, F(2x2, 3x3) with its GEMMs on the f16 engine.
     #[serde(skip_serializing_if = "Option::is_none")]
     f16_winograd_millis: Option<f64>,
-    /// The algorithm ConvAlgo::Auto's rule would run ("winograd" or "direct").
-    model_algo: &'static str,
-    /// The algorithm tuning chose for ConvAlgo::Auto ("winograd f16": its GEMMs on the f16
-    /// engine).
-    tuned_algo: &'static str,
+    /// The algorithm ConvAlgo::Auto's rule would run ("direct", "W4": Winograd F(4x4, 3x3),
+    /// "W2", "W2 f16": its GEMMs on the f16 engine).
+    model_algo: String,
+    /// The algorithm tuning chose for ConvAlgo::Auto (as `model_algo`).
+    tuned_algo: String,
 }
 
-fn algo_name(winograd: bool) -> &'static str {
-    if winograd { "winograd" } else { "direct" }
+/// A tuned pass's algorithm: direct, or Winograd with its tile and engine ("W4", "W2 f16").
+fn algo_name(winograd: bool, tile: resnet_wgpu::WinogradTile, f16: bool) -> String {
+    match (winograd, f16) {
+        (false, _) => "direct".into(),
+        (true, false) => format!("W{}", tile.m()),
+        (true, true) => "W2 f16".into(),
+    }
 }
 
 fn tile_name(t: ConvTile) -> String {
@@ -1142,8 +1147,8 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
     println!(
         "Tuned convs ({} shapes and passes, {changed} moved off the model's engine and tile, \
          {algos} off Auto's algorithm; wall ms per run with each tile (f32, then f16 with \
-         --precision f16) and through Winograd, W (W f16: its GEMMs on the f16 engine), where \
-         the shape takes it)",
+         --precision f16) and through Winograd F(2x2, 3x3) and F(4x4, 3x3), W2 and W4 (W2 f16: \
+         its GEMMs on the f16 engine), where the shape takes it)",
         tuned.len()
     );
     let f16 = tuned.iter().any(|t| t.f16_millis.is_some());
@@ -1158,9 +1163,10 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
                 .map(|&t| format!("{:>11}", GemmTile::F16(t).to_string())),
         );
     }
-    names.push(format!("{:>9}", "W"));
+    names.push(format!("{:>9}", "W2"));
+    names.push(format!("{:>9}", "W4"));
     if f16 {
-        names.push(format!("{:>9}", "W f16"));
+        names.push(format!("{:>9}", "W2 f16"));
     }
     println!(
         "{:<11} {:>20} {:>20} {:>4} {:>11} {:>11} {}",
@@ -1186,16 +1192,16 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
             f16_millis: t.f16_millis.map(|ms| ms.to_vec()),
             winograd_millis: t.winograd_millis,
             f16_winograd_millis: t.f16_winograd_millis,
-            model_algo: algo_name(t.model_winograd),
-            tuned_algo: match (t.winograd, t.winograd_f16) {
-                (true, true) => "winograd f16",
-                (winograd, _) => algo_name(winograd),
-            },
+            model_algo: algo_name(
+                t.model_winograd,
+                t.model_winograd_tile,
+                t.key.precision == resnet_wgpu::ConvPrecision::F16,
+            ),
+            tuned_algo: algo_name(t.winograd, t.winograd_tile, t.winograd_f16),
         })
         .collect();
-    // The model and tuned columns: the engine and tile, or W where ConvAlgo::Auto runs
-    // Winograd (W f16 with its GEMMs on the f16 engine).
-    let wino_name = |f16: bool| if f16 { "W f16" } else { "W" };
+    // The model and tuned columns: the engine and tile, or the Winograd tile (and engine)
+    // where ConvAlgo::Auto runs Winograd.
     for (r, t) in rows.iter().zip(&tuned) {
         let mut ms: Vec<String> = r.millis.iter().map(|m| format!("{m:>9.3}")).collect();
         if f16 {
@@ -1203,17 +1209,17 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
             ms.extend(f16_ms.iter().map(|m| format!("{m:>11.3}")));
         }
         let wino = |ms: Option<f64>| ms.map_or("-".into(), |m| format!("{m:>9.3}"));
-        ms.push(format!("{:>9}", wino(r.winograd_millis)));
+        ms.extend(r.winograd_millis.map(|m| format!("{:>9}", wino(m))));
         if f16 {
             ms.push(format!("{:>9}", wino(r.f16_winograd_millis)));
         }
         let model = if t.model_winograd {
-            wino_name(t.key.precision == resnet_wgpu::ConvPrecision::F16).into()
+            r.model_algo.clone()
         } else {
             r.model.clone()
         };
         let tuned = if t.winograd {
-            wino_name(t.winograd_f16).into()
+            r.tuned_algo.clone()
         } else {
             r.tuned.clone()
         };

@@ -330,12 +330,13 @@ fn f16_autotune_times_both_engines_and_runs_its_choice() {
             assert!(ms.iter().chain(&t.millis).all(|&ms| ms > 0.0), "{what}");
             assert_eq!(t.direct_millis().len(), 8, "{what}");
             assert!(matches!(t.model, GemmTile::F16(_)), "{what}");
-            // Winograd on both engines where the shape takes it.
-            assert_eq!(t.winograd_millis.is_some(), stride == 1, "{what}");
+            // Winograd on both engines where the shape takes it (both tiles on the f32 one).
+            let both = [stride == 1; 2];
+            assert_eq!(t.winograd_millis.map(|ms| ms.is_some()), both, "{what}");
             assert_eq!(t.f16_winograd_millis.is_some(), stride == 1, "{what}");
             // The same bits as the chosen engine and tile forced: an f16 tile through the f32
-            // tile that selects it, an f32 one (and Winograd on the f32 engine) at F32
-            // precision, Winograd untuned.
+            // tile that selects it, an f32 one (and Winograd on the f32 engine, with its tile)
+            // at F32 precision, Winograd untuned.
             let at = |precision, tile| {
                 gpu.set_conv_precision(precision).unwrap();
                 let v = run(pass, tile);
@@ -345,6 +346,7 @@ fn f16_autotune_times_both_engines_and_runs_its_choice() {
             let forced = match (t.winograd, t.tile) {
                 (true, _) => {
                     gpu.set_conv_algo(ConvAlgo::Winograd);
+                    gpu.set_winograd_tile(Some(t.winograd_tile));
                     let engine = if t.winograd_f16 {
                         ConvPrecision::F16
                     } else {
@@ -352,6 +354,7 @@ fn f16_autotune_times_both_engines_and_runs_its_choice() {
                     };
                     let v = at(engine, None);
                     gpu.set_conv_algo(ConvAlgo::Auto);
+                    gpu.set_winograd_tile(None);
                     v
                 }
                 (false, GemmTile::F16(tile)) => run(pass, Some(selecting(tile))),

@@ -360,19 +360,27 @@ fn autotune_times_winograd_and_runs_its_choice() {
                 .find(|t| t.key.pass == pass && t.key.x == x && t.key.stride == stride)
                 .unwrap_or_else(|| panic!("{what} {pass:?} not tuned: {tuned:#?}"));
             let what = format!("{what} {pass:?}: {t:?}");
-            assert_eq!(t.winograd_millis.is_some(), stride == 1, "{what}");
-            assert!(t.winograd_millis.is_none_or(|ms| ms > 0.0), "{what}");
+            // Both tiles timed where the shape takes Winograd.
+            let both = [stride == 1; 2];
+            assert_eq!(t.winograd_millis.map(|ms| ms.is_some()), both, "{what}");
+            assert!(
+                t.winograd_millis.iter().flatten().all(|&ms| ms > 0.0),
+                "{what}"
+            );
             assert_eq!(t.model_winograd, rule[p], "{what}");
-            assert!(t.winograd_millis.is_some() || !t.winograd, "{what}");
+            assert!(stride == 1 || !t.winograd, "{what}");
             assert_eq!(
                 now[p], t.winograd,
                 "{what}: conv2d_winograd reports the tuned route"
             );
-            // The same bits as the chosen route forced: Winograd untuned, or the tuned tile.
+            // The same bits as the chosen route forced: Winograd untuned with the tuned
+            // Winograd tile, or the tuned GEMM tile.
             let forced = if t.winograd {
                 gpu.set_conv_algo(ConvAlgo::Winograd);
+                gpu.set_winograd_tile(Some(t.winograd_tile));
                 let v = run(pass, None);
                 gpu.set_conv_algo(ConvAlgo::Auto);
+                gpu.set_winograd_tile(None);
                 v
             } else {
                 run(pass, Some(f32_tile(t)))

@@ -248,7 +248,9 @@ impl std::str::FromStr for ConvAlgo {
 /// engine always run
 /// [`WinogradTile::F2`]: F(4x4, 3x3)'s transforms grow values by up to 49 times (F(2x2, 3x3)'s
 /// by 4), too much for f16's 11-bit significands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum WinogradTile {
     /// F(2x2, 3x3) (`shaders/winograd.wgsl`): 16 GEMMs, 4/9 of the direct convolution's
     /// multiply-adds; the transformed tensors hold 4 values per output pixel and channel.
@@ -266,6 +268,17 @@ pub enum WinogradTile {
 }
 
 impl WinogradTile {
+    /// Both tiles, smaller first.
+    pub const ALL: [WinogradTile; 2] = [WinogradTile::F2, WinogradTile::F4];
+
+    /// The tile's place in [`WinogradTile::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            WinogradTile::F2 => 0,
+            WinogradTile::F4 => 1,
+        }
+    }
+
     /// `RESNET_WGPU_WINOGRAD_TILE` ([`WinogradTile::parse_choice`]), else None (the choice per
     /// convolution): the setting a new [`Gpu`] starts with.
     pub fn from_env() -> Option<WinogradTile> {

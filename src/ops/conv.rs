@@ -123,14 +123,14 @@ fn forward(
         || g.forward_tile(&model),
         |c| match c {
             Candidate::Gemm(t) => forward(x, w, b, stride, padding, Some(t)).map(drop),
-            Candidate::Winograd { f16 } => {
-                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(b), f16).map(drop)
+            Candidate::Winograd { f16, tile } => {
+                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(b), f16, tile).map(drop)
             }
         },
     )? {
-        Route::Winograd { f16 } => {
+        Route::Winograd { f16, tile } => {
             let epilogue = winograd::Epilogue::Bias(b);
-            return Ok((winograd::forward(OP, &g, x, w, epilogue, f16)?, None));
+            return Ok((winograd::forward(OP, &g, x, w, epilogue, f16, tile)?, None));
         }
         Route::Direct(tile) => tile,
     };
@@ -299,16 +299,16 @@ pub fn conv2d_bn_eval_tiled(
         || g.forward_tile(&model),
         |c| match c {
             Candidate::Gemm(t) => forward(x, w, None, stride, padding, Some(t)).map(drop),
-            Candidate::Winograd { f16 } => {
-                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(None), f16).map(drop)
+            Candidate::Winograd { f16, tile } => {
+                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(None), f16, tile).map(drop)
             }
         },
     )?;
     let tile = match route {
         // Winograd's output transform applies the batch norm (7 storage buffers).
-        Route::Winograd { f16 } if gpu.limits().max_storage_buffers_per_shader_stage >= 7 => {
+        Route::Winograd { f16, tile } if gpu.limits().max_storage_buffers_per_shader_stage >= 7 => {
             let epilogue = winograd::Epilogue::BatchNorm { bn, residual, relu };
-            return winograd::forward(OP, &g, x, w, epilogue, f16);
+            return winograd::forward(OP, &g, x, w, epilogue, f16, tile);
         }
         Route::Winograd { .. } => None,
         Route::Direct(tile) => tile,
@@ -456,12 +456,14 @@ fn backward_input(
             Candidate::Gemm(t) => {
                 backward_input(gy, w, copied, x_shape, stride, padding, Some(t), scale).map(drop)
             }
-            Candidate::Winograd { f16 } => {
-                winograd::backward_input(OP, &g, gy, w, scale, f16).map(drop)
+            Candidate::Winograd { f16, tile } => {
+                winograd::backward_input(OP, &g, gy, w, scale, f16, tile).map(drop)
             }
         },
     )? {
-        Route::Winograd { f16 } => return winograd::backward_input(OP, &g, gy, w, scale, f16),
+        Route::Winograd { f16, tile } => {
+            return winograd::backward_input(OP, &g, gy, w, scale, f16, tile);
+        }
         Route::Direct(tile) => tile,
     };
     let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
@@ -713,12 +715,14 @@ fn backward_weight(
             Candidate::Gemm(t) => {
                 backward_weight(x, gy, w_shape, stride, padding, Some(t), scale).map(drop)
             }
-            Candidate::Winograd { f16 } => {
-                winograd::backward_weight(OP, &g, x, gy, scale, f16).map(drop)
+            Candidate::Winograd { f16, tile } => {
+                winograd::backward_weight(OP, &g, x, gy, scale, f16, tile).map(drop)
             }
         },
     )? {
-        Route::Winograd { f16 } => return winograd::backward_weight(OP, &g, x, gy, scale, f16),
+        Route::Winograd { f16, tile } => {
+            return winograd::backward_weight(OP, &g, x, gy, scale, f16, tile);
+        }
         Route::Direct(tile) => tile,
     };
     let engine = Engine::for_gpu(gpu, tile, || g.weight_tile(&model));

@@ -5,9 +5,11 @@
 //! fastest of both engines runs: the f32 engine where it is faster (as on the H200 of run 6,
 //! where the f16 step was slower), the f16 one elsewhere. Where the shape
 //! can run Winograd (a 3x3 kernel of stride 1 and padding 1, see
-//! [`crate::ConvAlgo`]), the pass is also timed through it, and under [`crate::ConvAlgo::Auto`]
-//! the faster of the two algorithms runs: the thresholds of Auto's rule were estimated for one
-//! GPU, and tuning replaces them with this adapter's timings. The default plan comes from a
+//! [`crate::ConvAlgo`]), the pass is also timed through it, with each of its tiles on the f32
+//! engine ([`crate::WinogradTile`], unless [`Gpu::set_winograd_tile`] chose one), and under
+//! [`crate::ConvAlgo::Auto`] the faster of the two algorithms runs, Winograd with its faster
+//! tile: the thresholds of Auto's rule and the tile's cost model were estimated, and tuning
+//! replaces them with this adapter's timings. The default plan comes from a
 //! [`TileModel`](super::TileModel), measured on one GPU (an H100) and one CPU adapter; tuning
 //! fits the plan to whatever adapter runs it, at the cost of five or more runs of each pass per
 //! shape and candidate at the start (for ResNet-18, about forty training steps' worth of
@@ -29,7 +31,7 @@
 //! picked differently); leave tuning off where runs must be reproducible to the bit.
 
 use super::conv::{ConvTile, GemmTile, MmaTile};
-use crate::gpu::{ConvPrecision, Gpu};
+use crate::gpu::{ConvPrecision, Gpu, WinogradTile};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -75,13 +77,19 @@ pub struct TunedConv {
     /// Under [`ConvPrecision::F16`], wall milliseconds per run with each f16 tile of
     /// [`MmaTile::ALL`], in order (else None).
     pub f16_millis: Option<[f64; MmaTile::ALL.len()]>,
-    /// Wall milliseconds per run of the pass through Winograd with its GEMMs on the f32 engine
-    /// (with the gpu's [`crate::WinogradTile`]), where the shape can take it (else None)...
-    pub winograd_millis: Option<f64>,
+    /// Wall milliseconds per run of the pass through Winograd with its GEMMs on the f32 engine,
+    /// with each tile of [`WinogradTile::ALL`] (None: not timed; where the shape can take it,
+    /// both unless [`Gpu::set_winograd_tile`] chose one)...
+    pub winograd_millis: [Option<f64>; 2],
     /// ...and with them on the f16 engine (F(2x2, 3x3)), under [`ConvPrecision::F16`].
     pub f16_winograd_millis: Option<f64>,
     /// Whether [`crate::ConvAlgo::Auto`]'s rule runs Winograd here without tuning.
     pub model_winograd: bool,
+    /// The tile Winograd takes on the f32 engine without tuning (where timed).
+    pub model_winograd_tile: WinogradTile,
+    /// The tile tuned Winograd takes on the f32 engine: the model's unless the other is at
+    /// least [`MARGIN`] faster.
+    pub winograd_tile: WinogradTile,
     /// Whether later calls under [`crate::ConvAlgo::Auto`] run Winograd (then `tile` serves
     /// [`crate::ConvAlgo::Direct`] only). Under [`crate::ConvAlgo::Winograd`] they always do,
     /// untuned.
@@ -111,9 +119,30 @@ impl TunedConv {
 pub(crate) enum Candidate {
     /// The direct GEMM on this engine and tile.
     Gemm(GemmTile),
-    /// Winograd, its GEMMs on the model's tiles of the f16 engine where `f16` (F(2x2, 3x3)),
-    /// else of the f32 one (the gpu's [`crate::WinogradTile`]).
-    Winograd { f16: bool },
+    /// Winograd with this tile, its GEMMs on the model's tiles of the f16 engine where `f16`
+    /// (F(2x2, 3x3) only), else of the f32 one.
+    Winograd { f16: bool, tile: WinogradTile },
+}
+
+/// What tuning needs of a shape that can run Winograd.
+pub(crate) struct WinogradPlan {
+    /// Whether [`crate::ConvAlgo::Auto`]'s rule runs it without tuning...
+    pub rule: bool,
+    /// ...and with which tile on the f32 engine.
+    pub model_tile: WinogradTile,
+    /// The f32 engine's tiles to time: both, or the one [`Gpu::set_winograd_tile`] chose.
+    pub tiles: Vec<WinogradTile>,
+}
+
+/// Winograd's timings for [`choose`].
+#[derive(Clone, Copy, Debug, Default)]
+struct WinogradTimes {
+    rule: bool,
+    model_tile: WinogradTile,
+    /// The f32 engine's, per tile of [`WinogradTile::ALL`].
+    f32: [Option<f64>; 2],
+    /// The f16 engine's (F(2x2, 3x3)).
+    f16: Option<f64>,
 }
 
 /// Timed repeats aim at this many seconds per candidate...
@@ -128,13 +157,13 @@ pub const MARGIN: f64 = 0.03;
 
 /// The tuning of `key`, tuning it now with `trial` (which runs the pass once as the given
 /// candidate) if this is the key's first call; `model()` gives the model's engine and tile,
-/// and `winograd` whether the shape can run Winograd (Some) and if so whether Auto's rule
-/// would. The f16 engine's tiles are candidates under [`ConvPrecision::F16`] (`key.precision`).
+/// and `winograd` whether the shape can run Winograd (Some) and if so how. The f16 engine's
+/// tiles are candidates under [`ConvPrecision::F16`] (`key.precision`).
 pub(crate) fn tuned(
     gpu: &Gpu,
     key: ConvKey,
     model: impl FnOnce() -> GemmTile,
-    winograd: Option<bool>,
+    winograd: Option<WinogradPlan>,
     trial: impl FnMut(Candidate) -> Result<()>,
 ) -> Result<TunedConv> {
     if let Some(t) = gpu.tuned_conv(&key) {
@@ -148,15 +177,28 @@ pub(crate) fn tuned(
     if f16 {
         candidates.extend(MmaTile::ALL.map(|t| Candidate::Gemm(GemmTile::F16(t))));
     }
-    if winograd.is_some() {
-        candidates.push(Candidate::Winograd { f16: false });
+    let mut wino = WinogradTimes::default();
+    if let Some(plan) = &winograd {
+        wino.rule = plan.rule;
+        wino.model_tile = plan.model_tile;
+        for &tile in &plan.tiles {
+            candidates.push(Candidate::Winograd { f16: false, tile });
+        }
         if f16 {
-            candidates.push(Candidate::Winograd { f16: true });
+            let tile = WinogradTile::F2;
+            candidates.push(Candidate::Winograd { f16: true, tile });
         }
     }
     let timed = time_candidates(gpu, &candidates, trial)?;
+    for (c, &ms) in candidates.iter().zip(&timed) {
+        match *c {
+            Candidate::Winograd { f16: true, .. } => wino.f16 = Some(ms),
+            Candidate::Winograd { f16: false, tile } => wino.f32[tile.index()] = Some(ms),
+            Candidate::Gemm(_) => {}
+        }
+    }
     let (f32_ms, rest) = timed.split_at(ConvTile::ALL.len());
-    let (f16_ms, wino_ms) = rest.split_at(if f16 { MmaTile::ALL.len() } else { 0 });
+    let f16_ms = &rest[..if f16 { MmaTile::ALL.len() } else { 0 }];
     let mut millis = [f64::INFINITY; ConvTile::ALL.len()];
     millis.copy_from_slice(f32_ms);
     let f16_millis = f16.then(|| {
@@ -164,14 +206,7 @@ pub(crate) fn tuned(
         ms.copy_from_slice(f16_ms);
         ms
     });
-    let tuned = choose(
-        key,
-        model(),
-        millis,
-        f16_millis,
-        winograd.unwrap_or(false),
-        [wino_ms.first().copied(), wino_ms.get(1).copied()],
-    );
+    let tuned = choose(key, model(), millis, f16_millis, wino);
     gpu.record_tuned_conv(tuned.clone());
     Ok(tuned)
 }
@@ -209,17 +244,16 @@ fn time_candidates(
 }
 
 /// The model's engine and tile unless another is at least [`MARGIN`] faster, then the
-/// fastest; Winograd's engine likewise (the f16 one under [`ConvPrecision::F16`] unless the
-/// f32 one is at least the margin faster); and Winograd (where timed) against the direct
-/// choice, the model's algorithm (`model_winograd`) unless the other is at least [`MARGIN`]
-/// faster. `winograd_millis`: Winograd's time on the f32 engine and on the f16 one.
+/// fastest; Winograd's tile on the f32 engine and its engine likewise (the model's tile, and
+/// the f16 engine under [`ConvPrecision::F16`], unless the other is at least the margin
+/// faster); and Winograd (where timed) against the direct choice, the model's algorithm
+/// (`wino.rule`) unless the other is at least [`MARGIN`] faster.
 fn choose(
     key: ConvKey,
     model: GemmTile,
     millis: [f64; ConvTile::ALL.len()],
     f16_millis: Option<[f64; MmaTile::ALL.len()]>,
-    model_winograd: bool,
-    [winograd_millis, f16_winograd_millis]: [Option<f64>; 2],
+    wino: WinogradTimes,
 ) -> TunedConv {
     let mut tuned = TunedConv {
         key,
@@ -227,9 +261,11 @@ fn choose(
         model,
         millis,
         f16_millis,
-        winograd_millis,
-        f16_winograd_millis,
-        model_winograd,
+        winograd_millis: wino.f32,
+        f16_winograd_millis: wino.f16,
+        model_winograd: wino.rule,
+        model_winograd_tile: wino.model_tile,
+        winograd_tile: wino.model_tile,
         winograd: false,
         winograd_f16: false,
     };
@@ -249,17 +285,21 @@ fn choose(
         tuned.tile = best;
     }
     let direct = time(tuned.tile);
-    tuned.winograd_f16 = match (winograd_millis, f16_winograd_millis) {
+    let tile_ms = |t: WinogradTile| wino.f32[t.index()].unwrap_or(f64::INFINITY);
+    for t in WinogradTile::ALL {
+        if tile_ms(t) < (1.0 - MARGIN) * tile_ms(tuned.winograd_tile) {
+            tuned.winograd_tile = t;
+        }
+    }
+    let f32_ms = wino.f32[tuned.winograd_tile.index()];
+    tuned.winograd_f16 = match (f32_ms, wino.f16) {
         (Some(f32), Some(f16)) => f32 >= (1.0 - MARGIN) * f16,
+        (None, Some(_)) => true,
         _ => false,
     };
-    let winograd_millis = if tuned.winograd_f16 {
-        f16_winograd_millis
-    } else {
-        winograd_millis
-    };
+    let winograd_millis = if tuned.winograd_f16 { wino.f16 } else { f32_ms };
     tuned.winograd = winograd_millis.is_some_and(|wino| {
-        if model_winograd {
+        if tuned.model_winograd {
             direct >= (1.0 - MARGIN) * wino
         } else {
             wino < (1.0 - MARGIN) * direct
@@ -339,18 +379,24 @@ impl Gpu {
         let path = path.as_ref();
         let shown = path.display();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let file: TuningFile = serde_json::from_slice(&bytes).map_err(|e| {
+        let not_ours = |e: serde_json::Error| {
             Error::format(
                 &shown,
                 format!("not a conv tuning file of this crate ({e})"),
             )
-        })?;
-        if file.format != TUNING_FORMAT {
+        };
+        // The format first: an older format's records would not parse as this one's.
+        let header: TuningHeader = serde_json::from_slice(&bytes).map_err(not_ours)?;
+        if header.format != TUNING_FORMAT {
             return Err(Error::format(
                 &shown,
-                format!("format {:?}, expected {TUNING_FORMAT:?}", file.format),
+                format!(
+                    "format {:?}, expected {TUNING_FORMAT:?}: tune again",
+                    header.format
+                ),
             ));
         }
+        let file: TuningFile = serde_json::from_slice(&bytes).map_err(not_ours)?;
         let crate_version = env!("CARGO_PKG_VERSION");
         if file.crate_version != crate_version {
             return Err(Error::format(
@@ -388,9 +434,17 @@ impl Gpu {
     }
 }
 
-/// The `format` of a file of [`Gpu::save_conv_tuning`] (native only, as the file functions).
+/// The `format` of a file of [`Gpu::save_conv_tuning`] (native only, as the file functions;
+/// 2: Winograd timed with each tile, session 17).
 #[cfg(not(target_arch = "wasm32"))]
-const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 1";
+const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 2";
+
+/// The first field of a [`TuningFile`], read alone first.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Deserialize)]
+struct TuningHeader {
+    format: String,
+}
 
 /// A file of [`Gpu::save_conv_tuning`].
 #[cfg(not(target_arch = "wasm32"))]
@@ -474,7 +528,11 @@ mod tests {
                 x ^= x << 17;
                 *ms = (x >> 11) as f64 / (1u64 << 53) as f64 * 100.0;
             }
-            let t = choose(key(), f32(ConvTile::T64x64), millis, None, false, [None; 2]);
+            let wino = WinogradTimes {
+                f32: [Some(millis[0]), Some(millis[1])],
+                ..WinogradTimes::default()
+            };
+            let t = choose(key(), f32(ConvTile::T64x64), millis, None, wino);
             let json = serde_json::to_string(&t).unwrap();
             let back: TunedConv = serde_json::from_str(&json).unwrap();
             assert_eq!(back, t, "{json}");
@@ -483,7 +541,8 @@ mod tests {
 
     #[test]
     fn keeps_the_model_tile_within_the_margin() {
-        let choose = |model, millis| choose(key(), f32(model), millis, None, false, [None; 2]);
+        let none = WinogradTimes::default();
+        let choose = |model, millis| choose(key(), f32(model), millis, None, none);
         // 64x128 is the model's; 128x128 is 2% faster: noise, not a reason to switch.
         let t = choose(ConvTile::T64x128, [2.0, 3.0, 1.0, 0.98, 4.0]);
         assert_eq!(t.tile, f32(ConvTile::T64x128));
@@ -494,7 +553,7 @@ mod tests {
         // The fastest, not the first faster one.
         let t = choose(ConvTile::T128x128, [0.5, 0.4, 0.9, 1.0, 0.6]);
         assert_eq!(t.tile, f32(ConvTile::T128x64));
-        assert!(!t.winograd && t.winograd_millis.is_none());
+        assert!(!t.winograd && t.winograd_millis == [None; 2]);
     }
 
     #[test]
@@ -502,14 +561,13 @@ mod tests {
         // The chosen tile (128x64, the model's) takes 1.0 ms; 64x64's 0.98 is within the margin.
         let millis = [0.98, 1.0, 2.0, 2.0, 2.0];
         let t = |model_winograd, wino| {
-            let t = choose(
-                key(),
-                f32(ConvTile::T128x64),
-                millis,
-                None,
-                model_winograd,
-                [Some(wino), None],
-            );
+            let times = WinogradTimes {
+                rule: model_winograd,
+                model_tile: WinogradTile::F4,
+                f32: [None, Some(wino)],
+                f16: None,
+            };
+            let t = choose(key(), f32(ConvTile::T128x64), millis, None, times);
             assert_eq!(t.tile, f32(ConvTile::T128x64));
             assert_eq!(t.model_winograd, model_winograd);
             t.winograd
@@ -521,14 +579,8 @@ mod tests {
         assert!(t(true, 1.02));
         assert!(!t(true, 1.05));
         // Never where the shape cannot run it.
-        let t = choose(
-            key(),
-            f32(ConvTile::T128x64),
-            millis,
-            None,
-            false,
-            [None; 2],
-        );
+        let none = WinogradTimes::default();
+        let t = choose(key(), f32(ConvTile::T128x64), millis, None, none);
         assert!(!t.winograd);
     }
 
@@ -540,8 +592,8 @@ mod tests {
             ..key()
         };
         let model = f16(MmaTile::T128x64);
-        let choose =
-            |millis, f16_millis| choose(key, model, millis, Some(f16_millis), false, [None; 2]);
+        let none = WinogradTimes::default();
+        let choose = |millis, f16_millis| choose(key, model, millis, Some(f16_millis), none);
         // The model's f16 tile stays against an f32 tile 2% faster...
         let t = choose([0.98, 2.0, 2.0, 2.0, 2.0], [2.0, 1.0, 2.0]);
         assert_eq!(t.tile, model);
@@ -558,13 +610,18 @@ mod tests {
         // Winograd's engine: the f16 one unless the f32 one is the margin faster; then
         // Winograd on that engine against the chosen direct tile.
         let wino = |f32_ms, f16_ms| {
+            let times = WinogradTimes {
+                model_tile: WinogradTile::F4,
+                f32: [None, Some(f32_ms)],
+                f16: Some(f16_ms),
+                ..WinogradTimes::default()
+            };
             let t = super::choose(
                 key,
                 model,
                 [0.95, 2.0, 2.0, 2.0, 2.0],
                 Some([2.0, 1.0, 2.0]),
-                false,
-                [Some(f32_ms), Some(f16_ms)],
+                times,
             );
             assert_eq!(t.tile, f32(ConvTile::T64x64));
             (t.winograd, t.winograd_f16)
@@ -573,5 +630,45 @@ mod tests {
         assert_eq!(wino(0.8, 0.9), (true, false));
         assert_eq!(wino(0.8, 2.0), (true, false));
         assert_eq!(wino(2.0, 0.94), (false, true));
+    }
+
+    #[test]
+    fn chooses_the_winograd_tile_within_the_margin() {
+        // The direct tile takes 1.0 ms; Winograd's model tile is F(4x4, 3x3).
+        let millis = [1.0, 2.0, 2.0, 2.0, 2.0];
+        let t = |f2, f4| {
+            let times = WinogradTimes {
+                rule: true,
+                model_tile: WinogradTile::F4,
+                f32: [Some(f2), Some(f4)],
+                f16: None,
+            };
+            let t = choose(key(), f32(ConvTile::T64x64), millis, None, times);
+            assert_eq!(t.model_winograd_tile, WinogradTile::F4);
+            (t.winograd_tile, t.winograd)
+        };
+        // F(2x2, 3x3) 2% faster: the model's tile stays; 5% faster: it runs.
+        assert_eq!(t(0.49, 0.5), (WinogradTile::F4, true));
+        assert_eq!(t(0.475, 0.5), (WinogradTile::F2, true));
+        // Winograd against direct with the chosen tile's time: F(2x2, 3x3) at 0.9 ms beats
+        // the direct 1.0 where F(4x4, 3x3) took 2.0; neither beats a direct 0.5.
+        assert_eq!(t(0.9, 2.0), (WinogradTile::F2, true));
+        let times = WinogradTimes {
+            model_tile: WinogradTile::F4,
+            f32: [Some(0.9), Some(2.0)],
+            ..WinogradTimes::default()
+        };
+        let fast = [0.5, 2.0, 2.0, 2.0, 2.0];
+        let t = choose(key(), f32(ConvTile::T64x64), fast, None, times);
+        assert_eq!((t.winograd_tile, t.winograd), (WinogradTile::F2, false));
+        // One tile timed (set with Gpu::set_winograd_tile): that one.
+        let times = WinogradTimes {
+            rule: true,
+            model_tile: WinogradTile::F2,
+            f32: [Some(0.5), None],
+            f16: None,
+        };
+        let t = choose(key(), f32(ConvTile::T64x64), millis, None, times);
+        assert_eq!((t.winograd_tile, t.winograd), (WinogradTile::F2, true));
     }
 }

@@ -3,6 +3,7 @@
 //! tuned or not), and the GEMM grids.
 
 use super::*;
+use crate::WinogradTile;
 
 /// Whether a conv GEMM on `gpu` reduces taps outer ([`ConvOrder::Rsc`]): over `channels` in
 /// chunks of `chunk` (the tile's BK; for the weight gradient, whose columns hold the taps, its
@@ -446,7 +447,7 @@ pub(super) struct InputPhase {
 pub(super) enum Route {
     /// Winograd ([`winograd`]), its GEMMs on the f16 engine where `f16` (F(2x2, 3x3)), else on
     /// the f32 one (the gpu's [`crate::WinogradTile`]).
-    Winograd { f16: bool },
+    Winograd { f16: bool, tile: WinogradTile },
     /// The direct GEMM, with this engine and tile (None: the model's plan on the gpu's engine).
     Direct(Option<GemmTile>),
 }
@@ -512,11 +513,17 @@ impl Geometry {
         }
         let fits = self.winograd_fits(gpu, pass);
         if !self.tuned_here(gpu, fits) {
-            return Ok(self.untuned_route(gpu, fits));
+            return Ok(self.untuned_route(gpu, fits, pass));
         }
-        let rule = fits.then(|| winograd::auto_rule(gpu, self));
+        let plan = fits.then(|| tune::WinogradPlan {
+            rule: winograd::auto_rule(gpu, self),
+            model_tile: winograd::tile_for(gpu, false, self, pass),
+            tiles: gpu
+                .winograd_tile()
+                .map_or(WinogradTile::ALL.to_vec(), |t| vec![t]),
+        });
         let model = || GemmTile::on(gpu, model());
-        let tuned = tune::tuned(gpu, self.key(gpu, pass), model, rule, trial)?;
+        let tuned = tune::tuned(gpu, self.key(gpu, pass), model, plan, trial)?;
         Ok(self.tuned_route(gpu, &tuned))
     }
 
@@ -526,7 +533,7 @@ impl Geometry {
         let fits = self.winograd_fits(gpu, pass);
         match gpu.tuned_conv(&self.key(gpu, pass)) {
             Some(t) if self.tuned_here(gpu, fits) => self.tuned_route(gpu, &t),
-            _ => self.untuned_route(gpu, fits),
+            _ => self.untuned_route(gpu, fits, pass),
         }
     }
 
@@ -544,10 +551,12 @@ impl Geometry {
             && !(fits && gpu.conv_algo() == ConvAlgo::Winograd)
     }
 
-    pub(super) fn untuned_route(&self, gpu: &Gpu, fits: bool) -> Route {
+    pub(super) fn untuned_route(&self, gpu: &Gpu, fits: bool, pass: ConvPass) -> Route {
         if fits && winograd::by_rule(gpu, self) {
+            let f16 = f16_kernels(gpu).is_some();
             Route::Winograd {
-                f16: f16_kernels(gpu).is_some(),
+                f16,
+                tile: winograd::tile_for(gpu, f16, self, pass),
             }
         } else {
             Route::Direct(None)
@@ -556,8 +565,15 @@ impl Geometry {
 
     pub(super) fn tuned_route(&self, gpu: &Gpu, tuned: &TunedConv) -> Route {
         if tuned.winograd && gpu.conv_algo() == ConvAlgo::Auto {
+            let f16 = tuned.winograd_f16;
             Route::Winograd {
-                f16: tuned.winograd_f16,
+                f16,
+                // The f16 engine runs F(2x2, 3x3) only (winograd::tile_for).
+                tile: if f16 {
+                    WinogradTile::F2
+                } else {
+                    tuned.winograd_tile
+                },
             }
         } else {
             Route::Direct(Some(tuned.tile))

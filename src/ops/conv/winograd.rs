@@ -237,7 +237,7 @@ pub fn conv2d_winograd_tiles(
         return Ok([None; 3]);
     }
     let pass = |pass| match g.known_route(gpu, pass) {
-        super::Route::Winograd { f16 } => Some(tile_for(gpu, f16, &g, pass)),
+        super::Route::Winograd { tile, .. } => Some(tile),
         super::Route::Direct(_) => None,
     };
     Ok([
@@ -250,7 +250,8 @@ pub fn conv2d_winograd_tiles(
 /// The forward pass: y `[N, K, H, W]` from x `[N, C, H, W]` and w `[K, C, 3, 3]`, plus the
 /// epilogue: the conv's bias ([`super::conv2d`]), or inference's batch norm
 /// ([`super::conv2d_bn_eval`]). The GEMMs run on the f16 engine where `f16` (every pass here
-/// takes that flag: the gpu's engine, or the one tuning chose), else on the f32 engine.
+/// takes that flag: the gpu's engine, or the one tuning chose), else on the f32 engine, with
+/// `tile` (every pass: [`tile_for`]'s, or tuning's; F(2x2, 3x3) on the f16 engine).
 pub(super) fn forward(
     op: &'static str,
     g: &Geometry,
@@ -258,11 +259,11 @@ pub(super) fn forward(
     w: &Tensor,
     epilogue: Epilogue<'_>,
     f16: bool,
+    tile: WinogradTile,
 ) -> Result<Tensor> {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
-    let tile = tile_for(gpu, f16, g, ConvPass::Forward);
     let u = weights(op, gpu, tile, w, k, c, false)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
     convolve(op, gpu, tile, x, g.x, &u, k, epilogue, f16, None, &y)?;
@@ -292,11 +293,11 @@ pub(super) fn backward_input(
     w: &Tensor,
     scale: &GyScale,
     f16: bool,
+    tile: WinogradTile,
 ) -> Result<Tensor> {
     let [n, c, h, wd] = g.x;
     let k = g.w[0];
     let gpu = gy.gpu();
-    let tile = tile_for(gpu, f16, g, ConvPass::InputGrad);
     let u = weights(op, gpu, tile, w, c, k, true)?;
     let gx = Tensor::uninit(gpu, &g.x, DType::F32, op)?;
     let scale = transformed_gy_scale(gy, f16, scale)?;
@@ -366,11 +367,11 @@ pub(super) fn backward_weight(
     gy: &Tensor,
     scale: &GyScale,
     f16: bool,
+    tile: WinogradTile,
 ) -> Result<Tensor> {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
-    let tile = tile_for(gpu, f16, g, ConvPass::WeightGrad);
     let batch = Chunks::new(gpu, g.x, c.max(k), tile);
     let (chunks, most, xi) = (batch.count(), batch.most(), batch.xi);
     let v = scratch(op, gpu, xi * c * most)?;
