@@ -291,7 +291,7 @@ impl WinogradTile {
         }
     }
 
-    /// `auto` (None: the choice per convolution) or a tile ([`WinogradTile::from_str`]).
+    /// `auto` (None: the choice per convolution) or a tile (`2`, `4`, ...: its `FromStr`).
     pub fn parse_choice(s: &str) -> Result<Option<WinogradTile>> {
         if s.trim().eq_ignore_ascii_case("auto") {
             return Ok(None);
