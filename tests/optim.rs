@@ -569,6 +569,19 @@ fn schedules_at_known_points() {
     let down = 4e-6 + (1.0 - 4e-6) / 2.0 * ((std::f64::consts::PI * 50.0 / 75.0).cos() + 1.0);
     assert!(close(o.lr_at(1.0, 74), down as f32), "{}", o.lr_at(1.0, 74));
     assert!(close(o.lr_at(1.0, 99), 4e-6) && close(o.lr_at(1.0, 150), 4e-6));
+    // Runs too short for a rise (4 steps at 0.25: the first phase ends at step 0) start at the
+    // peak and anneal from there, finite throughout (0 / 0 gave a NaN learning rate, which
+    // `train --epochs 1` on 512 images at batch 128 hit).
+    let short = Schedule::OneCycle {
+        total: 4,
+        pct_start: 0.25,
+        div_factor: 25.0,
+        final_div_factor: 1e4,
+    };
+    let lrs: Vec<f32> = (0..5).map(|s| short.lr_at(1.0, s)).collect();
+    assert!(lrs.iter().all(|lr| lr.is_finite()), "{lrs:?}");
+    assert!(close(lrs[0], 1.0) && close(lrs[3], 4e-6), "{lrs:?}");
+    assert!(lrs.windows(2).all(|w| w[1] <= w[0]), "{lrs:?}");
 }
 
 #[test]

@@ -80,7 +80,10 @@ impl Schedule {
                 // Phase ends as torch computes them: float(pct_start * total) - 1, total - 1.
                 let end1 = (pct_start as f64 * total as f64) - 1.0;
                 if step <= end1 {
-                    cos_anneal(initial, base, step / end1)
+                    // Runs of fewer than 1 / pct_start steps have no rise (end1 <= 0, where
+                    // torch divides by zero): they start at the peak.
+                    let pct = if end1 > 0.0 { step / end1 } else { 1.0 };
+                    cos_anneal(initial, base, pct)
                 } else {
                     let span = last - end1;
                     let pct = if span > 0.0 {
