@@ -421,13 +421,18 @@ fn run(a: Args) -> Result<()> {
         let tuned = gpu.tuned_convs();
         let moved = tuned.iter().filter(|t| t.tile != t.model).count();
         let wino = tuned.iter().filter(|t| t.winograd).count();
+        let f2 = tuned
+            .iter()
+            .filter(|t| t.winograd && (t.winograd_f16 || t.winograd_tile.m() == 2))
+            .count();
         let algos = tuned
             .iter()
             .filter(|t| t.winograd != t.model_winograd)
             .count();
         println!(
             "autotune: {} conv shapes and passes tuned, {moved} on another engine or tile than \
-             the model's, {wino} on Winograd ({algos} against Auto's rule)",
+             the model's, {wino} on Winograd ({f2} of them F(2x2, 3x3); {algos} against Auto's \
+             rule)",
             tuned.len()
         );
     }
