@@ -33,6 +33,7 @@ pub(crate) use plan::WEIGHT_COPY_MIN_COLUMNS;
 pub use plan::{conv2d_output_size, conv2d_taps};
 pub(crate) use tiles::forced_tile;
 pub use tiles::{ConvTile, TileModel, conv_stages};
+pub(crate) use winograd::F16_TILE as F16_WINOGRAD_TILE;
 pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_tiles};
 
 use kernels::{

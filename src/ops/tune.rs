@@ -30,7 +30,7 @@
 //! so results may differ by rounding from an untuned run (and from another tuned run that
 //! picked differently); leave tuning off where runs must be reproducible to the bit.
 
-use super::conv::{ConvTile, GemmTile, MmaTile};
+use super::conv::{ConvTile, F16_WINOGRAD_TILE, GemmTile, MmaTile};
 use crate::gpu::{ConvPrecision, Gpu, WinogradTile};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -185,7 +185,7 @@ pub(crate) fn tuned(
             candidates.push(Candidate::Winograd { f16: false, tile });
         }
         if f16 {
-            let tile = WinogradTile::F2;
+            let tile = F16_WINOGRAD_TILE;
             candidates.push(Candidate::Winograd { f16: true, tile });
         }
     }

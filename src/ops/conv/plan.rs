@@ -518,9 +518,7 @@ impl Geometry {
         let plan = fits.then(|| tune::WinogradPlan {
             rule: winograd::auto_rule(gpu, self),
             model_tile: winograd::tile_for(gpu, false, self, pass),
-            tiles: gpu
-                .winograd_tile()
-                .map_or(WinogradTile::ALL.to_vec(), |t| vec![t]),
+            tiles: winograd::f32_tiles(gpu),
         });
         let model = || GemmTile::on(gpu, model());
         let tuned = tune::tuned(gpu, self.key(gpu, pass), model, plan, trial)?;
@@ -568,9 +566,8 @@ impl Geometry {
             let f16 = tuned.winograd_f16;
             Route::Winograd {
                 f16,
-                // The f16 engine runs F(2x2, 3x3) only (winograd::tile_for).
                 tile: if f16 {
-                    WinogradTile::F2
+                    winograd::F16_TILE
                 } else {
                     tuned.winograd_tile
                 },

@@ -81,16 +81,28 @@ fn kernels(tile: WinogradTile) -> &'static Kernels {
     }
 }
 
+/// The only tile Winograd runs with its GEMMs on the f16 engine: F(2x2, 3x3), whose
+/// transforms grow values by at most 4; F(4x4, 3x3)'s grow them up to 49 times, more than the
+/// f16 operands hold.
+pub(crate) const F16_TILE: WinogradTile = WinogradTile::F2;
+
+/// The tiles Winograd may run with its GEMMs on the f32 engine: the one
+/// [`Gpu::set_winograd_tile`] set, else both (chosen per pass by [`tile_for`], or by tuning).
+pub(super) fn f32_tiles(gpu: &Gpu) -> Vec<WinogradTile> {
+    gpu.winograd_tile()
+        .map_or(WinogradTile::ALL.to_vec(), |t| vec![t])
+}
+
 /// The tile `pass` of `g` runs Winograd with, its GEMMs on the f16 engine (`f16`) or the f32
-/// one: F(2x2, 3x3) on the f16 engine, whose operands could not hold F(4x4, 3x3)'s range; on
-/// the f32 one the gpu's [`Gpu::winograd_tile`], else the tile whose GEMMs do fewer
+/// one: [`F16_TILE`] on the f16 engine; on the f32 one the gpu's [`Gpu::winograd_tile`], else
+/// the tile whose GEMMs do fewer
 /// multiply-adds: α² times the padded rows and columns of the model's GEMM tile for the
 /// forward pass and the input gradient (whose columns are the output tiles: F(4x4, 3x3) has a
 /// quarter as many, which on small batches of small planes leaves most of a column tile
 /// empty), α² times the output tiles for the weight gradient (which reduces over them).
 pub(super) fn tile_for(gpu: &Gpu, f16: bool, g: &Geometry, pass: ConvPass) -> WinogradTile {
     if f16 {
-        return WinogradTile::F2;
+        return F16_TILE;
     }
     if let Some(tile) = gpu.winograd_tile() {
         return tile;
@@ -119,16 +131,13 @@ pub(super) fn tile_for(gpu: &Gpu, f16: bool, g: &Geometry, pass: ConvPass) -> Wi
     }
 }
 
-/// The tiles a Winograd pass may run on `gpu`: the f32 engine's (both where chosen per pass),
-/// and F(2x2, 3x3) where the f16 engine runs (under [`crate::ConvPrecision::F16`] tuning times
+/// The tiles a Winograd pass may run on `gpu`: the f32 engine's ([`f32_tiles`]), and
+/// [`F16_TILE`] where the f16 engine runs (under [`crate::ConvPrecision::F16`] tuning times
 /// both engines).
 fn tiles_in_use(gpu: &Gpu) -> Vec<WinogradTile> {
-    let mut tiles = match gpu.winograd_tile() {
-        Some(tile) => vec![tile],
-        None => vec![WinogradTile::F2, WinogradTile::F4],
-    };
-    if super::f16_kernels(gpu).is_some() && !tiles.contains(&WinogradTile::F2) {
-        tiles.push(WinogradTile::F2);
+    let mut tiles = f32_tiles(gpu);
+    if super::f16_kernels(gpu).is_some() && !tiles.contains(&F16_TILE) {
+        tiles.push(F16_TILE);
     }
     tiles
 }
@@ -319,7 +328,7 @@ pub(super) fn backward_input(
 }
 
 /// The f16 engine's operand scale for gy's transforms (Bᵀ d B in the input gradient, A dy Aᵀ in
-/// the weight gradient, F(2x2, 3x3)'s: [`tile_for`]), None with the f32 engine: a quarter of
+/// the weight gradient, [`F16_TILE`]'s), None with the f32 engine: a quarter of
 /// the direct passes' (`shared`, or computed into it), since each transformed value sums up to
 /// four of gy's, so that the largest stays within [2^13, 2^14) after scaling, below f16's
 /// largest finite value.
