@@ -5,9 +5,57 @@
 
 use crate::WinogradTile;
 
-/// U `[16, rows, cols]` from w `[K, C, 3, 3]`: `U[ξ][k][c] = (G w[k, c] Gᵀ)[ξ / 4][ξ % 4]` with
-/// rows K and cols C; with `flip` (the input gradient's kernel) `U[ξ][c][k]` from `w[k, c]` turned
-/// by 180 degrees, rows C and cols K.
+/// The 3x3 kernel of U's `row` and `col` as rows of taps: w[row, col] ([K, C, 3, 3], `c`
+/// input channels), or with `flip` (the input gradient's kernel) w[col, row] turned by 180
+/// degrees.
+fn kernel(w: &[f32], c: usize, row: usize, col: usize, flip: bool) -> [[f32; 3]; 3] {
+    let base = if flip { col * c + row } else { row * c + col } * 9;
+    std::array::from_fn(|r| {
+        std::array::from_fn(|cc| {
+            let t = 3 * r + cc;
+            w[base + if flip { 8 - t } else { t }]
+        })
+    })
+}
+
+/// The `A` x `A` patch of an `h` x `w` plane with its first value at row `y0`, column `x0`
+/// (either may lie before the plane), zeros outside the plane.
+fn patch<const A: usize>(plane: &[f32], [h, w]: [usize; 2], y0: isize, x0: isize) -> [[f32; A]; A] {
+    std::array::from_fn(|r| {
+        std::array::from_fn(|c| {
+            let (y, x) = (y0 + r as isize, x0 + c as isize);
+            let inside = (0..h as isize).contains(&y) && (0..w as isize).contains(&x);
+            if inside {
+                plane[y as usize * w + x as usize]
+            } else {
+                0.0
+            }
+        })
+    })
+}
+
+/// Write the `M` x `M` output tile `t` (+ `bias`) at row `oy`, column `ox` of image `img`'s
+/// channel `kk` in y `[N, K, H, W]`, dropping its pixels past the plane's edge.
+fn put_tile<const M: usize>(
+    y: &mut [f32],
+    [_, k, h, w]: [usize; 4],
+    (img, kk): (usize, usize),
+    (oy, ox): (usize, usize),
+    t: &[[f32; M]; M],
+    bias: f32,
+) {
+    for (a, row) in t.iter().enumerate() {
+        for (b, val) in row.iter().enumerate() {
+            if oy + a < h && ox + b < w {
+                y[((img * k + kk) * h + oy + a) * w + ox + b] = val + bias;
+            }
+        }
+    }
+}
+
+/// F(2x2, 3x3)'s U `[16, rows, cols]` from w `[K, C, 3, 3]`: `U[ξ][k][c] = (G w[k, c] Gᵀ)[ξ /
+/// 4][ξ % 4]` with rows K and cols C; with `flip` (the input gradient's kernel) `U[ξ][c][k]`
+/// from `w[k, c]` turned by 180 degrees, rows C and cols K.
 fn winograd_weights2(w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
     let [k, c, r, s] = w_shape;
     assert_eq!((r, s), (3, 3), "Winograd F(2x2, 3x3) needs 3x3 kernels");
@@ -22,32 +70,22 @@ fn winograd_weights2(w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
             v[2],
         ]
     };
-    for row in 0..rows {
-        for col in 0..cols {
-            let (kk, cc) = if flip { (col, row) } else { (row, col) };
-            let base = (kk * c + cc) * 9;
-            let tap = |t: usize| w[base + if flip { 8 - t } else { t }];
-            let g = |i: usize| [tap(3 * i), tap(3 * i + 1), tap(3 * i + 2)];
-            let (g0, g1, g2) = (g(0), g(1), g(2));
-            let lin = |a: f32, b: f32| {
-                [
-                    0.5 * (g0[0] + a * g1[0] + b * g2[0]),
-                    0.5 * (g0[1] + a * g1[1] + b * g2[1]),
-                    0.5 * (g0[2] + a * g1[2] + b * g2[2]),
-                ]
-            };
-            let rows4 = [
-                g_row(g0),
-                g_row(lin(1.0, 1.0)),
-                g_row(lin(-1.0, 1.0)),
-                g_row(g2),
-            ];
-            for (i, rw) in rows4.iter().enumerate() {
-                for (j, v) in rw.iter().enumerate() {
-                    u[(4 * i + j) * plane + row * cols + col] = *v;
-                }
-            }
-        }
+    for i in 0..plane {
+        let [g0, g1, g2] = kernel(w, c, i / cols, i % cols, flip);
+        let lin = |a: f32, b: f32| {
+            [
+                0.5 * (g0[0] + a * g1[0] + b * g2[0]),
+                0.5 * (g0[1] + a * g1[1] + b * g2[1]),
+                0.5 * (g0[2] + a * g1[2] + b * g2[2]),
+            ]
+        };
+        let rows4 = [
+            g_row(g0),
+            g_row(lin(1.0, 1.0)),
+            g_row(lin(-1.0, 1.0)),
+            g_row(g2),
+        ];
+        store_tile(&mut u, &rows4, plane, i);
     }
     u
 }
@@ -57,131 +95,76 @@ fn b_row(u: [f32; 4]) -> [f32; 4] {
     [u[0] - u[2], u[1] + u[2], u[2] - u[1], u[1] - u[3]]
 }
 
-/// V `[16, C, P]` from x `[N, C, H, W]`: `V[ξ][c][p] = (Bᵀ d B)[ξ / 4][ξ % 4]` for the 4x4 patch
-/// d of tile p = (n th_count + th) tw_count + tw at rows 2 th - 1.. and columns 2 tw - 1..,
-/// zeros outside.
+/// F(2x2, 3x3)'s V `[16, C, P]` from x `[N, C, H, W]`: `V[ξ][c][p] = (Bᵀ d B)[ξ / 4][ξ % 4]`
+/// for the 4x4 patch d of tile p = (n th_count + th) tw_count + tw at rows 2 th - 1.. and
+/// columns 2 tw - 1.., zeros outside.
 fn winograd_input2(x: &[f32], x_shape: [usize; 4]) -> Vec<f32> {
-    let [n, c, h, w] = x_shape;
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let tiles = n * th * tw;
-    let plane = c * tiles;
+    let [_, c, h, w] = x_shape;
+    let plane = c * tiles(WinogradTile::F2, x_shape);
     let mut v = vec![0f32; 16 * plane];
-    for img in 0..n {
-        for ch in 0..c {
-            let xp = &x[(img * c + ch) * h * w..][..h * w];
-            let at = |y: isize, xx: isize| {
-                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-                    0.0
-                } else {
-                    xp[y as usize * w + xx as usize]
-                }
-            };
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let (y0, x0) = (2 * ty as isize - 1, 2 * tx as isize - 1);
-                    let d = |r: isize| {
-                        [
-                            at(y0 + r, x0),
-                            at(y0 + r, x0 + 1),
-                            at(y0 + r, x0 + 2),
-                            at(y0 + r, x0 + 3),
-                        ]
-                    };
-                    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
-                    let sub = |a: [f32; 4], b: [f32; 4]| std::array::from_fn(|i| a[i] - b[i]);
-                    let add = |a: [f32; 4], b: [f32; 4]| std::array::from_fn(|i| a[i] + b[i]);
-                    let rows = [
-                        b_row(sub(d0, d2)),
-                        b_row(add(d1, d2)),
-                        b_row(sub(d2, d1)),
-                        b_row(sub(d1, d3)),
-                    ];
-                    let p = (img * th + ty) * tw + tx;
-                    for (i, rw) in rows.iter().enumerate() {
-                        for (j, val) in rw.iter().enumerate() {
-                            v[(4 * i + j) * plane + ch * tiles + p] = *val;
-                        }
-                    }
-                }
-            }
-        }
+    for (img, ch, ty, tx, i) in plane_items(x_shape, 2) {
+        let xp = &x[(img * c + ch) * h * w..][..h * w];
+        let (y0, x0) = (2 * ty as isize - 1, 2 * tx as isize - 1);
+        let [d0, d1, d2, d3] = patch::<4>(xp, [h, w], y0, x0);
+        let sub = |a: [f32; 4], b: [f32; 4]| std::array::from_fn(|i| a[i] - b[i]);
+        let add = |a: [f32; 4], b: [f32; 4]| std::array::from_fn(|i| a[i] + b[i]);
+        let rows = [
+            b_row(sub(d0, d2)),
+            b_row(add(d1, d2)),
+            b_row(sub(d2, d1)),
+            b_row(sub(d1, d3)),
+        ];
+        store_tile(&mut v, &rows, plane, i);
     }
     v
 }
 
-/// y `[N, K, H, W]` from M `[16, K, P]`: each 2x2 output tile is Aᵀ M A (+ `b[k]`), its pixels
-/// past the output's edge dropped.
+/// F(2x2, 3x3)'s output: y `[N, K, H, W]` from M `[16, K, P]`, each 2x2 output tile Aᵀ M A
+/// (+ `b[k]`), its pixels past the output's edge dropped.
 fn winograd_output2(m: &[f32], y_shape: [usize; 4], b: Option<&[f32]>) -> Vec<f32> {
     let [n, k, h, w] = y_shape;
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let tiles = n * th * tw;
-    let plane = k * tiles;
+    let plane = k * tiles(WinogradTile::F2, y_shape);
     let mut y = vec![0f32; n * k * h * w];
     let a_row = |u: [f32; 4]| [u[0] + u[1] + u[2], u[1] - u[2] - u[3]];
-    for img in 0..n {
-        for kk in 0..k {
-            let bias = b.map_or(0.0, |b| b[kk]);
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let p = (img * th + ty) * tw + tx;
-                    let at = |xi: usize| m[xi * plane + kk * tiles + p];
-                    let row = |i: usize| [at(4 * i), at(4 * i + 1), at(4 * i + 2), at(4 * i + 3)];
-                    let (m0, m1, m2, m3) = (row(0), row(1), row(2), row(3));
-                    let s0 = a_row(std::array::from_fn(|i| m0[i] + m1[i] + m2[i]));
-                    let s1 = a_row(std::array::from_fn(|i| m1[i] - m2[i] - m3[i]));
-                    for (a, s) in [s0, s1].iter().enumerate() {
-                        for (bb, val) in s.iter().enumerate() {
-                            let (oy, ox) = (2 * ty + a, 2 * tx + bb);
-                            if oy < h && ox < w {
-                                y[((img * k + kk) * h + oy) * w + ox] = val + bias;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    for (img, kk, ty, tx, i) in plane_items(y_shape, 2) {
+        let [m0, m1, m2, m3] = load_tile::<4>(m, plane, i);
+        let s0 = a_row(std::array::from_fn(|i| m0[i] + m1[i] + m2[i]));
+        let s1 = a_row(std::array::from_fn(|i| m1[i] - m2[i] - m3[i]));
+        let bias = b.map_or(0.0, |b| b[kk]);
+        put_tile(
+            &mut y,
+            y_shape,
+            (img, kk),
+            (2 * ty, 2 * tx),
+            &[s0, s1],
+            bias,
+        );
     }
     y
 }
 
-/// GY `[16, K, P]` from gy `[N, K, H, W]`: `GY[ξ][k][p] = (A dy Aᵀ)[ξ / 4][ξ % 4]` for the 2x2
-/// tile dy of tile p, zeros past the plane's edge.
+/// F(2x2, 3x3)'s GY `[16, K, P]` from gy `[N, K, H, W]`: `GY[ξ][k][p] = (A dy Aᵀ)[ξ / 4][ξ %
+/// 4]` for the 2x2 tile dy of tile p, zeros past the plane's edge.
 fn winograd_gy2(gy: &[f32], y_shape: [usize; 4]) -> Vec<f32> {
-    let [n, k, h, w] = y_shape;
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let tiles = n * th * tw;
-    let plane = k * tiles;
+    let [_, k, h, w] = y_shape;
+    let plane = k * tiles(WinogradTile::F2, y_shape);
     let mut out = vec![0f32; 16 * plane];
     let a_col = |u: [f32; 2]| [u[0], u[0] + u[1], u[0] - u[1], -u[1]];
-    for img in 0..n {
-        for kk in 0..k {
-            let gp = &gy[(img * k + kk) * h * w..][..h * w];
-            let at = |y: usize, x: usize| if y < h && x < w { gp[y * w + x] } else { 0.0 };
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let (oy, ox) = (2 * ty, 2 * tx);
-                    let dy0 = [at(oy, ox), at(oy, ox + 1)];
-                    let dy1 = [at(oy + 1, ox), at(oy + 1, ox + 1)];
-                    let rows = [
-                        a_col(dy0),
-                        a_col([dy0[0] + dy1[0], dy0[1] + dy1[1]]),
-                        a_col([dy0[0] - dy1[0], dy0[1] - dy1[1]]),
-                        a_col([-dy1[0], -dy1[1]]),
-                    ];
-                    let p = (img * th + ty) * tw + tx;
-                    for (i, rw) in rows.iter().enumerate() {
-                        for (j, v) in rw.iter().enumerate() {
-                            out[(4 * i + j) * plane + kk * tiles + p] = *v;
-                        }
-                    }
-                }
-            }
-        }
+    for (img, kk, ty, tx, i) in plane_items(y_shape, 2) {
+        let gp = &gy[(img * k + kk) * h * w..][..h * w];
+        let [dy0, dy1] = patch::<2>(gp, [h, w], 2 * ty as isize, 2 * tx as isize);
+        let rows = [
+            a_col(dy0),
+            a_col([dy0[0] + dy1[0], dy0[1] + dy1[1]]),
+            a_col([dy0[0] - dy1[0], dy0[1] - dy1[1]]),
+            a_col([-dy1[0], -dy1[1]]),
+        ];
+        store_tile(&mut out, &rows, plane, i);
     }
     out
 }
 
-/// gw `[K, C, 3, 3]` from dU `[16, K, C]`: `gw[k, c] = Gᵀ dU[.][k][c] G`.
+/// F(2x2, 3x3)'s gw `[K, C, 3, 3]` from dU `[16, K, C]`: `gw[k, c] = Gᵀ dU[.][k][c] G`.
 fn winograd_weights_grad2(du: &[f32], k: usize, c: usize) -> Vec<f32> {
     let plane = k * c;
     let mut gw = vec![0f32; plane * 9];
@@ -190,8 +173,7 @@ fn winograd_weights_grad2(du: &[f32], k: usize, c: usize) -> Vec<f32> {
         [u[0] + h, 0.5 * (u[1] - u[2]), h + u[3]]
     };
     for i in 0..plane {
-        let d = |r: usize| std::array::from_fn::<f32, 4, _>(|j| du[(4 * r + j) * plane + i]);
-        let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+        let [d0, d1, d2, d3] = load_tile::<4>(du, plane, i);
         let h: [f32; 4] = std::array::from_fn(|j| 0.5 * (d1[j] + d2[j]));
         let rows = [
             gt_row(std::array::from_fn(|j| d0[j] + h[j])),
@@ -328,14 +310,7 @@ fn winograd_weights4(w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
     let plane = rows * cols;
     let mut u = vec![0f32; 36 * plane];
     for i in 0..plane {
-        let (row, col) = (i / cols, i % cols);
-        let base = if flip { col * c + row } else { row * c + col } * 9;
-        let g: [[f32; 3]; 3] = std::array::from_fn(|r| {
-            std::array::from_fn(|cc| {
-                let t = 3 * r + cc;
-                w[base + if flip { 8 - t } else { t }]
-            })
-        });
+        let g = kernel(w, c, i / cols, i % cols, flip);
         store_tile(&mut u, &two_sided(g, g6), plane, i);
     }
     u
@@ -344,23 +319,12 @@ fn winograd_weights4(w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
 /// F(4x4, 3x3)'s V `[36, C, P]` from x (see [`winograd_input2`]): `Bᵀ d B` for the 6x6 patch at
 /// rows 4 th - 1.. and columns 4 tw - 1.., zeros outside.
 fn winograd_input4(x: &[f32], x_shape: [usize; 4]) -> Vec<f32> {
-    let [n, c, h, w] = x_shape;
-    let plane = c * n * h.div_ceil(4) * w.div_ceil(4);
+    let [_, c, h, w] = x_shape;
+    let plane = c * tiles(WinogradTile::F4, x_shape);
     let mut v = vec![0f32; 36 * plane];
     for (img, ch, ty, tx, i) in plane_items(x_shape, 4) {
         let xp = &x[(img * c + ch) * h * w..][..h * w];
-        let (y0, x0) = (4 * ty as isize - 1, 4 * tx as isize - 1);
-        let d = std::array::from_fn(|r| {
-            std::array::from_fn(|cc| {
-                let (y, xx) = (y0 + r as isize, x0 + cc as isize);
-                let inside = (0..h as isize).contains(&y) && (0..w as isize).contains(&xx);
-                if inside {
-                    xp[y as usize * w + xx as usize]
-                } else {
-                    0.0
-                }
-            })
-        });
+        let d = patch::<6>(xp, [h, w], 4 * ty as isize - 1, 4 * tx as isize - 1);
         store_tile(&mut v, &two_sided(d, bt6), plane, i);
     }
     v
@@ -370,19 +334,12 @@ fn winograd_input4(x: &[f32], x_shape: [usize; 4]) -> Vec<f32> {
 /// its pixels past the output's edge dropped.
 fn winograd_output4(m: &[f32], y_shape: [usize; 4], b: Option<&[f32]>) -> Vec<f32> {
     let [n, k, h, w] = y_shape;
-    let plane = k * n * h.div_ceil(4) * w.div_ceil(4);
+    let plane = k * tiles(WinogradTile::F4, y_shape);
     let mut y = vec![0f32; n * k * h * w];
     for (img, kk, ty, tx, i) in plane_items(y_shape, 4) {
-        let bias = b.map_or(0.0, |b| b[kk]);
         let t = two_sided(load_tile::<6>(m, plane, i), at4);
-        for (a, row) in t.iter().enumerate() {
-            for (bb, val) in row.iter().enumerate() {
-                let (oy, ox) = (4 * ty + a, 4 * tx + bb);
-                if oy < h && ox < w {
-                    y[((img * k + kk) * h + oy) * w + ox] = val + bias;
-                }
-            }
-        }
+        let bias = b.map_or(0.0, |b| b[kk]);
+        put_tile(&mut y, y_shape, (img, kk), (4 * ty, 4 * tx), &t, bias);
     }
     y
 }
@@ -390,21 +347,12 @@ fn winograd_output4(m: &[f32], y_shape: [usize; 4], b: Option<&[f32]>) -> Vec<f3
 /// F(4x4, 3x3)'s GY `[36, K, P]` from gy (see [`winograd_gy2`]): `A dy Aᵀ` for the 4x4 tile dy,
 /// zeros past the plane's edge.
 fn winograd_gy4(gy: &[f32], y_shape: [usize; 4]) -> Vec<f32> {
-    let [n, k, h, w] = y_shape;
-    let plane = k * n * h.div_ceil(4) * w.div_ceil(4);
+    let [_, k, h, w] = y_shape;
+    let plane = k * tiles(WinogradTile::F4, y_shape);
     let mut out = vec![0f32; 36 * plane];
     for (img, kk, ty, tx, i) in plane_items(y_shape, 4) {
         let gp = &gy[(img * k + kk) * h * w..][..h * w];
-        let dy = std::array::from_fn(|r| {
-            std::array::from_fn(|c| {
-                let (oy, ox) = (4 * ty + r, 4 * tx + c);
-                if oy < h && ox < w {
-                    gp[oy * w + ox]
-                } else {
-                    0.0
-                }
-            })
-        });
+        let dy = patch::<4>(gp, [h, w], 4 * ty as isize, 4 * tx as isize);
         store_tile(&mut out, &two_sided(dy, a6), plane, i);
     }
     out
