@@ -262,7 +262,7 @@ fn every_tile_matches_reference() {
 #[test]
 fn both_reduction_orders_match_reference() {
     // A device of its own: the order is a device-wide setting. The direct GEMM everywhere, so
-    // that the untiled runs (tile None) time the orders too where Auto would run Winograd.
+    // that the untiled runs (tile None) check the orders too where Auto would run Winograd.
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Direct);
     // Channels in multiples of 16 (and of 128 where the weight gradient's 128-column tiles
