@@ -53,15 +53,30 @@ fn put_tile<const M: usize>(
     }
 }
 
-/// F(2x2, 3x3)'s U `[16, rows, cols]` from w `[K, C, 3, 3]`: `U[ξ][k][c] = (G w[k, c] Gᵀ)[ξ /
-/// 4][ξ % 4]` with rows K and cols C; with `flip` (the input gradient's kernel) `U[ξ][c][k]`
-/// from `w[k, c]` turned by 180 degrees, rows C and cols K.
-fn winograd_weights2(w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
+/// `tile(g)` for each kernel g of U's rows and columns, as U `[α², rows, cols]` from w `[K, C,
+/// 3, 3]`: `U[ξ][k][c] = tile(w[k, c])[ξ / α][ξ % α]` with rows K and cols C; with `flip` (the
+/// input gradient's kernel) `U[ξ][c][k]` from `w[k, c]` turned by 180 degrees, rows C and
+/// cols K.
+fn kernel_tiles<const A: usize>(
+    w: &[f32],
+    w_shape: [usize; 4],
+    flip: bool,
+    tile: impl Fn([[f32; 3]; 3]) -> [[f32; A]; A],
+) -> Vec<f32> {
     let [k, c, r, s] = w_shape;
-    assert_eq!((r, s), (3, 3), "Winograd F(2x2, 3x3) needs 3x3 kernels");
+    assert_eq!((r, s), (3, 3), "Winograd needs 3x3 kernels");
     let (rows, cols) = if flip { (c, k) } else { (k, c) };
     let plane = rows * cols;
-    let mut u = vec![0f32; 16 * plane];
+    let mut u = vec![0f32; A * A * plane];
+    for i in 0..plane {
+        let g = kernel(w, c, i / cols, i % cols, flip);
+        store_tile(&mut u, &tile(g), plane, i);
+    }
+    u
+}
+
+/// F(2x2, 3x3)'s G g Gᵀ of a kernel g (rows of taps).
+fn g_tile2([g0, g1, g2]: [[f32; 3]; 3]) -> [[f32; 4]; 4] {
     let g_row = |v: [f32; 3]| {
         [
             v[0],
@@ -70,24 +85,19 @@ fn winograd_weights2(w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
             v[2],
         ]
     };
-    for i in 0..plane {
-        let [g0, g1, g2] = kernel(w, c, i / cols, i % cols, flip);
-        let lin = |a: f32, b: f32| {
-            [
-                0.5 * (g0[0] + a * g1[0] + b * g2[0]),
-                0.5 * (g0[1] + a * g1[1] + b * g2[1]),
-                0.5 * (g0[2] + a * g1[2] + b * g2[2]),
-            ]
-        };
-        let rows4 = [
-            g_row(g0),
-            g_row(lin(1.0, 1.0)),
-            g_row(lin(-1.0, 1.0)),
-            g_row(g2),
-        ];
-        store_tile(&mut u, &rows4, plane, i);
-    }
-    u
+    let lin = |a: f32, b: f32| {
+        [
+            0.5 * (g0[0] + a * g1[0] + b * g2[0]),
+            0.5 * (g0[1] + a * g1[1] + b * g2[1]),
+            0.5 * (g0[2] + a * g1[2] + b * g2[2]),
+        ]
+    };
+    [
+        g_row(g0),
+        g_row(lin(1.0, 1.0)),
+        g_row(lin(-1.0, 1.0)),
+        g_row(g2),
+    ]
 }
 
 /// u B for a row u of Bᵀ d.
@@ -302,20 +312,6 @@ fn plane_items(
     })
 }
 
-/// F(4x4, 3x3)'s U `[36, rows, cols]` (see [`winograd_weights2`]): `G g Gᵀ`.
-fn winograd_weights4(w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
-    let [k, c, r, s] = w_shape;
-    assert_eq!((r, s), (3, 3), "Winograd F(4x4, 3x3) needs 3x3 kernels");
-    let (rows, cols) = if flip { (c, k) } else { (k, c) };
-    let plane = rows * cols;
-    let mut u = vec![0f32; 36 * plane];
-    for i in 0..plane {
-        let g = kernel(w, c, i / cols, i % cols, flip);
-        store_tile(&mut u, &two_sided(g, g6), plane, i);
-    }
-    u
-}
-
 /// F(4x4, 3x3)'s V `[36, C, P]` from x (see [`winograd_input2`]): `Bᵀ d B` for the 6x6 patch at
 /// rows 4 th - 1.. and columns 4 tw - 1.., zeros outside.
 fn winograd_input4(x: &[f32], x_shape: [usize; 4]) -> Vec<f32> {
@@ -395,8 +391,8 @@ fn gemms(xi: usize, u: &[f32], v: &[f32], rows: usize, depth: usize, cols: usize
 /// with `flip` (the input gradient's kernel turned by 180 degrees) rows C and cols K.
 fn weights(tile: WinogradTile, w: &[f32], w_shape: [usize; 4], flip: bool) -> Vec<f32> {
     match tile {
-        WinogradTile::F2 => winograd_weights2(w, w_shape, flip),
-        WinogradTile::F4 => winograd_weights4(w, w_shape, flip),
+        WinogradTile::F2 => kernel_tiles(w, w_shape, flip, g_tile2),
+        WinogradTile::F4 => kernel_tiles(w, w_shape, flip, |g| two_sided(g, g6)),
     }
 }
 
