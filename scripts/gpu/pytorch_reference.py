@@ -4,8 +4,9 @@ The issue's reference figures come from an H100; a lent machine may be another c
 has the H100's arithmetic and 1.4x its memory bandwidth). Run beside `bench` in the same call
 (`TORCH_REF=1 bash scripts/gpu/run.sh ...`), this gives the baseline on the same card:
 ResNet-18 train steps (224x224 batch 128 and 32x32 batch 256, SGD with momentum), ResNet-18
-inference at batch 1 and 64, f32 with TF32 off and TF32 on, plus ResNet-50's TF32 step and the
-bf16 channels-last step, and the peak memory of each train step: the tensors in use at once
+inference at batch 1 and 64, f32 with TF32 off and TF32 on, the bf16 channels-last step,
+ResNet-50's step in f32, TF32 and bf16 and its f32 inference at batch 1 and 64 (the bench times
+ResNet-50 in f32 too, which the issue's table gives no PyTorch figure for), and the peak memory of each train step: the tensors in use at once
 (`max_memory_allocated`, the bench's "live") and the caching allocator's footprint
 (`max_memory_reserved`, the bench's "pool").
 
@@ -61,9 +62,9 @@ def train_step_ms(arch, size, batch, classes, precision, iters=20, warmup=5):
 
 
 @torch.no_grad()
-def inference_ms(batch, precision, iters=50, warmup=10):
+def inference_ms(arch, batch, precision, iters=50, warmup=10):
     use_tf32(precision == "tf32")
-    model = torchvision.models.resnet18(num_classes=1000).cuda().eval()
+    model = getattr(torchvision.models, arch)(num_classes=1000).cuda().eval()
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     for _ in range(warmup):
         model(x)
@@ -101,11 +102,13 @@ def main():
         row("resnet18 train 224x224 b128", precision, ms, 128, peak)
     ms, peak = train_step_ms("resnet18", 32, 256, 10, "f32")
     row("resnet18 train 32x32 b256", "f32", ms, 256, peak)
-    for precision in ["tf32", "bf16"]:
+    for precision in ["f32", "tf32", "bf16"]:
         ms, peak = train_step_ms("resnet50", 224, 128, 1000, precision)
         row("resnet50 train 224x224 b128", precision, ms, 128, peak)
-    for batch in [1, 64]:
-        row(f"resnet18 inference 224x224 b{batch}", "f32", inference_ms(batch, "f32"), batch)
+    for arch in ["resnet18", "resnet50"]:
+        for batch in [1, 64]:
+            ms = inference_ms(arch, batch, "f32")
+            row(f"{arch} inference 224x224 b{batch}", "f32", ms, batch)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
