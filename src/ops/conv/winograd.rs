@@ -95,11 +95,7 @@ pub(super) fn f32_tiles(gpu: &Gpu) -> Vec<WinogradTile> {
 
 /// The tile `pass` of `g` runs Winograd with, its GEMMs on the f16 engine (`f16`) or the f32
 /// one: [`F16_TILE`] on the f16 engine; on the f32 one the gpu's [`Gpu::winograd_tile`], else
-/// the tile whose GEMMs do fewer
-/// multiply-adds: α² times the padded rows and columns of the model's GEMM tile for the
-/// forward pass and the input gradient (whose columns are the output tiles: F(4x4, 3x3) has a
-/// quarter as many, which on small batches of small planes leaves most of a column tile
-/// empty), α² times the output tiles for the weight gradient (which reduces over them).
+/// the tile whose GEMMs do fewer multiply-adds ([`gemm_macs`]).
 pub(super) fn tile_for(gpu: &Gpu, f16: bool, g: &Geometry, pass: ConvPass) -> WinogradTile {
     if f16 {
         return F16_TILE;
@@ -107,28 +103,37 @@ pub(super) fn tile_for(gpu: &Gpu, f16: bool, g: &Geometry, pass: ConvPass) -> Wi
     if let Some(tile) = gpu.winograd_tile() {
         return tile;
     }
+    let cost = |t| gemm_macs(gpu, g, pass, t);
+    if cost(WinogradTile::F4) <= cost(WinogradTile::F2) {
+        WinogradTile::F4
+    } else {
+        WinogradTile::F2
+    }
+}
+
+/// The multiply-adds of the GEMMs of `pass` of `g` through `tile`, without the factor both tiles
+/// share (the channels the forward pass and the input gradient reduce over, the weight
+/// gradient's input channels): α² times the rows and columns, padded to the f32 model's GEMM
+/// tile, for the forward pass and the input gradient (whose columns are the output tiles:
+/// F(4x4, 3x3) has a quarter as many as F(2x2, 3x3), which on small batches of small planes
+/// leaves most of a column tile empty), α² times the output channels and the output tiles for
+/// the weight gradient (which reduces over the tiles).
+fn gemm_macs(gpu: &Gpu, g: &Geometry, pass: ConvPass, tile: WinogradTile) -> usize {
     let [n, c, h, w] = g.x;
     let rows = if pass == ConvPass::InputGrad {
         c
     } else {
         g.w[0]
     };
-    let model = TileModel::for_engine(gpu, false);
-    let cost = |t: WinogradTile| {
-        let tiles = n * h.div_ceil(t.m()) * w.div_ceil(t.m());
-        let gemm = if pass == ConvPass::WeightGrad {
-            tiles
-        } else {
-            let (bm, bn, _) = model.choose(rows, tiles, t.positions()).dims();
-            rows.next_multiple_of(bm) * tiles.next_multiple_of(bn)
-        };
-        t.positions() * gemm
-    };
-    if cost(WinogradTile::F4) <= cost(WinogradTile::F2) {
-        WinogradTile::F4
+    let tiles = n * h.div_ceil(tile.m()) * w.div_ceil(tile.m());
+    let gemm = if pass == ConvPass::WeightGrad {
+        rows * tiles
     } else {
-        WinogradTile::F2
-    }
+        let model = TileModel::for_engine(gpu, false);
+        let (bm, bn, _) = model.choose(rows, tiles, tile.positions()).dims();
+        rows.next_multiple_of(bm) * tiles.next_multiple_of(bn)
+    };
+    tile.positions() * gemm
 }
 
 /// The tiles a Winograd pass may run on `gpu`: the f32 engine's ([`f32_tiles`]), and
@@ -160,12 +165,20 @@ const GPU_MIN_CHANNELS_F2: usize = 128;
 const GPU_MIN_CHANNELS_F4: usize = 64;
 /// On CPU adapters (lavapipe), where moving data is cheap next to arithmetic: from 16.
 const CPU_MIN_CHANNELS: usize = 16;
-/// Under [`ConvAlgo::Auto`], also at least this many output pixels in the batch: the weights'
-/// transform (25 values moved per input and output channel) and three more dispatches per
-/// pass pay only over enough tiles. Batch-1 inference at 224x224 keeps layer2-4 direct: on
-/// lavapipe ResNet-18's took 596-979 ms with them on Winograd against 590-611 direct, the
-/// weights' transforms alone 30-53 ms of it.
-const AUTO_MIN_PIXELS: usize = 1024;
+/// On GPUs, under [`ConvAlgo::Auto`], also at least this many output pixels in the batch: on
+/// small batches a GPU's time goes to dispatches and their gaps more than to arithmetic, and
+/// Winograd adds three dispatches per pass (an estimate, not yet measured on a GPU).
+const GPU_MIN_PIXELS: usize = 1024;
+
+/// Under [`ConvAlgo::Auto`], Winograd's GEMMs (with the padding of their last tiles) must do at
+/// most this fraction of the direct convolution's multiply-adds: on small batches of small
+/// planes the padding takes back what the transforms save, and the weights' transform (α²
+/// values written per input and output channel, whatever the batch) outweighs the rest. On
+/// lavapipe (`docs/gpu-runs/lavapipe-auto-rule.txt`), ResNet-18's 512-channel 7x7 convolutions
+/// at batch 2, where F(2x2, 3x3)'s GEMMs do 1.16 times the direct multiply-adds, took 87-98 ms
+/// per pass through Winograd against 58-59 direct; at batch 4 (0.58 times) 81-112 against
+/// 112-121, and the 256-channel 14x14 ones at batch 1 (0.58 times) 22-28 against 28-32.
+const AUTO_MAX_GEMM_SHARE: f64 = 0.75;
 
 /// Whether `g` can run Winograd on `gpu`: a 3x3 kernel of stride 1 and padding 1 whose single
 /// image's transformed tensors fit the cap with each tile in use (so that the route does not
@@ -192,20 +205,23 @@ pub(super) fn weight_grad_fits(gpu: &Gpu, g: &Geometry) -> bool {
     })
 }
 
-/// [`ConvAlgo::Auto`]'s rule without tuning, for a `g` that [`fits`]: enough channels and
-/// output pixels.
+/// [`ConvAlgo::Auto`]'s rule without tuning, for a `g` that [`fits`]: enough channels, GEMMs
+/// of at most [`AUTO_MAX_GEMM_SHARE`] of the direct multiply-adds in the forward pass, and on
+/// GPUs enough output pixels.
 pub(super) fn auto_rule(gpu: &Gpu, g: &Geometry) -> bool {
     let [n, c, h, w] = g.x;
     let k = g.w[0];
-    let min = if gpu.info().device_type == wgpu::DeviceType::Cpu {
-        CPU_MIN_CHANNELS
-    } else {
-        match tile_for(gpu, super::f16_kernels(gpu).is_some(), g, ConvPass::Forward) {
-            WinogradTile::F2 => GPU_MIN_CHANNELS_F2,
-            WinogradTile::F4 => GPU_MIN_CHANNELS_F4,
-        }
+    let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+    let f16 = super::f16_kernels(gpu).is_some();
+    let tile = tile_for(gpu, f16, g, ConvPass::Forward);
+    let min_channels = match (cpu, tile) {
+        (true, _) => CPU_MIN_CHANNELS,
+        (false, WinogradTile::F2) => GPU_MIN_CHANNELS_F2,
+        (false, WinogradTile::F4) => GPU_MIN_CHANNELS_F4,
     };
-    c.min(k) >= min && n * h * w >= AUTO_MIN_PIXELS
+    let direct = (9 * n * h * w * k) as f64;
+    let share = gemm_macs(gpu, g, ConvPass::Forward, tile) as f64 / direct;
+    c.min(k) >= min_channels && share <= AUTO_MAX_GEMM_SHARE && (cpu || n * h * w >= GPU_MIN_PIXELS)
 }
 
 /// Whether `g` (where it [`fits`]) runs Winograd on `gpu` without tuning: under
