@@ -172,8 +172,9 @@ const GPU_MIN_PIXELS: usize = 1024;
 
 /// Under [`ConvAlgo::Auto`], Winograd's GEMMs (with the padding of their last tiles) must do at
 /// most this fraction of the direct convolution's multiply-adds: on small batches of small
-/// planes the padding takes back what the transforms save, and the weights' transform (α²
-/// values written per input and output channel, whatever the batch) outweighs the rest. On
+/// planes the padding takes back what the transforms save, and the margin below 1 is for the
+/// transforms' own work, the weights' among them (α² values per pair of channels, whatever
+/// the batch). On
 /// lavapipe (`docs/gpu-runs/lavapipe-auto-rule.txt`), ResNet-18's 512-channel 7x7 convolutions
 /// at batch 2, where F(2x2, 3x3)'s GEMMs do 1.16 times the direct multiply-adds, took 87-98 ms
 /// per pass through Winograd against 58-59 direct; at batch 4 (0.58 times) 81-112 against
