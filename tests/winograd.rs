@@ -247,16 +247,24 @@ fn which_convolutions_take_it() {
     );
     // Auto leaves direct: fewer than 64 or 128 channels on GPUs (by the tile; 16 on CPU
     // adapters such as lavapipe); GEMMs that, padded to their tiles, would do more than 3/4 of
-    // the direct multiply-adds; and on GPUs batches of fewer than 1,024 output pixels.
+    // the direct GEMM's multiply-adds (padded likewise); and on GPUs batches of fewer than
+    // 1,024 output pixels.
     let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
     assert!(!takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1));
     assert_eq!(takes([2, 64, 24, 24], [64, 64, 3, 3], 1, 1), cpu);
     let w512 = [512, 512, 3, 3];
     assert!(takes([32, 512, 7, 7], w512, 1, 1), "1,568 pixels");
-    // 392 pixels: 128 tiles of 2x2, GEMMs of 0.58 times the direct multiply-adds.
+    // 392 pixels: 128 tiles of 2x2, GEMMs of 0.44 times the direct GEMM's multiply-adds.
     assert_eq!(takes([8, 512, 7, 7], w512, 1, 1), cpu, "392 pixels");
-    // 98 pixels: 32 tiles of 2x2 padded to a GEMM tile of 64 columns, 1.16 times.
+    // 98 pixels: 32 tiles of 2x2 padded to a GEMM tile of 64 columns, 0.89 times.
     assert!(!takes([2, 512, 7, 7], w512, 1, 1), "98 pixels");
+    // Narrow layers pad the direct GEMM's rows as much as Winograd's: 16 channels at 14x14
+    // and batch 32 (the training test's layer2) take it on CPU adapters.
+    assert_eq!(
+        takes([32, 16, 14, 14], [16, 16, 3, 3], 1, 1),
+        cpu,
+        "16 channels"
+    );
     gpu.set_conv_algo(ConvAlgo::Winograd);
     assert!(takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1), "forced");
     // The weight gradient stays direct where even one partial result per chunk of images

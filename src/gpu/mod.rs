@@ -195,9 +195,9 @@ pub enum ConvAlgo {
     /// Winograd where the channels are many enough for the saved arithmetic to outweigh the
     /// transforms' traffic on the adapter (on GPUs at least 64 input and output channels for
     /// F(4x4, 3x3), 128 for F(2x2, 3x3); 16 on CPU adapters), its GEMMs, padded to their
-    /// tiles, do at most 3/4 of the direct convolution's multiply-adds (not so on small
-    /// batches of small planes), and on GPUs the batch has at least 1,024 output pixels;
-    /// direct elsewhere.
+    /// tiles, do at most 3/4 of the multiply-adds of the direct convolution's GEMM, padded
+    /// likewise (not so on small batches of small planes), and on GPUs the batch has at least
+    /// 1,024 output pixels; direct elsewhere.
     /// With conv autotuning on ([`Gpu::set_conv_autotune`]) each such convolution's passes are
     /// timed both ways instead, and the faster runs.
     #[default]

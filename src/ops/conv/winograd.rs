@@ -171,14 +171,14 @@ const CPU_MIN_CHANNELS: usize = 16;
 const GPU_MIN_PIXELS: usize = 1024;
 
 /// Under [`ConvAlgo::Auto`], Winograd's GEMMs (with the padding of their last tiles) must do at
-/// most this fraction of the direct convolution's multiply-adds: on small batches of small
+/// most this fraction of the direct GEMM's multiply-adds (padded likewise): on small batches of small
 /// planes the padding takes back what the transforms save, and the margin below 1 is for the
 /// transforms' own work, the weights' among them (α² values per pair of channels, whatever
 /// the batch). On
 /// lavapipe (`docs/gpu-runs/lavapipe-auto-rule.txt`), ResNet-18's 512-channel 7x7 convolutions
-/// at batch 2, where F(2x2, 3x3)'s GEMMs do 1.16 times the direct multiply-adds, took 87-98 ms
-/// per pass through Winograd against 58-59 direct; at batch 4 (0.58 times) 81-112 against
-/// 112-121, and the 256-channel 14x14 ones at batch 1 (0.58 times) 22-28 against 28-32.
+/// at batch 2, where F(2x2, 3x3)'s GEMMs do 0.89 times the direct GEMM's multiply-adds, took
+/// 87-98 ms per pass through Winograd against 58-59 direct; at batch 4 (0.44 times) 81-112
+/// against 112-121, and the 256-channel 14x14 ones at batch 1 (0.44 times) 22-28 against 28-32.
 const AUTO_MAX_GEMM_SHARE: f64 = 0.75;
 
 /// Whether `g` can run Winograd on `gpu`: a 3x3 kernel of stride 1 and padding 1 whose single
@@ -207,8 +207,8 @@ pub(super) fn weight_grad_fits(gpu: &Gpu, g: &Geometry) -> bool {
 }
 
 /// [`ConvAlgo::Auto`]'s rule without tuning, for a `g` that [`fits`]: enough channels, GEMMs
-/// of at most [`AUTO_MAX_GEMM_SHARE`] of the direct multiply-adds in the forward pass, and on
-/// GPUs enough output pixels.
+/// of at most [`AUTO_MAX_GEMM_SHARE`] of the direct GEMM's multiply-adds in the forward pass
+/// (both padded to their tiles), and on GPUs enough output pixels.
 pub(super) fn auto_rule(gpu: &Gpu, g: &Geometry) -> bool {
     let [n, c, h, w] = g.x;
     let k = g.w[0];
@@ -220,8 +220,14 @@ pub(super) fn auto_rule(gpu: &Gpu, g: &Geometry) -> bool {
         (false, WinogradTile::F2) => GPU_MIN_CHANNELS_F2,
         (false, WinogradTile::F4) => GPU_MIN_CHANNELS_F4,
     };
-    let direct = (9 * n * h * w * k) as f64;
-    let share = gemm_macs(gpu, g, ConvPass::Forward, tile) as f64 / direct;
+    // The direct forward GEMM: K rows, the batch's pixels as columns, padded to its model
+    // tile as Winograd's are to theirs (narrow layers pad their rows either way), 9 taps per
+    // input channel.
+    let (bm, bn, _) = TileModel::for_engine(gpu, false)
+        .choose(k, n * h * w, 1)
+        .dims();
+    let direct = 9 * k.next_multiple_of(bm) * (n * h * w).next_multiple_of(bn);
+    let share = gemm_macs(gpu, g, ConvPass::Forward, tile) as f64 / direct as f64;
     c.min(k) >= min_channels && share <= AUTO_MAX_GEMM_SHARE && (cpu || n * h * w >= GPU_MIN_PIXELS)
 }
 
