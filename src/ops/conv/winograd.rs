@@ -171,14 +171,15 @@ const CPU_MIN_CHANNELS: usize = 16;
 const GPU_MIN_PIXELS: usize = 1024;
 
 /// Under [`ConvAlgo::Auto`], Winograd's GEMMs (with the padding of their last tiles) must do at
-/// most this fraction of the direct GEMM's multiply-adds (padded likewise): on small batches of small
-/// planes the padding takes back what the transforms save, and the margin below 1 is for the
-/// transforms' own work, the weights' among them (α² values per pair of channels, whatever
-/// the batch). On
-/// lavapipe (`docs/gpu-runs/lavapipe-auto-rule.txt`), ResNet-18's 512-channel 7x7 convolutions
-/// at batch 2, where F(2x2, 3x3)'s GEMMs do 0.89 times the direct GEMM's multiply-adds, took
-/// 87-98 ms per pass through Winograd against 58-59 direct; at batch 4 (0.44 times) 81-112
-/// against 112-121, and the 256-channel 14x14 ones at batch 1 (0.44 times) 22-28 against 28-32.
+/// most this fraction of the direct GEMM's multiply-adds (padded likewise): on small batches
+/// of small planes the padding takes back what the transforms save, and the margin below 1 is
+/// for the transforms' own work, the weights' among them (α² values per pair of channels,
+/// whatever the batch). On lavapipe (`docs/gpu-runs/lavapipe-auto-rule.txt`), ResNet-18's
+/// 512-channel 7x7 convolutions at batch 2, where F(2x2, 3x3)'s GEMMs do 0.89 times the
+/// direct GEMM's multiply-adds, took 87-98 ms per pass through Winograd against 58-59 direct;
+/// at batch 4 (0.44 times) 81-112 against 112-121, and the 256-channel 14x14 ones at batch 1
+/// (0.44 times) 22-28 against 28-32. The threshold lies between 0.44 and 0.89; no share
+/// nearer to it was measured.
 const AUTO_MAX_GEMM_SHARE: f64 = 0.75;
 
 /// Whether `g` can run Winograd on `gpu`: a 3x3 kernel of stride 1 and padding 1 whose single
