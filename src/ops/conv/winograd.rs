@@ -211,8 +211,7 @@ pub(super) fn weight_grad_fits(gpu: &Gpu, g: &Geometry) -> bool {
 /// of at most [`AUTO_MAX_GEMM_SHARE`] of the direct GEMM's multiply-adds in the forward pass
 /// (both padded to their tiles), and on GPUs enough output pixels.
 pub(super) fn auto_rule(gpu: &Gpu, g: &Geometry) -> bool {
-    let [n, c, h, w] = g.x;
-    let k = g.w[0];
+    let c = g.x[1];
     let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
     let f16 = super::f16_kernels(gpu).is_some();
     let tile = tile_for(gpu, f16, g, ConvPass::Forward);
@@ -221,15 +220,13 @@ pub(super) fn auto_rule(gpu: &Gpu, g: &Geometry) -> bool {
         (false, WinogradTile::F2) => GPU_MIN_CHANNELS_F2,
         (false, WinogradTile::F4) => GPU_MIN_CHANNELS_F4,
     };
-    // The direct forward GEMM: K rows, the batch's pixels as columns, padded to its model
-    // tile as Winograd's are to theirs (narrow layers pad their rows either way), 9 taps per
-    // input channel.
-    let (bm, bn, _) = TileModel::for_engine(gpu, false)
-        .choose(k, n * h * w, 1)
-        .dims();
-    let direct = 9 * k.next_multiple_of(bm) * (n * h * w).next_multiple_of(bn);
+    // The direct forward GEMM padded to the f32 model's tile as Winograd's are (narrow layers
+    // pad their rows either way), 9 taps per input channel.
+    let (k, pixels) = g.forward_gemm();
+    let (bm, bn, _) = g.forward_tile(&TileModel::for_engine(gpu, false)).dims();
+    let direct = 9 * k.next_multiple_of(bm) * pixels.next_multiple_of(bn);
     let share = gemm_macs(gpu, g, ConvPass::Forward, tile) as f64 / direct as f64;
-    c.min(k) >= min_channels && share <= AUTO_MAX_GEMM_SHARE && (cpu || n * h * w >= GPU_MIN_PIXELS)
+    c.min(k) >= min_channels && share <= AUTO_MAX_GEMM_SHARE && (cpu || pixels >= GPU_MIN_PIXELS)
 }
 
 /// Whether `g` (where it [`fits`]) runs Winograd on `gpu` without tuning: under
