@@ -76,9 +76,10 @@ struct Args {
     /// Evaluate on the first N test images only.
     #[arg(long)]
     limit_test: Option<usize>,
-    /// Images held out from the training set for validation.
-    #[arg(long, default_value_t = 5000)]
-    val_size: usize,
+    /// Images held out from the training set for validation (default: 5,000, or a tenth of a
+    /// smaller training set; 0: no validation).
+    #[arg(long)]
+    val_size: Option<usize>,
     /// Image side for folder data sets (resize shorter side + center crop).
     #[arg(long, default_value_t = 64)]
     size: usize,
@@ -158,8 +159,9 @@ fn load_data(a: &Args) -> Result<Data> {
         Some(n) => test.take(n),
         None => test,
     };
-    let (train, val) = if a.val_size > 0 && a.val_size < train.len() {
-        let (t, v) = train.split(a.val_size, a.seed ^ 0x5A11)?;
+    let val_size = validation_size(a.val_size, train.len())?;
+    let (train, val) = if val_size > 0 {
+        let (t, v) = train.split(val_size, a.seed ^ 0x5A11)?;
         (t, Some(v))
     } else {
         (train, None)
@@ -174,6 +176,22 @@ fn load_data(a: &Args) -> Result<Data> {
         std,
     })
 }
+
+/// Images to hold out for validation from `train` training images: `asked` if given (it must
+/// leave some to train on), else 5,000 or a tenth of a smaller set.
+fn validation_size(asked: Option<usize>, train: usize) -> Result<usize> {
+    match asked {
+        Some(n) if n > 0 && n >= train => Err(Error::Invalid(format!(
+            "--val-size {n} would hold out all {train} training images: expected fewer \
+             (0 turns validation off)"
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(DEFAULT_VAL_SIZE.min(train / 10)),
+    }
+}
+
+/// Validation images held out by default (from a training set of at least ten times as many).
+const DEFAULT_VAL_SIZE: usize = 5000;
 
 fn model_config(a: &Args, data: &Data) -> Result<ResNetConfig> {
     let mut c = ResNetConfig::from_name(&a.arch)?.with_num_classes(data.train.num_classes());
