@@ -140,15 +140,32 @@ struct Data {
 }
 
 fn load_data(a: &Args) -> Result<Data> {
-    let dir = a.data_dir.as_deref();
-    let load = |train: bool| -> Result<Dataset> {
-        let (ds, warnings) = data::load_named(&a.dataset, dir, train, a.size, a.channels)?;
-        for w in warnings {
-            eprintln!("warning: {w}");
-        }
-        Ok(ds)
+    // Image folders decode every file: show it.
+    let bar = if a.dataset == "folder" && !a.quiet {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "decoding images [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .progress_chars("=> "),
+        )
+    } else {
+        ProgressBar::hidden()
     };
-    let (train, test) = (load(true)?, load(false)?);
+    let (train, test, warnings) = data::load_named_splits(
+        &a.dataset,
+        a.data_dir.as_deref(),
+        a.size,
+        a.channels,
+        &|done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
     // A seeded random subset: folders list their images class by class, so the first N would
     // hold only the first classes.
     let train = match a.limit_train {

@@ -346,6 +346,95 @@ fn image_folder_loads_converts_and_warns() {
     std::fs::remove_dir_all(&empty).unwrap();
 }
 
+#[test]
+fn image_folder_keeps_file_order_while_decoding_in_parallel() {
+    // 3 classes of 17 images, each a solid color that encodes its class and index, in PNG and
+    // JPEG, some larger than others so that the decoding threads finish out of order.
+    let dir = temp_dir("folder-order");
+    let color = |class: u8, i: u8| [40 * class + 10, 5 * i, 255 - 3 * i];
+    for class in 0..3u8 {
+        let cdir = dir.join(format!("class{class}"));
+        std::fs::create_dir_all(&cdir).unwrap();
+        for i in 0..17u8 {
+            let side = if i % 4 == 0 { 300 } else { 12 };
+            let img = RgbImage::from_pixel(side, side, image::Rgb(color(class, i)));
+            img.save(cdir.join(format!("{i:02}.png"))).unwrap();
+        }
+    }
+    std::fs::write(dir.join("class1/05b.jpg"), b"not a jpeg").unwrap();
+    let (d, warnings) = load_image_folder(&dir, 4, 3).unwrap();
+    assert_eq!(d.len(), 51);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("05b.jpg"), "{warnings:?}");
+    for class in 0..3u8 {
+        for i in 0..17u8 {
+            let k = 17 * class as usize + i as usize;
+            assert_eq!(d.labels[k], class as u32, "image {k}");
+            let img = d.image(k);
+            for (c, v) in color(class, i).into_iter().enumerate() {
+                assert!(
+                    img[16 * c..16 * (c + 1)].iter().all(|&p| p == v),
+                    "image {k} (class {class}, file {i}), channel {c}: {img:?}"
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn named_folder_splits_load_once_and_match_the_single_loads() {
+    let dir = temp_dir("folder-splits");
+    for class in 0..3u8 {
+        let cdir = dir.join(format!("c{class}"));
+        std::fs::create_dir_all(&cdir).unwrap();
+        for i in 0..6u8 {
+            RgbImage::from_pixel(9, 7, image::Rgb([50 * class, 20 * i, 7]))
+                .save(cdir.join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    std::fs::write(dir.join("c2/skip.txt"), b"not an image").unwrap();
+    let calls = std::sync::Mutex::new(Vec::new());
+    let (train, test, warnings) = load_named_splits("folder", Some(&dir), 4, 3, &|done, total| {
+        calls.lock().unwrap().push((done, total))
+    })
+    .unwrap();
+    // One decode of the 18 images, not one per split; one warning, not two.
+    let mut calls = calls.into_inner().unwrap();
+    calls.sort();
+    assert_eq!(calls, (1..=18).map(|d| (d, 18)).collect::<Vec<_>>());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    // The same 80/20 split as load_named's.
+    let (train1, _) = load_named("folder", Some(&dir), true, 4, 3).unwrap();
+    let (test1, _) = load_named("folder", Some(&dir), false, 4, 3).unwrap();
+    assert_eq!((train.len(), test.len()), (15, 3));
+    assert_eq!(train.images, train1.images);
+    assert_eq!(train.labels, train1.labels);
+    assert_eq!(test.images, test1.images);
+    assert_eq!(test.labels, test1.labels);
+    // train/ and test/ sub-folders are used as given.
+    let both = temp_dir("folder-splits-given");
+    for (split, n) in [("train", 4u8), ("test", 2)] {
+        for class in ["a", "b"] {
+            let cdir = both.join(split).join(class);
+            std::fs::create_dir_all(&cdir).unwrap();
+            for i in 0..n {
+                RgbImage::from_pixel(5, 5, image::Rgb([i, 1, 2]))
+                    .save(cdir.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let (train, test, _) = load_named_splits("folder", Some(&both), 4, 3, &|_, _| {}).unwrap();
+    assert_eq!((train.len(), test.len()), (8, 4));
+    assert_eq!(test.labels, vec![0, 0, 1, 1]);
+    let e = err_text(load_named_splits("folder", None, 4, 3, &|_, _| {}));
+    assert!(e.contains("--data-dir"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&both).unwrap();
+}
+
 // ---------------------------------------------------------------- preprocessing
 
 #[test]

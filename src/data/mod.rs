@@ -21,11 +21,11 @@ pub use batch::{PrefetchBatches, prefetch_batches};
 #[cfg(not(target_arch = "wasm32"))]
 pub use cifar::load_cifar10_dir;
 pub use cifar::{CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, parse_cifar10, parse_cifar10_meta};
-#[cfg(not(target_arch = "wasm32"))]
-pub use folder::load_image_folder;
 pub use folder::{
     IMAGENET_MEAN, IMAGENET_STD, preprocess_image, preprocess_rgba, resize_center_crop,
 };
+#[cfg(not(target_arch = "wasm32"))]
+pub use folder::{Progress, load_image_folder, load_image_folder_with_progress};
 pub use idx::{
     FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IdxImages, MNIST_CLASSES,
     MNIST_MEAN, MNIST_STD, parse_idx, parse_idx_images, parse_idx_labels,
@@ -34,9 +34,9 @@ pub use idx::{
 pub use idx::{
     FASHION_MNIST_DIRS, find_fashion_mnist_dir, load_fashion_mnist, load_idx, load_mnist_dir,
 };
-#[cfg(not(target_arch = "wasm32"))]
-pub use named::load_named;
 pub use named::{DATASET_NAMES, FOLDER_SPLIT_SEED, standard_normalization};
+#[cfg(not(target_arch = "wasm32"))]
+pub use named::{load_named, load_named_splits};
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
