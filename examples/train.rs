@@ -73,7 +73,7 @@ struct Args {
     /// Train on N training images only (a seeded random subset).
     #[arg(long)]
     limit_train: Option<usize>,
-    /// Evaluate on the first N test images only.
+    /// Evaluate on N test images only (a seeded random subset).
     #[arg(long)]
     limit_test: Option<usize>,
     /// Images held out from the training set for validation (default: 5,000, or a tenth of a
@@ -166,15 +166,15 @@ fn load_data(a: &Args) -> Result<Data> {
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    // A seeded random subset: folders list their images class by class, so the first N would
+    // Seeded random subsets: folders list their images class by class, so the first N would
     // hold only the first classes.
     let train = match a.limit_train {
         Some(n) if n < train.len() => train.split(n, a.seed ^ 0x1317)?.1,
         _ => train,
     };
     let test = match a.limit_test {
-        Some(n) => test.take(n),
-        None => test,
+        Some(n) if n < test.len() => test.split(n, a.seed ^ 0x7E57)?.1,
+        _ => test,
     };
     let val_size = validation_size(a.val_size, train.len())?;
     let (train, val) = if val_size > 0 {
