@@ -42,6 +42,7 @@ fn shader(file: &str) -> &'static str {
         "optim.wgsl" => include_str!("../shaders/optim.wgsl"),
         "loss.wgsl" => include_str!("../shaders/loss.wgsl"),
         "winograd.wgsl" => include_str!("../shaders/winograd.wgsl"),
+        "conv_narrow.wgsl" => include_str!("../shaders/conv_narrow.wgsl"),
         other => panic!("no shader {other}"),
     }
 }
@@ -183,6 +184,16 @@ fn jobs() -> Vec<Job> {
         "wino4_weights_grad",
     ] {
         jobs.push(simple("winograd.wgsl", entry, vec![]));
+    }
+    // The narrow conv kernels as an 8-channel 3x3 layer runs them (two vec4 groups).
+    let narrow = vec![("VG", 2.0), ("WG", 64.0), ("KH", 3.0), ("KW", 3.0)];
+    for entry in [
+        "narrow_forward",
+        "narrow_backward_input",
+        "narrow_backward_weight",
+        "narrow_gather4",
+    ] {
+        jobs.push(simple("conv_narrow.wgsl", entry, narrow.clone()));
     }
     for entry in ["matmul", "matvec"] {
         jobs.push(simple("matmul.wgsl", entry, vec![]));

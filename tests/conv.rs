@@ -37,11 +37,20 @@ fn close(actual: &[f32], expected: &[f32], what: &str) {
 
 #[test]
 fn golden_tensor_level() {
-    let gpu = gpu();
+    // Every golden conv has at most 16 output channels: on a CPU adapter Auto runs the narrow
+    // kernels on most passes, so the GEMMs are checked again under ConvAlgo::Direct.
+    let direct = new_gpu();
+    direct.set_conv_algo(ConvAlgo::Direct);
+    for gpu in [gpu(), direct] {
+        golden_convs(&gpu);
+    }
+}
+
+fn golden_convs(gpu: &Gpu) {
     let g = Golden::open("ops.safetensors");
     for name in ["c0", "c1", "c2", "c3", "c4", "c5"] {
         let c = golden_case(&g, name);
-        let t = |s: &str| g.tensor(&gpu, &format!("{name}.{s}"));
+        let t = |s: &str| g.tensor(gpu, &format!("{name}.{s}"));
         let f = |s: &str| g.f32(&format!("{name}.{s}"));
         let (x, w, gy) = (t("x"), t("w"), t("gy"));
         assert_eq!(x.shape(), c.x, "{name} x shape");
@@ -231,6 +240,51 @@ fn multi_tile_and_split_k() {
     let splits = ops::conv2d_weight_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
     assert!(splits >= 5, "expected several split-K chunks, got {splits}");
     check_random(&gpu, &c, 9);
+}
+
+#[test]
+fn narrow_layers_run_their_own_kernels() {
+    let gpu = new_gpu();
+    let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+    // (case, passes on the narrow kernels on a CPU adapter): at most 16 channels written (K in
+    // the forward pass and the weight gradient, C in the input gradient, which also needs
+    // stride 1). Ragged channel groups (12: three vec4s, 5, 3), more taps than one workgroup
+    // (16 x 5 x 5), a strided 7x7 stem, and enough pixels to split the weight gradient.
+    let cases = [
+        (case([2, 3, 9, 7], 12, 3, 3, 1, 1, true), [true; 3]),
+        (case([1, 16, 6, 6], 5, 5, 5, 1, 2, false), [true; 3]),
+        (
+            case([2, 3, 23, 21], 16, 7, 7, 2, 3, true),
+            [true, false, true],
+        ),
+        (case([4, 8, 28, 28], 8, 3, 3, 1, 1, false), [true; 3]),
+        (
+            case([1, 20, 5, 5], 4, 3, 3, 1, 1, false),
+            [true, false, true],
+        ),
+        (
+            case([1, 4, 5, 5], 20, 1, 1, 1, 0, true),
+            [false, true, false],
+        ),
+    ];
+    for (i, (c, narrow)) in cases.iter().enumerate() {
+        let routes = ops::conv2d_narrow(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
+        assert_eq!(routes, narrow.map(|n| n && cpu), "{c:?}");
+        check_random(&gpu, c, 400 + 10 * i as u64);
+    }
+    // The GEMMs alone under ConvAlgo::Direct, and while autotuning times them.
+    let c = &cases[0].0;
+    gpu.set_conv_algo(ConvAlgo::Direct);
+    assert_eq!(
+        ops::conv2d_narrow(&gpu, c.x, c.w, 1, 1).unwrap(),
+        [false; 3]
+    );
+    gpu.set_conv_algo(ConvAlgo::Auto);
+    gpu.set_conv_autotune(true).unwrap();
+    assert_eq!(
+        ops::conv2d_narrow(&gpu, c.x, c.w, 1, 1).unwrap(),
+        [false; 3]
+    );
 }
 
 #[test]

@@ -199,12 +199,15 @@ pub enum ConvAlgo {
     /// likewise (not so on small batches of small planes), and on GPUs the batch has at least
     /// 1,024 output pixels; direct elsewhere.
     /// With conv autotuning on ([`Gpu::set_conv_autotune`]) each such convolution's passes are
-    /// timed both ways instead, and the faster runs.
+    /// timed both ways instead, and the faster runs. On CPU adapters, in f32 and without
+    /// autotuning, the other passes of layers of at most 16 channels run direct kernels without
+    /// GEMM tiles (`shaders/conv_narrow.wgsl`; [`crate::ops::conv2d_narrow`] says which).
     #[default]
     Auto,
     /// Winograd on every such convolution.
     Winograd,
-    /// The implicit GEMM everywhere: every product of the direct convolution summed in f32.
+    /// The implicit GEMM everywhere, in place of Winograd and the narrow kernels: every product
+    /// of the direct convolution summed in f32.
     Direct,
 }
 

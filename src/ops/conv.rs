@@ -12,6 +12,9 @@
 //! adapter picks the tile and the split-K plan per shape, and autotuning ([`crate::ops::tune`])
 //! can replace its choice of tile, engine ([`GemmTile`]) and algorithm.
 //!
+//! On CPU adapters, layers of at most 16 channels run direct kernels without GEMM tiles (the
+//! `narrow` submodule), whose tiles would compute mostly padding there.
+//!
 //! The 3x3 convolutions of stride 1 and padding 1 run Winograd where [`crate::ConvAlgo`] says
 //! so (the `winograd` submodule): transforms around 36 of these GEMMs, batched, with a quarter
 //! of the multiply-adds (F(4x4, 3x3)), or 16 with 4/9 of them (F(2x2, 3x3), the f16 engine's
@@ -20,9 +23,10 @@
 //! This file holds the ops; the submodules, their parts: `kernels` (the uniform params, the
 //! compiled tile variants and the multiply engine that dispatches them), `tiles` (the tiles and
 //! the tile model), `plan` (the geometry, tap windows, input-gradient phases, each pass's route
-//! and the grids) and `winograd`.
+//! and the grids), `winograd` and `narrow`.
 
 mod kernels;
+mod narrow;
 mod plan;
 mod tiles;
 mod winograd;
@@ -67,6 +71,23 @@ pub fn conv2d(
     padding: usize,
 ) -> Result<Tensor> {
     conv2d_tiled(x, w, b, stride, padding, None)
+}
+
+/// Which passes of the convolution run the narrow kernels on `gpu` (`shaders/conv_narrow.wgsl`:
+/// on CPU adapters, layers of at most 16 channels): [[`conv2d`], [`conv2d_backward_input`],
+/// [`conv2d_backward_weight`]] (for tests and benchmarks).
+pub fn conv2d_narrow(
+    gpu: &Gpu,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+) -> Result<[bool; 3]> {
+    let g = Geometry::new("conv2d", x_shape, w_shape, stride, padding)?;
+    Ok(
+        [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad]
+            .map(|pass| narrow::takes(gpu, &g, pass)),
+    )
 }
 
 /// [`conv2d`] with a given tile instead of [`TileModel::choose`]'s (for tests and tuning).
@@ -116,6 +137,9 @@ fn forward(
         }
     }
     let gpu = x.gpu();
+    if tile.is_none() && narrow::takes(gpu, &g, ConvPass::Forward) {
+        return Ok((narrow::forward(OP, &g, x, w, b)?, None));
+    }
     let model = TileModel::for_gpu(gpu);
     let tile = match g.route(
         gpu,
@@ -446,6 +470,9 @@ fn backward_input(
         return backward_input(gy, &w, copied, x_shape, stride, win.padding, tile, scale);
     }
     let gpu = gy.gpu();
+    if tile.is_none() && narrow::takes(gpu, &g, ConvPass::InputGrad) {
+        return narrow::backward_input(OP, &g, gy, w);
+    }
     let model = TileModel::for_gpu(gpu);
     // Tuned, one tile serves every phase; the model's is that of the first phase.
     let tile = match g.route(
@@ -706,6 +733,9 @@ fn backward_weight(
     let [k, c, r, s] = w_shape;
     let crs = c * r * s;
     let gpu = x.gpu();
+    if tile.is_none() && narrow::takes(gpu, &g, ConvPass::WeightGrad) {
+        return narrow::backward_weight(OP, &g, x, gy);
+    }
     let model = TileModel::for_gpu(gpu);
     let tile = match g.route(
         gpu,

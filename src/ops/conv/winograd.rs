@@ -242,7 +242,8 @@ pub(super) fn by_rule(gpu: &Gpu, g: &Geometry) -> bool {
 /// Which passes of the convolution run Winograd with these shapes on `gpu`:
 /// [[`crate::ops::conv2d`], [`crate::ops::conv2d_backward_input`],
 /// [`crate::ops::conv2d_backward_weight`]] (for tests and benchmarks). With conv autotuning on,
-/// a pass already tuned reports its tuned choice; one not yet tuned, the rule's.
+/// a pass already tuned reports its tuned choice; one not yet tuned, the rule's. A pass the
+/// narrow kernels take ([`crate::ops::conv2d_narrow`]) runs no Winograd.
 pub fn conv2d_winograd(
     gpu: &Gpu,
     x_shape: [usize; 4],
@@ -267,6 +268,7 @@ pub fn conv2d_winograd_tiles(
         return Ok([None; 3]);
     }
     let pass = |pass| match g.known_route(gpu, pass) {
+        _ if super::narrow::takes(gpu, &g, pass) => None,
         super::Route::Winograd { tile, .. } => Some(tile),
         super::Route::Direct(_) => None,
     };

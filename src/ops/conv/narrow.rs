@@ -1,0 +1,241 @@
+//! Direct convolutions of narrow layers (`shaders/conv_narrow.wgsl`): a thread per pixel and up
+//! to 16 channels (a thread per tap in the weight gradient), so that only outputs that exist
+//! are computed. The GEMM tiles compute at least 4,096 outputs per workgroup, most of them
+//! padding when a layer has 8 or 16 channels. [`takes`] says where [`crate::ConvAlgo::Auto`]
+//! routes a pass here.
+
+use super::plan::Geometry;
+use super::reduce_splits;
+use super::tune::ConvPass;
+use crate::Result;
+use crate::gpu::{ConvAlgo, ConvPrecision, Gpu, Kernel};
+use crate::kernel;
+use crate::tensor::{DType, Tensor};
+
+const FORWARD: Kernel = kernel!("conv_narrow.wgsl", "narrow_forward");
+const BACKWARD_INPUT: Kernel = kernel!("conv_narrow.wgsl", "narrow_backward_input");
+const BACKWARD_WEIGHT: Kernel = kernel!("conv_narrow.wgsl", "narrow_backward_weight");
+const GATHER4: Kernel = kernel!("conv_narrow.wgsl", "narrow_gather4");
+
+/// Channels one thread sums (four vec4 accumulators).
+const GROUP: usize = 16;
+/// Threads per workgroup of the pixel kernels.
+const WORKGROUP: usize = 64;
+/// The most threads per workgroup of the weight gradient (one per tap).
+const MAX_TAP_WORKGROUP: usize = 256;
+/// Pixels one split of the weight gradient sums at least.
+const MIN_SPLIT_PIXELS: usize = 256;
+/// Workgroups the weight gradient's splits aim for.
+const TARGET_WORKGROUPS: usize = 64;
+
+/// conv_narrow.wgsl's `GatherParams`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GatherParams {
+    groups: u32,
+    j_count: u32,
+    inner: u32,
+    outer: u32,
+    stride: u32,
+    channels: u32,
+}
+
+/// Whether `pass` of the convolution `g` runs here: on CPU adapters, under [`ConvAlgo::Auto`]
+/// without autotuning (which times the GEMM tiles and Winograd) and under
+/// [`ConvPrecision::F32`], where the GEMM's rows (K in the forward pass and the weight
+/// gradient, C in the input gradient) are at most 16, for the input gradient at stride 1 (the
+/// GEMM's sub-pixel phases skip the taps that a strided gradient never reaches; a thread per
+/// pixel here would test them all), and for the forward pass and input gradient where Auto's
+/// rule does not run them through Winograd.
+///
+/// On lavapipe (2 cores; `docs/gpu-runs/lavapipe-narrow.txt`), the narrow layers of the
+/// training test's model at batch 32, ms per pass (forward / input gradient / weight gradient),
+/// these kernels against the GEMM tiles and Winograd: 8 -> 8 channels at 28x28 24-26 / 23-25 /
+/// 23-24 against 62-65 / 71-73 / 90-97; the 1 -> 8 stem 5 / - / 6 against 21 / - / 78; 16 -> 16
+/// at 14x14 (Winograd) 21-22 / 20-22 / 19-20 against 18-19 / 18-19 / 65-67. At 32 rows the GEMM
+/// wins: 19 / 18 / 27 against 7 / 8 / 18.
+pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
+    let [k, c, _, _] = g.w;
+    let fits = match pass {
+        ConvPass::Forward => k <= GROUP,
+        ConvPass::InputGrad => c <= GROUP && g.stride == 1,
+        ConvPass::WeightGrad => k <= GROUP,
+    };
+    let here = fits
+        && gpu.info().device_type == wgpu::DeviceType::Cpu
+        && gpu.conv_algo() == ConvAlgo::Auto
+        && !gpu.conv_autotune()
+        && gpu.conv_precision() == ConvPrecision::F32;
+    // Winograd keeps the forward pass and input gradient it takes (16 channels on a CPU
+    // adapter): a little faster there than these kernels, unlike its weight gradient.
+    let winograd = pass != ConvPass::WeightGrad
+        && g.winograd_fits(gpu, pass)
+        && super::winograd::auto_rule(gpu, g);
+    here && !winograd
+}
+
+/// The kernels' overrides: vec4 groups of `channels` per thread (`VG`), `workgroup` threads
+/// (`WG`) and the kernel size (`KH`, `KW`).
+fn constants(g: &Geometry, channels: usize, workgroup: usize) -> [(&'static str, f64); 4] {
+    [
+        ("VG", vg(channels) as f64),
+        ("WG", workgroup as f64),
+        ("KH", g.w[2] as f64),
+        ("KW", g.w[3] as f64),
+    ]
+}
+
+/// vec4 groups per thread for `channels` written.
+fn vg(channels: usize) -> usize {
+    channels.min(GROUP).div_ceil(4)
+}
+
+/// Grid of `threads` over x (and z past the per-dimension limit) in workgroups of
+/// [`WORKGROUP`], and `channels` in groups of [`GROUP`] over y.
+fn pixel_grid(threads: usize, channels: usize) -> [u32; 3] {
+    const MAX: usize = 65_535;
+    let groups = threads.div_ceil(WORKGROUP);
+    [
+        groups.min(MAX) as u32,
+        channels.div_ceil(GROUP) as u32,
+        groups.div_ceil(MAX) as u32,
+    ]
+}
+
+/// The shared operand as the kernels read it (conv_narrow.wgsl's op4): `src`'s `channels` in
+/// groups of 16, 4 to a vec4, for each j < `j_count` at `(j / inner) * outer + j % inner`, the
+/// channels `stride` apart.
+#[allow(clippy::too_many_arguments)]
+fn gather4(
+    op: &'static str,
+    g: &Geometry,
+    src: &Tensor,
+    channels: usize,
+    j_count: usize,
+    inner: usize,
+    outer: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let gpu = src.gpu();
+    let groups = channels.div_ceil(GROUP);
+    let vecs = groups * j_count * vg(channels);
+    let op4 = Tensor::uninit(gpu, &[vecs, 4], DType::F32, op)?;
+    let p = GatherParams {
+        groups: groups as u32,
+        j_count: j_count as u32,
+        inner: inner as u32,
+        outer: outer as u32,
+        stride: stride as u32,
+        channels: channels as u32,
+    };
+    gpu.dispatch_bound(
+        &GATHER4,
+        &constants(g, channels, WORKGROUP),
+        &p,
+        &[(1, src.buffer()), (3, op4.buffer())],
+        pixel_grid(vecs, 1),
+    )?;
+    Ok(op4)
+}
+
+/// y = conv(x, w) + b.
+pub(super) fn forward(
+    op: &'static str,
+    g: &Geometry,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let [k, _, _, _] = g.w;
+    let crs = g.w[1] * g.w[2] * g.w[3];
+    // w[k, j] with j = (c, r, s).
+    let w4 = gather4(op, g, w, k, crs, crs, 0, crs)?;
+    let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
+    gpu.dispatch_with(
+        &FORWARD,
+        &constants(g, k, WORKGROUP),
+        &g.params(b.is_some(), 0, 1),
+        &[
+            x.buffer(),
+            w4.buffer(),
+            y.buffer(),
+            b.map_or(w.buffer(), |b| b.buffer()),
+        ],
+        pixel_grid(g.x[0] * g.oh * g.ow, k),
+    )?;
+    Ok(y)
+}
+
+/// gx of the convolution `g` (stride 1) from gy and w.
+pub(super) fn backward_input(
+    op: &'static str,
+    g: &Geometry,
+    gy: &Tensor,
+    w: &Tensor,
+) -> Result<Tensor> {
+    let gpu = gy.gpu();
+    let [k, c, r, s] = g.w;
+    // w[k, c, r, s] by channel c for j = (k, r, s).
+    let w4 = gather4(op, g, w, c, k * r * s, r * s, c * r * s, r * s)?;
+    let gx = Tensor::uninit(gpu, &g.x, DType::F32, op)?;
+    let [n, _, h, wd] = g.x;
+    gpu.dispatch_with(
+        &BACKWARD_INPUT,
+        &constants(g, c, WORKGROUP),
+        &g.params(false, 0, 1),
+        &[gy.buffer(), w4.buffer(), gx.buffer()],
+        pixel_grid(n * h * wd, c),
+    )?;
+    Ok(gx)
+}
+
+/// gw of the convolution `g` from x and gy: a thread per tap, the pixels split over grid z
+/// where the taps alone are few workgroups, the splits summed by conv.wgsl's reduce kernel.
+pub(super) fn backward_weight(
+    op: &'static str,
+    g: &Geometry,
+    x: &Tensor,
+    gy: &Tensor,
+) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let [k, c, r, s] = g.w;
+    let crs = c * r * s;
+    let pixels = g.x[0] * g.oh * g.ow;
+    let plane = g.oh * g.ow;
+    // gy[n, k, pixel] by channel k for j = the pixel (n, oh, ow).
+    let gy4 = gather4(op, g, gy, k, pixels, plane, k * plane, plane)?;
+    // A workgroup as wide as the taps (a multiple of 8, SIMD-friendly), within bounds.
+    let wg = crs.next_multiple_of(8).min(MAX_TAP_WORKGROUP);
+    let fixed = crs.div_ceil(wg) * k.div_ceil(GROUP);
+    let splits = TARGET_WORKGROUPS
+        .div_ceil(fixed)
+        .min(pixels.div_ceil(MIN_SPLIT_PIXELS))
+        .max(1);
+    let chunk = pixels.div_ceil(splits);
+    let splits = pixels.div_ceil(chunk);
+    let len = k * crs;
+    let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
+    let part = if splits > 1 {
+        Tensor::uninit(gpu, &[splits, len], DType::F32, op)?
+    } else {
+        gw.clone()
+    };
+    let mut params = g.params(false, chunk, splits);
+    gpu.dispatch_with(
+        &BACKWARD_WEIGHT,
+        &constants(g, k, wg),
+        &params,
+        &[x.buffer(), gy4.buffer(), part.buffer()],
+        [
+            crs.div_ceil(wg) as u32,
+            k.div_ceil(GROUP) as u32,
+            splits as u32,
+        ],
+    )?;
+    if splits > 1 {
+        params.reduce_len = len as u32;
+        reduce_splits(gpu, &params, &part, &gw, len)?;
+    }
+    Ok(gw)
+}
