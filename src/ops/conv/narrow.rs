@@ -45,15 +45,18 @@ struct GatherParams {
 /// [`ConvPrecision::F32`], where the GEMM's rows (K in the forward pass and the weight
 /// gradient, C in the input gradient) are at most 16, for the input gradient at stride 1 (the
 /// GEMM's sub-pixel phases skip the taps that a strided gradient never reaches; a thread per
-/// pixel here would test them all), and for the forward pass and input gradient where Auto's
-/// rule does not run them through Winograd.
+/// pixel here would test them all, and a version by phase, tried, beat the GEMM on the 3x3/2
+/// conv of 8 channels, 22 against 33-36 ms, but lost on 16 channels and on 1x1 kernels), and
+/// for the forward pass and input gradient where Auto's rule does not run them through
+/// Winograd.
 ///
 /// On lavapipe (2 cores; `docs/gpu-runs/lavapipe-narrow.txt`), the narrow layers of the
 /// training test's model at batch 32, ms per pass (forward / input gradient / weight gradient),
 /// these kernels against the GEMM tiles and Winograd: 8 -> 8 channels at 28x28 24-26 / 23-25 /
 /// 23-24 against 62-65 / 71-73 / 90-97; the 1 -> 8 stem 5 / - / 6 against 21 / - / 78; 16 -> 16
-/// at 14x14 (Winograd) 21-22 / 20-22 / 19-20 against 18-19 / 18-19 / 65-67. At 32 rows the GEMM
-/// wins: 19 / 18 / 27 against 7 / 8 / 18.
+/// at 14x14 21-22 / 20-22 / 19-20 against Winograd's 18-19 / 18-19 / 65-67, so that conv's
+/// weight gradient alone comes here. At 32 rows the GEMM won (a trial with the limit at 64):
+/// 19 / 18 / 27 against 7 / 8 / 18 for 32 -> 32 at 7x7.
 pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
     let [k, c, _, _] = g.w;
     let fits = match pass {
@@ -68,10 +71,8 @@ pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
         && gpu.conv_precision() == ConvPrecision::F32;
     // Winograd keeps the forward pass and input gradient it takes (16 channels on a CPU
     // adapter): a little faster there than these kernels, unlike its weight gradient.
-    let winograd = pass != ConvPass::WeightGrad
-        && g.winograd_fits(gpu, pass)
-        && super::winograd::auto_rule(gpu, g);
-    here && !winograd
+    here && (pass == ConvPass::WeightGrad
+        || !(g.winograd_fits(gpu, pass) && super::winograd::auto_rule(gpu, g)))
 }
 
 /// The kernels' overrides: vec4 groups of `channels` per thread (`VG`), `workgroup` threads
