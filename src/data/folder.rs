@@ -312,8 +312,9 @@ mod native {
     /// file is decoded, converted to `channels` (1 = luma, 3 = RGB) and resized + center-cropped
     /// to `size x size` as in [`resize_center_crop`], on all of the machine's cores. Files that
     /// cannot be decoded, files with other extensions and class folders without images are
-    /// skipped with a warning naming them (the second return value). A folder with no class sub-folders or no images at all is an
-    /// error. Hidden files and folders (names starting with `.`) are ignored.
+    /// skipped with a warning naming them (the second return value). A folder with no class
+    /// sub-folders or no images at all is an error. Hidden files and folders (names starting
+    /// with `.`) are ignored.
     pub fn load_image_folder(
         dir: impl AsRef<Path>,
         size: usize,

@@ -4,7 +4,7 @@
 //! padding when a layer has 8 or 16 channels. [`takes`] says where [`crate::ConvAlgo::Auto`]
 //! routes a pass here.
 
-use super::plan::Geometry;
+use super::plan::{Geometry, gemm_grid};
 use super::reduce_splits;
 use super::tune::ConvPass;
 use crate::Result;
@@ -92,15 +92,10 @@ fn vg(channels: usize) -> usize {
 }
 
 /// Grid of `threads` over x (and z past the per-dimension limit) in workgroups of
-/// [`WORKGROUP`], and `channels` in groups of [`GROUP`] over y.
-fn pixel_grid(threads: usize, channels: usize) -> [u32; 3] {
-    const MAX: usize = 65_535;
-    let groups = threads.div_ceil(WORKGROUP);
-    [
-        groups.min(MAX) as u32,
-        channels.div_ceil(GROUP) as u32,
-        groups.div_ceil(MAX) as u32,
-    ]
+/// [`WORKGROUP`], and `channels` in groups of [`GROUP`] over y: the GEMM kernels' grid, with
+/// channel groups for row tiles and pixel groups for column tiles.
+fn pixel_grid(op: &'static str, threads: usize, channels: usize) -> Result<[u32; 3]> {
+    gemm_grid(op, channels, threads, (GROUP, WORKGROUP, 0))
 }
 
 /// The shared operand as the kernels read it (conv_narrow.wgsl's op4): `src`'s `channels` in
@@ -134,7 +129,7 @@ fn gather4(
         &constants(g, channels, WORKGROUP),
         &p,
         &[(1, src.buffer()), (3, op4.buffer())],
-        pixel_grid(vecs, 1),
+        pixel_grid(op, vecs, 1)?,
     )?;
     Ok(op4)
 }
@@ -148,8 +143,8 @@ pub(super) fn forward(
     b: Option<&Tensor>,
 ) -> Result<Tensor> {
     let gpu = x.gpu();
-    let [k, _, _, _] = g.w;
-    let crs = g.w[1] * g.w[2] * g.w[3];
+    let [k, c, r, s] = g.w;
+    let crs = c * r * s;
     // w[k, j] with j = (c, r, s).
     let w4 = gather4(op, g, w, k, crs, crs, 0, crs)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
@@ -163,7 +158,7 @@ pub(super) fn forward(
             y.buffer(),
             b.map_or(w.buffer(), |b| b.buffer()),
         ],
-        pixel_grid(g.x[0] * g.oh * g.ow, k),
+        pixel_grid(op, g.x[0] * g.oh * g.ow, k)?,
     )?;
     Ok(y)
 }
@@ -186,7 +181,7 @@ pub(super) fn backward_input(
         &constants(g, c, WORKGROUP),
         &g.params(false, 0, 1),
         &[gy.buffer(), w4.buffer(), gx.buffer()],
-        pixel_grid(n * h * wd, c),
+        pixel_grid(op, n * h * wd, c)?,
     )?;
     Ok(gx)
 }
@@ -202,8 +197,8 @@ pub(super) fn backward_weight(
     let gpu = x.gpu();
     let [k, c, r, s] = g.w;
     let crs = c * r * s;
-    let pixels = g.x[0] * g.oh * g.ow;
     let plane = g.oh * g.ow;
+    let pixels = g.x[0] * plane;
     // gy[n, k, pixel] by channel k for j = the pixel (n, oh, ow).
     let gy4 = gather4(op, g, gy, k, pixels, plane, k * plane, plane)?;
     // A workgroup as wide as the taps (a multiple of 8, SIMD-friendly), within bounds.
