@@ -112,7 +112,7 @@ struct Args {
     order: Option<resnet_wgpu::ConvOrder>,
     /// Copies of a reduction chunk the f32 conv GEMMs stage in workgroup memory: `double`
     /// (where the device holds them) or `single`; see `ConvStaging`. Default:
-    /// `RESNET_WGPU_CONV_STAGING`, else double.
+    /// `RESNET_WGPU_CONV_STAGING`, else `ConvStaging::for_adapter`'s (double natively).
     #[arg(long)]
     staging: Option<resnet_wgpu::ConvStaging>,
     /// Algorithm of the 3x3 stride-1 convolutions (their three passes and inference's fused

@@ -452,6 +452,37 @@ fn both_stagings_give_the_same_bits() {
 }
 
 #[test]
+fn a_cpu_adapter_in_a_browser_stages_once() {
+    // A browser's WebGPU zero-fills workgroup memory, which Chromium's CPU adapter does per
+    // element in every subgroup: one copy there, two everywhere else (unless
+    // RESNET_WGPU_CONV_STAGING says otherwise, which the tests do not set).
+    let info = |backend, device_type| resnet_wgpu::GpuInfo {
+        name: "adapter".into(),
+        backend,
+        driver: String::new(),
+        device_type,
+    };
+    use ConvStaging::{Double, Single};
+    use wgpu::{Backend, DeviceType};
+    let expected = [
+        (Backend::BrowserWebGpu, DeviceType::Cpu, Single),
+        (Backend::BrowserWebGpu, DeviceType::DiscreteGpu, Double),
+        (Backend::BrowserWebGpu, DeviceType::Other, Double),
+        (Backend::Vulkan, DeviceType::Cpu, Double),
+        (Backend::Metal, DeviceType::IntegratedGpu, Double),
+    ];
+    for (backend, device_type, staging) in expected {
+        assert_eq!(
+            ConvStaging::for_adapter(&info(backend, device_type)),
+            staging,
+            "{backend:?} {device_type:?}"
+        );
+    }
+    // A native CPU adapter (lavapipe here) keeps two copies.
+    assert_eq!(new_gpu().conv_staging(), Double);
+}
+
+#[test]
 fn the_tape_reads_the_forward_weights_copy() {
     // A device of its own, for counting dispatches. Direct convolutions (Winograd reads the
     // weights through its own transforms).

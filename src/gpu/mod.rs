@@ -150,7 +150,8 @@ pub enum ConvStaging {
     /// tiles: native adapters, and browsers whose adapter offers 32 KiB; not WebGPU's default
     /// 16 KiB, where the kernels stage one): each chunk is staged into one
     /// copy while the chunk before it is multiplied from the other, so a workgroup waits at
-    /// one barrier per chunk instead of two.
+    /// one barrier per chunk instead of two. The default but on CPU adapters in a browser
+    /// ([`ConvStaging::for_adapter`]).
     #[default]
     Double,
     /// One copy: stage a chunk, wait, multiply it, wait before staging the next.
@@ -158,10 +159,26 @@ pub enum ConvStaging {
 }
 
 impl ConvStaging {
-    /// [`ConvStaging::Double`] unless `RESNET_WGPU_CONV_STAGING=single`: the staging a new
-    /// [`Gpu`] starts with.
-    pub fn from_env() -> ConvStaging {
-        env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Double, "double")
+    /// The staging a new [`Gpu`] on `adapter` starts with: `RESNET_WGPU_CONV_STAGING`
+    /// (`double` or `single`) where set, else [`ConvStaging::Single`] for a CPU adapter in a
+    /// browser and [`ConvStaging::Double`] everywhere else.
+    ///
+    /// WebGPU zero-fills a workgroup's memory before its first instruction, and Chromium's CPU
+    /// adapter (SwiftShader) does that in each 4-lane subgroup, 64 times per 256-thread
+    /// workgroup, with one store per element spelled out in the compiled kernel. A second copy
+    /// of the chunk doubles both, which cost more than the second copy saves: in the browser
+    /// test (`tests/browser.rs`), with one copy, the training step took 437 ms against 608
+    /// and its first step, which compiles the kernels, 26 s against 44. Native code asks wgpu
+    /// not to zero-fill (the kernels never read memory they have not written), and on lavapipe
+    /// the two stagings ran within a few percent of each other (`docs/gpu-runs/`).
+    pub fn for_adapter(adapter: &GpuInfo) -> ConvStaging {
+        let in_browser_cpu = adapter.backend == wgpu::Backend::BrowserWebGpu
+            && adapter.device_type == wgpu::DeviceType::Cpu;
+        if in_browser_cpu {
+            env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Single, "single")
+        } else {
+            env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Double, "double")
+        }
     }
 }
 
@@ -574,6 +591,7 @@ impl Gpu {
         let limits = device.limits();
         let uniform_stride =
             UNIFORM_SIZE.next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(1) as u64);
+        let staging = ConvStaging::for_adapter(&info);
         Gpu(Arc::new(GpuInner {
             device,
             queue,
@@ -588,7 +606,7 @@ impl Gpu {
             total_submits: Default::default(),
             conv_math: Mutex::new(ConvMath {
                 order: ConvOrder::from_env(),
-                staging: ConvStaging::from_env(),
+                staging,
                 algo: ConvAlgo::from_env(),
                 weight_copy_min_columns: crate::ops::conv::WEIGHT_COPY_MIN_COLUMNS,
                 winograd_chunk: crate::ops::conv::WINOGRAD_CHUNK_ELEMENTS,
@@ -659,7 +677,7 @@ impl Gpu {
     }
 
     /// Choose how many copies of a chunk the f32 conv GEMMs stage from now on (every clone of
-    /// this `Gpu` shares it; a new `Gpu` starts with [`ConvStaging::from_env`]).
+    /// this `Gpu` shares it; a new `Gpu` starts with [`ConvStaging::for_adapter`]).
     pub fn set_conv_staging(&self, staging: ConvStaging) {
         lock(&self.0.conv_math).staging = staging;
     }
@@ -896,6 +914,9 @@ impl Gpu {
                 entry_point: Some(kernel.entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants,
+                    // The kernels write the workgroup memory they read (behind a barrier)
+                    // first, so zero-filling it would be wasted work. Browsers zero-fill
+                    // anyway, as WebGPU requires ([`ConvStaging::for_adapter`]).
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
