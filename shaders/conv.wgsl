@@ -55,7 +55,9 @@
 // Tiling (all GEMM entry points): a workgroup of 256 threads (TX columns x TY = 256 / TX rows)
 // computes a BM x BN output tile, looping over the reduction in BK-deep chunks. The tile is a
 // compile-time variant: the host prepends `const TM`, `const TN` (the per-thread micro-tile,
-// multiples of 4), `const BK` and `const TX` to this file (src/ops/conv.rs, `ConvTile`), giving
+// multiples of 4), `const BK`, `const PLAN_BK` (the chunk depth the host plans split-K in: BK,
+// or twice BK for the shallow kernels below) and `const TX` to this file (src/ops/conv.rs,
+// `ConvTile`), giving
 // BM = TY TM and BN = TX TN: with 16 x 16 threads 64x64 (4x4, BK 16), 128x64, 64x128 (BK 16) and
 // 128x128 (8x8, BK 8); with 32 x 8 threads 32x128 (4x4, BK 16), for GEMMs of 32 rows or fewer
 // (narrow layers), which the 64-row tiles would half waste. Between those constants and this file
@@ -69,7 +71,10 @@
 // tile declarations' STAGES says how many copies of the staged chunk the engine keeps (the host's
 // ConvStaging; 2 only with conv_fma.wgsl and where the device's workgroup memory holds them). With
 // one, each chunk is stored, a barrier, multiplied, a barrier (before the next store overwrites
-// it). With two (the *_store functions, then engine_flip between copies), chunk t+1 is stored into
+// it). ConvStaging::Shallow stages one copy of chunks half as deep (BK 8, 4 for 128x128), with
+// splits planned in the usual depth (PLAN_BK), so that it sums in the same order: a quarter of
+// the workgroup memory of two copies, for browsers' CPU adapters, where zero-filling workgroup
+// memory costs per element. With two (the *_store functions, then engine_flip between copies), chunk t+1 is stored into
 // the other copy right after chunk t's multiply, and one barrier per chunk separates the two.
 // Thread (tx, ty) = (tid % TX, tid / TX) owns rows 4 TY u + 4 ty + e (u < TM / 4, e < 4) and
 // columns 4 TX v + 4 tx + e (v < TN / 4) of the tile, so its workgroup-memory reads are whole vec4s
@@ -206,8 +211,8 @@ const BM: u32 = TY * TM;
 const BN: u32 = TX * TN;
 const VM: u32 = TM / 4u;            // vec4 row groups per thread (1 or 2)
 const VN: u32 = TN / 4u;            // vec4 column groups per thread (1 or 2)
-const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk (2, 4 or 8)
-const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk (4 or 8)
+const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk (1, 2, 4 or 8)
+const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk (2, 4 or 8)
 
 // Private arrays are only ever indexed by constants, never by loop counters: drivers keep such
 // arrays in registers, while one run-time index can demote a whole array to slow local memory.
@@ -259,7 +264,9 @@ fn store_a_kfast(tid: u32) {
     let q = tid / BK / 4u;
     let e = tid / BK % 4u;
     put_a(kk, kfast_row(tid, 0u), q, e, staged(ra[0]));
-    put_a(kk, kfast_row(tid, 1u), q + KQ, e, staged(ra[1]));
+    if (LA >= 2u) {
+        put_a(kk, kfast_row(tid, 1u), q + KQ, e, staged(ra[1]));
+    }
     if (LA >= 4u) {
         put_a(kk, kfast_row(tid, 2u), q + 2u * KQ, e, staged(ra[2]));
         put_a(kk, kfast_row(tid, 3u), q + 3u * KQ, e, staged(ra[3]));
@@ -282,7 +289,9 @@ fn store_a_mfast(tid: u32) {
     let q = tid % BM / 4u;
     let e = tid % 4u;
     put_a(mfast_kk(tid, 0u), m, q, e, staged(ra[0]));
-    put_a(mfast_kk(tid, 1u), m, q, e, staged(ra[1]));
+    if (LA >= 2u) {
+        put_a(mfast_kk(tid, 1u), m, q, e, staged(ra[1]));
+    }
     if (LA >= 4u) {
         put_a(mfast_kk(tid, 2u), m, q, e, staged(ra[2]));
         put_a(mfast_kk(tid, 3u), m, q, e, staged(ra[3]));
@@ -301,8 +310,10 @@ fn store_b_kfast(tid: u32) {
     let e = tid / BK % 4u;
     put_b(kk, kfast_row(tid, 0u), q, e, staged(rb[0]));
     put_b(kk, kfast_row(tid, 1u), q + KQ, e, staged(rb[1]));
-    put_b(kk, kfast_row(tid, 2u), q + 2u * KQ, e, staged(rb[2]));
-    put_b(kk, kfast_row(tid, 3u), q + 3u * KQ, e, staged(rb[3]));
+    if (LB >= 4u) {
+        put_b(kk, kfast_row(tid, 2u), q + 2u * KQ, e, staged(rb[2]));
+        put_b(kk, kfast_row(tid, 3u), q + 3u * KQ, e, staged(rb[3]));
+    }
     if (LB == 8u) {
         put_b(kk, kfast_row(tid, 4u), q + 4u * KQ, e, staged(rb[4]));
         put_b(kk, kfast_row(tid, 5u), q + 5u * KQ, e, staged(rb[5]));
@@ -317,8 +328,10 @@ fn store_b_nfast(tid: u32) {
     let e = tid % 4u;
     put_b(nfast_kk(tid, 0u), n, q, e, staged(rb[0]));
     put_b(nfast_kk(tid, 1u), n, q, e, staged(rb[1]));
-    put_b(nfast_kk(tid, 2u), n, q, e, staged(rb[2]));
-    put_b(nfast_kk(tid, 3u), n, q, e, staged(rb[3]));
+    if (LB >= 4u) {
+        put_b(nfast_kk(tid, 2u), n, q, e, staged(rb[2]));
+        put_b(nfast_kk(tid, 3u), n, q, e, staged(rb[3]));
+    }
     if (LB == 8u) {
         put_b(nfast_kk(tid, 4u), n, q, e, staged(rb[4]));
         put_b(nfast_kk(tid, 5u), n, q, e, staged(rb[5]));
@@ -440,7 +453,9 @@ fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i
     }
     let ka = k0 + tid % BK;
     ra[0] = fw_a(m0 + kfast_row(tid, 0u), ka, end);
-    ra[1] = fw_a(m0 + kfast_row(tid, 1u), ka, end);
+    if (LA >= 2u) {
+        ra[1] = fw_a(m0 + kfast_row(tid, 1u), ka, end);
+    }
     if (LA >= 4u) {
         ra[2] = fw_a(m0 + kfast_row(tid, 2u), ka, end);
         ra[3] = fw_a(m0 + kfast_row(tid, 3u), ka, end);
@@ -453,8 +468,10 @@ fn fw_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, xbase: u32, ih0: i
     }
     rb[0] = fw_bv(k0 + nfast_kk(tid, 0u), end, valid, xbase, ih0, iw0);
     rb[1] = fw_bv(k0 + nfast_kk(tid, 1u), end, valid, xbase, ih0, iw0);
-    rb[2] = fw_bv(k0 + nfast_kk(tid, 2u), end, valid, xbase, ih0, iw0);
-    rb[3] = fw_bv(k0 + nfast_kk(tid, 3u), end, valid, xbase, ih0, iw0);
+    if (LB >= 4u) {
+        rb[2] = fw_bv(k0 + nfast_kk(tid, 2u), end, valid, xbase, ih0, iw0);
+        rb[3] = fw_bv(k0 + nfast_kk(tid, 3u), end, valid, xbase, ih0, iw0);
+    }
     if (LB == 8u) {
         rb[4] = fw_bv(k0 + nfast_kk(tid, 4u), end, valid, xbase, ih0, iw0);
         rb[5] = fw_bv(k0 + nfast_kk(tid, 5u), end, valid, xbase, ih0, iw0);
@@ -475,7 +492,9 @@ fn fw_load_taps(tid: u32, m0: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) 
     let a = (m0 + tid / BK) * rsc + t * p.in_c + chunk_ch + tid % BK;
     let astep = (256u / BK) * rsc;
     ra[0] = fw_at(m0 + kfast_row(tid, 0u), a);
-    ra[1] = fw_at(m0 + kfast_row(tid, 1u), a + astep);
+    if (LA >= 2u) {
+        ra[1] = fw_at(m0 + kfast_row(tid, 1u), a + astep);
+    }
     if (LA >= 4u) {
         ra[2] = fw_at(m0 + kfast_row(tid, 2u), a + 2u * astep);
         ra[3] = fw_at(m0 + kfast_row(tid, 3u), a + 3u * astep);
@@ -495,8 +514,10 @@ fn fw_load_taps(tid: u32, m0: u32, valid: bool, xbase: u32, ih0: i32, iw0: i32) 
     let bstep = (256u / BN) * hw;
     rb[0] = Staged(fw_x[b], ok);
     rb[1] = Staged(fw_x[b + bstep], ok);
-    rb[2] = Staged(fw_x[b + 2u * bstep], ok);
-    rb[3] = Staged(fw_x[b + 3u * bstep], ok);
+    if (LB >= 4u) {
+        rb[2] = Staged(fw_x[b + 2u * bstep], ok);
+        rb[3] = Staged(fw_x[b + 3u * bstep], ok);
+    }
     if (LB == 8u) {
         rb[4] = Staged(fw_x[b + 4u * bstep], ok);
         rb[5] = Staged(fw_x[b + 5u * bstep], ok);
@@ -868,7 +889,9 @@ fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u
     let wofs = (ph.r0 + p.stride * tr) * KW + ph.s0 + p.stride * (t - tr * NS);
     let inside = ka < end;
     ra[0] = bi_a(m0 + kfast_row(tid, 0u), k, wofs, inside);
-    ra[1] = bi_a(m0 + kfast_row(tid, 1u), k, wofs, inside);
+    if (LA >= 2u) {
+        ra[1] = bi_a(m0 + kfast_row(tid, 1u), k, wofs, inside);
+    }
     if (LA >= 4u) {
         ra[2] = bi_a(m0 + kfast_row(tid, 2u), k, wofs, inside);
         ra[3] = bi_a(m0 + kfast_row(tid, 3u), k, wofs, inside);
@@ -881,8 +904,10 @@ fn bi_load(tid: u32, k0: u32, m0: u32, end: u32, valid: bool, gbase: u32, oh0: u
     }
     rb[0] = bi_bv(k0 + nfast_kk(tid, 0u), end, valid, gbase, oh0, ow0);
     rb[1] = bi_bv(k0 + nfast_kk(tid, 1u), end, valid, gbase, oh0, ow0);
-    rb[2] = bi_bv(k0 + nfast_kk(tid, 2u), end, valid, gbase, oh0, ow0);
-    rb[3] = bi_bv(k0 + nfast_kk(tid, 3u), end, valid, gbase, oh0, ow0);
+    if (LB >= 4u) {
+        rb[2] = bi_bv(k0 + nfast_kk(tid, 2u), end, valid, gbase, oh0, ow0);
+        rb[3] = bi_bv(k0 + nfast_kk(tid, 3u), end, valid, gbase, oh0, ow0);
+    }
     if (LB == 8u) {
         rb[4] = bi_bv(k0 + nfast_kk(tid, 4u), end, valid, gbase, oh0, ow0);
         rb[5] = bi_bv(k0 + nfast_kk(tid, 5u), end, valid, gbase, oh0, ow0);
@@ -912,7 +937,9 @@ fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) 
     let a = ((chunk_ch + tid / BM) * (KH * KW) + tap) * p.in_c + c;
     let astep = (256u / BM) * (KH * KW) * p.in_c;
     ra[0] = Staged(bi_w[a], true);
-    ra[1] = Staged(bi_w[a + astep], true);
+    if (LA >= 2u) {
+        ra[1] = Staged(bi_w[a + astep], true);
+    }
     if (LA >= 4u) {
         ra[2] = Staged(bi_w[a + 2u * astep], true);
         ra[3] = Staged(bi_w[a + 3u * astep], true);
@@ -933,8 +960,10 @@ fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) 
     let bstep = (256u / BN) * ohw;
     rb[0] = Staged(bi_gy[b], ok);
     rb[1] = Staged(bi_gy[b + bstep], ok);
-    rb[2] = Staged(bi_gy[b + 2u * bstep], ok);
-    rb[3] = Staged(bi_gy[b + 3u * bstep], ok);
+    if (LB >= 4u) {
+        rb[2] = Staged(bi_gy[b + 2u * bstep], ok);
+        rb[3] = Staged(bi_gy[b + 3u * bstep], ok);
+    }
     if (LB == 8u) {
         rb[4] = Staged(bi_gy[b + 4u * bstep], ok);
         rb[5] = Staged(bi_gy[b + 5u * bstep], ok);
@@ -1025,7 +1054,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     // Split-K (p.splits > 1, small grids): split z reduces over [z * chunk, (z + 1) * chunk)
     // (empty for some splits of a phase with few taps: those write zeros) and writes its
     // partial gx at z * len(gx). A merged phase's chunk is the host's: its reduction over the
-    // splits, rounded up to whole chunks of BK.
+    // splits, rounded up to whole chunks of PLAN_BK.
     var begin = 0u;
     var end = p.out_c * phase.nr * phase.ns;
     out_base = 0u;
@@ -1033,7 +1062,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         var chunk = p.chunk;
         if (MERGED) {
             chunk = (end + p.splits - 1u) / p.splits;
-            chunk = (chunk + BK - 1u) / BK * BK;
+            chunk = (chunk + PLAN_BK - 1u) / PLAN_BK * PLAN_BK;
         }
         begin = wg.z * chunk;
         end = min(begin + chunk, end);
@@ -1150,7 +1179,9 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     let a = (img * p.out_c + m0 + tid / BK) * ohw + oh * p.out_w + ow;
     let astep = (256u / BK) * ohw;
     ra[0] = bw_a(m0 + kfast_row(tid, 0u), a, inside);
-    ra[1] = bw_a(m0 + kfast_row(tid, 1u), a + astep, inside);
+    if (LA >= 2u) {
+        ra[1] = bw_a(m0 + kfast_row(tid, 1u), a + astep, inside);
+    }
     if (LA >= 4u) {
         ra[2] = bw_a(m0 + kfast_row(tid, 2u), a + 2u * astep, inside);
         ra[3] = bw_a(m0 + kfast_row(tid, 3u), a + 3u * astep, inside);
@@ -1170,8 +1201,10 @@ fn bw_load(tid: u32, k0: u32, end: u32, m0: u32, n0: u32, crs: u32) {
     }
     rb[0] = bw_bv(n0 + kfast_row(tid, 0u), crs, inside, xbase, ih0, iw0);
     rb[1] = bw_bv(n0 + kfast_row(tid, 1u), crs, inside, xbase, ih0, iw0);
-    rb[2] = bw_bv(n0 + kfast_row(tid, 2u), crs, inside, xbase, ih0, iw0);
-    rb[3] = bw_bv(n0 + kfast_row(tid, 3u), crs, inside, xbase, ih0, iw0);
+    if (LB >= 4u) {
+        rb[2] = bw_bv(n0 + kfast_row(tid, 2u), crs, inside, xbase, ih0, iw0);
+        rb[3] = bw_bv(n0 + kfast_row(tid, 3u), crs, inside, xbase, ih0, iw0);
+    }
     if (LB == 8u) {
         rb[4] = bw_bv(n0 + kfast_row(tid, 4u), crs, inside, xbase, ih0, iw0);
         rb[5] = bw_bv(n0 + kfast_row(tid, 5u), crs, inside, xbase, ih0, iw0);
@@ -1198,8 +1231,10 @@ fn bw_load_b_taps(tid: u32, n0: u32, inside: bool, xbase: u32, ih0: i32, iw0: i3
     let bstep = (256u / BK) * hw;
     rb[0] = Staged(bw_x[b], ok);
     rb[1] = Staged(bw_x[b + bstep], ok);
-    rb[2] = Staged(bw_x[b + 2u * bstep], ok);
-    rb[3] = Staged(bw_x[b + 3u * bstep], ok);
+    if (LB >= 4u) {
+        rb[2] = Staged(bw_x[b + 2u * bstep], ok);
+        rb[3] = Staged(bw_x[b + 3u * bstep], ok);
+    }
     if (LB == 8u) {
         rb[4] = Staged(bw_x[b + 4u * bstep], ok);
         rb[5] = Staged(bw_x[b + 5u * bstep], ok);

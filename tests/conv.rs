@@ -384,55 +384,74 @@ fn both_reduction_orders_match_reference() {
 }
 
 #[test]
-fn both_stagings_give_the_same_bits() {
+fn every_staging_gives_the_same_bits() {
     // A device of its own: the staging is a device-wide setting. Double staging changes where
-    // a chunk waits in workgroup memory, not what is multiplied in which order: both give the
-    // same bits on every pass and tile. Cases: ragged edges, taps outer; a strided 3x3 with
-    // four input-gradient phases, channel-major; 1x1 kernels with a split-K forward and a
-    // split-K input gradient; a 5x5 with padding 2.
+    // a chunk waits in workgroup memory, and shallow staging how deep each chunk is, not what
+    // is multiplied in which order: all give the same bits on every pass and tile. Cases:
+    // ragged edges, taps outer; a strided 3x3 with four input-gradient phases, channel-major;
+    // 1x1 kernels with a split-K forward and a split-K input gradient; a 5x5 with padding 2;
+    // and (with the weights' taps-outer copy at any size) a strided 3x3 whose four phases
+    // run as one split-K dispatch, where the shader plans the splits itself: a phase of 80
+    // reduction steps over two splits is cut at 48, in the usual chunks of 16, not at 40.
     let gpu = new_gpu();
+    // The last case on a device that copies the weights taps outer whatever their size.
+    let copying = new_gpu();
+    copying.set_conv_weight_copy_min_columns(0);
     let cases = [
-        case([2, 32, 13, 11], 48, 3, 3, 1, 1, true),
-        case([1, 24, 34, 32], 40, 3, 3, 2, 1, false),
-        case([1, 512, 4, 4], 64, 1, 1, 1, 0, false),
-        case([1, 64, 4, 4], 512, 1, 1, 1, 0, true),
-        case([1, 16, 21, 20], 32, 5, 5, 1, 2, true),
+        (&gpu, case([2, 32, 13, 11], 48, 3, 3, 1, 1, true)),
+        (&gpu, case([1, 24, 34, 32], 40, 3, 3, 2, 1, false)),
+        (&gpu, case([1, 512, 4, 4], 64, 1, 1, 1, 0, false)),
+        (&gpu, case([1, 64, 4, 4], 512, 1, 1, 1, 0, true)),
+        (&gpu, case([1, 16, 21, 20], 32, 5, 5, 1, 2, true)),
+        (&copying, case([1, 16, 4, 4], 80, 3, 3, 2, 1, false)),
     ];
-    let run = |c: &Case, seed: u64, tile: ConvTile| {
-        let x = Tensor::from_slice(&gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
-        let w =
-            Tensor::from_slice(&gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
-        let b = Tensor::from_slice(&gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
+    let merged = &cases[5].1;
+    for tile in ConvTile::ALL {
+        let gemms = ops::conv2d_input_grad_gemms(&copying, merged.x, merged.w, 2, 1, Some(tile));
+        assert_eq!(gemms.unwrap(), 1, "{tile:?}: the phases merge");
+    }
+    let splits = ops::conv2d_input_grad_splits(&copying, merged.x, merged.w, 2, 1).unwrap();
+    assert_eq!(splits, 2, "the merged input gradient splits");
+    let run = |gpu: &Gpu, c: &Case, seed: u64, tile: ConvTile| {
+        let x = Tensor::from_slice(gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
+        let w = Tensor::from_slice(gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
+        let b = Tensor::from_slice(gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
         let y =
             ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, Some(tile)).unwrap();
-        let gy = Tensor::from_slice(&gpu, y.shape(), &random_vec(y.numel(), seed + 3)).unwrap();
+        let gy = Tensor::from_slice(gpu, y.shape(), &random_vec(y.numel(), seed + 3)).unwrap();
         let gx =
             ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, Some(tile)).unwrap();
         let gw =
             ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, Some(tile)).unwrap();
         [y, gx, gw].map(|t| t.to_vec().unwrap())
     };
+    let set_staging = |staging| {
+        gpu.set_conv_staging(staging);
+        copying.set_conv_staging(staging);
+    };
     for tile in ConvTile::ALL {
-        gpu.set_conv_staging(ConvStaging::Single);
+        set_staging(ConvStaging::Single);
         assert_eq!(ops::conv_stages(&gpu, tile), 1, "{tile:?}");
         let single: Vec<_> = (0..)
             .zip(&cases)
-            .map(|(i, c)| run(c, 1600 + 10 * i, tile))
+            .map(|(i, (gpu, c))| run(gpu, c, 1600 + 10 * i, tile))
             .collect();
-        gpu.set_conv_staging(ConvStaging::Double);
         // lavapipe's workgroup memory (32 KiB) holds every tile twice.
-        assert_eq!(ops::conv_stages(&gpu, tile), 2, "{tile:?}");
-        for (i, c) in cases.iter().enumerate() {
-            let double = run(c, 1600 + 10 * i as u64, tile);
-            for (pass, (d, s)) in ["forward", "input gradient", "weight gradient"]
-                .iter()
-                .zip(double.iter().zip(&single[i]))
-            {
-                let same = d.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(
-                    same,
-                    "{c:?} tile {tile:?}: {pass} differs between the stagings"
-                );
+        for (staging, stages) in [(ConvStaging::Double, 2), (ConvStaging::Shallow, 1)] {
+            set_staging(staging);
+            assert_eq!(ops::conv_stages(&gpu, tile), stages, "{tile:?}");
+            for (i, (gpu, c)) in cases.iter().enumerate() {
+                let other = run(gpu, c, 1600 + 10 * i as u64, tile);
+                for (pass, (d, s)) in ["forward", "input gradient", "weight gradient"]
+                    .iter()
+                    .zip(other.iter().zip(&single[i]))
+                {
+                    let same = d.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{c:?} tile {tile:?}: {pass} differs between {staging:?} and Single"
+                    );
+                }
             }
         }
     }
@@ -447,14 +466,14 @@ fn both_stagings_give_the_same_bits() {
         assert!(tile.workgroup_bytes(1) <= 16 << 10, "{tile:?}");
         assert_eq!(ops::conv_stages(&small, tile), 1, "{tile:?}");
     }
-    let c = &cases[0];
+    let c = &cases[0].1;
     check_random_tiled(&small, c, 1700, Some(ConvTile::T128x64));
 }
 
 #[test]
-fn a_cpu_adapter_in_a_browser_stages_once() {
+fn a_cpu_adapter_in_a_browser_stages_shallow_chunks() {
     // A browser's WebGPU zero-fills workgroup memory, which Chromium's CPU adapter does per
-    // element in every subgroup: one copy there, two everywhere else (unless
+    // element in every subgroup: one shallow copy there, two everywhere else (unless
     // RESNET_WGPU_CONV_STAGING says otherwise, which the tests do not set).
     let info = |backend, device_type| resnet_wgpu::GpuInfo {
         name: "adapter".into(),
@@ -462,10 +481,10 @@ fn a_cpu_adapter_in_a_browser_stages_once() {
         driver: String::new(),
         device_type,
     };
-    use ConvStaging::{Double, Single};
+    use ConvStaging::{Double, Shallow};
     use wgpu::{Backend, DeviceType};
     let expected = [
-        (Backend::BrowserWebGpu, DeviceType::Cpu, Single),
+        (Backend::BrowserWebGpu, DeviceType::Cpu, Shallow),
         (Backend::BrowserWebGpu, DeviceType::DiscreteGpu, Double),
         (Backend::BrowserWebGpu, DeviceType::Other, Double),
         (Backend::Vulkan, DeviceType::Cpu, Double),

@@ -141,8 +141,8 @@ impl std::str::FromStr for ConvOrder {
     }
 }
 
-/// How many copies of a reduction chunk the f32 conv GEMMs stage in workgroup memory
-/// ([`Gpu::set_conv_staging`]; see `shaders/conv_fma.wgsl`). Both give the same sums, bit for
+/// How the f32 conv GEMMs stage reduction chunks in workgroup memory
+/// ([`Gpu::set_conv_staging`]; see `shaders/conv_fma.wgsl`). All give the same sums, bit for
 /// bit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvStaging {
@@ -150,32 +150,36 @@ pub enum ConvStaging {
     /// tiles: native adapters, and browsers whose adapter offers 32 KiB; not WebGPU's default
     /// 16 KiB, where the kernels stage one): each chunk is staged into one
     /// copy while the chunk before it is multiplied from the other, so a workgroup waits at
-    /// one barrier per chunk instead of two. The default but on CPU adapters in a browser
-    /// ([`ConvStaging::for_adapter`]).
+    /// one barrier per chunk instead of two. The default but on CPU adapters in a browser.
     #[default]
     Double,
     /// One copy: stage a chunk, wait, multiply it, wait before staging the next.
     Single,
+    /// One copy of chunks half as deep (8 reduction steps, 4 for the 128 x 128 tile), with
+    /// twice as many barriers: a quarter of `Double`'s workgroup memory. The default on CPU
+    /// adapters in a browser ([`ConvStaging::for_adapter`]).
+    Shallow,
 }
 
 impl ConvStaging {
     /// The staging a new [`Gpu`] on `adapter` starts with: `RESNET_WGPU_CONV_STAGING`
-    /// (`double` or `single`) where set, else [`ConvStaging::Single`] for a CPU adapter in a
-    /// browser and [`ConvStaging::Double`] everywhere else.
+    /// (`double`, `single` or `shallow`) where set, else [`ConvStaging::Shallow`] for a CPU
+    /// adapter in a browser and [`ConvStaging::Double`] everywhere else.
     ///
     /// WebGPU zero-fills a workgroup's memory before its first instruction, and Chromium's CPU
     /// adapter (SwiftShader) does that in each 4-lane subgroup, 64 times per 256-thread
-    /// workgroup, with one store per element spelled out in the compiled kernel. A second copy
-    /// of the chunk doubles both, which cost more than the second copy saves: in the browser
-    /// test (`tests/browser.rs`), with one copy, the training step took 437 ms against 608
-    /// and its first step, which compiles the kernels, 26 s against 44. Native code asks wgpu
-    /// not to zero-fill (the kernels never read memory they have not written), and on lavapipe
-    /// the two stagings ran within a few percent of each other (`docs/gpu-runs/`).
+    /// workgroup, with one store per element spelled out in the compiled kernel: the time to
+    /// compile a kernel and to run a workgroup grow with the memory it declares. In the
+    /// browser test (`tests/browser.rs`), the page's training step took 608 ms with two copies
+    /// (its first step, which compiles the kernels, 44 s), 435-437 with one (26-34 s), and
+    /// 330-372 with one shallow copy (16-17 s). Native code asks wgpu not to zero-fill (the
+    /// kernels never read memory they have not written), and on lavapipe the stagings ran
+    /// within a few percent of each other (`docs/gpu-runs/`).
     pub fn for_adapter(adapter: &GpuInfo) -> ConvStaging {
         let in_browser_cpu = adapter.backend == wgpu::Backend::BrowserWebGpu
             && adapter.device_type == wgpu::DeviceType::Cpu;
         if in_browser_cpu {
-            env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Single, "single")
+            env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Shallow, "shallow")
         } else {
             env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Double, "double")
         }
@@ -184,13 +188,14 @@ impl ConvStaging {
 
 impl std::str::FromStr for ConvStaging {
     type Err = Error;
-    /// `double` or `single`.
+    /// `double`, `single` or `shallow`.
     fn from_str(s: &str) -> Result<ConvStaging> {
         match s.trim().to_ascii_lowercase().as_str() {
             "double" => Ok(ConvStaging::Double),
             "single" => Ok(ConvStaging::Single),
+            "shallow" => Ok(ConvStaging::Shallow),
             other => Err(Error::Invalid(format!(
-                "conv staging {other:?}: expected double or single"
+                "conv staging {other:?}: expected double, single or shallow"
             ))),
         }
     }

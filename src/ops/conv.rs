@@ -41,9 +41,9 @@ pub(crate) use winograd::F16_TILE as F16_WINOGRAD_TILE;
 pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_tiles};
 
 use kernels::{
-    EPI_RELU, EPI_RESIDUAL, Engine, F32_DOUBLE, F32_SINGLE, FORWARD_REDUCE, FORWARD_REDUCE_BN,
-    GyScale, Kernels, Params, TAPS_CROP, TAPS_EXPAND, WEIGHTS_RSC, f16_kernels, gy_scale,
-    reduce_splits,
+    EPI_RELU, EPI_RESIDUAL, Engine, F32_DOUBLE, F32_SHALLOW, F32_SINGLE, FORWARD_REDUCE,
+    FORWARD_REDUCE_BN, GyScale, Kernels, Params, TAPS_CROP, TAPS_EXPAND, WEIGHTS_RSC, f16_kernels,
+    gy_scale, reduce_splits,
 };
 use plan::{Geometry, MAX_GRID, Route, SPLIT_MIN_CHUNK, gemm_grid, taps_outer};
 

@@ -60,11 +60,12 @@ pub(super) struct Kernels {
     pub(super) backward_weight: Kernel,
 }
 
-/// The declarations conv.wgsl's f32 tile variants start with: a TM x TN micro-tile per thread,
-/// reduction chunks of BK, TX threads along the tile's columns (256 / TX along its rows), and
-/// STAGES copies of the staged chunk in workgroup memory ([`ConvStaging`]).
-macro_rules! f32_tile {
-    ($tm:literal, $tn:literal, $bk:literal, $tx:literal, $stages:literal) => {
+/// The declarations conv.wgsl's tile variants start with: a TM x TN micro-tile per thread,
+/// reduction chunks of BK, split-K planned in chunks of PLAN_BK (the tile's [`ConvTile::dims`]),
+/// TX threads along the tile's columns (256 / TX along its rows), and STAGES copies of the
+/// staged chunk in workgroup memory ([`ConvStaging`]).
+macro_rules! tile_consts {
+    ($tm:literal, $tn:literal, $bk:literal, $plan_bk:literal, $tx:literal, $stages:literal) => {
         concat!(
             "const TM: u32 = ",
             $tm,
@@ -72,12 +73,21 @@ macro_rules! f32_tile {
             $tn,
             "u;\nconst BK: u32 = ",
             $bk,
+            "u;\nconst PLAN_BK: u32 = ",
+            $plan_bk,
             "u;\nconst TX: u32 = ",
             $tx,
             "u;\nconst STAGES: u32 = ",
             $stages,
             "u;\n"
         )
+    };
+}
+
+/// A tile staging chunks of the depth split-K is planned in.
+macro_rules! f32_tile {
+    ($tm:literal, $tn:literal, $bk:literal, $tx:literal, $stages:literal) => {
+        tile_consts!($tm, $tn, $bk, $bk, $tx, $stages)
     };
 }
 
@@ -108,8 +118,18 @@ macro_rules! f32_tiles {
 
 /// The f32 kernels staging each chunk once ([`ConvStaging::Single`])...
 pub(super) const F32_SINGLE: [Kernels; 5] = f32_tiles!(1);
-/// ...and in two alternating copies ([`ConvStaging::Double`]).
+/// ...in two alternating copies ([`ConvStaging::Double`])...
 pub(super) const F32_DOUBLE: [Kernels; 5] = f32_tiles!(2);
+/// ...and once in chunks half as deep as the tile's ([`ConvStaging::Shallow`]), with split-K
+/// still planned in the tile's chunks. Each thread stages at least one value of A and two of B
+/// per chunk (conv.wgsl's LA and LB).
+pub(super) const F32_SHALLOW: [Kernels; 5] = [
+    conv_kernels!(tile_consts!(4, 4, 8, 16, 16, 1), "conv_fma.wgsl"),
+    conv_kernels!(tile_consts!(8, 4, 8, 16, 16, 1), "conv_fma.wgsl"),
+    conv_kernels!(tile_consts!(4, 8, 8, 16, 16, 1), "conv_fma.wgsl"),
+    conv_kernels!(tile_consts!(8, 8, 4, 8, 16, 1), "conv_fma.wgsl"),
+    conv_kernels!(tile_consts!(4, 4, 8, 16, 32, 1), "conv_fma.wgsl"),
+];
 
 /// A conv.wgsl entry point that is no GEMM (the split-K reductions and the tap-window copies,
 /// one thread per element or weight row): it uses no tile, but the file needs one declared to
@@ -379,7 +399,7 @@ impl Engine {
     pub(super) fn new(gpu: &Gpu, tile: GemmTile) -> Engine {
         match tile {
             GemmTile::F32(t) => Engine {
-                kernels: t.kernels(conv_stages(gpu, t)),
+                kernels: t.kernels(gpu),
                 dims: t.dims(),
                 f16: false,
             },
@@ -454,7 +474,7 @@ macro_rules! shader_variants {
 /// Each conv variant's prepended WGSL declarations and its engine file under `shaders/` (for the
 /// shader tests, which compile `variant + engine + conv.wgsl`).
 #[doc(hidden)]
-pub const CONV_SHADER_VARIANTS: [(&str, &str); 16] = shader_variants![
+pub const CONV_SHADER_VARIANTS: [(&str, &str); 21] = shader_variants![
     F32_SINGLE[0],
     F32_SINGLE[1],
     F32_SINGLE[2],
@@ -465,6 +485,11 @@ pub const CONV_SHADER_VARIANTS: [(&str, &str); 16] = shader_variants![
     F32_DOUBLE[2],
     F32_DOUBLE[3],
     F32_DOUBLE[4],
+    F32_SHALLOW[0],
+    F32_SHALLOW[1],
+    F32_SHALLOW[2],
+    F32_SHALLOW[3],
+    F32_SHALLOW[4],
     MMA_F16_SG32[0],
     MMA_F16_SG32[1],
     MMA_F16_SG32[2],

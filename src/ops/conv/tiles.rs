@@ -207,11 +207,12 @@ impl ConvTile {
         (16 * stages * bk * (bm / 4 + bn / 4 + 2)) as u64
     }
 
-    pub(super) fn kernels(self, stages: usize) -> &'static Kernels {
-        let set = if stages == 2 {
-            &F32_DOUBLE
-        } else {
-            &F32_SINGLE
+    /// The tile's f32 kernels under `gpu`'s staging ([`conv_stages`]).
+    pub(super) fn kernels(self, gpu: &Gpu) -> &'static Kernels {
+        let set = match gpu.conv_staging() {
+            ConvStaging::Shallow => &F32_SHALLOW,
+            _ if conv_stages(gpu, self) == 2 => &F32_DOUBLE,
+            _ => &F32_SINGLE,
         };
         let i = ConvTile::ALL
             .iter()
@@ -245,7 +246,8 @@ pub(crate) fn forced_tile() -> Option<ConvTile> {
 
 /// Copies of the staged chunk in `gpu`'s f32 kernels with `tile`: two under
 /// [`ConvStaging::Double`] where the device's workgroup memory holds them (WebGPU's default
-/// 16 KiB holds none of the tiles twice), else one. Public for the tests.
+/// 16 KiB holds none of the tiles twice), else one (of chunks half as deep under
+/// [`ConvStaging::Shallow`]). Public for the tests.
 #[doc(hidden)]
 pub fn conv_stages(gpu: &Gpu, tile: ConvTile) -> usize {
     let room = gpu.limits().max_compute_workgroup_storage_size as u64;
