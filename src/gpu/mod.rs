@@ -33,10 +33,22 @@ pub struct Kernel {
     pub variant: &'static str,
     /// File name under `shaders/` of the engine compiled between `variant` and `file` ("" for none).
     pub engine: &'static str,
-    /// WGSL source text: `variant`, the engine, then the file.
-    pub source: &'static str,
+    /// WGSL text of the engine ("" for none).
+    pub engine_source: &'static str,
+    /// WGSL text of the file.
+    pub file_source: &'static str,
     /// Entry point name.
     pub entry: &'static str,
+}
+
+impl Kernel {
+    /// The module's WGSL source: `variant`, the engine, then the file. The three are kept apart
+    /// and joined only here, so that the binary holds each shader file once, not once per
+    /// variant: with the conv kernels' 21 variants, the wasm module took 2.79 MiB with the
+    /// sources joined at compile time, and 1.46 MiB with them joined here.
+    pub fn source(&self) -> String {
+        [self.variant, self.engine_source, self.file_source].concat()
+    }
 }
 
 /// Declare a [`Kernel`] from a shader file name and entry point.
@@ -51,10 +63,8 @@ macro_rules! kernel {
             file: $file,
             variant: $variant,
             engine: "",
-            source: concat!(
-                $variant,
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
-            ),
+            engine_source: "",
+            file_source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
             entry: $entry,
         }
     };
@@ -63,11 +73,8 @@ macro_rules! kernel {
             file: $file,
             variant: $variant,
             engine: $engine,
-            source: concat!(
-                $variant,
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $engine)),
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
-            ),
+            engine_source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $engine)),
+            file_source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
             entry: $entry,
         }
     };
@@ -892,7 +899,7 @@ impl Gpu {
                 .or_insert_with(|| {
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.file),
-                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
                     };
                     if self.0.shader_checks {
                         self.0.device.create_shader_module(desc)
