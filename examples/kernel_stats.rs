@@ -92,7 +92,8 @@ fn tile_label(variant: &str) -> String {
 fn jobs() -> Vec<Job> {
     let mut jobs = Vec::new();
     // The conv passes of a 3x3 stride-1 convolution, taps outer (the default order): every f32
-    // tile with one and two staged copies, and the f16 tensor-core tiles for subgroups of 32;
+    // tile with one and two staged copies and with one shallow copy, and the f16 tensor-core
+    // tiles for subgroups of 32;
     // and the input gradient with a strided convolution's phases merged into one dispatch.
     let conv = [
         ("KH", 3.0),

@@ -37,25 +37,13 @@
 //   narrow_backward_weight: x = ceil(C*R*S / WG) tap groups, y = ceil(K / 16), z = splits
 //   narrow_gather4:         one thread per vec4 of op4, x*z as the forward's
 //
-// Bindings (group 0): 0 = params (uniform: conv.wgsl's Params, which the host fills for both
-// from Geometry::params; narrow_gather4: GatherParams), 1 = the per-thread operand (x; gy in
-// the input gradient; narrow_gather4: src), 2 = the shared operand op4 (w's or gy's), 3 = the
-// output (y, gx, part or op4), 4 = the bias b (forward only; any buffer when p.has_bias == 0).
+// Bindings (group 0): 0 = params (uniform: Params; narrow_gather4: GatherParams), 1 = the
+// per-thread operand (x; gy in the input gradient; narrow_gather4: src), 2 = the shared operand
+// op4 (w's or gy's), 3 = the output (y, gx, part or op4), 4 = the bias b (forward only; any
+// buffer when p.has_bias == 0).
 
-struct Phase {
-    r0: u32,
-    s0: u32,
-    nr: u32,
-    ns: u32,
-    h0: u32,
-    w0: u32,
-    hc: u32,
-    wc: u32,
-}
-
-// The layout of conv.wgsl's Params; the phase, epilogue and batching fields are unused here.
+// The convolution's shape (src/ops/conv/narrow.rs, NarrowParams).
 struct Params {
-    phase: Phase,
     batch: u32,
     in_c: u32,
     in_h: u32,
@@ -63,19 +51,10 @@ struct Params {
     out_c: u32,
     out_h: u32,
     out_w: u32,
-    kh: u32,
-    kw: u32,
     stride: u32,
     pad: u32,
     has_bias: u32,
-    chunk: u32,
-    splits: u32,
-    scaled: u32,
-    epilogue: u32,
-    eps: f32,
-    reduce_len: u32,
-    batched: u32,
-    z_base: u32,
+    chunk: u32,      // narrow_backward_weight: pixels per split (grid z)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -87,7 +66,7 @@ override VG: u32 = 4u;
 // rounded up to a multiple of 8, at most 256.
 override WG: u32 = 64u;
 
-// The kernel size (equal to p.kh and p.kw): constant loop bounds.
+// The kernel size: constant loop bounds.
 override KH: u32 = 3u;
 override KW: u32 = 3u;
 

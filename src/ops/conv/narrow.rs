@@ -28,6 +28,43 @@ const MIN_SPLIT_PIXELS: usize = 256;
 /// Workgroups the weight gradient's splits aim for.
 const TARGET_WORKGROUPS: usize = 64;
 
+/// conv_narrow.wgsl's `Params`: the convolution's shape, and the weight gradient's pixels per
+/// split.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NarrowParams {
+    batch: u32,
+    in_c: u32,
+    in_h: u32,
+    in_w: u32,
+    out_c: u32,
+    out_h: u32,
+    out_w: u32,
+    stride: u32,
+    pad: u32,
+    has_bias: u32,
+    chunk: u32,
+}
+
+impl NarrowParams {
+    fn new(g: &Geometry, has_bias: bool, chunk: usize) -> NarrowParams {
+        let [n, c, h, w] = g.x;
+        NarrowParams {
+            batch: n as u32,
+            in_c: c as u32,
+            in_h: h as u32,
+            in_w: w as u32,
+            out_c: g.w[0] as u32,
+            out_h: g.oh as u32,
+            out_w: g.ow as u32,
+            stride: g.stride as u32,
+            pad: g.padding as u32,
+            has_bias: has_bias as u32,
+            chunk: chunk as u32,
+        }
+    }
+}
+
 /// conv_narrow.wgsl's `GatherParams`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -151,7 +188,7 @@ pub(super) fn forward(
     gpu.dispatch_with(
         &FORWARD,
         &constants(g, k, WORKGROUP),
-        &g.params(b.is_some(), 0, 1),
+        &NarrowParams::new(g, b.is_some(), 0),
         &[
             x.buffer(),
             w4.buffer(),
@@ -179,7 +216,7 @@ pub(super) fn backward_input(
     gpu.dispatch_with(
         &BACKWARD_INPUT,
         &constants(g, c, WORKGROUP),
-        &g.params(false, 0, 1),
+        &NarrowParams::new(g, false, 0),
         &[gy.buffer(), w4.buffer(), gx.buffer()],
         pixel_grid(op, n * h * wd, c)?,
     )?;
@@ -217,11 +254,10 @@ pub(super) fn backward_weight(
     } else {
         gw.clone()
     };
-    let mut params = g.params(false, chunk, splits);
     gpu.dispatch_with(
         &BACKWARD_WEIGHT,
         &constants(g, k, wg),
-        &params,
+        &NarrowParams::new(g, false, chunk),
         &[x.buffer(), gy4.buffer(), part.buffer()],
         [
             crs.div_ceil(wg) as u32,
@@ -230,6 +266,7 @@ pub(super) fn backward_weight(
         ],
     )?;
     if splits > 1 {
+        let mut params = g.params(false, chunk, splits);
         params.reduce_len = len as u32;
         reduce_splits(gpu, &params, &part, &gw, len)?;
     }
