@@ -20,20 +20,23 @@
 //                           ch = k, j = the pixel i
 // Each sum runs in the order written (c, then r, then s; k, r, s; i), in f32.
 //
-// Work split: a thread owns one pixel (forward: an output pixel, input gradient: an input
-// pixel) and a group of up to 16 channels it writes (VG vec4 accumulators, override), or, in
-// the weight gradient, one tap j and up to 16 output channels k. Every thread of a workgroup
-// walks the same reduction indices in the same order, so the operand that does not depend on
-// the thread's pixel or tap (the weights; gy in the weight gradient) is read at the same address
-// by all of them: a broadcast from cache on a GPU, and on a CPU driver one vec4 load for 4
-// channels (op4's layout, which narrow_gather4 makes). The other operand is read per thread, consecutive threads at
-// consecutive pixels (or taps). No workgroup memory, no barriers.
+// Work split: a thread owns two pixels, flat indices 2t and 2t + 1 (forward: output pixels,
+// input gradient: input pixels), and a group of up to 16 channels it writes (VG vec4
+// accumulators per pixel, override), or, in the weight gradient, one tap j and up to 16 output
+// channels k. Every thread of a workgroup walks the same reduction indices in the same order,
+// so the operand that does not depend on the thread's pixels or tap (the weights; gy in the
+// weight gradient) is read at the same address by all of them: a broadcast from cache on a
+// GPU, and on a CPU driver one vec4 load for 4 channels (op4's layout, which narrow_gather4
+// makes), which serves both pixels (on lavapipe two pixels per thread took the 8-channel 3x3
+// forward pass and input gradient at 28x28 from 22-24 to 15-17 ms). The other operand is read
+// per pixel, consecutive threads at consecutive pixels (or taps). No workgroup memory, no
+// barriers.
 //
 // Dispatch (WG threads per workgroup, override):
-//   narrow_forward:         x*z = ceil(N*OH*OW / WG) pixel groups (group = wg.x + wg.z *
-//                           num_workgroups.x; surplus threads store nothing), y = ceil(K / 16)
+//   narrow_forward:         x*z = ceil(N*OH*OW / (2 WG)) pixel groups (group = wg.x + wg.z *
+//                           num_workgroups.x; surplus pixels store nothing), y = ceil(K / 16)
 //                           channel groups
-//   narrow_backward_input:  x*z = ceil(N*H*W / WG) pixel groups, y = ceil(C / 16)
+//   narrow_backward_input:  x*z = ceil(N*H*W / (2 WG)) pixel groups, y = ceil(C / 16)
 //   narrow_backward_weight: x = ceil(C*R*S / WG) tap groups, y = ceil(K / 16), z = splits
 //   narrow_gather4:         one thread per vec4 of op4, x*z as the forward's
 //
@@ -113,42 +116,68 @@ fn narrow_forward(@builtin(workgroup_id) wg: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let plane = p.out_h * p.out_w;
-    let i = (wg.x + wg.z * nwg.x) * WG + lid;
-    let valid = i < p.batch * plane;
-    let n = i / plane;
-    let oh = (i % plane) / p.out_w;
-    let ow = i % p.out_w;
+    let t = (wg.x + wg.z * nwg.x) * WG + lid;
+    let i0 = 2u * t;
+    let i1 = i0 + 1u;
+    let valid0 = i0 < p.batch * plane;
+    let valid1 = i1 < p.batch * plane;
+    let n0 = i0 / plane;
+    let oh0 = (i0 % plane) / p.out_w;
+    let ow0 = i0 % p.out_w;
+    let n1 = i1 / plane;
+    let oh1 = (i1 % plane) / p.out_w;
+    let ow1 = i1 % p.out_w;
     let k0 = 16u * wg.y;
-    // op4 of this channel group: VG vec4s per (c, r, s).
     let wbase = wg.y * p.in_c * KH * KW * VG;
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
     var a2 = vec4<f32>();
     var a3 = vec4<f32>();
+    var b0 = vec4<f32>();
+    var b1 = vec4<f32>();
+    var b2 = vec4<f32>();
+    var b3 = vec4<f32>();
     for (var c = 0u; c < p.in_c; c++) {
-        let xc = (n * p.in_c + c) * p.in_h;
+        let xc0 = (n0 * p.in_c + c) * p.in_h;
+        let xc1 = (n1 * p.in_c + c) * p.in_h;
         for (var r = 0u; r < KH; r++) {
-            let ih = i32(oh * p.stride + r) - i32(p.pad);
-            let row_in = valid && ih >= 0 && ih < i32(p.in_h);
+            let ih0 = i32(oh0 * p.stride + r) - i32(p.pad);
+            let ih1 = i32(oh1 * p.stride + r) - i32(p.pad);
+            let row0 = valid0 && ih0 >= 0 && ih0 < i32(p.in_h);
+            let row1 = valid1 && ih1 >= 0 && ih1 < i32(p.in_h);
             for (var s = 0u; s < KW; s++) {
-                let iw = i32(ow * p.stride + s) - i32(p.pad);
-                var v = 0.0;
-                if (row_in && iw >= 0 && iw < i32(p.in_w)) {
-                    v = n_in[(xc + u32(ih)) * p.in_w + u32(iw)];
+                let iw0 = i32(ow0 * p.stride + s) - i32(p.pad);
+                let iw1 = i32(ow1 * p.stride + s) - i32(p.pad);
+                var v0 = 0.0;
+                var v1 = 0.0;
+                if (row0 && iw0 >= 0 && iw0 < i32(p.in_w)) {
+                    v0 = n_in[(xc0 + u32(ih0)) * p.in_w + u32(iw0)];
+                }
+                if (row1 && iw1 >= 0 && iw1 < i32(p.in_w)) {
+                    v1 = n_in[(xc1 + u32(ih1)) * p.in_w + u32(iw1)];
                 }
                 let at = wbase + ((c * KH + r) * KW + s) * VG;
-                let x4 = vec4<f32>(v);
-                a0 = fma(n_op4[at], x4, a0);
-                if (VG > 1u) { a1 = fma(n_op4[at + 1u], x4, a1); }
-                if (VG > 2u) { a2 = fma(n_op4[at + 2u], x4, a2); }
-                if (VG > 3u) { a3 = fma(n_op4[at + 3u], x4, a3); }
+                let x0 = vec4<f32>(v0);
+                let x1 = vec4<f32>(v1);
+                let w0 = n_op4[at];
+                a0 = fma(w0, x0, a0);
+                b0 = fma(w0, x1, b0);
+                if (VG > 1u) { let w = n_op4[at + 1u]; a1 = fma(w, x0, a1); b1 = fma(w, x1, b1); }
+                if (VG > 2u) { let w = n_op4[at + 2u]; a2 = fma(w, x0, a2); b2 = fma(w, x1, b2); }
+                if (VG > 3u) { let w = n_op4[at + 3u]; a3 = fma(w, x0, a3); b3 = fma(w, x1, b3); }
             }
         }
     }
-    if (!valid) { return; }
-    let out = n * p.out_c * plane + oh * p.out_w + ow;
-    store16(out, plane, k0, p.out_c, a0 + bias4(k0), a1 + bias4(k0 + 4u), a2 + bias4(k0 + 8u),
-            a3 + bias4(k0 + 12u));
+    if (valid0) {
+        let out = n0 * p.out_c * plane + oh0 * p.out_w + ow0;
+        store16(out, plane, k0, p.out_c, a0 + bias4(k0), a1 + bias4(k0 + 4u), a2 + bias4(k0 + 8u),
+                a3 + bias4(k0 + 12u));
+    }
+    if (valid1) {
+        let out = n1 * p.out_c * plane + oh1 * p.out_w + ow1;
+        store16(out, plane, k0, p.out_c, b0 + bias4(k0), b1 + bias4(k0 + 4u), b2 + bias4(k0 + 8u),
+                b3 + bias4(k0 + 12u));
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -156,41 +185,64 @@ fn narrow_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let plane = p.in_h * p.in_w;
-    let oplane = p.out_h * p.out_w;
-    let i = (wg.x + wg.z * nwg.x) * WG + lid;
-    let valid = i < p.batch * plane;
-    let n = i / plane;
-    let h = (i % plane) / p.in_w;
-    let w = i % p.in_w;
+    let t = (wg.x + wg.z * nwg.x) * WG + lid;
+    let i0 = 2u * t;
+    let i1 = i0 + 1u;
+    let valid0 = i0 < p.batch * plane;
+    let valid1 = i1 < p.batch * plane;
+    let n0 = i0 / plane;
+    let h0 = (i0 % plane) / p.in_w;
+    let w0 = i0 % p.in_w;
+    let n1 = i1 / plane;
+    let h1 = (i1 % plane) / p.in_w;
+    let w1 = i1 % p.in_w;
     let c0 = 16u * wg.y;
     let wbase = wg.y * p.out_c * KH * KW * VG;
     var a0 = vec4<f32>();
     var a1 = vec4<f32>();
     var a2 = vec4<f32>();
     var a3 = vec4<f32>();
+    var b0 = vec4<f32>();
+    var b1 = vec4<f32>();
+    var b2 = vec4<f32>();
+    var b3 = vec4<f32>();
     for (var k = 0u; k < p.out_c; k++) {
-        let gk = (n * p.out_c + k) * p.out_h;
+        let gk0 = (n0 * p.out_c + k) * p.out_h;
+        let gk1 = (n1 * p.out_c + k) * p.out_h;
         for (var r = 0u; r < KH; r++) {
-            let oh = i32(h + p.pad) - i32(r);
-            let row_in = valid && oh >= 0 && oh < i32(p.out_h);
+            let oh0 = i32(h0 + p.pad) - i32(r);
+            let oh1 = i32(h1 + p.pad) - i32(r);
+            let row0 = valid0 && oh0 >= 0 && oh0 < i32(p.out_h);
+            let row1 = valid1 && oh1 >= 0 && oh1 < i32(p.out_h);
             for (var s = 0u; s < KW; s++) {
-                let ow = i32(w + p.pad) - i32(s);
-                var v = 0.0;
-                if (row_in && ow >= 0 && ow < i32(p.out_w)) {
-                    v = n_in[(gk + u32(oh)) * p.out_w + u32(ow)];
+                let ow0 = i32(w0 + p.pad) - i32(s);
+                let ow1 = i32(w1 + p.pad) - i32(s);
+                var v0 = 0.0;
+                var v1 = 0.0;
+                if (row0 && ow0 >= 0 && ow0 < i32(p.out_w)) {
+                    v0 = n_in[(gk0 + u32(oh0)) * p.out_w + u32(ow0)];
+                }
+                if (row1 && ow1 >= 0 && ow1 < i32(p.out_w)) {
+                    v1 = n_in[(gk1 + u32(oh1)) * p.out_w + u32(ow1)];
                 }
                 let at = wbase + ((k * KH + r) * KW + s) * VG;
-                let g4 = vec4<f32>(v);
-                a0 = fma(n_op4[at], g4, a0);
-                if (VG > 1u) { a1 = fma(n_op4[at + 1u], g4, a1); }
-                if (VG > 2u) { a2 = fma(n_op4[at + 2u], g4, a2); }
-                if (VG > 3u) { a3 = fma(n_op4[at + 3u], g4, a3); }
+                let g0 = vec4<f32>(v0);
+                let g1 = vec4<f32>(v1);
+                let q0 = n_op4[at];
+                a0 = fma(q0, g0, a0);
+                b0 = fma(q0, g1, b0);
+                if (VG > 1u) { let q = n_op4[at + 1u]; a1 = fma(q, g0, a1); b1 = fma(q, g1, b1); }
+                if (VG > 2u) { let q = n_op4[at + 2u]; a2 = fma(q, g0, a2); b2 = fma(q, g1, b2); }
+                if (VG > 3u) { let q = n_op4[at + 3u]; a3 = fma(q, g0, a3); b3 = fma(q, g1, b3); }
             }
         }
     }
-    if (!valid) { return; }
-    let out = n * p.in_c * plane + h * p.in_w + w;
-    store16(out, plane, c0, p.in_c, a0, a1, a2, a3);
+    if (valid0) {
+        store16(n0 * p.in_c * plane + h0 * p.in_w + w0, plane, c0, p.in_c, a0, a1, a2, a3);
+    }
+    if (valid1) {
+        store16(n1 * p.in_c * plane + h1 * p.in_w + w1, plane, c0, p.in_c, b0, b1, b2, b3);
+    }
 }
 
 // ---------------------------------------------------------------- weight gradient

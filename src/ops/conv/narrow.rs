@@ -1,6 +1,6 @@
-//! Direct convolutions of narrow layers (`shaders/conv_narrow.wgsl`): a thread per pixel and up
-//! to 16 channels (a thread per tap in the weight gradient), so that only outputs that exist
-//! are computed. The GEMM tiles compute at least 4,096 outputs per workgroup, most of them
+//! Direct convolutions of narrow layers (`shaders/conv_narrow.wgsl`): a thread per two pixels
+//! and up to 16 channels (a thread per tap in the weight gradient), so that only outputs that
+//! exist are computed. The GEMM tiles compute at least 4,096 outputs per workgroup, most of them
 //! padding when a layer has 8 or 16 channels. [`takes`] says where [`crate::ConvAlgo::Auto`]
 //! routes a pass here.
 
@@ -17,8 +17,10 @@ const BACKWARD_INPUT: Kernel = kernel!("conv_narrow.wgsl", "narrow_backward_inpu
 const BACKWARD_WEIGHT: Kernel = kernel!("conv_narrow.wgsl", "narrow_backward_weight");
 const GATHER4: Kernel = kernel!("conv_narrow.wgsl", "narrow_gather4");
 
-/// Channels one thread sums (four vec4 accumulators).
+/// Channels one thread sums (four vec4 accumulators per pixel).
 const GROUP: usize = 16;
+/// Pixels one thread of the forward pass and the input gradient sums.
+const PIXELS_PER_THREAD: usize = 2;
 /// Threads per workgroup of the pixel kernels.
 const WORKGROUP: usize = 64;
 /// The most threads per workgroup of the weight gradient (one per tap).
@@ -195,7 +197,7 @@ pub(super) fn forward(
             y.buffer(),
             b.map_or(w.buffer(), |b| b.buffer()),
         ],
-        pixel_grid(op, g.x[0] * g.oh * g.ow, k)?,
+        pixel_grid(op, (g.x[0] * g.oh * g.ow).div_ceil(PIXELS_PER_THREAD), k)?,
     )?;
     Ok(y)
 }
@@ -218,7 +220,7 @@ pub(super) fn backward_input(
         &constants(g, c, WORKGROUP),
         &NarrowParams::new(g, false, 0),
         &[gy.buffer(), w4.buffer(), gx.buffer()],
-        pixel_grid(op, n * h * wd, c)?,
+        pixel_grid(op, (n * h * wd).div_ceil(PIXELS_PER_THREAD), c)?,
     )?;
     Ok(gx)
 }
