@@ -111,43 +111,60 @@ fn bias4(k: u32) -> vec4<f32> {
     return b;
 }
 
+// The thread's sums, indexed by constants only: acc[q] for channels 4q .. 4q + 3 of its group
+// at its first pixel (or its tap), acc[4 + q] at its second pixel.
+var<private> acc: array<vec4<f32>, 8>;
+
+// acc[q] += op4[at + q] * x for the VG vec4 groups (the weight gradient: one tap).
+fn accumulate_one(at: u32, x: f32) {
+    let x4 = vec4<f32>(x);
+    acc[0] = fma(n_op4[at], x4, acc[0]);
+    if (VG > 1u) { acc[1] = fma(n_op4[at + 1u], x4, acc[1]); }
+    if (VG > 2u) { acc[2] = fma(n_op4[at + 2u], x4, acc[2]); }
+    if (VG > 3u) { acc[3] = fma(n_op4[at + 3u], x4, acc[3]); }
+}
+
+// accumulate_one for two pixels, x0 at the first and x1 at the second: each vec4 of op4 is
+// loaded once for both.
+fn accumulate_two(at: u32, x0: f32, x1: f32) {
+    let a = vec4<f32>(x0);
+    let b = vec4<f32>(x1);
+    let q0 = n_op4[at];
+    acc[0] = fma(q0, a, acc[0]);
+    acc[4] = fma(q0, b, acc[4]);
+    if (VG > 1u) { let q = n_op4[at + 1u]; acc[1] = fma(q, a, acc[1]); acc[5] = fma(q, b, acc[5]); }
+    if (VG > 2u) { let q = n_op4[at + 2u]; acc[2] = fma(q, a, acc[2]); acc[6] = fma(q, b, acc[6]); }
+    if (VG > 3u) { let q = n_op4[at + 3u]; acc[3] = fma(q, a, acc[3]); acc[7] = fma(q, b, acc[7]); }
+}
+
+// Pixel `i` of planes `width` wide and `plane` pixels: (image, row, column).
+fn pixel_at(i: u32, plane: u32, width: u32) -> vec3<u32> {
+    return vec3<u32>(i / plane, (i % plane) / width, i % width);
+}
+
 @compute @workgroup_size(WG)
 fn narrow_forward(@builtin(workgroup_id) wg: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let plane = p.out_h * p.out_w;
-    let t = (wg.x + wg.z * nwg.x) * WG + lid;
-    let i0 = 2u * t;
-    let i1 = i0 + 1u;
+    let i0 = 2u * ((wg.x + wg.z * nwg.x) * WG + lid);
     let valid0 = i0 < p.batch * plane;
-    let valid1 = i1 < p.batch * plane;
-    let n0 = i0 / plane;
-    let oh0 = (i0 % plane) / p.out_w;
-    let ow0 = i0 % p.out_w;
-    let n1 = i1 / plane;
-    let oh1 = (i1 % plane) / p.out_w;
-    let ow1 = i1 % p.out_w;
+    let valid1 = i0 + 1u < p.batch * plane;
+    let y0 = pixel_at(i0, plane, p.out_w);
+    let y1 = pixel_at(i0 + 1u, plane, p.out_w);
     let k0 = 16u * wg.y;
     let wbase = wg.y * p.in_c * KH * KW * VG;
-    var a0 = vec4<f32>();
-    var a1 = vec4<f32>();
-    var a2 = vec4<f32>();
-    var a3 = vec4<f32>();
-    var b0 = vec4<f32>();
-    var b1 = vec4<f32>();
-    var b2 = vec4<f32>();
-    var b3 = vec4<f32>();
     for (var c = 0u; c < p.in_c; c++) {
-        let xc0 = (n0 * p.in_c + c) * p.in_h;
-        let xc1 = (n1 * p.in_c + c) * p.in_h;
+        let xc0 = (y0.x * p.in_c + c) * p.in_h;
+        let xc1 = (y1.x * p.in_c + c) * p.in_h;
         for (var r = 0u; r < KH; r++) {
-            let ih0 = i32(oh0 * p.stride + r) - i32(p.pad);
-            let ih1 = i32(oh1 * p.stride + r) - i32(p.pad);
+            let ih0 = i32(y0.y * p.stride + r) - i32(p.pad);
+            let ih1 = i32(y1.y * p.stride + r) - i32(p.pad);
             let row0 = valid0 && ih0 >= 0 && ih0 < i32(p.in_h);
             let row1 = valid1 && ih1 >= 0 && ih1 < i32(p.in_h);
             for (var s = 0u; s < KW; s++) {
-                let iw0 = i32(ow0 * p.stride + s) - i32(p.pad);
-                let iw1 = i32(ow1 * p.stride + s) - i32(p.pad);
+                let iw0 = i32(y0.z * p.stride + s) - i32(p.pad);
+                let iw1 = i32(y1.z * p.stride + s) - i32(p.pad);
                 var v0 = 0.0;
                 var v1 = 0.0;
                 if (row0 && iw0 >= 0 && iw0 < i32(p.in_w)) {
@@ -156,27 +173,21 @@ fn narrow_forward(@builtin(workgroup_id) wg: vec3<u32>,
                 if (row1 && iw1 >= 0 && iw1 < i32(p.in_w)) {
                     v1 = n_in[(xc1 + u32(ih1)) * p.in_w + u32(iw1)];
                 }
-                let at = wbase + ((c * KH + r) * KW + s) * VG;
-                let x0 = vec4<f32>(v0);
-                let x1 = vec4<f32>(v1);
-                let w0 = n_op4[at];
-                a0 = fma(w0, x0, a0);
-                b0 = fma(w0, x1, b0);
-                if (VG > 1u) { let w = n_op4[at + 1u]; a1 = fma(w, x0, a1); b1 = fma(w, x1, b1); }
-                if (VG > 2u) { let w = n_op4[at + 2u]; a2 = fma(w, x0, a2); b2 = fma(w, x1, b2); }
-                if (VG > 3u) { let w = n_op4[at + 3u]; a3 = fma(w, x0, a3); b3 = fma(w, x1, b3); }
+                accumulate_two(wbase + ((c * KH + r) * KW + s) * VG, v0, v1);
             }
         }
     }
+    let b0 = bias4(k0);
+    let b1 = bias4(k0 + 4u);
+    let b2 = bias4(k0 + 8u);
+    let b3 = bias4(k0 + 12u);
     if (valid0) {
-        let out = n0 * p.out_c * plane + oh0 * p.out_w + ow0;
-        store16(out, plane, k0, p.out_c, a0 + bias4(k0), a1 + bias4(k0 + 4u), a2 + bias4(k0 + 8u),
-                a3 + bias4(k0 + 12u));
+        let out = y0.x * p.out_c * plane + y0.y * p.out_w + y0.z;
+        store16(out, plane, k0, p.out_c, acc[0] + b0, acc[1] + b1, acc[2] + b2, acc[3] + b3);
     }
     if (valid1) {
-        let out = n1 * p.out_c * plane + oh1 * p.out_w + ow1;
-        store16(out, plane, k0, p.out_c, b0 + bias4(k0), b1 + bias4(k0 + 4u), b2 + bias4(k0 + 8u),
-                b3 + bias4(k0 + 12u));
+        let out = y1.x * p.out_c * plane + y1.y * p.out_w + y1.z;
+        store16(out, plane, k0, p.out_c, acc[4] + b0, acc[5] + b1, acc[6] + b2, acc[7] + b3);
     }
 }
 
@@ -185,38 +196,24 @@ fn narrow_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let plane = p.in_h * p.in_w;
-    let t = (wg.x + wg.z * nwg.x) * WG + lid;
-    let i0 = 2u * t;
-    let i1 = i0 + 1u;
+    let i0 = 2u * ((wg.x + wg.z * nwg.x) * WG + lid);
     let valid0 = i0 < p.batch * plane;
-    let valid1 = i1 < p.batch * plane;
-    let n0 = i0 / plane;
-    let h0 = (i0 % plane) / p.in_w;
-    let w0 = i0 % p.in_w;
-    let n1 = i1 / plane;
-    let h1 = (i1 % plane) / p.in_w;
-    let w1 = i1 % p.in_w;
+    let valid1 = i0 + 1u < p.batch * plane;
+    let x0 = pixel_at(i0, plane, p.in_w);
+    let x1 = pixel_at(i0 + 1u, plane, p.in_w);
     let c0 = 16u * wg.y;
     let wbase = wg.y * p.out_c * KH * KW * VG;
-    var a0 = vec4<f32>();
-    var a1 = vec4<f32>();
-    var a2 = vec4<f32>();
-    var a3 = vec4<f32>();
-    var b0 = vec4<f32>();
-    var b1 = vec4<f32>();
-    var b2 = vec4<f32>();
-    var b3 = vec4<f32>();
     for (var k = 0u; k < p.out_c; k++) {
-        let gk0 = (n0 * p.out_c + k) * p.out_h;
-        let gk1 = (n1 * p.out_c + k) * p.out_h;
+        let gk0 = (x0.x * p.out_c + k) * p.out_h;
+        let gk1 = (x1.x * p.out_c + k) * p.out_h;
         for (var r = 0u; r < KH; r++) {
-            let oh0 = i32(h0 + p.pad) - i32(r);
-            let oh1 = i32(h1 + p.pad) - i32(r);
+            let oh0 = i32(x0.y + p.pad) - i32(r);
+            let oh1 = i32(x1.y + p.pad) - i32(r);
             let row0 = valid0 && oh0 >= 0 && oh0 < i32(p.out_h);
             let row1 = valid1 && oh1 >= 0 && oh1 < i32(p.out_h);
             for (var s = 0u; s < KW; s++) {
-                let ow0 = i32(w0 + p.pad) - i32(s);
-                let ow1 = i32(w1 + p.pad) - i32(s);
+                let ow0 = i32(x0.z + p.pad) - i32(s);
+                let ow1 = i32(x1.z + p.pad) - i32(s);
                 var v0 = 0.0;
                 var v1 = 0.0;
                 if (row0 && ow0 >= 0 && ow0 < i32(p.out_w)) {
@@ -225,23 +222,17 @@ fn narrow_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
                 if (row1 && ow1 >= 0 && ow1 < i32(p.out_w)) {
                     v1 = n_in[(gk1 + u32(oh1)) * p.out_w + u32(ow1)];
                 }
-                let at = wbase + ((k * KH + r) * KW + s) * VG;
-                let g0 = vec4<f32>(v0);
-                let g1 = vec4<f32>(v1);
-                let q0 = n_op4[at];
-                a0 = fma(q0, g0, a0);
-                b0 = fma(q0, g1, b0);
-                if (VG > 1u) { let q = n_op4[at + 1u]; a1 = fma(q, g0, a1); b1 = fma(q, g1, b1); }
-                if (VG > 2u) { let q = n_op4[at + 2u]; a2 = fma(q, g0, a2); b2 = fma(q, g1, b2); }
-                if (VG > 3u) { let q = n_op4[at + 3u]; a3 = fma(q, g0, a3); b3 = fma(q, g1, b3); }
+                accumulate_two(wbase + ((k * KH + r) * KW + s) * VG, v0, v1);
             }
         }
     }
     if (valid0) {
-        store16(n0 * p.in_c * plane + h0 * p.in_w + w0, plane, c0, p.in_c, a0, a1, a2, a3);
+        let out = x0.x * p.in_c * plane + x0.y * p.in_w + x0.z;
+        store16(out, plane, c0, p.in_c, acc[0], acc[1], acc[2], acc[3]);
     }
     if (valid1) {
-        store16(n1 * p.in_c * plane + h1 * p.in_w + w1, plane, c0, p.in_c, b0, b1, b2, b3);
+        let out = x1.x * p.in_c * plane + x1.y * p.in_w + x1.z;
+        store16(out, plane, c0, p.in_c, acc[4], acc[5], acc[6], acc[7]);
     }
 }
 
@@ -264,10 +255,6 @@ fn narrow_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
     let end = min(begin + p.chunk, pixels);
     // op4 of this channel group: VG vec4s per pixel.
     let gbase = wg.y * pixels * VG;
-    var a0 = vec4<f32>();
-    var a1 = vec4<f32>();
-    var a2 = vec4<f32>();
-    var a3 = vec4<f32>();
     // The pixel (n, oh, ow) of index i, stepped along with it.
     var n = begin / oplane;
     var oh = (begin % oplane) / p.out_w;
@@ -279,12 +266,7 @@ fn narrow_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
         if (valid && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
             v = n_in[((n * p.in_c + c) * p.in_h + u32(ih)) * p.in_w + u32(iw)];
         }
-        let at = gbase + i * VG;
-        let x4 = vec4<f32>(v);
-        a0 = fma(n_op4[at], x4, a0);
-        if (VG > 1u) { a1 = fma(n_op4[at + 1u], x4, a1); }
-        if (VG > 2u) { a2 = fma(n_op4[at + 2u], x4, a2); }
-        if (VG > 3u) { a3 = fma(n_op4[at + 3u], x4, a3); }
+        accumulate_one(gbase + i * VG, v);
         ow++;
         if (ow == p.out_w) {
             ow = 0u;
@@ -297,7 +279,7 @@ fn narrow_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
     }
     if (!valid) { return; }
     // part[z, k, j] at z K CRS + k CRS + j.
-    store16(wg.z * p.out_c * crs + j, crs, k0, p.out_c, a0, a1, a2, a3);
+    store16(wg.z * p.out_c * crs + j, crs, k0, p.out_c, acc[0], acc[1], acc[2], acc[3]);
 }
 
 // ---------------------------------------------------------------- the shared operand's layout
