@@ -185,11 +185,12 @@ impl ConvStaging {
     pub fn for_adapter(adapter: &GpuInfo) -> ConvStaging {
         let in_browser_cpu = adapter.backend == wgpu::Backend::BrowserWebGpu
             && adapter.device_type == wgpu::DeviceType::Cpu;
-        if in_browser_cpu {
-            env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Shallow, "shallow")
+        let (default, name) = if in_browser_cpu {
+            (ConvStaging::Shallow, "shallow")
         } else {
-            env_setting("RESNET_WGPU_CONV_STAGING", ConvStaging::Double, "double")
-        }
+            (ConvStaging::Double, "double")
+        };
+        env_setting("RESNET_WGPU_CONV_STAGING", default, name)
     }
 }
 
