@@ -115,6 +115,11 @@ struct Args {
     /// `RESNET_WGPU_CONV_STAGING`, else `ConvStaging::for_adapter`'s (double natively).
     #[arg(long)]
     staging: Option<resnet_wgpu::ConvStaging>,
+    /// Copies of a reduction chunk the f16 engine's GEMMs stage (with `--precision f16`):
+    /// `single` or `double` (where the device holds them); see `Gpu::set_f16_staging`.
+    /// Default: `RESNET_WGPU_F16_STAGING`, else single.
+    #[arg(long)]
+    f16_staging: Option<resnet_wgpu::ConvStaging>,
     /// Algorithm of the 3x3 stride-1 convolutions (their three passes and inference's fused
     /// block): `auto` (Winograd where the adapter gains), `winograd` or `direct`; see
     /// `ConvAlgo`. Default: `RESNET_WGPU_CONV_ALGO`, else auto.
@@ -1065,6 +1070,8 @@ struct Report {
     order: String,
     /// Conv staging: `Double` or `Single` (double only where the device holds it).
     staging: String,
+    /// The f16 engine's staging (with precision `F16`): `Single` or `Double`.
+    f16_staging: String,
     /// Algorithm of the 3x3 stride-1 convs: `Auto`, `Winograd` or `Direct`.
     algo: String,
     /// The f32 engine's Winograd tile: `F(4x4, 3x3)`, `F(2x2, 3x3)` or `auto (per
@@ -1317,6 +1324,9 @@ fn main() -> Result<()> {
     if let Some(staging) = args.staging {
         gpu.set_conv_staging(staging);
     }
+    if let Some(staging) = args.f16_staging {
+        gpu.set_f16_staging(staging);
+    }
     if let Some(algo) = args.algo {
         gpu.set_conv_algo(algo);
     }
@@ -1334,6 +1344,9 @@ fn main() -> Result<()> {
     println!("conv precision: {:?}", args.precision);
     println!("conv reduction order: {:?}", bench.gpu.conv_order());
     println!("conv staging: {:?}", bench.gpu.conv_staging());
+    if args.precision == resnet_wgpu::ConvPrecision::F16 {
+        println!("f16 engine staging: {:?}", bench.gpu.f16_staging());
+    }
     println!(
         "conv algorithm (3x3 stride 1): {:?}, Winograd tile on the f32 engine: {}",
         bench.gpu.conv_algo(),
@@ -1381,6 +1394,7 @@ fn main() -> Result<()> {
         precision: format!("{:?}", args.precision),
         order: format!("{:?}", bench.gpu.conv_order()),
         staging: format!("{:?}", bench.gpu.conv_staging()),
+        f16_staging: format!("{:?}", bench.gpu.f16_staging()),
         algo: format!("{:?}", bench.gpu.conv_algo()),
         winograd_tile: winograd_tile_name(&bench.gpu),
         shader_checks: bench.gpu.shader_checks(),

@@ -69,13 +69,14 @@
 // workgroup memory (rows padded by one vec4 against bank conflicts), loaded from global memory one
 // chunk ahead into registers so that the loads of chunk t+1 overlap the arithmetic on chunk t. The
 // tile declarations' STAGES says how many copies of the staged chunk the engine keeps (the host's
-// ConvStaging; 2 only with conv_fma.wgsl and where the device's workgroup memory holds them). With
-// one, each chunk is stored, a barrier, multiplied, a barrier (before the next store overwrites
-// it). ConvStaging::Shallow stages one copy of chunks half as deep (BK 8, 4 for 128x128), with
-// splits planned in the usual depth (PLAN_BK), so that it sums in the same order: a quarter of
-// the workgroup memory of two copies, for browsers' CPU adapters, where zero-filling workgroup
-// memory costs per element. With two (the *_store functions, then engine_flip between copies), chunk t+1 is stored into
-// the other copy right after chunk t's multiply, and one barrier per chunk separates the two.
+// ConvStaging, one setting per engine: 2 only where the device's workgroup memory holds them;
+// the f16 engine keeps one unless asked for two). With one, each chunk is stored, a barrier,
+// multiplied, a barrier (before the next store overwrites it). ConvStaging::Shallow stages one copy of chunks half as deep (BK 8, 4 for 128x128; f32 engine
+// only), with splits planned in the usual depth (PLAN_BK), so that it sums in the same order: a
+// quarter of the workgroup memory of two copies, for browsers' CPU adapters, where zero-filling
+// workgroup memory costs per element. With two (the *_store functions, then engine_flip between
+// copies), chunk t+1 is stored into the other copy right after chunk t's multiply, and one
+// barrier per chunk separates the two.
 // Thread (tx, ty) = (tid % TX, tid / TX) owns rows 4 TY u + 4 ty + e (u < TM / 4, e < 4) and
 // columns 4 TX v + 4 tx + e (v < TN / 4) of the tile, so its workgroup-memory reads are whole vec4s
 // and a warp's reads of B are consecutive. Out-of-range rows, columns and reduction indices load

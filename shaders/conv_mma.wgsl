@@ -1,9 +1,9 @@
 // The f16 tensor-core multiply engine of the conv kernels (conv.wgsl), with the interface of
-// conv_fma.wgsl (engine_begin, put_a, put_b, multiply, engine_flip, engine_end; one copy of the
-// staged tiles, STAGES == 1, so engine_flip does nothing): the A and B operands are
-// rounded to f16 as they are staged, and each subgroup multiplies F x F fragments of them with
-// cooperative matrices (`wgpu_cooperative_matrix`: tensor cores on NVIDIA, simdgroup matrices
-// on Apple), accumulating in f32. Needs the adapter features SHADER_F16, SUBGROUP and
+// conv_fma.wgsl (engine_begin, put_a, put_b, multiply, engine_flip, engine_end; STAGES copies
+// of the staged tiles, as there): the A and B operands are rounded to f16 as they are staged,
+// and each subgroup multiplies F x F fragments of them with cooperative matrices
+// (`wgpu_cooperative_matrix`: tensor cores on NVIDIA, simdgroup matrices on Apple),
+// accumulating in f32. Needs the adapter features SHADER_F16, SUBGROUP and
 // EXPERIMENTAL_COOPERATIVE_MATRIX with an F x F x F f16 x f16 + f32 configuration.
 //
 // The host prepends, besides TM, TN and BK: `enable f16; enable wgpu_cooperative_matrix;`, the
@@ -23,11 +23,14 @@
 // the tile exactly). Assumes subgroup g is the invocations [g * SG, (g + 1) * SG), as Vulkan
 // drivers lay out one-dimensional workgroups.
 //
-// Workgroup memory: a_sh holds A as [m][kk] (row stride LDA), b_sh B as [kk][n] (LDB), both f16;
-// c_sh receives one row of fragments of C (F rows, stride LDC) at a time from coopStoreT, from
-// where engine_end gathers each thread's micro-tile into conv.wgsl's `acc` layout, so the
-// epilogues are shared with the f32 engine: 18.5 KiB for the 128x128 tile (MmaTile::
-// workgroup_bytes). Row strides are multiples of 8 halves (16 bytes), as fragment loads want.
+// Workgroup memory: a_sh holds A as [m][kk] (row stride LDA), b_sh B as [kk][n] (LDB), both f16,
+// STAGES copies of each (copy s at s SA and s SB); c_sh receives one row of fragments of C (F
+// rows, stride LDC) at a time from coopStoreT, from where engine_end gathers each thread's
+// micro-tile into conv.wgsl's `acc` layout, so the epilogues are shared with the f32 engine:
+// 18.5 KiB for the 128x128 tile with one copy, 28.75 KiB with two (MmaTile::workgroup_bytes).
+// Row strides are multiples of 8 halves (16 bytes), as fragment loads want, and so are the
+// copies' sizes. Two copies let a chunk be staged while the one before it is multiplied, with
+// one barrier per chunk instead of two (conv.wgsl's loops).
 //
 // Bindings (group 0): 5 = mma_scale (read; [s]; any f32 buffer when p.scaled == 0). No dispatch
 // of its own.
@@ -37,10 +40,22 @@ const LDB: u32 = BN + 8u;
 const LDC: u32 = BN + 4u;
 const SGM: u32 = BM / (F * FM);
 const F16_MAX: f32 = 65504.0;
+const SA: u32 = BM * LDA;           // halves of one copy of a_sh
+const SB: u32 = BK * LDB;
 
-var<workgroup> a_sh: array<f16, BM * LDA>;
-var<workgroup> b_sh: array<f16, BK * LDB>;
+var<workgroup> a_sh: array<f16, STAGES * SA>;
+var<workgroup> b_sh: array<f16, STAGES * SB>;
 var<workgroup> c_sh: array<f32, F * LDC>;
+
+// The copy put_a / put_b write and multiply reads (with STAGES == 2): the second where `upper`.
+var<private> upper: bool;
+
+// Where that copy starts in a_sh and b_sh. A select of two constants rather than an offset
+// variable flipping between them, so that a compiler knows its range and keeps folding each
+// access's constant part into the instruction (RADV, 128x128 forward: 175 ALU instructions per
+// chunk against 239 with the variable, 133 with one copy; docs/speed.md).
+fn a_at() -> u32 { return select(0u, SA, STAGES == 2u && upper); }
+fn b_at() -> u32 { return select(0u, SB, STAGES == 2u && upper); }
 
 @group(0) @binding(5) var<storage, read> mma_scale: array<f32>;
 
@@ -67,21 +82,23 @@ fn engine_begin() {
     c5 = MatC();
     c6 = MatC();
     c7 = MatC();
+    upper = false;
     let s = mma_scale[0];
     scale_a = select(1.0, s, p.scaled == 1u);
     scale_b = select(1.0, s, p.scaled == 2u);
     unscale = select(1.0, 1.0 / s, p.scaled != 0u);
 }
 
-// One copy of the staged tiles (STAGES == 1): nothing to flip.
-fn engine_flip() {}
+fn engine_flip() {
+    upper = !upper;
+}
 
 fn to_f16(v: f32) -> f16 {
     return f16(clamp(v, -F16_MAX, F16_MAX));
 }
 
-fn put_a(kk: u32, m: u32, q: u32, e: u32, v: f32) { a_sh[m * LDA + kk] = to_f16(v * scale_a); }
-fn put_b(kk: u32, n: u32, q: u32, e: u32, v: f32) { b_sh[kk * LDB + n] = to_f16(v * scale_b); }
+fn put_a(kk: u32, m: u32, q: u32, e: u32, v: f32) { a_sh[a_at() + m * LDA + kk] = to_f16(v * scale_a); }
+fn put_b(kk: u32, n: u32, q: u32, e: u32, v: f32) { b_sh[b_at() + kk * LDB + n] = to_f16(v * scale_b); }
 
 fn multiply(tid: u32) {
     let g = tid / SG;
@@ -90,9 +107,9 @@ fn multiply(tid: u32) {
     let lda = LDA;
     let ldb = LDB;
     for (var kf = 0u; kf < BK; kf += F) {
-        let ia0 = row0 * LDA + kf;
+        let ia0 = a_at() + row0 * LDA + kf;
         let a0 = coopLoadT<MatA>(&a_sh[ia0], lda);
-        let ib0 = kf * LDB + col0;
+        let ib0 = b_at() + kf * LDB + col0;
         let b0 = coopLoadT<MatB>(&b_sh[ib0], ldb);
         let ib1 = ib0 + F;
         let b1 = coopLoadT<MatB>(&b_sh[ib1], ldb);

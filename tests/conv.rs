@@ -1089,13 +1089,16 @@ fn tile_choice_fits_the_gemm() {
     assert_eq!(f16.choose(256, 100_000, 1), ConvTile::T128x128);
     assert_eq!(f16.choose(64, 400_000, 1), ConvTile::T64x64);
     assert_eq!(f16.choose(512, 3136, 1), ConvTile::T64x64);
-    // Every f16 tile fits in 20 KiB of workgroup memory (Apple's GPUs and lavapipe have 32),
-    // with either fragment size.
+    // Every f16 tile fits in 20 KiB of workgroup memory with one copy of the staged operands,
+    // and in the 32 KiB of Apple's GPUs and lavapipe with two, with either fragment size.
     for t in MmaTile::ALL {
         for fragment in [8, 16] {
-            assert!(t.workgroup_bytes(fragment) <= 20 << 10, "{t:?}");
+            assert!(t.workgroup_bytes(fragment, 1) <= 20 << 10, "{t:?}");
+            assert!(t.workgroup_bytes(fragment, 2) <= 32 << 10, "{t:?}");
         }
     }
+    assert_eq!(MmaTile::T128x128.workgroup_bytes(16, 1), 18_944);
+    assert_eq!(MmaTile::T128x128.workgroup_bytes(16, 2), 29_440);
     assert_eq!(ConvTile::parse("128x64"), Some(ConvTile::T128x64));
     assert_eq!(ConvTile::parse("32x128"), Some(ConvTile::T32x128));
     assert_eq!(ConvTile::parse("96x96"), None);

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvPass, ConvTile, GemmTile, MmaTile};
 use resnet_wgpu::{
-    ConvAlgo, ConvPrecision, Gpu, GpuOptions, MmaConfig, Tape, Tensor, ops, reference,
+    ConvAlgo, ConvPrecision, ConvStaging, Gpu, GpuOptions, MmaConfig, Tape, Tensor, ops, reference,
 };
 
 /// A device opened asking for tensor cores, with F16 convolutions selected; None (after checking
@@ -193,7 +193,7 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
     let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
     let fragment = gpu.mma_config().unwrap().fragment as usize;
     assert!(
-        limit >= MmaTile::T128x128.workgroup_bytes(fragment),
+        limit >= MmaTile::T128x128.workgroup_bytes(fragment, 1),
         "{} allows {limit} bytes of workgroup memory",
         gpu.info()
     );
@@ -246,6 +246,58 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
     );
     for (i, c) in cases.iter().enumerate() {
         check(&gpu, c, 900 + 10 * i as u64);
+    }
+}
+
+#[test]
+fn f16_stagings_give_the_same_bits() {
+    let Some(gpu) = f16_gpu() else { return };
+    assert_eq!(gpu.f16_staging(), ConvStaging::Single, "the default");
+    // Two copies of the staged operands (`Gpu::set_f16_staging`) change where a chunk waits in
+    // workgroup memory, not which products are summed in which order: the same bits as one
+    // copy (the default) on every f16 tile and pass. Cases: ragged edges with several chunks; a strided conv with four
+    // input-gradient phases; a split-K weight gradient; channels that run taps outer.
+    let cases = [
+        ([2, 19, 13, 11], [131, 19, 3, 3], 1, 1),
+        ([1, 21, 17, 15], [70, 21, 3, 3], 2, 1),
+        ([2, 64, 4, 4], [64, 64, 3, 3], 1, 1),
+        ([2, 128, 6, 5], [96, 128, 3, 3], 1, 1),
+    ];
+    let run = |c: &([usize; 4], [usize; 4], usize, usize), seed: u64, tile: ConvTile| {
+        let (xs, ws, stride, pad) = *c;
+        let x = Tensor::from_slice(&gpu, &xs, &random_vec(xs.iter().product(), seed)).unwrap();
+        let w = Tensor::from_slice(&gpu, &ws, &random_vec(ws.iter().product(), seed + 1)).unwrap();
+        let t = Some(tile);
+        let y = ops::conv2d_tiled(&x, &w, None, stride, pad, t).unwrap();
+        let gy = Tensor::from_slice(&gpu, y.shape(), &random_vec(y.numel(), seed + 2)).unwrap();
+        let gx = ops::conv2d_backward_input_tiled(&gy, &w, xs, stride, pad, t).unwrap();
+        let gw = ops::conv2d_backward_weight_tiled(&x, &gy, ws, stride, pad, t).unwrap();
+        [y, gx, gw].map(|t| t.to_vec().unwrap())
+    };
+    for tile in F16_TILES {
+        let mma = MmaTile::for_f32_tile(tile);
+        gpu.set_f16_staging(ConvStaging::Single);
+        assert_eq!(ops::mma_stages(&gpu, mma), 1, "{mma:?}");
+        let single: Vec<_> = (0..)
+            .zip(&cases)
+            .map(|(i, c)| run(c, 2000 + 10 * i, tile))
+            .collect();
+        // lavapipe's workgroup memory (32 KiB) holds every f16 tile twice.
+        gpu.set_f16_staging(ConvStaging::Double);
+        assert_eq!(ops::mma_stages(&gpu, mma), 2, "{mma:?}");
+        for (i, c) in cases.iter().enumerate() {
+            let double = run(c, 2000 + 10 * i as u64, tile);
+            for (pass, (d, s)) in ["forward", "input gradient", "weight gradient"]
+                .iter()
+                .zip(double.iter().zip(&single[i]))
+            {
+                let same = d.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{c:?} {mma:?}: the {pass} differs between two copies and one"
+                );
+            }
+        }
     }
 }
 

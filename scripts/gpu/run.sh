@@ -10,7 +10,8 @@
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
 # F16_BENCH: also run the bench with --precision f16 (tensor cores) and these arguments, after
-# the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
+# the f32 one, then again with --f16-staging double (the f16 engine's two staged copies, session
+# 21); the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
 # F16_TILE_SWEEP: also run `bench --what tiles --precision f16` with these arguments (each f16
 # tile on every conv pass, and the f16 plan).
 # CHECKED_BENCH: also run the bench with these arguments and RESNET_WGPU_SHADER_CHECKS=1
@@ -78,6 +79,9 @@ fi
 if [ -n "${F16_BENCH:-}" ]; then
   echo "== bench --precision f16"
   timeout 200 $B/bench --precision f16 $F16_BENCH --json "$OUT/bench-f16.json" 2>&1 | tee "$OUT/bench-f16.txt"
+  echo "== bench --precision f16 --f16-staging double"
+  timeout 200 $B/bench --precision f16 --f16-staging double $F16_BENCH \
+    --json "$OUT/bench-f16-double.json" 2>&1 | tee "$OUT/bench-f16-double.txt"
 fi
 if [ -n "${F16_TILE_SWEEP:-}" ]; then
   echo "== f16 conv tile sweep"

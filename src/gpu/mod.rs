@@ -148,23 +148,26 @@ impl std::str::FromStr for ConvOrder {
     }
 }
 
-/// How the f32 conv GEMMs stage reduction chunks in workgroup memory
-/// ([`Gpu::set_conv_staging`]; see `shaders/conv_fma.wgsl`). All give the same sums, bit for
-/// bit.
+/// How the conv GEMMs stage reduction chunks in workgroup memory: the f32 engine's
+/// ([`Gpu::set_conv_staging`]; see `shaders/conv_fma.wgsl`) and, separately, the f16 engine's
+/// ([`Gpu::set_f16_staging`]; `shaders/conv_mma.wgsl`). All give the same sums, bit for bit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvStaging {
-    /// Two copies, where the device's workgroup memory holds them (25 KiB for the largest
-    /// tiles: native adapters, and browsers whose adapter offers 32 KiB; not WebGPU's default
-    /// 16 KiB, where the kernels stage one): each chunk is staged into one
-    /// copy while the chunk before it is multiplied from the other, so a workgroup waits at
-    /// one barrier per chunk instead of two. The default but on CPU adapters in a browser.
+    /// Two copies, where the device's workgroup memory holds them (25 KiB for the f32 engine's
+    /// largest tiles, 28.75 KiB for the f16 engine's: native adapters, and browsers whose
+    /// adapter offers 32 KiB; not WebGPU's default 16 KiB, where the kernels stage one): each
+    /// chunk is staged into one copy while the chunk before it is multiplied from the other,
+    /// so a workgroup waits at one barrier per chunk instead of two. The f32 engine's default
+    /// but on CPU adapters in a browser.
     #[default]
     Double,
-    /// One copy: stage a chunk, wait, multiply it, wait before staging the next.
+    /// One copy: stage a chunk, wait, multiply it, wait before staging the next. The f16
+    /// engine's default.
     Single,
     /// One copy of chunks half as deep (8 reduction steps, 4 for the 128 x 128 tile), with
     /// twice as many barriers: a quarter of `Double`'s workgroup memory. The default on CPU
-    /// adapters in a browser ([`ConvStaging::for_adapter`]).
+    /// adapters in a browser ([`ConvStaging::for_adapter`]). For the f16 engine (which
+    /// browsers do not run), the same as `Single`.
     Shallow,
 }
 
@@ -191,6 +194,16 @@ impl ConvStaging {
             (ConvStaging::Double, "double")
         };
         env_setting("RESNET_WGPU_CONV_STAGING", default, name)
+    }
+
+    /// The f16 engine's staging a new [`Gpu`] starts with: `RESNET_WGPU_F16_STAGING` (`double`
+    /// or `single`) where set, else [`ConvStaging::Single`]. Two copies halve the f16 engine's
+    /// barriers, whose chunks are short (8 cooperative-matrix multiplies per subgroup between
+    /// barriers for 128 x 128), but on RADV they cost the 128 x 128 tile 192 VGPRs against
+    /// 120-132 (`docs/speed.md`, "Two staged copies in the f16 engine"); which is faster on a
+    /// GPU is not measured yet.
+    pub fn f16_from_env() -> ConvStaging {
+        env_setting("RESNET_WGPU_F16_STAGING", ConvStaging::Single, "single")
     }
 }
 
@@ -400,12 +413,13 @@ impl MmaConfig {
         crate::ops::conv::mma_configs().any(|c| c == *self)
     }
 
-    /// The most workgroup memory the f16 engine's tiles declare with these fragments, in
-    /// bytes: the adapter must allow that much ([`crate::ops::MmaTile::workgroup_bytes`]).
+    /// The most workgroup memory the f16 engine's tiles declare with these fragments and one
+    /// copy of the staged operands, in bytes: the adapter must allow that much
+    /// ([`crate::ops::MmaTile::workgroup_bytes`]; two copies where it allows them).
     pub fn workgroup_bytes(&self) -> u64 {
         crate::ops::MmaTile::ALL
             .iter()
-            .map(|t| t.workgroup_bytes(self.fragment as usize))
+            .map(|t| t.workgroup_bytes(self.fragment as usize, 1))
             .max()
             .unwrap_or(0)
     }
@@ -433,6 +447,7 @@ struct ConvMath {
     precision: ConvPrecision,
     order: ConvOrder,
     staging: ConvStaging,
+    f16_staging: ConvStaging,
     algo: ConvAlgo,
     /// The fewest GEMM columns for which the taps-outer order copies the weights.
     weight_copy_min_columns: usize,
@@ -620,6 +635,7 @@ impl Gpu {
             conv_math: Mutex::new(ConvMath {
                 order: ConvOrder::from_env(),
                 staging,
+                f16_staging: ConvStaging::f16_from_env(),
                 algo: ConvAlgo::from_env(),
                 weight_copy_min_columns: crate::ops::conv::WEIGHT_COPY_MIN_COLUMNS,
                 winograd_chunk: crate::ops::conv::WINOGRAD_CHUNK_ELEMENTS,
@@ -698,6 +714,18 @@ impl Gpu {
     /// The f32 conv GEMMs' staging ([`Gpu::set_conv_staging`]).
     pub fn conv_staging(&self) -> ConvStaging {
         lock(&self.0.conv_math).staging
+    }
+
+    /// Choose how many copies of a chunk the f16 engine's conv GEMMs stage from now on
+    /// ([`ConvPrecision::F16`]; two only where the device's workgroup memory holds them; every
+    /// clone of this `Gpu` shares it; a new `Gpu` starts with [`ConvStaging::f16_from_env`]).
+    pub fn set_f16_staging(&self, staging: ConvStaging) {
+        lock(&self.0.conv_math).f16_staging = staging;
+    }
+
+    /// The f16 engine's staging ([`Gpu::set_f16_staging`]).
+    pub fn f16_staging(&self) -> ConvStaging {
+        lock(&self.0.conv_math).f16_staging
     }
 
     /// Choose the algorithm of the 3x3 convolutions of stride 1 from now on (every clone of

@@ -32,7 +32,7 @@ mod tiles;
 mod winograd;
 
 pub(crate) use kernels::mma_configs;
-pub use kernels::{CONV_SHADER_VARIANTS, GemmTile, MmaTile};
+pub use kernels::{CONV_SHADER_VARIANTS, GemmTile, MmaTile, mma_stages};
 pub(crate) use plan::WEIGHT_COPY_MIN_COLUMNS;
 pub use plan::{conv2d_output_size, conv2d_taps};
 pub(crate) use tiles::forced_tile;

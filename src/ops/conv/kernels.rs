@@ -168,12 +168,22 @@ pub(super) const WEIGHTS_RSC: Kernel = conv_elementwise!("conv_weights_rsc");
 
 /// The declarations conv_mma.wgsl needs for F x F fragments (`$f`, the literal F) and subgroups
 /// of `$sg`, on a tile of 256 threads with a `$tm` x `$tn` micro-tile each (16 thread columns,
-/// so 16 `$tm` x 16 `$tn`), reduction chunks of `$bk`, each subgroup `$fm` x `$fn` fragments.
+/// so 16 `$tm` x 16 `$tn`), reduction chunks of `$bk`, each subgroup `$fm` x `$fn` fragments,
+/// `$stages` copies of the staged chunk.
 macro_rules! mma_variant {
-    ($f:literal, $sg:literal, $tm:literal, $tn:literal, $bk:literal, $fm:literal, $fn:literal) => {
+    (
+        $f:literal,
+        $sg:literal,
+        $tm:literal,
+        $tn:literal,
+        $bk:literal,
+        $fm:literal,
+        $fn:literal,
+        $stages:literal
+    ) => {
         concat!(
             "enable f16;\nenable wgpu_cooperative_matrix;\n",
-            f32_tile!($tm, $tn, $bk, 16, 1),
+            f32_tile!($tm, $tn, $bk, 16, $stages),
             "const F: u32 = ",
             $f,
             "u;\nconst SG: u32 = ",
@@ -204,50 +214,74 @@ macro_rules! mma_variant {
 }
 
 /// The f16 engine's kernels for one fragment configuration, one set per tile of
-/// [`MmaTile::ALL`]: 64 x 64 with chunks of 32 and each subgroup one row of two fragments;
-/// 128 x 64 and 128 x 128 with chunks of 16 (the staging code holds at most 8 values of a
-/// chunk per thread) and each subgroup 2 x 2 and 2 x 4 fragments, so that every fragment loaded
-/// from workgroup memory feeds two to four multiplies and every value staged from memory more
-/// of them. One copy of the staged chunk: two (as the f32 kernels stage, [`ConvStaging`]) cost
-/// the 128 x 128 tile 120 -> 156 registers on RADV (`docs/kernel-stats/`).
+/// [`MmaTile::ALL`], with `$stages` copies of the staged chunk: 64 x 64 with chunks of 32 and
+/// each subgroup one row of two fragments; 128 x 64 and 128 x 128 with chunks of 16 (the
+/// staging code holds at most 8 values of a chunk per thread) and each subgroup 2 x 2 and 2 x 4
+/// fragments, so that every fragment loaded from workgroup memory feeds two to four multiplies
+/// and every value staged from memory more of them.
 macro_rules! mma_tiles {
-    ($f:literal, $sg:literal) => {
+    ($f:literal, $sg:literal, $stages:literal) => {
         [
-            conv_kernels!(mma_variant!($f, $sg, 4, 4, 32, 1, 2), "conv_mma.wgsl"),
-            conv_kernels!(mma_variant!($f, $sg, 8, 4, 16, 2, 2), "conv_mma.wgsl"),
-            conv_kernels!(mma_variant!($f, $sg, 8, 8, 16, 2, 4), "conv_mma.wgsl"),
+            conv_kernels!(
+                mma_variant!($f, $sg, 4, 4, 32, 1, 2, $stages),
+                "conv_mma.wgsl"
+            ),
+            conv_kernels!(
+                mma_variant!($f, $sg, 8, 4, 16, 2, 2, $stages),
+                "conv_mma.wgsl"
+            ),
+            conv_kernels!(
+                mma_variant!($f, $sg, 8, 8, 16, 2, 4, $stages),
+                "conv_mma.wgsl"
+            ),
         ]
     };
 }
 
 /// f16 tensor-core kernels (`shaders/conv_mma.wgsl`): 16 x 16 fragments with subgroups of 32
 /// (NVIDIA through Vulkan, Apple)...
-pub(super) const MMA_F16_SG32: [Kernels; 3] = mma_tiles!(16, 32);
+pub(super) const MMA_F16_SG32: [Kernels; 3] = mma_tiles!(16, 32, 1);
 /// ...and 8 x 8 fragments with subgroups of 8 (Mesa's lavapipe).
-pub(super) const MMA_F8_SG8: [Kernels; 3] = mma_tiles!(8, 8);
+pub(super) const MMA_F8_SG8: [Kernels; 3] = mma_tiles!(8, 8, 1);
+/// Both with two copies of the staged chunk ([`mma_stages`]).
+pub(super) const MMA_F16_SG32_DOUBLE: [Kernels; 3] = mma_tiles!(16, 32, 2);
+pub(super) const MMA_F8_SG8_DOUBLE: [Kernels; 3] = mma_tiles!(8, 8, 2);
+
+/// The f16 kernels of one fragment configuration: one copy of the staged chunk, and two.
+pub(super) struct MmaKernels {
+    pub(super) single: &'static [Kernels; 3],
+    pub(super) double: &'static [Kernels; 3],
+}
 
 /// The configurations the f16 engine has kernels for, in order of preference.
-pub(super) const MMA_VARIANTS: [(MmaConfig, &[Kernels; 3]); 2] = [
+pub(super) const MMA_VARIANTS: [(MmaConfig, MmaKernels); 2] = [
     (
         MmaConfig {
             fragment: 16,
             subgroup: 32,
         },
-        &MMA_F16_SG32,
+        MmaKernels {
+            single: &MMA_F16_SG32,
+            double: &MMA_F16_SG32_DOUBLE,
+        },
     ),
     (
         MmaConfig {
             fragment: 8,
             subgroup: 8,
         },
-        &MMA_F8_SG8,
+        MmaKernels {
+            single: &MMA_F8_SG8,
+            double: &MMA_F8_SG8_DOUBLE,
+        },
     ),
 ];
 
 /// A tile of the f16 engine. Its workgroup memory holds both operands in f16 and one row of
 /// fragments of the f32 result at a time (`shaders/conv_mma.wgsl`): with 16 x 16 fragments
-/// 13.75 KiB for 64 x 64 (chunks of 32), 12.5 for 128 x 64 and 18.5 for 128 x 128 (the
-/// result's 32 or 64 rows at a time took 26.5, 25.3 and 26.75 KiB).
+/// and one copy of the staged operands 13.75 KiB for 64 x 64 (chunks of 32), 12.5 for 128 x 64
+/// and 18.5 for 128 x 128 (the result's 32 or 64 rows at a time took 26.5, 25.3 and 26.75
+/// KiB); with two copies ([`mma_stages`]) 23.25, 20.75 and 28.75 KiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MmaTile {
     /// 64 x 64, reduction chunks of 32.
@@ -272,10 +306,11 @@ impl MmaTile {
     }
 
     /// Bytes of workgroup memory the tile's kernels declare with fragments of `fragment` x
-    /// `fragment` (a_sh, b_sh and c_sh in conv_mma.wgsl, with their padded row strides).
-    pub fn workgroup_bytes(self, fragment: usize) -> u64 {
+    /// `fragment` and `stages` copies of the staged operands (a_sh, b_sh and c_sh in
+    /// conv_mma.wgsl, with their padded row strides).
+    pub fn workgroup_bytes(self, fragment: usize, stages: usize) -> u64 {
         let (bm, bn, bk) = self.dims();
-        (2 * bm * (bk + 8) + 2 * bk * (bn + 8) + 4 * fragment * (bn + 4)) as u64
+        (stages * (2 * bm * (bk + 8) + 2 * bk * (bn + 8)) + 4 * fragment * (bn + 4)) as u64
     }
 
     /// The f16 tile standing in for the f32 engine's `tile` in a plan: the same tile where the
@@ -296,12 +331,26 @@ impl MmaTile {
     }
 }
 
-/// The f16 kernels for `config`, one set per [`MmaTile`], if they exist.
-pub(super) fn mma_kernels(config: MmaConfig) -> Option<&'static [Kernels; 3]> {
+/// The f16 kernels for `config`, if they exist.
+pub(super) fn mma_kernels(config: MmaConfig) -> Option<&'static MmaKernels> {
     MMA_VARIANTS
         .iter()
         .find(|(c, _)| *c == config)
-        .map(|(_, kernels)| *kernels)
+        .map(|(_, kernels)| kernels)
+}
+
+/// Copies of the staged chunk in `gpu`'s f16 kernels with `tile`: two under
+/// [`Gpu::set_f16_staging`]`(`[`ConvStaging::Double`]`)` where the device's workgroup memory
+/// holds them, else one (the default; see [`ConvStaging::f16_from_env`]). Public for the tests.
+#[doc(hidden)]
+pub fn mma_stages(gpu: &Gpu, tile: MmaTile) -> usize {
+    let room = gpu.limits().max_compute_workgroup_storage_size as u64;
+    let fragment = gpu.mma_config().map_or(16, |c| c.fragment as usize);
+    if gpu.f16_staging() == ConvStaging::Double && tile.workgroup_bytes(fragment, 2) <= room {
+        2
+    } else {
+        1
+    }
 }
 
 /// The configurations the f16 engine has kernels for ([`MmaConfig::supported`]).
@@ -320,7 +369,7 @@ pub(super) struct Engine {
 }
 
 /// The f16 engine's kernels when `gpu` runs convolutions in [`ConvPrecision::F16`].
-pub(super) fn f16_kernels(gpu: &Gpu) -> Option<&'static [Kernels; 3]> {
+pub(super) fn f16_kernels(gpu: &Gpu) -> Option<&'static MmaKernels> {
     match gpu.conv_precision() {
         ConvPrecision::F16 => gpu.mma_config().and_then(mma_kernels),
         ConvPrecision::F32 => None,
@@ -408,8 +457,13 @@ impl Engine {
                     .mma_config()
                     .and_then(mma_kernels)
                     .expect("an f16 tile only where the f16 engine has kernels");
+                let set = if mma_stages(gpu, t) == 2 {
+                    kernels.double
+                } else {
+                    kernels.single
+                };
                 Engine {
-                    kernels: &kernels[t.index()],
+                    kernels: &set[t.index()],
                     dims: t.dims(),
                     f16: true,
                 }
@@ -474,7 +528,7 @@ macro_rules! shader_variants {
 /// Each conv variant's prepended WGSL declarations and its engine file under `shaders/` (for the
 /// shader tests, which compile `variant + engine + conv.wgsl`).
 #[doc(hidden)]
-pub const CONV_SHADER_VARIANTS: [(&str, &str); 21] = shader_variants![
+pub const CONV_SHADER_VARIANTS: [(&str, &str); 27] = shader_variants![
     F32_SINGLE[0],
     F32_SINGLE[1],
     F32_SINGLE[2],
@@ -496,4 +550,10 @@ pub const CONV_SHADER_VARIANTS: [(&str, &str); 21] = shader_variants![
     MMA_F8_SG8[0],
     MMA_F8_SG8[1],
     MMA_F8_SG8[2],
+    MMA_F16_SG32_DOUBLE[0],
+    MMA_F16_SG32_DOUBLE[1],
+    MMA_F16_SG32_DOUBLE[2],
+    MMA_F8_SG8_DOUBLE[0],
+    MMA_F8_SG8_DOUBLE[1],
+    MMA_F8_SG8_DOUBLE[2],
 ];
