@@ -442,16 +442,8 @@ fn every_staging_gives_the_same_bits() {
             assert_eq!(ops::conv_stages(&gpu, tile), stages, "{tile:?}");
             for (i, (gpu, c)) in cases.iter().enumerate() {
                 let other = run(gpu, c, 1600 + 10 * i as u64, tile);
-                for (pass, (d, s)) in ["forward", "input gradient", "weight gradient"]
-                    .iter()
-                    .zip(other.iter().zip(&single[i]))
-                {
-                    let same = d.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(
-                        same,
-                        "{c:?} tile {tile:?}: {pass} differs between {staging:?} and Single"
-                    );
-                }
+                let what = format!("{c:?} tile {tile:?}, {staging:?} against Single");
+                assert_same_pass_bits(&other, &single[i], &what);
             }
         }
     }

@@ -287,16 +287,8 @@ fn f16_stagings_give_the_same_bits() {
         assert_eq!(ops::mma_stages(&gpu, mma), 2, "{mma:?}");
         for (i, c) in cases.iter().enumerate() {
             let double = run(c, 2000 + 10 * i as u64, tile);
-            for (pass, (d, s)) in ["forward", "input gradient", "weight gradient"]
-                .iter()
-                .zip(double.iter().zip(&single[i]))
-            {
-                let same = d.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(
-                    same,
-                    "{c:?} {mma:?}: the {pass} differs between two copies and one"
-                );
-            }
+            let what = format!("{c:?} {mma:?}, two copies against one");
+            assert_same_pass_bits(&double, &single[i], &what);
         }
     }
 }

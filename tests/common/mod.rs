@@ -124,6 +124,19 @@ pub fn assert_close(actual: &[f32], expected: &[f32], rtol: f32, atol: f32, what
     }
 }
 
+/// Assert that two runs of a conv's three passes (forward, input gradient, weight gradient)
+/// gave the same bits, naming the pass that differs.
+#[track_caller]
+pub fn assert_same_pass_bits(a: &[Vec<f32>; 3], b: &[Vec<f32>; 3], what: &str) {
+    for (pass, (x, y)) in ["forward", "input gradient", "weight gradient"]
+        .iter()
+        .zip(a.iter().zip(b))
+    {
+        let same = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{what}: the {pass} differs");
+    }
+}
+
 /// The root mean square of `v`.
 pub fn rms(v: &[f32]) -> f32 {
     (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt() as f32
