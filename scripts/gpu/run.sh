@@ -5,13 +5,15 @@
 #        [F16_TILE_SWEEP="--batch 128 --iters 3"] [CHECKED_BENCH="--what convs"] [TORCH_REF=1] [AUTOTUNE_BENCH="--what models --models r18"] \
 #        [CRS_BENCH="--what models --models r18"] [SINGLE_BENCH="--what models --models r18"] \
 #        [ALGO_BENCH="--what all --models r18"] [AUTOTUNE_F16_BENCH="--what models --models r18"] \
-#        [WINO2_BENCH="--what convs"] \
+#        [WINO2_BENCH="--what convs"] [F16_DOUBLE_BENCH="--what models --models r18"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan).
 # F16_BENCH: also run the bench with --precision f16 (tensor cores) and these arguments, after
-# the f32 one, then again with --f16-staging double (the f16 engine's two staged copies, session
-# 21); the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
+# the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
+# F16_DOUBLE_BENCH: also run the bench with --precision f16 --f16-staging double (the f16
+# engine's two staged copies, session 21) and these arguments: the comparison for F16_BENCH's
+# default single copy.
 # F16_TILE_SWEEP: also run `bench --what tiles --precision f16` with these arguments (each f16
 # tile on every conv pass, and the f16 plan).
 # CHECKED_BENCH: also run the bench with these arguments and RESNET_WGPU_SHADER_CHECKS=1
@@ -79,8 +81,10 @@ fi
 if [ -n "${F16_BENCH:-}" ]; then
   echo "== bench --precision f16"
   timeout 200 $B/bench --precision f16 $F16_BENCH --json "$OUT/bench-f16.json" 2>&1 | tee "$OUT/bench-f16.txt"
+fi
+if [ -n "${F16_DOUBLE_BENCH:-}" ]; then
   echo "== bench --precision f16 --f16-staging double"
-  timeout 200 $B/bench --precision f16 --f16-staging double $F16_BENCH \
+  timeout 200 $B/bench --precision f16 --f16-staging double $F16_DOUBLE_BENCH \
     --json "$OUT/bench-f16-double.json" 2>&1 | tee "$OUT/bench-f16-double.txt"
 fi
 if [ -n "${F16_TILE_SWEEP:-}" ]; then
