@@ -97,8 +97,13 @@ fn to_f16(v: f32) -> f16 {
     return f16(clamp(v, -F16_MAX, F16_MAX));
 }
 
-fn put_a(kk: u32, m: u32, q: u32, e: u32, v: f32) { a_sh[a_at() + m * LDA + kk] = to_f16(v * scale_a); }
-fn put_b(kk: u32, n: u32, q: u32, e: u32, v: f32) { b_sh[b_at() + kk * LDB + n] = to_f16(v * scale_b); }
+fn put_a(kk: u32, m: u32, q: u32, e: u32, v: f32) {
+    a_sh[a_at() + m * LDA + kk] = to_f16(v * scale_a);
+}
+
+fn put_b(kk: u32, n: u32, q: u32, e: u32, v: f32) {
+    b_sh[b_at() + kk * LDB + n] = to_f16(v * scale_b);
+}
 
 fn multiply(tid: u32) {
     let g = tid / SG;

@@ -255,8 +255,9 @@ fn f16_stagings_give_the_same_bits() {
     assert_eq!(gpu.f16_staging(), ConvStaging::Single, "the default");
     // Two copies of the staged operands (`Gpu::set_f16_staging`) change where a chunk waits in
     // workgroup memory, not which products are summed in which order: the same bits as one
-    // copy (the default) on every f16 tile and pass. Cases: ragged edges with several chunks; a strided conv with four
-    // input-gradient phases; a split-K weight gradient; channels that run taps outer.
+    // copy (the default) on every f16 tile and pass. Cases: ragged edges with several chunks;
+    // a strided conv with four input-gradient phases; a split-K weight gradient; channels that
+    // run taps outer.
     let cases = [
         ([2, 19, 13, 11], [131, 19, 3, 3], 1, 1),
         ([1, 21, 17, 15], [70, 21, 3, 3], 2, 1),
