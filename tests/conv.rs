@@ -835,10 +835,39 @@ fn autotune_times_each_shape_and_pass_once() {
     let bn = eval_bn(&bn_t, 1e-5);
     ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, None, true).unwrap();
     assert_eq!(gpu.tuned_convs(), tuned, "nothing tuned twice");
+    // Another staging or order changes the candidates' kernels: the shape is tuned again
+    // under it, and the first tuning still serves the first setting.
+    let forward_of = |staging, order| {
+        let t = gpu.tuned_convs();
+        let mut keys = t.iter().map(|t| t.key).filter(|k| {
+            k.pass == ConvPass::Forward && k.x == c.x && k.staging == staging && k.order == order
+        });
+        (keys.next(), keys.next(), t.len())
+    };
+    assert_eq!(gpu.conv_staging(), ConvStaging::Double);
+    gpu.set_conv_staging(ConvStaging::Single);
+    ops::conv2d(&x, &w, None, c.stride, c.pad).unwrap();
+    let (key, twice, count) = forward_of(ConvStaging::Single, ConvOrder::Rsc);
+    assert!(key.is_some() && twice.is_none(), "{:#?}", gpu.tuned_convs());
+    assert_eq!(count, tuned.len() + 1);
+    gpu.set_conv_order(ConvOrder::Crs);
+    ops::conv2d(&x, &w, None, c.stride, c.pad).unwrap();
+    assert!(forward_of(ConvStaging::Single, ConvOrder::Crs).0.is_some());
+    assert_eq!(gpu.tuned_convs().len(), tuned.len() + 2);
+    gpu.set_conv_staging(ConvStaging::Double);
+    gpu.set_conv_order(ConvOrder::Rsc);
+    let before = gpu.dispatch_count();
+    ops::conv2d(&x, &w, None, c.stride, c.pad).unwrap();
+    assert_eq!(gpu.dispatch_count() - before, tuned_dispatches);
+    assert_eq!(
+        gpu.tuned_convs().len(),
+        tuned.len() + 2,
+        "the first tuning serves"
+    );
     // Off again: the model plans, and the tuned tiles stay for later.
     gpu.set_conv_autotune(false).unwrap();
     assert!(!gpu.conv_autotune());
-    assert_eq!(gpu.tuned_convs().len(), tuned.len());
+    assert_eq!(gpu.tuned_convs().len(), tuned.len() + 2);
 }
 
 #[test]

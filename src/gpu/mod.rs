@@ -111,7 +111,9 @@ impl std::str::FromStr for ConvPrecision {
 
 /// The order in which the conv GEMMs run their reductions ([`Gpu::set_conv_order`]; see
 /// "Reduction order" in `shaders/conv.wgsl`). Both give the same sums up to f32 rounding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ConvOrder {
     /// Taps outer, channels inner, wherever the reduced channels split into whole chunks (all
     /// but the first convolution of a ResNet), channel-major elsewhere: one bounds check per
@@ -151,7 +153,9 @@ impl std::str::FromStr for ConvOrder {
 /// How the conv GEMMs stage reduction chunks in workgroup memory: the f32 engine's
 /// ([`Gpu::set_conv_staging`]; see `shaders/conv_fma.wgsl`) and, separately, the f16 engine's
 /// ([`Gpu::set_f16_staging`]; `shaders/conv_mma.wgsl`). All give the same sums, bit for bit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ConvStaging {
     /// Two copies, where the device's workgroup memory holds them (25 KiB for the f32 engine's
     /// largest tiles, 28.75 KiB for the f16 engine's: native adapters, and browsers whose

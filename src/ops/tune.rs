@@ -31,7 +31,7 @@
 //! picked differently); leave tuning off where runs must be reproducible to the bit.
 
 use super::conv::{ConvTile, F16_WINOGRAD_TILE, GemmTile, MmaTile};
-use crate::gpu::{ConvPrecision, Gpu, WinogradTile};
+use crate::gpu::{ConvOrder, ConvPrecision, ConvStaging, Gpu, WinogradTile};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +61,17 @@ pub struct ConvKey {
     pub padding: usize,
     /// The precision it was tuned under (which engines were candidates).
     pub precision: ConvPrecision,
+    /// The settings its candidates were timed with, since each changes their kernels: the f32
+    /// engine's reduction order ([`Gpu::set_conv_order`]) and staging
+    /// ([`Gpu::set_conv_staging`])...
+    pub order: ConvOrder,
+    pub staging: ConvStaging,
+    /// ...the f16 engine's staging ([`Gpu::set_f16_staging`]) where its tiles were candidates
+    /// (under [`ConvPrecision::F16`]; else None)...
+    pub f16_staging: Option<ConvStaging>,
+    /// ...and the Winograd tile [`Gpu::set_winograd_tile`] chose, which is then the only one
+    /// timed (None: both).
+    pub winograd_tile: Option<WinogradTile>,
 }
 
 /// The outcome of tuning one [`ConvKey`].
@@ -435,9 +446,10 @@ impl Gpu {
 }
 
 /// The `format` of a file of [`Gpu::save_conv_tuning`] (native only, as the file functions;
-/// 2: Winograd timed with each tile, session 17).
+/// 2: Winograd timed with each tile, session 17; 3: keys name the order, stagings and Winograd
+/// tile the candidates ran with).
 #[cfg(not(target_arch = "wasm32"))]
-const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 2";
+const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 3";
 
 /// The first field of a [`TuningFile`], read alone first.
 #[cfg(not(target_arch = "wasm32"))]
@@ -507,6 +519,10 @@ mod tests {
             stride: 1,
             padding: 1,
             precision: ConvPrecision::F32,
+            order: ConvOrder::Rsc,
+            staging: ConvStaging::Double,
+            f16_staging: None,
+            winograd_tile: None,
         }
     }
 

@@ -577,16 +577,21 @@ impl Geometry {
         }
     }
 
-    /// The tuning key of `pass` at `gpu`'s precision: a shape tuned under one precision is
-    /// tuned again under the other, whose candidates differ.
+    /// The tuning key of `pass` under `gpu`'s settings: a shape tuned under one precision,
+    /// order, staging or Winograd tile is tuned again under another, whose candidates differ.
     pub(super) fn key(&self, gpu: &Gpu, pass: ConvPass) -> ConvKey {
+        let precision = gpu.conv_precision();
         ConvKey {
             pass,
             x: self.x,
             w: self.w,
             stride: self.stride,
             padding: self.padding,
-            precision: gpu.conv_precision(),
+            precision,
+            order: gpu.conv_order(),
+            staging: gpu.conv_staging(),
+            f16_staging: (precision == ConvPrecision::F16).then(|| gpu.f16_staging()),
+            winograd_tile: gpu.winograd_tile(),
         }
     }
 
