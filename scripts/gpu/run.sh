@@ -37,107 +37,87 @@
 # WINO2_BENCH: also run the bench with --winograd-tile 2 (F(2x2, 3x3), sessions 14-16's
 # Winograd, where Auto runs it) and these arguments: the comparison for F(4x4, 3x3).
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
+# RUN_BUDGET_S (default 570, under the device tool's 600 s per call): the whole script's time.
+# Each part gets at most what is left of it, and a part that would get under 30 s is skipped
+# with a line saying so, so that the call ends on its own, its logs complete, and the parts
+# that come first (tests, the driver's statistics, PyTorch, the main bench) are the ones that
+# run. A session's device time is 15 minutes in all, the machine's start included: set the
+# budget to what the call may take.
 set -u
 TRAIN_S=${1:-300}; shift || true
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+deadline=$(( $(date +%s) + ${RUN_BUDGET_S:-570} ))
+# part NAME CAP: print NAME and set $lim to CAP seconds or what is left of the budget, if less;
+# fails (and says so) when that is under 30 s.
+part() {
+  local left=$(( deadline - $(date +%s) ))
+  lim=$(( left < $2 ? left : $2 ))
+  if [ "$lim" -lt 30 ]; then echo "== $1: skipped, $left s left of RUN_BUDGET_S"; return 1; fi
+  echo "== $1"
+}
+# bench NAME ARGS...: the bench with ARGS, its table in $OUT/NAME.txt and its JSON in
+# $OUT/NAME.json, at most 200 s; returns the bench's status (0 when skipped).
+bench() {
+  local name=$1; shift
+  part "$name: bench $*" 200 || return 0
+  local t0=$(date +%s)
+  timeout "$lim" $B/bench "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
+  local status=${PIPESTATUS[0]}
+  echo "$name took $(( $(date +%s) - t0 )) s"
+  return "$status"
+}
+for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done; ldconfig
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
 export WGPU_BACKEND=vulkan RESNET_WGPU_GOLDEN=$PWD/.carry/golden
 B=/tmp/bin && mkdir -p $B && tar -C $B -xJf .carry/bin.tar.xz
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv \
+  2>&1 | tee "$OUT/nvidia-smi.txt"
 echo "== tests"; t0=$(date +%s)
 for t in $B/test-*; do
-  echo "-- $(basename $t)"
+  part "$(basename $t)" 120 || continue
   expect=0; [ "$(basename $t)" = test-tensor_cores ] && expect=1
-  RESNET_WGPU_EXPECT_TENSOR_CORES=$expect timeout 120 "$t" --test-threads 8 2>&1 | grep -E "test result|FAILED|panicked|failed" | head -20
+  RESNET_WGPU_EXPECT_TENSOR_CORES=$expect timeout "$lim" "$t" --test-threads 8 2>&1 \
+    | grep -E "test result|FAILED|panicked|failed" | head -20
 done 2>&1 | tee "$OUT/tests.log"
 echo "tests took $(( $(date +%s) - t0 )) s"
 # What the driver's compiler made of each kernel (registers and the like; seconds).
-echo "== kernel statistics"
-timeout 60 $B/kernel_stats --json "$OUT/kernel-stats.json" 2>&1 | tee "$OUT/kernel-stats.txt" | tail -3
-if [ -n "${TORCH_REF:-}" ]; then
-  echo "== PyTorch reference"; t0=$(date +%s)
-  PYTHONUNBUFFERED=1 timeout 150 python3 scripts/gpu/pytorch_reference.py --json "$OUT/torch.json" 2>&1 \
-    | tee "$OUT/torch.txt"
+if part "kernel statistics" 60; then
+  timeout "$lim" $B/kernel_stats --json "$OUT/kernel-stats.json" 2>&1 | tee "$OUT/kernel-stats.txt" | tail -3
+fi
+if [ -n "${TORCH_REF:-}" ] && part "PyTorch reference" 150; then
+  t0=$(date +%s)
+  PYTHONUNBUFFERED=1 timeout "$lim" python3 scripts/gpu/pytorch_reference.py --json "$OUT/torch.json" \
+    2>&1 | tee "$OUT/torch.txt"
   echo "PyTorch reference took $(( $(date +%s) - t0 )) s"
 fi
-# Each bench also writes its figures as JSON beside its text output.
-if [ -n "${TILE_SWEEP:-}" ]; then
-  echo "== conv tile sweep"; t0=$(date +%s)
-  timeout 200 $B/bench --what tiles $TILE_SWEEP --json "$OUT/tiles.json" 2>&1 | tee "$OUT/tiles.txt"
-  echo "tile sweep took $(( $(date +%s) - t0 )) s"
-fi
-echo "== bench"; t0=$(date +%s)
-timeout 200 $B/bench "$@" --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
-status=${PIPESTATUS[0]}
-echo "bench took $(( $(date +%s) - t0 )) s"
+[ -n "${TILE_SWEEP:-}" ] && bench tiles --what tiles $TILE_SWEEP
+bench bench "$@"
+status=$?
 if [ "$status" != 0 ] && [ "$status" != 124 ]; then
   # The first runs without wgpu's shader checks: if the driver rejected those kernels, the run
   # still measures something with the checks back on.
   echo "== bench failed ($status): again with RESNET_WGPU_SHADER_CHECKS=1"
-  RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench "$@" --json "$OUT/bench-checked-fallback.json" 2>&1 \
-    | tee "$OUT/bench-checked-fallback.txt"
+  RESNET_WGPU_SHADER_CHECKS=1 bench bench-checked-fallback "$@"
 fi
-if [ -n "${F16_BENCH:-}" ]; then
-  echo "== bench --precision f16"
-  timeout 200 $B/bench --precision f16 $F16_BENCH --json "$OUT/bench-f16.json" 2>&1 | tee "$OUT/bench-f16.txt"
-fi
-if [ -n "${F16_DOUBLE_BENCH:-}" ]; then
-  echo "== bench --precision f16 --f16-staging double"
-  timeout 200 $B/bench --precision f16 --f16-staging double $F16_DOUBLE_BENCH \
-    --json "$OUT/bench-f16-double.json" 2>&1 | tee "$OUT/bench-f16-double.txt"
-fi
-if [ -n "${F16_TILE_SWEEP:-}" ]; then
-  echo "== f16 conv tile sweep"
-  timeout 200 $B/bench --what tiles --precision f16 $F16_TILE_SWEEP --json "$OUT/tiles-f16.json" 2>&1 \
-    | tee "$OUT/tiles-f16.txt"
-fi
+[ -n "${F16_BENCH:-}" ] && bench bench-f16 --precision f16 $F16_BENCH
+[ -n "${F16_DOUBLE_BENCH:-}" ] && bench bench-f16-double --precision f16 --f16-staging double $F16_DOUBLE_BENCH
+[ -n "${F16_TILE_SWEEP:-}" ] && bench tiles-f16 --what tiles --precision f16 $F16_TILE_SWEEP
 if [ -n "${CRS_BENCH:-}" ]; then
-  echo "== bench --order crs"
-  timeout 200 $B/bench --order crs $CRS_BENCH --json "$OUT/bench-crs.json" 2>&1 | tee "$OUT/bench-crs.txt"
-  if [ -n "${F16_BENCH:-}" ]; then
-    echo "== bench --order crs --precision f16"
-    timeout 200 $B/bench --order crs --precision f16 $CRS_BENCH --json "$OUT/bench-crs-f16.json" 2>&1 \
-      | tee "$OUT/bench-crs-f16.txt"
-  fi
+  bench bench-crs --order crs $CRS_BENCH
+  [ -n "${F16_BENCH:-}" ] && bench bench-crs-f16 --order crs --precision f16 $CRS_BENCH
 fi
-if [ -n "${SINGLE_BENCH:-}" ]; then
-  echo "== bench --staging single"
-  timeout 200 $B/bench --staging single $SINGLE_BENCH --json "$OUT/bench-single.json" 2>&1 \
-    | tee "$OUT/bench-single.txt"
-fi
+[ -n "${SINGLE_BENCH:-}" ] && bench bench-single --staging single $SINGLE_BENCH
 if [ -n "${ALGO_BENCH:-}" ]; then
-  for algo in direct winograd; do
-    echo "== bench --algo $algo"
-    timeout 200 $B/bench --algo $algo $ALGO_BENCH --json "$OUT/bench-$algo.json" 2>&1 \
-      | tee "$OUT/bench-$algo.txt"
-  done
+  for algo in direct winograd; do bench bench-$algo --algo $algo $ALGO_BENCH; done
 fi
-if [ -n "${WINO2_BENCH:-}" ]; then
-  echo "== bench --winograd-tile 2"
-  timeout 200 $B/bench --winograd-tile 2 $WINO2_BENCH --json "$OUT/bench-wino2.json" 2>&1 \
-    | tee "$OUT/bench-wino2.txt"
-fi
-if [ -n "${CHECKED_BENCH:-}" ]; then
-  echo "== bench with RESNET_WGPU_SHADER_CHECKS=1"
-  RESNET_WGPU_SHADER_CHECKS=1 timeout 200 $B/bench $CHECKED_BENCH --json "$OUT/bench-checked.json" 2>&1 \
-    | tee "$OUT/bench-checked.txt"
-fi
-if [ -n "${AUTOTUNE_BENCH:-}" ]; then
-  echo "== bench --autotune"; t0=$(date +%s)
-  timeout 200 $B/bench --autotune $AUTOTUNE_BENCH --json "$OUT/bench-autotune.json" 2>&1 \
-    | tee "$OUT/bench-autotune.txt"
-  echo "autotuned bench took $(( $(date +%s) - t0 )) s"
-fi
-if [ -n "${AUTOTUNE_F16_BENCH:-}" ]; then
-  echo "== bench --autotune --precision f16"; t0=$(date +%s)
-  timeout 200 $B/bench --autotune --precision f16 $AUTOTUNE_F16_BENCH \
-    --json "$OUT/bench-autotune-f16.json" 2>&1 | tee "$OUT/bench-autotune-f16.txt"
-  echo "autotuned f16 bench took $(( $(date +%s) - t0 )) s"
-fi
-if [ "$TRAIN_S" -gt 0 ]; then
-  echo "== train"; t0=$(date +%s)
-  timeout "$TRAIN_S" $B/train --data-dir .carry/fmnist --metrics-json "$OUT/metrics.jsonl" \
+[ -n "${WINO2_BENCH:-}" ] && bench bench-wino2 --winograd-tile 2 $WINO2_BENCH
+[ -n "${CHECKED_BENCH:-}" ] && RESNET_WGPU_SHADER_CHECKS=1 bench bench-checked $CHECKED_BENCH
+[ -n "${AUTOTUNE_BENCH:-}" ] && bench bench-autotune --autotune $AUTOTUNE_BENCH
+[ -n "${AUTOTUNE_F16_BENCH:-}" ] && bench bench-autotune-f16 --autotune --precision f16 $AUTOTUNE_F16_BENCH
+if [ "$TRAIN_S" -gt 0 ] && part "train" "$TRAIN_S"; then
+  t0=$(date +%s)
+  timeout "$lim" $B/train --data-dir .carry/fmnist --metrics-json "$OUT/metrics.jsonl" \
     --out /tmp/fm.safetensors --quiet 2>&1 | tee "$OUT/train.log"
   echo "train took $(( $(date +%s) - t0 )) s"
 fi
+echo "== done, $(( deadline - $(date +%s) )) s of RUN_BUDGET_S left"
