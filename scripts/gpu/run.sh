@@ -7,8 +7,8 @@
 #        [ALGO_BENCH="--what all --models r18"] [AUTOTUNE_F16_BENCH="--what models --models r18"] \
 #        [WINO2_BENCH="--what convs"] [F16_DOUBLE_BENCH="--what models --models r18"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
-# TILE_SWEEP: first run `bench --what tiles` with these arguments (every conv pass of every
-# ResNet-18 shape with each tile in turn, and the library's plan).
+# TILE_SWEEP: also run `bench --what tiles` with these arguments (every conv pass of every
+# ResNet-18 shape with each tile in turn, and the library's plan), after the other benches.
 # F16_BENCH: also run the bench with --precision f16 (tensor cores) and these arguments, after
 # the f32 one; the tensor-core test binary runs with RESNET_WGPU_EXPECT_TENSOR_CORES=1 there.
 # F16_DOUBLE_BENCH: also run the bench with --precision f16 --f16-staging double (the f16
@@ -90,7 +90,6 @@ if [ -n "${TORCH_REF:-}" ] && part "PyTorch reference" 150; then
     2>&1 | tee "$OUT/torch.txt"
   echo "PyTorch reference took $(( $(date +%s) - t0 )) s"
 fi
-[ -n "${TILE_SWEEP:-}" ] && bench tiles --what tiles $TILE_SWEEP
 bench bench "$@"
 status=$?
 if [ "$status" != 0 ] && [ "$status" != 124 ]; then
@@ -99,21 +98,26 @@ if [ "$status" != 0 ] && [ "$status" != 124 ]; then
   echo "== bench failed ($status): again with RESNET_WGPU_SHADER_CHECKS=1"
   RESNET_WGPU_SHADER_CHECKS=1 bench bench-checked-fallback "$@"
 fi
-[ -n "${F16_BENCH:-}" ] && bench bench-f16 --precision f16 $F16_BENCH
-[ -n "${F16_DOUBLE_BENCH:-}" ] && bench bench-f16-double --precision f16 --f16-staging double $F16_DOUBLE_BENCH
-[ -n "${F16_TILE_SWEEP:-}" ] && bench tiles-f16 --what tiles --precision f16 $F16_TILE_SWEEP
-if [ -n "${CRS_BENCH:-}" ]; then
-  bench bench-crs --order crs $CRS_BENCH
-  [ -n "${F16_BENCH:-}" ] && bench bench-crs-f16 --order crs --precision f16 $CRS_BENCH
-fi
-[ -n "${SINGLE_BENCH:-}" ] && bench bench-single --staging single $SINGLE_BENCH
+# The comparisons, most telling first, so that the budget cuts the least telling: the
+# algorithms and Winograd tiles, the f16 engine and its stagings, the f32 staging, tuning, the
+# old reduction order and the shader checks, and last the tile sweeps (every tile on every
+# pass: the longest).
 if [ -n "${ALGO_BENCH:-}" ]; then
   for algo in direct winograd; do bench bench-$algo --algo $algo $ALGO_BENCH; done
 fi
 [ -n "${WINO2_BENCH:-}" ] && bench bench-wino2 --winograd-tile 2 $WINO2_BENCH
-[ -n "${CHECKED_BENCH:-}" ] && RESNET_WGPU_SHADER_CHECKS=1 bench bench-checked $CHECKED_BENCH
+[ -n "${F16_BENCH:-}" ] && bench bench-f16 --precision f16 $F16_BENCH
+[ -n "${F16_DOUBLE_BENCH:-}" ] && bench bench-f16-double --precision f16 --f16-staging double $F16_DOUBLE_BENCH
+[ -n "${SINGLE_BENCH:-}" ] && bench bench-single --staging single $SINGLE_BENCH
 [ -n "${AUTOTUNE_BENCH:-}" ] && bench bench-autotune --autotune $AUTOTUNE_BENCH
 [ -n "${AUTOTUNE_F16_BENCH:-}" ] && bench bench-autotune-f16 --autotune --precision f16 $AUTOTUNE_F16_BENCH
+if [ -n "${CRS_BENCH:-}" ]; then
+  bench bench-crs --order crs $CRS_BENCH
+  [ -n "${F16_BENCH:-}" ] && bench bench-crs-f16 --order crs --precision f16 $CRS_BENCH
+fi
+[ -n "${CHECKED_BENCH:-}" ] && RESNET_WGPU_SHADER_CHECKS=1 bench bench-checked $CHECKED_BENCH
+[ -n "${TILE_SWEEP:-}" ] && bench tiles --what tiles $TILE_SWEEP
+[ -n "${F16_TILE_SWEEP:-}" ] && bench tiles-f16 --what tiles --precision f16 $F16_TILE_SWEEP
 if [ "$TRAIN_S" -gt 0 ] && part "train" "$TRAIN_S"; then
   t0=$(date +%s)
   timeout "$lim" $B/train --data-dir .carry/fmnist --metrics-json "$OUT/metrics.jsonl" \
