@@ -2,9 +2,9 @@
 //!
 //! `cargo run --release --example bench -- [--batch N] [--iters N] [--what WHAT] [--json PATH]`
 //!
-//! - `convs`: every distinct conv shape of ResNet-18 at 224x224, batch `--batch`: forward, input
-//!   gradient (every phase) and weight gradient (GEMM plus split-K reduction), in GFLOP/s
-//!   (2 * MACs / time).
+//! - `convs`: every distinct conv shape of ResNet-18 (or with `--conv-shapes r50` of ResNet-50)
+//!   at 224x224, batch `--batch`: forward, input gradient (every phase) and weight gradient
+//!   (GEMM plus split-K reduction), in GFLOP/s (2 * MACs / time).
 //! - `kernels`: `convs` plus training-mode batch norm (forward and backward) on the activations
 //!   of ResNet-18's four stages and 3x3/2 max pooling (forward and backward) on the stem output,
 //!   in GB/s: the minimum bytes each pass must read and write once, divided by its time.
@@ -83,6 +83,10 @@ struct Args {
     /// Models to time, comma-separated: `r18`, `r50`.
     #[arg(long, default_value = "r18,r50")]
     models: String,
+    /// The model whose distinct conv shapes `--what convs` (and `kernels`, `all`) and `--what
+    /// tiles` time: `r18` (11 shapes of its 20 convs) or `r50` (23 of its 53, mostly 1x1).
+    #[arg(long, default_value = "r18")]
+    conv_shapes: String,
     /// Time on the wall clock only, even where timestamp queries are available.
     #[arg(long)]
     no_timestamps: bool,
@@ -344,7 +348,7 @@ impl ConvAt {
 }
 
 /// Distinct conv shapes of ResNet-18 (input channels, input size, output channels, kernel,
-/// stride, padding), with how often each occurs in the network.
+/// stride, padding), with how often each occurs in the network: its 20 convolutions.
 const SHAPES: [(Shape, usize); 11] = [
     (shape("stem 7x7/2", 3, 224, 64, 7, 2, 3), 1),
     (shape("layer1 3x3", 64, 56, 64, 3, 1, 1), 4),
@@ -358,6 +362,47 @@ const SHAPES: [(Shape, usize); 11] = [
     (shape("layer4 3x3", 512, 7, 512, 3, 1, 1), 3),
     (shape("layer4 down 1x1/2", 256, 14, 512, 1, 2, 0), 1),
 ];
+
+/// The same for ResNet-50 (torchvision's bottlenecks, stride on the 3x3 conv): its 53
+/// convolutions. `reduce` is a bottleneck's first 1x1 conv (`reduce0` the first block's, which
+/// reads the stage's input), `expand` its last (in layer1 with the downsample, the same shape).
+const SHAPES_R50: [(Shape, usize); 23] = [
+    (shape("stem 7x7/2", 3, 224, 64, 7, 2, 3), 1),
+    (shape("layer1 reduce0 1x1", 64, 56, 64, 1, 1, 0), 1),
+    (shape("layer1 reduce 1x1", 256, 56, 64, 1, 1, 0), 2),
+    (shape("layer1 3x3", 64, 56, 64, 3, 1, 1), 3),
+    (shape("layer1 expand 1x1", 64, 56, 256, 1, 1, 0), 4),
+    (shape("layer2 reduce0 1x1", 256, 56, 128, 1, 1, 0), 1),
+    (shape("layer2 reduce 1x1", 512, 28, 128, 1, 1, 0), 3),
+    (shape("layer2 3x3/2", 128, 56, 128, 3, 2, 1), 1),
+    (shape("layer2 3x3", 128, 28, 128, 3, 1, 1), 3),
+    (shape("layer2 expand 1x1", 128, 28, 512, 1, 1, 0), 4),
+    (shape("layer2 down 1x1/2", 256, 56, 512, 1, 2, 0), 1),
+    (shape("layer3 reduce0 1x1", 512, 28, 256, 1, 1, 0), 1),
+    (shape("layer3 reduce 1x1", 1024, 14, 256, 1, 1, 0), 5),
+    (shape("layer3 3x3/2", 256, 28, 256, 3, 2, 1), 1),
+    (shape("layer3 3x3", 256, 14, 256, 3, 1, 1), 5),
+    (shape("layer3 expand 1x1", 256, 14, 1024, 1, 1, 0), 6),
+    (shape("layer3 down 1x1/2", 512, 28, 1024, 1, 2, 0), 1),
+    (shape("layer4 reduce0 1x1", 1024, 14, 512, 1, 1, 0), 1),
+    (shape("layer4 reduce 1x1", 2048, 7, 512, 1, 1, 0), 2),
+    (shape("layer4 3x3/2", 512, 14, 512, 3, 2, 1), 1),
+    (shape("layer4 3x3", 512, 7, 512, 3, 1, 1), 2),
+    (shape("layer4 expand 1x1", 512, 7, 2048, 1, 1, 0), 3),
+    (shape("layer4 down 1x1/2", 1024, 14, 2048, 1, 2, 0), 1),
+];
+
+/// The model whose conv shapes `--what convs` and `--what tiles` time (`--conv-shapes`): its
+/// name and its distinct shapes with their counts.
+fn conv_shapes(model: &str) -> Result<(&'static str, &'static [(Shape, usize)])> {
+    match model {
+        "r18" => Ok(("ResNet-18", &SHAPES)),
+        "r50" => Ok(("ResNet-50", &SHAPES_R50)),
+        _ => Err(Error::Invalid(format!(
+            "unknown model {model:?} in --conv-shapes (use r18 or r50)"
+        ))),
+    }
+}
 
 /// One pass of one conv shape.
 #[derive(Serialize)]
@@ -376,7 +421,7 @@ struct ConvRow {
     output: [usize; 4],
     stride: usize,
     padding: usize,
-    /// Occurrences in ResNet-18.
+    /// Occurrences in the model (`--conv-shapes`).
     count: usize,
     gmac: f64,
     /// Split-K factor of the weight gradient.
@@ -398,10 +443,11 @@ struct ConvTotals {
     weight_grad_ms: f64,
 }
 
-fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
+fn bench_convs(b: &Bench, batch: usize, model: &str) -> Result<(Vec<ConvRow>, ConvTotals)> {
     let gpu = &b.gpu;
+    let (name, shapes) = conv_shapes(model)?;
     println!(
-        "Convolutions of ResNet-18 at 224x224, batch {batch} (ms: wall / GPU; GFLOP/s from {} time)",
+        "Convolutions of {name} at 224x224, batch {batch} (ms: wall / GPU; GFLOP/s from {} time)",
         if b.timestamps { "GPU" } else { "wall" }
     );
     println!(
@@ -421,7 +467,7 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
     let mut rows = Vec::new();
     let mut totals = [0f64; 3];
     let mut total_macs = 0f64;
-    for (s, count) in &SHAPES {
+    for (s, count) in shapes {
         let conv = s.at(batch);
         let (x_shape, w_shape, macs, oh) = (conv.x, conv.w, conv.macs, conv.y[2]);
         let (x, w, gy) = conv.tensors(gpu)?;
@@ -475,7 +521,7 @@ fn bench_convs(b: &Bench, batch: usize) -> Result<(Vec<ConvRow>, ConvTotals)> {
     }
     let g = |t: f64| 2.0 * total_macs / t / 1e9;
     println!(
-        "ResNet-18 convs, weighted by count ({:.2} GMAC per pass): forward {:.2} ms ({:.1} GFLOP/s), \
+        "{name} convs, weighted by count ({:.2} GMAC per pass): forward {:.2} ms ({:.1} GFLOP/s), \
          input gradient {:.2} ms ({:.1} GFLOP/s), weight gradient {:.2} ms ({:.1} GFLOP/s)",
         total_macs / 1e9,
         totals[0] * 1e3,
@@ -524,13 +570,14 @@ struct TileSweepRow {
     plan_checked_gflops: Option<f64>,
 }
 
-/// Time every conv pass of every ResNet-18 shape with each tile in `tiles`, back to back, then
-/// with the library's plan. Tuning data for `TileModel`: the tiles of one shape are timed
+/// Time every conv pass of every shape of `shapes` with each tile in `tiles`, back to back,
+/// then with the library's plan. Tuning data for `TileModel`: the tiles of one shape are timed
 /// within a second of each other, so a machine that changes speed during the sweep (clocks,
 /// other work) shows in the drift figure instead of in the comparison.
 fn bench_tiles(
     b: &Bench,
     batch: usize,
+    shapes: &[(Shape, usize)],
     tiles: &[ConvTile],
     checked: Option<&Bench>,
 ) -> Result<TileSweep> {
@@ -542,7 +589,7 @@ fn bench_tiles(
     if let Some(c) = checked {
         c.gpu.set_conv_algo(resnet_wgpu::ConvAlgo::Direct);
     }
-    let sweep = sweep_tiles(b, batch, tiles, checked);
+    let sweep = sweep_tiles(b, batch, shapes, tiles, checked);
     gpu.set_conv_algo(algo);
     sweep
 }
@@ -551,6 +598,7 @@ fn bench_tiles(
 fn sweep_tiles(
     b: &Bench,
     batch: usize,
+    shapes: &[(Shape, usize)],
     tiles: &[ConvTile],
     checked: Option<&Bench>,
 ) -> Result<TileSweep> {
@@ -578,7 +626,7 @@ fn sweep_tiles(
     println!();
     let mut rows = Vec::new();
     let mut first = None;
-    for (s, _) in &SHAPES {
+    for (s, _) in shapes {
         let conv = s.at(batch);
         let (x_shape, w_shape) = (conv.x, conv.w);
         let (x, w, gy) = conv.tensors(gpu)?;
@@ -628,7 +676,7 @@ fn sweep_tiles(
         }
     }
     // The first figure again, now that the sweep has run.
-    let s = &SHAPES[0].0;
+    let s = &shapes[0].0;
     let conv = s.at(batch);
     let (x, w, _) = conv.tensors(gpu)?;
     let t =
@@ -1064,6 +1112,8 @@ struct Report {
     iters: usize,
     /// Minimum warm-up per figure in milliseconds.
     warmup_ms: u64,
+    /// The model of the conv table and tile sweep (`--conv-shapes`): `ResNet-18` or `ResNet-50`.
+    conv_shapes: &'static str,
     /// Conv precision: `F32` or `F16`.
     precision: String,
     /// Conv reduction order: `Rsc` or `Crs`.
@@ -1333,6 +1383,7 @@ fn main() -> Result<()> {
     if let Some(tile) = &args.winograd_tile {
         gpu.set_winograd_tile(resnet_wgpu::WinogradTile::parse_choice(tile)?);
     }
+    let (conv_model, _) = conv_shapes(&args.conv_shapes)?;
     let info = gpu.info().clone();
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
@@ -1391,6 +1442,7 @@ fn main() -> Result<()> {
         batch: args.batch,
         iters: bench.iters,
         warmup_ms: args.warmup_ms,
+        conv_shapes: conv_model,
         precision: format!("{:?}", args.precision),
         order: format!("{:?}", bench.gpu.conv_order()),
         staging: format!("{:?}", bench.gpu.conv_staging()),
@@ -1407,7 +1459,7 @@ fn main() -> Result<()> {
         tuned_convs: None,
     };
     if convs {
-        let (rows, totals) = bench_convs(&bench, args.batch)?;
+        let (rows, totals) = bench_convs(&bench, args.batch, &args.conv_shapes)?;
         report.convs = Some(rows);
         report.conv_totals = Some(totals);
     }
@@ -1436,6 +1488,7 @@ fn main() -> Result<()> {
         report.tile_sweep = Some(bench_tiles(
             &bench,
             args.batch,
+            conv_shapes(&args.conv_shapes)?.1,
             &sweep_tiles,
             checked.as_ref(),
         )?);

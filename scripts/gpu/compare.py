@@ -27,7 +27,7 @@ def gpu_or_wall(t):
 
 
 def settings(d):
-    keys = ["precision", "order", "staging", "f16_staging", "batch", "iters"]
+    keys = ["conv_shapes", "precision", "order", "staging", "f16_staging", "batch", "iters"]
     return ", ".join(f"{k} {d[k]}" for k in keys if k in d)
 
 
