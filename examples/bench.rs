@@ -1499,7 +1499,7 @@ fn main() -> Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::Invalid(format!("serialising the results: {e}")))?;
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+        resnet_wgpu::io::write_atomically(path, |f| std::io::Write::write_all(f, text.as_bytes()))?;
         println!("results written to {}", path.display());
     }
     Ok(())

@@ -258,9 +258,11 @@ pub fn save_safetensors(
 }
 
 /// Write a file through `write` into a temporary sibling of `path`, sync it and rename it over
-/// `path`. On any failure the temporary file is removed and `path` is left as it was.
+/// `path`. On any failure the temporary file is removed and `path` is left as it was. Every file
+/// this crate saves goes through it (weights, checkpoints, conv tunings); it is public for
+/// programs that save beside them.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn write_atomically(
+pub fn write_atomically(
     path: &std::path::Path,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<()> {

@@ -11,7 +11,7 @@ mod infer;
 mod state_dict;
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use format::write_atomically;
+pub use format::write_atomically;
 #[cfg(not(target_arch = "wasm32"))]
 pub use format::{load_safetensors, save_safetensors};
 pub use format::{
