@@ -443,9 +443,14 @@ struct ConvTotals {
     weight_grad_ms: f64,
 }
 
-fn bench_convs(b: &Bench, batch: usize, model: &str) -> Result<(Vec<ConvRow>, ConvTotals)> {
+/// The conv table of `shapes`, the distinct conv shapes of the model `name`.
+fn bench_convs(
+    b: &Bench,
+    batch: usize,
+    name: &str,
+    shapes: &[(Shape, usize)],
+) -> Result<(Vec<ConvRow>, ConvTotals)> {
     let gpu = &b.gpu;
-    let (name, shapes) = conv_shapes(model)?;
     println!(
         "Convolutions of {name} at 224x224, batch {batch} (ms: wall / GPU; GFLOP/s from {} time)",
         if b.timestamps { "GPU" } else { "wall" }
@@ -1383,7 +1388,7 @@ fn main() -> Result<()> {
     if let Some(tile) = &args.winograd_tile {
         gpu.set_winograd_tile(resnet_wgpu::WinogradTile::parse_choice(tile)?);
     }
-    let (conv_model, _) = conv_shapes(&args.conv_shapes)?;
+    let (conv_model, shapes) = conv_shapes(&args.conv_shapes)?;
     let info = gpu.info().clone();
     let bench = Bench {
         timestamps: !args.no_timestamps && gpu.profiling_supported(),
@@ -1459,7 +1464,7 @@ fn main() -> Result<()> {
         tuned_convs: None,
     };
     if convs {
-        let (rows, totals) = bench_convs(&bench, args.batch, &args.conv_shapes)?;
+        let (rows, totals) = bench_convs(&bench, args.batch, conv_model, shapes)?;
         report.convs = Some(rows);
         report.conv_totals = Some(totals);
     }
@@ -1488,7 +1493,7 @@ fn main() -> Result<()> {
         report.tile_sweep = Some(bench_tiles(
             &bench,
             args.batch,
-            conv_shapes(&args.conv_shapes)?.1,
+            shapes,
             &sweep_tiles,
             checked.as_ref(),
         )?);

@@ -61,16 +61,16 @@ pub struct ConvKey {
     pub padding: usize,
     /// The precision it was tuned under (which engines were candidates).
     pub precision: ConvPrecision,
-    /// The settings its candidates were timed with, since each changes their kernels: the f32
-    /// engine's reduction order ([`Gpu::set_conv_order`]) and staging
-    /// ([`Gpu::set_conv_staging`])...
+    // The settings its candidates were timed with, since each changes their kernels:
+    /// The f32 engine's reduction order ([`Gpu::set_conv_order`]).
     pub order: ConvOrder,
+    /// The f32 engine's staging ([`Gpu::set_conv_staging`]).
     pub staging: ConvStaging,
-    /// ...the f16 engine's staging ([`Gpu::set_f16_staging`]) where its tiles were candidates
-    /// (under [`ConvPrecision::F16`]; else None)...
+    /// The f16 engine's staging ([`Gpu::set_f16_staging`]) where its tiles were candidates
+    /// (under [`ConvPrecision::F16`]; else None).
     pub f16_staging: Option<ConvStaging>,
-    /// ...and the Winograd tile [`Gpu::set_winograd_tile`] chose, which is then the only one
-    /// timed (None: both).
+    /// The Winograd tile [`Gpu::set_winograd_tile`] chose, which is then the only one timed
+    /// (None: both).
     pub winograd_tile: Option<WinogradTile>,
 }
 
