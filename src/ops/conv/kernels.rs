@@ -344,13 +344,8 @@ pub(super) fn mma_kernels(config: MmaConfig) -> Option<&'static MmaKernels> {
 /// holds them, else one (the default; see [`ConvStaging::f16_from_env`]). Public for the tests.
 #[doc(hidden)]
 pub fn mma_stages(gpu: &Gpu, tile: MmaTile) -> usize {
-    let room = gpu.limits().max_compute_workgroup_storage_size as u64;
     let fragment = gpu.mma_config().map_or(16, |c| c.fragment as usize);
-    if gpu.f16_staging() == ConvStaging::Double && tile.workgroup_bytes(fragment, 2) <= room {
-        2
-    } else {
-        1
-    }
+    super::tiles::stages(gpu, gpu.f16_staging(), tile.workgroup_bytes(fragment, 2))
 }
 
 /// The configurations the f16 engine has kernels for ([`MmaConfig::supported`]).

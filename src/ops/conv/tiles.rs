@@ -250,8 +250,15 @@ pub(crate) fn forced_tile() -> Option<ConvTile> {
 /// [`ConvStaging::Shallow`]). Public for the tests.
 #[doc(hidden)]
 pub fn conv_stages(gpu: &Gpu, tile: ConvTile) -> usize {
+    stages(gpu, gpu.conv_staging(), tile.workgroup_bytes(2))
+}
+
+/// Copies of the staged chunk an engine keeps under `staging`: two where it asks for them and
+/// `double_bytes` (a tile's workgroup memory with two) fit the device, else one. The rule of
+/// both engines ([`conv_stages`], [`super::mma_stages`]).
+pub(super) fn stages(gpu: &Gpu, staging: ConvStaging, double_bytes: u64) -> usize {
     let room = gpu.limits().max_compute_workgroup_storage_size as u64;
-    if gpu.conv_staging() == ConvStaging::Double && tile.workgroup_bytes(2) <= room {
+    if staging == ConvStaging::Double && double_bytes <= room {
         2
     } else {
         1
