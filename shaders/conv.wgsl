@@ -23,6 +23,11 @@
 //                         batches, late layers), its reduction is split like the forward's: split
 //                         z writes the phase's pixels of a partial gx at z * len(gx), every phase
 //                         with the same number of splits, and conv_reduce_splits sums them.
+//                         With EPI_ACCUMULATE in p.epilogue, gx += the result instead (the
+//                         gradient the input has so far from its other consumers, summed here
+//                         rather than in a pass of its own): in the GEMM's epilogue without a
+//                         split, in conv_reduce_splits with one. Either adds in the order of
+//                         elementwise.wgsl's axpy (gx + 1 * result), so the same bits.
 //   conv_backward_weight: part[z,k,j]   = sum_{i in chunk z} gy[i -> (n,oh,ow), k] * x[n,c,oh*st-pd+r, ow*st-pd+s]
 //                         with j = (c*R + r)*S + s, i = (n*OH + oh)*OW + ow
 //                         GEMM: M = K, N = C*R*S, reduction = batch*OH*OW split into `splits` chunks
@@ -40,8 +45,9 @@
 //                         of 1 x tiles pixels.
 //   conv_reduce_splits:   out[j] = sum_{z < splits} part[z * len + j], len = p.reduce_len: gw from
 //                         the weight gradient's partials (len = K*C*R*S) or gx from the input
-//                         gradient's (len = batch*C*H*W); conv_reduce_splits4 the same on vec4s
-//                         where len is a multiple of 4
+//                         gradient's (len = batch*C*H*W; out[j] += the sum with
+//                         EPI_ACCUMULATE); conv_reduce_splits4 the same on vec4s where len is
+//                         a multiple of 4
 //   conv_forward_reduce:  y[j]  = b[k(j)] + sum_{z < splits} part[z * len(y) + j]
 //   conv_taps_crop, conv_taps_expand: the weights cut to the taps that reach the input, and the
 //                         weight gradient expanded back (see "tap windows" at the end).
@@ -172,7 +178,8 @@ struct Params {
     chunk: u32,   // split-K (weight gradient, small forward): reduction per split (multiple of BK)
     splits: u32,  // number of partial results (1: no split)
     scaled: u32,  // the f16 engine's scaled operand (conv_mma.wgsl); unused by the f32 engine
-    epilogue: u32,  // conv_forward_bn, conv_forward_reduce_bn: EPI_RELU | EPI_RESIDUAL
+    epilogue: u32,  // conv_forward_bn, conv_forward_reduce_bn: EPI_RELU | EPI_RESIDUAL;
+                    // conv_backward_input, conv_reduce_splits(4): EPI_ACCUMULATE
     eps: f32,       // conv_forward_bn, conv_forward_reduce_bn: the batch norm's epsilon
     // Split-K of the two backward passes: the length of one partial result (gw's, or gx's for
     // the input gradient), which conv_reduce_splits sums.
@@ -716,6 +723,8 @@ fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 
 const EPI_RELU: u32 = 1u;
 const EPI_RESIDUAL: u32 = 2u;
+// The input gradient's and conv_reduce_splits': add to what the output holds.
+const EPI_ACCUMULATE: u32 = 4u;
 
 // The running statistics and affine parameters of one output channel.
 struct BnChannel {
@@ -975,10 +984,15 @@ fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) 
 }
 
 // Store gx (or this split's partial gx, at out_base) for GEMM row c at output column `col` (see
-// cols_lo).
+// cols_lo), or add to it (EPI_ACCUMULATE, never with a split).
 fn bi_put(c: u32, col: u32, v: f32) {
     if (col == NO_COL) { return; }
-    bi_gx[out_base + col + c * p.in_h * p.in_w] = v;
+    let j = out_base + col + c * p.in_h * p.in_w;
+    if ((p.epilogue & EPI_ACCUMULATE) != 0u) {
+        bi_gx[j] = bi_gx[j] + v;
+    } else {
+        bi_gx[j] = v;
+    }
 }
 
 // Offset in gx [N, C, H, W] of this phase's pixel q = (img, i, j), at h = h0 + st i and
@@ -1341,7 +1355,12 @@ fn conv_reduce_splits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
                       @builtin(local_invocation_index) lid: u32) {
     let j = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (j >= p.reduce_len) { return; }
-    rs_out[j] = sum_splits(j, p.reduce_len);
+    let s = sum_splits(j, p.reduce_len);
+    if ((p.epilogue & EPI_ACCUMULATE) != 0u) {
+        rs_out[j] = rs_out[j] + s;
+    } else {
+        rs_out[j] = s;
+    }
 }
 
 // conv_reduce_splits on vec4s, where p.reduce_len is a multiple of 4 (the host's choice): one
@@ -1370,7 +1389,12 @@ fn conv_reduce_splits4(@builtin(workgroup_id) wg: vec3<u32>,
         s3 += split_part4[(z + 3u) * len + j];
     }
     for (; z < p.splits; z++) { s0 += split_part4[z * len + j]; }
-    rs4_out[j] = (s0 + s1) + (s2 + s3);
+    let s = (s0 + s1) + (s2 + s3);
+    if ((p.epilogue & EPI_ACCUMULATE) != 0u) {
+        rs4_out[j] = rs4_out[j] + s;
+    } else {
+        rs4_out[j] = s;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

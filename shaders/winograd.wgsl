@@ -21,7 +21,9 @@
 //   wino_input:   V[ξ][c][p]    = (Bᵀ d B)[i][j] for channel c of the tile p of the chunk
 //   wino_output:  y[n, k, 2 th + a, 2 tw + b] = (Aᵀ M[.][k][p] A)[a][b] (+ b[k]), only where
 //                 the output has that pixel (odd sizes: the last tile's second row or column
-//                 is dropped)
+//                 is dropped); with EPI_ACCUMULATE in p.epilogue (the input gradient, no bias)
+//                 y += that instead: the gradient that the input has so far, plus this one, in
+//                 the order of elementwise.wgsl's axpy (y + 1 * value), so the same bits
 // p = (n th_count + th) tw_count + tw counts the 2x2 tiles of a chunk of images [first, first +
 // images), tiles = images th_count tw_count. B and A hold 0 and +-1 only, so V and the output
 // are sums and differences; G halves.
@@ -59,7 +61,7 @@ struct Params {
     rows: u32,      // wino_weights, wino_weights_grad: rows and columns of each U[ξ] (dU[ξ])
     cols: u32,
     flip: u32,      // wino_weights: the input gradient's turned, transposed kernel
-    epilogue: u32,  // wino_output_bn: EPI_RELU | EPI_RESIDUAL
+    epilogue: u32,  // wino_output_bn: EPI_RELU | EPI_RESIDUAL; wino_output: EPI_ACCUMULATE
     eps: f32,       // wino_output_bn: the batch norm's epsilon
 }
 
@@ -67,6 +69,20 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
+
+const EPI_RELU: u32 = 1u;
+const EPI_RESIDUAL: u32 = 2u;
+const EPI_ACCUMULATE: u32 = 4u;
+
+// An output transform's value v for y[at], plus the bias b, or (EPI_ACCUMULATE) added to what
+// y[at] holds.
+fn put(at: u32, v: f32, b: f32) {
+    if ((p.epilogue & EPI_ACCUMULATE) != 0u) {
+        dst[at] = dst[at] + v;
+    } else {
+        dst[at] = v + b;
+    }
+}
 
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
@@ -245,11 +261,11 @@ fn wino_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let t = output_tile(i);
     var b = 0.0;
     if (p.has_bias != 0u) { b = bias[t.k]; }
-    dst[t.at] = t.y0.x + b;
-    if (t.right) { dst[t.at + 1u] = t.y0.y + b; }
+    put(t.at, t.y0.x, b);
+    if (t.right) { put(t.at + 1u, t.y0.y, b); }
     if (t.down) {
-        dst[t.at + p.width] = t.y1.x + b;
-        if (t.right) { dst[t.at + p.width + 1u] = t.y1.y + b; }
+        put(t.at + p.width, t.y1.x, b);
+        if (t.right) { put(t.at + p.width + 1u, t.y1.y, b); }
     }
 }
 
@@ -261,9 +277,6 @@ fn wino_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(6) var<storage, read> bn_mean: array<f32>;
 @group(0) @binding(7) var<storage, read> bn_var: array<f32>;
 @group(0) @binding(8) var<storage, read> bn_res: array<f32>;
-
-const EPI_RELU: u32 = 1u;
-const EPI_RESIDUAL: u32 = 2u;
 
 fn bn_store(k: u32, j: u32, v: f32) {
     var y = (v - bn_mean[k]) * (1.0 / sqrt(bn_var[k] + p.eps)) * bn_gamma[k] + bn_beta[k];
@@ -641,12 +654,12 @@ fn output_tile4(i: u32) -> OutTile4 {
     );
 }
 
-// Column `col` of an output tile at y[at] (rows of the output: `rows`), plus b.
+// Column `col` of an output tile at y[at] (rows of the output: `rows`), through put.
 fn put_column4(col: Vec4, at: u32, rows: u32, b: f32) {
-    dst[at] = col[0] + b;
-    if (rows > 1u) { dst[at + p.width] = col[1] + b; }
-    if (rows > 2u) { dst[at + 2u * p.width] = col[2] + b; }
-    if (rows > 3u) { dst[at + 3u * p.width] = col[3] + b; }
+    put(at, col[0], b);
+    if (rows > 1u) { put(at + p.width, col[1], b); }
+    if (rows > 2u) { put(at + 2u * p.width, col[2], b); }
+    if (rows > 3u) { put(at + 3u * p.width, col[3], b); }
 }
 
 @compute @workgroup_size(256)

@@ -4,7 +4,9 @@
 mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvPass, ConvTile, GemmTile, MmaTile, TileModel};
-use resnet_wgpu::{ConvAlgo, ConvOrder, ConvStaging, Gpu, Tape, Tensor, Var, ops, reference};
+use resnet_wgpu::{
+    ConvAlgo, ConvOrder, ConvStaging, Gpu, Tape, Tensor, Var, WinogradTile, ops, reference,
+};
 
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-5;
@@ -533,6 +535,46 @@ fn the_tape_reads_the_forward_weights_copy() {
     );
 }
 
+#[test]
+fn the_tape_adds_a_second_input_gradient_as_the_conv_writes_it() {
+    // A device of its own, for counting dispatches.
+    let gpu = new_gpu();
+    // x feeds two 1x1 convs (no weights' copy to count), whose outputs are added: the conv
+    // replayed second adds its input gradient to the first one's as it writes it, with the
+    // bits of axpy after the two, and without axpy's dispatch.
+    let (xs, ws, ys) = ([2, 32, 5, 5], [40, 32, 1, 1], [2, 40, 5, 5]);
+    let x = Tensor::from_slice(&gpu, &xs, &random_vec(2 * 32 * 25, 1600)).unwrap();
+    let w1 = Tensor::from_slice(&gpu, &ws, &random_vec(40 * 32, 1601)).unwrap();
+    let w2 = Tensor::from_slice(&gpu, &ws, &random_vec(40 * 32, 1602)).unwrap();
+    let gy = Tensor::from_slice(&gpu, &ys, &random_vec(2 * 40 * 25, 1603)).unwrap();
+    let before = gpu.dispatch_count();
+    let gx = ops::conv2d_backward_input(&gy, &w2, xs, 1, 0).unwrap();
+    let gw2 = ops::conv2d_backward_weight(&x, &gy, ws, 1, 0).unwrap();
+    let gx1 = ops::conv2d_backward_input(&gy, &w1, xs, 1, 0).unwrap();
+    let gw1 = ops::conv2d_backward_weight(&x, &gy, ws, 1, 0).unwrap();
+    ops::axpy(&gx, 1.0, &gx1).unwrap();
+    let apart = gpu.dispatch_count() - before;
+    let tape = Tape::new();
+    let (xv, w1v, w2v) = (tape.leaf(x), tape.leaf(w1), tape.leaf(w2));
+    let a = xv.conv2d(&w1v, None, 1, 0).unwrap();
+    let b = xv.conv2d(&w2v, None, 1, 0).unwrap();
+    let y = a.add(&b).unwrap();
+    let before = gpu.dispatch_count();
+    let grads = tape.backward_with(&y, gy).unwrap();
+    assert_eq!(gpu.dispatch_count() - before, apart - 1, "no axpy");
+    let bits =
+        |t: &Tensor| -> Vec<u32> { t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect() };
+    assert!(bits(grads.get(&xv).unwrap()) == bits(&gx), "x's gradient");
+    assert!(
+        bits(grads.get(&w1v).unwrap()) == bits(&gw1),
+        "w1's gradient"
+    );
+    assert!(
+        bits(grads.get(&w2v).unwrap()) == bits(&gw2),
+        "w2's gradient"
+    );
+}
+
 /// Case `c`'s input gradient: w and gy of random values (seeds `seeds`) and the reference gx.
 fn input_grad_problem(gpu: &Gpu, c: &Case, seeds: (u64, u64)) -> (Tensor, Tensor, Vec<f32>) {
     let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
@@ -680,6 +722,66 @@ fn input_gradient_split_k() {
             assert_close(&gx.to_vec().unwrap(), &expected, RTOL, 1e-4, &what);
         }
     }
+}
+
+/// [`input_grad_add_dispatches`] on `c`, whose kernels add as they write where `fused`.
+fn check_input_grad_add(gpu: &Gpu, c: &Case, seed: u64, tile: Option<ConvTile>, fused: bool) {
+    let what = format!("{c:?} tile {tile:?} algo {:?}", gpu.conv_algo());
+    let extra = input_grad_add_dispatches(gpu, c.x, c.w, c.stride, c.pad, tile, seed, &what);
+    assert_eq!(extra, !fused as u64, "{what}: dispatches of the sum's own");
+}
+
+#[test]
+fn input_gradient_adds_to_the_gradient_so_far() {
+    // A device of its own: the test sets the algorithm and the weights' copy.
+    let gpu = new_gpu();
+    gpu.set_conv_weight_copy_min_columns(0);
+    // The direct plans: one phase, merged strided phases, a 1x1 stride-2 kernel whose three
+    // unreached phases keep the sum's values, split-K (its reduction adds, on vec4s and, with
+    // 425 values, on scalars) with and without unreached phases, and a kernel larger than its
+    // 1x1 input (a window of taps).
+    let direct = [
+        case([2, 32, 9, 9], 32, 3, 3, 1, 1, false),
+        case([2, 24, 17, 19], 32, 3, 3, 2, 1, false),
+        case([2, 32, 7, 8], 32, 1, 1, 2, 0, false),
+        case([2, 64, 4, 4], 64, 3, 3, 1, 1, false),
+        case([1, 17, 5, 5], 136, 3, 3, 2, 1, false),
+        case([2, 32, 5, 6], 512, 1, 1, 2, 0, false),
+        case([2, 32, 1, 1], 32, 3, 3, 1, 1, false),
+    ];
+    gpu.set_conv_algo(ConvAlgo::Direct);
+    for (i, c) in direct.iter().enumerate() {
+        let tiles = ConvTile::ALL.iter().copied().map(Some);
+        for tile in std::iter::once(None).chain(tiles) {
+            check_input_grad_add(&gpu, c, 1700 + 10 * i as u64, tile, true);
+        }
+    }
+    for i in [3, 4, 5] {
+        let c = &direct[i];
+        let splits = ops::conv2d_input_grad_splits(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
+        assert!(splits > 1, "{c:?}: expected a split input gradient");
+    }
+    // Winograd's output transform adds, with either tile, on even and ragged planes.
+    gpu.set_conv_algo(ConvAlgo::Winograd);
+    for tile in [WinogradTile::F2, WinogradTile::F4] {
+        gpu.set_winograd_tile(Some(tile));
+        for (i, c) in [
+            case([2, 32, 8, 8], 48, 3, 3, 1, 1, false),
+            case([3, 40, 7, 9], 32, 3, 3, 1, 1, false),
+        ]
+        .iter()
+        .enumerate()
+        {
+            check_input_grad_add(&gpu, c, 1800 + 10 * i as u64, None, true);
+        }
+    }
+    // Narrow layers on CPU adapters run kernels of their own, then axpy.
+    gpu.set_winograd_tile(None);
+    gpu.set_conv_algo(ConvAlgo::Auto);
+    let c = case([2, 8, 6, 6], 8, 3, 3, 1, 1, false);
+    let narrow = ops::conv2d_narrow(&gpu, c.x, c.w, c.stride, c.pad).unwrap()[1];
+    assert_eq!(narrow, gpu.info().device_type == wgpu::DeviceType::Cpu);
+    check_input_grad_add(&gpu, &c, 1900, None, !narrow);
 }
 
 #[test]

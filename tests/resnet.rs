@@ -375,3 +375,44 @@ fn a_training_step_keeps_each_activation_once() {
         );
     }
 }
+
+#[test]
+fn residual_joins_sum_their_gradients_in_the_convs() {
+    // A device of its own: profiling is per device.
+    let gpu = new_gpu();
+    assert!(
+        gpu.profiling_supported(),
+        "{}: timestamp queries",
+        gpu.info()
+    );
+    // Basic blocks with and without a downsampling shortcut, and bottlenecks, 32 channels or
+    // more (narrower convs run kernels of their own on CPU adapters, then axpy). At each join
+    // the conv replayed second (the block's first conv, or the downsampling one) adds its input
+    // gradient to the other's as it writes it: the backward runs no elementwise add.
+    let configs = [
+        ResNetConfig::resnet18(5)
+            .with_layers(vec![2, 2])
+            .with_widths(vec![32, 64]),
+        ResNetConfig::resnet50(5)
+            .with_layers(vec![2, 1])
+            .with_widths(vec![32, 32]),
+    ];
+    let x = Tensor::from_slice(&gpu, &[2, 3, 8, 8], &random_vec(2 * 3 * 64, 31)).unwrap();
+    let labels = Tensor::from_u32(&gpu, &[2], &[1, 4]).unwrap();
+    for config in configs {
+        let config = config.with_stem(Stem::Cifar);
+        let mut net = ResNet::new(&gpu, config.clone(), &mut Rng::new(3)).unwrap();
+        let tape = Tape::new();
+        let (logits, _) = net.forward_train(&tape, &x, |_| true).unwrap();
+        let loss = logits.cross_entropy(&labels, 0.0).unwrap();
+        gpu.start_profiling().unwrap();
+        tape.backward(&loss).unwrap();
+        let kernels = gpu.finish_profiling().unwrap();
+        let adds: Vec<&str> = kernels
+            .iter()
+            .filter(|k| matches!(k.entry, "axpy" | "axpy4" | "add" | "add4"))
+            .map(|k| k.entry)
+            .collect();
+        assert!(adds.is_empty(), "{config:?}: the backward ran {adds:?}");
+    }
+}

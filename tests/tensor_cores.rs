@@ -295,6 +295,36 @@ fn f16_stagings_give_the_same_bits() {
 }
 
 #[test]
+fn f16_input_gradient_adds_to_the_gradient_so_far() {
+    let Some(gpu) = f16_gpu() else { return };
+    // The f16 engine's GEMMs end in conv.wgsl's epilogues: with a sum, they add to it as they
+    // write gx, with the bits of axpy after, on every f16 tile, split or not; and so does
+    // Winograd's output transform after the f16 engine's GEMMs.
+    let cases = [
+        ([2, 19, 13, 11], [131, 19, 3, 3], 1, 1),
+        ([1, 21, 17, 15], [70, 21, 3, 3], 2, 1),
+        ([2, 64, 4, 4], [64, 64, 3, 3], 1, 1),
+    ];
+    let splits = |c: &([usize; 4], [usize; 4], usize, usize)| {
+        ops::conv2d_input_grad_splits(&gpu, c.0, c.1, c.2, c.3).unwrap()
+    };
+    assert!(splits(&cases[2]) > 1, "a split input gradient");
+    gpu.set_conv_algo(ConvAlgo::Direct);
+    for tile in F16_TILES {
+        for (i, &(x, w, stride, pad)) in cases.iter().enumerate() {
+            let what = format!("{x:?} {w:?} stride {stride} {tile:?}");
+            let seed = 2100 + 10 * i as u64;
+            let extra = input_grad_add_dispatches(&gpu, x, w, stride, pad, Some(tile), seed, &what);
+            assert_eq!(extra, 0, "{what}: no dispatch of the sum's own");
+        }
+    }
+    gpu.set_conv_algo(ConvAlgo::Winograd);
+    let (x, w) = ([2, 32, 8, 8], [48, 32, 3, 3]);
+    let extra = input_grad_add_dispatches(&gpu, x, w, 1, 1, None, 2200, "f16 Winograd");
+    assert_eq!(extra, 0, "f16 Winograd: no dispatch of the sum's own");
+}
+
+#[test]
 fn f16_winograd_tracks_the_exact_convolution() {
     let Some(gpu) = f16_gpu() else { return };
     gpu.set_conv_algo(ConvAlgo::Winograd);

@@ -2,8 +2,10 @@
 //!
 //! A [`Tape`] records, for each differentiable op, a closure holding exactly the tensors its
 //! backward needs. [`Tape::backward`] replays the closures in reverse order, accumulating gradients
-//! where one value feeds several consumers (a residual block's input does). Ops on [`Var`]s that
-//! belong to no tape (inference) record nothing and keep no activations alive.
+//! where one value feeds several consumers (a residual block's input does): either in a pass of
+//! its own, or, where the op replayed second offers it ([`Accumulated`]), in the kernel that
+//! computes that op's gradient. Ops on [`Var`]s that belong to no tape (inference) record
+//! nothing and keep no activations alive.
 
 use crate::ops;
 use crate::tensor::Tensor;
@@ -18,12 +20,43 @@ use std::rc::Rc;
 /// ([`Tensor::is_unique`]), an op may write an input's gradient of the same shape over it
 /// instead of allocating one (ReLU and batch norm do): the replay never reads a gradient after
 /// passing it on, so this only lowers the step's memory.
-pub type BackwardFn = Box<dyn FnOnce(Tensor) -> Result<Vec<Option<Tensor>>>>;
+///
+/// [`Var::record_accumulating`]'s closures also receive the inputs' gradients so far
+/// ([`Accumulated`]).
+pub type BackwardFn =
+    Box<dyn for<'a> FnOnce(Tensor, &mut Accumulated<'a>) -> Result<Vec<Option<Tensor>>>>;
 
 struct Node {
     output: usize,
     inputs: Vec<Option<usize>>,
     backward: BackwardFn,
+}
+
+/// The gradients that a replayed op's inputs have received so far, from the consumers replayed
+/// before it (a residual block's input: its shortcut's gradient when its first conv is
+/// replayed).
+///
+/// An op that can add its own input gradient to another in the kernel that computes it (the
+/// convolution's input gradient can) [`take`](Accumulated::take)s the gradient so far and
+/// returns the sum as that input's gradient, written over it. The tape would otherwise add the
+/// two in a pass of its own: reading both, writing one, where the fused kernel only reads the
+/// one it adds to.
+pub struct Accumulated<'a> {
+    inputs: &'a [Option<usize>],
+    grads: &'a mut HashMap<usize, Tensor>,
+}
+
+impl Accumulated<'_> {
+    /// Input `i`'s gradient so far, when it has one and no other handle shares its buffer (so
+    /// that writing the sum over it cannot be observed elsewhere). Taking it moves it out of
+    /// the tape: the op must then return input `i`'s gradient with it added.
+    pub fn take(&mut self, i: usize) -> Option<Tensor> {
+        let id = self.inputs.get(i).copied().flatten()?;
+        if !self.grads.get(&id)?.is_unique() {
+            return None;
+        }
+        self.grads.remove(&id)
+    }
 }
 
 #[derive(Default)]
@@ -158,8 +191,15 @@ impl Tape {
             let Some(gout) = grads.remove(&node.output) else {
                 continue;
             };
-            let gins = (node.backward)(gout)?;
+            let mut so_far = Accumulated {
+                inputs: &node.inputs,
+                grads: &mut grads,
+            };
+            let gins = (node.backward)(gout, &mut so_far)?;
             debug_assert_eq!(gins.len(), node.inputs.len());
+            // A gradient so far that the op took is part of the one it returned, and no longer
+            // in `grads`: what is there now (another input's, when one value was two inputs)
+            // is added as usual.
             for (input, g) in node.inputs.iter().zip(gins) {
                 let (Some(id), Some(g)) = (input, g) else {
                     continue;
@@ -236,6 +276,18 @@ impl Var {
         inputs: &[&Var],
         output: Tensor,
         backward: impl FnOnce(Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) -> Result<Var> {
+        Var::record_accumulating(op, inputs, output, move |gy, _| backward(gy))
+    }
+
+    /// [`Var::record`] for an op whose backward can add an input's gradient to the one that
+    /// input has so far ([`Accumulated::take`]).
+    pub fn record_accumulating(
+        op: &'static str,
+        inputs: &[&Var],
+        output: Tensor,
+        backward: impl for<'a> FnOnce(Tensor, &mut Accumulated<'a>) -> Result<Vec<Option<Tensor>>>
+        + 'static,
     ) -> Result<Var> {
         let mut tape: Option<&Tape> = None;
         for v in inputs {

@@ -41,9 +41,9 @@ pub(crate) use winograd::F16_TILE as F16_WINOGRAD_TILE;
 pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_tiles};
 
 use kernels::{
-    EPI_RELU, EPI_RESIDUAL, Engine, F32_DOUBLE, F32_SHALLOW, F32_SINGLE, FORWARD_REDUCE,
-    FORWARD_REDUCE_BN, GyScale, Kernels, Params, TAPS_CROP, TAPS_EXPAND, WEIGHTS_RSC, f16_kernels,
-    gy_scale, reduce_splits,
+    EPI_ACCUMULATE, EPI_RELU, EPI_RESIDUAL, Engine, F32_DOUBLE, F32_SHALLOW, F32_SINGLE,
+    FORWARD_REDUCE, FORWARD_REDUCE_BN, GyScale, Kernels, Params, TAPS_CROP, TAPS_EXPAND,
+    WEIGHTS_RSC, f16_kernels, gy_scale, reduce_splits,
 };
 use plan::{Geometry, MAX_GRID, Route, SPLIT_MIN_CHUNK, gemm_grid, taps_outer};
 
@@ -442,12 +442,77 @@ pub fn conv2d_backward_input_tiled(
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
     let tile = tile.map(|t| GemmTile::on(gy.gpu(), t));
-    backward_input(gy, w, None, x_shape, stride, padding, tile, &GyScale::new())
+    backward_input(
+        gy,
+        w,
+        None,
+        x_shape,
+        stride,
+        padding,
+        tile,
+        &GyScale::new(),
+        None,
+    )
+}
+
+/// `sum` plus [`conv2d_backward_input`]`(gy, w, x_shape, stride, padding)`, written over `sum`,
+/// which it returns: the gradient of an input that has another from its other consumers (a
+/// residual block's input has its shortcut's). Where the plan's kernels can (the GEMMs, their
+/// split-K reduction and Winograd's output transform) they add as they write gx, so the sum
+/// costs a read of `sum` instead of a pass of its own; otherwise [`axpy`](super::axpy) adds
+/// after. The same bits as that `axpy` after [`conv2d_backward_input`] either way.
+pub fn conv2d_backward_input_add(
+    gy: &Tensor,
+    w: &Tensor,
+    x_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    sum: Tensor,
+) -> Result<Tensor> {
+    conv2d_backward_input_add_tiled(gy, w, x_shape, stride, padding, sum, None)
+}
+
+/// [`conv2d_backward_input_add`] with a given tile (for tests).
+#[doc(hidden)]
+pub fn conv2d_backward_input_add_tiled(
+    gy: &Tensor,
+    w: &Tensor,
+    x_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    sum: Tensor,
+    tile: Option<ConvTile>,
+) -> Result<Tensor> {
+    let tile = tile.map(|t| GemmTile::on(gy.gpu(), t));
+    let scale = GyScale::new();
+    backward_input(
+        gy,
+        w,
+        None,
+        x_shape,
+        stride,
+        padding,
+        tile,
+        &scale,
+        Some(sum),
+    )
+}
+
+/// `sum + gx` written over `sum` (when given), for the paths whose kernels do not add as they
+/// write: as the tape's accumulation would.
+fn add_to(sum: Option<Tensor>, gx: Tensor) -> Result<Tensor> {
+    match sum {
+        Some(sum) => {
+            super::axpy(&sum, 1.0, &gx)?;
+            Ok(sum)
+        }
+        None => Ok(gx),
+    }
 }
 
 /// [`conv2d_backward_input_tiled`] with a given engine and tile, gy's f16 operand scale shared
 /// with the weight gradient, and the weights' taps-outer copy (`copied`, [`forward`]'s) when
-/// the caller has it.
+/// the caller has it; with `sum`, [`conv2d_backward_input_add`].
 #[allow(clippy::too_many_arguments)]
 fn backward_input(
     gy: &Tensor,
@@ -458,20 +523,35 @@ fn backward_input(
     padding: usize,
     tile: Option<GemmTile>,
     scale: &GyScale,
+    sum: Option<Tensor>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d_backward_input";
     let gys = gy.nchw(OP, "output gradient gy [N, K, OH, OW]")?;
     let ws = w.nchw(OP, "weight w [K, C, R, S]")?;
     check_same_gpu(OP, gy, w)?;
+    if let Some(sum) = &sum {
+        sum.expect_f32_shape(OP, "the gradient so far", "the input's", &x_shape)?;
+        check_same_gpu(OP, gy, sum)?;
+    }
     let g = Geometry::new(OP, x_shape, ws, stride, padding)?;
     g.expect_y_shape(OP, gys)?;
     if let Some(win) = g.tap_window() {
         let w = g.crop_taps(OP, w, win)?;
-        return backward_input(gy, &w, copied, x_shape, stride, win.padding, tile, scale);
+        return backward_input(
+            gy,
+            &w,
+            copied,
+            x_shape,
+            stride,
+            win.padding,
+            tile,
+            scale,
+            sum,
+        );
     }
     let gpu = gy.gpu();
     if tile.is_none() && narrow::takes(gpu, &g, ConvPass::InputGrad) {
-        return narrow::backward_input(OP, &g, gy, w);
+        return add_to(sum, narrow::backward_input(OP, &g, gy, w)?);
     }
     let model = TileModel::for_gpu(gpu);
     // Tuned, one tile serves every phase; the model's is that of the first phase.
@@ -481,20 +561,26 @@ fn backward_input(
         tile,
         || g.input_plan(gpu, &model, None).model_tile(&model),
         |c| match c {
+            // Timed into gradients of their own: `sum` is written once, by the choice.
             Candidate::Gemm(t) => {
-                backward_input(gy, w, copied, x_shape, stride, padding, Some(t), scale).map(drop)
+                let t = Some(t);
+                backward_input(gy, w, copied, x_shape, stride, padding, t, scale, None).map(drop)
             }
             Candidate::Winograd { f16, tile } => {
-                winograd::backward_input(OP, &g, gy, w, scale, f16, tile).map(drop)
+                winograd::backward_input(OP, &g, gy, w, scale, f16, tile, None).map(drop)
             }
         },
     )? {
         Route::Winograd { f16, tile } => {
-            return winograd::backward_input(OP, &g, gy, w, scale, f16, tile);
+            return winograd::backward_input(OP, &g, gy, w, scale, f16, tile, sum);
         }
         Route::Direct(tile) => tile,
     };
-    let gx = Tensor::uninit(gpu, &x_shape, DType::F32, OP)?;
+    let accumulate = sum.is_some();
+    let gx = match sum {
+        Some(sum) => sum,
+        None => Tensor::uninit(gpu, &x_shape, DType::F32, OP)?,
+    };
     let plan = g.input_plan(gpu, &model, tile);
     // The f16 engine scales gy (operand B) by a power of two that keeps it clear of f16's
     // subnormals; the f32 engine binds no scale. The phases share one engine.
@@ -510,8 +596,9 @@ fn backward_input(
     let out = part.as_ref().unwrap_or(&gx);
     // A phase that no tap reaches (a kernel smaller than the stride, as in the 1x1 stride-2
     // downsampling convs: three of four pixels) only has zeros to write: one clear does that
-    // for all of them, instead of a GEMM dispatch each with an empty reduction.
-    if plan.skips_pixels {
+    // for all of them, instead of a GEMM dispatch each with an empty reduction. A sum written
+    // into keeps its values there.
+    if plan.skips_pixels && !(accumulate && part.is_none()) {
         gpu.clear(out.buffer());
     }
     let [k, c, r, s] = ws;
@@ -526,6 +613,10 @@ fn backward_input(
     let mut p = g.params(false, 0, plan.splits);
     p.scaled = if f16 { 2 } else { 0 };
     p.reduce_len = len as u32;
+    // The GEMMs add into the sum only without a split; with one, the reduction does.
+    if accumulate && part.is_none() {
+        p.epilogue = EPI_ACCUMULATE;
+    }
     if plan.merges(&g, gpu) {
         // One dispatch for all phases, grid x = column tile * phases + phase, z = split: the
         // shader derives each workgroup's phase, its taps and pixels (NR and NS go unused).
@@ -579,6 +670,9 @@ fn backward_input(
     if let Some(part) = &part {
         let mut p = g.params(false, 0, plan.splits);
         p.reduce_len = len as u32;
+        if accumulate {
+            p.epilogue = EPI_ACCUMULATE;
+        }
         reduce_splits(gpu, &p, part, &gx, len)?;
     }
     Ok(gx)
@@ -830,11 +924,13 @@ impl Var {
         let mut inputs = vec![self, w];
         inputs.extend(b);
         let has_bias = b.is_some();
-        Var::record("conv2d", &inputs, y, move |gy| {
+        Var::record_accumulating("conv2d", &inputs, y, move |gy, so_far| {
             let gy = &gy;
             // Passes on the f16 engine scale gy by the same power of two: computed once.
             let scale = GyScale::new();
             let gx = match &saved_w {
+                // x's gradient so far (a residual block's input, from its shortcut when this is
+                // the block's first conv) is added as gx is written.
                 Some((w, copied)) => Some(backward_input(
                     gy,
                     w,
@@ -844,6 +940,7 @@ impl Var {
                     padding,
                     None,
                     &scale,
+                    so_far.take(0),
                 )?),
                 None => None,
             };

@@ -207,3 +207,41 @@ pub fn conv_pass(
     };
     out.unwrap().to_vec().unwrap()
 }
+
+/// [`ops::conv2d_backward_input_add_tiled`] of random values against `axpy` after
+/// [`ops::conv2d_backward_input_tiled`] (`what` names the case): asserts the same bits, and
+/// returns the dispatches of the first less those of the second alone (0 where the kernels add
+/// as they write, 1 where axpy adds after).
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad_add_dispatches(
+    gpu: &Gpu,
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    pad: usize,
+    tile: Option<ConvTile>,
+    seed: u64,
+    what: &str,
+) -> u64 {
+    let (oh, ow) = ops::conv2d_output_size(x[2], x[3], w[2], stride, pad);
+    let ys = [x[0], w[0], oh, ow];
+    let wt = Tensor::from_slice(gpu, &w, &random_vec(w.iter().product(), seed)).unwrap();
+    let gy = Tensor::from_slice(gpu, &ys, &random_vec(ys.iter().product(), seed + 1)).unwrap();
+    let sum = random_vec(x.iter().product(), seed + 2);
+    let apart = Tensor::from_slice(gpu, &x, &sum).unwrap();
+    let before = gpu.dispatch_count();
+    let gx = ops::conv2d_backward_input_tiled(&gy, &wt, x, stride, pad, tile).unwrap();
+    let plain = gpu.dispatch_count() - before;
+    ops::axpy(&apart, 1.0, &gx).unwrap();
+    let into = Tensor::from_slice(gpu, &x, &sum).unwrap();
+    let before = gpu.dispatch_count();
+    let added = ops::conv2d_backward_input_add_tiled(&gy, &wt, x, stride, pad, into, tile).unwrap();
+    let dispatches = gpu.dispatch_count() - before;
+    let bits =
+        |t: &Tensor| -> Vec<u32> { t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect() };
+    assert!(
+        bits(&added) == bits(&apart),
+        "{what}: the sum's bits differ from axpy's"
+    );
+    dispatches - plain
+}

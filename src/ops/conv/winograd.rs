@@ -19,8 +19,8 @@
 
 use super::tune::ConvPass;
 use super::{
-    EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, GemmTile, Geometry, GyScale, MAX_GRID,
-    SPLIT_MIN_CHUNK, TileModel, reduce_splits, taps_outer,
+    EPI_ACCUMULATE, EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, GemmTile, Geometry, GyScale,
+    MAX_GRID, SPLIT_MIN_CHUNK, TileModel, reduce_splits, taps_outer,
 };
 use crate::gpu::{ConvAlgo, Gpu, Kernel, WinogradTile, grid_for_elements};
 use crate::kernel;
@@ -307,6 +307,8 @@ pub(super) fn forward(
 pub(super) enum Epilogue<'a> {
     /// The conv's bias, if any.
     Bias(Option<&'a Tensor>),
+    /// Added to what the output holds (the input gradient's `sum`, no bias).
+    Accumulate,
     /// Inference's eval-mode batch norm, residual and ReLU: y = relu?(batch_norm_eval(v)
     /// (+ residual)) of the convolution's output v, with `conv_forward_bn`'s arithmetic.
     BatchNorm {
@@ -318,6 +320,8 @@ pub(super) enum Epilogue<'a> {
 
 /// The input gradient: gx `[N, C, H, W]` from gy `[N, K, H, W]` and w `[K, C, 3, 3]`.
 /// `scale`: gy's f16 operand scale, shared with the weight gradient ([`super::gy_scale`]).
+/// With `sum`, the output transform adds gx to it and returns it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward_input(
     op: &'static str,
     g: &Geometry,
@@ -326,14 +330,20 @@ pub(super) fn backward_input(
     scale: &GyScale,
     f16: bool,
     tile: WinogradTile,
+    sum: Option<Tensor>,
 ) -> Result<Tensor> {
     let [n, c, h, wd] = g.x;
     let k = g.w[0];
     let gpu = gy.gpu();
     let u = weights(op, gpu, tile, w, c, k, true)?;
-    let gx = Tensor::uninit(gpu, &g.x, DType::F32, op)?;
+    let (gx, epilogue) = match sum {
+        Some(sum) => (sum, Epilogue::Accumulate),
+        None => (
+            Tensor::uninit(gpu, &g.x, DType::F32, op)?,
+            Epilogue::Bias(None),
+        ),
+    };
     let scale = transformed_gy_scale(gy, f16, scale)?;
-    let epilogue = Epilogue::Bias(None);
     convolve(
         op,
         gpu,
@@ -494,9 +504,14 @@ fn convolve(
         gemm(op, gpu, batch.xi, [k, c, tiles], u, &v, f16, scale, &m)?;
         let grid = grid_for_elements(k * tiles);
         match epilogue {
-            Epilogue::Bias(bias) => {
+            Epilogue::Bias(_) | Epilogue::Accumulate => {
+                let (bias, flags) = match epilogue {
+                    Epilogue::Bias(bias) => (bias, 0),
+                    _ => (None, EPI_ACCUMULATE),
+                };
                 let p = Params {
                     has_bias: bias.is_some() as u32,
+                    epilogue: flags,
                     ..batch.params(k, first, tiles)
                 };
                 let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
