@@ -23,10 +23,10 @@
 //                         batches, late layers), its reduction is split like the forward's: split
 //                         z writes the phase's pixels of a partial gx at z * len(gx), every phase
 //                         with the same number of splits, and conv_reduce_splits sums them.
-//                         With EPI_ACCUMULATE in p.epilogue, gx += the result instead (the
-//                         gradient the input has so far from its other consumers, summed here
-//                         rather than in a pass of its own): in the GEMM's epilogue without a
-//                         split, in conv_reduce_splits with one. Either adds in the order of
+//                         With ACCUMULATE (override), gx += the result instead (the gradient
+//                         the input has so far from its other consumers, summed here rather
+//                         than in a pass of its own); split, conv_reduce_splits adds instead
+//                         (EPI_ACCUMULATE in p.epilogue). Either adds in the order of
 //                         elementwise.wgsl's axpy (gx + 1 * result), so the same bits.
 //   conv_backward_weight: part[z,k,j]   = sum_{i in chunk z} gy[i -> (n,oh,ow), k] * x[n,c,oh*st-pd+r, ow*st-pd+s]
 //                         with j = (c*R + r)*S + s, i = (n*OH + oh)*OW + ow
@@ -179,7 +179,7 @@ struct Params {
     splits: u32,  // number of partial results (1: no split)
     scaled: u32,  // the f16 engine's scaled operand (conv_mma.wgsl); unused by the f32 engine
     epilogue: u32,  // conv_forward_bn, conv_forward_reduce_bn: EPI_RELU | EPI_RESIDUAL;
-                    // conv_backward_input, conv_reduce_splits(4): EPI_ACCUMULATE
+                    // conv_reduce_splits(4): EPI_ACCUMULATE
     eps: f32,       // conv_forward_bn, conv_forward_reduce_bn: the batch norm's epsilon
     // Split-K of the two backward passes: the length of one partial result (gw's, or gx's for
     // the input gradient), which conv_reduce_splits sums.
@@ -213,6 +213,12 @@ override MERGED: bool = false;
 // checked that every chunk lies in one tap (the reduced channels are a multiple of BK; for the
 // weight gradient, C a multiple of BN).
 override TAPS_OUTER: bool = false;
+
+// The input gradient adds to what gx holds (the gradient so far; never with a split, whose
+// reduction adds instead, EPI_ACCUMULATE): a constant, so that the other GEMMs' epilogues keep
+// their plain stores (a uniform flag cost RADV two scalar loads, a branch and a second store
+// sequence per element stored).
+override ACCUMULATE: bool = false;
 
 const TY: u32 = 256u / TX;          // thread rows (TX thread columns)
 const BM: u32 = TY * TM;
@@ -723,7 +729,7 @@ fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 
 const EPI_RELU: u32 = 1u;
 const EPI_RESIDUAL: u32 = 2u;
-// The input gradient's and conv_reduce_splits': add to what the output holds.
+// conv_reduce_splits': add to what the output holds.
 const EPI_ACCUMULATE: u32 = 4u;
 
 // The running statistics and affine parameters of one output channel.
@@ -984,11 +990,11 @@ fn bi_load_taps(tid: u32, m0: u32, valid: bool, gbase: u32, oh0: u32, ow0: u32) 
 }
 
 // Store gx (or this split's partial gx, at out_base) for GEMM row c at output column `col` (see
-// cols_lo), or add to it (EPI_ACCUMULATE, never with a split).
+// cols_lo), or add to it (ACCUMULATE).
 fn bi_put(c: u32, col: u32, v: f32) {
     if (col == NO_COL) { return; }
     let j = out_base + col + c * p.in_h * p.in_w;
-    if ((p.epilogue & EPI_ACCUMULATE) != 0u) {
+    if (ACCUMULATE) {
         bi_gx[j] = bi_gx[j] + v;
     } else {
         bi_gx[j] = v;

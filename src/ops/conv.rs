@@ -614,9 +614,7 @@ fn backward_input(
     p.scaled = if f16 { 2 } else { 0 };
     p.reduce_len = len as u32;
     // The GEMMs add into the sum only without a split; with one, the reduction does.
-    if accumulate && part.is_none() {
-        p.epilogue = EPI_ACCUMULATE;
-    }
+    let add = ("ACCUMULATE", (accumulate && part.is_none()) as u8 as f64);
     if plan.merges(&g, gpu) {
         // One dispatch for all phases, grid x = column tile * phases + phase, z = split: the
         // shader derives each workgroup's phase, its taps and pixels (NR and NS go unused).
@@ -629,7 +627,15 @@ fn backward_input(
             plan.splits as u32,
         ];
         let [kh, kw, order] = g.gemm_constants(true);
-        let constants = [kh, kw, ("NR", 1.0), ("NS", 1.0), order, ("MERGED", 1.0)];
+        let constants = [
+            kh,
+            kw,
+            ("NR", 1.0),
+            ("NS", 1.0),
+            order,
+            ("MERGED", 1.0),
+            add,
+        ];
         ph.engine.dispatch(
             gpu,
             &ph.engine.kernels.backward_input,
@@ -651,7 +657,14 @@ fn backward_input(
                 grid[2] = plan.splits as u32;
             }
             let [kh, kw, order] = g.gemm_constants(taps);
-            let constants = [kh, kw, ("NR", ph.nr as f64), ("NS", ph.ns as f64), order];
+            let constants = [
+                kh,
+                kw,
+                ("NR", ph.nr as f64),
+                ("NS", ph.ns as f64),
+                order,
+                add,
+            ];
             ph.engine.dispatch(
                 gpu,
                 &ph.engine.kernels.backward_input,

@@ -34,8 +34,8 @@ pub(super) struct Params {
     pub(super) splits: u32,
     /// The f16 engine's scaled operand (0: none, 1: A, 2: B); see `shaders/conv_mma.wgsl`.
     pub(super) scaled: u32,
-    /// The epilogue flags: conv_forward_bn's ([`EPI_RELU`], [`EPI_RESIDUAL`]), the input
-    /// gradient's and the split-K reduction's ([`EPI_ACCUMULATE`]).
+    /// The epilogue flags: conv_forward_bn's ([`EPI_RELU`], [`EPI_RESIDUAL`]), the split-K
+    /// reduction's ([`EPI_ACCUMULATE`]).
     pub(super) epilogue: u32,
     /// conv_forward_bn's batch-norm epsilon.
     pub(super) eps: f32,
@@ -51,9 +51,10 @@ pub(super) struct Params {
 pub(super) const EPI_RELU: u32 = 1;
 /// conv_forward_bn epilogue flag: add the residual (binding 10) before the ReLU.
 pub(super) const EPI_RESIDUAL: u32 = 2;
-/// conv_backward_input's, conv_reduce_splits' and winograd.wgsl's wino_output's epilogue flag:
-/// add to what the output holds instead of writing over it
-/// ([`conv2d_backward_input_add`](super::conv2d_backward_input_add)).
+/// conv_reduce_splits' and winograd.wgsl's wino_output's epilogue flag: add to what the output
+/// holds instead of writing over it
+/// ([`conv2d_backward_input_add`](super::conv2d_backward_input_add); the input gradient's GEMMs
+/// take the override constant `ACCUMULATE` instead).
 pub(super) const EPI_ACCUMULATE: u32 = 4;
 
 /// The conv kernels of one tile variant.
