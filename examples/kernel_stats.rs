@@ -94,7 +94,8 @@ fn jobs() -> Vec<Job> {
     // The conv passes of a 3x3 stride-1 convolution, taps outer (the default order): every f32
     // tile with one and two staged copies and with one shallow copy, and the f16 tensor-core
     // tiles for subgroups of 32;
-    // and the input gradient with a strided convolution's phases merged into one dispatch.
+    // and the input gradient adding to a sum (ACCUMULATE), and with a strided convolution's
+    // phases merged into one dispatch.
     let conv = [
         ("KH", 3.0),
         ("KW", 3.0),
@@ -121,6 +122,16 @@ fn jobs() -> Vec<Job> {
                 mma,
             });
         }
+        // The input gradient adding to the gradient so far (a residual block's first conv).
+        let mut accumulating = conv.to_vec();
+        accumulating.push(("ACCUMULATE", 1.0));
+        jobs.push(Job {
+            label: format!("conv #{i} {} ({engine}) accumulating", tile_label(variant)),
+            source: source.clone(),
+            entry: "conv_backward_input",
+            constants: accumulating,
+            mma,
+        });
         // The input gradient of a strided convolution with its phases in one dispatch.
         let mut merged = conv.to_vec();
         merged.extend([("NR", 1.0), ("NS", 1.0), ("MERGED", 1.0)]);
