@@ -441,18 +441,7 @@ pub fn conv2d_backward_input_tiled(
     padding: usize,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
-    let tile = tile.map(|t| GemmTile::on(gy.gpu(), t));
-    backward_input(
-        gy,
-        w,
-        None,
-        x_shape,
-        stride,
-        padding,
-        tile,
-        &GyScale::new(),
-        None,
-    )
+    input_grad_with_tile(gy, w, x_shape, stride, padding, tile, None)
 }
 
 /// `sum` plus [`conv2d_backward_input`]`(gy, w, x_shape, stride, padding)`, written over `sum`,
@@ -483,19 +472,23 @@ pub fn conv2d_backward_input_add_tiled(
     sum: Tensor,
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
+    input_grad_with_tile(gy, w, x_shape, stride, padding, tile, Some(sum))
+}
+
+/// [`backward_input`] of the tensor-level functions: a given f32 tile or the plan's, gy's own
+/// f16 scale, and no copy of the weights from a forward.
+fn input_grad_with_tile(
+    gy: &Tensor,
+    w: &Tensor,
+    x_shape: [usize; 4],
+    stride: usize,
+    padding: usize,
+    tile: Option<ConvTile>,
+    sum: Option<Tensor>,
+) -> Result<Tensor> {
     let tile = tile.map(|t| GemmTile::on(gy.gpu(), t));
     let scale = GyScale::new();
-    backward_input(
-        gy,
-        w,
-        None,
-        x_shape,
-        stride,
-        padding,
-        tile,
-        &scale,
-        Some(sum),
-    )
+    backward_input(gy, w, None, x_shape, stride, padding, tile, &scale, sum)
 }
 
 /// `sum + gx` written over `sum` (when given), for the paths whose kernels do not add as they
