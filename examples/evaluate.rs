@@ -5,7 +5,11 @@
 //! cargo run --release --example evaluate -- --weights resnet.safetensors --dataset fashion-mnist
 //! ```
 
+#[path = "common/progress.rs"]
+mod progress;
+
 use clap::Parser;
+use progress::Progress;
 use resnet_wgpu::classify::Classifier;
 use resnet_wgpu::data::{self, Augment};
 use resnet_wgpu::{Error, Gpu, Result};
@@ -37,6 +41,9 @@ struct Args {
     /// Evaluate the first N test images only.
     #[arg(long)]
     limit: Option<usize>,
+    /// No progress bar (or, without a terminal, progress lines).
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn run(a: Args) -> Result<()> {
@@ -81,7 +88,11 @@ fn run(a: Args) -> Result<()> {
         }
     };
     let norm = Augment::normalize(&fit(a.mean.clone(), mean), &fit(a.std.clone(), std));
-    let m = resnet_wgpu::train::evaluate(&mut model, &test, &norm, a.batch_size)?;
+    let mut pb = Progress::new("evaluating", test.len() as u64, "images", a.quiet);
+    let m = resnet_wgpu::train::evaluate_with(&mut model, &test, &norm, a.batch_size, |m| {
+        pb.set(m.count as u64, format!("acc {:.3}", m.accuracy));
+    })?;
+    pb.finish();
     println!("images: {}", m.count);
     println!("loss: {:.4}", m.loss);
     println!("accuracy: {:.4}", m.accuracy);

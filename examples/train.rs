@@ -9,8 +9,11 @@
 //!     --init pretrained.safetensors --freeze-backbone
 //! ```
 
+#[path = "common/progress.rs"]
+mod progress;
+
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::Progress;
 use resnet_wgpu::classify::preprocessing_metadata;
 use resnet_wgpu::data::{self, Augment, Dataset};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
@@ -139,30 +142,40 @@ struct Data {
     std: Vec<f32>,
 }
 
+/// The trainer's model on `data` in eval mode, with progress (`label`: which set).
+fn evaluate(
+    trainer: &mut Trainer,
+    data: &Dataset,
+    label: &str,
+    quiet: bool,
+) -> Result<resnet_wgpu::train::Metrics> {
+    let mut pb = Progress::new(label, data.len() as u64, "images", quiet);
+    let m = trainer.evaluate_with(data, 256, |m| {
+        pb.set(
+            m.count as u64,
+            format!("loss {:.4} acc {:.3}", m.loss, m.accuracy),
+        );
+    })?;
+    pb.finish();
+    Ok(m)
+}
+
 fn load_data(a: &Args) -> Result<Data> {
     // Image folders decode every file: show it.
-    let bar = if a.dataset == "folder" && !a.quiet {
-        ProgressBar::new(0).with_style(
-            ProgressStyle::with_template(
-                "decoding images [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .map_err(|e| Error::Invalid(e.to_string()))?
-            .progress_chars("=> "),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
+    let quiet = a.dataset != "folder" || a.quiet;
+    let bar = std::sync::Mutex::new(Progress::new("decoding", 0, "images", quiet));
     let (train, test, warnings) = data::load_named_splits(
         &a.dataset,
         a.data_dir.as_deref(),
         a.size,
         a.channels,
         &|done, total| {
+            let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
             bar.set_length(total as u64);
-            bar.set_position(done as u64);
+            bar.set(done as u64, String::new());
         },
     )?;
-    bar.finish_and_clear();
+    bar.into_inner().unwrap_or_else(|e| e.into_inner()).finish();
     for w in warnings {
         eprintln!("warning: {w}");
     }
@@ -356,19 +369,9 @@ fn run(a: Args) -> Result<()> {
     let run_start = Instant::now();
     for epoch in trainer.epoch()..epochs {
         let start = Instant::now();
-        let pb = if a.quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new((steps * trainer.config.batch_size) as u64)
-        };
-        pb.set_style(
-            ProgressStyle::with_template(
-                "epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        pb.set_prefix(format!("{}/{}", epoch + 1, epochs));
+        let label = format!("epoch {}/{}", epoch + 1, epochs);
+        let images = (steps * trainer.config.batch_size) as u64;
+        let mut pb = Progress::new(&label, images, "images", a.quiet);
         // Running means for the progress bar; the trainer keeps one step in flight.
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
         let batches = trainer.prefetch_epoch(train.clone())?;
@@ -376,14 +379,14 @@ fn run(a: Args) -> Result<()> {
             loss_sum += m.loss * m.count as f64;
             correct += m.accuracy * m.count as f64;
             seen += m.count;
-            pb.inc(m.count as u64);
-            pb.set_message(format!(
+            let msg = format!(
                 "loss {:.4} acc {:.3} lr {lr:.4}",
                 loss_sum / seen as f64,
                 correct / seen as f64,
-            ));
+            );
+            pb.set(seen as u64, msg);
         })?;
-        pb.finish_and_clear();
+        pb.finish();
         let seconds = start.elapsed().as_secs_f64();
         trainer.finish_epoch();
         let mut rec = EpochRecord {
@@ -396,7 +399,7 @@ fn run(a: Args) -> Result<()> {
             ..Default::default()
         };
         if let Some(val) = &data.val {
-            let v = trainer.evaluate(val, 256)?;
+            let v = evaluate(&mut trainer, val, "validation", a.quiet)?;
             rec.val_loss = Some(v.loss);
             rec.val_accuracy = Some(v.accuracy);
             rec.val_top5 = v.top5;
@@ -408,7 +411,7 @@ fn run(a: Args) -> Result<()> {
             gpu.save_conv_tuning(path)?;
         }
         if last {
-            let t = trainer.evaluate(&data.test, 256)?;
+            let t = evaluate(&mut trainer, &data.test, "test", a.quiet)?;
             rec.test_accuracy = Some(t.accuracy);
             rec.test_loss = Some(t.loss);
         }

@@ -380,6 +380,19 @@ impl Trainer {
         pollster::block_on(self.evaluate_async(data, batch_size))
     }
 
+    /// [`Trainer::evaluate`], calling `on_batch` with the metrics so far after each batch (for
+    /// progress; native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn evaluate_with(
+        &mut self,
+        data: &Dataset,
+        batch_size: usize,
+        on_batch: impl FnMut(&Metrics),
+    ) -> Result<Metrics> {
+        let normalize = normalize_of(&self.config.augment);
+        evaluate_with(&mut self.model, data, &normalize, batch_size, on_batch)
+    }
+
     /// Plan the next epoch's batches (shuffled and augmented from the trainer's RNG).
     pub fn epoch_batches<'a>(
         &mut self,
@@ -654,6 +667,18 @@ pub async fn evaluate_async(
     normalize: &Augment,
     batch_size: usize,
 ) -> Result<Metrics> {
+    evaluate_with_async(model, data, normalize, batch_size, |_| ()).await
+}
+
+/// [`evaluate_async`], calling `on_batch` with the metrics so far (their `count` the images
+/// evaluated) after each batch: for progress.
+pub async fn evaluate_with_async(
+    model: &mut ResNet,
+    data: &Dataset,
+    normalize: &Augment,
+    batch_size: usize,
+    mut on_batch: impl FnMut(&Metrics),
+) -> Result<Metrics> {
     check_labels(&data.labels, model.config().num_classes)?;
     let gpu = model.gpu().clone();
     let mut tally = Tally::default();
@@ -664,6 +689,7 @@ pub async fn evaluate_async(
         let (loss, _) = crate::ops::cross_entropy(&logits, &y, 0.0)?;
         let values = Tensor::read_all(&[&loss, &logits]).await?;
         tally.add(values[0][0], &values[1], &batch.labels);
+        on_batch(&tally.metrics());
     }
     Ok(tally.metrics())
 }
@@ -677,4 +703,18 @@ pub fn evaluate(
     batch_size: usize,
 ) -> Result<Metrics> {
     pollster::block_on(evaluate_async(model, data, normalize, batch_size))
+}
+
+/// Blocking [`evaluate_with_async`] (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn evaluate_with(
+    model: &mut ResNet,
+    data: &Dataset,
+    normalize: &Augment,
+    batch_size: usize,
+    on_batch: impl FnMut(&Metrics),
+) -> Result<Metrics> {
+    pollster::block_on(evaluate_with_async(
+        model, data, normalize, batch_size, on_batch,
+    ))
 }

@@ -72,6 +72,13 @@ fn learns_a_real_fashion_mnist_subset() {
     );
     assert_eq!(after.count, 1000);
     assert!(after.top5.unwrap() > after.accuracy);
+    // With progress: the metrics so far after each batch of 250, then the same result.
+    let mut counts = Vec::new();
+    let with = trainer
+        .evaluate_with(&test_set, 250, |m| counts.push(m.count))
+        .unwrap();
+    assert_eq!(counts, [250, 500, 750, 1000]);
+    assert_eq!(with, after);
 }
 
 fn tiny_trainer(gpu: &resnet_wgpu::Gpu, seed: u64, optimizer: OptimizerKind) -> Trainer {
