@@ -503,20 +503,19 @@ fn convolve(
         batch.transform(gpu, &kernels(tile).input, src, &v, c, first, tiles)?;
         gemm(op, gpu, batch.xi, [k, c, tiles], u, &v, f16, scale, &m)?;
         let grid = grid_for_elements(k * tiles);
+        // The plain output transform, with a bias or adding to `out`.
+        let output = |bias: Option<&Tensor>, flags: u32| {
+            let p = Params {
+                has_bias: bias.is_some() as u32,
+                epilogue: flags,
+                ..batch.params(k, first, tiles)
+            };
+            let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
+            gpu.dispatch(&kernels(tile).output, &p, &buffers, grid)
+        };
         match epilogue {
-            Epilogue::Bias(_) | Epilogue::Accumulate => {
-                let (bias, flags) = match epilogue {
-                    Epilogue::Bias(bias) => (bias, 0),
-                    _ => (None, EPI_ACCUMULATE),
-                };
-                let p = Params {
-                    has_bias: bias.is_some() as u32,
-                    epilogue: flags,
-                    ..batch.params(k, first, tiles)
-                };
-                let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
-                gpu.dispatch(&kernels(tile).output, &p, &buffers, grid)?;
-            }
+            Epilogue::Bias(bias) => output(bias, 0)?,
+            Epilogue::Accumulate => output(None, EPI_ACCUMULATE)?,
             Epilogue::BatchNorm { bn, residual, relu } => {
                 let p = Params {
                     epilogue: if relu { EPI_RELU } else { 0 }
