@@ -35,7 +35,9 @@
 //                     4 gamma [C], 5 beta [C] (all read), 6 y [N*C*HW] (write), 7 residual
 //                     [N*C*HW] (read when flags & RESIDUAL; any buffer but y otherwise)
 //   backward_partial  grid: C * chunks workgroups as stats_partial
-//                     1 x, 2 y (only read when RELU), 3 gy, 4 mean [C], 5 invstd [C] (all read),
+//                     1 x, 2 y (only read when RELU), 4 mean [C], 5 invstd [C] (all read),
+//                     3 gy (read_write: with flag MASK_OUT the ReLU-masked gradient is written
+//                     back over it, for a residual block's shortcut),
 //                     6 partials [C * chunks * 2] (sum dy, sum dy * xhat) (write)
 //   backward_finalize grid: one thread per channel (256 per workgroup)
 //                     1 partials [C * chunks * 2], 2 gamma [C], 3 invstd [C] (read),
@@ -50,8 +52,7 @@
 //   normalize4, backward_input4, backward_input_inplace4, stats_partial4, backward_partial4:
 //                     the same on vec4s where H * W is a multiple of 4, params.hw (and the
 //                     chunk and steps) then counting vec4s (see there); bindings as theirs
-//                     (backward_partial4 without 7, and with 3 = gy read_write: with flag
-//                     MASK_OUT it writes the ReLU-masked gradient back over gy)
+//                     (backward_partial4 without 7)
 //   With the pipeline constant POOLED, backward_partial and pooled_backward_input are the
 //   backward of batch norm followed by a max pool with a ReLU after it (ops::pool's
 //   max_pool2d_relu; a ResNet stem), without the pooling's full-size input gradient. The batch
@@ -75,7 +76,7 @@ struct Params {
     chunks: u32,     // reduction chunks per channel
     chunk_len: u32,  // values per chunk (the last chunk may be shorter)
     flags: u32,      // bit 0: RELU, bit 1: VAR_STAT (normalize), bit 2: EVAL (backward_finalize),
-                     // bit 3: RESIDUAL (normalize), bit 4: MASK_OUT (backward_partial4)
+                     // bit 3: RESIDUAL (normalize), bit 4: MASK_OUT (backward_partial(4))
     momentum: f32,
     eps: f32,
     element_step_q: u32,  // normalize, backward_input: 256 % hw
@@ -437,15 +438,19 @@ override PP: u32 = 1u;
 // ---- backward_partial ----
 @group(0) @binding(1) var<storage, read> bp_x: array<f32>;
 @group(0) @binding(2) var<storage, read> bp_y: array<f32>;
-@group(0) @binding(3) var<storage, read> bp_gy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bp_gy: array<f32>;
 @group(0) @binding(4) var<storage, read> bp_mean: array<f32>;
 @group(0) @binding(5) var<storage, read> bp_invstd: array<f32>;
 @group(0) @binding(6) var<storage, read_write> bp_partials: array<f32>;
 
-// (dy, dy * xhat) of flat index i (POOLED: of pooled output i, x read at its argmax).
+// (dy, dy * xhat) of flat index i (POOLED: of pooled output i, x read at its argmax). With
+// MASK_OUT (never POOLED) a value the ReLU masks is zeroed in gy too, as bp_mask4 does.
 fn bp_terms(i: u32, relu: bool, mean: f32, invstd: f32) -> vec2<f32> {
     var dy = bp_gy[i];
-    if (relu && !(bp_y[i] > 0.0)) { dy = 0.0; }
+    if (relu && !(bp_y[i] > 0.0)) {
+        dy = 0.0;
+        if ((params.flags & MASK_OUT) != 0u) { bp_gy[i] = 0.0; }
+    }
     var xi = i;
     if (POOLED) { xi = (i / params.hw) * (params.in_h * params.in_w) + pool_idx[i]; }
     return vec2<f32>(dy, dy * (bp_x[xi] - mean) * invstd);

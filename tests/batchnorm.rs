@@ -394,6 +394,37 @@ fn residual_join_matches_separate_ops() {
     );
 }
 
+#[test]
+fn residual_join_masks_its_gradient_in_the_partial_sums() {
+    // relu(bn(x) + r)'s backward masks the upstream gradient by the ReLU as its partial sums
+    // read it and writes the masked values back for r, on planes of any size: planes of 35
+    // values (scalar kernels) take as many dispatches as planes of 24 (vec4s), with no mask
+    // pass of their own.
+    let gpu = new_gpu();
+    let dispatches = |shape: [usize; 4]| {
+        let numel = shape.iter().product();
+        let c = shape[1];
+        let tape = Tape::new();
+        let t = |v: Vec<f32>, s: &[usize]| tape.leaf(Tensor::from_slice(&gpu, s, &v).unwrap());
+        let (x, r) = (
+            t(random_vec(numel, 71), &shape),
+            t(random_vec(numel, 72), &shape),
+        );
+        let (g, b) = (t(vec![1.0; c], &[c]), t(vec![0.0; c], &[c]));
+        let (rm, rv) = (
+            Tensor::zeros(&gpu, &[c]).unwrap(),
+            Tensor::full(&gpu, &[c], 1.0).unwrap(),
+        );
+        let opts = BatchNorm::train().with_relu();
+        let y = x.batch_norm_add(&g, &b, &rm, &rv, opts, &r).unwrap();
+        let seed = Tensor::from_slice(&gpu, &shape, &random_vec(numel, 73)).unwrap();
+        let before = gpu.dispatch_count();
+        tape.backward_with(&y, seed).unwrap();
+        gpu.dispatch_count() - before
+    };
+    assert_eq!(dispatches([3, 6, 5, 7]), dispatches([2, 5, 4, 6]));
+}
+
 fn residual_case(n: usize, c: usize, h: usize, w: usize) {
     let gpu = gpu();
     let shape = [n, c, h, w];

@@ -108,8 +108,8 @@ enum GyUse {
     Overwrite,
     /// Mask it by the ReLU in place and keep it (a residual block's join, whose shortcut
     /// receives the masked gradient too); gx gets a buffer of its own. Only with the ReLU, and
-    /// only where nothing else holds it. The vec4 partial sums do the masking as they read
-    /// (`MASK_OUT`); elsewhere it is a pass of its own.
+    /// only where nothing else holds it. The partial sums do the masking as they read
+    /// (`MASK_OUT`).
     Mask,
 }
 
@@ -543,12 +543,6 @@ fn backward(
     )?;
     let gpu = x.gpu();
     let mask = gy_use == GyUse::Mask && relu;
-    if mask && !d.vec4() {
-        // The scalar partial sums do not mask in place: a pass of its own, then the plain
-        // backward of the masked gradient.
-        crate::ops::elementwise::relu_backward_in_place(y, gy)?;
-        return backward(op, x, x, gy, gamma, saved, false, eval, GyUse::Read);
-    }
     let eval_flag = if eval { FLAG_EVAL } else { 0 };
     let flags = relu_flag(relu) | eval_flag;
     let p = d.params(flags, 0.0, 0.0);
