@@ -587,11 +587,13 @@ fn backward_input(
         splits => Some(Tensor::uninit(gpu, &[splits, len], DType::F32, OP)?),
     };
     let out = part.as_ref().unwrap_or(&gx);
+    // The GEMMs add into the sum only without a split; with one, the reduction does.
+    let gemms_add = accumulate && part.is_none();
     // A phase that no tap reaches (a kernel smaller than the stride, as in the 1x1 stride-2
     // downsampling convs: three of four pixels) only has zeros to write: one clear does that
-    // for all of them, instead of a GEMM dispatch each with an empty reduction. A sum written
-    // into keeps its values there.
-    if plan.skips_pixels && !(accumulate && part.is_none()) {
+    // for all of them, instead of a GEMM dispatch each with an empty reduction. A sum the
+    // GEMMs add into keeps its values there.
+    if plan.skips_pixels && !gemms_add {
         gpu.clear(out.buffer());
     }
     let [k, c, r, s] = ws;
@@ -606,8 +608,7 @@ fn backward_input(
     let mut p = g.params(false, 0, plan.splits);
     p.scaled = if f16 { 2 } else { 0 };
     p.reduce_len = len as u32;
-    // The GEMMs add into the sum only without a split; with one, the reduction does.
-    let add = ("ACCUMULATE", (accumulate && part.is_none()) as u8 as f64);
+    let add = ("ACCUMULATE", gemms_add as u8 as f64);
     if plan.merges(&g, gpu) {
         // One dispatch for all phases, grid x = column tile * phases + phase, z = split: the
         // shader derives each workgroup's phase, its taps and pixels (NR and NS go unused).
