@@ -122,6 +122,19 @@ fn jobs() -> Vec<Job> {
                 mma,
             });
         }
+        // Inference's conv with its batch norm, the residual and the ReLU (a block's last conv).
+        let mut fused = conv.to_vec();
+        fused.extend([("RESIDUAL", 1.0), ("RELU", 1.0)]);
+        jobs.push(Job {
+            label: format!(
+                "conv #{i} {} ({engine}) bn residual relu",
+                tile_label(variant)
+            ),
+            source: source.clone(),
+            entry: "conv_forward_bn",
+            constants: fused,
+            mma,
+        });
         // The input gradient adding to the gradient so far (a residual block's first conv).
         let mut accumulating = conv.to_vec();
         accumulating.push(("ACCUMULATE", 1.0));
@@ -196,6 +209,27 @@ fn jobs() -> Vec<Job> {
         "wino4_weights_grad",
     ] {
         jobs.push(simple("winograd.wgsl", entry, vec![]));
+    }
+    // The input gradient's output transforms, adding to the gradient so far, and inference's
+    // batch-norm output transforms as a residual block's last conv runs them.
+    for (entry, label, constants) in [
+        ("wino_output", "accumulating", vec![("ACCUMULATE", 1.0)]),
+        ("wino4_output", "accumulating", vec![("ACCUMULATE", 1.0)]),
+        (
+            "wino_output_bn",
+            "residual relu",
+            vec![("RESIDUAL", 1.0), ("RELU", 1.0)],
+        ),
+        (
+            "wino4_output_bn",
+            "residual relu",
+            vec![("RESIDUAL", 1.0), ("RELU", 1.0)],
+        ),
+    ] {
+        jobs.push(Job {
+            label: format!("winograd.wgsl {label}"),
+            ..simple("winograd.wgsl", entry, constants)
+        });
     }
     // The narrow conv kernels as an 8-channel 3x3 layer runs them (two vec4 groups).
     let narrow = vec![("VG", 2.0), ("WG", 64.0), ("KH", 3.0), ("KW", 3.0)];

@@ -138,7 +138,7 @@
 //                         has_bias == 0), 3 = y [N,K,OH,OW] (write)
 //   conv_forward_bn:      1 = x, 2 = w, 4 = y as conv_forward (no bias, no split), 6 = gamma [K],
 //                         7 = beta [K], 8 = running mean [K], 9 = running var [K] (all read),
-//                         10 = res [N,K,OH,OW] (read; any buffer but y without EPI_RESIDUAL):
+//                         10 = res [N,K,OH,OW] (read; any buffer but y without RESIDUAL):
 //                         8 storage buffers (9 with conv_mma.wgsl), WebGPU's default limit
 //   conv_forward_reduce_bn: 1 = part (read), 4 = y (write), 6-10 as conv_forward_bn
 //   With conv_mma.wgsl, the three GEMM entry points also bind 5 = the f16 operand scale (see
@@ -178,8 +178,7 @@ struct Params {
     chunk: u32,   // split-K (weight gradient, small forward): reduction per split (multiple of BK)
     splits: u32,  // number of partial results (1: no split)
     scaled: u32,  // the f16 engine's scaled operand (conv_mma.wgsl); unused by the f32 engine
-    epilogue: u32,  // conv_forward_bn, conv_forward_reduce_bn: EPI_RELU | EPI_RESIDUAL;
-                    // conv_reduce_splits(4): EPI_ACCUMULATE
+    epilogue: u32,  // conv_reduce_splits(4): EPI_ACCUMULATE
     eps: f32,       // conv_forward_bn, conv_forward_reduce_bn: the batch norm's epsilon
     // Split-K of the two backward passes: the length of one partial result (gw's, or gx's for
     // the input gradient), which conv_reduce_splits sums.
@@ -219,6 +218,12 @@ override TAPS_OUTER: bool = false;
 // their plain stores (a uniform flag cost RADV two scalar loads, a branch and a second store
 // sequence per element stored).
 override ACCUMULATE: bool = false;
+
+// conv_forward_bn's and conv_forward_reduce_bn's epilogue: add the residual (binding 10), then
+// the ReLU. Constants for the same reason (RADV, 128x64 tile: 2,416 instructions and 85
+// branches with them as flags).
+override RESIDUAL: bool = false;
+override RELU: bool = false;
 
 const TY: u32 = 256u / TX;          // thread rows (TX thread columns)
 const BM: u32 = TY * TM;
@@ -727,8 +732,6 @@ fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(9) var<storage, read> bn_var: array<f32>;
 @group(0) @binding(10) var<storage, read> bn_res: array<f32>;
 
-const EPI_RELU: u32 = 1u;
-const EPI_RESIDUAL: u32 = 2u;
 // conv_reduce_splits': add to what the output holds.
 const EPI_ACCUMULATE: u32 = 4u;
 
@@ -748,8 +751,8 @@ fn bn_channel(c: u32) -> BnChannel {
 // elementwise.wgsl's `add_relu` (or `add`), so that the result matches those kernels run apart.
 fn bn_out(ch: BnChannel, j: u32, v: f32) -> f32 {
     var y = (v - ch.mean) * ch.invstd * ch.gamma + ch.beta;
-    if ((p.epilogue & EPI_RESIDUAL) != 0u) { y = y + bn_res[j]; }
-    if ((p.epilogue & EPI_RELU) != 0u) { y = max(y, 0.0); }
+    if (RESIDUAL) { y = y + bn_res[j]; }
+    if (RELU) { y = max(y, 0.0); }
     return y;
 }
 

@@ -21,9 +21,9 @@
 //   wino_input:   V[ξ][c][p]    = (Bᵀ d B)[i][j] for channel c of the tile p of the chunk
 //   wino_output:  y[n, k, 2 th + a, 2 tw + b] = (Aᵀ M[.][k][p] A)[a][b] (+ b[k]), only where
 //                 the output has that pixel (odd sizes: the last tile's second row or column
-//                 is dropped); with EPI_ACCUMULATE in p.epilogue (the input gradient, no bias)
-//                 y += that instead: the gradient that the input has so far, plus this one, in
-//                 the order of elementwise.wgsl's axpy (y + 1 * value), so the same bits
+//                 is dropped); with the pipeline constant ACCUMULATE (the input gradient, no
+//                 bias) y += that instead: the gradient that the input has so far, plus this
+//                 one, in the order of elementwise.wgsl's axpy (y + 1 * value), so the same bits
 // p = (n th_count + th) tw_count + tw counts the 2x2 tiles of a chunk of images [first, first +
 // images), tiles = images th_count tw_count. B and A hold 0 and +-1 only, so V and the output
 // are sums and differences; G halves.
@@ -46,7 +46,7 @@
 // destination (write: U, V, y, GY or gw); wino_output also 3 = bias [K] (read; any buffer
 // when has_bias == 0); wino_output_bn (the output transform with inference's batch norm, see
 // there) 4-7 = gamma, beta, running mean, running var [K], 8 = the residual (read; any buffer
-// but y without EPI_RESIDUAL): 7 storage buffers.
+// but y without RESIDUAL): 7 storage buffers.
 
 struct Params {
     count: u32,     // work items (threads that do something)
@@ -61,7 +61,6 @@ struct Params {
     rows: u32,      // wino_weights, wino_weights_grad: rows and columns of each U[ξ] (dU[ξ])
     cols: u32,
     flip: u32,      // wino_weights: the input gradient's turned, transposed kernel
-    epilogue: u32,  // wino_output_bn: EPI_RELU | EPI_RESIDUAL; wino_output: EPI_ACCUMULATE
     eps: f32,       // wino_output_bn: the batch norm's epsilon
 }
 
@@ -70,14 +69,20 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 
-const EPI_RELU: u32 = 1u;
-const EPI_RESIDUAL: u32 = 2u;
-const EPI_ACCUMULATE: u32 = 4u;
+// The epilogues' choices are pipeline constants rather than flags in the params, so that each
+// transform compiles without a branch per stored value (RADV: wino4_output 698 instructions and
+// 50 branches with a flag, 485 and 18 without; conv.wgsl's ACCUMULATE found the same):
+// - ACCUMULATE: the plain output transforms add to what y holds (the input gradient's sum so
+//   far) instead of writing it;
+// - RESIDUAL, RELU: wino_output_bn's residual add and ReLU.
+override ACCUMULATE: bool = false;
+override RESIDUAL: bool = false;
+override RELU: bool = false;
 
-// An output transform's value v for y[at], plus the bias b, or (EPI_ACCUMULATE) added to what
+// An output transform's value v for y[at], plus the bias b, or (ACCUMULATE) added to what
 // y[at] holds.
 fn put(at: u32, v: f32, b: f32) {
-    if ((p.epilogue & EPI_ACCUMULATE) != 0u) {
+    if (ACCUMULATE) {
         dst[at] = dst[at] + v;
     } else {
         dst[at] = v + b;
@@ -278,10 +283,24 @@ fn wino_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(7) var<storage, read> bn_var: array<f32>;
 @group(0) @binding(8) var<storage, read> bn_res: array<f32>;
 
-fn bn_store(k: u32, j: u32, v: f32) {
-    var y = (v - bn_mean[k]) * (1.0 / sqrt(bn_var[k] + p.eps)) * bn_gamma[k] + bn_beta[k];
-    if ((p.epilogue & EPI_RESIDUAL) != 0u) { y = y + bn_res[j]; }
-    if ((p.epilogue & EPI_RELU) != 0u) { y = max(y, 0.0); }
+// Channel k's running statistics and affine parameters, read once per thread as conv.wgsl's
+// conv_forward_bn does, not for every value stored (RADV merged those reads already; a
+// compiler that cannot tell the bindings from dst need not).
+struct BnChannel {
+    mean: f32,
+    invstd: f32,
+    gamma: f32,
+    beta: f32,
+}
+
+fn bn_channel(k: u32) -> BnChannel {
+    return BnChannel(bn_mean[k], 1.0 / sqrt(bn_var[k] + p.eps), bn_gamma[k], bn_beta[k]);
+}
+
+fn bn_store(ch: BnChannel, j: u32, v: f32) {
+    var y = (v - ch.mean) * ch.invstd * ch.gamma + ch.beta;
+    if (RESIDUAL) { y = y + bn_res[j]; }
+    if (RELU) { y = max(y, 0.0); }
     dst[j] = y;
 }
 
@@ -291,11 +310,12 @@ fn wino_output_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
     let t = output_tile(i);
-    bn_store(t.k, t.at, t.y0.x);
-    if (t.right) { bn_store(t.k, t.at + 1u, t.y0.y); }
+    let ch = bn_channel(t.k);
+    bn_store(ch, t.at, t.y0.x);
+    if (t.right) { bn_store(ch, t.at + 1u, t.y0.y); }
     if (t.down) {
-        bn_store(t.k, t.at + p.width, t.y1.x);
-        if (t.right) { bn_store(t.k, t.at + p.width + 1u, t.y1.y); }
+        bn_store(ch, t.at + p.width, t.y1.x);
+        if (t.right) { bn_store(ch, t.at + p.width + 1u, t.y1.y); }
     }
 }
 
@@ -677,11 +697,11 @@ fn wino4_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // Column `col` of an output tile at y[at] through wino_output_bn's epilogue (bn_store).
-fn put_column4_bn(col: Vec4, k: u32, at: u32, rows: u32) {
-    bn_store(k, at, col[0]);
-    if (rows > 1u) { bn_store(k, at + p.width, col[1]); }
-    if (rows > 2u) { bn_store(k, at + 2u * p.width, col[2]); }
-    if (rows > 3u) { bn_store(k, at + 3u * p.width, col[3]); }
+fn put_column4_bn(col: Vec4, ch: BnChannel, at: u32, rows: u32) {
+    bn_store(ch, at, col[0]);
+    if (rows > 1u) { bn_store(ch, at + p.width, col[1]); }
+    if (rows > 2u) { bn_store(ch, at + 2u * p.width, col[2]); }
+    if (rows > 3u) { bn_store(ch, at + 3u * p.width, col[3]); }
 }
 
 // wino4_output_bn: wino_output_bn's epilogue on F(4x4, 3x3)'s tiles.
@@ -691,10 +711,11 @@ fn wino4_output_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
     let t = output_tile4(i);
-    put_column4_bn(t.y[0], t.k, t.at, t.rows);
-    if (t.cols > 1u) { put_column4_bn(t.y[1], t.k, t.at + 1u, t.rows); }
-    if (t.cols > 2u) { put_column4_bn(t.y[2], t.k, t.at + 2u, t.rows); }
-    if (t.cols > 3u) { put_column4_bn(t.y[3], t.k, t.at + 3u, t.rows); }
+    let ch = bn_channel(t.k);
+    put_column4_bn(t.y[0], ch, t.at, t.rows);
+    if (t.cols > 1u) { put_column4_bn(t.y[1], ch, t.at + 1u, t.rows); }
+    if (t.cols > 2u) { put_column4_bn(t.y[2], ch, t.at + 2u, t.rows); }
+    if (t.cols > 3u) { put_column4_bn(t.y[3], ch, t.at + 3u, t.rows); }
 }
 
 // Row y of gy's 4x4 output tile from column x0 (zeros past the plane's edge).

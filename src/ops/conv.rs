@@ -41,9 +41,9 @@ pub(crate) use winograd::F16_TILE as F16_WINOGRAD_TILE;
 pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_tiles};
 
 use kernels::{
-    EPI_ACCUMULATE, EPI_RELU, EPI_RESIDUAL, Engine, F32_DOUBLE, F32_SHALLOW, F32_SINGLE,
-    FORWARD_REDUCE, FORWARD_REDUCE_BN, GyScale, Kernels, Params, TAPS_CROP, TAPS_EXPAND,
-    WEIGHTS_RSC, f16_kernels, gy_scale, reduce_splits,
+    EPI_ACCUMULATE, Engine, F32_DOUBLE, F32_SHALLOW, F32_SINGLE, FORWARD_REDUCE, FORWARD_REDUCE_BN,
+    GyScale, Kernels, Params, TAPS_CROP, TAPS_EXPAND, WEIGHTS_RSC, bn_epilogue, f16_kernels,
+    gy_scale, reduce_splits,
 };
 use plan::{Geometry, MAX_GRID, Route, SPLIT_MIN_CHUNK, gemm_grid, taps_outer};
 
@@ -348,9 +348,8 @@ pub fn conv2d_bn_eval_tiled(
     let copy = g.weights_copy(OP, w, taps_outer)?;
     let wk = copy.as_ref().unwrap_or(w);
     let mut params = g.params(false, chunk, splits);
-    params.epilogue =
-        if relu { EPI_RELU } else { 0 } | if residual.is_some() { EPI_RESIDUAL } else { 0 };
     params.eps = bn.eps;
+    let flags = bn_epilogue(residual.is_some(), relu);
     let bn_bound = [
         (6, bn.gamma.buffer()),
         (7, bn.beta.buffer()),
@@ -365,10 +364,12 @@ pub fn conv2d_bn_eval_tiled(
         let (m, n) = g.forward_gemm();
         let mut bound = vec![(1, x.buffer()), (2, wk.buffer()), (4, y.buffer())];
         bound.extend(bn_bound);
+        let mut constants = g.gemm_constants(taps_outer).to_vec();
+        constants.extend(flags);
         engine.dispatch_bound(
             gpu,
             &engine.kernels.forward_bn,
-            &g.gemm_constants(taps_outer),
+            &constants,
             &params,
             bound,
             w.buffer(),
@@ -380,7 +381,7 @@ pub fn conv2d_bn_eval_tiled(
         bound.extend(bn_bound);
         gpu.dispatch_bound(
             &FORWARD_REDUCE_BN,
-            &[],
+            &flags,
             &params,
             &bound,
             crate::gpu::grid_for_elements(y.numel()),

@@ -34,8 +34,7 @@ pub(super) struct Params {
     pub(super) splits: u32,
     /// The f16 engine's scaled operand (0: none, 1: A, 2: B); see `shaders/conv_mma.wgsl`.
     pub(super) scaled: u32,
-    /// The epilogue flags: conv_forward_bn's ([`EPI_RELU`], [`EPI_RESIDUAL`]), the split-K
-    /// reduction's ([`EPI_ACCUMULATE`]).
+    /// The split-K reduction's epilogue flag ([`EPI_ACCUMULATE`]).
     pub(super) epilogue: u32,
     /// conv_forward_bn's batch-norm epsilon.
     pub(super) eps: f32,
@@ -47,15 +46,19 @@ pub(super) struct Params {
     pub(super) z_base: u32,
 }
 
-/// conv_forward_bn epilogue flag: a ReLU last.
-pub(super) const EPI_RELU: u32 = 1;
-/// conv_forward_bn epilogue flag: add the residual (binding 10) before the ReLU.
-pub(super) const EPI_RESIDUAL: u32 = 2;
-/// conv_reduce_splits' and winograd.wgsl's wino_output's epilogue flag: add to what the output
-/// holds instead of writing over it
+/// conv_reduce_splits' epilogue flag: add to what the output holds instead of writing over it
 /// ([`conv2d_backward_input_add`](super::conv2d_backward_input_add); the input gradient's GEMMs
-/// take the override constant `ACCUMULATE` instead).
+/// and Winograd's output transform take the override constant `ACCUMULATE` instead).
 pub(super) const EPI_ACCUMULATE: u32 = 4;
+
+/// The override constants of inference's batch-norm epilogues (conv.wgsl's conv_forward_bn and
+/// conv_forward_reduce_bn, winograd.wgsl's output transforms): the residual's add, the ReLU.
+pub(super) fn bn_epilogue(residual: bool, relu: bool) -> [(&'static str, f64); 2] {
+    [
+        ("RESIDUAL", f64::from(u8::from(residual))),
+        ("RELU", f64::from(u8::from(relu))),
+    ]
+}
 
 /// The conv kernels of one tile variant.
 pub(super) struct Kernels {

@@ -19,8 +19,8 @@
 
 use super::tune::ConvPass;
 use super::{
-    EPI_ACCUMULATE, EPI_RELU, EPI_RESIDUAL, Engine, EvalBatchNorm, GemmTile, Geometry, GyScale,
-    MAX_GRID, SPLIT_MIN_CHUNK, TileModel, reduce_splits, taps_outer,
+    Engine, EvalBatchNorm, GemmTile, Geometry, GyScale, MAX_GRID, SPLIT_MIN_CHUNK, TileModel,
+    bn_epilogue, reduce_splits, taps_outer,
 };
 use crate::gpu::{ConvAlgo, Gpu, Kernel, WinogradTile, grid_for_elements};
 use crate::kernel;
@@ -42,7 +42,6 @@ struct Params {
     rows: u32,
     cols: u32,
     flip: u32,
-    epilogue: u32,
     eps: f32,
 }
 
@@ -503,23 +502,21 @@ fn convolve(
         batch.transform(gpu, &kernels(tile).input, src, &v, c, first, tiles)?;
         gemm(op, gpu, batch.xi, [k, c, tiles], u, &v, f16, scale, &m)?;
         let grid = grid_for_elements(k * tiles);
-        // The plain output transform, with a bias or adding to `out`.
-        let output = |bias: Option<&Tensor>, flags: u32| {
+        // The plain output transform, with a bias or (`accumulate`) adding to `out`.
+        let output = |bias: Option<&Tensor>, accumulate: bool| {
             let p = Params {
                 has_bias: bias.is_some() as u32,
-                epilogue: flags,
                 ..batch.params(k, first, tiles)
             };
+            let add = [("ACCUMULATE", f64::from(u8::from(accumulate)))];
             let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
-            gpu.dispatch(&kernels(tile).output, &p, &buffers, grid)
+            gpu.dispatch_with(&kernels(tile).output, &add, &p, &buffers, grid)
         };
         match epilogue {
-            Epilogue::Bias(bias) => output(bias, 0)?,
-            Epilogue::Accumulate => output(None, EPI_ACCUMULATE)?,
+            Epilogue::Bias(bias) => output(bias, false)?,
+            Epilogue::Accumulate => output(None, true)?,
             Epilogue::BatchNorm { bn, residual, relu } => {
                 let p = Params {
-                    epilogue: if relu { EPI_RELU } else { 0 }
-                        | if residual.is_some() { EPI_RESIDUAL } else { 0 },
                     eps: bn.eps,
                     ..batch.params(k, first, tiles)
                 };
@@ -532,7 +529,8 @@ fn convolve(
                     (7, bn.running_var.buffer()),
                     (8, residual.map_or(bn.running_mean.buffer(), |r| r.buffer())),
                 ];
-                gpu.dispatch_bound(&kernels(tile).output_bn, &[], &p, &bound, grid)?;
+                let flags = bn_epilogue(residual.is_some(), relu);
+                gpu.dispatch_bound(&kernels(tile).output_bn, &flags, &p, &bound, grid)?;
             }
         }
     }
