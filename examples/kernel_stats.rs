@@ -179,6 +179,17 @@ fn jobs() -> Vec<Job> {
     ] {
         jobs.push(simple("batchnorm.wgsl", entry, vec![]));
     }
+    // The partial sums at a residual block's join: masked by the ReLU, written back.
+    for entry in ["backward_partial", "backward_partial4"] {
+        jobs.push(Job {
+            label: "batchnorm.wgsl relu mask out".to_string(),
+            ..simple(
+                "batchnorm.wgsl",
+                entry,
+                vec![("RELU_MASK", 1.0), ("MASK_OUT", 1.0)],
+            )
+        });
+    }
     for entry in [
         "add",
         "add4",

@@ -35,9 +35,9 @@
 //                     4 gamma [C], 5 beta [C] (all read), 6 y [N*C*HW] (write), 7 residual
 //                     [N*C*HW] (read when flags & RESIDUAL; any buffer but y otherwise)
 //   backward_partial  grid: C * chunks workgroups as stats_partial
-//                     1 x, 2 y (only read when RELU), 4 mean [C], 5 invstd [C] (all read),
-//                     3 gy (read_write: with flag MASK_OUT the ReLU-masked gradient is written
-//                     back over it, for a residual block's shortcut),
+//                     1 x, 2 y (only read with RELU_MASK), 4 mean [C], 5 invstd [C] (all read),
+//                     3 gy (read_write: with MASK_OUT the ReLU-masked gradient is written back
+//                     over it, for a residual block's shortcut),
 //                     6 partials [C * chunks * 2] (sum dy, sum dy * xhat) (write)
 //   backward_finalize grid: one thread per channel (256 per workgroup)
 //                     1 partials [C * chunks * 2], 2 gamma [C], 3 invstd [C] (read),
@@ -76,7 +76,7 @@ struct Params {
     chunks: u32,     // reduction chunks per channel
     chunk_len: u32,  // values per chunk (the last chunk may be shorter)
     flags: u32,      // bit 0: RELU, bit 1: VAR_STAT (normalize), bit 2: EVAL (backward_finalize),
-                     // bit 3: RESIDUAL (normalize), bit 4: MASK_OUT (backward_partial(4))
+                     // bit 3: RESIDUAL (normalize)
     momentum: f32,
     eps: f32,
     element_step_q: u32,  // normalize, backward_input: 256 % hw
@@ -94,7 +94,6 @@ const RELU: u32 = 1u;
 const VAR_STAT: u32 = 2u;
 const EVAL: u32 = 4u;
 const RESIDUAL: u32 = 8u;
-const MASK_OUT: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 
@@ -428,6 +427,14 @@ fn nm_value(e: vec2<f32>, c: u32) -> f32 {
 // kernel, stride and padding (pool.wgsl's WK, WS, WP), so that its divisions by the stride
 // compile to shifts or multiplies.
 override POOLED: bool = false;
+
+// backward_partial(4): RELU_MASK masks dy by the ReLU's output y (dy where y > 0, else 0), as
+// the flag RELU does in the other kernels; MASK_OUT (with RELU_MASK, never POOLED) also writes
+// the masked gradient back over gy. Constants, not flags: behind a uniform branch RADV issued
+// each round's loads in three groups, each waited for before the next (gy; y; x after the
+// branch), where straight-line code has all twelve in flight at once.
+override RELU_MASK: bool = false;
+override MASK_OUT: bool = false;
 override PK: u32 = 3u;
 override PS: u32 = 2u;
 override PP: u32 = 1u;
@@ -443,19 +450,6 @@ override PP: u32 = 1u;
 @group(0) @binding(5) var<storage, read> bp_invstd: array<f32>;
 @group(0) @binding(6) var<storage, read_write> bp_partials: array<f32>;
 
-// (dy, dy * xhat) of flat index i (POOLED: of pooled output i, x read at its argmax). With
-// MASK_OUT (never POOLED) a value the ReLU masks is zeroed in gy too, as bp_mask4 does.
-fn bp_terms(i: u32, relu: bool, mean: f32, invstd: f32) -> vec2<f32> {
-    var dy = bp_gy[i];
-    if (relu && !(bp_y[i] > 0.0)) {
-        dy = 0.0;
-        if ((params.flags & MASK_OUT) != 0u) { bp_gy[i] = 0.0; }
-    }
-    var xi = i;
-    if (POOLED) { xi = (i / params.hw) * (params.in_h * params.in_w) + pool_idx[i]; }
-    return vec2<f32>(dy, dy * (bp_x[xi] - mean) * invstd);
-}
-
 @compute @workgroup_size(PARTIAL_WG)
 fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
@@ -465,7 +459,6 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     var s_dy = 0.0;
     var s_dyx = 0.0;
     if (c < params.channels) {
-        let relu = (params.flags & RELU) != 0u;
         let mean = bp_mean[c];
         let invstd = bp_invstd[c];
         let m = params.batch * params.hw;
@@ -473,18 +466,35 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
         let end = min(start + params.chunk_len, m);
         var walk = walk_from(start + lid);
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
-            // ROUND values' terms (fewer at the chunk's end).
+            // ROUND values (fewer at the chunk's end: the repeats round_indices makes count as
+            // zeros), each round's loads issued together and the masked values written back
+            // after all of them (see backward_partial4).
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
-            let i = walk_take4(&walk, c);
-            let t0 = bp_terms(i.x, relu, mean, invstd);
-            var t1 = vec2<f32>(0.0);
-            var t2 = vec2<f32>(0.0);
-            var t3 = vec2<f32>(0.0);
-            if (left > 1u) { t1 = bp_terms(i.y, relu, mean, invstd); }
-            if (left > 2u) { t2 = bp_terms(i.z, relu, mean, invstd); }
-            if (left > 3u) { t3 = bp_terms(i.w, relu, mean, invstd); }
-            s_dy = s_dy + t0.x + t1.x + t2.x + t3.x;
-            s_dyx = s_dyx + t0.y + t1.y + t2.y + t3.y;
+            let i = round_indices(walk_take4(&walk, c), left);
+            var dy = vec4<f32>(bp_gy[i.x], bp_gy[i.y], bp_gy[i.z], bp_gy[i.w]);
+            // POOLED: x at the argmax of pooled output i's window.
+            var xi = i;
+            if (POOLED) {
+                let arg = vec4<u32>(pool_idx[i.x], pool_idx[i.y], pool_idx[i.z], pool_idx[i.w]);
+                xi = (i / params.hw) * (params.in_h * params.in_w) + arg;
+            }
+            let x = vec4<f32>(bp_x[xi.x], bp_x[xi.y], bp_x[xi.z], bp_x[xi.w]);
+            var keep = vec4<bool>(true);
+            if (RELU_MASK) {
+                keep = vec4<f32>(bp_y[i.x], bp_y[i.y], bp_y[i.z], bp_y[i.w]) > vec4<f32>(0.0);
+                dy = select(vec4<f32>(0.0), dy, keep);
+            }
+            let counted = vec4<u32>(1u, 2u, 3u, 4u) <= vec4<u32>(left);
+            let d = select(vec4<f32>(0.0), dy, counted);
+            let t = select(vec4<f32>(0.0), dy * (x - mean) * invstd, counted);
+            s_dy = s_dy + d.x + d.y + d.z + d.w;
+            s_dyx = s_dyx + t.x + t.y + t.z + t.w;
+            if (MASK_OUT) {
+                if (!keep.x) { bp_gy[i.x] = 0.0; }
+                if (!keep.y) { bp_gy[i.y] = 0.0; }
+                if (!keep.z) { bp_gy[i.z] = 0.0; }
+                if (!keep.w) { bp_gy[i.w] = 0.0; }
+            }
         }
     }
     red_a[lid] = s_dy;
@@ -816,15 +826,12 @@ fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(2) var<storage, read> bp4_y: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> bp4_gy: array<vec4<f32>>;
 
-// The upstream gradient dy of vec4 i masked by the ReLU's output y there (as bp_terms masks
-// it). With MASK_OUT the masked vec4 is also written back over gy where the mask zeroes any of
-// its values: gy leaves the dispatch as the ReLU's input gradient, which a residual block's
-// shortcut receives too, without a pass of its own (relu_backward_inplace).
-fn bp_mask4(i: u32, dy: vec4<f32>, y: vec4<f32>) -> vec4<f32> {
-    let keep = y > vec4<f32>(0.0);
-    let masked = select(vec4<f32>(0.0), dy, keep);
-    if ((params.flags & MASK_OUT) != 0u && !all(keep)) { bp4_gy[i] = masked; }
-    return masked;
+// With MASK_OUT, the upstream gradient of vec4 i masked by the ReLU (`masked`, where `keep`)
+// is written back over gy where the mask zeroes any of its values: gy leaves the dispatch as
+// the ReLU's input gradient, which a residual block's shortcut receives too, without a pass of
+// its own (relu_backward_inplace).
+fn bp_write_masked4(i: u32, masked: vec4<f32>, keep: vec4<bool>) {
+    if (MASK_OUT && !all(keep)) { bp4_gy[i] = masked; }
 }
 
 // (sum dy, sum dy * xhat) over the four values of a vec4.
@@ -842,7 +849,6 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     var s_dy = 0.0;
     var s_dyx = 0.0;
     if (c < params.channels) {
-        let relu = (params.flags & RELU) != 0u;
         let mean = bp_mean[c];
         let invstd = bp_invstd[c];
         let m = params.batch * params.hw;
@@ -852,9 +858,11 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
             let i = round_indices(walk_take4(&walk, c), left);
-            // The round's gy and x first, then (one uniform branch) the ReLU's outputs, so that
-            // the loads are in flight together (see stats_partial). A repeated index (past the
-            // chunk's end) masks and writes back the same values twice.
+            // The round's gy, x and (RELU_MASK) y, all loads in flight together (see
+            // stats_partial), and the masked gradients written back to gy after them: a store
+            // between them keeps the loads after it where they may alias (RADV had issued y's
+            // loads one per store). A repeated index (past the chunk's end) masks and writes
+            // back the same values twice.
             var dy0 = bp4_gy[i.x];
             var dy1 = bp4_gy[i.y];
             var dy2 = bp4_gy[i.z];
@@ -863,15 +871,19 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
             let x1 = bp4_x[i.y];
             let x2 = bp4_x[i.z];
             let x3 = bp4_x[i.w];
-            if (relu) {
-                let y0 = bp4_y[i.x];
-                let y1 = bp4_y[i.y];
-                let y2 = bp4_y[i.z];
-                let y3 = bp4_y[i.w];
-                dy0 = bp_mask4(i.x, dy0, y0);
-                dy1 = bp_mask4(i.y, dy1, y1);
-                dy2 = bp_mask4(i.z, dy2, y2);
-                dy3 = bp_mask4(i.w, dy3, y3);
+            var keep0 = vec4<bool>(true);
+            var keep1 = vec4<bool>(true);
+            var keep2 = vec4<bool>(true);
+            var keep3 = vec4<bool>(true);
+            if (RELU_MASK) {
+                keep0 = bp4_y[i.x] > vec4<f32>(0.0);
+                keep1 = bp4_y[i.y] > vec4<f32>(0.0);
+                keep2 = bp4_y[i.z] > vec4<f32>(0.0);
+                keep3 = bp4_y[i.w] > vec4<f32>(0.0);
+                dy0 = select(vec4<f32>(0.0), dy0, keep0);
+                dy1 = select(vec4<f32>(0.0), dy1, keep1);
+                dy2 = select(vec4<f32>(0.0), dy2, keep2);
+                dy3 = select(vec4<f32>(0.0), dy3, keep3);
             }
             let t0 = bp_sums4(dy0, x0, mean, invstd);
             let t1 = select(vec2<f32>(0.0), bp_sums4(dy1, x1, mean, invstd), left > 1u);
@@ -879,6 +891,10 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
             let t3 = select(vec2<f32>(0.0), bp_sums4(dy3, x3, mean, invstd), left > 3u);
             s_dy = s_dy + t0.x + t1.x + t2.x + t3.x;
             s_dyx = s_dyx + t0.y + t1.y + t2.y + t3.y;
+            bp_write_masked4(i.x, dy0, keep0);
+            bp_write_masked4(i.y, dy1, keep1);
+            bp_write_masked4(i.z, dy2, keep2);
+            bp_write_masked4(i.w, dy3, keep3);
         }
     }
     red_a[lid] = s_dy;

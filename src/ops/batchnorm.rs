@@ -97,7 +97,6 @@ const FLAG_RELU: u32 = 1;
 const FLAG_VAR_STAT: u32 = 2;
 const FLAG_EVAL: u32 = 4;
 const FLAG_RESIDUAL: u32 = 8;
-const FLAG_MASK_OUT: u32 = 16;
 
 /// What the backward may do with the upstream gradient's buffer.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -551,11 +550,7 @@ fn backward(
     let y = if relu { y } else { x };
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 2], DType::F32, op)?;
-    let mask_flag = if mask { FLAG_MASK_OUT } else { 0 };
-    let (pp, vec4) = d.partials(Params {
-        flags: flags | mask_flag,
-        ..p
-    });
+    let (pp, vec4) = d.partials(p);
     // Bindings 1-5 of both passes.
     let inputs = [
         x.buffer(),
@@ -575,7 +570,11 @@ fn backward(
     } else {
         &BACKWARD_PARTIAL
     };
-    gpu.dispatch(kernel, &pp, &buffers, grid_1d(groups as u32))?;
+    let masks = [
+        ("RELU_MASK", f64::from(u8::from(relu))),
+        ("MASK_OUT", f64::from(u8::from(mask))),
+    ];
+    gpu.dispatch_with(kernel, &masks, &pp, &buffers, grid_1d(groups as u32))?;
     let [ggamma, gbeta, coef] = finalize_backward(op, &p, &partials, gamma, &saved.invstd)?;
     // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
     // Masked in place, gy needs no mask here.
@@ -660,8 +659,8 @@ fn pooled_backward(
     let partials = Tensor::uninit(&gpu, &[groups * 2], DType::F32, OP)?;
     gpu.dispatch_with(
         &BACKWARD_PARTIAL,
-        &[("POOLED", 1.0)],
-        &planes(pooled.params(FLAG_RELU | eval_flag, 0.0, 0.0)),
+        &[("POOLED", 1.0), ("RELU_MASK", 1.0)],
+        &planes(pooled.params(eval_flag, 0.0, 0.0)),
         &[
             x.buffer(),
             y.buffer(),
