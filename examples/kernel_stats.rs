@@ -179,15 +179,28 @@ fn jobs() -> Vec<Job> {
     ] {
         jobs.push(simple("batchnorm.wgsl", entry, vec![]));
     }
-    // The partial sums at a residual block's join: masked by the ReLU, written back.
-    for entry in ["backward_partial", "backward_partial4"] {
+    // As a residual block's kernels run them: its join's normalize (residual and ReLU), the
+    // partial sums there (masked by the ReLU, written back), a ReLU's input gradient.
+    let relu = ("RELU", 1.0);
+    for (entry, label, constants) in [
+        ("normalize", "residual relu", vec![("RESIDUAL", 1.0), relu]),
+        ("normalize4", "residual relu", vec![("RESIDUAL", 1.0), relu]),
+        (
+            "backward_partial",
+            "relu mask out",
+            vec![relu, ("MASK_OUT", 1.0)],
+        ),
+        (
+            "backward_partial4",
+            "relu mask out",
+            vec![relu, ("MASK_OUT", 1.0)],
+        ),
+        ("backward_input", "relu", vec![relu]),
+        ("backward_input4", "relu", vec![relu]),
+    ] {
         jobs.push(Job {
-            label: "batchnorm.wgsl relu mask out".to_string(),
-            ..simple(
-                "batchnorm.wgsl",
-                entry,
-                vec![("RELU_MASK", 1.0), ("MASK_OUT", 1.0)],
-            )
+            label: format!("batchnorm.wgsl {label}"),
+            ..simple("batchnorm.wgsl", entry, constants)
         });
     }
     for entry in [

@@ -31,11 +31,11 @@
 //                     copy), 4 invstd [C] (write)
 //   normalize         grid: one workgroup of 256 threads per 1024 elements (four per thread, see
 //                     elements_base), split over x and y
-//                     1 x, 2 mean [C], 3 stat [C] (invstd, or the variance when flags & VAR_STAT),
+//                     1 x, 2 mean [C], 3 stat [C] (invstd, or the variance with VAR_STAT),
 //                     4 gamma [C], 5 beta [C] (all read), 6 y [N*C*HW] (write), 7 residual
-//                     [N*C*HW] (read when flags & RESIDUAL; any buffer but y otherwise)
+//                     [N*C*HW] (read with RESIDUAL; any buffer but y otherwise)
 //   backward_partial  grid: C * chunks workgroups as stats_partial
-//                     1 x, 2 y (only read with RELU_MASK), 4 mean [C], 5 invstd [C] (all read),
+//                     1 x, 2 y (only read with RELU), 4 mean [C], 5 invstd [C] (all read),
 //                     3 gy (read_write: with MASK_OUT the ReLU-masked gradient is written back
 //                     over it, for a residual block's shortcut),
 //                     6 partials [C * chunks * 2] (sum dy, sum dy * xhat) (write)
@@ -58,7 +58,7 @@
 //   max_pool2d_relu; a ResNet stem), without the pooling's full-size input gradient. The batch
 //   norm's output gradient is then dy[p] = sum of gy[o] over the pooled outputs o whose argmax
 //   idx[o] is p and whose output y[o] > 0: zero but at the windows' argmax elements.
-//   backward_partial (POOLED): walks the pooled outputs (hw = OH * OW, chunks of them, flag RELU)
+//   backward_partial (POOLED): walks the pooled outputs (hw = OH * OW, chunks of them, RELU)
 //                     with 2 y, 3 gy the pooled output and its gradient, 7 idx [N*C*OH*OW] u32
 //                     (read; bound with any buffer otherwise), and x read at each output's
 //                     argmax: the sums over dy's nonzeros. backward_finalize then runs with
@@ -75,8 +75,6 @@ struct Params {
     batch: u32,      // N
     chunks: u32,     // reduction chunks per channel
     chunk_len: u32,  // values per chunk (the last chunk may be shorter)
-    flags: u32,      // bit 0: RELU, bit 1: VAR_STAT (normalize), bit 2: EVAL (backward_finalize),
-                     // bit 3: RESIDUAL (normalize)
     momentum: f32,
     eps: f32,
     element_step_q: u32,  // normalize, backward_input: 256 % hw
@@ -90,10 +88,23 @@ struct Params {
     out_w: u32,
 }
 
-const RELU: u32 = 1u;
-const VAR_STAT: u32 = 2u;
-const EVAL: u32 = 4u;
-const RESIDUAL: u32 = 8u;
+// What a kernel does for the whole dispatch: pipeline constants, each set by the host only for
+// the entry points that read it. As flags in the params they put uniform branches among the
+// loads, and RADV issued the loads a group at a time, waiting for each group before the next
+// (normalize4: each of x's four vec4 loads waited for before the next; docs/kernel-stats/).
+// RELU:      normalize: max(y, 0) last; backward_partial, backward_input: dy = gy masked by
+//            the ReLU's output y > 0
+// VAR_STAT:  normalize: `stat` is the running variance (eval mode), not invstd
+// RESIDUAL:  normalize: the residual added before the ReLU
+// EVAL:      backward_finalize: eval mode's fixed statistics (no mean terms in gx)
+// MASK_OUT:  backward_partial(4), with RELU (never POOLED): the masked gradient is written back
+//            over gy, so that it leaves the dispatch as the ReLU's input gradient, which a
+//            residual block's shortcut receives too (no relu_backward_inplace pass)
+override RELU: bool = false;
+override VAR_STAT: bool = false;
+override RESIDUAL: bool = false;
+override EVAL: bool = false;
+override MASK_OUT: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 
@@ -400,7 +411,7 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let j = element_indices(i, total);
     let x = vec4<f32>(nm_x[j.x], nm_x[j.y], nm_x[j.z], nm_x[j.w]);
     var r = vec4<f32>(0.0);
-    if ((params.flags & RESIDUAL) != 0u) {
+    if (RESIDUAL) {
         r = vec4<f32>(nm_res[j.x], nm_res[j.y], nm_res[j.z], nm_res[j.w]);
     }
     let c = element_channels(i);
@@ -416,10 +427,10 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
 // RESIDUAL, then the ReLU when RELU (the order of normalize followed by elementwise add_relu).
 fn nm_value(e: vec2<f32>, c: u32) -> f32 {
     var invstd = nm_stat[c];
-    if ((params.flags & VAR_STAT) != 0u) { invstd = 1.0 / sqrt(invstd + params.eps); }
+    if (VAR_STAT) { invstd = 1.0 / sqrt(invstd + params.eps); }
     var v = (e.x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
-    if ((params.flags & RESIDUAL) != 0u) { v = v + e.y; }
-    if ((params.flags & RELU) != 0u) { v = max(v, 0.0); }
+    if (RESIDUAL) { v = v + e.y; }
+    if (RELU) { v = max(v, 0.0); }
     return v;
 }
 
@@ -427,14 +438,6 @@ fn nm_value(e: vec2<f32>, c: u32) -> f32 {
 // kernel, stride and padding (pool.wgsl's WK, WS, WP), so that its divisions by the stride
 // compile to shifts or multiplies.
 override POOLED: bool = false;
-
-// backward_partial(4): RELU_MASK masks dy by the ReLU's output y (dy where y > 0, else 0), as
-// the flag RELU does in the other kernels; MASK_OUT (with RELU_MASK, never POOLED) also writes
-// the masked gradient back over gy. Constants, not flags: behind a uniform branch RADV issued
-// each round's loads in three groups, each waited for before the next (gy; y; x after the
-// branch), where straight-line code has all twelve in flight at once.
-override RELU_MASK: bool = false;
-override MASK_OUT: bool = false;
 override PK: u32 = 3u;
 override PS: u32 = 2u;
 override PP: u32 = 1u;
@@ -480,7 +483,7 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
             }
             let x = vec4<f32>(bp_x[xi.x], bp_x[xi.y], bp_x[xi.z], bp_x[xi.w]);
             var keep = vec4<bool>(true);
-            if (RELU_MASK) {
+            if (RELU) {
                 keep = vec4<f32>(bp_y[i.x], bp_y[i.y], bp_y[i.z], bp_y[i.w]) > vec4<f32>(0.0);
                 dy = select(vec4<f32>(0.0), dy, keep);
             }
@@ -533,10 +536,9 @@ fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     bf_ggamma[c] = ggamma;
     bf_gbeta[c] = gbeta;
     let inv_m = 1.0 / f32(params.batch * params.hw);
-    let is_eval = (params.flags & EVAL) != 0u;
     bf_coef[c * 3u] = bf_gamma[c] * bf_invstd[c];
-    bf_coef[c * 3u + 1u] = select(gbeta * inv_m, 0.0, is_eval);
-    bf_coef[c * 3u + 2u] = select(ggamma * inv_m, 0.0, is_eval);
+    bf_coef[c * 3u + 1u] = select(gbeta * inv_m, 0.0, EVAL);
+    bf_coef[c * 3u + 2u] = select(ggamma * inv_m, 0.0, EVAL);
 }
 
 // Partial (sum dy, sum dy * xhat) of chunk k of channel c; zeros past the last chunk.
@@ -575,7 +577,7 @@ fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 // The upstream gradients g of elements j masked by the ReLU's outputs there when RELU (the
 // four outputs loaded together).
 fn bi_mask(j: vec4<u32>, g: vec4<f32>) -> vec4<f32> {
-    if ((params.flags & RELU) == 0u) { return g; }
+    if (!RELU) { return g; }
     let y = vec4<f32>(bi_y[j.x], bi_y[j.y], bi_y[j.z], bi_y[j.w]);
     return select(vec4<f32>(0.0), g, y > vec4<f32>(0.0));
 }
@@ -687,7 +689,7 @@ fn normalize4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let j = element_indices(i, total);
     let x = array<vec4<f32>, 4>(nm4_x[j.x], nm4_x[j.y], nm4_x[j.z], nm4_x[j.w]);
     var r = array<vec4<f32>, 4>();
-    if ((params.flags & RESIDUAL) != 0u) {
+    if (RESIDUAL) {
         r = array<vec4<f32>, 4>(nm4_res[j.x], nm4_res[j.y], nm4_res[j.z], nm4_res[j.w]);
     }
     let c = element_channels(i);
@@ -703,10 +705,10 @@ fn normalize4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 // nm_value of each component of x (residual r) in channel c.
 fn nm_value4(x: vec4<f32>, r: vec4<f32>, c: u32) -> vec4<f32> {
     var invstd = nm_stat[c];
-    if ((params.flags & VAR_STAT) != 0u) { invstd = 1.0 / sqrt(invstd + params.eps); }
+    if (VAR_STAT) { invstd = 1.0 / sqrt(invstd + params.eps); }
     var v = (x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
-    if ((params.flags & RESIDUAL) != 0u) { v = v + r; }
-    if ((params.flags & RELU) != 0u) { v = max(v, vec4<f32>(0.0)); }
+    if (RESIDUAL) { v = v + r; }
+    if (RELU) { v = max(v, vec4<f32>(0.0)); }
     return v;
 }
 
@@ -736,7 +738,7 @@ fn backward_input4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 
 // bi_mask on vec4s: the upstream gradients g of vec4s j masked by the ReLU's outputs when RELU.
 fn bi_mask4(j: vec4<u32>, g: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
-    if ((params.flags & RELU) == 0u) { return g; }
+    if (!RELU) { return g; }
     let z = vec4<f32>(0.0);
     let y = array<vec4<f32>, 4>(bi4_y[j.x], bi4_y[j.y], bi4_y[j.z], bi4_y[j.w]);
     return array<vec4<f32>, 4>(select(z, g[0], y[0] > z), select(z, g[1], y[1] > z),
@@ -826,10 +828,8 @@ fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(2) var<storage, read> bp4_y: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> bp4_gy: array<vec4<f32>>;
 
-// With MASK_OUT, the upstream gradient of vec4 i masked by the ReLU (`masked`, where `keep`)
-// is written back over gy where the mask zeroes any of its values: gy leaves the dispatch as
-// the ReLU's input gradient, which a residual block's shortcut receives too, without a pass of
-// its own (relu_backward_inplace).
+// With MASK_OUT, vec4 i's gradient masked by the ReLU (`masked`, kept where `keep`) written
+// back over gy where the mask zeroes any of its values.
 fn bp_write_masked4(i: u32, masked: vec4<f32>, keep: vec4<bool>) {
     if (MASK_OUT && !all(keep)) { bp4_gy[i] = masked; }
 }
@@ -858,7 +858,7 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         for (var j = start + lid; j < end; j = j + ROUND * PARTIAL_WG) {
             let left = (end - j + PARTIAL_WG - 1u) / PARTIAL_WG;
             let i = round_indices(walk_take4(&walk, c), left);
-            // The round's gy, x and (RELU_MASK) y, all loads in flight together (see
+            // The round's gy, x and (RELU) y, all loads in flight together (see
             // stats_partial), and the masked gradients written back to gy after them: a store
             // between them keeps the loads after it where they may alias (RADV had issued y's
             // loads one per store). A repeated index (past the chunk's end) masks and writes
@@ -875,7 +875,7 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
             var keep1 = vec4<bool>(true);
             var keep2 = vec4<bool>(true);
             var keep3 = vec4<bool>(true);
-            if (RELU_MASK) {
+            if (RELU) {
                 keep0 = bp4_y[i.x] > vec4<f32>(0.0);
                 keep1 = bp4_y[i.y] > vec4<f32>(0.0);
                 keep2 = bp4_y[i.z] > vec4<f32>(0.0);

@@ -70,7 +70,6 @@ struct Params {
     batch: u32,
     chunks: u32,
     chunk_len: u32,
-    flags: u32,
     momentum: f32,
     eps: f32,
     /// normalize / backward_input step 256 elements at a time: (256 % hw, (256 / hw) % C).
@@ -93,10 +92,11 @@ const ELEMENT_STEP: usize = 256;
 /// between one thread's consecutive values.
 const PARTIAL_WG: usize = 64;
 
-const FLAG_RELU: u32 = 1;
-const FLAG_VAR_STAT: u32 = 2;
-const FLAG_EVAL: u32 = 4;
-const FLAG_RESIDUAL: u32 = 8;
+/// A pipeline constant of batchnorm.wgsl (RELU, VAR_STAT, RESIDUAL, EVAL, MASK_OUT, POOLED:
+/// what a kernel does for the whole dispatch), set for the entry points that read it.
+fn choice(name: &'static str, on: bool) -> (&'static str, f64) {
+    (name, f64::from(u8::from(on)))
+}
 
 /// What the backward may do with the upstream gradient's buffer.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -174,14 +174,13 @@ impl Dims {
         self.m().div_ceil(CHUNK)
     }
 
-    fn params(&self, flags: u32, momentum: f32, eps: f32) -> Params {
+    fn params(&self, momentum: f32, eps: f32) -> Params {
         Params {
             channels: self.c as u32,
             hw: self.hw as u32,
             batch: self.n as u32,
             chunks: self.chunks() as u32,
             chunk_len: CHUNK as u32,
-            flags,
             momentum,
             eps,
             element_step_q: (ELEMENT_STEP % self.hw.max(1)) as u32,
@@ -256,12 +255,8 @@ pub(crate) fn expect_channel_vectors(
     Ok(())
 }
 
-fn relu_flag(relu: bool) -> u32 {
-    if relu { FLAG_RELU } else { 0 }
-}
-
-/// `y = gamma * (x - mean) * invstd + beta` (`stat` is the variance when `flags` has VAR_STAT),
-/// plus `residual` when given, then a ReLU when `flags` has RELU.
+/// `y = gamma * (x - mean) * invstd + beta` (`stat` is the variance when `var_stat`), plus
+/// `residual` when given, then a ReLU when `relu`.
 #[allow(clippy::too_many_arguments)]
 fn normalize(
     x: &Tensor,
@@ -270,16 +265,21 @@ fn normalize(
     stat: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    flags: u32,
+    (relu, var_stat): (bool, bool),
     eps: f32,
     residual: Option<&Tensor>,
     op: &'static str,
 ) -> Result<Tensor> {
     let y = Tensor::uninit(x.gpu(), x.shape(), DType::F32, op)?;
-    let flags = flags | residual.map_or(0, |_| FLAG_RESIDUAL);
-    let (p, vec4, grid) = d.elements(d.params(flags, 0.0, eps));
-    x.gpu().dispatch(
+    let (p, vec4, grid) = d.elements(d.params(0.0, eps));
+    let choices = [
+        choice("RELU", relu),
+        choice("VAR_STAT", var_stat),
+        choice("RESIDUAL", residual.is_some()),
+    ];
+    x.gpu().dispatch_with(
         if vec4 { &NORMALIZE4 } else { &NORMALIZE },
+        &choices,
         &p,
         &[
             x.buffer(),
@@ -329,7 +329,7 @@ pub fn batch_norm_train(
         &saved.invstd,
         gamma,
         beta,
-        relu_flag(relu),
+        (relu, false),
         eps,
         None,
         OP,
@@ -380,7 +380,7 @@ fn train_stats(
     let gpu = x.gpu();
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 3], DType::F32, op)?;
-    let p = d.params(0, momentum, eps);
+    let p = d.params(momentum, eps);
     let (pp, vec4) = d.partials(p);
     gpu.dispatch(
         if vec4 {
@@ -439,7 +439,7 @@ pub fn batch_norm_eval(
         running_var,
         gamma,
         beta,
-        relu_flag(relu) | FLAG_VAR_STAT,
+        (relu, true),
         eps,
         None,
         OP,
@@ -461,7 +461,7 @@ pub fn batch_norm_eval_stats(
     let mean = Tensor::uninit(gpu, &[c], DType::F32, OP)?;
     let invstd = Tensor::uninit(gpu, &[c], DType::F32, OP)?;
     // eval_stats reads only the channel count and eps.
-    let p = Dims { n: 1, c, hw: 1 }.params(0, 0.0, eps);
+    let p = Dims { n: 1, c, hw: 1 }.params(0.0, eps);
     gpu.dispatch(
         &EVAL_STATS,
         &p,
@@ -477,10 +477,11 @@ pub fn batch_norm_eval_stats(
 }
 
 /// backward_finalize: `[ggamma, gbeta, coef]` from backward_partial's `partials` (`p.chunks`
-/// per channel, over `p.batch * p.hw` values).
+/// per channel, over `p.batch * p.hw` values), in eval mode (`eval`) without the mean terms.
 fn finalize_backward(
     op: &'static str,
     p: &Params,
+    eval: bool,
     partials: &Tensor,
     gamma: &Tensor,
     invstd: &Tensor,
@@ -489,8 +490,9 @@ fn finalize_backward(
     let ggamma = Tensor::uninit(gpu, &[c], DType::F32, op)?;
     let gbeta = Tensor::uninit(gpu, &[c], DType::F32, op)?;
     let coef = Tensor::uninit(gpu, &[c * 3], DType::F32, op)?;
-    gpu.dispatch(
+    gpu.dispatch_with(
         &BACKWARD_FINALIZE,
+        &[choice("EVAL", eval)],
         p,
         &[
             partials.buffer(),
@@ -542,9 +544,7 @@ fn backward(
     )?;
     let gpu = x.gpu();
     let mask = gy_use == GyUse::Mask && relu;
-    let eval_flag = if eval { FLAG_EVAL } else { 0 };
-    let flags = relu_flag(relu) | eval_flag;
-    let p = d.params(flags, 0.0, 0.0);
+    let p = d.params(0.0, 0.0);
     // Without the ReLU mask y is never read; bind x in its place (not gy, which the in-place
     // kernels write).
     let y = if relu { y } else { x };
@@ -570,23 +570,12 @@ fn backward(
     } else {
         &BACKWARD_PARTIAL
     };
-    let masks = [
-        ("RELU_MASK", f64::from(u8::from(relu))),
-        ("MASK_OUT", f64::from(u8::from(mask))),
-    ];
+    let masks = [choice("RELU", relu), choice("MASK_OUT", mask)];
     gpu.dispatch_with(kernel, &masks, &pp, &buffers, grid_1d(groups as u32))?;
-    let [ggamma, gbeta, coef] = finalize_backward(op, &p, &partials, gamma, &saved.invstd)?;
+    let [ggamma, gbeta, coef] = finalize_backward(op, &p, eval, &partials, gamma, &saved.invstd)?;
     // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
     // Masked in place, gy needs no mask here.
-    let pe = if mask {
-        Params {
-            flags: eval_flag,
-            ..p
-        }
-    } else {
-        p
-    };
-    let (pe, vec4, grid) = d.elements(pe);
+    let (pe, vec4, grid) = d.elements(p);
     let over_gy = gy_use == GyUse::Overwrite;
     let (kernel, gx) = match (over_gy, vec4) {
         (true, false) => (&BACKWARD_INPUT_INPLACE, gy.clone()),
@@ -601,7 +590,13 @@ fn backward(
     if !over_gy {
         buffers.push(gx.buffer());
     }
-    gpu.dispatch(kernel, &pe, &buffers, grid)?;
+    gpu.dispatch_with(
+        kernel,
+        &[choice("RELU", relu && !mask)],
+        &pe,
+        &buffers,
+        grid,
+    )?;
     Ok((gx, ggamma, gbeta))
 }
 
@@ -652,15 +647,14 @@ fn pooled_backward(
         out_w: ow as u32,
         ..p
     };
-    let eval_flag = if eval { FLAG_EVAL } else { 0 };
     // The sums over dy's nonzeros: backward_partial walking the pooled outputs.
     let pooled = Dims { n, c, hw: oh * ow };
     let groups = c * pooled.chunks();
     let partials = Tensor::uninit(&gpu, &[groups * 2], DType::F32, OP)?;
     gpu.dispatch_with(
         &BACKWARD_PARTIAL,
-        &[("POOLED", 1.0), ("RELU_MASK", 1.0)],
-        &planes(pooled.params(eval_flag, 0.0, 0.0)),
+        &[("POOLED", 1.0), ("RELU", 1.0)],
+        &planes(pooled.params(0.0, 0.0)),
         &[
             x.buffer(),
             y.buffer(),
@@ -676,9 +670,9 @@ fn pooled_backward(
     let full = Dims { n, c, hw: h * w };
     let p = Params {
         chunks: pooled.chunks() as u32,
-        ..planes(full.params(eval_flag, 0.0, 0.0))
+        ..planes(full.params(0.0, 0.0))
     };
-    let [ggamma, gbeta, coef] = finalize_backward(OP, &p, &partials, gamma, &saved.invstd)?;
+    let [ggamma, gbeta, coef] = finalize_backward(OP, &p, eval, &partials, gamma, &saved.invstd)?;
     let gx = if x.is_unique() { x } else { x.deep_clone()? };
     gpu.dispatch_with(
         &POOLED_BACKWARD_INPUT,
@@ -869,7 +863,7 @@ fn batch_norm_var(
         r.expect_f32_shape(OP, "residual", "x's", x.shape())?;
         x.expect_same_gpu(OP, r)?;
     }
-    let relu = relu_flag(opts.relu);
+    let relu = opts.relu;
     let (y, saved) = if opts.training {
         let s = train_stats(
             OP,
@@ -882,7 +876,18 @@ fn batch_norm_var(
             opts.momentum,
             opts.eps,
         )?;
-        let y = normalize(x, d, &s.mean, &s.invstd, g, b, relu, opts.eps, r, OP)?;
+        let y = normalize(
+            x,
+            d,
+            &s.mean,
+            &s.invstd,
+            g,
+            b,
+            (relu, false),
+            opts.eps,
+            r,
+            OP,
+        )?;
         (y, tracked.then_some(s))
     } else {
         expect_channel_vectors(
@@ -899,10 +904,20 @@ fn batch_norm_var(
         if tracked {
             // The backward needs the statistics as the training path saves them.
             let s = batch_norm_eval_stats(running_mean, running_var, opts.eps)?;
-            let y = normalize(x, d, &s.mean, &s.invstd, g, b, relu, opts.eps, r, OP)?;
+            let y = normalize(
+                x,
+                d,
+                &s.mean,
+                &s.invstd,
+                g,
+                b,
+                (relu, false),
+                opts.eps,
+                r,
+                OP,
+            )?;
             (y, Some(s))
         } else {
-            let flags = relu | FLAG_VAR_STAT;
             let y = normalize(
                 x,
                 d,
@@ -910,7 +925,7 @@ fn batch_norm_var(
                 running_var,
                 g,
                 b,
-                flags,
+                (relu, true),
                 opts.eps,
                 r,
                 OP,
