@@ -197,6 +197,12 @@ fn jobs() -> Vec<Job> {
         ),
         ("backward_input", "relu", vec![relu]),
         ("backward_input4", "relu", vec![relu]),
+        // The stem's batch norm, ReLU and 3x3/2 max pool: the backward's input gradient.
+        (
+            "pooled_backward_input",
+            "stem",
+            vec![("PK", 3.0), ("PS", 2.0), ("PP", 1.0)],
+        ),
     ] {
         jobs.push(Job {
             label: format!("batchnorm.wgsl {label}"),

@@ -625,33 +625,48 @@ fn pooled_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
     let i = elements_base(wg, nwg, lid);
     let total = params.batch * params.channels * params.hw;
     if (i >= total) { return; }
-    let e0 = vec2<f32>(pooled_dy(i), pbi_x[i]);
-    var e1 = vec2<f32>(0.0);
-    var e2 = vec2<f32>(0.0);
-    var e3 = vec2<f32>(0.0);
-    if (i + 256u < total) { e1 = vec2<f32>(pooled_dy(i + 256u), pbi_x[i + 256u]); }
-    if (i + 512u < total) { e2 = vec2<f32>(pooled_dy(i + 512u), pbi_x[i + 512u]); }
-    if (i + 768u < total) { e3 = vec2<f32>(pooled_dy(i + 768u), pbi_x[i + 768u]); }
+    // Every load of the four elements first (indices past the end repeat i), the stores after:
+    // with a branch around each element, and around each load of the window search below,
+    // RADV waited for every load before the next (31 waits in a row per thread).
+    let j = element_indices(i, total);
+    let x = vec4<f32>(pbi_x[j.x], pbi_x[j.y], pbi_x[j.z], pbi_x[j.w]);
+    let dy = vec4<f32>(pooled_dy(j.x), pooled_dy(j.y), pooled_dy(j.z), pooled_dy(j.w));
     let c = element_channels(i);
-    pbi_x[i] = bi_value(e0, c.x);
-    if (i + 256u < total) { pbi_x[i + 256u] = bi_value(e1, c.y); }
-    if (i + 512u < total) { pbi_x[i + 512u] = bi_value(e2, c.z); }
-    if (i + 768u < total) { pbi_x[i + 768u] = bi_value(e3, c.w); }
+    let g1 = bi_value(vec2<f32>(dy.y, x.y), c.y);
+    let g2 = bi_value(vec2<f32>(dy.z, x.z), c.z);
+    let g3 = bi_value(vec2<f32>(dy.w, x.w), c.w);
+    pbi_x[i] = bi_value(vec2<f32>(dy.x, x.x), c.x);
+    if (i + 256u < total) { pbi_x[i + 256u] = g1; }
+    if (i + 512u < total) { pbi_x[i + 512u] = g2; }
+    if (i + 768u < total) { pbi_x[i + 768u] = g3; }
 }
 
 // dy of element i of x: the pooled gradient bi_gy summed over the outputs whose windows hold
-// it, whose argmax it is and whose output bi_y is positive, in max_backward's order.
+// it, whose argmax it is and whose output bi_y is positive, in max_backward's order. At most
+// ceil(PK / PS) outputs per axis hold it, from pool_first on: each candidate's three loads are
+// issued whether or not it is one (an index outside the window reads the plane's first
+// output), and `&`, not `&&`, joins the tests, so that no load sits behind a branch; the
+// candidates past pool_end add zero.
 fn pooled_dy(i: u32) -> f32 {
     let plane = i / params.hw;
     let q = i - plane * params.hw;
     let h = q / params.in_w;
     let w = q - h * params.in_w;
     let base = plane * params.out_h * params.out_w;
+    let oh0 = pool_first(h);
+    let ow0 = pool_first(w);
+    let rows = pool_end(h, params.out_h);
+    let cols = pool_end(w, params.out_w);
+    let reach = (PK + PS - 1u) / PS;
     var acc = 0.0;
-    for (var oh = pool_first(h); oh < pool_end(h, params.out_h); oh = oh + 1u) {
-        for (var ow = pool_first(w); ow < pool_end(w, params.out_w); ow = ow + 1u) {
-            let o = base + oh * params.out_w + ow;
-            if (pool_idx[o] == q && bi_y[o] > 0.0) { acc = acc + bi_gy[o]; }
+    for (var a = 0u; a < reach; a = a + 1u) {
+        for (var b = 0u; b < reach; b = b + 1u) {
+            let oh = oh0 + a;
+            let ow = ow0 + b;
+            let inside = (oh < rows) & (ow < cols);
+            let o = select(base, base + oh * params.out_w + ow, inside);
+            let hit = inside & (pool_idx[o] == q) & (bi_y[o] > 0.0);
+            acc = acc + select(0.0, bi_gy[o], hit);
         }
     }
     return acc;

@@ -212,11 +212,22 @@ fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     if (i >= params.planes * params.h * params.w) { return; }
     let reach = reach_of(i);
     let base = reach.base;
+    // At most ceil(WK / WS) outputs per axis hold the element, from oh0 / ow0 on. Each
+    // candidate's loads are issued whether or not it is one (outside the reach: the plane's
+    // first output) and `&`, not `&&`, joins the tests, so that no load waits behind a branch
+    // (RADV had waited for each load before the next); the candidates outside add zero, so the
+    // sum is in the same order as over the reach alone.
+    let most = (WK + WS - 1u) / WS;
     var acc = 0.0;
-    for (var oh = reach.oh0; oh < reach.oh1; oh = oh + 1u) {
-        for (var ow = reach.ow0; ow < reach.ow1; ow = ow + 1u) {
-            let o = base + oh * params.ow + ow;
-            if (mb_idx[o] == reach.pixel && (!RELU || mb_y[o] > 0.0)) { acc = acc + mb_gy[o]; }
+    for (var a = 0u; a < most; a = a + 1u) {
+        for (var b = 0u; b < most; b = b + 1u) {
+            let oh = reach.oh0 + a;
+            let ow = reach.ow0 + b;
+            let inside = (oh < reach.oh1) & (ow < reach.ow1);
+            let o = select(base, base + oh * params.ow + ow, inside);
+            var hit = inside & (mb_idx[o] == reach.pixel);
+            if (RELU) { hit = hit & (mb_y[o] > 0.0); }
+            acc = acc + select(0.0, mb_gy[o], hit);
         }
     }
     mb_gx[i] = acc;
