@@ -255,6 +255,14 @@ pub(crate) fn expect_channel_vectors(
     Ok(())
 }
 
+/// Check batch norm's four channel vectors (`gamma`, `beta`, `running_mean`, `running_var`)
+/// against `x`, of `c` channels.
+fn expect_bn_vectors(op: &'static str, x: &Tensor, c: usize, vs: [&Tensor; 4]) -> Result<()> {
+    let names = ["gamma", "beta", "running_mean", "running_var"];
+    let named: Vec<(&str, &Tensor)> = names.into_iter().zip(vs).collect();
+    expect_channel_vectors(op, ("x", x), c, &named)
+}
+
 /// `y = gamma * (x - mean) * invstd + beta` (`stat` is the variance when `var_stat`), plus
 /// `residual` when given, then a ReLU when `relu`.
 #[allow(clippy::too_many_arguments)]
@@ -351,17 +359,7 @@ fn train_stats(
     momentum: f32,
     eps: f32,
 ) -> Result<BnSaved> {
-    expect_channel_vectors(
-        op,
-        ("x", x),
-        d.c,
-        &[
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", running_mean),
-            ("running_var", running_var),
-        ],
-    )?;
+    expect_bn_vectors(op, x, d.c, [gamma, beta, running_mean, running_var])?;
     if d.m() < 2 {
         return Err(Error::shape(
             op,
@@ -421,17 +419,7 @@ pub fn batch_norm_eval(
 ) -> Result<Tensor> {
     const OP: &str = "batch_norm_eval";
     let d = Dims::of(OP, x)?;
-    expect_channel_vectors(
-        OP,
-        ("x", x),
-        d.c,
-        &[
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", running_mean),
-            ("running_var", running_var),
-        ],
-    )?;
+    expect_bn_vectors(OP, x, d.c, [gamma, beta, running_mean, running_var])?;
     normalize(
         x,
         d,
@@ -797,13 +785,7 @@ impl Var {
             let (m, e) = (opts.momentum, opts.eps);
             train_stats(OP, x, d, g, b, running_mean, running_var, m, e)?
         } else {
-            let vs = [
-                ("gamma", g),
-                ("beta", b),
-                ("running_mean", running_mean),
-                ("running_var", running_var),
-            ];
-            expect_channel_vectors(OP, ("x", x), d.c, &vs)?;
+            expect_bn_vectors(OP, x, d.c, [g, b, running_mean, running_var])?;
             batch_norm_eval_stats(running_mean, running_var, opts.eps)?
         };
         let bn = [&s.mean, &s.invstd, g, b];
@@ -863,9 +845,12 @@ fn batch_norm_var(
         r.expect_f32_shape(OP, "residual", "x's", x.shape())?;
         x.expect_same_gpu(OP, r)?;
     }
-    let relu = opts.relu;
-    let (y, saved) = if opts.training {
-        let s = train_stats(
+    // The statistics to normalize with: the batch's in training; in eval mode, when tracked,
+    // the running ones as the training path saves them (the backward needs them), else none:
+    // the kernel then normalizes from the running variance itself.
+    let stats = if opts.training {
+        let (m, e) = (opts.momentum, opts.eps);
+        Some(train_stats(
             OP,
             x,
             d,
@@ -873,66 +858,31 @@ fn batch_norm_var(
             b,
             running_mean,
             running_var,
-            opts.momentum,
-            opts.eps,
-        )?;
-        let y = normalize(
-            x,
-            d,
-            &s.mean,
-            &s.invstd,
-            g,
-            b,
-            (relu, false),
-            opts.eps,
-            r,
-            OP,
-        )?;
-        (y, tracked.then_some(s))
+            m,
+            e,
+        )?)
     } else {
-        expect_channel_vectors(
-            OP,
-            ("x", x),
-            d.c,
-            &[
-                ("gamma", g),
-                ("beta", b),
-                ("running_mean", running_mean),
-                ("running_var", running_var),
-            ],
-        )?;
-        if tracked {
-            // The backward needs the statistics as the training path saves them.
-            let s = batch_norm_eval_stats(running_mean, running_var, opts.eps)?;
-            let y = normalize(
-                x,
-                d,
-                &s.mean,
-                &s.invstd,
-                g,
-                b,
-                (relu, false),
-                opts.eps,
-                r,
-                OP,
-            )?;
-            (y, Some(s))
-        } else {
-            let y = normalize(
-                x,
-                d,
-                running_mean,
-                running_var,
-                g,
-                b,
-                (relu, true),
-                opts.eps,
-                r,
-                OP,
-            )?;
-            (y, None)
-        }
+        expect_bn_vectors(OP, x, d.c, [g, b, running_mean, running_var])?;
+        let eval_stats = || batch_norm_eval_stats(running_mean, running_var, opts.eps);
+        tracked.then(eval_stats).transpose()?
     };
+    let (mean, stat, var_stat) = match &stats {
+        Some(s) => (&s.mean, &s.invstd, false),
+        None => (running_mean, running_var, true),
+    };
+    let y = normalize(
+        x,
+        d,
+        mean,
+        stat,
+        g,
+        b,
+        (opts.relu, var_stat),
+        opts.eps,
+        r,
+        OP,
+    )?;
+    let saved = stats.filter(|_| tracked);
     // The backward reads the output for the ReLU's mask.
     let keep = saved.map(|s| (x.clone(), g.clone(), opts.relu.then(|| y.clone()), s));
     let with_residual = residual.is_some();
