@@ -224,6 +224,13 @@ fn jobs() -> Vec<Job> {
     for entry in ["max_forward", "max_backward"] {
         jobs.push(simple("pool.wgsl", entry, pool.clone()));
     }
+    // The stem's pool: of the batch norm's output, with the ReLU after it.
+    let mut stem = pool.clone();
+    stem.extend([("BN", 1.0), ("RELU", 1.0)]);
+    jobs.push(Job {
+        label: "pool.wgsl stem".to_string(),
+        ..simple("pool.wgsl", "max_forward", stem)
+    });
     for entry in [
         "wino_weights",
         "wino_input",

@@ -30,7 +30,8 @@
 // order, 256 planes per workgroup, linear index as the elementwise kernels' (the tree would
 // leave most of its 64 threads idle and wait at six barriers for a handful of values).
 //
-// max_backward and avg_backward also take the window as pipeline constants WK, WS, WP.
+// max_forward, max_backward and avg_backward also take the window as pipeline constants WK, WS,
+// WP.
 //
 // Bindings (group 0): 0 = Params (uniform), then
 //   max_forward:  1 x [P*H*W] (read), 2 y [P*OH*OW] (write), 3 idx [P*OH*OW] u32 (write),
@@ -60,10 +61,11 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
-// The window (kernel, stride, padding) of the backward gathers, as pipeline-overridable
-// constants equal to params.k, params.stride and params.pad, so that their four divisions by the
-// stride per input element compile to shifts or multiplies. No defaults: a pipeline that uses
-// them without setting them fails to build.
+// The window (kernel, stride, padding) of max_forward and the backward gathers, as
+// pipeline-overridable constants equal to params.k, params.stride and params.pad, so that the
+// gathers' divisions by the stride compile to shifts or multiplies and the max pool's loops
+// over the window unroll. No defaults: a pipeline that uses them without setting them fails to
+// build.
 override WK: u32;
 override WS: u32;
 override WP: u32;
@@ -125,6 +127,13 @@ fn window(o: u32) -> Window {
     );
 }
 
+// Whether v is a NaN, from its bits: WGSL lets implementations assume that no float is a NaN,
+// and drivers do fold `v != v` to false (lavapipe's max pool had let a later, smaller value
+// replace a NaN). With the test on the bits, a NaN wins as the header says.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 // ---- max_forward ----
 @group(0) @binding(1) var<storage, read> mf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> mf_y: array<f32>;
@@ -139,33 +148,49 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wg, nwg, lid);
     if (o >= params.planes * params.oh * params.ow) { return; }
-    let win = window(o);
-    let base = win.base;
+    let plane_out = params.oh * params.ow;
+    let plane = o / plane_out;
+    let r = o - plane * plane_out;
+    let oh = r / params.ow;
+    let ow = r - oh * params.ow;
+    let base = plane * params.h * params.w;
+    let hs = i32(oh * WS) - i32(WP);
+    let ws = i32(ow * WS) - i32(WP);
     // -inf, from a runtime value: WGSL forbids constant expressions that evaluate to an infinity
     // (Chrome's Tint rejects the module; naga accepts it).
     var best = bitcast<f32>(0xff800000u | (params.k & 0u));
-    var best_i = win.h0 * params.w + win.w0;
+    // The window's first tap inside the input.
+    let first = u32(max(hs, 0)) * params.w + u32(max(ws, 0));
+    var best_i = first;
     // With BN, the batch norm of the plane's channel.
     var mean = 0.0;
     var invstd = 1.0;
     var gamma = 1.0;
     var beta = 0.0;
     if (BN) {
-        let c = (base / (params.h * params.w)) % params.channels;
+        let c = plane % params.channels;
         mean = mf_mean[c];
         invstd = mf_invstd[c];
         gamma = mf_gamma[c];
         beta = mf_beta[c];
     }
-    for (var h = win.h0; h < win.h1; h = h + 1u) {
-        for (var w = win.w0; w < win.w1; w = w + 1u) {
-            let i = h * params.w + w;
+    // All WK x WK taps in row-major order, each loaded whether or not it lies in the input (a
+    // tap outside reads the first one inside) and compared only if it does, with selects: no
+    // load waits behind a branch (RADV had loaded the clipped window one tap at a time), and
+    // the taps inside are compared in the clipped loops' order.
+    for (var a = 0u; a < WK; a = a + 1u) {
+        for (var b = 0u; b < WK; b = b + 1u) {
+            let h = hs + i32(a);
+            let w = ws + i32(b);
+            let inside = (h >= 0) & (h < i32(params.h)) & (w >= 0) & (w < i32(params.w));
+            let i = select(first, u32(h) * params.w + u32(w), inside);
             var v = mf_x[base + i];
             if (BN) { v = (v - mean) * invstd * gamma + beta; }
-            if (v > best || v != v) {
-                best = v;
-                best_i = i;
-            }
+            // A NaN is taken, and once best is one nothing but a NaN replaces it (a compiler
+            // that assumes no NaNs may turn `v > best` into `!(v <= best)`).
+            let take = inside & (is_nan(v) | (!is_nan(best) & (v > best)));
+            best = select(best, v, take);
+            best_i = select(best_i, i, take);
         }
     }
     mf_y[o] = select(best, max(best, 0.0), RELU);

@@ -108,6 +108,34 @@ const CASES: &[([usize; 4], usize, usize, usize)] = &[
     ([1, 7, 3, 3], 3, 3, 0),
 ];
 
+/// NaNs win, the window's last one in row-major order, as in the reference: the kernel also
+/// loads the taps outside the input (reading an inside one), which must never count. Each case
+/// has a NaN at every third value, and one 5x5 plane a NaN at the first inside tap and at the
+/// last inside tap of its top-right window, whose taps past the right edge come after both.
+#[test]
+fn max_pool_takes_the_window_s_last_nan() {
+    let gpu = gpu();
+    let crafted = ([1, 1, 5, 5], 3, 2, 1);
+    for (i, &(shape, k, s, p)) in CASES.iter().chain([&crafted]).enumerate() {
+        let what = format!("max_pool2d with NaNs {shape:?} k{k} s{s} p{p}");
+        let numel = shape.iter().product();
+        let mut x = random_vec(numel, 900 + i as u64);
+        if (shape, k, s, p) == crafted {
+            // Output (0, 2): rows -1..=1, columns 3..=5; column 5 is past the edge.
+            x[3] = f32::NAN;
+            x[5 + 4] = f32::NAN;
+        } else {
+            x.iter_mut().step_by(3).for_each(|v| *v = f32::NAN);
+        }
+        let tx = Tensor::from_slice(&gpu, &shape, &x).unwrap();
+        let (y, idx) = ops::max_pool2d(&tx, k, s, p).unwrap();
+        let (ry, ridx) = reference::max_pool2d(&x, shape, k, s, p);
+        assert_eq!(idx.to_vec_u32().unwrap(), ridx, "{what}: indices");
+        let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(y.to_vec().unwrap()), bits(ry), "{what}: y");
+    }
+}
+
 #[test]
 fn max_pool_matches_reference() {
     let gpu = gpu();

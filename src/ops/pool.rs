@@ -131,7 +131,8 @@ impl Geometry {
         }
     }
 
-    /// The window as the backward gathers' pipeline constants (`WK`, `WS`, `WP`).
+    /// The window as max_forward's and the backward gathers' pipeline constants (`WK`, `WS`,
+    /// `WP`).
     fn window_constants(&self) -> [(&'static str, f64); 3] {
         [
             ("WK", self.k as f64),
@@ -220,12 +221,14 @@ fn max_forward(
     let idx = Tensor::uninit(x.gpu(), &geo.out_shape(), DType::U32, op)?;
     // Without BN the statistics are never read: x stands in for them.
     let [mean, invstd, gamma, beta] = bn.unwrap_or([x; 4]);
+    let mut constants = geo.window_constants().to_vec();
+    constants.extend([
+        ("RELU", f64::from(u8::from(relu))),
+        ("BN", f64::from(u8::from(bn.is_some()))),
+    ]);
     x.gpu().dispatch_with(
         &MAX_FORWARD,
-        &[
-            ("RELU", f64::from(u8::from(relu))),
-            ("BN", f64::from(u8::from(bn.is_some()))),
-        ],
+        &constants,
         &geo.params(),
         &[
             x.buffer(),
