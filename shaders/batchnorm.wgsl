@@ -7,7 +7,7 @@
 //                      running_var[c]  = (1 - m) * running_var[c]  + m * var[c] * M / (M - 1)
 //   eval forward:      mean = running_mean, invstd = 1 / sqrt(running_var + eps)
 //   both:              y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]   (+ residual if RESIDUAL,
-//                      then max(y, 0) if RELU: a residual block's relu(bn(x) + identity))
+//                      then the ReLU if RELU, a NaN kept: a residual block's relu(bn(x) + identity))
 //   backward:          dy = gy (masked by y > 0 if RELU), xhat = (x - mean) * invstd
 //                      gbeta[c] = sum dy,  ggamma[c] = sum dy * xhat
 //                      training: gx = gamma * invstd * (dy - gbeta / M - xhat * ggamma / M)
@@ -92,8 +92,8 @@ struct Params {
 // the entry points that read it. As flags in the params they put uniform branches among the
 // loads, and RADV issued the loads a group at a time, waiting for each group before the next
 // (normalize4: each of x's four vec4 loads waited for before the next; docs/kernel-stats/).
-// RELU:      normalize: max(y, 0) last; backward_partial, backward_input: dy = gy masked by
-//            the ReLU's output y > 0
+// RELU:      normalize: the ReLU last (relu_value); backward_partial, backward_input: dy = gy
+//            masked by the ReLU's output y > 0
 // VAR_STAT:  normalize: `stat` is the running variance (eval mode), not invstd
 // RESIDUAL:  normalize: the residual added before the ReLU
 // EVAL:      backward_finalize: eval mode's fixed statistics (no mean terms in gx)
@@ -107,6 +107,22 @@ override EVAL: bool = false;
 override MASK_OUT: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
+
+// PyTorch's ReLU of v: v where it is positive or a NaN (a NaN propagates), else 0. Not
+// max(v, 0): WGSL leaves max with a NaN to the implementation (GPUs return the other operand),
+// and lets a compiler assume no NaNs, so NaNs are told by their bits.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn relu_value(v: f32) -> f32 {
+    return select(0.0, v, (v > 0.0) | is_nan(v));
+}
+
+fn relu_value4(v: vec4<f32>) -> vec4<f32> {
+    let nan = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    return select(vec4<f32>(0.0), v, (v > vec4<f32>(0.0)) | nan);
+}
 
 // Threads of a partial-reduction workgroup (stats_partial, backward_partial): each reduces
 // chunk_len / PARTIAL_WG values on its own, then the workgroup merges the threads' results in
@@ -430,7 +446,7 @@ fn nm_value(e: vec2<f32>, c: u32) -> f32 {
     if (VAR_STAT) { invstd = 1.0 / sqrt(invstd + params.eps); }
     var v = (e.x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
     if (RESIDUAL) { v = v + e.y; }
-    if (RELU) { v = max(v, 0.0); }
+    if (RELU) { v = relu_value(v); }
     return v;
 }
 
@@ -723,7 +739,7 @@ fn nm_value4(x: vec4<f32>, r: vec4<f32>, c: u32) -> vec4<f32> {
     if (VAR_STAT) { invstd = 1.0 / sqrt(invstd + params.eps); }
     var v = (x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
     if (RESIDUAL) { v = v + r; }
-    if (RELU) { v = max(v, vec4<f32>(0.0)); }
+    if (RELU) { v = relu_value4(v); }
     return v;
 }
 

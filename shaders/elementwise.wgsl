@@ -1,11 +1,11 @@
 // Elementwise kernels over flat f32 buffers.
 //
 // Math (per element i < n):
-//   relu_forward:   y[i]  = max(x[i], 0)
+//   relu_forward:   y[i]  = max(x[i], 0), a NaN kept (relu_value)
 //   relu_backward:  gx[i] = gy[i] if y[i] > 0 else 0        (y is the forward output)
 //   relu_backward_inplace: g[i] = g[i] if y[i] > 0 else 0   (gy replaced by gx, in place)
 //   add:            out[i] = a[i] + b[i]
-//   add_relu:       out[i] = max(a[i] + b[i], 0)
+//   add_relu:       out[i] = relu_value(a[i] + b[i])
 //   axpy:           y[i] += alpha * x[i]                      (in place)
 //   scale:          out[i] = alpha * x[i]
 //   scale_by:       out[i] = x[i] * s[0]                      (s: a one-element tensor)
@@ -36,6 +36,22 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
+// PyTorch's ReLU of v: v where it is positive or a NaN (a NaN propagates), else 0. Not
+// max(v, 0): WGSL leaves max with a NaN to the implementation (GPUs return the other operand),
+// and lets a compiler assume no NaNs, so NaNs are told by their bits.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn relu_value(v: f32) -> f32 {
+    return select(0.0, v, (v > 0.0) | is_nan(v));
+}
+
+fn relu_value4(v: vec4<f32>) -> vec4<f32> {
+    let nan = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    return select(vec4<f32>(0.0), v, (v > vec4<f32>(0.0)) | nan);
+}
+
 // ---- unary: binding 1 = input (read), binding 2 = output (write) ----
 @group(0) @binding(1) var<storage, read> un_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> un_y: array<f32>;
@@ -44,7 +60,7 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 fn relu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    if (i < params.n) { un_y[i] = max(un_x[i], 0.0); }
+    if (i < params.n) { un_y[i] = relu_value(un_x[i]); }
 }
 
 @compute @workgroup_size(256)
@@ -98,7 +114,7 @@ fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
 fn add_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    if (i < params.n) { bin_out[i] = max(bin_a[i] + bin_b[i], 0.0); }
+    if (i < params.n) { bin_out[i] = relu_value(bin_a[i] + bin_b[i]); }
 }
 
 // relu_backward: a = y (forward output), b = gy, out = gx
@@ -125,7 +141,7 @@ fn scale_by(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn relu_forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    if (i < params.n) { un4_y[i] = max(un4_x[i], vec4<f32>(0.0)); }
+    if (i < params.n) { un4_y[i] = relu_value4(un4_x[i]); }
 }
 
 @compute @workgroup_size(256)
@@ -174,7 +190,7 @@ fn add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 fn add_relu4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    if (i < params.n) { bin4_out[i] = max(bin4_a[i] + bin4_b[i], vec4<f32>(0.0)); }
+    if (i < params.n) { bin4_out[i] = relu_value4(bin4_a[i] + bin4_b[i]); }
 }
 
 @compute @workgroup_size(256)

@@ -11,7 +11,7 @@
 //                  (batchnorm.wgsl normalize's expression), so that a batch norm followed by
 //                  the pool never writes its full-size output; idx is the argmax of v.
 //   With the pipeline constant RELU, both fuse a ReLU after the pooling: max_forward writes
-//   max(y, 0), and max_backward only sums gy[oh, ow] where that output y[oh, ow] > 0. Since the
+//   relu_value(y) (max(y, 0), a NaN kept), and max_backward only sums gy[oh, ow] where that output y[oh, ow] > 0. Since the
 //   ReLU is monotone this equals max pooling of relu(x), with its gradient: a window whose maximum
 //   is positive has the same first maximum in x and in relu(x), and a window whose maximum is not
 //   positive passes no gradient either way.
@@ -134,6 +134,12 @@ fn is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }
 
+// PyTorch's ReLU of v: v where it is positive or a NaN (a NaN propagates), else 0 (not max(v,
+// 0), which may drop a NaN).
+fn relu_value(v: f32) -> f32 {
+    return select(0.0, v, (v > 0.0) | is_nan(v));
+}
+
 // ---- max_forward ----
 @group(0) @binding(1) var<storage, read> mf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> mf_y: array<f32>;
@@ -193,7 +199,7 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             best_i = select(best_i, i, take);
         }
     }
-    mf_y[o] = select(best, max(best, 0.0), RELU);
+    mf_y[o] = select(best, relu_value(best), RELU);
     mf_idx[o] = best_i;
 }
 

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use resnet_wgpu::gpu::gpu_span_nanos;
-use resnet_wgpu::{Gpu, Tape, Tensor, ops, reference};
+use resnet_wgpu::{ConvAlgo, Gpu, Tape, Tensor, ops, reference};
 
 #[test]
 fn adapter_is_reported() {
@@ -32,6 +32,89 @@ fn upload_read_round_trip_and_shape_errors() {
     let labels = Tensor::from_u32(&gpu, &[3], &[1, 2, 3]).unwrap();
     assert_eq!(labels.to_vec_u32().unwrap(), vec![1, 2, 3]);
     assert!(labels.to_vec().is_err());
+}
+
+/// A ReLU keeps a NaN, as PyTorch's does (WGSL's max(NaN, 0) is up to the implementation, and
+/// GPUs return 0, which would hide a diverging run behind finite losses): the elementwise ReLUs
+/// (one value and four per thread), the batch norm's, the max pool's, and the fused inference
+/// conv's, direct and through Winograd.
+#[test]
+fn relu_keeps_nans() {
+    let gpu = gpu();
+    let nan_at = |v: &[f32]| v.iter().map(|v| v.is_nan()).collect::<Vec<_>>();
+    for n in [7usize, 8] {
+        let mut a = random_vec(n, 30);
+        a[1] = f32::NAN;
+        a[4] = -f32::NAN;
+        let ta = Tensor::from_slice(&gpu, &[n], &a).unwrap();
+        let y = ops::relu(&ta).unwrap().to_vec().unwrap();
+        assert_eq!(nan_at(&y), nan_at(&a), "relu {n}");
+        assert_eq!(
+            nan_at(&reference::relu(&a)),
+            nan_at(&a),
+            "reference relu {n}"
+        );
+        let zeros = Tensor::zeros(&gpu, &[n]).unwrap();
+        let y = ops::add_relu(&ta, &zeros).unwrap().to_vec().unwrap();
+        assert_eq!(nan_at(&y), nan_at(&a), "add_relu {n}");
+    }
+    // Batch norm with its ReLU and the max pool's, on planes of 9 and 16 values.
+    for hw in [3usize, 4] {
+        let shape = [1, 2, hw, hw];
+        let mut x = random_vec(2 * hw * hw, 31);
+        x[hw + 1] = f32::NAN;
+        let tx = Tensor::from_slice(&gpu, &shape, &x).unwrap();
+        let one = Tensor::full(&gpu, &[2], 1.0).unwrap();
+        let zero = Tensor::zeros(&gpu, &[2]).unwrap();
+        let y = ops::batch_norm_eval(&tx, &one, &zero, &zero, &one, 0.0, true).unwrap();
+        assert_eq!(
+            nan_at(&y.to_vec().unwrap()),
+            nan_at(&x),
+            "batch norm {hw}x{hw}"
+        );
+        let (y, _) = ops::max_pool2d_relu(&tx, 3, 2, 1).unwrap();
+        let (ry, _) = reference::max_pool2d(&reference::relu(&x), shape, 3, 2, 1);
+        assert!(ry.iter().any(|v| v.is_nan()));
+        assert_eq!(
+            nan_at(&y.to_vec().unwrap()),
+            nan_at(&ry),
+            "max pool {hw}x{hw}"
+        );
+    }
+    // The fused conv + batch norm + ReLU with channel 1's running mean a NaN: that channel
+    // is NaN everywhere and no other is. On a device of its own, whose conv algorithm is set.
+    let gpu = new_gpu();
+    let (x, w) = ([2, 16, 6, 6], [24, 16, 3, 3]);
+    let tx = Tensor::from_slice(&gpu, &x, &random_vec(x.iter().product(), 32)).unwrap();
+    let tw = Tensor::from_slice(&gpu, &w, &random_vec(w.iter().product(), 33)).unwrap();
+    let mut mean = vec![0.0; 24];
+    mean[1] = f32::NAN;
+    let mean = Tensor::from_slice(&gpu, &[24], &mean).unwrap();
+    let (one, zero) = (
+        Tensor::full(&gpu, &[24], 1.0).unwrap(),
+        Tensor::zeros(&gpu, &[24]).unwrap(),
+    );
+    let bn = ops::EvalBatchNorm {
+        gamma: &one,
+        beta: &zero,
+        running_mean: &mean,
+        running_var: &one,
+        eps: 1e-5,
+    };
+    for algo in [ConvAlgo::Direct, ConvAlgo::Winograd] {
+        gpu.set_conv_algo(algo);
+        assert_eq!(
+            ops::conv2d_winograd(&gpu, x, w, 1, 1).unwrap()[0],
+            algo == ConvAlgo::Winograd
+        );
+        let y = ops::conv2d_bn_eval(&tx, &tw, 1, 1, &bn, None, true)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        for (i, v) in y.iter().enumerate() {
+            assert_eq!(v.is_nan(), (i / 36) % 24 == 1, "{algo:?}: value {i}");
+        }
+    }
 }
 
 #[test]

@@ -64,7 +64,11 @@ pub fn batch_norm_train(
             ((1.0 - mom) * running_var[ch] as f64 + mom * ss / (m - 1.0).max(1.0)) as f32;
         for (i, v) in channel_values(x, n, c, hw, ch) {
             let y = (v - mean) * invstd * gamma[ch] as f64 + beta[ch] as f64;
-            out.y[i] = if relu { y.max(0.0) } else { y } as f32;
+            out.y[i] = if relu {
+                super::relu_value(y as f32)
+            } else {
+                y as f32
+            };
         }
     }
     out
@@ -89,7 +93,11 @@ pub fn batch_norm_eval(
         let invstd = 1.0 / (running_var[ch] as f64 + eps as f64).sqrt();
         for (i, v) in channel_values(x, n, c, hw, ch) {
             let o = (v - running_mean[ch] as f64) * invstd * gamma[ch] as f64 + beta[ch] as f64;
-            y[i] = if relu { o.max(0.0) } else { o } as f32;
+            y[i] = if relu {
+                super::relu_value(o as f32)
+            } else {
+                o as f32
+            };
         }
     }
     y

@@ -1,8 +1,14 @@
 //! CPU twins of `shaders/elementwise.wgsl` and `shaders/reduce.wgsl`.
 
-/// `max(x, 0)`.
+/// `max(x, 0)`, NaNs kept ([`relu_value`] of each value).
 pub fn relu(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|v| v.max(0.0)).collect()
+    x.iter().copied().map(relu_value).collect()
+}
+
+/// PyTorch's ReLU of one value: `v` where it is positive or a NaN (a NaN propagates, where
+/// `f32::max` would return 0), else 0.
+pub fn relu_value(v: f32) -> f32 {
+    if v > 0.0 || v.is_nan() { v } else { 0.0 }
 }
 
 /// Gradient of relu from its output `y`.

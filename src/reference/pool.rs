@@ -75,7 +75,7 @@ pub fn relu_max_pool2d(
     stride: usize,
     padding: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let relu: Vec<f32> = x.iter().map(|&v| v.max(0.0)).collect();
+    let relu = super::relu(x);
     let (y, idx) = max_pool2d(&relu, shape, kernel, stride, padding);
     let g = max_pool2d_backward(gy, &idx, shape);
     let gx = g
