@@ -24,6 +24,7 @@
 //! statistics: a check that every kernel compiles for the driver.
 
 use ash::vk;
+use resnet_wgpu::gpu::COMMON_SHADER;
 use resnet_wgpu::ops::CONV_SHADER_VARIANTS;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -108,7 +109,11 @@ fn jobs() -> Vec<Job> {
         if mma && !variant.contains("const SG: u32 = 32u;") {
             continue; // lavapipe's 8x8 fragments
         }
-        let source = format!("{variant}{}{}", shader(engine), shader("conv.wgsl"));
+        let source = format!(
+            "{variant}{COMMON_SHADER}{}{}",
+            shader(engine),
+            shader("conv.wgsl")
+        );
         for entry in [
             "conv_forward",
             "conv_backward_input",
@@ -159,7 +164,7 @@ fn jobs() -> Vec<Job> {
     }
     let simple = |file: &str, entry: &'static str, constants: Vec<(&'static str, f64)>| Job {
         label: file.to_string(),
-        source: shader(file).to_string(),
+        source: format!("{COMMON_SHADER}{}", shader(file)),
         entry,
         constants,
         mma: false,

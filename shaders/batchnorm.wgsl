@@ -108,22 +108,6 @@ override MASK_OUT: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 
-// PyTorch's ReLU of v: v where it is positive or a NaN (a NaN propagates), else 0. Not
-// max(v, 0): WGSL leaves max with a NaN to the implementation (GPUs return the other operand),
-// and lets a compiler assume no NaNs, so NaNs are told by their bits.
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-fn relu_value(v: f32) -> f32 {
-    return select(0.0, v, (v > 0.0) | is_nan(v));
-}
-
-fn relu_value4(v: vec4<f32>) -> vec4<f32> {
-    let nan = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
-    return select(vec4<f32>(0.0), v, (v > vec4<f32>(0.0)) | nan);
-}
-
 // Threads of a partial-reduction workgroup (stats_partial, backward_partial): each reduces
 // chunk_len / PARTIAL_WG values on its own, then the workgroup merges the threads' results in
 // log2(PARTIAL_WG) barrier steps. Equal to PARTIAL_WG in src/ops/batchnorm.rs, whose walk

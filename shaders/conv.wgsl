@@ -735,17 +735,6 @@ fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 // conv_reduce_splits': add to what the output holds.
 const EPI_ACCUMULATE: u32 = 4u;
 
-// PyTorch's ReLU of v: v where it is positive or a NaN (a NaN propagates), else 0. Not
-// max(v, 0): WGSL leaves max with a NaN to the implementation (GPUs return the other operand),
-// and lets a compiler assume no NaNs, so NaNs are told by their bits.
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-fn relu_value(v: f32) -> f32 {
-    return select(0.0, v, (v > 0.0) | is_nan(v));
-}
-
 // The running statistics and affine parameters of one output channel.
 struct BnChannel {
     mean: f32,

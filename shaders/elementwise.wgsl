@@ -36,22 +36,6 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
-// PyTorch's ReLU of v: v where it is positive or a NaN (a NaN propagates), else 0. Not
-// max(v, 0): WGSL leaves max with a NaN to the implementation (GPUs return the other operand),
-// and lets a compiler assume no NaNs, so NaNs are told by their bits.
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-fn relu_value(v: f32) -> f32 {
-    return select(0.0, v, (v > 0.0) | is_nan(v));
-}
-
-fn relu_value4(v: vec4<f32>) -> vec4<f32> {
-    let nan = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
-    return select(vec4<f32>(0.0), v, (v > vec4<f32>(0.0)) | nan);
-}
-
 // ---- unary: binding 1 = input (read), binding 2 = output (write) ----
 @group(0) @binding(1) var<storage, read> un_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> un_y: array<f32>;

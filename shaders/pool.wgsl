@@ -127,19 +127,6 @@ fn window(o: u32) -> Window {
     );
 }
 
-// Whether v is a NaN, from its bits: WGSL lets implementations assume that no float is a NaN,
-// and drivers do fold `v != v` to false (lavapipe's max pool had let a later, smaller value
-// replace a NaN). With the test on the bits, a NaN wins as the header says.
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-// PyTorch's ReLU of v: v where it is positive or a NaN (a NaN propagates), else 0 (not max(v,
-// 0), which may drop a NaN).
-fn relu_value(v: f32) -> f32 {
-    return select(0.0, v, (v > 0.0) | is_nan(v));
-}
-
 // ---- max_forward ----
 @group(0) @binding(1) var<storage, read> mf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> mf_y: array<f32>;

@@ -283,17 +283,6 @@ fn wino_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(7) var<storage, read> bn_var: array<f32>;
 @group(0) @binding(8) var<storage, read> bn_res: array<f32>;
 
-// PyTorch's ReLU of v: v where it is positive or a NaN (a NaN propagates), else 0. Not
-// max(v, 0): WGSL leaves max with a NaN to the implementation (GPUs return the other operand),
-// and lets a compiler assume no NaNs, so NaNs are told by their bits.
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-fn relu_value(v: f32) -> f32 {
-    return select(0.0, v, (v > 0.0) | is_nan(v));
-}
-
 // Channel k's running statistics and affine parameters, read once per thread as conv.wgsl's
 // conv_forward_bn does, not for every value stored (RADV merged those reads already; a
 // compiler that cannot tell the bindings from dst need not).

@@ -1,17 +1,18 @@
 //! Every shader parses and validates with naga (no GPU needed) and translates to SPIR-V (Vulkan),
-//! MSL (Metal) and HLSL (DX12). Files compiled in variants (declarations the host prepends, such
-//! as conv.wgsl's tile sizes, and an engine file between them) are checked in each; overridable
+//! MSL (Metal) and HLSL (DX12), with common.wgsl's helpers as the host puts them into every
+//! module. Files compiled in variants (declarations the host prepends, such as conv.wgsl's tile
+//! sizes, and an engine file between them) are checked in each; overridable
 //! constants take their defaults, and those without one (which the host must set) the value 1. The f16 tensor-core engine (cooperative matrices, which wgpu
 //! offers on Vulkan and Metal only) is not translated to HLSL.
 
 use std::path::Path;
 
 /// The (variant, engine file) pairs a file is compiled in (("", "") alone for plain files; none
-/// for engine files, which are checked inside the files that include them).
+/// for engine files and common.wgsl, which are checked inside the files that include them).
 fn variants(file: &str) -> Vec<(&'static str, &'static str)> {
     match file {
         "conv.wgsl" => resnet_wgpu::ops::CONV_SHADER_VARIANTS.to_vec(),
-        "conv_fma.wgsl" | "conv_mma.wgsl" => vec![],
+        "conv_fma.wgsl" | "conv_mma.wgsl" | "common.wgsl" => vec![],
         _ => vec![("", "")],
     }
 }
@@ -41,7 +42,8 @@ fn every_shader_validates_and_translates() {
                 "" => String::new(),
                 e => std::fs::read_to_string(dir.join(e)).unwrap(),
             };
-            check(&name, &format!("{variant}{engine_text}{file}"));
+            let common = resnet_wgpu::gpu::COMMON_SHADER;
+            check(&name, &format!("{variant}{common}{engine_text}{file}"));
             count_engines += usize::from(!engine.is_empty());
         }
     }

@@ -42,14 +42,26 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The module's WGSL source: `variant`, the engine, then the file. The three are kept apart
-    /// and joined only here, so that the binary holds each shader file once, not once per
-    /// variant: with the conv kernels' 21 variants, the wasm module took 2.79 MiB with the
-    /// sources joined at compile time, and 1.46 MiB with them joined here.
+    /// The module's WGSL source: `variant`, the helpers every module shares
+    /// ([`COMMON_SHADER`]), the engine, then the file. They are kept apart and joined only
+    /// here, so that the binary holds each shader file once, not once per variant: with the
+    /// conv kernels' 21 variants, the wasm module took 2.79 MiB with the sources joined at
+    /// compile time, and 1.46 MiB with them joined here.
     pub fn source(&self) -> String {
-        [self.variant, self.engine_source, self.file_source].concat()
+        [
+            self.variant,
+            COMMON_SHADER,
+            self.engine_source,
+            self.file_source,
+        ]
+        .concat()
     }
 }
+
+/// `shaders/common.wgsl`: the helpers (`is_nan`, `relu_value`) that [`Kernel::source`] puts
+/// into every module, after the variant's declarations, whose `enable` directives come first.
+#[doc(hidden)]
+pub const COMMON_SHADER: &str = include_str!("../../shaders/common.wgsl");
 
 /// Declare a [`Kernel`] from a shader file name and entry point.
 #[macro_export]

@@ -1,0 +1,26 @@
+// Helpers that every kernel module may call. Kernel::source (src/gpu/mod.rs) prepends this
+// file to each module, after a variant's declarations (whose `enable` directives must come
+// first) and before the engine and the kernel file; tests/shaders.rs and
+// examples/kernel_stats.rs compose their sources the same way. No bindings, no entry points.
+//
+// Math:
+//   is_nan(v):      whether v is a NaN, from its bits: WGSL lets implementations assume that
+//                   no float is a NaN, and drivers do fold `v != v` to false (lavapipe's max
+//                   pool had let a later, smaller value replace a NaN)
+//   relu_value(v):  PyTorch's ReLU: v where it is positive or a NaN (a NaN propagates), else
+//                   0. Not max(v, 0), which WGSL leaves to the implementation for a NaN (GPUs
+//                   return the other operand, so a NaN would vanish behind finite values)
+//   relu_value4(v): relu_value of each component
+
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn relu_value(v: f32) -> f32 {
+    return select(0.0, v, (v > 0.0) | is_nan(v));
+}
+
+fn relu_value4(v: vec4<f32>) -> vec4<f32> {
+    let nan = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    return select(vec4<f32>(0.0), v, (v > vec4<f32>(0.0)) | nan);
+}
