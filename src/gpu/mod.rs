@@ -1278,6 +1278,12 @@ impl Gpu {
     }
 }
 
+/// A boolean pipeline-overridable constant (WGSL `override NAME: bool`) as
+/// [`Gpu::dispatch_with`] takes it: 1 for true, 0 for false.
+pub(crate) fn flag(name: &'static str, on: bool) -> (&'static str, f64) {
+    (name, f64::from(u8::from(on)))
+}
+
 /// Split `workgroups` one-dimensional workgroups into a grid that respects the 65,535 per-dimension
 /// limit. Shaders recover the linear index as `wg.x + wg.y * num_workgroups.x`.
 pub fn grid_1d(workgroups: u32) -> [u32; 3] {

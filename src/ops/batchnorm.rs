@@ -9,7 +9,7 @@
 //! per channel over every other dimension).
 
 use crate::autograd::Var;
-use crate::gpu::{Kernel, grid_1d, grid_for_elements};
+use crate::gpu::{Kernel, flag, grid_1d, grid_for_elements};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -91,12 +91,6 @@ const ELEMENT_STEP: usize = 256;
 /// Threads of a batch-norm partial-reduction workgroup (`PARTIAL_WG` in the shader): values
 /// between one thread's consecutive values.
 const PARTIAL_WG: usize = 64;
-
-/// A pipeline constant of batchnorm.wgsl (RELU, VAR_STAT, RESIDUAL, EVAL, MASK_OUT, POOLED:
-/// what a kernel does for the whole dispatch), set for the entry points that read it.
-fn choice(name: &'static str, on: bool) -> (&'static str, f64) {
-    (name, f64::from(u8::from(on)))
-}
 
 /// What the backward may do with the upstream gradient's buffer.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -281,9 +275,9 @@ fn normalize(
     let y = Tensor::uninit(x.gpu(), x.shape(), DType::F32, op)?;
     let (p, vec4, grid) = d.elements(d.params(0.0, eps));
     let choices = [
-        choice("RELU", relu),
-        choice("VAR_STAT", var_stat),
-        choice("RESIDUAL", residual.is_some()),
+        flag("RELU", relu),
+        flag("VAR_STAT", var_stat),
+        flag("RESIDUAL", residual.is_some()),
     ];
     x.gpu().dispatch_with(
         if vec4 { &NORMALIZE4 } else { &NORMALIZE },
@@ -480,7 +474,7 @@ fn finalize_backward(
     let coef = Tensor::uninit(gpu, &[c * 3], DType::F32, op)?;
     gpu.dispatch_with(
         &BACKWARD_FINALIZE,
-        &[choice("EVAL", eval)],
+        &[flag("EVAL", eval)],
         p,
         &[
             partials.buffer(),
@@ -558,7 +552,7 @@ fn backward(
     } else {
         &BACKWARD_PARTIAL
     };
-    let masks = [choice("RELU", relu), choice("MASK_OUT", mask)];
+    let masks = [flag("RELU", relu), flag("MASK_OUT", mask)];
     gpu.dispatch_with(kernel, &masks, &pp, &buffers, grid_1d(groups as u32))?;
     let [ggamma, gbeta, coef] = finalize_backward(op, &p, eval, &partials, gamma, &saved.invstd)?;
     // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
@@ -578,13 +572,7 @@ fn backward(
     if !over_gy {
         buffers.push(gx.buffer());
     }
-    gpu.dispatch_with(
-        kernel,
-        &[choice("RELU", relu && !mask)],
-        &pe,
-        &buffers,
-        grid,
-    )?;
+    gpu.dispatch_with(kernel, &[flag("RELU", relu && !mask)], &pe, &buffers, grid)?;
     Ok((gx, ggamma, gbeta))
 }
 

@@ -50,7 +50,7 @@ use plan::{Geometry, MAX_GRID, Route, SPLIT_MIN_CHUNK, gemm_grid, taps_outer};
 use super::tune::{self, Candidate, ConvKey, ConvPass, TunedConv};
 use crate::autograd::Var;
 use crate::gpu::{
-    ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, grid_1d,
+    ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, flag, grid_1d,
     scalar_or_vec4,
 };
 use crate::kernel;
@@ -609,7 +609,7 @@ fn backward_input(
     let mut p = g.params(false, 0, plan.splits);
     p.scaled = if f16 { 2 } else { 0 };
     p.reduce_len = len as u32;
-    let add = ("ACCUMULATE", gemms_add as u8 as f64);
+    let add = flag("ACCUMULATE", gemms_add);
     if plan.merges(&g, gpu) {
         // One dispatch for all phases, grid x = column tile * phases + phase, z = split: the
         // shader derives each workgroup's phase, its taps and pixels (NR and NS go unused).

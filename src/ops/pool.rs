@@ -7,7 +7,7 @@
 //! windows need no atomics and results are deterministic.
 
 use crate::autograd::Var;
-use crate::gpu::{Kernel, grid_1d, grid_for_elements};
+use crate::gpu::{Kernel, flag, grid_1d, grid_for_elements};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -222,10 +222,7 @@ fn max_forward(
     // Without BN the statistics are never read: x stands in for them.
     let [mean, invstd, gamma, beta] = bn.unwrap_or([x; 4]);
     let mut constants = geo.window_constants().to_vec();
-    constants.extend([
-        ("RELU", f64::from(u8::from(relu))),
-        ("BN", f64::from(u8::from(bn.is_some()))),
-    ]);
+    constants.extend([flag("RELU", relu), flag("BN", bn.is_some())]);
     x.gpu().dispatch_with(
         &MAX_FORWARD,
         &constants,
@@ -306,7 +303,7 @@ fn max_backward(
     let [wk, ws, wp] = geo.window_constants();
     gy.gpu().dispatch_with(
         &MAX_BACKWARD,
-        &[wk, ws, wp, ("RELU", f64::from(u8::from(relu_y.is_some())))],
+        &[wk, ws, wp, flag("RELU", relu_y.is_some())],
         &geo.params(),
         // Without the ReLU, y is never read: gy stands in for it.
         &[

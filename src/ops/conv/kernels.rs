@@ -54,10 +54,7 @@ pub(super) const EPI_ACCUMULATE: u32 = 4;
 /// The override constants of inference's batch-norm epilogues (conv.wgsl's conv_forward_bn and
 /// conv_forward_reduce_bn, winograd.wgsl's output transforms): the residual's add, the ReLU.
 pub(super) fn bn_epilogue(residual: bool, relu: bool) -> [(&'static str, f64); 2] {
-    [
-        ("RESIDUAL", f64::from(u8::from(residual))),
-        ("RELU", f64::from(u8::from(relu))),
-    ]
+    [flag("RESIDUAL", residual), flag("RELU", relu)]
 }
 
 /// The conv kernels of one tile variant.

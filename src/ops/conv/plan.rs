@@ -138,7 +138,7 @@ impl Geometry {
     /// The overridable constants of a GEMM pass: the kernel size and the reduction order.
     pub(super) fn gemm_constants(&self, taps_outer: bool) -> [(&'static str, f64); 3] {
         let [kh, kw] = self.kernel_size();
-        [kh, kw, ("TAPS_OUTER", taps_outer as u8 as f64)]
+        [kh, kw, flag("TAPS_OUTER", taps_outer)]
     }
 
     /// Whether the forward pass on `gpu` reduces taps outer with tiles of `dims`.

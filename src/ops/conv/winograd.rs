@@ -22,7 +22,7 @@ use super::{
     Engine, EvalBatchNorm, GemmTile, Geometry, GyScale, MAX_GRID, SPLIT_MIN_CHUNK, TileModel,
     bn_epilogue, reduce_splits, taps_outer,
 };
-use crate::gpu::{ConvAlgo, Gpu, Kernel, WinogradTile, grid_for_elements};
+use crate::gpu::{ConvAlgo, Gpu, Kernel, WinogradTile, flag, grid_for_elements};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
@@ -508,7 +508,7 @@ fn convolve(
                 has_bias: bias.is_some() as u32,
                 ..batch.params(k, first, tiles)
             };
-            let add = [("ACCUMULATE", f64::from(u8::from(accumulate)))];
+            let add = [flag("ACCUMULATE", accumulate)];
             let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
             gpu.dispatch_with(&kernels(tile).output, &add, &p, &buffers, grid)
         };
