@@ -11,10 +11,10 @@
 //                  (batchnorm.wgsl normalize's expression), so that a batch norm followed by
 //                  the pool never writes its full-size output; idx is the argmax of v.
 //   With the pipeline constant RELU, both fuse a ReLU after the pooling: max_forward writes
-//   relu_value(y) (max(y, 0), a NaN kept), and max_backward only sums gy[oh, ow] where that output y[oh, ow] > 0. Since the
-//   ReLU is monotone this equals max pooling of relu(x), with its gradient: a window whose maximum
-//   is positive has the same first maximum in x and in relu(x), and a window whose maximum is not
-//   positive passes no gradient either way.
+//   relu_value(y) (max(y, 0), a NaN kept), and max_backward only sums gy[oh, ow] where that
+//   output y[oh, ow] > 0. Since the ReLU is monotone this equals max pooling of relu(x), with
+//   its gradient: a window whose maximum is positive has the same first maximum in x and in
+//   relu(x), and a window whose maximum is not positive passes no gradient either way.
 //   avg_forward:   y = (sum over the window clipped to the image) / D, where D counts the window
 //                  clipped to the padded image (count_include_pad = True, PyTorch's default)
 //   avg_backward:  gx[h, w] = sum of gy[oh, ow] / D(oh, ow) over the outputs whose window holds (h, w)
@@ -141,19 +141,15 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32) {
     let o = linear_index(wg, nwg, lid);
     if (o >= params.planes * params.oh * params.ow) { return; }
-    let plane_out = params.oh * params.ow;
-    let plane = o / plane_out;
-    let r = o - plane * plane_out;
-    let oh = r / params.ow;
-    let ow = r - oh * params.ow;
-    let base = plane * params.h * params.w;
-    let hs = i32(oh * WS) - i32(WP);
-    let ws = i32(ow * WS) - i32(WP);
+    let win = window(o);
+    let base = win.base;
+    let hs = i32(win.oh * WS) - i32(WP);
+    let ws = i32(win.ow * WS) - i32(WP);
     // -inf, from a runtime value: WGSL forbids constant expressions that evaluate to an infinity
     // (Chrome's Tint rejects the module; naga accepts it).
     var best = bitcast<f32>(0xff800000u | (params.k & 0u));
     // The window's first tap inside the input.
-    let first = u32(max(hs, 0)) * params.w + u32(max(ws, 0));
+    let first = win.h0 * params.w + win.w0;
     var best_i = first;
     // With BN, the batch norm of the plane's channel.
     var mean = 0.0;
@@ -161,7 +157,7 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     var gamma = 1.0;
     var beta = 0.0;
     if (BN) {
-        let c = plane % params.channels;
+        let c = (o / (params.oh * params.ow)) % params.channels;  // window()'s plane
         mean = mf_mean[c];
         invstd = mf_invstd[c];
         gamma = mf_gamma[c];
@@ -175,7 +171,8 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         for (var b = 0u; b < WK; b = b + 1u) {
             let h = hs + i32(a);
             let w = ws + i32(b);
-            let inside = (h >= 0) & (h < i32(params.h)) & (w >= 0) & (w < i32(params.w));
+            let inside = (h >= i32(win.h0)) & (h < i32(win.h1)) & (w >= i32(win.w0)) &
+                (w < i32(win.w1));
             let i = select(first, u32(h) * params.w + u32(w), inside);
             var v = mf_x[base + i];
             if (BN) { v = (v - mean) * invstd * gamma + beta; }
