@@ -14,10 +14,11 @@
 //                      eval:     gx = gamma * invstd * dy
 //
 // Reductions are two-level: the M values of a channel are cut into `chunks` chunks of `chunk_len`
-// values; one PARTIAL_WG-thread workgroup per (channel, chunk) writes a partial result, then one
-// thread per channel merges that channel's partials in order. Statistics use Welford's running
-// mean / M2 per thread, updated four values at a time (block_add), and Chan's pairwise merge in
-// the tree and the final merge (no E[x^2] - E[x]^2 cancellation).
+// values; one PARTIAL_WG-thread workgroup per (channel, chunk) writes a partial result (its
+// threads' results combined by butterfly.wgsl), then one thread per channel merges that
+// channel's partials in order. Statistics use Welford's running mean / M2 per thread, updated
+// four values at a time (block_add), and Chan's pairwise merge in the workgroup and the final
+// merge (no E[x^2] - E[x]^2 cancellation).
 //
 // Entry points, dispatch grids and bindings (group 0; binding 0 is always Params, uniform):
 //   stats_partial     grid: C * chunks workgroups of PARTIAL_WG threads (linear g = wg.x + wg.y *
@@ -110,13 +111,10 @@ override MASK_OUT: bool = false;
 
 // Threads of a partial-reduction workgroup (stats_partial, backward_partial): each reduces
 // chunk_len / PARTIAL_WG values on its own, then the workgroup merges the threads' results in
-// log2(PARTIAL_WG) barrier steps. Equal to PARTIAL_WG in src/ops/batchnorm.rs, whose walk
-// steps (partial_step_q, partial_step_n) assume it.
+// log2(PARTIAL_WG) butterfly levels (butterfly.wgsl; group_stats below). Equal to PARTIAL_WG
+// in src/ops/batchnorm.rs, whose walk steps (partial_step_q, partial_step_n) assume it.
 const PARTIAL_WG: u32 = 64u;
-
-var<workgroup> red_a: array<f32, PARTIAL_WG>;
-var<workgroup> red_b: array<f32, PARTIAL_WG>;
-var<workgroup> red_c: array<f32, PARTIAL_WG>;
+const REDUCE_WG: u32 = PARTIAL_WG;
 
 fn group_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wg.x + wg.y * nwg.x;
@@ -263,35 +261,21 @@ fn chan_merge(n: ptr<function, f32>, mean: ptr<function, f32>, m2: ptr<function,
     }
 }
 
-// Chan's merge of the (count, mean, M2) triples held by threads `lid` and `other` into `lid`.
-// red_a = count, red_b = mean, red_c = M2.
-fn merge_stats(lid: u32, other: u32) {
-    var n = red_a[lid];
-    var mean = red_b[lid];
-    var m2 = red_c[lid];
-    chan_merge(&n, &mean, &m2, vec3<f32>(red_a[other], red_b[other], red_c[other]));
-    red_a[lid] = n;
-    red_b[lid] = mean;
-    red_c[lid] = m2;
-}
-
-fn tree_merge_stats(lid: u32) {
-    workgroupBarrier();
-    for (var s = PARTIAL_WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { merge_stats(lid, lid + s); }
-        workgroupBarrier();
+// The (count, mean, M2) triple of the workgroup's PARTIAL_WG threads, each holding its own in
+// v: butterfly.wgsl's levels with Chan's merge, the lower thread's triple first.
+fn group_stats(lid: u32, v: vec3<f32>) -> vec3<f32> {
+    bf_begin(PARTIAL_WG);
+    var x = v;
+    for (var d = 1u; d < PARTIAL_WG; d = d << 1u) {
+        let y = bf_xor3(lid, x, d);
+        let upper = bf_upper(lid, d);
+        var n = select(x.x, y.x, upper);
+        var mean = select(x.y, y.y, upper);
+        var m2 = select(x.z, y.z, upper);
+        chan_merge(&n, &mean, &m2, select(y, x, upper));
+        x = vec3<f32>(n, mean, m2);
     }
-}
-
-fn tree_sum2(lid: u32) {
-    workgroupBarrier();
-    for (var s = PARTIAL_WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            red_a[lid] = red_a[lid] + red_a[lid + s];
-            red_b[lid] = red_b[lid] + red_b[lid + s];
-        }
-        workgroupBarrier();
-    }
+    return x;
 }
 
 // ---- stats_partial ----
@@ -322,15 +306,12 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
             block_add(&cnt, &mu, &m2, v.x, v.yzw, min(left, ROUND));
         }
     }
-    red_a[lid] = cnt;
-    red_b[lid] = mu;
-    red_c[lid] = m2;
-    tree_merge_stats(lid);
+    let total = group_stats(lid, vec3<f32>(cnt, mu, m2));
     if (lid == 0u && c < params.channels) {
         let o = g * 3u;
-        sp_partials[o] = red_a[0];
-        sp_partials[o + 1u] = red_b[0];
-        sp_partials[o + 2u] = red_c[0];
+        sp_partials[o] = total.x;
+        sp_partials[o + 1u] = total.y;
+        sp_partials[o + 2u] = total.z;
     }
 }
 
@@ -500,12 +481,10 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
             }
         }
     }
-    red_a[lid] = s_dy;
-    red_b[lid] = s_dyx;
-    tree_sum2(lid);
+    let total = group_sum2(lid, vec2<f32>(s_dy, s_dyx), PARTIAL_WG);
     if (lid == 0u && c < params.channels) {
-        bp_partials[g * 2u] = red_a[0];
-        bp_partials[g * 2u + 1u] = red_b[0];
+        bp_partials[g * 2u] = total.x;
+        bp_partials[g * 2u + 1u] = total.y;
     }
 }
 
@@ -827,15 +806,12 @@ fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
             block_add_if(&cnt, &mu, &m2, v3, left > 3u);
         }
     }
-    red_a[lid] = cnt;
-    red_b[lid] = mu;
-    red_c[lid] = m2;
-    tree_merge_stats(lid);
+    let total = group_stats(lid, vec3<f32>(cnt, mu, m2));
     if (lid == 0u && c < params.channels) {
         let o = g * 3u;
-        sp_partials[o] = red_a[0];
-        sp_partials[o + 1u] = red_b[0];
-        sp_partials[o + 2u] = red_c[0];
+        sp_partials[o] = total.x;
+        sp_partials[o + 1u] = total.y;
+        sp_partials[o + 2u] = total.z;
     }
 }
 
@@ -912,11 +888,9 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
             bp_write_masked4(i.w, dy3, keep3);
         }
     }
-    red_a[lid] = s_dy;
-    red_b[lid] = s_dyx;
-    tree_sum2(lid);
+    let total = group_sum2(lid, vec2<f32>(s_dy, s_dyx), PARTIAL_WG);
     if (lid == 0u && c < params.channels) {
-        bp_partials[g * 2u] = red_a[0];
-        bp_partials[g * 2u + 1u] = red_b[0];
+        bp_partials[g * 2u] = total.x;
+        bp_partials[g * 2u + 1u] = total.y;
     }
 }

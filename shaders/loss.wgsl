@@ -13,7 +13,7 @@
 //
 // Dispatch: one workgroup of 256 threads per row; the row grid is split over x and y to respect the
 // 65,535 limit (row = wg.x + wg.y * num_workgroups.x). Threads stride over the row's K entries and
-// combine their partial max / sums with workgroup tree reductions.
+// combine their partial max / sums with butterfly.wgsl's reductions (every thread gets the results).
 //
 // Bindings (group 0):
 //   softmax_rows:  0 = Params, 1 = logits (read) [N, K], 2 = probs (read_write) [N, K]
@@ -34,37 +34,11 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 
-var<workgroup> red_max: array<f32, 256>;
-var<workgroup> red_sum: array<vec2<f32>, 256>;
+// The reducing workgroup size for butterfly.wgsl (a row's maximum and sums over 256 threads).
+const REDUCE_WG: u32 = 256u;
 
 fn row_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wg.x + wg.y * nwg.x;
-}
-
-// Workgroup maximum of v (every thread gets the result).
-fn workgroup_max(lid: u32, v: f32) -> f32 {
-    red_max[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red_max[lid] = max(red_max[lid], red_max[lid + s]); }
-        workgroupBarrier();
-    }
-    let r = red_max[0];
-    workgroupBarrier();
-    return r;
-}
-
-// Workgroup sum of a pair of values (every thread gets the result).
-fn workgroup_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
-    red_sum[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red_sum[lid] = red_sum[lid] + red_sum[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = red_sum[0];
-    workgroupBarrier();
-    return r;
 }
 
 // Row maximum, then (sum_j exp(z_j - m), sum_j (z_j - m)).
@@ -72,13 +46,13 @@ fn row_stats(lid: u32, base: u32) -> vec3<f32> {
     let k = params.classes;
     var mx = -3.402823e38;
     for (var j = lid; j < k; j = j + 256u) { mx = max(mx, logits[base + j]); }
-    let m = workgroup_max(lid, mx);
+    let m = group_max(lid, mx, REDUCE_WG);
     var acc = vec2<f32>(0.0, 0.0);
     for (var j = lid; j < k; j = j + 256u) {
         let d = logits[base + j] - m;
         acc = acc + vec2<f32>(exp(d), d);
     }
-    let sums = workgroup_sum2(lid, acc);
+    let sums = group_sum2(lid, acc, REDUCE_WG);
     return vec3<f32>(m, sums.x, sums.y);
 }
 

@@ -150,15 +150,16 @@ fn store(row: u32, col: u32, v: f32) {
 // computes MV_COLS = 8 columns of C for all M rows. The 32 threads of column n (lane = lid % 32)
 // sum k = lane, lane + 32, ... of A[m, k] * B[n, k] with fma in that order, row m in component m
 // of a vec4; each step reads 32 consecutive floats of B's row n (contiguous, B is [N, K]), and
-// A's few rows come from cache. The 32 partial sums of a column then add up pairwise in workgroup
-// memory (lane l += lane l + s for s = 16, 8, 4, 2, 1), and lane 0 stores C[m, n] (+ bias[n]).
+// A's few rows come from cache. The 32 partial sums of a column then add up pairwise (butterfly.wgsl:
+// lanes 0 + 1, 2 + 3, ..., then 0-1 + 2-3, ...), and lane 0 stores C[m, n] (+ bias[n]).
 //
 // Dispatch grid: ceil(N / 8) workgroups with linear index wg.x + wg.y * num_workgroups.x (y
 // used beyond 65,535); threads of columns past N only join the barriers.
 const MV_COLS: u32 = 8u;
 const MV_LANES: u32 = 32u;
 
-var<workgroup> mv_partial: array<vec4<f32>, 256>;
+// The reducing workgroup size for butterfly.wgsl (matvec: segments of MV_LANES threads).
+const REDUCE_WG: u32 = 256u;
 
 @compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -179,14 +180,8 @@ fn matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
             if (M > 3u) { acc.w = fma(a[3u * K + k], w, acc.w); }
         }
     }
-    mv_partial[lid] = acc;
-    workgroupBarrier();
-    for (var s = MV_LANES / 2u; s > 0u; s = s / 2u) {
-        if (lane < s) { mv_partial[lid] += mv_partial[lid + s]; }
-        workgroupBarrier();
-    }
+    let v = group_sum4(lid, acc, MV_LANES);
     if (lane != 0u || n >= N) { return; }
-    let v = mv_partial[lid];
     var bv = 0.0;
     if (params.has_bias != 0u) { bv = bias[n]; }
     c[n] = v.x + bv;

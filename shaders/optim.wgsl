@@ -29,7 +29,7 @@
 // grid split over x and y (index = (wg.x + wg.y * num_workgroups.x) * 256 + local index);
 // sgd_momentum_group, adam_group and clip_scale_group the same over the concatenated workgroups
 // of their slots (see there). clip_sumsq runs `groups` (<= 256) one-dimensional workgroups of
-// 256 threads, each thread striding over x by groups * 256, then a workgroup tree reduction;
+// 256 threads, each thread striding over x by groups * 256, then a workgroup reduction (butterfly.wgsl);
 // clip_sumsq_group the same for each slot in turn along x. clip_finalize runs one workgroup.
 //
 // Bindings (group 0; 0 = Params uniform in every entry point):
@@ -452,17 +452,8 @@ fn adam4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 // ---- clipping ----
-var<workgroup> partial: array<f32, 256>;
-
-fn tree_sum(lid: u32, v: f32) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) { partial[lid] = partial[lid] + partial[lid + s]; }
-        workgroupBarrier();
-    }
-    return partial[0];
-}
+// The reducing workgroup size for butterfly.wgsl (clip_sumsq, clip_finalize).
+const REDUCE_WG: u32 = 256u;
 
 @group(0) @binding(1) var<storage, read> sq_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sq_partials: array<f32>;
@@ -476,7 +467,7 @@ fn clip_sumsq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         let v = sq_x[i];
         acc = fma(v, v, acc);
     }
-    let total = tree_sum(lid, acc);
+    let total = group_sum(lid, acc, REDUCE_WG);
     if (lid == 0u) { sq_partials[params.offset + wg.x] = total; }
 }
 
@@ -488,7 +479,7 @@ fn clip_sumsq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 fn clip_finalize(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
     for (var j = lid; j < params.offset; j = j + 256u) { acc = acc + fin_partials[j]; }
-    let total = tree_sum(lid, acc);
+    let total = group_sum(lid, acc, REDUCE_WG);
     if (lid == 0u) {
         let norm = sqrt(total);
         fin_norm[0] = norm;
@@ -567,7 +558,7 @@ fn clip_sumsq_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         let v = clip_x(s, i);
         acc = fma(v, v, acc);
     }
-    let total = tree_sum(lid, acc);
+    let total = group_sum(lid, acc, REDUCE_WG);
     if (lid == 0u) { cx_partials[cp.base + wg.x] = total; }
 }
 

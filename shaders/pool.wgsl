@@ -24,11 +24,11 @@
 // Dispatch: one thread per output element (max_forward, avg_forward), per input element
 // (max_backward, avg_backward, gap_backward), 256 threads per workgroup, linear index
 // (wg.x + wg.y * num_workgroups.x) * 256 + local index (grid split over x and y).
-// gap_forward: 4 planes per 256-thread workgroup (64 threads per plane, tree reduction), linear
+// gap_forward: 4 planes per 256-thread workgroup (64 threads per plane, whose sums butterfly.wgsl adds), linear
 // workgroup index wg.x + wg.y * num_workgroups.x. gap_forward_small, for planes of at most 64
 // values (7x7 and smaller: a ResNet's last feature maps): one thread per plane summing it in
-// order, 256 planes per workgroup, linear index as the elementwise kernels' (the tree would
-// leave most of its 64 threads idle and wait at six barriers for a handful of values).
+// order, 256 planes per workgroup, linear index as the elementwise kernels' (64 threads would
+// mostly idle, and combine their handful of values in six levels).
 //
 // max_forward, max_backward and avg_backward also take the window as pipeline constants WK, WS,
 // WP.
@@ -292,7 +292,8 @@ fn avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
 @group(0) @binding(1) var<storage, read> gf_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> gf_y: array<f32>;
 
-var<workgroup> gap_partial: array<f32, 256>;
+// The reducing workgroup size for butterfly.wgsl (gap_forward: segments of 64 threads).
+const REDUCE_WG: u32 = 256u;
 
 @compute @workgroup_size(256)
 fn gap_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -305,13 +306,8 @@ fn gap_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         let base = p * hw;
         for (var q = lane; q < hw; q = q + 64u) { acc = acc + gf_x[base + q]; }
     }
-    gap_partial[lid] = acc;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s = s >> 1u) {
-        if (lane < s) { gap_partial[lid] = gap_partial[lid] + gap_partial[lid + s]; }
-        workgroupBarrier();
-    }
-    if (lane == 0u && p < params.planes) { gf_y[p] = gap_partial[lid] / f32(hw); }
+    let total = group_sum(lid, acc, 64u);
+    if (lane == 0u && p < params.planes) { gf_y[p] = total / f32(hw); }
 }
 
 @compute @workgroup_size(256)

@@ -1,4 +1,5 @@
-// Workgroup tree reductions.
+// Reductions of a tensor or its rows or channels, each workgroup's threads' partial results
+// combined by butterfly.wgsl.
 //
 // Math:
 //   sum_rows:      out[r] = alpha * sum_{j < len} x[r * len + j]          (x viewed as [rows, len])
@@ -12,8 +13,9 @@
 //
 // Dispatch: one workgroup of 256 threads per output element (row or channel; abs_max: per
 // partial maximum; f16_scale: a single workgroup); the grid is split over x and y to respect the
-// 65,535 limit (index = wg.x + wg.y * num_workgroups.x). Each thread
-// accumulates a strided partial sum, then the workgroup halves the partials in shared memory.
+// 65,535 limit (index = wg.x + wg.y * num_workgroups.x). Each thread accumulates a strided
+// partial sum (or maximum), then the workgroup combines the 256 partials in butterfly.wgsl's
+// pairs (group_sum, group_max).
 //
 // Bindings (group 0): 0 = Params (uniform), 1 = x (read), 2 = out (read_write).
 
@@ -28,25 +30,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-var<workgroup> partial: array<f32, 256>;
-
-fn tree_max(lid: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) { partial[lid] = max(partial[lid], partial[lid + s]); }
-        workgroupBarrier();
-    }
-    return partial[0];
-}
-
-fn tree_reduce(lid: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) { partial[lid] = partial[lid] + partial[lid + s]; }
-        workgroupBarrier();
-    }
-    return partial[0];
-}
+// The reducing workgroup size for butterfly.wgsl (group_sum, group_max over all 256 threads).
+const REDUCE_WG: u32 = 256u;
 
 @compute @workgroup_size(256)
 fn sum_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -57,8 +42,7 @@ fn sum_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         let base = r * params.len;
         for (var j = lid; j < params.len; j = j + 256u) { acc = acc + x[base + j]; }
     }
-    partial[lid] = acc;
-    let total = tree_reduce(lid);
+    let total = group_sum(lid, acc, REDUCE_WG);
     if (lid == 0u && r < params.rows) { out[r] = total * params.alpha; }
 }
 
@@ -75,8 +59,7 @@ fn sum_channels(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             acc = acc + x[(n * params.rows + c) * params.len + p];
         }
     }
-    partial[lid] = acc;
-    let total = tree_reduce(lid);
+    let total = group_sum(lid, acc, REDUCE_WG);
     if (lid == 0u && c < params.rows) { out[c] = total * params.alpha; }
 }
 
@@ -90,8 +73,7 @@ fn abs_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
             m = max(m, abs(x[j]));
         }
     }
-    partial[lid] = m;
-    let total = tree_max(lid);
+    let total = group_max(lid, m, REDUCE_WG);
     if (lid == 0u && g < params.rows) { out[g] = total; }
 }
 
@@ -99,8 +81,7 @@ fn abs_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 fn f16_scale(@builtin(local_invocation_index) lid: u32) {
     var m = 0.0;
     for (var j = lid; j < params.len; j = j + 256u) { m = max(m, x[j]); }
-    partial[lid] = m;
-    let total = tree_max(lid);
+    let total = group_max(lid, m, REDUCE_WG);
     if (lid == 0u) {
         var s = 1.0;
         // A finite (exponent bits not all ones), positive maximum.

@@ -476,3 +476,69 @@ fn peak_memory_can_be_reset() {
     assert!(after.peak_bytes < before.peak_bytes, "{after:?}");
     drop(small);
 }
+
+/// The results of every reducing kernel (`shaders/butterfly.wgsl`'s users) on ragged inputs.
+fn reductions(gpu: &Gpu) -> Vec<Vec<f32>> {
+    let t = |shape: &[usize], seed: u64| {
+        let n = shape.iter().product();
+        Tensor::from_slice(gpu, shape, &random_vec(n, seed)).unwrap()
+    };
+    let mut out = Vec::new();
+    let x = t(&[3, 5, 13, 11], 1);
+    out.push(ops::sum(&x).unwrap());
+    out.push(ops::mean(&t(&[300_007], 2)).unwrap());
+    out.push(ops::sum_last(&x).unwrap());
+    out.push(ops::sum_channels(&x).unwrap());
+    out.push(ops::f16_scale(&x).unwrap());
+    out.push(ops::global_avg_pool(&x).unwrap());
+    let logits = t(&[5, 1000], 3);
+    out.push(ops::softmax(&logits).unwrap());
+    let labels = ops::upload_labels(gpu, &[0, 999, 17, 500, 3], 1000).unwrap();
+    let (loss, glogits) = ops::cross_entropy(&logits, &labels, 0.1).unwrap();
+    out.extend([loss, glogits]);
+    // At batch 1-4 the linear layer runs the matrix-vector kernel.
+    out.push(ops::linear(&t(&[3, 700], 4), &t(&[37, 700], 5), Some(&t(&[37], 6))).unwrap());
+    let grads = [t(&[1000], 7), t(&[70_001], 8)];
+    out.push(resnet_wgpu::optim::clip_grad_norm(&[&grads[0], &grads[1]], 0.5).unwrap());
+    out.extend(grads);
+    // Batch norm on 7x7 planes (the scalar kernels) and 6x6 ones (vec4), with a ReLU.
+    for (shape, seed) in [([4, 3, 7, 7], 10), ([4, 3, 6, 6], 20)] {
+        let x = t(&shape, seed);
+        let gy = t(&shape, seed + 1);
+        let (gamma, beta, rm) = (t(&[3], seed + 2), t(&[3], seed + 3), t(&[3], seed + 4));
+        let rv = Tensor::from_slice(gpu, &[3], &[1.0, 2.0, 0.5]).unwrap();
+        let (y, saved) =
+            ops::batch_norm_train(&x, &gamma, &beta, &rm, &rv, 0.1, 1e-5, true).unwrap();
+        let (gx, gg, gb) = ops::batch_norm_backward(&x, &y, &gy, &gamma, &saved, true).unwrap();
+        out.extend([y, rm, rv, gx, gg, gb]);
+    }
+    let refs: Vec<&Tensor> = out.iter().collect();
+    pollster::block_on(Tensor::read_all(&refs)).unwrap()
+}
+
+#[test]
+fn subgroup_reductions_give_the_memory_reductions_bits() {
+    // The reductions pair values in the same order whether a level goes through a subgroup's
+    // lanes or workgroup memory, so they must agree bit for bit (and the tests of each op check
+    // the values, with the subgroups lavapipe offers).
+    let gpu = new_gpu();
+    let lanes = gpu
+        .subgroup_lanes()
+        .expect("the reductions use subgroups here (lavapipe: 8 lanes)");
+    assert!(lanes.is_power_of_two() && lanes >= 2, "{lanes} lanes");
+    let with_lanes = reductions(&gpu);
+    gpu.set_subgroup_reductions(false).unwrap();
+    assert_eq!(gpu.subgroup_lanes(), None);
+    let with_memory = reductions(&gpu);
+    gpu.set_subgroup_reductions(true).unwrap();
+    assert_eq!(gpu.subgroup_lanes(), Some(lanes));
+    for (i, (a, b)) in with_lanes.iter().zip(&with_memory).enumerate() {
+        assert_eq!(a.len(), b.len());
+        if let Some(j) = (0..a.len()).find(|&j| a[j].to_bits() != b[j].to_bits()) {
+            panic!(
+                "result {i}, element {j}: {} with {lanes} lanes, {} through memory",
+                a[j], b[j]
+            );
+        }
+    }
+}

@@ -5,15 +5,33 @@
 //! constants take their defaults, and those without one (which the host must set) the value 1. The f16 tensor-core engine (cooperative matrices, which wgpu
 //! offers on Vulkan and Metal only) is not translated to HLSL.
 
+use resnet_wgpu::gpu::{LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE};
 use std::path::Path;
 
 /// The (variant, engine file) pairs a file is compiled in (("", "") alone for plain files; none
-/// for engine files and common.wgsl, which are checked inside the files that include them).
+/// for engine files, lanes files and common.wgsl, which are checked inside the files that
+/// include them).
 fn variants(file: &str) -> Vec<(&'static str, &'static str)> {
     match file {
         "conv.wgsl" => resnet_wgpu::ops::CONV_SHADER_VARIANTS.to_vec(),
-        "conv_fma.wgsl" | "conv_mma.wgsl" | "common.wgsl" => vec![],
+        "batchnorm.wgsl" | "loss.wgsl" | "matmul.wgsl" | "optim.wgsl" | "pool.wgsl"
+        | "reduce.wgsl" => vec![("", REDUCING_ENGINE)],
+        "conv_fma.wgsl"
+        | "conv_mma.wgsl"
+        | "common.wgsl"
+        | "butterfly.wgsl"
+        | "lanes_subgroup.wgsl"
+        | "lanes_memory.wgsl" => vec![],
         _ => vec![("", "")],
+    }
+}
+
+/// The lanes files a module with `engine` is compiled with, each before the engine: both for
+/// the reductions' engine, none for the others.
+fn lanes_for(engine: &str) -> Vec<&'static str> {
+    match engine {
+        REDUCING_ENGINE => vec![LANES_MEMORY, LANES_SUBGROUP],
+        _ => vec![""],
     }
 }
 
@@ -37,14 +55,24 @@ fn every_shader_validates_and_translates() {
         );
         let file_name = path.file_name().unwrap().to_str().unwrap();
         for (variant, engine) in variants(file_name) {
-            let name = format!("{} {engine} {variant:?}", path.display());
             let engine_text = match engine {
                 "" => String::new(),
                 e => std::fs::read_to_string(dir.join(e)).unwrap(),
             };
             let common = resnet_wgpu::gpu::COMMON_SHADER;
-            check(&name, &format!("{variant}{common}{engine_text}{file}"));
-            count_engines += usize::from(!engine.is_empty());
+            for lanes in lanes_for(engine) {
+                let with = if lanes == LANES_SUBGROUP {
+                    " subgroup lanes"
+                } else {
+                    ""
+                };
+                let name = format!("{} {engine}{with} {variant:?}", path.display());
+                check(
+                    &name,
+                    &format!("{variant}{common}{lanes}{engine_text}{file}"),
+                );
+                count_engines += usize::from(!engine.is_empty());
+            }
         }
     }
     assert!(

@@ -10,16 +10,20 @@
 //! at bindings 1, 2, ...
 
 mod device;
+mod lanes;
 mod pool;
 mod profile;
 
 pub use device::GpuOptions;
+#[doc(hidden)]
+pub use lanes::{LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE};
 pub use pool::PoolStats;
 pub use profile::{KernelTime, gpu_span_nanos};
 
 use crate::{Error, Result};
 use pool::BufferPool;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A compute kernel: one entry point of one WGSL file under `shaders/`, optionally a compile-time
@@ -46,11 +50,19 @@ impl Kernel {
     /// ([`COMMON_SHADER`]), the engine, then the file. They are kept apart and joined only
     /// here, so that the binary holds each shader file once, not once per variant: with the
     /// conv kernels' 21 variants, the wasm module took 2.79 MiB with the sources joined at
-    /// compile time, and 1.46 MiB with them joined here.
-    pub fn source(&self) -> String {
+    /// compile time, and 1.46 MiB with them joined here. A reducing kernel (engine
+    /// [`REDUCING_ENGINE`]) gets a lanes file before its engine: [`LANES_SUBGROUP`] where
+    /// `subgroup_lanes`, else [`LANES_MEMORY`].
+    pub fn source(&self, subgroup_lanes: bool) -> String {
+        let lanes = match (self.engine == REDUCING_ENGINE, subgroup_lanes) {
+            (false, _) => "",
+            (true, true) => LANES_SUBGROUP,
+            (true, false) => LANES_MEMORY,
+        };
         [
             self.variant,
             COMMON_SHADER,
+            lanes,
             self.engine_source,
             self.file_source,
         ]
@@ -62,6 +74,16 @@ impl Kernel {
 /// into every module, after the variant's declarations, whose `enable` directives come first.
 #[doc(hidden)]
 pub const COMMON_SHADER: &str = include_str!("../../shaders/common.wgsl");
+
+/// Declare a [`Kernel`] of a file whose entry points reduce across workgroups through
+/// `shaders/butterfly.wgsl` (every entry point of such a file: they share one module).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! reducing_kernel {
+    ($file:literal, $entry:literal) => {
+        $crate::kernel!($file, $entry, "", "butterfly.wgsl")
+    };
+}
 
 /// Declare a [`Kernel`] from a shader file name and entry point.
 #[macro_export]
@@ -559,8 +581,8 @@ const MAX_BIND_GROUPS: usize = 8192;
 
 type PipelineKey = (ModuleKey, &'static str, Vec<(&'static str, u64)>);
 
-/// (file, variant, engine) of a shader module.
-type ModuleKey = (&'static str, &'static str, &'static str);
+/// (file, variant, engine, with subgroup lanes) of a shader module.
+type ModuleKey = (&'static str, &'static str, &'static str, bool);
 
 pub(crate) struct GpuInner {
     pub(crate) device: wgpu::Device,
@@ -581,6 +603,10 @@ pub(crate) struct GpuInner {
     shader_checks: bool,
     /// Conv autotuning ([`Gpu::set_conv_autotune`]).
     pub(crate) conv_tuning: Mutex<crate::ops::tune::ConvTuning>,
+    /// The subgroup lanes the device's reductions may use (`lanes::probe`; 0 for none).
+    lanes_verified: std::sync::atomic::AtomicU32,
+    /// The lanes they use now ([`Gpu::set_subgroup_reductions`]; 0: workgroup memory only).
+    lanes_in_use: std::sync::atomic::AtomicU32,
 }
 
 /// The runtime checks this crate's own kernels are compiled with (unless
@@ -636,7 +662,7 @@ impl Gpu {
         let uniform_stride =
             UNIFORM_SIZE.next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(1) as u64);
         let staging = ConvStaging::for_adapter(&info);
-        Gpu(Arc::new(GpuInner {
+        let gpu = Gpu(Arc::new(GpuInner {
             device,
             queue,
             info,
@@ -660,7 +686,40 @@ impl Gpu {
             }),
             shader_checks,
             conv_tuning: Mutex::default(),
-        }))
+            lanes_verified: Default::default(),
+            lanes_in_use: Default::default(),
+        }));
+        let lanes = lanes::probe(&gpu).unwrap_or(0);
+        gpu.0.lanes_verified.store(lanes, Relaxed);
+        let on = if lanes::off_by_env() { 0 } else { lanes };
+        gpu.0.lanes_in_use.store(on, Relaxed);
+        gpu
+    }
+
+    /// The lanes per subgroup between which workgroup reductions exchange values with subgroup
+    /// operations instead of workgroup memory (`shaders/butterfly.wgsl`), or None where they
+    /// use memory alone: on devices without wgpu's `SUBGROUP` feature or whose subgroups are not
+    /// runs of consecutive invocations, on the web, after `RESNET_WGPU_SUBGROUPS=0` or
+    /// [`Gpu::set_subgroup_reductions`]`(false)`. The results are the same bits either way.
+    pub fn subgroup_lanes(&self) -> Option<u32> {
+        Some(self.0.lanes_in_use.load(Relaxed)).filter(|&n| n > 0)
+    }
+
+    /// Let the reductions use subgroup operations (`on`, where the device offers them; see
+    /// [`Gpu::subgroup_lanes`]) or workgroup memory alone, from now on (every clone of this
+    /// `Gpu` shares it). Asking for subgroups on a device without usable ones is an error.
+    pub fn set_subgroup_reductions(&self, on: bool) -> Result<()> {
+        let verified = self.0.lanes_verified.load(Relaxed);
+        if on && verified == 0 {
+            return Err(Error::Invalid(format!(
+                "adapter {} has no subgroups the reductions can use (they need wgpu's SUBGROUP \
+                 feature, native only, and subgroups that are runs of consecutive invocations)",
+                self.0.info
+            )));
+        }
+        let lanes = if on { verified } else { 0 };
+        self.0.lanes_in_use.store(lanes, Relaxed);
+        Ok(())
     }
 
     pub(crate) fn set_mma(&self, mma: Option<MmaConfig>, requested: bool) {
@@ -928,15 +987,24 @@ impl Gpu {
         kernel: &Kernel,
         constants: &[(&'static str, f64)],
     ) -> wgpu::ComputePipeline {
-        let module_key = (kernel.file, kernel.variant, kernel.engine);
+        // A reducing kernel exchanges values between the lanes of subgroups of this size.
+        let lanes = match kernel.engine == REDUCING_ENGINE {
+            true => self.subgroup_lanes(),
+            false => None,
+        };
+        let lanes_constant = lanes.map(|n| ("SUBGROUP_LANES", f64::from(n)));
+        let module_key = (kernel.file, kernel.variant, kernel.engine, lanes.is_some());
         let key: PipelineKey = (
             module_key,
             kernel.entry,
-            constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
+            (constants.iter().chain(&lanes_constant))
+                .map(|(k, v)| (*k, v.to_bits()))
+                .collect(),
         );
         if let Some(p) = lock(&self.0.pipelines).get(&key) {
             return p.clone();
         }
+        let constants: Vec<_> = constants.iter().copied().chain(lanes_constant).collect();
         let module = {
             let mut modules = lock(&self.0.modules);
             modules
@@ -944,7 +1012,7 @@ impl Gpu {
                 .or_insert_with(|| {
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.file),
-                        source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source(lanes.is_some()).into()),
                     };
                     if self.0.shader_checks {
                         self.0.device.create_shader_module(desc)
@@ -970,7 +1038,7 @@ impl Gpu {
                 module: &module,
                 entry_point: Some(kernel.entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
+                    constants: &constants,
                     // The kernels write the workgroup memory they read (behind a barrier)
                     // first, so zero-filling it would be wasted work. Browsers zero-fill
                     // anyway, as WebGPU requires ([`ConvStaging::for_adapter`]).

@@ -10,7 +10,7 @@
 
 use crate::autograd::Var;
 use crate::gpu::{Kernel, flag, grid_1d, grid_for_elements};
-use crate::kernel;
+use crate::reducing_kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -109,20 +109,21 @@ enum GyUse {
 /// Values of one channel reduced by one workgroup before the per-channel merge.
 const CHUNK: usize = 4096;
 
-const STATS_PARTIAL: Kernel = kernel!("batchnorm.wgsl", "stats_partial");
-const STATS_FINALIZE: Kernel = kernel!("batchnorm.wgsl", "stats_finalize");
-const EVAL_STATS: Kernel = kernel!("batchnorm.wgsl", "eval_stats");
-const NORMALIZE: Kernel = kernel!("batchnorm.wgsl", "normalize");
-const BACKWARD_PARTIAL: Kernel = kernel!("batchnorm.wgsl", "backward_partial");
-const BACKWARD_FINALIZE: Kernel = kernel!("batchnorm.wgsl", "backward_finalize");
-const BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "backward_input");
-const BACKWARD_INPUT_INPLACE: Kernel = kernel!("batchnorm.wgsl", "backward_input_inplace");
-const NORMALIZE4: Kernel = kernel!("batchnorm.wgsl", "normalize4");
-const STATS_PARTIAL4: Kernel = kernel!("batchnorm.wgsl", "stats_partial4");
-const BACKWARD_PARTIAL4: Kernel = kernel!("batchnorm.wgsl", "backward_partial4");
-const BACKWARD_INPUT4: Kernel = kernel!("batchnorm.wgsl", "backward_input4");
-const BACKWARD_INPUT_INPLACE4: Kernel = kernel!("batchnorm.wgsl", "backward_input_inplace4");
-const POOLED_BACKWARD_INPUT: Kernel = kernel!("batchnorm.wgsl", "pooled_backward_input");
+const STATS_PARTIAL: Kernel = reducing_kernel!("batchnorm.wgsl", "stats_partial");
+const STATS_FINALIZE: Kernel = reducing_kernel!("batchnorm.wgsl", "stats_finalize");
+const EVAL_STATS: Kernel = reducing_kernel!("batchnorm.wgsl", "eval_stats");
+const NORMALIZE: Kernel = reducing_kernel!("batchnorm.wgsl", "normalize");
+const BACKWARD_PARTIAL: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_partial");
+const BACKWARD_FINALIZE: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_finalize");
+const BACKWARD_INPUT: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_input");
+const BACKWARD_INPUT_INPLACE: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_input_inplace");
+const NORMALIZE4: Kernel = reducing_kernel!("batchnorm.wgsl", "normalize4");
+const STATS_PARTIAL4: Kernel = reducing_kernel!("batchnorm.wgsl", "stats_partial4");
+const BACKWARD_PARTIAL4: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_partial4");
+const BACKWARD_INPUT4: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_input4");
+const BACKWARD_INPUT_INPLACE4: Kernel =
+    reducing_kernel!("batchnorm.wgsl", "backward_input_inplace4");
+const POOLED_BACKWARD_INPUT: Kernel = reducing_kernel!("batchnorm.wgsl", "pooled_backward_input");
 
 /// The layout of `x` as (N, C, HW), checked.
 #[derive(Clone, Copy)]

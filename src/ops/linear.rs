@@ -2,7 +2,7 @@
 
 use crate::autograd::Var;
 use crate::gpu::{Kernel, grid_1d};
-use crate::kernel;
+use crate::reducing_kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -19,8 +19,8 @@ struct Params {
     _pad: u32,
 }
 
-const MATMUL: Kernel = kernel!("matmul.wgsl", "matmul");
-const MATVEC: Kernel = kernel!("matmul.wgsl", "matvec");
+const MATMUL: Kernel = reducing_kernel!("matmul.wgsl", "matmul");
+const MATVEC: Kernel = reducing_kernel!("matmul.wgsl", "matvec");
 /// Output block computed by one workgroup (must match `BM`/`BN` in the shader).
 const TILE: usize = 64;
 /// Rows of `op(A)` that `matvec` handles (the components of its accumulator)...

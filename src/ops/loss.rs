@@ -7,7 +7,7 @@
 
 use crate::autograd::Var;
 use crate::gpu::{Gpu, Kernel, grid_1d};
-use crate::kernel;
+use crate::reducing_kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -22,8 +22,8 @@ struct Params {
     _pad: [u32; 3],
 }
 
-const SOFTMAX_ROWS: Kernel = kernel!("loss.wgsl", "softmax_rows");
-const SOFTMAX_XENT: Kernel = kernel!("loss.wgsl", "softmax_xent");
+const SOFTMAX_ROWS: Kernel = reducing_kernel!("loss.wgsl", "softmax_rows");
+const SOFTMAX_XENT: Kernel = reducing_kernel!("loss.wgsl", "softmax_xent");
 
 fn rows_classes(op: &'static str, logits: &Tensor) -> Result<(usize, usize)> {
     logits.expect_f32_rank(op, "logits", 2)?;

@@ -8,7 +8,7 @@
 
 use crate::autograd::Var;
 use crate::gpu::{Kernel, flag, grid_1d, grid_for_elements};
-use crate::kernel;
+use crate::reducing_kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -27,13 +27,13 @@ struct Params {
     channels: u32,
 }
 
-const MAX_FORWARD: Kernel = kernel!("pool.wgsl", "max_forward");
-const MAX_BACKWARD: Kernel = kernel!("pool.wgsl", "max_backward");
-const AVG_FORWARD: Kernel = kernel!("pool.wgsl", "avg_forward");
-const AVG_BACKWARD: Kernel = kernel!("pool.wgsl", "avg_backward");
-const GAP_FORWARD: Kernel = kernel!("pool.wgsl", "gap_forward");
-const GAP_FORWARD_SMALL: Kernel = kernel!("pool.wgsl", "gap_forward_small");
-const GAP_BACKWARD: Kernel = kernel!("pool.wgsl", "gap_backward");
+const MAX_FORWARD: Kernel = reducing_kernel!("pool.wgsl", "max_forward");
+const MAX_BACKWARD: Kernel = reducing_kernel!("pool.wgsl", "max_backward");
+const AVG_FORWARD: Kernel = reducing_kernel!("pool.wgsl", "avg_forward");
+const AVG_BACKWARD: Kernel = reducing_kernel!("pool.wgsl", "avg_backward");
+const GAP_FORWARD: Kernel = reducing_kernel!("pool.wgsl", "gap_forward");
+const GAP_FORWARD_SMALL: Kernel = reducing_kernel!("pool.wgsl", "gap_forward_small");
+const GAP_BACKWARD: Kernel = reducing_kernel!("pool.wgsl", "gap_backward");
 
 /// Planes reduced by one `gap_forward` workgroup.
 const GAP_PLANES_PER_GROUP: usize = 4;

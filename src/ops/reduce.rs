@@ -2,7 +2,7 @@
 
 use crate::autograd::Var;
 use crate::gpu::{Kernel, grid_1d};
-use crate::kernel;
+use crate::reducing_kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -15,10 +15,10 @@ struct Params {
     alpha: f32,
 }
 
-const SUM_ROWS: Kernel = kernel!("reduce.wgsl", "sum_rows");
-const SUM_CHANNELS: Kernel = kernel!("reduce.wgsl", "sum_channels");
-const ABS_MAX: Kernel = kernel!("reduce.wgsl", "abs_max");
-const F16_SCALE: Kernel = kernel!("reduce.wgsl", "f16_scale");
+const SUM_ROWS: Kernel = reducing_kernel!("reduce.wgsl", "sum_rows");
+const SUM_CHANNELS: Kernel = reducing_kernel!("reduce.wgsl", "sum_channels");
+const ABS_MAX: Kernel = reducing_kernel!("reduce.wgsl", "abs_max");
+const F16_SCALE: Kernel = reducing_kernel!("reduce.wgsl", "f16_scale");
 
 /// Most workgroups of the first pass of [`f16_scale`]. A gradient of a ResNet-18 layer at batch
 /// 128 has up to 25.7 million values; 256 workgroups (run 6's count, two per compute unit of an

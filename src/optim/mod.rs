@@ -21,7 +21,7 @@ pub use schedule::Schedule;
 pub use sgd::Sgd;
 
 use crate::gpu::Kernel;
-use crate::kernel;
+use crate::reducing_kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::collections::HashSet;
@@ -70,19 +70,19 @@ pub(crate) struct Params {
     pub max_norm: f32,
 }
 
-pub(crate) const SGD_PLAIN: Kernel = kernel!("optim.wgsl", "sgd_plain");
-pub(crate) const SGD_MOMENTUM: Kernel = kernel!("optim.wgsl", "sgd_momentum");
-pub(crate) const SGD_MOMENTUM_GROUP: Kernel = kernel!("optim.wgsl", "sgd_momentum_group");
-pub(crate) const ADAM: Kernel = kernel!("optim.wgsl", "adam");
-pub(crate) const ADAM_GROUP: Kernel = kernel!("optim.wgsl", "adam_group");
-pub(crate) const SGD_PLAIN4: Kernel = kernel!("optim.wgsl", "sgd_plain4");
-pub(crate) const SGD_MOMENTUM4: Kernel = kernel!("optim.wgsl", "sgd_momentum4");
-pub(crate) const ADAM4: Kernel = kernel!("optim.wgsl", "adam4");
-pub(crate) const CLIP_SUMSQ: Kernel = kernel!("optim.wgsl", "clip_sumsq");
-pub(crate) const CLIP_FINALIZE: Kernel = kernel!("optim.wgsl", "clip_finalize");
-pub(crate) const CLIP_SCALE: Kernel = kernel!("optim.wgsl", "clip_scale");
-pub(crate) const CLIP_SUMSQ_GROUP: Kernel = kernel!("optim.wgsl", "clip_sumsq_group");
-pub(crate) const CLIP_SCALE_GROUP: Kernel = kernel!("optim.wgsl", "clip_scale_group");
+pub(crate) const SGD_PLAIN: Kernel = reducing_kernel!("optim.wgsl", "sgd_plain");
+pub(crate) const SGD_MOMENTUM: Kernel = reducing_kernel!("optim.wgsl", "sgd_momentum");
+pub(crate) const SGD_MOMENTUM_GROUP: Kernel = reducing_kernel!("optim.wgsl", "sgd_momentum_group");
+pub(crate) const ADAM: Kernel = reducing_kernel!("optim.wgsl", "adam");
+pub(crate) const ADAM_GROUP: Kernel = reducing_kernel!("optim.wgsl", "adam_group");
+pub(crate) const SGD_PLAIN4: Kernel = reducing_kernel!("optim.wgsl", "sgd_plain4");
+pub(crate) const SGD_MOMENTUM4: Kernel = reducing_kernel!("optim.wgsl", "sgd_momentum4");
+pub(crate) const ADAM4: Kernel = reducing_kernel!("optim.wgsl", "adam4");
+pub(crate) const CLIP_SUMSQ: Kernel = reducing_kernel!("optim.wgsl", "clip_sumsq");
+pub(crate) const CLIP_FINALIZE: Kernel = reducing_kernel!("optim.wgsl", "clip_finalize");
+pub(crate) const CLIP_SCALE: Kernel = reducing_kernel!("optim.wgsl", "clip_scale");
+pub(crate) const CLIP_SUMSQ_GROUP: Kernel = reducing_kernel!("optim.wgsl", "clip_sumsq_group");
+pub(crate) const CLIP_SCALE_GROUP: Kernel = reducing_kernel!("optim.wgsl", "clip_scale_group");
 
 pub(crate) const FLAG_VARIANT: u32 = 1;
 pub(crate) const FLAG_FIRST: u32 = 2;

@@ -1,0 +1,106 @@
+//! Subgroup lanes for the workgroup reductions (`shaders/butterfly.wgsl`).
+//!
+//! Every kernel that combines values across a workgroup (batch norm's partial sums, the loss,
+//! the reductions, the global average pool, the matrix-vector product, gradient clipping) does
+//! so by butterfly: at level d = 1, 2, 4, ... each invocation takes the value of invocation
+//! `lid ^ d`. Through workgroup memory each level costs a barrier. Where the device has subgroup
+//! operations (wgpu's `SUBGROUP` feature, native only), the levels below the subgroup size go
+//! through `subgroupShuffleXor` instead, without a barrier: 5 of a 64-thread workgroup's 6
+//! levels on NVIDIA (32 lanes), 3 on lavapipe (8).
+//!
+//! That needs each subgroup to be a run of consecutive local invocation indices, which Vulkan
+//! does not promise (drivers lay out one-dimensional workgroups so). [`probe`] checks it on the
+//! device, once, before any reduction uses it. Both ways pair the same values in the same order,
+//! so the results are the same bits either way ([`crate::Gpu::set_subgroup_reductions`] switches,
+//! as `RESNET_WGPU_SUBGROUPS=0` does from the start).
+
+use super::{Gpu, Kernel};
+
+/// The reductions' engine: the file `kernel!` compiles between a lanes file and the kernel file.
+#[doc(hidden)]
+pub const REDUCING_ENGINE: &str = "butterfly.wgsl";
+
+/// `shaders/lanes_subgroup.wgsl`: exchanges through subgroup shuffles.
+#[doc(hidden)]
+pub const LANES_SUBGROUP: &str = include_str!("../../shaders/lanes_subgroup.wgsl");
+
+/// `shaders/lanes_memory.wgsl`: no exchanges between lanes (every level through memory).
+#[doc(hidden)]
+pub const LANES_MEMORY: &str = include_str!("../../shaders/lanes_memory.wgsl");
+
+/// The invocations the probe records: the largest reducing workgroup.
+const PROBE_INVOCATIONS: u32 = 256;
+
+#[cfg(not(target_arch = "wasm32"))]
+const PROBE: Kernel = crate::kernel!("lanes_probe.wgsl", "lanes_probe");
+
+/// Whether `RESNET_WGPU_SUBGROUPS=0` turns the subgroup reductions off.
+pub(super) fn off_by_env() -> bool {
+    std::env::var("RESNET_WGPU_SUBGROUPS").is_ok_and(|v| v.trim() == "0")
+}
+
+/// The lanes per subgroup that reductions on `gpu` may exchange values between: the adapter's
+/// smallest subgroup size, where the device has the `SUBGROUP` feature and a probe dispatch found
+/// every subgroup of a 256-thread workgroup to be a run of consecutive local invocation indices
+/// (lane = index % size) of a power-of-two size at least that. A pipeline given larger
+/// subgroups (AMD's 64 lanes against 32) keeps the pairs of the smaller size within them. None
+/// otherwise, or where the probe fails. Native only: on the web the reductions use memory.
+pub(super) fn probe(gpu: &Gpu) -> Option<u32> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = gpu;
+        None
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        if !gpu.0.device.features().contains(wgpu::Features::SUBGROUP) {
+            return None;
+        }
+        let min = gpu.0.device.adapter_info().subgroup_min_size;
+        if min < 2 || !min.is_power_of_two() {
+            return None;
+        }
+        let n = PROBE_INVOCATIONS;
+        // A buffer of its own, not the pool's, whose statistics count the tensors' buffers.
+        let out = gpu.0.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("subgroup probe"),
+            size: u64::from(n) * 8,
+            usage: super::STORAGE_USAGE,
+            mapped_at_creation: false,
+        });
+        gpu.dispatch(&PROBE, &n, &[&out], super::grid_1d(1)).ok()?;
+        let bytes = pollster::block_on(gpu.read_bytes(&out, u64::from(n) * 8)).ok()?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        contiguous(words, min).then_some(min)
+    }
+}
+
+/// Whether the probe's (lane, size) pairs, one per local invocation index, show subgroups that
+/// are runs of consecutive indices, each of a power-of-two size that is a multiple of `min`.
+fn contiguous(words: &[u32], min: u32) -> bool {
+    words.chunks_exact(2).enumerate().all(|(lid, pair)| {
+        let (lane, size) = (pair[0], pair[1]);
+        size.is_power_of_two() && size >= min && lane == lid as u32 % size
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contiguous;
+
+    #[test]
+    fn subgroups_must_be_runs_of_consecutive_indices() {
+        let runs = |size: u32| -> Vec<u32> { (0..64).flat_map(|i| [i % size, size]).collect() };
+        assert!(contiguous(&runs(8), 8));
+        assert!(contiguous(&runs(64), 32));
+        assert!(
+            !contiguous(&runs(16), 32),
+            "smaller than the adapter's smallest"
+        );
+        let mut swapped = runs(8);
+        swapped.swap(0, 2); // lanes 0 and 1 of the first subgroup exchanged
+        assert!(!contiguous(&swapped, 8));
+        let odd: Vec<u32> = (0..60).flat_map(|i| [i % 12, 12]).collect();
+        assert!(!contiguous(&odd, 4), "not a power of two");
+    }
+}
