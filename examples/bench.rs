@@ -1135,6 +1135,10 @@ struct Report {
     /// Whether the kernels were compiled with wgpu's runtime checks
     /// (`RESNET_WGPU_SHADER_CHECKS=1`; off by default).
     shader_checks: bool,
+    /// The subgroup lanes the workgroup reductions exchange values between (`Gpu::subgroup_lanes`);
+    /// absent where they go through workgroup memory alone (`RESNET_WGPU_SUBGROUPS=0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subgroup_lanes: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     convs: Option<Vec<ConvRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1425,6 +1429,13 @@ fn main() -> Result<()> {
         }
     );
     println!(
+        "reductions: {}",
+        match bench.gpu.subgroup_lanes() {
+            Some(n) => format!("subgroup shuffles within {n} lanes, then workgroup memory"),
+            None => "workgroup memory alone".to_string(),
+        }
+    );
+    println!(
         "batch {}, {} timed iterations per figure after a warm-up of at least {} ms; GPU time: {}\n",
         args.batch,
         bench.iters,
@@ -1455,6 +1466,7 @@ fn main() -> Result<()> {
         algo: format!("{:?}", bench.gpu.conv_algo()),
         winograd_tile: winograd_tile_name(&bench.gpu),
         shader_checks: bench.gpu.shader_checks(),
+        subgroup_lanes: bench.gpu.subgroup_lanes(),
         convs: None,
         conv_totals: None,
         memory_kernels: None,

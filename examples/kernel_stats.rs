@@ -24,7 +24,7 @@
 //! statistics: a check that every kernel compiles for the driver.
 
 use ash::vk;
-use resnet_wgpu::gpu::COMMON_SHADER;
+use resnet_wgpu::gpu::{COMMON_SHADER, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE};
 use resnet_wgpu::ops::CONV_SHADER_VARIANTS;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -44,6 +44,8 @@ fn shader(file: &str) -> &'static str {
         "loss.wgsl" => include_str!("../shaders/loss.wgsl"),
         "winograd.wgsl" => include_str!("../shaders/winograd.wgsl"),
         "conv_narrow.wgsl" => include_str!("../shaders/conv_narrow.wgsl"),
+        "reduce.wgsl" => include_str!("../shaders/reduce.wgsl"),
+        "butterfly.wgsl" => include_str!("../shaders/butterfly.wgsl"),
         other => panic!("no shader {other}"),
     }
 }
@@ -162,9 +164,29 @@ fn jobs() -> Vec<Job> {
             mma,
         });
     }
+    // The files whose kernels reduce through butterfly.wgsl, compiled with workgroup memory
+    // alone, as below; `REDUCING_LANES` compiles them with subgroup lanes too.
+    let reducing = |file: &str| {
+        [
+            "batchnorm.wgsl",
+            "loss.wgsl",
+            "matmul.wgsl",
+            "optim.wgsl",
+            "pool.wgsl",
+            "reduce.wgsl",
+        ]
+        .contains(&file)
+    };
     let simple = |file: &str, entry: &'static str, constants: Vec<(&'static str, f64)>| Job {
         label: file.to_string(),
-        source: format!("{COMMON_SHADER}{}", shader(file)),
+        source: match reducing(file) {
+            true => format!(
+                "{COMMON_SHADER}{LANES_MEMORY}{}{}",
+                shader(REDUCING_ENGINE),
+                shader(file)
+            ),
+            false => format!("{COMMON_SHADER}{}", shader(file)),
+        },
         entry,
         constants,
         mma: false,
@@ -295,8 +317,51 @@ fn jobs() -> Vec<Job> {
     ] {
         jobs.push(simple("optim.wgsl", entry, vec![]));
     }
+    jobs.push(simple("optim.wgsl", "clip_sumsq", vec![]));
+    jobs.push(simple("loss.wgsl", "softmax_xent", vec![]));
+    jobs.push(simple("pool.wgsl", "gap_forward", vec![]));
+    for entry in ["sum_channels", "abs_max"] {
+        jobs.push(simple("reduce.wgsl", entry, vec![]));
+    }
+    // Every reducing kernel again with its levels below 32 lanes through subgroup shuffles
+    // (lanes_subgroup.wgsl), as on an adapter whose smallest subgroups have 32 lanes.
+    let lanes: Vec<Job> = jobs
+        .iter()
+        .filter(|j| reducing(j.label.split(' ').next().unwrap_or("")))
+        .filter(|j| REDUCING_ENTRIES.contains(&j.entry))
+        .map(|j| {
+            let mut constants = j.constants.clone();
+            constants.push(("SUBGROUP_LANES", REDUCING_LANES));
+            Job {
+                label: format!("{} subgroup lanes", j.label),
+                source: j.source.replacen(LANES_MEMORY, LANES_SUBGROUP, 1),
+                entry: j.entry,
+                constants,
+                mma: false,
+            }
+        })
+        .collect();
+    jobs.extend(lanes);
     jobs
 }
+
+/// The entry points of the reducing files that reduce (the others compile alike either way).
+const REDUCING_ENTRIES: [&str; 10] = [
+    "stats_partial",
+    "stats_partial4",
+    "backward_partial",
+    "backward_partial4",
+    "softmax_xent",
+    "matvec",
+    "clip_sumsq",
+    "gap_forward",
+    "sum_channels",
+    "abs_max",
+];
+
+/// The subgroup lanes the reducing kernels' second compilation exchanges values between:
+/// NVIDIA's subgroup size, and RDNA's smallest.
+const REDUCING_LANES: f64 = 32.0;
 
 /// A compiled kernel: SPIR-V words and the group-0 bindings its entry point uses, (binding,
 /// whether it is the uniform).
