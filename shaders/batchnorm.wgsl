@@ -8,7 +8,8 @@
 //   eval forward:      mean = running_mean, invstd = 1 / sqrt(running_var + eps)
 //   both:              y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]   (+ residual if RESIDUAL,
 //                      then the ReLU if RELU, a NaN kept: a residual block's relu(bn(x) + identity))
-//   backward:          dy = gy (masked by y > 0 if RELU), xhat = (x - mean) * invstd
+//   backward:          dy = gy (if RELU: 0 where y <= 0, a NaN y passing, relu_passes),
+//                      xhat = (x - mean) * invstd
 //                      gbeta[c] = sum dy,  ggamma[c] = sum dy * xhat
 //                      training: gx = gamma * invstd * (dy - gbeta / M - xhat * ggamma / M)
 //                      eval:     gx = gamma * invstd * dy
@@ -94,7 +95,7 @@ struct Params {
 // loads, and RADV issued the loads a group at a time, waiting for each group before the next
 // (normalize4: each of x's four vec4 loads waited for before the next; docs/kernel-stats/).
 // RELU:      normalize: the ReLU last (relu_value); backward_partial, backward_input: dy = gy
-//            masked by the ReLU's output y > 0
+//            masked by the ReLU's output y (relu_passes: y > 0 or a NaN)
 // VAR_STAT:  normalize: `stat` is the running variance (eval mode), not invstd
 // RESIDUAL:  normalize: the residual added before the ReLU
 // EVAL:      backward_finalize: eval mode's fixed statistics (no mean terms in gx)
@@ -465,7 +466,7 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
             let x = vec4<f32>(bp_x[xi.x], bp_x[xi.y], bp_x[xi.z], bp_x[xi.w]);
             var keep = vec4<bool>(true);
             if (RELU) {
-                keep = vec4<f32>(bp_y[i.x], bp_y[i.y], bp_y[i.z], bp_y[i.w]) > vec4<f32>(0.0);
+                keep = relu_passes4(vec4<f32>(bp_y[i.x], bp_y[i.y], bp_y[i.z], bp_y[i.w]));
                 dy = select(vec4<f32>(0.0), dy, keep);
             }
             let counted = vec4<u32>(1u, 2u, 3u, 4u) <= vec4<u32>(left);
@@ -558,7 +559,7 @@ fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 fn bi_mask(j: vec4<u32>, g: vec4<f32>) -> vec4<f32> {
     if (!RELU) { return g; }
     let y = vec4<f32>(bi_y[j.x], bi_y[j.y], bi_y[j.z], bi_y[j.w]);
-    return select(vec4<f32>(0.0), g, y > vec4<f32>(0.0));
+    return select(vec4<f32>(0.0), g, relu_passes4(y));
 }
 
 // bi_value of four elements (dy, x) in channels c.
@@ -644,7 +645,7 @@ fn pooled_dy(i: u32) -> f32 {
             let ow = ow0 + b;
             let inside = (oh < rows) & (ow < cols);
             let o = select(base, base + oh * params.out_w + ow, inside);
-            let hit = inside & (pool_idx[o] == q) & (bi_y[o] > 0.0);
+            let hit = inside & (pool_idx[o] == q) & relu_passes(bi_y[o]);
             acc = acc + select(0.0, bi_gy[o], hit);
         }
     }
@@ -735,8 +736,10 @@ fn bi_mask4(j: vec4<u32>, g: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
     if (!RELU) { return g; }
     let z = vec4<f32>(0.0);
     let y = array<vec4<f32>, 4>(bi4_y[j.x], bi4_y[j.y], bi4_y[j.z], bi4_y[j.w]);
-    return array<vec4<f32>, 4>(select(z, g[0], y[0] > z), select(z, g[1], y[1] > z),
-                               select(z, g[2], y[2] > z), select(z, g[3], y[3] > z));
+    return array<vec4<f32>, 4>(select(z, g[0], relu_passes4(y[0])),
+                               select(z, g[1], relu_passes4(y[1])),
+                               select(z, g[2], relu_passes4(y[2])),
+                               select(z, g[3], relu_passes4(y[3])));
 }
 
 // bi_value of each component of (dy, x) in channel c.
@@ -867,10 +870,10 @@ fn backward_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
             var keep2 = vec4<bool>(true);
             var keep3 = vec4<bool>(true);
             if (RELU) {
-                keep0 = bp4_y[i.x] > vec4<f32>(0.0);
-                keep1 = bp4_y[i.y] > vec4<f32>(0.0);
-                keep2 = bp4_y[i.z] > vec4<f32>(0.0);
-                keep3 = bp4_y[i.w] > vec4<f32>(0.0);
+                keep0 = relu_passes4(bp4_y[i.x]);
+                keep1 = relu_passes4(bp4_y[i.y]);
+                keep2 = relu_passes4(bp4_y[i.z]);
+                keep3 = relu_passes4(bp4_y[i.w]);
                 dy0 = select(vec4<f32>(0.0), dy0, keep0);
                 dy1 = select(vec4<f32>(0.0), dy1, keep1);
                 dy2 = select(vec4<f32>(0.0), dy2, keep2);

@@ -11,6 +11,9 @@
 //                   0. Not max(v, 0), which WGSL leaves to the implementation for a NaN (GPUs
 //                   return the other operand, so a NaN would vanish behind finite values)
 //   relu_value4(v): relu_value of each component
+//   relu_passes(y): whether the ReLU's backward passes the gradient at its output y: where y is
+//                   positive or a NaN, as PyTorch's (threshold_backward: zero where y <= 0).
+//                   The mask y > 0 would drop it at a NaN. relu_passes4: of each component
 
 fn is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
@@ -23,4 +26,13 @@ fn relu_value(v: f32) -> f32 {
 fn relu_value4(v: vec4<f32>) -> vec4<f32> {
     let nan = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
     return select(vec4<f32>(0.0), v, (v > vec4<f32>(0.0)) | nan);
+}
+
+fn relu_passes(y: f32) -> bool {
+    return (y > 0.0) | is_nan(y);
+}
+
+fn relu_passes4(y: vec4<f32>) -> vec4<bool> {
+    let nan = (bitcast<vec4<u32>>(y) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    return (y > vec4<f32>(0.0)) | nan;
 }

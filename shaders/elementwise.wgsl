@@ -2,8 +2,9 @@
 //
 // Math (per element i < n):
 //   relu_forward:   y[i]  = max(x[i], 0), a NaN kept (relu_value)
-//   relu_backward:  gx[i] = gy[i] if y[i] > 0 else 0        (y is the forward output)
-//   relu_backward_inplace: g[i] = g[i] if y[i] > 0 else 0   (gy replaced by gx, in place)
+//   relu_backward:  gx[i] = gy[i] if y[i] > 0 or y[i] is a NaN, else 0 (relu_passes; y is the
+//                   forward output)
+//   relu_backward_inplace: g[i] = the same, gy replaced by gx in place
 //   add:            out[i] = a[i] + b[i]
 //   add_relu:       out[i] = relu_value(a[i] + b[i])
 //   axpy:           y[i] += alpha * x[i]                      (in place)
@@ -69,7 +70,7 @@ fn relu_backward_inplace(@builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    if (i < params.n) { un_y[i] = select(0.0, un_y[i], un_x[i] > 0.0); }
+    if (i < params.n) { un_y[i] = select(0.0, un_y[i], relu_passes(un_x[i])); }
 }
 
 // ---- fill: binding 1 = output ----
@@ -106,7 +107,7 @@ fn add_relu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn relu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    if (i < params.n) { bin_out[i] = select(0.0, bin_b[i], bin_a[i] > 0.0); }
+    if (i < params.n) { bin_out[i] = select(0.0, bin_b[i], relu_passes(bin_a[i])); }
 }
 
 // scale_by: a = x, b = s (one element), out = x * s[0]
@@ -147,7 +148,7 @@ fn relu_backward_inplace4(@builtin(workgroup_id) wg: vec3<u32>,
                           @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
-    if (i < params.n) { un4_y[i] = select(vec4<f32>(0.0), un4_y[i], un4_x[i] > vec4<f32>(0.0)); }
+    if (i < params.n) { un4_y[i] = select(vec4<f32>(0.0), un4_y[i], relu_passes4(un4_x[i])); }
 }
 
 @group(0) @binding(1) var<storage, read_write> fill4_y: array<vec4<f32>>;
@@ -182,6 +183,6 @@ fn relu_backward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i < params.n) {
-        bin4_out[i] = select(vec4<f32>(0.0), bin4_b[i], bin4_a[i] > vec4<f32>(0.0));
+        bin4_out[i] = select(vec4<f32>(0.0), bin4_b[i], relu_passes4(bin4_a[i]));
     }
 }

@@ -241,7 +241,7 @@ fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             let inside = (oh < reach.oh1) & (ow < reach.ow1);
             let o = select(base, base + oh * params.ow + ow, inside);
             var hit = inside & (mb_idx[o] == reach.pixel);
-            if (RELU) { hit = hit & (mb_y[o] > 0.0); }
+            if (RELU) { hit = hit & relu_passes(mb_y[o]); }
             acc = acc + select(0.0, mb_gy[o], hit);
         }
     }

@@ -835,3 +835,72 @@ fn batch_norm_max_pool_relu_keeps_the_relu_to_itself() {
         "{err}"
     );
 }
+
+#[test]
+fn fused_relu_passes_the_gradient_at_nan_outputs() {
+    // As PyTorch's ReLU backward: the gradient is zeroed where the output is <= 0, so it
+    // passes at a NaN output (here one written into y where the ReLU had clipped to 0), on
+    // planes of 9 values (the scalar kernels) and 16 (vec4).
+    let gpu = gpu();
+    for hw in [3usize, 4] {
+        let (n, c) = (2, 3);
+        let shape = [n, c, hw, hw];
+        let len = n * c * hw * hw;
+        let x = random_vec(len, 50);
+        let gy = random_vec(len, 51);
+        let gamma = positive_vec(c, 52);
+        let tx = Tensor::from_slice(&gpu, &shape, &x).unwrap();
+        let tg = Tensor::from_slice(&gpu, &[c], &gamma).unwrap();
+        let tb = Tensor::zeros(&gpu, &[c]).unwrap();
+        let (rm, rv) = (
+            Tensor::zeros(&gpu, &[c]).unwrap(),
+            Tensor::full(&gpu, &[c], 1.0).unwrap(),
+        );
+        let (y, saved) = ops::batch_norm_train(&tx, &tg, &tb, &rm, &rv, 0.1, 1e-5, true).unwrap();
+        let mut y = y.to_vec().unwrap();
+        let clipped: Vec<usize> = (0..len).filter(|&i| y[i] == 0.0).take(2).collect();
+        assert_eq!(clipped.len(), 2, "{hw}x{hw}: values the ReLU clipped");
+        for &i in &clipped {
+            y[i] = f32::NAN;
+        }
+        let ty = Tensor::from_slice(&gpu, &shape, &y).unwrap();
+        let tgy = Tensor::from_slice(&gpu, &shape, &gy).unwrap();
+        let (gx, gg, gb) = ops::batch_norm_backward(&tx, &ty, &tgy, &tg, &saved, true).unwrap();
+        let (mean, invstd) = (saved.mean.to_vec().unwrap(), saved.invstd.to_vec().unwrap());
+        let (rgx, rgg, rgb) = reference::batch_norm_backward(
+            &x,
+            &y,
+            &gy,
+            n,
+            c,
+            hw * hw,
+            &gamma,
+            &mean,
+            &invstd,
+            true,
+            false,
+        );
+        let what = format!("{hw}x{hw}");
+        assert_close(
+            &gx.to_vec().unwrap(),
+            &rgx,
+            1e-3,
+            1e-4,
+            &format!("gx {what}"),
+        );
+        assert_close(
+            &gg.to_vec().unwrap(),
+            &rgg,
+            1e-3,
+            1e-4,
+            &format!("ggamma {what}"),
+        );
+        assert_close(
+            &gb.to_vec().unwrap(),
+            &rgb,
+            1e-3,
+            1e-4,
+            &format!("gbeta {what}"),
+        );
+    }
+}

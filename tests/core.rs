@@ -542,3 +542,25 @@ fn subgroup_reductions_give_the_memory_reductions_bits() {
         }
     }
 }
+
+/// PyTorch's ReLU backward zeroes the gradient where the output is `<= 0`, so it passes it at
+/// a NaN output, which a mask `y > 0` would drop (batch norm's fused ReLU: `tests/batchnorm.rs`).
+#[test]
+fn relu_backward_passes_the_gradient_at_nans() {
+    let gpu = gpu();
+    for n in [7usize, 8] {
+        let mut y = random_vec(n, 40);
+        y[1] = f32::NAN;
+        y[4] = -f32::NAN;
+        let gy = random_vec(n, 41);
+        let expected = reference::relu_backward(&y, &gy);
+        assert_eq!((expected[1], expected[4]), (gy[1], gy[4]), "reference {n}");
+        let ty = Tensor::from_slice(&gpu, &[n], &y).unwrap();
+        let tgy = Tensor::from_slice(&gpu, &[n], &gy).unwrap();
+        let gx = ops::relu_backward(&ty, &tgy).unwrap().to_vec().unwrap();
+        assert_eq!(gx, expected, "relu_backward {n}");
+        // The in-place kernel, over a gradient no other handle shares.
+        let gx = ops::relu_backward_consume(&ty, tgy).unwrap();
+        assert_eq!(gx.to_vec().unwrap(), expected, "relu_backward in place {n}");
+    }
+}

@@ -96,7 +96,8 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     unary("relu", (&RELU_FORWARD, &RELU_FORWARD4), x, 0.0)
 }
 
-/// Gradient of relu given its output `y` and upstream gradient `gy`.
+/// Gradient of relu given its output `y` and upstream gradient `gy`: `gy`, zeroed where
+/// `y <= 0` as PyTorch's (so a NaN `y` passes the gradient, where a mask `y > 0` would not).
 pub fn relu_backward(y: &Tensor, gy: &Tensor) -> Result<Tensor> {
     binary("relu_backward", (&RELU_BACKWARD, &RELU_BACKWARD4), y, gy)
 }

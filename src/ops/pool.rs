@@ -255,8 +255,8 @@ pub fn max_pool2d_backward(
     max_backward("max_pool2d_backward", gy, indices, None, &geo)
 }
 
-/// Backward of [`max_pool2d_relu`] from its output `y`: [`max_pool2d_backward`] of `gy` masked
-/// by `y > 0`.
+/// Backward of [`max_pool2d_relu`] from its output `y`: [`max_pool2d_backward`] of `gy` zeroed
+/// where `y <= 0` (a NaN `y` passes the gradient, as PyTorch's ReLU backward).
 pub fn max_pool2d_relu_backward(
     gy: &Tensor,
     y: &Tensor,

@@ -11,12 +11,18 @@ pub fn relu_value(v: f32) -> f32 {
     if v > 0.0 || v.is_nan() { v } else { 0.0 }
 }
 
-/// Gradient of relu from its output `y`.
+/// Gradient of relu from its output `y`: `gy` where [`relu_passes`], else 0.
 pub fn relu_backward(y: &[f32], gy: &[f32]) -> Vec<f32> {
     y.iter()
         .zip(gy)
-        .map(|(y, g)| if *y > 0.0 { *g } else { 0.0 })
+        .map(|(&y, &g)| if relu_passes(y) { g } else { 0.0 })
         .collect()
+}
+
+/// Whether PyTorch's ReLU backward passes the gradient at the ReLU's output `y`: where `y` is
+/// positive or a NaN (its `threshold_backward` zeroes it where `y <= 0`).
+pub fn relu_passes(y: f32) -> bool {
+    y > 0.0 || y.is_nan()
 }
 
 /// `a + b`.

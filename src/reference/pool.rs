@@ -81,7 +81,7 @@ pub fn relu_max_pool2d(
     let gx = g
         .iter()
         .zip(&relu)
-        .map(|(&g, &r)| if r > 0.0 { g } else { 0.0 })
+        .map(|(&g, &r)| if super::relu_passes(r) { g } else { 0.0 })
         .collect();
     (y, gx)
 }
