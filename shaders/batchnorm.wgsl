@@ -121,10 +121,6 @@ fn group_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wg.x + wg.y * nwg.x;
 }
 
-fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * 256u + lid;
-}
-
 // The partial kernels' threads visit values j = start + lid + PARTIAL_WG t (t = 0, 1, ...) of their
 // channel c, whose j-th value (j < M) sits in plane n = j / hw at offset q = j % hw, flat index
 // (n * C + c) * hw + q. A walk keeps (n, q) for the thread's current j and steps it by

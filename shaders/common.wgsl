@@ -4,6 +4,9 @@
 // examples/kernel_stats.rs compose their sources the same way. No bindings, no entry points.
 //
 // Math:
+//   linear_index(wg, nwg, lid): the index of local invocation lid of a 256-thread workgroup
+//                   in a one-dimensional grid split over x and y (workgroup wg.x + wg.y * nwg.x),
+//                   as the kernels of one thread per element (or vec4) dispatch it
 //   is_nan(v):      whether v is a NaN, from its bits: WGSL lets implementations assume that
 //                   no float is a NaN, and drivers do fold `v != v` to false (lavapipe's max
 //                   pool had let a later, smaller value replace a NaN)
@@ -14,6 +17,10 @@
 //   relu_passes(y): whether the ReLU's backward passes the gradient at its output y: where y is
 //                   positive or a NaN, as PyTorch's (threshold_backward: zero where y <= 0).
 //                   The mask y > 0 would drop it at a NaN. relu_passes4: of each component
+
+fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * nwg.x) * 256u + lid;
+}
 
 fn is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;

@@ -33,10 +33,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 
-fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * 256u + lid;
-}
-
 // ---- unary: binding 1 = input (read), binding 2 = output (write) ----
 @group(0) @binding(1) var<storage, read> un_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> un_y: array<f32>;

@@ -57,10 +57,6 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 
-fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * 256u + lid;
-}
-
 // The window (kernel, stride, padding) of max_forward and the backward gathers, as
 // pipeline-overridable constants equal to params.k, params.stride and params.pad, so that the
 // gathers' divisions by the stride compile to shifts or multiplies and the max pool's loops

@@ -89,10 +89,6 @@ fn put(at: u32, v: f32, b: f32) {
     }
 }
 
-fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * nwg.x) * 256u + lid;
-}
-
 // u B for a row u of Bᵀ d (and Bᵀ d itself, by rows).
 fn b_row(u: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(u.x - u.z, u.y + u.z, u.z - u.y, u.y - u.w);

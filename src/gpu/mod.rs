@@ -70,8 +70,9 @@ impl Kernel {
     }
 }
 
-/// `shaders/common.wgsl`: the helpers (`is_nan`, `relu_value`) that [`Kernel::source`] puts
-/// into every module, after the variant's declarations, whose `enable` directives come first.
+/// `shaders/common.wgsl`: the helpers (`linear_index`, `is_nan`, `relu_value`, `relu_passes`)
+/// that [`Kernel::source`] puts into every module, after the variant's declarations, whose
+/// `enable` directives come first.
 #[doc(hidden)]
 pub const COMMON_SHADER: &str = include_str!("../../shaders/common.wgsl");
 
