@@ -195,6 +195,7 @@ fn jobs() -> Vec<Job> {
         "stats_partial",
         "stats_partial4",
         "stats_finalize",
+        "backward_finalize",
         "normalize",
         "normalize4",
         "backward_partial",
@@ -346,8 +347,10 @@ fn jobs() -> Vec<Job> {
 }
 
 /// The entry points of the reducing files that reduce (the others compile alike either way).
-const REDUCING_ENTRIES: [&str; 10] = [
+const REDUCING_ENTRIES: [&str; 12] = [
     "stats_partial",
+    "stats_finalize",
+    "backward_finalize",
     "stats_partial4",
     "backward_partial",
     "backward_partial4",

@@ -16,8 +16,9 @@
 //
 // Reductions are two-level: the M values of a channel are cut into `chunks` chunks of `chunk_len`
 // values; one PARTIAL_WG-thread workgroup per (channel, chunk) writes a partial result (its
-// threads' results combined by butterfly.wgsl), then one thread per channel merges that
-// channel's partials in order. Statistics use Welford's running mean / M2 per thread, updated
+// threads' results combined by butterfly.wgsl), then FIN_LANES threads per channel merge
+// that channel's partials: each a strided share of them in order, then the threads' results
+// by butterfly. Statistics use Welford's running mean / M2 per thread, updated
 // four values at a time (block_add), and Chan's pairwise merge in the workgroup and the final
 // merge (no E[x^2] - E[x]^2 cancellation).
 //
@@ -25,7 +26,8 @@
 //   stats_partial     grid: C * chunks workgroups of PARTIAL_WG threads (linear g = wg.x + wg.y *
 //                     nwg.x; c = g / chunks, chunk = g % chunks)
 //                     1 x [N*C*HW] (read), 2 partials [C * chunks * 3] (count, mean, M2) (write)
-//   stats_finalize    grid: one thread per channel (256 per workgroup)
+//   stats_finalize    grid: FIN_LANES threads per channel, PARTIAL_WG per workgroup (linear
+//                     workgroup index as stats_partial's)
 //                     1 partials [C * chunks * 3] (read), 2 mean [C] (write), 3 invstd [C] (write),
 //                     4 running_mean [C] (read_write), 5 running_var [C] (read_write)
 //   eval_stats        grid: one thread per channel (256 per workgroup)
@@ -41,7 +43,7 @@
 //                     3 gy (read_write: with MASK_OUT the ReLU-masked gradient is written back
 //                     over it, for a residual block's shortcut),
 //                     6 partials [C * chunks * 2] (sum dy, sum dy * xhat) (write)
-//   backward_finalize grid: one thread per channel (256 per workgroup)
+//   backward_finalize grid: as stats_finalize
 //                     1 partials [C * chunks * 2], 2 gamma [C], 3 invstd [C] (read),
 //                     4 ggamma [C], 5 gbeta [C], 6 coef [C * 3] (write):
 //                     coef = (gamma * invstd, gbeta / M, ggamma / M), or (gamma * invstd, 0, 0) in eval
@@ -258,14 +260,14 @@ fn chan_merge(n: ptr<function, f32>, mean: ptr<function, f32>, m2: ptr<function,
     }
 }
 
-// The (count, mean, M2) triple of the workgroup's PARTIAL_WG threads, each holding its own in
-// v: butterfly.wgsl's levels with Chan's merge, the lower thread's triple first.
-fn group_stats(lid: u32, v: vec3<f32>) -> vec3<f32> {
-    bf_begin(PARTIAL_WG);
+// The (count, mean, M2) triple of each segment of seg threads, each holding its own in v:
+// butterfly.wgsl's levels with Chan's merge, the lower thread's triple first.
+fn group_stats(lid: u32, v: vec3<f32>, seg: u32) -> vec3<f32> {
+    bfly_begin(seg);
     var x = v;
-    for (var d = 1u; d < PARTIAL_WG; d = d << 1u) {
-        let y = bf_xor3(lid, x, d);
-        let upper = bf_upper(lid, d);
+    for (var d = 1u; d < seg; d = d << 1u) {
+        let y = bfly_xor3(lid, x, d);
+        let upper = bfly_upper(lid, d);
         var n = select(x.x, y.x, upper);
         var mean = select(x.y, y.y, upper);
         var m2 = select(x.z, y.z, upper);
@@ -303,7 +305,7 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
             block_add(&cnt, &mu, &m2, v.x, v.yzw, min(left, ROUND));
         }
     }
-    let total = group_stats(lid, vec3<f32>(cnt, mu, m2));
+    let total = group_stats(lid, vec3<f32>(cnt, mu, m2), PARTIAL_WG);
     if (lid == 0u && c < params.channels) {
         let o = g * 3u;
         sp_partials[o] = total.x;
@@ -319,39 +321,58 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 @group(0) @binding(4) var<storage, read_write> sf_running_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sf_running_var: array<f32>;
 
-@compute @workgroup_size(256)
+// Threads per channel of the finalizing kernels (a power of two up to PARTIAL_WG), set by the
+// host from the chunks per channel (src/ops/batchnorm.rs, finalize_lanes): enough for each to
+// take one round of ROUND partials, at most PARTIAL_WG; 1, a thread merging its channel's
+// partials alone, where there are at most ROUND.
+override FIN_LANES: u32 = 1u;
+
+// The channel of finalizing thread lid and its place among the channel's FIN_LANES threads.
+fn finalize_channel(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec2<u32> {
+    let c = group_index(wg, nwg) * (PARTIAL_WG / FIN_LANES) + lid / FIN_LANES;
+    return vec2<u32>(c, lid % FIN_LANES);
+}
+
+@compute @workgroup_size(PARTIAL_WG)
 fn stats_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let c = linear_index(wg, nwg, lid);
-    if (c >= params.channels) { return; }
+    let at = finalize_channel(wg, nwg, lid);
+    let c = at.x;
+    let live = c < params.channels;
     var n = 0.0;
     var mean = 0.0;
     var m2 = 0.0;
-    // ROUND partials loaded before they are merged, in chunk order (a missing one past the last
-    // chunk reads as an empty partial, which the merge skips).
-    for (var k = 0u; k < params.chunks; k = k + ROUND) {
-        let t0 = sf_triple(c, k);
-        let t1 = sf_triple(c, k + 1u);
-        let t2 = sf_triple(c, k + 2u);
-        let t3 = sf_triple(c, k + 3u);
-        chan_merge(&n, &mean, &m2, t0);
-        chan_merge(&n, &mean, &m2, t1);
-        chan_merge(&n, &mean, &m2, t2);
-        chan_merge(&n, &mean, &m2, t3);
+    // The thread's partials k = lane, lane + FIN_LANES, ..., ROUND loaded before they are
+    // merged (a missing one past the last chunk reads as an empty partial, which the merge
+    // skips), then the channel's threads' merged in butterfly.wgsl's pairs.
+    if (live) {
+        for (var k = at.y; k < params.chunks; k = k + ROUND * FIN_LANES) {
+            let t0 = sf_triple(c, k);
+            let t1 = sf_triple(c, k + FIN_LANES);
+            let t2 = sf_triple(c, k + 2u * FIN_LANES);
+            let t3 = sf_triple(c, k + 3u * FIN_LANES);
+            chan_merge(&n, &mean, &m2, t0);
+            chan_merge(&n, &mean, &m2, t1);
+            chan_merge(&n, &mean, &m2, t2);
+            chan_merge(&n, &mean, &m2, t3);
+        }
     }
-    sf_mean[c] = mean;
-    sf_invstd[c] = 1.0 / sqrt(m2 / n + params.eps);
+    let total = group_stats(lid, vec3<f32>(n, mean, m2), FIN_LANES);
+    if (at.y != 0u || !live) { return; }
+    sf_mean[c] = total.y;
+    sf_invstd[c] = 1.0 / sqrt(total.z / total.x + params.eps);
     let m = params.momentum;
-    let var_unbiased = m2 / max(n - 1.0, 1.0);
-    sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * mean;
+    let var_unbiased = total.z / max(total.x - 1.0, 1.0);
+    sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * total.y;
     sf_running_var[c] = (1.0 - m) * sf_running_var[c] + m * var_unbiased;
 }
 
-// Partial (count, mean, M2) of chunk k of channel c; zeros past the last chunk.
+// Partial (count, mean, M2) of chunk k of channel c; zeros past the last chunk (loaded from a
+// safe index, without a branch around the loads).
 fn sf_triple(c: u32, k: u32) -> vec3<f32> {
-    if (k >= params.chunks) { return vec3<f32>(0.0); }
-    let o = (c * params.chunks + k) * 3u;
-    return vec3<f32>(sf_partials[o], sf_partials[o + 1u], sf_partials[o + 2u]);
+    let o = (c * params.chunks + min(k, params.chunks - 1u)) * 3u;
+    let t = vec3<f32>(sf_partials[o], sf_partials[o + 1u], sf_partials[o + 2u]);
+    return select(vec3<f32>(0.0), t, k < params.chunks);
 }
 
 // ---- eval_stats ----
@@ -493,22 +514,28 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 @group(0) @binding(5) var<storage, read_write> bf_gbeta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> bf_coef: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(PARTIAL_WG)
 fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let c = linear_index(wg, nwg, lid);
-    if (c >= params.channels) { return; }
-    var gbeta = 0.0;
-    var ggamma = 0.0;
-    // As in stats_finalize: ROUND partials loaded, then summed in chunk order.
-    for (var k = 0u; k < params.chunks; k = k + ROUND) {
-        let t0 = bf_pair(c, k);
-        let t1 = bf_pair(c, k + 1u);
-        let t2 = bf_pair(c, k + 2u);
-        let t3 = bf_pair(c, k + 3u);
-        gbeta = gbeta + t0.x + t1.x + t2.x + t3.x;
-        ggamma = ggamma + t0.y + t1.y + t2.y + t3.y;
+    let at = finalize_channel(wg, nwg, lid);
+    let c = at.x;
+    let live = c < params.channels;
+    // As in stats_finalize: each thread sums its partials, ROUND loaded at a time, then the
+    // channel's threads' sums add up in butterfly.wgsl's pairs.
+    var sums = vec2<f32>(0.0);
+    if (live) {
+        for (var k = at.y; k < params.chunks; k = k + ROUND * FIN_LANES) {
+            let t0 = bf_pair(c, k);
+            let t1 = bf_pair(c, k + FIN_LANES);
+            let t2 = bf_pair(c, k + 2u * FIN_LANES);
+            let t3 = bf_pair(c, k + 3u * FIN_LANES);
+            sums = sums + t0 + t1 + t2 + t3;
+        }
     }
+    let total = group_sum2(lid, sums, FIN_LANES);
+    if (at.y != 0u || !live) { return; }
+    let gbeta = total.x;
+    let ggamma = total.y;
     bf_ggamma[c] = ggamma;
     bf_gbeta[c] = gbeta;
     let inv_m = 1.0 / f32(params.batch * params.hw);
@@ -517,11 +544,12 @@ fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     bf_coef[c * 3u + 2u] = select(ggamma * inv_m, 0.0, EVAL);
 }
 
-// Partial (sum dy, sum dy * xhat) of chunk k of channel c; zeros past the last chunk.
+// Partial (sum dy, sum dy * xhat) of chunk k of channel c; zeros past the last chunk (loaded
+// from a safe index, as sf_triple).
 fn bf_pair(c: u32, k: u32) -> vec2<f32> {
-    if (k >= params.chunks) { return vec2<f32>(0.0); }
-    let o = (c * params.chunks + k) * 2u;
-    return vec2<f32>(bf_partials[o], bf_partials[o + 1u]);
+    let o = (c * params.chunks + min(k, params.chunks - 1u)) * 2u;
+    let t = vec2<f32>(bf_partials[o], bf_partials[o + 1u]);
+    return select(vec2<f32>(0.0), t, k < params.chunks);
 }
 
 // ---- backward_input ----
@@ -805,7 +833,7 @@ fn stats_partial4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
             block_add_if(&cnt, &mu, &m2, v3, left > 3u);
         }
     }
-    let total = group_stats(lid, vec3<f32>(cnt, mu, m2));
+    let total = group_stats(lid, vec3<f32>(cnt, mu, m2), PARTIAL_WG);
     if (lid == 0u && c < params.channels) {
         let o = g * 3u;
         sp_partials[o] = total.x;

@@ -26,88 +26,88 @@
 // Call from uniform control flow: every invocation of the workgroup, with the same seg.
 // No bindings or entry points of its own.
 
-var<workgroup> bf_f32: array<f32, 2u * REDUCE_WG>;
-var<workgroup> bf_vec2: array<vec2<f32>, 2u * REDUCE_WG>;
-var<workgroup> bf_vec3: array<vec3<f32>, 2u * REDUCE_WG>;
-var<workgroup> bf_vec4: array<vec4<f32>, 2u * REDUCE_WG>;
+var<workgroup> bfly_f32: array<f32, 2u * REDUCE_WG>;
+var<workgroup> bfly_vec2: array<vec2<f32>, 2u * REDUCE_WG>;
+var<workgroup> bfly_vec3: array<vec3<f32>, 2u * REDUCE_WG>;
+var<workgroup> bfly_vec4: array<vec4<f32>, 2u * REDUCE_WG>;
 
 // Where level d's buffer starts: the two alternate with log2(d).
-fn bf_buffer(d: u32) -> u32 {
+fn bfly_buffer(d: u32) -> u32 {
     return (countTrailingZeros(d) & 1u) * REDUCE_WG;
 }
 
 // Before a reduction over segments of seg: a barrier if any level goes through memory.
-fn bf_begin(seg: u32) {
+fn bfly_begin(seg: u32) {
     if (seg > SUBGROUP_LANES) { workgroupBarrier(); }
 }
 
 // Whether lid is the upper of the pair at level d.
-fn bf_upper(lid: u32, d: u32) -> bool {
+fn bfly_upper(lid: u32, d: u32) -> bool {
     return (lid & d) != 0u;
 }
 
 // The value of invocation lid ^ d, for invocation lid holding v, at level d.
-fn bf_xor(lid: u32, v: f32, d: u32) -> f32 {
+fn bfly_xor(lid: u32, v: f32, d: u32) -> f32 {
     if (d < SUBGROUP_LANES) { return lanes_xor(v, d); }
-    let b = bf_buffer(d);
-    bf_f32[b + lid] = v;
+    let b = bfly_buffer(d);
+    bfly_f32[b + lid] = v;
     workgroupBarrier();
-    return bf_f32[b + (lid ^ d)];
+    return bfly_f32[b + (lid ^ d)];
 }
 
-fn bf_xor2(lid: u32, v: vec2<f32>, d: u32) -> vec2<f32> {
+fn bfly_xor2(lid: u32, v: vec2<f32>, d: u32) -> vec2<f32> {
     if (d < SUBGROUP_LANES) { return lanes_xor2(v, d); }
-    let b = bf_buffer(d);
-    bf_vec2[b + lid] = v;
+    let b = bfly_buffer(d);
+    bfly_vec2[b + lid] = v;
     workgroupBarrier();
-    return bf_vec2[b + (lid ^ d)];
+    return bfly_vec2[b + (lid ^ d)];
 }
 
-fn bf_xor3(lid: u32, v: vec3<f32>, d: u32) -> vec3<f32> {
+fn bfly_xor3(lid: u32, v: vec3<f32>, d: u32) -> vec3<f32> {
     if (d < SUBGROUP_LANES) { return lanes_xor3(v, d); }
-    let b = bf_buffer(d);
-    bf_vec3[b + lid] = v;
+    let b = bfly_buffer(d);
+    bfly_vec3[b + lid] = v;
     workgroupBarrier();
-    return bf_vec3[b + (lid ^ d)];
+    return bfly_vec3[b + (lid ^ d)];
 }
 
-fn bf_xor4(lid: u32, v: vec4<f32>, d: u32) -> vec4<f32> {
+fn bfly_xor4(lid: u32, v: vec4<f32>, d: u32) -> vec4<f32> {
     if (d < SUBGROUP_LANES) { return lanes_xor4(v, d); }
-    let b = bf_buffer(d);
-    bf_vec4[b + lid] = v;
+    let b = bfly_buffer(d);
+    bfly_vec4[b + lid] = v;
     workgroupBarrier();
-    return bf_vec4[b + (lid ^ d)];
+    return bfly_vec4[b + (lid ^ d)];
 }
 
 // Addition is commutative bit for bit, so both invocations of a pair add in either order.
 fn group_sum(lid: u32, v: f32, seg: u32) -> f32 {
-    bf_begin(seg);
+    bfly_begin(seg);
     var x = v;
-    for (var d = 1u; d < seg; d = d << 1u) { x = x + bf_xor(lid, x, d); }
+    for (var d = 1u; d < seg; d = d << 1u) { x = x + bfly_xor(lid, x, d); }
     return x;
 }
 
 fn group_sum2(lid: u32, v: vec2<f32>, seg: u32) -> vec2<f32> {
-    bf_begin(seg);
+    bfly_begin(seg);
     var x = v;
-    for (var d = 1u; d < seg; d = d << 1u) { x = x + bf_xor2(lid, x, d); }
+    for (var d = 1u; d < seg; d = d << 1u) { x = x + bfly_xor2(lid, x, d); }
     return x;
 }
 
 fn group_sum4(lid: u32, v: vec4<f32>, seg: u32) -> vec4<f32> {
-    bf_begin(seg);
+    bfly_begin(seg);
     var x = v;
-    for (var d = 1u; d < seg; d = d << 1u) { x = x + bf_xor4(lid, x, d); }
+    for (var d = 1u; d < seg; d = d << 1u) { x = x + bfly_xor4(lid, x, d); }
     return x;
 }
 
 // max is not (a NaN or a signed zero may come out of either operand), so the lower goes first.
 fn group_max(lid: u32, v: f32, seg: u32) -> f32 {
-    bf_begin(seg);
+    bfly_begin(seg);
     var x = v;
     for (var d = 1u; d < seg; d = d << 1u) {
-        let y = bf_xor(lid, x, d);
-        x = select(max(x, y), max(y, x), bf_upper(lid, d));
+        let y = bfly_xor(lid, x, d);
+        x = select(max(x, y), max(y, x), bfly_upper(lid, d));
     }
     return x;
 }

@@ -315,8 +315,8 @@ fn long_channels_use_several_reduction_chunks() {
 
 #[test]
 fn many_chunks_per_channel() {
-    // M = 4 * 512 * 520 = 1,064,960 values: 261 chunks, each inside one plane, merged in
-    // order by the channel's finalizing thread.
+    // M = 4 * 512 * 520 = 1,064,960 values: 261 chunks, each inside one plane, merged by the
+    // channel's finalizing workgroup: 5 by threads 0-4, 4 by the others, then by butterfly.
     check_case(4, 1, 512, 520, false, 520);
 }
 

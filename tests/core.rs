@@ -501,12 +501,18 @@ fn reductions(gpu: &Gpu) -> Vec<Vec<f32>> {
     let grads = [t(&[1000], 7), t(&[70_001], 8)];
     out.push(resnet_wgpu::optim::clip_grad_norm(&[&grads[0], &grads[1]], 0.5).unwrap());
     out.extend(grads);
-    // Batch norm on 7x7 planes (the scalar kernels) and 6x6 ones (vec4), with a ReLU.
-    for (shape, seed) in [([4, 3, 7, 7], 10), ([4, 3, 6, 6], 20)] {
+    // Batch norm on 7x7 planes (the scalar kernels) and 6x6 ones (vec4), with a ReLU, and on
+    // planes of 67 reduction chunks, more than a finalizing workgroup has threads.
+    for (shape, seed) in [
+        ([4, 3, 7, 7], 10),
+        ([4, 3, 6, 6], 20),
+        ([1, 2, 520, 520], 30),
+    ] {
+        let c = shape[1];
         let x = t(&shape, seed);
         let gy = t(&shape, seed + 1);
-        let (gamma, beta, rm) = (t(&[3], seed + 2), t(&[3], seed + 3), t(&[3], seed + 4));
-        let rv = Tensor::from_slice(gpu, &[3], &[1.0, 2.0, 0.5]).unwrap();
+        let (gamma, beta, rm) = (t(&[c], seed + 2), t(&[c], seed + 3), t(&[c], seed + 4));
+        let rv = Tensor::full(gpu, &[c], 0.5).unwrap();
         let (y, saved) =
             ops::batch_norm_train(&x, &gamma, &beta, &rm, &rv, 0.1, 1e-5, true).unwrap();
         let (gx, gg, gb) = ops::batch_norm_backward(&x, &y, &gy, &gamma, &saved, true).unwrap();

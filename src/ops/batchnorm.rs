@@ -109,6 +109,21 @@ enum GyUse {
 /// Values of one channel reduced by one workgroup before the per-channel merge.
 const CHUNK: usize = 4096;
 
+/// Partials a finalizing thread loads at once (`ROUND` in the shader).
+const ROUND: usize = 4;
+
+/// The finalizing kernels' threads per channel (`FIN_LANES`) for `chunks` partials per channel,
+/// and their grid for `c` channels: enough threads for one round of [`ROUND`] partials each, a
+/// power of two up to [`PARTIAL_WG`]. A thread per channel merged the partials alone before;
+/// the stem's batch norm at batch 128 has 392 per channel, 98 rounds one after another.
+/// Channels with at most [`ROUND`] (most layers at small batches) keep one thread each, 64 per
+/// workgroup: 64 threads per channel made lavapipe's finalizing kernels 15-20x slower there.
+fn finalize_lanes(chunks: usize, c: usize) -> (f64, [u32; 3]) {
+    let lanes = chunks.div_ceil(ROUND).next_power_of_two().min(PARTIAL_WG);
+    let groups = c.div_ceil(PARTIAL_WG / lanes);
+    (lanes as f64, grid_1d(groups as u32))
+}
+
 const STATS_PARTIAL: Kernel = reducing_kernel!("batchnorm.wgsl", "stats_partial");
 const STATS_FINALIZE: Kernel = reducing_kernel!("batchnorm.wgsl", "stats_finalize");
 const EVAL_STATS: Kernel = reducing_kernel!("batchnorm.wgsl", "eval_stats");
@@ -387,8 +402,10 @@ fn train_stats(
     )?;
     let mean = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
     let invstd = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
-    gpu.dispatch(
+    let (lanes, grid) = finalize_lanes(d.chunks(), d.c);
+    gpu.dispatch_with(
         &STATS_FINALIZE,
+        &[("FIN_LANES", lanes)],
         &p,
         &[
             partials.buffer(),
@@ -397,7 +414,7 @@ fn train_stats(
             running_mean.buffer(),
             running_var.buffer(),
         ],
-        grid_for_elements(d.c),
+        grid,
     )?;
     Ok(BnSaved { mean, invstd })
 }
@@ -473,9 +490,10 @@ fn finalize_backward(
     let ggamma = Tensor::uninit(gpu, &[c], DType::F32, op)?;
     let gbeta = Tensor::uninit(gpu, &[c], DType::F32, op)?;
     let coef = Tensor::uninit(gpu, &[c * 3], DType::F32, op)?;
+    let (lanes, grid) = finalize_lanes(p.chunks as usize, c);
     gpu.dispatch_with(
         &BACKWARD_FINALIZE,
-        &[flag("EVAL", eval)],
+        &[flag("EVAL", eval), ("FIN_LANES", lanes)],
         p,
         &[
             partials.buffer(),
@@ -485,7 +503,7 @@ fn finalize_backward(
             gbeta.buffer(),
             coef.buffer(),
         ],
-        grid_for_elements(c),
+        grid,
     )?;
     Ok([ggamma, gbeta, coef])
 }
