@@ -6,7 +6,7 @@
 #        [CRS_BENCH="--what models --models r18"] [SINGLE_BENCH="--what models --models r18"] \
 #        [ALGO_BENCH="--what all --models r18"] [AUTOTUNE_F16_BENCH="--what models --models r18"] \
 #        [WINO2_BENCH="--what convs"] [F16_DOUBLE_BENCH="--what models --models r18"] \
-#        [R50_CONV_BENCH="--batch 128 --iters 5"] \
+#        [R50_CONV_BENCH="--batch 128 --iters 5"] [NO_SUBGROUPS_BENCH="--what memory"] \
 #        bash scripts/gpu/run.sh [train-seconds] [bench-args...]
 # TILE_SWEEP: also run `bench --what tiles` with these arguments (every conv pass of every
 # ResNet-18 shape with each tile in turn, and the library's plan), after the other benches.
@@ -39,6 +39,9 @@
 # Winograd, where Auto runs it) and these arguments: the comparison for F(4x4, 3x3).
 # R50_CONV_BENCH: also run `bench --what convs --conv-shapes r50` with these arguments: the conv
 # table for ResNet-50's 23 distinct shapes (mostly 1x1), convs-r50.txt.
+# NO_SUBGROUPS_BENCH: also run the bench with RESNET_WGPU_SUBGROUPS=0 (every level of the
+# workgroup reductions through workgroup memory, session 25) and these arguments: the
+# comparison for the default subgroup shuffles.
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
 # RUN_BUDGET_S (default 570, under the device tool's 600 s per call): the whole script's time.
 # Each part gets at most what is left of it, and a part that would get under 30 s is skipped
@@ -102,13 +105,14 @@ if [ "$status" != 0 ] && [ "$status" != 124 ]; then
   RESNET_WGPU_SHADER_CHECKS=1 bench bench-checked-fallback "$@"
 fi
 # The comparisons, most telling first, so that the budget cuts the least telling: the
-# algorithms and Winograd tiles, the f16 engine and its stagings, the f32 staging, ResNet-50's
+# algorithms and Winograd tiles, the reductions without subgroups (short), the f16 engine and its stagings, the f32 staging, ResNet-50's
 # conv shapes, tuning, the old reduction order and the shader checks, and last the tile sweeps
 # (every tile on every pass: the longest).
 if [ -n "${ALGO_BENCH:-}" ]; then
   for algo in direct winograd; do bench bench-$algo --algo $algo $ALGO_BENCH; done
 fi
 [ -n "${WINO2_BENCH:-}" ] && bench bench-wino2 --winograd-tile 2 $WINO2_BENCH
+[ -n "${NO_SUBGROUPS_BENCH:-}" ] && RESNET_WGPU_SUBGROUPS=0 bench bench-no-subgroups $NO_SUBGROUPS_BENCH
 [ -n "${F16_BENCH:-}" ] && bench bench-f16 --precision f16 $F16_BENCH
 [ -n "${F16_DOUBLE_BENCH:-}" ] && bench bench-f16-double --precision f16 --f16-staging double $F16_DOUBLE_BENCH
 [ -n "${SINGLE_BENCH:-}" ] && bench bench-single --staging single $SINGLE_BENCH
