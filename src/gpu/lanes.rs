@@ -14,7 +14,7 @@
 //! so the results are the same bits either way ([`crate::Gpu::set_subgroup_reductions`] switches,
 //! as `RESNET_WGPU_SUBGROUPS=0` does from the start).
 
-use super::{Gpu, Kernel};
+use super::Gpu;
 
 /// The reductions' engine: the file `kernel!` compiles between a lanes file and the kernel file.
 #[doc(hidden)]
@@ -29,10 +29,11 @@ pub const LANES_SUBGROUP: &str = include_str!("../../shaders/lanes_subgroup.wgsl
 pub const LANES_MEMORY: &str = include_str!("../../shaders/lanes_memory.wgsl");
 
 /// The invocations the probe records: the largest reducing workgroup.
+#[cfg(not(target_arch = "wasm32"))]
 const PROBE_INVOCATIONS: u32 = 256;
 
 #[cfg(not(target_arch = "wasm32"))]
-const PROBE: Kernel = crate::kernel!("lanes_probe.wgsl", "lanes_probe");
+const PROBE: super::Kernel = crate::kernel!("lanes_probe.wgsl", "lanes_probe");
 
 /// Whether `RESNET_WGPU_SUBGROUPS=0` turns the subgroup reductions off.
 pub(super) fn off_by_env() -> bool {
@@ -44,39 +45,40 @@ pub(super) fn off_by_env() -> bool {
 /// every subgroup of a 256-thread workgroup to be a run of consecutive local invocation indices
 /// (lane = index % size) of a power-of-two size at least that. A pipeline given larger
 /// subgroups (AMD's 64 lanes against 32) keeps the pairs of the smaller size within them. None
-/// otherwise, or where the probe fails. Native only: on the web the reductions use memory.
+/// otherwise, or where the probe fails.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn probe(gpu: &Gpu) -> Option<u32> {
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = gpu;
-        None
+    if !gpu.0.device.features().contains(wgpu::Features::SUBGROUP) {
+        return None;
     }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        if !gpu.0.device.features().contains(wgpu::Features::SUBGROUP) {
-            return None;
-        }
-        let min = gpu.0.device.adapter_info().subgroup_min_size;
-        if min < 2 || !min.is_power_of_two() {
-            return None;
-        }
-        let n = PROBE_INVOCATIONS;
-        // A buffer of its own, not the pool's, whose statistics count the tensors' buffers.
-        let out = gpu.0.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("subgroup probe"),
-            size: u64::from(n) * 8,
-            usage: super::STORAGE_USAGE,
-            mapped_at_creation: false,
-        });
-        gpu.dispatch(&PROBE, &n, &[&out], super::grid_1d(1)).ok()?;
-        let bytes = pollster::block_on(gpu.read_bytes(&out, u64::from(n) * 8)).ok()?;
-        let words: &[u32] = bytemuck::cast_slice(&bytes);
-        contiguous(words, min).then_some(min)
+    let min = gpu.0.device.adapter_info().subgroup_min_size;
+    if min < 2 || !min.is_power_of_two() {
+        return None;
     }
+    let n = PROBE_INVOCATIONS;
+    // A buffer of its own, not the pool's, whose statistics count the tensors' buffers.
+    let out = gpu.0.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("subgroup probe"),
+        size: u64::from(n) * 8,
+        usage: super::STORAGE_USAGE,
+        mapped_at_creation: false,
+    });
+    gpu.dispatch(&PROBE, &n, &[&out], super::grid_1d(1)).ok()?;
+    let bytes = pollster::block_on(gpu.read_bytes(&out, u64::from(n) * 8)).ok()?;
+    let words: &[u32] = bytemuck::cast_slice(&bytes);
+    contiguous(words, min).then_some(min)
+}
+
+/// On the web the reductions use workgroup memory: wgpu's WebGPU backend does not ask the
+/// browser for subgroups (`gpu/device.rs`).
+#[cfg(target_arch = "wasm32")]
+pub(super) fn probe(_gpu: &Gpu) -> Option<u32> {
+    None
 }
 
 /// Whether the probe's (lane, size) pairs, one per local invocation index, show subgroups that
 /// are runs of consecutive indices, each of a power-of-two size that is a multiple of `min`.
+#[cfg(not(target_arch = "wasm32"))]
 fn contiguous(words: &[u32], min: u32) -> bool {
     words.chunks_exact(2).enumerate().all(|(lid, pair)| {
         let (lane, size) = (pair[0], pair[1]);
