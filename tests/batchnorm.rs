@@ -880,27 +880,13 @@ fn fused_relu_passes_the_gradient_at_nan_outputs() {
             true,
             false,
         );
-        let what = format!("{hw}x{hw}");
-        assert_close(
-            &gx.to_vec().unwrap(),
-            &rgx,
-            1e-3,
-            1e-4,
-            &format!("gx {what}"),
-        );
-        assert_close(
-            &gg.to_vec().unwrap(),
-            &rgg,
-            1e-3,
-            1e-4,
-            &format!("ggamma {what}"),
-        );
-        assert_close(
-            &gb.to_vec().unwrap(),
-            &rgb,
-            1e-3,
-            1e-4,
-            &format!("gbeta {what}"),
-        );
+        let got = [gx, gg, gb].map(|t| t.to_vec().unwrap());
+        for ((name, got), want) in ["gx", "ggamma", "gbeta"]
+            .iter()
+            .zip(&got)
+            .zip([rgx, rgg, rgb])
+        {
+            assert_close(got, &want, 1e-3, 1e-4, &format!("{name} {hw}x{hw}"));
+        }
     }
 }
