@@ -528,9 +528,13 @@ fn subgroup_reductions_give_the_memory_reductions_bits() {
     // lanes or workgroup memory, so they must agree bit for bit (and the tests of each op check
     // the values, with the subgroups lavapipe offers).
     let gpu = new_gpu();
-    let lanes = gpu
-        .subgroup_lanes()
-        .expect("the reductions use subgroups here (lavapipe: 8 lanes)");
+    let by_default = gpu.subgroup_lanes();
+    gpu.set_subgroup_reductions(true)
+        .expect("the reductions can use subgroups here (lavapipe: 8 lanes)");
+    let lanes = gpu.subgroup_lanes().unwrap();
+    // On from the start with 8 lanes or more (lavapipe), off with SwiftShader's 4.
+    let off = std::env::var("RESNET_WGPU_SUBGROUPS").is_ok_and(|v| v.trim() == "0");
+    assert_eq!(by_default, (lanes >= 8 && !off).then_some(lanes));
     assert!(lanes.is_power_of_two() && lanes >= 2, "{lanes} lanes");
     let with_lanes = reductions(&gpu);
     gpu.set_subgroup_reductions(false).unwrap();

@@ -35,9 +35,23 @@ const PROBE_INVOCATIONS: u32 = 256;
 #[cfg(not(target_arch = "wasm32"))]
 const PROBE: super::Kernel = crate::kernel!("lanes_probe.wgsl", "lanes_probe");
 
-/// Whether `RESNET_WGPU_SUBGROUPS=0` turns the subgroup reductions off.
-pub(super) fn off_by_env() -> bool {
-    std::env::var("RESNET_WGPU_SUBGROUPS").is_ok_and(|v| v.trim() == "0")
+/// The fewest lanes with which the reductions use subgroups unless asked
+/// ([`crate::Gpu::set_subgroup_reductions`]). SwiftShader's 4-lane subgroups save two levels of
+/// a 64-thread butterfly's six, and its shuffles cost more than the memory they save: its batch
+/// norm partial sums ran 15-35% slower with them (a ResNet-18 32x32 step's profile, two rounds),
+/// where lavapipe's 8 lanes made them 20-40% faster.
+const DEFAULT_MIN_LANES: u32 = 8;
+
+/// The lanes the reductions use from the start on a device whose probe verified `verified` (0
+/// for none): those unless they are fewer than [`DEFAULT_MIN_LANES`] or
+/// `RESNET_WGPU_SUBGROUPS=0` turns them off.
+pub(super) fn default_lanes(verified: u32) -> u32 {
+    let off = std::env::var("RESNET_WGPU_SUBGROUPS").is_ok_and(|v| v.trim() == "0");
+    if off || verified < DEFAULT_MIN_LANES {
+        0
+    } else {
+        verified
+    }
 }
 
 /// The lanes per subgroup that reductions on `gpu` may exchange values between: the adapter's

@@ -692,23 +692,26 @@ impl Gpu {
         }));
         let lanes = lanes::probe(&gpu).unwrap_or(0);
         gpu.0.lanes_verified.store(lanes, Relaxed);
-        let on = if lanes::off_by_env() { 0 } else { lanes };
-        gpu.0.lanes_in_use.store(on, Relaxed);
+        gpu.0
+            .lanes_in_use
+            .store(lanes::default_lanes(lanes), Relaxed);
         gpu
     }
 
     /// The lanes per subgroup between which workgroup reductions exchange values with subgroup
     /// operations instead of workgroup memory (`shaders/butterfly.wgsl`), or None where they
     /// use memory alone: on devices without wgpu's `SUBGROUP` feature or whose subgroups are not
-    /// runs of consecutive invocations, on the web, after `RESNET_WGPU_SUBGROUPS=0` or
+    /// runs of consecutive invocations, on the web, by default where subgroups have fewer than
+    /// 8 lanes (SwiftShader's 4 shuffle slower than memory), after `RESNET_WGPU_SUBGROUPS=0` or
     /// [`Gpu::set_subgroup_reductions`]`(false)`. The results are the same bits either way.
     pub fn subgroup_lanes(&self) -> Option<u32> {
         Some(self.0.lanes_in_use.load(Relaxed)).filter(|&n| n > 0)
     }
 
-    /// Let the reductions use subgroup operations (`on`, where the device offers them; see
-    /// [`Gpu::subgroup_lanes`]) or workgroup memory alone, from now on (every clone of this
-    /// `Gpu` shares it). Asking for subgroups on a device without usable ones is an error.
+    /// Let the reductions use subgroup operations (`on`, wherever the device has usable ones,
+    /// however few their lanes; see [`Gpu::subgroup_lanes`]) or workgroup memory alone, from
+    /// now on (every clone of this `Gpu` shares it). Asking for subgroups on a device without
+    /// usable ones is an error.
     pub fn set_subgroup_reductions(&self, on: bool) -> Result<()> {
         let verified = self.0.lanes_verified.load(Relaxed);
         if on && verified == 0 {
