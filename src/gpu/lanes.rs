@@ -38,7 +38,7 @@ const PROBE: super::Kernel = crate::kernel!("lanes_probe.wgsl", "lanes_probe");
 /// The fewest lanes with which the reductions use subgroups unless asked
 /// ([`crate::Gpu::set_subgroup_reductions`]). SwiftShader's 4-lane subgroups save two levels of
 /// a 64-thread butterfly's six, and its shuffles cost more than the memory they save: its batch
-/// norm partial sums ran 15-35% slower with them (a ResNet-18 32x32 step's profile, two rounds),
+/// norm partial sums ran 8-45% slower with them (a ResNet-18 32x32 step's profile, two rounds),
 /// where lavapipe's 8 lanes made them 20-40% faster.
 const DEFAULT_MIN_LANES: u32 = 8;
 
