@@ -83,6 +83,10 @@ struct Args {
     /// Models to time, comma-separated: `r18`, `r50`.
     #[arg(long, default_value = "r18,r50")]
     models: String,
+    /// Kernel families (entry points, their dispatches summed) listed per model, most GPU time
+    /// first; the JSON holds the same.
+    #[arg(long, default_value_t = 10)]
+    families: usize,
     /// The model whose distinct conv shapes `--what convs` (and `kernels`, `all`) and `--what
     /// tiles` time: `r18` (11 shapes of its 20 convs) or `r50` (23 of its 53, mostly 1x1).
     #[arg(long, default_value = "r18")]
@@ -859,7 +863,7 @@ struct ModelRow {
     peak_bytes: u64,
     /// Peak bytes of the tensors in use at once (compare PyTorch's `max_memory_allocated`).
     peak_live_bytes: u64,
-    /// The ten kernel families with the most GPU time in one profiled run.
+    /// The kernel families with the most GPU time in one profiled run (`--families` of them).
     top_kernels: Vec<Family>,
 }
 
@@ -975,7 +979,7 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
                 cpu_record_ms: None,
                 peak_bytes: gpu.pool_stats().peak_bytes,
                 peak_live_bytes: gpu.pool_stats().peak_live_bytes,
-                top_kernels: families(&kernels, 10),
+                top_kernels: families(&kernels, args.families),
             });
         }
     }
@@ -1036,7 +1040,7 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
             cpu_record_ms: Some(timed.iter().sum::<f64>() * 1e3 / timed.len() as f64),
             peak_bytes: gpu.pool_stats().peak_bytes,
             peak_live_bytes: gpu.pool_stats().peak_live_bytes,
-            top_kernels: families(&kernels, 10),
+            top_kernels: families(&kernels, args.families),
         });
     }
     println!();
