@@ -24,7 +24,9 @@
 //! statistics: a check that every kernel compiles for the driver.
 
 use ash::vk;
-use resnet_wgpu::gpu::{COMMON_SHADER, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE};
+use resnet_wgpu::gpu::{
+    COMMON_SHADER, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,
+};
 use resnet_wgpu::ops::CONV_SHADER_VARIANTS;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -166,17 +168,7 @@ fn jobs() -> Vec<Job> {
     }
     // The files whose kernels reduce through butterfly.wgsl, compiled with workgroup memory
     // alone, as below; `REDUCING_LANES` compiles them with subgroup lanes too.
-    let reducing = |file: &str| {
-        [
-            "batchnorm.wgsl",
-            "loss.wgsl",
-            "matmul.wgsl",
-            "optim.wgsl",
-            "pool.wgsl",
-            "reduce.wgsl",
-        ]
-        .contains(&file)
-    };
+    let reducing = |file: &str| REDUCING_FILES.contains(&file);
     let simple = |file: &str, entry: &'static str, constants: Vec<(&'static str, f64)>| Job {
         label: file.to_string(),
         source: match reducing(file) {

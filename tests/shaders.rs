@@ -1,11 +1,12 @@
 //! Every shader parses and validates with naga (no GPU needed) and translates to SPIR-V (Vulkan),
 //! MSL (Metal) and HLSL (DX12), with common.wgsl's helpers as the host puts them into every
 //! module. Files compiled in variants (declarations the host prepends, such as conv.wgsl's tile
-//! sizes, and an engine file between them) are checked in each; overridable
-//! constants take their defaults, and those without one (which the host must set) the value 1. The f16 tensor-core engine (cooperative matrices, which wgpu
+//! sizes, and an engine file between them) are checked in each, the reducing files with both
+//! lanes files; overridable constants take their defaults, and those without one (which the
+//! host must set) the value 1. The f16 tensor-core engine (cooperative matrices, which wgpu
 //! offers on Vulkan and Metal only) is not translated to HLSL.
 
-use resnet_wgpu::gpu::{LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE};
+use resnet_wgpu::gpu::{LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES};
 use std::path::Path;
 
 /// The (variant, engine file) pairs a file is compiled in (("", "") alone for plain files; none
@@ -14,8 +15,7 @@ use std::path::Path;
 fn variants(file: &str) -> Vec<(&'static str, &'static str)> {
     match file {
         "conv.wgsl" => resnet_wgpu::ops::CONV_SHADER_VARIANTS.to_vec(),
-        "batchnorm.wgsl" | "loss.wgsl" | "matmul.wgsl" | "optim.wgsl" | "pool.wgsl"
-        | "reduce.wgsl" => vec![("", REDUCING_ENGINE)],
+        f if REDUCING_FILES.contains(&f) => vec![("", REDUCING_ENGINE)],
         "conv_fma.wgsl"
         | "conv_mma.wgsl"
         | "common.wgsl"

@@ -20,6 +20,19 @@ use super::Gpu;
 #[doc(hidden)]
 pub const REDUCING_ENGINE: &str = "butterfly.wgsl";
 
+/// The shader files whose kernels are declared with `reducing_kernel!` (every entry point of
+/// each: they share one module), for the tools that compose sources themselves
+/// (`tests/shaders.rs`, `examples/kernel_stats.rs`).
+#[doc(hidden)]
+pub const REDUCING_FILES: [&str; 6] = [
+    "batchnorm.wgsl",
+    "loss.wgsl",
+    "matmul.wgsl",
+    "optim.wgsl",
+    "pool.wgsl",
+    "reduce.wgsl",
+];
+
 /// `shaders/lanes_subgroup.wgsl`: exchanges through subgroup shuffles.
 #[doc(hidden)]
 pub const LANES_SUBGROUP: &str = include_str!("../../shaders/lanes_subgroup.wgsl");

@@ -16,7 +16,7 @@ mod profile;
 
 pub use device::GpuOptions;
 #[doc(hidden)]
-pub use lanes::{LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE};
+pub use lanes::{LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES};
 pub use pool::PoolStats;
 pub use profile::{KernelTime, gpu_span_nanos};
 

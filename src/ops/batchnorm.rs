@@ -696,7 +696,8 @@ fn pooled_backward(
 ///
 /// `gx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))`, `ggamma = sum(dy * xhat)`,
 /// `gbeta = sum(dy)`, per channel over `M = N * H * W` values; `dy = gy` when `relu` zeroed where
-/// `y <= 0` (as PyTorch's ReLU backward: a NaN `y` passes the gradient). `gy` must not share a buffer with `x` (nor with `y` when `relu`).
+/// `y <= 0` (as PyTorch's ReLU backward: a NaN `y` passes the gradient). `gy` must not share a
+/// buffer with `x` (nor with `y` when `relu`).
 pub fn batch_norm_backward(
     x: &Tensor,
     y: &Tensor,
