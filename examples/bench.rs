@@ -1139,6 +1139,9 @@ struct Report {
     /// Whether the kernels were compiled with wgpu's runtime checks
     /// (`RESNET_WGPU_SHADER_CHECKS=1`; off by default).
     shader_checks: bool,
+    /// What the kernels were planned for (`Gpu::plan_for`): `Gpu` or `Cpu`, the adapter's type
+    /// unless `RESNET_WGPU_PLAN_FOR` said otherwise.
+    plan_for: String,
     /// The subgroup lanes the workgroup reductions exchange values between (`Gpu::subgroup_lanes`);
     /// absent where they go through workgroup memory alone (`RESNET_WGPU_SUBGROUPS=0`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1416,6 +1419,18 @@ fn main() -> Result<()> {
         bench.gpu.conv_algo(),
         winograd_tile_name(&bench.gpu)
     );
+    let plan = bench.gpu.plan_for();
+    println!(
+        "kernels planned for: {}",
+        if plan == resnet_wgpu::PlanFor::for_device_type(info.device_type) {
+            format!("{plan:?} (the adapter's type)")
+        } else {
+            format!(
+                "{plan:?} (RESNET_WGPU_PLAN_FOR; the adapter is {:?})",
+                info.device_type
+            )
+        }
+    );
     println!(
         "conv tiles: {}",
         if args.autotune {
@@ -1471,6 +1486,7 @@ fn main() -> Result<()> {
         winograd_tile: winograd_tile_name(&bench.gpu),
         shader_checks: bench.gpu.shader_checks(),
         subgroup_lanes: bench.gpu.subgroup_lanes(),
+        plan_for: format!("{:?}", bench.gpu.plan_for()),
         convs: None,
         conv_totals: None,
         memory_kernels: None,

@@ -35,7 +35,7 @@ pub mod web;
 pub use autograd::{Gradients, Tape, Var};
 pub use error::{Error, Result};
 pub use gpu::{
-    ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, GpuInfo, GpuOptions, MmaConfig,
+    ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, GpuInfo, GpuOptions, MmaConfig, PlanFor,
     WinogradTile,
 };
 pub use rng::Rng;

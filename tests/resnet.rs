@@ -7,8 +7,9 @@ mod common;
 use common::*;
 use resnet_wgpu::io::{HostData, HostTensor, StateDict};
 use resnet_wgpu::nn::{ResNet, ResNetConfig, Stem};
+use resnet_wgpu::ops::TileModel;
 use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
-use resnet_wgpu::{ConvAlgo, Gpu, GpuOptions, Rng, Tape, Tensor, Var};
+use resnet_wgpu::{ConvAlgo, Gpu, GpuOptions, PlanFor, Rng, Tape, Tensor, Var};
 
 const FILES: [&str; 3] = [
     "tiny_basic.safetensors",
@@ -51,6 +52,51 @@ fn tiny_resnets_match_pytorch_through_winograd() {
     // inference block after the step.
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Winograd);
+    check_goldens(&gpu);
+}
+
+#[test]
+fn tiny_resnets_match_pytorch_with_a_gpu_s_plan() {
+    // The kernels a GPU would run, on whatever adapter runs the tests: on lavapipe the tiny
+    // nets' narrow convs take the GEMM tiles instead of the direct kernels, the GEMMs split
+    // their reductions for a GPU's 396 workgroups, and SGD updates several tensors per
+    // dispatch.
+    let gpu = Gpu::with_options(GpuOptions {
+        plan_for: Some(PlanFor::Gpu),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(gpu.plan_for(), PlanFor::Gpu);
+    assert_eq!(TileModel::for_gpu(&gpu), TileModel::GPU);
+    check_goldens(&gpu);
+    // RESNET_WGPU_PLAN_FOR's values.
+    assert_eq!(" GPU".parse::<PlanFor>().unwrap(), PlanFor::Gpu);
+    assert_eq!("cpu".parse::<PlanFor>().unwrap(), PlanFor::Cpu);
+    let e = "tpu".parse::<PlanFor>().unwrap_err().to_string();
+    assert!(e.contains("\"tpu\"") && e.contains("gpu or cpu"), "{e}");
+}
+
+#[test]
+fn tiny_resnets_match_pytorch_on_an_application_s_device() {
+    // An application's device, opened its own way: WebGPU's default limits (8 storage buffers
+    // per stage, 128 MiB bindings) and no optional features, so no timestamps and no subgroup
+    // reductions. The Gpu describes and plans for the device's own adapter.
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("tests need a GPU adapter (lavapipe in CI)");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits::default().using_alignment(adapter.limits()),
+        ..Default::default()
+    }))
+    .unwrap();
+    let gpu = Gpu::from_device(device, queue);
+    let info = adapter.get_info();
+    assert_eq!(gpu.info().name, info.name);
+    assert_eq!(gpu.info().backend, info.backend);
+    assert_eq!(gpu.plan_for(), PlanFor::for_device_type(info.device_type));
+    assert!(!gpu.profiling_supported());
+    assert_eq!(gpu.subgroup_lanes(), None);
     check_goldens(&gpu);
 }
 

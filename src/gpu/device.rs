@@ -28,6 +28,10 @@ pub struct GpuOptions {
     /// [`Gpu::shader_checks`](super::Gpu::shader_checks)). `None`, the default, is `Some(false)`
     /// unless `RESNET_WGPU_SHADER_CHECKS=1`; that variable turns the checks on in every case.
     pub shader_checks: Option<bool>,
+    /// Plan the kernels for a GPU or a CPU adapter whatever the adapter's type
+    /// ([`PlanFor`](super::PlanFor)); `None`, the default, plans for the adapter's type unless
+    /// `RESNET_WGPU_PLAN_FOR` (`gpu` or `cpu`) is set.
+    pub plan_for: Option<super::PlanFor>,
 }
 
 /// Whether `RESNET_WGPU_SHADER_CHECKS=1` asks for wgpu's runtime checks.
@@ -230,35 +234,21 @@ impl Gpu {
                 driver: info.driver_info,
                 device_type: info.device_type,
             },
+            options.plan_for,
             checks_from_env() || options.shader_checks.unwrap_or(false),
         );
         gpu.set_mma(mma, options.tensor_cores);
         Ok(gpu)
     }
 
-    /// Wrap a device and queue owned by the application (e.g. a renderer's). The device's own
-    /// limits and features are used.
+    /// Wrap a device and queue owned by the application (e.g. a renderer's): the device's own
+    /// limits and features are used, and the kernels are planned for its adapter's type (or as
+    /// `RESNET_WGPU_PLAN_FOR` says). The crate works within WebGPU's default limits and without
+    /// optional features: with `TIMESTAMP_QUERY` it can profile, and with `SUBGROUP` (native)
+    /// its reductions use subgroup shuffles. The f16 conv engine needs a device this crate
+    /// opened ([`GpuOptions::tensor_cores`]).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
-        Gpu::build(
-            device,
-            queue,
-            GpuInfo {
-                name: "application-provided device".into(),
-                backend: wgpu::Backend::Noop,
-                driver: String::new(),
-                device_type: wgpu::DeviceType::Other,
-            },
-            checks_from_env(),
-        )
-    }
-
-    /// Like [`Gpu::from_device`] but records the adapter's name and backend for display.
-    pub fn from_adapter_device(
-        adapter: &wgpu::Adapter,
-        device: wgpu::Device,
-        queue: wgpu::Queue,
-    ) -> Gpu {
-        let info = adapter.get_info();
+        let info = device.adapter_info();
         Gpu::build(
             device,
             queue,
@@ -268,7 +258,20 @@ impl Gpu {
                 driver: info.driver_info,
                 device_type: info.device_type,
             },
+            None,
             checks_from_env(),
         )
+    }
+
+    /// The same as [`Gpu::from_device`], which reads the adapter's description from the device.
+    #[deprecated(
+        note = "use Gpu::from_device, which reads the adapter's description from the device"
+    )]
+    pub fn from_adapter_device(
+        _adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Gpu {
+        Gpu::from_device(device, queue)
     }
 }

@@ -185,6 +185,65 @@ impl std::str::FromStr for ConvOrder {
     }
 }
 
+/// What this crate plans its kernels for. A GPU runs thousands of threads and wants many
+/// workgroups in flight; a CPU adapter (lavapipe, SwiftShader, WARP) runs a workgroup per core
+/// and wants a few large ones. The plan decides:
+/// - the conv tiles and split reductions ([`crate::ops::TileModel::for_gpu`]);
+/// - when [`ConvAlgo::Auto`] runs Winograd (64 or 128 channels and 1,024 output pixels on a
+///   GPU, 16 channels on a CPU adapter);
+/// - whether the narrow layers' direct kernels run (`shaders/conv_narrow.wgsl`, CPU adapters
+///   only);
+/// - whether the optimizers and gradient clipping group several tensors per dispatch (GPUs).
+///
+/// A new [`Gpu`] plans for its adapter's type ([`PlanFor::for_device_type`]) unless
+/// [`GpuOptions::plan_for`] or `RESNET_WGPU_PLAN_FOR` (`gpu` or `cpu`) says otherwise. Planning
+/// a CPU adapter as a GPU runs on it every kernel a GPU would run, with the GPU's splits: the
+/// tests check the GPU's plan that way. The conv staging follows the adapter itself
+/// ([`ConvStaging::for_adapter`]): it works around how an adapter fills workgroup memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanFor {
+    /// Discrete, integrated and virtual GPUs, and adapters of unknown type (as on the web).
+    Gpu,
+    /// Adapters that run on the CPU.
+    Cpu,
+}
+
+impl PlanFor {
+    /// [`PlanFor::Cpu`] for a [`wgpu::DeviceType::Cpu`], [`PlanFor::Gpu`] for every other type.
+    pub fn for_device_type(device_type: wgpu::DeviceType) -> PlanFor {
+        if device_type == wgpu::DeviceType::Cpu {
+            PlanFor::Cpu
+        } else {
+            PlanFor::Gpu
+        }
+    }
+
+    /// The plan of a new [`Gpu`] on an adapter of `device_type`: `asked` where given, else
+    /// `RESNET_WGPU_PLAN_FOR` where set, else the adapter's type.
+    fn choose(asked: Option<PlanFor>, device_type: wgpu::DeviceType) -> PlanFor {
+        let by_type = PlanFor::for_device_type(device_type);
+        let name = match by_type {
+            PlanFor::Gpu => "the adapter's type (gpu)",
+            PlanFor::Cpu => "the adapter's type (cpu)",
+        };
+        asked.unwrap_or_else(|| env_setting("RESNET_WGPU_PLAN_FOR", by_type, name))
+    }
+}
+
+impl std::str::FromStr for PlanFor {
+    type Err = Error;
+    /// `gpu` or `cpu`.
+    fn from_str(s: &str) -> Result<PlanFor> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "gpu" => Ok(PlanFor::Gpu),
+            "cpu" => Ok(PlanFor::Cpu),
+            other => Err(Error::Invalid(format!(
+                "plan {other:?}: expected gpu or cpu"
+            ))),
+        }
+    }
+}
+
 /// How the conv GEMMs stage reduction chunks in workgroup memory: the f32 engine's
 /// ([`Gpu::set_conv_staging`]; see `shaders/conv_fma.wgsl`) and, separately, the f16 engine's
 /// ([`Gpu::set_f16_staging`]; `shaders/conv_mma.wgsl`). All give the same sums, bit for bit.
@@ -599,6 +658,8 @@ pub(crate) struct GpuInner {
     total_dispatches: std::sync::atomic::AtomicU64,
     total_submits: std::sync::atomic::AtomicU64,
     conv_math: Mutex<ConvMath>,
+    /// What the kernels are planned for ([`Gpu::plan_for`]).
+    plan_for: PlanFor,
     /// Compile shaders with wgpu's runtime checks ([`GpuOptions::shader_checks`],
     /// `RESNET_WGPU_SHADER_CHECKS=1`); see [`TRUSTED_CHECKS`].
     shader_checks: bool,
@@ -658,11 +719,18 @@ impl Gpu {
     // On wasm32 the wgpu handles are not `Send`; the `Arc` still shares them within the one
     // thread there, and keeps `Gpu` `Send + Sync` on native.
     #[allow(clippy::arc_with_non_send_sync)]
-    fn build(device: wgpu::Device, queue: wgpu::Queue, info: GpuInfo, shader_checks: bool) -> Gpu {
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: GpuInfo,
+        plan_for: Option<PlanFor>,
+        shader_checks: bool,
+    ) -> Gpu {
         let limits = device.limits();
         let uniform_stride =
             UNIFORM_SIZE.next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(1) as u64);
         let staging = ConvStaging::for_adapter(&info);
+        let plan_for = PlanFor::choose(plan_for, info.device_type);
         let gpu = Gpu(Arc::new(GpuInner {
             device,
             queue,
@@ -685,6 +753,7 @@ impl Gpu {
                 winograd_tile: WinogradTile::from_env(),
                 ..ConvMath::default()
             }),
+            plan_for,
             shader_checks,
             conv_tuning: Mutex::default(),
             lanes_verified: Default::default(),
@@ -858,6 +927,12 @@ impl Gpu {
     /// The adapter's name, backend and driver.
     pub fn info(&self) -> &GpuInfo {
         &self.0.info
+    }
+
+    /// What the kernels are planned for: the adapter's type unless [`GpuOptions::plan_for`] or
+    /// `RESNET_WGPU_PLAN_FOR` said otherwise ([`PlanFor`]).
+    pub fn plan_for(&self) -> PlanFor {
+        self.0.plan_for
     }
 
     /// The device's limits (the adapter's real limits unless asked otherwise).

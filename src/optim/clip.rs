@@ -72,7 +72,7 @@ pub fn clip_grad_norm_with(
         }
         groups.push(g.numel().div_ceil(256).min(MAX_GROUPS));
     }
-    let grouped = grouping.unwrap_or_else(|| gpu.info().device_type != wgpu::DeviceType::Cpu);
+    let grouped = grouping.unwrap_or_else(|| gpu.plan_for() == crate::PlanFor::Gpu);
     let total: usize = groups.iter().sum();
     let partials = Tensor::uninit(gpu, &[total], DType::F32, OP)?;
     // The partial sums of gradient i's workgroups follow those of gradients 0 .. i.

@@ -98,7 +98,7 @@ pub(crate) fn use_groups(updates: &[ParamUpdate<'_>], buffers: u32, asked: Optio
         return false;
     };
     let gpu = first.param.gpu();
-    let by_default = || gpu.info().device_type != wgpu::DeviceType::Cpu;
+    let by_default = || gpu.plan_for() == crate::PlanFor::Gpu;
     gpu.limits().max_storage_buffers_per_shader_stage >= buffers
         && asked.unwrap_or_else(by_default)
         && updates

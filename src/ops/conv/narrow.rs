@@ -104,7 +104,7 @@ pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
         ConvPass::WeightGrad => k <= GROUP,
     };
     let here = fits
-        && gpu.info().device_type == wgpu::DeviceType::Cpu
+        && gpu.plan_for() == crate::PlanFor::Cpu
         && gpu.conv_algo() == ConvAlgo::Auto
         && !gpu.conv_autotune()
         && gpu.conv_precision() == ConvPrecision::F32;

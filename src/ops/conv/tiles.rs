@@ -93,16 +93,16 @@ impl TileModel {
         }
     }
 
-    /// The model for `gpu`'s adapter: [`TileModel::CPU`] for CPU adapters, else
-    /// [`TileModel::GPU`] (also where the type is unknown, as on the web), or
+    /// The model for `gpu`'s plan ([`Gpu::plan_for`]): [`TileModel::CPU`] for CPU adapters,
+    /// else [`TileModel::GPU`] (also where the type is unknown, as on the web), or
     /// [`TileModel::GPU_F16`] when `gpu` runs the f16 engine.
     pub fn for_gpu(gpu: &Gpu) -> TileModel {
         TileModel::for_engine(gpu, f16_kernels(gpu).is_some())
     }
 
-    /// The model for `gpu`'s adapter running the f16 engine where `f16`, else the f32 one.
+    /// The model for `gpu`'s plan running the f16 engine where `f16`, else the f32 one.
     pub fn for_engine(gpu: &Gpu, f16: bool) -> TileModel {
-        if gpu.info().device_type == wgpu::DeviceType::Cpu {
+        if gpu.plan_for() == crate::PlanFor::Cpu {
             TileModel::cpu_with_cores(cpu_cores())
         } else if f16 {
             TileModel::GPU_F16

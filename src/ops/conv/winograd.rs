@@ -211,7 +211,7 @@ pub(super) fn weight_grad_fits(gpu: &Gpu, g: &Geometry) -> bool {
 /// (both padded to their tiles), and on GPUs enough output pixels.
 pub(super) fn auto_rule(gpu: &Gpu, g: &Geometry) -> bool {
     let c = g.x[1];
-    let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+    let cpu = gpu.plan_for() == crate::PlanFor::Cpu;
     let f16 = super::f16_kernels(gpu).is_some();
     let tile = tile_for(gpu, f16, g, ConvPass::Forward);
     let min_channels = match (cpu, tile) {
