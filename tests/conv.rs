@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvPass, ConvTile, GemmTile, MmaTile, TileModel};
 use resnet_wgpu::{
-    ConvAlgo, ConvOrder, ConvStaging, Gpu, Tape, Tensor, Var, WinogradTile, ops, reference,
+    ConvAlgo, ConvOrder, ConvStaging, Gpu, PlanFor, Tape, Tensor, Var, WinogradTile, ops, reference,
 };
 
 const RTOL: f32 = 1e-4;
@@ -247,8 +247,8 @@ fn multi_tile_and_split_k() {
 #[test]
 fn narrow_layers_run_their_own_kernels() {
     let gpu = new_gpu();
-    let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
-    // (case, passes on the narrow kernels on a CPU adapter): at most 16 channels written (K in
+    let cpu = gpu.plan_for() == PlanFor::Cpu;
+    // (case, passes on the narrow kernels in a CPU adapter's plan): at most 16 channels written (K in
     // the forward pass and the weight gradient, C in the input gradient, which also needs
     // stride 1). Ragged channel groups (12: three vec4s, 5, 3), more taps than one workgroup
     // (16 x 5 x 5), a strided 7x7 stem, and enough pixels to split the weight gradient.
@@ -780,7 +780,7 @@ fn input_gradient_adds_to_the_gradient_so_far() {
     gpu.set_conv_algo(ConvAlgo::Auto);
     let c = case([2, 8, 6, 6], 8, 3, 3, 1, 1, false);
     let narrow = ops::conv2d_narrow(&gpu, c.x, c.w, c.stride, c.pad).unwrap()[1];
-    assert_eq!(narrow, gpu.info().device_type == wgpu::DeviceType::Cpu);
+    assert_eq!(narrow, gpu.plan_for() == PlanFor::Cpu);
     check_input_grad_add(&gpu, &c, 1900, None, !narrow);
 }
 

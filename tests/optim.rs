@@ -6,7 +6,7 @@ use common::*;
 use resnet_wgpu::optim::{
     AdamW, Optimizer, ParamUpdate, Schedule, Sgd, clip_grad_norm, clip_grad_norm_with,
 };
-use resnet_wgpu::{Tensor, reference};
+use resnet_wgpu::{PlanFor, Tensor, reference};
 
 fn golden_sgd_step(file: &str) {
     let gpu = gpu();
@@ -227,8 +227,8 @@ fn grouped_run(
 
 /// Run `make(grouping)` grouped with `slots` tensors per dispatch and per tensor: lavapipe binds
 /// 32 storage buffers per stage, so asked to, it groups; a device with WebGPU's default limits
-/// (8) updates one tensor per dispatch even when asked, and a CPU adapter does not group unless
-/// asked (it is slower there). Both kernels share the arithmetic: the same bits.
+/// (8) updates one tensor per dispatch even when asked, and a CPU adapter's plan does not group
+/// unless asked (it is slower there). Both kernels share the arithmetic: the same bits.
 fn assert_grouping_keeps_bits(
     what: &str,
     make: &dyn Fn(Option<bool>) -> Box<dyn Optimizer>,
@@ -249,7 +249,11 @@ fn assert_grouping_keeps_bits(
     assert!(single.limits().max_storage_buffers_per_shader_stage < 24);
     let a = grouped_run(&grouped, &|| make(Some(true)), slots);
     let b = grouped_run(&single, &|| make(Some(true)), 1);
-    let c = grouped_run(&grouped, &|| make(None), 1);
+    let by_default = match grouped.plan_for() {
+        PlanFor::Gpu => slots,
+        PlanFor::Cpu => 1,
+    };
+    let c = grouped_run(&grouped, &|| make(None), by_default);
     for (kind, x, y) in [
         ("parameter", &a.0, &b.0),
         ("state", &a.1, &b.1),
@@ -632,7 +636,7 @@ fn clip_grad_norm_matches_reference() {
 
 #[test]
 fn grouped_clipping_gives_the_per_tensor_bits() {
-    // Seven gradients per dispatch (asked for: lavapipe is a CPU adapter, which does not group
+    // Seven gradients per dispatch (asked for: a CPU adapter's plan, lavapipe's, does not group
     // by default) against one per gradient: the same partial sums in the same places, so the
     // same norm and the same scaled bits. Sizes: 17 gradients (three groups, the last partial),
     // from one element to past the 256 workgroups one gradient's sum may use, clipped and not.
@@ -664,7 +668,14 @@ fn grouped_clipping_gives_the_per_tensor_bits() {
             2 * sizes.len() as u64 + 1,
             "per-gradient dispatches"
         );
-        assert_eq!(default.2, single.2, "a CPU adapter groups only when asked");
+        let by_default = match gpu.plan_for() {
+            PlanFor::Gpu => grouped.2,
+            PlanFor::Cpu => single.2,
+        };
+        assert_eq!(
+            default.2, by_default,
+            "a CPU adapter's plan groups only when asked"
+        );
         let same = |a: &[f32], b: &[f32]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
         };

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use resnet_wgpu::ops::{ConvPass, ConvTile, GemmTile, TunedConv};
-use resnet_wgpu::{ConvAlgo, Gpu, Tape, Tensor, WinogradTile, ops, reference};
+use resnet_wgpu::{ConvAlgo, Gpu, PlanFor, Tape, Tensor, WinogradTile, ops, reference};
 
 /// The conv goldens' tolerance (tests/conv.rs).
 const RTOL: f32 = 1e-4;
@@ -245,13 +245,15 @@ fn which_convolutions_take_it() {
         !takes([2, 128, 1, 1], w, 1, 1),
         "a 1x1 plane: the centre tap alone"
     );
-    // Auto leaves direct: fewer than 64 or 128 channels on GPUs (by the tile; 16 on CPU
-    // adapters such as lavapipe); GEMMs that, padded to their tiles, would do more than 3/4 of
-    // the direct GEMM's multiply-adds (padded likewise); and on GPUs batches of fewer than
-    // 1,024 output pixels.
-    let cpu = gpu.info().device_type == wgpu::DeviceType::Cpu;
+    // Auto leaves direct: fewer than 64 or 128 channels in a GPU's plan (by the tile; 16 in a
+    // CPU adapter's, such as lavapipe's); GEMMs that, padded to their tiles, would do more
+    // than 3/4 of the direct GEMM's multiply-adds (padded likewise); and on GPUs batches of
+    // fewer than 1,024 output pixels.
+    let cpu = gpu.plan_for() == PlanFor::Cpu;
     assert!(!takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1));
-    assert_eq!(takes([2, 64, 24, 24], [64, 64, 3, 3], 1, 1), cpu);
+    assert_eq!(takes([2, 32, 24, 24], [32, 32, 3, 3], 1, 1), cpu);
+    assert!(takes([2, 64, 24, 24], [64, 64, 3, 3], 1, 1), "1,152 pixels");
+    assert_eq!(takes([1, 64, 24, 24], [64, 64, 3, 3], 1, 1), cpu, "576 pixels");
     let w512 = [512, 512, 3, 3];
     assert!(takes([32, 512, 7, 7], w512, 1, 1), "1,568 pixels");
     // 392 pixels: 128 tiles of 2x2, GEMMs of 0.44 times the direct GEMM's multiply-adds.
