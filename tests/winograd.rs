@@ -253,7 +253,11 @@ fn which_convolutions_take_it() {
     assert!(!takes([2, 8, 14, 14], [8, 8, 3, 3], 1, 1));
     assert_eq!(takes([2, 32, 24, 24], [32, 32, 3, 3], 1, 1), cpu);
     assert!(takes([2, 64, 24, 24], [64, 64, 3, 3], 1, 1), "1,152 pixels");
-    assert_eq!(takes([1, 64, 24, 24], [64, 64, 3, 3], 1, 1), cpu, "576 pixels");
+    assert_eq!(
+        takes([1, 64, 24, 24], [64, 64, 3, 3], 1, 1),
+        cpu,
+        "576 pixels"
+    );
     let w512 = [512, 512, 3, 3];
     assert!(takes([32, 512, 7, 7], w512, 1, 1), "1,568 pixels");
     // 392 pixels: 128 tiles of 2x2, GEMMs of 0.44 times the direct GEMM's multiply-adds.
