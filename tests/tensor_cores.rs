@@ -249,6 +249,61 @@ fn f16_engine_matches_the_reference_on_f16_operands() {
     }
 }
 
+/// A device opened by an application (not by this crate), with the f16 engine's features
+/// where `with_engine_features` and the adapter has them, handed in with its adapter.
+fn application_gpu(with_engine_features: bool) -> Gpu {
+    let engine = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP;
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&Default::default())).expect("no GPU adapter");
+    let mut descriptor = wgpu::DeviceDescriptor {
+        required_limits: adapter.limits(),
+        ..Default::default()
+    };
+    if with_engine_features && adapter.features().contains(engine) {
+        descriptor.required_features = engine;
+        // SAFETY: only this crate's f16 engine uses the feature, as with GpuOptions::tensor_cores.
+        descriptor.experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() };
+    }
+    let (device, queue) = pollster::block_on(adapter.request_device(&descriptor)).unwrap();
+    Gpu::from_adapter_device(&adapter, device, queue)
+}
+
+#[test]
+fn an_application_s_device_runs_the_f16_engine_when_opened_for_it() {
+    // Opened without the engine's features: F16 says what the device lacks, on any adapter.
+    let plain = application_gpu(false);
+    let e = plain
+        .set_conv_precision(ConvPrecision::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not opened for it") && e.contains("EXPERIMENTAL_COOPERATIVE_MATRIX"),
+        "{e}"
+    );
+    // Opened with them where the adapter has them: the same engine as a device this crate
+    // opens with GpuOptions::tensor_cores, or the same error where there is none.
+    let ours = f16_gpu();
+    let app = application_gpu(true);
+    assert_eq!(app.mma_config(), ours.as_ref().and_then(Gpu::mma_config));
+    if ours.is_none() {
+        assert!(app.set_conv_precision(ConvPrecision::F16).is_err());
+        return;
+    }
+    app.set_conv_precision(ConvPrecision::F16).unwrap();
+    let c = Case {
+        x: [2, 19, 13, 11],
+        w: [131, 19, 3, 3],
+        stride: 1,
+        pad: 1,
+        gy_scale: 1.0,
+    };
+    check(&app, &c, 4200);
+}
+
 #[test]
 fn f16_stagings_give_the_same_bits() {
     let Some(gpu) = f16_gpu() else { return };

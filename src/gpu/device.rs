@@ -48,8 +48,9 @@ const MMA_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MA
 /// (`shaders/conv_mma.wgsl`) has a variant for (the first of [`super::MmaConfig::supported`] that
 /// the adapter offers, with its fixed subgroup size, and whose every tile fits the adapter's
 /// workgroup memory: autotuning runs them all). None when there is none.
+/// `room` is the workgroup memory the device was given.
 #[cfg(not(target_arch = "wasm32"))]
-fn mma_config(adapter: &wgpu::Adapter) -> Option<super::MmaConfig> {
+fn mma_config(adapter: &wgpu::Adapter, room: u32) -> Option<super::MmaConfig> {
     if !adapter.features().contains(MMA_FEATURES) {
         return None;
     }
@@ -58,7 +59,7 @@ fn mma_config(adapter: &wgpu::Adapter) -> Option<super::MmaConfig> {
         return None;
     }
     let offered = adapter.cooperative_matrix_properties();
-    let room = adapter.limits().max_compute_workgroup_storage_size as u64;
+    let room = u64::from(room);
     super::MmaConfig::supported().into_iter().find(|config| {
         let f = config.fragment;
         config.subgroup == info.subgroup_min_size
@@ -204,7 +205,10 @@ impl Gpu {
         let limits = requested_limits(&adapter.limits(), options.default_limits);
         let mut features = adapter.features() & optional_features();
         #[cfg(not(target_arch = "wasm32"))]
-        let mma = options.tensor_cores.then(|| mma_config(&adapter)).flatten();
+        let mma = options
+            .tensor_cores
+            .then(|| mma_config(&adapter, limits.max_compute_workgroup_storage_size))
+            .flatten();
         #[cfg(target_arch = "wasm32")]
         let mma: Option<super::MmaConfig> = None;
         let mut descriptor = wgpu::DeviceDescriptor {
@@ -263,15 +267,26 @@ impl Gpu {
         )
     }
 
-    /// The same as [`Gpu::from_device`], which reads the adapter's description from the device.
-    #[deprecated(
-        note = "use Gpu::from_device, which reads the adapter's description from the device"
-    )]
+    /// [`Gpu::from_device`] for a device of `adapter`, with the f16 conv engine
+    /// ([`ConvPrecision::F16`](super::ConvPrecision::F16)) where the application opened the
+    /// device with the features it needs (`EXPERIMENTAL_COOPERATIVE_MATRIX`, `SHADER_F16` and
+    /// `SUBGROUP`) and the adapter offers a cooperative-matrix configuration it has kernels for,
+    /// as [`GpuOptions::tensor_cores`] gives a device this crate opens. Only the adapter lists
+    /// its configurations; on the web this is [`Gpu::from_device`].
     pub fn from_adapter_device(
-        _adapter: &wgpu::Adapter,
+        adapter: &wgpu::Adapter,
         device: wgpu::Device,
         queue: wgpu::Queue,
     ) -> Gpu {
-        Gpu::from_device(device, queue)
+        let opened_for_mma = device.features().contains(MMA_FEATURES);
+        #[cfg(not(target_arch = "wasm32"))]
+        let mma = opened_for_mma
+            .then(|| mma_config(adapter, device.limits().max_compute_workgroup_storage_size))
+            .flatten();
+        #[cfg(target_arch = "wasm32")]
+        let (mma, _) = (None, adapter);
+        let gpu = Gpu::from_device(device, queue);
+        gpu.set_mma(mma, opened_for_mma);
+        gpu
     }
 }

@@ -808,8 +808,9 @@ impl Gpu {
 
     /// Choose how convolutions multiply from now on (every clone of this `Gpu` shares it).
     /// [`ConvPrecision::F16`] fails, naming what is missing, unless the device was opened with
-    /// [`GpuOptions::tensor_cores`] on an adapter offering a configuration the f16 engine has
-    /// kernels for.
+    /// [`GpuOptions::tensor_cores`] (or by the application with the engine's features, handed
+    /// in through [`Gpu::from_adapter_device`]) on an adapter offering a configuration the f16
+    /// engine has kernels for.
     pub fn set_conv_precision(&self, precision: ConvPrecision) -> Result<()> {
         let mut math = lock(&self.0.conv_math);
         if precision == ConvPrecision::F16 && math.mma.is_none() {
@@ -827,7 +828,10 @@ impl Gpu {
                     configs.join("; ")
                 )
             } else {
-                "the device was not opened with GpuOptions::tensor_cores".to_string()
+                "the device was not opened for it: GpuOptions::tensor_cores does, and an \
+                 application's device needs the features EXPERIMENTAL_COOPERATIVE_MATRIX, \
+                 SHADER_F16 and SUBGROUP and Gpu::from_adapter_device"
+                    .to_string()
             };
             return Err(Error::Invalid(format!(
                 "ConvPrecision::F16 is not available: {why}"
