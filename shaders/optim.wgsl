@@ -21,9 +21,8 @@
 //   clip_scale:    g[i] *= coef[0]
 //   clip_sumsq_group, clip_scale_group: clip_sumsq and clip_scale for up to 7 tensors at once
 //
-// Optimizer state is updated out of place (state in -> state out, primed above), so state
-// tensors handed out by Optimizer::state() stay valid snapshots. On the first step the state-in
-// bindings are not read (any buffer, e.g. g, may be bound).
+// Optimizer state is updated in place, as the parameters are (Optimizer::state() copies it). On
+// the first step the state bindings are written without being read (a fresh buffer is bound).
 //
 // Dispatch: the update kernels and clip_scale run one thread per element, 256 per workgroup, the
 // grid split over x and y (index = (wg.x + wg.y * num_workgroups.x) * 256 + local index);
@@ -34,17 +33,16 @@
 //
 // Bindings (group 0; 0 = Params uniform in every entry point):
 //   sgd_plain:     1 = p (read_write) [n], 2 = g (read) [n]
-//   sgd_momentum:  1 = p (read_write) [n], 2 = g (read) [n], 3 = buf (read) [n],
-//                  4 = buf' (read_write) [n]
-//   sgd_momentum_group: 0 = GroupParams (uniform); slot s < 8 at 4 s + 1 .. 4 s + 4 as
-//                  sgd_momentum's 1 .. 4 (unused slots bound to placeholders: one read-only
-//                  and one read-write buffer for all of them); 32 storage buffers
-//   adam:          1 = p (read_write) [n], 2 = g (read) [n], 3 = exp_avg (read) [n],
-//                  4 = exp_avg_sq (read) [n], 5 = exp_avg' (read_write) [n],
-//                  6 = exp_avg_sq' (read_write) [n]
-//   adam_group:    0 = AdamGroupParams (uniform); slot s < 5 at 6 s + 1 .. 6 s + 6 as adam's
-//                  1 .. 6 (unused slots bound to placeholders as sgd_momentum_group's);
-//                  30 storage buffers
+//   sgd_momentum:  1 = p (read_write) [n], 2 = g (read) [n], 3 = buf (read_write) [n]
+//   sgd_momentum_group: 0 = GroupParams (uniform); slot s < 8 at 3 s + 1 .. 3 s + 3 as
+//                  sgd_momentum's 1 .. 3 (unused slots bound to placeholders: one read-only
+//                  and one read-write buffer for all of them); 24 storage buffers, within
+//                  Metal's 29
+//   adam:          1 = p (read_write) [n], 2 = g (read) [n], 3 = exp_avg (read_write) [n],
+//                  4 = exp_avg_sq (read_write) [n]
+//   adam_group:    0 = AdamGroupParams (uniform); slot s < 5 at 4 s + 1 .. 4 s + 4 as adam's
+//                  1 .. 4 (unused slots bound to placeholders as sgd_momentum_group's);
+//                  20 storage buffers
 //   clip_sumsq:    1 = x (read) [n], 2 = partials (read_write) [>= offset + groups]
 //   clip_finalize: 1 = partials (read) [>= count], 2 = norm (read_write) [1],
 //                  3 = coef (read_write) [1]
@@ -79,11 +77,8 @@ fn elem_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 // ---- parameter updates ----
 @group(0) @binding(1) var<storage, read_write> p: array<f32>;
 @group(0) @binding(2) var<storage, read> g: array<f32>;
-@group(0) @binding(3) var<storage, read> state1_in: array<f32>;
-@group(0) @binding(4) var<storage, read_write> sgd_buf_out: array<f32>;
-@group(0) @binding(4) var<storage, read> state2_in: array<f32>;
-@group(0) @binding(5) var<storage, read_write> state1_out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> state2_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> state1: array<f32>;
+@group(0) @binding(4) var<storage, read_write> state2: array<f32>;
 
 @compute @workgroup_size(256)
 fn sgd_plain(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -119,10 +114,10 @@ fn sgd_momentum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     if (i >= params.n) { return; }
     let first = (params.flags & 2u) != 0u;
     var old = 0.0;
-    if (!first) { old = state1_in[i]; }
+    if (!first) { old = state1[i]; }
     let r = momentum_step(p[i], g[i], old, first, (params.flags & 1u) != 0u, params.momentum,
                           params.weight_decay, params.lr);
-    sgd_buf_out[i] = r.y;
+    state1[i] = r.y;
     p[i] = r.x;
 }
 
@@ -151,37 +146,29 @@ struct GroupParams {
 
 @group(0) @binding(0) var<uniform> gp: GroupParams;
 @group(0) @binding(1) var<storage, read_write> gp0: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gb0: array<f32>;
+@group(0) @binding(4) var<storage, read_write> gp1: array<f32>;
+@group(0) @binding(5) var<storage, read> gg1: array<f32>;
+@group(0) @binding(6) var<storage, read_write> gb1: array<f32>;
+@group(0) @binding(7) var<storage, read_write> gp2: array<f32>;
+@group(0) @binding(8) var<storage, read> gg2: array<f32>;
+@group(0) @binding(9) var<storage, read_write> gb2: array<f32>;
+@group(0) @binding(10) var<storage, read_write> gp3: array<f32>;
+@group(0) @binding(11) var<storage, read> gg3: array<f32>;
+@group(0) @binding(12) var<storage, read_write> gb3: array<f32>;
+@group(0) @binding(13) var<storage, read_write> gp4: array<f32>;
+@group(0) @binding(14) var<storage, read> gg4: array<f32>;
+@group(0) @binding(15) var<storage, read_write> gb4: array<f32>;
+@group(0) @binding(16) var<storage, read_write> gp5: array<f32>;
+@group(0) @binding(17) var<storage, read> gg5: array<f32>;
+@group(0) @binding(18) var<storage, read_write> gb5: array<f32>;
+@group(0) @binding(19) var<storage, read_write> gp6: array<f32>;
+@group(0) @binding(20) var<storage, read> gg6: array<f32>;
+@group(0) @binding(21) var<storage, read_write> gb6: array<f32>;
+@group(0) @binding(22) var<storage, read_write> gp7: array<f32>;
+@group(0) @binding(23) var<storage, read> gg7: array<f32>;
+@group(0) @binding(24) var<storage, read_write> gb7: array<f32>;
 @group(0) @binding(2) var<storage, read> gg0: array<f32>;
-@group(0) @binding(3) var<storage, read> gi0: array<f32>;
-@group(0) @binding(4) var<storage, read_write> go0: array<f32>;
-@group(0) @binding(5) var<storage, read_write> gp1: array<f32>;
-@group(0) @binding(6) var<storage, read> gg1: array<f32>;
-@group(0) @binding(7) var<storage, read> gi1: array<f32>;
-@group(0) @binding(8) var<storage, read_write> go1: array<f32>;
-@group(0) @binding(9) var<storage, read_write> gp2: array<f32>;
-@group(0) @binding(10) var<storage, read> gg2: array<f32>;
-@group(0) @binding(11) var<storage, read> gi2: array<f32>;
-@group(0) @binding(12) var<storage, read_write> go2: array<f32>;
-@group(0) @binding(13) var<storage, read_write> gp3: array<f32>;
-@group(0) @binding(14) var<storage, read> gg3: array<f32>;
-@group(0) @binding(15) var<storage, read> gi3: array<f32>;
-@group(0) @binding(16) var<storage, read_write> go3: array<f32>;
-@group(0) @binding(17) var<storage, read_write> gp4: array<f32>;
-@group(0) @binding(18) var<storage, read> gg4: array<f32>;
-@group(0) @binding(19) var<storage, read> gi4: array<f32>;
-@group(0) @binding(20) var<storage, read_write> go4: array<f32>;
-@group(0) @binding(21) var<storage, read_write> gp5: array<f32>;
-@group(0) @binding(22) var<storage, read> gg5: array<f32>;
-@group(0) @binding(23) var<storage, read> gi5: array<f32>;
-@group(0) @binding(24) var<storage, read_write> go5: array<f32>;
-@group(0) @binding(25) var<storage, read_write> gp6: array<f32>;
-@group(0) @binding(26) var<storage, read> gg6: array<f32>;
-@group(0) @binding(27) var<storage, read> gi6: array<f32>;
-@group(0) @binding(28) var<storage, read_write> go6: array<f32>;
-@group(0) @binding(29) var<storage, read_write> gp7: array<f32>;
-@group(0) @binding(30) var<storage, read> gg7: array<f32>;
-@group(0) @binding(31) var<storage, read> gi7: array<f32>;
-@group(0) @binding(32) var<storage, read_write> go7: array<f32>;
 
 // (p', buf') of element i of slot s, from its parameter, gradient and old buffer values.
 fn group_step(s: u32, pv: f32, gv: f32, old: f32) -> vec2<f32> {
@@ -210,16 +197,16 @@ fn sgd_momentum_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let s = group_slot(w, gp.count, gp.start[0], gp.start[1]);
     let i = (w - gp.start[s / 4u][s % 4u]) * 256u + lid;
     if (i >= gp.n[s / 4u][s % 4u]) { return; }
-    // The old buffer is read on the first step too: the host then binds the gradient there.
+    // The buffer is read on the first step too (a fresh one, whose values the step ignores).
     switch s {
-        case 0u: { let r = group_step(0u, gp0[i], gg0[i], gi0[i]); go0[i] = r.y; gp0[i] = r.x; }
-        case 1u: { let r = group_step(1u, gp1[i], gg1[i], gi1[i]); go1[i] = r.y; gp1[i] = r.x; }
-        case 2u: { let r = group_step(2u, gp2[i], gg2[i], gi2[i]); go2[i] = r.y; gp2[i] = r.x; }
-        case 3u: { let r = group_step(3u, gp3[i], gg3[i], gi3[i]); go3[i] = r.y; gp3[i] = r.x; }
-        case 4u: { let r = group_step(4u, gp4[i], gg4[i], gi4[i]); go4[i] = r.y; gp4[i] = r.x; }
-        case 5u: { let r = group_step(5u, gp5[i], gg5[i], gi5[i]); go5[i] = r.y; gp5[i] = r.x; }
-        case 6u: { let r = group_step(6u, gp6[i], gg6[i], gi6[i]); go6[i] = r.y; gp6[i] = r.x; }
-        default: { let r = group_step(7u, gp7[i], gg7[i], gi7[i]); go7[i] = r.y; gp7[i] = r.x; }
+        case 0u: { let r = group_step(0u, gp0[i], gg0[i], gb0[i]); gb0[i] = r.y; gp0[i] = r.x; }
+        case 1u: { let r = group_step(1u, gp1[i], gg1[i], gb1[i]); gb1[i] = r.y; gp1[i] = r.x; }
+        case 2u: { let r = group_step(2u, gp2[i], gg2[i], gb2[i]); gb2[i] = r.y; gp2[i] = r.x; }
+        case 3u: { let r = group_step(3u, gp3[i], gg3[i], gb3[i]); gb3[i] = r.y; gp3[i] = r.x; }
+        case 4u: { let r = group_step(4u, gp4[i], gg4[i], gb4[i]); gb4[i] = r.y; gp4[i] = r.x; }
+        case 5u: { let r = group_step(5u, gp5[i], gg5[i], gb5[i]); gb5[i] = r.y; gp5[i] = r.x; }
+        case 6u: { let r = group_step(6u, gp6[i], gg6[i], gb6[i]); gb6[i] = r.y; gp6[i] = r.x; }
+        default: { let r = group_step(7u, gp7[i], gg7[i], gb7[i]); gb7[i] = r.y; gp7[i] = r.x; }
     }
 }
 
@@ -266,20 +253,20 @@ fn adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var m_in = 0.0;
     var v_in = 0.0;
     if ((params.flags & 2u) == 0u) {
-        m_in = state1_in[i];
-        v_in = state2_in[i];
+        m_in = state1[i];
+        v_in = state2[i];
     }
     let k = AdamConsts(params.flags, params.lr, params.weight_decay, params.momentum,
                        params.beta2, params.eps, params.step_size, params.bc2_sqrt);
     let r = adam_step(p[i], g[i], m_in, v_in, k);
-    state1_out[i] = r.y;
-    state2_out[i] = r.z;
+    state1[i] = r.y;
+    state2[i] = r.z;
     p[i] = r.x;
 }
 
 // ---- Adam / AdamW, ADAM_SLOTS parameters per dispatch ----
 // As sgd_momentum_group, with slot s's step size ap.step_size[s] and bias correction
-// ap.bc2_sqrt[s] (each tensor keeps its own step count) and six bindings per slot.
+// ap.bc2_sqrt[s] (each tensor keeps its own step count) and four bindings per slot.
 const ADAM_SLOTS: u32 = 5u;
 
 struct AdamGroupParams {
@@ -300,35 +287,25 @@ struct AdamGroupParams {
 
 @group(0) @binding(0) var<uniform> ap: AdamGroupParams;
 @group(0) @binding(1) var<storage, read_write> aw0: array<f32>;
+@group(0) @binding(3) var<storage, read_write> am0: array<f32>;
+@group(0) @binding(4) var<storage, read_write> av0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> aw1: array<f32>;
+@group(0) @binding(6) var<storage, read> ag1: array<f32>;
+@group(0) @binding(7) var<storage, read_write> am1: array<f32>;
+@group(0) @binding(8) var<storage, read_write> av1: array<f32>;
+@group(0) @binding(9) var<storage, read_write> aw2: array<f32>;
+@group(0) @binding(10) var<storage, read> ag2: array<f32>;
+@group(0) @binding(11) var<storage, read_write> am2: array<f32>;
+@group(0) @binding(12) var<storage, read_write> av2: array<f32>;
+@group(0) @binding(13) var<storage, read_write> aw3: array<f32>;
+@group(0) @binding(14) var<storage, read> ag3: array<f32>;
+@group(0) @binding(15) var<storage, read_write> am3: array<f32>;
+@group(0) @binding(16) var<storage, read_write> av3: array<f32>;
+@group(0) @binding(17) var<storage, read_write> aw4: array<f32>;
+@group(0) @binding(18) var<storage, read> ag4: array<f32>;
+@group(0) @binding(19) var<storage, read_write> am4: array<f32>;
+@group(0) @binding(20) var<storage, read_write> av4: array<f32>;
 @group(0) @binding(2) var<storage, read> ag0: array<f32>;
-@group(0) @binding(3) var<storage, read> am0: array<f32>;
-@group(0) @binding(4) var<storage, read> av0: array<f32>;
-@group(0) @binding(5) var<storage, read_write> amo0: array<f32>;
-@group(0) @binding(6) var<storage, read_write> avo0: array<f32>;
-@group(0) @binding(7) var<storage, read_write> aw1: array<f32>;
-@group(0) @binding(8) var<storage, read> ag1: array<f32>;
-@group(0) @binding(9) var<storage, read> am1: array<f32>;
-@group(0) @binding(10) var<storage, read> av1: array<f32>;
-@group(0) @binding(11) var<storage, read_write> amo1: array<f32>;
-@group(0) @binding(12) var<storage, read_write> avo1: array<f32>;
-@group(0) @binding(13) var<storage, read_write> aw2: array<f32>;
-@group(0) @binding(14) var<storage, read> ag2: array<f32>;
-@group(0) @binding(15) var<storage, read> am2: array<f32>;
-@group(0) @binding(16) var<storage, read> av2: array<f32>;
-@group(0) @binding(17) var<storage, read_write> amo2: array<f32>;
-@group(0) @binding(18) var<storage, read_write> avo2: array<f32>;
-@group(0) @binding(19) var<storage, read_write> aw3: array<f32>;
-@group(0) @binding(20) var<storage, read> ag3: array<f32>;
-@group(0) @binding(21) var<storage, read> am3: array<f32>;
-@group(0) @binding(22) var<storage, read> av3: array<f32>;
-@group(0) @binding(23) var<storage, read_write> amo3: array<f32>;
-@group(0) @binding(24) var<storage, read_write> avo3: array<f32>;
-@group(0) @binding(25) var<storage, read_write> aw4: array<f32>;
-@group(0) @binding(26) var<storage, read> ag4: array<f32>;
-@group(0) @binding(27) var<storage, read> am4: array<f32>;
-@group(0) @binding(28) var<storage, read> av4: array<f32>;
-@group(0) @binding(29) var<storage, read_write> amo4: array<f32>;
-@group(0) @binding(30) var<storage, read_write> avo4: array<f32>;
 
 // (p', m', v') of element i of slot s.
 fn adam_group_step(s: u32, pv: f32, gv: f32, m_in: f32, v_in: f32) -> vec3<f32> {
@@ -346,36 +323,36 @@ fn adam_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let s = group_slot(w, ap.count, ap.start[0], ap.start[1]);
     let i = (w - ap.start[s / 4u][s % 4u]) * 256u + lid;
     if (i >= ap.n[s / 4u][s % 4u]) { return; }
-    // The old moments are read on the first step too: the host then binds the gradient there.
+    // The moments are read on the first step too (fresh buffers, whose values the step ignores).
     switch s {
         case 0u: {
             let r = adam_group_step(0u, aw0[i], ag0[i], am0[i], av0[i]);
-            amo0[i] = r.y;
-            avo0[i] = r.z;
+            am0[i] = r.y;
+            av0[i] = r.z;
             aw0[i] = r.x;
         }
         case 1u: {
             let r = adam_group_step(1u, aw1[i], ag1[i], am1[i], av1[i]);
-            amo1[i] = r.y;
-            avo1[i] = r.z;
+            am1[i] = r.y;
+            av1[i] = r.z;
             aw1[i] = r.x;
         }
         case 2u: {
             let r = adam_group_step(2u, aw2[i], ag2[i], am2[i], av2[i]);
-            amo2[i] = r.y;
-            avo2[i] = r.z;
+            am2[i] = r.y;
+            av2[i] = r.z;
             aw2[i] = r.x;
         }
         case 3u: {
             let r = adam_group_step(3u, aw3[i], ag3[i], am3[i], av3[i]);
-            amo3[i] = r.y;
-            avo3[i] = r.z;
+            am3[i] = r.y;
+            av3[i] = r.z;
             aw3[i] = r.x;
         }
         default: {
             let r = adam_group_step(4u, aw4[i], ag4[i], am4[i], av4[i]);
-            amo4[i] = r.y;
-            avo4[i] = r.z;
+            am4[i] = r.y;
+            av4[i] = r.z;
             aw4[i] = r.x;
         }
     }
@@ -388,11 +365,8 @@ fn adam_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 // bits are theirs. Bindings as the scalar kernels'.
 @group(0) @binding(1) var<storage, read_write> p4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> g4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> state1_in4: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> sgd_buf_out4: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> state2_in4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> state1_out4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> state2_out4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> state14: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> state24: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn sgd_plain4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -413,7 +387,7 @@ fn sgd_momentum4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let first = (params.flags & 2u) != 0u;
     let nesterov = (params.flags & 1u) != 0u;
     var old = vec4<f32>(0.0);
-    if (!first) { old = state1_in4[i]; }
+    if (!first) { old = state14[i]; }
     let pv = p4[i];
     let gv = g4[i];
     let m = params.momentum;
@@ -423,7 +397,7 @@ fn sgd_momentum4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let r1 = momentum_step(pv.y, gv.y, old.y, first, nesterov, m, wd, lr);
     let r2 = momentum_step(pv.z, gv.z, old.z, first, nesterov, m, wd, lr);
     let r3 = momentum_step(pv.w, gv.w, old.w, first, nesterov, m, wd, lr);
-    sgd_buf_out4[i] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+    state14[i] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
     p4[i] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
 }
 
@@ -435,8 +409,8 @@ fn adam4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var m_in = vec4<f32>(0.0);
     var v_in = vec4<f32>(0.0);
     if ((params.flags & 2u) == 0u) {
-        m_in = state1_in4[i];
-        v_in = state2_in4[i];
+        m_in = state14[i];
+        v_in = state24[i];
     }
     let k = AdamConsts(params.flags, params.lr, params.weight_decay, params.momentum,
                        params.beta2, params.eps, params.step_size, params.bc2_sqrt);
@@ -446,8 +420,8 @@ fn adam4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let r1 = adam_step(pv.y, gv.y, m_in.y, v_in.y, k);
     let r2 = adam_step(pv.z, gv.z, m_in.z, v_in.z, k);
     let r3 = adam_step(pv.w, gv.w, m_in.w, v_in.w, k);
-    state1_out4[i] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
-    state2_out4[i] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+    state14[i] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+    state24[i] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
     p4[i] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
 }
 

@@ -497,7 +497,7 @@ impl Trainer {
         for (name, t) in self.model.state_dict_async().await?.iter() {
             dict.insert(format!("model.{name}"), t.clone());
         }
-        for (name, t) in self.optimizer.state() {
+        for (name, t) in self.optimizer.state()? {
             let data = t.read().await?;
             dict.insert(
                 format!("optim.{name}"),

@@ -3,12 +3,13 @@
 
 use super::{
     ADAM, ADAM_GROUP, ADAM4, FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, check_state,
-    check_updates, counter_tensor, parse_slot, plan_groups, read_counter, use_groups,
+    check_updates, counter_tensor, owned, parse_slot, plan_groups, read_counter, use_groups,
 };
 use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, scalar_or_vec4};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 #[derive(Debug)]
 struct SlotState {
@@ -74,8 +75,8 @@ fn bias_corrections(lr: f32, (b1, b2): (f32, f32), t: u64) -> (f32, f32) {
 
 /// Parameter tensors one `adam_group` dispatch updates (`ADAM_SLOTS` in `shaders/optim.wgsl`)...
 const GROUP_SLOTS: usize = 5;
-/// ...binding six storage buffers for each.
-const GROUP_BUFFERS: u32 = 6 * GROUP_SLOTS as u32;
+/// ...binding four storage buffers for each.
+const GROUP_BUFFERS: u32 = 4 * GROUP_SLOTS as u32;
 
 /// `AdamGroupParams` in `shaders/optim.wgsl` (slot arrays padded to 8).
 #[repr(C)]
@@ -106,8 +107,8 @@ impl AdamW {
         self
     }
 
-    /// One `adam_group` dispatch over `group` (at most [`GROUP_SLOTS`] updates); their new
-    /// moments then replace the old ones.
+    /// One `adam_group` dispatch over `group` (at most [`GROUP_SLOTS`] updates), each updating
+    /// its moments in place (new ones on its first step).
     fn dispatch_group(&mut self, group: &[ParamUpdate<'_>]) -> Result<()> {
         const OP: &str = "adam";
         let Some(first) = group.first() else {
@@ -123,61 +124,61 @@ impl AdamW {
             weight_decay: self.weight_decay,
             ..Default::default()
         };
-        let mut new = Vec::with_capacity(group.len());
+        let mut steps = Vec::with_capacity(group.len());
         for u in group {
-            let m = Tensor::uninit(&gpu, u.param.shape(), DType::F32, OP)?;
-            let v = Tensor::uninit(&gpu, u.param.shape(), DType::F32, OP)?;
-            new.push((m, v));
+            steps.push(self.state_for(u)?.step + 1);
         }
         // Unused slots bind placeholders, never read or written (no workgroup reaches them).
         let spare_read = Tensor::uninit(&gpu, &[1], DType::F32, OP)?;
         let spare_write = Tensor::uninit(&gpu, &[1], DType::F32, OP)?;
         let mut bound: Vec<(u32, &wgpu::Buffer)> = Vec::with_capacity(GROUP_BUFFERS as usize);
-        let mut steps = Vec::with_capacity(group.len());
         let mut workgroups = 0u32;
         for s in 0..GROUP_SLOTS {
-            let b = 6 * s as u32;
-            let (Some(u), Some((m, v))) = (group.get(s), new.get(s)) else {
+            let b = 4 * s as u32;
+            let (Some(u), Some(&step)) = (group.get(s), steps.get(s)) else {
                 let (r, w) = (spare_read.buffer(), spare_write.buffer());
-                bound.extend([(b + 1, w), (b + 2, r), (b + 3, r), (b + 4, r), (b + 5, w)]);
-                bound.push((b + 6, w));
+                bound.extend([(b + 1, w), (b + 2, r), (b + 3, w), (b + 4, w)]);
                 continue;
             };
-            let old = self.slots.get(&u.slot);
-            let t = old.map_or(0, |s| s.step) + 1;
-            steps.push(t);
+            let state = &self.slots[&u.slot];
             let n = u.param.numel();
-            (p.step_size[s], p.bc2_sqrt[s]) = bias_corrections(u.lr, self.betas, t);
+            (p.step_size[s], p.bc2_sqrt[s]) = bias_corrections(u.lr, self.betas, step);
             p.start[s] = workgroups;
             p.n[s] = n as u32;
             p.lr[s] = u.lr;
-            if old.is_none() {
+            if step == 1 {
                 p.first |= 1 << s;
             }
             workgroups += n.div_ceil(WORKGROUP_1D as usize) as u32;
-            let (m_old, v_old) = old.map_or((u.grad.buffer(), u.grad.buffer()), |s| {
-                (s.exp_avg.buffer(), s.exp_avg_sq.buffer())
-            });
             bound.extend([
                 (b + 1, u.param.buffer()),
                 (b + 2, u.grad.buffer()),
-                (b + 3, m_old),
-                (b + 4, v_old),
-                (b + 5, m.buffer()),
-                (b + 6, v.buffer()),
+                (b + 3, state.exp_avg.buffer()),
+                (b + 4, state.exp_avg_sq.buffer()),
             ]);
         }
         gpu.dispatch_bound(&ADAM_GROUP, &[], &p, &bound, grid_1d(workgroups))?;
         drop(bound);
-        for ((u, (exp_avg, exp_avg_sq)), step) in group.iter().zip(new).zip(steps) {
-            let state = SlotState {
-                exp_avg,
-                exp_avg_sq,
-                step,
-            };
-            self.slots.insert(u.slot, state);
+        for (u, step) in group.iter().zip(steps) {
+            self.slots.get_mut(&u.slot).expect("made above").step = step;
         }
         Ok(())
+    }
+
+    /// The state of `u`'s slot, with fresh moments at step 0 where it has taken no step yet
+    /// (the first step writes them without reading them).
+    fn state_for(&mut self, u: &ParamUpdate<'_>) -> Result<&mut SlotState> {
+        Ok(match self.slots.entry(u.slot) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let gpu = u.param.gpu();
+                e.insert(SlotState {
+                    exp_avg: Tensor::uninit(gpu, u.param.shape(), DType::F32, "adam")?,
+                    exp_avg_sq: Tensor::uninit(gpu, u.param.shape(), DType::F32, "adam")?,
+                    step: 0,
+                })
+            }
+        })
     }
 }
 
@@ -200,17 +201,7 @@ impl Optimizer for AdamW {
         }
         let grouping = use_groups(updates, GROUP_BUFFERS, self.grouping);
         if grouping {
-            let ranges = plan_groups(updates, GROUP_SLOTS, |u| {
-                let (m, v) = self
-                    .slots
-                    .get(&u.slot)
-                    .map_or((u.grad, u.grad), |s| (&s.exp_avg, &s.exp_avg_sq));
-                vec![
-                    u.grad.buffer().clone(),
-                    m.buffer().clone(),
-                    v.buffer().clone(),
-                ]
-            });
+            let ranges = plan_groups(updates, GROUP_SLOTS, |u| vec![u.grad.buffer().clone()]);
             for r in ranges {
                 self.dispatch_group(&updates[r])?;
             }
@@ -218,13 +209,12 @@ impl Optimizer for AdamW {
         for u in updates.iter().filter(|_| !grouping) {
             let n = u.param.numel();
             let gpu = u.param.gpu();
-            let old = self.slots.get(&u.slot);
-            let t = old.map_or(0, |s| s.step) + 1;
+            let t = self.state_for(u)?.step + 1;
             let (step_size, bc2_sqrt) = bias_corrections(u.lr, self.betas, t);
             let p = Params {
                 n: n as u32,
                 flags: if self.decoupled { FLAG_VARIANT } else { 0 }
-                    | if old.is_none() { FLAG_FIRST } else { 0 },
+                    | if t == 1 { FLAG_FIRST } else { 0 },
                 lr: u.lr,
                 weight_decay: self.weight_decay,
                 momentum: b1,
@@ -234,11 +224,7 @@ impl Optimizer for AdamW {
                 bc2_sqrt,
                 ..Default::default()
             };
-            let m_new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
-            let v_new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
-            let (m_old, v_old) = old.map_or((u.grad.buffer(), u.grad.buffer()), |s| {
-                (s.exp_avg.buffer(), s.exp_avg_sq.buffer())
-            });
+            let state = self.slots.get_mut(&u.slot).expect("made above");
             let (kernel, units, grid) = scalar_or_vec4(n, &ADAM, &ADAM4);
             let p = Params {
                 n: units as u32,
@@ -250,21 +236,12 @@ impl Optimizer for AdamW {
                 &[
                     u.param.buffer(),
                     u.grad.buffer(),
-                    m_old,
-                    v_old,
-                    m_new.buffer(),
-                    v_new.buffer(),
+                    state.exp_avg.buffer(),
+                    state.exp_avg_sq.buffer(),
                 ],
                 grid,
             )?;
-            self.slots.insert(
-                u.slot,
-                SlotState {
-                    exp_avg: m_new,
-                    exp_avg_sq: v_new,
-                    step: t,
-                },
-            );
+            state.step = t;
         }
         self.steps += 1;
         if let Some(u) = updates.first() {
@@ -273,21 +250,20 @@ impl Optimizer for AdamW {
         Ok(())
     }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(3 * self.slots.len() + 1);
         for (slot, s) in &self.slots {
-            out.push((format!("exp_avg.{slot}"), s.exp_avg.clone()));
-            out.push((format!("exp_avg_sq.{slot}"), s.exp_avg_sq.clone()));
-            if let Ok(c) = counter_tensor(s.exp_avg.gpu(), s.step) {
-                out.push((format!("step.{slot}"), c));
-            }
+            out.push((format!("exp_avg.{slot}"), s.exp_avg.deep_clone()?));
+            out.push((format!("exp_avg_sq.{slot}"), s.exp_avg_sq.deep_clone()?));
+            out.push((
+                format!("step.{slot}"),
+                counter_tensor(s.exp_avg.gpu(), s.step)?,
+            ));
         }
-        if let Some(gpu) = &self.gpu
-            && let Ok(c) = counter_tensor(gpu, self.steps)
-        {
-            out.push(("step".into(), c));
+        if let Some(gpu) = &self.gpu {
+            out.push(("step".into(), counter_tensor(gpu, self.steps)?));
         }
-        out
+        Ok(out)
     }
 
     fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
@@ -305,11 +281,11 @@ impl Optimizer for AdamW {
             match parse_slot(OP, &name)? {
                 ("exp_avg", slot) => {
                     tensor.expect_dtype(OP, DType::F32)?;
-                    m.insert(slot, tensor);
+                    m.insert(slot, owned(tensor)?);
                 }
                 ("exp_avg_sq", slot) => {
                     tensor.expect_dtype(OP, DType::F32)?;
-                    v.insert(slot, tensor);
+                    v.insert(slot, owned(tensor)?);
                 }
                 ("step", slot) => {
                     t.insert(slot, read_counter(OP, &name, &tensor)?);

@@ -1,14 +1,15 @@
 //! Optimizers (SGD with momentum/Nesterov, Adam, AdamW), learning-rate schedules and gradient
 //! clipping by global norm. The updates run on the GPU (`shaders/optim.wgsl`) and follow
 //! `torch.optim` exactly: SGD with momentum updates eight parameter tensors per dispatch and
-//! Adam/AdamW five on GPUs that bind 32 storage buffers per shader stage (native adapters; not
-//! CPU adapters, where it is slower), the others one dispatch per tensor.
+//! Adam/AdamW five on GPUs that bind 24 storage buffers per shader stage (native adapters,
+//! Metal's 29 included; not CPU adapters, where it is slower), the others one dispatch per
+//! tensor.
 //!
 //! Each parameter is identified by a stable `slot` (its index in the model's parameter list), the
 //! key of its optimizer state. [`Optimizer::state`] returns that state as named tensors
 //! (`momentum.<slot>`, `exp_avg.<slot>`, `exp_avg_sq.<slot>`, `step.<slot>` and a global `step`)
-//! for checkpoints; [`Optimizer::load_state`] restores it exactly. State tensors are updated out of
-//! place, so the tensors returned by `state` are snapshots that later steps never modify.
+//! for checkpoints; [`Optimizer::load_state`] restores it exactly. State tensors are updated in
+//! place, as the parameters are: `state` returns copies, which later steps never modify.
 
 mod adam;
 mod clip;
@@ -40,14 +41,16 @@ pub struct ParamUpdate<'a> {
     pub lr: f32,
 }
 
-/// A first-order optimizer.
+/// A first-order optimizer. Its state (momentum buffers, Adam's moments) is updated in place,
+/// as the parameters are.
 pub trait Optimizer {
     /// Update every parameter in `updates` once; counts as one step.
     fn step(&mut self, updates: &[ParamUpdate<'_>]) -> Result<()>;
-    /// The state as named tensors (snapshots), for checkpoints.
-    fn state(&self) -> Vec<(String, Tensor)>;
+    /// The state as named tensors, for checkpoints: copies, which later steps leave as they are.
+    fn state(&self) -> Result<Vec<(String, Tensor)>>;
     /// Replace the state with one returned by [`Optimizer::state`] (of the same optimizer kind).
-    /// Reads the step counters back from the GPU, so it is blocking (native only).
+    /// Tensors that other handles share are copied first, since the updates write the state in
+    /// place. Reads the step counters back from the GPU, so it is blocking (native only).
     fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()>;
     /// Number of steps taken (restored by [`Optimizer::load_state`]).
     fn steps(&self) -> u64;
@@ -106,13 +109,19 @@ pub(crate) fn use_groups(updates: &[ParamUpdate<'_>], buffers: u32, asked: Optio
             .all(|u| u.param.expect_same_gpu("optimizer", first.param).is_ok())
 }
 
+/// `t` as an optimizer's own state, which its updates write in place: `t` itself where no other
+/// handle shares its buffer, else a copy.
+pub(crate) fn owned(t: Tensor) -> Result<Tensor> {
+    if t.is_unique() { Ok(t) } else { t.deep_clone() }
+}
+
 /// Split `updates` into the ranges that one grouped dispatch each updates, in order: at most
 /// `slots` tensors, and a new dispatch wherever an update's parameter is read or written by an
-/// earlier update of the current one, or one of the buffers it reads (`reads`: its gradient and old
-/// state) is an earlier update's parameter. wgpu rejects a buffer bound both read-only and
+/// earlier update of the current one, or one of the buffers it reads (`reads`: its gradient) is
+/// an earlier update's parameter. wgpu rejects a buffer bound both read-only and
 /// read-write in one dispatch; per tensor in order, the earlier update reads the buffer before
-/// the later one writes it, and so do the split dispatches. (The new state tensors come fresh
-/// from the pool, so they are bound nowhere else.)
+/// the later one writes it, and so do the split dispatches. (The state tensors are the
+/// optimizer's own, bound nowhere else.)
 pub(crate) fn plan_groups(
     updates: &[ParamUpdate<'_>],
     slots: usize,

@@ -3,8 +3,8 @@
 
 use super::{
     FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, SGD_MOMENTUM, SGD_MOMENTUM_GROUP,
-    SGD_MOMENTUM4, SGD_PLAIN, SGD_PLAIN4, check_state, check_updates, counter_tensor, parse_slot,
-    plan_groups, read_counter, use_groups,
+    SGD_MOMENTUM4, SGD_PLAIN, SGD_PLAIN4, check_state, check_updates, counter_tensor, owned,
+    parse_slot, plan_groups, read_counter, use_groups,
 };
 use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, scalar_or_vec4};
 use crate::tensor::{DType, Tensor};
@@ -57,8 +57,8 @@ impl Sgd {
 /// Parameter tensors one `sgd_momentum_group` dispatch updates (`GROUP_SLOTS` in
 /// `shaders/optim.wgsl`)...
 const GROUP_SLOTS: usize = 8;
-/// ...binding four storage buffers for each.
-const GROUP_BUFFERS: u32 = 4 * GROUP_SLOTS as u32;
+/// ...binding three storage buffers for each (24: within Metal's 29).
+const GROUP_BUFFERS: u32 = 3 * GROUP_SLOTS as u32;
 
 /// `GroupParams` in `shaders/optim.wgsl`.
 #[repr(C)]
@@ -80,27 +80,28 @@ impl Sgd {
     /// SGD with momentum, [`GROUP_SLOTS`] tensors per dispatch, in the order of `updates`
     /// ([`plan_groups`]).
     fn step_grouped(&mut self, updates: &[ParamUpdate<'_>]) -> Result<()> {
-        let ranges = plan_groups(updates, GROUP_SLOTS, |u| {
-            let old = self.buffers.get(&u.slot).unwrap_or(u.grad);
-            vec![u.grad.buffer().clone(), old.buffer().clone()]
-        });
+        let ranges = plan_groups(updates, GROUP_SLOTS, |u| vec![u.grad.buffer().clone()]);
         for r in ranges {
             self.dispatch_group(&updates[r])?;
         }
         Ok(())
     }
 
-    /// One `sgd_momentum_group` dispatch over `group` (at most [`GROUP_SLOTS`] updates); their
-    /// new momentum buffers then replace the old ones.
+    /// One `sgd_momentum_group` dispatch over `group` (at most [`GROUP_SLOTS`] updates), each
+    /// updating its momentum buffer in place (a new one on its first step).
     fn dispatch_group(&mut self, group: &[ParamUpdate<'_>]) -> Result<()> {
         let Some(first) = group.first() else {
             return Ok(());
         };
         let gpu = first.param.gpu().clone();
-        let new = group
-            .iter()
-            .map(|u| Tensor::uninit(&gpu, u.param.shape(), DType::F32, "sgd"))
-            .collect::<Result<Vec<_>>>()?;
+        let mut firsts = Vec::with_capacity(group.len());
+        for u in group {
+            firsts.push(!self.buffers.contains_key(&u.slot));
+            if firsts.last() == Some(&true) {
+                let fresh = Tensor::uninit(&gpu, u.param.shape(), DType::F32, "sgd")?;
+                self.buffers.insert(u.slot, fresh);
+            }
+        }
         let mut p = GroupParams {
             count: group.len() as u32,
             flags: if self.nesterov { 1 } else { 0 },
@@ -114,38 +115,31 @@ impl Sgd {
         let mut bound: Vec<(u32, &wgpu::Buffer)> = Vec::with_capacity(GROUP_BUFFERS as usize);
         let mut workgroups = 0u32;
         for s in 0..GROUP_SLOTS {
-            let b = 4 * s as u32;
-            let (Some(u), Some(new)) = (group.get(s), new.get(s)) else {
+            let b = 3 * s as u32;
+            let (Some(u), Some(&starts)) = (group.get(s), firsts.get(s)) else {
                 bound.extend([
                     (b + 1, spare_write.buffer()),
                     (b + 2, spare_read.buffer()),
-                    (b + 3, spare_read.buffer()),
-                    (b + 4, spare_write.buffer()),
+                    (b + 3, spare_write.buffer()),
                 ]);
                 continue;
             };
-            let old = self.buffers.get(&u.slot);
             let n = u.param.numel();
             p.start[s] = workgroups;
             p.n[s] = n as u32;
             p.lr[s] = u.lr;
-            if old.is_none() {
+            if starts {
                 p.first |= 1 << s;
             }
             workgroups += n.div_ceil(WORKGROUP_1D as usize) as u32;
             bound.extend([
                 (b + 1, u.param.buffer()),
                 (b + 2, u.grad.buffer()),
-                (b + 3, old.map_or(u.grad.buffer(), |t| t.buffer())),
-                (b + 4, new.buffer()),
+                (b + 3, self.buffers[&u.slot].buffer()),
             ]);
         }
-        gpu.dispatch_bound(&SGD_MOMENTUM_GROUP, &[], &p, &bound, grid_1d(workgroups))?;
-        drop(bound);
-        for (u, new) in group.iter().zip(new) {
-            self.buffers.insert(u.slot, new);
-        }
-        Ok(())
+        gpu.dispatch_bound(&SGD_MOMENTUM_GROUP, &[], &p, &bound, grid_1d(workgroups))
+            .map(drop)
     }
 }
 
@@ -186,20 +180,17 @@ impl Optimizer for Sgd {
                 gpu.dispatch(kernel, &p, &[u.param.buffer(), u.grad.buffer()], grid)?;
                 continue;
             }
-            let old = self.buffers.get(&u.slot);
-            p.flags = if self.nesterov { FLAG_VARIANT } else { 0 }
-                | if old.is_none() { FLAG_FIRST } else { 0 };
-            let new = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
-            let old_buf = old.map_or(u.grad.buffer(), |t| t.buffer());
+            let first = !self.buffers.contains_key(&u.slot);
+            p.flags =
+                if self.nesterov { FLAG_VARIANT } else { 0 } | if first { FLAG_FIRST } else { 0 };
+            if first {
+                let fresh = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
+                self.buffers.insert(u.slot, fresh);
+            }
+            let buf = self.buffers[&u.slot].buffer();
             let (kernel, units, grid) = scalar_or_vec4(n, &SGD_MOMENTUM, &SGD_MOMENTUM4);
             p.n = units as u32;
-            gpu.dispatch(
-                kernel,
-                &p,
-                &[u.param.buffer(), u.grad.buffer(), old_buf, new.buffer()],
-                grid,
-            )?;
-            self.buffers.insert(u.slot, new);
+            gpu.dispatch(kernel, &p, &[u.param.buffer(), u.grad.buffer(), buf], grid)?;
         }
         self.steps += 1;
         if let Some(u) = updates.first() {
@@ -208,18 +199,15 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self
-            .buffers
-            .iter()
-            .map(|(slot, t)| (format!("momentum.{slot}"), t.clone()))
-            .collect();
-        if let Some(gpu) = &self.gpu
-            && let Ok(c) = counter_tensor(gpu, self.steps)
-        {
-            out.push(("step".into(), c));
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(self.buffers.len() + 1);
+        for (slot, t) in &self.buffers {
+            out.push((format!("momentum.{slot}"), t.deep_clone()?));
         }
-        out
+        if let Some(gpu) = &self.gpu {
+            out.push(("step".into(), counter_tensor(gpu, self.steps)?));
+        }
+        Ok(out)
     }
 
     fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
@@ -235,7 +223,7 @@ impl Optimizer for Sgd {
             match parse_slot(OP, &name)? {
                 ("momentum", slot) => {
                     t.expect_dtype(OP, DType::F32)?;
-                    buffers.insert(slot, t);
+                    buffers.insert(slot, owned(t)?);
                 }
                 _ => return Err(Error::shape(OP, format!("unexpected SGD state {name:?}"))),
             }
