@@ -6,8 +6,9 @@
 //                  buf' = d                      on the first step (first = 1)
 //                  buf' = momentum * buf + d     afterwards              (dampening 0)
 //                  p -= lr * (nesterov ? d + momentum * buf' : buf')
-//   sgd_momentum_group: sgd_momentum for up to 8 parameter tensors at once
-//   adam_group:    adam for up to 5 parameter tensors at once
+//   sgd_momentum_group: sgd_momentum for up to 8 parameter tensors at once (sgd_momentum_group2:
+//                  up to 2, for devices with fewer storage buffers)
+//   adam_group:    adam for up to 5 parameter tensors at once (adam_group2: up to 2)
 //   adam:          decoupled (AdamW): p *= 1 - lr * wd;  coupled (Adam): g' = g + wd * p
 //                  m' = m + (1 - beta1) * (g' - m)                        (torch's lerp)
 //                  v' = beta2 * v + (1 - beta2) * g' * g'
@@ -26,7 +27,7 @@
 //
 // Dispatch: the update kernels and clip_scale run one thread per element, 256 per workgroup, the
 // grid split over x and y (index = (wg.x + wg.y * num_workgroups.x) * 256 + local index);
-// sgd_momentum_group, adam_group and clip_scale_group the same over the concatenated workgroups
+// the grouped updates and clip_scale_group the same over the concatenated workgroups
 // of their slots (see there). clip_sumsq runs `groups` (<= 256) one-dimensional workgroups of
 // 256 threads, each thread striding over x by groups * 256, then a workgroup reduction (butterfly.wgsl);
 // clip_sumsq_group the same for each slot in turn along x. clip_finalize runs one workgroup.
@@ -37,12 +38,12 @@
 //   sgd_momentum_group: 0 = GroupParams (uniform); slot s < 8 at 3 s + 1 .. 3 s + 3 as
 //                  sgd_momentum's 1 .. 3 (unused slots bound to placeholders: one read-only
 //                  and one read-write buffer for all of them); 24 storage buffers, within
-//                  Metal's 29
+//                  Metal's 29. sgd_momentum_group2: slots 0 and 1 alone, 6 storage buffers
 //   adam:          1 = p (read_write) [n], 2 = g (read) [n], 3 = exp_avg (read_write) [n],
 //                  4 = exp_avg_sq (read_write) [n]
 //   adam_group:    0 = AdamGroupParams (uniform); slot s < 5 at 4 s + 1 .. 4 s + 4 as adam's
 //                  1 .. 4 (unused slots bound to placeholders as sgd_momentum_group's);
-//                  20 storage buffers
+//                  20 storage buffers. adam_group2: slots 0 and 1 alone, 8 storage buffers
 //   clip_sumsq:    1 = x (read) [n], 2 = partials (read_write) [>= offset + groups]
 //   clip_finalize: 1 = partials (read) [>= count], 2 = norm (read_write) [1],
 //                  3 = coef (read_write) [1]
@@ -210,6 +211,23 @@ fn sgd_momentum_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
 }
 
+// sgd_momentum_group's first two slots alone: bindings 1 .. 6, within WebGPU's default limit of
+// 8 storage buffers, for devices that bind fewer than the 24 of eight slots.
+@compute @workgroup_size(256)
+fn sgd_momentum_group2(@builtin(workgroup_id) wg: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let w = wg.x + wg.y * nwg.x;
+    let s = group_slot(w, gp.count, gp.start[0], gp.start[1]);
+    let i = (w - gp.start[s / 4u][s % 4u]) * 256u + lid;
+    if (i >= gp.n[s / 4u][s % 4u]) { return; }
+    if (s == 0u) {
+        let r = group_step(0u, gp0[i], gg0[i], gb0[i]); gb0[i] = r.y; gp0[i] = r.x;
+    } else {
+        let r = group_step(1u, gp1[i], gg1[i], gb1[i]); gb1[i] = r.y; gp1[i] = r.x;
+    }
+}
+
 // The constants of an Adam update: flags bit 0 decoupled, bit 1 first step.
 struct AdamConsts {
     flags: u32,
@@ -355,6 +373,28 @@ fn adam_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
             av4[i] = r.z;
             aw4[i] = r.x;
         }
+    }
+}
+
+// adam_group's first two slots alone: bindings 1 .. 8, WebGPU's default limit of 8 storage
+// buffers, for devices that bind fewer than the 20 of five slots.
+@compute @workgroup_size(256)
+fn adam_group2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let w = wg.x + wg.y * nwg.x;
+    let s = group_slot(w, ap.count, ap.start[0], ap.start[1]);
+    let i = (w - ap.start[s / 4u][s % 4u]) * 256u + lid;
+    if (i >= ap.n[s / 4u][s % 4u]) { return; }
+    if (s == 0u) {
+        let r = adam_group_step(0u, aw0[i], ag0[i], am0[i], av0[i]);
+        am0[i] = r.y;
+        av0[i] = r.z;
+        aw0[i] = r.x;
+    } else {
+        let r = adam_group_step(1u, aw1[i], ag1[i], am1[i], av1[i]);
+        am1[i] = r.y;
+        av1[i] = r.z;
+        aw1[i] = r.x;
     }
 }
 

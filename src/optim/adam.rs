@@ -2,8 +2,9 @@
 //! (`torch.optim.AdamW`), amsgrad off.
 
 use super::{
-    ADAM, ADAM_GROUP, ADAM4, FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, check_state,
-    check_updates, counter_tensor, owned, parse_slot, plan_groups, read_counter, use_groups,
+    ADAM, ADAM_GROUP, ADAM_GROUP2, ADAM4, FLAG_FIRST, FLAG_VARIANT, GroupKernel, Optimizer,
+    ParamUpdate, Params, check_state, check_updates, counter_tensor, group_kernel, owned,
+    parse_slot, plan_groups, read_counter,
 };
 use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, scalar_or_vec4};
 use crate::tensor::{DType, Tensor};
@@ -73,10 +74,23 @@ fn bias_corrections(lr: f32, (b1, b2): (f32, f32), t: u64) -> (f32, f32) {
     ((lr as f64 / bc1) as f32, bc2.sqrt() as f32)
 }
 
-/// Parameter tensors one `adam_group` dispatch updates (`ADAM_SLOTS` in `shaders/optim.wgsl`)...
+/// Parameter tensors one `adam_group` dispatch updates at most (`ADAM_SLOTS` in
+/// `shaders/optim.wgsl`)...
 const GROUP_SLOTS: usize = 5;
-/// ...binding four storage buffers for each.
-const GROUP_BUFFERS: u32 = 4 * GROUP_SLOTS as u32;
+/// ...binding four storage buffers for each (20).
+const PER_SLOT: u32 = 4;
+/// The grouped kernels, most slots first: five tensors, or two (8 storage buffers, WebGPU's
+/// default limit) where the device binds fewer than 20.
+static GROUPS: [GroupKernel; 2] = [
+    GroupKernel {
+        kernel: &ADAM_GROUP,
+        slots: GROUP_SLOTS,
+    },
+    GroupKernel {
+        kernel: &ADAM_GROUP2,
+        slots: 2,
+    },
+];
 
 /// `AdamGroupParams` in `shaders/optim.wgsl` (slot arrays padded to 8).
 #[repr(C)]
@@ -98,18 +112,19 @@ struct GroupParams {
 }
 
 impl AdamW {
-    /// Update five tensors per dispatch (`true`) or one (`false`) where the device binds enough
-    /// storage buffers for five, instead of choosing by the adapter (grouped on GPUs, not on
-    /// CPU adapters, where it is slower). For tests and measurements; both give the same bits.
+    /// Update five tensors per dispatch (`true`; two where the device binds fewer than 20
+    /// storage buffers per stage, none where fewer than 8) or one (`false`), instead of
+    /// choosing by the plan (grouped on GPUs, not on CPU adapters, where it is slower). For
+    /// tests and measurements; all give the same bits.
     #[doc(hidden)]
     pub fn with_grouping(mut self, grouping: bool) -> AdamW {
         self.grouping = Some(grouping);
         self
     }
 
-    /// One `adam_group` dispatch over `group` (at most [`GROUP_SLOTS`] updates), each updating
-    /// its moments in place (new ones on its first step).
-    fn dispatch_group(&mut self, group: &[ParamUpdate<'_>]) -> Result<()> {
+    /// One dispatch of `kernel` over `group` (at most `kernel.slots` updates), each updating its
+    /// moments in place (new ones on its first step).
+    fn dispatch_group(&mut self, group: &[ParamUpdate<'_>], kernel: &GroupKernel) -> Result<()> {
         const OP: &str = "adam";
         let Some(first) = group.first() else {
             return Ok(());
@@ -131,10 +146,10 @@ impl AdamW {
         // Unused slots bind placeholders, never read or written (no workgroup reaches them).
         let spare_read = Tensor::uninit(&gpu, &[1], DType::F32, OP)?;
         let spare_write = Tensor::uninit(&gpu, &[1], DType::F32, OP)?;
-        let mut bound: Vec<(u32, &wgpu::Buffer)> = Vec::with_capacity(GROUP_BUFFERS as usize);
+        let mut bound: Vec<(u32, &wgpu::Buffer)> = Vec::with_capacity(4 * kernel.slots);
         let mut workgroups = 0u32;
-        for s in 0..GROUP_SLOTS {
-            let b = 4 * s as u32;
+        for s in 0..kernel.slots {
+            let b = PER_SLOT * s as u32;
             let (Some(u), Some(&step)) = (group.get(s), steps.get(s)) else {
                 let (r, w) = (spare_read.buffer(), spare_write.buffer());
                 bound.extend([(b + 1, w), (b + 2, r), (b + 3, w), (b + 4, w)]);
@@ -157,7 +172,7 @@ impl AdamW {
                 (b + 4, state.exp_avg_sq.buffer()),
             ]);
         }
-        gpu.dispatch_bound(&ADAM_GROUP, &[], &p, &bound, grid_1d(workgroups))?;
+        gpu.dispatch_bound(kernel.kernel, &[], &p, &bound, grid_1d(workgroups))?;
         drop(bound);
         for (u, step) in group.iter().zip(steps) {
             self.slots.get_mut(&u.slot).expect("made above").step = step;
@@ -199,14 +214,14 @@ impl Optimizer for AdamW {
                 check_state(OP, "exp_avg_sq", u.slot, &s.exp_avg_sq, u.param)?;
             }
         }
-        let grouping = use_groups(updates, GROUP_BUFFERS, self.grouping);
-        if grouping {
-            let ranges = plan_groups(updates, GROUP_SLOTS, |u| vec![u.grad.buffer().clone()]);
+        let grouped = group_kernel(updates, &GROUPS, PER_SLOT, self.grouping);
+        if let Some(group) = grouped {
+            let ranges = plan_groups(updates, group.slots, |u| vec![u.grad.buffer().clone()]);
             for r in ranges {
-                self.dispatch_group(&updates[r])?;
+                self.dispatch_group(&updates[r], group)?;
             }
         }
-        for u in updates.iter().filter(|_| !grouping) {
+        for u in updates.iter().filter(|_| grouped.is_none()) {
             let n = u.param.numel();
             let gpu = u.param.gpu();
             let t = self.state_for(u)?.step + 1;

@@ -1,9 +1,9 @@
 //! Optimizers (SGD with momentum/Nesterov, Adam, AdamW), learning-rate schedules and gradient
 //! clipping by global norm. The updates run on the GPU (`shaders/optim.wgsl`) and follow
-//! `torch.optim` exactly: SGD with momentum updates eight parameter tensors per dispatch and
-//! Adam/AdamW five on GPUs that bind 24 storage buffers per shader stage (native adapters,
-//! Metal's 29 included; not CPU adapters, where it is slower), the others one dispatch per
-//! tensor.
+//! `torch.optim` exactly: on GPUs (not CPU adapters, where it is slower) SGD with momentum
+//! updates eight parameter tensors per dispatch and Adam/AdamW five where the device binds 24
+//! storage buffers per shader stage (native adapters, Metal's 29 included), two where it binds
+//! WebGPU's default 8; elsewhere one dispatch per tensor.
 //!
 //! Each parameter is identified by a stable `slot` (its index in the model's parameter list), the
 //! key of its optimizer state. [`Optimizer::state`] returns that state as named tensors
@@ -76,8 +76,11 @@ pub(crate) struct Params {
 pub(crate) const SGD_PLAIN: Kernel = reducing_kernel!("optim.wgsl", "sgd_plain");
 pub(crate) const SGD_MOMENTUM: Kernel = reducing_kernel!("optim.wgsl", "sgd_momentum");
 pub(crate) const SGD_MOMENTUM_GROUP: Kernel = reducing_kernel!("optim.wgsl", "sgd_momentum_group");
+pub(crate) const SGD_MOMENTUM_GROUP2: Kernel =
+    reducing_kernel!("optim.wgsl", "sgd_momentum_group2");
 pub(crate) const ADAM: Kernel = reducing_kernel!("optim.wgsl", "adam");
 pub(crate) const ADAM_GROUP: Kernel = reducing_kernel!("optim.wgsl", "adam_group");
+pub(crate) const ADAM_GROUP2: Kernel = reducing_kernel!("optim.wgsl", "adam_group2");
 pub(crate) const SGD_PLAIN4: Kernel = reducing_kernel!("optim.wgsl", "sgd_plain4");
 pub(crate) const SGD_MOMENTUM4: Kernel = reducing_kernel!("optim.wgsl", "sgd_momentum4");
 pub(crate) const ADAM4: Kernel = reducing_kernel!("optim.wgsl", "adam4");
@@ -90,23 +93,39 @@ pub(crate) const CLIP_SCALE_GROUP: Kernel = reducing_kernel!("optim.wgsl", "clip
 pub(crate) const FLAG_VARIANT: u32 = 1;
 pub(crate) const FLAG_FIRST: u32 = 2;
 
-/// Whether a grouped update kernel binding `buffers` storage buffers may run on `gpu` (the
-/// device binds that many per shader stage), and runs there by default unless `asked` says
-/// otherwise: on GPUs, not on CPU adapters. A GPU runs only the switch case of a workgroup's
-/// tensor (the same for all its threads), but lavapipe runs every case under a mask: there
-/// SGD's eight tensors per dispatch took 4.8x the time of a dispatch per tensor (ResNet-18
-/// CIFAR step at batch 2: 241 against 50 ms). All updates must be on one device.
-pub(crate) fn use_groups(updates: &[ParamUpdate<'_>], buffers: u32, asked: Option<bool>) -> bool {
-    let Some(first) = updates.first() else {
-        return false;
-    };
+/// A grouped update kernel: `slots` tensors per dispatch, `per_slot` storage buffers each.
+pub(crate) struct GroupKernel {
+    pub kernel: &'static Kernel,
+    pub slots: usize,
+}
+
+/// The grouped kernel of `variants` (most slots first, each binding `per_slot` storage buffers
+/// per tensor) that updates `updates` on their device, if any: the first whose buffers the
+/// device binds per shader stage (24 of SGD's and 20 of Adam's eight and five slots fit native
+/// GPUs and Metal's 29; two slots fit WebGPU's default 8), where grouping runs by default
+/// unless `asked` says otherwise: on GPUs, not on CPU adapters. A GPU runs only the switch case
+/// of a workgroup's tensor (the same for all its threads), but lavapipe runs every case under a
+/// mask: there SGD's eight tensors per dispatch took 4.8x the time of a dispatch per tensor
+/// (ResNet-18 CIFAR step at batch 2: 241 against 50 ms). All updates must be on one device.
+pub(crate) fn group_kernel(
+    updates: &[ParamUpdate<'_>],
+    variants: &'static [GroupKernel],
+    per_slot: u32,
+    asked: Option<bool>,
+) -> Option<&'static GroupKernel> {
+    let first = updates.first()?;
     let gpu = first.param.gpu();
     let by_default = || gpu.plan_for() == crate::PlanFor::Gpu;
-    gpu.limits().max_storage_buffers_per_shader_stage >= buffers
-        && asked.unwrap_or_else(by_default)
-        && updates
+    let one_device = || {
+        updates
             .iter()
             .all(|u| u.param.expect_same_gpu("optimizer", first.param).is_ok())
+    };
+    if !asked.unwrap_or_else(by_default) || !one_device() {
+        return None;
+    }
+    let bound = gpu.limits().max_storage_buffers_per_shader_stage;
+    variants.iter().find(|v| v.slots as u32 * per_slot <= bound)
 }
 
 /// `t` as an optimizer's own state, which its updates write in place: `t` itself where no other

@@ -2,9 +2,9 @@
 //! with dampening 0).
 
 use super::{
-    FLAG_FIRST, FLAG_VARIANT, Optimizer, ParamUpdate, Params, SGD_MOMENTUM, SGD_MOMENTUM_GROUP,
-    SGD_MOMENTUM4, SGD_PLAIN, SGD_PLAIN4, check_state, check_updates, counter_tensor, owned,
-    parse_slot, plan_groups, read_counter, use_groups,
+    FLAG_FIRST, FLAG_VARIANT, GroupKernel, Optimizer, ParamUpdate, Params, SGD_MOMENTUM,
+    SGD_MOMENTUM_GROUP, SGD_MOMENTUM_GROUP2, SGD_MOMENTUM4, SGD_PLAIN, SGD_PLAIN4, check_state,
+    check_updates, counter_tensor, group_kernel, owned, parse_slot, plan_groups, read_counter,
 };
 use crate::gpu::{Gpu, WORKGROUP_1D, grid_1d, scalar_or_vec4};
 use crate::tensor::{DType, Tensor};
@@ -43,10 +43,10 @@ impl Sgd {
         }
     }
 
-    /// Update eight tensors per dispatch (`true`) or one (`false`) where the device binds
-    /// enough storage buffers for eight, instead of choosing by the adapter (grouped on GPUs,
-    /// not on CPU adapters, where it is slower). For tests and measurements; both give the
-    /// same bits.
+    /// Update eight tensors per dispatch (`true`; two where the device binds fewer than 24
+    /// storage buffers per stage, none where fewer than 6) or one (`false`), instead of
+    /// choosing by the plan (grouped on GPUs, not on CPU adapters, where it is slower). For
+    /// tests and measurements; all give the same bits.
     #[doc(hidden)]
     pub fn with_grouping(mut self, grouping: bool) -> Sgd {
         self.grouping = Some(grouping);
@@ -54,11 +54,23 @@ impl Sgd {
     }
 }
 
-/// Parameter tensors one `sgd_momentum_group` dispatch updates (`GROUP_SLOTS` in
+/// Parameter tensors one `sgd_momentum_group` dispatch updates at most (`GROUP_SLOTS` in
 /// `shaders/optim.wgsl`)...
 const GROUP_SLOTS: usize = 8;
 /// ...binding three storage buffers for each (24: within Metal's 29).
-const GROUP_BUFFERS: u32 = 3 * GROUP_SLOTS as u32;
+const PER_SLOT: u32 = 3;
+/// The grouped kernels, most slots first: eight tensors, or two (6 storage buffers, within
+/// WebGPU's default 8) where the device binds fewer than 24.
+static GROUPS: [GroupKernel; 2] = [
+    GroupKernel {
+        kernel: &SGD_MOMENTUM_GROUP,
+        slots: GROUP_SLOTS,
+    },
+    GroupKernel {
+        kernel: &SGD_MOMENTUM_GROUP2,
+        slots: 2,
+    },
+];
 
 /// `GroupParams` in `shaders/optim.wgsl`.
 #[repr(C)]
@@ -77,19 +89,19 @@ struct GroupParams {
 }
 
 impl Sgd {
-    /// SGD with momentum, [`GROUP_SLOTS`] tensors per dispatch, in the order of `updates`
+    /// SGD with momentum, `group.slots` tensors per dispatch, in the order of `updates`
     /// ([`plan_groups`]).
-    fn step_grouped(&mut self, updates: &[ParamUpdate<'_>]) -> Result<()> {
-        let ranges = plan_groups(updates, GROUP_SLOTS, |u| vec![u.grad.buffer().clone()]);
+    fn step_grouped(&mut self, updates: &[ParamUpdate<'_>], group: &GroupKernel) -> Result<()> {
+        let ranges = plan_groups(updates, group.slots, |u| vec![u.grad.buffer().clone()]);
         for r in ranges {
-            self.dispatch_group(&updates[r])?;
+            self.dispatch_group(&updates[r], group)?;
         }
         Ok(())
     }
 
-    /// One `sgd_momentum_group` dispatch over `group` (at most [`GROUP_SLOTS`] updates), each
-    /// updating its momentum buffer in place (a new one on its first step).
-    fn dispatch_group(&mut self, group: &[ParamUpdate<'_>]) -> Result<()> {
+    /// One dispatch of `kernel` over `group` (at most `kernel.slots` updates), each updating its
+    /// momentum buffer in place (a new one on its first step).
+    fn dispatch_group(&mut self, group: &[ParamUpdate<'_>], kernel: &GroupKernel) -> Result<()> {
         let Some(first) = group.first() else {
             return Ok(());
         };
@@ -112,10 +124,10 @@ impl Sgd {
         // Unused slots bind placeholders, never read or written (no workgroup reaches them).
         let spare_read = Tensor::uninit(&gpu, &[1], DType::F32, "sgd")?;
         let spare_write = Tensor::uninit(&gpu, &[1], DType::F32, "sgd")?;
-        let mut bound: Vec<(u32, &wgpu::Buffer)> = Vec::with_capacity(GROUP_BUFFERS as usize);
+        let mut bound: Vec<(u32, &wgpu::Buffer)> = Vec::with_capacity(3 * kernel.slots);
         let mut workgroups = 0u32;
-        for s in 0..GROUP_SLOTS {
-            let b = 3 * s as u32;
+        for s in 0..kernel.slots {
+            let b = PER_SLOT * s as u32;
             let (Some(u), Some(&starts)) = (group.get(s), firsts.get(s)) else {
                 bound.extend([
                     (b + 1, spare_write.buffer()),
@@ -138,7 +150,7 @@ impl Sgd {
                 (b + 3, self.buffers[&u.slot].buffer()),
             ]);
         }
-        gpu.dispatch_bound(&SGD_MOMENTUM_GROUP, &[], &p, &bound, grid_1d(workgroups))
+        gpu.dispatch_bound(kernel.kernel, &[], &p, &bound, grid_1d(workgroups))
             .map(drop)
     }
 }
@@ -160,11 +172,13 @@ impl Optimizer for Sgd {
                 check_state(OP, "momentum", u.slot, buf, u.param)?;
             }
         }
-        let grouping = use_groups(updates, GROUP_BUFFERS, self.grouping);
-        if self.momentum != 0.0 && grouping {
-            self.step_grouped(updates)?;
+        let grouped = (self.momentum != 0.0)
+            .then(|| group_kernel(updates, &GROUPS, PER_SLOT, self.grouping))
+            .flatten();
+        if let Some(group) = grouped {
+            self.step_grouped(updates, group)?;
         }
-        for u in updates.iter().filter(|_| self.momentum == 0.0 || !grouping) {
+        for u in updates.iter().filter(|_| grouped.is_none()) {
             let n = u.param.numel();
             let mut p = Params {
                 n: n as u32,
