@@ -113,7 +113,7 @@ struct GroupParams {
 
 impl AdamW {
     /// Update five tensors per dispatch (`true`; two where the device binds fewer than 20
-    /// storage buffers per stage, none where fewer than 8) or one (`false`), instead of
+    /// storage buffers per stage, one where fewer than 8) or one (`false`), instead of
     /// choosing by the plan (grouped on GPUs, not on CPU adapters, where it is slower). For
     /// tests and measurements; all give the same bits.
     #[doc(hidden)]

@@ -44,7 +44,7 @@ impl Sgd {
     }
 
     /// Update eight tensors per dispatch (`true`; two where the device binds fewer than 24
-    /// storage buffers per stage, none where fewer than 6) or one (`false`), instead of
+    /// storage buffers per stage, one where fewer than 6) or one (`false`), instead of
     /// choosing by the plan (grouped on GPUs, not on CPU adapters, where it is slower). For
     /// tests and measurements; all give the same bits.
     #[doc(hidden)]
@@ -150,8 +150,15 @@ impl Sgd {
                 (b + 3, self.buffers[&u.slot].buffer()),
             ]);
         }
-        gpu.dispatch_bound(kernel.kernel, &[], &p, &bound, grid_1d(workgroups))
-            .map(drop)
+        let done = gpu.dispatch_bound(kernel.kernel, &[], &p, &bound, grid_1d(workgroups));
+        drop(bound);
+        if done.is_err() {
+            // The new buffers were never written: the next step is still these slots' first.
+            for (u, _) in group.iter().zip(&firsts).filter(|(_, first)| **first) {
+                self.buffers.remove(&u.slot);
+            }
+        }
+        done.map(drop)
     }
 }
 
@@ -204,7 +211,11 @@ impl Optimizer for Sgd {
             let buf = self.buffers[&u.slot].buffer();
             let (kernel, units, grid) = scalar_or_vec4(n, &SGD_MOMENTUM, &SGD_MOMENTUM4);
             p.n = units as u32;
-            gpu.dispatch(kernel, &p, &[u.param.buffer(), u.grad.buffer(), buf], grid)?;
+            let done = gpu.dispatch(kernel, &p, &[u.param.buffer(), u.grad.buffer(), buf], grid);
+            if done.is_err() && first {
+                self.buffers.remove(&u.slot);
+            }
+            done?;
         }
         self.steps += 1;
         if let Some(u) = updates.first() {
