@@ -229,19 +229,12 @@ fn grouped_run(
 /// A device with Metal's limit of 29 storage buffers per stage (wgpu's Metal backend: 31
 /// buffers, two of them its own), opened by the application.
 fn metal_like_gpu() -> resnet_wgpu::Gpu {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-        .expect("tests need a GPU adapter (lavapipe in CI)");
-    let limits = wgpu::Limits {
-        max_storage_buffers_per_shader_stage: 29,
-        ..adapter.limits()
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: limits,
-        ..Default::default()
-    }))
-    .unwrap();
+    let (_, device, queue) = application_device(|adapter, d| {
+        d.required_limits = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 29,
+            ..adapter.limits()
+        };
+    });
     resnet_wgpu::Gpu::from_device(device, queue)
 }
 

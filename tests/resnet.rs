@@ -81,15 +81,9 @@ fn tiny_resnets_match_pytorch_on_an_application_s_device() {
     // An application's device, opened its own way: WebGPU's default limits (8 storage buffers
     // per stage, 128 MiB bindings) and no optional features, so no timestamps and no subgroup
     // reductions. The Gpu describes and plans for the device's own adapter.
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-        .expect("tests need a GPU adapter (lavapipe in CI)");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: wgpu::Limits::default().using_alignment(adapter.limits()),
-        ..Default::default()
-    }))
-    .unwrap();
+    let (adapter, device, queue) = application_device(|adapter, d| {
+        d.required_limits = wgpu::Limits::default().using_alignment(adapter.limits());
+    });
     let gpu = Gpu::from_device(device, queue);
     let info = adapter.get_info();
     assert_eq!(gpu.info().name, info.name);
@@ -119,15 +113,7 @@ fn resnet18_step(plan: PlanFor) -> (f32, Vec<(String, Vec<f32>)>, u64) {
     let loss = logits.cross_entropy(&y, 0.0).unwrap();
     let grads = tape.backward(&loss).unwrap();
     let dispatches = gpu.dispatch_count() - before;
-    let named = net
-        .params()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| {
-            let g = grads.get(binds.var(i))?;
-            Some((p.name.clone(), g.to_vec().unwrap()))
-        })
-        .collect();
+    let named = named_gradients(&net, &binds, &grads);
     (loss.tensor().to_vec().unwrap()[0], named, dispatches)
 }
 

@@ -255,20 +255,15 @@ fn application_gpu(with_engine_features: bool) -> Gpu {
     let engine = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
         | wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP;
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
-        pollster::block_on(instance.request_adapter(&Default::default())).expect("no GPU adapter");
-    let mut descriptor = wgpu::DeviceDescriptor {
-        required_limits: adapter.limits(),
-        ..Default::default()
-    };
-    if with_engine_features && adapter.features().contains(engine) {
-        descriptor.required_features = engine;
-        // SAFETY: only this crate's f16 engine uses the feature, as with GpuOptions::tensor_cores.
-        descriptor.experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() };
-    }
-    let (device, queue) = pollster::block_on(adapter.request_device(&descriptor)).unwrap();
+    let (adapter, device, queue) = application_device(|adapter, d| {
+        d.required_limits = adapter.limits();
+        if with_engine_features && adapter.features().contains(engine) {
+            d.required_features = engine;
+            // SAFETY: only this crate's f16 engine uses the feature, as with
+            // GpuOptions::tensor_cores.
+            d.experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
+    });
     Gpu::from_adapter_device(&adapter, device, queue)
 }
 
@@ -580,15 +575,7 @@ fn f16_resnet_step_tracks_the_f32_one() {
         let (logits, binds) = net.forward_train(&tape, &x, |_| true).unwrap();
         let loss = logits.cross_entropy(&y, 0.0).unwrap();
         let grads = tape.backward(&loss).unwrap();
-        let named: Vec<(String, Vec<f32>)> = net
-            .params()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let g = grads.get(binds.var(i))?;
-                Some((p.name.clone(), g.to_vec().unwrap()))
-            })
-            .collect();
+        let named = named_gradients(&net, &binds, &grads);
         // Inference after the forward pass moved the running statistics: the fused kernels.
         let eval = net.infer(&x).unwrap().to_vec().unwrap();
         results.push((loss.tensor().to_vec().unwrap()[0], named, eval));

@@ -20,6 +20,37 @@ pub fn new_gpu() -> Gpu {
     }
 }
 
+/// A device an application opens its own way, from the default adapter, with `describe` to set
+/// its limits and features; with that adapter. Fails (never skips) without an adapter.
+pub fn application_device(
+    describe: impl FnOnce(&wgpu::Adapter, &mut wgpu::DeviceDescriptor<'_>),
+) -> (wgpu::Adapter, wgpu::Device, wgpu::Queue) {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("tests need a GPU adapter (lavapipe in CI)");
+    let mut descriptor = wgpu::DeviceDescriptor::default();
+    describe(&adapter, &mut descriptor);
+    let (device, queue) = pollster::block_on(adapter.request_device(&descriptor)).unwrap();
+    (adapter, device, queue)
+}
+
+/// Every parameter's gradient in `grads`, by name, as `net.forward_train` bound them.
+pub fn named_gradients(
+    net: &resnet_wgpu::nn::ResNet,
+    binds: &resnet_wgpu::nn::Bindings,
+    grads: &resnet_wgpu::Gradients,
+) -> Vec<(String, Vec<f32>)> {
+    net.params()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let g = grads.get(binds.var(i))?;
+            Some((p.name.clone(), g.to_vec().unwrap()))
+        })
+        .collect()
+}
+
 /// `../shared/golden` beside the project root (or `$RESNET_WGPU_GOLDEN`).
 pub fn golden_dir() -> PathBuf {
     if let Ok(d) = std::env::var("RESNET_WGPU_GOLDEN") {
