@@ -106,14 +106,10 @@ impl Sgd {
             return Ok(());
         };
         let gpu = first.param.gpu().clone();
-        let mut firsts = Vec::with_capacity(group.len());
-        for u in group {
-            firsts.push(!self.buffers.contains_key(&u.slot));
-            if firsts.last() == Some(&true) {
-                let fresh = Tensor::uninit(&gpu, u.param.shape(), DType::F32, "sgd")?;
-                self.buffers.insert(u.slot, fresh);
-            }
-        }
+        let fresh = group
+            .iter()
+            .map(|u| self.fresh_buffer(u))
+            .collect::<Result<Vec<_>>>()?;
         let mut p = GroupParams {
             count: group.len() as u32,
             flags: if self.nesterov { 1 } else { 0 },
@@ -128,7 +124,7 @@ impl Sgd {
         let mut workgroups = 0u32;
         for s in 0..kernel.slots {
             let b = PER_SLOT * s as u32;
-            let (Some(u), Some(&starts)) = (group.get(s), firsts.get(s)) else {
+            let (Some(u), Some(fresh)) = (group.get(s), fresh.get(s)) else {
                 bound.extend([
                     (b + 1, spare_write.buffer()),
                     (b + 2, spare_read.buffer()),
@@ -140,25 +136,35 @@ impl Sgd {
             p.start[s] = workgroups;
             p.n[s] = n as u32;
             p.lr[s] = u.lr;
-            if starts {
+            if fresh.is_some() {
                 p.first |= 1 << s;
             }
             workgroups += n.div_ceil(WORKGROUP_1D as usize) as u32;
+            let buf = fresh.as_ref().unwrap_or_else(|| &self.buffers[&u.slot]);
             bound.extend([
                 (b + 1, u.param.buffer()),
                 (b + 2, u.grad.buffer()),
-                (b + 3, self.buffers[&u.slot].buffer()),
+                (b + 3, buf.buffer()),
             ]);
         }
-        let done = gpu.dispatch_bound(kernel.kernel, &[], &p, &bound, grid_1d(workgroups));
+        gpu.dispatch_bound(kernel.kernel, &[], &p, &bound, grid_1d(workgroups))?;
         drop(bound);
-        if done.is_err() {
-            // The new buffers were never written: the next step is still these slots' first.
-            for (u, _) in group.iter().zip(&firsts).filter(|(_, first)| **first) {
-                self.buffers.remove(&u.slot);
+        for (u, fresh) in group.iter().zip(fresh) {
+            if let Some(t) = fresh {
+                self.buffers.insert(u.slot, t);
             }
         }
-        done.map(drop)
+        Ok(())
+    }
+
+    /// A new momentum buffer for `u`'s first step (the kernel writes it without reading it),
+    /// or None where its slot has one. It joins the state once the update is recorded, so that
+    /// a failed first update leaves the next step still the first.
+    fn fresh_buffer(&self, u: &ParamUpdate<'_>) -> Result<Option<Tensor>> {
+        if self.buffers.contains_key(&u.slot) {
+            return Ok(None);
+        }
+        Tensor::uninit(u.param.gpu(), u.param.shape(), DType::F32, "sgd").map(Some)
     }
 }
 
@@ -201,21 +207,21 @@ impl Optimizer for Sgd {
                 gpu.dispatch(kernel, &p, &[u.param.buffer(), u.grad.buffer()], grid)?;
                 continue;
             }
-            let first = !self.buffers.contains_key(&u.slot);
-            p.flags =
-                if self.nesterov { FLAG_VARIANT } else { 0 } | if first { FLAG_FIRST } else { 0 };
-            if first {
-                let fresh = Tensor::uninit(gpu, u.param.shape(), DType::F32, OP)?;
-                self.buffers.insert(u.slot, fresh);
-            }
-            let buf = self.buffers[&u.slot].buffer();
+            let fresh = self.fresh_buffer(u)?;
+            p.flags = if self.nesterov { FLAG_VARIANT } else { 0 }
+                | if fresh.is_some() { FLAG_FIRST } else { 0 };
+            let buf = fresh.as_ref().unwrap_or_else(|| &self.buffers[&u.slot]);
             let (kernel, units, grid) = scalar_or_vec4(n, &SGD_MOMENTUM, &SGD_MOMENTUM4);
             p.n = units as u32;
-            let done = gpu.dispatch(kernel, &p, &[u.param.buffer(), u.grad.buffer(), buf], grid);
-            if done.is_err() && first {
-                self.buffers.remove(&u.slot);
+            gpu.dispatch(
+                kernel,
+                &p,
+                &[u.param.buffer(), u.grad.buffer(), buf.buffer()],
+                grid,
+            )?;
+            if let Some(t) = fresh {
+                self.buffers.insert(u.slot, t);
             }
-            done?;
         }
         self.steps += 1;
         if let Some(u) = updates.first() {
