@@ -181,8 +181,7 @@ fn group_step(s: u32, pv: f32, gv: f32, old: f32) -> vec2<f32> {
 // The slot of a grouped dispatch's workgroup w (linear index): the last of its `count` slots
 // whose first workgroup (increasing; slots 0-3 in lo, 4-7 in hi: a params struct's start[0]
 // and start[1]) is at most w. Two vectors rather than the array, which a function would hold
-// as a private array indexed at run time. Shared by sgd_momentum_group, adam_group and the
-// grouped clipping kernels.
+// as a private array indexed at run time. Shared by the grouped updates and clipping kernels.
 fn group_slot(w: u32, count: u32, lo: vec4<u32>, hi: vec4<u32>) -> u32 {
     var s = 0u;
     for (var k = 1u; k < count; k++) {
@@ -191,13 +190,25 @@ fn group_slot(w: u32, count: u32, lo: vec4<u32>, hi: vec4<u32>) -> u32 {
     return s;
 }
 
+// Where thread lid of a grouped element-wise dispatch's workgroup w works: (s, i, n), its
+// slot s (group_slot), the element i of slot s's tensor and that tensor's size n (i >= n past
+// its end). start_lo / start_hi and n_lo / n_hi: a params struct's start and n, as group_slot
+// takes them. Shared by sgd_momentum_group(2), adam_group(2) and clip_scale_group.
+fn group_place(w: u32, lid: u32, count: u32, start_lo: vec4<u32>, start_hi: vec4<u32>,
+               n_lo: vec4<u32>, n_hi: vec4<u32>) -> vec3<u32> {
+    let s = group_slot(w, count, start_lo, start_hi);
+    let first = select(start_hi, start_lo, s < 4u)[s % 4u];
+    return vec3<u32>(s, (w - first) * 256u + lid, select(n_hi, n_lo, s < 4u)[s % 4u]);
+}
+
 @compute @workgroup_size(256)
 fn sgd_momentum_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let w = wg.x + wg.y * nwg.x;
-    let s = group_slot(w, gp.count, gp.start[0], gp.start[1]);
-    let i = (w - gp.start[s / 4u][s % 4u]) * 256u + lid;
-    if (i >= gp.n[s / 4u][s % 4u]) { return; }
+    let at = group_place(wg.x + wg.y * nwg.x, lid, gp.count, gp.start[0], gp.start[1],
+                         gp.n[0], gp.n[1]);
+    if (at.y >= at.z) { return; }
+    let s = at.x;
+    let i = at.y;
     // The buffer is read on the first step too (a fresh one, whose values the step ignores).
     switch s {
         case 0u: { let r = group_step(0u, gp0[i], gg0[i], gb0[i]); gb0[i] = r.y; gp0[i] = r.x; }
@@ -217,10 +228,11 @@ fn sgd_momentum_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
 fn sgd_momentum_group2(@builtin(workgroup_id) wg: vec3<u32>,
                        @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
-    let w = wg.x + wg.y * nwg.x;
-    let s = group_slot(w, gp.count, gp.start[0], gp.start[1]);
-    let i = (w - gp.start[s / 4u][s % 4u]) * 256u + lid;
-    if (i >= gp.n[s / 4u][s % 4u]) { return; }
+    let at = group_place(wg.x + wg.y * nwg.x, lid, gp.count, gp.start[0], gp.start[1],
+                         gp.n[0], gp.n[1]);
+    if (at.y >= at.z) { return; }
+    let s = at.x;
+    let i = at.y;
     if (s == 0u) {
         let r = group_step(0u, gp0[i], gg0[i], gb0[i]); gb0[i] = r.y; gp0[i] = r.x;
     } else {
@@ -337,10 +349,11 @@ fn adam_group_step(s: u32, pv: f32, gv: f32, m_in: f32, v_in: f32) -> vec3<f32> 
 @compute @workgroup_size(256)
 fn adam_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let w = wg.x + wg.y * nwg.x;
-    let s = group_slot(w, ap.count, ap.start[0], ap.start[1]);
-    let i = (w - ap.start[s / 4u][s % 4u]) * 256u + lid;
-    if (i >= ap.n[s / 4u][s % 4u]) { return; }
+    let at = group_place(wg.x + wg.y * nwg.x, lid, ap.count, ap.start[0], ap.start[1],
+                         ap.n[0], ap.n[1]);
+    if (at.y >= at.z) { return; }
+    let s = at.x;
+    let i = at.y;
     // The moments are read on the first step too (fresh buffers, whose values the step ignores).
     switch s {
         case 0u: {
@@ -381,10 +394,11 @@ fn adam_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 @compute @workgroup_size(256)
 fn adam_group2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let w = wg.x + wg.y * nwg.x;
-    let s = group_slot(w, ap.count, ap.start[0], ap.start[1]);
-    let i = (w - ap.start[s / 4u][s % 4u]) * 256u + lid;
-    if (i >= ap.n[s / 4u][s % 4u]) { return; }
+    let at = group_place(wg.x + wg.y * nwg.x, lid, ap.count, ap.start[0], ap.start[1],
+                         ap.n[0], ap.n[1]);
+    if (at.y >= at.z) { return; }
+    let s = at.x;
+    let i = at.y;
     if (s == 0u) {
         let r = adam_group_step(0u, aw0[i], ag0[i], am0[i], av0[i]);
         am0[i] = r.y;
@@ -579,10 +593,11 @@ fn clip_sumsq_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 @compute @workgroup_size(256)
 fn clip_scale_group(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let w = wg.x + wg.y * nwg.x;
-    let s = group_slot(w, cp.count, cp.start[0], cp.start[1]);
-    let i = (w - cp.start[s / 4u][s % 4u]) * 256u + lid;
-    if (i >= cp.n[s / 4u][s % 4u]) { return; }
+    let at = group_place(wg.x + wg.y * nwg.x, lid, cp.count, cp.start[0], cp.start[1],
+                         cp.n[0], cp.n[1]);
+    if (at.y >= at.z) { return; }
+    let s = at.x;
+    let i = at.y;
     let c = cg_coef[0];
     switch s {
         case 0u: { cg0[i] = cg0[i] * c; }
