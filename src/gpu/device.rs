@@ -5,7 +5,7 @@
 //! `WGPU_POWER_PREF` (`low` / `high`). It asks for the adapter's real limits, so large tensors are
 //! not capped at WebGPU's conservative defaults.
 
-use super::{Gpu, GpuInfo};
+use super::Gpu;
 use crate::{Error, Result};
 
 /// Options for [`Gpu::with_options`].
@@ -228,16 +228,9 @@ impl Gpu {
             .request_device(&descriptor)
             .await
             .map_err(|e| Error::NoAdapter(format!("requesting a device failed: {e}")))?;
-        let info = adapter.get_info();
         let gpu = Gpu::build(
             device,
             queue,
-            GpuInfo {
-                name: info.name,
-                backend: info.backend,
-                driver: info.driver_info,
-                device_type: info.device_type,
-            },
             options.plan_for,
             checks_from_env() || options.shader_checks.unwrap_or(false),
         );
@@ -249,22 +242,10 @@ impl Gpu {
     /// limits and features are used, and the kernels are planned for its adapter's type (or as
     /// `RESNET_WGPU_PLAN_FOR` says). The crate works within WebGPU's default limits and without
     /// optional features: with `TIMESTAMP_QUERY` it can profile, and with `SUBGROUP` (native)
-    /// its reductions use subgroup shuffles. The f16 conv engine needs a device this crate
-    /// opened ([`GpuOptions::tensor_cores`]).
+    /// its reductions use subgroup shuffles. The f16 conv engine needs the adapter too
+    /// ([`Gpu::from_adapter_device`]).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
-        let info = device.adapter_info();
-        Gpu::build(
-            device,
-            queue,
-            GpuInfo {
-                name: info.name,
-                backend: info.backend,
-                driver: info.driver_info,
-                device_type: info.device_type,
-            },
-            None,
-            checks_from_env(),
-        )
+        Gpu::build(device, queue, None, checks_from_env())
     }
 
     /// [`Gpu::from_device`] for a device of `adapter`, with the f16 conv engine

@@ -719,13 +719,21 @@ impl Gpu {
     // On wasm32 the wgpu handles are not `Send`; the `Arc` still shares them within the one
     // thread there, and keeps `Gpu` `Send + Sync` on native.
     #[allow(clippy::arc_with_non_send_sync)]
+    /// A `Gpu` on `device`, described and planned for the adapter it was opened on (unless
+    /// `plan_for` says otherwise; see [`PlanFor`]).
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
-        info: GpuInfo,
         plan_for: Option<PlanFor>,
         shader_checks: bool,
     ) -> Gpu {
+        let adapter = device.adapter_info();
+        let info = GpuInfo {
+            name: adapter.name,
+            backend: adapter.backend,
+            driver: adapter.driver_info,
+            device_type: adapter.device_type,
+        };
         let limits = device.limits();
         let uniform_stride =
             UNIFORM_SIZE.next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(1) as u64);
