@@ -216,7 +216,7 @@ impl Optimizer for AdamW {
         }
         let grouped = group_kernel(updates, &GROUPS, PER_SLOT, self.grouping);
         if let Some(group) = grouped {
-            let ranges = plan_groups(updates, group.slots, |u| vec![u.grad.buffer().clone()]);
+            let ranges = plan_groups(updates, group.slots);
             for r in ranges {
                 self.dispatch_group(&updates[r], group)?;
             }

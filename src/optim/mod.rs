@@ -136,31 +136,28 @@ pub(crate) fn owned(t: Tensor) -> Result<Tensor> {
 
 /// Split `updates` into the ranges that one grouped dispatch each updates, in order: at most
 /// `slots` tensors, and a new dispatch wherever an update's parameter is read or written by an
-/// earlier update of the current one, or one of the buffers it reads (`reads`: its gradient) is
-/// an earlier update's parameter. wgpu rejects a buffer bound both read-only and
-/// read-write in one dispatch; per tensor in order, the earlier update reads the buffer before
-/// the later one writes it, and so do the split dispatches. (The state tensors are the
-/// optimizer's own, bound nowhere else.)
+/// earlier update of the current one, or its gradient (the one buffer it reads) is an earlier
+/// update's parameter. wgpu rejects a buffer bound both read-only and read-write in one
+/// dispatch; per tensor in order, the earlier update reads the buffer before the later one
+/// writes it, and so do the split dispatches. (The state tensors are the optimizer's own,
+/// bound nowhere else.)
 pub(crate) fn plan_groups(
     updates: &[ParamUpdate<'_>],
     slots: usize,
-    reads: impl Fn(&ParamUpdate<'_>) -> Vec<wgpu::Buffer>,
 ) -> Vec<std::ops::Range<usize>> {
     let mut ranges = Vec::new();
     let mut start = 0;
     let (mut read, mut written) = (HashSet::new(), HashSet::new());
     for (i, u) in updates.iter().enumerate() {
-        let r = reads(u);
-        let w = u.param.buffer();
-        let clash =
-            read.contains(w) || written.contains(w) || r.iter().any(|b| written.contains(b));
+        let (r, w) = (u.grad.buffer(), u.param.buffer());
+        let clash = read.contains(w) || written.contains(w) || written.contains(r);
         if i - start == slots || clash {
             ranges.push(start..i);
             start = i;
             read.clear();
             written.clear();
         }
-        read.extend(r);
+        read.insert(r.clone());
         written.insert(w.clone());
     }
     if start < updates.len() {

@@ -92,7 +92,7 @@ impl Sgd {
     /// SGD with momentum, `group.slots` tensors per dispatch, in the order of `updates`
     /// ([`plan_groups`]).
     fn step_grouped(&mut self, updates: &[ParamUpdate<'_>], group: &GroupKernel) -> Result<()> {
-        let ranges = plan_groups(updates, group.slots, |u| vec![u.grad.buffer().clone()]);
+        let ranges = plan_groups(updates, group.slots);
         for r in ranges {
             self.dispatch_group(&updates[r], group)?;
         }
