@@ -96,6 +96,63 @@ fn tiny_resnets_match_pytorch_on_an_application_s_device() {
     check_goldens(&gpu);
 }
 
+#[test]
+fn an_application_s_device_takes_the_kernel_options_and_refuses_the_opening_ones() {
+    let device = || application_device(|_, _| {});
+    // The plan is the application's to choose, whatever its adapter.
+    for plan in [PlanFor::Gpu, PlanFor::Cpu] {
+        let (adapter, device, queue) = device();
+        let options = GpuOptions {
+            plan_for: Some(plan),
+            shader_checks: Some(true),
+            ..Default::default()
+        };
+        let gpu = Gpu::from_adapter_device_with(&adapter, device, queue, &options).unwrap();
+        assert_eq!(gpu.plan_for(), plan);
+        assert!(gpu.shader_checks());
+    }
+    // Options that choose or open an adapter have no meaning for an opened device.
+    let refused = [
+        (
+            "backends",
+            GpuOptions {
+                backends: Some(wgpu::Backends::VULKAN),
+                ..Default::default()
+            },
+        ),
+        (
+            "adapter_name",
+            GpuOptions {
+                adapter_name: Some("llvmpipe".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "default_limits",
+            GpuOptions {
+                default_limits: true,
+                ..Default::default()
+            },
+        ),
+        // Opened without the cooperative-matrix features.
+        (
+            "tensor_cores",
+            GpuOptions {
+                tensor_cores: true,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (field, options) in refused {
+        let (adapter, device, queue) = device();
+        let e = Gpu::from_adapter_device_with(&adapter, device, queue, &options)
+            .err()
+            .unwrap_or_else(|| panic!("GpuOptions::{field} should be refused"))
+            .to_string();
+        assert!(e.contains(&format!("GpuOptions::{field}")), "{e}");
+    }
+}
+
 /// Loss and every parameter's gradient (by name) of a ResNet-18 training step at 224x224,
 /// batch 2 (random images), on a device planned for `plan`, and the dispatches it took.
 fn resnet18_step(plan: PlanFor) -> (f32, Vec<(String, Vec<f32>)>, u64) {

@@ -259,6 +259,51 @@ impl Gpu {
         device: wgpu::Device,
         queue: wgpu::Queue,
     ) -> Gpu {
+        Self::wrap(adapter, device, queue, None, checks_from_env())
+    }
+
+    /// [`Gpu::from_adapter_device`] with the settings of `options` that concern the kernels:
+    /// [`GpuOptions::plan_for`] and [`GpuOptions::shader_checks`]. With
+    /// [`GpuOptions::tensor_cores`] the device must have been opened with the f16 engine's
+    /// features. The other fields choose and open an adapter, which the application has done:
+    /// setting them is an error, as is asking for tensor cores on a device without those features.
+    pub fn from_adapter_device_with(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &GpuOptions,
+    ) -> Result<Gpu> {
+        let opening = [
+            ("backends", options.backends.is_some()),
+            ("adapter_name", options.adapter_name.is_some()),
+            ("default_limits", options.default_limits),
+        ];
+        if let Some((field, _)) = opening.iter().find(|(_, set)| *set) {
+            return Err(Error::Invalid(format!(
+                "GpuOptions::{field} chooses or opens an adapter, but this device was opened by \
+                 the application: leave it unset"
+            )));
+        }
+        if options.tensor_cores && !device.features().contains(MMA_FEATURES) {
+            return Err(Error::Invalid(format!(
+                "GpuOptions::tensor_cores: the device was opened without {:?}, which the f16 \
+                 conv engine needs",
+                MMA_FEATURES - device.features()
+            )));
+        }
+        let checks = checks_from_env() || options.shader_checks.unwrap_or(false);
+        Ok(Self::wrap(adapter, device, queue, options.plan_for, checks))
+    }
+
+    /// An application's device of `adapter`, with the f16 engine where the device has its
+    /// features and the adapter a configuration for it.
+    fn wrap(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        plan_for: Option<super::PlanFor>,
+        shader_checks: bool,
+    ) -> Gpu {
         let opened_for_mma = device.features().contains(MMA_FEATURES);
         #[cfg(not(target_arch = "wasm32"))]
         let mma = opened_for_mma
@@ -266,7 +311,7 @@ impl Gpu {
             .flatten();
         #[cfg(target_arch = "wasm32")]
         let (mma, _) = (None, adapter);
-        let gpu = Gpu::from_device(device, queue);
+        let gpu = Gpu::build(device, queue, plan_for, shader_checks);
         gpu.set_mma(mma, opened_for_mma);
         gpu
     }
