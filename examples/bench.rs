@@ -44,6 +44,9 @@
 //! A smoke run on a software adapter (lavapipe): `--batch 1 --iters 1 --infer-batch 2
 //! --cifar-batch 8 --models r18`.
 
+#[path = "common/noop.rs"]
+mod noop;
+
 use clap::Parser;
 use resnet_wgpu::gpu::{KernelTime, gpu_span_nanos};
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
@@ -94,6 +97,12 @@ struct Args {
     /// Time on the wall clock only, even where timestamp queries are available.
     #[arg(long)]
     no_timestamps: bool,
+    /// Run on wgpu's no-op backend, as on an H100 (its limits, a GPU's plan) that runs no
+    /// kernel: the calls are checked and recorded at full size on any machine, the memory
+    /// figures are exact, and the times are the host's alone (recording and submitting). With
+    /// `--what models`.
+    #[arg(long)]
+    noop: bool,
     /// Also write every result as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -1026,9 +1035,10 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
             gpu.flush();
             Ok(loss.into_tensor())
         })?;
-        // The warm-up compiles pipelines and the profiled run (the last) pays for timestamps:
-        // average the timed runs only.
-        let timed = &record[record.len() - 1 - b.iters..record.len() - 1];
+        // The warm-up compiles pipelines and the profiled run (the last, with timestamps) pays
+        // for them: average the timed runs only.
+        let end = record.len() - usize::from(b.timestamps);
+        let timed = &record[end - b.iters..end];
         print_row(ModelRow {
             model,
             mode: "train",
@@ -1382,7 +1392,19 @@ fn main() -> Result<()> {
                 .into(),
         ));
     }
-    let gpu = Gpu::with_conv_precision(args.precision)?;
+    if args.noop && (!models || f16 || args.autotune) {
+        return Err(Error::Invalid(
+            "--noop times the host alone, which only the models' figures report: use it with \
+             --what models, without --precision f16 (no-op devices have no tensor cores) and \
+             without --autotune (which would tune on times without the GPU's work)"
+                .into(),
+        ));
+    }
+    let gpu = if args.noop {
+        noop::noop_gpu(noop::h100_limits(), resnet_wgpu::PlanFor::Gpu)?
+    } else {
+        Gpu::with_conv_precision(args.precision)?
+    };
     gpu.set_conv_autotune(args.autotune)?;
     if let Some(order) = args.order {
         gpu.set_conv_order(order);
@@ -1402,12 +1424,18 @@ fn main() -> Result<()> {
     let (conv_model, shapes) = conv_shapes(&args.conv_shapes)?;
     let info = gpu.info().clone();
     let bench = Bench {
-        timestamps: !args.no_timestamps && gpu.profiling_supported(),
+        timestamps: !args.no_timestamps && !args.noop && gpu.profiling_supported(),
         iters: args.iters.max(1),
         warmup: std::time::Duration::from_millis(args.warmup_ms),
         gpu,
     };
     println!("adapter: {info}");
+    if args.noop {
+        println!(
+            "no-op device (--noop): an H100's limits and a GPU's plan, no kernel runs: wall times \
+             are the host's alone, memory figures exact"
+        );
+    }
     println!("conv precision: {:?}", args.precision);
     println!("conv reduction order: {:?}", bench.gpu.conv_order());
     println!("conv staging: {:?}", bench.gpu.conv_staging());
@@ -1422,7 +1450,9 @@ fn main() -> Result<()> {
     let plan = bench.gpu.plan_for();
     println!(
         "kernels planned for: {}",
-        if plan == resnet_wgpu::PlanFor::for_device_type(info.device_type) {
+        if args.noop {
+            format!("{plan:?} (--noop)")
+        } else if plan == resnet_wgpu::PlanFor::for_device_type(info.device_type) {
             format!("{plan:?} (the adapter's type)")
         } else {
             format!(
@@ -1461,6 +1491,8 @@ fn main() -> Result<()> {
         args.warmup_ms,
         if bench.timestamps {
             "timestamp queries"
+        } else if args.noop {
+            "none (--noop)"
         } else if args.no_timestamps {
             "off (--no-timestamps), wall time only"
         } else {
