@@ -13,8 +13,9 @@
 //!   that inference's fused ones replace), and training steps (forward, backward, SGD momentum;
 //!   each step submitted once recorded, as the trainer does, so that recording the next one
 //!   overlaps the GPU's work; the timed steps end with a synchronize) for ResNet-18 and
-//!   ResNet-50 at 224x224, batch `--batch`, and ResNet-18 at
-//!   32x32 (10 classes), batch `--cifar-batch`, each with the CPU time spent recording the step,
+//!   ResNet-50 at 224x224, batch `--batch`, ResNet-18 at 32x32 (10 classes), batch
+//!   `--cifar-batch`, and the train example's default model on Fashion-MNIST's images at its
+//!   batch of 128 (`main`: the README's main job), each with the CPU time spent recording the step,
 //!   its GPU time (the dispatches' sum, and their span from the first start to the last end,
 //!   which adds the device's idle gaps between them), the kernel families it spends that time
 //!   in, and its peak memory: the pool's (cached buffers included) and that of the tensors in
@@ -83,8 +84,10 @@ struct Args {
     /// Batch size of the ResNet-18 32x32 training step.
     #[arg(long, default_value_t = 256)]
     cifar_batch: usize,
-    /// Models to time, comma-separated: `r18`, `r50`.
-    #[arg(long, default_value = "r18,r50")]
+    /// Models to time, comma-separated: `r18`, `r50`, and `main`: the train example's default
+    /// model (ResNet-18 at widths 32-256 with the CIFAR stem) training on Fashion-MNIST's
+    /// 1x28x28 images at its batch of 128, the README's main job.
+    #[arg(long, default_value = "r18,r50,main")]
     models: String,
     /// Kernel families (entry points, their dispatches summed) listed per model, most GPU time
     /// first; the JSON holds the same.
@@ -904,8 +907,16 @@ fn model_config(name: &str, classes: usize) -> Result<(&'static str, ResNetConfi
     match name {
         "r18" => Ok(("ResNet-18", ResNetConfig::resnet18(classes))),
         "r50" => Ok(("ResNet-50", ResNetConfig::resnet50(classes))),
+        // examples/train.rs's defaults on Fashion-MNIST.
+        "main" => Ok((
+            "ResNet-18 (main job)",
+            ResNetConfig::resnet18(classes)
+                .with_stem(resnet_wgpu::nn::Stem::Cifar)
+                .with_in_channels(1)
+                .with_widths(vec![32, 64, 128, 256]),
+        )),
         _ => Err(Error::Invalid(format!(
-            "unknown model {name:?} in --models (use r18, r50)"
+            "unknown model {name:?} in --models (use r18, r50, main)"
         ))),
     }
 }
@@ -958,7 +969,7 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
     // eval-mode forward with tracked parameters, as fine-tuning with frozen statistics runs it:
     // its GPU time compares with the fused row's, less one tiny `eval_stats` dispatch per batch
     // norm that the tape needs; recording the tape costs CPU time and memory).
-    for m in &models {
+    for m in models.iter().filter(|&&m| m != "main") {
         for (n, mode) in [
             (1, "inference"),
             (args.infer_batch, "inference"),
@@ -995,6 +1006,10 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
     // Training steps: forward, backward, SGD with momentum and weight decay.
     let mut steps = Vec::new();
     for m in &models {
+        if *m == "main" {
+            steps.push((*m, 28, 128, 10));
+            continue;
+        }
         steps.push((*m, 224, args.batch, 1000));
         if *m == "r18" {
             steps.push((*m, 32, args.cifar_batch, 10));
@@ -1003,8 +1018,9 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
     for (m, hw, n, classes) in steps {
         let (model, config) = model_config(m, classes)?;
         fresh_peak(gpu)?;
+        let c = config.in_channels;
         let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
-        let x = Tensor::from_slice(gpu, &[n, 3, hw, hw], &pattern(n * 3 * hw * hw))?;
+        let x = Tensor::from_slice(gpu, &[n, c, hw, hw], &pattern(n * c * hw * hw))?;
         let labels = Tensor::from_u32(gpu, &[n], &vec![1; n])?;
         let mut sgd = Sgd::new(0.9, false, 5e-4);
         let mut record = Vec::new();
