@@ -39,6 +39,13 @@ fn checks_from_env() -> bool {
     std::env::var("RESNET_WGPU_SHADER_CHECKS").is_ok_and(|v| v == "1")
 }
 
+impl GpuOptions {
+    /// Whether the kernels get wgpu's runtime checks: asked for here or by the environment.
+    fn checks(&self) -> bool {
+        checks_from_env() || self.shader_checks.unwrap_or(false)
+    }
+}
+
 /// The features the f16 conv engine needs (requested only with [`GpuOptions::tensor_cores`]).
 const MMA_FEATURES: wgpu::Features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
     .union(wgpu::Features::SHADER_F16)
@@ -228,12 +235,7 @@ impl Gpu {
             .request_device(&descriptor)
             .await
             .map_err(|e| Error::NoAdapter(format!("requesting a device failed: {e}")))?;
-        let gpu = Gpu::build(
-            device,
-            queue,
-            options.plan_for,
-            checks_from_env() || options.shader_checks.unwrap_or(false),
-        );
+        let gpu = Gpu::build(device, queue, options.plan_for, options.checks());
         gpu.set_mma(mma, options.tensor_cores);
         Ok(gpu)
     }
@@ -291,8 +293,13 @@ impl Gpu {
                 MMA_FEATURES - device.features()
             )));
         }
-        let checks = checks_from_env() || options.shader_checks.unwrap_or(false);
-        Ok(Self::wrap(adapter, device, queue, options.plan_for, checks))
+        Ok(Self::wrap(
+            adapter,
+            device,
+            queue,
+            options.plan_for,
+            options.checks(),
+        ))
     }
 
     /// An application's device of `adapter`, with the f16 engine where the device has its
