@@ -32,7 +32,8 @@
 // the product's left factor is (A dy Aᵀ) ⊙ Z, so summed over tiles and images
 //   wino_gy:           GY[ξ][k][p] = (A dy Aᵀ)[i][j], dy = gy's tile p of channel k (zeros
 //                      past the plane's edge)
-//   (16 GEMMs)         dU[ξ][k][c] = sum_p GY[ξ][k][p] V[ξ][c][p]
+//   (16 GEMMs)         dU[ξ][k][c] = sum_p GY[ξ][k][p] V[ξ][c][p] (on narrow layers P positions
+//                      per GEMM, dU[ξ] its diagonal blocks: see du_at)
 //   wino_weights_grad: gw[k, c] = Gᵀ dU[.][k][c] G (3x3 from 4x4)
 //
 // Dispatch: one thread per column of the transformed values (U: rows * cols; V, GY: channels
@@ -61,6 +62,7 @@ struct Params {
     rows: u32,      // wino_weights, wino_weights_grad: rows and columns of each U[ξ] (dU[ξ])
     cols: u32,
     flip: u32,      // wino_weights: the input gradient's turned, transposed kernel
+    pack: u32,      // wino_weights_grad: positions ξ per GEMM of dU (see du_at)
     eps: f32,       // wino_output_bn: the batch norm's epsilon
 }
 
@@ -123,7 +125,7 @@ fn store_row4(u: vec4<f32>, at: u32, plane: u32) {
     dst[at + 3u * plane] = u.w;
 }
 
-// Read work item i's 4x4 values from src's 16 planes of `plane` values each (M or dU).
+// Read work item i's 4x4 values from src's 16 planes of `plane` values each (M).
 fn load_tile(plane: u32, i: u32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(
         load_row4(i, plane),
@@ -349,13 +351,32 @@ fn gt_row(u: vec4<f32>) -> vec3<f32> {
     return vec3<f32>(u.x + h, 0.5 * (u.y - u.z), h + u.w);
 }
 
+// dU[ξ][row][col] of work item i = row * cols + col, for the weight gradient's transform. The
+// GEMMs ran p.pack positions ξ each (P, src/ops/conv/winograd.rs `packed_positions`): GEMM j
+// multiplied the P planes of GY from position j P on (P rows rows) by those of V (P cols
+// columns), and its diagonal blocks are dU[j P + q] (q < P); the other blocks, one position's
+// GY times another's V, are not read. With P = 1, dU[ξ] is plane ξ of rows * cols values.
+fn du_at(xi: u32, i: u32) -> f32 {
+    let row = i / p.cols;
+    let col = i - row * p.cols;
+    let q = xi % p.pack;
+    let gemm_row = (xi / p.pack) * p.pack * p.rows + q * p.rows + row;
+    return src[gemm_row * p.pack * p.cols + q * p.cols + col];
+}
+
+// A row of work item i's 4x4 tile of dU: positions first .. first + 3.
+fn du_row4(first: u32, i: u32) -> vec4<f32> {
+    return vec4<f32>(du_at(first, i), du_at(first + 1u, i), du_at(first + 2u, i),
+                     du_at(first + 3u, i));
+}
+
 @compute @workgroup_size(256)
 fn wino_weights_grad(@builtin(workgroup_id) wg: vec3<u32>,
                      @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let d = load_tile(p.rows * p.cols, i);
+    let d = array<vec4<f32>, 4>(du_row4(0u, i), du_row4(4u, i), du_row4(8u, i), du_row4(12u, i));
     // Gᵀ dU, row by row, then each row times G.
     let h = 0.5 * (d[1] + d[2]);
     let g0 = gt_row(d[0] + h);
@@ -571,7 +592,13 @@ fn load6(at: u32, stride: u32) -> Vec6 {
     );
 }
 
-// Work item i's 6x6 values from src's 36 planes of `plane` values each (M or dU), by rows.
+// A row of work item i's 6x6 tile of dU: positions first .. first + 5 (du_at).
+fn du_row6(first: u32, i: u32) -> Vec6 {
+    return Vec6(du_at(first, i), du_at(first + 1u, i), du_at(first + 2u, i), du_at(first + 3u, i),
+                du_at(first + 4u, i), du_at(first + 5u, i));
+}
+
+// Work item i's 6x6 values from src's 36 planes of `plane` values each (M), by rows.
 fn load_tile6(plane: u32, i: u32) -> array<Vec6, 6> {
     return array<Vec6, 6>(
         load6(i, plane),
@@ -750,7 +777,8 @@ fn wino4_weights_grad(@builtin(workgroup_id) wg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let d = load_tile6(p.rows * p.cols, i);
+    let d = array<Vec6, 6>(du_row6(0u, i), du_row6(6u, i), du_row6(12u, i), du_row6(18u, i),
+                           du_row6(24u, i), du_row6(30u, i));
     let h = transpose_63(array<Vec3, 6>(gt3(d[0]), gt3(d[1]), gt3(d[2]), gt3(d[3]), gt3(d[4]),
                                         gt3(d[5])));
     // gw's column c is gt3(h[c]): gw[r][c] at i * 9 + 3 r + c.

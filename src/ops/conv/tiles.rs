@@ -111,6 +111,12 @@ impl TileModel {
         }
     }
 
+    /// The relative rate of `tile` on full tiles.
+    pub fn rate(&self, tile: ConvTile) -> f64 {
+        let i = ConvTile::ALL.iter().position(|&t| t == tile);
+        self.rates[i.expect("every tile is in ConvTile::ALL")]
+    }
+
     /// The tile for an `m x n` GEMM (with `extra` workgroups along a third axis, such as
     /// split-K chunks): the best product of the tile's rate, the share of the tiles' area that is
     /// real work, and how full the grid is. `RESNET_WGPU_CONV_TILE` overrides.

@@ -42,6 +42,7 @@ struct Params {
     rows: u32,
     cols: u32,
     flip: u32,
+    pack: u32,
     eps: f32,
 }
 
@@ -417,30 +418,36 @@ pub(super) fn backward_weight(
     let (chunks, most, xi) = (batch.count(), batch.most(), batch.xi);
     let v = scratch(op, gpu, xi * c * most)?;
     let gyt = scratch(op, gpu, xi * k * most)?;
-    // The GEMMs: rows k, columns c, reduced over a chunk's tiles, split like the direct weight
-    // gradient's (towards the model's target of workgroups per dispatch, in chunks of at least
-    // SPLIT_MIN_CHUNK tiles), the partial results of all chunks within the transforms' cap
-    // (one per chunk at the least: weight_grad_fits).
+    // The GEMMs: rows k, columns c, reduced over a chunk's tiles, `pack` positions ξ at a time
+    // ([`packed_positions`]: `gemms` GEMMs of rows pk and columns pc), split like the direct
+    // weight gradient's (towards the model's target of workgroups per dispatch, in chunks of
+    // at least SPLIT_MIN_CHUNK tiles), the partial results of all chunks within the
+    // transforms' cap (one per chunk at the least: weight_grad_fits).
     let model = TileModel::for_engine(gpu, f16);
-    let gemm_tile = model.choose(k, c, xi * most.div_ceil(SPLIT_MIN_CHUNK));
+    let reach = most.div_ceil(SPLIT_MIN_CHUNK);
+    let pack = packed_positions(&model, xi, k, c, reach);
+    let (gemms, pk, pc) = (xi / pack, pack * k, pack * c);
+    let gemm_tile = model.choose(pk, pc, gemms * reach);
     let engine = Engine::new(gpu, GemmTile::with_engine(f16, gemm_tile));
     let (tile_m, tile_n, tile_k) = engine.dims;
-    let grid_tiles = xi * k.div_ceil(tile_m) * c.div_ceil(tile_n);
-    let partial = chunks * xi * k * c;
-    let splits = model.weight_grad_splits(grid_tiles, most, partial, batch.cap, MAX_GRID / xi);
-    let part = scratch(op, gpu, chunks * splits * xi * k * c)?;
+    let grid_tiles = gemms * pk.div_ceil(tile_m) * pc.div_ceil(tile_n);
+    let partial = chunks * gemms * pk * pc;
+    let most_splits = MAX_GRID / gemms;
+    let splits = model.weight_grad_splits(grid_tiles, most, partial, batch.cap, most_splits);
+    let part = scratch(op, gpu, chunks * splits * gemms * pk * pc)?;
     // With the f16 engine, GY (operand A) is scaled.
     let scale = transformed_gy_scale(gy, f16, scale)?;
     for (chunk, first, tiles) in batch.iter() {
         batch.transform(gpu, &kernels(tile).input, x, &v, c, first, tiles)?;
         batch.transform(gpu, &kernels(tile).gy, gy, &gyt, k, first, tiles)?;
         // Every split of every chunk writes its partial result (zeros past a short chunk's
-        // end), so that the reduction sums chunks * splits of them.
-        let gg = Geometry::new(op, [1, c, 1, tiles], [k, c, 1, 1], 1, 0)?;
+        // end), so that the reduction sums chunks * splits of them. GEMM j reads the planes
+        // of the positions j pack .. (j + 1) pack, which lie one after another in V and GY.
+        let gg = Geometry::new(op, [1, pc, 1, tiles], [pk, pc, 1, 1], 1, 0)?;
         let chunk_len = tiles.div_ceil(splits).next_multiple_of(tile_k);
         let mut p = gg.params(false, chunk_len, splits);
-        p.batched = xi as u32;
-        p.z_base = (chunk * splits * xi) as u32;
+        p.batched = gemms as u32;
+        p.z_base = (chunk * splits * gemms) as u32;
         p.scaled = scale.is_some() as u32;
         engine.dispatch(
             gpu,
@@ -450,21 +457,22 @@ pub(super) fn backward_weight(
             &[v.buffer(), gyt.buffer(), part.buffer()],
             scale.as_ref().unwrap_or(x).buffer(),
             [
-                c.div_ceil(tile_n) as u32,
-                k.div_ceil(tile_m) as u32,
-                (splits * xi) as u32,
+                pc.div_ceil(tile_n) as u32,
+                pk.div_ceil(tile_m) as u32,
+                (splits * gemms) as u32,
             ],
         )?;
     }
-    let du = Tensor::uninit(gpu, &[xi, k, c], DType::F32, op)?;
+    let du = Tensor::uninit(gpu, &[gemms, pk, pc], DType::F32, op)?;
     let mut p = g.params(false, 0, chunks * splits);
-    p.reduce_len = (xi * k * c) as u32;
-    reduce_splits(gpu, &p, &part, &du, xi * k * c)?;
+    p.reduce_len = (gemms * pk * pc) as u32;
+    reduce_splits(gpu, &p, &part, &du, gemms * pk * pc)?;
     let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
     let p = Params {
         count: (k * c) as u32,
         rows: k as u32,
         cols: c as u32,
+        pack: pack as u32,
         ..Params::default()
     };
     gpu.dispatch(
@@ -474,6 +482,32 @@ pub(super) fn backward_weight(
         grid_for_elements(k * c),
     )?;
     Ok(gw)
+}
+
+/// How many positions ξ each of the weight gradient's GEMMs runs (1, 2, 4 or 8, dividing
+/// `xi`): the GEMMs `dU[ξ] = GY[ξ] V[ξ]ᵀ` are `k x c`, which on narrow layers fills a fraction
+/// of any GEMM tile (32 x 32: a quarter of 64 x 64), and the kernels' tiles have 256 threads
+/// of at least 4 x 4 values. P positions at once multiply GY's `P k` rows (the P positions'
+/// planes lie one after another) by V's `P c`: the `P k x P c` product holds the P wanted
+/// blocks on its diagonal (the others, one position's GY with another's V, are discarded),
+/// for P times the multiply-adds but up to P times fewer padded ones. Chosen by the tile
+/// model as the fewest multiply-adds per unit of the tile's rate, padding included (`reach`:
+/// the split-K chunks each GEMM may take, for the tile's choice): on a CPU adapter, 32
+/// channels pack in pairs (64 x 64, half of it wanted, against a quarter) and 64 or more not
+/// at all.
+fn packed_positions(model: &TileModel, xi: usize, k: usize, c: usize, reach: usize) -> usize {
+    let cost = |pack: usize| {
+        let (gemms, m, n) = (xi / pack, pack * k, pack * c);
+        let tile = model.choose(m, n, gemms * reach);
+        let (bm, bn, _) = tile.dims();
+        let padded = m.next_multiple_of(bm) * n.next_multiple_of(bn);
+        (gemms * padded) as f64 / model.rate(tile)
+    };
+    [1, 2, 4, 8]
+        .into_iter()
+        .filter(|pack| xi.is_multiple_of(*pack))
+        .min_by(|a, b| cost(*a).total_cmp(&cost(*b)))
+        .unwrap_or(1)
 }
 
 /// `out` `[N, K, H, W]` = the 3x3 stride-1 padding-1 convolution of `src` (`shape` `[N, C, H,
