@@ -59,7 +59,12 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(about = "Benchmark the kernels and the ResNet models (training and inference)")]
+// A later occurrence of an option replaces an earlier one (scripts/gpu/run.sh's preflight appends
+// its own --iters and --warmup-ms).
+#[command(
+    about = "Benchmark the kernels and the ResNet models (training and inference)",
+    args_override_self = true
+)]
 struct Args {
     /// Batch size of the kernel benchmarks and of the 224x224 training steps.
     #[arg(long, default_value_t = 32)]
@@ -102,8 +107,9 @@ struct Args {
     no_timestamps: bool,
     /// Run on wgpu's no-op backend, as on an H100 (its limits, a GPU's plan) that runs no
     /// kernel: the calls are checked and recorded at full size on any machine, the memory
-    /// figures are exact, and the times are the host's alone (recording and submitting). With
-    /// `--what models`.
+    /// figures are exact, and the times are the host's alone (recording and submitting); the
+    /// kernels' rates mean nothing there. A GPU run's commands with `--noop` check that they
+    /// run through before the GPU's time is spent on them.
     #[arg(long)]
     noop: bool,
     /// Also write every result as JSON to this file.
@@ -1408,11 +1414,10 @@ fn main() -> Result<()> {
                 .into(),
         ));
     }
-    if args.noop && (!models || f16 || args.autotune) {
+    if args.noop && (f16 || args.autotune) {
         return Err(Error::Invalid(
-            "--noop times the host alone, which only the models' figures report: use it with \
-             --what models, without --precision f16 (no-op devices have no tensor cores) and \
-             without --autotune (which would tune on times without the GPU's work)"
+            "--noop runs no kernel: not with --precision f16 (no-op devices have no tensor \
+             cores) nor with --autotune (which would tune on times without the GPU's work)"
                 .into(),
         ));
     }

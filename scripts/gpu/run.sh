@@ -43,6 +43,14 @@
 # workgroup reductions through workgroup memory, session 25) and these arguments: the
 # comparison for the default subgroup shuffles.
 # Every bench writes its figures as JSON under $OUT too (so bench-args must not include --json).
+# PREFLIGHT=1: not on the GPU machine but here, before a call, with the same variables and
+# arguments: every f32 bench of the call as the call would run it, on wgpu's no-op backend with
+# an H100's limits (`bench --noop`, one iteration, no warm-up), from target/release/examples
+# (`cargo build --release --examples` first). No kernel runs, but each bench goes through its
+# arguments and its full-size calls, so a bench that would fail on the GPU fails here, before
+# device time is spent on it. The tests, the driver's statistics, PyTorch, the f16 and
+# autotuned benches and the training run are left out. Logs under $OUT (default
+# /tmp/preflight); the script's status says whether every bench ran through.
 # RUN_BUDGET_S (default 570, under the device tool's 600 s per call): the whole script's time.
 # Each part gets at most what is left of it, and a part that would get under 30 s is skipped
 # with a line saying so, so that the call ends on its own, its logs complete, and the parts
@@ -51,7 +59,13 @@
 # budget to what the call may take.
 set -u
 TRAIN_S=${1:-300}; shift || true
+PREFLIGHT=${PREFLIGHT:-}
+if [ -n "$PREFLIGHT" ]; then
+  OUT=${OUT:-/tmp/preflight}; mkdir -p "$OUT"
+  RUN_BUDGET_S=${RUN_BUDGET_S:-3600}
+fi
 deadline=$(( $(date +%s) + ${RUN_BUDGET_S:-570} ))
+failed=()
 # part NAME CAP: print NAME and set $lim to CAP seconds or what is left of the budget, if less;
 # fails (and says so) when that is under 30 s.
 part() {
@@ -64,37 +78,49 @@ part() {
 # $OUT/NAME.json, at most 200 s; returns the bench's status (0 when skipped).
 bench() {
   local name=$1; shift
+  if [ -n "$PREFLIGHT" ]; then
+    case " $* " in
+      *" --precision f16 "*|*" --autotune "*) echo "== $name: not in the preflight"; return 0 ;;
+    esac
+    set -- "$@" --noop --iters 1 --warmup-ms 0
+  fi
   part "$name: bench $*" 200 || return 0
   local t0=$(date +%s)
   timeout "$lim" $B/bench "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.txt"
   local status=${PIPESTATUS[0]}
   echo "$name took $(( $(date +%s) - t0 )) s"
+  [ "$status" = 0 ] || failed+=("$name ($status)")
   return "$status"
 }
-for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done; ldconfig
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
-export WGPU_BACKEND=vulkan RESNET_WGPU_GOLDEN=$PWD/.carry/golden
-B=/tmp/bin && mkdir -p $B && tar -C $B -xJf .carry/bin.tar.xz
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv \
-  2>&1 | tee "$OUT/nvidia-smi.txt"
-echo "== tests"; t0=$(date +%s)
-for t in $B/test-*; do
-  part "$(basename $t)" 120 || continue
-  expect=0; [ "$(basename $t)" = test-tensor_cores ] && expect=1
-  RESNET_WGPU_EXPECT_TENSOR_CORES=$expect timeout "$lim" "$t" --test-threads 8 2>&1 \
-    | grep -E "test result|FAILED|panicked|failed" | head -20
-done 2>&1 | tee "$OUT/tests.log"
-echo "tests took $(( $(date +%s) - t0 )) s"
-# What the driver's compiler made of each kernel (registers and the like; seconds).
-if part "kernel statistics" 60; then
-  timeout "$lim" $B/kernel_stats --json "$OUT/kernel-stats.json" 2>&1 | tee "$OUT/kernel-stats.txt" | tail -3
-fi
-if [ -n "${TORCH_REF:-}" ] && part "PyTorch reference" 150; then
-  t0=$(date +%s)
-  PYTHONUNBUFFERED=1 timeout "$lim" python3 scripts/gpu/pytorch_reference.py --json "$OUT/torch.json" \
-    2>&1 | tee "$OUT/torch.txt"
-  echo "PyTorch reference took $(( $(date +%s) - t0 )) s"
+if [ -n "$PREFLIGHT" ]; then
+  B=target/release/examples
+  TRAIN_S=0 TORCH_REF=
+else
+  for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done; ldconfig
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+  export WGPU_BACKEND=vulkan RESNET_WGPU_GOLDEN=$PWD/.carry/golden
+  B=/tmp/bin && mkdir -p $B && tar -C $B -xJf .carry/bin.tar.xz
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv \
+    2>&1 | tee "$OUT/nvidia-smi.txt"
+  echo "== tests"; t0=$(date +%s)
+  for t in $B/test-*; do
+    part "$(basename $t)" 120 || continue
+    expect=0; [ "$(basename $t)" = test-tensor_cores ] && expect=1
+    RESNET_WGPU_EXPECT_TENSOR_CORES=$expect timeout "$lim" "$t" --test-threads 8 2>&1 \
+      | grep -E "test result|FAILED|panicked|failed" | head -20
+  done 2>&1 | tee "$OUT/tests.log"
+  echo "tests took $(( $(date +%s) - t0 )) s"
+  # What the driver's compiler made of each kernel (registers and the like; seconds).
+  if part "kernel statistics" 60; then
+    timeout "$lim" $B/kernel_stats --json "$OUT/kernel-stats.json" 2>&1 | tee "$OUT/kernel-stats.txt" | tail -3
+  fi
+  if [ -n "${TORCH_REF:-}" ] && part "PyTorch reference" 150; then
+    t0=$(date +%s)
+    PYTHONUNBUFFERED=1 timeout "$lim" python3 scripts/gpu/pytorch_reference.py --json "$OUT/torch.json" \
+      2>&1 | tee "$OUT/torch.txt"
+    echo "PyTorch reference took $(( $(date +%s) - t0 )) s"
+  fi
 fi
 bench bench "$@"
 status=$?
@@ -133,3 +159,7 @@ if [ "$TRAIN_S" -gt 0 ] && part "train" "$TRAIN_S"; then
   echo "train took $(( $(date +%s) - t0 )) s"
 fi
 echo "== done, $(( deadline - $(date +%s) )) s of RUN_BUDGET_S left"
+if [ -n "$PREFLIGHT" ]; then
+  [ ${#failed[@]} = 0 ] && { echo "preflight: every bench ran through"; exit 0; }
+  echo "preflight: failed: ${failed[*]}"; exit 1
+fi
