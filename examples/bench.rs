@@ -47,12 +47,14 @@
 
 #[path = "common/noop.rs"]
 mod noop;
+#[path = "common/step.rs"]
+mod step;
 
 use clap::Parser;
 use resnet_wgpu::gpu::{KernelTime, gpu_span_nanos};
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
 use resnet_wgpu::ops::{ConvTile, GemmTile, MmaTile};
-use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
+use resnet_wgpu::optim::Sgd;
 use resnet_wgpu::{Error, Gpu, GpuOptions, Result, Rng, Tape, Tensor, Var, ops};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -1032,24 +1034,7 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
         let mut record = Vec::new();
         let (timing, kernels) = b.measure(1, || {
             let start = Instant::now();
-            let tape = Tape::new();
-            let (logits, binds) = net.forward_train(&tape, &x, |_| true)?;
-            let loss = logits.cross_entropy(&labels, 0.0)?;
-            let grads = tape.backward(&loss)?;
-            let updates: Vec<ParamUpdate<'_>> = net
-                .params()
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| {
-                    grads.get(binds.var(i)).map(|g| ParamUpdate {
-                        slot: i,
-                        param: &p.tensor,
-                        grad: g,
-                        lr: 0.01,
-                    })
-                })
-                .collect();
-            sgd.step(&updates)?;
+            let loss = step::train_step(&mut net, &x, &labels, &mut sgd, 0.01)?;
             record.push(start.elapsed().as_secs_f64());
             // Submit each step as the trainer does, so that recording the next step overlaps
             // the GPU's work on this one (the timed runs still end with a synchronize). Not in

@@ -9,10 +9,12 @@
 
 #[path = "../examples/common/noop.rs"]
 mod noop;
+#[path = "../examples/common/step.rs"]
+mod step;
 
 use resnet_wgpu::nn::{ResNet, ResNetConfig};
-use resnet_wgpu::optim::{Optimizer, ParamUpdate, Sgd};
-use resnet_wgpu::{Error, Gpu, PlanFor, Rng, Tape, Tensor};
+use resnet_wgpu::optim::Sgd;
+use resnet_wgpu::{Error, Gpu, PlanFor, Rng, Tensor};
 
 const MIB: u64 = 1 << 20;
 
@@ -33,26 +35,7 @@ fn train_steps(
     let mut sgd = Sgd::new(0.9, false, 5e-4);
     let mut stats = Vec::new();
     for _ in 0..steps {
-        let tape = Tape::new();
-        let (logits, binds) = net.forward_train(&tape, &x, |_| true)?;
-        let loss = logits.cross_entropy(&y, 0.0)?;
-        let grads = tape.backward(&loss)?;
-        let updates: Vec<ParamUpdate<'_>> = net
-            .params()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let grad = grads.get(binds.var(i))?;
-                Some(ParamUpdate {
-                    slot: i,
-                    param: &p.tensor,
-                    grad,
-                    lr: 0.1,
-                })
-            })
-            .collect();
-        sgd.step(&updates)?;
-        drop(updates);
+        let loss = step::train_step(&mut net, &x, &y, &mut sgd, 0.1)?;
         loss.tensor().to_vec()?;
         stats.push(gpu.pool_stats());
     }
