@@ -425,7 +425,10 @@ pub(super) fn backward_weight(
     // transforms' cap (one per chunk at the least: weight_grad_fits).
     let model = TileModel::for_engine(gpu, f16);
     let reach = most.div_ceil(SPLIT_MIN_CHUNK);
-    let pack = packed_positions(&model, xi, k, c, reach);
+    // Packing multiplies the partial results by P: within the cap, as weight_grad_fits
+    // ensures for P = 1.
+    let most_pack = batch.cap / (chunks * xi * k * c);
+    let pack = packed_positions(&model, xi, k, c, reach, most_pack);
     let (gemms, pk, pc) = (xi / pack, pack * k, pack * c);
     let gemm_tile = model.choose(pk, pc, gemms * reach);
     let engine = Engine::new(gpu, GemmTile::with_engine(f16, gemm_tile));
@@ -492,10 +495,17 @@ pub(super) fn backward_weight(
 /// blocks on its diagonal (the others, one position's GY with another's V, are discarded),
 /// for P times the multiply-adds but up to P times fewer padded ones. Chosen by the tile
 /// model as the fewest multiply-adds per unit of the tile's rate, padding included (`reach`:
-/// the split-K chunks each GEMM may take, for the tile's choice): on a CPU adapter, 32
-/// channels pack in pairs (64 x 64, half of it wanted, against a quarter) and 64 or more not
-/// at all.
-fn packed_positions(model: &TileModel, xi: usize, k: usize, c: usize, reach: usize) -> usize {
+/// the split-K chunks each GEMM may take, for the tile's choice), at most `most`: on a CPU
+/// adapter, 32 channels pack in pairs (64 x 64, half of it wanted, against a quarter) and 64
+/// or more not at all.
+fn packed_positions(
+    model: &TileModel,
+    xi: usize,
+    k: usize,
+    c: usize,
+    reach: usize,
+    most: usize,
+) -> usize {
     let cost = |pack: usize| {
         let (gemms, m, n) = (xi / pack, pack * k, pack * c);
         let tile = model.choose(m, n, gemms * reach);
@@ -505,7 +515,7 @@ fn packed_positions(model: &TileModel, xi: usize, k: usize, c: usize, reach: usi
     };
     [1, 2, 4, 8]
         .into_iter()
-        .filter(|pack| xi.is_multiple_of(*pack))
+        .filter(|&pack| xi.is_multiple_of(pack) && (pack == 1 || pack <= most))
         .min_by(|a, b| cost(*a).total_cmp(&cost(*b)))
         .unwrap_or(1)
 }
