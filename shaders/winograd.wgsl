@@ -355,13 +355,13 @@ fn gt_row(u: vec4<f32>) -> vec3<f32> {
 // GEMMs ran p.pack positions ξ each (P, src/ops/conv/winograd.rs `packed_positions`): GEMM j
 // multiplied the P planes of GY from position j P on (P rows rows) by those of V (P cols
 // columns), and its diagonal blocks are dU[j P + q] (q < P); the other blocks, one position's
-// GY times another's V, are not read. With P = 1, dU[ξ] is plane ξ of rows * cols values.
+// GY times another's V, are not read. The GEMMs' rows of P cols values follow one another,
+// so dU[ξ]'s row is row ξ rows + row of them all, and its columns start at (ξ % P) cols.
+// With P = 1, dU[ξ] is plane ξ of rows * cols values.
 fn du_at(xi: u32, i: u32) -> f32 {
     let row = i / p.cols;
     let col = i - row * p.cols;
-    let q = xi % p.pack;
-    let gemm_row = (xi / p.pack) * p.pack * p.rows + q * p.rows + row;
-    return src[gemm_row * p.pack * p.cols + q * p.cols + col];
+    return src[(xi * p.rows + row) * p.pack * p.cols + (xi % p.pack) * p.cols + col];
 }
 
 // A row of work item i's 4x4 tile of dU: positions first .. first + 3.
