@@ -113,8 +113,7 @@ impl TileModel {
 
     /// The relative rate of `tile` on full tiles.
     pub fn rate(&self, tile: ConvTile) -> f64 {
-        let i = ConvTile::ALL.iter().position(|&t| t == tile);
-        self.rates[i.expect("every tile is in ConvTile::ALL")]
+        self.rates[tile.index()]
     }
 
     /// The tile for an `m x n` GEMM (with `extra` workgroups along a third axis, such as
@@ -220,11 +219,15 @@ impl ConvTile {
             _ if conv_stages(gpu, self) == 2 => &F32_DOUBLE,
             _ => &F32_SINGLE,
         };
-        let i = ConvTile::ALL
+        &set[self.index()]
+    }
+
+    /// The tile's place in [`ConvTile::ALL`] (and in the tables indexed alike).
+    pub(super) fn index(self) -> usize {
+        ConvTile::ALL
             .iter()
             .position(|&t| t == self)
-            .expect("a tile");
-        &set[i]
+            .expect("a tile")
     }
 
     /// Parse `64x64`, `128x64`, `64x128`, `128x128` or `32x128`.
