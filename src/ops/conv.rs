@@ -74,8 +74,9 @@ pub fn conv2d(
 }
 
 /// Which passes of the convolution run the narrow kernels on `gpu` (`shaders/conv_narrow.wgsl`:
-/// on CPU adapters, layers of at most 16 channels): [[`conv2d`], [`conv2d_backward_input`],
-/// [`conv2d_backward_weight`]] (for tests and benchmarks).
+/// on CPU adapters, layers of at most 16 channels and shallow convolutions of few taps):
+/// [[`conv2d`], [`conv2d_backward_input`], [`conv2d_backward_weight`]] (for tests and
+/// benchmarks).
 pub fn conv2d_narrow(
     gpu: &Gpu,
     x_shape: [usize; 4],

@@ -1,8 +1,10 @@
 //! Direct convolutions of narrow layers (`shaders/conv_narrow.wgsl`): a thread per two pixels
 //! and up to 16 channels (a thread per tap in the weight gradient), so that only outputs that
 //! exist are computed. The GEMM tiles compute at least 4,096 outputs per workgroup, most of them
-//! padding when a layer has 8 or 16 channels. [`takes`] says where [`crate::ConvAlgo::Auto`]
-//! routes a pass here.
+//! padding when a layer has 8 or 16 channels; and they stage their reduction in chunks, little
+//! of which is work when a convolution has few taps (a stem on one to three channels, a 1x1
+//! convolution of few channels). [`takes`] says where [`crate::ConvAlgo::Auto`] routes a pass
+//! here.
 
 use super::plan::{Geometry, gemm_grid};
 use super::reduce_splits;
@@ -21,6 +23,16 @@ const GATHER4: Kernel = kernel!("conv_narrow.wgsl", "narrow_gather4");
 const GROUP: usize = 16;
 /// Pixels one thread of the forward pass and the input gradient sums.
 const PIXELS_PER_THREAD: usize = 2;
+/// The most taps `C x R x S` of a shallow convolution, whose forward pass and weight gradient
+/// run here whatever the output channels K: a stem on one to three input channels (9 or 27 taps
+/// of 3 x 3), a 1x1 convolution of up to 32 channels. Its forward GEMM reduces over so few
+/// values that staging them in a tile costs more than the multiplies, and its weight gradient's
+/// GEMM has as few columns, padded to the tile's 64 or 128. On lavapipe (2 cores), the main
+/// job's steps at batch 128 (ms per pass, forward / weight gradient, these kernels against the
+/// GEMM tiles): the 1 -> 32 stem at 28x28 12 / 19 against 32-34 / 106-121, 1 -> 64 26 / 39
+/// against 50 / 104, 3 -> 32 28 / 38 against 48 / 108, and the 1x1/2 32 -> 64 shortcut at 14x14
+/// 16 / 23 (with its gather) against 17-20 / 31.
+const SHALLOW_TAPS: usize = 32;
 /// Threads per workgroup of the pixel kernels.
 const WORKGROUP: usize = 64;
 /// The most threads per workgroup of the weight gradient (one per tap).
@@ -87,7 +99,8 @@ struct GatherParams {
 /// pixel here would test them all, and a version by phase, tried, beat the GEMM on the 3x3/2
 /// conv of 8 channels, 22 against 33-36 ms, but lost on 16 channels and on 1x1 kernels), and
 /// for the forward pass and input gradient where Auto's rule does not run them through
-/// Winograd.
+/// Winograd. The forward pass and the weight gradient of a shallow convolution, of at most
+/// [`SHALLOW_TAPS`] taps `C x R x S`, run here whatever K: see there.
 ///
 /// On lavapipe (2 cores; `docs/gpu-runs/lavapipe-narrow.txt`), the narrow layers of the
 /// training test's model at batch 32, ms per pass (forward / input gradient / weight gradient),
@@ -97,11 +110,11 @@ struct GatherParams {
 /// weight gradient alone comes here. At 32 rows the GEMM won (a trial with the limit at 64):
 /// 19 / 18 / 27 against 7 / 8 / 18 for 32 -> 32 at 7x7.
 pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
-    let [k, c, _, _] = g.w;
+    let [k, c, r, s] = g.w;
+    let shallow = c * r * s <= SHALLOW_TAPS;
     let fits = match pass {
-        ConvPass::Forward => k <= GROUP,
+        ConvPass::Forward | ConvPass::WeightGrad => k <= GROUP || shallow,
         ConvPass::InputGrad => c <= GROUP && g.stride == 1,
-        ConvPass::WeightGrad => k <= GROUP,
     };
     let here = fits
         && gpu.plan_for() == crate::PlanFor::Cpu
