@@ -1202,21 +1202,25 @@ fn tile_choice_fits_the_gemm() {
     assert_eq!(gpu.choose(64, 400_000, 1), ConvTile::T64x64);
     assert_eq!(gpu.choose(3, 4096, 1), ConvTile::T64x64);
     assert_eq!(gpu.choose(512, 3136, 1), ConvTile::T64x64);
-    // Narrow GEMMs (32 channels or fewer) take the 32-row tile, which wastes none or less.
+    // Narrow GEMMs (32 channels or fewer) take the 32-row tile, which wastes none or less; never
+    // 32 x 256, which no GPU has measured.
     assert_eq!(gpu.choose(32, 100_000, 1), ConvTile::T32x128);
     assert_eq!(gpu.choose(8, 100_000, 1), ConvTile::T32x128);
     assert_eq!(gpu.choose(48, 100_000, 1), ConvTile::T64x64);
-    // CPUs: a few workgroups fill the device, so the fastest tile wins unless it is mostly waste.
+    // CPUs: a few workgroups fill the device, so the fastest tile wins unless it is mostly waste;
+    // 32-row GEMMs take the deeper 32-row tile, unless its columns would be mostly padding.
     let cpu = TileModel::CPU;
     assert_eq!(cpu.choose(512, 6272, 1), ConvTile::T128x128);
     assert_eq!(cpu.choose(64, 400_000, 1), ConvTile::T64x128);
-    assert_eq!(cpu.choose(32, 400_000, 1), ConvTile::T32x128);
+    assert_eq!(cpu.choose(32, 400_000, 1), ConvTile::T32x256);
+    assert_eq!(cpu.choose(32, 300, 1), ConvTile::T32x128);
     // The f16 engine runs the f16 tile standing in for the plan's, and on GPUs its model, which
     // counts the values staged per multiply-add, takes 128 x 128 where the tiles are full.
     assert_eq!(MmaTile::for_f32_tile(ConvTile::T128x128), MmaTile::T128x128);
     assert_eq!(MmaTile::for_f32_tile(ConvTile::T128x64), MmaTile::T128x64);
     assert_eq!(MmaTile::for_f32_tile(ConvTile::T64x128), MmaTile::T64x64);
     assert_eq!(MmaTile::for_f32_tile(ConvTile::T32x128), MmaTile::T64x64);
+    assert_eq!(MmaTile::for_f32_tile(ConvTile::T32x256), MmaTile::T64x64);
     let f16 = TileModel::GPU_F16;
     assert_eq!(f16.choose(256, 100_000, 1), ConvTile::T128x128);
     assert_eq!(f16.choose(64, 400_000, 1), ConvTile::T64x64);
@@ -1233,6 +1237,7 @@ fn tile_choice_fits_the_gemm() {
     assert_eq!(MmaTile::T128x128.workgroup_bytes(16, 2), 29_440);
     assert_eq!(ConvTile::parse("128x64"), Some(ConvTile::T128x64));
     assert_eq!(ConvTile::parse("32x128"), Some(ConvTile::T32x128));
+    assert_eq!(ConvTile::parse("32x256"), Some(ConvTile::T32x256));
     assert_eq!(ConvTile::parse("96x96"), None);
 }
 

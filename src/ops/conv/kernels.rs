@@ -118,23 +118,26 @@ macro_rules! f32_tiles {
             conv_kernels!(f32_tile!(4, 8, 16, 16, $stages), "conv_fma.wgsl"),
             conv_kernels!(f32_tile!(8, 8, 8, 16, $stages), "conv_fma.wgsl"),
             conv_kernels!(f32_tile!(4, 4, 16, 32, $stages), "conv_fma.wgsl"),
+            conv_kernels!(f32_tile!(8, 4, 8, 64, $stages), "conv_fma.wgsl"),
         ]
     };
 }
 
 /// The f32 kernels staging each chunk once ([`ConvStaging::Single`])...
-pub(super) const F32_SINGLE: [Kernels; 5] = f32_tiles!(1);
+pub(super) const F32_SINGLE: [Kernels; ConvTile::ALL.len()] = f32_tiles!(1);
 /// ...in two alternating copies ([`ConvStaging::Double`])...
-pub(super) const F32_DOUBLE: [Kernels; 5] = f32_tiles!(2);
+pub(super) const F32_DOUBLE: [Kernels; ConvTile::ALL.len()] = f32_tiles!(2);
 /// ...and once in chunks half as deep as the tile's ([`ConvStaging::Shallow`]), with split-K
 /// still planned in the tile's chunks. Each thread stages at least one value of A and two of B
-/// per chunk (conv.wgsl's LA and LB).
-pub(super) const F32_SHALLOW: [Kernels; 5] = [
+/// per chunk (conv.wgsl's LA and LB): 32 x 256 keeps its chunks of 8 (its A's 32 rows are one
+/// value per thread at that depth), in one copy.
+pub(super) const F32_SHALLOW: [Kernels; ConvTile::ALL.len()] = [
     conv_kernels!(tile_consts!(4, 4, 8, 16, 16, 1), "conv_fma.wgsl"),
     conv_kernels!(tile_consts!(8, 4, 8, 16, 16, 1), "conv_fma.wgsl"),
     conv_kernels!(tile_consts!(4, 8, 8, 16, 16, 1), "conv_fma.wgsl"),
     conv_kernels!(tile_consts!(8, 8, 4, 8, 16, 1), "conv_fma.wgsl"),
     conv_kernels!(tile_consts!(4, 4, 8, 16, 32, 1), "conv_fma.wgsl"),
+    conv_kernels!(tile_consts!(8, 4, 8, 8, 64, 1), "conv_fma.wgsl"),
 ];
 
 /// A conv.wgsl entry point that is no GEMM (the split-K reductions and the tap-window copies,
@@ -320,12 +323,14 @@ impl MmaTile {
     }
 
     /// The f16 tile standing in for the f32 engine's `tile` in a plan: the same tile where the
-    /// f16 engine has it, else 64 x 64 (for 64 x 128 and 32 x 128).
+    /// f16 engine has it, else 64 x 64 (for 64 x 128, 32 x 128 and 32 x 256).
     pub fn for_f32_tile(tile: ConvTile) -> MmaTile {
         match tile {
             ConvTile::T128x128 => MmaTile::T128x128,
             ConvTile::T128x64 => MmaTile::T128x64,
-            ConvTile::T64x64 | ConvTile::T64x128 | ConvTile::T32x128 => MmaTile::T64x64,
+            ConvTile::T64x64 | ConvTile::T64x128 | ConvTile::T32x128 | ConvTile::T32x256 => {
+                MmaTile::T64x64
+            }
         }
     }
 
