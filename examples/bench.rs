@@ -118,8 +118,8 @@ struct Args {
     #[arg(long)]
     json: Option<std::path::PathBuf>,
     /// The conv tiles `--what tiles` compares, comma-separated. Default: every tile of the
-    /// engine `--precision` selects (f32: 64x64, 128x64, 64x128, 128x128, 32x128, 32x256; f16:
-    /// 64x64, 128x64, 128x128).
+    /// engine `--precision` selects (f32: 64x64, 128x64, 64x128, 128x128, 32x128, 32x256,
+    /// 64x256; f16: 64x64, 128x64, 128x128).
     #[arg(long)]
     tiles: Option<String>,
     /// With `--what tiles`: also time the library's plan on a second device whose kernels are
@@ -1193,7 +1193,7 @@ struct TunedRow {
     /// The engine and tile tuning chose.
     tuned: String,
     /// Wall milliseconds per run with each f32 tile, in the order of `ConvTile::ALL` (64x64,
-    /// 128x64, 64x128, 128x128, 32x128, 32x256).
+    /// 128x64, 64x128, 128x128, 32x128, 32x256, 64x256).
     millis: Vec<f64>,
     /// With `--precision f16`, wall milliseconds per run with each f16 tile, in the order of
     /// `MmaTile::ALL` (64x64, 128x64, 128x128).
@@ -1368,7 +1368,7 @@ fn main() -> Result<()> {
             .map(|t| {
                 let tile = ConvTile::parse(t).ok_or_else(|| {
                     Error::Invalid(format!(
-                        "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128, 128x128, 32x128 or 32x256)"
+                        "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128, 128x128, 32x128, 32x256 or 64x256)"
                     ))
                 })?;
                 if !engine_tiles.contains(&tile) {

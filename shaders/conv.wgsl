@@ -66,25 +66,26 @@
 // `ConvTile`), giving
 // BM = TY TM and BN = TX TN: with 16 x 16 threads 64x64 (4x4, BK 16), 128x64, 64x128 (BK 16) and
 // 128x128 (8x8, BK 8); with 32 x 8 threads 32x128 (4x4, BK 16), for GEMMs of 32 rows or fewer
-// (narrow layers), which the 64-row tiles would half waste, and with 64 x 4 threads 32x256 (8x4,
-// BK 8), the same GEMMs on CPU adapters. Between those constants and this file comes the
-// multiply engine: conv_fma.wgsl (exact f32 fused multiply-adds, each thread its
-// micro-tile) or conv_mma.wgsl (operands rounded to f16, cooperative-matrix multiplies by
-// subgroups, f32 accumulation; 64x64 with BK 32, 128x64 and 128x128 with BK 16), which stage the
-// chunks (put_a, put_b), multiply them, and leave each thread's micro-tile in `acc` for the
-// epilogues here. Each chunk stages a [BK, BM] slice of the A operand and a [BK, BN] slice of B in
-// workgroup memory (rows padded by one vec4 against bank conflicts), loaded from global memory one
-// chunk ahead into registers so that the loads of chunk t+1 overlap the arithmetic on chunk t. The
-// tile declarations' STAGES says how many copies of the staged chunk the engine keeps (the host's
-// ConvStaging, one setting per engine: 2 only where the device's workgroup memory holds them;
-// the f16 engine keeps one unless asked for two). With one, each chunk is stored, a barrier,
-// multiplied, a barrier (before the next store overwrites it).
-// ConvStaging::Shallow stages one copy of chunks half as deep (BK 8, 4 for 128x128; 32x256
-// keeps its 8, of one A value per thread; f32 engine only), with splits planned in the usual
+// (narrow layers), which the 64-row tiles would half waste; and for CPU adapters, where a tile's
+// rate follows its multiply-adds per value read from workgroup memory, 32x256 (64 x 4 threads, 8x4,
+// BK 8) for the same GEMMs and 64x256 (32 x 8 threads, 8x8, BK 8) for those of 64 rows. Between
+// those constants and this file comes the multiply engine: conv_fma.wgsl (exact f32 fused
+// multiply-adds, each thread its micro-tile) or conv_mma.wgsl (operands rounded to f16,
+// cooperative-matrix multiplies by subgroups, f32 accumulation; 64x64 with BK 32, 128x64 and
+// 128x128 with BK 16), which stage the chunks (put_a, put_b), multiply them, and leave each
+// thread's micro-tile in `acc` for the epilogues here. Each chunk stages a [BK, BM] slice of the A
+// operand and a [BK, BN] slice of B in workgroup memory (rows padded by one vec4 against bank
+// conflicts), loaded from global memory one chunk ahead into registers so that the loads of chunk
+// t+1 overlap the arithmetic on chunk t. The tile declarations' STAGES says how many copies of the
+// staged chunk the engine keeps (the host's ConvStaging, one setting per engine: 2 only where the
+// device's workgroup memory holds them; the f16 engine keeps one unless asked for two). With one,
+// each chunk is stored, a barrier, multiplied, a barrier (before the next store overwrites it).
+// ConvStaging::Shallow stages one copy of chunks half as deep (BK 8, 4 for 128x128 and 64x256;
+// 32x256 keeps its 8, of one A value per thread; f32 engine only), with splits planned in the usual
 // depth (PLAN_BK), so that it sums in the same order: a quarter of the workgroup memory of two
-// copies, for browsers' CPU adapters, where zero-filling workgroup memory costs per element.
-// With two (the *_store functions, then engine_flip between copies), chunk t+1 is stored into
-// the other copy right after chunk t's multiply, and one barrier per chunk separates the two.
+// copies, for browsers' CPU adapters, where zero-filling workgroup memory costs per element. With
+// two (the *_store functions, then engine_flip between copies), chunk t+1 is stored into the other
+// copy right after chunk t's multiply, and one barrier per chunk separates the two.
 // Thread (tx, ty) = (tid % TX, tid / TX) owns rows 4 TY u + 4 ty + e (u < TM / 4, e < 4) and
 // columns 4 TX v + 4 tx + e (v < TN / 4) of the tile, so its workgroup-memory reads are whole vec4s
 // and a warp's reads of B are consecutive. Out-of-range rows, columns and reduction indices load

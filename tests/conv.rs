@@ -1208,10 +1208,12 @@ fn tile_choice_fits_the_gemm() {
     assert_eq!(gpu.choose(8, 100_000, 1), ConvTile::T32x128);
     assert_eq!(gpu.choose(48, 100_000, 1), ConvTile::T64x64);
     // CPUs: a few workgroups fill the device, so the fastest tile wins unless it is mostly waste;
-    // 32-row GEMMs take the deeper 32-row tile, unless its columns would be mostly padding.
+    // GEMMs of 32 and 64 rows take the 256-column tiles of their height, unless those columns
+    // would be mostly padding.
     let cpu = TileModel::CPU;
     assert_eq!(cpu.choose(512, 6272, 1), ConvTile::T128x128);
-    assert_eq!(cpu.choose(64, 400_000, 1), ConvTile::T64x128);
+    assert_eq!(cpu.choose(64, 400_000, 1), ConvTile::T64x256);
+    assert_eq!(cpu.choose(64, 576, 4), ConvTile::T64x128);
     assert_eq!(cpu.choose(32, 400_000, 1), ConvTile::T32x256);
     assert_eq!(cpu.choose(32, 300, 1), ConvTile::T32x128);
     // The f16 engine runs the f16 tile standing in for the plan's, and on GPUs its model, which
@@ -1221,6 +1223,7 @@ fn tile_choice_fits_the_gemm() {
     assert_eq!(MmaTile::for_f32_tile(ConvTile::T64x128), MmaTile::T64x64);
     assert_eq!(MmaTile::for_f32_tile(ConvTile::T32x128), MmaTile::T64x64);
     assert_eq!(MmaTile::for_f32_tile(ConvTile::T32x256), MmaTile::T64x64);
+    assert_eq!(MmaTile::for_f32_tile(ConvTile::T64x256), MmaTile::T64x64);
     let f16 = TileModel::GPU_F16;
     assert_eq!(f16.choose(256, 100_000, 1), ConvTile::T128x128);
     assert_eq!(f16.choose(64, 400_000, 1), ConvTile::T64x64);
@@ -1238,6 +1241,7 @@ fn tile_choice_fits_the_gemm() {
     assert_eq!(ConvTile::parse("128x64"), Some(ConvTile::T128x64));
     assert_eq!(ConvTile::parse("32x128"), Some(ConvTile::T32x128));
     assert_eq!(ConvTile::parse("32x256"), Some(ConvTile::T32x256));
+    assert_eq!(ConvTile::parse("64x256"), Some(ConvTile::T64x256));
     assert_eq!(ConvTile::parse("96x96"), None);
 }
 

@@ -119,6 +119,7 @@ macro_rules! f32_tiles {
             conv_kernels!(f32_tile!(8, 8, 8, 16, $stages), "conv_fma.wgsl"),
             conv_kernels!(f32_tile!(4, 4, 16, 32, $stages), "conv_fma.wgsl"),
             conv_kernels!(f32_tile!(8, 4, 8, 64, $stages), "conv_fma.wgsl"),
+            conv_kernels!(f32_tile!(8, 8, 8, 32, $stages), "conv_fma.wgsl"),
         ]
     };
 }
@@ -130,7 +131,7 @@ pub(super) const F32_DOUBLE: [Kernels; ConvTile::ALL.len()] = f32_tiles!(2);
 /// ...and once in chunks half as deep as the tile's ([`ConvStaging::Shallow`]), with split-K
 /// still planned in the tile's chunks. Each thread stages at least one value of A and two of B
 /// per chunk (conv.wgsl's LA and LB): 32 x 256 keeps its chunks of 8 (its A's 32 rows are one
-/// value per thread at that depth), in one copy.
+/// value per thread at that depth), in one copy; 64 x 256 stages chunks of 4.
 pub(super) const F32_SHALLOW: [Kernels; ConvTile::ALL.len()] = [
     conv_kernels!(tile_consts!(4, 4, 8, 16, 16, 1), "conv_fma.wgsl"),
     conv_kernels!(tile_consts!(8, 4, 8, 16, 16, 1), "conv_fma.wgsl"),
@@ -138,6 +139,7 @@ pub(super) const F32_SHALLOW: [Kernels; ConvTile::ALL.len()] = [
     conv_kernels!(tile_consts!(8, 8, 4, 8, 16, 1), "conv_fma.wgsl"),
     conv_kernels!(tile_consts!(4, 4, 8, 16, 32, 1), "conv_fma.wgsl"),
     conv_kernels!(tile_consts!(8, 4, 8, 8, 64, 1), "conv_fma.wgsl"),
+    conv_kernels!(tile_consts!(8, 8, 4, 8, 32, 1), "conv_fma.wgsl"),
 ];
 
 /// A conv.wgsl entry point that is no GEMM (the split-K reductions and the tap-window copies,
@@ -328,9 +330,11 @@ impl MmaTile {
         match tile {
             ConvTile::T128x128 => MmaTile::T128x128,
             ConvTile::T128x64 => MmaTile::T128x64,
-            ConvTile::T64x64 | ConvTile::T64x128 | ConvTile::T32x128 | ConvTile::T32x256 => {
-                MmaTile::T64x64
-            }
+            ConvTile::T64x64
+            | ConvTile::T64x128
+            | ConvTile::T32x128
+            | ConvTile::T32x256
+            | ConvTile::T64x256 => MmaTile::T64x64,
         }
     }
 

@@ -21,10 +21,14 @@ pub enum ConvTile {
     /// 32 x 128, 4 x 4 per thread (threads 32 columns by 8 rows), chunk 16: GEMMs of 32 rows
     /// or fewer (narrow layers' channels), which 64-row tiles would at least half waste.
     T32x128,
-    /// 32 x 256, 8 x 4 per thread (threads 64 columns by 4 rows), chunk 8: the same GEMMs
-    /// with twice the multiply-adds per value a thread reads from workgroup memory, for CPU
-    /// adapters (see [`TileModel::CPU`]).
+    /// 32 x 256, 8 x 4 per thread (threads 64 columns by 4 rows), chunk 8: the same GEMMs as
+    /// 32 x 128, with twice the multiply-adds per value a thread reads from workgroup memory,
+    /// on CPU adapters (see [`TileModel::CPU`]).
     T32x256,
+    /// 64 x 256, 8 x 8 per thread (threads 32 columns by 8 rows), chunk 8: GEMMs of 64 rows
+    /// (64-channel layers), which 128 x 128's 8 x 8 micro-tile would half waste, on CPU adapters
+    /// (see [`TileModel::CPU`]).
+    T64x256,
 }
 
 /// How the conv tiles trade off on one kind of adapter: their relative rates on full tiles
@@ -57,11 +61,11 @@ impl TileModel {
     /// with wgpu's runtime checks compiled in, and partly while the clocks were low.) A Hopper
     /// GPU has 132 compute units, and three of these 256-thread workgroups per unit fill it: on
     /// layer4's 3x3 convs at batch 128 (392 tiles of 128 x 64), 128 x 64 beat 64 x 64 (784
-    /// tiles) by 1.18x, and at batch 64 (196 tiles) lost to it. 32 x 256 came after run 6 and
-    /// has not run on a GPU: rate 0 keeps it out of a GPU's plans until a tile sweep measures
-    /// it (`bench --what tiles` times it with the others).
+    /// tiles) by 1.18x, and at batch 64 (196 tiles) lost to it. 32 x 256 and 64 x 256 came
+    /// after run 6 and have not run on a GPU: rate 0 keeps them out of a GPU's plans until a
+    /// tile sweep measures them (`bench --what tiles` times them with the others).
     pub const GPU: TileModel = TileModel {
-        rates: [0.85, 1.0, 0.85, 0.82, 0.71, 0.0],
+        rates: [0.85, 1.0, 0.85, 0.82, 0.71, 0.0, 0.0],
         full_grid: 396,
     };
 
@@ -72,9 +76,9 @@ impl TileModel {
     /// the multiplies: the rates are the values staged per multiply-add, relative to 128 x 128's
     /// (1/64 of one per multiply-add, 128 x 64's 1/43, 64 x 64's 1/32). 64 x 128 and 32 x 128,
     /// which the f16 engine runs as 64 x 64, get a quarter, so that the model picks 64 x 64
-    /// itself; 32 x 256, as in [`TileModel::GPU`], none.
+    /// itself; 32 x 256 and 64 x 256, as in [`TileModel::GPU`], none.
     pub const GPU_F16: TileModel = TileModel {
-        rates: [0.5, 0.67, 0.25, 1.0, 0.25, 0.0],
+        rates: [0.5, 0.67, 0.25, 1.0, 0.25, 0.0, 0.0],
         full_grid: 396,
     };
 
@@ -85,15 +89,19 @@ impl TileModel {
     /// machine's cores ([`TileModel::cpu_with_cores`]). With 16 workgroups to fill, the model
     /// chose 64 x 64 tiles for ResNet-18's late layers at batch 1, and the conv passes ran
     /// 10-23% slower on 2 cores (`bench --what convs --batch 1`). 32 x 128 ran at 0.75-0.85 of
-    /// 64 x 64's rate on full tiles (`bench --what tiles --batch 2`). 32 x 256 (session 28) ran
+    /// 64 x 64's rate on full tiles (`bench --what tiles --batch 2`). Every load of workgroup
+    /// memory there is a loop over the SIMD lanes (`docs/speed.md`, "What bounds the GEMMs on
+    /// lavapipe"), so a tile's rate follows its multiply-adds per value loaded, and session 28
+    /// added two tiles for GEMMs of 32 and 64 rows with larger micro-tiles. 32 x 256 (8 x 4) ran
     /// ResNet-18's 3x3 convs of layer1-3 at 1.05-1.2 times 32 x 128's rate and 0.64-0.75 of
-    /// 128 x 128's (the same sweep; mostly short of 64 x 128's), and the 36 GEMMs of 32 rows of
-    /// a Winograd F(4x4) pass of the main job's layer1 (32 channels at 28x28, batch 128) in
-    /// 77-82 ms against 93-105 on 32 x 128: every load of workgroup memory there is a loop over
-    /// the SIMD lanes (see `docs/speed.md`, "What bounds the GEMMs on lavapipe"), and its 8 x 4
-    /// micro-tile does twice the multiply-adds per value loaded.
+    /// 128 x 128's (the same sweep), and the 36 GEMMs of 32 rows of a Winograd F(4x4) pass of
+    /// the main job's layer1 (32 channels at 28x28, batch 128) in 77-82 ms against 93-105 on
+    /// 32 x 128. 64 x 256 (8 x 8, as 128 x 128) ran the forward passes and input gradients of
+    /// 64 rows (ResNet-18's layer1 and stem at 224x224) at 1.2-1.4 times 64 x 128's rate and
+    /// 128-row ones at 0.9-1.0 of 128 x 128's once padding is counted, but weight gradients at
+    /// 0.8-1.0 of 64 x 128's: 0.9 between the two.
     pub const CPU: TileModel = TileModel {
-        rates: [0.6, 0.65, 0.8, 1.0, 0.5, 0.7],
+        rates: [0.6, 0.65, 0.8, 1.0, 0.5, 0.7, 0.9],
         full_grid: 4,
     };
 
@@ -198,13 +206,14 @@ pub(super) const FILL_MIN_CHUNK: usize = 128;
 
 impl ConvTile {
     /// Every tile.
-    pub const ALL: [ConvTile; 6] = [
+    pub const ALL: [ConvTile; 7] = [
         ConvTile::T64x64,
         ConvTile::T128x64,
         ConvTile::T64x128,
         ConvTile::T128x128,
         ConvTile::T32x128,
         ConvTile::T32x256,
+        ConvTile::T64x256,
     ];
 
     /// (rows, columns, reduction chunk).
@@ -216,6 +225,7 @@ impl ConvTile {
             ConvTile::T128x128 => (128, 128, 8),
             ConvTile::T32x128 => (32, 128, 16),
             ConvTile::T32x256 => (32, 256, 8),
+            ConvTile::T64x256 => (64, 256, 8),
         }
     }
 
@@ -244,7 +254,7 @@ impl ConvTile {
             .expect("a tile")
     }
 
-    /// Parse `64x64`, `128x64`, `64x128`, `128x128`, `32x128` or `32x256`.
+    /// Parse `64x64`, `128x64`, `64x128`, `128x128`, `32x128`, `32x256` or `64x256`.
     pub fn parse(s: &str) -> Option<ConvTile> {
         ConvTile::ALL.into_iter().find(|t| {
             let (m, n, _) = t.dims();
@@ -260,7 +270,7 @@ pub(crate) fn forced_tile() -> Option<ConvTile> {
         let t = ConvTile::parse(&v);
         if t.is_none() {
             eprintln!(
-                "warning: RESNET_WGPU_CONV_TILE={v:?} is not one of 64x64, 128x64, 64x128, 128x128, 32x128, 32x256; ignored"
+                "warning: RESNET_WGPU_CONV_TILE={v:?} is not one of 64x64, 128x64, 64x128, 128x128, 32x128, 32x256, 64x256; ignored"
             );
         }
         t
