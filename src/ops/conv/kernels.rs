@@ -528,42 +528,37 @@ impl Engine {
     }
 }
 
-/// (variant, engine) of each kernel set named.
-macro_rules! shader_variants {
-    ($($set:ident[$i:literal]),* $(,)?) => {
-        [$(($set[$i].forward.variant, $set[$i].forward.engine)),*]
-    };
-}
+/// Every kernel set of both engines, in the order of [`CONV_SHADER_VARIANTS`].
+const SETS: [&[Kernels]; 7] = [
+    &F32_SINGLE,
+    &F32_DOUBLE,
+    &F32_SHALLOW,
+    &MMA_F16_SG32,
+    &MMA_F8_SG8,
+    &MMA_F16_SG32_DOUBLE,
+    &MMA_F8_SG8_DOUBLE,
+];
+
+/// The kernel sets' variants in all.
+const VARIANT_COUNT: usize = 3 * ConvTile::ALL.len() + 4 * MmaTile::ALL.len();
 
 /// Each conv variant's prepended WGSL declarations and its engine file under `shaders/` (for the
-/// shader tests, which compile `variant + engine + conv.wgsl`).
+/// shader tests, which compile `variant + engine + conv.wgsl`): every tile of every kernel set,
+/// so that no variant a plan can run is left out.
 #[doc(hidden)]
-pub const CONV_SHADER_VARIANTS: [(&str, &str); 27] = shader_variants![
-    F32_SINGLE[0],
-    F32_SINGLE[1],
-    F32_SINGLE[2],
-    F32_SINGLE[3],
-    F32_SINGLE[4],
-    F32_DOUBLE[0],
-    F32_DOUBLE[1],
-    F32_DOUBLE[2],
-    F32_DOUBLE[3],
-    F32_DOUBLE[4],
-    F32_SHALLOW[0],
-    F32_SHALLOW[1],
-    F32_SHALLOW[2],
-    F32_SHALLOW[3],
-    F32_SHALLOW[4],
-    MMA_F16_SG32[0],
-    MMA_F16_SG32[1],
-    MMA_F16_SG32[2],
-    MMA_F8_SG8[0],
-    MMA_F8_SG8[1],
-    MMA_F8_SG8[2],
-    MMA_F16_SG32_DOUBLE[0],
-    MMA_F16_SG32_DOUBLE[1],
-    MMA_F16_SG32_DOUBLE[2],
-    MMA_F8_SG8_DOUBLE[0],
-    MMA_F8_SG8_DOUBLE[1],
-    MMA_F8_SG8_DOUBLE[2],
-];
+pub const CONV_SHADER_VARIANTS: [(&str, &str); VARIANT_COUNT] = {
+    let mut all = [("", ""); VARIANT_COUNT];
+    let (mut set, mut n) = (0, 0);
+    while set < SETS.len() {
+        let mut tile = 0;
+        while tile < SETS[set].len() {
+            let forward = &SETS[set][tile].forward;
+            all[n] = (forward.variant, forward.engine);
+            n += 1;
+            tile += 1;
+        }
+        set += 1;
+    }
+    assert!(n == VARIANT_COUNT, "every variant listed once");
+    all
+};
