@@ -1,8 +1,8 @@
 //! Progress of the examples' long loops (an epoch, an evaluation, decoding an image folder):
 //! indicatif's bar with the rate and the ETA on a terminal, and where there is none (output
 //! sent to a log file, CI) a plain line every [`PLAIN_EVERY`] instead, which a bar cannot give
-//! there: a run on a slow adapter (lavapipe on 2 cores trains the default model at about 20
-//! images/s, an epoch in about 46 minutes) still shows how far it is and how long it has left.
+//! there: a run on a slow adapter (lavapipe on 2 cores trains the default model at about 25
+//! images/s, an epoch in about 35 minutes) still shows how far it is and how long it has left.
 
 #![allow(dead_code)] // each example uses its part
 
