@@ -7,13 +7,14 @@
 //! (split-K) whose partial results a second small kernel sums; the forward pass does the same
 //! when its output alone cannot fill the device (small batches).
 //!
-//! Each GEMM runs in one of five tile variants ([`ConvTile`]), or under
+//! Each GEMM runs in one of seven tile variants ([`ConvTile`]), or under
 //! [`ConvPrecision::F16`] on the f16 engine's tiles ([`MmaTile`]); a [`TileModel`] for the
 //! adapter picks the tile and the split-K plan per shape, and autotuning ([`crate::ops::tune`])
 //! can replace its choice of tile, engine ([`GemmTile`]) and algorithm.
 //!
-//! On CPU adapters, layers of at most 16 channels run direct kernels without GEMM tiles (the
-//! `narrow` submodule), whose tiles would compute mostly padding there.
+//! On CPU adapters, layers of at most 16 channels and shallow convolutions (few taps) run direct
+//! kernels without GEMM tiles (the `narrow` submodule), whose tiles would compute mostly padding
+//! there.
 //!
 //! The 3x3 convolutions of stride 1 and padding 1 run Winograd where [`crate::ConvAlgo`] says
 //! so (the `winograd` submodule): transforms around 36 of these GEMMs, batched, with a quarter
