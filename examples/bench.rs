@@ -632,13 +632,7 @@ fn sweep_tiles(
     checked: Option<&Bench>,
 ) -> Result<TileSweep> {
     let gpu = &b.gpu;
-    let names: Vec<String> = tiles
-        .iter()
-        .map(|t| {
-            let (m, n, _) = t.dims();
-            format!("{m}x{n}")
-        })
-        .collect();
+    let names: Vec<String> = tiles.iter().map(ToString::to_string).collect();
     println!(
         "Conv tiles, batch {batch} (GFLOP/s from {} time; * = fastest; plan = the library's own \
          choice of direct GEMM; checked = the plan with wgpu's runtime checks compiled in)",
@@ -1221,11 +1215,6 @@ fn algo_name(winograd: bool, tile: resnet_wgpu::WinogradTile, f16: bool) -> Stri
     }
 }
 
-fn tile_name(t: ConvTile) -> String {
-    let (m, n, _) = t.dims();
-    format!("{m}x{n}")
-}
-
 /// Print and return what `--autotune` tuned.
 fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
     let tuned = gpu.tuned_convs();
@@ -1244,7 +1233,7 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
     let f16 = tuned.iter().any(|t| t.f16_millis.is_some());
     let mut names: Vec<String> = ConvTile::ALL
         .iter()
-        .map(|&t| format!("{:>9}", tile_name(t)))
+        .map(|&t| format!("{:>9}", t.to_string()))
         .collect();
     if f16 {
         names.extend(
@@ -1368,11 +1357,12 @@ fn main() -> Result<()> {
             .map(|t| {
                 let tile = ConvTile::parse(t).ok_or_else(|| {
                     Error::Invalid(format!(
-                        "--tiles: unknown tile {t:?} (expected 64x64, 128x64, 64x128, 128x128, 32x128, 32x256 or 64x256)"
+                        "--tiles: unknown tile {t:?} (expected one of {})",
+                        ConvTile::names()
                     ))
                 })?;
                 if !engine_tiles.contains(&tile) {
-                    let names: Vec<String> = engine_tiles.iter().map(|&e| tile_name(e)).collect();
+                    let names: Vec<String> = engine_tiles.iter().map(ToString::to_string).collect();
                     return Err(Error::Invalid(format!(
                         "--tiles: the f16 engine has no {t} tile (it has {})",
                         names.join(",")

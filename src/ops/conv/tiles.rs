@@ -254,12 +254,26 @@ impl ConvTile {
             .expect("a tile")
     }
 
-    /// Parse `64x64`, `128x64`, `64x128`, `128x128`, `32x128`, `32x256` or `64x256`.
+    /// Parse a tile's name (its [`Display`](std::fmt::Display): `64x64`, `128x64`, `64x128`,
+    /// `128x128`, `32x128`, `32x256` or `64x256`).
     pub fn parse(s: &str) -> Option<ConvTile> {
-        ConvTile::ALL.into_iter().find(|t| {
-            let (m, n, _) = t.dims();
-            s.trim() == format!("{m}x{n}")
-        })
+        ConvTile::ALL
+            .into_iter()
+            .find(|t| s.trim() == t.to_string())
+    }
+
+    /// Every tile's name, comma-separated (for messages that list the choices).
+    pub fn names() -> String {
+        let names: Vec<String> = ConvTile::ALL.iter().map(ToString::to_string).collect();
+        names.join(", ")
+    }
+}
+
+/// A tile's name, rows x columns: `128x64`.
+impl std::fmt::Display for ConvTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (m, n, _) = self.dims();
+        write!(f, "{m}x{n}")
     }
 }
 
@@ -270,7 +284,8 @@ pub(crate) fn forced_tile() -> Option<ConvTile> {
         let t = ConvTile::parse(&v);
         if t.is_none() {
             eprintln!(
-                "warning: RESNET_WGPU_CONV_TILE={v:?} is not one of 64x64, 128x64, 64x128, 128x128, 32x128, 32x256, 64x256; ignored"
+                "warning: RESNET_WGPU_CONV_TILE={v:?} is not one of {}; ignored",
+                ConvTile::names()
             );
         }
         t
