@@ -36,6 +36,10 @@
 //                         times their lengths, split s of GEMM b at grid z = s B + b writing
 //                         partial p.z_base + z: Winograd's 16 (winograd.wgsl), each a 1x1
 //                         convolution's weight gradient over one image of 1 x tiles pixels.
+//                         Block-diagonal (BLOCK_M, BLOCK_N > 0: Winograd's packed positions,
+//                         src/ops/conv/winograd.rs): only the diagonal blocks of BLOCK_M rows by
+//                         BLOCK_N columns are wanted, and a thread none of whose micro-tile lies
+//                         in one skips the multiplies (bw_live); it stores zeros there.
 //   conv_forward (cont.): When the output tiles alone would leave the GPU idle (small batches),
 //                         the reduction is split like the weight gradient's: split z writes its
 //                         partial y at z * len(y), and conv_forward_reduce adds them and the bias.
@@ -227,6 +231,12 @@ override ACCUMULATE: bool = false;
 // branches with them as flags).
 override RESIDUAL: bool = false;
 override RELU: bool = false;
+
+// conv_backward_weight of a block-diagonal GEMM (see the header): the wanted blocks' rows and
+// columns, 0 for a whole GEMM. Set only with the f32 engine (conv_fma.wgsl), whose threads
+// multiply their own micro-tiles; the f16 engine's subgroups multiply together.
+override BLOCK_M: u32 = 0u;
+override BLOCK_N: u32 = 0u;
 
 const TY: u32 = 256u / TX;          // thread rows (TX thread columns)
 const BM: u32 = TY * TM;
@@ -1309,6 +1319,26 @@ fn bw_emit(tid: u32, m0: u32, n0: u32) {
     }
 }
 
+// Whether thread tid's micro-tile of the tile at (m0, n0) holds any output of a diagonal block
+// (always, without BLOCK_M): its rows 4 TY u + 4 ty .. + 3 and columns 4 TX v + 4 tx .. + 3 as
+// row and column block ranges, for each of its VM x VN 4 x 4 parts.
+fn bw_live(tid: u32, m0: u32, n0: u32) -> bool {
+    if (BLOCK_M == 0u) { return true; }
+    let bm = max(BLOCK_M, 1u);      // no division by a constant zero, which WGSL rejects
+    let bn = max(BLOCK_N, 1u);
+    let r = m0 + 4u * (tid / TX);
+    let c = n0 + 4u * (tid % TX);
+    var live = false;
+    for (var u = 0u; u < VM; u++) {
+        for (var v = 0u; v < VN; v++) {
+            let r0 = r + 4u * TY * u;
+            let c0 = c + 4u * TX * v;
+            live |= (r0 / bm <= (c0 + 3u) / bn) & ((r0 + 3u) / bm >= c0 / bn);
+        }
+    }
+    return live;
+}
+
 // Stage the weight gradient's loaded chunk (ra, rb) in workgroup memory.
 fn bw_store(tid: u32) {
     store_a_kfast(tid);
@@ -1336,6 +1366,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     out_base = (p.z_base + wg.z) * p.out_c * crs;
     if (TAPS_OUTER) { bw_tap = n0 / p.in_c; }
     bw_walk_begin(begin + tid % BK);
+    let live = bw_live(tid, m0, n0);
     engine_begin();
     bw_load(tid, begin, end, m0, n0, crs);
     if (STAGES == 2u) {
@@ -1349,7 +1380,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
         }
         // The next chunk, even after the last (see fw_gemm).
         bw_load(tid, k0 + BK, end, m0, n0, crs);
-        multiply(tid);
+        if (live) { multiply(tid); }
         if (STAGES == 2u) {
             engine_flip();
             bw_store(tid);
