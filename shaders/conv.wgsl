@@ -39,7 +39,8 @@
 //                         Block-diagonal (BLOCK_M, BLOCK_N > 0: Winograd's packed positions,
 //                         src/ops/conv/winograd.rs): only the diagonal blocks of BLOCK_M rows by
 //                         BLOCK_N columns are wanted, and a thread none of whose micro-tile lies
-//                         in one skips the multiplies (bw_live); it stores zeros there.
+//                         in one skips the multiplies with SKIP_IDLE (thread_live); it stores
+//                         zeros there.
 //   conv_forward (cont.): When the output tiles alone would leave the GPU idle (small batches),
 //                         the reduction is split like the weight gradient's: split z writes its
 //                         partial y at z * len(y), and conv_forward_reduce adds them and the bias.
@@ -232,9 +233,16 @@ override ACCUMULATE: bool = false;
 override RESIDUAL: bool = false;
 override RELU: bool = false;
 
-// conv_backward_weight of a block-diagonal GEMM (see the header): the wanted blocks' rows and
-// columns, 0 for a whole GEMM. Set only with the f32 engine (conv_fma.wgsl), whose threads
-// multiply their own micro-tiles; the f16 engine's subgroups multiply together.
+// The GEMMs' threads that store nothing skip their multiplies (thread_live). Set by the host
+// for the f32 engine (conv_fma.wgsl, whose threads multiply their own micro-tiles; the f16
+// engine's subgroups multiply together) on a CPU adapter's plan, where 4 to 8 consecutive
+// threads share each SIMD instruction, so that whole SIMD groups skip. Not on a GPU's, whose
+// warps of 32 rarely skip whole: there the chunk loops keep no branch, since RADV sank the next
+// chunk's loads past one, after the multiply they should overlap.
+override SKIP_IDLE: bool = false;
+
+// conv_backward_weight of a block-diagonal GEMM (see the header), with SKIP_IDLE: the wanted
+// blocks' rows and columns, 0 for a whole GEMM.
 override BLOCK_M: u32 = 0u;
 override BLOCK_N: u32 = 0u;
 
@@ -627,6 +635,33 @@ fn fw_store(tid: u32) {
     store_b_nfast(tid);
 }
 
+// Whether thread tid's micro-tile of the tile at (m0, n0) holds an output the epilogue stores:
+// a row below `rows` and a column below `cols` (the GEMM's), and with BLOCK_M (the weight
+// gradient's block-diagonal GEMMs) one in a diagonal block. With SKIP_IDLE a thread without one
+// skips its multiplies: the padding of a GEMM smaller than its tile (a layer of 8 or 16 channels
+// in a 32-row tile, a ragged last column tile) and the discarded blocks. The thread's rows are
+// 4 TY u + 4 ty + e and its columns 4 TX v + 4 tx + e (u < VM, v < VN, e < 4). Always true
+// without SKIP_IDLE.
+fn thread_live(tid: u32, m0: u32, n0: u32, rows: u32, cols: u32) -> bool {
+    if (!SKIP_IDLE) { return true; }
+    let r = m0 + 4u * (tid / TX);
+    let c = n0 + 4u * (tid % TX);
+    if ((r >= rows) | (c >= cols)) { return false; }
+    if (BLOCK_M == 0u) { return true; }
+    let bm = max(BLOCK_M, 1u);      // no division by a constant zero, which WGSL rejects
+    let bn = max(BLOCK_N, 1u);
+    var live = false;
+    for (var u = 0u; u < VM; u++) {
+        for (var v = 0u; v < VN; v++) {
+            // The 4 x 4 part's row and column blocks overlap: it holds a diagonal output.
+            let r0 = r + 4u * TY * u;
+            let c0 = c + 4u * TX * v;
+            live |= (r0 / bm <= (c0 + 3u) / bn) & ((r0 + 3u) / bm >= c0 / bn);
+        }
+    }
+    return live;
+}
+
 // The GEMM of one forward tile, leaving the thread's micro-tile in `acc`. Returns the tile's
 // first row (channel) and column (pixel), or column NO_TILE for the surplus groups of the grid.
 fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
@@ -658,6 +693,7 @@ fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
     let xbase = x_base + px.img * p.in_c * p.in_h * p.in_w;
     let ih0 = i32(px.y * p.stride) - i32(p.pad);
     let iw0 = i32(px.x * p.stride) - i32(p.pad);
+    let live = thread_live(tid, m0, n0, p.out_c, ncols);
     engine_begin();
     if (TAPS_OUTER) { taps_begin(begin, p.in_c); }
     fw_load(tid, begin, m0, end, px.valid, xbase, ih0, iw0);
@@ -675,7 +711,7 @@ fn fw_gemm(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> vec2<u32> {
         // multiply reads: with a branch around it, compilers merge the two paths' registers
         // with copies that wait for the loads before the multiply.
         fw_load(tid, k0 + BK, m0, end, px.valid, xbase, ih0, iw0);
-        multiply(tid);
+        if (live) { multiply(tid); }
         // With two copies, the next chunk goes into the other one, after the last chunk too: a
         // store on some iterations only would let compilers sink the loads into its branch,
         // after the multiply.
@@ -1113,6 +1149,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     // (h + pd - r0) / st and (w + pd - s0) / st for this column: exact divisions.
     let oh0 = (phase.h0 + p.stride * px.y + p.pad - phase.r0) / p.stride;
     let ow0 = (phase.w0 + p.stride * px.x + p.pad - phase.s0) / p.stride;
+    let live = thread_live(tid, m0, n0, p.in_c, ncols);
     engine_begin();
     // A split past the phase's taps has nothing to load (and writes zeros).
     if (begin < end) {
@@ -1130,7 +1167,7 @@ fn conv_backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         }
         // The next chunk, even after the last (see fw_gemm).
         bi_load(tid, k0 + BK, m0, end, px.valid, gbase, oh0, ow0);
-        multiply(tid);
+        if (live) { multiply(tid); }
         if (STAGES == 2u) {
             engine_flip();
             bi_store(tid);
@@ -1319,26 +1356,6 @@ fn bw_emit(tid: u32, m0: u32, n0: u32) {
     }
 }
 
-// Whether thread tid's micro-tile of the tile at (m0, n0) holds any output of a diagonal block
-// (always, without BLOCK_M): its rows 4 TY u + 4 ty .. + 3 and columns 4 TX v + 4 tx .. + 3 as
-// row and column block ranges, for each of its VM x VN 4 x 4 parts.
-fn bw_live(tid: u32, m0: u32, n0: u32) -> bool {
-    if (BLOCK_M == 0u) { return true; }
-    let bm = max(BLOCK_M, 1u);      // no division by a constant zero, which WGSL rejects
-    let bn = max(BLOCK_N, 1u);
-    let r = m0 + 4u * (tid / TX);
-    let c = n0 + 4u * (tid % TX);
-    var live = false;
-    for (var u = 0u; u < VM; u++) {
-        for (var v = 0u; v < VN; v++) {
-            let r0 = r + 4u * TY * u;
-            let c0 = c + 4u * TX * v;
-            live |= (r0 / bm <= (c0 + 3u) / bn) & ((r0 + 3u) / bm >= c0 / bn);
-        }
-    }
-    return live;
-}
-
 // Stage the weight gradient's loaded chunk (ra, rb) in workgroup memory.
 fn bw_store(tid: u32) {
     store_a_kfast(tid);
@@ -1366,7 +1383,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     out_base = (p.z_base + wg.z) * p.out_c * crs;
     if (TAPS_OUTER) { bw_tap = n0 / p.in_c; }
     bw_walk_begin(begin + tid % BK);
-    let live = bw_live(tid, m0, n0);
+    let live = thread_live(tid, m0, n0, p.out_c, crs);
     engine_begin();
     bw_load(tid, begin, end, m0, n0, crs);
     if (STAGES == 2u) {

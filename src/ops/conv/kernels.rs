@@ -492,6 +492,16 @@ impl Engine {
         Engine::new(gpu, tile.unwrap_or_else(|| GemmTile::on(gpu, model())))
     }
 
+    /// Whether this engine's GEMM threads skip their multiplies where they store nothing
+    /// (conv.wgsl's `SKIP_IDLE`, which [`Engine::dispatch`] sets): the f32 engine on a CPU
+    /// adapter's plan, where a few consecutive threads share each SIMD instruction and skip
+    /// together. On lavapipe ResNet-18's 32x32 step at batch 8, whose layer3 and layer4 GEMMs
+    /// have 32 and 8 columns, took 12-20% less GPU time (`docs/speed.md`, "Idle threads skip
+    /// their multiplies on CPU adapters").
+    pub(super) fn skips_idle(&self, gpu: &Gpu) -> bool {
+        !self.f16 && gpu.plan_for() == crate::PlanFor::Cpu
+    }
+
     /// Record one conv GEMM: `buffers` at bindings 1..., and for the f16 engine the operand
     /// scale at binding 5 (`scale`, or any f32 buffer with `p.scaled == 0`).
     #[allow(clippy::too_many_arguments)]
@@ -523,6 +533,10 @@ impl Engine {
     ) -> Result<()> {
         if self.f16 {
             bound.push((5, scale));
+        }
+        if self.skips_idle(gpu) {
+            let constants = [constants, &[flag("SKIP_IDLE", true)]].concat();
+            return gpu.dispatch_bound(kernel, &constants, params, &bound, grid);
         }
         gpu.dispatch_bound(kernel, constants, params, &bound, grid)
     }

@@ -447,10 +447,10 @@ pub(super) fn backward_weight(
         // end), so that the reduction sums chunks * splits of them. GEMM j reads the planes
         // of the positions j pack .. (j + 1) pack, which lie one after another in V and GY.
         let gg = Geometry::new(op, [1, pc, 1, tiles], [pk, pc, 1, 1], 1, 0)?;
-        // Of each packed GEMM only the P diagonal blocks of k x c are wanted: with the f32
-        // engine, a thread whose micro-tile holds none of them skips its multiplies.
+        // Of each packed GEMM only the P diagonal blocks of k x c are wanted: where the
+        // engine skips idle threads, one whose micro-tile holds none of them is idle.
         let mut constants = gg.gemm_constants(taps_outer(gpu, c, tile_n)).to_vec();
-        if pack > 1 && !f16 {
+        if pack > 1 && engine.skips_idle(gpu) {
             constants.extend([("BLOCK_M", k as f64), ("BLOCK_N", c as f64)]);
         }
         let chunk_len = tiles.div_ceil(splits).next_multiple_of(tile_k);
@@ -503,9 +503,9 @@ pub(super) fn backward_weight(
 /// model as the fewest multiply-adds per unit of the tile's rate, padding included (`reach`:
 /// the split-K chunks each GEMM may take, for the tile's choice), at most `most`: on a CPU
 /// adapter, 32 channels pack in pairs (64 x 64, half of it wanted, against a quarter) and 64
-/// or more not at all. The model counts the discarded blocks' multiply-adds, which the f32
-/// engine's threads skip where their micro-tiles hold none of the wanted ones (`bw_live` in
-/// `shaders/conv.wgsl`); on lavapipe that took a fifth off the 32-channel pairs' GEMMs and
+/// or more not at all. The model counts the discarded blocks' multiply-adds, which on a CPU
+/// adapter the threads skip where their micro-tiles hold none of the wanted ones
+/// ([`Engine::skips_idle`]); on lavapipe that took a fifth off the 32-channel pairs' GEMMs and
 /// left 4 and 8 positions per GEMM slower than 2.
 fn packed_positions(
     model: &TileModel,
