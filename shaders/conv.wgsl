@@ -130,9 +130,9 @@
 //
 // Bindings (group 0): 0 = Params (uniform), then per entry point:
 //   conv_forward:         1 = x [N,C,H,W] (read), 2 = w [K,C,R,S] (read; [K,R,S,C] taps
-//                         outer), 3 = b [K] (read; any
-//                         buffer when has_bias == 0), 4 = y [N,K,OH,OW] (write; with split-K the
-//                         partial results [splits,N,K,OH,OW], has_bias == 0)
+//                         outer), 3 = b [K] (read; any buffer when has_bias == 0),
+//                         4 = y [N,K,OH,OW] (write, bound as vec4s; with split-K the partial
+//                         results [splits,N,K,OH,OW], has_bias == 0)
 //   conv_backward_input:  1 = gy [N,K,OH,OW] (read), 2 = w [K,C,R,S] (read; [K,R,S,C] taps
 //                         outer), 3 = gx [N,C,H,W]
 //                         (write; with split-K the partial results [splits,N,C,H,W])
@@ -415,7 +415,12 @@ fn taps_next(channels: u32) {
 @group(0) @binding(1) var<storage, read> fw_x: array<f32>;
 @group(0) @binding(2) var<storage, read> fw_w: array<f32>;
 @group(0) @binding(3) var<storage, read> fw_b: array<f32>;
-@group(0) @binding(4) var<storage, read_write> fw_y: array<f32>;
+// y as vec4s: an epilogue stores a thread's four consecutive columns as one vec4 where they lie
+// one after another in y, 16-byte aligned (fw_put4), and single values elsewhere (fw_put). On
+// lavapipe each store is a loop over the SIMD lanes, and four scalar stores per row of a
+// micro-tile took about a sixth of layer1's forward GEMMs in the main job. The host rounds every
+// tensor's buffer up to whole vec4s (Gpu::alloc_storage), so the last values are in bounds.
+@group(0) @binding(4) var<storage, read_write> fw_y: array<vec4<f32>>;
 
 struct Pixel {
     valid: bool,
@@ -577,7 +582,23 @@ fn fw_at(m: u32, i: u32) -> Staged {
 // `col` (see cols_lo).
 fn fw_put(m: u32, col: u32, v: f32) {
     if (col == NO_COL) { return; }
-    fw_y[out_base + col + m * p.out_h * p.out_w] = v;
+    let i = out_base + col + m * p.out_h * p.out_w;
+    fw_y[i / 4u][i % 4u] = v;
+}
+
+// fw_put of row m's four values v at the columns `cols` (cols_lo or cols_hi): one vec4 store where
+// they are consecutive in y (one image, no column past the end: NO_COL + 3 wraps to 2) and the
+// first is at a multiple of 4.
+fn fw_put4(m: u32, cols: vec4<u32>, v: vec4<f32>) {
+    let i = out_base + cols.x + m * p.out_h * p.out_w;
+    if ((cols.w == cols.x + 3u) & (i % 4u == 0u)) {
+        fw_y[i / 4u] = v;
+        return;
+    }
+    fw_put(m, cols.x, v.x);
+    fw_put(m, cols.y, v.y);
+    fw_put(m, cols.z, v.z);
+    fw_put(m, cols.w, v.w);
 }
 
 // Offset in y [N, K, OH, OW] of output pixel q without the channel's term (q.img K + m) OH OW.
@@ -602,15 +623,9 @@ fn fw_row(m: u32, v0: vec4<f32>, v1: vec4<f32>) {
     if (m >= p.out_c) { return; }
     var bias = 0.0;
     if (p.has_bias != 0u) { bias = fw_b[m]; }
-    fw_put(m, cols_lo.x, v0.x + bias);
-    fw_put(m, cols_lo.y, v0.y + bias);
-    fw_put(m, cols_lo.z, v0.z + bias);
-    fw_put(m, cols_lo.w, v0.w + bias);
+    fw_put4(m, cols_lo, v0 + vec4<f32>(bias));
     if (VN == 2u) {
-        fw_put(m, cols_hi.x, v1.x + bias);
-        fw_put(m, cols_hi.y, v1.y + bias);
-        fw_put(m, cols_hi.z, v1.z + bias);
-        fw_put(m, cols_hi.w, v1.w + bias);
+        fw_put4(m, cols_hi, v1 + vec4<f32>(bias));
     }
 }
 
@@ -805,24 +820,30 @@ fn bn_out(ch: BnChannel, j: u32, v: f32) -> f32 {
     return y;
 }
 
-fn fb_put(ch: BnChannel, m: u32, col: u32, v: f32) {
-    if (col == NO_COL) { return; }
-    let j = col + m * p.out_h * p.out_w;
-    fw_y[j] = bn_out(ch, j, v);
+// Store row m's four values v at the columns `cols` through the batch norm (bn_out), as fw_put4:
+// one vec4 store where they are consecutive in y and the first is at a multiple of 4. The four
+// outputs are computed once (a column past the end reads the residual at 0 and stores nothing).
+fn fb_put4(ch: BnChannel, m: u32, cols: vec4<u32>, v: vec4<f32>) {
+    let ok = cols != vec4<u32>(NO_COL);
+    let j = select(vec4<u32>(0u), cols + vec4<u32>(m * p.out_h * p.out_w), ok);
+    let y = vec4<f32>(bn_out(ch, j.x, v.x), bn_out(ch, j.y, v.y), bn_out(ch, j.z, v.z),
+                      bn_out(ch, j.w, v.w));
+    if ((cols.w == cols.x + 3u) & (j.x % 4u == 0u)) {
+        fw_y[j.x / 4u] = y;
+        return;
+    }
+    if (ok.x) { fw_y[j.x / 4u][j.x % 4u] = y.x; }
+    if (ok.y) { fw_y[j.y / 4u][j.y % 4u] = y.y; }
+    if (ok.z) { fw_y[j.z / 4u][j.z % 4u] = y.z; }
+    if (ok.w) { fw_y[j.w / 4u][j.w % 4u] = y.w; }
 }
 
 fn fb_row(m: u32, v0: vec4<f32>, v1: vec4<f32>) {
     if (m >= p.out_c) { return; }
     let ch = bn_channel(m);
-    fb_put(ch, m, cols_lo.x, v0.x);
-    fb_put(ch, m, cols_lo.y, v0.y);
-    fb_put(ch, m, cols_lo.z, v0.z);
-    fb_put(ch, m, cols_lo.w, v0.w);
+    fb_put4(ch, m, cols_lo, v0);
     if (VN == 2u) {
-        fb_put(ch, m, cols_hi.x, v1.x);
-        fb_put(ch, m, cols_hi.y, v1.y);
-        fb_put(ch, m, cols_hi.z, v1.z);
-        fb_put(ch, m, cols_hi.w, v1.w);
+        fb_put4(ch, m, cols_hi, v1);
     }
 }
 
@@ -858,7 +879,7 @@ fn conv_forward_reduce_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wor
     let len = p.batch * p.out_c * ohw;
     let j = (wg.x + wg.y * nwg.x) * 256u + lid;
     if (j >= len) { return; }
-    fw_y[j] = bn_out(bn_channel((j / ohw) % p.out_c), j, sum_splits(j, len));
+    fw_y[j / 4u][j % 4u] = bn_out(bn_channel((j / ohw) % p.out_c), j, sum_splits(j, len));
 }
 
 // ---------------------------------------------------------------------------------------------

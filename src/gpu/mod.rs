@@ -1017,7 +1017,9 @@ impl Gpu {
 
     /// Take a storage buffer of `bytes` bytes from the pool, checking the device's limits
     /// (`what` names the tensor in the error, formatted only then). Its contents are
-    /// unspecified.
+    /// unspecified. The buffer holds whole vec4s (its size rounded up to 16 bytes), so that a
+    /// kernel may bind any tensor as `array<vec4<f32>>` and reach its last values (conv.wgsl's
+    /// forward output).
     pub(crate) fn alloc_storage(
         &self,
         bytes: u64,
@@ -1032,7 +1034,7 @@ impl Gpu {
                 available: limits.max_buffer_size,
             });
         }
-        let size = bytes.max(4).next_multiple_of(4);
+        let size = bytes.max(16).next_multiple_of(16);
         Ok(lock(&self.0.pool).take(&self.0.device, size, STORAGE_USAGE))
     }
 
