@@ -416,7 +416,7 @@ fn taps_next(channels: u32) {
 @group(0) @binding(2) var<storage, read> fw_w: array<f32>;
 @group(0) @binding(3) var<storage, read> fw_b: array<f32>;
 // y as vec4s: an epilogue stores a thread's four consecutive columns as one vec4 where they lie
-// one after another in y, 16-byte aligned (fw_put4), and single values elsewhere (fw_put). On
+// one after another in y, 16-byte aligned, and single values elsewhere (y_store4). On
 // lavapipe each store is a loop over the SIMD lanes, and four scalar stores per row of a
 // micro-tile took about a sixth of layer1's forward GEMMs in the main job. The host rounds every
 // tensor's buffer up to whole vec4s (Gpu::alloc_storage), so the last values are in bounds.
@@ -578,27 +578,24 @@ fn fw_at(m: u32, i: u32) -> Staged {
     return Staged(fw_w[w_base + select(0u, i, m < p.out_c)], true);
 }
 
-// Store y (or this split's partial y, at out_base) for GEMM row m (channel) at output column
-// `col` (see cols_lo).
-fn fw_put(m: u32, col: u32, v: f32) {
-    if (col == NO_COL) { return; }
-    let i = out_base + col + m * p.out_h * p.out_w;
-    fw_y[i / 4u][i % 4u] = v;
-}
-
-// fw_put of row m's four values v at the columns `cols` (cols_lo or cols_hi): one vec4 store where
-// they are consecutive in y (one image, no column past the end: NO_COL + 3 wraps to 2) and the
-// first is at a multiple of 4.
-fn fw_put4(m: u32, cols: vec4<u32>, v: vec4<f32>) {
-    let i = out_base + cols.x + m * p.out_h * p.out_w;
-    if ((cols.w == cols.x + 3u) & (i % 4u == 0u)) {
-        fw_y[i / 4u] = v;
+// Store v[e] at y's flat index i[e] for each e with ok[e]: as one vec4 where all four are
+// stored, one after another (one image) from a multiple of 4, else one value at a time.
+fn y_store4(i: vec4<u32>, ok: vec4<bool>, v: vec4<f32>) {
+    if (all(ok) & (i.w == i.x + 3u) & (i.x % 4u == 0u)) {
+        fw_y[i.x / 4u] = v;
         return;
     }
-    fw_put(m, cols.x, v.x);
-    fw_put(m, cols.y, v.y);
-    fw_put(m, cols.z, v.z);
-    fw_put(m, cols.w, v.w);
+    if (ok.x) { fw_y[i.x / 4u][i.x % 4u] = v.x; }
+    if (ok.y) { fw_y[i.y / 4u][i.y % 4u] = v.y; }
+    if (ok.z) { fw_y[i.z / 4u][i.z % 4u] = v.z; }
+    if (ok.w) { fw_y[i.w / 4u][i.w % 4u] = v.w; }
+}
+
+// Store y (or this split's partial y, at out_base) for GEMM row m (channel) at the output
+// columns `cols` (cols_lo or cols_hi; NO_COL: none).
+fn fw_put4(m: u32, cols: vec4<u32>, v: vec4<f32>) {
+    let base = out_base + m * p.out_h * p.out_w;
+    y_store4(cols + vec4<u32>(base), cols != vec4<u32>(NO_COL), v);
 }
 
 // Offset in y [N, K, OH, OW] of output pixel q without the channel's term (q.img K + m) OH OW.
@@ -820,22 +817,14 @@ fn bn_out(ch: BnChannel, j: u32, v: f32) -> f32 {
     return y;
 }
 
-// Store row m's four values v at the columns `cols` through the batch norm (bn_out), as fw_put4:
-// one vec4 store where they are consecutive in y and the first is at a multiple of 4. The four
-// outputs are computed once (a column past the end reads the residual at 0 and stores nothing).
+// fw_put4 through the batch norm (bn_out) (never split: out_base 0). A column past the end
+// reads the residual at 0 and stores nothing.
 fn fb_put4(ch: BnChannel, m: u32, cols: vec4<u32>, v: vec4<f32>) {
     let ok = cols != vec4<u32>(NO_COL);
     let j = select(vec4<u32>(0u), cols + vec4<u32>(m * p.out_h * p.out_w), ok);
     let y = vec4<f32>(bn_out(ch, j.x, v.x), bn_out(ch, j.y, v.y), bn_out(ch, j.z, v.z),
                       bn_out(ch, j.w, v.w));
-    if ((cols.w == cols.x + 3u) & (j.x % 4u == 0u)) {
-        fw_y[j.x / 4u] = y;
-        return;
-    }
-    if (ok.x) { fw_y[j.x / 4u][j.x % 4u] = y.x; }
-    if (ok.y) { fw_y[j.y / 4u][j.y % 4u] = y.y; }
-    if (ok.z) { fw_y[j.z / 4u][j.z % 4u] = y.z; }
-    if (ok.w) { fw_y[j.w / 4u][j.w % 4u] = y.w; }
+    y_store4(j, ok, y);
 }
 
 fn fb_row(m: u32, v0: vec4<f32>, v1: vec4<f32>) {
