@@ -87,6 +87,9 @@ fn tile_label(variant: &str) -> String {
         let Some((name, value)) = rest.split_once(':') else {
             continue;
         };
+        if name == "SHARED_A" {
+            continue; // false in every variant compiled here
+        }
         let value = value.rsplit('=').next().unwrap_or("").trim();
         let value = value.trim_end_matches(';').trim_end_matches('u');
         parts.push(format!("{name} {value}"));
@@ -108,13 +111,22 @@ fn jobs() -> Vec<Job> {
         ("NS", 3.0),
         ("TAPS_OUTER", 1.0),
     ];
+    let mut seen = std::collections::HashSet::new();
     for (i, (variant, engine)) in CONV_SHADER_VARIANTS.iter().enumerate() {
+        if !seen.insert((variant, engine)) {
+            continue; // a tile the CPU adapters' sets share with the others
+        }
         let mma = engine.contains("mma");
         if mma && !variant.contains("const SG: u32 = 32u;") {
             continue; // lavapipe's 8x8 fragments
         }
+        if variant.contains("const SHARED_A: bool = true;") {
+            continue; // CPU adapters' tiles (ops::conv_shares_a)
+        }
+        // The f32 engine takes a lanes file, whose exchanges its GPU tiles never call.
+        let lanes = if mma { "" } else { LANES_MEMORY };
         let source = format!(
-            "{variant}{COMMON_SHADER}{}{}",
+            "{variant}{COMMON_SHADER}{lanes}{}{}",
             shader(engine),
             shader("conv.wgsl")
         );

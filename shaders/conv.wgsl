@@ -73,8 +73,11 @@
 // 128x128 (8x8, BK 8); with 32 x 8 threads 32x128 (4x4, BK 16), for GEMMs of 32 rows or fewer
 // (narrow layers), which the 64-row tiles would half waste; and for CPU adapters, where a tile's
 // rate follows its multiply-adds per value read from workgroup memory, 32x256 (64 x 4 threads, 8x4,
-// BK 8) for the same GEMMs and 64x256 (32 x 8 threads, 8x8, BK 8) for those of 64 rows. Between
-// those constants and this file comes the multiply engine: conv_fma.wgsl (exact f32 fused
+// BK 8) for the same GEMMs and 64x256 (32 x 8 threads, 8x8, BK 8) for those of 64 rows. CPU
+// adapters whose subgroups can share reads of A (const SHARED_A, conv_fma.wgsl) lay the same
+// tiles out with tall micro-tiles: 16x4 for 128x128 (32 x 8 threads) and 64x256 (64 x 4), 8x4
+// for 128x64, 64x128 (32 x 8) and 32x256. Between those constants and this file comes the
+// multiply engine: conv_fma.wgsl (exact f32 fused
 // multiply-adds, each thread its micro-tile) or conv_mma.wgsl (operands rounded to f16,
 // cooperative-matrix multiplies by subgroups, f32 accumulation; 64x64 with BK 32, 128x64 and
 // 128x128 with BK 16), which stage the chunks (put_a, put_b), multiply them, and leave each
@@ -249,7 +252,7 @@ override BLOCK_N: u32 = 0u;
 const TY: u32 = 256u / TX;          // thread rows (TX thread columns)
 const BM: u32 = TY * TM;
 const BN: u32 = TX * TN;
-const VM: u32 = TM / 4u;            // vec4 row groups per thread (1 or 2)
+const VM: u32 = TM / 4u;            // vec4 row groups per thread (1, 2 or 4)
 const VN: u32 = TN / 4u;            // vec4 column groups per thread (1 or 2)
 const LA: u32 = BM * BK / 256u;     // A elements each thread stages per chunk (1, 2, 4 or 8)
 const LB: u32 = BN * BK / 256u;     // B elements each thread stages per chunk (2, 4 or 8)
@@ -633,11 +636,21 @@ fn fw_emit(tid: u32, m0: u32, n0: u32) {
     fw_row(m0 + tile_row(1u, ty), acc[1u * VN], acc[1u * VN + 1u]);
     fw_row(m0 + tile_row(2u, ty), acc[2u * VN], acc[2u * VN + 1u]);
     fw_row(m0 + tile_row(3u, ty), acc[3u * VN], acc[3u * VN + 1u]);
-    if (TM == 8u) {
+    if (TM >= 8u) {
         fw_row(m0 + tile_row(4u, ty), acc[4u * VN], acc[4u * VN + 1u]);
         fw_row(m0 + tile_row(5u, ty), acc[5u * VN], acc[5u * VN + 1u]);
         fw_row(m0 + tile_row(6u, ty), acc[6u * VN], acc[6u * VN + 1u]);
         fw_row(m0 + tile_row(7u, ty), acc[7u * VN], acc[7u * VN + 1u]);
+    }
+    if (TM == 16u) {
+        fw_row(m0 + tile_row(8u, ty), acc[8u], acc[8u]);
+        fw_row(m0 + tile_row(9u, ty), acc[9u], acc[9u]);
+        fw_row(m0 + tile_row(10u, ty), acc[10u], acc[10u]);
+        fw_row(m0 + tile_row(11u, ty), acc[11u], acc[11u]);
+        fw_row(m0 + tile_row(12u, ty), acc[12u], acc[12u]);
+        fw_row(m0 + tile_row(13u, ty), acc[13u], acc[13u]);
+        fw_row(m0 + tile_row(14u, ty), acc[14u], acc[14u]);
+        fw_row(m0 + tile_row(15u, ty), acc[15u], acc[15u]);
     }
 }
 
@@ -653,25 +666,28 @@ fn fw_store(tid: u32) {
 // skips its multiplies: the padding of a GEMM smaller than its tile (a layer of 8 or 16 channels
 // in a 32-row tile, a ragged last column tile) and the discarded blocks. The thread's rows are
 // 4 TY u + 4 ty + e and its columns 4 TX v + 4 tx + e (u < VM, v < VN, e < 4). Always true
-// without SKIP_IDLE.
+// without SKIP_IDLE. Called in uniform control flow (engine_live may be a subgroup operation).
 fn thread_live(tid: u32, m0: u32, n0: u32, rows: u32, cols: u32) -> bool {
     if (!SKIP_IDLE) { return true; }
     let r = m0 + 4u * (tid / TX);
     let c = n0 + 4u * (tid % TX);
-    if ((r >= rows) | (c >= cols)) { return false; }
-    if (BLOCK_M == 0u) { return true; }
-    let bm = max(BLOCK_M, 1u);      // no division by a constant zero, which WGSL rejects
-    let bn = max(BLOCK_N, 1u);
-    var live = false;
-    for (var u = 0u; u < VM; u++) {
-        for (var v = 0u; v < VN; v++) {
-            // The 4 x 4 part's row and column blocks overlap: it holds a diagonal output.
-            let r0 = r + 4u * TY * u;
-            let c0 = c + 4u * TX * v;
-            live |= (r0 / bm <= (c0 + 3u) / bn) & ((r0 + 3u) / bm >= c0 / bn);
+    var live = (r < rows) & (c < cols);
+    if (BLOCK_M > 0u) {
+        let bm = max(BLOCK_M, 1u);      // no division by a constant zero, which WGSL rejects
+        let bn = max(BLOCK_N, 1u);
+        var diagonal = false;
+        for (var u = 0u; u < VM; u++) {
+            for (var v = 0u; v < VN; v++) {
+                // The 4 x 4 part's row and column blocks overlap: it holds a diagonal output.
+                let r0 = r + 4u * TY * u;
+                let c0 = c + 4u * TX * v;
+                diagonal |= (r0 / bm <= (c0 + 3u) / bn) & ((r0 + 3u) / bm >= c0 / bn);
+            }
         }
+        live &= diagonal;
     }
-    return live;
+    // The engine may need a subgroup's lanes to multiply together (conv_fma.wgsl's shared A).
+    return engine_live(live);
 }
 
 // The GEMM of one forward tile, leaving the thread's micro-tile in `acc`. Returns the tile's
@@ -843,11 +859,21 @@ fn fb_emit(tid: u32, m0: u32, n0: u32) {
     fb_row(m0 + tile_row(1u, ty), acc[1u * VN], acc[1u * VN + 1u]);
     fb_row(m0 + tile_row(2u, ty), acc[2u * VN], acc[2u * VN + 1u]);
     fb_row(m0 + tile_row(3u, ty), acc[3u * VN], acc[3u * VN + 1u]);
-    if (TM == 8u) {
+    if (TM >= 8u) {
         fb_row(m0 + tile_row(4u, ty), acc[4u * VN], acc[4u * VN + 1u]);
         fb_row(m0 + tile_row(5u, ty), acc[5u * VN], acc[5u * VN + 1u]);
         fb_row(m0 + tile_row(6u, ty), acc[6u * VN], acc[6u * VN + 1u]);
         fb_row(m0 + tile_row(7u, ty), acc[7u * VN], acc[7u * VN + 1u]);
+    }
+    if (TM == 16u) {
+        fb_row(m0 + tile_row(8u, ty), acc[8u], acc[8u]);
+        fb_row(m0 + tile_row(9u, ty), acc[9u], acc[9u]);
+        fb_row(m0 + tile_row(10u, ty), acc[10u], acc[10u]);
+        fb_row(m0 + tile_row(11u, ty), acc[11u], acc[11u]);
+        fb_row(m0 + tile_row(12u, ty), acc[12u], acc[12u]);
+        fb_row(m0 + tile_row(13u, ty), acc[13u], acc[13u]);
+        fb_row(m0 + tile_row(14u, ty), acc[14u], acc[14u]);
+        fb_row(m0 + tile_row(15u, ty), acc[15u], acc[15u]);
     }
 }
 
@@ -1101,11 +1127,21 @@ fn bi_emit(tid: u32, m0: u32, n0: u32) {
     bi_row(m0 + tile_row(1u, ty), acc[1u * VN], acc[1u * VN + 1u]);
     bi_row(m0 + tile_row(2u, ty), acc[2u * VN], acc[2u * VN + 1u]);
     bi_row(m0 + tile_row(3u, ty), acc[3u * VN], acc[3u * VN + 1u]);
-    if (TM == 8u) {
+    if (TM >= 8u) {
         bi_row(m0 + tile_row(4u, ty), acc[4u * VN], acc[4u * VN + 1u]);
         bi_row(m0 + tile_row(5u, ty), acc[5u * VN], acc[5u * VN + 1u]);
         bi_row(m0 + tile_row(6u, ty), acc[6u * VN], acc[6u * VN + 1u]);
         bi_row(m0 + tile_row(7u, ty), acc[7u * VN], acc[7u * VN + 1u]);
+    }
+    if (TM == 16u) {
+        bi_row(m0 + tile_row(8u, ty), acc[8u], acc[8u]);
+        bi_row(m0 + tile_row(9u, ty), acc[9u], acc[9u]);
+        bi_row(m0 + tile_row(10u, ty), acc[10u], acc[10u]);
+        bi_row(m0 + tile_row(11u, ty), acc[11u], acc[11u]);
+        bi_row(m0 + tile_row(12u, ty), acc[12u], acc[12u]);
+        bi_row(m0 + tile_row(13u, ty), acc[13u], acc[13u]);
+        bi_row(m0 + tile_row(14u, ty), acc[14u], acc[14u]);
+        bi_row(m0 + tile_row(15u, ty), acc[15u], acc[15u]);
     }
 }
 
@@ -1358,11 +1394,21 @@ fn bw_emit(tid: u32, m0: u32, n0: u32) {
     bw_row(m0 + tile_row(1u, ty), j, acc[1u * VN], acc[1u * VN + 1u]);
     bw_row(m0 + tile_row(2u, ty), j, acc[2u * VN], acc[2u * VN + 1u]);
     bw_row(m0 + tile_row(3u, ty), j, acc[3u * VN], acc[3u * VN + 1u]);
-    if (TM == 8u) {
+    if (TM >= 8u) {
         bw_row(m0 + tile_row(4u, ty), j, acc[4u * VN], acc[4u * VN + 1u]);
         bw_row(m0 + tile_row(5u, ty), j, acc[5u * VN], acc[5u * VN + 1u]);
         bw_row(m0 + tile_row(6u, ty), j, acc[6u * VN], acc[6u * VN + 1u]);
         bw_row(m0 + tile_row(7u, ty), j, acc[7u * VN], acc[7u * VN + 1u]);
+    }
+    if (TM == 16u) {
+        bw_row(m0 + tile_row(8u, ty), j, acc[8u], acc[8u]);
+        bw_row(m0 + tile_row(9u, ty), j, acc[9u], acc[9u]);
+        bw_row(m0 + tile_row(10u, ty), j, acc[10u], acc[10u]);
+        bw_row(m0 + tile_row(11u, ty), j, acc[11u], acc[11u]);
+        bw_row(m0 + tile_row(12u, ty), j, acc[12u], acc[12u]);
+        bw_row(m0 + tile_row(13u, ty), j, acc[13u], acc[13u]);
+        bw_row(m0 + tile_row(14u, ty), j, acc[14u], acc[14u]);
+        bw_row(m0 + tile_row(15u, ty), j, acc[15u], acc[15u]);
     }
 }
 

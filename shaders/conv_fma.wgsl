@@ -10,9 +10,22 @@
 //   engine_flip()        with STAGES == 2: make the other copy of the tiles the one that put_a
 //                        and put_b write and the next multiply reads (see conv.wgsl's loops)
 //   engine_end(tid)      leave thread tid's micro-tile of C in `acc` (conv.wgsl's layout)
+//   engine_live(live)    whether the thread multiplies, given whether its micro-tile holds an
+//                        output (conv.wgsl's thread_live): all of a subgroup or none where its
+//                        lanes share A (below)
 //
 // Math: acc[i * VN + v][e] += A[kk, tile_row(i, ty)] * B[kk, 4 TX v + 4 tx + e] for every kk of
 // the chunk, with (tx, ty) = (tid % TX, tid / TX). No bindings of its own; no dispatch of its own.
+//
+// Shared A (SHARED_A in the tile's declarations, for CPU adapters): the TX threads of a row of
+// threads read the same VM quads of A, and on a CPU adapter each read of workgroup memory is a
+// loop over the SIMD lanes (docs/speed.md, "What bounds the GEMMs on lavapipe"). Where the
+// host has verified that every subgroup is a run of consecutive threads within one thread row
+// (TX a multiple of the subgroup size) and compiled a lanes file with subgroups
+// (lanes_subgroup.wgsl: SUBGROUP_LANES > 1), lane l of each subgroup reads quad l % VM and the
+// others take it through lanes_broadcast4: one read of A per kk instead of VM. The same
+// multiply-adds in the same order: the same bits. The tiles declared with SHARED_A have tall
+// micro-tiles (16 x 4, 8 x 4), whose VM quads of A then cost one read.
 //
 // Workgroup memory: STAGES (1 or 2, from the host's tile declarations) copies of a BK x BM tile
 // of A and a BK x BN tile of B, rows padded by one vec4: 16 STAGES BK (BM / 4 + BN / 4 + 2)
@@ -44,13 +57,36 @@ fn engine_flip() {
     }
 }
 
+// Whether this thread's subgroup shares its reads of A (see the header): declared so, with
+// more than one quad to share and enough lanes to read them.
+fn shares_a() -> bool {
+    return SHARED_A && VM > 1u && SUBGROUP_LANES >= VM;
+}
+
+// Quad u of the thread's rows of A at kk (a_tile index `at` + u TY), given `own`, what this
+// thread read at a_tile[at + lane's quad TY] (the thread's quad 0 unless A is shared).
+fn a_quad(own: vec4<f32>, at: u32, u: u32) -> vec4<f32> {
+    if (shares_a()) { return lanes_broadcast4(own, u); }
+    if (u == 0u) { return own; }
+    return a_tile[at + u * TY];
+}
+
+fn engine_live(live: bool) -> bool {
+    if (shares_a()) { return lanes_any(live); }
+    return live;
+}
+
 // Accumulate the staged chunk into the micro-tile: TM * TN fused multiply-adds per kk from
-// VM + VN vec4 reads of workgroup memory.
+// VM + VN vec4 reads of workgroup memory (1 + VN with A shared). TM * VN is at most 16 (acc):
+// 16 x 4, 8 x 8, 8 x 4, 4 x 8 or 4 x 4.
 fn multiply(tid: u32) {
-    let ta = a_at + tid / TX;
+    var ta = a_at + tid / TX;
+    if (shares_a()) { ta += (tid % VM) * TY; }
     let tb = b_at + tid % TX;
     for (var kk = 0u; kk < BK; kk++) {
-        let a0 = a_tile[kk * RA + ta];
+        let at = kk * RA + ta;
+        let own = a_tile[at];
+        let a0 = a_quad(own, at, 0u);
         let b0 = b_tile[kk * RB + tb];
         acc[0u * VN] = fma(vec4<f32>(a0.x), b0, acc[0u * VN]);
         acc[1u * VN] = fma(vec4<f32>(a0.y), b0, acc[1u * VN]);
@@ -63,19 +99,31 @@ fn multiply(tid: u32) {
             acc[2u * VN + 1u] = fma(vec4<f32>(a0.z), b1, acc[2u * VN + 1u]);
             acc[3u * VN + 1u] = fma(vec4<f32>(a0.w), b1, acc[3u * VN + 1u]);
             if (VM == 2u) {
-                let a1 = a_tile[kk * RA + ta + TY];
+                let a1 = a_quad(own, at, 1u);
                 acc[4u * VN + 1u] = fma(vec4<f32>(a1.x), b1, acc[4u * VN + 1u]);
                 acc[5u * VN + 1u] = fma(vec4<f32>(a1.y), b1, acc[5u * VN + 1u]);
                 acc[6u * VN + 1u] = fma(vec4<f32>(a1.z), b1, acc[6u * VN + 1u]);
                 acc[7u * VN + 1u] = fma(vec4<f32>(a1.w), b1, acc[7u * VN + 1u]);
             }
         }
-        if (VM == 2u) {
-            let a1 = a_tile[kk * RA + ta + TY];
+        if (VM >= 2u) {
+            let a1 = a_quad(own, at, 1u);
             acc[4u * VN] = fma(vec4<f32>(a1.x), b0, acc[4u * VN]);
             acc[5u * VN] = fma(vec4<f32>(a1.y), b0, acc[5u * VN]);
             acc[6u * VN] = fma(vec4<f32>(a1.z), b0, acc[6u * VN]);
             acc[7u * VN] = fma(vec4<f32>(a1.w), b0, acc[7u * VN]);
+        }
+        if (VM == 4u) {
+            let a2 = a_quad(own, at, 2u);
+            acc[8] = fma(vec4<f32>(a2.x), b0, acc[8]);
+            acc[9] = fma(vec4<f32>(a2.y), b0, acc[9]);
+            acc[10] = fma(vec4<f32>(a2.z), b0, acc[10]);
+            acc[11] = fma(vec4<f32>(a2.w), b0, acc[11]);
+            let a3 = a_quad(own, at, 3u);
+            acc[12] = fma(vec4<f32>(a3.x), b0, acc[12]);
+            acc[13] = fma(vec4<f32>(a3.y), b0, acc[13]);
+            acc[14] = fma(vec4<f32>(a3.z), b0, acc[14]);
+            acc[15] = fma(vec4<f32>(a3.w), b0, acc[15]);
         }
     }
 }

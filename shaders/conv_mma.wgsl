@@ -1,6 +1,6 @@
 // The f16 tensor-core multiply engine of the conv kernels (conv.wgsl), with the interface of
-// conv_fma.wgsl (engine_begin, put_a, put_b, multiply, engine_flip, engine_end; STAGES copies
-// of the staged tiles, as there): the A and B operands are rounded to f16 as they are staged,
+// conv_fma.wgsl (engine_begin, put_a, put_b, multiply, engine_flip, engine_end, engine_live;
+// STAGES copies of the staged tiles, as there): the A and B operands are rounded to f16 as they are staged,
 // and each subgroup multiplies F x F fragments of them with cooperative matrices
 // (`wgpu_cooperative_matrix`: tensor cores on NVIDIA, simdgroup matrices on Apple),
 // accumulating in f32. Needs the adapter features SHADER_F16, SUBGROUP and
@@ -92,6 +92,9 @@ fn engine_begin() {
 fn engine_flip() {
     upper = !upper;
 }
+
+// Subgroups multiply together here, and SKIP_IDLE is never set for this engine.
+fn engine_live(live: bool) -> bool { return live; }
 
 fn to_f16(v: f32) -> f16 {
     return f16(clamp(v, -F16_MAX, F16_MAX));

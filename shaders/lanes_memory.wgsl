@@ -1,6 +1,7 @@
-// butterfly.wgsl without subgroup operations (adapters without the SUBGROUP feature, the web,
-// or RESNET_WGPU_SUBGROUPS=0): SUBGROUP_LANES = 1, so every level of a reduction goes through
-// workgroup memory and these exchanges are never called.
+// butterfly.wgsl and conv_fma.wgsl without subgroup operations (adapters without the SUBGROUP
+// feature, the web, or RESNET_WGPU_SUBGROUPS=0): SUBGROUP_LANES = 1, so every level of a
+// reduction goes through workgroup memory, every thread of a conv GEMM reads its own A, and
+// these exchanges are never called.
 //
 // No bindings or entry points.
 
@@ -10,3 +11,5 @@ fn lanes_xor(v: f32, d: u32) -> f32 { return v; }
 fn lanes_xor2(v: vec2<f32>, d: u32) -> vec2<f32> { return v; }
 fn lanes_xor3(v: vec3<f32>, d: u32) -> vec3<f32> { return v; }
 fn lanes_xor4(v: vec4<f32>, d: u32) -> vec4<f32> { return v; }
+fn lanes_broadcast4(v: vec4<f32>, lane: u32) -> vec4<f32> { return v; }
+fn lanes_any(b: bool) -> bool { return b; }

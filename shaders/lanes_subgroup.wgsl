@@ -1,6 +1,8 @@
 // Exchanges between a subgroup's lanes for butterfly.wgsl's levels d < SUBGROUP_LANES: the value
-// of lane ^ d, through subgroupShuffleXor (needs the adapter feature SUBGROUP). The host compiles
-// this file into the reducing kernels where it verified (src/gpu/lanes.rs) that each subgroup is
+// of lane ^ d, through subgroupShuffleXor (needs the adapter feature SUBGROUP); and for the f32
+// conv engine's shared A (conv_fma.wgsl), a lane's value in every lane (subgroupBroadcast) and
+// whether any lane's flag is set (subgroupAny). The host compiles this file into the reducing
+// kernels and the f32 conv kernels where it verified (src/gpu/lanes.rs) that each subgroup is
 // a run of consecutive local invocation indices (lane = lid % size, so lid ^ d for d < size is
 // lane ^ d of the same subgroup), and sets SUBGROUP_LANES to the adapter's smallest subgroup size:
 // a pipeline given larger subgroups still has the pairs d < SUBGROUP_LANES within them.
@@ -13,3 +15,17 @@ fn lanes_xor(v: f32, d: u32) -> f32 { return subgroupShuffleXor(v, d); }
 fn lanes_xor2(v: vec2<f32>, d: u32) -> vec2<f32> { return subgroupShuffleXor(v, d); }
 fn lanes_xor3(v: vec3<f32>, d: u32) -> vec3<f32> { return subgroupShuffleXor(v, d); }
 fn lanes_xor4(v: vec4<f32>, d: u32) -> vec4<f32> { return subgroupShuffleXor(v, d); }
+
+// Lane `lane`'s v, in every lane: `lane` is a constant below SUBGROUP_LANES at every call, and
+// subgroupBroadcast takes its lane as a constant expression, hence the cases (each call site
+// folds to one of them).
+fn lanes_broadcast4(v: vec4<f32>, lane: u32) -> vec4<f32> {
+    switch lane {
+        case 0u: { return subgroupBroadcast(v, 0u); }
+        case 1u: { return subgroupBroadcast(v, 1u); }
+        case 2u: { return subgroupBroadcast(v, 2u); }
+        default: { return subgroupBroadcast(v, 3u); }
+    }
+}
+
+fn lanes_any(b: bool) -> bool { return subgroupAny(b); }

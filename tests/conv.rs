@@ -474,6 +474,59 @@ fn every_staging_gives_the_same_bits() {
 }
 
 #[test]
+fn subgroups_sharing_a_give_the_same_bits() {
+    // On a CPU adapter's plan with subgroups of 4 to 16 consecutive lanes (lavapipe's 8,
+    // SwiftShader's 4 once asked for), the f32 GEMMs run tiles with tall micro-tiles whose
+    // subgroups read each quad of A once and broadcast it (conv_fma.wgsl's SHARED_A); with
+    // the reductions' subgroups off they run the usual tiles. The same multiply-adds in the
+    // same order: the same bits, on every tile and pass. Cases: ragged rows and columns (lanes
+    // of one subgroup with and without outputs, which multiply together), a strided 3x3 with
+    // four input-gradient phases, a 1x1 with split-K.
+    let gpu = new_gpu();
+    let lanes = gpu.set_subgroup_reductions(true).is_ok();
+    let shares = lanes && gpu.plan_for() == resnet_wgpu::PlanFor::Cpu;
+    if shares && gpu.info().name.contains("llvmpipe") {
+        assert_eq!(gpu.subgroup_lanes(), Some(8), "lavapipe's subgroups");
+    }
+    assert_eq!(ops::conv_shares_a(&gpu), shares, "{}", gpu.info());
+    let cases = [
+        case([2, 32, 13, 11], 44, 3, 3, 1, 1, true),
+        case([1, 24, 17, 16], 40, 3, 3, 2, 1, false),
+        case([1, 256, 4, 4], 72, 1, 1, 1, 0, false),
+    ];
+    let run = |c: &Case, seed: u64, tile: ConvTile| {
+        let x = Tensor::from_slice(&gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
+        let w =
+            Tensor::from_slice(&gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
+        let b = Tensor::from_slice(&gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
+        let y =
+            ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, Some(tile)).unwrap();
+        let gy = Tensor::from_slice(&gpu, y.shape(), &random_vec(y.numel(), seed + 3)).unwrap();
+        let gx =
+            ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, Some(tile)).unwrap();
+        let gw =
+            ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, Some(tile)).unwrap();
+        [y, gx, gw].map(|t| t.to_vec().unwrap())
+    };
+    for tile in ConvTile::ALL {
+        let shared: Vec<_> = (0..)
+            .zip(&cases)
+            .map(|(i, c)| run(c, 1800 + 10 * i, tile))
+            .collect();
+        gpu.set_subgroup_reductions(false).unwrap();
+        assert!(!ops::conv_shares_a(&gpu));
+        for (i, c) in cases.iter().enumerate() {
+            let own = run(c, 1800 + 10 * i as u64, tile);
+            let what = format!("{c:?} tile {tile:?}, shared A against each thread's own");
+            assert_same_pass_bits(&shared[i], &own, &what);
+        }
+        if lanes {
+            gpu.set_subgroup_reductions(true).unwrap();
+        }
+    }
+}
+
+#[test]
 fn a_cpu_adapter_in_a_browser_stages_shallow_chunks() {
     // A browser's WebGPU zero-fills workgroup memory, which Chromium's CPU adapter does per
     // element in every subgroup: one shallow copy there, two everywhere else (unless

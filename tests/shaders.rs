@@ -1,12 +1,14 @@
 //! Every shader parses and validates with naga (no GPU needed) and translates to SPIR-V (Vulkan),
 //! MSL (Metal) and HLSL (DX12), with common.wgsl's helpers as the host puts them into every
 //! module. Files compiled in variants (declarations the host prepends, such as conv.wgsl's tile
-//! sizes, and an engine file between them) are checked in each, the reducing files with both
-//! lanes files; overridable constants take their defaults, and those without one (which the
+//! sizes, and an engine file between them) are checked in each, those whose engine takes a
+//! lanes file (the reductions, the f32 conv engine) with both lanes files; overridable constants take their defaults, and those without one (which the
 //! host must set) the value 1. The f16 tensor-core engine (cooperative matrices, which wgpu
 //! offers on Vulkan and Metal only) is not translated to HLSL.
 
-use resnet_wgpu::gpu::{LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES};
+use resnet_wgpu::gpu::{
+    LANES_ENGINES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,
+};
 use std::path::Path;
 
 /// The (variant, engine file) pairs a file is compiled in (("", "") alone for plain files; none
@@ -27,11 +29,12 @@ fn variants(file: &str) -> Vec<(&'static str, &'static str)> {
 }
 
 /// The lanes files a module with `engine` is compiled with, each before the engine: both for
-/// the reductions' engine, none for the others.
+/// the engines that take one (the reductions', the f32 conv engine), none for the others.
 fn lanes_for(engine: &str) -> Vec<&'static str> {
-    match engine {
-        REDUCING_ENGINE => vec![LANES_MEMORY, LANES_SUBGROUP],
-        _ => vec![""],
+    if LANES_ENGINES.contains(&engine) {
+        vec![LANES_MEMORY, LANES_SUBGROUP]
+    } else {
+        vec![""]
     }
 }
 

@@ -1,4 +1,5 @@
-//! Subgroup lanes for the workgroup reductions (`shaders/butterfly.wgsl`).
+//! Subgroup lanes for the workgroup reductions (`shaders/butterfly.wgsl`), and for the f32 conv
+//! GEMMs on CPU adapters (`shaders/conv_fma.wgsl`, `ops::conv_shares_a`).
 //!
 //! Every kernel that combines values across a workgroup (batch norm's partial sums, the loss,
 //! the reductions, the global average pool, the matrix-vector product, gradient clipping) does
@@ -13,12 +14,23 @@
 //! device, once, before any reduction uses it. Both ways pair the same values in the same order,
 //! so the results are the same bits either way ([`crate::Gpu::set_subgroup_reductions`] switches,
 //! as `RESNET_WGPU_SUBGROUPS=0` does from the start).
+//!
+//! On a CPU adapter the same verified subgroups let the f32 conv GEMMs share reads of workgroup
+//! memory: a row of a tile's threads needs the same values of A, and one lane per quad reads
+//! them and broadcasts them to its subgroup (`subgroupBroadcast`), where each read is otherwise
+//! a loop over the SIMD lanes. The same switch turns that off, again with the same bits.
 
 use super::Gpu;
 
 /// The reductions' engine: the file `kernel!` compiles between a lanes file and the kernel file.
 #[doc(hidden)]
 pub const REDUCING_ENGINE: &str = "butterfly.wgsl";
+
+/// The engines whose kernels get a lanes file before them ([`super::Kernel::source`]): the
+/// reductions' and the f32 conv engine (`shaders/conv_fma.wgsl`, whose tiles for CPU adapters
+/// share reads of A between a subgroup's lanes; `ops::conv::conv_shares_a`).
+#[doc(hidden)]
+pub const LANES_ENGINES: [&str; 2] = [REDUCING_ENGINE, "conv_fma.wgsl"];
 
 /// The shader files whose kernels are declared with `reducing_kernel!` (every entry point of
 /// each: they share one module), for the tools that compose sources themselves

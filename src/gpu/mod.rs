@@ -16,7 +16,7 @@ mod profile;
 
 pub use device::GpuOptions;
 #[doc(hidden)]
-pub use lanes::{LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES};
+pub use lanes::{LANES_ENGINES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES};
 pub use pool::PoolStats;
 pub use profile::{KernelTime, gpu_span_nanos};
 
@@ -50,11 +50,11 @@ impl Kernel {
     /// ([`COMMON_SHADER`]), the engine, then the file. They are kept apart and joined only
     /// here, so that the binary holds each shader file once, not once per variant: with the
     /// conv kernels' 21 variants, the wasm module took 2.79 MiB with the sources joined at
-    /// compile time, and 1.46 MiB with them joined here. A reducing kernel (engine
-    /// [`REDUCING_ENGINE`]) gets a lanes file before its engine: [`LANES_SUBGROUP`] where
-    /// `subgroup_lanes`, else [`LANES_MEMORY`].
+    /// compile time, and 1.46 MiB with them joined here. A kernel of one of [`LANES_ENGINES`]
+    /// (the reductions, the f32 conv engine) gets a lanes file before its engine:
+    /// [`LANES_SUBGROUP`] where `subgroup_lanes`, else [`LANES_MEMORY`].
     pub fn source(&self, subgroup_lanes: bool) -> String {
-        let lanes = match (self.engine == REDUCING_ENGINE, subgroup_lanes) {
+        let lanes = match (LANES_ENGINES.contains(&self.engine), subgroup_lanes) {
             (false, _) => "",
             (true, true) => LANES_SUBGROUP,
             (true, false) => LANES_MEMORY,
@@ -669,6 +669,8 @@ pub(crate) struct GpuInner {
     lanes_verified: std::sync::atomic::AtomicU32,
     /// The lanes they use now ([`Gpu::set_subgroup_reductions`]; 0: workgroup memory only).
     lanes_in_use: std::sync::atomic::AtomicU32,
+    /// The adapter's largest subgroup size (0 where unknown).
+    subgroup_max_size: u32,
 }
 
 /// The runtime checks this crate's own kernels are compiled with (unless
@@ -739,6 +741,7 @@ impl Gpu {
             UNIFORM_SIZE.next_multiple_of(limits.min_uniform_buffer_offset_alignment.max(1) as u64);
         let staging = ConvStaging::for_adapter(&info);
         let plan_for = PlanFor::choose(plan_for, info.device_type);
+        let subgroup_max_size = device.adapter_info().subgroup_max_size;
         let gpu = Gpu(Arc::new(GpuInner {
             device,
             queue,
@@ -766,6 +769,7 @@ impl Gpu {
             conv_tuning: Mutex::default(),
             lanes_verified: Default::default(),
             lanes_in_use: Default::default(),
+            subgroup_max_size,
         }));
         let lanes = lanes::probe(&gpu).unwrap_or(0);
         gpu.0.lanes_verified.store(lanes, Relaxed);
@@ -780,14 +784,22 @@ impl Gpu {
     /// use memory alone: on devices without wgpu's `SUBGROUP` feature or whose subgroups are not
     /// runs of consecutive invocations, on the web, by default where subgroups have fewer than
     /// 8 lanes (SwiftShader's 4 shuffle slower than memory), after `RESNET_WGPU_SUBGROUPS=0` or
-    /// [`Gpu::set_subgroup_reductions`]`(false)`. The results are the same bits either way.
+    /// [`Gpu::set_subgroup_reductions`]`(false)`. The results are the same bits either way. On a
+    /// CPU adapter's plan the f32 conv GEMMs use the same lanes to share their reads of A
+    /// ([`crate::ops::conv_shares_a`]).
     pub fn subgroup_lanes(&self) -> Option<u32> {
         Some(self.0.lanes_in_use.load(Relaxed)).filter(|&n| n > 0)
     }
 
-    /// Let the reductions use subgroup operations (`on`, wherever the device has usable ones,
-    /// however few their lanes; see [`Gpu::subgroup_lanes`]) or workgroup memory alone, from
-    /// now on (every clone of this `Gpu` shares it). Asking for subgroups on a device without
+    /// The adapter's largest subgroup size (0 where wgpu does not know it).
+    pub(crate) fn subgroup_max_size(&self) -> u32 {
+        self.0.subgroup_max_size
+    }
+
+    /// Let the reductions (and on a CPU adapter's plan the f32 conv GEMMs) use subgroup
+    /// operations (`on`, wherever the device has usable ones, however few their lanes; see
+    /// [`Gpu::subgroup_lanes`]) or workgroup memory alone, from now on (every clone of this
+    /// `Gpu` shares it). Asking for subgroups on a device without
     /// usable ones is an error.
     pub fn set_subgroup_reductions(&self, on: bool) -> Result<()> {
         let verified = self.0.lanes_verified.load(Relaxed);
@@ -1080,8 +1092,9 @@ impl Gpu {
         kernel: &Kernel,
         constants: &[(&'static str, f64)],
     ) -> wgpu::ComputePipeline {
-        // A reducing kernel exchanges values between the lanes of subgroups of this size.
-        let lanes = match kernel.engine == REDUCING_ENGINE {
+        // A reducing kernel or f32 conv kernel exchanges values between the lanes of subgroups
+        // of this size.
+        let lanes = match LANES_ENGINES.contains(&kernel.engine) {
             true => self.subgroup_lanes(),
             false => None,
         };

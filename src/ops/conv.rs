@@ -33,7 +33,7 @@ mod tiles;
 mod winograd;
 
 pub(crate) use kernels::mma_configs;
-pub use kernels::{CONV_SHADER_VARIANTS, GemmTile, MmaTile, mma_stages};
+pub use kernels::{CONV_SHADER_VARIANTS, GemmTile, MmaTile, conv_shares_a, mma_stages};
 pub(crate) use plan::WEIGHT_COPY_MIN_COLUMNS;
 pub use plan::{conv2d_output_size, conv2d_taps};
 pub(crate) use tiles::forced_tile;
@@ -42,9 +42,9 @@ pub(crate) use winograd::F16_TILE as F16_WINOGRAD_TILE;
 pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_tiles};
 
 use kernels::{
-    EPI_ACCUMULATE, Engine, F32_DOUBLE, F32_SHALLOW, F32_SINGLE, FORWARD_REDUCE, FORWARD_REDUCE_BN,
-    GyScale, Kernels, Params, TAPS_CROP, TAPS_EXPAND, WEIGHTS_RSC, bn_epilogue, f16_kernels,
-    gy_scale, reduce_splits,
+    EPI_ACCUMULATE, Engine, F32_DOUBLE, F32_LANES_DOUBLE, F32_LANES_SINGLE, F32_SHALLOW,
+    F32_SINGLE, FORWARD_REDUCE, FORWARD_REDUCE_BN, GyScale, Kernels, Params, TAPS_CROP,
+    TAPS_EXPAND, WEIGHTS_RSC, bn_epilogue, f16_kernels, gy_scale, reduce_splits,
 };
 use plan::{Geometry, MAX_GRID, Route, SPLIT_MIN_CHUNK, gemm_grid, taps_outer};
 

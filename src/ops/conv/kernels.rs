@@ -68,10 +68,22 @@ pub(super) struct Kernels {
 
 /// The declarations conv.wgsl's tile variants start with: a TM x TN micro-tile per thread,
 /// reduction chunks of BK, split-K planned in chunks of PLAN_BK (the tile's [`ConvTile::dims`]),
-/// TX threads along the tile's columns (256 / TX along its rows), and STAGES copies of the
-/// staged chunk in workgroup memory ([`ConvStaging`]).
+/// TX threads along the tile's columns (256 / TX along its rows), STAGES copies of the
+/// staged chunk in workgroup memory ([`ConvStaging`]), and whether a row of threads' subgroups
+/// share their reads of A (SHARED_A, `shaders/conv_fma.wgsl`; see [`conv_shares_a`]).
 macro_rules! tile_consts {
     ($tm:literal, $tn:literal, $bk:literal, $plan_bk:literal, $tx:literal, $stages:literal) => {
+        tile_consts!($tm, $tn, $bk, $plan_bk, $tx, $stages, false)
+    };
+    (
+        $tm:literal,
+        $tn:literal,
+        $bk:literal,
+        $plan_bk:literal,
+        $tx:literal,
+        $stages:literal,
+        $shared:literal
+    ) => {
         concat!(
             "const TM: u32 = ",
             $tm,
@@ -85,7 +97,9 @@ macro_rules! tile_consts {
             $tx,
             "u;\nconst STAGES: u32 = ",
             $stages,
-            "u;\n"
+            "u;\nconst SHARED_A: bool = ",
+            $shared,
+            ";\n"
         )
     };
 }
@@ -124,6 +138,37 @@ macro_rules! f32_tiles {
     };
 }
 
+/// The f32 kernels of every tile of [`ConvTile::ALL`] for CPU adapters whose subgroups can
+/// share A ([`conv_shares_a`]), with `$stages` copies of the staged chunk: the same tiles with tall
+/// micro-tiles (16 x 4 for 128 x 128 and 64 x 256, 8 x 4 for 128 x 64, 64 x 128 and 32 x 256),
+/// whose quads of A a subgroup reads once, and 64 x 64 and 32 x 128 as in [`f32_tiles`] (one
+/// quad of A per thread, nothing to share).
+macro_rules! f32_lanes_tiles {
+    ($stages:literal) => {
+        [
+            conv_kernels!(f32_tile!(4, 4, 16, 16, $stages), "conv_fma.wgsl"),
+            conv_kernels!(
+                tile_consts!(8, 4, 16, 16, 16, $stages, true),
+                "conv_fma.wgsl"
+            ),
+            conv_kernels!(
+                tile_consts!(8, 4, 16, 16, 32, $stages, true),
+                "conv_fma.wgsl"
+            ),
+            conv_kernels!(
+                tile_consts!(16, 4, 8, 8, 32, $stages, true),
+                "conv_fma.wgsl"
+            ),
+            conv_kernels!(f32_tile!(4, 4, 16, 32, $stages), "conv_fma.wgsl"),
+            conv_kernels!(tile_consts!(8, 4, 8, 8, 64, $stages, true), "conv_fma.wgsl"),
+            conv_kernels!(
+                tile_consts!(16, 4, 8, 8, 64, $stages, true),
+                "conv_fma.wgsl"
+            ),
+        ]
+    };
+}
+
 /// The f32 kernels staging each chunk once ([`ConvStaging::Single`])...
 pub(super) const F32_SINGLE: [Kernels; ConvTile::ALL.len()] = f32_tiles!(1);
 /// ...in two alternating copies ([`ConvStaging::Double`])...
@@ -141,6 +186,10 @@ pub(super) const F32_SHALLOW: [Kernels; ConvTile::ALL.len()] = [
     conv_kernels!(tile_consts!(8, 4, 8, 8, 64, 1), "conv_fma.wgsl"),
     conv_kernels!(tile_consts!(8, 8, 4, 8, 32, 1), "conv_fma.wgsl"),
 ];
+
+/// The tall tiles of [`conv_shares_a`] with one copy of the staged chunk, and with two.
+pub(super) const F32_LANES_SINGLE: [Kernels; ConvTile::ALL.len()] = f32_lanes_tiles!(1);
+pub(super) const F32_LANES_DOUBLE: [Kernels; ConvTile::ALL.len()] = f32_lanes_tiles!(2);
 
 /// A conv.wgsl entry point that is no GEMM (the split-K reductions and the tap-window copies,
 /// one thread per element or weight row): it uses no tile, but the file needs one declared to
@@ -368,6 +417,20 @@ pub(crate) fn mma_configs() -> impl Iterator<Item = MmaConfig> {
     MMA_VARIANTS.iter().map(|(c, _)| *c)
 }
 
+/// Whether `gpu`'s f32 conv GEMMs run the tiles whose subgroups share their reads of A
+/// (`F32_LANES_*`, conv_fma.wgsl's SHARED_A): on a CPU adapter's plan, where every read of
+/// workgroup memory is a loop over the SIMD lanes, with subgroups the reductions use
+/// ([`Gpu::subgroup_lanes`]: runs of consecutive threads, verified on the device) of at least 4
+/// lanes (the quads of A of a 16 x 4 micro-tile) and at most 16 (so that a row of threads of
+/// these tiles, 16 or more, holds whole subgroups). Not under [`ConvStaging::Shallow`], for
+/// browsers, which have no subgroups. The same bits as without.
+#[doc(hidden)]
+pub fn conv_shares_a(gpu: &Gpu) -> bool {
+    gpu.plan_for() == crate::PlanFor::Cpu
+        && gpu.subgroup_lanes().is_some_and(|n| n >= 4)
+        && (1..=16).contains(&gpu.subgroup_max_size())
+}
+
 /// The multiply engine of one conv dispatch: its kernels and tile.
 #[derive(Clone, Copy)]
 pub(super) struct Engine {
@@ -543,10 +606,12 @@ impl Engine {
 }
 
 /// Every kernel set of both engines, in the order of [`CONV_SHADER_VARIANTS`].
-const SETS: [&[Kernels]; 7] = [
+const SETS: [&[Kernels]; 9] = [
     &F32_SINGLE,
     &F32_DOUBLE,
     &F32_SHALLOW,
+    &F32_LANES_SINGLE,
+    &F32_LANES_DOUBLE,
     &MMA_F16_SG32,
     &MMA_F8_SG8,
     &MMA_F16_SG32_DOUBLE,

@@ -236,11 +236,15 @@ impl ConvTile {
         (16 * stages * bk * (bm / 4 + bn / 4 + 2)) as u64
     }
 
-    /// The tile's f32 kernels under `gpu`'s staging ([`conv_stages`]).
+    /// The tile's f32 kernels under `gpu`'s staging ([`conv_stages`]), with tall micro-tiles
+    /// whose subgroups share A where `gpu` allows ([`conv_shares_a`]).
     pub(super) fn kernels(self, gpu: &Gpu) -> &'static Kernels {
+        let lanes = conv_shares_a(gpu);
         let set = match gpu.conv_staging() {
             ConvStaging::Shallow => &F32_SHALLOW,
+            _ if conv_stages(gpu, self) == 2 && lanes => &F32_LANES_DOUBLE,
             _ if conv_stages(gpu, self) == 2 => &F32_DOUBLE,
+            _ if lanes => &F32_LANES_SINGLE,
             _ => &F32_SINGLE,
         };
         &set[self.index()]
