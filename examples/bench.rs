@@ -1458,11 +1458,16 @@ fn main() -> Result<()> {
         }
     );
     println!(
-        "conv tiles: {}",
+        "conv tiles: {}{}",
         if args.autotune {
             "autotuned (--autotune)"
         } else {
             "the adapter's tile model"
+        },
+        if resnet_wgpu::ops::conv_shares_a(&bench.gpu) {
+            ", f32 tiles with tall micro-tiles whose subgroups share A"
+        } else {
+            ""
         }
     );
     println!(

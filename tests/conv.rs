@@ -485,8 +485,11 @@ fn subgroups_sharing_a_give_the_same_bits() {
     let gpu = new_gpu();
     let lanes = gpu.set_subgroup_reductions(true).is_ok();
     let shares = lanes && gpu.plan_for() == resnet_wgpu::PlanFor::Cpu;
-    if shares && gpu.info().name.contains("llvmpipe") {
-        assert_eq!(gpu.subgroup_lanes(), Some(8), "lavapipe's subgroups");
+    if gpu.info().name.contains("llvmpipe") {
+        assert!(
+            lanes,
+            "lavapipe's subgroups are runs of consecutive threads"
+        );
     }
     assert_eq!(ops::conv_shares_a(&gpu), shares, "{}", gpu.info());
     let cases = [

@@ -99,7 +99,10 @@ impl TileModel {
     /// 32 x 128. 64 x 256 (8 x 8, as 128 x 128) ran the forward passes and input gradients of
     /// 64 rows (ResNet-18's layer1 and stem at 224x224) at 1.2-1.4 times 64 x 128's rate and
     /// 128-row ones at 0.9-1.0 of 128 x 128's once padding is counted, but weight gradients at
-    /// 0.8-1.0 of 64 x 128's: 0.9 between the two.
+    /// 0.8-1.0 of 64 x 128's: 0.9 between the two. Where subgroups share A
+    /// ([`conv_shares_a`]), the sweep puts 64 x 128 at 0.65 and 64 x 64 at 0.5; a model
+    /// re-rated so ran the main job and ResNet-18 within the noise of this one, which stays
+    /// (`docs/gpu-runs/lavapipe-shared-a-tiles.txt`).
     pub const CPU: TileModel = TileModel {
         rates: [0.6, 0.65, 0.8, 1.0, 0.5, 0.7, 0.9],
         full_grid: 4,
