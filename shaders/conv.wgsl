@@ -37,10 +37,11 @@
 //                         partial p.z_base + z: Winograd's 16 (winograd.wgsl), each a 1x1
 //                         convolution's weight gradient over one image of 1 x tiles pixels.
 //                         Block-diagonal (BLOCK_M, BLOCK_N > 0: Winograd's packed positions,
-//                         src/ops/conv/winograd.rs): only the diagonal blocks of BLOCK_M rows by
-//                         BLOCK_N columns are wanted, and a thread none of whose micro-tile lies
-//                         in one skips the multiplies with SKIP_IDLE (thread_live); it stores
-//                         zeros there.
+//                         src/ops/conv/winograd.rs, 1x1): only the diagonal blocks of BLOCK_M
+//                         rows by BLOCK_N columns are wanted, and the epilogue stores those
+//                         alone, block b's rows at k BLOCK_N of a partial of K x BLOCK_N; a
+//                         thread none of whose micro-tile lies in one skips the multiplies with
+//                         SKIP_IDLE (thread_live).
 //   conv_forward (cont.): When the output tiles alone would leave the GPU idle (small batches),
 //                         the reduction is split like the weight gradient's: split z writes its
 //                         partial y at z * len(y), and conv_forward_reduce adds them and the bias.
@@ -96,8 +97,11 @@
 // copy right after chunk t's multiply, and one barrier per chunk separates the two.
 // Thread (tx, ty) = (tid % TX, tid / TX) owns rows 4 TY u + 4 ty + e (u < TM / 4, e < 4) and
 // columns 4 TX v + 4 tx + e (v < TN / 4) of the tile, so its workgroup-memory reads are whole vec4s
-// and a warp's reads of B are consecutive. Out-of-range rows, columns and reduction indices load
-// zeros and store nothing, so any shape works.
+// and a warp's reads of B are consecutive; with SHARED_A (CPU adapters) rows TM ty + i
+// (i < TM) instead, contiguous, so that a thread row of 16 x 4 micro-tiles lies within one
+// 32-row block of a packed Winograd weight gradient and its subgroups skip the other blocks
+// whole (thread_live). tile_row gives either. Out-of-range rows, columns and reduction
+// indices load zeros and store nothing, so any shape works.
 //
 // Geometry the loaders divide by is pipeline-overridable (KH, KW: the kernel size; NR, NS: the
 // input gradient's taps per phase), so those divisions compile to multiplies; the remaining
@@ -244,8 +248,8 @@ override RELU: bool = false;
 // chunk's loads past one, after the multiply they should overlap.
 override SKIP_IDLE: bool = false;
 
-// conv_backward_weight of a block-diagonal GEMM (see the header), with SKIP_IDLE: the wanted
-// blocks' rows and columns, 0 for a whole GEMM.
+// conv_backward_weight of a block-diagonal GEMM (see the header): the wanted blocks' rows and
+// columns, 0 for a whole GEMM.
 override BLOCK_M: u32 = 0u;
 override BLOCK_N: u32 = 0u;
 
@@ -286,8 +290,9 @@ fn staged(e: Staged) -> f32 {
     return select(0.0, e.v, e.ok);
 }
 
-// Tile row of micro-tile row `i` of thread row `t`.
+// Tile row of micro-tile row `i` of thread row `t` (see the header: contiguous with SHARED_A).
 fn tile_row(i: u32, t: u32) -> u32 {
+    if (SHARED_A) { return TM * t + i; }
     return 4u * TY * (i / 4u) + 4u * t + i % 4u;
 }
 
@@ -665,11 +670,11 @@ fn fw_store(tid: u32) {
 // gradient's block-diagonal GEMMs) one in a diagonal block. With SKIP_IDLE a thread without one
 // skips its multiplies: the padding of a GEMM smaller than its tile (a layer of 8 or 16 channels
 // in a 32-row tile, a ragged last column tile) and the discarded blocks. The thread's rows are
-// 4 TY u + 4 ty + e and its columns 4 TX v + 4 tx + e (u < VM, v < VN, e < 4). Always true
+// tile_row(4 u + e, ty) and its columns 4 TX v + 4 tx + e (u < VM, v < VN, e < 4). Always true
 // without SKIP_IDLE. Called in uniform control flow (engine_live may be a subgroup operation).
 fn thread_live(tid: u32, m0: u32, n0: u32, rows: u32, cols: u32) -> bool {
     if (!SKIP_IDLE) { return true; }
-    let r = m0 + 4u * (tid / TX);
+    let r = m0 + tile_row(0u, tid / TX);
     let c = n0 + 4u * (tid % TX);
     var live = (r < rows) & (c < cols);
     if (BLOCK_M > 0u) {
@@ -679,7 +684,7 @@ fn thread_live(tid: u32, m0: u32, n0: u32, rows: u32, cols: u32) -> bool {
         for (var u = 0u; u < VM; u++) {
             for (var v = 0u; v < VN; v++) {
                 // The 4 x 4 part's row and column blocks overlap: it holds a diagonal output.
-                let r0 = r + 4u * TY * u;
+                let r0 = m0 + tile_row(4u * u, tid / TX);
                 let c0 = c + 4u * TX * v;
                 diagonal |= (r0 / bm <= (c0 + 3u) / bn) & ((r0 + 3u) / bm >= c0 / bn);
             }
@@ -1368,6 +1373,14 @@ fn bw_load_b_taps(tid: u32, n0: u32, inside: bool, xbase: u32, ih0: i32, iw0: i3
 fn bw_put(k: u32, j: u32, v: f32) {
     let crs = p.in_c * KH * KW;
     if (j >= crs) { return; }
+    if (BLOCK_M > 0u) {
+        // A block-diagonal GEMM (1x1): row k's diagonal block b alone, its BLOCK_N columns at
+        // k BLOCK_N (the partial is out_c x BLOCK_N: the blocks one after another).
+        let bn = max(BLOCK_N, 1u);      // no division by a constant zero, which WGSL rejects
+        let b = k / max(BLOCK_M, 1u);
+        if (j / bn == b) { bw_part[out_base + k * bn + j - b * bn] = v; }
+        return;
+    }
     var i = j;
     if (TAPS_OUTER) { i = (j - bw_tap * p.in_c) * (KH * KW) + bw_tap; }
     bw_part[out_base + k * crs + i] = v;
@@ -1436,7 +1449,7 @@ fn conv_backward_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     }
     let begin = split * p.chunk;
     let end = min(begin + p.chunk, total);
-    out_base = (p.z_base + wg.z) * p.out_c * crs;
+    out_base = (p.z_base + wg.z) * p.out_c * select(crs, BLOCK_N, BLOCK_M > 0u);
     if (TAPS_OUTER) { bw_tap = n0 / p.in_c; }
     bw_walk_begin(begin + tid % BK);
     let live = thread_live(tid, m0, n0, p.out_c, crs);

@@ -63,12 +63,13 @@ fn shares_a() -> bool {
     return SHARED_A && VM > 1u && SUBGROUP_LANES >= VM;
 }
 
-// Quad u of the thread's rows of A at kk (a_tile index `at` + u TY), given `own`, what this
-// thread read at a_tile[at + lane's quad TY] (the thread's quad 0 unless A is shared).
+// Quad u of the thread's rows of A at kk (a_tile index `at` + u times the stride between its
+// quads: TY, or 1 for SHARED_A's contiguous rows), given `own`, what this thread read at `at`
+// (its quad 0, or with A shared its lane's quad).
 fn a_quad(own: vec4<f32>, at: u32, u: u32) -> vec4<f32> {
     if (shares_a()) { return lanes_broadcast4(own, u); }
     if (u == 0u) { return own; }
-    return a_tile[at + u * TY];
+    return a_tile[at + u * select(TY, 1u, SHARED_A)];
 }
 
 fn engine_live(live: bool) -> bool {
@@ -80,8 +81,9 @@ fn engine_live(live: bool) -> bool {
 // VM + VN vec4 reads of workgroup memory (1 + VN with A shared). TM * VN is at most 16 (acc):
 // 16 x 4, 8 x 8, 8 x 4, 4 x 8 or 4 x 4.
 fn multiply(tid: u32) {
-    var ta = a_at + tid / TX;
-    if (shares_a()) { ta += (tid % VM) * TY; }
+    // The thread's first quad of A (conv.wgsl's tile_row), or with A shared its lane's.
+    var ta = a_at + tid / TX * select(1u, VM, SHARED_A);
+    if (shares_a()) { ta += tid % VM; }
     let tb = b_at + tid % TX;
     for (var kk = 0u; kk < BK; kk++) {
         let at = kk * RA + ta;

@@ -62,7 +62,6 @@ struct Params {
     rows: u32,      // wino_weights, wino_weights_grad: rows and columns of each U[ξ] (dU[ξ])
     cols: u32,
     flip: u32,      // wino_weights: the input gradient's turned, transposed kernel
-    pack: u32,      // wino_weights_grad: positions ξ per GEMM of dU (see du_at)
     eps: f32,       // wino_output_bn: the batch norm's epsilon
 }
 
@@ -351,17 +350,12 @@ fn gt_row(u: vec4<f32>) -> vec3<f32> {
     return vec3<f32>(u.x + h, 0.5 * (u.y - u.z), h + u.w);
 }
 
-// dU[ξ][row][col] of work item i = row * cols + col, for the weight gradient's transform. The
-// GEMMs ran p.pack positions ξ each (P, src/ops/conv/winograd.rs `packed_positions`): GEMM j
-// multiplied the P planes of GY from position j P on (P rows rows) by those of V (P cols
-// columns), and its diagonal blocks are dU[j P + q] (q < P); the other blocks, one position's
-// GY times another's V, are not read. The GEMMs' rows of P cols values follow one another,
-// so dU[ξ]'s row is row ξ rows + row of them all, and its columns start at (ξ % P) cols.
-// With P = 1, dU[ξ] is plane ξ of rows * cols values.
+// dU[ξ][row][col] of work item i = row * cols + col, for the weight gradient's transform:
+// plane ξ of rows * cols values. (GEMMs that ran P positions ξ at once, src/ops/conv/winograd.rs
+// `packed_positions`, stored only their diagonal blocks, dU[j P + q] for q < P, in this layout:
+// conv.wgsl's bw_put with BLOCK_M.)
 fn du_at(xi: u32, i: u32) -> f32 {
-    let row = i / p.cols;
-    let col = i - row * p.cols;
-    return src[(xi * p.rows + row) * p.pack * p.cols + (xi % p.pack) * p.cols + col];
+    return src[xi * p.rows * p.cols + i];
 }
 
 // A row of work item i's 4x4 tile of dU: positions first .. first + 3.

@@ -20,7 +20,7 @@
 use super::tune::ConvPass;
 use super::{
     Engine, EvalBatchNorm, GemmTile, Geometry, GyScale, MAX_GRID, SPLIT_MIN_CHUNK, TileModel,
-    bn_epilogue, reduce_splits, taps_outer,
+    bn_epilogue, conv_shares_a, reduce_splits, taps_outer,
 };
 use crate::gpu::{ConvAlgo, Gpu, Kernel, WinogradTile, flag, grid_for_elements};
 use crate::kernel;
@@ -42,7 +42,6 @@ struct Params {
     rows: u32,
     cols: u32,
     flip: u32,
-    pack: u32,
     eps: f32,
 }
 
@@ -425,19 +424,23 @@ pub(super) fn backward_weight(
     // transforms' cap (one per chunk at the least: weight_grad_fits).
     let model = TileModel::for_engine(gpu, f16);
     let reach = most.div_ceil(SPLIT_MIN_CHUNK);
-    // Packing multiplies the partial results by P: within the cap, as weight_grad_fits
-    // ensures for P = 1.
-    let most_pack = batch.cap / (chunks * xi * k * c);
-    let pack = packed_positions(&model, xi, k, c, reach, most_pack);
+    let skipped = if !f16 && conv_shares_a(gpu) {
+        SKIPPED_COST
+    } else {
+        1.0
+    };
+    let pack = packed_positions(&model, xi, k, c, reach, skipped);
     let (gemms, pk, pc) = (xi / pack, pack * k, pack * c);
     let gemm_tile = model.choose(pk, pc, gemms * reach);
     let engine = Engine::new(gpu, GemmTile::with_engine(f16, gemm_tile));
     let (tile_m, tile_n, tile_k) = engine.dims;
     let grid_tiles = gemms * pk.div_ceil(tile_m) * pc.div_ceil(tile_n);
-    let partial = chunks * gemms * pk * pc;
+    // Each split's partial result holds the GEMMs' diagonal blocks alone: xi k x c, whatever
+    // the packing (conv.wgsl's bw_put with BLOCK_M).
+    let partial = chunks * xi * k * c;
     let most_splits = MAX_GRID / gemms;
     let splits = model.weight_grad_splits(grid_tiles, most, partial, batch.cap, most_splits);
-    let part = scratch(op, gpu, chunks * splits * gemms * pk * pc)?;
+    let part = scratch(op, gpu, splits * partial)?;
     // With the f16 engine, GY (operand A) is scaled.
     let scale = transformed_gy_scale(gy, f16, scale)?;
     for (chunk, first, tiles) in batch.iter() {
@@ -447,10 +450,11 @@ pub(super) fn backward_weight(
         // end), so that the reduction sums chunks * splits of them. GEMM j reads the planes
         // of the positions j pack .. (j + 1) pack, which lie one after another in V and GY.
         let gg = Geometry::new(op, [1, pc, 1, tiles], [pk, pc, 1, 1], 1, 0)?;
-        // Of each packed GEMM only the P diagonal blocks of k x c are wanted: where the
-        // engine skips idle threads, one whose micro-tile holds none of them is idle.
+        // Of each packed GEMM only the P diagonal blocks of k x c are wanted: the epilogue
+        // stores those alone, one after another, and where the engine skips idle threads, one
+        // whose micro-tile holds none of them is idle.
         let mut constants = gg.gemm_constants(taps_outer(gpu, c, tile_n)).to_vec();
-        if pack > 1 && engine.skips_idle(gpu) {
+        if pack > 1 {
             constants.extend([("BLOCK_M", k as f64), ("BLOCK_N", c as f64)]);
         }
         let chunk_len = tiles.div_ceil(splits).next_multiple_of(tile_k);
@@ -472,16 +476,16 @@ pub(super) fn backward_weight(
             ],
         )?;
     }
-    let du = Tensor::uninit(gpu, &[gemms, pk, pc], DType::F32, op)?;
+    // dU [xi, k, c]: GEMM j's block q is position j pack + q.
+    let du = Tensor::uninit(gpu, &[xi, k, c], DType::F32, op)?;
     let mut p = g.params(false, 0, chunks * splits);
-    p.reduce_len = (gemms * pk * pc) as u32;
-    reduce_splits(gpu, &p, &part, &du, gemms * pk * pc)?;
+    p.reduce_len = (xi * k * c) as u32;
+    reduce_splits(gpu, &p, &part, &du, xi * k * c)?;
     let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
     let p = Params {
         count: (k * c) as u32,
         rows: k as u32,
         cols: c as u32,
-        pack: pack as u32,
         ..Params::default()
     };
     gpu.dispatch(
@@ -493,6 +497,15 @@ pub(super) fn backward_weight(
     Ok(gw)
 }
 
+/// The cost of a multiply-add that a packed weight gradient's GEMM skips (a discarded block's,
+/// or padding's), relative to one it does, where whole subgroups skip them
+/// ([`packed_positions`]): what their staging and barriers cost. On lavapipe, the main job's
+/// layer1 (32 channels) took 75-77 ms per weight gradient packed in fours on 128 x 128 (a
+/// quarter of the multiply-adds wanted) against 103-108 in pairs on 64 x 64 (half), and
+/// layer2's (64) 61-62 ms in pairs on 128 x 128 against 87-90 unpacked on 64 x 64. Any cost
+/// below 0.5 picks both, and 128 channels stay unpacked.
+const SKIPPED_COST: f64 = 0.25;
+
 /// How many positions ξ each of the weight gradient's GEMMs runs (1, 2, 4 or 8, dividing
 /// `xi`): the GEMMs `dU[ξ] = GY[ξ] V[ξ]ᵀ` are `k x c`, which on narrow layers fills a fraction
 /// of any GEMM tile (32 x 32: a quarter of 64 x 64), and the kernels' tiles have 256 threads
@@ -501,30 +514,35 @@ pub(super) fn backward_weight(
 /// blocks on its diagonal (the others, one position's GY with another's V, are discarded),
 /// for P times the multiply-adds but up to P times fewer padded ones. Chosen by the tile
 /// model as the fewest multiply-adds per unit of the tile's rate, padding included (`reach`:
-/// the split-K chunks each GEMM may take, for the tile's choice), at most `most`: on a CPU
-/// adapter, 32 channels pack in pairs (64 x 64, half of it wanted, against a quarter) and 64
-/// or more not at all. The model counts the discarded blocks' multiply-adds, which on a CPU
-/// adapter the threads skip where their micro-tiles hold none of the wanted ones
-/// ([`Engine::skips_idle`]); on lavapipe that took a fifth off the 32-channel pairs' GEMMs and
-/// left 4 and 8 positions per GEMM slower than 2.
+/// the split-K chunks each GEMM may take, for the tile's choice); the GEMMs store the wanted
+/// blocks alone, so packing adds no memory. On a CPU adapter the threads skip the multiplies
+/// where their
+/// micro-tiles hold none of the wanted outputs ([`Engine::skips_idle`]), whole subgroups
+/// together; where the subgroups share A ([`conv_shares_a`]), whose tiles give each thread
+/// row contiguous rows, a subgroup of 8 lanes lies in one 32 x 32 block, so the discarded
+/// blocks and the padding cost little more than their staging: each of their multiply-adds
+/// counts `skipped` ([`SKIPPED_COST`]) of a wanted one, and elsewhere a whole one. With it
+/// the main job's 32 channels pack in fours (128 x 128, a quarter wanted) and 64 in pairs.
 fn packed_positions(
     model: &TileModel,
     xi: usize,
     k: usize,
     c: usize,
     reach: usize,
-    most: usize,
+    skipped: f64,
 ) -> usize {
     let cost = |pack: usize| {
         let (gemms, m, n) = (xi / pack, pack * k, pack * c);
         let tile = model.choose(m, n, gemms * reach);
         let (bm, bn, _) = tile.dims();
         let padded = m.next_multiple_of(bm) * n.next_multiple_of(bn);
-        (gemms * padded) as f64 / model.rate(tile)
+        let wanted = pack * k * c;
+        let work = wanted as f64 + skipped * (padded - wanted) as f64;
+        gemms as f64 * work / model.rate(tile)
     };
     [1, 2, 4, 8]
         .into_iter()
-        .filter(|&pack| xi.is_multiple_of(pack) && (pack == 1 || pack <= most))
+        .filter(|&pack| xi.is_multiple_of(pack))
         .min_by(|a, b| cost(*a).total_cmp(&cost(*b)))
         .unwrap_or(1)
 }
