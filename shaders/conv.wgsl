@@ -78,11 +78,11 @@
 // adapters whose subgroups can share reads of A (const SHARED_A, conv_fma.wgsl) lay the same
 // tiles out with tall micro-tiles: 16x4 for 128x128 (32 x 8 threads) and 64x256 (64 x 4), 8x4
 // for 128x64, 64x128 (32 x 8) and 32x256. Between those constants and this file comes the
-// multiply engine: conv_fma.wgsl (exact f32 fused
-// multiply-adds, each thread its micro-tile) or conv_mma.wgsl (operands rounded to f16,
-// cooperative-matrix multiplies by subgroups, f32 accumulation; 64x64 with BK 32, 128x64 and
-// 128x128 with BK 16), which stage the chunks (put_a, put_b), multiply them, and leave each
-// thread's micro-tile in `acc` for the epilogues here. Each chunk stages a [BK, BM] slice of the A
+// multiply engine: conv_fma.wgsl (exact f32 fused multiply-adds, each thread its micro-tile)
+// or conv_mma.wgsl (operands rounded to f16, cooperative-matrix multiplies by subgroups, f32
+// accumulation; 64x64 with BK 32, 128x64 and 128x128 with BK 16), which stage the chunks
+// (put_a, put_b), multiply them, and leave each thread's micro-tile in `acc` for the epilogues
+// here. Each chunk stages a [BK, BM] slice of the A
 // operand and a [BK, BN] slice of B in workgroup memory (rows padded by one vec4 against bank
 // conflicts), loaded from global memory one chunk ahead into registers so that the loads of chunk
 // t+1 overlap the arithmetic on chunk t. The tile declarations' STAGES says how many copies of the

@@ -1,7 +1,7 @@
 // The f16 tensor-core multiply engine of the conv kernels (conv.wgsl), with the interface of
 // conv_fma.wgsl (engine_begin, put_a, put_b, multiply, engine_flip, engine_end, engine_live;
-// STAGES copies of the staged tiles, as there): the A and B operands are rounded to f16 as they are staged,
-// and each subgroup multiplies F x F fragments of them with cooperative matrices
+// STAGES copies of the staged tiles, as there): the A and B operands are rounded to f16 as
+// they are staged, and each subgroup multiplies F x F fragments of them with cooperative matrices
 // (`wgpu_cooperative_matrix`: tensor cores on NVIDIA, simdgroup matrices on Apple),
 // accumulating in f32. Needs the adapter features SHADER_F16, SUBGROUP and
 // EXPERIMENTAL_COOPERATIVE_MATRIX with an F x F x F f16 x f16 + f32 configuration.

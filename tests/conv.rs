@@ -394,6 +394,19 @@ fn both_reduction_orders_match_reference() {
     }
 }
 
+/// The three passes of case `c` on `tile`, from random x, w, bias and gy (seeds `seed` ..
+/// `seed + 3`): y, gx and gw.
+fn run_passes(gpu: &Gpu, c: &Case, seed: u64, tile: ConvTile) -> [Vec<f32>; 3] {
+    let x = Tensor::from_slice(gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
+    let w = Tensor::from_slice(gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
+    let b = Tensor::from_slice(gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
+    let y = ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, Some(tile)).unwrap();
+    let gy = Tensor::from_slice(gpu, y.shape(), &random_vec(y.numel(), seed + 3)).unwrap();
+    let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, Some(tile)).unwrap();
+    let gw = ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, Some(tile)).unwrap();
+    [y, gx, gw].map(|t| t.to_vec().unwrap())
+}
+
 #[test]
 fn every_staging_gives_the_same_bits() {
     // A device of its own: the staging is a device-wide setting. Double staging changes where
@@ -423,19 +436,6 @@ fn every_staging_gives_the_same_bits() {
     }
     let splits = ops::conv2d_input_grad_splits(&copying, merged.x, merged.w, 2, 1).unwrap();
     assert_eq!(splits, 2, "the merged input gradient splits");
-    let run = |gpu: &Gpu, c: &Case, seed: u64, tile: ConvTile| {
-        let x = Tensor::from_slice(gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
-        let w = Tensor::from_slice(gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
-        let b = Tensor::from_slice(gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
-        let y =
-            ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, Some(tile)).unwrap();
-        let gy = Tensor::from_slice(gpu, y.shape(), &random_vec(y.numel(), seed + 3)).unwrap();
-        let gx =
-            ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, Some(tile)).unwrap();
-        let gw =
-            ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, Some(tile)).unwrap();
-        [y, gx, gw].map(|t| t.to_vec().unwrap())
-    };
     let set_staging = |staging| {
         gpu.set_conv_staging(staging);
         copying.set_conv_staging(staging);
@@ -445,14 +445,14 @@ fn every_staging_gives_the_same_bits() {
         assert_eq!(ops::conv_stages(&gpu, tile), 1, "{tile:?}");
         let single: Vec<_> = (0..)
             .zip(&cases)
-            .map(|(i, (gpu, c))| run(gpu, c, 1600 + 10 * i, tile))
+            .map(|(i, (gpu, c))| run_passes(gpu, c, 1600 + 10 * i, tile))
             .collect();
         // lavapipe's workgroup memory (32 KiB) holds every tile twice.
         for (staging, stages) in [(ConvStaging::Double, 2), (ConvStaging::Shallow, 1)] {
             set_staging(staging);
             assert_eq!(ops::conv_stages(&gpu, tile), stages, "{tile:?}");
             for (i, (gpu, c)) in cases.iter().enumerate() {
-                let other = run(gpu, c, 1600 + 10 * i as u64, tile);
+                let other = run_passes(gpu, c, 1600 + 10 * i as u64, tile);
                 let what = format!("{c:?} tile {tile:?}, {staging:?} against Single");
                 assert_same_pass_bits(&other, &single[i], &what);
             }
@@ -497,29 +497,15 @@ fn subgroups_sharing_a_give_the_same_bits() {
         case([1, 24, 17, 16], 40, 3, 3, 2, 1, false),
         case([1, 256, 4, 4], 72, 1, 1, 1, 0, false),
     ];
-    let run = |c: &Case, seed: u64, tile: ConvTile| {
-        let x = Tensor::from_slice(&gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
-        let w =
-            Tensor::from_slice(&gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
-        let b = Tensor::from_slice(&gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
-        let y =
-            ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, Some(tile)).unwrap();
-        let gy = Tensor::from_slice(&gpu, y.shape(), &random_vec(y.numel(), seed + 3)).unwrap();
-        let gx =
-            ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, Some(tile)).unwrap();
-        let gw =
-            ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, Some(tile)).unwrap();
-        [y, gx, gw].map(|t| t.to_vec().unwrap())
-    };
     for tile in ConvTile::ALL {
         let shared: Vec<_> = (0..)
             .zip(&cases)
-            .map(|(i, c)| run(c, 1800 + 10 * i, tile))
+            .map(|(i, c)| run_passes(&gpu, c, 1800 + 10 * i, tile))
             .collect();
         gpu.set_subgroup_reductions(false).unwrap();
         assert!(!ops::conv_shares_a(&gpu));
         for (i, c) in cases.iter().enumerate() {
-            let own = run(c, 1800 + 10 * i as u64, tile);
+            let own = run_passes(&gpu, c, 1800 + 10 * i as u64, tile);
             let what = format!("{c:?} tile {tile:?}, shared A against each thread's own");
             assert_same_pass_bits(&shared[i], &own, &what);
         }

@@ -2,9 +2,10 @@
 //! MSL (Metal) and HLSL (DX12), with common.wgsl's helpers as the host puts them into every
 //! module. Files compiled in variants (declarations the host prepends, such as conv.wgsl's tile
 //! sizes, and an engine file between them) are checked in each, those whose engine takes a
-//! lanes file (the reductions, the f32 conv engine) with both lanes files; overridable constants take their defaults, and those without one (which the
-//! host must set) the value 1. The f16 tensor-core engine (cooperative matrices, which wgpu
-//! offers on Vulkan and Metal only) is not translated to HLSL.
+//! lanes file (the reductions, the f32 conv engine) with both lanes files; overridable
+//! constants take their defaults, and those without one (which the host must set) the value 1.
+//! The f16 tensor-core engine (cooperative matrices, which wgpu offers on Vulkan and Metal
+//! only) is not translated to HLSL.
 
 use resnet_wgpu::gpu::{
     LANES_ENGINES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,

@@ -46,6 +46,12 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Whether the module gets a lanes file before its engine (its engine is one of
+    /// [`LANES_ENGINES`]), and its pipelines the subgroup lanes in use.
+    pub fn takes_lanes(&self) -> bool {
+        LANES_ENGINES.contains(&self.engine)
+    }
+
     /// The module's WGSL source: `variant`, the helpers every module shares
     /// ([`COMMON_SHADER`]), the engine, then the file. They are kept apart and joined only
     /// here, so that the binary holds each shader file once, not once per variant: with the
@@ -54,7 +60,7 @@ impl Kernel {
     /// (the reductions, the f32 conv engine) gets a lanes file before its engine:
     /// [`LANES_SUBGROUP`] where `subgroup_lanes`, else [`LANES_MEMORY`].
     pub fn source(&self, subgroup_lanes: bool) -> String {
-        let lanes = match (LANES_ENGINES.contains(&self.engine), subgroup_lanes) {
+        let lanes = match (self.takes_lanes(), subgroup_lanes) {
             (false, _) => "",
             (true, true) => LANES_SUBGROUP,
             (true, false) => LANES_MEMORY,
@@ -1094,7 +1100,7 @@ impl Gpu {
     ) -> wgpu::ComputePipeline {
         // A reducing kernel or f32 conv kernel exchanges values between the lanes of subgroups
         // of this size.
-        let lanes = match LANES_ENGINES.contains(&kernel.engine) {
+        let lanes = match kernel.takes_lanes() {
             true => self.subgroup_lanes(),
             false => None,
         };

@@ -422,11 +422,13 @@ pub(crate) fn mma_configs() -> impl Iterator<Item = MmaConfig> {
 /// workgroup memory is a loop over the SIMD lanes, with subgroups the reductions use
 /// ([`Gpu::subgroup_lanes`]: runs of consecutive threads, verified on the device) of at least 4
 /// lanes (the quads of A of a 16 x 4 micro-tile) and at most 16 (so that a row of threads of
-/// these tiles, 16 or more, holds whole subgroups). Not under [`ConvStaging::Shallow`], for
-/// browsers, which have no subgroups. The same bits as without.
+/// these tiles, 16 or more, holds whole subgroups). Not under [`ConvStaging::Shallow`] (for
+/// browsers, which have no subgroups), whose tiles are the usual ones. The same bits as
+/// without.
 #[doc(hidden)]
 pub fn conv_shares_a(gpu: &Gpu) -> bool {
     gpu.plan_for() == crate::PlanFor::Cpu
+        && gpu.conv_staging() != ConvStaging::Shallow
         && gpu.subgroup_lanes().is_some_and(|n| n >= 4)
         && (1..=16).contains(&gpu.subgroup_max_size())
 }

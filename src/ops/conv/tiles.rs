@@ -242,12 +242,12 @@ impl ConvTile {
     /// The tile's f32 kernels under `gpu`'s staging ([`conv_stages`]), with tall micro-tiles
     /// whose subgroups share A where `gpu` allows ([`conv_shares_a`]).
     pub(super) fn kernels(self, gpu: &Gpu) -> &'static Kernels {
-        let lanes = conv_shares_a(gpu);
-        let set = match gpu.conv_staging() {
-            ConvStaging::Shallow => &F32_SHALLOW,
-            _ if conv_stages(gpu, self) == 2 && lanes => &F32_LANES_DOUBLE,
-            _ if conv_stages(gpu, self) == 2 => &F32_DOUBLE,
-            _ if lanes => &F32_LANES_SINGLE,
+        let double = conv_stages(gpu, self) == 2;
+        let set = match (gpu.conv_staging(), conv_shares_a(gpu)) {
+            (ConvStaging::Shallow, _) => &F32_SHALLOW,
+            (_, true) if double => &F32_LANES_DOUBLE,
+            (_, true) => &F32_LANES_SINGLE,
+            _ if double => &F32_DOUBLE,
             _ => &F32_SINGLE,
         };
         &set[self.index()]

@@ -516,9 +516,8 @@ const SKIPPED_COST: f64 = 0.25;
 /// model as the fewest multiply-adds per unit of the tile's rate, padding included (`reach`:
 /// the split-K chunks each GEMM may take, for the tile's choice); the GEMMs store the wanted
 /// blocks alone, so packing adds no memory. On a CPU adapter the threads skip the multiplies
-/// where their
-/// micro-tiles hold none of the wanted outputs ([`Engine::skips_idle`]), whole subgroups
-/// together; where the subgroups share A ([`conv_shares_a`]), whose tiles give each thread
+/// where their micro-tiles hold none of the wanted outputs ([`Engine::skips_idle`]), whole
+/// subgroups together; where the subgroups share A ([`conv_shares_a`]), whose tiles give each thread
 /// row contiguous rows, a subgroup of 8 lanes lies in one 32 x 32 block, so the discarded
 /// blocks and the padding cost little more than their staging: each of their multiply-adds
 /// counts `skipped` ([`SKIPPED_COST`]) of a wanted one, and elsewhere a whole one. With it
