@@ -22,10 +22,13 @@
 // loop over the SIMD lanes (docs/speed.md, "What bounds the GEMMs on lavapipe"). Where the
 // host has verified that every subgroup is a run of consecutive threads within one thread row
 // (TX a multiple of the subgroup size) and compiled a lanes file with subgroups
-// (lanes_subgroup.wgsl: SUBGROUP_LANES > 1), lane l of each subgroup reads quad l % VM and the
-// others take it through lanes_broadcast4: one read of A per kk instead of VM. The same
-// multiply-adds in the same order: the same bits. The tiles declared with SHARED_A have tall
-// micro-tiles (16 x 4, 8 x 4), whose VM quads of A then cost one read.
+// (lanes_subgroup.wgsl: SUBGROUP_LANES > 1), the lanes of each subgroup read the VM quads of A
+// of KG consecutive reduction steps at once (KG = steps_per_read(): lane l reads step l / VM,
+// quad l % VM; 2 steps of 16 x 4 micro-tiles and 4 of 8 x 4 with 8 lanes), and every lane takes
+// the quads it multiplies through lanes_broadcast4: one read of A per KG steps instead of VM
+// per step. The same multiply-adds in the same order: the same bits. The tiles declared with
+// SHARED_A have tall micro-tiles (16 x 4, 8 x 4), whose VM quads of A then cost 1 / KG read per
+// step, beside their one read of B.
 //
 // Workgroup memory: STAGES (1 or 2, from the host's tile declarations) copies of a BK x BM tile
 // of A and a BK x BN tile of B, rows padded by one vec4: 16 STAGES BK (BM / 4 + BN / 4 + 2)
@@ -63,11 +66,20 @@ fn shares_a() -> bool {
     return SHARED_A && VM > 1u && SUBGROUP_LANES >= VM;
 }
 
-// Quad u of the thread's rows of A at kk (a_tile index `at` + u times the stride between its
-// quads: TY, or 1 for SHARED_A's contiguous rows), given `own`, what this thread read at `at`
-// (its quad 0, or with A shared its lane's quad).
-fn a_quad(own: vec4<f32>, at: u32, u: u32) -> vec4<f32> {
-    if (shares_a()) { return lanes_broadcast4(own, u); }
+// Reduction steps whose A one read of workgroup memory brings: with A shared, the lanes of a
+// subgroup read the VM quads of KG consecutive steps at once (lane l: step l / VM, quad l % VM;
+// 8 lanes: 2 steps of 16 x 4 micro-tiles, 4 of 8 x 4), at most 4 (BK, 8 or 16, is a multiple).
+// Else 1.
+fn steps_per_read() -> u32 {
+    if (shares_a()) { return min(SUBGROUP_LANES / VM, 4u); }
+    return 1u;
+}
+
+// Quad u of the thread's rows of A at reduction step g of a read (a_tile index `at` of step g's
+// quad 0 + u times the stride between its quads: TY, or 1 for SHARED_A's contiguous rows),
+// given `own`, what this thread read (its quad 0 of step 0, or with A shared its lane's quad).
+fn a_quad(own: vec4<f32>, at: u32, g: u32, u: u32) -> vec4<f32> {
+    if (shares_a()) { return lanes_broadcast4(own, g * VM + u); }
     if (u == 0u) { return own; }
     return a_tile[at + u * select(TY, 1u, SHARED_A)];
 }
@@ -78,55 +90,69 @@ fn engine_live(live: bool) -> bool {
 }
 
 // Accumulate the staged chunk into the micro-tile: TM * TN fused multiply-adds per kk from
-// VM + VN vec4 reads of workgroup memory (1 + VN with A shared). TM * VN is at most 16 (acc):
-// 16 x 4, 8 x 8, 8 x 4, 4 x 8 or 4 x 4.
+// VM + VN vec4 reads of workgroup memory (VN + 1 / steps_per_read() with A shared). TM * VN is
+// at most 16 (acc): 16 x 4, 8 x 8, 8 x 4, 4 x 8 or 4 x 4.
 fn multiply(tid: u32) {
-    // The thread's first quad of A (conv.wgsl's tile_row), or with A shared its lane's.
+    // The thread's first quad of A (conv.wgsl's tile_row), or with A shared its lane's (its
+    // step's and quad's).
+    let kg = steps_per_read();
     var ta = a_at + tid / TX * select(1u, VM, SHARED_A);
-    if (shares_a()) { ta += tid % VM; }
+    if (shares_a()) { ta += tid % (kg * VM) / VM * RA + tid % VM; }
     let tb = b_at + tid % TX;
-    for (var kk = 0u; kk < BK; kk++) {
-        let at = kk * RA + ta;
-        let own = a_tile[at];
-        let a0 = a_quad(own, at, 0u);
-        let b0 = b_tile[kk * RB + tb];
-        acc[0u * VN] = fma(vec4<f32>(a0.x), b0, acc[0u * VN]);
-        acc[1u * VN] = fma(vec4<f32>(a0.y), b0, acc[1u * VN]);
-        acc[2u * VN] = fma(vec4<f32>(a0.z), b0, acc[2u * VN]);
-        acc[3u * VN] = fma(vec4<f32>(a0.w), b0, acc[3u * VN]);
-        if (VN == 2u) {
-            let b1 = b_tile[kk * RB + tb + TX];
-            acc[0u * VN + 1u] = fma(vec4<f32>(a0.x), b1, acc[0u * VN + 1u]);
-            acc[1u * VN + 1u] = fma(vec4<f32>(a0.y), b1, acc[1u * VN + 1u]);
-            acc[2u * VN + 1u] = fma(vec4<f32>(a0.z), b1, acc[2u * VN + 1u]);
-            acc[3u * VN + 1u] = fma(vec4<f32>(a0.w), b1, acc[3u * VN + 1u]);
-            if (VM == 2u) {
-                let a1 = a_quad(own, at, 1u);
-                acc[4u * VN + 1u] = fma(vec4<f32>(a1.x), b1, acc[4u * VN + 1u]);
-                acc[5u * VN + 1u] = fma(vec4<f32>(a1.y), b1, acc[5u * VN + 1u]);
-                acc[6u * VN + 1u] = fma(vec4<f32>(a1.z), b1, acc[6u * VN + 1u]);
-                acc[7u * VN + 1u] = fma(vec4<f32>(a1.w), b1, acc[7u * VN + 1u]);
-            }
+    for (var k0 = 0u; k0 < BK; k0 += kg) {
+        let own = a_tile[k0 * RA + ta];
+        multiply_step(k0, own, ta, tb, 0u);
+        if (kg > 1u) {
+            multiply_step(k0 + 1u, own, ta, tb, 1u);
         }
-        if (VM >= 2u) {
-            let a1 = a_quad(own, at, 1u);
-            acc[4u * VN] = fma(vec4<f32>(a1.x), b0, acc[4u * VN]);
-            acc[5u * VN] = fma(vec4<f32>(a1.y), b0, acc[5u * VN]);
-            acc[6u * VN] = fma(vec4<f32>(a1.z), b0, acc[6u * VN]);
-            acc[7u * VN] = fma(vec4<f32>(a1.w), b0, acc[7u * VN]);
+        if (kg > 2u) {
+            multiply_step(k0 + 2u, own, ta, tb, 2u);
+            multiply_step(k0 + 3u, own, ta, tb, 3u);
         }
-        if (VM == 4u) {
-            let a2 = a_quad(own, at, 2u);
-            acc[8] = fma(vec4<f32>(a2.x), b0, acc[8]);
-            acc[9] = fma(vec4<f32>(a2.y), b0, acc[9]);
-            acc[10] = fma(vec4<f32>(a2.z), b0, acc[10]);
-            acc[11] = fma(vec4<f32>(a2.w), b0, acc[11]);
-            let a3 = a_quad(own, at, 3u);
-            acc[12] = fma(vec4<f32>(a3.x), b0, acc[12]);
-            acc[13] = fma(vec4<f32>(a3.y), b0, acc[13]);
-            acc[14] = fma(vec4<f32>(a3.z), b0, acc[14]);
-            acc[15] = fma(vec4<f32>(a3.w), b0, acc[15]);
+    }
+}
+
+// Reduction step kk of the chunk, step g of the read that brought `own` (multiply).
+fn multiply_step(kk: u32, own: vec4<f32>, ta: u32, tb: u32, g: u32) {
+    let at = kk * RA + ta;
+    let a0 = a_quad(own, at, g, 0u);
+    let b0 = b_tile[kk * RB + tb];
+    acc[0u * VN] = fma(vec4<f32>(a0.x), b0, acc[0u * VN]);
+    acc[1u * VN] = fma(vec4<f32>(a0.y), b0, acc[1u * VN]);
+    acc[2u * VN] = fma(vec4<f32>(a0.z), b0, acc[2u * VN]);
+    acc[3u * VN] = fma(vec4<f32>(a0.w), b0, acc[3u * VN]);
+    if (VN == 2u) {
+        let b1 = b_tile[kk * RB + tb + TX];
+        acc[0u * VN + 1u] = fma(vec4<f32>(a0.x), b1, acc[0u * VN + 1u]);
+        acc[1u * VN + 1u] = fma(vec4<f32>(a0.y), b1, acc[1u * VN + 1u]);
+        acc[2u * VN + 1u] = fma(vec4<f32>(a0.z), b1, acc[2u * VN + 1u]);
+        acc[3u * VN + 1u] = fma(vec4<f32>(a0.w), b1, acc[3u * VN + 1u]);
+        if (VM == 2u) {
+            let a1 = a_quad(own, at, g, 1u);
+            acc[4u * VN + 1u] = fma(vec4<f32>(a1.x), b1, acc[4u * VN + 1u]);
+            acc[5u * VN + 1u] = fma(vec4<f32>(a1.y), b1, acc[5u * VN + 1u]);
+            acc[6u * VN + 1u] = fma(vec4<f32>(a1.z), b1, acc[6u * VN + 1u]);
+            acc[7u * VN + 1u] = fma(vec4<f32>(a1.w), b1, acc[7u * VN + 1u]);
         }
+    }
+    if (VM >= 2u) {
+        let a1 = a_quad(own, at, g, 1u);
+        acc[4u * VN] = fma(vec4<f32>(a1.x), b0, acc[4u * VN]);
+        acc[5u * VN] = fma(vec4<f32>(a1.y), b0, acc[5u * VN]);
+        acc[6u * VN] = fma(vec4<f32>(a1.z), b0, acc[6u * VN]);
+        acc[7u * VN] = fma(vec4<f32>(a1.w), b0, acc[7u * VN]);
+    }
+    if (VM == 4u) {
+        let a2 = a_quad(own, at, g, 2u);
+        acc[8] = fma(vec4<f32>(a2.x), b0, acc[8]);
+        acc[9] = fma(vec4<f32>(a2.y), b0, acc[9]);
+        acc[10] = fma(vec4<f32>(a2.z), b0, acc[10]);
+        acc[11] = fma(vec4<f32>(a2.w), b0, acc[11]);
+        let a3 = a_quad(own, at, g, 3u);
+        acc[12] = fma(vec4<f32>(a3.x), b0, acc[12]);
+        acc[13] = fma(vec4<f32>(a3.y), b0, acc[13]);
+        acc[14] = fma(vec4<f32>(a3.z), b0, acc[14]);
+        acc[15] = fma(vec4<f32>(a3.w), b0, acc[15]);
     }
 }
 

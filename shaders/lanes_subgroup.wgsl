@@ -24,7 +24,11 @@ fn lanes_broadcast4(v: vec4<f32>, lane: u32) -> vec4<f32> {
         case 0u: { return subgroupBroadcast(v, 0u); }
         case 1u: { return subgroupBroadcast(v, 1u); }
         case 2u: { return subgroupBroadcast(v, 2u); }
-        default: { return subgroupBroadcast(v, 3u); }
+        case 3u: { return subgroupBroadcast(v, 3u); }
+        case 4u: { return subgroupBroadcast(v, 4u); }
+        case 5u: { return subgroupBroadcast(v, 5u); }
+        case 6u: { return subgroupBroadcast(v, 6u); }
+        default: { return subgroupBroadcast(v, 7u); }
     }
 }
 
