@@ -24,11 +24,11 @@
 // (TX a multiple of the subgroup size) and compiled a lanes file with subgroups
 // (lanes_subgroup.wgsl: SUBGROUP_LANES > 1), the lanes of each subgroup read the VM quads of A
 // of KG consecutive reduction steps at once (KG = steps_per_read(): lane l reads step l / VM,
-// quad l % VM; 2 steps of 16 x 4 micro-tiles and 4 of 8 x 4 with 8 lanes), and every lane takes
-// the quads it multiplies through lanes_broadcast4: one read of A per KG steps instead of VM
-// per step. The same multiply-adds in the same order: the same bits. The tiles declared with
-// SHARED_A have tall micro-tiles (16 x 4, 8 x 4), whose VM quads of A then cost 1 / KG read per
-// step, beside their one read of B.
+// quad l % VM; with 8 lanes 2 steps of 16 x 4 micro-tiles, 4 of 8 x 4 and 4 x 4), and every lane
+// takes the quads it multiplies through lanes_broadcast4: one read of A per KG steps instead of
+// VM per step. The same multiply-adds in the same order: the same bits. The tiles declared with
+// SHARED_A have tall micro-tiles (16 x 4, 8 x 4) where they are larger than 64 x 64 and 32 x
+// 128, which keep 4 x 4: per step, 1 / KG read of A beside the one of B.
 //
 // Workgroup memory: STAGES (1 or 2, from the host's tile declarations) copies of a BK x BM tile
 // of A and a BK x BN tile of B, rows padded by one vec4: 16 STAGES BK (BM / 4 + BN / 4 + 2)
@@ -61,15 +61,15 @@ fn engine_flip() {
 }
 
 // Whether this thread's subgroup shares its reads of A (see the header): declared so, with
-// more than one quad to share and enough lanes to read them.
+// subgroups (SUBGROUP_LANES > 1) of enough lanes to read the VM quads.
 fn shares_a() -> bool {
-    return SHARED_A && VM > 1u && SUBGROUP_LANES >= VM;
+    return SHARED_A && SUBGROUP_LANES > 1u && SUBGROUP_LANES >= VM;
 }
 
 // Reduction steps whose A one read of workgroup memory brings: with A shared, the lanes of a
 // subgroup read the VM quads of KG consecutive steps at once (lane l: step l / VM, quad l % VM;
-// 8 lanes: 2 steps of 16 x 4 micro-tiles, 4 of 8 x 4), at most 4 (BK, 8 or 16, is a multiple).
-// Else 1.
+// 8 lanes: 2 steps of 16 x 4 micro-tiles, 4 of 8 x 4 and 4 x 4), at most 4 (BK, 8 or 16, is a
+// multiple). Else 1.
 fn steps_per_read() -> u32 {
     if (shares_a()) { return min(SUBGROUP_LANES / VM, 4u); }
     return 1u;

@@ -141,12 +141,15 @@ macro_rules! f32_tiles {
 /// The f32 kernels of every tile of [`ConvTile::ALL`] for CPU adapters whose subgroups can
 /// share A ([`conv_shares_a`]), with `$stages` copies of the staged chunk: the same tiles with tall
 /// micro-tiles (16 x 4 for 128 x 128 and 64 x 256, 8 x 4 for 128 x 64, 64 x 128 and 32 x 256),
-/// whose quads of A a subgroup reads once, and 64 x 64 and 32 x 128 as in [`f32_tiles`] (one
-/// quad of A per thread, nothing to share).
+/// and 64 x 64 and 32 x 128 with the 4 x 4 of [`f32_tiles`], whose quads of A a subgroup reads
+/// once for several reduction steps.
 macro_rules! f32_lanes_tiles {
     ($stages:literal) => {
         [
-            conv_kernels!(f32_tile!(4, 4, 16, 16, $stages), "conv_fma.wgsl"),
+            conv_kernels!(
+                tile_consts!(4, 4, 16, 16, 16, $stages, true),
+                "conv_fma.wgsl"
+            ),
             conv_kernels!(
                 tile_consts!(8, 4, 16, 16, 16, $stages, true),
                 "conv_fma.wgsl"
@@ -159,7 +162,10 @@ macro_rules! f32_lanes_tiles {
                 tile_consts!(16, 4, 8, 8, 32, $stages, true),
                 "conv_fma.wgsl"
             ),
-            conv_kernels!(f32_tile!(4, 4, 16, 32, $stages), "conv_fma.wgsl"),
+            conv_kernels!(
+                tile_consts!(4, 4, 16, 16, 32, $stages, true),
+                "conv_fma.wgsl"
+            ),
             conv_kernels!(tile_consts!(8, 4, 8, 8, 64, $stages, true), "conv_fma.wgsl"),
             conv_kernels!(
                 tile_consts!(16, 4, 8, 8, 64, $stages, true),
