@@ -475,13 +475,14 @@ fn every_staging_gives_the_same_bits() {
 
 #[test]
 fn subgroups_sharing_a_give_the_same_bits() {
-    // On a CPU adapter's plan with subgroups of 4 to 16 consecutive lanes (lavapipe's 8,
-    // SwiftShader's 4 once asked for), the f32 GEMMs run tiles with tall micro-tiles whose
-    // subgroups read each quad of A once and broadcast it (conv_fma.wgsl's SHARED_A); with
-    // the reductions' subgroups off they run the usual tiles. The same multiply-adds in the
-    // same order: the same bits, on every tile and pass. Cases: ragged rows and columns (lanes
-    // of one subgroup with and without outputs, which multiply together), a strided 3x3 with
-    // four input-gradient phases, a 1x1 with split-K.
+    // On a CPU adapter's plan with subgroups of 4 to 16 consecutive lanes (lavapipe's 8, or 16
+    // with LP_NATIVE_VECTOR_WIDTH=512 as .ci/run also runs it, SwiftShader's 4 once asked for),
+    // the f32 GEMMs run tiles whose subgroups read each quad of A once for one or more
+    // reduction steps and broadcast it (conv_fma.wgsl's SHARED_A); with the reductions'
+    // subgroups off they run the usual tiles. The same multiply-adds in the same order: the
+    // same bits, on every tile and pass. Cases: ragged rows and columns (lanes of one subgroup
+    // with and without outputs, which multiply together), a strided 3x3 with four
+    // input-gradient phases, a 1x1 with split-K.
     let gpu = new_gpu();
     let lanes = gpu.set_subgroup_reductions(true).is_ok();
     let shares = lanes && gpu.plan_for() == resnet_wgpu::PlanFor::Cpu;
