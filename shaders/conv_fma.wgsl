@@ -69,10 +69,11 @@ fn shares_a() -> bool {
 // Reduction steps whose A one read of workgroup memory brings: with A shared, the first lanes
 // of a subgroup read the VM quads of KG consecutive steps at once (lane l: step l / VM, quad
 // l % VM; 8 lanes: 2 steps of 16 x 4 micro-tiles, 4 of 8 x 4 and 4 x 4), at most 4 steps (BK,
-// 8 or 16, is a multiple) and 8 lanes (lanes_broadcast4's), also where subgroups are wider
-// (16 lanes: Mesa's lavapipe with 512-bit vectors). Else 1.
+// 8 or 16, is a multiple) and BROADCAST_LANES lanes (those lanes_broadcast4 has cases for),
+// also where subgroups are wider (16 lanes: Mesa's lavapipe with 512-bit vectors). Else 1.
+// Lane counts and VM are powers of two, so KG is 1, 2 or 4 (multiply's calls).
 fn steps_per_read() -> u32 {
-    if (shares_a()) { return min(min(SUBGROUP_LANES, 8u) / VM, 4u); }
+    if (shares_a()) { return min(min(SUBGROUP_LANES, BROADCAST_LANES) / VM, 4u); }
     return 1u;
 }
 

@@ -6,6 +6,7 @@
 // No bindings or entry points.
 
 const SUBGROUP_LANES: u32 = 1u;
+const BROADCAST_LANES: u32 = 1u;
 
 fn lanes_xor(v: f32, d: u32) -> f32 { return v; }
 fn lanes_xor2(v: vec2<f32>, d: u32) -> vec2<f32> { return v; }

@@ -16,9 +16,11 @@ fn lanes_xor2(v: vec2<f32>, d: u32) -> vec2<f32> { return subgroupShuffleXor(v, 
 fn lanes_xor3(v: vec3<f32>, d: u32) -> vec3<f32> { return subgroupShuffleXor(v, d); }
 fn lanes_xor4(v: vec4<f32>, d: u32) -> vec4<f32> { return subgroupShuffleXor(v, d); }
 
-// Lane `lane`'s v, in every lane: `lane` is a constant below SUBGROUP_LANES at every call, and
-// subgroupBroadcast takes its lane as a constant expression, hence the cases (each call site
-// folds to one of them).
+// Lane `lane`'s v, in every lane: `lane` is a constant below SUBGROUP_LANES and
+// BROADCAST_LANES at every call, and subgroupBroadcast takes its lane as a constant
+// expression, hence the cases (each call site folds to one of them).
+const BROADCAST_LANES: u32 = 8u;   // the lanes lanes_broadcast4 has cases for
+
 fn lanes_broadcast4(v: vec4<f32>, lane: u32) -> vec4<f32> {
     switch lane {
         case 0u: { return subgroupBroadcast(v, 0u); }
