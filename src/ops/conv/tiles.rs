@@ -100,9 +100,12 @@ impl TileModel {
     /// 64 rows (ResNet-18's layer1 and stem at 224x224) at 1.2-1.4 times 64 x 128's rate and
     /// 128-row ones at 0.9-1.0 of 128 x 128's once padding is counted, but weight gradients at
     /// 0.8-1.0 of 64 x 128's: 0.9 between the two. Where subgroups share A
-    /// ([`conv_shares_a`]), the sweep puts 64 x 128 at 0.65 and 64 x 64 at 0.5; a model
-    /// re-rated so ran the main job and ResNet-18 within the noise of this one, which stays
-    /// (`docs/gpu-runs/lavapipe-shared-a-tiles.txt`).
+    /// ([`conv_shares_a`]), a sweep after their reads of A spanned several steps (session 31,
+    /// `docs/gpu-runs/lavapipe-shared-a-steps-tiles.txt`) puts 128 x 64 at 0.84-0.86 and 64 x
+    /// 128 at 0.83-0.88; a model re-rated so (and 32 x 128 at 0.55) ran ResNet-18's inference
+    /// faster but the main job's step slower in three interleaved rounds, so this one stays
+    /// (`docs/gpu-runs/lavapipe-session31-experiments.txt`; session 30's sweep and re-rate:
+    /// `lavapipe-shared-a-tiles.txt`, within noise).
     pub const CPU: TileModel = TileModel {
         rates: [0.6, 0.65, 0.8, 1.0, 0.5, 0.7, 0.9],
         full_grid: 4,
