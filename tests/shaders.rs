@@ -8,7 +8,7 @@
 //! only) is not translated to HLSL.
 
 use resnet_wgpu::gpu::{
-    LANES_ENGINES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,
+    LANES_ENGINES, LANES_FILES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,
 };
 use std::path::Path;
 
@@ -29,10 +29,11 @@ fn variants(file: &str) -> Vec<(&'static str, &'static str)> {
     }
 }
 
-/// The lanes files a module with `engine` is compiled with, each before the engine: both for
-/// the engines that take one (the reductions', the f32 conv engine), none for the others.
-fn lanes_for(engine: &str) -> Vec<&'static str> {
-    if LANES_ENGINES.contains(&engine) {
+/// The lanes files a module of `file` with `engine` is compiled with, each before the engine:
+/// both for the engines that take one (the reductions', the f32 conv engine) and the files
+/// that do (the GEMM for CPU adapters), none for the others.
+fn lanes_for(file: &str, engine: &str) -> Vec<&'static str> {
+    if LANES_ENGINES.contains(&engine) || LANES_FILES.contains(&file) {
         vec![LANES_MEMORY, LANES_SUBGROUP]
     } else {
         vec![""]
@@ -64,7 +65,7 @@ fn every_shader_validates_and_translates() {
                 e => std::fs::read_to_string(dir.join(e)).unwrap(),
             };
             let common = resnet_wgpu::gpu::COMMON_SHADER;
-            for lanes in lanes_for(engine) {
+            for lanes in lanes_for(file_name, engine) {
                 let with = if lanes == LANES_SUBGROUP {
                     " subgroup lanes"
                 } else {

@@ -206,8 +206,16 @@ fn chunks_of_images_give_the_same_bits() {
         let (y, gx, gw, dispatches) = run(None);
         // The weights' transform, then the input transform, the GEMMs and the output
         // transform; for gw both transforms, the GEMMs, the sum of their partial results and
-        // gw's transform.
-        assert_eq!(dispatches, [4, 5], "{tile}, one chunk");
+        // gw's transform. On lavapipe the GEMMs of one chunk without barriers
+        // (shaders/gemm_lanes.wgsl: all tile counts here are multiples of 4) write dU whole,
+        // with nothing to sum.
+        let gpu = winograd_gpu();
+        let lanes = gpu.plan_for() == PlanFor::Cpu && matches!(gpu.subgroup_lanes(), Some(8 | 16));
+        assert_eq!(
+            dispatches,
+            [4, 5 - usize::from(lanes) as u64],
+            "{tile}, one chunk"
+        );
         for images in [1, 2, 3] {
             let chunks = 5usize.div_ceil(images) as u64;
             let (yc, gxc, gwc, d) = run(Some(images));
@@ -468,4 +476,69 @@ fn inference_block_with(gpu: &Gpu) {
         let (fused, apart) = (fused.to_vec().unwrap(), apart.to_vec().unwrap());
         assert_close(&fused, &apart, 1e-6, 1e-6, &what);
     }
+}
+
+#[test]
+fn the_gemms_without_barriers_match_the_tiled_gemms() {
+    // On a CPU adapter's plan with subgroups of 8 or 16 lanes (lavapipe), Winograd's f32 GEMMs
+    // run shaders/gemm_lanes.wgsl, which reads its operands straight from memory; with
+    // subgroups off, the tiled conv_forward and conv_backward_weight. The forward pass and
+    // input gradient sum each output in ascending order with one fused multiply-add per term
+    // either way: the same bits. The weight gradient sums a chunk's tiles in one run instead
+    // of the tiled kernel's splits: close. Cases: rows off the 32-row tile (40 output
+    // channels, 24 input channels for gx), columns over one workgroup's 128 (F(2x2): 400
+    // tiles) and under (F(4x4): 100), and tile counts that are not a multiple of 4 (F(4x4)'s
+    // 3 x 5 in case 1: the tiled GEMMs either way).
+    let cases: [([usize; 4], usize); 2] = [([4, 24, 20, 20], 40), ([1, 16, 12, 20], 8)];
+    each_tile(|gpu| {
+        let lanes = gpu.set_subgroup_reductions(true).is_ok()
+            && gpu.plan_for() == PlanFor::Cpu
+            && matches!(gpu.subgroup_lanes(), Some(8 | 16));
+        if gpu.info().name.contains("llvmpipe") {
+            assert!(lanes, "lavapipe has subgroups of 8 or 16: {}", gpu.info());
+        }
+        let tile = gpu.winograd_tile().unwrap();
+        for (i, &(x, k)) in cases.iter().enumerate() {
+            let w = [k, x[1], 3, 3];
+            let xv = random_vec(x.iter().product(), 900 + i as u64);
+            let wv = random_vec(w.iter().product(), 901 + i as u64);
+            let xt = Tensor::from_slice(gpu, &x, &xv).unwrap();
+            let wt = Tensor::from_slice(gpu, &w, &wv).unwrap();
+            let ys = [x[0], k, x[2], x[3]];
+            let gyv = random_vec(ys.iter().product(), 902 + i as u64);
+            let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
+            // The three passes, and how many GEMMs ran on gemm_lanes and gemm_lanes_nt.
+            let run = || {
+                gpu.start_profiling().unwrap();
+                let y = ops::conv2d(&xt, &wt, None, 1, 1).unwrap();
+                let gx = ops::conv2d_backward_input(&gy, &wt, x, 1, 1).unwrap();
+                let gw = ops::conv2d_backward_weight(&xt, &gy, w, 1, 1).unwrap();
+                let kernels = gpu.finish_profiling().unwrap();
+                let count = |entry| kernels.iter().filter(|t| t.entry == entry).count();
+                let passes = [y, gx, gw].map(|t| t.to_vec().unwrap());
+                (passes, [count("gemm_lanes"), count("gemm_lanes_nt")])
+            };
+            let what = format!("x {x:?} w {w:?} {tile}");
+            let ([y, gx, gw], on_lanes) = run();
+            let tiles = x[0] * x[2].div_ceil(tile.m()) * x[3].div_ceil(tile.m());
+            let expected = match lanes && tiles % 4 == 0 {
+                true => [2, 1],
+                false => [0, 0],
+            };
+            assert_eq!(on_lanes, expected, "{what}: GEMMs on gemm_lanes(_nt)");
+            gpu.set_subgroup_reductions(false).unwrap();
+            let ([y_tiled, gx_tiled, gw_tiled], none) = run();
+            assert_eq!(none, [0, 0], "{what}: subgroups off");
+            let same = |a: &[f32], b: &[f32]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+            };
+            assert!(same(&y, &y_tiled), "{what}: the forward pass differs");
+            assert!(same(&gx, &gx_tiled), "{what}: the input gradient differs");
+            let what = format!("{what}: weight gradient");
+            assert_tile_close(tile, &gw, &gw_tiled, [1e-5, 1e-4], TWIN_SCALE, &what);
+            if lanes {
+                gpu.set_subgroup_reductions(true).unwrap();
+            }
+        }
+    });
 }

@@ -32,6 +32,12 @@ pub const REDUCING_ENGINE: &str = "butterfly.wgsl";
 #[doc(hidden)]
 pub const LANES_ENGINES: [&str; 2] = [REDUCING_ENGINE, "conv_fma.wgsl"];
 
+/// The files without an engine whose kernels get a lanes file before them: the GEMM for CPU
+/// adapters that shares A through a subgroup's lanes (`shaders/gemm_lanes.wgsl`, which the host
+/// dispatches only with subgroups of 8 or 16 lanes).
+#[doc(hidden)]
+pub const LANES_FILES: [&str; 1] = ["gemm_lanes.wgsl"];
+
 /// The shader files whose kernels are declared with `reducing_kernel!` (every entry point of
 /// each: they share one module), for the tools that compose sources themselves
 /// (`tests/shaders.rs`, `examples/kernel_stats.rs`).

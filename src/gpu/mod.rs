@@ -16,7 +16,9 @@ mod profile;
 
 pub use device::GpuOptions;
 #[doc(hidden)]
-pub use lanes::{LANES_ENGINES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES};
+pub use lanes::{
+    LANES_ENGINES, LANES_FILES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,
+};
 pub use pool::PoolStats;
 pub use profile::{KernelTime, gpu_span_nanos};
 
@@ -47,9 +49,10 @@ pub struct Kernel {
 
 impl Kernel {
     /// Whether the module gets a lanes file before its engine (its engine is one of
-    /// [`LANES_ENGINES`]), and its pipelines the subgroup lanes in use.
+    /// [`LANES_ENGINES`], or its file one of [`LANES_FILES`]), and its pipelines the subgroup
+    /// lanes in use.
     pub fn takes_lanes(&self) -> bool {
-        LANES_ENGINES.contains(&self.engine)
+        LANES_ENGINES.contains(&self.engine) || LANES_FILES.contains(&self.file)
     }
 
     /// The module's WGSL source: `variant`, the helpers every module shares

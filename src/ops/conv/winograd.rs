@@ -45,6 +45,35 @@ struct Params {
     eps: f32,
 }
 
+/// `shaders/gemm_lanes.wgsl`'s parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct LanesParams {
+    rows: u32,
+    depth: u32,
+    cols: u32,
+    base: u32,
+}
+
+/// The batched GEMMs for CPU adapters without workgroup memory or barriers: `A B` and `A Bᵀ`.
+const GEMM_LANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes");
+const GEMM_LANES_NT: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_nt");
+
+/// Whether a GEMM of `depth` and `cols` runs on [`GEMM_LANES`] ([`gemm`]) or [`GEMM_LANES_NT`]
+/// ([`backward_weight`]): on a CPU adapter's plan, in f32, with subgroups of 8 or 16 lanes
+/// verified and in use (the kernels' layout; off with `RESNET_WGPU_SUBGROUPS=0` or
+/// [`Gpu::set_subgroup_reductions`], as the shared A of the tiled kernels is), and rows of
+/// whole vec4s (`depth` and `cols` multiples of 4).
+fn gemm_on_lanes(gpu: &Gpu, f16: bool, depth: usize, cols: usize) -> bool {
+    let lanes = gpu.subgroup_lanes().unwrap_or(0);
+    gpu.plan_for() == crate::PlanFor::Cpu
+        && !f16
+        && matches!(lanes, 8 | 16)
+        && gpu.subgroup_max_size() == lanes
+        && depth.is_multiple_of(4)
+        && cols.is_multiple_of(4)
+}
+
 /// A Winograd tile's transforms (the same bindings and Params in both shaders).
 struct Kernels {
     weights: Kernel,
@@ -417,6 +446,43 @@ pub(super) fn backward_weight(
     let (chunks, most, xi) = (batch.count(), batch.most(), batch.xi);
     let v = scratch(op, gpu, xi * c * most)?;
     let gyt = scratch(op, gpu, xi * k * most)?;
+    let lanes = batch
+        .iter()
+        .all(|(_, _, tiles)| gemm_on_lanes(gpu, f16, tiles, c));
+    let du = Tensor::uninit(gpu, &[xi, k, c], DType::F32, op)?;
+    if lanes {
+        // dU[ξ] = GY[ξ] V[ξ]ᵀ per chunk, into dU itself for one chunk, else into a partial
+        // result per chunk that one reduction sums.
+        let part = match chunks {
+            1 => None,
+            _ => Some(scratch(op, gpu, chunks * xi * k * c)?),
+        };
+        let lanes = gpu.subgroup_lanes().unwrap_or(1) as usize;
+        for (chunk, first, tiles) in batch.iter() {
+            batch.transform(gpu, &kernels(tile).input, x, &v, c, first, tiles)?;
+            batch.transform(gpu, &kernels(tile).gy, gy, &gyt, k, first, tiles)?;
+            let p = LanesParams {
+                rows: k as u32,
+                depth: tiles as u32,
+                cols: c as u32,
+                base: (chunk * xi) as u32,
+            };
+            let out = part.as_ref().unwrap_or(&du);
+            let grid = [
+                c.div_ceil(4 * lanes) as u32,
+                k.div_ceil(16) as u32,
+                xi as u32,
+            ];
+            let buffers = [gyt.buffer(), v.buffer(), out.buffer()];
+            gpu.dispatch_with(&GEMM_LANES_NT, &[], &p, &buffers, grid)?;
+        }
+        if let Some(part) = &part {
+            let mut p = g.params(false, 0, chunks);
+            p.reduce_len = (xi * k * c) as u32;
+            reduce_splits(gpu, &p, part, &du, xi * k * c)?;
+        }
+        return weights_grad(op, gpu, tile, g, &du);
+    }
     // The GEMMs: rows k, columns c, reduced over a chunk's tiles, `pack` positions ξ at a time
     // ([`packed_positions`]: `gemms` GEMMs of rows pk and columns pc), split like the direct
     // weight gradient's (towards the model's target of workgroups per dispatch, in chunks of
@@ -477,10 +543,21 @@ pub(super) fn backward_weight(
         )?;
     }
     // dU [xi, k, c]: GEMM j's block q is position j pack + q.
-    let du = Tensor::uninit(gpu, &[xi, k, c], DType::F32, op)?;
     let mut p = g.params(false, 0, chunks * splits);
     p.reduce_len = (xi * k * c) as u32;
     reduce_splits(gpu, &p, &part, &du, xi * k * c)?;
+    weights_grad(op, gpu, tile, g, &du)
+}
+
+/// gw `[K, C, 3, 3]` from dU `[α², K, C]` (the weight gradient's last transform).
+fn weights_grad(
+    op: &'static str,
+    gpu: &Gpu,
+    tile: WinogradTile,
+    g: &Geometry,
+    du: &Tensor,
+) -> Result<Tensor> {
+    let (k, c) = (g.w[0], g.w[1]);
     let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
     let p = Params {
         count: (k * c) as u32,
@@ -735,6 +812,26 @@ fn gemm(
     scale: Option<&Tensor>,
     m: &Tensor,
 ) -> Result<()> {
+    if gemm_on_lanes(gpu, f16, depth, cols) {
+        let p = LanesParams {
+            rows: rows as u32,
+            depth: depth as u32,
+            cols: cols as u32,
+            base: 0,
+        };
+        let grid = [
+            cols.div_ceil(128) as u32,
+            rows.div_ceil(32) as u32,
+            xi as u32,
+        ];
+        return gpu.dispatch_with(
+            &GEMM_LANES,
+            &[],
+            &p,
+            &[u.buffer(), v.buffer(), m.buffer()],
+            grid,
+        );
+    }
     let g = Geometry::new(op, [1, depth, 1, cols], [rows, depth, 1, 1], 1, 0)?;
     let tile = TileModel::for_engine(gpu, f16).choose(rows, cols, xi);
     let engine = Engine::new(gpu, GemmTile::with_engine(f16, tile));
