@@ -38,13 +38,19 @@ struct Params {
     rows: u32,
     depth: u32,   // a multiple of 4
     cols: u32,    // a multiple of 4
-    base: u32,    // gemm_lanes_nt: the output matrix of z = 0
+    base: u32,    // gemm_lanes_nt: the output matrix of z = 0; gemm_lanes_planes: y's image
+    plane: u32,   // gemm_lanes_planes: the pixels of a plane of y
+    valid: u32,   // gemm_lanes_planes: B's columns that are pixels (the rest are padding)
+    has_bias: u32,
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
 
 // Row i of the subgroup's 16 is acc[i]: its 4 columns.
 var<private> acc: array<vec4<f32>, 16>;
@@ -70,8 +76,9 @@ fn gemm_step(lo: vec4<f32>, hi: vec4<f32>, s: u32, bq: vec4<f32>) {
     acc[15] = fma(vec4<f32>(lanes_broadcast4(hi, 7u)[s]), bq, acc[15]);
 }
 
-@compute @workgroup_size(64)
-fn gemm_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+// The lanes' 16 x 4 micro-tiles of C[wg.z] = A[wg.z] B[wg.z] (A shared by every z where
+// a_stride is 0), into acc: rows r0 + i, columns 4 col + e (gemm_lanes' layout).
+fn multiply_nn(wg: vec3<u32>, li: u32, a_stride: u32) -> vec2<u32> {
     let lane = li % SUBGROUP_LANES;
     let sg = li / SUBGROUP_LANES;
     // Subgroups side by side along the columns: 128 / (4 lanes) of them per 16 rows.
@@ -79,12 +86,11 @@ fn gemm_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let r0 = wg.y * 32u + sg / across * 16u;
     let quads = p.cols / 4u;
     let col = wg.x * 32u + sg % across * SUBGROUP_LANES + lane;   // the lane's vec4 of B and C
-    let bcol = min(col, quads - 1u);
     let d4 = p.depth / 4u;
     // The lane's rows of A (clamped), as vec4 indices of their first 4 steps.
-    let a_lo = (wg.z * p.rows + min(r0 + lane % 8u, p.rows - 1u)) * d4;
-    let a_hi = (wg.z * p.rows + min(r0 + 8u + lane % 8u, p.rows - 1u)) * d4;
-    var bi = wg.z * p.depth * quads + bcol;
+    let a_lo = (wg.z * a_stride + min(r0 + lane % 8u, p.rows - 1u)) * d4;
+    let a_hi = (wg.z * a_stride + min(r0 + 8u + lane % 8u, p.rows - 1u)) * d4;
+    var bi = wg.z * p.depth * quads + min(col, quads - 1u);
     acc = array<vec4<f32>, 16>();
     for (var k = 0u; k < d4; k++) {
         let lo = a[a_lo + k];
@@ -95,11 +101,54 @@ fn gemm_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         gemm_step(lo, hi, 3u, b[bi + 3u * quads]);
         bi += 4u * quads;
     }
+    return vec2<u32>(r0, col);
+}
+
+@compute @workgroup_size(64)
+fn gemm_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let at = multiply_nn(wg, li, p.rows);
+    let r0 = at.x;
+    let col = at.y;
+    let quads = p.cols / 4u;
     if (col < quads) {
         let out = (wg.z * p.rows + r0) * quads + col;
         for (var i = 0u; i < 16u; i++) {
             if (r0 + i < p.rows) {
                 c[out + i * quads] = acc[i];
+            }
+        }
+    }
+}
+
+// q = n / d for n < 2^24 through f32 (a CPU's lanes divide floats as vectors, integers one
+// lane at a time): the quotient rounded, then corrected by one either way.
+fn divide(n: u32, d: u32) -> u32 {
+    var q = u32(f32(n) / f32(d));
+    if (q * d > n) { q -= 1u; }
+    if ((q + 1u) * d <= n) { q += 1u; }
+    return q;
+}
+
+// A direct convolution's forward GEMM, y = W col (+ bias): A = W [rows = K, depth = C R S]
+// for every z, B = the columns of a chunk of images (im2col.wgsl: image-major pixels, `valid`
+// of them, padded to a multiple of 4), and C's column j, pixel j % plane of image j / plane,
+// stored into y [N, K, plane] at image `base` + j / plane.
+@compute @workgroup_size(64)
+fn gemm_lanes_planes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let at = multiply_nn(wg, li, 0u);
+    let r0 = at.x;
+    let col = at.y;
+    for (var e = 0u; e < 4u; e++) {
+        let j = 4u * col + e;
+        if (j < p.valid) {
+            let image = divide(j, p.plane);
+            let out = ((p.base + image) * p.rows + r0) * p.plane + j - image * p.plane;
+            for (var i = 0u; i < 16u; i++) {
+                if (r0 + i < p.rows) {
+                    var v = acc[i][e];
+                    if (p.has_bias != 0u) { v += bias[r0 + i]; }
+                    y[out + i * p.plane] = v;
+                }
             }
         }
     }

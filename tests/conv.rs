@@ -553,6 +553,10 @@ fn the_tape_reads_the_forward_weights_copy() {
     // weights through its own transforms).
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Direct);
+    // The tiled plan's kernels: on a CPU adapter with subgroups of 8 or 16 lanes (lavapipe)
+    // the direct passes would run the GEMMs without barriers (shaders/gemm_lanes.wgsl), which
+    // the subgroups switch turns off with the tiles' shared A.
+    let _ = gpu.set_subgroup_reductions(false);
     // 1,056 output pixels: both the forward and the input gradient read the weights' taps-
     // outer copy. Through the tape the input gradient reads the forward's.
     let c = case([2, 64, 24, 22], 48, 3, 3, 1, 1, false);
@@ -684,6 +688,10 @@ fn input_gradient_phases_in_one_dispatch() {
     // that these reduce taps outer, and changes the order.
     let gpu = new_gpu();
     gpu.set_conv_weight_copy_min_columns(0);
+    // The tiled plan's kernels: on a CPU adapter with subgroups of 8 or 16 lanes (lavapipe)
+    // the direct passes would run the GEMMs without barriers (shaders/gemm_lanes.wgsl), which
+    // the subgroups switch turns off with the tiles' shared A.
+    let _ = gpu.set_subgroup_reductions(false);
     // Strided kernels whose phases all reduce taps outer (output channels in multiples of 16)
     // run their phases in one dispatch: a 3x3/2 on ragged planes (phases of 1, 2, 2 and 4
     // taps over unequal pixel counts), a 5x5/2 (2 or 3 taps per axis), a 3x3/3 (nine phases of
@@ -731,6 +739,10 @@ fn input_gradient_split_k() {
     // has just dirtied. Direct convolutions (Winograd's input gradient does not split).
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Direct);
+    // The tiled plan's kernels: on a CPU adapter with subgroups of 8 or 16 lanes (lavapipe)
+    // the direct passes would run the GEMMs without barriers (shaders/gemm_lanes.wgsl), which
+    // the subgroups switch turns off with the tiles' shared A.
+    let _ = gpu.set_subgroup_reductions(false);
     // Input gradients whose tiles alone leave the device idle (small batches, late layers)
     // split their reduction: one 3x3 stride-1 phase; four stride-2 phases with 4, 2, 2 and 1
     // taps, whose lightest phases get shorter chunks and (136 output channels, 4 splits on 2
@@ -1094,6 +1106,10 @@ fn fused_eval_batch_norm_matches_separate_kernels() {
     // fused kernel runs too (the separate ones must match it closely).
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Direct);
+    // The separate kernels' conv runs the tiled GEMM the fused kernel runs: on a CPU adapter
+    // with subgroups of 8 or 16 lanes (lavapipe) it would run the GEMM without barriers
+    // (shaders/gemm_lanes.wgsl), which the subgroups switch turns off with the tiles' shared A.
+    let _ = gpu.set_subgroup_reductions(false);
     // Inference's conv blocks: conv + eval batch norm (+ residual) (+ ReLU) in one kernel.
     // Ragged edges against every tile, a 1x1 stride-2 downsample, a 7x7 stem and (last) a
     // split-K forward, whose epilogue runs in the reduce kernel.
@@ -1427,5 +1443,93 @@ fn gradient_check_by_central_differences() {
             2e-2,
             &format!("gradient check of input {which}"),
         );
+    }
+}
+
+#[test]
+fn direct_convs_without_barriers_match_the_reference() {
+    // A device of its own: the test sets the algorithm and the chunk cap. On a CPU adapter
+    // with subgroups of 8 or 16 lanes (lavapipe), the direct passes run the GEMMs without
+    // workgroup memory or barriers (shaders/gemm_lanes.wgsl) on x's and gy's columns
+    // (shaders/im2col.wgsl): the forward pass into y's planes, the weight gradient per chunk of
+    // images, the input gradient back through col2im (adding to the gradient so far where
+    // given). Cases: a strided 3x3 on ragged planes (pixels per chunk not a multiple of 4),
+    // output channels off the GEMMs' 16 and 32 rows, a 1x1 stride-2 shortcut (its input
+    // gradient stays tiled), a 5x5 with padding 2, and a stride-1 3x3 with a bias.
+    let gpu = new_gpu();
+    gpu.set_conv_algo(ConvAlgo::Direct);
+    let lanes = gpu.plan_for() == PlanFor::Cpu && matches!(gpu.subgroup_lanes(), Some(8 | 16));
+    if gpu.info().name.contains("llvmpipe") {
+        assert!(lanes, "lavapipe has subgroups of 8 or 16: {}", gpu.info());
+    }
+    let cases = [
+        case([3, 12, 13, 11], 20, 3, 3, 2, 1, false),
+        case([2, 16, 9, 10], 36, 1, 1, 2, 0, false),
+        case([2, 8, 11, 9], 40, 5, 5, 1, 2, false),
+        case([2, 24, 7, 7], 28, 3, 3, 1, 1, true),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let seed = 2100 + 10 * i as u64;
+        let (xv, wv, bv) = (
+            random_vec(c.x.iter().product(), seed),
+            random_vec(c.w.iter().product(), seed + 1),
+            random_vec(c.w[0], seed + 2),
+        );
+        let b = c.bias.then_some(&bv[..]);
+        let (ye, ys) = reference::conv2d(&xv, c.x, &wv, c.w, b, c.stride, c.pad);
+        let gyv = random_vec(ys.iter().product(), seed + 3);
+        let gxe = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
+        let gwe = reference::conv2d_backward_weight(&xv, c.x, &gyv, c.w, c.stride, c.pad);
+        let sumv = random_vec(gxe.len(), seed + 4);
+        // One chunk of images, then chunks of one image (x's columns: C R S rows of a chunk's
+        // pixels, rounded up to 4).
+        let (oh, ow) = (ys[2], ys[3]);
+        let one_image = c.w[1] * c.w[2] * c.w[3] * (oh * ow + 4);
+        for cap in [None, Some(one_image)] {
+            let what = format!("{c:?}, chunk cap {cap:?}");
+            gpu.set_winograd_chunk_elements(
+                cap.unwrap_or(resnet_wgpu::ops::WINOGRAD_CHUNK_ELEMENTS),
+            );
+            let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
+            let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
+            let bt = Tensor::from_slice(&gpu, &[c.w[0]], &bv).unwrap();
+            let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
+            let sum = Tensor::from_slice(&gpu, &c.x, &sumv).unwrap();
+            gpu.start_profiling().unwrap();
+            let y = ops::conv2d(&x, &w, c.bias.then_some(&bt), c.stride, c.pad).unwrap();
+            let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+            let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+            let added = ops::conv2d_backward_input_add(&gy, &w, c.x, c.stride, c.pad, sum);
+            let added = added.unwrap().to_vec().unwrap();
+            let kernels = gpu.finish_profiling().unwrap();
+            let ran = |entry: &str| kernels.iter().any(|t| t.entry == entry);
+            let one_by_one = c.w[2] * c.w[3] == 1;
+            assert_eq!(
+                [
+                    ran("gemm_lanes_planes"),
+                    ran("gemm_lanes_nt"),
+                    ran("col2im")
+                ],
+                [lanes, lanes, lanes && !one_by_one],
+                "{what}: passes without barriers"
+            );
+            assert_close(&y.to_vec().unwrap(), &ye, RTOL, ATOL, &format!("{what}: y"));
+            let gx = gx.to_vec().unwrap();
+            assert_close(&gx, &gxe, RTOL, ATOL, &format!("{what}: gx"));
+            assert_close(
+                &gw.to_vec().unwrap(),
+                &gwe,
+                RTOL,
+                1e-4,
+                &format!("{what}: gw"),
+            );
+            // The sum so far plus gx, in axpy's order: the same bits as adding after.
+            let after: Vec<f32> = sumv.iter().zip(&gx).map(|(s, g)| s + 1.0 * g).collect();
+            let same = added
+                .iter()
+                .zip(&after)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{what}: the input gradient added to the sum so far");
+        }
     }
 }

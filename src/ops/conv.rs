@@ -27,6 +27,7 @@
 //! and the grids), `winograd` and `narrow`.
 
 mod kernels;
+mod lanes;
 mod narrow;
 mod plan;
 mod tiles;
@@ -142,6 +143,7 @@ fn forward(
     if tile.is_none() && narrow::takes(gpu, &g, ConvPass::Forward) {
         return Ok((narrow::forward(OP, &g, x, w, b)?, None));
     }
+    let forced = tile.is_some();
     let model = TileModel::for_gpu(gpu);
     let tile = match g.route(
         gpu,
@@ -158,6 +160,9 @@ fn forward(
         Route::Winograd { f16, tile } => {
             let epilogue = winograd::Epilogue::Bias(b);
             return Ok((winograd::forward(OP, &g, x, w, epilogue, f16, tile)?, None));
+        }
+        Route::Direct(_) if !forced && lanes::takes(gpu, &g, ConvPass::Forward) => {
+            return Ok((lanes::forward(OP, &g, x, w, b)?, None));
         }
         Route::Direct(tile) => tile,
     };
@@ -549,6 +554,7 @@ fn backward_input(
     if tile.is_none() && narrow::takes(gpu, &g, ConvPass::InputGrad) {
         return add_to(sum, narrow::backward_input(OP, &g, gy, w)?);
     }
+    let forced = tile.is_some();
     let model = TileModel::for_gpu(gpu);
     // Tuned, one tile serves every phase; the model's is that of the first phase.
     let tile = match g.route(
@@ -569,6 +575,9 @@ fn backward_input(
     )? {
         Route::Winograd { f16, tile } => {
             return winograd::backward_input(OP, &g, gy, w, scale, f16, tile, sum);
+        }
+        Route::Direct(_) if !forced && lanes::takes(gpu, &g, ConvPass::InputGrad) => {
+            return lanes::backward_input(OP, &g, gy, w, sum);
         }
         Route::Direct(tile) => tile,
     };
@@ -840,6 +849,7 @@ fn backward_weight(
     if tile.is_none() && narrow::takes(gpu, &g, ConvPass::WeightGrad) {
         return narrow::backward_weight(OP, &g, x, gy);
     }
+    let forced = tile.is_some();
     let model = TileModel::for_gpu(gpu);
     let tile = match g.route(
         gpu,
@@ -857,6 +867,9 @@ fn backward_weight(
     )? {
         Route::Winograd { f16, tile } => {
             return winograd::backward_weight(OP, &g, x, gy, scale, f16, tile);
+        }
+        Route::Direct(_) if !forced && lanes::takes(gpu, &g, ConvPass::WeightGrad) => {
+            return lanes::backward_weight(OP, &g, x, gy);
         }
         Route::Direct(tile) => tile,
     };

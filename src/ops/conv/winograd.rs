@@ -17,6 +17,7 @@
 //! [`WINOGRAD_CHUNK_ELEMENTS`] (ResNet-18 at 224x224, batch 128, F(4x4): layer1 in four chunks,
 //! layer2 in two, layer3 in two, layer4 in one).
 
+use super::lanes::{GEMM_LANES, GEMM_LANES_NT, LanesParams, gemm_on_lanes};
 use super::tune::ConvPass;
 use super::{
     Engine, EvalBatchNorm, GemmTile, Geometry, GyScale, MAX_GRID, SPLIT_MIN_CHUNK, TileModel,
@@ -43,35 +44,6 @@ struct Params {
     cols: u32,
     flip: u32,
     eps: f32,
-}
-
-/// `shaders/gemm_lanes.wgsl`'s parameters.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct LanesParams {
-    rows: u32,
-    depth: u32,
-    cols: u32,
-    base: u32,
-}
-
-/// The batched GEMMs for CPU adapters without workgroup memory or barriers: `A B` and `A Bᵀ`.
-const GEMM_LANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes");
-const GEMM_LANES_NT: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_nt");
-
-/// Whether a GEMM of `depth` and `cols` runs on [`GEMM_LANES`] ([`gemm`]) or [`GEMM_LANES_NT`]
-/// ([`backward_weight`]): on a CPU adapter's plan, in f32, with subgroups of 8 or 16 lanes
-/// verified and in use (the kernels' layout; off with `RESNET_WGPU_SUBGROUPS=0` or
-/// [`Gpu::set_subgroup_reductions`], as the shared A of the tiled kernels is), and rows of
-/// whole vec4s (`depth` and `cols` multiples of 4).
-fn gemm_on_lanes(gpu: &Gpu, f16: bool, depth: usize, cols: usize) -> bool {
-    let lanes = gpu.subgroup_lanes().unwrap_or(0);
-    gpu.plan_for() == crate::PlanFor::Cpu
-        && !f16
-        && matches!(lanes, 8 | 16)
-        && gpu.subgroup_max_size() == lanes
-        && depth.is_multiple_of(4)
-        && cols.is_multiple_of(4)
 }
 
 /// A Winograd tile's transforms (the same bindings and Params in both shaders).
@@ -466,6 +438,7 @@ pub(super) fn backward_weight(
                 depth: tiles as u32,
                 cols: c as u32,
                 base: (chunk * xi) as u32,
+                ..LanesParams::default()
             };
             let out = part.as_ref().unwrap_or(&du);
             let grid = [
@@ -817,7 +790,7 @@ fn gemm(
             rows: rows as u32,
             depth: depth as u32,
             cols: cols as u32,
-            base: 0,
+            ..LanesParams::default()
         };
         let grid = [
             cols.div_ceil(128) as u32,

@@ -1,0 +1,130 @@
+// The copies around the direct convolutions' GEMMs on CPU adapters (src/ops/conv/lanes.rs,
+// whose GEMMs are gemm_lanes.wgsl's, without workgroup memory or barriers):
+//   im2col:    col[(c R + r) S + s][j] = x[first + j / P, c, oy stride + r - pad,
+//              ox stride + s - pad] for pixel j % P = oy OW + ox of the chunk's image j / P
+//              (P = OW OH), 0 outside x and for the columns j >= images P that pad the rows to
+//              `cols`, a multiple of 4. With R = S = stride = 1 and pad = 0 it lays gy
+//              [N, K, P] out as the rows gy[., k, .] (the weight gradient's operand).
+//   col2im:    gx[first + n, c, iy, ix] = sum over the taps (r, s) that reach it of
+//              colg[(c R + r) S + s][n P + oy OW + ox], iy = oy stride + r - pad (the input
+//              gradient's columns back into planes, a gather: no two threads write one value);
+//              with the pipeline constant ACCUMULATE, gx += that instead (the gradient so far
+//              plus this one, in the order of elementwise.wgsl's axpy: the same bits)
+//   transpose: wt[crs][k] = w[k][crs] (the input gradient's operand A, W transposed)
+//
+// Dispatch: im2col one thread per 4 consecutive columns of a row, grid (ceil(cols / 256),
+// C R S); col2im one thread per pixel of gx's planes, grid (ceil(H W / 64), images C);
+// transpose one thread per element of w, grid (ceil(C R S / 64), K); 64 threads per
+// workgroup. A CPU's lanes divide integers one lane at a time: col2im's divisors are pipeline
+// constants (STRIDE, KH, KW: shifts and multiplies), the others' quotients go through f32
+// (divide), whose division the lanes do at once.
+//
+// Bindings (group 0): 0 = Params (uniform); 1 = the source (read: x, gy, colg or w); 2 = the
+// destination of col2im and transpose (write: gx or wt); 3 = im2col's (write: col, as vec4s).
+
+struct Params {
+    images: u32,    // images of the chunk
+    channels: u32,  // C (im2col, col2im); for transpose, K
+    height: u32,    // the input plane (im2col's source, col2im's destination)
+    width: u32,
+    out_h: u32,     // the output plane
+    out_w: u32,
+    kh: u32,        // R, S
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    first: u32,     // the chunk's first image in x or gx
+    cols: u32,      // col's row length: images P rounded up to a multiple of 4
+    crs: u32,       // transpose: C R S
+    p0: u32,
+    p1: u32,
+    p2: u32,
+}
+
+override STRIDE: u32 = 1u;
+override ACCUMULATE: bool = false;
+override KH: u32 = 1u;
+override KW: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dst4: array<vec4<f32>>;
+
+// q = n / d for n < 2^24 through f32, corrected by one either way.
+fn divide(n: u32, d: u32) -> u32 {
+    var q = u32(f32(n) / f32(d));
+    if (q * d > n) { q -= 1u; }
+    if ((q + 1u) * d <= n) { q += 1u; }
+    return q;
+}
+
+@compute @workgroup_size(64)
+fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let quad = wg.x * 64u + li;
+    if (4u * quad >= p.cols) { return; }
+    let row = wg.y;
+    let taps = p.kh * p.kw;
+    let c = divide(row, taps);
+    let r = divide(row - c * taps, p.kw);
+    let s = row - c * taps - r * p.kw;
+    let plane = p.out_h * p.out_w;
+    let valid = p.images * plane;
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        let j = 4u * quad + e;
+        if (j < valid) {
+            let n = divide(j, plane);
+            let pix = j - n * plane;
+            let oy = divide(pix, p.out_w);
+            let ox = pix - oy * p.out_w;
+            // Signed: the padding reaches before the plane's first row and column.
+            let iy = i32(oy * p.stride + r) - i32(p.pad);
+            let ix = i32(ox * p.stride + s) - i32(p.pad);
+            if (iy >= 0 && iy < i32(p.height) && ix >= 0 && ix < i32(p.width)) {
+                let at = ((p.first + n) * p.channels + c) * p.height * p.width;
+                v[e] = src[at + u32(iy) * p.width + u32(ix)];
+            }
+        }
+    }
+    dst4[row * p.cols / 4u + quad] = v;
+}
+
+@compute @workgroup_size(64)
+fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let pix = wg.x * 64u + li;
+    if (pix >= p.height * p.width) { return; }
+    let n = divide(wg.y, p.channels);
+    let c = wg.y - n * p.channels;
+    let iy = divide(pix, p.width);
+    let ix = pix - iy * p.width;
+    let plane = p.out_h * p.out_w;
+    var sum = 0.0;
+    for (var r = 0u; r < KH; r++) {
+        // oy STRIDE = iy + pad - r, where that is a whole row of the output.
+        let ty = i32(iy + p.pad) - i32(r);
+        if (ty < 0 || u32(ty) % STRIDE != 0u || u32(ty) / STRIDE >= p.out_h) { continue; }
+        let oy = u32(ty) / STRIDE;
+        for (var s = 0u; s < KW; s++) {
+            let tx = i32(ix + p.pad) - i32(s);
+            if (tx < 0 || u32(tx) % STRIDE != 0u || u32(tx) / STRIDE >= p.out_w) { continue; }
+            let ox = u32(tx) / STRIDE;
+            let row = (c * KH + r) * KW + s;
+            sum += src[row * p.cols + n * plane + oy * p.out_w + ox];
+        }
+    }
+    let at = ((p.first + n) * p.channels + c) * p.height * p.width + pix;
+    if (ACCUMULATE) {
+        dst[at] = dst[at] + sum;
+    } else {
+        dst[at] = sum;
+    }
+}
+
+@compute @workgroup_size(64)
+fn transpose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let crs = wg.x * 64u + li;
+    if (crs >= p.crs) { return; }
+    let k = wg.y;
+    dst[crs * p.channels + k] = src[k * p.crs + crs];
+}

@@ -1,0 +1,346 @@
+//! GEMMs for CPU adapters without workgroup memory or barriers (`shaders/gemm_lanes.wgsl`), and
+//! the direct convolutions through them (`shaders/im2col.wgsl`).
+//!
+//! Mesa's lavapipe runs a workgroup's subgroups as coroutines that switch at each barrier, and
+//! keeps every value that lives across a barrier in the coroutine's frame in memory; each load
+//! is a loop over the SIMD lanes whose partial results round-trip through that frame. The tiled
+//! kernels (`conv.wgsl`) stage their chunks through workgroup memory between barriers and spend
+//! most of their time there. On a CPU the caches hold what workgroup memory would: these GEMMs
+//! read their operands straight from the buffers, with one subgroup's lanes sharing A through
+//! broadcasts (docs/speed.md, "GEMMs without barriers on CPU adapters").
+//!
+//! Winograd's GEMMs run on them directly (their operands are rows of whole vec4s). A direct
+//! convolution (the strided 3x3s, the 1x1 shortcuts) first lays its input out as columns
+//! (im2col: `C R S` rows of the chunk's output pixels), then:
+//! - forward: `y = W col` (`gemm_lanes_planes`, storing into y's planes, with the bias);
+//! - weight gradient: `gw = gyᵀ colᵀ`, with gy laid out as rows the same way
+//!   (`gemm_lanes_nt`; one partial result per chunk of images, summed by `reduce_splits`);
+//! - input gradient: `colg = Wᵀ gy` (`gemm_lanes`, W transposed once), then col2im gathers
+//!   each input pixel's taps.
+//!
+//! Each pass runs on chunks of images whose columns stay within the Winograd cap.
+
+use super::plan::Geometry;
+use super::reduce_splits;
+use super::tune::ConvPass;
+use crate::gpu::{ConvPrecision, Gpu, Kernel, flag};
+use crate::kernel;
+use crate::tensor::{DType, Tensor};
+use crate::{PlanFor, Result};
+
+/// `shaders/gemm_lanes.wgsl`'s parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct LanesParams {
+    pub(super) rows: u32,
+    pub(super) depth: u32,
+    pub(super) cols: u32,
+    pub(super) base: u32,
+    pub(super) plane: u32,
+    pub(super) valid: u32,
+    pub(super) has_bias: u32,
+    pub(super) pad: u32,
+}
+
+/// `A B`, `A Bᵀ`, and `W col` into a convolution's output planes.
+pub(super) const GEMM_LANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes");
+pub(super) const GEMM_LANES_NT: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_nt");
+const GEMM_LANES_PLANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes");
+
+const IM2COL: Kernel = kernel!("im2col.wgsl", "im2col");
+const COL2IM: Kernel = kernel!("im2col.wgsl", "col2im");
+const TRANSPOSE: Kernel = kernel!("im2col.wgsl", "transpose");
+
+/// `shaders/im2col.wgsl`'s parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ColParams {
+    images: u32,
+    channels: u32,
+    height: u32,
+    width: u32,
+    out_h: u32,
+    out_w: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    first: u32,
+    cols: u32,
+    crs: u32,
+    p0: u32,
+    p1: u32,
+    p2: u32,
+}
+
+/// Whether a GEMM of `depth` and `cols` runs here: on a CPU adapter's plan, in f32, with
+/// subgroups of 8 or 16 lanes verified and in use (the kernels' layout; off with
+/// `RESNET_WGPU_SUBGROUPS=0` or [`Gpu::set_subgroup_reductions`], as the shared A of the tiled
+/// kernels is), and rows of whole vec4s (`depth` and `cols` multiples of 4).
+pub(super) fn gemm_on_lanes(gpu: &Gpu, f16: bool, depth: usize, cols: usize) -> bool {
+    let lanes = gpu.subgroup_lanes().unwrap_or(0);
+    gpu.plan_for() == PlanFor::Cpu
+        && !f16
+        && matches!(lanes, 8 | 16)
+        && gpu.subgroup_max_size() == lanes
+        && depth.is_multiple_of(4)
+        && cols.is_multiple_of(4)
+}
+
+/// Whether the direct convolution `g`'s `pass` runs here (in f32, untuned: with autotuning on,
+/// the tile the tuner timed runs): where [`gemm_on_lanes`] takes its reductions, `C R S` taps
+/// and `K` output channels multiples of 4. A 1x1
+/// convolution's input gradient stays tiled: it is one GEMM there, whose output is gx's pixels
+/// themselves (added to the gradient so far), where here it would take four dispatches and an
+/// addition (lavapipe, the main job's 1x1/2 shortcuts: 9 ms against 23).
+pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
+    let [k, c, r, s] = g.w;
+    gpu.conv_precision() == ConvPrecision::F32
+        && !gpu.conv_autotune()
+        && gemm_on_lanes(gpu, false, c * r * s, 4)
+        && k.is_multiple_of(4)
+        && (pass != ConvPass::InputGrad || r * s > 1)
+}
+
+/// A batch's output pixels, in chunks of images whose columns (`rows` each, the widest
+/// operand laid out so) stay within the Winograd cap.
+struct Chunks {
+    images: usize,
+    per_chunk: usize,
+    plane: usize,
+}
+
+impl Chunks {
+    fn new(gpu: &Gpu, g: &Geometry, rows: usize) -> Chunks {
+        let binding = gpu.limits().max_storage_buffer_binding_size as usize / 4;
+        let cap = gpu.winograd_chunk_elements().min(binding);
+        let plane = g.oh * g.ow;
+        let n = g.x[0];
+        let per_chunk = (cap / (rows * plane + 4)).clamp(1, n);
+        Chunks {
+            images: n,
+            per_chunk,
+            plane,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.images.div_ceil(self.per_chunk)
+    }
+
+    /// (chunk, first image, images, columns: their pixels rounded up to a multiple of 4).
+    fn iter(&self) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        (0..self.count()).map(|i| {
+            let first = i * self.per_chunk;
+            let images = self.per_chunk.min(self.images - first);
+            (i, first, images, (images * self.plane).next_multiple_of(4))
+        })
+    }
+
+    /// The most columns of a chunk.
+    fn most_cols(&self) -> usize {
+        (self.per_chunk * self.plane).next_multiple_of(4)
+    }
+}
+
+fn scratch(op: &'static str, gpu: &Gpu, elements: usize) -> Result<Tensor> {
+    Tensor::uninit(gpu, &[elements.next_power_of_two()], DType::F32, op)
+}
+
+/// Lay `src`'s chunk out as columns into `col` (`[channels R S, cols]`): x's taps for `g`, or
+/// with `taps == false` gy's pixels (a 1x1 convolution of stride 1 over the output planes).
+fn im2col(
+    gpu: &Gpu,
+    g: &Geometry,
+    src: &Tensor,
+    taps: bool,
+    (first, images, cols): (usize, usize, usize),
+    col: &Tensor,
+) -> Result<()> {
+    let [_, c, h, w] = g.x;
+    let [k, _, r, s] = g.w;
+    let p = match taps {
+        true => ColParams {
+            channels: c as u32,
+            height: h as u32,
+            width: w as u32,
+            kh: r as u32,
+            kw: s as u32,
+            stride: g.stride as u32,
+            pad: g.padding as u32,
+            ..ColParams::default()
+        },
+        false => ColParams {
+            channels: k as u32,
+            height: g.oh as u32,
+            width: g.ow as u32,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            ..ColParams::default()
+        },
+    };
+    let p = ColParams {
+        images: images as u32,
+        out_h: g.oh as u32,
+        out_w: g.ow as u32,
+        first: first as u32,
+        cols: cols as u32,
+        ..p
+    };
+    let rows = p.channels * p.kh * p.kw;
+    let grid = [cols.div_ceil(256) as u32, rows, 1];
+    gpu.dispatch_bound(
+        &IM2COL,
+        &[],
+        &p,
+        &[(1, src.buffer()), (3, col.buffer())],
+        grid,
+    )
+}
+
+/// y = conv(x, w) + b.
+pub(super) fn forward(
+    op: &'static str,
+    g: &Geometry,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let [k, c, r, s] = g.w;
+    let crs = c * r * s;
+    let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
+    let chunks = Chunks::new(gpu, g, crs);
+    let col = scratch(op, gpu, crs * chunks.most_cols())?;
+    for (_, first, images, cols) in chunks.iter() {
+        im2col(gpu, g, x, true, (first, images, cols), &col)?;
+        let p = LanesParams {
+            rows: k as u32,
+            depth: crs as u32,
+            cols: cols as u32,
+            base: first as u32,
+            plane: chunks.plane as u32,
+            valid: (images * chunks.plane) as u32,
+            has_bias: b.is_some() as u32,
+            pad: 0,
+        };
+        let bound = [
+            (1, w.buffer()),
+            (2, col.buffer()),
+            (4, y.buffer()),
+            (5, b.unwrap_or(w).buffer()),
+        ];
+        let grid = [cols.div_ceil(128) as u32, k.div_ceil(32) as u32, 1];
+        gpu.dispatch_bound(&GEMM_LANES_PLANES, &[], &p, &bound, grid)?;
+    }
+    Ok(y)
+}
+
+/// gw `[K, C, R, S]` = the sum over the batch's pixels of gy's times x's taps.
+pub(super) fn backward_weight(
+    op: &'static str,
+    g: &Geometry,
+    x: &Tensor,
+    gy: &Tensor,
+) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let [k, c, r, s] = g.w;
+    let crs = c * r * s;
+    let chunks = Chunks::new(gpu, g, crs.max(k));
+    let col = scratch(op, gpu, crs * chunks.most_cols())?;
+    let gyt = scratch(op, gpu, k * chunks.most_cols())?;
+    let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
+    // One partial result per chunk, summed into gw; one chunk writes gw itself.
+    let part = match chunks.count() {
+        1 => None,
+        n => Some(scratch(op, gpu, n * k * crs)?),
+    };
+    let lanes = gpu.subgroup_lanes().unwrap_or(1) as usize;
+    for (chunk, first, images, cols) in chunks.iter() {
+        im2col(gpu, g, x, true, (first, images, cols), &col)?;
+        im2col(gpu, g, gy, false, (first, images, cols), &gyt)?;
+        let p = LanesParams {
+            rows: k as u32,
+            depth: cols as u32,
+            cols: crs as u32,
+            base: chunk as u32,
+            ..LanesParams::default()
+        };
+        let out = part.as_ref().unwrap_or(&gw);
+        let grid = [crs.div_ceil(4 * lanes) as u32, k.div_ceil(16) as u32, 1];
+        let buffers = [gyt.buffer(), col.buffer(), out.buffer()];
+        gpu.dispatch_with(&GEMM_LANES_NT, &[], &p, &buffers, grid)?;
+    }
+    if let Some(part) = &part {
+        let mut p = g.params(false, 0, chunks.count());
+        p.reduce_len = (k * crs) as u32;
+        reduce_splits(gpu, &p, part, &gw, k * crs)?;
+    }
+    Ok(gw)
+}
+
+/// gx `[N, C, H, W]` = the input gradient of gy through w, or `sum` plus it, written over
+/// `sum`.
+pub(super) fn backward_input(
+    op: &'static str,
+    g: &Geometry,
+    gy: &Tensor,
+    w: &Tensor,
+    sum: Option<Tensor>,
+) -> Result<Tensor> {
+    let gpu = gy.gpu();
+    let [k, c, r, s] = g.w;
+    let crs = c * r * s;
+    let chunks = Chunks::new(gpu, g, crs.max(k));
+    // Wᵀ [C R S, K]: operand A.
+    let wt = Tensor::uninit(gpu, &[crs, k], DType::F32, op)?;
+    let p = ColParams {
+        channels: k as u32,
+        crs: crs as u32,
+        ..ColParams::default()
+    };
+    let grid = [crs.div_ceil(64) as u32, k as u32, 1];
+    gpu.dispatch_with(&TRANSPOSE, &[], &p, &[w.buffer(), wt.buffer()], grid)?;
+    let gyt = scratch(op, gpu, k * chunks.most_cols())?;
+    let colg = scratch(op, gpu, crs * chunks.most_cols())?;
+    let accumulate = sum.is_some();
+    let gx = match sum {
+        Some(sum) => sum,
+        None => Tensor::uninit(gpu, &g.x, DType::F32, op)?,
+    };
+    let [_, _, h, wd] = g.x;
+    let constants = [
+        ("STRIDE", g.stride as f64),
+        ("KH", r as f64),
+        ("KW", s as f64),
+        flag("ACCUMULATE", accumulate),
+    ];
+    for (_, first, images, cols) in chunks.iter() {
+        im2col(gpu, g, gy, false, (first, images, cols), &gyt)?;
+        let p = LanesParams {
+            rows: crs as u32,
+            depth: k as u32,
+            cols: cols as u32,
+            ..LanesParams::default()
+        };
+        let grid = [cols.div_ceil(128) as u32, crs.div_ceil(32) as u32, 1];
+        let buffers = [wt.buffer(), gyt.buffer(), colg.buffer()];
+        gpu.dispatch_with(&GEMM_LANES, &[], &p, &buffers, grid)?;
+        let p = ColParams {
+            images: images as u32,
+            channels: c as u32,
+            height: h as u32,
+            width: wd as u32,
+            out_h: g.oh as u32,
+            out_w: g.ow as u32,
+            pad: g.padding as u32,
+            first: first as u32,
+            cols: cols as u32,
+            ..ColParams::default()
+        };
+        let grid = [(h * wd).div_ceil(64) as u32, (images * c) as u32, 1];
+        gpu.dispatch_with(&COL2IM, &constants, &p, &[colg.buffer(), gx.buffer()], grid)?;
+    }
+    Ok(gx)
+}
