@@ -1471,6 +1471,14 @@ fn main() -> Result<()> {
         }
     );
     println!(
+        "conv GEMMs without workgroup memory or barriers (gemm_lanes.wgsl): {}",
+        if resnet_wgpu::ops::conv_gemms_without_barriers(&bench.gpu) {
+            "Winograd's, and untuned the direct convolutions' (CPU adapter, 8 or 16 lanes)"
+        } else {
+            "none"
+        }
+    );
+    println!(
         "shader runtime checks: {}",
         if bench.gpu.shader_checks() {
             "on (RESNET_WGPU_SHADER_CHECKS=1)"

@@ -497,6 +497,12 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
         if gpu.info().name.contains("llvmpipe") {
             assert!(lanes, "lavapipe has subgroups of 8 or 16: {}", gpu.info());
         }
+        assert_eq!(
+            ops::conv_gemms_without_barriers(gpu),
+            lanes,
+            "{}",
+            gpu.info()
+        );
         let tile = gpu.winograd_tile().unwrap();
         for (i, &(x, k)) in cases.iter().enumerate() {
             let w = [k, x[1], 3, 3];

@@ -75,6 +75,14 @@ pub fn conv2d(
     conv2d_tiled(x, w, b, stride, padding, None)
 }
 
+/// Whether `gpu` runs the conv GEMMs without workgroup memory or barriers
+/// (`shaders/gemm_lanes.wgsl`: on a CPU adapter's plan with subgroups of 8 or 16 lanes in
+/// use): Winograd's, and untuned the direct convolutions' through `shaders/im2col.wgsl`, where
+/// their operands' rows are whole vec4s (for tests and benchmarks).
+pub fn conv_gemms_without_barriers(gpu: &Gpu) -> bool {
+    lanes::gemm_on_lanes(gpu, false, 4, 4)
+}
+
 /// Which passes of the convolution run the narrow kernels on `gpu` (`shaders/conv_narrow.wgsl`:
 /// on CPU adapters, layers of at most 16 channels and shallow convolutions of few taps):
 /// [[`conv2d`], [`conv2d_backward_input`], [`conv2d_backward_weight`]] (for tests and
