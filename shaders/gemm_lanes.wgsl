@@ -1,9 +1,13 @@
 // Batched GEMMs for CPU adapters without workgroup memory or barriers (Winograd's,
-// src/ops/conv/winograd.rs), the matrices row-major and packed one z after another:
+// src/ops/conv/winograd.rs, and the direct convolutions', src/ops/conv/lanes.rs), the
+// matrices row-major and packed one z after another:
 //   gemm_lanes:    C[z] = A[z] B[z], A [rows, depth], B [depth, cols], C [rows, cols]
-//                  (the forward pass's and input gradient's M[ξ] = U[ξ] V[ξ])
+//                  (Winograd's M[ξ] = U[ξ] V[ξ]; a direct input gradient's Wᵀ gy)
 //   gemm_lanes_nt: C[z] = A[z] B[z]ᵀ, A [rows, depth], B [cols, depth], C [rows, cols]
-//                  (the weight gradient's dU[ξ] = GY[ξ] V[ξ]ᵀ, summed over a chunk's tiles)
+//                  (Winograd's dU[ξ] = GY[ξ] V[ξ]ᵀ, summed over a chunk's tiles; a direct
+//                  weight gradient's gy colᵀ)
+//   gemm_lanes_planes(_bn): y = W col, C's columns stored into a convolution's output planes
+//                  with the bias, or with inference's batch norm (see plane_at)
 //
 // Why a kernel of its own: Mesa's lavapipe runs a workgroup's subgroups as coroutines that
 // switch at each barrier, and every value live across a barrier goes to the coroutine's frame
@@ -26,13 +30,16 @@
 // gemm_lanes_nt the vec4s of its 4 columns at 4 steps): 1.5 vec4 reads per step for 64
 // multiply-adds. Rows past `rows` and columns past `cols` (a multiple of 4) read the last row
 // or column and are not stored.
-//   gemm_lanes:    workgroups of 64 threads, a tile of 32 rows x 128 columns; grid
-//                  (ceil(cols / 128), ceil(rows / 32), batch)
+//   gemm_lanes, gemm_lanes_planes(_bn): workgroups of 64 threads, a tile of 32 rows x 128
+//                  columns; grid (ceil(cols / 128), ceil(rows / 32), batch; 1 for the planes)
 //   gemm_lanes_nt: workgroups of one subgroup; grid (ceil(cols / (4 SUBGROUP_LANES)),
 //                  ceil(rows / 16), batch). C's matrix z goes to matrix `base + z` of the
 //                  output (the host's partial results, one set per chunk of images).
 //
-// Bindings (group 0): 0 = Params (uniform); 1 = A (read), 2 = B (read), 3 = C (write).
+// Bindings (group 0): 0 = Params (uniform); 1 = A (read), 2 = B (read), 3 = C (write;
+// gemm_lanes, gemm_lanes_nt); gemm_lanes_planes 4 = y (write), 5 = bias [K] (read; any buffer
+// when has_bias == 0); gemm_lanes_planes_bn 4 = y, 6-9 = gamma, beta, running mean, running var
+// [K], 10 = the residual (read; any buffer but y without RESIDUAL).
 
 struct Params {
     rows: u32,
@@ -42,7 +49,7 @@ struct Params {
     plane: u32,   // gemm_lanes_planes: the pixels of a plane of y
     valid: u32,   // gemm_lanes_planes: B's columns that are pixels (the rest are padding)
     has_bias: u32,
-    pad: u32,
+    eps: f32,     // gemm_lanes_planes_bn: the batch norm's epsilon
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -51,6 +58,14 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read> bn_gamma: array<f32>;
+@group(0) @binding(7) var<storage, read> bn_beta: array<f32>;
+@group(0) @binding(8) var<storage, read> bn_mean: array<f32>;
+@group(0) @binding(9) var<storage, read> bn_var: array<f32>;
+@group(0) @binding(10) var<storage, read> bn_res: array<f32>;
+
+override RESIDUAL: bool = false;
+override RELU: bool = false;
 
 // Row i of the subgroup's 16 is acc[i]: its 4 columns.
 var<private> acc: array<vec4<f32>, 16>;
@@ -132,23 +147,53 @@ fn divide(n: u32, d: u32) -> u32 {
 // A direct convolution's forward GEMM, y = W col (+ bias): A = W [rows = K, depth = C R S]
 // for every z, B = the columns of a chunk of images (im2col.wgsl: image-major pixels, `valid`
 // of them, padded to a multiple of 4), and C's column j, pixel j % plane of image j / plane,
-// stored into y [N, K, plane] at image `base` + j / plane.
+// stored into y [N, K, plane] at image `base` + j / plane (gemm_lanes_planes_bn: through
+// inference's batch norm instead of the bias). The index in y of row r0 of column 4 col + e,
+// or NONE past the valid columns.
+const NONE: u32 = 0xffffffffu;
+
+fn plane_at(r0: u32, col: u32, e: u32) -> u32 {
+    let j = 4u * col + e;
+    if (j >= p.valid) { return NONE; }
+    let image = divide(j, p.plane);
+    return ((p.base + image) * p.rows + r0) * p.plane + j - image * p.plane;
+}
+
 @compute @workgroup_size(64)
 fn gemm_lanes_planes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, 0u);
     let r0 = at.x;
-    let col = at.y;
     for (var e = 0u; e < 4u; e++) {
-        let j = 4u * col + e;
-        if (j < p.valid) {
-            let image = divide(j, p.plane);
-            let out = ((p.base + image) * p.rows + r0) * p.plane + j - image * p.plane;
-            for (var i = 0u; i < 16u; i++) {
-                if (r0 + i < p.rows) {
-                    var v = acc[i][e];
-                    if (p.has_bias != 0u) { v += bias[r0 + i]; }
-                    y[out + i * p.plane] = v;
-                }
+        let out = plane_at(r0, at.y, e);
+        if (out == NONE) { continue; }
+        for (var i = 0u; i < 16u; i++) {
+            if (r0 + i < p.rows) {
+                var v = acc[i][e];
+                if (p.has_bias != 0u) { v += bias[r0 + i]; }
+                y[out + i * p.plane] = v;
+            }
+        }
+    }
+}
+
+// gemm_lanes_planes with inference's batch norm (and residual and ReLU: RESIDUAL, RELU), as
+// conv.wgsl's bn_out: batchnorm.wgsl's normalize, then elementwise.wgsl's add and ReLU.
+@compute @workgroup_size(64)
+fn gemm_lanes_planes_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let at = multiply_nn(wg, li, 0u);
+    let r0 = at.x;
+    for (var e = 0u; e < 4u; e++) {
+        let out = plane_at(r0, at.y, e);
+        if (out == NONE) { continue; }
+        for (var i = 0u; i < 16u; i++) {
+            let r = r0 + i;
+            if (r < p.rows) {
+                let j = out + i * p.plane;
+                let invstd = 1.0 / sqrt(bn_var[r] + p.eps);
+                var v = (acc[i][e] - bn_mean[r]) * invstd * bn_gamma[r] + bn_beta[r];
+                if (RESIDUAL) { v = v + bn_res[j]; }
+                if (RELU) { v = relu_value(v); }
+                y[j] = v;
             }
         }
     }

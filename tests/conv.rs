@@ -1453,7 +1453,8 @@ fn direct_convs_without_barriers_match_the_reference() {
     // workgroup memory or barriers (shaders/gemm_lanes.wgsl) on x's and gy's columns
     // (shaders/im2col.wgsl): the forward pass into y's planes, the weight gradient per chunk of
     // images, the input gradient back through col2im (adding to the gradient so far where
-    // given). Cases: a strided 3x3 on ragged planes (pixels per chunk not a multiple of 4),
+    // given), and in inference the forward pass with the batch norm. Cases: a strided 3x3 on
+    // ragged planes (pixels per chunk not a multiple of 4),
     // output channels off the GEMMs' 16 and 32 rows, a 1x1 stride-2 shortcut (its input
     // gradient stays tiled), a 5x5 with padding 2, and a stride-1 3x3 with a bias.
     let gpu = new_gpu();
@@ -1530,6 +1531,35 @@ fn direct_convs_without_barriers_match_the_reference() {
                 .zip(&after)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{what}: the input gradient added to the sum so far");
+            // Inference's conv block: the batch norm, a residual and a ReLU in the GEMM's
+            // stores, with the separate kernels' bits (the same sums, then normalize and
+            // add_relu in their order).
+            let bnv = random_bn(c.w[0], seed + 5);
+            let bn_t = channel_tensors(&gpu, &bnv);
+            let bn = eval_bn(&bn_t, 1e-5);
+            let rv = random_vec(ye.len(), seed + 6);
+            let r = Tensor::from_slice(&gpu, &ys, &rv).unwrap();
+            gpu.start_profiling().unwrap();
+            let fused = ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, Some(&r), true);
+            let fused = fused.unwrap().to_vec().unwrap();
+            let kernels = gpu.finish_profiling().unwrap();
+            let ran = kernels.iter().any(|t| t.entry == "gemm_lanes_planes_bn");
+            assert_eq!(ran, lanes, "{what}: inference's batch norm in the GEMM");
+            let apart = ops::conv2d_bn_eval_unfused(&x, &w, c.stride, c.pad, &bn, Some(&r), true);
+            let apart = apart.unwrap().to_vec().unwrap();
+            let bn_ref = [&bnv[0][..], &bnv[1][..], &bnv[2][..], &bnv[3][..]];
+            let residual = Some(&rv[..]);
+            let (expected, _) = reference::conv2d_bn_eval(
+                &xv, c.x, &wv, c.w, c.stride, c.pad, bn_ref, 1e-5, residual, true,
+            );
+            assert_close(&fused, &expected, RTOL, 2e-4, &format!("{what}: conv + bn"));
+            if lanes {
+                let same = fused
+                    .iter()
+                    .zip(&apart)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{what}: conv + bn against the separate kernels");
+            }
         }
     }
 }

@@ -170,7 +170,7 @@ fn forward(
             return Ok((winograd::forward(OP, &g, x, w, epilogue, f16, tile)?, None));
         }
         Route::Direct(_) if !forced && lanes::takes(gpu, &g, ConvPass::Forward) => {
-            return Ok((lanes::forward(OP, &g, x, w, b)?, None));
+            return Ok((lanes::forward(OP, &g, x, w, lanes::Out::Bias(b))?, None));
         }
         Route::Direct(tile) => tile,
     };
@@ -351,6 +351,10 @@ pub fn conv2d_bn_eval_tiled(
             return winograd::forward(OP, &g, x, w, epilogue, f16, tile);
         }
         Route::Winograd { .. } => None,
+        Route::Direct(_) if tile.is_none() && lanes::takes(gpu, &g, ConvPass::Forward) => {
+            let out = lanes::Out::BatchNorm { bn, residual, relu };
+            return lanes::forward(OP, &g, x, w, out);
+        }
         Route::Direct(tile) => tile,
     };
     let engine = Engine::for_gpu(gpu, tile, || g.forward_tile(&model));

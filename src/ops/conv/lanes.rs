@@ -12,7 +12,8 @@
 //! Winograd's GEMMs run on them directly (their operands are rows of whole vec4s). A direct
 //! convolution (the strided 3x3s, the 1x1 shortcuts) first lays its input out as columns
 //! (im2col: `C R S` rows of the chunk's output pixels), then:
-//! - forward: `y = W col` (`gemm_lanes_planes`, storing into y's planes, with the bias);
+//! - forward: `y = W col` (`gemm_lanes_planes`, storing into y's planes, with the bias, or in
+//!   inference with the batch norm: `gemm_lanes_planes_bn`);
 //! - weight gradient: `gw = gyᵀ colᵀ`, with gy laid out as rows the same way
 //!   (`gemm_lanes_nt`; one partial result per chunk of images, summed by `reduce_splits`);
 //! - input gradient: `colg = Wᵀ gy` (`gemm_lanes`, W transposed once), then col2im gathers
@@ -21,8 +22,8 @@
 //! Each pass runs on chunks of images whose columns stay within the Winograd cap.
 
 use super::plan::Geometry;
-use super::reduce_splits;
 use super::tune::ConvPass;
+use super::{EvalBatchNorm, bn_epilogue, reduce_splits};
 use crate::gpu::{ConvPrecision, Gpu, Kernel, flag};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
@@ -39,13 +40,14 @@ pub(super) struct LanesParams {
     pub(super) plane: u32,
     pub(super) valid: u32,
     pub(super) has_bias: u32,
-    pub(super) pad: u32,
+    pub(super) eps: f32,
 }
 
 /// `A B`, `A Bᵀ`, and `W col` into a convolution's output planes.
 pub(super) const GEMM_LANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes");
 pub(super) const GEMM_LANES_NT: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_nt");
 const GEMM_LANES_PLANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes");
+const GEMM_LANES_PLANES_BN: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes_bn");
 
 const IM2COL: Kernel = kernel!("im2col.wgsl", "im2col");
 const COL2IM: Kernel = kernel!("im2col.wgsl", "col2im");
@@ -199,13 +201,23 @@ fn im2col(
     )
 }
 
-/// y = conv(x, w) + b.
+/// What the forward pass's GEMM adds after the sums: a bias, or inference's batch norm.
+pub(super) enum Out<'a> {
+    Bias(Option<&'a Tensor>),
+    BatchNorm {
+        bn: &'a EvalBatchNorm<'a>,
+        residual: Option<&'a Tensor>,
+        relu: bool,
+    },
+}
+
+/// y = conv(x, w) + b, or through inference's batch norm (+ residual) (+ ReLU).
 pub(super) fn forward(
     op: &'static str,
     g: &Geometry,
     x: &Tensor,
     w: &Tensor,
-    b: Option<&Tensor>,
+    out: Out<'_>,
 ) -> Result<Tensor> {
     let gpu = x.gpu();
     let [k, c, r, s] = g.w;
@@ -222,17 +234,35 @@ pub(super) fn forward(
             base: first as u32,
             plane: chunks.plane as u32,
             valid: (images * chunks.plane) as u32,
-            has_bias: b.is_some() as u32,
-            pad: 0,
+            ..LanesParams::default()
         };
-        let bound = [
-            (1, w.buffer()),
-            (2, col.buffer()),
-            (4, y.buffer()),
-            (5, b.unwrap_or(w).buffer()),
-        ];
         let grid = [cols.div_ceil(128) as u32, k.div_ceil(32) as u32, 1];
-        gpu.dispatch_bound(&GEMM_LANES_PLANES, &[], &p, &bound, grid)?;
+        let mut bound = vec![(1, w.buffer()), (2, col.buffer()), (4, y.buffer())];
+        match &out {
+            Out::Bias(b) => {
+                let p = LanesParams {
+                    has_bias: b.is_some() as u32,
+                    ..p
+                };
+                bound.push((5, b.unwrap_or(w).buffer()));
+                gpu.dispatch_bound(&GEMM_LANES_PLANES, &[], &p, &bound, grid)?;
+            }
+            Out::BatchNorm { bn, residual, relu } => {
+                let p = LanesParams { eps: bn.eps, ..p };
+                bound.extend([
+                    (6, bn.gamma.buffer()),
+                    (7, bn.beta.buffer()),
+                    (8, bn.running_mean.buffer()),
+                    (9, bn.running_var.buffer()),
+                    (
+                        10,
+                        residual.map_or(bn.running_mean.buffer(), |r| r.buffer()),
+                    ),
+                ]);
+                let flags = bn_epilogue(residual.is_some(), *relu);
+                gpu.dispatch_bound(&GEMM_LANES_PLANES_BN, &flags, &p, &bound, grid)?;
+            }
+        }
     }
     Ok(y)
 }
