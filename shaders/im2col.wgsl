@@ -70,20 +70,29 @@ fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let s = row - c * taps - r * p.kw;
     let plane = p.out_h * p.out_w;
     let valid = p.images * plane;
+    // The first column's image and pixel; the next three step along the output's rows.
+    let j0 = 4u * quad;
+    var n = divide(j0, plane);
+    var oy = divide(j0 - n * plane, p.out_w);
+    var ox = j0 - n * plane - oy * p.out_w;
     var v = vec4<f32>(0.0);
     for (var e = 0u; e < 4u; e++) {
-        let j = 4u * quad + e;
-        if (j < valid) {
-            let n = divide(j, plane);
-            let pix = j - n * plane;
-            let oy = divide(pix, p.out_w);
-            let ox = pix - oy * p.out_w;
-            // Signed: the padding reaches before the plane's first row and column.
-            let iy = i32(oy * p.stride + r) - i32(p.pad);
-            let ix = i32(ox * p.stride + s) - i32(p.pad);
-            if (iy >= 0 && iy < i32(p.height) && ix >= 0 && ix < i32(p.width)) {
-                let at = ((p.first + n) * p.channels + c) * p.height * p.width;
-                v[e] = src[at + u32(iy) * p.width + u32(ix)];
+        // Signed: the padding reaches before the plane's first row and column.
+        let iy = i32(oy * p.stride + r) - i32(p.pad);
+        let ix = i32(ox * p.stride + s) - i32(p.pad);
+        let inside = j0 + e < valid && iy >= 0 && iy < i32(p.height) && ix >= 0
+            && ix < i32(p.width);
+        // Every lane loads (index 0 where the column reads the padding), then keeps 0 there.
+        let at = ((p.first + n) * p.channels + c) * p.height * p.width
+            + u32(iy) * p.width + u32(ix);
+        v[e] = select(0.0, src[select(0u, at, inside)], inside);
+        ox += 1u;
+        if (ox == p.out_w) {
+            ox = 0u;
+            oy += 1u;
+            if (oy == p.out_h) {
+                oy = 0u;
+                n += 1u;
             }
         }
     }
