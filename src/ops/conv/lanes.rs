@@ -32,20 +32,20 @@ use crate::{PlanFor, Result};
 /// `shaders/gemm_lanes.wgsl`'s parameters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub(super) struct LanesParams {
-    pub(super) rows: u32,
-    pub(super) depth: u32,
-    pub(super) cols: u32,
-    pub(super) base: u32,
-    pub(super) plane: u32,
-    pub(super) valid: u32,
-    pub(super) has_bias: u32,
-    pub(super) eps: f32,
+struct LanesParams {
+    rows: u32,
+    depth: u32,
+    cols: u32,
+    base: u32,
+    plane: u32,
+    valid: u32,
+    has_bias: u32,
+    eps: f32,
 }
 
 /// `A B`, `A Bᵀ`, and `W col` into a convolution's output planes.
-pub(super) const GEMM_LANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes");
-pub(super) const GEMM_LANES_NT: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_nt");
+const GEMM_LANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes");
+const GEMM_LANES_NT: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_nt");
 const GEMM_LANES_PLANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes");
 const GEMM_LANES_PLANES_BN: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes_bn");
 
@@ -87,6 +87,47 @@ pub(super) fn gemm_on_lanes(gpu: &Gpu, f16: bool, depth: usize, cols: usize) -> 
         && gpu.subgroup_max_size() == lanes
         && depth.is_multiple_of(4)
         && cols.is_multiple_of(4)
+}
+
+/// `C[z] = A[z] B[z]` for the `batch` z ([`GEMM_LANES`]): A `[rows, depth]`, B `[depth, cols]`,
+/// C `[rows, cols]` each, one z after another; `depth` and `cols` as [`gemm_on_lanes`] takes.
+pub(super) fn gemm(
+    gpu: &Gpu,
+    [rows, depth, cols]: [usize; 3],
+    batch: usize,
+    [a, b, c]: [&Tensor; 3],
+) -> Result<()> {
+    let p = LanesParams {
+        rows: rows as u32,
+        depth: depth as u32,
+        cols: cols as u32,
+        ..LanesParams::default()
+    };
+    let grid = [cols.div_ceil(128), rows.div_ceil(32), batch].map(|n| n as u32);
+    let buffers = [a.buffer(), b.buffer(), c.buffer()];
+    gpu.dispatch_with(&GEMM_LANES, &[], &p, &buffers, grid)
+}
+
+/// `C[base + z] = A[z] B[z]ᵀ` for the `batch` z ([`GEMM_LANES_NT`]): A `[rows, depth]`,
+/// B `[cols, depth]`, C `[rows, cols]` each, one z after another.
+pub(super) fn gemm_nt(
+    gpu: &Gpu,
+    [rows, depth, cols]: [usize; 3],
+    (batch, base): (usize, usize),
+    [a, b, c]: [&Tensor; 3],
+) -> Result<()> {
+    let p = LanesParams {
+        rows: rows as u32,
+        depth: depth as u32,
+        cols: cols as u32,
+        base: base as u32,
+        ..LanesParams::default()
+    };
+    // One subgroup per workgroup, 4 columns per lane.
+    let lanes = gpu.subgroup_lanes().unwrap_or(1) as usize;
+    let grid = [cols.div_ceil(4 * lanes), rows.div_ceil(16), batch].map(|n| n as u32);
+    let buffers = [a.buffer(), b.buffer(), c.buffer()];
+    gpu.dispatch_with(&GEMM_LANES_NT, &[], &p, &buffers, grid)
 }
 
 /// Whether the direct convolution `g`'s `pass` runs here (in f32, untuned: with autotuning on,
@@ -286,21 +327,11 @@ pub(super) fn backward_weight(
         1 => None,
         n => Some(scratch(op, gpu, n * k * crs)?),
     };
-    let lanes = gpu.subgroup_lanes().unwrap_or(1) as usize;
     for (chunk, first, images, cols) in chunks.iter() {
         im2col(gpu, g, x, true, (first, images, cols), &col)?;
         im2col(gpu, g, gy, false, (first, images, cols), &gyt)?;
-        let p = LanesParams {
-            rows: k as u32,
-            depth: cols as u32,
-            cols: crs as u32,
-            base: chunk as u32,
-            ..LanesParams::default()
-        };
         let out = part.as_ref().unwrap_or(&gw);
-        let grid = [crs.div_ceil(4 * lanes) as u32, k.div_ceil(16) as u32, 1];
-        let buffers = [gyt.buffer(), col.buffer(), out.buffer()];
-        gpu.dispatch_with(&GEMM_LANES_NT, &[], &p, &buffers, grid)?;
+        gemm_nt(gpu, [k, cols, crs], (1, chunk), [&gyt, &col, out])?;
     }
     if let Some(part) = &part {
         let mut p = g.params(false, 0, chunks.count());
@@ -348,15 +379,7 @@ pub(super) fn backward_input(
     ];
     for (_, first, images, cols) in chunks.iter() {
         im2col(gpu, g, gy, false, (first, images, cols), &gyt)?;
-        let p = LanesParams {
-            rows: crs as u32,
-            depth: k as u32,
-            cols: cols as u32,
-            ..LanesParams::default()
-        };
-        let grid = [cols.div_ceil(128) as u32, crs.div_ceil(32) as u32, 1];
-        let buffers = [wt.buffer(), gyt.buffer(), colg.buffer()];
-        gpu.dispatch_with(&GEMM_LANES, &[], &p, &buffers, grid)?;
+        gemm(gpu, [crs, k, cols], 1, [&wt, &gyt, &colg])?;
         let p = ColParams {
             images: images as u32,
             channels: c as u32,

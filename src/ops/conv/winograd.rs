@@ -17,7 +17,7 @@
 //! [`WINOGRAD_CHUNK_ELEMENTS`] (ResNet-18 at 224x224, batch 128, F(4x4): layer1 in four chunks,
 //! layer2 in two, layer3 in two, layer4 in one).
 
-use super::lanes::{GEMM_LANES, GEMM_LANES_NT, LanesParams, gemm_on_lanes};
+use super::lanes::{self, gemm_on_lanes};
 use super::tune::ConvPass;
 use super::{
     Engine, EvalBatchNorm, GemmTile, Geometry, GyScale, MAX_GRID, SPLIT_MIN_CHUNK, TileModel,
@@ -429,25 +429,11 @@ pub(super) fn backward_weight(
             1 => None,
             _ => Some(scratch(op, gpu, chunks * xi * k * c)?),
         };
-        let lanes = gpu.subgroup_lanes().unwrap_or(1) as usize;
         for (chunk, first, tiles) in batch.iter() {
             batch.transform(gpu, &kernels(tile).input, x, &v, c, first, tiles)?;
             batch.transform(gpu, &kernels(tile).gy, gy, &gyt, k, first, tiles)?;
-            let p = LanesParams {
-                rows: k as u32,
-                depth: tiles as u32,
-                cols: c as u32,
-                base: (chunk * xi) as u32,
-                ..LanesParams::default()
-            };
             let out = part.as_ref().unwrap_or(&du);
-            let grid = [
-                c.div_ceil(4 * lanes) as u32,
-                k.div_ceil(16) as u32,
-                xi as u32,
-            ];
-            let buffers = [gyt.buffer(), v.buffer(), out.buffer()];
-            gpu.dispatch_with(&GEMM_LANES_NT, &[], &p, &buffers, grid)?;
+            lanes::gemm_nt(gpu, [k, tiles, c], (xi, chunk * xi), [&gyt, &v, out])?;
         }
         if let Some(part) = &part {
             let mut p = g.params(false, 0, chunks);
@@ -786,24 +772,7 @@ fn gemm(
     m: &Tensor,
 ) -> Result<()> {
     if gemm_on_lanes(gpu, f16, depth, cols) {
-        let p = LanesParams {
-            rows: rows as u32,
-            depth: depth as u32,
-            cols: cols as u32,
-            ..LanesParams::default()
-        };
-        let grid = [
-            cols.div_ceil(128) as u32,
-            rows.div_ceil(32) as u32,
-            xi as u32,
-        ];
-        return gpu.dispatch_with(
-            &GEMM_LANES,
-            &[],
-            &p,
-            &[u.buffer(), v.buffer(), m.buffer()],
-            grid,
-        );
+        return lanes::gemm(gpu, [rows, depth, cols], xi, [u, v, m]);
     }
     let g = Geometry::new(op, [1, depth, 1, cols], [rows, depth, 1, 1], 1, 0)?;
     let tile = TileModel::for_engine(gpu, f16).choose(rows, cols, xi);
