@@ -177,7 +177,9 @@ fn gemm_lanes_planes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 }
 
 // gemm_lanes_planes with inference's batch norm (and residual and ReLU: RESIDUAL, RELU), as
-// conv.wgsl's bn_out: batchnorm.wgsl's normalize, then elementwise.wgsl's add and ReLU.
+// conv.wgsl's bn_out: batchnorm.wgsl's normalize, then elementwise.wgsl's add and ReLU. A loop
+// of its own, not a flag in one shared with gemm_lanes_planes: an entry point that names the
+// batch norm's buffers, even in a branch it never takes, needs them bound.
 @compute @workgroup_size(64)
 fn gemm_lanes_planes_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, 0u);

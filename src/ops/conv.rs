@@ -45,7 +45,7 @@ pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_til
 use kernels::{
     EPI_ACCUMULATE, Engine, F32_DOUBLE, F32_LANES_DOUBLE, F32_LANES_SINGLE, F32_SHALLOW,
     F32_SINGLE, FORWARD_REDUCE, FORWARD_REDUCE_BN, GyScale, Kernels, Params, TAPS_CROP,
-    TAPS_EXPAND, WEIGHTS_RSC, bn_epilogue, f16_kernels, gy_scale, reduce_splits,
+    TAPS_EXPAND, WEIGHTS_RSC, bn_bindings, bn_epilogue, f16_kernels, gy_scale, reduce_splits,
 };
 use plan::{Geometry, MAX_GRID, Route, SPLIT_MIN_CHUNK, gemm_grid, taps_outer};
 
@@ -369,16 +369,7 @@ pub fn conv2d_bn_eval_tiled(
     let mut params = g.params(false, chunk, splits);
     params.eps = bn.eps;
     let flags = bn_epilogue(residual.is_some(), relu);
-    let bn_bound = [
-        (6, bn.gamma.buffer()),
-        (7, bn.beta.buffer()),
-        (8, bn.running_mean.buffer()),
-        (9, bn.running_var.buffer()),
-        (
-            10,
-            residual.map_or(bn.running_mean.buffer(), |r| r.buffer()),
-        ),
-    ];
+    let bn_bound = bn_bindings(bn, residual);
     if splits == 1 {
         let (m, n) = g.forward_gemm();
         let mut bound = vec![(1, x.buffer()), (2, wk.buffer()), (4, y.buffer())];

@@ -57,6 +57,25 @@ pub(super) fn bn_epilogue(residual: bool, relu: bool) -> [(&'static str, f64); 2
     [flag("RESIDUAL", residual), flag("RELU", relu)]
 }
 
+/// The bindings of an eval batch norm's epilogue in conv.wgsl's `conv_forward_bn` and
+/// gemm_lanes.wgsl's `gemm_lanes_planes_bn`: 6-9 = gamma, beta, running mean, running var,
+/// 10 = the residual (any buffer but the output without one).
+pub(super) fn bn_bindings<'a>(
+    bn: &'a EvalBatchNorm<'_>,
+    residual: Option<&'a Tensor>,
+) -> [(u32, &'a wgpu::Buffer); 5] {
+    [
+        (6, bn.gamma.buffer()),
+        (7, bn.beta.buffer()),
+        (8, bn.running_mean.buffer()),
+        (9, bn.running_var.buffer()),
+        (
+            10,
+            residual.map_or(bn.running_mean.buffer(), |r| r.buffer()),
+        ),
+    ]
+}
+
 /// The conv kernels of one tile variant.
 pub(super) struct Kernels {
     pub(super) forward: Kernel,

@@ -23,7 +23,7 @@
 
 use super::plan::Geometry;
 use super::tune::ConvPass;
-use super::{EvalBatchNorm, bn_epilogue, reduce_splits};
+use super::{EvalBatchNorm, bn_bindings, bn_epilogue, reduce_splits};
 use crate::gpu::{ConvPrecision, Gpu, Kernel, flag};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
@@ -290,16 +290,7 @@ pub(super) fn forward(
             }
             Out::BatchNorm { bn, residual, relu } => {
                 let p = LanesParams { eps: bn.eps, ..p };
-                bound.extend([
-                    (6, bn.gamma.buffer()),
-                    (7, bn.beta.buffer()),
-                    (8, bn.running_mean.buffer()),
-                    (9, bn.running_var.buffer()),
-                    (
-                        10,
-                        residual.map_or(bn.running_mean.buffer(), |r| r.buffer()),
-                    ),
-                ]);
+                bound.extend(bn_bindings(bn, *residual));
                 let flags = bn_epilogue(residual.is_some(), *relu);
                 gpu.dispatch_bound(&GEMM_LANES_PLANES_BN, &flags, &p, &bound, grid)?;
             }
