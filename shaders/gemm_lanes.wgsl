@@ -21,20 +21,18 @@
 // Math: C[z][r][n] = sum over d ascending of A[z][r][d] B[z][d][n] (or B[z][n][d]), one fused
 // multiply-add per term into one accumulator, as conv_fma.wgsl's engine does.
 //
-// Dispatch: each subgroup (of SUBGROUP_LANES = 8 or 16 consecutive threads, as
-// src/gpu/lanes.rs verifies; the host dispatches these kernels only then) takes 16 rows x
-// 4 SUBGROUP_LANES columns, each lane 16 rows x 4 columns (one vec4 of C's row per row). A is
-// shared through the lanes: per 4 steps, lane l reads the vec4 of A's rows r0 + l % 8 and
-// r0 + 8 + l % 8 at those 4 steps (depth is a multiple of 4), and every lane takes its rows'
-// values from lanes 0-7 (lanes_broadcast4); B is the lane's own (one vec4 per step, or for
-// gemm_lanes_nt the vec4s of its 4 columns at 4 steps): 1.5 vec4 reads per step for 64
-// multiply-adds. Rows past `rows` and columns past `cols` (a multiple of 4) read the last row
-// or column and are not stored.
-//   gemm_lanes, gemm_lanes_planes(_bn): workgroups of 64 threads, a tile of 32 rows x 128
-//                  columns; grid (ceil(cols / 128), ceil(rows / 32), batch; 1 for the planes)
-//   gemm_lanes_nt: workgroups of one subgroup; grid (ceil(cols / (4 SUBGROUP_LANES)),
-//                  ceil(rows / 16), batch). C's matrix z goes to matrix `base + z` of the
-//                  output (the host's partial results, one set per chunk of images).
+// Dispatch: a workgroup is one subgroup (SUBGROUP_LANES = 8 or 16 consecutive threads, as
+// src/gpu/lanes.rs verifies; the host dispatches these kernels only then) and takes ROWS = 32
+// rows x 4 SUBGROUP_LANES columns, each lane 32 rows x 4 columns (one vec4 of C's row per
+// row). A is shared through the lanes: per 4 steps, lane l reads the vec4s of A's rows
+// r0 + 8 i + l % 8 (i = 0..3) at those 4 steps (depth is a multiple of 4), and every lane
+// takes its rows' values from lanes 0-7 (lanes_broadcast4); B is the lane's own (one vec4 per
+// step, or for gemm_lanes_nt the vec4s of its 4 columns at 4 steps): 2 vec4 reads per step for
+// 128 multiply-adds (16 rows per lane read 1.5 per 64; with 32, lavapipe's main-job step ran
+// about 5% faster, its weight gradients' GEMMs 18%, ResNet-18's inference at batch 1 20%). Rows past `rows` and columns past `cols` (a multiple of 4) read the last row or
+// column and are not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch;
+// 1 for the planes). gemm_lanes_nt's matrix z goes to matrix `base + z` of the output (the
+// host's partial results, one set per chunk of images).
 //
 // Bindings (group 0): 0 = Params (uniform); 1 = A (read), 2 = B (read), 3 = C (write;
 // gemm_lanes, gemm_lanes_nt); gemm_lanes_planes 4 = y (write), 5 = bias [K] (read; any buffer
@@ -67,59 +65,72 @@ struct Params {
 override RESIDUAL: bool = false;
 override RELU: bool = false;
 
-// Row i of the subgroup's 16 is acc[i]: its 4 columns.
-var<private> acc: array<vec4<f32>, 16>;
+// Rows per lane (and per subgroup): acc[i] holds row r0 + i's 4 columns.
+const ROWS: u32 = 32u;
+var<private> acc: array<vec4<f32>, ROWS>;
 
-// Step s (0-3) of the 4 that lo (rows 0-7) and hi (rows 8-15) hold, with bq the lane's 4
-// columns of B at that step.
-fn gemm_step(lo: vec4<f32>, hi: vec4<f32>, s: u32, bq: vec4<f32>) {
-    acc[0] = fma(vec4<f32>(lanes_broadcast4(lo, 0u)[s]), bq, acc[0]);
-    acc[1] = fma(vec4<f32>(lanes_broadcast4(lo, 1u)[s]), bq, acc[1]);
-    acc[2] = fma(vec4<f32>(lanes_broadcast4(lo, 2u)[s]), bq, acc[2]);
-    acc[3] = fma(vec4<f32>(lanes_broadcast4(lo, 3u)[s]), bq, acc[3]);
-    acc[4] = fma(vec4<f32>(lanes_broadcast4(lo, 4u)[s]), bq, acc[4]);
-    acc[5] = fma(vec4<f32>(lanes_broadcast4(lo, 5u)[s]), bq, acc[5]);
-    acc[6] = fma(vec4<f32>(lanes_broadcast4(lo, 6u)[s]), bq, acc[6]);
-    acc[7] = fma(vec4<f32>(lanes_broadcast4(lo, 7u)[s]), bq, acc[7]);
-    acc[8] = fma(vec4<f32>(lanes_broadcast4(hi, 0u)[s]), bq, acc[8]);
-    acc[9] = fma(vec4<f32>(lanes_broadcast4(hi, 1u)[s]), bq, acc[9]);
-    acc[10] = fma(vec4<f32>(lanes_broadcast4(hi, 2u)[s]), bq, acc[10]);
-    acc[11] = fma(vec4<f32>(lanes_broadcast4(hi, 3u)[s]), bq, acc[11]);
-    acc[12] = fma(vec4<f32>(lanes_broadcast4(hi, 4u)[s]), bq, acc[12]);
-    acc[13] = fma(vec4<f32>(lanes_broadcast4(hi, 5u)[s]), bq, acc[13]);
-    acc[14] = fma(vec4<f32>(lanes_broadcast4(hi, 6u)[s]), bq, acc[14]);
-    acc[15] = fma(vec4<f32>(lanes_broadcast4(hi, 7u)[s]), bq, acc[15]);
+// Step s (0-3) of the 4 that q holds for rows base .. base + 7 (lane i's q is row base + i's),
+// with bq the lane's 4 columns of B at that step.
+fn rows8(q: vec4<f32>, s: u32, bq: vec4<f32>, base: u32) {
+    acc[base + 0u] = fma(vec4<f32>(lanes_broadcast4(q, 0u)[s]), bq, acc[base + 0u]);
+    acc[base + 1u] = fma(vec4<f32>(lanes_broadcast4(q, 1u)[s]), bq, acc[base + 1u]);
+    acc[base + 2u] = fma(vec4<f32>(lanes_broadcast4(q, 2u)[s]), bq, acc[base + 2u]);
+    acc[base + 3u] = fma(vec4<f32>(lanes_broadcast4(q, 3u)[s]), bq, acc[base + 3u]);
+    acc[base + 4u] = fma(vec4<f32>(lanes_broadcast4(q, 4u)[s]), bq, acc[base + 4u]);
+    acc[base + 5u] = fma(vec4<f32>(lanes_broadcast4(q, 5u)[s]), bq, acc[base + 5u]);
+    acc[base + 6u] = fma(vec4<f32>(lanes_broadcast4(q, 6u)[s]), bq, acc[base + 6u]);
+    acc[base + 7u] = fma(vec4<f32>(lanes_broadcast4(q, 7u)[s]), bq, acc[base + 7u]);
 }
 
-// The lanes' 16 x 4 micro-tiles of C[wg.z] = A[wg.z] B[wg.z] (A shared by every z where
-// a_stride is 0), into acc: rows r0 + i, columns 4 col + e (gemm_lanes' layout).
-fn multiply_nn(wg: vec3<u32>, li: u32, a_stride: u32) -> vec2<u32> {
-    let lane = li % SUBGROUP_LANES;
-    let sg = li / SUBGROUP_LANES;
-    // Subgroups side by side along the columns: 128 / (4 lanes) of them per 16 rows.
-    let across = 32u / SUBGROUP_LANES;
-    let r0 = wg.y * 32u + sg / across * 16u;
+// Step s of the 4 that the lanes' reads of A hold (q0: rows 0-7, q1: 8-15, q2: 16-23, q3:
+// 24-31).
+fn gemm_step(q: array<vec4<f32>, 4>, s: u32, bq: vec4<f32>) {
+    rows8(q[0], s, bq, 0u);
+    rows8(q[1], s, bq, 8u);
+    rows8(q[2], s, bq, 16u);
+    rows8(q[3], s, bq, 24u);
+}
+
+// The vec4 index of the first 4 steps of A's row r0 + 8 i + lane % 8 (clamped to the last
+// row) in matrix `z` of A, for i = 0..3: what the lane reads for its subgroup.
+fn a_rows(z: u32, r0: u32, lane: u32, d4: u32) -> array<u32, 4> {
+    let last = p.rows - 1u;
+    let r = r0 + lane % 8u;
+    return array<u32, 4>(
+        (z + min(r, last)) * d4,
+        (z + min(r + 8u, last)) * d4,
+        (z + min(r + 16u, last)) * d4,
+        (z + min(r + 24u, last)) * d4,
+    );
+}
+
+// A's 4 reads at step group k (4 steps).
+fn read_a(at: array<u32, 4>, k: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(a[at[0] + k], a[at[1] + k], a[at[2] + k], a[at[3] + k]);
+}
+
+// The lane's ROWS x 4 micro-tile of C[wg.z] = A[wg.z] B[wg.z] (A shared by every z where
+// a_stride is 0), into acc: rows r0 + i, columns 4 col + e; returns (r0, col).
+fn multiply_nn(wg: vec3<u32>, lane: u32, a_stride: u32) -> vec2<u32> {
+    let r0 = wg.y * ROWS;
     let quads = p.cols / 4u;
-    let col = wg.x * 32u + sg % across * SUBGROUP_LANES + lane;   // the lane's vec4 of B and C
+    let col = wg.x * SUBGROUP_LANES + lane;   // the lane's vec4 of B and C
     let d4 = p.depth / 4u;
-    // The lane's rows of A (clamped), as vec4 indices of their first 4 steps.
-    let a_lo = (wg.z * a_stride + min(r0 + lane % 8u, p.rows - 1u)) * d4;
-    let a_hi = (wg.z * a_stride + min(r0 + 8u + lane % 8u, p.rows - 1u)) * d4;
+    let at = a_rows(wg.z * a_stride, r0, lane, d4);
     var bi = wg.z * p.depth * quads + min(col, quads - 1u);
-    acc = array<vec4<f32>, 16>();
+    acc = array<vec4<f32>, ROWS>();
     for (var k = 0u; k < d4; k++) {
-        let lo = a[a_lo + k];
-        let hi = a[a_hi + k];
-        gemm_step(lo, hi, 0u, b[bi]);
-        gemm_step(lo, hi, 1u, b[bi + quads]);
-        gemm_step(lo, hi, 2u, b[bi + 2u * quads]);
-        gemm_step(lo, hi, 3u, b[bi + 3u * quads]);
+        let q = read_a(at, k);
+        gemm_step(q, 0u, b[bi]);
+        gemm_step(q, 1u, b[bi + quads]);
+        gemm_step(q, 2u, b[bi + 2u * quads]);
+        gemm_step(q, 3u, b[bi + 3u * quads]);
         bi += 4u * quads;
     }
     return vec2<u32>(r0, col);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(SUBGROUP_LANES)
 fn gemm_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, p.rows);
     let r0 = at.x;
@@ -127,7 +138,7 @@ fn gemm_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let quads = p.cols / 4u;
     if (col < quads) {
         let out = (wg.z * p.rows + r0) * quads + col;
-        for (var i = 0u; i < 16u; i++) {
+        for (var i = 0u; i < ROWS; i++) {
             if (r0 + i < p.rows) {
                 c[out + i * quads] = acc[i];
             }
@@ -159,14 +170,14 @@ fn plane_at(r0: u32, col: u32, e: u32) -> u32 {
     return ((p.base + image) * p.rows + r0) * p.plane + j - image * p.plane;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(SUBGROUP_LANES)
 fn gemm_lanes_planes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, 0u);
     let r0 = at.x;
     for (var e = 0u; e < 4u; e++) {
         let out = plane_at(r0, at.y, e);
         if (out == NONE) { continue; }
-        for (var i = 0u; i < 16u; i++) {
+        for (var i = 0u; i < ROWS; i++) {
             if (r0 + i < p.rows) {
                 var v = acc[i][e];
                 if (p.has_bias != 0u) { v += bias[r0 + i]; }
@@ -180,14 +191,14 @@ fn gemm_lanes_planes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 // conv.wgsl's bn_out: batchnorm.wgsl's normalize, then elementwise.wgsl's add and ReLU. A loop
 // of its own, not a flag in one shared with gemm_lanes_planes: an entry point that names the
 // batch norm's buffers, even in a branch it never takes, needs them bound.
-@compute @workgroup_size(64)
+@compute @workgroup_size(SUBGROUP_LANES)
 fn gemm_lanes_planes_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, 0u);
     let r0 = at.x;
     for (var e = 0u; e < 4u; e++) {
         let out = plane_at(r0, at.y, e);
         if (out == NONE) { continue; }
-        for (var i = 0u; i < 16u; i++) {
+        for (var i = 0u; i < ROWS; i++) {
             let r = r0 + i;
             if (r < p.rows) {
                 let j = out + i * p.plane;
@@ -203,30 +214,28 @@ fn gemm_lanes_planes_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
 
 @compute @workgroup_size(SUBGROUP_LANES)
 fn gemm_lanes_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let r0 = wg.y * 16u;
+    let r0 = wg.y * ROWS;
     let quads = p.cols / 4u;
     let col = wg.x * SUBGROUP_LANES + lane;   // the lane's vec4 of C's rows
     let d4 = p.depth / 4u;
-    let a_lo = (wg.z * p.rows + min(r0 + lane % 8u, p.rows - 1u)) * d4;
-    let a_hi = (wg.z * p.rows + min(r0 + 8u + lane % 8u, p.rows - 1u)) * d4;
+    let at = a_rows(wg.z * p.rows, r0, lane, d4);
     // B's rows of the lane's 4 columns (clamped as a quad).
     let b0 = (wg.z * p.cols + 4u * min(col, quads - 1u)) * d4;
-    acc = array<vec4<f32>, 16>();
+    acc = array<vec4<f32>, ROWS>();
     for (var k = 0u; k < d4; k++) {
-        let lo = a[a_lo + k];
-        let hi = a[a_hi + k];
+        let q = read_a(at, k);
         let c0 = b[b0 + k];
         let c1 = b[b0 + d4 + k];
         let c2 = b[b0 + 2u * d4 + k];
         let c3 = b[b0 + 3u * d4 + k];
-        gemm_step(lo, hi, 0u, vec4<f32>(c0.x, c1.x, c2.x, c3.x));
-        gemm_step(lo, hi, 1u, vec4<f32>(c0.y, c1.y, c2.y, c3.y));
-        gemm_step(lo, hi, 2u, vec4<f32>(c0.z, c1.z, c2.z, c3.z));
-        gemm_step(lo, hi, 3u, vec4<f32>(c0.w, c1.w, c2.w, c3.w));
+        gemm_step(q, 0u, vec4<f32>(c0.x, c1.x, c2.x, c3.x));
+        gemm_step(q, 1u, vec4<f32>(c0.y, c1.y, c2.y, c3.y));
+        gemm_step(q, 2u, vec4<f32>(c0.z, c1.z, c2.z, c3.z));
+        gemm_step(q, 3u, vec4<f32>(c0.w, c1.w, c2.w, c3.w));
     }
     if (col < quads) {
         let out = ((p.base + wg.z) * p.rows + r0) * quads + col;
-        for (var i = 0u; i < 16u; i++) {
+        for (var i = 0u; i < ROWS; i++) {
             if (r0 + i < p.rows) {
                 c[out + i * quads] = acc[i];
             }

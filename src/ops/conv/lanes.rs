@@ -49,6 +49,9 @@ const GEMM_LANES_NT: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_nt");
 const GEMM_LANES_PLANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes");
 const GEMM_LANES_PLANES_BN: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes_bn");
 
+/// The rows of a lane's micro-tile (`ROWS` in gemm_lanes.wgsl).
+const ROWS: usize = 32;
+
 const IM2COL: Kernel = kernel!("im2col.wgsl", "im2col");
 const COL2IM: Kernel = kernel!("im2col.wgsl", "col2im");
 const TRANSPOSE: Kernel = kernel!("im2col.wgsl", "transpose");
@@ -103,9 +106,8 @@ pub(super) fn gemm(
         cols: cols as u32,
         ..LanesParams::default()
     };
-    let grid = [cols.div_ceil(128), rows.div_ceil(32), batch].map(|n| n as u32);
     let buffers = [a.buffer(), b.buffer(), c.buffer()];
-    gpu.dispatch_with(&GEMM_LANES, &[], &p, &buffers, grid)
+    gpu.dispatch_with(&GEMM_LANES, &[], &p, &buffers, grid(gpu, rows, cols, batch))
 }
 
 /// `C[base + z] = A[z] B[z]ᵀ` for the `batch` z ([`GEMM_LANES_NT`]): A `[rows, depth]`,
@@ -123,11 +125,21 @@ pub(super) fn gemm_nt(
         base: base as u32,
         ..LanesParams::default()
     };
-    // One subgroup per workgroup, 4 columns per lane.
-    let lanes = gpu.subgroup_lanes().unwrap_or(1) as usize;
-    let grid = [cols.div_ceil(4 * lanes), rows.div_ceil(16), batch].map(|n| n as u32);
     let buffers = [a.buffer(), b.buffer(), c.buffer()];
-    gpu.dispatch_with(&GEMM_LANES_NT, &[], &p, &buffers, grid)
+    gpu.dispatch_with(
+        &GEMM_LANES_NT,
+        &[],
+        &p,
+        &buffers,
+        grid(gpu, rows, cols, batch),
+    )
+}
+
+/// The grid of a GEMM of `rows` x `cols` on these kernels: a workgroup is one subgroup, each
+/// lane [`ROWS`] rows x 4 columns.
+fn grid(gpu: &Gpu, rows: usize, cols: usize, batch: usize) -> [u32; 3] {
+    let lanes = gpu.subgroup_lanes().unwrap_or(1) as usize;
+    [cols.div_ceil(4 * lanes), rows.div_ceil(ROWS), batch].map(|n| n as u32)
 }
 
 /// Whether the direct convolution `g`'s `pass` runs here (in f32, untuned: with autotuning on,
@@ -277,7 +289,7 @@ pub(super) fn forward(
             valid: (images * chunks.plane) as u32,
             ..LanesParams::default()
         };
-        let grid = [cols.div_ceil(128) as u32, k.div_ceil(32) as u32, 1];
+        let grid = grid(gpu, k, cols, 1);
         let mut bound = vec![(1, w.buffer()), (2, col.buffer()), (4, y.buffer())];
         match &out {
             Out::Bias(b) => {
