@@ -17,6 +17,9 @@
 //   relu_passes(y): whether the ReLU's backward passes the gradient at its output y: where y is
 //                   positive or a NaN, as PyTorch's (threshold_backward: zero where y <= 0).
 //                   The mask y > 0 would drop it at a NaN. relu_passes4: of each component
+//   divide(n, d):   n / d for n < 2^24, through f32 (a CPU adapter's lanes divide floats as
+//                   vectors, integers one lane at a time): the quotient rounded, then
+//                   corrected by one either way (gemm_lanes.wgsl, im2col.wgsl)
 
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
@@ -42,4 +45,11 @@ fn relu_passes(y: f32) -> bool {
 fn relu_passes4(y: vec4<f32>) -> vec4<bool> {
     let nan = (bitcast<vec4<u32>>(y) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
     return (y > vec4<f32>(0.0)) | nan;
+}
+
+fn divide(n: u32, d: u32) -> u32 {
+    var q = u32(f32(n) / f32(d));
+    if (q * d > n) { q -= 1u; }
+    if ((q + 1u) * d <= n) { q += 1u; }
+    return q;
 }

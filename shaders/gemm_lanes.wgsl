@@ -146,15 +146,6 @@ fn gemm_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     }
 }
 
-// q = n / d for n < 2^24 through f32 (a CPU's lanes divide floats as vectors, integers one
-// lane at a time): the quotient rounded, then corrected by one either way.
-fn divide(n: u32, d: u32) -> u32 {
-    var q = u32(f32(n) / f32(d));
-    if (q * d > n) { q -= 1u; }
-    if ((q + 1u) * d <= n) { q += 1u; }
-    return q;
-}
-
 // A direct convolution's forward GEMM, y = W col (+ bias): A = W [rows = K, depth = C R S]
 // for every z, B = the columns of a chunk of images (im2col.wgsl: image-major pixels, `valid`
 // of them, padded to a multiple of 4), and C's column j, pixel j % plane of image j / plane,

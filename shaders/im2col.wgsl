@@ -17,7 +17,7 @@
 // transpose one thread per element of w, grid (ceil(C R S / 64), K); 64 threads per
 // workgroup. A CPU's lanes divide integers one lane at a time: col2im's divisors are pipeline
 // constants (STRIDE, KH, KW: shifts and multiplies), the others' quotients go through f32
-// (divide), whose division the lanes do at once.
+// (common.wgsl's divide), whose division the lanes do at once.
 //
 // Bindings (group 0): 0 = Params (uniform); 1 = the source (read: x, gy, colg or w); 2 = the
 // destination of col2im and transpose (write: gx or wt); 3 = im2col's (write: col, as vec4s).
@@ -50,14 +50,6 @@ override KW: u32 = 1u;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst4: array<vec4<f32>>;
-
-// q = n / d for n < 2^24 through f32, corrected by one either way.
-fn divide(n: u32, d: u32) -> u32 {
-    var q = u32(f32(n) / f32(d));
-    if (q * d > n) { q -= 1u; }
-    if ((q + 1u) * d <= n) { q += 1u; }
-    return q;
-}
 
 @compute @workgroup_size(64)
 fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
