@@ -23,6 +23,7 @@
 
 use super::plan::Geometry;
 use super::tune::ConvPass;
+use super::winograd::{chunk_cap, scratch};
 use super::{EvalBatchNorm, bn_bindings, bn_epilogue, reduce_splits};
 use crate::gpu::{ConvPrecision, Gpu, Kernel, flag};
 use crate::kernel;
@@ -167,8 +168,7 @@ struct Chunks {
 
 impl Chunks {
     fn new(gpu: &Gpu, g: &Geometry, rows: usize) -> Chunks {
-        let binding = gpu.limits().max_storage_buffer_binding_size as usize / 4;
-        let cap = gpu.winograd_chunk_elements().min(binding);
+        let cap = chunk_cap(gpu);
         let plane = g.oh * g.ow;
         let n = g.x[0];
         let per_chunk = (cap / (rows * plane + 4)).clamp(1, n);
@@ -196,10 +196,6 @@ impl Chunks {
     fn most_cols(&self) -> usize {
         (self.per_chunk * self.plane).next_multiple_of(4)
     }
-}
-
-fn scratch(op: &'static str, gpu: &Gpu, elements: usize) -> Result<Tensor> {
-    Tensor::uninit(gpu, &[elements.next_power_of_two()], DType::F32, op)
 }
 
 /// Lay `src`'s chunk out as columns into `col` (`[channels R S, cols]`): x's taps for `g`, or

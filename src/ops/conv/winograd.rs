@@ -643,12 +643,19 @@ fn convolve(
     Ok(())
 }
 
-/// A transient buffer of at least `elements` values (V, M or GY), rounded up to a power of
-/// two: the pool reuses a freed buffer only for the same size, and the transformed tensors of
-/// different layers (each within the chunk cap, itself a power of two) then share a few sizes
-/// instead of caching one buffer per layer.
-fn scratch(op: &'static str, gpu: &Gpu, elements: usize) -> Result<Tensor> {
+/// A transient buffer of at least `elements` values (V, M or GY; `lanes.rs`'s columns),
+/// rounded up to a power of two: the pool reuses a freed buffer only for the same size, and the
+/// transformed tensors of different layers (each within the chunk cap, itself a power of two)
+/// then share a few sizes instead of caching one buffer per layer.
+pub(super) fn scratch(op: &'static str, gpu: &Gpu, elements: usize) -> Result<Tensor> {
     Tensor::uninit(gpu, &[elements.next_power_of_two()], DType::F32, op)
+}
+
+/// The most values of one transformed tensor (or laid-out operand, `lanes.rs`) per chunk of
+/// images: the Winograd cap, within the device's largest storage binding.
+pub(super) fn chunk_cap(gpu: &Gpu) -> usize {
+    let binding = gpu.limits().max_storage_buffer_binding_size as usize / 4;
+    gpu.winograd_chunk_elements().min(binding)
 }
 
 /// A batch's m x m output tiles, in chunks of images whose transformed tensors (α² values per
@@ -675,8 +682,7 @@ impl Chunks {
     fn new(gpu: &Gpu, shape: [usize; 4], channels: usize, tile: WinogradTile) -> Chunks {
         let [n, _, h, w] = shape;
         let (tiles_h, tiles_w) = (h.div_ceil(tile.m()), w.div_ceil(tile.m()));
-        let binding = gpu.limits().max_storage_buffer_binding_size as usize / 4;
-        let cap = gpu.winograd_chunk_elements().min(binding);
+        let cap = chunk_cap(gpu);
         let xi = tile.positions();
         Chunks {
             shape,
