@@ -1454,21 +1454,12 @@ fn direct_convs_without_barriers_match_the_reference() {
     // (shaders/im2col.wgsl): the forward pass into y's planes, the weight gradient per chunk of
     // images, the input gradient back through col2im (adding to the gradient so far where
     // given), and in inference the forward pass with the batch norm. Cases: a strided 3x3 on
-    // ragged planes (pixels per chunk not a multiple of 4),
-    // output channels off the GEMMs' 16 and 32 rows, a 1x1 stride-2 shortcut (its input
-    // gradient stays tiled), a 5x5 with padding 2, and a stride-1 3x3 with a bias.
+    // ragged planes (pixels per chunk not a multiple of 4), output channels off the lanes' 32
+    // rows, a 1x1 stride-2 shortcut (its input gradient stays tiled), a 5x5 with padding 2,
+    // and a stride-1 3x3 with a bias.
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Direct);
-    let subgroups = matches!(gpu.subgroup_lanes(), Some(8 | 16));
-    if gpu.info().name.contains("llvmpipe") {
-        assert!(
-            subgroups,
-            "lavapipe has subgroups of 8 or 16: {}",
-            gpu.info()
-        );
-    }
-    // Not on a GPU's plan (RESNET_WGPU_PLAN_FOR=gpu, as CI also runs the suite).
-    let lanes = subgroups && gpu.plan_for() == PlanFor::Cpu;
+    let lanes = gemms_without_barriers_expected(&gpu);
     let cases = [
         case([3, 12, 13, 11], 20, 3, 3, 2, 1, false),
         case([2, 16, 9, 10], 36, 1, 1, 2, 0, false),

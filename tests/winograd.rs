@@ -209,8 +209,7 @@ fn chunks_of_images_give_the_same_bits() {
         // gw's transform. On lavapipe the GEMMs of one chunk without barriers
         // (shaders/gemm_lanes.wgsl: all tile counts here are multiples of 4) write dU whole,
         // with nothing to sum.
-        let gpu = winograd_gpu();
-        let lanes = gpu.plan_for() == PlanFor::Cpu && matches!(gpu.subgroup_lanes(), Some(8 | 16));
+        let lanes = gemms_without_barriers_expected(&winograd_gpu());
         assert_eq!(
             dispatches,
             [4, 5 - usize::from(lanes) as u64],
@@ -485,23 +484,15 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
     // subgroups off, the tiled conv_forward and conv_backward_weight. The forward pass and
     // input gradient sum each output in ascending order with one fused multiply-add per term
     // either way: the same bits. The weight gradient sums a chunk's tiles in one run instead
-    // of the tiled kernel's splits: close. Cases: rows off the 32-row tile (40 output
-    // channels, 24 input channels for gx), columns over one workgroup's 128 (F(2x2): 400
-    // tiles) and under (F(4x4): 100), and tile counts that are not a multiple of 4 (F(4x4)'s
-    // 3 x 5 in case 1: the tiled GEMMs either way).
+    // of the tiled kernel's splits: close. Cases: rows off the lanes' 32 (40 output channels,
+    // 24 input channels for gx), columns over several workgroups of 4 per lane and ending in a
+    // partial one (F(2x2): 400 tiles, F(4x4): 100), and tile counts that are not a multiple of
+    // 4 (F(4x4)'s 3 x 5 in case 1: the tiled GEMMs either way).
     let cases: [([usize; 4], usize); 2] = [([4, 24, 20, 20], 40), ([1, 16, 12, 20], 8)];
     each_tile(|gpu| {
-        let subgroups = gpu.set_subgroup_reductions(true).is_ok()
-            && matches!(gpu.subgroup_lanes(), Some(8 | 16));
-        if gpu.info().name.contains("llvmpipe") {
-            assert!(
-                subgroups,
-                "lavapipe has subgroups of 8 or 16: {}",
-                gpu.info()
-            );
-        }
-        // Not on a GPU's plan (RESNET_WGPU_PLAN_FOR=gpu, as CI also runs the suite).
-        let lanes = subgroups && gpu.plan_for() == PlanFor::Cpu;
+        // Subgroups back on (this loop's last case turned them off), where there are any.
+        let _ = gpu.set_subgroup_reductions(true);
+        let lanes = gemms_without_barriers_expected(gpu);
         assert_eq!(
             ops::conv_gemms_without_barriers(gpu),
             lanes,

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use resnet_wgpu::ops::{self, ConvPass, ConvTile};
-use resnet_wgpu::{Gpu, Tensor};
+use resnet_wgpu::{Gpu, PlanFor, Tensor};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -18,6 +18,21 @@ pub fn new_gpu() -> Gpu {
         Ok(g) => g,
         Err(e) => panic!("tests need a GPU adapter (lavapipe in CI): {e}"),
     }
+}
+
+/// Whether `gpu` runs the conv GEMMs without barriers (shaders/gemm_lanes.wgsl): with
+/// subgroups of 8 or 16 lanes in use (lavapipe always has them: asserted) on a CPU adapter's
+/// plan (not under RESNET_WGPU_PLAN_FOR=gpu, as CI also runs the suite).
+pub fn gemms_without_barriers_expected(gpu: &Gpu) -> bool {
+    let subgroups = matches!(gpu.subgroup_lanes(), Some(8 | 16));
+    if gpu.info().name.contains("llvmpipe") {
+        assert!(
+            subgroups,
+            "lavapipe has subgroups of 8 or 16: {}",
+            gpu.info()
+        );
+    }
+    subgroups && gpu.plan_for() == PlanFor::Cpu
 }
 
 /// A device an application opens its own way, from the default adapter, with `describe` to set
