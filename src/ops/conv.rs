@@ -80,7 +80,7 @@ pub fn conv2d(
 /// use): Winograd's, and untuned the direct convolutions' through `shaders/im2col.wgsl`, where
 /// their operands' rows are whole vec4s (for tests and benchmarks).
 pub fn conv_gemms_without_barriers(gpu: &Gpu) -> bool {
-    lanes::gemm_on_lanes(gpu, false, 4, 4)
+    lanes::lanes_in_use(gpu)
 }
 
 /// Which passes of the convolution run the narrow kernels on `gpu` (`shaders/conv_narrow.wgsl`:

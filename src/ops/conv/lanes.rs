@@ -79,42 +79,46 @@ struct ColParams {
     p2: u32,
 }
 
-/// Whether a GEMM of `depth` and `cols` runs here: on a CPU adapter's plan, in f32, with
-/// subgroups of 8 or 16 lanes verified and in use (the kernels' layout; off with
-/// `RESNET_WGPU_SUBGROUPS=0` or [`Gpu::set_subgroup_reductions`], as the shared A of the tiled
-/// kernels is), and rows of whole vec4s (`depth` and `cols` multiples of 4).
-pub(super) fn gemm_on_lanes(gpu: &Gpu, f16: bool, depth: usize, cols: usize) -> bool {
+/// Whether `gpu` runs these kernels at all: on a CPU adapter's plan, with subgroups of 8 or 16
+/// lanes verified and in use (the kernels' layout; off with `RESNET_WGPU_SUBGROUPS=0` or
+/// [`Gpu::set_subgroup_reductions`], as the shared A of the tiled kernels is).
+pub(super) fn lanes_in_use(gpu: &Gpu) -> bool {
     let lanes = gpu.subgroup_lanes().unwrap_or(0);
-    gpu.plan_for() == PlanFor::Cpu
-        && !f16
-        && matches!(lanes, 8 | 16)
-        && gpu.subgroup_max_size() == lanes
-        && depth.is_multiple_of(4)
-        && cols.is_multiple_of(4)
+    gpu.plan_for() == PlanFor::Cpu && matches!(lanes, 8 | 16) && gpu.subgroup_max_size() == lanes
+}
+
+/// Whether a GEMM of `depth` and `cols` runs here: where [`lanes_in_use`], in f32, with rows of
+/// whole vec4s (`depth` and `cols` multiples of 4).
+pub(super) fn gemm_on_lanes(gpu: &Gpu, f16: bool, depth: usize, cols: usize) -> bool {
+    !f16 && lanes_in_use(gpu) && depth.is_multiple_of(4) && cols.is_multiple_of(4)
 }
 
 /// `C[z] = A[z] B[z]` for the `batch` z ([`GEMM_LANES`]): A `[rows, depth]`, B `[depth, cols]`,
 /// C `[rows, cols]` each, one z after another; `depth` and `cols` as [`gemm_on_lanes`] takes.
 pub(super) fn gemm(
     gpu: &Gpu,
-    [rows, depth, cols]: [usize; 3],
+    dims: [usize; 3],
     batch: usize,
-    [a, b, c]: [&Tensor; 3],
+    operands: [&Tensor; 3],
 ) -> Result<()> {
-    let p = LanesParams {
-        rows: rows as u32,
-        depth: depth as u32,
-        cols: cols as u32,
-        ..LanesParams::default()
-    };
-    let buffers = [a.buffer(), b.buffer(), c.buffer()];
-    gpu.dispatch_with(&GEMM_LANES, &[], &p, &buffers, grid(gpu, rows, cols, batch))
+    dispatch_gemm(gpu, &GEMM_LANES, dims, (batch, 0), operands)
 }
 
 /// `C[base + z] = A[z] B[z]ᵀ` for the `batch` z ([`GEMM_LANES_NT`]): A `[rows, depth]`,
 /// B `[cols, depth]`, C `[rows, cols]` each, one z after another.
 pub(super) fn gemm_nt(
     gpu: &Gpu,
+    dims: [usize; 3],
+    batch_base: (usize, usize),
+    operands: [&Tensor; 3],
+) -> Result<()> {
+    dispatch_gemm(gpu, &GEMM_LANES_NT, dims, batch_base, operands)
+}
+
+/// [`gemm`] or [`gemm_nt`] on `kernel`.
+fn dispatch_gemm(
+    gpu: &Gpu,
+    kernel: &Kernel,
     [rows, depth, cols]: [usize; 3],
     (batch, base): (usize, usize),
     [a, b, c]: [&Tensor; 3],
@@ -127,13 +131,7 @@ pub(super) fn gemm_nt(
         ..LanesParams::default()
     };
     let buffers = [a.buffer(), b.buffer(), c.buffer()];
-    gpu.dispatch_with(
-        &GEMM_LANES_NT,
-        &[],
-        &p,
-        &buffers,
-        grid(gpu, rows, cols, batch),
-    )
+    gpu.dispatch_with(kernel, &[], &p, &buffers, grid(gpu, rows, cols, batch))
 }
 
 /// The grid of a GEMM of `rows` x `cols` on these kernels: a workgroup is one subgroup, each
@@ -144,8 +142,8 @@ fn grid(gpu: &Gpu, rows: usize, cols: usize, batch: usize) -> [u32; 3] {
 }
 
 /// Whether the direct convolution `g`'s `pass` runs here (in f32, untuned: with autotuning on,
-/// the tile the tuner timed runs): where [`gemm_on_lanes`] takes its reductions, `C R S` taps
-/// and `K` output channels multiples of 4. A 1x1
+/// the tile the tuner timed runs): where [`lanes_in_use`], with `C R S` taps (the forward
+/// GEMM's reduction) and `K` output channels multiples of 4 (the columns are padded to 4). A 1x1
 /// convolution's input gradient stays tiled: it is one GEMM there, whose output is gx's pixels
 /// themselves (added to the gradient so far), where here it would take four dispatches and an
 /// addition (lavapipe, the main job's 1x1/2 shortcuts: 9 ms against 23).
@@ -153,7 +151,8 @@ pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
     let [k, c, r, s] = g.w;
     gpu.conv_precision() == ConvPrecision::F32
         && !gpu.conv_autotune()
-        && gemm_on_lanes(gpu, false, c * r * s, 4)
+        && lanes_in_use(gpu)
+        && (c * r * s).is_multiple_of(4)
         && k.is_multiple_of(4)
         && (pass != ConvPass::InputGrad || r * s > 1)
 }
