@@ -151,7 +151,6 @@ fn forward(
     if tile.is_none() && narrow::takes(gpu, &g, ConvPass::Forward) {
         return Ok((narrow::forward(OP, &g, x, w, b)?, None));
     }
-    let forced = tile.is_some();
     let model = TileModel::for_gpu(gpu);
     let tile = match g.route(
         gpu,
@@ -169,9 +168,7 @@ fn forward(
             let epilogue = winograd::Epilogue::Bias(b);
             return Ok((winograd::forward(OP, &g, x, w, epilogue, f16, tile)?, None));
         }
-        Route::Direct(_) if !forced && lanes::takes(gpu, &g, ConvPass::Forward) => {
-            return Ok((lanes::forward(OP, &g, x, w, lanes::Out::Bias(b))?, None));
-        }
+        Route::Lanes => return Ok((lanes::forward(OP, &g, x, w, lanes::Out::Bias(b))?, None)),
         Route::Direct(tile) => tile,
     };
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, OP)?;
@@ -351,7 +348,7 @@ pub fn conv2d_bn_eval_tiled(
             return winograd::forward(OP, &g, x, w, epilogue, f16, tile);
         }
         Route::Winograd { .. } => None,
-        Route::Direct(_) if tile.is_none() && lanes::takes(gpu, &g, ConvPass::Forward) => {
+        Route::Lanes => {
             let out = lanes::Out::BatchNorm { bn, residual, relu };
             return lanes::forward(OP, &g, x, w, out);
         }
@@ -557,7 +554,6 @@ fn backward_input(
     if tile.is_none() && narrow::takes(gpu, &g, ConvPass::InputGrad) {
         return add_to(sum, narrow::backward_input(OP, &g, gy, w)?);
     }
-    let forced = tile.is_some();
     let model = TileModel::for_gpu(gpu);
     // Tuned, one tile serves every phase; the model's is that of the first phase.
     let tile = match g.route(
@@ -579,9 +575,7 @@ fn backward_input(
         Route::Winograd { f16, tile } => {
             return winograd::backward_input(OP, &g, gy, w, scale, f16, tile, sum);
         }
-        Route::Direct(_) if !forced && lanes::takes(gpu, &g, ConvPass::InputGrad) => {
-            return lanes::backward_input(OP, &g, gy, w, sum);
-        }
+        Route::Lanes => return lanes::backward_input(OP, &g, gy, w, sum),
         Route::Direct(tile) => tile,
     };
     let accumulate = sum.is_some();
@@ -852,7 +846,6 @@ fn backward_weight(
     if tile.is_none() && narrow::takes(gpu, &g, ConvPass::WeightGrad) {
         return narrow::backward_weight(OP, &g, x, gy);
     }
-    let forced = tile.is_some();
     let model = TileModel::for_gpu(gpu);
     let tile = match g.route(
         gpu,
@@ -871,9 +864,7 @@ fn backward_weight(
         Route::Winograd { f16, tile } => {
             return winograd::backward_weight(OP, &g, x, gy, scale, f16, tile);
         }
-        Route::Direct(_) if !forced && lanes::takes(gpu, &g, ConvPass::WeightGrad) => {
-            return lanes::backward_weight(OP, &g, x, gy);
-        }
+        Route::Lanes => return lanes::backward_weight(OP, &g, x, gy),
         Route::Direct(tile) => tile,
     };
     let engine = Engine::for_gpu(gpu, tile, || g.weight_tile(&model));

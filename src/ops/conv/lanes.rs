@@ -141,8 +141,8 @@ fn grid(gpu: &Gpu, rows: usize, cols: usize, batch: usize) -> [u32; 3] {
     [cols.div_ceil(4 * lanes), rows.div_ceil(ROWS), batch].map(|n| n as u32)
 }
 
-/// Whether the direct convolution `g`'s `pass` runs here (in f32, untuned: with autotuning on,
-/// the tile the tuner timed runs): where [`lanes_in_use`], with `C R S` taps (the forward
+/// Whether the direct convolution `g`'s `pass` can run here, in f32 ([`Geometry::route`] takes
+/// it untuned and with no tile forced): where [`lanes_in_use`], with `C R S` taps (the forward
 /// GEMM's reduction) and `K` output channels multiples of 4 (the columns are padded to 4). A 1x1
 /// convolution's input gradient stays tiled: it is one GEMM there, whose output is gx's pixels
 /// themselves (added to the gradient so far), where here it would take four dispatches and an
@@ -150,7 +150,6 @@ fn grid(gpu: &Gpu, rows: usize, cols: usize, batch: usize) -> [u32; 3] {
 pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
     let [k, c, r, s] = g.w;
     gpu.conv_precision() == ConvPrecision::F32
-        && !gpu.conv_autotune()
         && lanes_in_use(gpu)
         && (c * r * s).is_multiple_of(4)
         && k.is_multiple_of(4)

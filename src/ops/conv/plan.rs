@@ -450,6 +450,9 @@ pub(super) enum Route {
     Winograd { f16: bool, tile: WinogradTile },
     /// The direct GEMM, with this engine and tile (None: the model's plan on the gpu's engine).
     Direct(Option<GemmTile>),
+    /// The direct convolution on the GEMMs without barriers ([`lanes`]): untuned, with no tile
+    /// forced, where [`lanes::takes`] the pass.
+    Lanes,
 }
 
 /// The input gradient's dispatches: the phases that taps reach, their common number of splits,
@@ -497,8 +500,9 @@ impl Geometry {
     /// autotuning on (and no tile forced by `RESNET_WGPU_CONV_TILE`) the tuned algorithm,
     /// engine and tile, tuning them now if this shape and pass are new (`model` gives the
     /// model's tile, which the gpu's engine runs, and `trial` runs the pass once as a
-    /// candidate); else Winograd where the shape fits it and [`winograd::by_rule`] says so, and
-    /// the model's plan otherwise. [`crate::ConvAlgo::Winograd`] runs Winograd wherever the
+    /// candidate); else Winograd where the shape fits it and [`winograd::by_rule`] says so, the
+    /// GEMMs without barriers where [`lanes::takes`] the pass and no tile is forced, and the
+    /// model's plan otherwise. [`crate::ConvAlgo::Winograd`] runs Winograd wherever the
     /// shape fits it, untuned.
     pub(super) fn route(
         &self,
@@ -556,6 +560,8 @@ impl Geometry {
                 f16,
                 tile: winograd::tile_for(gpu, f16, self, pass),
             }
+        } else if !gpu.conv_autotune() && forced_tile().is_none() && lanes::takes(gpu, self, pass) {
+            Route::Lanes
         } else {
             Route::Direct(None)
         }

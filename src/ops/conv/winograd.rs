@@ -270,7 +270,7 @@ pub fn conv2d_winograd_tiles(
     let pass = |pass| match g.known_route(gpu, pass) {
         _ if super::narrow::takes(gpu, &g, pass) => None,
         super::Route::Winograd { tile, .. } => Some(tile),
-        super::Route::Direct(_) => None,
+        super::Route::Direct(_) | super::Route::Lanes => None,
     };
     Ok([
         pass(ConvPass::Forward),
