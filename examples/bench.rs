@@ -1182,9 +1182,11 @@ struct TunedRow {
     w: [usize; 4],
     stride: usize,
     padding: usize,
-    /// The engine and tile the model would have used ("f32 64x64", "f16 128x64", ...).
+    /// The engine and tile the model would have used ("f32 64x64", "f16 128x64", ...), or
+    /// "lanes": the GEMMs without barriers, the untuned plan on CPU adapters where they take
+    /// the pass.
     model: String,
-    /// The engine and tile tuning chose.
+    /// The engine and tile tuning chose (or "lanes").
     tuned: String,
     /// Wall milliseconds per run with each f32 tile, in the order of `ConvTile::ALL` (64x64,
     /// 128x64, 64x128, 128x128, 32x128, 32x256, 64x256).
@@ -1199,6 +1201,9 @@ struct TunedRow {
     /// ...and with `--precision f16`, F(2x2, 3x3) with its GEMMs on the f16 engine.
     #[serde(skip_serializing_if = "Option::is_none")]
     f16_winograd_millis: Option<f64>,
+    /// Wall milliseconds per run on the GEMMs without barriers, where they take the pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lanes_millis: Option<f64>,
     /// The algorithm ConvAlgo::Auto's rule would run ("direct", "W4": Winograd F(4x4, 3x3),
     /// "W2", "W2 f16": its GEMMs on the f16 engine).
     model_algo: String,
@@ -1218,16 +1223,17 @@ fn algo_name(winograd: bool, tile: resnet_wgpu::WinogradTile, f16: bool) -> Stri
 /// Print and return what `--autotune` tuned.
 fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
     let tuned = gpu.tuned_convs();
-    let changed = tuned.iter().filter(|t| t.tile != t.model).count();
+    let changed = tuned.iter().filter(|t| t.direct_moved()).count();
     let algos = tuned
         .iter()
         .filter(|t| t.winograd != t.model_winograd)
         .count();
     println!(
-        "Tuned convs ({} shapes and passes, {changed} moved off the model's engine and tile, \
+        "Tuned convs ({} shapes and passes, {changed} moved off the untuned direct plan, \
          {algos} off Auto's algorithm; wall ms per run with each tile (f32, then f16 with \
-         --precision f16) and through Winograd F(2x2, 3x3) and F(4x4, 3x3), W2 and W4 (W2 f16: \
-         its GEMMs on the f16 engine), where the shape takes it)",
+         --precision f16), on the GEMMs without barriers (lanes) where they take the pass, and \
+         through Winograd F(2x2, 3x3) and F(4x4, 3x3), W2 and W4 (W2 f16: its GEMMs on the f16 \
+         engine), where the shape takes it)",
         tuned.len()
     );
     let f16 = tuned.iter().any(|t| t.f16_millis.is_some());
@@ -1241,6 +1247,10 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
                 .iter()
                 .map(|&t| format!("{:>11}", GemmTile::F16(t).to_string())),
         );
+    }
+    let lanes = tuned.iter().any(|t| t.lanes_millis.is_some());
+    if lanes {
+        names.push(format!("{:>9}", "lanes"));
     }
     names.push(format!("{:>9}", "W2"));
     names.push(format!("{:>9}", "W4"));
@@ -1265,12 +1275,21 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
             w: t.key.w,
             stride: t.key.stride,
             padding: t.key.padding,
-            model: t.model.to_string(),
-            tuned: t.tile.to_string(),
+            model: if t.lanes_millis.is_some() {
+                "lanes".into()
+            } else {
+                t.model.to_string()
+            },
+            tuned: if t.lanes {
+                "lanes".into()
+            } else {
+                t.tile.to_string()
+            },
             millis: t.millis.to_vec(),
             f16_millis: t.f16_millis.map(|ms| ms.to_vec()),
             winograd_millis: t.winograd_millis,
             f16_winograd_millis: t.f16_winograd_millis,
+            lanes_millis: t.lanes_millis,
             model_algo: algo_name(
                 t.model_winograd,
                 t.model_winograd_tile,
@@ -1288,6 +1307,9 @@ fn report_tuned(gpu: &Gpu) -> Vec<TunedRow> {
             ms.extend(f16_ms.iter().map(|m| format!("{m:>11.3}")));
         }
         let wino = |ms: Option<f64>| ms.map_or("-".into(), |m| format!("{m:>9.3}"));
+        if lanes {
+            ms.push(format!("{:>9}", wino(r.lanes_millis)));
+        }
         ms.extend(r.winograd_millis.map(|m| format!("{:>9}", wino(m))));
         if f16 {
             ms.push(format!("{:>9}", wino(r.f16_winograd_millis)));

@@ -457,7 +457,7 @@ fn run(a: Args) -> Result<()> {
     }
     if a.autotune {
         let tuned = gpu.tuned_convs();
-        let moved = tuned.iter().filter(|t| t.tile != t.model).count();
+        let moved = tuned.iter().filter(|t| t.direct_moved()).count();
         let wino = tuned.iter().filter(|t| t.winograd).count();
         let f2 = tuned
             .iter()
@@ -468,8 +468,8 @@ fn run(a: Args) -> Result<()> {
             .filter(|t| t.winograd != t.model_winograd)
             .count();
         println!(
-            "autotune: {} conv shapes and passes tuned, {moved} on another engine or tile than \
-             the model's, {wino} on Winograd ({f2} of them F(2x2, 3x3); {algos} against Auto's \
+            "autotune: {} conv shapes and passes tuned, {moved} on another direct plan than \
+             the untuned one, {wino} on Winograd ({f2} of them F(2x2, 3x3); {algos} against Auto's \
              rule)",
             tuned.len()
         );

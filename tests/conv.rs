@@ -1560,3 +1560,87 @@ fn direct_convs_without_barriers_match_the_reference() {
         }
     }
 }
+
+#[test]
+fn autotune_times_the_gemms_without_barriers() {
+    // A device of its own: the test turns tuning on. Where the GEMMs without barriers run
+    // (lavapipe), tuning times them beside the tiles for each direct pass they take (not a 1x1
+    // input gradient, which stays tiled), as the untuned plan's choice; a tuned pass then runs
+    // what tuning chose: their kernels and bits where it kept them, the chosen tile's where a
+    // tile was the margin faster. Which one wins is the adapter's timing, not asserted here.
+    let gpu = new_gpu();
+    gpu.set_conv_algo(ConvAlgo::Direct);
+    let lanes = gemms_without_barriers_expected(&gpu);
+    let cases = [
+        case([2, 12, 9, 9], 20, 3, 3, 2, 1, false),
+        case([2, 16, 8, 8], 8, 1, 1, 2, 0, false),
+    ];
+    let passes = [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad];
+    // The kernel that only the GEMMs without barriers run in each pass.
+    let lanes_entry = ["gemm_lanes_planes", "col2im", "gemm_lanes_nt"];
+    for (i, c) in cases.iter().enumerate() {
+        let seed = 2300 + 10 * i as u64;
+        let what = format!("{c:?}");
+        let xv = random_vec(c.x.iter().product(), seed);
+        let wv = random_vec(c.w.iter().product(), seed + 1);
+        let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
+        let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
+        let (_, ys) = reference::conv2d(&xv, c.x, &wv, c.w, None, c.stride, c.pad);
+        let gy = Tensor::from_slice(&gpu, &ys, &random_vec(ys.iter().product(), seed + 2));
+        let gy = gy.unwrap();
+        // Each pass's result and whether it ran the GEMMs without barriers; None: the plan's
+        // tile, else this one forced.
+        let run = |tile: [Option<ConvTile>; 3]| {
+            gpu.start_profiling().unwrap();
+            let y = ops::conv2d_tiled(&x, &w, None, c.stride, c.pad, tile[0]).unwrap();
+            let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile[1]);
+            let gw = ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, tile[2]);
+            let out = [y, gx.unwrap(), gw.unwrap()].map(|t| t.to_vec().unwrap());
+            let kernels = gpu.finish_profiling().unwrap();
+            let ran = lanes_entry.map(|e| kernels.iter().any(|t| t.entry == e));
+            (out, ran)
+        };
+        let (untuned, ran) = run([None; 3]);
+        let timed = passes.map(|p| lanes && !(p == ConvPass::InputGrad && c.w[2] * c.w[3] == 1));
+        assert_eq!(ran, timed, "{what}: the untuned plan");
+        // The first run tunes (its trials run every candidate), the second runs the choices.
+        gpu.set_conv_autotune(true).unwrap();
+        run([None; 3]);
+        let (tuned_out, ran) = run([None; 3]);
+        gpu.set_conv_autotune(false).unwrap();
+        let tuned = gpu.tuned_convs();
+        for (p, pass) in passes.into_iter().enumerate() {
+            let what = format!("{what} {pass:?}");
+            let t = tuned
+                .iter()
+                .find(|t| t.key.pass == pass && t.key.x == c.x)
+                .unwrap_or_else(|| panic!("{what}: not tuned: {tuned:#?}"));
+            assert_eq!(t.lanes_millis.is_some(), timed[p], "{what}: {t:?}");
+            assert!(t.lanes_millis.is_none_or(|ms| ms > 0.0), "{what}: {t:?}");
+            assert!(!t.lanes || timed[p], "{what}: {t:?}");
+            let moved = if timed[p] {
+                !t.lanes
+            } else {
+                t.tile != t.model
+            };
+            assert_eq!(t.direct_moved(), moved, "{what}: {t:?}");
+            assert_eq!(ran[p], t.lanes, "{what}: what ran once tuned");
+            // Their bits where kept, else those of the chosen tile forced.
+            let expected = if t.lanes {
+                untuned[p].clone()
+            } else {
+                let GemmTile::F32(tile) = t.tile else {
+                    panic!("{what}: an f16 tile tuned under ConvPrecision::F32: {t:?}");
+                };
+                let mut forced = [None; 3];
+                forced[p] = Some(tile);
+                run(forced).0[p].clone()
+            };
+            let same = tuned_out[p]
+                .iter()
+                .zip(&expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{what}: the tuned pass's bits");
+        }
+    }
+}

@@ -162,6 +162,7 @@ fn forward(
             Candidate::Winograd { f16, tile } => {
                 winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(b), f16, tile).map(drop)
             }
+            Candidate::Lanes => lanes::forward(OP, &g, x, w, lanes::Out::Bias(b)).map(drop),
         },
     )? {
         Route::Winograd { f16, tile } => {
@@ -339,6 +340,7 @@ pub fn conv2d_bn_eval_tiled(
             Candidate::Winograd { f16, tile } => {
                 winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(None), f16, tile).map(drop)
             }
+            Candidate::Lanes => lanes::forward(OP, &g, x, w, lanes::Out::Bias(None)).map(drop),
         },
     )?;
     let tile = match route {
@@ -570,6 +572,7 @@ fn backward_input(
             Candidate::Winograd { f16, tile } => {
                 winograd::backward_input(OP, &g, gy, w, scale, f16, tile, None).map(drop)
             }
+            Candidate::Lanes => lanes::backward_input(OP, &g, gy, w, None).map(drop),
         },
     )? {
         Route::Winograd { f16, tile } => {
@@ -859,6 +862,7 @@ fn backward_weight(
             Candidate::Winograd { f16, tile } => {
                 winograd::backward_weight(OP, &g, x, gy, scale, f16, tile).map(drop)
             }
+            Candidate::Lanes => lanes::backward_weight(OP, &g, x, gy).map(drop),
         },
     )? {
         Route::Winograd { f16, tile } => {

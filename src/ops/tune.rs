@@ -9,7 +9,9 @@
 //! engine ([`crate::WinogradTile`], unless [`Gpu::set_winograd_tile`] chose one), and under
 //! [`crate::ConvAlgo::Auto`] the faster of the two algorithms runs, Winograd with its faster
 //! tile: the thresholds of Auto's rule and the tile's cost model were estimated, and tuning
-//! replaces them with this adapter's timings. The default plan comes from a
+//! replaces them with this adapter's timings. On CPU adapters whose conv GEMMs run without
+//! barriers ([`crate::ops::conv_gemms_without_barriers`]), the direct convolution through them
+//! is a candidate too where it takes the pass, and the untuned plan's choice there. The default plan comes from a
 //! [`TileModel`](super::TileModel), measured on one GPU (an H100) and one CPU adapter; tuning
 //! fits the plan to whatever adapter runs it, at the cost of five or more runs of each pass per
 //! shape and candidate at the start (for ResNet-18, about forty training steps' worth of
@@ -79,7 +81,7 @@ pub struct ConvKey {
 pub struct TunedConv {
     /// The shape and pass.
     pub key: ConvKey,
-    /// The engine and tile every later direct run uses.
+    /// The engine and tile every later direct run uses (unless `lanes`).
     pub tile: GemmTile,
     /// The engine and tile the adapter's [`TileModel`](super::TileModel) would have used.
     pub model: GemmTile,
@@ -108,6 +110,13 @@ pub struct TunedConv {
     /// Whether tuned Winograd runs its GEMMs on the f16 engine: under [`ConvPrecision::F16`],
     /// unless the f32 engine was at least [`MARGIN`] faster.
     pub winograd_f16: bool,
+    /// Wall milliseconds per run of the direct convolution on the GEMMs without barriers, where
+    /// they take the pass (CPU adapters; [`crate::ops::conv_gemms_without_barriers`]): the
+    /// untuned plan's direct choice there, instead of `model` (None: not timed).
+    pub lanes_millis: Option<f64>,
+    /// Whether later direct runs take the GEMMs without barriers instead of `tile`: where
+    /// timed, unless `tile` was at least [`MARGIN`] faster.
+    pub lanes: bool,
 }
 
 impl TunedConv {
@@ -123,6 +132,16 @@ impl TunedConv {
             .flat_map(|ms| MmaTile::ALL.into_iter().map(GemmTile::F16).zip(ms));
         f32.chain(f16).collect()
     }
+
+    /// Whether tuning chose another direct plan than the untuned one: another engine or tile
+    /// than the model's, or the tiles instead of the GEMMs without barriers (or back).
+    pub fn direct_moved(&self) -> bool {
+        if self.lanes_millis.is_some() {
+            !self.lanes
+        } else {
+            self.tile != self.model
+        }
+    }
 }
 
 /// One way of running a pass that tuning times.
@@ -133,6 +152,8 @@ pub(crate) enum Candidate {
     /// Winograd with this tile, its GEMMs on the model's tiles of the f16 engine where `f16`
     /// (F(2x2, 3x3) only), else of the f32 one.
     Winograd { f16: bool, tile: WinogradTile },
+    /// The direct convolution on the GEMMs without barriers (CPU adapters).
+    Lanes,
 }
 
 /// What tuning needs of a shape that can run Winograd.
@@ -168,12 +189,14 @@ pub const MARGIN: f64 = 0.03;
 
 /// The tuning of `key`, tuning it now with `trial` (which runs the pass once as the given
 /// candidate) if this is the key's first call; `model()` gives the model's engine and tile,
+/// `lanes` whether the GEMMs without barriers take the pass (and the untuned plan runs them),
 /// and `winograd` whether the shape can run Winograd (Some) and if so how. The f16 engine's
 /// tiles are candidates under [`ConvPrecision::F16`] (`key.precision`).
 pub(crate) fn tuned(
     gpu: &Gpu,
     key: ConvKey,
     model: impl FnOnce() -> GemmTile,
+    lanes: bool,
     winograd: Option<WinogradPlan>,
     trial: impl FnMut(Candidate) -> Result<()>,
 ) -> Result<TunedConv> {
@@ -188,6 +211,9 @@ pub(crate) fn tuned(
     if f16 {
         candidates.extend(MmaTile::ALL.map(|t| Candidate::Gemm(GemmTile::F16(t))));
     }
+    if lanes {
+        candidates.push(Candidate::Lanes);
+    }
     let mut wino = WinogradTimes::default();
     if let Some(plan) = &winograd {
         wino.rule = plan.rule;
@@ -201,10 +227,12 @@ pub(crate) fn tuned(
         }
     }
     let timed = time_candidates(gpu, &candidates, trial)?;
+    let mut lanes_ms = None;
     for (c, &ms) in candidates.iter().zip(&timed) {
         match *c {
             Candidate::Winograd { f16: true, .. } => wino.f16 = Some(ms),
             Candidate::Winograd { f16: false, tile } => wino.f32[tile.index()] = Some(ms),
+            Candidate::Lanes => lanes_ms = Some(ms),
             Candidate::Gemm(_) => {}
         }
     }
@@ -217,7 +245,7 @@ pub(crate) fn tuned(
         ms.copy_from_slice(f16_ms);
         ms
     });
-    let tuned = choose(key, model(), millis, f16_millis, wino);
+    let tuned = choose(key, model(), millis, f16_millis, lanes_ms, wino);
     gpu.record_tuned_conv(tuned.clone());
     Ok(tuned)
 }
@@ -255,7 +283,8 @@ fn time_candidates(
 }
 
 /// The model's engine and tile unless another is at least [`MARGIN`] faster, then the
-/// fastest; Winograd's tile on the f32 engine and its engine likewise (the model's tile, and
+/// fastest; where timed (`lanes_ms`), the GEMMs without barriers unless that tile is at least
+/// the margin faster; Winograd's tile on the f32 engine and its engine likewise (the model's tile, and
 /// the f16 engine under [`ConvPrecision::F16`], unless the other is at least the margin
 /// faster); and Winograd (where timed) against the direct choice, the model's algorithm
 /// (`wino.rule`) unless the other is at least [`MARGIN`] faster.
@@ -264,6 +293,7 @@ fn choose(
     model: GemmTile,
     millis: [f64; ConvTile::ALL.len()],
     f16_millis: Option<[f64; MmaTile::ALL.len()]>,
+    lanes_ms: Option<f64>,
     wino: WinogradTimes,
 ) -> TunedConv {
     let mut tuned = TunedConv {
@@ -279,6 +309,8 @@ fn choose(
         winograd_tile: wino.model_tile,
         winograd: false,
         winograd_f16: false,
+        lanes_millis: lanes_ms,
+        lanes: false,
     };
     let direct = tuned.direct_millis();
     let time = |t: GemmTile| {
@@ -295,7 +327,11 @@ fn choose(
     if best_ms < (1.0 - MARGIN) * time(model) {
         tuned.tile = best;
     }
-    let direct = time(tuned.tile);
+    tuned.lanes = lanes_ms.is_some_and(|lanes| time(tuned.tile) >= (1.0 - MARGIN) * lanes);
+    let direct = match lanes_ms {
+        Some(lanes) if tuned.lanes => lanes,
+        _ => time(tuned.tile),
+    };
     let tile_ms = |t: WinogradTile| wino.f32[t.index()].unwrap_or(f64::INFINITY);
     for t in WinogradTile::ALL {
         if tile_ms(t) < (1.0 - MARGIN) * tile_ms(tuned.winograd_tile) {
@@ -447,9 +483,10 @@ impl Gpu {
 
 /// The `format` of a file of [`Gpu::save_conv_tuning`] (native only, as the file functions;
 /// 2: Winograd timed with each tile, session 17; 3: keys name the order, stagings and Winograd
-/// tile the candidates ran with; 4: the 32 x 256 and 64 x 256 tiles timed too, session 28).
+/// tile the candidates ran with; 4: the 32 x 256 and 64 x 256 tiles timed too, session 28; 5:
+/// the GEMMs without barriers timed too on CPU adapters, session 33).
 #[cfg(not(target_arch = "wasm32"))]
-const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 4";
+const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 5";
 
 /// The first field of a [`TuningFile`], read alone first.
 #[cfg(not(target_arch = "wasm32"))]
@@ -555,7 +592,14 @@ mod tests {
                 f32: [Some(millis[0]), Some(millis[1])],
                 ..WinogradTimes::default()
             };
-            let t = choose(key(), f32(ConvTile::T64x64), millis, None, wino);
+            let t = choose(
+                key(),
+                f32(ConvTile::T64x64),
+                millis,
+                None,
+                Some(millis[2]),
+                wino,
+            );
             let json = serde_json::to_string(&t).unwrap();
             let back: TunedConv = serde_json::from_str(&json).unwrap();
             assert_eq!(back, t, "{json}");
@@ -565,7 +609,7 @@ mod tests {
     #[test]
     fn keeps_the_model_tile_within_the_margin() {
         let none = WinogradTimes::default();
-        let choose = |model, millis| choose(key(), f32(model), millis, None, none);
+        let choose = |model, millis| choose(key(), f32(model), millis, None, None, none);
         // 64x128 is the model's; 128x128 is 2% faster: noise, not a reason to switch.
         let t = choose(ConvTile::T64x128, ms(&[2.0, 3.0, 1.0, 0.98, 4.0]));
         assert_eq!(t.tile, f32(ConvTile::T64x128));
@@ -590,7 +634,7 @@ mod tests {
                 f32: [None, Some(wino)],
                 f16: None,
             };
-            let t = choose(key(), f32(ConvTile::T128x64), millis, None, times);
+            let t = choose(key(), f32(ConvTile::T128x64), millis, None, None, times);
             assert_eq!(t.tile, f32(ConvTile::T128x64));
             assert_eq!(t.model_winograd, model_winograd);
             t.winograd
@@ -603,7 +647,7 @@ mod tests {
         assert!(!t(true, 1.05));
         // Never where the shape cannot run it.
         let none = WinogradTimes::default();
-        let t = choose(key(), f32(ConvTile::T128x64), millis, None, none);
+        let t = choose(key(), f32(ConvTile::T128x64), millis, None, None, none);
         assert!(!t.winograd);
     }
 
@@ -616,7 +660,7 @@ mod tests {
         };
         let model = f16(MmaTile::T128x64);
         let none = WinogradTimes::default();
-        let choose = |millis, f16_millis| choose(key, model, millis, Some(f16_millis), none);
+        let choose = |millis, f16_millis| choose(key, model, millis, Some(f16_millis), None, none);
         // The model's f16 tile stays against an f32 tile 2% faster...
         let t = choose(ms(&[0.98, 2.0, 2.0, 2.0, 2.0]), [2.0, 1.0, 2.0]);
         assert_eq!(t.tile, model);
@@ -644,6 +688,7 @@ mod tests {
                 model,
                 ms(&[0.95, 2.0, 2.0, 2.0, 2.0]),
                 Some([2.0, 1.0, 2.0]),
+                None,
                 times,
             );
             assert_eq!(t.tile, f32(ConvTile::T64x64));
@@ -666,7 +711,7 @@ mod tests {
                 f32: [Some(f2), Some(f4)],
                 f16: None,
             };
-            let t = choose(key(), f32(ConvTile::T64x64), millis, None, times);
+            let t = choose(key(), f32(ConvTile::T64x64), millis, None, None, times);
             assert_eq!(t.model_winograd_tile, WinogradTile::F4);
             (t.winograd_tile, t.winograd)
         };
@@ -682,7 +727,7 @@ mod tests {
             ..WinogradTimes::default()
         };
         let fast = ms(&[0.5, 2.0, 2.0, 2.0, 2.0]);
-        let t = choose(key(), f32(ConvTile::T64x64), fast, None, times);
+        let t = choose(key(), f32(ConvTile::T64x64), fast, None, None, times);
         assert_eq!((t.winograd_tile, t.winograd), (WinogradTile::F2, false));
         // One tile timed (set with Gpu::set_winograd_tile): that one.
         let times = WinogradTimes {
@@ -691,7 +736,37 @@ mod tests {
             f32: [Some(0.5), None],
             f16: None,
         };
-        let t = choose(key(), f32(ConvTile::T64x64), millis, None, times);
+        let t = choose(key(), f32(ConvTile::T64x64), millis, None, None, times);
         assert_eq!((t.winograd_tile, t.winograd), (WinogradTile::F2, true));
+    }
+    #[test]
+    fn the_gemms_without_barriers_stay_unless_a_tile_beats_them_by_the_margin() {
+        // Where timed, they are the untuned plan's direct choice: the chosen tile (64x64, the
+        // model's, 1.0 ms) must be the margin faster to replace them.
+        let millis = ms(&[1.0, 2.0, 2.0, 2.0, 2.0]);
+        let t = |lanes: Option<f64>, times: WinogradTimes| {
+            choose(key(), f32(ConvTile::T64x64), millis, None, lanes, times)
+        };
+        let none = WinogradTimes::default();
+        let kept = t(Some(1.02), none);
+        assert!(kept.lanes && !kept.direct_moved(), "{kept:?}");
+        assert_eq!(kept.lanes_millis, Some(1.02));
+        let replaced = t(Some(1.05), none);
+        assert!(!replaced.lanes && replaced.direct_moved(), "{replaced:?}");
+        assert_eq!(replaced.tile, f32(ConvTile::T64x64));
+        // Not timed: the tiles alone, as before.
+        let untimed = t(None, none);
+        assert!(!untimed.lanes && !untimed.direct_moved());
+        // Winograd against them where they are the direct choice: 0.6 ms direct, so
+        // Winograd's 0.7 loses though it beats the tile.
+        let wino = |ms| WinogradTimes {
+            model_tile: WinogradTile::F4,
+            f32: [None, Some(ms)],
+            ..WinogradTimes::default()
+        };
+        let t2 = t(Some(0.6), wino(0.7));
+        assert!(t2.lanes && !t2.winograd, "{t2:?}");
+        let t2 = t(Some(0.6), wino(0.5));
+        assert!(t2.winograd, "{t2:?}");
     }
 }

@@ -450,8 +450,8 @@ pub(super) enum Route {
     Winograd { f16: bool, tile: WinogradTile },
     /// The direct GEMM, with this engine and tile (None: the model's plan on the gpu's engine).
     Direct(Option<GemmTile>),
-    /// The direct convolution on the GEMMs without barriers ([`lanes`]): untuned, with no tile
-    /// forced, where [`lanes::takes`] the pass.
+    /// The direct convolution on the GEMMs without barriers ([`lanes`]), where
+    /// [`lanes::takes`] the pass and no tile is forced: untuned, or where tuning chose it.
     Lanes,
 }
 
@@ -525,7 +525,8 @@ impl Geometry {
             tiles: winograd::f32_tiles(gpu),
         });
         let model = || GemmTile::on(gpu, model());
-        let tuned = tune::tuned(gpu, self.key(gpu, pass), model, plan, trial)?;
+        let lanes = lanes::takes(gpu, self, pass);
+        let tuned = tune::tuned(gpu, self.key(gpu, pass), model, lanes, plan, trial)?;
         Ok(self.tuned_route(gpu, &tuned))
     }
 
@@ -560,7 +561,7 @@ impl Geometry {
                 f16,
                 tile: winograd::tile_for(gpu, f16, self, pass),
             }
-        } else if !gpu.conv_autotune() && forced_tile().is_none() && lanes::takes(gpu, self, pass) {
+        } else if forced_tile().is_none() && lanes::takes(gpu, self, pass) {
             Route::Lanes
         } else {
             Route::Direct(None)
@@ -578,6 +579,8 @@ impl Geometry {
                     tuned.winograd_tile
                 },
             }
+        } else if tuned.lanes {
+            Route::Lanes
         } else {
             Route::Direct(Some(tuned.tile))
         }
