@@ -19,7 +19,11 @@
 // buffers, has no barrier, and its lane loops stay in registers.
 //
 // Math: C[z][r][n] = sum over d ascending of A[z][r][d] B[z][d][n] (or B[z][n][d]), one fused
-// multiply-add per term into one accumulator, as conv_fma.wgsl's engine does.
+// multiply-add per term into one accumulator, as conv_fma.wgsl's engine does. (Mesa 22's
+// lavapipe lowers fma to a multiply and an add, in every kernel alike.) Each accumulator takes
+// its 4 steps of a group back to back (row4): lavapipe keeps the accumulators in memory, and
+// then loads and stores each once per 4 steps instead of once per step (session 33: these
+// GEMMs 12-17% faster in the main job's step, with the same bits).
 //
 // Dispatch: a workgroup is one subgroup (SUBGROUP_LANES = 8 or 16 consecutive threads, as
 // src/gpu/lanes.rs verifies; the host dispatches these kernels only then) and takes ROWS = 32
@@ -69,26 +73,38 @@ override RELU: bool = false;
 const ROWS: u32 = 32u;
 var<private> acc: array<vec4<f32>, ROWS>;
 
-// Step s (0-3) of the 4 that q holds for rows base .. base + 7 (lane i's q is row base + i's),
-// with bq the lane's 4 columns of B at that step.
-fn rows8(q: vec4<f32>, s: u32, bq: vec4<f32>, base: u32) {
-    acc[base + 0u] = fma(vec4<f32>(lanes_broadcast4(q, 0u)[s]), bq, acc[base + 0u]);
-    acc[base + 1u] = fma(vec4<f32>(lanes_broadcast4(q, 1u)[s]), bq, acc[base + 1u]);
-    acc[base + 2u] = fma(vec4<f32>(lanes_broadcast4(q, 2u)[s]), bq, acc[base + 2u]);
-    acc[base + 3u] = fma(vec4<f32>(lanes_broadcast4(q, 3u)[s]), bq, acc[base + 3u]);
-    acc[base + 4u] = fma(vec4<f32>(lanes_broadcast4(q, 4u)[s]), bq, acc[base + 4u]);
-    acc[base + 5u] = fma(vec4<f32>(lanes_broadcast4(q, 5u)[s]), bq, acc[base + 5u]);
-    acc[base + 6u] = fma(vec4<f32>(lanes_broadcast4(q, 6u)[s]), bq, acc[base + 6u]);
-    acc[base + 7u] = fma(vec4<f32>(lanes_broadcast4(q, 7u)[s]), bq, acc[base + 7u]);
+// Row i's 4 steps: a holds A's values of the row at the 4 steps, b[s] the lane's 4 columns of
+// B at step s. One accumulator's steps back to back: lavapipe keeps the 128 accumulators in
+// memory (its registers hold a few), and this way loads and stores each once per 4 steps
+// rather than once per step. The sums' order is the same (step 0 first).
+fn row4(a: vec4<f32>, b: array<vec4<f32>, 4>, i: u32) {
+    var v = acc[i];
+    v = fma(vec4<f32>(a.x), b[0], v);
+    v = fma(vec4<f32>(a.y), b[1], v);
+    v = fma(vec4<f32>(a.z), b[2], v);
+    v = fma(vec4<f32>(a.w), b[3], v);
+    acc[i] = v;
 }
 
-// Step s of the 4 that the lanes' reads of A hold (q0: rows 0-7, q1: 8-15, q2: 16-23, q3:
-// 24-31).
-fn gemm_step(q: array<vec4<f32>, 4>, s: u32, bq: vec4<f32>) {
-    rows8(q[0], s, bq, 0u);
-    rows8(q[1], s, bq, 8u);
-    rows8(q[2], s, bq, 16u);
-    rows8(q[3], s, bq, 24u);
+// Rows base .. base + 7 through the 4 steps that q holds (lane i's q is row base + i's).
+fn rows8(q: vec4<f32>, b: array<vec4<f32>, 4>, base: u32) {
+    row4(lanes_broadcast4(q, 0u), b, base + 0u);
+    row4(lanes_broadcast4(q, 1u), b, base + 1u);
+    row4(lanes_broadcast4(q, 2u), b, base + 2u);
+    row4(lanes_broadcast4(q, 3u), b, base + 3u);
+    row4(lanes_broadcast4(q, 4u), b, base + 4u);
+    row4(lanes_broadcast4(q, 5u), b, base + 5u);
+    row4(lanes_broadcast4(q, 6u), b, base + 6u);
+    row4(lanes_broadcast4(q, 7u), b, base + 7u);
+}
+
+// The 4 steps that the lanes' reads of A hold (q0: rows 0-7, q1: 8-15, q2: 16-23, q3: 24-31),
+// with b[s] the lane's 4 columns of B at step s.
+fn gemm_steps(q: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>) {
+    rows8(q[0], b, 0u);
+    rows8(q[1], b, 8u);
+    rows8(q[2], b, 16u);
+    rows8(q[3], b, 24u);
 }
 
 // The vec4 index of the first 4 steps of A's row r0 + 8 i + lane % 8 (clamped to the last
@@ -121,10 +137,8 @@ fn multiply_nn(wg: vec3<u32>, lane: u32, a_stride: u32) -> vec2<u32> {
     acc = array<vec4<f32>, ROWS>();
     for (var k = 0u; k < d4; k++) {
         let q = read_a(at, k);
-        gemm_step(q, 0u, b[bi]);
-        gemm_step(q, 1u, b[bi + quads]);
-        gemm_step(q, 2u, b[bi + 2u * quads]);
-        gemm_step(q, 3u, b[bi + 3u * quads]);
+        gemm_steps(q, array<vec4<f32>, 4>(b[bi], b[bi + quads], b[bi + 2u * quads],
+                                          b[bi + 3u * quads]));
         bi += 4u * quads;
     }
     return vec2<u32>(r0, col);
@@ -219,10 +233,10 @@ fn gemm_lanes_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         let c1 = b[b0 + d4 + k];
         let c2 = b[b0 + 2u * d4 + k];
         let c3 = b[b0 + 3u * d4 + k];
-        gemm_step(q, 0u, vec4<f32>(c0.x, c1.x, c2.x, c3.x));
-        gemm_step(q, 1u, vec4<f32>(c0.y, c1.y, c2.y, c3.y));
-        gemm_step(q, 2u, vec4<f32>(c0.z, c1.z, c2.z, c3.z));
-        gemm_step(q, 3u, vec4<f32>(c0.w, c1.w, c2.w, c3.w));
+        gemm_steps(q, array<vec4<f32>, 4>(vec4<f32>(c0.x, c1.x, c2.x, c3.x),
+                                          vec4<f32>(c0.y, c1.y, c2.y, c3.y),
+                                          vec4<f32>(c0.z, c1.z, c2.z, c3.z),
+                                          vec4<f32>(c0.w, c1.w, c2.w, c3.w)));
     }
     if (col < quads) {
         let out = ((p.base + wg.z) * p.rows + r0) * quads + col;
