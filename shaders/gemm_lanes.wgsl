@@ -33,8 +33,9 @@
 // takes its rows' values from lanes 0-7 (lanes_broadcast4); B is the lane's own (one vec4 per
 // step, or for gemm_lanes_nt the vec4s of its 4 columns at 4 steps): 2 vec4 reads per step for
 // 128 multiply-adds (16 rows per lane read 1.5 per 64; with 32, lavapipe's main-job step ran
-// about 5% faster, its weight gradients' GEMMs 18%, ResNet-18's inference at batch 1 20%). Rows past `rows` and columns past `cols` (a multiple of 4) read the last row or
-// column and are not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch;
+// about 5% faster, its weight gradients' GEMMs 18%, ResNet-18's inference at batch 1 20%; 64
+// rows per lane ran 2.6x slower, session 33). Rows past `rows` and columns past `cols` (a
+// multiple of 4) read the last row or column and are not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch;
 // 1 for the planes). gemm_lanes_nt's matrix z goes to matrix `base + z` of the output (the
 // host's partial results, one set per chunk of images).
 //

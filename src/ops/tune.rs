@@ -11,11 +11,11 @@
 //! tile: the thresholds of Auto's rule and the tile's cost model were estimated, and tuning
 //! replaces them with this adapter's timings. On CPU adapters whose conv GEMMs run without
 //! barriers ([`crate::ops::conv_gemms_without_barriers`]), the direct convolution through them
-//! is a candidate too where it takes the pass, and the untuned plan's choice there. The default plan comes from a
-//! [`TileModel`](super::TileModel), measured on one GPU (an H100) and one CPU adapter; tuning
-//! fits the plan to whatever adapter runs it, at the cost of five or more runs of each pass per
-//! shape and candidate at the start (for ResNet-18, about forty training steps' worth of
-//! convolution work).
+//! is a candidate too where it takes the pass, and the untuned plan's choice there. The
+//! default plan comes from a [`TileModel`](super::TileModel), measured on one GPU (an H100) and
+//! one CPU adapter; tuning fits the plan to whatever adapter runs it, at the cost of five or
+//! more runs of each pass per shape and candidate at the start (for ResNet-18, about forty
+//! training steps' worth of convolution work).
 //!
 //! Timing is wall-clock around [`Gpu::synchronize`]: a first run compiles the pipelines, a
 //! second estimates the time, and enough repeats to fill [`TARGET_SECS`] (at most
@@ -284,8 +284,8 @@ fn time_candidates(
 
 /// The model's engine and tile unless another is at least [`MARGIN`] faster, then the
 /// fastest; where timed (`lanes_ms`), the GEMMs without barriers unless that tile is at least
-/// the margin faster; Winograd's tile on the f32 engine and its engine likewise (the model's tile, and
-/// the f16 engine under [`ConvPrecision::F16`], unless the other is at least the margin
+/// the margin faster; Winograd's tile on the f32 engine and its engine likewise (the model's
+/// tile, and the f16 engine under [`ConvPrecision::F16`], unless the other is at least the margin
 /// faster); and Winograd (where timed) against the direct choice, the model's algorithm
 /// (`wino.rule`) unless the other is at least [`MARGIN`] faster.
 fn choose(
