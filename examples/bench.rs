@@ -1494,10 +1494,12 @@ fn main() -> Result<()> {
     );
     println!(
         "conv GEMMs without workgroup memory or barriers (gemm_lanes.wgsl): {}",
-        if resnet_wgpu::ops::conv_gemms_without_barriers(&bench.gpu) {
-            "Winograd's, and untuned the direct convolutions' (CPU adapter, 8 or 16 lanes)"
-        } else {
-            "none"
+        match bench.gpu.conv_gemm_lanes() {
+            Some(lanes) if resnet_wgpu::ops::conv_gemms_without_barriers(&bench.gpu) => format!(
+                "Winograd's, and the direct convolutions' where no tile is forced (CPU \
+                 adapter, {lanes} lanes)"
+            ),
+            _ => "none".into(),
         }
     );
     println!(

@@ -25,19 +25,21 @@
 // then loads and stores each once per 4 steps instead of once per step (session 33: these
 // GEMMs 12-17% faster in the main job's step, with the same bits).
 //
-// Dispatch: a workgroup is one subgroup (SUBGROUP_LANES = 8 or 16 consecutive threads, as
+// Dispatch: a workgroup is one subgroup (SUBGROUP_LANES = 4, 8 or 16 consecutive threads, as
 // src/gpu/lanes.rs verifies; the host dispatches these kernels only then) and takes ROWS = 32
 // rows x 4 SUBGROUP_LANES columns, each lane 32 rows x 4 columns (one vec4 of C's row per
 // row). A is shared through the lanes: per 4 steps, lane l reads the vec4s of A's rows
 // r0 + 8 i + l % 8 (i = 0..3) at those 4 steps (depth is a multiple of 4), and every lane
-// takes its rows' values from lanes 0-7 (lanes_broadcast4); B is the lane's own (one vec4 per
-// step, or for gemm_lanes_nt the vec4s of its 4 columns at 4 steps): 2 vec4 reads per step for
-// 128 multiply-adds (16 rows per lane read 1.5 per 64; with 32, lavapipe's main-job step ran
-// about 5% faster, its weight gradients' GEMMs 18%, ResNet-18's inference at batch 1 20%; 64
-// rows per lane ran 2.6x slower, session 33). Rows past `rows` and columns past `cols` (a
-// multiple of 4) read the last row or column and are not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch;
-// 1 for the planes). gemm_lanes_nt's matrix z goes to matrix `base + z` of the output (the
-// host's partial results, one set per chunk of images).
+// takes its rows' values from lanes 0-7 (lanes_broadcast4); with 4 lanes (SwiftShader:
+// A_LANES), rows r0 + 4 i + l (i = 0..7) from lanes 0-3, 8 reads per 4 steps. B is the lane's
+// own (one vec4 per step, or for gemm_lanes_nt the vec4s of its 4 columns at 4 steps): with 8
+// lanes, 2 vec4 reads per step for 128 multiply-adds (16 rows per lane read 1.5 per 64; with
+// 32, lavapipe's main-job step ran about 5% faster, its weight gradients' GEMMs 18%,
+// ResNet-18's inference at batch 1 20%; 64 rows per lane ran 2.6x slower, session 33). Rows
+// past `rows` and columns past `cols` (a multiple of 4) read the last row or column and are
+// not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch; 1 for the
+// planes). gemm_lanes_nt's matrix z goes to matrix `base + z` of the output (the host's
+// partial results, one set per chunk of images).
 //
 // Bindings (group 0): 0 = Params (uniform); 1 = A (read), 2 = B (read), 3 = C (write;
 // gemm_lanes, gemm_lanes_nt); gemm_lanes_planes 4 = y (write), 5 = bias [K] (read; any buffer
@@ -72,6 +74,10 @@ override RELU: bool = false;
 
 // Rows per lane (and per subgroup): acc[i] holds row r0 + i's 4 columns.
 const ROWS: u32 = 32u;
+
+// The lanes whose reads of A every lane takes (lanes_broadcast4): 8, or 4 where subgroups have
+// 4 lanes (SwiftShader).
+override A_LANES: u32 = min(SUBGROUP_LANES, 8u);
 var<private> acc: array<vec4<f32>, ROWS>;
 
 // Row i's 4 steps: a holds A's values of the row at the 4 steps, b[s] the lane's 4 columns of
@@ -87,43 +93,70 @@ fn row4(a: vec4<f32>, b: array<vec4<f32>, 4>, i: u32) {
     acc[i] = v;
 }
 
-// Rows base .. base + 7 through the 4 steps that q holds (lane i's q is row base + i's).
-fn rows8(q: vec4<f32>, b: array<vec4<f32>, 4>, base: u32) {
+// Rows base .. base + 3 through the 4 steps that q holds (lane i's q is row base + i's).
+fn rows4(q: vec4<f32>, b: array<vec4<f32>, 4>, base: u32) {
     row4(lanes_broadcast4(q, 0u), b, base + 0u);
     row4(lanes_broadcast4(q, 1u), b, base + 1u);
     row4(lanes_broadcast4(q, 2u), b, base + 2u);
     row4(lanes_broadcast4(q, 3u), b, base + 3u);
+}
+
+// Rows base .. base + 7 likewise, from lanes 0-7 (with 8 lanes or more).
+fn rows8(q: vec4<f32>, b: array<vec4<f32>, 4>, base: u32) {
+    rows4(q, b, base);
     row4(lanes_broadcast4(q, 4u), b, base + 4u);
     row4(lanes_broadcast4(q, 5u), b, base + 5u);
     row4(lanes_broadcast4(q, 6u), b, base + 6u);
     row4(lanes_broadcast4(q, 7u), b, base + 7u);
 }
 
-// The 4 steps that the lanes' reads of A hold (q0: rows 0-7, q1: 8-15, q2: 16-23, q3: 24-31),
-// with b[s] the lane's 4 columns of B at step s.
-fn gemm_steps(q: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>) {
-    rows8(q[0], b, 0u);
-    rows8(q[1], b, 8u);
-    rows8(q[2], b, 16u);
-    rows8(q[3], b, 24u);
+// The 4 steps that the lanes' reads of A hold (read i: rows A_LANES i .. A_LANES (i + 1) - 1;
+// reads 4-7 only with 4 lanes), with b[s] the lane's 4 columns of B at step s.
+fn gemm_steps(q: array<vec4<f32>, 8>, b: array<vec4<f32>, 4>) {
+    if (A_LANES == 8u) {
+        rows8(q[0], b, 0u);
+        rows8(q[1], b, 8u);
+        rows8(q[2], b, 16u);
+        rows8(q[3], b, 24u);
+    } else {
+        rows4(q[0], b, 0u);
+        rows4(q[1], b, 4u);
+        rows4(q[2], b, 8u);
+        rows4(q[3], b, 12u);
+        rows4(q[4], b, 16u);
+        rows4(q[5], b, 20u);
+        rows4(q[6], b, 24u);
+        rows4(q[7], b, 28u);
+    }
 }
 
-// The vec4 index of the first 4 steps of A's row r0 + 8 i + lane % 8 (clamped to the last
-// row) in matrix `z` of A, for i = 0..3: what the lane reads for its subgroup.
-fn a_rows(z: u32, r0: u32, lane: u32, d4: u32) -> array<u32, 4> {
+// The vec4 index of the first 4 steps of A's row r0 + A_LANES i + lane % A_LANES (clamped to
+// the last row) in matrix `z` of A, for i = 0..7: what the lane reads for its subgroup (the
+// first ROWS / A_LANES of them).
+fn a_rows(z: u32, r0: u32, lane: u32, d4: u32) -> array<u32, 8> {
     let last = p.rows - 1u;
-    let r = r0 + lane % 8u;
-    return array<u32, 4>(
-        (z + min(r, last)) * d4,
-        (z + min(r + 8u, last)) * d4,
-        (z + min(r + 16u, last)) * d4,
-        (z + min(r + 24u, last)) * d4,
-    );
+    let r = r0 + lane % A_LANES;
+    var at: array<u32, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        at[i] = (z + min(r + A_LANES * i, last)) * d4;
+    }
+    return at;
 }
 
-// A's 4 reads at step group k (4 steps).
-fn read_a(at: array<u32, 4>, k: u32) -> array<vec4<f32>, 4> {
-    return array<vec4<f32>, 4>(a[at[0] + k], a[at[1] + k], a[at[2] + k], a[at[3] + k]);
+// A's reads at step group k (4 steps): 4, or 8 with 4 lanes.
+fn read_a(at: array<u32, 8>, k: u32) -> array<vec4<f32>, 8> {
+    var q: array<vec4<f32>, 8>;
+    q[0] = a[at[0] + k];
+    q[1] = a[at[1] + k];
+    q[2] = a[at[2] + k];
+    q[3] = a[at[3] + k];
+    if (A_LANES == 4u) {
+        q[4] = a[at[4] + k];
+        q[5] = a[at[5] + k];
+        q[6] = a[at[6] + k];
+        q[7] = a[at[7] + k];
+    }
+    return q;
 }
 
 // The lane's ROWS x 4 micro-tile of C[wg.z] = A[wg.z] B[wg.z] (A shared by every z where

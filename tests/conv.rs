@@ -553,7 +553,7 @@ fn the_tape_reads_the_forward_weights_copy() {
     // weights through its own transforms).
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Direct);
-    // The tiled plan's kernels: on a CPU adapter with subgroups of 8 or 16 lanes (lavapipe)
+    // The tiled plan's kernels: on a CPU adapter with subgroups (lavapipe, SwiftShader)
     // the direct passes would run the GEMMs without barriers (shaders/gemm_lanes.wgsl), which
     // the subgroups switch turns off with the tiles' shared A.
     let _ = gpu.set_subgroup_reductions(false);
@@ -688,7 +688,7 @@ fn input_gradient_phases_in_one_dispatch() {
     // that these reduce taps outer, and changes the order.
     let gpu = new_gpu();
     gpu.set_conv_weight_copy_min_columns(0);
-    // The tiled plan's kernels: on a CPU adapter with subgroups of 8 or 16 lanes (lavapipe)
+    // The tiled plan's kernels: on a CPU adapter with subgroups (lavapipe, SwiftShader)
     // the direct passes would run the GEMMs without barriers (shaders/gemm_lanes.wgsl), which
     // the subgroups switch turns off with the tiles' shared A.
     let _ = gpu.set_subgroup_reductions(false);
@@ -739,7 +739,7 @@ fn input_gradient_split_k() {
     // has just dirtied. Direct convolutions (Winograd's input gradient does not split).
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Direct);
-    // The tiled plan's kernels: on a CPU adapter with subgroups of 8 or 16 lanes (lavapipe)
+    // The tiled plan's kernels: on a CPU adapter with subgroups (lavapipe, SwiftShader)
     // the direct passes would run the GEMMs without barriers (shaders/gemm_lanes.wgsl), which
     // the subgroups switch turns off with the tiles' shared A.
     let _ = gpu.set_subgroup_reductions(false);
@@ -1107,7 +1107,7 @@ fn fused_eval_batch_norm_matches_separate_kernels() {
     let gpu = new_gpu();
     gpu.set_conv_algo(ConvAlgo::Direct);
     // The separate kernels' conv runs the tiled GEMM the fused kernel runs: on a CPU adapter
-    // with subgroups of 8 or 16 lanes (lavapipe) it would run the GEMM without barriers
+    // with subgroups (lavapipe, SwiftShader) it would run the GEMM without barriers
     // (shaders/gemm_lanes.wgsl), which the subgroups switch turns off with the tiles' shared A.
     let _ = gpu.set_subgroup_reductions(false);
     // Inference's conv blocks: conv + eval batch norm (+ residual) (+ ReLU) in one kernel.
@@ -1449,7 +1449,7 @@ fn gradient_check_by_central_differences() {
 #[test]
 fn direct_convs_without_barriers_match_the_reference() {
     // A device of its own: the test sets the algorithm and the chunk cap. On a CPU adapter
-    // with subgroups of 8 or 16 lanes (lavapipe), the direct passes run the GEMMs without
+    // with subgroups (lavapipe, SwiftShader), the direct passes run the GEMMs without
     // workgroup memory or barriers (shaders/gemm_lanes.wgsl) on x's and gy's columns
     // (shaders/im2col.wgsl): the forward pass into y's planes, the weight gradient per chunk of
     // images, the input gradient back through col2im (adding to the gradient so far where

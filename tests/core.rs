@@ -529,19 +529,24 @@ fn subgroup_reductions_give_the_memory_reductions_bits() {
     // the values, with the subgroups lavapipe offers).
     let gpu = new_gpu();
     let by_default = gpu.subgroup_lanes();
+    let gemm_by_default = gpu.conv_gemm_lanes();
     gpu.set_subgroup_reductions(true)
         .expect("the reductions can use subgroups here (lavapipe: 8 lanes)");
     let lanes = gpu.subgroup_lanes().unwrap();
-    // On from the start with 8 lanes or more (lavapipe), off with SwiftShader's 4.
+    // On from the start with 8 lanes or more (lavapipe), off with SwiftShader's 4; the conv
+    // GEMMs without barriers take them from the start however few.
     let off = std::env::var("RESNET_WGPU_SUBGROUPS").is_ok_and(|v| v.trim() == "0");
     assert_eq!(by_default, (lanes >= 8 && !off).then_some(lanes));
+    assert_eq!(gemm_by_default, (!off).then_some(lanes));
     assert!(lanes.is_power_of_two() && lanes >= 2, "{lanes} lanes");
     let with_lanes = reductions(&gpu);
     gpu.set_subgroup_reductions(false).unwrap();
     assert_eq!(gpu.subgroup_lanes(), None);
+    assert_eq!(gpu.conv_gemm_lanes(), None, "one switch for both");
     let with_memory = reductions(&gpu);
     gpu.set_subgroup_reductions(true).unwrap();
     assert_eq!(gpu.subgroup_lanes(), Some(lanes));
+    assert_eq!(gpu.conv_gemm_lanes(), Some(lanes));
     for (i, (a, b)) in with_lanes.iter().zip(&with_memory).enumerate() {
         assert_eq!(a.len(), b.len());
         if let Some(j) = (0..a.len()).find(|&j| a[j].to_bits() != b[j].to_bits()) {

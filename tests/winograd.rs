@@ -489,7 +489,7 @@ fn inference_block_with(gpu: &Gpu) {
 
 #[test]
 fn the_gemms_without_barriers_match_the_tiled_gemms() {
-    // On a CPU adapter's plan with subgroups of 8 or 16 lanes (lavapipe), Winograd's f32 GEMMs
+    // On a CPU adapter's plan with subgroups (lavapipe, SwiftShader), Winograd's f32 GEMMs
     // run shaders/gemm_lanes.wgsl, which reads its operands straight from memory; with
     // subgroups off, the tiled conv_forward and conv_backward_weight. The forward pass and
     // input gradient sum each output in ascending order with one fused multiply-add per term

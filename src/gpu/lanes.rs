@@ -34,7 +34,8 @@ pub const LANES_ENGINES: [&str; 2] = [REDUCING_ENGINE, "conv_fma.wgsl"];
 
 /// The files without an engine whose kernels get a lanes file before them: the GEMM for CPU
 /// adapters that shares A through a subgroup's lanes (`shaders/gemm_lanes.wgsl`, which the host
-/// dispatches only with subgroups of 8 or 16 lanes).
+/// dispatches only with subgroups of 4, 8 or 16 lanes: [`crate::Gpu::conv_gemm_lanes`], not the
+/// reductions' lanes).
 #[doc(hidden)]
 pub const LANES_FILES: [&str; 1] = ["gemm_lanes.wgsl"];
 
@@ -77,12 +78,16 @@ const DEFAULT_MIN_LANES: u32 = 8;
 /// for none): those unless they are fewer than [`DEFAULT_MIN_LANES`] or
 /// `RESNET_WGPU_SUBGROUPS=0` turns them off.
 pub(super) fn default_lanes(verified: u32) -> u32 {
-    let off = std::env::var("RESNET_WGPU_SUBGROUPS").is_ok_and(|v| v.trim() == "0");
-    if off || verified < DEFAULT_MIN_LANES {
+    if subgroups_off_by_env() || verified < DEFAULT_MIN_LANES {
         0
     } else {
         verified
     }
+}
+
+/// Whether `RESNET_WGPU_SUBGROUPS=0` turns subgroups off from the start.
+pub(super) fn subgroups_off_by_env() -> bool {
+    std::env::var("RESNET_WGPU_SUBGROUPS").is_ok_and(|v| v.trim() == "0")
 }
 
 /// The lanes per subgroup that reductions on `gpu` may exchange values between: the adapter's

@@ -678,6 +678,10 @@ pub(crate) struct GpuInner {
     lanes_verified: std::sync::atomic::AtomicU32,
     /// The lanes they use now ([`Gpu::set_subgroup_reductions`]; 0: workgroup memory only).
     lanes_in_use: std::sync::atomic::AtomicU32,
+    /// The lanes of the conv GEMMs without barriers (`shaders/gemm_lanes.wgsl`) now: the
+    /// verified ones from the start however few, 0 where [`Gpu::set_subgroup_reductions`] or
+    /// `RESNET_WGPU_SUBGROUPS=0` turned subgroups off ([`Gpu::conv_gemm_lanes`]).
+    gemm_lanes: std::sync::atomic::AtomicU32,
     /// The adapter's largest subgroup size (0 where unknown).
     subgroup_max_size: u32,
 }
@@ -778,6 +782,7 @@ impl Gpu {
             conv_tuning: Mutex::default(),
             lanes_verified: Default::default(),
             lanes_in_use: Default::default(),
+            gemm_lanes: Default::default(),
             subgroup_max_size,
         }));
         let lanes = lanes::probe(&gpu).unwrap_or(0);
@@ -785,6 +790,8 @@ impl Gpu {
         gpu.0
             .lanes_in_use
             .store(lanes::default_lanes(lanes), Relaxed);
+        let off = lanes::subgroups_off_by_env();
+        gpu.0.gemm_lanes.store(if off { 0 } else { lanes }, Relaxed);
         gpu
     }
 
@@ -798,6 +805,17 @@ impl Gpu {
     /// ([`crate::ops::conv_shares_a`]).
     pub fn subgroup_lanes(&self) -> Option<u32> {
         Some(self.0.lanes_in_use.load(Relaxed)).filter(|&n| n > 0)
+    }
+
+    /// The lanes per subgroup of the conv GEMMs without workgroup memory or barriers
+    /// (`shaders/gemm_lanes.wgsl`, which a CPU adapter's plan runs with 4, 8 or 16; see
+    /// [`crate::ops::conv_gemms_without_barriers`]): the verified subgroups from the start,
+    /// even where the reductions leave them alone (SwiftShader's 4 lanes, with which these
+    /// GEMMs still run 1.5x faster than the tiled kernels), None on the web, after
+    /// `RESNET_WGPU_SUBGROUPS=0` or [`Gpu::set_subgroup_reductions`]`(false)`.
+    #[doc(hidden)]
+    pub fn conv_gemm_lanes(&self) -> Option<u32> {
+        Some(self.0.gemm_lanes.load(Relaxed)).filter(|&n| n > 0)
     }
 
     /// The adapter's largest subgroup size (0 where wgpu does not know it).
@@ -821,6 +839,7 @@ impl Gpu {
         }
         let lanes = if on { verified } else { 0 };
         self.0.lanes_in_use.store(lanes, Relaxed);
+        self.0.gemm_lanes.store(lanes, Relaxed);
         Ok(())
     }
 
@@ -1102,8 +1121,9 @@ impl Gpu {
         constants: &[(&'static str, f64)],
     ) -> wgpu::ComputePipeline {
         // A reducing kernel or f32 conv kernel exchanges values between the lanes of subgroups
-        // of this size.
+        // of this size, a GEMM without barriers between those of its own.
         let lanes = match kernel.takes_lanes() {
+            true if LANES_FILES.contains(&kernel.file) => self.conv_gemm_lanes(),
             true => self.subgroup_lanes(),
             false => None,
         };

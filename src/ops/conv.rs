@@ -76,9 +76,10 @@ pub fn conv2d(
 }
 
 /// Whether `gpu` runs the conv GEMMs without workgroup memory or barriers
-/// (`shaders/gemm_lanes.wgsl`: on a CPU adapter's plan with subgroups of 8 or 16 lanes in
-/// use): Winograd's, and untuned the direct convolutions' through `shaders/im2col.wgsl`, where
-/// their operands' rows are whole vec4s (for tests and benchmarks).
+/// (`shaders/gemm_lanes.wgsl`: on a CPU adapter's plan with subgroups of 4, 8 or 16 lanes,
+/// [`Gpu::conv_gemm_lanes`]): Winograd's, and the direct convolutions' through
+/// `shaders/im2col.wgsl` where their operands' rows are whole vec4s, no tile is forced and
+/// autotuning did not find a tile faster (for tests and benchmarks).
 pub fn conv_gemms_without_barriers(gpu: &Gpu) -> bool {
     lanes::lanes_in_use(gpu)
 }

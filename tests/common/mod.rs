@@ -21,18 +21,19 @@ pub fn new_gpu() -> Gpu {
 }
 
 /// Whether `gpu` runs the conv GEMMs without barriers (shaders/gemm_lanes.wgsl): with
-/// subgroups of 8 or 16 lanes in use (lavapipe always has them: asserted) on a CPU adapter's
-/// plan (not under RESNET_WGPU_PLAN_FOR=gpu, as CI also runs the suite).
+/// subgroups of 4, 8 or 16 lanes for them (`Gpu::conv_gemm_lanes`: lavapipe's 8 or 16,
+/// asserted; SwiftShader's 4) on a CPU adapter's plan (not under RESNET_WGPU_PLAN_FOR=gpu, as CI
+/// also runs the suite).
 pub fn gemms_without_barriers_expected(gpu: &Gpu) -> bool {
-    let subgroups = matches!(gpu.subgroup_lanes(), Some(8 | 16));
+    let lanes = gpu.conv_gemm_lanes();
     if gpu.info().name.contains("llvmpipe") {
         assert!(
-            subgroups,
+            matches!(lanes, Some(8 | 16)),
             "lavapipe has subgroups of 8 or 16: {}",
             gpu.info()
         );
     }
-    subgroups && gpu.plan_for() == PlanFor::Cpu
+    matches!(lanes, Some(4 | 8 | 16)) && gpu.plan_for() == PlanFor::Cpu
 }
 
 /// A device an application opens its own way, from the default adapter, with `describe` to set

@@ -79,12 +79,15 @@ struct ColParams {
     p2: u32,
 }
 
-/// Whether `gpu` runs these kernels at all: on a CPU adapter's plan, with subgroups of 8 or 16
-/// lanes verified and in use (the kernels' layout; off with `RESNET_WGPU_SUBGROUPS=0` or
-/// [`Gpu::set_subgroup_reductions`], as the shared A of the tiled kernels is).
+/// Whether `gpu` runs these kernels at all: on a CPU adapter's plan, with subgroups of 4, 8 or
+/// 16 lanes verified and in use ([`Gpu::conv_gemm_lanes`]: the kernels' layout; off with
+/// `RESNET_WGPU_SUBGROUPS=0` or [`Gpu::set_subgroup_reductions`], as the shared A of the tiled
+/// kernels is).
 pub(super) fn lanes_in_use(gpu: &Gpu) -> bool {
-    let lanes = gpu.subgroup_lanes().unwrap_or(0);
-    gpu.plan_for() == PlanFor::Cpu && matches!(lanes, 8 | 16) && gpu.subgroup_max_size() == lanes
+    let lanes = gpu.conv_gemm_lanes().unwrap_or(0);
+    gpu.plan_for() == PlanFor::Cpu
+        && matches!(lanes, 4 | 8 | 16)
+        && gpu.subgroup_max_size() == lanes
 }
 
 /// Whether a GEMM of `depth` and `cols` runs here: where [`lanes_in_use`], in f32, with rows of
@@ -137,7 +140,7 @@ fn dispatch_gemm(
 /// The grid of a GEMM of `rows` x `cols` on these kernels: a workgroup is one subgroup, each
 /// lane [`ROWS`] rows x 4 columns.
 fn grid(gpu: &Gpu, rows: usize, cols: usize, batch: usize) -> [u32; 3] {
-    let lanes = gpu.subgroup_lanes().unwrap_or(1) as usize;
+    let lanes = gpu.conv_gemm_lanes().unwrap_or(1) as usize;
     [cols.div_ceil(4 * lanes), rows.div_ceil(ROWS), batch].map(|n| n as u32)
 }
 
