@@ -17,6 +17,11 @@
 //   relu_passes(y): whether the ReLU's backward passes the gradient at its output y: where y is
 //                   positive or a NaN, as PyTorch's (threshold_backward: zero where y <= 0).
 //                   The mask y > 0 would drop it at a NaN. relu_passes4: of each component
+//   BnChannel, bn_invstd(var, eps), bn_normalize(ch, v): inference's batch norm of one
+//                   channel, (v - mean) * invstd * gamma + beta with invstd = 1 / sqrt(var +
+//                   eps), in batchnorm.wgsl's normalize order: the fused conv epilogues
+//                   (conv.wgsl, winograd.wgsl, gemm_lanes.wgsl) share it, so that they give the
+//                   separate kernels' bits
 //   divide(n, d):   n / d for n < 2^24, through f32 (a CPU adapter's lanes divide floats as
 //                   vectors, integers one lane at a time): the quotient rounded, then
 //                   corrected by one either way (gemm_lanes.wgsl, im2col.wgsl)
@@ -45,6 +50,21 @@ fn relu_passes(y: f32) -> bool {
 fn relu_passes4(y: vec4<f32>) -> vec4<bool> {
     let nan = (bitcast<vec4<u32>>(y) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
     return (y > vec4<f32>(0.0)) | nan;
+}
+
+struct BnChannel {
+    mean: f32,
+    invstd: f32,
+    gamma: f32,
+    beta: f32,
+}
+
+fn bn_invstd(variance: f32, eps: f32) -> f32 {
+    return 1.0 / sqrt(variance + eps);
+}
+
+fn bn_normalize(ch: BnChannel, v: f32) -> f32 {
+    return (v - ch.mean) * ch.invstd * ch.gamma + ch.beta;
 }
 
 fn divide(n: u32, d: u32) -> u32 {

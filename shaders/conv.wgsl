@@ -818,21 +818,14 @@ fn conv_forward_reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
 const EPI_ACCUMULATE: u32 = 4u;
 
 // The running statistics and affine parameters of one output channel.
-struct BnChannel {
-    mean: f32,
-    invstd: f32,
-    gamma: f32,
-    beta: f32,
-}
-
 fn bn_channel(c: u32) -> BnChannel {
-    return BnChannel(bn_mean[c], 1.0 / sqrt(bn_var[c] + p.eps), bn_gamma[c], bn_beta[c]);
+    return BnChannel(bn_mean[c], bn_invstd(bn_var[c], p.eps), bn_gamma[c], bn_beta[c]);
 }
 
 // y[j] from the conv output v of channel ch, in batchnorm.wgsl's `normalize` order and then
 // elementwise.wgsl's `add_relu` (or `add`), so that the result matches those kernels run apart.
 fn bn_out(ch: BnChannel, j: u32, v: f32) -> f32 {
-    var y = (v - ch.mean) * ch.invstd * ch.gamma + ch.beta;
+    var y = bn_normalize(ch, v);
     if (RESIDUAL) { y = y + bn_res[j]; }
     if (RELU) { y = relu_value(y); }
     return y;

@@ -241,8 +241,9 @@ fn gemm_lanes_planes_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
             let r = r0 + i;
             if (r < p.rows) {
                 let j = out + i * p.plane;
-                let invstd = 1.0 / sqrt(bn_var[r] + p.eps);
-                var v = (acc[i][e] - bn_mean[r]) * invstd * bn_gamma[r] + bn_beta[r];
+                let invstd = bn_invstd(bn_var[r], p.eps);
+                var v = bn_normalize(BnChannel(bn_mean[r], invstd, bn_gamma[r], bn_beta[r]),
+                                     acc[i][e]);
                 if (RESIDUAL) { v = v + bn_res[j]; }
                 if (RELU) { v = relu_value(v); }
                 y[j] = v;

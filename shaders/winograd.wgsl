@@ -283,19 +283,12 @@ fn wino_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 // Channel k's running statistics and affine parameters, read once per thread as conv.wgsl's
 // conv_forward_bn does, not for every value stored (RADV merged those reads already; a
 // compiler that cannot tell the bindings from dst need not).
-struct BnChannel {
-    mean: f32,
-    invstd: f32,
-    gamma: f32,
-    beta: f32,
-}
-
 fn bn_channel(k: u32) -> BnChannel {
-    return BnChannel(bn_mean[k], 1.0 / sqrt(bn_var[k] + p.eps), bn_gamma[k], bn_beta[k]);
+    return BnChannel(bn_mean[k], bn_invstd(bn_var[k], p.eps), bn_gamma[k], bn_beta[k]);
 }
 
 fn bn_store(ch: BnChannel, j: u32, v: f32) {
-    var y = (v - ch.mean) * ch.invstd * ch.gamma + ch.beta;
+    var y = bn_normalize(ch, v);
     if (RESIDUAL) { y = y + bn_res[j]; }
     if (RELU) { y = relu_value(y); }
     dst[j] = y;
