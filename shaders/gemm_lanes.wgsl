@@ -178,20 +178,23 @@ fn multiply_nn(wg: vec3<u32>, lane: u32, a_stride: u32) -> vec2<u32> {
     return vec2<u32>(r0, col);
 }
 
+// The lane's rows r0 .. r0 + ROWS - 1 (those below `rows`) of column quad `col` (if within
+// `cols`) into C's matrix `z`.
+fn store_c(z: u32, r0: u32, col: u32) {
+    let quads = p.cols / 4u;
+    if (col >= quads) { return; }
+    let out = (z * p.rows + r0) * quads + col;
+    for (var i = 0u; i < ROWS; i++) {
+        if (r0 + i < p.rows) {
+            c[out + i * quads] = acc[i];
+        }
+    }
+}
+
 @compute @workgroup_size(SUBGROUP_LANES)
 fn gemm_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, p.rows);
-    let r0 = at.x;
-    let col = at.y;
-    let quads = p.cols / 4u;
-    if (col < quads) {
-        let out = (wg.z * p.rows + r0) * quads + col;
-        for (var i = 0u; i < ROWS; i++) {
-            if (r0 + i < p.rows) {
-                c[out + i * quads] = acc[i];
-            }
-        }
-    }
+    store_c(wg.z, at.x, at.y);
 }
 
 // A direct convolution's forward GEMM, y = W col (+ bias): A = W [rows = K, depth = C R S]
@@ -273,12 +276,5 @@ fn gemm_lanes_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
                                           vec4<f32>(c0.z, c1.z, c2.z, c3.z),
                                           vec4<f32>(c0.w, c1.w, c2.w, c3.w)));
     }
-    if (col < quads) {
-        let out = ((p.base + wg.z) * p.rows + r0) * quads + col;
-        for (var i = 0u; i < ROWS; i++) {
-            if (r0 + i < p.rows) {
-                c[out + i * quads] = acc[i];
-            }
-        }
-    }
+    store_c(p.base + wg.z, r0, col);
 }
