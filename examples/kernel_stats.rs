@@ -200,14 +200,12 @@ fn jobs() -> Vec<Job> {
         "stats_partial4",
         "stats_finalize",
         "backward_finalize",
+        "channel_record",
         "normalize",
-        "normalize4",
         "backward_partial",
         "backward_partial4",
         "backward_input",
-        "backward_input4",
         "backward_input_inplace",
-        "backward_input_inplace4",
     ] {
         jobs.push(simple("batchnorm.wgsl", entry, vec![]));
     }
@@ -216,7 +214,12 @@ fn jobs() -> Vec<Job> {
     let relu = ("RELU", 1.0);
     for (entry, label, constants) in [
         ("normalize", "residual relu", vec![("RESIDUAL", 1.0), relu]),
-        ("normalize4", "residual relu", vec![("RESIDUAL", 1.0), relu]),
+        // Planes of 7 x 7: units of 4 values crossing into a second channel.
+        (
+            "normalize",
+            "residual relu 7x7",
+            vec![("RESIDUAL", 1.0), relu, ("QUAD_CHANNELS", 2.0)],
+        ),
         (
             "backward_partial",
             "relu mask out",
@@ -228,7 +231,11 @@ fn jobs() -> Vec<Job> {
             vec![relu, ("MASK_OUT", 1.0)],
         ),
         ("backward_input", "relu", vec![relu]),
-        ("backward_input4", "relu", vec![relu]),
+        (
+            "backward_input",
+            "relu 7x7",
+            vec![relu, ("QUAD_CHANNELS", 2.0)],
+        ),
         // The stem's batch norm, ReLU and 3x3/2 max pool: the backward's input gradient.
         (
             "pooled_backward_input",

@@ -29,14 +29,19 @@
 //   stats_finalize    grid: FIN_LANES threads per channel, PARTIAL_WG per workgroup (linear
 //                     workgroup index as stats_partial's)
 //                     1 partials [C * chunks * 3] (read), 2 mean [C] (write), 3 invstd [C] (write),
-//                     4 running_mean [C] (read_write), 5 running_var [C] (read_write)
+//                     4 running_mean [C] (read_write), 5 running_var [C] (read_write),
+//                     6 gamma [C], 7 beta [C] (read), 8 channel [C] vec4 (write): normalize's
+//                     record (mean, invstd, gamma, beta)
 //   eval_stats        grid: one thread per channel (256 per workgroup)
 //                     1 running_mean [C] (read), 2 running_var [C] (read), 3 mean [C] (write, a
 //                     copy), 4 invstd [C] (write)
-//   normalize         grid: one workgroup of 256 threads per 1024 elements (four per thread, see
-//                     elements_base), split over x and y
-//                     1 x, 2 mean [C], 3 stat [C] (invstd, or the variance with VAR_STAT),
-//                     4 gamma [C], 5 beta [C] (all read), 6 y [N*C*HW] (write), 7 residual
+//   channel_record    grid: as eval_stats
+//                     1 mean [C], 2 stat [C] (invstd, or the variance with VAR_STAT), 3 gamma [C],
+//                     4 beta [C] (read), 5 channel [C] vec4 (write): normalize's record in eval
+//                     mode
+//   normalize         grid: one workgroup of 256 threads per 1024 units (vec4s of x, four per
+//                     thread, see "The element passes"), split over x and y
+//                     1 x, 2 channel [C] vec4 (read), 3 y [N*C*HW] (write), 4 residual
 //                     [N*C*HW] (read with RESIDUAL; any buffer but y otherwise)
 //   backward_partial  grid: C * chunks workgroups as stats_partial
 //                     1 x, 2 y (only read with RELU), 4 mean [C], 5 invstd [C] (all read),
@@ -44,19 +49,19 @@
 //                     over it, for a residual block's shortcut),
 //                     6 partials [C * chunks * 2] (sum dy, sum dy * xhat) (write)
 //   backward_finalize grid: as stats_finalize
-//                     1 partials [C * chunks * 2], 2 gamma [C], 3 invstd [C] (read),
-//                     4 ggamma [C], 5 gbeta [C], 6 coef [C * 3] (write):
+//                     1 partials [C * chunks * 2], 2 gamma [C], 3 invstd [C], 8 mean [C] (read),
+//                     4 ggamma [C], 5 gbeta [C], 6 coef [C] vec4, 7 coef2 [C] (write): the
+//                     input gradient's records (mean, invstd, coef0, coef1) and coef2, with
 //                     coef = (gamma * invstd, gbeta / M, ggamma / M), or (gamma * invstd, 0, 0) in eval
 //   backward_input    grid: as normalize
-//                     1 x, 2 y (only read when RELU), 3 gy, 4 mean, 5 invstd, 6 coef (read),
-//                     7 gx [N*C*HW] (write): gx = coef0 * (dy - coef1 - xhat * coef2)
+//                     1 x, 2 y (only read when RELU), 3 gy, 4 coef, 5 coef2 (read),
+//                     6 gx [N*C*HW] (write): gx = coef0 * (dy - coef1 - xhat * coef2)
 //   backward_input_inplace  backward_input with gx written over gy: grid as normalize;
-//                     1 x, 2 y (only read when RELU; any buffer but gy otherwise), 4 mean,
-//                     5 invstd, 6 coef (read), 3 gy [N*C*HW] (read_write: gy in, gx out)
-//   normalize4, backward_input4, backward_input_inplace4, stats_partial4, backward_partial4:
-//                     the same on vec4s where H * W is a multiple of 4, params.hw (and the
-//                     chunk and steps) then counting vec4s (see there); bindings as theirs
-//                     (backward_partial4 without 7)
+//                     1 x, 2 y (only read when RELU; any buffer but gy otherwise), 4 coef,
+//                     5 coef2 (read), 3 gy [N*C*HW] (read_write: gy in, gx out)
+//   stats_partial4, backward_partial4: the partial sums on vec4s where H * W is a multiple of
+//                     4, params.hw (and the chunk and steps) then counting vec4s (see there);
+//                     bindings as theirs (backward_partial4 without 7)
 //   With the pipeline constant POOLED, backward_partial and pooled_backward_input are the
 //   backward of batch norm followed by a max pool with a ReLU after it (ops::pool's
 //   max_pool2d_relu; a ResNet stem), without the pooling's full-size input gradient. The batch
@@ -67,9 +72,9 @@
 //                     (read; bound with any buffer otherwise), and x read at each output's
 //                     argmax: the sums over dy's nonzeros. backward_finalize then runs with
 //                     hw = H * W, the batch norm's count.
-//   pooled_backward_input  grid: as normalize over x (hw = H * W)
+//   pooled_backward_input  grid: one workgroup of 256 threads per 1024 values of x (hw = H * W)
 //                     1 x [N*C*H*W] (read_write: x in, gx out), 2 y, 3 gy [N*C*OH*OW],
-//                     4 mean, 5 invstd, 6 coef (read), 7 idx (read): dy gathered as
+//                     4 coef, 5 coef2, 7 idx (read): dy gathered as
 //                     pool.wgsl's max_backward gathers (window constants PK, PS, PP), then
 //                     backward_input's gx
 
@@ -95,10 +100,11 @@ struct Params {
 // What a kernel does for the whole dispatch: pipeline constants, each set by the host only for
 // the entry points that read it. As flags in the params they put uniform branches among the
 // loads, and RADV issued the loads a group at a time, waiting for each group before the next
-// (normalize4: each of x's four vec4 loads waited for before the next; docs/kernel-stats/).
+// (normalize on vec4s: each of x's four vec4 loads waited for before the next;
+// docs/kernel-stats/).
 // RELU:      normalize: the ReLU last (relu_value); backward_partial, backward_input: dy = gy
 //            masked by the ReLU's output y (relu_passes: y > 0 or a NaN)
-// VAR_STAT:  normalize: `stat` is the running variance (eval mode), not invstd
+// VAR_STAT:  channel_record: `stat` is the running variance (eval mode), not invstd
 // RESIDUAL:  normalize: the residual added before the ReLU
 // EVAL:      backward_finalize: eval mode's fixed statistics (no mean terms in gx)
 // MASK_OUT:  backward_partial(4), with RELU (never POOLED): the masked gradient is written back
@@ -171,13 +177,15 @@ fn element_indices(i: u32, total: u32) -> vec4<u32> {
     return select(vec4<u32>(i), j, j < vec4<u32>(total));
 }
 
-// normalize and backward_input: each thread handles the four elements i, i + 256, i + 512 and
+// The element passes (normalize, backward_input: units of vec4s, see there) and
+// pooled_backward_input (values): each thread handles the four units i, i + 256, i + 512 and
 // i + 768 of its workgroup's block of 1024 (so a warp's loads stay consecutive). An element
 // walk holds (offset in the plane, channel) of the current one, (q, c) with i = plane * hw + q
-// and c = plane % C, and steps it by 256 elements without a division (element_step): q
-// advances by element_step_q = 256 % hw and c by element_step_c = (256 / hw) % C (both from the
-// host), plus a carry when q wraps (one subtraction keeps c below C, as c + element_step_c + 1 <
-// 2C).
+// and c = plane % C, and steps it to the thread's next without a division (element_step): q
+// advances by element_step_q and c by element_step_c, from the host (256 % hw and (256 / hw) %
+// C with hw counted in units; 1024 % hw and (1024 / hw) % C where the walk counts values and a
+// unit is 4), plus a carry when q wraps (one subtraction keeps c below C, as c + element_step_c
+// + 1 < 2C).
 fn elements_base(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 1024u + lid;
 }
@@ -320,6 +328,9 @@ fn stats_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 @group(0) @binding(3) var<storage, read_write> sf_invstd: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sf_running_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sf_running_var: array<f32>;
+@group(0) @binding(6) var<storage, read> sf_gamma: array<f32>;
+@group(0) @binding(7) var<storage, read> sf_beta: array<f32>;
+@group(0) @binding(8) var<storage, read_write> sf_channel: array<vec4<f32>>;
 
 // Threads per channel of the finalizing kernels (a power of two up to PARTIAL_WG), set by the
 // host from the chunks per channel (src/ops/batchnorm.rs, finalize_lanes): enough for each to
@@ -359,8 +370,10 @@ fn stats_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
     let total = group_stats(lid, vec3<f32>(n, mean, m2), FIN_LANES);
     if (at.y != 0u || !live) { return; }
+    let invstd = 1.0 / sqrt(total.z / total.x + params.eps);
     sf_mean[c] = total.y;
-    sf_invstd[c] = 1.0 / sqrt(total.z / total.x + params.eps);
+    sf_invstd[c] = invstd;
+    sf_channel[c] = vec4<f32>(total.y, invstd, sf_gamma[c], sf_beta[c]);
     let m = params.momentum;
     let var_unbiased = total.z / max(total.x - 1.0, 1.0);
     sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * total.y;
@@ -391,45 +404,158 @@ fn eval_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
+// ---- channel_record ----
+// normalize's record per channel, (mean, invstd, gamma, beta), in eval mode: from the running
+// mean and variance with VAR_STAT (invstd as eval_stats computes it), else from a mean and an
+// invstd.
+@group(0) @binding(1) var<storage, read> cr_mean: array<f32>;
+@group(0) @binding(2) var<storage, read> cr_stat: array<f32>;
+@group(0) @binding(3) var<storage, read> cr_gamma: array<f32>;
+@group(0) @binding(4) var<storage, read> cr_beta: array<f32>;
+@group(0) @binding(5) var<storage, read_write> cr_channel: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn channel_record(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let c = linear_index(wg, nwg, lid);
+    if (c < params.channels) {
+        var invstd = cr_stat[c];
+        if (VAR_STAT) { invstd = 1.0 / sqrt(invstd + params.eps); }
+        cr_channel[c] = vec4<f32>(cr_mean[c], invstd, cr_gamma[c], cr_beta[c]);
+    }
+}
+
+// ---- The element passes: normalize, backward_input, backward_input_inplace ----
+// A unit is a vec4 of x: values 4u .. 4u + 3 of the flat array. Each thread takes the four units
+// i, i + 256, i + 512 and i + 768 of its workgroup's 1024 (elements_base; so a warp's loads stay
+// consecutive), all their loads first, then the arithmetic and the stores. QUAD_CHANNELS (from
+// the host) is how many channel planes one unit's values can lie in:
+//   1  H * W a multiple of 4: one plane; params.hw and the element steps count units
+//   2  H * W of 4 or more, not a multiple of 4: at most two (a unit crosses at most one plane
+//      boundary); params.hw counts values, the element steps 1024 values
+//   4  H * W of 1, 2 or 3: each value's channel computed on its own (a division per value)
+// Every value gets its own channel's arithmetic, whatever the plane's size: the same bits as
+// with one value per thread. With QUAD_CHANNELS 2 or 4 the last unit may reach past x's end into
+// the buffer's padding (tensors' buffers hold whole vec4s): those values are stored as zeros.
+//
+// The per-channel values come as records of vec4s, one load per channel where four separate
+// vectors took four: on a CPU adapter each load is a loop over the SIMD lanes, and a unit's
+// four channel values cost more than its own load and store (docs/speed.md, "Batch norm's
+// channel records").
+override QUAD_CHANNELS: u32 = 1u;
+
+// The units of x, the last one partly padding where x's length is not a multiple of 4.
+fn element_units() -> u32 {
+    let n = params.batch * params.channels * params.hw;
+    if (QUAD_CHANNELS == 1u) { return n; }
+    return (n + 3u) / 4u;
+}
+
+// The channels of the values of units i, i + 256, i + 512 and i + 768 (row k: unit k's four).
+fn unit_channels(i: u32) -> array<vec4<u32>, 4> {
+    if (QUAD_CHANNELS == 4u) {
+        let lanes = vec4<u32>(0u, 1u, 2u, 3u);
+        let first = 4u * i;
+        return array<vec4<u32>, 4>(
+            ((vec4<u32>(first) + lanes) / params.hw) % params.channels,
+            ((vec4<u32>(first + 1024u) + lanes) / params.hw) % params.channels,
+            ((vec4<u32>(first + 2048u) + lanes) / params.hw) % params.channels,
+            ((vec4<u32>(first + 3072u) + lanes) / params.hw) % params.channels);
+    }
+    // The walk of element_channels, over units (QUAD_CHANNELS 1) or values (2).
+    let start = select(i, 4u * i, QUAD_CHANNELS == 2u);
+    let plane = start / params.hw;
+    var q = start - plane * params.hw;
+    let c0 = plane % params.channels;
+    let u0 = unit_split(q, c0);
+    let c1 = element_step(&q, c0);
+    let u1 = unit_split(q, c1);
+    let c2 = element_step(&q, c1);
+    let u2 = unit_split(q, c2);
+    let c3 = element_step(&q, c2);
+    return array<vec4<u32>, 4>(u0, u1, u2, unit_split(q, c3));
+}
+
+// The channels of a unit whose first value lies at offset q of a plane of channel c: with
+// QUAD_CHANNELS 2, its values from the plane's end on lie in the next channel.
+fn unit_split(q: u32, c: u32) -> vec4<u32> {
+    if (QUAD_CHANNELS == 1u) { return vec4<u32>(c); }
+    let next = select(c + 1u, 0u, c + 1u == params.channels);
+    let past = vec4<u32>(q) + vec4<u32>(0u, 1u, 2u, 3u) >= vec4<u32>(params.hw);
+    return select(vec4<u32>(c), vec4<u32>(next), past);
+}
+
+// Unit u's value v, or zero for a value past x's end (the padding of the last unit).
+fn in_x(v: vec4<f32>, u: u32) -> vec4<f32> {
+    if (QUAD_CHANNELS == 1u) { return v; }
+    let past = vec4<u32>(4u * u) + vec4<u32>(0u, 1u, 2u, 3u) >=
+        vec4<u32>(params.batch * params.channels * params.hw);
+    return select(v, vec4<f32>(0.0), past);
+}
+
+// The record of each value's channel c (the first value's, loaded once, where a unit lies in
+// one plane; the first and last values' where it may cross into a second).
+fn unit_records(c: vec4<u32>, first: vec4<f32>, last: vec4<f32>, more: array<vec4<f32>, 2>)
+    -> array<vec4<f32>, 4> {
+    if (QUAD_CHANNELS == 1u) { return array<vec4<f32>, 4>(first, first, first, first); }
+    if (QUAD_CHANNELS == 2u) {
+        return array<vec4<f32>, 4>(first, select(first, last, c.y != c.x),
+                                   select(first, last, c.z != c.x), last);
+    }
+    return array<vec4<f32>, 4>(first, more[0], more[1], last);
+}
+
+// The records' field f (0-3) of each value, as a vec4 over the unit's values.
+fn field(k: array<vec4<f32>, 4>, f: u32) -> vec4<f32> {
+    return vec4<f32>(k[0][f], k[1][f], k[2][f], k[3][f]);
+}
+
 // ---- normalize ----
-@group(0) @binding(1) var<storage, read> nm_x: array<f32>;
-@group(0) @binding(2) var<storage, read> nm_mean: array<f32>;
-@group(0) @binding(3) var<storage, read> nm_stat: array<f32>;
-@group(0) @binding(4) var<storage, read> nm_gamma: array<f32>;
-@group(0) @binding(5) var<storage, read> nm_beta: array<f32>;
-@group(0) @binding(6) var<storage, read_write> nm_y: array<f32>;
-@group(0) @binding(7) var<storage, read> nm_res: array<f32>;
+// nm_channel: per channel (mean, invstd, gamma, beta), from stats_finalize (training) or
+// channel_record (eval mode).
+@group(0) @binding(1) var<storage, read> nm_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> nm_channel: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> nm_y: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> nm_res: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = elements_base(wg, nwg, lid);
-    let total = params.batch * params.channels * params.hw;
-    if (i >= total) { return; }
-    // All loads of the four elements first, then the arithmetic and the stores.
-    let j = element_indices(i, total);
-    let x = vec4<f32>(nm_x[j.x], nm_x[j.y], nm_x[j.z], nm_x[j.w]);
-    var r = vec4<f32>(0.0);
+    let units = element_units();
+    if (i >= units) { return; }
+    let j = element_indices(i, units);
+    let x = array<vec4<f32>, 4>(nm_x[j.x], nm_x[j.y], nm_x[j.z], nm_x[j.w]);
+    var r = array<vec4<f32>, 4>();
     if (RESIDUAL) {
-        r = vec4<f32>(nm_res[j.x], nm_res[j.y], nm_res[j.z], nm_res[j.w]);
+        r = array<vec4<f32>, 4>(nm_res[j.x], nm_res[j.y], nm_res[j.z], nm_res[j.w]);
     }
-    let c = element_channels(i);
-    let y = vec4<f32>(nm_value(vec2<f32>(x.x, r.x), c.x), nm_value(vec2<f32>(x.y, r.y), c.y),
-                      nm_value(vec2<f32>(x.z, r.z), c.z), nm_value(vec2<f32>(x.w, r.w), c.w));
-    nm_y[i] = y.x;
-    if (i + 256u < total) { nm_y[i + 256u] = y.y; }
-    if (i + 512u < total) { nm_y[i + 512u] = y.z; }
-    if (i + 768u < total) { nm_y[i + 768u] = y.w; }
+    let c = unit_channels(i);
+    let y1 = nm_value4(x[1], r[1], nm_records(c[1]));
+    let y2 = nm_value4(x[2], r[2], nm_records(c[2]));
+    let y3 = nm_value4(x[3], r[3], nm_records(c[3]));
+    nm_y[i] = in_x(nm_value4(x[0], r[0], nm_records(c[0])), i);
+    if (i + 256u < units) { nm_y[i + 256u] = in_x(y1, i + 256u); }
+    if (i + 512u < units) { nm_y[i + 512u] = in_x(y2, i + 512u); }
+    if (i + 768u < units) { nm_y[i + 768u] = in_x(y3, i + 768u); }
 }
 
-// Output for e = (x, residual) in channel c: the normalized value, plus the residual when
-// RESIDUAL, then the ReLU when RELU (the order of normalize followed by elementwise add_relu).
-fn nm_value(e: vec2<f32>, c: u32) -> f32 {
-    var invstd = nm_stat[c];
-    if (VAR_STAT) { invstd = 1.0 / sqrt(invstd + params.eps); }
-    var v = (e.x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
-    if (RESIDUAL) { v = v + e.y; }
-    if (RELU) { v = relu_value(v); }
+// The channel records of a unit's values in channels c.
+fn nm_records(c: vec4<u32>) -> array<vec4<f32>, 4> {
+    var more = array<vec4<f32>, 2>();
+    if (QUAD_CHANNELS == 4u) { more = array<vec4<f32>, 2>(nm_channel[c.y], nm_channel[c.z]); }
+    var last = vec4<f32>(0.0);
+    if (QUAD_CHANNELS != 1u) { last = nm_channel[c.w]; }
+    return unit_records(c, nm_channel[c.x], last, more);
+}
+
+// Output of a unit's values x (residual r) with their channels' records k: the normalized
+// values, plus the residual when RESIDUAL, then the ReLU when RELU (the order of normalize
+// followed by elementwise add_relu).
+fn nm_value4(x: vec4<f32>, r: vec4<f32>, k: array<vec4<f32>, 4>) -> vec4<f32> {
+    var v = (x - field(k, 0u)) * field(k, 1u) * field(k, 2u) + field(k, 3u);
+    if (RESIDUAL) { v = v + r; }
+    if (RELU) { v = relu_value4(v); }
     return v;
 }
 
@@ -512,7 +638,9 @@ fn backward_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 @group(0) @binding(3) var<storage, read> bf_invstd: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bf_ggamma: array<f32>;
 @group(0) @binding(5) var<storage, read_write> bf_gbeta: array<f32>;
-@group(0) @binding(6) var<storage, read_write> bf_coef: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bf_coef: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> bf_coef2: array<f32>;
+@group(0) @binding(8) var<storage, read> bf_mean: array<f32>;
 
 @compute @workgroup_size(PARTIAL_WG)
 fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -539,9 +667,12 @@ fn backward_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     bf_ggamma[c] = ggamma;
     bf_gbeta[c] = gbeta;
     let inv_m = 1.0 / f32(params.batch * params.hw);
-    bf_coef[c * 3u] = bf_gamma[c] * bf_invstd[c];
-    bf_coef[c * 3u + 1u] = select(gbeta * inv_m, 0.0, EVAL);
-    bf_coef[c * 3u + 2u] = select(ggamma * inv_m, 0.0, EVAL);
+    let invstd = bf_invstd[c];
+    let coef0 = bf_gamma[c] * invstd;
+    let coef1 = select(gbeta * inv_m, 0.0, EVAL);
+    let coef2 = select(ggamma * inv_m, 0.0, EVAL);
+    bf_coef[c] = vec4<f32>(bf_mean[c], invstd, coef0, coef1);
+    bf_coef2[c] = coef2;
 }
 
 // Partial (sum dy, sum dy * xhat) of chunk k of channel c; zeros past the last chunk (loaded
@@ -552,75 +683,99 @@ fn bf_pair(c: u32, k: u32) -> vec2<f32> {
     return select(vec2<f32>(0.0), t, k < params.chunks);
 }
 
-// ---- backward_input ----
-@group(0) @binding(1) var<storage, read> bi_x: array<f32>;
-@group(0) @binding(2) var<storage, read> bi_y: array<f32>;
-@group(0) @binding(3) var<storage, read> bi_gy: array<f32>;
-@group(0) @binding(4) var<storage, read> bi_mean: array<f32>;
-@group(0) @binding(5) var<storage, read> bi_invstd: array<f32>;
-@group(0) @binding(6) var<storage, read> bi_coef: array<f32>;
-@group(0) @binding(7) var<storage, read_write> bi_gx: array<f32>;
+// ---- backward_input, backward_input_inplace (the element passes above) ----
+// Per channel from backward_finalize: bi_coef's record (mean, invstd, coef0, coef1) and
+// bi_coef2's coef2 (a second record of one value: a CPU adapter's load costs about as much per
+// value as per load, so a padded vec4 would cost more than the values it holds).
+@group(0) @binding(1) var<storage, read> bi_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bi_y: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bi_gy: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bi_coef: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> bi_coef2: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bi_gx: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let i = elements_base(wg, nwg, lid);
-    let total = params.batch * params.channels * params.hw;
-    if (i >= total) { return; }
-    // All loads of the four elements first, then the arithmetic and the stores.
-    let j = element_indices(i, total);
-    let x = vec4<f32>(bi_x[j.x], bi_x[j.y], bi_x[j.z], bi_x[j.w]);
-    let dy = bi_mask(j, vec4<f32>(bi_gy[j.x], bi_gy[j.y], bi_gy[j.z], bi_gy[j.w]));
-    let g = bi_values(dy, x, element_channels(i));
-    bi_gx[i] = g.x;
-    if (i + 256u < total) { bi_gx[i + 256u] = g.y; }
-    if (i + 512u < total) { bi_gx[i + 512u] = g.z; }
-    if (i + 768u < total) { bi_gx[i + 768u] = g.w; }
+    let units = element_units();
+    if (i >= units) { return; }
+    let j = element_indices(i, units);
+    let x = array<vec4<f32>, 4>(bi_x[j.x], bi_x[j.y], bi_x[j.z], bi_x[j.w]);
+    let g = bi_mask4(j, array<vec4<f32>, 4>(bi_gy[j.x], bi_gy[j.y], bi_gy[j.z], bi_gy[j.w]));
+    let c = unit_channels(i);
+    let v1 = bi_value4(g[1], x[1], c[1]);
+    let v2 = bi_value4(g[2], x[2], c[2]);
+    let v3 = bi_value4(g[3], x[3], c[3]);
+    bi_gx[i] = in_x(bi_value4(g[0], x[0], c[0]), i);
+    if (i + 256u < units) { bi_gx[i + 256u] = in_x(v1, i + 256u); }
+    if (i + 512u < units) { bi_gx[i + 512u] = in_x(v2, i + 512u); }
+    if (i + 768u < units) { bi_gx[i + 768u] = in_x(v3, i + 768u); }
 }
 
-// The upstream gradients g of elements j masked by the ReLU's outputs there when RELU (the
-// four outputs loaded together).
-fn bi_mask(j: vec4<u32>, g: vec4<f32>) -> vec4<f32> {
+// The upstream gradients g of units j masked by the ReLU's outputs there when RELU.
+fn bi_mask4(j: vec4<u32>, g: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
     if (!RELU) { return g; }
-    let y = vec4<f32>(bi_y[j.x], bi_y[j.y], bi_y[j.z], bi_y[j.w]);
-    return select(vec4<f32>(0.0), g, relu_passes4(y));
+    let z = vec4<f32>(0.0);
+    let y = array<vec4<f32>, 4>(bi_y[j.x], bi_y[j.y], bi_y[j.z], bi_y[j.w]);
+    return array<vec4<f32>, 4>(select(z, g[0], relu_passes4(y[0])),
+                               select(z, g[1], relu_passes4(y[1])),
+                               select(z, g[2], relu_passes4(y[2])),
+                               select(z, g[3], relu_passes4(y[3])));
 }
 
-// bi_value of four elements (dy, x) in channels c.
-fn bi_values(dy: vec4<f32>, x: vec4<f32>, c: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>(bi_value(vec2<f32>(dy.x, x.x), c.x), bi_value(vec2<f32>(dy.y, x.y), c.y),
-                     bi_value(vec2<f32>(dy.z, x.z), c.z), bi_value(vec2<f32>(dy.w, x.w), c.w));
+// gx of a unit's values (dy, x) in channels c: coef0 * (dy - coef1 - xhat * coef2), xhat =
+// (x - mean) * invstd, each value with its channel's record.
+fn bi_value4(dy: vec4<f32>, x: vec4<f32>, c: vec4<u32>) -> vec4<f32> {
+    var more = array<vec4<f32>, 2>();
+    var more2 = array<vec4<f32>, 2>();
+    if (QUAD_CHANNELS == 4u) {
+        more = array<vec4<f32>, 2>(bi_coef[c.y], bi_coef[c.z]);
+        more2 = array<vec4<f32>, 2>(vec4<f32>(bi_coef2[c.y]), vec4<f32>(bi_coef2[c.z]));
+    }
+    var last = vec4<f32>(0.0);
+    var last2 = vec4<f32>(0.0);
+    if (QUAD_CHANNELS != 1u) {
+        last = bi_coef[c.w];
+        last2 = vec4<f32>(bi_coef2[c.w]);
+    }
+    let k = unit_records(c, bi_coef[c.x], last, more);
+    let k2 = unit_records(c, vec4<f32>(bi_coef2[c.x]), last2, more2);
+    let xhat = (x - field(k, 0u)) * field(k, 1u);
+    return field(k, 2u) * (dy - field(k, 3u) - xhat * field(k2, 0u));
 }
 
-// gx of an element with (dy, x) = e in channel c.
-fn bi_value(e: vec2<f32>, c: u32) -> f32 {
-    let xhat = (e.y - bi_mean[c]) * bi_invstd[c];
-    return bi_coef[c * 3u] * (e.x - bi_coef[c * 3u + 1u] - xhat * bi_coef[c * 3u + 2u]);
-}
-
-// ---- backward_input_inplace: backward_input reading gy from and writing gx to binding 3 ----
-// Each element is read before it is written, by the same thread, so the overwrite is safe.
-@group(0) @binding(3) var<storage, read_write> bii_g: array<f32>;
+// backward_input reading gy from and writing gx to binding 3: each unit is read before the same
+// thread writes it, so the overwrite is safe.
+@group(0) @binding(3) var<storage, read_write> bii_g: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn backward_input_inplace(@builtin(workgroup_id) wg: vec3<u32>,
                           @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
     let i = elements_base(wg, nwg, lid);
-    let total = params.batch * params.channels * params.hw;
-    if (i >= total) { return; }
-    let j = element_indices(i, total);
-    let x = vec4<f32>(bi_x[j.x], bi_x[j.y], bi_x[j.z], bi_x[j.w]);
-    let dy = bi_mask(j, vec4<f32>(bii_g[j.x], bii_g[j.y], bii_g[j.z], bii_g[j.w]));
-    let g = bi_values(dy, x, element_channels(i));
-    bii_g[i] = g.x;
-    if (i + 256u < total) { bii_g[i + 256u] = g.y; }
-    if (i + 512u < total) { bii_g[i + 512u] = g.z; }
-    if (i + 768u < total) { bii_g[i + 768u] = g.w; }
+    let units = element_units();
+    if (i >= units) { return; }
+    let j = element_indices(i, units);
+    let x = array<vec4<f32>, 4>(bi_x[j.x], bi_x[j.y], bi_x[j.z], bi_x[j.w]);
+    let g = bi_mask4(j, array<vec4<f32>, 4>(bii_g[j.x], bii_g[j.y], bii_g[j.z], bii_g[j.w]));
+    let c = unit_channels(i);
+    let v1 = bi_value4(g[1], x[1], c[1]);
+    let v2 = bi_value4(g[2], x[2], c[2]);
+    let v3 = bi_value4(g[3], x[3], c[3]);
+    bii_g[i] = in_x(bi_value4(g[0], x[0], c[0]), i);
+    if (i + 256u < units) { bii_g[i + 256u] = in_x(v1, i + 256u); }
+    if (i + 512u < units) { bii_g[i + 512u] = in_x(v2, i + 512u); }
+    if (i + 768u < units) { bii_g[i + 768u] = in_x(v3, i + 768u); }
 }
 
+
 // ---- pooled_backward_input (see the header) ----
+// One value per element (the pooled gradient's gather is per value); bi_coef's and bi_coef2's
+// records.
 @group(0) @binding(1) var<storage, read_write> pbi_x: array<f32>;
+@group(0) @binding(2) var<storage, read> pbi_y: array<f32>;
+@group(0) @binding(3) var<storage, read> pbi_gy: array<f32>;
 
 @compute @workgroup_size(256)
 fn pooled_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
@@ -636,17 +791,24 @@ fn pooled_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
     let x = vec4<f32>(pbi_x[j.x], pbi_x[j.y], pbi_x[j.z], pbi_x[j.w]);
     let dy = vec4<f32>(pooled_dy(j.x), pooled_dy(j.y), pooled_dy(j.z), pooled_dy(j.w));
     let c = element_channels(i);
-    let g1 = bi_value(vec2<f32>(dy.y, x.y), c.y);
-    let g2 = bi_value(vec2<f32>(dy.z, x.z), c.z);
-    let g3 = bi_value(vec2<f32>(dy.w, x.w), c.w);
-    pbi_x[i] = bi_value(vec2<f32>(dy.x, x.x), c.x);
+    let g1 = pbi_value(vec2<f32>(dy.y, x.y), c.y);
+    let g2 = pbi_value(vec2<f32>(dy.z, x.z), c.z);
+    let g3 = pbi_value(vec2<f32>(dy.w, x.w), c.w);
+    pbi_x[i] = pbi_value(vec2<f32>(dy.x, x.x), c.x);
     if (i + 256u < total) { pbi_x[i + 256u] = g1; }
     if (i + 512u < total) { pbi_x[i + 512u] = g2; }
     if (i + 768u < total) { pbi_x[i + 768u] = g3; }
 }
 
-// dy of element i of x: the pooled gradient bi_gy summed over the outputs whose windows hold
-// it, whose argmax it is and whose output bi_y is positive, in max_backward's order. At most
+// gx of an element with (dy, x) = e in channel c (bi_value4's arithmetic on one value).
+fn pbi_value(e: vec2<f32>, c: u32) -> f32 {
+    let k = bi_coef[c];
+    let xhat = (e.y - k.x) * k.y;
+    return k.z * (e.x - k.w - xhat * bi_coef2[c]);
+}
+
+// dy of element i of x: the pooled gradient pbi_gy summed over the outputs whose windows hold
+// it, whose argmax it is and whose output pbi_y is positive, in max_backward's order. At most
 // ceil(PK / PS) outputs per axis hold it, from pool_first on: each candidate's three loads are
 // issued whether or not it is one (an index outside the window reads the plane's first
 // output), and `&`, not `&&`, joins the tests, so that no load sits behind a branch; the
@@ -669,8 +831,8 @@ fn pooled_dy(i: u32) -> f32 {
             let ow = ow0 + b;
             let inside = (oh < rows) & (ow < cols);
             let o = select(base, base + oh * params.out_w + ow, inside);
-            let hit = inside & (pool_idx[o] == q) & relu_passes(bi_y[o]);
-            acc = acc + select(0.0, bi_gy[o], hit);
+            let hit = inside & (pool_idx[o] == q) & relu_passes(pbi_y[o]);
+            acc = acc + select(0.0, pbi_gy[o], hit);
         }
     }
     return acc;
@@ -686,114 +848,6 @@ fn pool_first(i: u32) -> u32 {
 // One past the last pooled output whose window covers coordinate i.
 fn pool_end(i: u32, out_len: u32) -> u32 {
     return min((i + PP) / PS + 1u, out_len);
-}
-
-// ---- normalize4, backward_input4, backward_input_inplace4: vec4s ----
-// normalize, backward_input and backward_input_inplace on vec4s of four consecutive elements,
-// where H * W is a multiple of 4 so that no vec4 straddles two channel planes: a quarter of
-// the threads, loads and stores. The host passes the plane in vec4s as params.hw (with the
-// element steps for it), so elements_base and element_channels index vec4s: a thread takes
-// the four vec4s i, i + 256, i + 512, i + 768 of its workgroup's 1024. The per-channel vectors
-// are the scalar kernels' bindings, and each component gets the scalar kernels' arithmetic.
-@group(0) @binding(1) var<storage, read> nm4_x: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> nm4_y: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> nm4_res: array<vec4<f32>>;
-
-@compute @workgroup_size(256)
-fn normalize4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
-    let i = elements_base(wg, nwg, lid);
-    let total = params.batch * params.channels * params.hw;
-    if (i >= total) { return; }
-    let j = element_indices(i, total);
-    let x = array<vec4<f32>, 4>(nm4_x[j.x], nm4_x[j.y], nm4_x[j.z], nm4_x[j.w]);
-    var r = array<vec4<f32>, 4>();
-    if (RESIDUAL) {
-        r = array<vec4<f32>, 4>(nm4_res[j.x], nm4_res[j.y], nm4_res[j.z], nm4_res[j.w]);
-    }
-    let c = element_channels(i);
-    let y1 = nm_value4(x[1], r[1], c.y);
-    let y2 = nm_value4(x[2], r[2], c.z);
-    let y3 = nm_value4(x[3], r[3], c.w);
-    nm4_y[i] = nm_value4(x[0], r[0], c.x);
-    if (i + 256u < total) { nm4_y[i + 256u] = y1; }
-    if (i + 512u < total) { nm4_y[i + 512u] = y2; }
-    if (i + 768u < total) { nm4_y[i + 768u] = y3; }
-}
-
-// nm_value of each component of x (residual r) in channel c.
-fn nm_value4(x: vec4<f32>, r: vec4<f32>, c: u32) -> vec4<f32> {
-    var invstd = nm_stat[c];
-    if (VAR_STAT) { invstd = 1.0 / sqrt(invstd + params.eps); }
-    var v = (x - nm_mean[c]) * invstd * nm_gamma[c] + nm_beta[c];
-    if (RESIDUAL) { v = v + r; }
-    if (RELU) { v = relu_value4(v); }
-    return v;
-}
-
-@group(0) @binding(1) var<storage, read> bi4_x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> bi4_y: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bi4_gy: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> bi4_gx: array<vec4<f32>>;
-
-@compute @workgroup_size(256)
-fn backward_input4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) lid: u32) {
-    let i = elements_base(wg, nwg, lid);
-    let total = params.batch * params.channels * params.hw;
-    if (i >= total) { return; }
-    let j = element_indices(i, total);
-    let x = array<vec4<f32>, 4>(bi4_x[j.x], bi4_x[j.y], bi4_x[j.z], bi4_x[j.w]);
-    let g = bi_mask4(j, array<vec4<f32>, 4>(bi4_gy[j.x], bi4_gy[j.y], bi4_gy[j.z], bi4_gy[j.w]));
-    let c = element_channels(i);
-    let v1 = bi_value4(g[1], x[1], c.y);
-    let v2 = bi_value4(g[2], x[2], c.z);
-    let v3 = bi_value4(g[3], x[3], c.w);
-    bi4_gx[i] = bi_value4(g[0], x[0], c.x);
-    if (i + 256u < total) { bi4_gx[i + 256u] = v1; }
-    if (i + 512u < total) { bi4_gx[i + 512u] = v2; }
-    if (i + 768u < total) { bi4_gx[i + 768u] = v3; }
-}
-
-// bi_mask on vec4s: the upstream gradients g of vec4s j masked by the ReLU's outputs when RELU.
-fn bi_mask4(j: vec4<u32>, g: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
-    if (!RELU) { return g; }
-    let z = vec4<f32>(0.0);
-    let y = array<vec4<f32>, 4>(bi4_y[j.x], bi4_y[j.y], bi4_y[j.z], bi4_y[j.w]);
-    return array<vec4<f32>, 4>(select(z, g[0], relu_passes4(y[0])),
-                               select(z, g[1], relu_passes4(y[1])),
-                               select(z, g[2], relu_passes4(y[2])),
-                               select(z, g[3], relu_passes4(y[3])));
-}
-
-// bi_value of each component of (dy, x) in channel c.
-fn bi_value4(dy: vec4<f32>, x: vec4<f32>, c: u32) -> vec4<f32> {
-    let xhat = (x - bi_mean[c]) * bi_invstd[c];
-    return bi_coef[c * 3u] * (dy - bi_coef[c * 3u + 1u] - xhat * bi_coef[c * 3u + 2u]);
-}
-
-// backward_input4 reading gy from and writing gx to binding 3 (each vec4 read before the same
-// thread writes it).
-@group(0) @binding(3) var<storage, read_write> bii4_g: array<vec4<f32>>;
-
-@compute @workgroup_size(256)
-fn backward_input_inplace4(@builtin(workgroup_id) wg: vec3<u32>,
-                           @builtin(num_workgroups) nwg: vec3<u32>,
-                           @builtin(local_invocation_index) lid: u32) {
-    let i = elements_base(wg, nwg, lid);
-    let total = params.batch * params.channels * params.hw;
-    if (i >= total) { return; }
-    let j = element_indices(i, total);
-    let x = array<vec4<f32>, 4>(bi4_x[j.x], bi4_x[j.y], bi4_x[j.z], bi4_x[j.w]);
-    let g = bi_mask4(j, array<vec4<f32>, 4>(bii4_g[j.x], bii4_g[j.y], bii4_g[j.z], bii4_g[j.w]));
-    let c = element_channels(i);
-    let v1 = bi_value4(g[1], x[1], c.y);
-    let v2 = bi_value4(g[2], x[2], c.z);
-    let v3 = bi_value4(g[3], x[3], c.w);
-    bii4_g[i] = bi_value4(g[0], x[0], c.x);
-    if (i + 256u < total) { bii4_g[i + 256u] = v1; }
-    if (i + 512u < total) { bii4_g[i + 512u] = v2; }
-    if (i + 768u < total) { bii4_g[i + 768u] = v3; }
 }
 
 // ---- stats_partial4, backward_partial4: the partial sums over vec4s ----

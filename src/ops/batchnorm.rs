@@ -127,17 +127,14 @@ fn finalize_lanes(chunks: usize, c: usize) -> (f64, [u32; 3]) {
 const STATS_PARTIAL: Kernel = reducing_kernel!("batchnorm.wgsl", "stats_partial");
 const STATS_FINALIZE: Kernel = reducing_kernel!("batchnorm.wgsl", "stats_finalize");
 const EVAL_STATS: Kernel = reducing_kernel!("batchnorm.wgsl", "eval_stats");
+const CHANNEL_RECORD: Kernel = reducing_kernel!("batchnorm.wgsl", "channel_record");
 const NORMALIZE: Kernel = reducing_kernel!("batchnorm.wgsl", "normalize");
 const BACKWARD_PARTIAL: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_partial");
 const BACKWARD_FINALIZE: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_finalize");
 const BACKWARD_INPUT: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_input");
 const BACKWARD_INPUT_INPLACE: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_input_inplace");
-const NORMALIZE4: Kernel = reducing_kernel!("batchnorm.wgsl", "normalize4");
 const STATS_PARTIAL4: Kernel = reducing_kernel!("batchnorm.wgsl", "stats_partial4");
 const BACKWARD_PARTIAL4: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_partial4");
-const BACKWARD_INPUT4: Kernel = reducing_kernel!("batchnorm.wgsl", "backward_input4");
-const BACKWARD_INPUT_INPLACE4: Kernel =
-    reducing_kernel!("batchnorm.wgsl", "backward_input_inplace4");
 const POOLED_BACKWARD_INPUT: Kernel = reducing_kernel!("batchnorm.wgsl", "pooled_backward_input");
 
 /// The layout of `x` as (N, C, HW), checked.
@@ -204,8 +201,9 @@ impl Dims {
         }
     }
 
-    /// Whether the kernels with vec4 twins run on vec4s: where a channel plane holds a
-    /// (nonzero) multiple of 4 values, so that no vec4 straddles two planes.
+    /// Whether a channel plane holds a (nonzero) multiple of 4 values, so that no vec4
+    /// straddles two planes: the partial kernels then run their vec4 twins, and each unit of
+    /// the element kernels lies in one plane.
     fn vec4(&self) -> bool {
         self.hw > 0 && self.hw.is_multiple_of(4)
     }
@@ -225,18 +223,26 @@ impl Dims {
         (p, true)
     }
 
-    /// `p` for the element kernels (normalize, backward_input, backward_input_inplace) and
-    /// their grid: on vec4s where a channel plane holds a multiple of 4 values (`true`; the
-    /// plane is then counted in vec4s, and so are the element steps), else on single values.
-    /// A workgroup takes 1024 units, four per thread.
-    fn elements(&self, mut p: Params) -> (Params, bool, [u32; 3]) {
-        let vec4 = self.vec4();
-        let hw = if vec4 { self.hw / 4 } else { self.hw };
+    /// `p` for the element kernels (normalize, backward_input, backward_input_inplace), their
+    /// `QUAD_CHANNELS` constant and their grid. They run on units of 4 consecutive values (a
+    /// vec4), 1024 per workgroup, four per thread. Where a channel plane holds a multiple of 4
+    /// values, a unit lies in one plane (1), and the plane and the element steps are counted in
+    /// units; where it holds 4 or more, a unit may cross into the next plane (2), and where
+    /// fewer, each value may lie in its own (4): the plane is counted in values and the steps
+    /// are 1024 values.
+    fn elements(&self, mut p: Params) -> (Params, f64, [u32; 3]) {
+        let (quad, hw, step) = if self.vec4() {
+            (1, self.hw / 4, ELEMENT_STEP)
+        } else if self.hw >= 4 {
+            (2, self.hw, 4 * ELEMENT_STEP)
+        } else {
+            (4, self.hw, 4 * ELEMENT_STEP)
+        };
         p.hw = hw as u32;
-        p.element_step_q = (ELEMENT_STEP % hw.max(1)) as u32;
-        p.element_step_c = ((ELEMENT_STEP / hw.max(1)) % self.c.max(1)) as u32;
-        let units = self.n * self.c * hw;
-        (p, vec4, grid_for_elements(units.div_ceil(4)))
+        p.element_step_q = (step % hw.max(1)) as u32;
+        p.element_step_c = ((step / hw.max(1)) % self.c.max(1)) as u32;
+        let units = (self.n * self.c * self.hw).div_ceil(4);
+        (p, quad as f64, grid_for_elements(units.div_ceil(4)))
     }
 }
 
@@ -273,44 +279,67 @@ fn expect_bn_vectors(op: &'static str, x: &Tensor, c: usize, vs: [&Tensor; 4]) -
     expect_channel_vectors(op, ("x", x), c, &named)
 }
 
-/// `y = gamma * (x - mean) * invstd + beta` (`stat` is the variance when `var_stat`), plus
-/// `residual` when given, then a ReLU when `relu`.
-#[allow(clippy::too_many_arguments)]
+/// `y = gamma * (x - mean) * invstd + beta` with each channel's `record` (mean, invstd, gamma,
+/// beta; from `stats_finalize` or [`channel_record`]), plus `residual` when given, then a ReLU
+/// when `relu`.
 fn normalize(
     x: &Tensor,
     d: Dims,
-    mean: &Tensor,
-    stat: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    (relu, var_stat): (bool, bool),
-    eps: f32,
+    record: &Tensor,
+    relu: bool,
     residual: Option<&Tensor>,
     op: &'static str,
 ) -> Result<Tensor> {
     let y = Tensor::uninit(x.gpu(), x.shape(), DType::F32, op)?;
-    let (p, vec4, grid) = d.elements(d.params(0.0, eps));
+    let (p, quad, grid) = d.elements(d.params(0.0, 0.0));
     let choices = [
         flag("RELU", relu),
-        flag("VAR_STAT", var_stat),
         flag("RESIDUAL", residual.is_some()),
+        ("QUAD_CHANNELS", quad),
     ];
     x.gpu().dispatch_with(
-        if vec4 { &NORMALIZE4 } else { &NORMALIZE },
+        &NORMALIZE,
         &choices,
         &p,
         &[
             x.buffer(),
-            mean.buffer(),
-            stat.buffer(),
-            gamma.buffer(),
-            beta.buffer(),
+            record.buffer(),
             y.buffer(),
             residual.unwrap_or(x).buffer(),
         ],
         grid,
     )?;
     Ok(y)
+}
+
+/// Eval mode's records for [`normalize`]: per channel `(mean, invstd, gamma, beta)` from `mean`
+/// and `stat`, the running variance when `var_stat` (invstd computed as
+/// [`batch_norm_eval_stats`] computes it), else an invstd.
+fn channel_record(
+    op: &'static str,
+    [mean, stat, gamma, beta]: [&Tensor; 4],
+    var_stat: bool,
+    eps: f32,
+) -> Result<Tensor> {
+    let gpu = mean.gpu();
+    let c = mean.numel();
+    let record = Tensor::uninit(gpu, &[c * 4], DType::F32, op)?;
+    // channel_record reads only the channel count and eps.
+    let p = Dims { n: 1, c, hw: 1 }.params(0.0, eps);
+    gpu.dispatch_with(
+        &CHANNEL_RECORD,
+        &[flag("VAR_STAT", var_stat)],
+        &p,
+        &[
+            mean.buffer(),
+            stat.buffer(),
+            gamma.buffer(),
+            beta.buffer(),
+            record.buffer(),
+        ],
+        grid_for_elements(c),
+    )?;
+    Ok(record)
 }
 
 /// Training-mode batch norm: normalise `x` with its per-channel batch statistics, apply
@@ -329,7 +358,7 @@ pub fn batch_norm_train(
 ) -> Result<(Tensor, BnSaved)> {
     const OP: &str = "batch_norm";
     let d = Dims::of(OP, x)?;
-    let saved = train_stats(
+    let (saved, record) = train_stats(
         OP,
         x,
         d,
@@ -340,23 +369,13 @@ pub fn batch_norm_train(
         momentum,
         eps,
     )?;
-    let y = normalize(
-        x,
-        d,
-        &saved.mean,
-        &saved.invstd,
-        gamma,
-        beta,
-        (relu, false),
-        eps,
-        None,
-        OP,
-    )?;
+    let y = normalize(x, d, &record, relu, None, OP)?;
     Ok((y, saved))
 }
 
 /// The checks and the statistics of a training-mode batch norm: the batch mean and inverse
-/// standard deviation of `x`, with the running statistics updated in place.
+/// standard deviation of `x`, with the running statistics updated in place, and
+/// [`normalize`]'s records of them.
 #[allow(clippy::too_many_arguments)]
 fn train_stats(
     op: &'static str,
@@ -368,7 +387,7 @@ fn train_stats(
     running_var: &Tensor,
     momentum: f32,
     eps: f32,
-) -> Result<BnSaved> {
+) -> Result<(BnSaved, Tensor)> {
     expect_bn_vectors(op, x, d.c, [gamma, beta, running_mean, running_var])?;
     if d.m() < 2 {
         return Err(Error::shape(
@@ -385,6 +404,17 @@ fn train_stats(
             "running_mean and running_var share one buffer",
         ));
     }
+    // The finalizing kernel reads gamma and beta into the records as it updates the running
+    // statistics in place: one sharing a buffer with them is read from a copy taken first.
+    let running = [running_mean, running_var];
+    let unshared = |t: &Tensor| -> Result<Tensor> {
+        if running.iter().any(|r| r.same_storage(t)) {
+            t.deep_clone()
+        } else {
+            Ok(t.clone())
+        }
+    };
+    let (gamma, beta) = (&unshared(gamma)?, &unshared(beta)?);
     let gpu = x.gpu();
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 3], DType::F32, op)?;
@@ -402,6 +432,7 @@ fn train_stats(
     )?;
     let mean = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
     let invstd = Tensor::uninit(gpu, &[d.c], DType::F32, op)?;
+    let record = Tensor::uninit(gpu, &[d.c * 4], DType::F32, op)?;
     let (lanes, grid) = finalize_lanes(d.chunks(), d.c);
     gpu.dispatch_with(
         &STATS_FINALIZE,
@@ -413,13 +444,16 @@ fn train_stats(
             invstd.buffer(),
             running_mean.buffer(),
             running_var.buffer(),
+            gamma.buffer(),
+            beta.buffer(),
+            record.buffer(),
         ],
         grid,
     )?;
-    Ok(BnSaved { mean, invstd })
+    Ok((BnSaved { mean, invstd }, record))
 }
 
-/// Eval-mode batch norm: normalise `x` with the running statistics (one kernel).
+/// Eval-mode batch norm: normalise `x` with the running statistics.
 pub fn batch_norm_eval(
     x: &Tensor,
     gamma: &Tensor,
@@ -432,18 +466,9 @@ pub fn batch_norm_eval(
     const OP: &str = "batch_norm_eval";
     let d = Dims::of(OP, x)?;
     expect_bn_vectors(OP, x, d.c, [gamma, beta, running_mean, running_var])?;
-    normalize(
-        x,
-        d,
-        running_mean,
-        running_var,
-        gamma,
-        beta,
-        (relu, true),
-        eps,
-        None,
-        OP,
-    )
+    let stats = [running_mean, running_var, gamma, beta];
+    let record = channel_record(OP, stats, true, eps)?;
+    normalize(x, d, &record, relu, None, OP)
 }
 
 /// The statistics eval mode normalises with, as [`BnSaved`]: a copy of `running_mean` and
@@ -477,19 +502,22 @@ pub fn batch_norm_eval_stats(
 }
 
 /// backward_finalize: `[ggamma, gbeta, coef]` from backward_partial's `partials` (`p.chunks`
-/// per channel, over `p.batch * p.hw` values), in eval mode (`eval`) without the mean terms.
+/// per channel, over `p.batch * p.hw` values), in eval mode (`eval`) without the mean terms;
+/// `coef` holds the input gradient's records per channel, `[C * 4]` and `[C]` (see
+/// `shaders/batchnorm.wgsl`).
 fn finalize_backward(
     op: &'static str,
     p: &Params,
     eval: bool,
     partials: &Tensor,
     gamma: &Tensor,
-    invstd: &Tensor,
-) -> Result<[Tensor; 3]> {
+    saved: &BnSaved,
+) -> Result<[Tensor; 4]> {
     let (gpu, c) = (partials.gpu(), p.channels as usize);
     let ggamma = Tensor::uninit(gpu, &[c], DType::F32, op)?;
     let gbeta = Tensor::uninit(gpu, &[c], DType::F32, op)?;
-    let coef = Tensor::uninit(gpu, &[c * 3], DType::F32, op)?;
+    let coef = Tensor::uninit(gpu, &[c * 4], DType::F32, op)?;
+    let coef2 = Tensor::uninit(gpu, &[c], DType::F32, op)?;
     let (lanes, grid) = finalize_lanes(p.chunks as usize, c);
     gpu.dispatch_with(
         &BACKWARD_FINALIZE,
@@ -498,14 +526,16 @@ fn finalize_backward(
         &[
             partials.buffer(),
             gamma.buffer(),
-            invstd.buffer(),
+            saved.invstd.buffer(),
             ggamma.buffer(),
             gbeta.buffer(),
             coef.buffer(),
+            coef2.buffer(),
+            saved.mean.buffer(),
         ],
         grid,
     )?;
-    Ok([ggamma, gbeta, coef])
+    Ok([ggamma, gbeta, coef, coef2])
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -552,16 +582,14 @@ fn backward(
     let groups = d.c * d.chunks();
     let partials = Tensor::uninit(gpu, &[groups * 2], DType::F32, op)?;
     let (pp, vec4) = d.partials(p);
-    // Bindings 1-5 of both passes.
-    let inputs = [
+    let mut buffers = vec![
         x.buffer(),
         y.buffer(),
         gy.buffer(),
         saved.mean.buffer(),
         saved.invstd.buffer(),
+        partials.buffer(),
     ];
-    let mut buffers = inputs.to_vec();
-    buffers.push(partials.buffer());
     if !vec4 {
         // The pooled variant's indices: not read here (the vec4 kernel has no such binding).
         buffers.push(x.buffer());
@@ -573,25 +601,29 @@ fn backward(
     };
     let masks = [flag("RELU", relu), flag("MASK_OUT", mask)];
     gpu.dispatch_with(kernel, &masks, &pp, &buffers, grid_1d(groups as u32))?;
-    let [ggamma, gbeta, coef] = finalize_backward(op, &p, eval, &partials, gamma, &saved.invstd)?;
-    // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 7.
+    let [ggamma, gbeta, coef, coef2] = finalize_backward(op, &p, eval, &partials, gamma, saved)?;
+    // gx over gy (the in-place kernel writes binding 3), or into a tensor of its own at 6.
     // Masked in place, gy needs no mask here.
-    let (pe, vec4, grid) = d.elements(p);
+    let (pe, quad, grid) = d.elements(p);
     let over_gy = gy_use == GyUse::Overwrite;
-    let (kernel, gx) = match (over_gy, vec4) {
-        (true, false) => (&BACKWARD_INPUT_INPLACE, gy.clone()),
-        (true, true) => (&BACKWARD_INPUT_INPLACE4, gy.clone()),
-        (false, v) => (
-            if v { &BACKWARD_INPUT4 } else { &BACKWARD_INPUT },
-            Tensor::uninit(gpu, x.shape(), DType::F32, op)?,
-        ),
+    let (kernel, gx) = if over_gy {
+        (&BACKWARD_INPUT_INPLACE, gy.clone())
+    } else {
+        let gx = Tensor::uninit(gpu, x.shape(), DType::F32, op)?;
+        (&BACKWARD_INPUT, gx)
     };
-    let mut buffers = inputs.to_vec();
-    buffers.push(coef.buffer());
+    let mut buffers = vec![
+        x.buffer(),
+        y.buffer(),
+        gy.buffer(),
+        coef.buffer(),
+        coef2.buffer(),
+    ];
     if !over_gy {
         buffers.push(gx.buffer());
     }
-    gpu.dispatch_with(kernel, &[flag("RELU", relu && !mask)], &pe, &buffers, grid)?;
+    let choices = [flag("RELU", relu && !mask), ("QUAD_CHANNELS", quad)];
+    gpu.dispatch_with(kernel, &choices, &pe, &buffers, grid)?;
     Ok((gx, ggamma, gbeta))
 }
 
@@ -667,9 +699,9 @@ fn pooled_backward(
         chunks: pooled.chunks() as u32,
         ..planes(full.params(0.0, 0.0))
     };
-    let [ggamma, gbeta, coef] = finalize_backward(OP, &p, eval, &partials, gamma, &saved.invstd)?;
+    let [ggamma, gbeta, coef, coef2] = finalize_backward(OP, &p, eval, &partials, gamma, saved)?;
     let gx = if x.is_unique() { x } else { x.deep_clone()? };
-    gpu.dispatch_with(
+    gpu.dispatch_bound(
         &POOLED_BACKWARD_INPUT,
         &[
             ("PK", kernel as f64),
@@ -678,13 +710,12 @@ fn pooled_backward(
         ],
         &p,
         &[
-            gx.buffer(),
-            y.buffer(),
-            gy.buffer(),
-            saved.mean.buffer(),
-            saved.invstd.buffer(),
-            coef.buffer(),
-            indices.buffer(),
+            (1, gx.buffer()),
+            (2, y.buffer()),
+            (3, gy.buffer()),
+            (4, coef.buffer()),
+            (5, coef2.buffer()),
+            (7, indices.buffer()),
         ],
         grid_for_elements(gx.numel().div_ceil(4)),
     )?;
@@ -791,7 +822,7 @@ impl Var {
         let d = Dims::of(OP, x)?;
         let s = if opts.training {
             let (m, e) = (opts.momentum, opts.eps);
-            train_stats(OP, x, d, g, b, running_mean, running_var, m, e)?
+            train_stats(OP, x, d, g, b, running_mean, running_var, m, e)?.0
         } else {
             expect_bn_vectors(OP, x, d.c, [g, b, running_mean, running_var])?;
             batch_norm_eval_stats(running_mean, running_var, opts.eps)?
@@ -856,40 +887,18 @@ fn batch_norm_var(
     // The statistics to normalize with: the batch's in training; in eval mode, when tracked,
     // the running ones as the training path saves them (the backward needs them), else none:
     // the kernel then normalizes from the running variance itself.
-    let stats = if opts.training {
+    let (stats, record) = if opts.training {
         let (m, e) = (opts.momentum, opts.eps);
-        Some(train_stats(
-            OP,
-            x,
-            d,
-            g,
-            b,
-            running_mean,
-            running_var,
-            m,
-            e,
-        )?)
+        let (s, record) = train_stats(OP, x, d, g, b, running_mean, running_var, m, e)?;
+        (Some(s), record)
     } else {
         expect_bn_vectors(OP, x, d.c, [g, b, running_mean, running_var])?;
         let eval_stats = || batch_norm_eval_stats(running_mean, running_var, opts.eps);
-        tracked.then(eval_stats).transpose()?
+        let stats = tracked.then(eval_stats).transpose()?;
+        let running = [running_mean, running_var, g, b];
+        (stats, channel_record(OP, running, true, opts.eps)?)
     };
-    let (mean, stat, var_stat) = match &stats {
-        Some(s) => (&s.mean, &s.invstd, false),
-        None => (running_mean, running_var, true),
-    };
-    let y = normalize(
-        x,
-        d,
-        mean,
-        stat,
-        g,
-        b,
-        (opts.relu, var_stat),
-        opts.eps,
-        r,
-        OP,
-    )?;
+    let y = normalize(x, d, &record, opts.relu, r, OP)?;
     let saved = stats.filter(|_| tracked);
     // The backward reads the output for the ReLU's mask.
     let keep = saved.map(|s| (x.clone(), g.clone(), opts.relu.then(|| y.clone()), s));
