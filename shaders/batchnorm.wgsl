@@ -36,9 +36,8 @@
 //                     1 running_mean [C] (read), 2 running_var [C] (read), 3 mean [C] (write, a
 //                     copy), 4 invstd [C] (write)
 //   channel_record    grid: as eval_stats
-//                     1 mean [C], 2 stat [C] (invstd, or the variance with VAR_STAT), 3 gamma [C],
-//                     4 beta [C] (read), 5 channel [C] vec4 (write): normalize's record in eval
-//                     mode
+//                     1 running_mean [C], 2 running_var [C], 3 gamma [C], 4 beta [C] (read),
+//                     5 channel [C] vec4 (write): normalize's record in eval mode
 //   normalize         grid: one workgroup of 256 threads per 1024 units (vec4s of x, four per
 //                     thread, see "The element passes"), split over x and y
 //                     1 x, 2 channel [C] vec4 (read), 3 y [N*C*HW] (write), 4 residual
@@ -104,14 +103,12 @@ struct Params {
 // docs/kernel-stats/).
 // RELU:      normalize: the ReLU last (relu_value); backward_partial, backward_input: dy = gy
 //            masked by the ReLU's output y (relu_passes: y > 0 or a NaN)
-// VAR_STAT:  channel_record: `stat` is the running variance (eval mode), not invstd
 // RESIDUAL:  normalize: the residual added before the ReLU
 // EVAL:      backward_finalize: eval mode's fixed statistics (no mean terms in gx)
 // MASK_OUT:  backward_partial(4), with RELU (never POOLED): the masked gradient is written back
 //            over gy, so that it leaves the dispatch as the ReLU's input gradient, which a
 //            residual block's shortcut receives too (no relu_backward_inplace pass)
 override RELU: bool = false;
-override VAR_STAT: bool = false;
 override RESIDUAL: bool = false;
 override EVAL: bool = false;
 override MASK_OUT: bool = false;
@@ -406,10 +403,9 @@ fn eval_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 
 // ---- channel_record ----
 // normalize's record per channel, (mean, invstd, gamma, beta), in eval mode: from the running
-// mean and variance with VAR_STAT (invstd as eval_stats computes it), else from a mean and an
-// invstd.
+// mean and variance (invstd as eval_stats computes it).
 @group(0) @binding(1) var<storage, read> cr_mean: array<f32>;
-@group(0) @binding(2) var<storage, read> cr_stat: array<f32>;
+@group(0) @binding(2) var<storage, read> cr_var: array<f32>;
 @group(0) @binding(3) var<storage, read> cr_gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> cr_beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> cr_channel: array<vec4<f32>>;
@@ -419,8 +415,7 @@ fn channel_record(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let c = linear_index(wg, nwg, lid);
     if (c < params.channels) {
-        var invstd = cr_stat[c];
-        if (VAR_STAT) { invstd = 1.0 / sqrt(invstd + params.eps); }
+        let invstd = 1.0 / sqrt(cr_var[c] + params.eps);
         cr_channel[c] = vec4<f32>(cr_mean[c], invstd, cr_gamma[c], cr_beta[c]);
     }
 }

@@ -312,13 +312,11 @@ fn normalize(
     Ok(y)
 }
 
-/// Eval mode's records for [`normalize`]: per channel `(mean, invstd, gamma, beta)` from `mean`
-/// and `stat`, the running variance when `var_stat` (invstd computed as
-/// [`batch_norm_eval_stats`] computes it), else an invstd.
+/// Eval mode's records for [`normalize`]: per channel `(mean, invstd, gamma, beta)` from the
+/// running statistics (invstd computed as [`batch_norm_eval_stats`] computes it).
 fn channel_record(
     op: &'static str,
-    [mean, stat, gamma, beta]: [&Tensor; 4],
-    var_stat: bool,
+    [mean, var, gamma, beta]: [&Tensor; 4],
     eps: f32,
 ) -> Result<Tensor> {
     let gpu = mean.gpu();
@@ -326,13 +324,12 @@ fn channel_record(
     let record = Tensor::uninit(gpu, &[c * 4], DType::F32, op)?;
     // channel_record reads only the channel count and eps.
     let p = Dims { n: 1, c, hw: 1 }.params(0.0, eps);
-    gpu.dispatch_with(
+    gpu.dispatch(
         &CHANNEL_RECORD,
-        &[flag("VAR_STAT", var_stat)],
         &p,
         &[
             mean.buffer(),
-            stat.buffer(),
+            var.buffer(),
             gamma.buffer(),
             beta.buffer(),
             record.buffer(),
@@ -467,7 +464,7 @@ pub fn batch_norm_eval(
     let d = Dims::of(OP, x)?;
     expect_bn_vectors(OP, x, d.c, [gamma, beta, running_mean, running_var])?;
     let stats = [running_mean, running_var, gamma, beta];
-    let record = channel_record(OP, stats, true, eps)?;
+    let record = channel_record(OP, stats, eps)?;
     normalize(x, d, &record, relu, None, OP)
 }
 
@@ -896,7 +893,7 @@ fn batch_norm_var(
         let eval_stats = || batch_norm_eval_stats(running_mean, running_var, opts.eps);
         let stats = tracked.then(eval_stats).transpose()?;
         let running = [running_mean, running_var, g, b];
-        (stats, channel_record(OP, running, true, opts.eps)?)
+        (stats, channel_record(OP, running, opts.eps)?)
     };
     let y = normalize(x, d, &record, opts.relu, r, OP)?;
     let saved = stats.filter(|_| tracked);
