@@ -248,39 +248,50 @@ fn multi_tile_and_split_k() {
 fn narrow_layers_run_their_own_kernels() {
     let gpu = new_gpu();
     let cpu = gpu.plan_for() == PlanFor::Cpu;
-    // (case, passes on the narrow kernels in a CPU adapter's plan): at most 16 channels written (K in
-    // the forward pass and the weight gradient, C in the input gradient, which also needs
-    // stride 1), or whatever K a shallow convolution's forward pass and weight gradient (at most
-    // 32 taps C x R x S). Ragged channel groups (12: three vec4s, 5, 3), more taps than one
-    // workgroup (16 x 5 x 5), a strided 7x7 stem, enough pixels to split the weight gradient,
-    // and shallow ones of several channel groups (40 = 16 + 16 + 8): a 3x3 stem on three
-    // channels (27 taps), a strided 1x1 of 32 channels, and one tap past the limit.
+    let lanes = gpu.conv_gemm_lanes().is_some();
+    // (case, passes on the narrow kernels in a CPU adapter's plan, without and with the GEMMs
+    // without barriers): at most 16 channels written (K in the forward pass and the weight
+    // gradient, C in the input gradient, which also needs stride 1), or whatever K a shallow
+    // convolution's forward pass and weight gradient (at most 32 taps C x R x S) where those
+    // GEMMs do not take it (taps a multiple of 4 and K too); Winograd's passes stay Winograd's,
+    // its weight gradient too where those GEMMs run it. Ragged channel groups (12: three vec4s,
+    // 5, 3), more taps than one workgroup (16 x 5 x 5), a strided 7x7 stem, enough pixels to
+    // split the weight gradient, and shallow ones of several channel groups (40 = 16 + 16 + 8):
+    // a 3x3 stem on three channels (27 taps), 1x1s of 4 and 32 channels, and one tap past the
+    // limit; a 16-channel conv that Winograd takes.
     let cases = [
-        (case([2, 3, 9, 7], 12, 3, 3, 1, 1, true), [true; 3]),
-        (case([1, 16, 6, 6], 5, 5, 5, 1, 2, false), [true; 3]),
+        (case([2, 3, 9, 7], 12, 3, 3, 1, 1, true), [[true; 3]; 2]),
+        (case([1, 16, 6, 6], 5, 5, 5, 1, 2, false), [[true; 3]; 2]),
         (
             case([2, 3, 23, 21], 16, 7, 7, 2, 3, true),
-            [true, false, true],
+            [[true, false, true]; 2],
         ),
-        (case([4, 8, 28, 28], 8, 3, 3, 1, 1, false), [true; 3]),
+        (case([4, 8, 28, 28], 8, 3, 3, 1, 1, false), [[true; 3]; 2]),
         (
             case([1, 20, 5, 5], 4, 3, 3, 1, 1, false),
-            [true, false, true],
+            [[true, false, true]; 2],
         ),
-        (case([1, 4, 5, 5], 20, 1, 1, 1, 0, true), [true; 3]),
+        (
+            case([1, 4, 5, 5], 20, 1, 1, 1, 0, true),
+            [[true; 3], [false, true, false]],
+        ),
         (
             case([2, 3, 11, 9], 40, 3, 3, 1, 1, true),
-            [true, true, true],
+            [[true, true, true]; 2],
         ),
         (
             case([2, 32, 9, 9], 40, 1, 1, 2, 0, false),
-            [true, false, true],
+            [[true, false, true], [false; 3]],
         ),
-        (case([1, 33, 5, 5], 20, 1, 1, 1, 0, false), [false; 3]),
+        (case([1, 33, 5, 5], 20, 1, 1, 1, 0, false), [[false; 3]; 2]),
+        (
+            case([4, 16, 16, 16], 16, 3, 3, 1, 1, false),
+            [[false, false, true], [false; 3]],
+        ),
     ];
     for (i, (c, narrow)) in cases.iter().enumerate() {
         let routes = ops::conv2d_narrow(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
-        assert_eq!(routes, narrow.map(|n| n && cpu), "{c:?}");
+        assert_eq!(routes, narrow[lanes as usize].map(|n| n && cpu), "{c:?}");
         check_random(&gpu, c, 400 + 10 * i as u64);
     }
     // The GEMMs alone under ConvAlgo::Direct, and while autotuning times them.

@@ -24,14 +24,20 @@ const GROUP: usize = 16;
 /// Pixels one thread of the forward pass and the input gradient sums.
 const PIXELS_PER_THREAD: usize = 2;
 /// The most taps `C x R x S` of a shallow convolution, whose forward pass and weight gradient
-/// run here whatever the output channels K: a stem on one to three input channels (9 or 27 taps
-/// of 3 x 3), a 1x1 convolution of up to 32 channels. Its forward GEMM reduces over so few
-/// values that staging them in a tile costs more than the multiplies, and its weight gradient's
-/// GEMM has as few columns, padded to the tile's 64 or 128. On lavapipe (2 cores), the main
-/// job's steps at batch 128 (ms per pass, forward / weight gradient, these kernels against the
-/// GEMM tiles): the 1 -> 32 stem at 28x28 12 / 19 against 32-34 / 106-121, 1 -> 64 26 / 39
-/// against 50 / 104, 3 -> 32 28 / 38 against 48 / 108, and the 1x1/2 32 -> 64 shortcut at 14x14
-/// 16 / 23 (with its gather) against 17-20 / 31.
+/// run here whatever the output channels K, unless the GEMMs without barriers take them: a stem
+/// on one to three input channels (9 or 27 taps of 3 x 3), a 1x1 convolution of up to 32
+/// channels. Its forward GEMM reduces over so few values that staging them in a tile costs more
+/// than the multiplies, and its weight gradient's GEMM has as few columns, padded to the tile's
+/// 64 or 128. On lavapipe (2 cores), the main job's steps at batch 128 (ms per pass, forward /
+/// weight gradient, these kernels against the GEMM tiles): the 1 -> 32 stem at 28x28 12 / 19
+/// against 32-34 / 106-121, 1 -> 64 26 / 39 against 50 / 104, 3 -> 32 28 / 38 against 48 / 108,
+/// and the 1x1/2 32 -> 64 shortcut at 14x14 16 / 23 (with its gather) against 17-20 / 31.
+///
+/// The GEMMs without barriers (`lanes.rs`, session 32) take taps and K in multiples of 4: not
+/// the stems, but the 1x1 convolutions. Against them (session 34, `docs/speed.md`, "Narrow
+/// kernels against the GEMMs without barriers"), at batch 128, forward and weight gradient
+/// together: 32 -> 64 1x1/2 at 28x28 38 against 15 ms, 16 -> 64 at 28x28 84 against 45, 8 -> 64
+/// 53 against 39, 4 -> 32 23 against 23.
 const SHALLOW_TAPS: usize = 32;
 /// Threads per workgroup of the pixel kernels.
 const WORKGROUP: usize = 64;
@@ -98,9 +104,11 @@ struct GatherParams {
 /// GEMM's sub-pixel phases skip the taps that a strided gradient never reaches; a thread per
 /// pixel here would test them all, and a version by phase, tried, beat the GEMM on the 3x3/2
 /// conv of 8 channels, 22 against 33-36 ms, but lost on 16 channels and on 1x1 kernels), and
-/// for the forward pass and input gradient where Auto's rule does not run them through
-/// Winograd. The forward pass and the weight gradient of a shallow convolution, of at most
-/// [`SHALLOW_TAPS`] taps `C x R x S`, run here whatever K: see there.
+/// where Auto's rule does not run the pass through Winograd: the forward pass and input
+/// gradient always, the weight gradient where the GEMMs without barriers run Winograd's (16 ->
+/// 16 channels at 14x14, batch 128: 7 ms against 22-23 here; session 34). The forward pass and
+/// the weight gradient of a shallow convolution, of at most [`SHALLOW_TAPS`] taps `C x R x S`,
+/// run here whatever K, unless the GEMMs without barriers take them: see there.
 ///
 /// On lavapipe (2 cores; `docs/gpu-runs/lavapipe-narrow.txt`), the narrow layers of the
 /// training test's model at batch 32, ms per pass (forward / input gradient / weight gradient),
@@ -112,19 +120,26 @@ struct GatherParams {
 pub(super) fn takes(gpu: &Gpu, g: &Geometry, pass: ConvPass) -> bool {
     let [k, c, r, s] = g.w;
     let shallow = c * r * s <= SHALLOW_TAPS;
-    let fits = match pass {
-        ConvPass::Forward | ConvPass::WeightGrad => k <= GROUP || shallow,
-        ConvPass::InputGrad => c <= GROUP && g.stride == 1,
-    };
-    let here = fits
-        && gpu.plan_for() == crate::PlanFor::Cpu
+    let here = gpu.plan_for() == crate::PlanFor::Cpu
         && gpu.conv_algo() == ConvAlgo::Auto
         && !gpu.conv_autotune()
         && gpu.conv_precision() == ConvPrecision::F32;
-    // Winograd keeps the forward pass and input gradient it takes (16 channels on a CPU
-    // adapter): a little faster there than these kernels, unlike its weight gradient.
-    here && (pass == ConvPass::WeightGrad
-        || !(g.winograd_fits(gpu, pass) && super::winograd::auto_rule(gpu, g)))
+    let winograd = g.winograd_fits(gpu, pass) && super::winograd::auto_rule(gpu, g);
+    // The GEMMs without barriers (where subgroups allow them) beat these kernels on shallow
+    // convolutions of more channels, and on Winograd's weight gradient (see above).
+    let lanes = super::lanes::lanes_in_use(gpu);
+    match pass {
+        ConvPass::Forward => {
+            here && !winograd && (k <= GROUP || (shallow && !super::lanes::takes(gpu, g, pass)))
+        }
+        ConvPass::WeightGrad => {
+            here && ((k <= GROUP && !(winograd && lanes))
+                || (shallow && !super::lanes::takes(gpu, g, pass)))
+        }
+        // Winograd keeps the input gradient it takes (16 channels on a CPU adapter): a little
+        // faster there than these kernels.
+        ConvPass::InputGrad => here && !winograd && c <= GROUP && g.stride == 1,
+    }
 }
 
 /// The kernels' overrides: vec4 groups of `channels` per thread (`VG`), `workgroup` threads
