@@ -433,10 +433,11 @@ fn channel_record(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 // with one value per thread. With QUAD_CHANNELS 2 or 4 the last unit may reach past x's end into
 // the buffer's padding (tensors' buffers hold whole vec4s): those values are stored as zeros.
 //
-// The per-channel values come as records of vec4s, one load per channel where four separate
-// vectors took four: on a CPU adapter each load is a loop over the SIMD lanes, and a unit's
-// four channel values cost more than its own load and store (docs/speed.md, "Batch norm's
-// channel records").
+// The per-channel values come as records of vec4s: one load for a channel's values where
+// separate vectors took one each. On a CPU adapter each load is a loop over the SIMD lanes,
+// whose cost grows with the values it loads; the records pay most where a unit's values lie in
+// two channels (7x7 planes), whose values ran one per thread and loaded their channel's values
+// each (docs/speed.md, "Batch norm's channel records").
 override QUAD_CHANNELS: u32 = 1u;
 
 // The units of x, the last one partly padding where x's length is not a multiple of 4.
@@ -488,8 +489,9 @@ fn in_x(v: vec4<f32>, u: u32) -> vec4<f32> {
     return select(v, vec4<f32>(0.0), past);
 }
 
-// The record of each value's channel c (the first value's, loaded once, where a unit lies in
-// one plane; the first and last values' where it may cross into a second).
+// The record of each value's channel c, from those loaded: the first value's alone where a
+// unit lies in one plane; the first and last values' where it may cross into a second; with
+// `more`, the middle two values', where each value may lie in a plane of its own.
 fn unit_records(c: vec4<u32>, first: vec4<f32>, last: vec4<f32>, more: array<vec4<f32>, 2>)
     -> array<vec4<f32>, 4> {
     if (QUAD_CHANNELS == 1u) { return array<vec4<f32>, 4>(first, first, first, first); }
