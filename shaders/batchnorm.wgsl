@@ -698,16 +698,23 @@ fn backward_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let units = element_units();
     if (i >= units) { return; }
     let j = element_indices(i, units);
+    let gx = bi_units(i, j, array<vec4<f32>, 4>(bi_gy[j.x], bi_gy[j.y], bi_gy[j.z], bi_gy[j.w]));
+    bi_gx[i] = gx[0];
+    if (i + 256u < units) { bi_gx[i + 256u] = gx[1]; }
+    if (i + 512u < units) { bi_gx[i + 512u] = gx[2]; }
+    if (i + 768u < units) { bi_gx[i + 768u] = gx[3]; }
+}
+
+// gx of thread i's four units j (element_indices) from their upstream gradients gy, all loads
+// before the arithmetic: bi_value4 of each, the values past x's end zero.
+fn bi_units(i: u32, j: vec4<u32>, gy: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
     let x = array<vec4<f32>, 4>(bi_x[j.x], bi_x[j.y], bi_x[j.z], bi_x[j.w]);
-    let g = bi_mask4(j, array<vec4<f32>, 4>(bi_gy[j.x], bi_gy[j.y], bi_gy[j.z], bi_gy[j.w]));
+    let g = bi_mask4(j, gy);
     let c = unit_channels(i);
-    let v1 = bi_value4(g[1], x[1], c[1]);
-    let v2 = bi_value4(g[2], x[2], c[2]);
-    let v3 = bi_value4(g[3], x[3], c[3]);
-    bi_gx[i] = in_x(bi_value4(g[0], x[0], c[0]), i);
-    if (i + 256u < units) { bi_gx[i + 256u] = in_x(v1, i + 256u); }
-    if (i + 512u < units) { bi_gx[i + 512u] = in_x(v2, i + 512u); }
-    if (i + 768u < units) { bi_gx[i + 768u] = in_x(v3, i + 768u); }
+    return array<vec4<f32>, 4>(in_x(bi_value4(g[0], x[0], c[0]), i),
+                               in_x(bi_value4(g[1], x[1], c[1]), i + 256u),
+                               in_x(bi_value4(g[2], x[2], c[2]), i + 512u),
+                               in_x(bi_value4(g[3], x[3], c[3]), i + 768u));
 }
 
 // The upstream gradients g of units j masked by the ReLU's outputs there when RELU.
@@ -754,16 +761,11 @@ fn backward_input_inplace(@builtin(workgroup_id) wg: vec3<u32>,
     let units = element_units();
     if (i >= units) { return; }
     let j = element_indices(i, units);
-    let x = array<vec4<f32>, 4>(bi_x[j.x], bi_x[j.y], bi_x[j.z], bi_x[j.w]);
-    let g = bi_mask4(j, array<vec4<f32>, 4>(bii_g[j.x], bii_g[j.y], bii_g[j.z], bii_g[j.w]));
-    let c = unit_channels(i);
-    let v1 = bi_value4(g[1], x[1], c[1]);
-    let v2 = bi_value4(g[2], x[2], c[2]);
-    let v3 = bi_value4(g[3], x[3], c[3]);
-    bii_g[i] = in_x(bi_value4(g[0], x[0], c[0]), i);
-    if (i + 256u < units) { bii_g[i + 256u] = in_x(v1, i + 256u); }
-    if (i + 512u < units) { bii_g[i + 512u] = in_x(v2, i + 512u); }
-    if (i + 768u < units) { bii_g[i + 768u] = in_x(v3, i + 768u); }
+    let gx = bi_units(i, j, array<vec4<f32>, 4>(bii_g[j.x], bii_g[j.y], bii_g[j.z], bii_g[j.w]));
+    bii_g[i] = gx[0];
+    if (i + 256u < units) { bii_g[i + 256u] = gx[1]; }
+    if (i + 512u < units) { bii_g[i + 512u] = gx[2]; }
+    if (i + 768u < units) { bii_g[i + 768u] = gx[3]; }
 }
 
 
