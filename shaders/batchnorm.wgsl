@@ -367,7 +367,7 @@ fn stats_finalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
     let total = group_stats(lid, vec3<f32>(n, mean, m2), FIN_LANES);
     if (at.y != 0u || !live) { return; }
-    let invstd = 1.0 / sqrt(total.z / total.x + params.eps);
+    let invstd = bn_invstd(total.z / total.x, params.eps);
     sf_mean[c] = total.y;
     sf_invstd[c] = invstd;
     sf_channel[c] = vec4<f32>(total.y, invstd, sf_gamma[c], sf_beta[c]);
@@ -397,7 +397,7 @@ fn eval_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let c = linear_index(wg, nwg, lid);
     if (c < params.channels) {
         es_mean[c] = es_running_mean[c];
-        es_invstd[c] = 1.0 / sqrt(es_running_var[c] + params.eps);
+        es_invstd[c] = bn_invstd(es_running_var[c], params.eps);
     }
 }
 
@@ -415,7 +415,7 @@ fn channel_record(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let c = linear_index(wg, nwg, lid);
     if (c < params.channels) {
-        let invstd = 1.0 / sqrt(cr_var[c] + params.eps);
+        let invstd = bn_invstd(cr_var[c], params.eps);
         cr_channel[c] = vec4<f32>(cr_mean[c], invstd, cr_gamma[c], cr_beta[c]);
     }
 }

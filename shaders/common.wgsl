@@ -21,7 +21,8 @@
 //                   channel, (v - mean) * invstd * gamma + beta with invstd = 1 / sqrt(var +
 //                   eps), in batchnorm.wgsl's normalize order: the fused conv epilogues
 //                   (conv.wgsl, winograd.wgsl, gemm_lanes.wgsl) share it, so that they give the
-//                   separate kernels' bits
+//                   separate kernels' bits; batchnorm.wgsl's statistics take their invstd from
+//                   bn_invstd too
 //   divide(n, d):   n / d for n < 2^24, through f32 (a CPU adapter's lanes divide floats as
 //                   vectors, integers one lane at a time): the quotient rounded, then
 //                   corrected by one either way (gemm_lanes.wgsl, im2col.wgsl)

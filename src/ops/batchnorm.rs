@@ -881,9 +881,10 @@ fn batch_norm_var(
         r.expect_f32_shape(OP, "residual", "x's", x.shape())?;
         x.expect_same_gpu(OP, r)?;
     }
-    // The statistics to normalize with: the batch's in training; in eval mode, when tracked,
-    // the running ones as the training path saves them (the backward needs them), else none:
-    // the kernel then normalizes from the running variance itself.
+    // The statistics to normalize with, as the records `normalize` reads: the batch's in
+    // training, the running ones in eval mode; and the statistics the backward needs, saved in
+    // training and, when tracked, in eval mode (the running ones as the training path saves
+    // them).
     let (stats, record) = if opts.training {
         let (m, e) = (opts.momentum, opts.eps);
         let (s, record) = train_stats(OP, x, d, g, b, running_mean, running_var, m, e)?;
