@@ -1,11 +1,13 @@
 // Exchanges between a subgroup's lanes for butterfly.wgsl's levels d < SUBGROUP_LANES: the value
-// of lane ^ d, through subgroupShuffleXor (needs the adapter feature SUBGROUP); and for the f32
-// conv engine's shared A (conv_fma.wgsl), a lane's value in every lane (subgroupBroadcast) and
-// whether any lane's flag is set (subgroupAny). The host compiles this file into the reducing
-// kernels and the f32 conv kernels where it verified (src/gpu/lanes.rs) that each subgroup is
-// a run of consecutive local invocation indices (lane = lid % size, so lid ^ d for d < size is
-// lane ^ d of the same subgroup), and sets SUBGROUP_LANES to the adapter's smallest subgroup size:
-// a pipeline given larger subgroups still has the pairs d < SUBGROUP_LANES within them.
+// of lane ^ d, through subgroupShuffleXor (needs the adapter feature SUBGROUP); for the f32
+// conv engine's shared A (conv_fma.wgsl) and the GEMMs without barriers (gemm_lanes.wgsl), a
+// lane's value in every lane (subgroupBroadcast) and whether any lane's flag is set
+// (subgroupAny); for Winograd's transforms by quads (winograd_quads.wgsl), the 4x4 transpose of
+// each quad of lanes' vectors (subgroupShuffle). The host compiles this file into those kernels
+// where it verified (src/gpu/lanes.rs) that each subgroup is a run of consecutive local
+// invocation indices (lane = lid % size, so lid ^ d for d < size is lane ^ d of the same
+// subgroup), and sets SUBGROUP_LANES to the adapter's smallest subgroup size: a pipeline given
+// larger subgroups still has the pairs d < SUBGROUP_LANES within them.
 //
 // No bindings or entry points.
 
@@ -35,3 +37,18 @@ fn lanes_broadcast4(v: vec4<f32>, lane: u32) -> vec4<f32> {
 }
 
 fn lanes_any(b: bool) -> bool { return subgroupAny(b); }
+
+// The 4x4 transpose of each quad of lanes' vectors: lane 4 q + j (j = lane & 3, `lane` the
+// caller's subgroup_invocation_id) gets (lane 4 q + e's w[j] for e = 0..3). In step k lane
+// 4 q + j reads its component e = j + k (mod 4) from lane 4 q + e, which sends its w[e - k]:
+// every index is a function of the lane alone, so each shuffle is a fixed permutation.
+fn lanes_quad_transpose(w: vec4<f32>, lane: u32) -> vec4<f32> {
+    let j = lane & 3u;
+    let q = lane - j;
+    var o = vec4<f32>();
+    for (var k = 0u; k < 4u; k++) {
+        let e = (j + k) & 3u;
+        o[e] = subgroupShuffle(w[(j - k) & 3u], q + e);
+    }
+    return o;
+}

@@ -2,7 +2,10 @@
 // each ResNet stage's) as 16 GEMMs with 4/9 of the direct convolution's multiply-adds
 // (F(2x2, 3x3), the wino_* entry points) or 36 with a quarter of them (F(4x4, 3x3), wino4_*,
 // after F(2x2, 3x3)'s), for all three passes (src/ops/conv/winograd.rs drives them; the GEMMs
-// are conv.wgsl's conv_forward and conv_backward_weight, batched over grid z).
+// are conv.wgsl's conv_forward and conv_backward_weight, batched over grid z, or on CPU
+// adapters gemm_lanes.wgsl's). On CPU adapters with subgroups of 8 or more lanes,
+// winograd_quads.wgsl's kernels (compiled after this file) move F(4x4, 3x3)'s transformed
+// values as vec4s instead: the same math, through the helpers below.
 //
 // Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015): the output
 // splits into 2x2 tiles; tile (th, tw) of a plane reads the 4x4 input patch d at rows
@@ -634,27 +637,35 @@ fn patch_row6(plane: u32, y: i32, x0: i32) -> Vec6 {
     );
 }
 
-@compute @workgroup_size(256)
-fn wino4_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wg, nwg, lid);
-    if (i >= p.count) { return; }
+// Work item i's transformed input tile Bᵀ d B, by columns (store_columns6's order).
+fn input_tile6(i: u32) -> array<Vec6, 6> {
     let t = item_of(i);
     let plane = plane_of(t);
     let y0 = 4 * i32(t.th) - 1;
     let x0 = 4 * i32(t.tw) - 1;
-    let d = array<Vec6, 6>(
+    return input_transform6(array<Vec6, 6>(
         patch_row6(plane, y0, x0),
         patch_row6(plane, y0 + 1, x0),
         patch_row6(plane, y0 + 2, x0),
         patch_row6(plane, y0 + 3, x0),
         patch_row6(plane, y0 + 4, x0),
         patch_row6(plane, y0 + 5, x0),
-    );
+    ));
+}
+
+// Bᵀ d B of a 6x6 input patch d (by rows), by columns.
+fn input_transform6(d: array<Vec6, 6>) -> array<Vec6, 6> {
     let h = transpose_66(array<Vec6, 6>(bt6(d[0]), bt6(d[1]), bt6(d[2]), bt6(d[3]), bt6(d[4]),
                                         bt6(d[5])));
-    let v = array<Vec6, 6>(bt6(h[0]), bt6(h[1]), bt6(h[2]), bt6(h[3]), bt6(h[4]), bt6(h[5]));
-    store_columns6(v, p.channels * p.tiles, i);
+    return array<Vec6, 6>(bt6(h[0]), bt6(h[1]), bt6(h[2]), bt6(h[3]), bt6(h[4]), bt6(h[5]));
+}
+
+@compute @workgroup_size(256)
+fn wino4_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= p.count) { return; }
+    store_columns6(input_tile6(i), p.channels * p.tiles, i);
 }
 
 // The output tile of work item i (channel k, tile q): Aᵀ M A by columns (y[c] is column c),
@@ -670,7 +681,11 @@ struct OutTile4 {
 
 fn output_tile4(i: u32) -> OutTile4 {
     let t = item_of(i);
-    let m = load_tile6(p.channels * p.tiles, i);
+    return output_tile4_of(t, load_tile6(p.channels * p.tiles, i));
+}
+
+// output_tile4 of work item t from its 6x6 values m of M (position 6 r + c in m[r][c]).
+fn output_tile4_of(t: Item, m: array<Vec6, 6>) -> OutTile4 {
     let h = transpose_64(array<Vec4, 6>(at4(m[0]), at4(m[1]), at4(m[2]), at4(m[3]), at4(m[4]),
                                         at4(m[5])));
     let oy = 4u * t.th;
@@ -697,7 +712,11 @@ fn wino4_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let t = output_tile4(i);
+    put_tile4(output_tile4(i));
+}
+
+// Output tile t into y (its pixels within the plane), plus the bias or added (put).
+fn put_tile4(t: OutTile4) {
     var b = 0.0;
     if (p.has_bias != 0u) { b = bias[t.k]; }
     put_column4(t.y[0], t.at, t.rows, b);
@@ -743,19 +762,27 @@ fn wino4_gy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
             @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
+    store_columns6(gy_tile6(i), p.channels * p.tiles, i);
+}
+
+// Work item i's transformed output gradient A dy Aᵀ, by columns (store_columns6's order).
+fn gy_tile6(i: u32) -> array<Vec6, 6> {
     let t = item_of(i);
     let plane = plane_of(t);
     let oy = 4 * i32(t.th);
     let ox = 4 * i32(t.tw);
-    let dy = array<Vec4, 4>(
+    return gy_transform6(array<Vec4, 4>(
         gy_row4(plane, oy, ox),
         gy_row4(plane, oy + 1, ox),
         gy_row4(plane, oy + 2, ox),
         gy_row4(plane, oy + 3, ox),
-    );
+    ));
+}
+
+// A dy Aᵀ of a 4x4 output gradient tile dy (by rows), by columns.
+fn gy_transform6(dy: array<Vec4, 4>) -> array<Vec6, 6> {
     let h = transpose_46(array<Vec6, 4>(a6(dy[0]), a6(dy[1]), a6(dy[2]), a6(dy[3])));
-    let g = array<Vec6, 6>(a6(h[0]), a6(h[1]), a6(h[2]), a6(h[3]), a6(h[4]), a6(h[5]));
-    store_columns6(g, p.channels * p.tiles, i);
+    return array<Vec6, 6>(a6(h[0]), a6(h[1]), a6(h[2]), a6(h[3]), a6(h[4]), a6(h[5]));
 }
 
 @compute @workgroup_size(256)

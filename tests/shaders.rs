@@ -19,6 +19,7 @@ fn variants(file: &str) -> Vec<(&'static str, &'static str)> {
     match file {
         "conv.wgsl" => resnet_wgpu::ops::CONV_SHADER_VARIANTS.to_vec(),
         f if REDUCING_FILES.contains(&f) => vec![("", REDUCING_ENGINE)],
+        "winograd_quads.wgsl" => vec![("", "winograd.wgsl")],
         "conv_fma.wgsl"
         | "conv_mma.wgsl"
         | "common.wgsl"

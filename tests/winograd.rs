@@ -492,15 +492,25 @@ fn inference_block_with(gpu: &Gpu) {
 #[test]
 fn the_gemms_without_barriers_match_the_tiled_gemms() {
     // On a CPU adapter's plan with subgroups (lavapipe, SwiftShader), Winograd's f32 GEMMs
-    // run shaders/gemm_lanes.wgsl, which reads its operands straight from memory; with
-    // subgroups off, the tiled conv_forward and conv_backward_weight. The forward pass and
-    // input gradient sum each output in ascending order with one fused multiply-add per term
-    // either way: the same bits. The weight gradient sums a chunk's tiles in one run instead
-    // of the tiled kernel's splits: close. Cases: rows off the lanes' 32 (40 output channels,
-    // 24 input channels for gx), columns over several workgroups of 4 per lane and ending in a
-    // partial one (F(2x2): 400 tiles, F(4x4): 100), and tile counts that are not a multiple of
-    // 4 (F(4x4)'s 3 x 5 in case 1: the tiled GEMMs either way).
-    let cases: [([usize; 4], usize); 2] = [([4, 24, 20, 20], 40), ([1, 16, 12, 20], 8)];
+    // run shaders/gemm_lanes.wgsl, which reads its operands straight from memory, and
+    // F(4x4, 3x3)'s transforms move vec4s by quads of lanes (shaders/winograd_quads.wgsl, the
+    // _rows kernels on planes whose width is a multiple of 4); with subgroups off, the tiled
+    // conv_forward and conv_backward_weight and winograd.wgsl's transforms (also where
+    // subgroups have 4 lanes, which move values by quads slower). The forward pass
+    // and input gradient sum each output in ascending order with one fused multiply-add per
+    // term either way: the same bits. The weight gradient sums a chunk's tiles in one run
+    // instead of the tiled kernel's splits: close. Cases: rows off the lanes' 32 (40 output
+    // channels, 24 input channels for gx), columns over several workgroups of 4 per lane and
+    // ending in a partial one (F(2x2): 400 tiles, F(4x4): 100), tile counts that are not a
+    // multiple of 4 (F(4x4)'s 3 x 5 in case 1: the tiled GEMMs and the plain transforms
+    // either way), 14 x 14 planes (F(4x4)'s quads without rows) and 10 x 12 planes (rows,
+    // the last tiles' partly outside the plane; quads across rows of tiles and images).
+    let cases: [([usize; 4], usize); 4] = [
+        ([4, 24, 20, 20], 40),
+        ([1, 16, 12, 20], 8),
+        ([4, 8, 14, 14], 12),
+        ([4, 8, 10, 12], 8),
+    ];
     each_tile(|gpu| {
         // Subgroups back on (this loop's last case turned them off), where there are any.
         let _ = gpu.set_subgroup_reductions(true);
@@ -521,28 +531,46 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
             let ys = [x[0], k, x[2], x[3]];
             let gyv = random_vec(ys.iter().product(), 902 + i as u64);
             let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
-            // The three passes, and how many GEMMs ran on gemm_lanes and gemm_lanes_nt.
+            // The quads' kernels these planes take (the _rows ones where the width is a
+            // multiple of 4).
+            let kind = if x[3] % 4 == 0 { "rows" } else { "quads" };
+            let quads = ["input", "gy", "output"].map(|t| format!("wino4_{t}_{kind}"));
+            // The three passes, how many GEMMs ran on gemm_lanes and gemm_lanes_nt, and how
+            // many input, gy and output transforms by quads.
             let run = || {
                 gpu.start_profiling().unwrap();
                 let y = ops::conv2d(&xt, &wt, None, 1, 1).unwrap();
                 let gx = ops::conv2d_backward_input(&gy, &wt, x, 1, 1).unwrap();
                 let gw = ops::conv2d_backward_weight(&xt, &gy, w, 1, 1).unwrap();
                 let kernels = gpu.finish_profiling().unwrap();
-                let count = |entry| kernels.iter().filter(|t| t.entry == entry).count();
+                let count = |entry: &str| kernels.iter().filter(|t| t.entry == entry).count();
                 let passes = [y, gx, gw].map(|t| t.to_vec().unwrap());
-                (passes, [count("gemm_lanes"), count("gemm_lanes_nt")])
+                let gemms = [count("gemm_lanes"), count("gemm_lanes_nt")];
+                (passes, gemms, quads.each_ref().map(|e| count(e)))
             };
             let what = format!("x {x:?} w {w:?} {tile}");
-            let ([y, gx, gw], on_lanes) = run();
+            let ([y, gx, gw], on_lanes, by_quads) = run();
             let tiles = x[0] * x[2].div_ceil(tile.m()) * x[3].div_ceil(tile.m());
-            let expected = match lanes && tiles % 4 == 0 {
+            let lanes_take_it = lanes && tiles % 4 == 0;
+            let expected = match lanes_take_it {
                 true => [2, 1],
                 false => [0, 0],
             };
             assert_eq!(on_lanes, expected, "{what}: GEMMs on gemm_lanes(_nt)");
+            // x's transform in the forward pass and the weight gradient, gy's as the input
+            // gradient's input and for the weight gradient; the output transforms of y and gx.
+            let by_quads_here = ops::winograd_transforms_by_quads(gpu);
+            let expected = match lanes_take_it && by_quads_here && tile == WinogradTile::F4 {
+                true => [3, 1, 2],
+                false => [0, 0, 0],
+            };
+            assert_eq!(by_quads, expected, "{what}: {quads:?}");
+            // On subgroups of 8 or more lanes (lavapipe's, not SwiftShader's 4).
+            let eight = gpu.conv_gemm_lanes().is_some_and(|n| n >= 8);
+            assert_eq!(by_quads_here, lanes && eight, "{}", gpu.info());
             gpu.set_subgroup_reductions(false).unwrap();
-            let ([y_tiled, gx_tiled, gw_tiled], none) = run();
-            assert_eq!(none, [0, 0], "{what}: subgroups off");
+            let ([y_tiled, gx_tiled, gw_tiled], none, plain) = run();
+            assert_eq!((none, plain), ([0, 0], [0, 0, 0]), "{what}: subgroups off");
             let same = |a: &[f32], b: &[f32]| {
                 a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
             };

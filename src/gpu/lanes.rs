@@ -32,12 +32,13 @@ pub const REDUCING_ENGINE: &str = "butterfly.wgsl";
 #[doc(hidden)]
 pub const LANES_ENGINES: [&str; 2] = [REDUCING_ENGINE, "conv_fma.wgsl"];
 
-/// The files without an engine whose kernels get a lanes file before them: the GEMM for CPU
-/// adapters that shares A through a subgroup's lanes (`shaders/gemm_lanes.wgsl`, which the host
-/// dispatches only with subgroups of 4, 8 or 16 lanes: [`crate::Gpu::conv_gemm_lanes`], not the
-/// reductions' lanes).
+/// The files whose kernels get a lanes file before them (and before their engine, if any),
+/// which the host dispatches only with the verified subgroups of 4, 8 or 16 lanes of
+/// [`crate::Gpu::conv_gemm_lanes`], not the reductions' lanes: the GEMM for CPU adapters that
+/// shares A through a subgroup's lanes (`shaders/gemm_lanes.wgsl`) and Winograd's transforms
+/// that move vec4s by quads of lanes (`shaders/winograd_quads.wgsl`).
 #[doc(hidden)]
-pub const LANES_FILES: [&str; 1] = ["gemm_lanes.wgsl"];
+pub const LANES_FILES: [&str; 2] = ["gemm_lanes.wgsl", "winograd_quads.wgsl"];
 
 /// The shader files whose kernels are declared with `reducing_kernel!` (every entry point of
 /// each: they share one module), for the tools that compose sources themselves

@@ -40,7 +40,9 @@ pub use plan::{conv2d_output_size, conv2d_taps};
 pub(crate) use tiles::forced_tile;
 pub use tiles::{ConvTile, TileModel, conv_stages};
 pub(crate) use winograd::F16_TILE as F16_WINOGRAD_TILE;
-pub use winograd::{WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_tiles};
+pub use winograd::{
+    WINOGRAD_CHUNK_ELEMENTS, conv2d_winograd, conv2d_winograd_tiles, winograd_transforms_by_quads,
+};
 
 use kernels::{
     EPI_ACCUMULATE, Engine, F32_DOUBLE, F32_LANES_DOUBLE, F32_LANES_SINGLE, F32_SHALLOW,

@@ -27,6 +27,7 @@ use crate::gpu::{ConvAlgo, Gpu, Kernel, WinogradTile, flag, grid_for_elements};
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
+use wgpu::Buffer;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -46,31 +47,154 @@ struct Params {
     eps: f32,
 }
 
-/// A Winograd tile's transforms (the same bindings and Params in both shaders).
+/// A kernel of `shaders/winograd_quads.wgsl`, compiled after winograd.wgsl (and a lanes file).
+macro_rules! quads_kernel {
+    ($entry:literal) => {
+        kernel!("winograd_quads.wgsl", $entry, "", "winograd.wgsl")
+    };
+}
+
+/// A Winograd tile's transforms (the same Params in every shader).
 struct Kernels {
     weights: Kernel,
-    input: Kernel,
-    output: Kernel,
+    input: Transform,
+    output: Transform,
     output_bn: Kernel,
-    gy: Kernel,
+    gy: Transform,
     weights_grad: Kernel,
+}
+
+/// A transform between a tensor's planes and the transformed tensor (V, GY or M), and where
+/// it has them, its twins that move values as vec4s by quads of subgroup lanes
+/// (`shaders/winograd_quads.wgsl`: the same values, fewer memory accesses on CPU adapters).
+struct Transform {
+    plain: Kernel,
+    quads: Option<Quads>,
+}
+
+/// A transform's twins by quads of lanes: the transformed values as vec4s (`any`), and also
+/// the planes' rows (`rows`, for planes whose width is a multiple of 4).
+struct Quads {
+    any: Kernel,
+    rows: Kernel,
+    /// Whether `rows` also reads the planes' values one at a time (binding 1): the input's
+    /// patches reach a value past each end of a row's aligned vec4.
+    rows_reads_scalars: bool,
+}
+
+/// How a transform's kernel reaches memory, which sets its bindings.
+#[derive(Clone, Copy, PartialEq)]
+enum Access {
+    /// winograd.wgsl's: every value a scalar.
+    Plain,
+    /// The transformed tensor as vec4s.
+    Quads,
+    /// The planes' rows as vec4s too, and with `scalars` the input's values past each end of
+    /// a row's vec4.
+    Rows { scalars: bool },
+}
+
+impl Access {
+    /// The bindings of a transform of x or gy (`src`) into V or GY (`dst`).
+    fn transform_bindings<'a>(self, src: &'a Buffer, dst: &'a Buffer) -> Vec<(u32, &'a Buffer)> {
+        match self {
+            Access::Plain => vec![(1, src), (2, dst)],
+            Access::Quads => vec![(1, src), (9, dst)],
+            Access::Rows { scalars: true } => vec![(1, src), (9, dst), (10, src)],
+            Access::Rows { scalars: false } => vec![(9, dst), (10, src)],
+        }
+    }
+
+    /// The bindings of an output transform from M (`m`) into y or gx (`out`), with `bias`.
+    fn output_bindings<'a>(
+        self,
+        m: &'a Buffer,
+        out: &'a Buffer,
+        bias: &'a Buffer,
+    ) -> [(u32, &'a Buffer); 3] {
+        match self {
+            Access::Plain => [(1, m), (2, out), (3, bias)],
+            Access::Quads => [(10, m), (2, out), (3, bias)],
+            Access::Rows { .. } => [(10, m), (9, out), (3, bias)],
+        }
+    }
+}
+
+impl Transform {
+    /// The kernel for a chunk of `tiles` tiles on planes `width` wide, and how it reaches
+    /// memory: by quads where [`winograd_transforms_by_quads`] and `tiles` is a multiple of 4 (each
+    /// quad then lies in one channel, and each plane holds whole vec4s), by rows too where
+    /// `width` is a multiple of 4 (a tile's row then starts an aligned vec4).
+    fn kernel(&self, gpu: &Gpu, tiles: usize, width: usize) -> (&Kernel, Access) {
+        match &self.quads {
+            Some(quads) if tiles.is_multiple_of(4) && winograd_transforms_by_quads(gpu) => {
+                match width.is_multiple_of(4) {
+                    true => {
+                        let scalars = quads.rows_reads_scalars;
+                        (&quads.rows, Access::Rows { scalars })
+                    }
+                    false => (&quads.any, Access::Quads),
+                }
+            }
+            _ => (&self.plain, Access::Plain),
+        }
+    }
+}
+
+/// Whether F(4x4, 3x3)'s transforms move vec4s by quads of lanes here: where the GEMMs
+/// without barriers run (a CPU adapter's plan with verified subgroups) on subgroups of 8 or 16
+/// lanes (lavapipe). SwiftShader's 4 lanes run them at about half the plain transforms' speed
+/// (its shuffles cost more than the accesses they save; docs/speed.md, "Winograd's transforms
+/// by quads of lanes"). For tests and benchmarks.
+pub fn winograd_transforms_by_quads(gpu: &Gpu) -> bool {
+    lanes::lanes_in_use(gpu) && gpu.conv_gemm_lanes().is_some_and(|n| n >= 8)
 }
 
 const F2_KERNELS: Kernels = Kernels {
     weights: kernel!("winograd.wgsl", "wino_weights"),
-    input: kernel!("winograd.wgsl", "wino_input"),
-    output: kernel!("winograd.wgsl", "wino_output"),
+    input: Transform {
+        plain: kernel!("winograd.wgsl", "wino_input"),
+        quads: None,
+    },
+    output: Transform {
+        plain: kernel!("winograd.wgsl", "wino_output"),
+        quads: None,
+    },
     output_bn: kernel!("winograd.wgsl", "wino_output_bn"),
-    gy: kernel!("winograd.wgsl", "wino_gy"),
+    gy: Transform {
+        plain: kernel!("winograd.wgsl", "wino_gy"),
+        quads: None,
+    },
     weights_grad: kernel!("winograd.wgsl", "wino_weights_grad"),
 };
 
 const F4_KERNELS: Kernels = Kernels {
     weights: kernel!("winograd.wgsl", "wino4_weights"),
-    input: kernel!("winograd.wgsl", "wino4_input"),
-    output: kernel!("winograd.wgsl", "wino4_output"),
+    input: Transform {
+        plain: kernel!("winograd.wgsl", "wino4_input"),
+        quads: Some(Quads {
+            any: quads_kernel!("wino4_input_quads"),
+            rows: quads_kernel!("wino4_input_rows"),
+            rows_reads_scalars: true,
+        }),
+    },
+    output: Transform {
+        plain: kernel!("winograd.wgsl", "wino4_output"),
+        quads: Some(Quads {
+            any: quads_kernel!("wino4_output_quads"),
+            rows: quads_kernel!("wino4_output_rows"),
+            rows_reads_scalars: false,
+        }),
+    },
     output_bn: kernel!("winograd.wgsl", "wino4_output_bn"),
-    gy: kernel!("winograd.wgsl", "wino4_gy"),
+    gy: Transform {
+        plain: kernel!("winograd.wgsl", "wino4_gy"),
+        quads: Some(Quads {
+            any: quads_kernel!("wino4_gy_quads"),
+            rows: quads_kernel!("wino4_gy_rows"),
+            rows_reads_scalars: false,
+        }),
+    },
     weights_grad: kernel!("winograd.wgsl", "wino4_weights_grad"),
 };
 
@@ -615,8 +739,10 @@ fn convolve(
                 ..batch.params(k, first, tiles)
             };
             let add = [flag("ACCUMULATE", accumulate)];
-            let buffers = [m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer()];
-            gpu.dispatch_with(&kernels(tile).output, &add, &p, &buffers, grid)
+            let (kernel, access) = kernels(tile).output.kernel(gpu, tiles, shape[3]);
+            let bound =
+                access.output_bindings(m.buffer(), out.buffer(), bias.unwrap_or(&m).buffer());
+            gpu.dispatch_bound(kernel, &add, &p, &bound, grid)
         };
         match epilogue {
             Epilogue::Bias(bias) => output(bias, false)?,
@@ -741,22 +867,24 @@ impl Chunks {
         }
     }
 
-    /// Record `kernel` (wino_input or wino_gy) from `src`'s chunk into `dst`.
+    /// Record `transform` (the input's or gy's) from `src`'s chunk into `dst`.
     #[allow(clippy::too_many_arguments)]
     fn transform(
         &self,
         gpu: &Gpu,
-        kernel: &Kernel,
+        transform: &Transform,
         src: &Tensor,
         dst: &Tensor,
         channels: usize,
         first: usize,
         tiles: usize,
     ) -> Result<()> {
-        gpu.dispatch(
+        let (kernel, access) = transform.kernel(gpu, tiles, self.shape[3]);
+        gpu.dispatch_bound(
             kernel,
+            &[],
             &self.params(channels, first, tiles),
-            &[src.buffer(), dst.buffer()],
+            &access.transform_bindings(src.buffer(), dst.buffer()),
             grid_for_elements(channels * tiles),
         )
     }
