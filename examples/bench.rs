@@ -1503,6 +1503,14 @@ fn main() -> Result<()> {
         }
     );
     println!(
+        "Winograd F(4x4, 3x3) transforms: {}",
+        if resnet_wgpu::ops::winograd_transforms_by_quads(&bench.gpu) {
+            "vec4s by quads of lanes (winograd_quads.wgsl)"
+        } else {
+            "one value at a time (winograd.wgsl)"
+        }
+    );
+    println!(
         "shader runtime checks: {}",
         if bench.gpu.shader_checks() {
             "on (RESNET_WGPU_SHADER_CHECKS=1)"
