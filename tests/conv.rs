@@ -603,9 +603,102 @@ fn the_tape_reads_the_forward_weights_copy() {
 }
 
 #[test]
-fn the_tape_adds_a_second_input_gradient_as_the_conv_writes_it() {
-    // A device of its own, for counting dispatches.
+fn the_weight_gradient_reads_the_forward_laid_out_input() {
+    // A device of its own: the test sets the algorithm, the chunk cap and the keeping. On a CPU
+    // adapter with subgroups (lavapipe, SwiftShader) a training forward pass whose GEMM runs
+    // without barriers keeps x as it laid it out, Winograd's transform V or a direct
+    // convolution's columns, where the batch is one chunk; the tape's weight gradient reads it
+    // instead of laying x out again (Gpu::set_conv_keep_laid_out). The same bits as the passes
+    // apart, which keep nothing; one layout of x fewer in the backward where kept; as many where
+    // the batch is chunked, with keeping off, or on other plans.
     let gpu = new_gpu();
+    let lanes = gemms_without_barriers_expected(&gpu);
+    let cases = [
+        // 16 tiles of 4x4; chunks of one image: 4 tiles each.
+        (
+            ConvAlgo::Winograd,
+            case([4, 20, 8, 8], 24, 3, 3, 1, 1, false),
+        ),
+        // A strided 3x3 on ragged planes, a 1x1 stride-2 shortcut.
+        (
+            ConvAlgo::Direct,
+            case([3, 12, 13, 11], 20, 3, 3, 2, 1, false),
+        ),
+        (
+            ConvAlgo::Direct,
+            case([2, 16, 9, 10], 36, 1, 1, 2, 0, false),
+        ),
+    ];
+    // The backward's layouts of x or gy: im2col's columns, Winograd's input transforms (of gy
+    // for the input gradient, of x for the weight gradient).
+    let layouts = |kernels: &[resnet_wgpu::gpu::KernelTime]| {
+        kernels
+            .iter()
+            .filter(|k| {
+                k.entry == "im2col" || k.entry.starts_with("wino") && k.entry.contains("_input")
+            })
+            .count()
+    };
+    // The CPU plan's tile for the main job; per pass the plan may choose F(2x2, 3x3) on small
+    // batches, and the forward pass keeps V only for a weight gradient of its tile.
+    gpu.set_winograd_tile(Some(WinogradTile::F4));
+    for (i, (algo, c)) in cases.iter().enumerate() {
+        gpu.set_conv_algo(*algo);
+        let seed = 2700 + 10 * i as u64;
+        let xv = random_vec(c.x.iter().product(), seed);
+        let wv = random_vec(c.w.iter().product(), seed + 1);
+        let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
+        let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
+        let ys = ops::conv2d(&x, &w, None, c.stride, c.pad)
+            .unwrap()
+            .shape()
+            .to_vec();
+        let gy = Tensor::from_slice(&gpu, &ys, &random_vec(ys.iter().product(), seed + 2));
+        let gy = gy.unwrap();
+        if *algo == ConvAlgo::Winograd {
+            let runs = ops::conv2d_winograd(&gpu, c.x, c.w, c.stride, c.pad).unwrap();
+            assert_eq!(runs, [true; 3], "{c:?}: Winograd");
+        }
+        // One chunk, then chunks of one image (direct: C R S rows of its pixels, rounded up to
+        // 4; Winograd: 36 positions of the wider side's channels over its tiles).
+        let one_image = match algo {
+            ConvAlgo::Winograd => 36 * c.w[0].max(c.w[1]) * (c.x[2] / 4) * (c.x[3] / 4),
+            _ => c.w[1] * c.w[2] * c.w[3] * (ys[2] * ys[3] + 4),
+        };
+        for (cap, keep) in [(None, true), (Some(one_image), true), (None, false)] {
+            let what = format!("{algo:?} {c:?}, chunk cap {cap:?}, keep {keep}");
+            gpu.set_winograd_chunk_elements(
+                cap.unwrap_or(resnet_wgpu::ops::WINOGRAD_CHUNK_ELEMENTS),
+            );
+            gpu.set_conv_keep_laid_out(keep);
+            gpu.start_profiling().unwrap();
+            let gx = ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad).unwrap();
+            let gw = ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad).unwrap();
+            let apart = layouts(&gpu.finish_profiling().unwrap());
+            let tape = Tape::new();
+            let (xt, wt) = (tape.leaf(x.clone()), tape.leaf(w.clone()));
+            let y = xt.conv2d(&wt, None, c.stride, c.pad).unwrap();
+            gpu.start_profiling().unwrap();
+            let grads = tape.backward_with(&y, gy.clone()).unwrap();
+            let through_tape = layouts(&gpu.finish_profiling().unwrap());
+            let kept = lanes && keep && cap.is_none();
+            assert_eq!(through_tape + kept as usize, apart, "{what}: layouts of x");
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()
+            };
+            assert_eq!(bits(grads.get(&xt).unwrap()), bits(&gx), "{what}: gx");
+            assert_eq!(bits(grads.get(&wt).unwrap()), bits(&gw), "{what}: gw");
+        }
+    }
+}
+
+#[test]
+fn the_tape_adds_a_second_input_gradient_as_the_conv_writes_it() {
+    // A device of its own, for counting dispatches: without the layouts of x that the
+    // convolutions would keep on a CPU adapter's plan (each one dispatch fewer in the backward;
+    // the_weight_gradient_reads_the_forward_laid_out_input counts those).
+    let gpu = new_gpu();
+    gpu.set_conv_keep_laid_out(false);
     // x feeds two 1x1 convs (no weights' copy to count), whose outputs are added: the conv
     // replayed second adds its input gradient to the first one's as it writes it, with the
     // bits of axpy after the two, and without axpy's dispatch.

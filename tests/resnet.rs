@@ -484,6 +484,10 @@ fn basic_activations(config: &ResNetConfig, hw: usize) -> usize {
 fn a_training_step_keeps_each_activation_once() {
     // ResNet-18's layout, narrowed so that activations outweigh the parameters.
     let gpu = new_gpu();
+    // What PyTorch keeps: on a CPU adapter's plan the convolutions would also keep x as their
+    // GEMMs laid it out for the weight gradient, by default (Gpu::set_conv_keep_laid_out: more
+    // memory for speed; tests/conv.rs checks what they keep).
+    gpu.set_conv_keep_laid_out(false);
     let (n, hw) = (8, 96);
     let config = ResNetConfig::resnet18(10).with_widths(vec![8, 16, 32, 64]);
     let activations = 4 * n * basic_activations(&config, hw);

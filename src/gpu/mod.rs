@@ -562,6 +562,9 @@ struct ConvMath {
     winograd_chunk: usize,
     /// The f32 engine's Winograd tile (None: chosen per convolution).
     winograd_tile: Option<WinogradTile>,
+    /// Whether training's convolutions on the GEMMs without barriers keep x as laid out for
+    /// the weight gradient.
+    keep_laid_out: bool,
 }
 
 /// Threads per workgroup of the one-dimensional (elementwise) kernels.
@@ -775,6 +778,8 @@ impl Gpu {
                 weight_copy_min_columns: crate::ops::conv::WEIGHT_COPY_MIN_COLUMNS,
                 winograd_chunk: crate::ops::conv::WINOGRAD_CHUNK_ELEMENTS,
                 winograd_tile: WinogradTile::from_env(),
+                keep_laid_out: std::env::var("RESNET_WGPU_KEEP_LAID_OUT")
+                    .map_or(true, |v| v != "0"),
                 ..ConvMath::default()
             }),
             plan_for,
@@ -963,6 +968,23 @@ impl Gpu {
 
     pub(crate) fn winograd_chunk_elements(&self) -> usize {
         lock(&self.0.conv_math).winograd_chunk
+    }
+
+    /// Whether a training step's convolutions whose GEMMs run without barriers (on a CPU
+    /// adapter's plan: [`crate::ops::conv_gemms_without_barriers`]) keep their input x as their
+    /// forward GEMM read it, Winograd's transform V or a direct convolution's columns, for the
+    /// weight gradient to read instead of laying x out again (every clone of this `Gpu` shares
+    /// it). On by default, unless `RESNET_WGPU_KEEP_LAID_OUT=0`: faster, and more memory
+    /// between the forward pass and the backward (F(4x4, 3x3)'s V holds 2.25 values per value
+    /// of x, a 3x3 convolution's columns 9 per output pixel and input channel). Only where the
+    /// batch is laid out in one chunk; other plans never lay x out so.
+    pub fn set_conv_keep_laid_out(&self, keep: bool) {
+        lock(&self.0.conv_math).keep_laid_out = keep;
+    }
+
+    /// Whether training's convolutions keep x as laid out ([`Gpu::set_conv_keep_laid_out`]).
+    pub fn conv_keep_laid_out(&self) -> bool {
+        lock(&self.0.conv_math).keep_laid_out
     }
 
     /// The fewest GEMM columns for which [`ConvOrder::Rsc`] copies a kernel's weights (1,024

@@ -54,8 +54,8 @@ use plan::{Geometry, MAX_GRID, Route, SPLIT_MIN_CHUNK, gemm_grid, taps_outer};
 use super::tune::{self, Candidate, ConvKey, ConvPass, TunedConv};
 use crate::autograd::Var;
 use crate::gpu::{
-    ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, flag, grid_1d,
-    scalar_or_vec4,
+    ConvAlgo, ConvOrder, ConvPrecision, ConvStaging, Gpu, Kernel, MmaConfig, WinogradTile, flag,
+    grid_1d, scalar_or_vec4,
 };
 use crate::kernel;
 use crate::tensor::{DType, Tensor};
@@ -115,12 +115,70 @@ pub fn conv2d_tiled(
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
     let tile = tile.map(|t| GemmTile::on(x.gpu(), t));
-    forward(x, w, b, stride, padding, tile).map(|(y, _)| y)
+    forward(x, w, b, stride, padding, tile, false).map(|f| f.y)
 }
 
-/// [`conv2d_tiled`] with a given engine and tile, also returning the weights' taps-outer copy
-/// when it made one ([`Geometry::weights_copy`]; of the window's weights when it ran a window
-/// of taps), which the input gradient can read instead of copying again.
+/// What a forward pass returns: y, and what it leaves for the backward passes.
+struct Forward {
+    y: Tensor,
+    /// The weights' taps-outer copy, when the pass made one ([`Geometry::weights_copy`]; of the
+    /// window's weights when it ran a window of taps), which the input gradient can read
+    /// instead of copying again.
+    copied: Option<Tensor>,
+    /// x as the pass laid it out for its GEMM, when asked to keep it and the weight gradient
+    /// reads the same layout.
+    laid_out: Option<LaidOut>,
+}
+
+impl Forward {
+    fn of(y: Tensor) -> Forward {
+        Forward {
+            y,
+            copied: None,
+            laid_out: None,
+        }
+    }
+}
+
+/// x as a forward pass on the GEMMs without barriers laid it out for its GEMM, in one chunk
+/// ([`Gpu::set_conv_keep_laid_out`]): the weight gradient's GEMM reads the same operand, which
+/// the backward then need not lay out again.
+enum LaidOut {
+    /// Winograd's transform V `[α², C, tiles]` with this tile.
+    Winograd(WinogradTile, Tensor),
+    /// A direct convolution's columns `[C R S, pixels]` (`shaders/im2col.wgsl`).
+    Columns(Tensor),
+}
+
+impl LaidOut {
+    /// V, where laid out with `tile`.
+    fn winograd(&self, tile: WinogradTile) -> Option<&Tensor> {
+        match self {
+            LaidOut::Winograd(t, v) if *t == tile => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The columns, where laid out so.
+    fn columns(&self) -> Option<&Tensor> {
+        match self {
+            LaidOut::Columns(col) => Some(col),
+            LaidOut::Winograd(..) => None,
+        }
+    }
+}
+
+/// Whether the weight gradient of `g` will read what a forward pass on `route` lays out: it
+/// takes the same route (Winograd with the same tile, or the GEMMs without barriers), as far as
+/// known before it runs (an untuned pass's rule or its tuned route: autotuning may yet choose
+/// another, and the kept layout then goes unread).
+fn weight_grad_reads(gpu: &Gpu, g: &Geometry, route: Route) -> bool {
+    !narrow::takes(gpu, g, ConvPass::WeightGrad)
+        && g.known_route(gpu, ConvPass::WeightGrad) == route
+}
+
+/// [`conv2d_tiled`] with a given engine and tile. With `keep`, x laid out for the weight
+/// gradient is kept where the pass runs its GEMM without barriers ([`LaidOut`]).
 fn forward(
     x: &Tensor,
     w: &Tensor,
@@ -128,12 +186,14 @@ fn forward(
     stride: usize,
     padding: usize,
     tile: Option<GemmTile>,
-) -> Result<(Tensor, Option<Tensor>)> {
+    keep: bool,
+) -> Result<Forward> {
     const OP: &str = "conv2d";
     let g = forward_geometry(OP, x, w, stride, padding)?;
     if let Some(win) = g.tap_window() {
+        // The weight gradient crops the same window: it reads what the window laid out.
         let w = g.crop_taps(OP, w, win)?;
-        return forward(x, &w, b, stride, win.padding, tile);
+        return forward(x, &w, b, stride, win.padding, tile, keep);
     }
     if let Some(b) = b {
         b.expect_f32_rank(OP, "bias b [K]", 1)?;
@@ -152,7 +212,7 @@ fn forward(
     }
     let gpu = x.gpu();
     if tile.is_none() && narrow::takes(gpu, &g, ConvPass::Forward) {
-        return Ok((narrow::forward(OP, &g, x, w, b)?, None));
+        return Ok(Forward::of(narrow::forward(OP, &g, x, w, b)?));
     }
     let model = TileModel::for_gpu(gpu);
     let tile = match g.route(
@@ -161,18 +221,31 @@ fn forward(
         tile,
         || g.forward_tile(&model),
         |c| match c {
-            Candidate::Gemm(t) => forward(x, w, b, stride, padding, Some(t)).map(drop),
+            Candidate::Gemm(t) => forward(x, w, b, stride, padding, Some(t), false).map(drop),
             Candidate::Winograd { f16, tile } => {
-                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(b), f16, tile).map(drop)
+                let epilogue = winograd::Epilogue::Bias(b);
+                winograd::forward(OP, &g, x, w, epilogue, f16, tile, false).map(drop)
             }
-            Candidate::Lanes => lanes::forward(OP, &g, x, w, lanes::Out::Bias(b)).map(drop),
+            Candidate::Lanes => lanes::forward(OP, &g, x, w, lanes::Out::Bias(b), false).map(drop),
         },
     )? {
-        Route::Winograd { f16, tile } => {
+        route @ Route::Winograd { f16, tile } => {
             let epilogue = winograd::Epilogue::Bias(b);
-            return Ok((winograd::forward(OP, &g, x, w, epilogue, f16, tile)?, None));
+            let keep = keep && weight_grad_reads(gpu, &g, route);
+            let (y, v) = winograd::forward(OP, &g, x, w, epilogue, f16, tile, keep)?;
+            return Ok(Forward {
+                laid_out: v.map(|v| LaidOut::Winograd(tile, v)),
+                ..Forward::of(y)
+            });
         }
-        Route::Lanes => return Ok((lanes::forward(OP, &g, x, w, lanes::Out::Bias(b))?, None)),
+        Route::Lanes => {
+            let keep = keep && weight_grad_reads(gpu, &g, Route::Lanes);
+            let (y, col) = lanes::forward(OP, &g, x, w, lanes::Out::Bias(b), keep)?;
+            return Ok(Forward {
+                laid_out: col.map(LaidOut::Columns),
+                ..Forward::of(y)
+            });
+        }
         Route::Direct(tile) => tile,
     };
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, OP)?;
@@ -203,7 +276,10 @@ fn forward(
             crate::gpu::grid_for_elements(y.numel()),
         )?;
     }
-    Ok((y, copy))
+    Ok(Forward {
+        copied: copy,
+        ..Forward::of(y)
+    })
 }
 
 /// The validated geometry of a forward convolution of x `[N, C, H, W]` with w `[K, C, R, S]`.
@@ -339,23 +415,26 @@ pub fn conv2d_bn_eval_tiled(
         tile.map(|t| GemmTile::on(gpu, t)),
         || g.forward_tile(&model),
         |c| match c {
-            Candidate::Gemm(t) => forward(x, w, None, stride, padding, Some(t)).map(drop),
+            Candidate::Gemm(t) => forward(x, w, None, stride, padding, Some(t), false).map(drop),
             Candidate::Winograd { f16, tile } => {
-                winograd::forward(OP, &g, x, w, winograd::Epilogue::Bias(None), f16, tile).map(drop)
+                let epilogue = winograd::Epilogue::Bias(None);
+                winograd::forward(OP, &g, x, w, epilogue, f16, tile, false).map(drop)
             }
-            Candidate::Lanes => lanes::forward(OP, &g, x, w, lanes::Out::Bias(None)).map(drop),
+            Candidate::Lanes => {
+                lanes::forward(OP, &g, x, w, lanes::Out::Bias(None), false).map(drop)
+            }
         },
     )?;
     let tile = match route {
         // Winograd's output transform applies the batch norm (7 storage buffers).
         Route::Winograd { f16, tile } if gpu.limits().max_storage_buffers_per_shader_stage >= 7 => {
             let epilogue = winograd::Epilogue::BatchNorm { bn, residual, relu };
-            return winograd::forward(OP, &g, x, w, epilogue, f16, tile);
+            return Ok(winograd::forward(OP, &g, x, w, epilogue, f16, tile, false)?.0);
         }
         Route::Winograd { .. } => None,
         Route::Lanes => {
             let out = lanes::Out::BatchNorm { bn, residual, relu };
-            return lanes::forward(OP, &g, x, w, out);
+            return Ok(lanes::forward(OP, &g, x, w, out, false)?.0);
         }
         Route::Direct(tile) => tile,
     };
@@ -820,11 +899,13 @@ pub fn conv2d_backward_weight_tiled(
     tile: Option<ConvTile>,
 ) -> Result<Tensor> {
     let tile = tile.map(|t| GemmTile::on(x.gpu(), t));
-    backward_weight(x, gy, w_shape, stride, padding, tile, &GyScale::new())
+    backward_weight(x, gy, w_shape, stride, padding, tile, &GyScale::new(), None)
 }
 
-/// [`conv2d_backward_weight_tiled`] with a given engine and tile, and gy's f16 operand scale
-/// shared with the input gradient.
+/// [`conv2d_backward_weight_tiled`] with a given engine and tile, gy's f16 operand scale
+/// shared with the input gradient, and x as the forward pass laid it out, if it kept it (read
+/// where this pass's route reads the same layout).
+#[allow(clippy::too_many_arguments)]
 fn backward_weight(
     x: &Tensor,
     gy: &Tensor,
@@ -833,6 +914,7 @@ fn backward_weight(
     padding: usize,
     tile: Option<GemmTile>,
     scale: &GyScale,
+    laid_out: Option<&LaidOut>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d_backward_weight";
     let xs = x.nchw(OP, "input x [N, C, H, W]")?;
@@ -843,7 +925,7 @@ fn backward_weight(
     if let Some(win) = g.tap_window() {
         let [k, c, _, _] = w_shape;
         let window = [k, c, win.taps.0, win.taps.1];
-        let gw = backward_weight(x, gy, window, stride, win.padding, tile, scale)?;
+        let gw = backward_weight(x, gy, window, stride, win.padding, tile, scale, laid_out)?;
         return g.expand_taps(OP, &gw, win);
     }
     let [k, c, r, s] = w_shape;
@@ -860,18 +942,22 @@ fn backward_weight(
         || g.weight_tile(&model),
         |c| match c {
             Candidate::Gemm(t) => {
-                backward_weight(x, gy, w_shape, stride, padding, Some(t), scale).map(drop)
+                backward_weight(x, gy, w_shape, stride, padding, Some(t), scale, None).map(drop)
             }
             Candidate::Winograd { f16, tile } => {
-                winograd::backward_weight(OP, &g, x, gy, scale, f16, tile).map(drop)
+                winograd::backward_weight(OP, &g, x, gy, scale, f16, tile, None).map(drop)
             }
-            Candidate::Lanes => lanes::backward_weight(OP, &g, x, gy).map(drop),
+            Candidate::Lanes => lanes::backward_weight(OP, &g, x, gy, None).map(drop),
         },
     )? {
         Route::Winograd { f16, tile } => {
-            return winograd::backward_weight(OP, &g, x, gy, scale, f16, tile);
+            let v = laid_out.and_then(|l| l.winograd(tile));
+            return winograd::backward_weight(OP, &g, x, gy, scale, f16, tile, v);
         }
-        Route::Lanes => return lanes::backward_weight(OP, &g, x, gy),
+        Route::Lanes => {
+            let col = laid_out.and_then(LaidOut::columns);
+            return lanes::backward_weight(OP, &g, x, gy, col);
+        }
         Route::Direct(tile) => tile,
     };
     let engine = Engine::for_gpu(gpu, tile, || g.weight_tile(&model));
@@ -925,22 +1011,29 @@ impl Var {
     /// `conv2d(self, w) + b` (see [`conv2d`]), recording its backward. Only what the backward
     /// needs is kept: x when w is tracked (for gw), w when x is tracked (for gx), with the
     /// forward's taps-outer copy of w when it made one ([`crate::ConvOrder::Rsc`]), which the
-    /// input gradient reads instead of copying w again. Gradients of untracked inputs (the
+    /// input gradient reads instead of copying w again. On a CPU adapter's plan, x as the
+    /// forward's GEMM laid it out is kept too when w is tracked, for gw's GEMM to read
+    /// ([`Gpu::set_conv_keep_laid_out`]). Gradients of untracked inputs (the
     /// network's input, frozen weights) are not computed.
     pub fn conv2d(&self, w: &Var, b: Option<&Var>, stride: usize, padding: usize) -> Result<Var> {
-        let (y, copied) = forward(
+        let need_gx = self.requires_grad();
+        let need_gw = w.requires_grad();
+        let need_gb = b.is_some_and(|b| b.requires_grad());
+        let Forward {
+            y,
+            copied,
+            laid_out,
+        } = forward(
             self.tensor(),
             w.tensor(),
             b.map(|b| b.tensor()),
             stride,
             padding,
             None,
+            need_gw && self.tensor().gpu().conv_keep_laid_out(),
         )?;
         let x_shape = self.tensor().nchw("conv2d", "x")?;
         let w_shape = w.tensor().nchw("conv2d", "w")?;
-        let need_gx = self.requires_grad();
-        let need_gw = w.requires_grad();
-        let need_gb = b.is_some_and(|b| b.requires_grad());
         let saved_x = need_gw.then(|| self.tensor().clone());
         // With the forward's taps-outer copy of w, if it made one, for the input gradient to
         // read instead of copying again.
@@ -970,7 +1063,14 @@ impl Var {
             };
             let gw = match &saved_x {
                 Some(x) => Some(backward_weight(
-                    x, gy, w_shape, stride, padding, None, &scale,
+                    x,
+                    gy,
+                    w_shape,
+                    stride,
+                    padding,
+                    None,
+                    &scale,
+                    laid_out.as_ref(),
                 )?),
                 None => None,
             };

@@ -261,20 +261,27 @@ pub(super) enum Out<'a> {
     },
 }
 
-/// y = conv(x, w) + b, or through inference's batch norm (+ residual) (+ ReLU).
+/// y = conv(x, w) + b, or through inference's batch norm (+ residual) (+ ReLU). With `keep`,
+/// also returns x's columns where the batch is one chunk (a tensor of its own, of their size),
+/// for [`backward_weight`] to read.
 pub(super) fn forward(
     op: &'static str,
     g: &Geometry,
     x: &Tensor,
     w: &Tensor,
     out: Out<'_>,
-) -> Result<Tensor> {
+    keep: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let gpu = x.gpu();
     let [k, c, r, s] = g.w;
     let crs = c * r * s;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
     let chunks = Chunks::new(gpu, g, crs);
-    let col = scratch(op, gpu, crs * chunks.most_cols())?;
+    let keep = keep && chunks.count() == 1;
+    let col = match keep {
+        true => Tensor::uninit(gpu, &[crs * chunks.most_cols()], DType::F32, op)?,
+        false => scratch(op, gpu, crs * chunks.most_cols())?,
+    };
     for (_, first, images, cols) in chunks.iter() {
         im2col(gpu, g, x, true, (first, images, cols), &col)?;
         let p = LanesParams {
@@ -305,21 +312,28 @@ pub(super) fn forward(
             }
         }
     }
-    Ok(y)
+    Ok((y, keep.then_some(col)))
 }
 
-/// gw `[K, C, R, S]` = the sum over the batch's pixels of gy's times x's taps.
+/// gw `[K, C, R, S]` = the sum over the batch's pixels of gy's times x's taps. `kept`: x's
+/// columns that the forward pass kept ([`forward`]), read instead of laying x out again.
 pub(super) fn backward_weight(
     op: &'static str,
     g: &Geometry,
     x: &Tensor,
     gy: &Tensor,
+    kept: Option<&Tensor>,
 ) -> Result<Tensor> {
     let gpu = x.gpu();
     let [k, c, r, s] = g.w;
     let crs = c * r * s;
     let chunks = Chunks::new(gpu, g, crs.max(k));
-    let col = scratch(op, gpu, crs * chunks.most_cols())?;
+    // The forward kept one chunk's columns, the same as this one chunk's.
+    let kept = kept.filter(|_| chunks.count() == 1);
+    let col = match kept {
+        Some(col) => col.clone(),
+        None => scratch(op, gpu, crs * chunks.most_cols())?,
+    };
     let gyt = scratch(op, gpu, k * chunks.most_cols())?;
     let gw = Tensor::uninit(gpu, &g.w, DType::F32, op)?;
     // One partial result per chunk, summed into gw; one chunk writes gw itself.
@@ -328,7 +342,9 @@ pub(super) fn backward_weight(
         n => Some(scratch(op, gpu, n * k * crs)?),
     };
     for (chunk, first, images, cols) in chunks.iter() {
-        im2col(gpu, g, x, true, (first, images, cols), &col)?;
+        if kept.is_none() {
+            im2col(gpu, g, x, true, (first, images, cols), &col)?;
+        }
         im2col(gpu, g, gy, false, (first, images, cols), &gyt)?;
         let out = part.as_ref().unwrap_or(&gw);
         gemm_nt(gpu, [k, cols, crs], (1, chunk), [&gyt, &col, out])?;

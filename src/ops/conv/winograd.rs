@@ -407,7 +407,10 @@ pub fn conv2d_winograd_tiles(
 /// epilogue: the conv's bias ([`super::conv2d`]), or inference's batch norm
 /// ([`super::conv2d_bn_eval`]). The GEMMs run on the f16 engine where `f16` (every pass here
 /// takes that flag: the gpu's engine, or the one tuning chose), else on the f32 engine, with
-/// `tile` (every pass: [`tile_for`]'s, or tuning's; F(2x2, 3x3) on the f16 engine).
+/// `tile` (every pass: [`tile_for`]'s, or tuning's; F(2x2, 3x3) on the f16 engine). With
+/// `keep`, also returns x's transform V `[α², C, tiles]` where the batch is one chunk and its
+/// GEMMs run without barriers, for [`backward_weight`] to read.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     op: &'static str,
     g: &Geometry,
@@ -416,14 +419,15 @@ pub(super) fn forward(
     epilogue: Epilogue<'_>,
     f16: bool,
     tile: WinogradTile,
-) -> Result<Tensor> {
+    keep: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
     let u = weights(op, gpu, tile, w, k, c, false)?;
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
-    convolve(op, gpu, tile, x, g.x, &u, k, epilogue, f16, None, &y)?;
-    Ok(y)
+    let v = convolve(op, gpu, tile, x, g.x, &u, k, epilogue, f16, None, keep, &y)?;
+    Ok((y, v))
 }
 
 /// What the output transform adds to the convolution.
@@ -479,6 +483,7 @@ pub(super) fn backward_input(
         epilogue,
         f16,
         scale.as_ref(),
+        false,
         &gx,
     )?;
     Ok(gx)
@@ -526,6 +531,9 @@ fn weights(
 
 /// The weight gradient: gw `[K, C, 3, 3]` from x `[N, C, H, W]` and gy `[N, K, H, W]`.
 /// `scale`: gy's f16 operand scale, shared with the input gradient ([`super::gy_scale`]).
+/// `kept`: x's transform V that the forward pass with this tile kept ([`forward`]), read
+/// instead of transforming x again.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward_weight(
     op: &'static str,
     g: &Geometry,
@@ -534,17 +542,23 @@ pub(super) fn backward_weight(
     scale: &GyScale,
     f16: bool,
     tile: WinogradTile,
+    kept: Option<&Tensor>,
 ) -> Result<Tensor> {
     let [_, c, _, _] = g.x;
     let k = g.w[0];
     let gpu = x.gpu();
     let batch = Chunks::new(gpu, g.x, c.max(k), tile);
     let (chunks, most, xi) = (batch.count(), batch.most(), batch.xi);
-    let v = scratch(op, gpu, xi * c * most)?;
-    let gyt = scratch(op, gpu, xi * k * most)?;
     let lanes = batch
         .iter()
         .all(|(_, _, tiles)| gemm_on_lanes(gpu, f16, tiles, c));
+    // The forward kept V only where its one chunk's GEMMs ran without barriers, as these do.
+    let kept = kept.filter(|_| lanes && chunks == 1);
+    let v = match kept {
+        Some(v) => v.clone(),
+        None => scratch(op, gpu, xi * c * most)?,
+    };
+    let gyt = scratch(op, gpu, xi * k * most)?;
     let du = Tensor::uninit(gpu, &[xi, k, c], DType::F32, op)?;
     if lanes {
         // dU[ξ] = GY[ξ] V[ξ]ᵀ per chunk, into dU itself for one chunk, else into a partial
@@ -554,7 +568,9 @@ pub(super) fn backward_weight(
             _ => Some(scratch(op, gpu, chunks * xi * k * c)?),
         };
         for (chunk, first, tiles) in batch.iter() {
-            batch.transform(gpu, &kernels(tile).input, x, &v, c, first, tiles)?;
+            if kept.is_none() {
+                batch.transform(gpu, &kernels(tile).input, x, &v, c, first, tiles)?;
+            }
             batch.transform(gpu, &kernels(tile).gy, gy, &gyt, k, first, tiles)?;
             let out = part.as_ref().unwrap_or(&du);
             lanes::gemm_nt(gpu, [k, tiles, c], (xi, chunk * xi), [&gyt, &v, out])?;
@@ -709,7 +725,8 @@ fn packed_positions(
 /// `out` `[N, K, H, W]` = the 3x3 stride-1 padding-1 convolution of `src` (`shape` `[N, C, H,
 /// W]`) with `tile`'s transformed weights `u` `[α², K, C]` (+ the epilogue), a chunk of images
 /// at a time; with the f16 engine (`f16`), `src`'s transform scaled by `scale` (none:
-/// unscaled).
+/// unscaled). With `keep`, returns `src`'s transform V where the batch is one chunk whose GEMMs
+/// run without barriers (a tensor of its own, of V's size).
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     op: &'static str,
@@ -722,11 +739,17 @@ fn convolve(
     epilogue: Epilogue<'_>,
     f16: bool,
     scale: Option<&Tensor>,
+    keep: bool,
     out: &Tensor,
-) -> Result<()> {
+) -> Result<Option<Tensor>> {
     let c = shape[1];
     let batch = Chunks::new(gpu, shape, c.max(k), tile);
-    let v = scratch(op, gpu, batch.xi * c * batch.most())?;
+    let len = batch.xi * c * batch.most();
+    let keep = keep && batch.count() == 1 && gemm_on_lanes(gpu, f16, c, batch.most());
+    let v = match keep {
+        true => Tensor::uninit(gpu, &[len], DType::F32, op)?,
+        false => scratch(op, gpu, len)?,
+    };
     let m = scratch(op, gpu, batch.xi * k * batch.most())?;
     for (_, first, tiles) in batch.iter() {
         batch.transform(gpu, &kernels(tile).input, src, &v, c, first, tiles)?;
@@ -766,7 +789,7 @@ fn convolve(
             }
         }
     }
-    Ok(())
+    Ok(keep.then_some(v))
 }
 
 /// A transient buffer of at least `elements` values (V, M or GY; `lanes.rs`'s columns),
