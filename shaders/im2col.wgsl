@@ -10,17 +10,21 @@
 //              gradient's columns back into planes, a gather: no two threads write one value);
 //              with the pipeline constant ACCUMULATE, gx += that instead (the gradient so far
 //              plus this one, in the order of elementwise.wgsl's axpy: the same bits)
+//   col2im_s2: col2im for 3x3 kernels of stride 2 and padding 1, by 2x2 blocks of pixels (see
+//              there), with col2im's sums and bits
 //   transpose: wt[crs][k] = w[k][crs] (the input gradient's operand A, W transposed)
 //
 // Dispatch: im2col one thread per 4 consecutive columns of a row, grid (ceil(cols / 256),
 // C R S); col2im one thread per pixel of gx's planes, grid (ceil(H W / 64), images C);
-// transpose one thread per element of w, grid (ceil(C R S / 64), K); 64 threads per
-// workgroup. A CPU's lanes divide integers one lane at a time: col2im's divisors are pipeline
-// constants (STRIDE, KH, KW: shifts and multiplies), the others' quotients go through f32
-// (common.wgsl's divide), whose division the lanes do at once.
+// col2im_s2 one thread per 2x2 block of an image's planes, grid (ceil(C ceil(H / 2)
+// ceil(W / 2) / 64), images); transpose one thread per element of w, grid (ceil(C R S / 64),
+// K); 64 threads per workgroup. A CPU's lanes divide integers one lane at a time: col2im's
+// divisors are pipeline constants (STRIDE, KH, KW: shifts and multiplies), the others'
+// quotients go through f32 (common.wgsl's divide), whose division the lanes do at once.
 //
 // Bindings (group 0): 0 = Params (uniform); 1 = the source (read: x, gy, colg or w); 2 = the
-// destination of col2im and transpose (write: gx or wt); 3 = im2col's (write: col, as vec4s).
+// destination of col2im(_s2) and transpose (write: gx or wt); 3 = im2col's (write: col, as
+// vec4s).
 
 struct Params {
     images: u32,    // images of the chunk
@@ -120,6 +124,67 @@ fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     } else {
         dst[at] = sum;
     }
+}
+
+// col2im for 3x3 kernels of stride 2 and padding 1 (ResNet's downsampling convs), a 2x2 block
+// of gx's pixels per thread: input row 2a gets the output row a through r = 1, row 2a + 1 the
+// rows a + 1 (r = 0) and a (r = 2), and likewise the columns. The block's pixels take 1, 2, 2
+// and 4 taps, 9 loads in all where col2im's thread loads up to 9 per pixel, each in a branch
+// (and on a CPU every load a loop over the lanes, taken or not). Each pixel sums its taps in
+// col2im's order (r, then s, ascending) from 0.0; a tap past the output's last row or column
+// (odd H or W) loads index 0 and adds 0.0, which leaves the sum's bits as they are (a sum
+// started at +0.0 is never -0.0). Grid (ceil(C ceil(H / 2) ceil(W / 2) / 64), images).
+fn col2im_tap(ok: bool, at: u32) -> f32 {
+    return select(0.0, src[select(0u, at, ok)], ok);
+}
+
+// gx's pixel (y, x) of plane `base`: sum, or with ACCUMULATE gx + sum; none past the plane.
+fn col2im_put(base: u32, y: u32, x: u32, sum: f32) {
+    if (y >= p.height || x >= p.width) { return; }
+    let at = base + y * p.width + x;
+    if (ACCUMULATE) {
+        dst[at] = dst[at] + sum;
+    } else {
+        dst[at] = sum;
+    }
+}
+
+@compute @workgroup_size(64)
+fn col2im_s2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let bw = (p.width + 1u) / 2u;
+    let blocks = (p.height + 1u) / 2u * bw;
+    // The image's blocks of all channels one after another: small planes (ResNet's 7x7 have 16
+    // blocks) leave no lanes idle.
+    let i = wg.x * 64u + li;
+    if (i >= p.channels * blocks) { return; }
+    let n = wg.y;
+    let c = divide(i, blocks);
+    let block = i - c * blocks;
+    let a = divide(block, bw);
+    let b = block - a * bw;
+    // Output row a and column b always exist (OH = ceil(H / 2)); a + 1 and b + 1 may not.
+    let down = a + 1u < p.out_h;
+    let right = b + 1u < p.out_w;
+    let plane = p.out_h * p.out_w;
+    // colg's rows of channel c's taps (r, s) = c 9 + 3 r + s, at output pixel (a, b).
+    let r0 = c * 9u * p.cols + n * plane + a * p.out_w + b;
+    let tap = p.cols;
+    let v11 = src[r0 + 4u * tap];
+    let v10_r = col2im_tap(right, r0 + 3u * tap + 1u);
+    let v12 = src[r0 + 5u * tap];
+    let v01_d = col2im_tap(down, r0 + 1u * tap + p.out_w);
+    let v21 = src[r0 + 7u * tap];
+    let v00_dr = col2im_tap(down && right, r0 + p.out_w + 1u);
+    let v02_d = col2im_tap(down, r0 + 2u * tap + p.out_w);
+    let v20_r = col2im_tap(right, r0 + 6u * tap + 1u);
+    let v22 = src[r0 + 8u * tap];
+    let base = ((p.first + n) * p.channels + c) * p.height * p.width;
+    let y = 2u * a;
+    let x = 2u * b;
+    col2im_put(base, y, x, 0.0 + v11);
+    col2im_put(base, y, x + 1u, 0.0 + v10_r + v12);
+    col2im_put(base, y + 1u, x, 0.0 + v01_d + v21);
+    col2im_put(base, y + 1u, x + 1u, 0.0 + v00_dr + v02_d + v20_r + v22);
 }
 
 @compute @workgroup_size(64)

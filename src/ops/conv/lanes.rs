@@ -21,7 +21,7 @@
 //!
 //! Each pass runs on chunks of images whose columns stay within the Winograd cap.
 
-use super::plan::Geometry;
+use super::plan::{Geometry, MAX_GRID};
 use super::tune::ConvPass;
 use super::winograd::{chunk_cap, scratch};
 use super::{EvalBatchNorm, bn_bindings, bn_epilogue, reduce_splits};
@@ -55,6 +55,7 @@ const ROWS: usize = 32;
 
 const IM2COL: Kernel = kernel!("im2col.wgsl", "im2col");
 const COL2IM: Kernel = kernel!("im2col.wgsl", "col2im");
+const COL2IM_S2: Kernel = kernel!("im2col.wgsl", "col2im_s2");
 const TRANSPOSE: Kernel = kernel!("im2col.wgsl", "transpose");
 
 /// `shaders/im2col.wgsl`'s parameters.
@@ -408,8 +409,18 @@ pub(super) fn backward_input(
             cols: cols as u32,
             ..ColParams::default()
         };
-        let grid = [(h * wd).div_ceil(64) as u32, (images * c) as u32, 1];
-        gpu.dispatch_with(&COL2IM, &constants, &p, &[colg.buffer(), gx.buffer()], grid)?;
+        // The downsampling 3x3s by 2x2 blocks of pixels, each block's taps loaded once.
+        let blocks = c * h.div_ceil(2) * wd.div_ceil(2);
+        let (kernel, grid) =
+            if (g.stride, r, s, g.padding) == (2, 3, 3, 1) && blocks.div_ceil(64) <= MAX_GRID {
+                (&COL2IM_S2, [blocks.div_ceil(64) as u32, images as u32, 1])
+            } else {
+                (
+                    &COL2IM,
+                    [(h * wd).div_ceil(64) as u32, (images * c) as u32, 1],
+                )
+            };
+        gpu.dispatch_with(kernel, &constants, &p, &[colg.buffer(), gx.buffer()], grid)?;
     }
     Ok(gx)
 }
