@@ -985,10 +985,15 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
                 if mode == "inference" {
                     return net.infer(&x);
                 }
+                // Tracked weights take the separate kernels; no backward follows, so nothing
+                // is laid out for one.
+                let keep = gpu.conv_keep_laid_out();
+                gpu.set_conv_keep_laid_out(false);
                 let tape = Tape::new();
                 let tracked = net.bind(Some(&tape), |_| true);
-                let y = net.forward_with(&tracked, &Var::constant(x.clone()), false, None)?;
-                Ok(y.into_tensor())
+                let y = net.forward_with(&tracked, &Var::constant(x.clone()), false, None);
+                gpu.set_conv_keep_laid_out(keep);
+                Ok(y?.into_tensor())
             })?;
             print_row(ModelRow {
                 model,
@@ -1508,6 +1513,15 @@ fn main() -> Result<()> {
             "vec4s by quads of lanes (winograd_quads.wgsl)"
         } else {
             "one value at a time (winograd.wgsl)"
+        }
+    );
+    let gemms_without_barriers = resnet_wgpu::ops::conv_gemms_without_barriers(&bench.gpu);
+    println!(
+        "x laid out for the weight gradient: {}",
+        match (gemms_without_barriers, bench.gpu.conv_keep_laid_out()) {
+            (true, true) => "kept from the forward pass (Gpu::set_conv_keep_laid_out)",
+            (true, false) => "laid out again (RESNET_WGPU_KEEP_LAID_OUT=0)",
+            (false, _) => "by the weight gradient's own kernels (tiled GEMMs)",
         }
     );
     println!(
