@@ -55,6 +55,20 @@ override KW: u32 = 1u;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst4: array<vec4<f32>>;
 
+// src[at] where `ok`, else 0.0: every lane loads (index 0 where not ok), then keeps 0 there.
+fn load_or_zero(ok: bool, at: u32) -> f32 {
+    return select(0.0, src[select(0u, at, ok)], ok);
+}
+
+// gx[at] = sum, or with ACCUMULATE gx[at] + sum (the gradient so far plus this one).
+fn put_gx(at: u32, sum: f32) {
+    if (ACCUMULATE) {
+        dst[at] = dst[at] + sum;
+    } else {
+        dst[at] = sum;
+    }
+}
+
 @compute @workgroup_size(64)
 fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let quad = wg.x * 64u + li;
@@ -78,10 +92,10 @@ fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         let ix = i32(ox * p.stride + s) - i32(p.pad);
         let inside = j0 + e < valid && iy >= 0 && iy < i32(p.height) && ix >= 0
             && ix < i32(p.width);
-        // Every lane loads (index 0 where the column reads the padding), then keeps 0 there.
         let at = ((p.first + n) * p.channels + c) * p.height * p.width
             + u32(iy) * p.width + u32(ix);
-        v[e] = select(0.0, src[select(0u, at, inside)], inside);
+        // Where the column reads the padding, `at` is out of range: index 0 is loaded instead.
+        v[e] = load_or_zero(inside, at);
         ox += 1u;
         if (ox == p.out_w) {
             ox = 0u;
@@ -118,12 +132,7 @@ fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             sum += src[row * p.cols + n * plane + oy * p.out_w + ox];
         }
     }
-    let at = ((p.first + n) * p.channels + c) * p.height * p.width + pix;
-    if (ACCUMULATE) {
-        dst[at] = dst[at] + sum;
-    } else {
-        dst[at] = sum;
-    }
+    put_gx(((p.first + n) * p.channels + c) * p.height * p.width + pix, sum);
 }
 
 // col2im for 3x3 kernels of stride 2 and padding 1 (ResNet's downsampling convs), a 2x2 block
@@ -134,19 +143,11 @@ fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 // col2im's order (r, then s, ascending) from 0.0; a tap past the output's last row or column
 // (odd H or W) loads index 0 and adds 0.0, which leaves the sum's bits as they are (a sum
 // started at +0.0 is never -0.0). Grid (ceil(C ceil(H / 2) ceil(W / 2) / 64), images).
-fn col2im_tap(ok: bool, at: u32) -> f32 {
-    return select(0.0, src[select(0u, at, ok)], ok);
-}
 
-// gx's pixel (y, x) of plane `base`: sum, or with ACCUMULATE gx + sum; none past the plane.
+// gx's pixel (y, x) of plane `base` (put_gx), none past the plane.
 fn col2im_put(base: u32, y: u32, x: u32, sum: f32) {
     if (y >= p.height || x >= p.width) { return; }
-    let at = base + y * p.width + x;
-    if (ACCUMULATE) {
-        dst[at] = dst[at] + sum;
-    } else {
-        dst[at] = sum;
-    }
+    put_gx(base + y * p.width + x, sum);
 }
 
 @compute @workgroup_size(64)
@@ -170,13 +171,13 @@ fn col2im_s2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let r0 = c * 9u * p.cols + n * plane + a * p.out_w + b;
     let tap = p.cols;
     let v11 = src[r0 + 4u * tap];
-    let v10_r = col2im_tap(right, r0 + 3u * tap + 1u);
+    let v10_r = load_or_zero(right, r0 + 3u * tap + 1u);
     let v12 = src[r0 + 5u * tap];
-    let v01_d = col2im_tap(down, r0 + 1u * tap + p.out_w);
+    let v01_d = load_or_zero(down, r0 + 1u * tap + p.out_w);
     let v21 = src[r0 + 7u * tap];
-    let v00_dr = col2im_tap(down && right, r0 + p.out_w + 1u);
-    let v02_d = col2im_tap(down, r0 + 2u * tap + p.out_w);
-    let v20_r = col2im_tap(right, r0 + 6u * tap + 1u);
+    let v00_dr = load_or_zero(down && right, r0 + p.out_w + 1u);
+    let v02_d = load_or_zero(down, r0 + 2u * tap + p.out_w);
+    let v20_r = load_or_zero(right, r0 + 6u * tap + 1u);
     let v22 = src[r0 + 8u * tap];
     let base = ((p.first + n) * p.channels + c) * p.height * p.width;
     let y = 2u * a;

@@ -23,7 +23,7 @@
 
 use super::plan::{Geometry, MAX_GRID};
 use super::tune::ConvPass;
-use super::winograd::{chunk_cap, scratch};
+use super::winograd::{chunk_cap, scratch, scratch_or_kept};
 use super::{EvalBatchNorm, bn_bindings, bn_epilogue, reduce_splits};
 use crate::gpu::{ConvPrecision, Gpu, Kernel, flag};
 use crate::kernel;
@@ -279,10 +279,7 @@ pub(super) fn forward(
     let y = Tensor::uninit(gpu, &g.y_shape(), DType::F32, op)?;
     let chunks = Chunks::new(gpu, g, crs);
     let keep = keep && chunks.count() == 1;
-    let col = match keep {
-        true => Tensor::uninit(gpu, &[crs * chunks.most_cols()], DType::F32, op)?,
-        false => scratch(op, gpu, crs * chunks.most_cols())?,
-    };
+    let col = scratch_or_kept(op, gpu, crs * chunks.most_cols(), keep)?;
     for (_, first, images, cols) in chunks.iter() {
         im2col(gpu, g, x, true, (first, images, cols), &col)?;
         let p = LanesParams {

@@ -746,10 +746,7 @@ fn convolve(
     let batch = Chunks::new(gpu, shape, c.max(k), tile);
     let len = batch.xi * c * batch.most();
     let keep = keep && batch.count() == 1 && gemm_on_lanes(gpu, f16, c, batch.most());
-    let v = match keep {
-        true => Tensor::uninit(gpu, &[len], DType::F32, op)?,
-        false => scratch(op, gpu, len)?,
-    };
+    let v = scratch_or_kept(op, gpu, len, keep)?;
     let m = scratch(op, gpu, batch.xi * k * batch.most())?;
     for (_, first, tiles) in batch.iter() {
         batch.transform(gpu, &kernels(tile).input, src, &v, c, first, tiles)?;
@@ -798,6 +795,21 @@ fn convolve(
 /// then share a few sizes instead of caching one buffer per layer.
 pub(super) fn scratch(op: &'static str, gpu: &Gpu, elements: usize) -> Result<Tensor> {
     Tensor::uninit(gpu, &[elements.next_power_of_two()], DType::F32, op)
+}
+
+/// [`scratch`] for an operand a pass lays out, or with `keep` a tensor of exactly `elements`
+/// values, kept for the weight gradient: it outlives the pass, so no other layer's layout could
+/// reuse it, and rounding it up would only waste memory.
+pub(super) fn scratch_or_kept(
+    op: &'static str,
+    gpu: &Gpu,
+    elements: usize,
+    keep: bool,
+) -> Result<Tensor> {
+    match keep {
+        true => Tensor::uninit(gpu, &[elements], DType::F32, op),
+        false => scratch(op, gpu, elements),
+    }
 }
 
 /// The most values of one transformed tensor (or laid-out operand, `lanes.rs`) per chunk of
