@@ -8,6 +8,9 @@ use resnet_wgpu::{
     ConvAlgo, ConvOrder, ConvStaging, Gpu, PlanFor, Tape, Tensor, Var, WinogradTile, ops, reference,
 };
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-5;
 
@@ -132,27 +135,63 @@ fn check_random(gpu: &Gpu, c: &Case, seed: u64) {
     check_random_tiled(gpu, c, seed, None)
 }
 
+/// The CPU reference's three passes on one random case: the inputs and what each pass gives.
+struct Expected {
+    xv: Vec<f32>,
+    wv: Vec<f32>,
+    bv: Vec<f32>,
+    gyv: Vec<f32>,
+    y: Vec<f32>,
+    y_shape: [usize; 4],
+    gx: Vec<f32>,
+    gw: Vec<f32>,
+}
+
+/// [`Expected`] by case (its `Debug` text) and seed.
+type Memo = HashMap<(String, u64), Arc<Expected>>;
+
+/// The reference's passes on `c`'s inputs drawn from `seed`, computed once per case and seed:
+/// the tests that loop over tiles, orders and stagings check the same cases against each, and
+/// the reference's direct loops took about 40% of such a test's time.
+fn expected(c: &Case, seed: u64) -> Arc<Expected> {
+    static MEMO: LazyLock<Mutex<Memo>> = LazyLock::new(Mutex::default);
+    let key = (format!("{c:?}"), seed);
+    if let Some(e) = MEMO.lock().unwrap().get(&key) {
+        return e.clone();
+    }
+    let xv = random_vec(c.x.iter().product(), seed);
+    let wv = random_vec(c.w.iter().product(), seed + 1);
+    let bv = random_vec(c.w[0], seed + 2);
+    let b = c.bias.then_some(bv.as_slice());
+    let (y, y_shape) = reference::conv2d(&xv, c.x, &wv, c.w, b, c.stride, c.pad);
+    let gyv = random_vec(y.len(), seed + 3);
+    let gx = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
+    let gw = reference::conv2d_backward_weight(&xv, c.x, &gyv, c.w, c.stride, c.pad);
+    let e = Arc::new(Expected {
+        xv,
+        wv,
+        bv,
+        gyv,
+        y,
+        y_shape,
+        gx,
+        gw,
+    });
+    MEMO.lock().unwrap().insert(key, e.clone());
+    e
+}
+
 /// [`check_random`] with a forced tile (None: the tile the ops choose).
 fn check_random_tiled(gpu: &Gpu, c: &Case, seed: u64, tile: Option<ConvTile>) {
     let what = format!(
         "x {:?} w {:?} stride {} pad {} bias {} tile {tile:?}",
         c.x, c.w, c.stride, c.pad, c.bias
     );
-    let xv = random_vec(c.x.iter().product(), seed);
-    let wv = random_vec(c.w.iter().product(), seed + 1);
-    let bv = random_vec(c.w[0], seed + 2);
-    let x = Tensor::from_slice(gpu, &c.x, &xv).unwrap();
-    let w = Tensor::from_slice(gpu, &c.w, &wv).unwrap();
-    let b = Tensor::from_slice(gpu, &[c.w[0]], &bv).unwrap();
-    let (ye, ys) = reference::conv2d(
-        &xv,
-        c.x,
-        &wv,
-        c.w,
-        c.bias.then_some(bv.as_slice()),
-        c.stride,
-        c.pad,
-    );
+    let e = expected(c, seed);
+    let x = Tensor::from_slice(gpu, &c.x, &e.xv).unwrap();
+    let w = Tensor::from_slice(gpu, &c.w, &e.wv).unwrap();
+    let b = Tensor::from_slice(gpu, &[c.w[0]], &e.bv).unwrap();
+    let ys = e.y_shape;
     let y = ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, tile).unwrap();
     assert_eq!(y.shape(), ys, "{what}: output shape");
     let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
@@ -163,27 +202,24 @@ fn check_random_tiled(gpu: &Gpu, c: &Case, seed: u64, tile: Option<ConvTile>) {
     let atol = 1e-4;
     assert_close(
         &y.to_vec().unwrap(),
-        &ye,
+        &e.y,
         RTOL,
         atol,
         &format!("{what}: forward"),
     );
-    let gyv = random_vec(ye.len(), seed + 3);
-    let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
+    let gy = Tensor::from_slice(gpu, &ys, &e.gyv).unwrap();
     let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile).unwrap();
-    let gxe = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
     assert_close(
         &gx.to_vec().unwrap(),
-        &gxe,
+        &e.gx,
         RTOL,
         atol,
         &format!("{what}: input gradient"),
     );
     let gw = ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, tile).unwrap();
-    let gwe = reference::conv2d_backward_weight(&xv, c.x, &gyv, c.w, c.stride, c.pad);
     assert_close(
         &gw.to_vec().unwrap(),
-        &gwe,
+        &e.gw,
         RTOL,
         1e-3,
         &format!("{what}: weight gradient"),

@@ -17,4 +17,7 @@ if [ -z "$BIN" ]; then
     exit 1
 fi
 $SUDO cp "$BIN" "$ROOT/tmp/tensor_cores"
-$SUDO chroot "$ROOT" env RESNET_WGPU_EXPECT_TENSOR_CORES=1 /tmp/tensor_cores --test-threads=1
+# Two tests at a time, as cargo runs them: most of the time is lavapipe compiling the f16
+# engine's kernels, each on its test's thread (on CI's 2-core machine, from a cold shader cache:
+# 163 s against 341 one at a time).
+$SUDO chroot "$ROOT" env RESNET_WGPU_EXPECT_TENSOR_CORES=1 /tmp/tensor_cores --test-threads=2
