@@ -719,9 +719,6 @@ fn the_weight_gradient_reads_the_forward_laid_out_input() {
             let through_tape = layouts(&gpu.finish_profiling().unwrap());
             let kept = lanes && keep && cap.is_none();
             assert_eq!(through_tape + kept as usize, apart, "{what}: layouts of x");
-            let bits = |t: &Tensor| -> Vec<u32> {
-                t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()
-            };
             assert_eq!(bits(grads.get(&xt).unwrap()), bits(&gx), "{what}: gx");
             assert_eq!(bits(grads.get(&wt).unwrap()), bits(&gw), "{what}: gw");
         }
@@ -758,8 +755,6 @@ fn the_tape_adds_a_second_input_gradient_as_the_conv_writes_it() {
     let before = gpu.dispatch_count();
     let grads = tape.backward_with(&y, gy).unwrap();
     assert_eq!(gpu.dispatch_count() - before, apart - 1, "no axpy");
-    let bits =
-        |t: &Tensor| -> Vec<u32> { t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect() };
     assert!(bits(grads.get(&xv).unwrap()) == bits(&gx), "x's gradient");
     assert!(
         bits(grads.get(&w1v).unwrap()) == bits(&gw1),
@@ -1611,16 +1606,18 @@ fn direct_convs_without_barriers_match_the_reference() {
     ];
     for (i, c) in cases.iter().enumerate() {
         let seed = 2100 + 10 * i as u64;
-        let (xv, wv, bv) = (
-            random_vec(c.x.iter().product(), seed),
-            random_vec(c.w.iter().product(), seed + 1),
-            random_vec(c.w[0], seed + 2),
-        );
-        let b = c.bias.then_some(&bv[..]);
-        let (ye, ys) = reference::conv2d(&xv, c.x, &wv, c.w, b, c.stride, c.pad);
-        let gyv = random_vec(ys.iter().product(), seed + 3);
-        let gxe = reference::conv2d_backward_input(&gyv, &wv, c.w, c.x, c.stride, c.pad);
-        let gwe = reference::conv2d_backward_weight(&xv, c.x, &gyv, c.w, c.stride, c.pad);
+        let e = expected(c, seed);
+        let Expected {
+            xv,
+            wv,
+            bv,
+            gyv,
+            y: ye,
+            gx: gxe,
+            gw: gwe,
+            ..
+        } = &*e;
+        let ys = e.y_shape;
         let sumv = random_vec(gxe.len(), seed + 4);
         // One chunk of images, then chunks of one image (x's columns: C R S rows of a chunk's
         // pixels, rounded up to 4).
@@ -1631,10 +1628,10 @@ fn direct_convs_without_barriers_match_the_reference() {
             gpu.set_winograd_chunk_elements(
                 cap.unwrap_or(resnet_wgpu::ops::WINOGRAD_CHUNK_ELEMENTS),
             );
-            let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
-            let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
-            let bt = Tensor::from_slice(&gpu, &[c.w[0]], &bv).unwrap();
-            let gy = Tensor::from_slice(&gpu, &ys, &gyv).unwrap();
+            let x = Tensor::from_slice(&gpu, &c.x, xv).unwrap();
+            let w = Tensor::from_slice(&gpu, &c.w, wv).unwrap();
+            let bt = Tensor::from_slice(&gpu, &[c.w[0]], bv).unwrap();
+            let gy = Tensor::from_slice(&gpu, &ys, gyv).unwrap();
             let sum = Tensor::from_slice(&gpu, &c.x, &sumv).unwrap();
             gpu.start_profiling().unwrap();
             let y = ops::conv2d(&x, &w, c.bias.then_some(&bt), c.stride, c.pad).unwrap();
@@ -1662,12 +1659,12 @@ fn direct_convs_without_barriers_match_the_reference() {
                 ],
                 "{what}: passes without barriers"
             );
-            assert_close(&y.to_vec().unwrap(), &ye, RTOL, ATOL, &format!("{what}: y"));
+            assert_close(&y.to_vec().unwrap(), ye, RTOL, ATOL, &format!("{what}: y"));
             let gx = gx.to_vec().unwrap();
-            assert_close(&gx, &gxe, RTOL, ATOL, &format!("{what}: gx"));
+            assert_close(&gx, gxe, RTOL, ATOL, &format!("{what}: gx"));
             assert_close(
                 &gw.to_vec().unwrap(),
-                &gwe,
+                gwe,
                 RTOL,
                 1e-4,
                 &format!("{what}: gw"),
@@ -1698,7 +1695,7 @@ fn direct_convs_without_barriers_match_the_reference() {
             let bn_ref = [&bnv[0][..], &bnv[1][..], &bnv[2][..], &bnv[3][..]];
             let residual = Some(&rv[..]);
             let (expected, _) = reference::conv2d_bn_eval(
-                &xv, c.x, &wv, c.w, c.stride, c.pad, bn_ref, 1e-5, residual, true,
+                xv, c.x, wv, c.w, c.stride, c.pad, bn_ref, 1e-5, residual, true,
             );
             assert_close(&fused, &expected, RTOL, 2e-4, &format!("{what}: conv + bn"));
             if lanes {

@@ -184,6 +184,11 @@ pub fn assert_same_pass_bits(a: &[Vec<f32>; 3], b: &[Vec<f32>; 3], what: &str) {
     }
 }
 
+/// A tensor's values as bits, for comparisons that must be exact (NaNs and -0.0 included).
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
 /// The root mean square of `v`.
 pub fn rms(v: &[f32]) -> f32 {
     (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt() as f32
@@ -284,8 +289,6 @@ pub fn input_grad_add_dispatches(
     let before = gpu.dispatch_count();
     let added = ops::conv2d_backward_input_add_tiled(&gy, &wt, x, stride, pad, into, tile).unwrap();
     let dispatches = gpu.dispatch_count() - before;
-    let bits =
-        |t: &Tensor| -> Vec<u32> { t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect() };
     assert!(
         bits(&added) == bits(&apart),
         "{what}: the sum's bits differ from axpy's"
