@@ -18,19 +18,30 @@
 //                           above read it. Forward: w, ch = k, j = c*R*S + r*S + s; input
 //                           gradient: w, ch = c, j = k*R*S + r*S + s; weight gradient: gy,
 //                           ch = k, j = the pixel i
-// Each sum runs in the order written (c, then r, then s; k, r, s; i), in f32.
+// Each sum runs in the order written (c, then r, then s; k, r, s; i), one fused multiply-add
+// per term, in f32.
 //
 // Work split: a thread owns two pixels, flat indices 2t and 2t + 1 (forward: output pixels,
 // input gradient: input pixels), and a group of up to 16 channels it writes (VG vec4
 // accumulators per pixel, override), or, in the weight gradient, one tap j and up to 16 output
 // channels k. Every thread of a workgroup walks the same reduction indices in the same order,
 // so the operand that does not depend on the thread's pixels or tap (the weights; gy in the
-// weight gradient) is read at the same address by all of them: a broadcast from cache on a
-// GPU, and on a CPU driver one vec4 load for 4 channels (op4's layout, which narrow_gather4
-// makes), which serves both pixels (on lavapipe two pixels per thread took the 8-channel 3x3
-// forward pass and input gradient at 28x28 from 22-24 to 15-17 ms). The other operand is read
-// per pixel, consecutive threads at consecutive pixels (or taps). No workgroup memory, no
-// barriers.
+// weight gradient) is the same for all of them at each index: op4's layout (which
+// narrow_gather4 makes) holds it as one vec4 per 4 channels, which serves both pixels. The
+// other operand is read per pixel, consecutive threads at consecutive pixels (or taps). No
+// workgroup memory, no barriers.
+//
+// Shared reads through the lanes: where the host compiles this file with subgroup lanes
+// (src/gpu/lanes.rs; CPU adapters: lavapipe's 8, SwiftShader's 4), the reduction runs in
+// blocks of OP_LANES indices, lane l reading index t + l's vec4s of op4 once and every lane
+// taking them from it in turn (lanes_broadcast4), in the same order, so the same bits. Each
+// read on a CPU driver is a loop over the SIMD lanes, even where all lanes read one address:
+// on lavapipe (a 2-core AMD EPYC, AVX2; docs/speed.md, "Narrow kernels read through the
+// lanes") the main job's 1 -> 32 stem at 28x28 and batch 128 took 39-42 ms instead of 195-205
+// in the weight gradient and 28-40 instead of 73-74 in the forward pass, and an 8 -> 8 3x3
+// conv at 28x28 and batch 128 45-52 instead of 145 ms in its forward pass and its input
+// gradient each. Without subgroups (the web; lanes_memory.wgsl) OP_LANES is 1 and each thread reads
+// every index's op4 itself.
 //
 // Dispatch (WG threads per workgroup, override):
 //   narrow_forward:         x*z = ceil(N*OH*OW / (2 WG)) pixel groups (group = wg.x + wg.z *
@@ -95,9 +106,6 @@ fn store4(out: u32, step: u32, first: u32, count: u32, a: vec4<f32>) {
 }
 
 @group(0) @binding(2) var<storage, read> n_op4: array<vec4<f32>>;
-
-// ---------------------------------------------------------------- forward, input gradient
-
 @group(0) @binding(4) var<storage, read> n_bias: array<f32>;
 
 // b[k .. k + 3] (zero past K, or without a bias).
@@ -111,36 +119,152 @@ fn bias4(k: u32) -> vec4<f32> {
     return b;
 }
 
+// ---------------------------------------------------------------- the reduction, by lanes
+
+// The three kernels' reductions, told apart by a constant at each call.
+const FORWARD: u32 = 0u;
+const INPUT_GRAD: u32 = 1u;
+const WEIGHT_GRAD: u32 = 2u;
+
+// Lanes that read op4, one reduction index each, and hand what they read to every lane
+// (lanes_broadcast4): the subgroups' lanes up to BROADCAST_LANES (8 on lavapipe, 4 on
+// SwiftShader); 1 without subgroups, where each thread reads every index's op4 itself.
+override OP_LANES: u32 = min(SUBGROUP_LANES, BROADCAST_LANES);
+
 // The thread's sums, indexed by constants only: acc[q] for channels 4q .. 4q + 3 of its group
 // at its first pixel (or its tap), acc[4 + q] at its second pixel.
 var<private> acc: array<vec4<f32>, 8>;
 
-// acc[q] += op4[at + q] * x for the VG vec4 groups (the weight gradient: one tap).
-fn accumulate_one(at: u32, x: f32) {
-    let x4 = vec4<f32>(x);
-    acc[0] = fma(n_op4[at], x4, acc[0]);
-    if (VG > 1u) { acc[1] = fma(n_op4[at + 1u], x4, acc[1]); }
-    if (VG > 2u) { acc[2] = fma(n_op4[at + 2u], x4, acc[2]); }
-    if (VG > 3u) { acc[3] = fma(n_op4[at + 3u], x4, acc[3]); }
-}
+// The forward pass's and the input gradient's two pixels per thread, (image, row, column)
+// each, and whether they exist.
+var<private> px0: vec3<u32>;
+var<private> px1: vec3<u32>;
+var<private> pvalid0: bool;
+var<private> pvalid1: bool;
 
-// accumulate_one for two pixels, x0 at the first and x1 at the second: each vec4 of op4 is
-// loaded once for both.
-fn accumulate_two(at: u32, x0: f32, x1: f32) {
-    let a = vec4<f32>(x0);
-    let b = vec4<f32>(x1);
-    let q0 = n_op4[at];
-    acc[0] = fma(q0, a, acc[0]);
-    acc[4] = fma(q0, b, acc[4]);
-    if (VG > 1u) { let q = n_op4[at + 1u]; acc[1] = fma(q, a, acc[1]); acc[5] = fma(q, b, acc[5]); }
-    if (VG > 2u) { let q = n_op4[at + 2u]; acc[2] = fma(q, a, acc[2]); acc[6] = fma(q, b, acc[6]); }
-    if (VG > 3u) { let q = n_op4[at + 3u]; acc[3] = fma(q, a, acc[3]); acc[7] = fma(q, b, acc[7]); }
-}
+// The weight gradient's tap (c, r, s) per thread, whether it exists, and its current pixel
+// (image, row, column), stepped along with the reduction index.
+var<private> wtap: vec3<u32>;
+var<private> wvalid: bool;
+var<private> wpx: vec3<u32>;
 
 // Pixel `i` of planes `width` wide and `plane` pixels: (image, row, column).
 fn pixel_at(i: u32, plane: u32, width: u32) -> vec3<u32> {
     return vec3<u32>(i / plane, (i % plane) / width, i % width);
 }
+
+// The VG vec4s of op4 from `at` (zeros unless `ok`).
+fn op4_at(at: u32, ok: bool) -> array<vec4<f32>, 4> {
+    var q = array<vec4<f32>, 4>();
+    if (ok) {
+        q[0] = n_op4[at];
+        if (VG > 1u) { q[1] = n_op4[at + 1u]; }
+        if (VG > 2u) { q[2] = n_op4[at + 2u]; }
+        if (VG > 3u) { q[3] = n_op4[at + 3u]; }
+    }
+    return q;
+}
+
+// In every lane, lane `l`'s q (a constant `l` at each call).
+fn from_lane(q: array<vec4<f32>, 4>, l: u32) -> array<vec4<f32>, 4> {
+    var w = array<vec4<f32>, 4>();
+    w[0] = lanes_broadcast4(q[0], l);
+    if (VG > 1u) { w[1] = lanes_broadcast4(q[1], l); }
+    if (VG > 2u) { w[2] = lanes_broadcast4(q[2], l); }
+    if (VG > 3u) { w[3] = lanes_broadcast4(q[3], l); }
+    return w;
+}
+
+// acc[q] += w[q] x0 at the first pixel (or the tap) and acc[4 + q] += w[q] x1 at the second.
+fn accumulate(w: array<vec4<f32>, 4>, x0: f32, x1: f32, two: bool) {
+    let a = vec4<f32>(x0);
+    let b = vec4<f32>(x1);
+    acc[0] = fma(w[0], a, acc[0]);
+    if (VG > 1u) { acc[1] = fma(w[1], a, acc[1]); }
+    if (VG > 2u) { acc[2] = fma(w[2], a, acc[2]); }
+    if (VG > 3u) { acc[3] = fma(w[3], a, acc[3]); }
+    if (two) {
+        acc[4] = fma(w[0], b, acc[4]);
+        if (VG > 1u) { acc[5] = fma(w[1], b, acc[5]); }
+        if (VG > 2u) { acc[6] = fma(w[2], b, acc[6]); }
+        if (VG > 3u) { acc[7] = fma(w[3], b, acc[7]); }
+    }
+}
+
+// x[n, c, h, w], 0 outside the planes (or where !ok).
+fn x_at(ok: bool, n: u32, c: u32, h: i32, w: i32) -> f32 {
+    if (ok && h >= 0 && h < i32(p.in_h) && w >= 0 && w < i32(p.in_w)) {
+        return n_in[((n * p.in_c + c) * p.in_h + u32(h)) * p.in_w + u32(w)];
+    }
+    return 0.0;
+}
+
+// gy[n, k, h, w], 0 outside the planes (or where !ok).
+fn gy_at(ok: bool, n: u32, k: u32, h: i32, w: i32) -> f32 {
+    if (ok && h >= 0 && h < i32(p.out_h) && w >= 0 && w < i32(p.out_w)) {
+        return n_in[((n * p.out_c + k) * p.out_h + u32(h)) * p.out_w + u32(w)];
+    }
+    return 0.0;
+}
+
+// One term of the sum, at reduction index t, with op4's vec4s w there: the forward pass's
+// t = (c R + r) S + s and the input gradient's t = (k R + r) S + s at both pixels; the
+// weight gradient's pixel t at the thread's tap (then its next pixel).
+fn term(kind: u32, t: u32, w: array<vec4<f32>, 4>) {
+    let c = t / (KH * KW);
+    let r = (t / KW) % KH;
+    let s = t % KW;
+    if (kind == FORWARD) {
+        let h0 = i32(px0.y * p.stride + r) - i32(p.pad);
+        let h1 = i32(px1.y * p.stride + r) - i32(p.pad);
+        let w0 = i32(px0.z * p.stride + s) - i32(p.pad);
+        let w1 = i32(px1.z * p.stride + s) - i32(p.pad);
+        accumulate(w, x_at(pvalid0, px0.x, c, h0, w0), x_at(pvalid1, px1.x, c, h1, w1), true);
+    } else if (kind == INPUT_GRAD) {
+        let h0 = i32(px0.y + p.pad) - i32(r);
+        let h1 = i32(px1.y + p.pad) - i32(r);
+        let w0 = i32(px0.z + p.pad) - i32(s);
+        let w1 = i32(px1.z + p.pad) - i32(s);
+        accumulate(w, gy_at(pvalid0, px0.x, c, h0, w0), gy_at(pvalid1, px1.x, c, h1, w1), true);
+    } else {
+        let h = i32(wpx.y * p.stride + wtap.y) - i32(p.pad);
+        let w0 = i32(wpx.z * p.stride + wtap.z) - i32(p.pad);
+        accumulate(w, x_at(wvalid, wpx.x, wtap.x, h, w0), 0.0, false);
+        wpx.z++;
+        if (wpx.z == p.out_w) {
+            wpx.z = 0u;
+            wpx.y++;
+            if (wpx.y == p.out_h) {
+                wpx.y = 0u;
+                wpx.x++;
+            }
+        }
+    }
+}
+
+// The terms of indices t .. t + n - 1 (n <= OP_LANES), in order, index t + l's op4 from
+// lane l's q: each lane index a constant, as lanes_broadcast4 needs.
+fn block(kind: u32, t: u32, n: u32, q: array<vec4<f32>, 4>) {
+    term(kind, t, from_lane(q, 0u));
+    if (OP_LANES > 1u && n > 1u) { term(kind, t + 1u, from_lane(q, 1u)); }
+    if (OP_LANES > 2u && n > 2u) { term(kind, t + 2u, from_lane(q, 2u)); }
+    if (OP_LANES > 3u && n > 3u) { term(kind, t + 3u, from_lane(q, 3u)); }
+    if (OP_LANES > 4u && n > 4u) { term(kind, t + 4u, from_lane(q, 4u)); }
+    if (OP_LANES > 5u && n > 5u) { term(kind, t + 5u, from_lane(q, 5u)); }
+    if (OP_LANES > 6u && n > 6u) { term(kind, t + 6u, from_lane(q, 6u)); }
+    if (OP_LANES > 7u && n > 7u) { term(kind, t + 7u, from_lane(q, 7u)); }
+}
+
+// The thread's sums over the reduction indices `begin` .. `end` - 1 in order, index t's op4 at
+// `base` + t VG: in blocks of OP_LANES indices, lane l of each reading index t + l's.
+fn reduce(kind: u32, begin: u32, end: u32, base: u32, lid: u32) {
+    let lane = lid % OP_LANES;
+    for (var t = begin; t < end; t += OP_LANES) {
+        block(kind, t, min(OP_LANES, end - t), op4_at(base + (t + lane) * VG, t + lane < end));
+    }
+}
+
+// ---------------------------------------------------------------- the kernels
 
 @compute @workgroup_size(WG)
 fn narrow_forward(@builtin(workgroup_id) wg: vec3<u32>,
@@ -148,45 +272,23 @@ fn narrow_forward(@builtin(workgroup_id) wg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let plane = p.out_h * p.out_w;
     let i0 = 2u * ((wg.x + wg.z * nwg.x) * WG + lid);
-    let valid0 = i0 < p.batch * plane;
-    let valid1 = i0 + 1u < p.batch * plane;
-    let y0 = pixel_at(i0, plane, p.out_w);
-    let y1 = pixel_at(i0 + 1u, plane, p.out_w);
+    pvalid0 = i0 < p.batch * plane;
+    pvalid1 = i0 + 1u < p.batch * plane;
+    px0 = pixel_at(i0, plane, p.out_w);
+    px1 = pixel_at(i0 + 1u, plane, p.out_w);
+    let crs = p.in_c * KH * KW;
+    reduce(FORWARD, 0u, crs, wg.y * crs * VG, lid);
     let k0 = 16u * wg.y;
-    let wbase = wg.y * p.in_c * KH * KW * VG;
-    for (var c = 0u; c < p.in_c; c++) {
-        let xc0 = (y0.x * p.in_c + c) * p.in_h;
-        let xc1 = (y1.x * p.in_c + c) * p.in_h;
-        for (var r = 0u; r < KH; r++) {
-            let ih0 = i32(y0.y * p.stride + r) - i32(p.pad);
-            let ih1 = i32(y1.y * p.stride + r) - i32(p.pad);
-            let row0 = valid0 && ih0 >= 0 && ih0 < i32(p.in_h);
-            let row1 = valid1 && ih1 >= 0 && ih1 < i32(p.in_h);
-            for (var s = 0u; s < KW; s++) {
-                let iw0 = i32(y0.z * p.stride + s) - i32(p.pad);
-                let iw1 = i32(y1.z * p.stride + s) - i32(p.pad);
-                var v0 = 0.0;
-                var v1 = 0.0;
-                if (row0 && iw0 >= 0 && iw0 < i32(p.in_w)) {
-                    v0 = n_in[(xc0 + u32(ih0)) * p.in_w + u32(iw0)];
-                }
-                if (row1 && iw1 >= 0 && iw1 < i32(p.in_w)) {
-                    v1 = n_in[(xc1 + u32(ih1)) * p.in_w + u32(iw1)];
-                }
-                accumulate_two(wbase + ((c * KH + r) * KW + s) * VG, v0, v1);
-            }
-        }
-    }
     let b0 = bias4(k0);
     let b1 = bias4(k0 + 4u);
     let b2 = bias4(k0 + 8u);
     let b3 = bias4(k0 + 12u);
-    if (valid0) {
-        let out = y0.x * p.out_c * plane + y0.y * p.out_w + y0.z;
+    if (pvalid0) {
+        let out = px0.x * p.out_c * plane + px0.y * p.out_w + px0.z;
         store16(out, plane, k0, p.out_c, acc[0] + b0, acc[1] + b1, acc[2] + b2, acc[3] + b3);
     }
-    if (valid1) {
-        let out = y1.x * p.out_c * plane + y1.y * p.out_w + y1.z;
+    if (pvalid1) {
+        let out = px1.x * p.out_c * plane + px1.y * p.out_w + px1.z;
         store16(out, plane, k0, p.out_c, acc[4] + b0, acc[5] + b1, acc[6] + b2, acc[7] + b3);
     }
 }
@@ -197,46 +299,22 @@ fn narrow_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let plane = p.in_h * p.in_w;
     let i0 = 2u * ((wg.x + wg.z * nwg.x) * WG + lid);
-    let valid0 = i0 < p.batch * plane;
-    let valid1 = i0 + 1u < p.batch * plane;
-    let x0 = pixel_at(i0, plane, p.in_w);
-    let x1 = pixel_at(i0 + 1u, plane, p.in_w);
+    pvalid0 = i0 < p.batch * plane;
+    pvalid1 = i0 + 1u < p.batch * plane;
+    px0 = pixel_at(i0, plane, p.in_w);
+    px1 = pixel_at(i0 + 1u, plane, p.in_w);
+    let krs = p.out_c * KH * KW;
+    reduce(INPUT_GRAD, 0u, krs, wg.y * krs * VG, lid);
     let c0 = 16u * wg.y;
-    let wbase = wg.y * p.out_c * KH * KW * VG;
-    for (var k = 0u; k < p.out_c; k++) {
-        let gk0 = (x0.x * p.out_c + k) * p.out_h;
-        let gk1 = (x1.x * p.out_c + k) * p.out_h;
-        for (var r = 0u; r < KH; r++) {
-            let oh0 = i32(x0.y + p.pad) - i32(r);
-            let oh1 = i32(x1.y + p.pad) - i32(r);
-            let row0 = valid0 && oh0 >= 0 && oh0 < i32(p.out_h);
-            let row1 = valid1 && oh1 >= 0 && oh1 < i32(p.out_h);
-            for (var s = 0u; s < KW; s++) {
-                let ow0 = i32(x0.z + p.pad) - i32(s);
-                let ow1 = i32(x1.z + p.pad) - i32(s);
-                var v0 = 0.0;
-                var v1 = 0.0;
-                if (row0 && ow0 >= 0 && ow0 < i32(p.out_w)) {
-                    v0 = n_in[(gk0 + u32(oh0)) * p.out_w + u32(ow0)];
-                }
-                if (row1 && ow1 >= 0 && ow1 < i32(p.out_w)) {
-                    v1 = n_in[(gk1 + u32(oh1)) * p.out_w + u32(ow1)];
-                }
-                accumulate_two(wbase + ((k * KH + r) * KW + s) * VG, v0, v1);
-            }
-        }
-    }
-    if (valid0) {
-        let out = x0.x * p.in_c * plane + x0.y * p.in_w + x0.z;
+    if (pvalid0) {
+        let out = px0.x * p.in_c * plane + px0.y * p.in_w + px0.z;
         store16(out, plane, c0, p.in_c, acc[0], acc[1], acc[2], acc[3]);
     }
-    if (valid1) {
-        let out = x1.x * p.in_c * plane + x1.y * p.in_w + x1.z;
+    if (pvalid1) {
+        let out = px1.x * p.in_c * plane + px1.y * p.in_w + px1.z;
         store16(out, plane, c0, p.in_c, acc[4], acc[5], acc[6], acc[7]);
     }
 }
-
-// ---------------------------------------------------------------- weight gradient
 
 @compute @workgroup_size(WG)
 fn narrow_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
@@ -244,42 +322,17 @@ fn narrow_backward_weight(@builtin(workgroup_id) wg: vec3<u32>,
     let rs = KH * KW;
     let crs = p.in_c * rs;
     let j = wg.x * WG + lid;
-    let valid = j < crs;
-    let c = j / rs;
-    let r = (j % rs) / KW;
-    let s = j % KW;
-    let k0 = 16u * wg.y;
+    wvalid = j < crs;
+    wtap = vec3<u32>(j / rs, (j % rs) / KW, j % KW);
     let oplane = p.out_h * p.out_w;
     let pixels = p.batch * oplane;
     let begin = wg.z * p.chunk;
-    let end = min(begin + p.chunk, pixels);
+    wpx = pixel_at(begin, oplane, p.out_w);
     // op4 of this channel group: VG vec4s per pixel.
-    let gbase = wg.y * pixels * VG;
-    // The pixel (n, oh, ow) of index i, stepped along with it.
-    var n = begin / oplane;
-    var oh = (begin % oplane) / p.out_w;
-    var ow = begin % p.out_w;
-    for (var i = begin; i < end; i++) {
-        let ih = i32(oh * p.stride + r) - i32(p.pad);
-        let iw = i32(ow * p.stride + s) - i32(p.pad);
-        var v = 0.0;
-        if (valid && ih >= 0 && ih < i32(p.in_h) && iw >= 0 && iw < i32(p.in_w)) {
-            v = n_in[((n * p.in_c + c) * p.in_h + u32(ih)) * p.in_w + u32(iw)];
-        }
-        accumulate_one(gbase + i * VG, v);
-        ow++;
-        if (ow == p.out_w) {
-            ow = 0u;
-            oh++;
-            if (oh == p.out_h) {
-                oh = 0u;
-                n++;
-            }
-        }
-    }
-    if (!valid) { return; }
+    reduce(WEIGHT_GRAD, begin, min(begin + p.chunk, pixels), wg.y * pixels * VG, lid);
+    if (!wvalid) { return; }
     // part[z, k, j] at z K CRS + k CRS + j.
-    store16(wg.z * p.out_c * crs + j, crs, k0, p.out_c, acc[0], acc[1], acc[2], acc[3]);
+    store16(wg.z * p.out_c * crs + j, crs, 16u * wg.y, p.out_c, acc[0], acc[1], acc[2], acc[3]);
 }
 
 // ---------------------------------------------------------------- the shared operand's layout

@@ -1,7 +1,9 @@
-// butterfly.wgsl and conv_fma.wgsl without subgroup operations (adapters without the SUBGROUP
-// feature, the web, or RESNET_WGPU_SUBGROUPS=0): SUBGROUP_LANES = 1, so every level of a
-// reduction goes through workgroup memory, every thread of a conv GEMM reads its own A, and
-// these exchanges are never called.
+// butterfly.wgsl, conv_fma.wgsl and conv_narrow.wgsl without subgroup operations (adapters
+// without the SUBGROUP feature, the web, or RESNET_WGPU_SUBGROUPS=0): SUBGROUP_LANES = 1, so
+// every level of a reduction goes through workgroup memory, every thread of a conv GEMM reads
+// its own A and every thread of a narrow convolution its own weights (or gy), and these
+// exchanges are never called (but for lanes_broadcast4 from lane 0 of 1 in conv_narrow.wgsl,
+// which is the thread's own value).
 //
 // No bindings or entry points.
 

@@ -1,7 +1,8 @@
 // Exchanges between a subgroup's lanes for butterfly.wgsl's levels d < SUBGROUP_LANES: the value
 // of lane ^ d, through subgroupShuffleXor (needs the adapter feature SUBGROUP); for the f32
-// conv engine's shared A (conv_fma.wgsl) and the GEMMs without barriers (gemm_lanes.wgsl), a
-// lane's value in every lane (subgroupBroadcast) and whether any lane's flag is set
+// conv engine's shared A (conv_fma.wgsl), the GEMMs without barriers (gemm_lanes.wgsl) and the
+// narrow convolutions' shared reads (conv_narrow.wgsl), a lane's value in every lane
+// (subgroupBroadcast) and whether any lane's flag is set
 // (subgroupAny); for Winograd's transforms by quads (winograd_quads.wgsl), the 4x4 transpose of
 // each quad of lanes' vectors (subgroupShuffle). The host compiles this file into those kernels
 // where it verified (src/gpu/lanes.rs) that each subgroup is a run of consecutive local

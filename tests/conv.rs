@@ -346,6 +346,52 @@ fn narrow_layers_run_their_own_kernels() {
 }
 
 #[test]
+fn narrow_kernels_give_the_same_bits_through_lanes() {
+    // On a CPU adapter with subgroups of 4 to 16 consecutive lanes (lavapipe's 8, or 16 with
+    // LP_NATIVE_VECTOR_WIDTH=512 as .ci/run also runs it; SwiftShader's 4), the narrow kernels
+    // read the operand that every thread shares (the weights; gy in the weight gradient) once
+    // per block of lanes and broadcast it (conv_narrow.wgsl's OP_LANES); with the subgroups off
+    // each thread reads it itself. The same multiply-adds in the same order: the same bits.
+    // Cases, each on the narrow kernels in all three passes both ways: 27 taps (three full
+    // blocks of 8 and a ragged one, of 4 lanes six and three), ragged channel groups (12, 5),
+    // 400 taps of a 5x5 in one workgroup's reduction, a 3x3 stem on one channel (9 taps) whose
+    // weight gradient splits its pixels into chunks that end mid-block, and 40 channels in three
+    // groups.
+    let gpu = new_gpu();
+    let lanes = gpu.set_subgroup_reductions(true).is_ok();
+    if gpu.info().name.contains("llvmpipe") {
+        assert!(
+            lanes,
+            "lavapipe's subgroups are runs of consecutive threads"
+        );
+    }
+    let cases = [
+        case([2, 3, 9, 7], 12, 3, 3, 1, 1, true),
+        case([1, 16, 6, 6], 5, 5, 5, 1, 2, false),
+        case([3, 1, 29, 27], 16, 3, 3, 1, 1, true),
+        case([2, 3, 11, 9], 40, 3, 3, 1, 1, true),
+    ];
+    let cpu = gpu.plan_for() == PlanFor::Cpu;
+    let run = |gpu: &Gpu| -> Vec<[Vec<f32>; 3]> {
+        (0..)
+            .zip(&cases)
+            .map(|(i, c)| {
+                let routes = ops::conv2d_narrow(gpu, c.x, c.w, c.stride, c.pad).unwrap();
+                assert_eq!(routes, [cpu; 3], "{c:?}");
+                run_passes(gpu, c, 1900 + 10 * i, None)
+            })
+            .collect()
+    };
+    let shared = run(&gpu);
+    gpu.set_subgroup_reductions(false).unwrap();
+    assert_eq!(gpu.conv_gemm_lanes(), None);
+    for ((c, shared), own) in cases.iter().zip(&shared).zip(run(&gpu)) {
+        let what = format!("{c:?}, lanes' shared reads against each thread's own");
+        assert_same_pass_bits(shared, &own, &what);
+    }
+}
+
+#[test]
 fn every_tile_matches_reference() {
     let gpu = gpu();
     // Edges ragged against every tile (M = 131, N = 2 * 13 * 11 = 286), several reduction chunks,
@@ -443,14 +489,15 @@ fn both_reduction_orders_match_reference() {
 
 /// The three passes of case `c` on `tile`, from random x, w, bias and gy (seeds `seed` ..
 /// `seed + 3`): y, gx and gw.
-fn run_passes(gpu: &Gpu, c: &Case, seed: u64, tile: ConvTile) -> [Vec<f32>; 3] {
+fn run_passes(gpu: &Gpu, c: &Case, seed: u64, tile: impl Into<Option<ConvTile>>) -> [Vec<f32>; 3] {
+    let tile = tile.into();
     let x = Tensor::from_slice(gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
     let w = Tensor::from_slice(gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
     let b = Tensor::from_slice(gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
-    let y = ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, Some(tile)).unwrap();
+    let y = ops::conv2d_tiled(&x, &w, c.bias.then_some(&b), c.stride, c.pad, tile).unwrap();
     let gy = Tensor::from_slice(gpu, y.shape(), &random_vec(y.numel(), seed + 3)).unwrap();
-    let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, Some(tile)).unwrap();
-    let gw = ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, Some(tile)).unwrap();
+    let gx = ops::conv2d_backward_input_tiled(&gy, &w, c.x, c.stride, c.pad, tile).unwrap();
+    let gw = ops::conv2d_backward_weight_tiled(&x, &gy, c.w, c.stride, c.pad, tile).unwrap();
     [y, gx, gw].map(|t| t.to_vec().unwrap())
 }
 

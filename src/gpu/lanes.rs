@@ -33,12 +33,14 @@ pub const REDUCING_ENGINE: &str = "butterfly.wgsl";
 pub const LANES_ENGINES: [&str; 2] = [REDUCING_ENGINE, "conv_fma.wgsl"];
 
 /// The files whose kernels get a lanes file before them (and before their engine, if any),
-/// which the host dispatches only with the verified subgroups of 4, 8 or 16 lanes of
-/// [`crate::Gpu::conv_gemm_lanes`], not the reductions' lanes: the GEMM for CPU adapters that
-/// shares A through a subgroup's lanes (`shaders/gemm_lanes.wgsl`) and Winograd's transforms
-/// that move vec4s by quads of lanes (`shaders/winograd_quads.wgsl`).
+/// with the verified subgroups of [`crate::Gpu::conv_gemm_lanes`], not the reductions' lanes:
+/// the GEMM for CPU adapters that shares A through a subgroup's lanes
+/// (`shaders/gemm_lanes.wgsl`) and Winograd's transforms that move vec4s by quads of lanes
+/// (`shaders/winograd_quads.wgsl`), which the host dispatches only with 4, 8 or 16 of them;
+/// and the narrow convolutions (`shaders/conv_narrow.wgsl`), which share reads of their common
+/// operand through those lanes where they exist and read it in each thread otherwise.
 #[doc(hidden)]
-pub const LANES_FILES: [&str; 2] = ["gemm_lanes.wgsl", "winograd_quads.wgsl"];
+pub const LANES_FILES: [&str; 3] = ["gemm_lanes.wgsl", "winograd_quads.wgsl", "conv_narrow.wgsl"];
 
 /// The shader files whose kernels are declared with `reducing_kernel!` (every entry point of
 /// each: they share one module), for the tools that compose sources themselves

@@ -4,7 +4,9 @@
 //! padding when a layer has 8 or 16 channels; and they stage their reduction in chunks, little
 //! of which is work when a convolution has few taps (a stem on one to three channels, a 1x1
 //! convolution of few channels). [`takes`] says where [`crate::ConvAlgo::Auto`] routes a pass
-//! here.
+//! here. Where the device has the verified subgroup lanes of [`Gpu::conv_gemm_lanes`], the
+//! kernels read the operand all threads share through them, a block of reduction indices per
+//! subgroup, with the same bits (`docs/speed.md`, "Narrow kernels read through the lanes").
 
 use super::plan::{Geometry, gemm_grid};
 use super::reduce_splits;
