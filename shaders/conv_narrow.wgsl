@@ -207,26 +207,11 @@ fn gy_at(ok: bool, n: u32, k: u32, h: i32, w: i32) -> f32 {
     return 0.0;
 }
 
-// One term of the sum, at reduction index t, with op4's vec4s w there: the forward pass's
-// t = (c R + r) S + s and the input gradient's t = (k R + r) S + s at both pixels; the
-// weight gradient's pixel t at the thread's tap (then its next pixel).
+// One term of the sum, at reduction index t, with op4's vec4s w there: the weight gradient's
+// pixel t at the thread's tap (then its next pixel); the forward pass's t = (c R + r) S + s
+// and the input gradient's t = (k R + r) S + s at both pixels.
 fn term(kind: u32, t: u32, w: array<vec4<f32>, 4>) {
-    let c = t / (KH * KW);
-    let r = (t / KW) % KH;
-    let s = t % KW;
-    if (kind == FORWARD) {
-        let h0 = i32(px0.y * p.stride + r) - i32(p.pad);
-        let h1 = i32(px1.y * p.stride + r) - i32(p.pad);
-        let w0 = i32(px0.z * p.stride + s) - i32(p.pad);
-        let w1 = i32(px1.z * p.stride + s) - i32(p.pad);
-        accumulate(w, x_at(pvalid0, px0.x, c, h0, w0), x_at(pvalid1, px1.x, c, h1, w1), true);
-    } else if (kind == INPUT_GRAD) {
-        let h0 = i32(px0.y + p.pad) - i32(r);
-        let h1 = i32(px1.y + p.pad) - i32(r);
-        let w0 = i32(px0.z + p.pad) - i32(s);
-        let w1 = i32(px1.z + p.pad) - i32(s);
-        accumulate(w, gy_at(pvalid0, px0.x, c, h0, w0), gy_at(pvalid1, px1.x, c, h1, w1), true);
-    } else {
+    if (kind == WEIGHT_GRAD) {
         let h = i32(wpx.y * p.stride + wtap.y) - i32(p.pad);
         let w0 = i32(wpx.z * p.stride + wtap.z) - i32(p.pad);
         accumulate(w, x_at(wvalid, wpx.x, wtap.x, h, w0), 0.0, false);
@@ -239,6 +224,23 @@ fn term(kind: u32, t: u32, w: array<vec4<f32>, 4>) {
                 wpx.x++;
             }
         }
+        return;
+    }
+    let c = t / (KH * KW);
+    let r = (t / KW) % KH;
+    let s = t % KW;
+    if (kind == FORWARD) {
+        let h0 = i32(px0.y * p.stride + r) - i32(p.pad);
+        let h1 = i32(px1.y * p.stride + r) - i32(p.pad);
+        let w0 = i32(px0.z * p.stride + s) - i32(p.pad);
+        let w1 = i32(px1.z * p.stride + s) - i32(p.pad);
+        accumulate(w, x_at(pvalid0, px0.x, c, h0, w0), x_at(pvalid1, px1.x, c, h1, w1), true);
+    } else {
+        let h0 = i32(px0.y + p.pad) - i32(r);
+        let h1 = i32(px1.y + p.pad) - i32(r);
+        let w0 = i32(px0.z + p.pad) - i32(s);
+        let w1 = i32(px1.z + p.pad) - i32(s);
+        accumulate(w, gy_at(pvalid0, px0.x, c, h0, w0), gy_at(pvalid1, px1.x, c, h1, w1), true);
     }
 }
 
@@ -266,18 +268,24 @@ fn reduce(kind: u32, begin: u32, end: u32, base: u32, lid: u32) {
 
 // ---------------------------------------------------------------- the kernels
 
+// The forward pass's or the input gradient's sums (`kind`) at the thread's two pixels, of
+// pixel group `group` in planes `width` wide of `plane` pixels, over the `count` reduction
+// indices of channel group `cg`.
+fn pixel_sums(kind: u32, group: u32, cg: u32, lid: u32, plane: u32, width: u32, count: u32) {
+    let i0 = 2u * (group * WG + lid);
+    pvalid0 = i0 < p.batch * plane;
+    pvalid1 = i0 + 1u < p.batch * plane;
+    px0 = pixel_at(i0, plane, width);
+    px1 = pixel_at(i0 + 1u, plane, width);
+    reduce(kind, 0u, count, cg * count * VG, lid);
+}
+
 @compute @workgroup_size(WG)
 fn narrow_forward(@builtin(workgroup_id) wg: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let plane = p.out_h * p.out_w;
-    let i0 = 2u * ((wg.x + wg.z * nwg.x) * WG + lid);
-    pvalid0 = i0 < p.batch * plane;
-    pvalid1 = i0 + 1u < p.batch * plane;
-    px0 = pixel_at(i0, plane, p.out_w);
-    px1 = pixel_at(i0 + 1u, plane, p.out_w);
-    let crs = p.in_c * KH * KW;
-    reduce(FORWARD, 0u, crs, wg.y * crs * VG, lid);
+    pixel_sums(FORWARD, wg.x + wg.z * nwg.x, wg.y, lid, plane, p.out_w, p.in_c * KH * KW);
     let k0 = 16u * wg.y;
     let b0 = bias4(k0);
     let b1 = bias4(k0 + 4u);
@@ -298,13 +306,7 @@ fn narrow_backward_input(@builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let plane = p.in_h * p.in_w;
-    let i0 = 2u * ((wg.x + wg.z * nwg.x) * WG + lid);
-    pvalid0 = i0 < p.batch * plane;
-    pvalid1 = i0 + 1u < p.batch * plane;
-    px0 = pixel_at(i0, plane, p.in_w);
-    px1 = pixel_at(i0 + 1u, plane, p.in_w);
-    let krs = p.out_c * KH * KW;
-    reduce(INPUT_GRAD, 0u, krs, wg.y * krs * VG, lid);
+    pixel_sums(INPUT_GRAD, wg.x + wg.z * nwg.x, wg.y, lid, plane, p.in_w, p.out_c * KH * KW);
     let c0 = 16u * wg.y;
     if (pvalid0) {
         let out = px0.x * p.in_c * plane + px0.y * p.in_w + px0.z;

@@ -353,10 +353,12 @@ fn narrow_kernels_give_the_same_bits_through_lanes() {
     // per block of lanes and broadcast it (conv_narrow.wgsl's OP_LANES); with the subgroups off
     // each thread reads it itself. The same multiply-adds in the same order: the same bits.
     // Cases, each on the narrow kernels in all three passes both ways: 27 taps (three full
-    // blocks of 8 and a ragged one, of 4 lanes six and three), ragged channel groups (12, 5),
+    // blocks of 8 lanes and a ragged one of 3; of 4 lanes, six and a ragged 3), ragged channel
+    // groups (12, 5),
     // 400 taps of a 5x5 in one workgroup's reduction, a 3x3 stem on one channel (9 taps) whose
-    // weight gradient splits its pixels into chunks that end mid-block, and 40 channels in three
-    // groups.
+    // weight gradient splits its pixels into chunks that end mid-block, 40 channels in three
+    // groups, and a 1x1 of 4 taps, whose weight gradient's workgroup (8 threads) is half of a
+    // subgroup of 16 lanes.
     let gpu = new_gpu();
     let lanes = gpu.set_subgroup_reductions(true).is_ok();
     if gpu.info().name.contains("llvmpipe") {
@@ -370,6 +372,7 @@ fn narrow_kernels_give_the_same_bits_through_lanes() {
         case([1, 16, 6, 6], 5, 5, 5, 1, 2, false),
         case([3, 1, 29, 27], 16, 3, 3, 1, 1, true),
         case([2, 3, 11, 9], 40, 3, 3, 1, 1, true),
+        case([2, 4, 5, 5], 6, 1, 1, 1, 0, true),
     ];
     let cpu = gpu.plan_for() == PlanFor::Cpu;
     let run = |gpu: &Gpu| -> Vec<[Vec<f32>; 3]> {
@@ -487,10 +490,9 @@ fn both_reduction_orders_match_reference() {
     }
 }
 
-/// The three passes of case `c` on `tile`, from random x, w, bias and gy (seeds `seed` ..
-/// `seed + 3`): y, gx and gw.
-fn run_passes(gpu: &Gpu, c: &Case, seed: u64, tile: impl Into<Option<ConvTile>>) -> [Vec<f32>; 3] {
-    let tile = tile.into();
+/// The three passes of case `c` on `tile` (None: the kernels `Auto` routes them to), from
+/// random x, w, bias and gy (seeds `seed` .. `seed + 3`): y, gx and gw.
+fn run_passes(gpu: &Gpu, c: &Case, seed: u64, tile: Option<ConvTile>) -> [Vec<f32>; 3] {
     let x = Tensor::from_slice(gpu, &c.x, &random_vec(c.x.iter().product(), seed)).unwrap();
     let w = Tensor::from_slice(gpu, &c.w, &random_vec(c.w.iter().product(), seed + 1)).unwrap();
     let b = Tensor::from_slice(gpu, &[c.w[0]], &random_vec(c.w[0], seed + 2)).unwrap();
@@ -539,14 +541,14 @@ fn every_staging_gives_the_same_bits() {
         assert_eq!(ops::conv_stages(&gpu, tile), 1, "{tile:?}");
         let single: Vec<_> = (0..)
             .zip(&cases)
-            .map(|(i, (gpu, c))| run_passes(gpu, c, 1600 + 10 * i, tile))
+            .map(|(i, (gpu, c))| run_passes(gpu, c, 1600 + 10 * i, Some(tile)))
             .collect();
         // lavapipe's workgroup memory (32 KiB) holds every tile twice.
         for (staging, stages) in [(ConvStaging::Double, 2), (ConvStaging::Shallow, 1)] {
             set_staging(staging);
             assert_eq!(ops::conv_stages(&gpu, tile), stages, "{tile:?}");
             for (i, (gpu, c)) in cases.iter().enumerate() {
-                let other = run_passes(gpu, c, 1600 + 10 * i as u64, tile);
+                let other = run_passes(gpu, c, 1600 + 10 * i as u64, Some(tile));
                 let what = format!("{c:?} tile {tile:?}, {staging:?} against Single");
                 assert_same_pass_bits(&other, &single[i], &what);
             }
@@ -595,12 +597,12 @@ fn subgroups_sharing_a_give_the_same_bits() {
     for tile in ConvTile::ALL {
         let shared: Vec<_> = (0..)
             .zip(&cases)
-            .map(|(i, c)| run_passes(&gpu, c, 1800 + 10 * i, tile))
+            .map(|(i, c)| run_passes(&gpu, c, 1800 + 10 * i, Some(tile)))
             .collect();
         gpu.set_subgroup_reductions(false).unwrap();
         assert!(!ops::conv_shares_a(&gpu));
         for (i, c) in cases.iter().enumerate() {
-            let own = run_passes(&gpu, c, 1800 + 10 * i as u64, tile);
+            let own = run_passes(&gpu, c, 1800 + 10 * i as u64, Some(tile));
             let what = format!("{c:?} tile {tile:?}, shared A against each thread's own");
             assert_same_pass_bits(&shared[i], &own, &what);
         }
