@@ -25,7 +25,7 @@
 
 use ash::vk;
 use resnet_wgpu::gpu::{
-    COMMON_SHADER, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,
+    COMMON_SHADER, LANES_FILES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,
 };
 use resnet_wgpu::ops::CONV_SHADER_VARIANTS;
 use serde::Serialize;
@@ -183,13 +183,14 @@ fn jobs() -> Vec<Job> {
     let reducing = |file: &str| REDUCING_FILES.contains(&file);
     let simple = |file: &str, entry: &'static str, constants: Vec<(&'static str, f64)>| Job {
         label: file.to_string(),
-        source: match reducing(file) {
-            true => format!(
+        source: match (reducing(file), LANES_FILES.contains(&file)) {
+            (true, _) => format!(
                 "{COMMON_SHADER}{LANES_MEMORY}{}{}",
                 shader(REDUCING_ENGINE),
                 shader(file)
             ),
-            false => format!("{COMMON_SHADER}{}", shader(file)),
+            (false, true) => format!("{COMMON_SHADER}{LANES_MEMORY}{}", shader(file)),
+            (false, false) => format!("{COMMON_SHADER}{}", shader(file)),
         },
         entry,
         constants,
@@ -336,11 +337,15 @@ fn jobs() -> Vec<Job> {
         jobs.push(simple("reduce.wgsl", entry, vec![]));
     }
     // Every reducing kernel again with its levels below 32 lanes through subgroup shuffles
-    // (lanes_subgroup.wgsl), as on an adapter whose smallest subgroups have 32 lanes.
+    // (lanes_subgroup.wgsl), as on an adapter whose smallest subgroups have 32 lanes; and the
+    // narrow conv kernels with their shared reads through those lanes.
     let lanes: Vec<Job> = jobs
         .iter()
-        .filter(|j| reducing(j.label.split(' ').next().unwrap_or("")))
-        .filter(|j| REDUCING_ENTRIES.contains(&j.entry))
+        .filter(|j| {
+            let file = j.label.split(' ').next().unwrap_or("");
+            (reducing(file) && REDUCING_ENTRIES.contains(&j.entry))
+                || (file == "conv_narrow.wgsl" && j.entry != "narrow_gather4")
+        })
         .map(|j| {
             let mut constants = j.constants.clone();
             constants.push(("SUBGROUP_LANES", REDUCING_LANES));
