@@ -27,9 +27,10 @@
 // channels k. Every thread of a workgroup walks the same reduction indices in the same order,
 // so the operand that does not depend on the thread's pixels or tap (the weights; gy in the
 // weight gradient) is the same for all of them at each index: op4's layout (which
-// narrow_gather4 makes) holds it as one vec4 per 4 channels, which serves both pixels. The
-// other operand is read per pixel, consecutive threads at consecutive pixels (or taps). No
-// workgroup memory, no barriers.
+// narrow_gather4 makes) holds it as one vec4 per 4 channels, which serves both pixels (on
+// lavapipe two pixels per thread took the 8-channel 3x3 forward pass and input gradient at
+// 28x28 from 22-24 to 15-17 ms). The other operand is read per pixel, consecutive threads at
+// consecutive pixels (or taps). No workgroup memory, no barriers.
 //
 // Shared reads through the lanes: where the host compiles this file with subgroup lanes
 // (src/gpu/lanes.rs; CPU adapters: lavapipe's 8, SwiftShader's 4), the reduction runs in
@@ -39,9 +40,9 @@
 // on lavapipe (a 2-core AMD EPYC, AVX2; docs/speed.md, "Narrow kernels read through the
 // lanes") the main job's 1 -> 32 stem at 28x28 and batch 128 took 39-42 ms instead of 195-205
 // in the weight gradient and 28-40 instead of 73-74 in the forward pass, and an 8 -> 8 3x3
-// conv at 28x28 and batch 128 45-52 instead of 145 ms in its forward pass and its input
-// gradient each. Without subgroups (the web; lanes_memory.wgsl) OP_LANES is 1 and each thread reads
-// every index's op4 itself.
+// conv at 28x28 and batch 128 45-54 instead of 145 ms in its forward pass and its input
+// gradient each. Without subgroups (the web; lanes_memory.wgsl) OP_LANES is 1 and each thread
+// reads every index's op4 itself.
 //
 // Dispatch (WG threads per workgroup, override):
 //   narrow_forward:         x*z = ceil(N*OH*OW / (2 WG)) pixel groups (group = wg.x + wg.z *
