@@ -1395,6 +1395,57 @@ fn fused_eval_batch_norm_matches_separate_kernels() {
 }
 
 #[test]
+fn fused_eval_batch_norm_on_narrow_layers() {
+    // Where a CPU adapter's plan runs a conv's forward pass on the narrow kernels, which have
+    // no batch-norm epilogue, inference's conv block runs them and the batch norm's kernel
+    // (and the residual's) instead of the tiled GEMM with the epilogue, whose barriers cost
+    // more there. A GPU's plan keeps the fused GEMM. Cases: a 3x3 of 12 channels with a
+    // residual and the ReLU, a strided 7x7 stem with the ReLU, neither on a 5x5.
+    let gpu = new_gpu();
+    let cpu = gpu.plan_for() == PlanFor::Cpu;
+    let cases = [
+        (case([2, 3, 9, 7], 12, 3, 3, 1, 1, false), true, true),
+        (case([2, 3, 23, 21], 16, 7, 7, 2, 3, false), false, true),
+        (case([1, 16, 6, 6], 5, 5, 5, 1, 2, false), false, false),
+    ];
+    let eps = 1e-5;
+    for (i, (c, residual, relu)) in cases.into_iter().enumerate() {
+        let seed = 560 + 10 * i as u64;
+        let xv = random_vec(c.x.iter().product(), seed);
+        let wv = random_vec(c.w.iter().product(), seed + 1);
+        let bnv = random_bn(c.w[0], seed + 2);
+        let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
+        let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
+        let bn_t = channel_tensors(&gpu, &bnv);
+        let bn = eval_bn(&bn_t, eps);
+        let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
+        let ys = [c.x[0], c.w[0], oh, ow];
+        let rv = random_vec(ys.iter().product(), seed + 7);
+        let r = Tensor::from_slice(&gpu, &ys, &rv).unwrap();
+        let bn_ref = [&bnv[0][..], &bnv[1][..], &bnv[2][..], &bnv[3][..]];
+        let rv = residual.then_some(&rv[..]);
+        let (ye, _) =
+            reference::conv2d_bn_eval(&xv, c.x, &wv, c.w, c.stride, c.pad, bn_ref, eps, rv, relu);
+        let what = format!("{c:?} residual {residual} relu {relu}");
+        let narrow = ops::conv2d_narrow(&gpu, c.x, c.w, c.stride, c.pad).unwrap()[0];
+        assert_eq!(
+            narrow, cpu,
+            "{what}: the forward pass on the narrow kernels"
+        );
+        gpu.start_profiling().unwrap();
+        let res = residual.then_some(&r);
+        let y = ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, res, relu).unwrap();
+        let kernels = gpu.finish_profiling().unwrap();
+        let ran = |entry: &str| kernels.iter().any(|t| t.entry == entry);
+        assert_eq!(ran("narrow_forward"), narrow, "{what}: {kernels:?}");
+        // The fused GEMM's epilogue, or with split-K its reduction's.
+        let fused = ran("conv_forward_bn") || ran("conv_forward_reduce_bn");
+        assert_eq!(fused, !narrow, "{what}: {kernels:?}");
+        assert_close(&y.to_vec().unwrap(), &ye, RTOL, 2e-4, &what);
+    }
+}
+
+#[test]
 fn fused_eval_batch_norm_errors() {
     let gpu = gpu();
     let z = |s: &[usize]| Tensor::zeros(&gpu, s).unwrap();

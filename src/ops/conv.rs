@@ -358,8 +358,9 @@ pub struct EvalBatchNorm<'a> {
 /// instead of making three more passes over memory. Needs 8 storage buffers per shader stage
 /// (WebGPU's default limit; 9 with the f16 engine); on a device with fewer it runs the separate
 /// kernels. Where the convolution runs Winograd ([`crate::ConvAlgo`]), its output transform
-/// applies the batch norm (7 storage buffers). Records no gradient: for training use the
-/// [`Var`] ops.
+/// applies the batch norm (7 storage buffers). Where a CPU adapter's plan runs the forward
+/// pass on its narrow kernels ([`conv2d_narrow`]), which have no such epilogue, the separate
+/// kernels run. Records no gradient: for training use the [`Var`] ops.
 pub fn conv2d_bn_eval(
     x: &Tensor,
     w: &Tensor,
@@ -407,6 +408,11 @@ pub fn conv2d_bn_eval_tiled(
         check_same_gpu(OP, x, r)?;
     }
     let gpu = x.gpu();
+    // The narrow kernels have no batch-norm epilogue; they and a batch-norm pass beat the
+    // tiled GEMMs (with barriers) that would take the fused pass on a CPU adapter.
+    if tile.is_none() && narrow::takes(gpu, &g, ConvPass::Forward) {
+        return conv2d_bn_eval_unfused(x, w, stride, padding, bn, residual, relu);
+    }
     let model = TileModel::for_gpu(gpu);
     // The plain forward's route: the same GEMMs, tuned once for both.
     let route = g.route(
@@ -483,7 +489,8 @@ pub fn conv2d_bn_eval_tiled(
 
 /// [`conv2d_bn_eval`] as separate kernels: [`conv2d`], [`crate::ops::batch_norm_eval`] (with
 /// the ReLU when there is no residual) and [`crate::ops::add_relu`] or [`crate::ops::add`]. The
-/// fallback on devices with too few storage buffers, and the fused kernel's reference in tests.
+/// fallback on devices with too few storage buffers and for the narrow kernels, and the fused
+/// kernel's reference in tests.
 #[doc(hidden)]
 pub fn conv2d_bn_eval_unfused(
     x: &Tensor,
