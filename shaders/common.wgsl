@@ -22,7 +22,7 @@
 //                   eps), in batchnorm.wgsl's normalize order: the fused conv epilogues
 //                   (conv.wgsl, winograd.wgsl, gemm_lanes.wgsl) share it, so that they give the
 //                   separate kernels' bits; batchnorm.wgsl's statistics take their invstd from
-//                   bn_invstd too
+//                   bn_invstd too; bn_normalize4: of four values of one channel
 //   divide(n, d):   n / d for n < 2^24, through f32 (a CPU adapter's lanes divide floats as
 //                   vectors, integers one lane at a time): the quotient rounded, then
 //                   corrected by one either way (gemm_lanes.wgsl, im2col.wgsl)
@@ -65,6 +65,11 @@ fn bn_invstd(variance: f32, eps: f32) -> f32 {
 }
 
 fn bn_normalize(ch: BnChannel, v: f32) -> f32 {
+    return (v - ch.mean) * ch.invstd * ch.gamma + ch.beta;
+}
+
+// bn_normalize of four values of one channel, each as bn_normalize computes it.
+fn bn_normalize4(ch: BnChannel, v: vec4<f32>) -> vec4<f32> {
     return (v - ch.mean) * ch.invstd * ch.gamma + ch.beta;
 }
 

@@ -739,7 +739,11 @@ fn wino4_output_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
                    @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let t = output_tile4(i);
+    put_tile4_bn(output_tile4(i));
+}
+
+// Output tile t into y through wino_output_bn's epilogue (bn_store).
+fn put_tile4_bn(t: OutTile4) {
     let ch = bn_channel(t.k);
     put_column4_bn(t.y[0], ch, t.at, t.rows);
     if (t.cols > 1u) { put_column4_bn(t.y[1], ch, t.at + 1u, t.rows); }

@@ -2,9 +2,12 @@
 // after winograd.wgsl, whose math, work items and helpers they share, and after a lanes file):
 //   wino4_input_quads, wino4_gy_quads: wino4_input and wino4_gy, V and GY stored as vec4s
 //   wino4_output_quads:                wino4_output (plain or ACCUMULATE), M loaded as vec4s
-//   wino4_input_rows, wino4_gy_rows, wino4_output_rows: the same on planes whose width is a
-//                      multiple of 4, where a tile's row of x, gy or y (4 values from column
-//                      4 tw) is one aligned vec4 as well
+//   wino4_output_bn_quads:             wino4_output_bn (inference's batch norm, residual and
+//                                      ReLU), M loaded as vec4s
+//   wino4_input_rows, wino4_gy_rows, wino4_output_rows, wino4_output_bn_rows: the same on
+//                      planes whose width is a multiple of 4, where a tile's row of x, gy or y
+//                      (4 values from column 4 tw) is one aligned vec4 as well (and of the
+//                      residual that wino4_output_bn_rows adds)
 // The same values as winograd.wgsl's kernels, bit for bit: only the memory accesses differ.
 //
 // Why: on lavapipe every load or store whose address differs between lanes is a loop over the
@@ -29,9 +32,15 @@
 //   wino4_output_quads: 10 = M (read, as vec4s), 2 = y or gx (write), 3 = bias [K] (read; any
 //                       buffer when has_bias == 0)
 //   wino4_output_rows: 10 = M, 9 = y or gx (write, as vec4s), 3 = bias
+//   wino4_output_bn_quads: 10 = M, 2 = y (write), 4-7 = gamma, beta, running mean, running
+//                       var [K] (read), 8 = the residual (read with RESIDUAL; any buffer but y
+//                       otherwise), as wino4_output_bn's
+//   wino4_output_bn_rows: 10 = M, 9 = y (write, as vec4s), 4-7 as there, 11 = the residual
+//                       (read as vec4s with RESIDUAL; any buffer but y otherwise)
 
 @group(0) @binding(9) var<storage, read_write> dst4: array<vec4<f32>>;
 @group(0) @binding(10) var<storage, read> src4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> bn_res4: array<vec4<f32>>;
 
 // Work item i's 36 values t (position 6 c + r in t[r][c], store_columns6's order) into dst4's
 // 36 planes of `plane` values each, by quads: lane j of the quad stores positions 4 g + j.
@@ -203,4 +212,42 @@ fn wino4_output_rows(@builtin(workgroup_id) wg: vec3<u32>,
     put_row4(t, 1u, at + row, b);
     put_row4(t, 2u, at + 2u * row, b);
     put_row4(t, 3u, at + 3u * row, b);
+}
+
+@compute @workgroup_size(256)
+fn wino4_output_bn_quads(@builtin(workgroup_id) wg: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32,
+                         @builtin(subgroup_invocation_id) lane: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= p.count) { return; }
+    put_tile4_bn(output_tile4_of(item_of(i), load_quads36(p.channels * p.tiles, i, lane)));
+}
+
+// Row r of output tile t, if the output has it, as y's vec4 at `at` (binding 9) through
+// bn_store's epilogue (channel record ch), value by value as there.
+fn put_row4_bn(t: OutTile4, ch: BnChannel, r: u32, at: u32) {
+    if (r >= t.rows) { return; }
+    let v = vec4<f32>(t.y[0][r], t.y[1][r], t.y[2][r], t.y[3][r]);
+    var y = bn_normalize4(ch, v);
+    if (RESIDUAL) { y = y + bn_res4[at]; }
+    if (RELU) { y = relu_value4(y); }
+    dst4[at] = y;
+}
+
+@compute @workgroup_size(256)
+fn wino4_output_bn_rows(@builtin(workgroup_id) wg: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32,
+                        @builtin(subgroup_invocation_id) lane: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i >= p.count) { return; }
+    let t = output_tile4_of(item_of(i), load_quads36(p.channels * p.tiles, i, lane));
+    let ch = bn_channel(t.k);
+    let at = t.at / 4u;
+    let row = p.width / 4u;
+    put_row4_bn(t, ch, 0u, at);
+    put_row4_bn(t, ch, 1u, at + row);
+    put_row4_bn(t, ch, 2u, at + 2u * row);
+    put_row4_bn(t, ch, 3u, at + 3u * row);
 }

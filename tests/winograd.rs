@@ -505,6 +505,8 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
     // multiple of 4 (F(4x4)'s 3 x 5 in case 1: the tiled GEMMs and the plain transforms
     // either way), 14 x 14 planes (F(4x4)'s quads without rows) and 10 x 12 planes (rows,
     // the last tiles' partly outside the plane; quads across rows of tiles and images).
+    // Inference's fused pass (conv2d_bn_eval) too, whose output transform applies the batch
+    // norm, with a residual in cases 0 and 2 and the ReLU in all but case 3: the same bits.
     let cases: [([usize; 4], usize); 4] = [
         ([4, 24, 20, 20], 40),
         ([1, 16, 12, 20], 8),
@@ -531,51 +533,70 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
             let ys = [x[0], k, x[2], x[3]];
             let gyv = random_vec(ys.iter().product(), 902 + i as u64);
             let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
+            let channel = |seed, lo: f32| {
+                let v: Vec<f32> = random_vec(k, seed).iter().map(|v| lo + v.abs()).collect();
+                Tensor::from_slice(gpu, &[k], &v).unwrap()
+            };
+            let [gamma, beta, mean, var] = [(903, 0.5), (904, -0.5), (905, -0.5), (906, 0.5)]
+                .map(|(seed, lo)| channel(seed + 10 * i as u64, lo));
+            let bn = ops::EvalBatchNorm {
+                gamma: &gamma,
+                beta: &beta,
+                running_mean: &mean,
+                running_var: &var,
+                eps: 1e-5,
+            };
+            // The residual: gy's values.
+            let (residual, relu) = ((i % 2 == 0).then_some(&gy), i != 3);
             // The quads' kernels these planes take (the _rows ones where the width is a
             // multiple of 4).
             let kind = if x[3] % 4 == 0 { "rows" } else { "quads" };
-            let quads = ["input", "gy", "output"].map(|t| format!("wino4_{t}_{kind}"));
-            // The three passes, how many GEMMs ran on gemm_lanes and gemm_lanes_nt, and how
-            // many input, gy and output transforms by quads.
+            let quads = ["input", "gy", "output", "output_bn"].map(|t| format!("wino4_{t}_{kind}"));
+            // The three passes and inference's, how many GEMMs ran on gemm_lanes and
+            // gemm_lanes_nt, and how many input, gy, output and batch-norm output transforms by
+            // quads.
             let run = || {
                 gpu.start_profiling().unwrap();
                 let y = ops::conv2d(&xt, &wt, None, 1, 1).unwrap();
                 let gx = ops::conv2d_backward_input(&gy, &wt, x, 1, 1).unwrap();
                 let gw = ops::conv2d_backward_weight(&xt, &gy, w, 1, 1).unwrap();
+                let eval = ops::conv2d_bn_eval(&xt, &wt, 1, 1, &bn, residual, relu).unwrap();
                 let kernels = gpu.finish_profiling().unwrap();
                 let count = |entry: &str| kernels.iter().filter(|t| t.entry == entry).count();
-                let passes = [y, gx, gw].map(|t| t.to_vec().unwrap());
+                let passes = [y, gx, gw, eval].map(|t| t.to_vec().unwrap());
                 let gemms = [count("gemm_lanes"), count("gemm_lanes_nt")];
                 (passes, gemms, quads.each_ref().map(|e| count(e)))
             };
             let what = format!("x {x:?} w {w:?} {tile}");
-            let ([y, gx, gw], on_lanes, by_quads) = run();
+            let ([y, gx, gw, eval], on_lanes, by_quads) = run();
             let tiles = x[0] * x[2].div_ceil(tile.m()) * x[3].div_ceil(tile.m());
             let lanes_take_it = lanes && tiles % 4 == 0;
             let expected = match lanes_take_it {
-                true => [2, 1],
+                true => [3, 1],
                 false => [0, 0],
             };
             assert_eq!(on_lanes, expected, "{what}: GEMMs on gemm_lanes(_nt)");
-            // x's transform in the forward pass and the weight gradient, gy's as the input
-            // gradient's input and for the weight gradient; the output transforms of y and gx.
+            // x's transform in the forward passes and the weight gradient, gy's as the input
+            // gradient's input and for the weight gradient; the output transforms of y and gx;
+            // inference's.
             let by_quads_here = ops::winograd_transforms_by_quads(gpu);
             let expected = match lanes_take_it && by_quads_here && tile == WinogradTile::F4 {
-                true => [3, 1, 2],
-                false => [0, 0, 0],
+                true => [4, 1, 2, 1],
+                false => [0, 0, 0, 0],
             };
             assert_eq!(by_quads, expected, "{what}: {quads:?}");
             // On subgroups of 8 or more lanes (lavapipe's, not SwiftShader's 4).
             let eight = gpu.conv_gemm_lanes().is_some_and(|n| n >= 8);
             assert_eq!(by_quads_here, lanes && eight, "{}", gpu.info());
             gpu.set_subgroup_reductions(false).unwrap();
-            let ([y_tiled, gx_tiled, gw_tiled], none, plain) = run();
-            assert_eq!((none, plain), ([0, 0], [0, 0, 0]), "{what}: subgroups off");
+            let ([y_tiled, gx_tiled, gw_tiled, eval_tiled], none, plain) = run();
+            assert_eq!((none, plain), ([0, 0], [0; 4]), "{what}: subgroups off");
             let same = |a: &[f32], b: &[f32]| {
                 a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
             };
             assert!(same(&y, &y_tiled), "{what}: the forward pass differs");
             assert!(same(&gx, &gx_tiled), "{what}: the input gradient differs");
+            assert!(same(&eval, &eval_tiled), "{what}: inference's pass differs");
             let what = format!("{what}: weight gradient");
             assert_tile_close(tile, &gw, &gw_tiled, [1e-5, 1e-4], TWIN_SCALE, &what);
             if lanes {

@@ -59,7 +59,8 @@ struct Kernels {
     weights: Kernel,
     input: Transform,
     output: Transform,
-    output_bn: Kernel,
+    /// Inference's output transform with the batch norm (residual, ReLU) in its epilogue.
+    output_bn: Transform,
     gy: Transform,
     weights_grad: Kernel,
 }
@@ -118,6 +119,24 @@ impl Access {
             Access::Rows { .. } => [(10, m), (9, out), (3, bias)],
         }
     }
+
+    /// The bindings of an output transform with the batch norm from M (`m`) into y (`out`),
+    /// with the batch norm's channel vectors (gamma, beta, running mean, running variance)
+    /// and the residual (`res`; any buffer but `out` without one).
+    fn output_bn_bindings<'a>(
+        self,
+        m: &'a Buffer,
+        out: &'a Buffer,
+        [gamma, beta, mean, var]: [&'a Buffer; 4],
+        res: &'a Buffer,
+    ) -> [(u32, &'a Buffer); 7] {
+        let [m, out, _] = self.output_bindings(m, out, m);
+        let res = match self {
+            Access::Rows { .. } => (11, res),
+            Access::Plain | Access::Quads => (8, res),
+        };
+        [m, out, (4, gamma), (5, beta), (6, mean), (7, var), res]
+    }
 }
 
 impl Transform {
@@ -160,7 +179,10 @@ const F2_KERNELS: Kernels = Kernels {
         plain: kernel!("winograd.wgsl", "wino_output"),
         quads: None,
     },
-    output_bn: kernel!("winograd.wgsl", "wino_output_bn"),
+    output_bn: Transform {
+        plain: kernel!("winograd.wgsl", "wino_output_bn"),
+        quads: None,
+    },
     gy: Transform {
         plain: kernel!("winograd.wgsl", "wino_gy"),
         quads: None,
@@ -186,7 +208,14 @@ const F4_KERNELS: Kernels = Kernels {
             rows_reads_scalars: false,
         }),
     },
-    output_bn: kernel!("winograd.wgsl", "wino4_output_bn"),
+    output_bn: Transform {
+        plain: kernel!("winograd.wgsl", "wino4_output_bn"),
+        quads: Some(Quads {
+            any: quads_kernel!("wino4_output_bn_quads"),
+            rows: quads_kernel!("wino4_output_bn_rows"),
+            rows_reads_scalars: false,
+        }),
+    },
     gy: Transform {
         plain: kernel!("winograd.wgsl", "wino4_gy"),
         quads: Some(Quads {
@@ -772,17 +801,16 @@ fn convolve(
                     eps: bn.eps,
                     ..batch.params(k, first, tiles)
                 };
-                let bound = [
-                    (1, m.buffer()),
-                    (2, out.buffer()),
-                    (4, bn.gamma.buffer()),
-                    (5, bn.beta.buffer()),
-                    (6, bn.running_mean.buffer()),
-                    (7, bn.running_var.buffer()),
-                    (8, residual.map_or(bn.running_mean.buffer(), |r| r.buffer())),
-                ];
+                let (kernel, access) = kernels(tile).output_bn.kernel(gpu, tiles, shape[3]);
+                let channels = [bn.gamma, bn.beta, bn.running_mean, bn.running_var];
+                let bound = access.output_bn_bindings(
+                    m.buffer(),
+                    out.buffer(),
+                    channels.map(Tensor::buffer),
+                    residual.map_or(bn.running_mean.buffer(), |r| r.buffer()),
+                );
                 let flags = bn_epilogue(residual.is_some(), relu);
-                gpu.dispatch_bound(&kernels(tile).output_bn, &flags, &p, &bound, grid)?;
+                gpu.dispatch_bound(kernel, &flags, &p, &bound, grid)?;
             }
         }
     }
