@@ -10,7 +10,8 @@
 //!   in GB/s: the minimum bytes each pass must read and write once, divided by its time.
 //! - `models`: ResNet-18/50 inference at 224x224 (latency at batch 1, throughput at
 //!   `--infer-batch`, and that batch again with the separate conv, batch-norm and add kernels
-//!   that inference's fused ones replace), and training steps (forward, backward, SGD momentum;
+//!   that inference's fused ones replace), the train example's default model's inference at
+//!   the batch of 256 that the example evaluates with (`main`), and training steps (forward, backward, SGD momentum;
 //!   each step submitted once recorded, as the trainer does, so that recording the next one
 //!   overlaps the GPU's work; the timed steps end with a synchronize) for ResNet-18 and
 //!   ResNet-50 at 224x224, batch `--batch`, ResNet-18 at 32x32 (10 classes), batch
@@ -970,45 +971,55 @@ fn bench_models(b: &Bench, args: &Args) -> Result<Vec<ModelRow>> {
     // the separate conv, batch-norm and add kernels that inference's fused ones replace (the
     // eval-mode forward with tracked parameters, as fine-tuning with frozen statistics runs it:
     // its GPU time compares with the fused row's, less one tiny `eval_stats` dispatch per batch
-    // norm that the tape needs; recording the tape costs CPU time and memory).
-    for m in models.iter().filter(|&&m| m != "main") {
+    // norm that the tape needs; recording the tape costs CPU time and memory). The main job's
+    // model at the batch of 256 that the train example evaluates with.
+    let mut inferences = Vec::new();
+    for &m in &models {
+        if m == "main" {
+            inferences.push((m, 28, 10, 256, "inference"));
+            continue;
+        }
         for (n, mode) in [
             (1, "inference"),
             (args.infer_batch, "inference"),
             (args.infer_batch, "inference-separate"),
         ] {
-            let (model, config) = model_config(m, 1000)?;
-            fresh_peak(gpu)?;
-            let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
-            let x = Tensor::from_slice(gpu, &[n, 3, 224, 224], &pattern(n * 3 * 224 * 224))?;
-            let (timing, kernels) = b.measure(1, || {
-                if mode == "inference" {
-                    return net.infer(&x);
-                }
-                // Tracked weights take the separate kernels; no backward follows, so nothing
-                // is laid out for one.
-                let keep = gpu.conv_keep_laid_out();
-                gpu.set_conv_keep_laid_out(false);
-                let tape = Tape::new();
-                let tracked = net.bind(Some(&tape), |_| true);
-                let y = net.forward_with(&tracked, &Var::constant(x.clone()), false, None);
-                gpu.set_conv_keep_laid_out(keep);
-                Ok(y?.into_tensor())
-            })?;
-            print_row(ModelRow {
-                model,
-                mode,
-                image_size: 224,
-                batch: n,
-                classes: 1000,
-                images_per_s: n as f64 * 1e3 / timing.wall_ms,
-                timing,
-                cpu_record_ms: None,
-                peak_bytes: gpu.pool_stats().peak_bytes,
-                peak_live_bytes: gpu.pool_stats().peak_live_bytes,
-                top_kernels: families(&kernels, args.families),
-            });
+            inferences.push((m, 224, 1000, n, mode));
         }
+    }
+    for (m, hw, classes, n, mode) in inferences {
+        let (model, config) = model_config(m, classes)?;
+        fresh_peak(gpu)?;
+        let c = config.in_channels;
+        let mut net = ResNet::new(gpu, config, &mut Rng::new(0))?;
+        let x = Tensor::from_slice(gpu, &[n, c, hw, hw], &pattern(n * c * hw * hw))?;
+        let (timing, kernels) = b.measure(1, || {
+            if mode == "inference" {
+                return net.infer(&x);
+            }
+            // Tracked weights take the separate kernels; no backward follows, so nothing
+            // is laid out for one.
+            let keep = gpu.conv_keep_laid_out();
+            gpu.set_conv_keep_laid_out(false);
+            let tape = Tape::new();
+            let tracked = net.bind(Some(&tape), |_| true);
+            let y = net.forward_with(&tracked, &Var::constant(x.clone()), false, None);
+            gpu.set_conv_keep_laid_out(keep);
+            Ok(y?.into_tensor())
+        })?;
+        print_row(ModelRow {
+            model,
+            mode,
+            image_size: hw,
+            batch: n,
+            classes,
+            images_per_s: n as f64 * 1e3 / timing.wall_ms,
+            timing,
+            cpu_record_ms: None,
+            peak_bytes: gpu.pool_stats().peak_bytes,
+            peak_live_bytes: gpu.pool_stats().peak_live_bytes,
+            top_kernels: families(&kernels, args.families),
+        });
     }
     // Training steps: forward, backward, SGD with momentum and weight decay.
     let mut steps = Vec::new();
