@@ -237,20 +237,21 @@ fn gemm_lanes_planes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 fn gemm_lanes_planes_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, 0u);
     let r0 = at.x;
-    for (var e = 0u; e < 4u; e++) {
-        let out = plane_at(r0, at.y, e);
-        if (out == NONE) { continue; }
-        for (var i = 0u; i < ROWS; i++) {
-            let r = r0 + i;
-            if (r < p.rows) {
-                let j = out + i * p.plane;
-                let invstd = bn_invstd(bn_var[r], p.eps);
-                var v = bn_normalize(BnChannel(bn_mean[r], invstd, bn_gamma[r], bn_beta[r]),
-                                     acc[i][e]);
-                if (RESIDUAL) { v = v + bn_res[j]; }
-                if (RELU) { v = relu_value(v); }
-                y[j] = v;
-            }
+    let out = array<u32, 4>(plane_at(r0, at.y, 0u), plane_at(r0, at.y, 1u),
+                            plane_at(r0, at.y, 2u), plane_at(r0, at.y, 3u));
+    // Row by row, so that each row's channel values are read once, not once per column: each
+    // read is a loop over the SIMD lanes on a CPU adapter.
+    for (var i = 0u; i < ROWS; i++) {
+        let r = r0 + i;
+        if (r >= p.rows) { break; }
+        let ch = BnChannel(bn_mean[r], bn_invstd(bn_var[r], p.eps), bn_gamma[r], bn_beta[r]);
+        for (var e = 0u; e < 4u; e++) {
+            if (out[e] == NONE) { continue; }
+            let j = out[e] + i * p.plane;
+            var v = bn_normalize(ch, acc[i][e]);
+            if (RESIDUAL) { v = v + bn_res[j]; }
+            if (RELU) { v = relu_value(v); }
+            y[j] = v;
         }
     }
 }
