@@ -216,17 +216,27 @@ fn plane_at(r0: u32, col: u32, e: u32) -> u32 {
 fn gemm_lanes_planes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, 0u);
     let r0 = at.x;
-    for (var e = 0u; e < 4u; e++) {
-        let out = plane_at(r0, at.y, e);
-        if (out == NONE) { continue; }
-        for (var i = 0u; i < ROWS; i++) {
-            if (r0 + i < p.rows) {
-                var v = acc[i][e];
-                if (p.has_bias != 0u) { v += bias[r0 + i]; }
-                y[out + i * p.plane] = v;
-            }
+    let out = plane_outs(r0, at.y);
+    // Row by row, so that each row's bias is read once, not once per column (each read is a
+    // loop over the SIMD lanes on a CPU adapter).
+    for (var i = 0u; i < ROWS; i++) {
+        let r = r0 + i;
+        if (r >= p.rows) { break; }
+        var b = 0.0;
+        if (p.has_bias != 0u) { b = bias[r]; }
+        for (var e = 0u; e < 4u; e++) {
+            if (out[e] == NONE) { continue; }
+            var v = acc[i][e];
+            if (p.has_bias != 0u) { v += b; }
+            y[out[e] + i * p.plane] = v;
         }
     }
+}
+
+// plane_at of the lane's four columns.
+fn plane_outs(r0: u32, col: u32) -> array<u32, 4> {
+    return array<u32, 4>(plane_at(r0, col, 0u), plane_at(r0, col, 1u), plane_at(r0, col, 2u),
+                         plane_at(r0, col, 3u));
 }
 
 // gemm_lanes_planes with inference's batch norm (and residual and ReLU: RESIDUAL, RELU), as
@@ -237,10 +247,8 @@ fn gemm_lanes_planes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 fn gemm_lanes_planes_bn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let at = multiply_nn(wg, li, 0u);
     let r0 = at.x;
-    let out = array<u32, 4>(plane_at(r0, at.y, 0u), plane_at(r0, at.y, 1u),
-                            plane_at(r0, at.y, 2u), plane_at(r0, at.y, 3u));
-    // Row by row, so that each row's channel values are read once, not once per column: each
-    // read is a loop over the SIMD lanes on a CPU adapter.
+    let out = plane_outs(r0, at.y);
+    // Row by row, as gemm_lanes_planes: each row's channel values read once.
     for (var i = 0u; i < ROWS; i++) {
         let r = r0 + i;
         if (r >= p.rows) { break; }
