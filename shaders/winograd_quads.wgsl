@@ -121,8 +121,17 @@ fn wino4_output_quads(@builtin(workgroup_id) wg: vec3<u32>,
                       @builtin(subgroup_invocation_id) lane: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let t = item_of(i);
-    put_tile4(output_tile4_of(t, load_quads36(p.channels * p.tiles, i, lane)));
+    put_tile4(output_tile4_quads(i, lane));
+}
+
+// Work item i's output tile (output_tile4), its values of M loaded by quads.
+fn output_tile4_quads(i: u32, lane: u32) -> OutTile4 {
+    return output_tile4_of(item_of(i), load_quads36(p.channels * p.tiles, i, lane));
+}
+
+// Row r of output tile t as a vec4 (the row's 4 columns).
+fn tile_row4(t: OutTile4, r: u32) -> vec4<f32> {
+    return vec4<f32>(t.y[0][r], t.y[1][r], t.y[2][r], t.y[3][r]);
 }
 
 // Row y of a 6x6 input patch of tile column tw (patch_row6 from column 4 tw - 1) on planes
@@ -188,7 +197,7 @@ fn wino4_gy_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
 // bias b, or (ACCUMULATE) added to what y holds, as put does each value.
 fn put_row4(t: OutTile4, r: u32, at: u32, b: f32) {
     if (r >= t.rows) { return; }
-    let v = vec4<f32>(t.y[0][r], t.y[1][r], t.y[2][r], t.y[3][r]);
+    let v = tile_row4(t, r);
     if (ACCUMULATE) {
         dst4[at] = dst4[at] + v;
     } else {
@@ -203,7 +212,7 @@ fn wino4_output_rows(@builtin(workgroup_id) wg: vec3<u32>,
                      @builtin(subgroup_invocation_id) lane: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let t = output_tile4_of(item_of(i), load_quads36(p.channels * p.tiles, i, lane));
+    let t = output_tile4_quads(i, lane);
     var b = 0.0;
     if (p.has_bias != 0u) { b = bias[t.k]; }
     let at = t.at / 4u;
@@ -221,15 +230,14 @@ fn wino4_output_bn_quads(@builtin(workgroup_id) wg: vec3<u32>,
                          @builtin(subgroup_invocation_id) lane: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    put_tile4_bn(output_tile4_of(item_of(i), load_quads36(p.channels * p.tiles, i, lane)));
+    put_tile4_bn(output_tile4_quads(i, lane));
 }
 
 // Row r of output tile t, if the output has it, as y's vec4 at `at` (binding 9) through
 // bn_store's epilogue (channel record ch), value by value as there.
 fn put_row4_bn(t: OutTile4, ch: BnChannel, r: u32, at: u32) {
     if (r >= t.rows) { return; }
-    let v = vec4<f32>(t.y[0][r], t.y[1][r], t.y[2][r], t.y[3][r]);
-    var y = bn_normalize4(ch, v);
+    var y = bn_normalize4(ch, tile_row4(t, r));
     if (RESIDUAL) { y = y + bn_res4[at]; }
     if (RELU) { y = relu_value4(y); }
     dst4[at] = y;
@@ -242,7 +250,7 @@ fn wino4_output_bn_rows(@builtin(workgroup_id) wg: vec3<u32>,
                         @builtin(subgroup_invocation_id) lane: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i >= p.count) { return; }
-    let t = output_tile4_of(item_of(i), load_quads36(p.channels * p.tiles, i, lane));
+    let t = output_tile4_quads(i, lane);
     let ch = bn_channel(t.k);
     let at = t.at / 4u;
     let row = p.width / 4u;

@@ -1284,6 +1284,43 @@ fn random_bn(k: usize, seed: u64) -> [Vec<f32>; 4] {
     ]
 }
 
+/// An inference conv block's inputs for case `c`, drawn from `seed`: x, w, the batch norm's
+/// four channel vectors (gamma, beta, running mean and variance) and a residual of the
+/// output's shape `ys`, as values and as tensors.
+struct EvalInputs {
+    xv: Vec<f32>,
+    wv: Vec<f32>,
+    bnv: [Vec<f32>; 4],
+    rv: Vec<f32>,
+    x: Tensor,
+    w: Tensor,
+    bn_t: Vec<Tensor>,
+    r: Tensor,
+    ys: [usize; 4],
+}
+
+impl EvalInputs {
+    fn new(gpu: &Gpu, c: &Case, seed: u64) -> EvalInputs {
+        let xv = random_vec(c.x.iter().product(), seed);
+        let wv = random_vec(c.w.iter().product(), seed + 1);
+        let bnv = random_bn(c.w[0], seed + 2);
+        let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
+        let ys = [c.x[0], c.w[0], oh, ow];
+        let rv = random_vec(ys.iter().product(), seed + 7);
+        EvalInputs {
+            x: Tensor::from_slice(gpu, &c.x, &xv).unwrap(),
+            w: Tensor::from_slice(gpu, &c.w, &wv).unwrap(),
+            bn_t: channel_tensors(gpu, &bnv),
+            r: Tensor::from_slice(gpu, &ys, &rv).unwrap(),
+            xv,
+            wv,
+            bnv,
+            rv,
+            ys,
+        }
+    }
+}
+
 #[test]
 fn fused_eval_batch_norm_matches_separate_kernels() {
     // A device of its own: the test counts its dispatches. Direct convolutions, which the
@@ -1311,18 +1348,18 @@ fn fused_eval_batch_norm_matches_separate_kernels() {
     );
     let eps = 1e-5;
     for (i, c) in cases.iter().enumerate() {
-        let seed = 500 + 10 * i as u64;
-        let xv = random_vec(c.x.iter().product(), seed);
-        let wv = random_vec(c.w.iter().product(), seed + 1);
-        let bnv = random_bn(c.w[0], seed + 2);
-        let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
-        let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
-        let bn_t = channel_tensors(&gpu, &bnv);
+        let EvalInputs {
+            xv,
+            wv,
+            bnv,
+            rv,
+            x,
+            w,
+            bn_t,
+            r,
+            ys,
+        } = EvalInputs::new(&gpu, c, 500 + 10 * i as u64);
         let bn = eval_bn(&bn_t, eps);
-        let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
-        let ys = [c.x[0], c.w[0], oh, ow];
-        let rv = random_vec(ys.iter().product(), seed + 7);
-        let r = Tensor::from_slice(&gpu, &ys, &rv).unwrap();
         for (residual, relu) in [(false, false), (false, true), (true, true), (true, false)] {
             let res = residual.then_some(&r);
             let bn_ref = [&bnv[0][..], &bnv[1][..], &bnv[2][..], &bnv[3][..]];
@@ -1410,18 +1447,18 @@ fn fused_eval_batch_norm_on_narrow_layers() {
     ];
     let eps = 1e-5;
     for (i, (c, residual, relu)) in cases.into_iter().enumerate() {
-        let seed = 560 + 10 * i as u64;
-        let xv = random_vec(c.x.iter().product(), seed);
-        let wv = random_vec(c.w.iter().product(), seed + 1);
-        let bnv = random_bn(c.w[0], seed + 2);
-        let x = Tensor::from_slice(&gpu, &c.x, &xv).unwrap();
-        let w = Tensor::from_slice(&gpu, &c.w, &wv).unwrap();
-        let bn_t = channel_tensors(&gpu, &bnv);
+        let EvalInputs {
+            xv,
+            wv,
+            bnv,
+            rv,
+            x,
+            w,
+            bn_t,
+            r,
+            ..
+        } = EvalInputs::new(&gpu, &c, 560 + 10 * i as u64);
         let bn = eval_bn(&bn_t, eps);
-        let (oh, ow) = ops::conv2d_output_size(c.x[2], c.x[3], c.w[2], c.stride, c.pad);
-        let ys = [c.x[0], c.w[0], oh, ow];
-        let rv = random_vec(ys.iter().product(), seed + 7);
-        let r = Tensor::from_slice(&gpu, &ys, &rv).unwrap();
         let bn_ref = [&bnv[0][..], &bnv[1][..], &bnv[2][..], &bnv[3][..]];
         let rv = residual.then_some(&rv[..]);
         let (ye, _) =

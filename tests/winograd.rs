@@ -449,6 +449,19 @@ fn inference_block_matches_the_separate_kernels() {
     each_tile(inference_block_with);
 }
 
+/// An eval-mode batch norm's gamma, beta, running mean and running variance for `k` channels,
+/// drawn from seeds `seed` to `seed + 3`: gamma and the variance in [0.5, 1.5), beta and the
+/// mean in [-0.5, 0.5).
+fn bn_channels(gpu: &Gpu, k: usize, seed: u64) -> [Tensor; 4] {
+    [(0, 0.5), (1, -0.5), (2, -0.5), (3, 0.5)].map(|(i, lo): (u64, f32)| {
+        let v: Vec<f32> = random_vec(k, seed + i)
+            .iter()
+            .map(|v| lo + v.abs())
+            .collect();
+        Tensor::from_slice(gpu, &[k], &v).unwrap()
+    })
+}
+
 /// conv + eval batch norm (+ residual) (+ ReLU) through `gpu`'s Winograd tile: the output
 /// transform applies the batch norm as the separate kernel would after Winograd's convolution.
 fn inference_block_with(gpu: &Gpu) {
@@ -459,16 +472,7 @@ fn inference_block_with(gpu: &Gpu) {
     let wt = Tensor::from_slice(gpu, &w, &random_vec(w.iter().product(), 62)).unwrap();
     let ys = [2, k, 9, 10];
     let res = Tensor::from_slice(gpu, &ys, &random_vec(ys.iter().product(), 63)).unwrap();
-    let channel = |seed, lo: f32| {
-        let v: Vec<f32> = random_vec(k, seed).iter().map(|v| lo + v.abs()).collect();
-        Tensor::from_slice(gpu, &[k], &v).unwrap()
-    };
-    let (gamma, beta, mean, var) = (
-        channel(64, 0.5),
-        channel(65, -0.5),
-        channel(66, -0.5),
-        channel(67, 0.5),
-    );
+    let [gamma, beta, mean, var] = bn_channels(gpu, k, 64);
     let bn = ops::EvalBatchNorm {
         gamma: &gamma,
         beta: &beta,
@@ -533,12 +537,7 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
             let ys = [x[0], k, x[2], x[3]];
             let gyv = random_vec(ys.iter().product(), 902 + i as u64);
             let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
-            let channel = |seed, lo: f32| {
-                let v: Vec<f32> = random_vec(k, seed).iter().map(|v| lo + v.abs()).collect();
-                Tensor::from_slice(gpu, &[k], &v).unwrap()
-            };
-            let [gamma, beta, mean, var] = [(903, 0.5), (904, -0.5), (905, -0.5), (906, 0.5)]
-                .map(|(seed, lo)| channel(seed + 10 * i as u64, lo));
+            let [gamma, beta, mean, var] = bn_channels(gpu, k, 903 + 10 * i as u64);
             let bn = ops::EvalBatchNorm {
                 gamma: &gamma,
                 beta: &beta,
