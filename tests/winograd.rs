@@ -449,8 +449,8 @@ fn inference_block_matches_the_separate_kernels() {
     each_tile(inference_block_with);
 }
 
-/// An eval-mode batch norm's gamma, beta, running mean and running variance for `k` channels,
-/// drawn from seeds `seed` to `seed + 3`: gamma and the variance in [0.5, 1.5), beta and the
+/// An eval-mode batch norm's gamma, beta, running mean and running variance for `k` channels
+/// (`eval_bn`'s order), drawn from seeds `seed` to `seed + 3`: gamma and the variance in [0.5, 1.5), beta and the
 /// mean in [-0.5, 0.5).
 fn bn_channels(gpu: &Gpu, k: usize, seed: u64) -> [Tensor; 4] {
     [(0, 0.5), (1, -0.5), (2, -0.5), (3, 0.5)].map(|(i, lo): (u64, f32)| {
@@ -472,14 +472,8 @@ fn inference_block_with(gpu: &Gpu) {
     let wt = Tensor::from_slice(gpu, &w, &random_vec(w.iter().product(), 62)).unwrap();
     let ys = [2, k, 9, 10];
     let res = Tensor::from_slice(gpu, &ys, &random_vec(ys.iter().product(), 63)).unwrap();
-    let [gamma, beta, mean, var] = bn_channels(gpu, k, 64);
-    let bn = ops::EvalBatchNorm {
-        gamma: &gamma,
-        beta: &beta,
-        running_mean: &mean,
-        running_var: &var,
-        eps: 1e-5,
-    };
+    let channels = bn_channels(gpu, k, 64);
+    let bn = eval_bn(&channels, 1e-5);
     for (residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
         let what = format!("{:?} residual {residual} relu {relu}", gpu.winograd_tile());
         let r = residual.then_some(&res);
@@ -537,14 +531,8 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
             let ys = [x[0], k, x[2], x[3]];
             let gyv = random_vec(ys.iter().product(), 902 + i as u64);
             let gy = Tensor::from_slice(gpu, &ys, &gyv).unwrap();
-            let [gamma, beta, mean, var] = bn_channels(gpu, k, 903 + 10 * i as u64);
-            let bn = ops::EvalBatchNorm {
-                gamma: &gamma,
-                beta: &beta,
-                running_mean: &mean,
-                running_var: &var,
-                eps: 1e-5,
-            };
+            let channels = bn_channels(gpu, k, 903 + 10 * i as u64);
+            let bn = eval_bn(&channels, 1e-5);
             // The residual: gy's values.
             let (residual, relu) = ((i % 2 == 0).then_some(&gy), i != 3);
             // The quads' kernels these planes take (the _rows ones where the width is a

@@ -106,6 +106,15 @@ impl Access {
         }
     }
 
+    /// The bindings of an output transform's M and of its output (y or gx).
+    fn output_slots(self) -> (u32, u32) {
+        match self {
+            Access::Plain => (1, 2),
+            Access::Quads => (10, 2),
+            Access::Rows { .. } => (10, 9),
+        }
+    }
+
     /// The bindings of an output transform from M (`m`) into y or gx (`out`), with `bias`.
     fn output_bindings<'a>(
         self,
@@ -113,11 +122,8 @@ impl Access {
         out: &'a Buffer,
         bias: &'a Buffer,
     ) -> [(u32, &'a Buffer); 3] {
-        match self {
-            Access::Plain => [(1, m), (2, out), (3, bias)],
-            Access::Quads => [(10, m), (2, out), (3, bias)],
-            Access::Rows { .. } => [(10, m), (9, out), (3, bias)],
-        }
+        let (m_at, out_at) = self.output_slots();
+        [(m_at, m), (out_at, out), (3, bias)]
     }
 
     /// The bindings of an output transform with the batch norm from M (`m`) into y (`out`),
@@ -130,12 +136,20 @@ impl Access {
         [gamma, beta, mean, var]: [&'a Buffer; 4],
         res: &'a Buffer,
     ) -> [(u32, &'a Buffer); 7] {
-        let [m, out, _] = self.output_bindings(m, out, m);
-        let res = match self {
-            Access::Rows { .. } => (11, res),
-            Access::Plain | Access::Quads => (8, res),
+        let (m_at, out_at) = self.output_slots();
+        let res_at = match self {
+            Access::Rows { .. } => 11,
+            Access::Plain | Access::Quads => 8,
         };
-        [m, out, (4, gamma), (5, beta), (6, mean), (7, var), res]
+        [
+            (m_at, m),
+            (out_at, out),
+            (4, gamma),
+            (5, beta),
+            (6, mean),
+            (7, var),
+            (res_at, res),
+        ]
     }
 }
 
