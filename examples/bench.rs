@@ -1513,7 +1513,12 @@ fn main() -> Result<()> {
         match bench.gpu.conv_gemm_lanes() {
             Some(lanes) if resnet_wgpu::ops::conv_gemms_without_barriers(&bench.gpu) => format!(
                 "Winograd's, and the direct convolutions' where no tile is forced (CPU \
-                 adapter, {lanes} lanes)"
+                 adapter, {lanes} lanes), reading {}",
+                if bench.gpu.conv_wide_reads() && lanes >= 8 {
+                    "32 bytes at a time where the depth allows (64-bit integers)"
+                } else {
+                    "vec4s of f32"
+                }
             ),
             _ => "none".into(),
         }

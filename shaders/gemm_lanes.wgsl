@@ -35,7 +35,8 @@
 // own (one vec4 per step, or for gemm_lanes_nt the vec4s of its 4 columns at 4 steps): with 8
 // lanes, 2 vec4 reads per step for 128 multiply-adds (16 rows per lane read 1.5 per 64; with
 // 32, lavapipe's main-job step ran about 5% faster, its weight gradients' GEMMs 18%,
-// ResNet-18's inference at batch 1 20%; 64 rows per lane ran 2.6x slower, session 33). Rows
+// ResNet-18's inference at batch 1 20%; 64 rows per lane ran 2.6x slower, session 33). With
+// WIDE (below), a read of A brings 8 steps, one load of 32 bytes. Rows
 // past `rows` and columns past `cols` (a multiple of 4) read the last row or column and are
 // not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch; 1 for the
 // planes). gemm_lanes_nt's matrix z goes to matrix `base + z` of the output (the host's
@@ -44,7 +45,9 @@
 // Bindings (group 0): 0 = Params (uniform); 1 = A (read), 2 = B (read), 3 = C (write;
 // gemm_lanes, gemm_lanes_nt); gemm_lanes_planes 4 = y (write), 5 = bias [K] (read; any buffer
 // when has_bias == 0); gemm_lanes_planes_bn 4 = y, 6-9 = gamma, beta, running mean, running var
-// [K], 10 = the residual (read; any buffer but y without RESIDUAL).
+// [K], 10 = the residual (read; any buffer but y without RESIDUAL); with gemm_wide.wgsl
+// before this file (the host's choice where the device has 64-bit integers), 11 and 12 = A
+// and B again, as vec4<u64>s (WIDE reads them there).
 
 struct Params {
     rows: u32,
@@ -71,6 +74,11 @@ struct Params {
 
 override RESIDUAL: bool = false;
 override RELU: bool = false;
+// Read A (and gemm_lanes_nt's B) 8 steps at a time, each read one 32-byte load through
+// gemm_wide.wgsl where the device has 64-bit integers: half the reads of A (and of nt's B).
+// The host sets it only with 8 lanes or more (A_LANES 8) and a depth that is a multiple of 8,
+// so that every such read is 32-byte aligned. The same sums in the same order: the same bits.
+override WIDE: bool = false;
 
 // Rows per lane (and per subgroup): acc[i] holds row r0 + i's 4 columns.
 const ROWS: u32 = 32u;
@@ -159,6 +167,20 @@ fn read_a(at: array<u32, 8>, k: u32) -> array<vec4<f32>, 8> {
     return q;
 }
 
+// A's reads at step group k of 8 steps (WIDE, with 8 lanes or more): read i's first 4 steps
+// in the first array (as read_a at group 2 k), its last 4 in the second (group 2 k + 1), each
+// read one 32-byte load (wide_a). at's indices are even where the depth is a multiple of 8.
+fn read_a_wide(at: array<u32, 8>, k: u32) -> array<array<vec4<f32>, 8>, 2> {
+    let r0 = wide_a(at[0] / 2u + k);
+    let r1 = wide_a(at[1] / 2u + k);
+    let r2 = wide_a(at[2] / 2u + k);
+    let r3 = wide_a(at[3] / 2u + k);
+    let zero = vec4<f32>(0.0);
+    return array<array<vec4<f32>, 8>, 2>(
+        array<vec4<f32>, 8>(r0[0], r1[0], r2[0], r3[0], zero, zero, zero, zero),
+        array<vec4<f32>, 8>(r0[1], r1[1], r2[1], r3[1], zero, zero, zero, zero));
+}
+
 // The lane's ROWS x 4 micro-tile of C[wg.z] = A[wg.z] B[wg.z] (A shared by every z where
 // a_stride is 0), into acc: rows r0 + i, columns 4 col + e; returns (r0, col).
 fn multiply_nn(wg: vec3<u32>, lane: u32, a_stride: u32) -> vec2<u32> {
@@ -169,13 +191,25 @@ fn multiply_nn(wg: vec3<u32>, lane: u32, a_stride: u32) -> vec2<u32> {
     let at = a_rows(wg.z * a_stride, r0, lane, d4);
     var bi = wg.z * p.depth * quads + min(col, quads - 1u);
     acc = array<vec4<f32>, ROWS>();
-    for (var k = 0u; k < d4; k++) {
-        let q = read_a(at, k);
-        gemm_steps(q, array<vec4<f32>, 4>(b[bi], b[bi + quads], b[bi + 2u * quads],
-                                          b[bi + 3u * quads]));
-        bi += 4u * quads;
+    if (WIDE) {
+        for (var k = 0u; k < d4 / 2u; k++) {
+            let q = read_a_wide(at, k);
+            gemm_steps(q[0], b_steps(bi, quads));
+            gemm_steps(q[1], b_steps(bi + 4u * quads, quads));
+            bi += 8u * quads;
+        }
+    } else {
+        for (var k = 0u; k < d4; k++) {
+            gemm_steps(read_a(at, k), b_steps(bi, quads));
+            bi += 4u * quads;
+        }
     }
     return vec2<u32>(r0, col);
+}
+
+// The lane's 4 columns of B at the 4 steps from vec4 bi on (rows `quads` vec4s apart).
+fn b_steps(bi: u32, quads: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(b[bi], b[bi + quads], b[bi + 2u * quads], b[bi + 3u * quads]);
 }
 
 // The lane's rows r0 .. r0 + ROWS - 1 (those below `rows`) of column quad `col` (if within
@@ -274,16 +308,29 @@ fn gemm_lanes_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     // B's rows of the lane's 4 columns (clamped as a quad).
     let b0 = (wg.z * p.cols + 4u * min(col, quads - 1u)) * d4;
     acc = array<vec4<f32>, ROWS>();
-    for (var k = 0u; k < d4; k++) {
-        let q = read_a(at, k);
-        let c0 = b[b0 + k];
-        let c1 = b[b0 + d4 + k];
-        let c2 = b[b0 + 2u * d4 + k];
-        let c3 = b[b0 + 3u * d4 + k];
-        gemm_steps(q, array<vec4<f32>, 4>(vec4<f32>(c0.x, c1.x, c2.x, c3.x),
-                                          vec4<f32>(c0.y, c1.y, c2.y, c3.y),
-                                          vec4<f32>(c0.z, c1.z, c2.z, c3.z),
-                                          vec4<f32>(c0.w, c1.w, c2.w, c3.w)));
+    if (WIDE) {
+        // Each column's 8 steps in one read: its first 4 steps, then its last 4.
+        for (var k = 0u; k < d4 / 2u; k++) {
+            let q = read_a_wide(at, k);
+            let c0 = wide_b(b0 / 2u + k);
+            let c1 = wide_b((b0 + d4) / 2u + k);
+            let c2 = wide_b((b0 + 2u * d4) / 2u + k);
+            let c3 = wide_b((b0 + 3u * d4) / 2u + k);
+            gemm_steps(q[0], column_steps(c0[0], c1[0], c2[0], c3[0]));
+            gemm_steps(q[1], column_steps(c0[1], c1[1], c2[1], c3[1]));
+        }
+    } else {
+        for (var k = 0u; k < d4; k++) {
+            gemm_steps(read_a(at, k), column_steps(b[b0 + k], b[b0 + d4 + k],
+                                                   b[b0 + 2u * d4 + k], b[b0 + 3u * d4 + k]));
+        }
     }
     store_c(p.base + wg.z, r0, col);
+}
+
+// The lane's 4 columns at 4 steps, from each column's 4 steps (c0 .. c3): step s's vec4 holds
+// component s of each.
+fn column_steps(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(vec4<f32>(c0.x, c1.x, c2.x, c3.x), vec4<f32>(c0.y, c1.y, c2.y, c3.y),
+                               vec4<f32>(c0.z, c1.z, c2.z, c3.z), vec4<f32>(c0.w, c1.w, c2.w, c3.w));
 }

@@ -1842,6 +1842,29 @@ fn direct_convs_without_barriers_match_the_reference() {
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{what}: conv + bn against the separate kernels");
             }
+            // Where the device has 64-bit integers (lavapipe), the GEMMs read A (and the
+            // weight gradient's B) 32 bytes at a time where the depth is a multiple of 8 (the
+            // forward passes' C R S of 16, 200 and 216, the input gradients' 16 and 40 output
+            // channels, some chunks' pixels): the same bits as with 16-byte reads.
+            let wide = wide_reads_expected(&gpu);
+            assert_eq!(gpu.conv_wide_reads(), wide, "{}", gpu.info());
+            if lanes && wide {
+                let passes = || {
+                    let b = c.bias.then_some(&bt);
+                    [
+                        ops::conv2d(&x, &w, b, c.stride, c.pad),
+                        ops::conv2d_backward_input(&gy, &w, c.x, c.stride, c.pad),
+                        ops::conv2d_backward_weight(&x, &gy, c.w, c.stride, c.pad),
+                        ops::conv2d_bn_eval(&x, &w, c.stride, c.pad, &bn, Some(&r), true),
+                    ]
+                    .map(|t| bits(&t.unwrap()))
+                };
+                let wide = passes();
+                gpu.set_conv_wide_reads(false).unwrap();
+                let narrow = passes();
+                gpu.set_conv_wide_reads(true).unwrap();
+                assert!(wide == narrow, "{what}: 32-byte reads change the bits");
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 use resnet_wgpu::gpu::{
     LANES_ENGINES, LANES_FILES, LANES_MEMORY, LANES_SUBGROUP, REDUCING_ENGINE, REDUCING_FILES,
 };
+use resnet_wgpu::ops::GEMM_WIDE_READS;
 use std::path::Path;
 
 /// The (variant, engine file) pairs a file is compiled in (("", "") alone for plain files; none
@@ -20,7 +21,10 @@ fn variants(file: &str) -> Vec<(&'static str, &'static str)> {
         "conv.wgsl" => resnet_wgpu::ops::CONV_SHADER_VARIANTS.to_vec(),
         f if REDUCING_FILES.contains(&f) => vec![("", REDUCING_ENGINE)],
         "winograd_quads.wgsl" => vec![("", "winograd.wgsl")],
+        "gemm_lanes.wgsl" => GEMM_WIDE_READS.iter().map(|&reads| (reads, "")).collect(),
         "conv_fma.wgsl"
+        | "gemm_wide.wgsl"
+        | "gemm_wide_f32.wgsl"
         | "conv_mma.wgsl"
         | "common.wgsl"
         | "butterfly.wgsl"

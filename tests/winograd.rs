@@ -505,6 +505,10 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
     // the last tiles' partly outside the plane; quads across rows of tiles and images).
     // Inference's fused pass (conv2d_bn_eval) too, whose output transform applies the batch
     // norm, with a residual in cases 0 and 2 and the ReLU in all but case 3: the same bits.
+    // Where the device has 64-bit integers (lavapipe), the GEMMs without barriers read A (and
+    // the weight gradient's B) 32 bytes at a time where the depth is a multiple of 8 (the
+    // forward passes' 24, 16 and 8 input channels, the input gradients' 40 and 8 output
+    // channels, some chunks' tiles; not 12 or 100), and give the same bits with 16-byte reads.
     let cases: [([usize; 4], usize); 4] = [
         ([4, 24, 20, 20], 40),
         ([1, 16, 12, 20], 8),
@@ -555,7 +559,19 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
                 (passes, gemms, quads.each_ref().map(|e| count(e)))
             };
             let what = format!("x {x:?} w {w:?} {tile}");
+            let wide = wide_reads_expected(gpu);
+            assert_eq!(gpu.conv_wide_reads(), wide, "{}", gpu.info());
             let ([y, gx, gw, eval], on_lanes, by_quads) = run();
+            if wide {
+                gpu.set_conv_wide_reads(false).unwrap();
+                let (narrow, ..) = run();
+                gpu.set_conv_wide_reads(true).unwrap();
+                let same = [&y, &gx, &gw, &eval]
+                    .iter()
+                    .zip(&narrow)
+                    .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
+                assert!(same, "{what}: 32-byte reads change the bits");
+            }
             let tiles = x[0] * x[2].div_ceil(tile.m()) * x[3].div_ceil(tile.m());
             let lanes_take_it = lanes && tiles % 4 == 0;
             let expected = match lanes_take_it {

@@ -116,15 +116,17 @@ fn requested_limits(adapter: &wgpu::Limits, default_limits: bool) -> wgpu::Limit
 }
 
 /// Features this crate uses when the adapter offers them: subgroups for the reductions
-/// (`gpu/lanes.rs`) natively. wgpu 30's WebGPU backend does not ask browsers for their
-/// `subgroups` feature (and a browser's WGSL would need `enable subgroups;`, which naga's WGSL
-/// front end rejects), so the web keeps the workgroup-memory reductions.
+/// (`gpu/lanes.rs`) and 64-bit integers for the wide reads of the GEMMs without barriers
+/// ([`Gpu::set_conv_wide_reads`]), natively. wgpu 30's WebGPU backend does not ask browsers for
+/// their `subgroups` feature (and a browser's WGSL would need `enable subgroups;`, which naga's
+/// WGSL front end rejects), so the web keeps the workgroup-memory reductions; WebGPU has no
+/// 64-bit integers.
 fn optional_features() -> wgpu::Features {
     let features = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
     if cfg!(target_arch = "wasm32") {
         features
     } else {
-        features | wgpu::Features::SUBGROUP
+        features | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_INT64
     }
 }
 

@@ -148,6 +148,8 @@ struct ConvMath {
     /// Whether training's convolutions on the GEMMs without barriers keep x as laid out for
     /// the weight gradient.
     keep_laid_out: bool,
+    /// Whether the GEMMs without barriers read 32 bytes at a time where they can.
+    wide_reads: bool,
 }
 
 /// Threads per workgroup of the one-dimensional (elementwise) kernels.
@@ -341,6 +343,7 @@ impl Gpu {
         let staging = ConvStaging::for_adapter(&info);
         let plan_for = PlanFor::choose(plan_for, info.device_type);
         let subgroup_max_size = device.adapter_info().subgroup_max_size;
+        let int64 = device.features().contains(wgpu::Features::SHADER_INT64);
         let gpu = Gpu(Arc::new(GpuInner {
             device,
             queue,
@@ -363,6 +366,8 @@ impl Gpu {
                 winograd_tile: WinogradTile::from_env(),
                 keep_laid_out: std::env::var("RESNET_WGPU_KEEP_LAID_OUT")
                     .map_or(true, |v| v != "0"),
+                wide_reads: int64
+                    && std::env::var("RESNET_WGPU_WIDE_READS").map_or(true, |v| v != "0"),
                 ..ConvMath::default()
             }),
             plan_for,
@@ -568,6 +573,39 @@ impl Gpu {
     /// Whether training's convolutions keep x as laid out ([`Gpu::set_conv_keep_laid_out`]).
     pub fn conv_keep_laid_out(&self) -> bool {
         lock(&self.0.conv_math).keep_laid_out
+    }
+
+    /// Let the conv GEMMs without barriers (on a CPU adapter's plan:
+    /// [`crate::ops::conv_gemms_without_barriers`]) read their operands 32 bytes at a time, as
+    /// 64-bit integers, where the depth allows (`on`), or 16 bytes as vec4s of f32 (every clone
+    /// of this `Gpu` shares it). A CPU adapter's lanes read a value whose address differs per
+    /// lane one lane at a time, whatever its width up to 32 bytes, so the wide reads halve the
+    /// reads of A (and of a weight gradient's B): on lavapipe the main job's step's GEMMs ran
+    /// 1.2-1.9x faster (`docs/speed.md`, "Wide reads on CPU adapters"). The same bits either
+    /// way. On by default
+    /// where the device has wgpu's `SHADER_INT64` feature (native only), unless
+    /// `RESNET_WGPU_WIDE_READS=0`; asking for them on a device without it is an error.
+    pub fn set_conv_wide_reads(&self, on: bool) -> Result<()> {
+        if on
+            && !self
+                .0
+                .device
+                .features()
+                .contains(wgpu::Features::SHADER_INT64)
+        {
+            return Err(Error::Invalid(format!(
+                "adapter {} has no 64-bit integers for wide reads (they need wgpu's \
+                 SHADER_INT64 feature, native only)",
+                self.0.info
+            )));
+        }
+        lock(&self.0.conv_math).wide_reads = on;
+        Ok(())
+    }
+
+    /// Whether the GEMMs without barriers read 32 bytes at a time ([`Gpu::set_conv_wide_reads`]).
+    pub fn conv_wide_reads(&self) -> bool {
+        lock(&self.0.conv_math).wide_reads
     }
 
     /// The fewest GEMM columns for which [`ConvOrder::Rsc`] copies a kernel's weights (1,024

@@ -35,6 +35,7 @@ mod winograd;
 
 pub(crate) use kernels::mma_configs;
 pub use kernels::{CONV_SHADER_VARIANTS, GemmTile, MmaTile, conv_shares_a, mma_stages};
+pub use lanes::GEMM_WIDE_READS;
 pub(crate) use plan::WEIGHT_COPY_MIN_COLUMNS;
 pub use plan::{conv2d_output_size, conv2d_taps};
 pub(crate) use tiles::forced_tile;

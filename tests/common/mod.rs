@@ -36,6 +36,20 @@ pub fn gemms_without_barriers_expected(gpu: &Gpu) -> bool {
     matches!(lanes, Some(4 | 8 | 16)) && gpu.plan_for() == PlanFor::Cpu
 }
 
+/// Whether the GEMMs without barriers read 32 bytes at a time on `gpu` by default
+/// ([`Gpu::conv_wide_reads`]): where the device has 64-bit integers, which lavapipe (every
+/// CI pass but the browser's) must offer, unless `RESNET_WGPU_WIDE_READS=0`.
+pub fn wide_reads_expected(gpu: &Gpu) -> bool {
+    let int64 = gpu
+        .device()
+        .features()
+        .contains(wgpu::Features::SHADER_INT64);
+    if gpu.info().name.contains("llvmpipe") {
+        assert!(int64, "lavapipe has 64-bit integers: {}", gpu.info());
+    }
+    int64 && std::env::var("RESNET_WGPU_WIDE_READS").map_or(true, |v| v != "0")
+}
+
 /// A device an application opens its own way, from the default adapter, with `describe` to set
 /// its limits and features; with that adapter. Fails (never skips) without an adapter.
 pub fn application_device(

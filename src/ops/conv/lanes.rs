@@ -44,11 +44,63 @@ struct LanesParams {
     eps: f32,
 }
 
-/// `A B`, `A Bᵀ`, and `W col` into a convolution's output planes.
-const GEMM_LANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes");
-const GEMM_LANES_NT: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_nt");
-const GEMM_LANES_PLANES: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes");
-const GEMM_LANES_PLANES_BN: Kernel = kernel!("gemm_lanes.wgsl", "gemm_lanes_planes_bn");
+/// `A B`, `A Bᵀ`, and `W col` into a convolution's output planes, reading 16 bytes at a time
+/// ([`with_reads`] gives their variants that read 32).
+const GEMM_LANES: Kernel = vec4_reads(kernel!("gemm_lanes.wgsl", "gemm_lanes"));
+const GEMM_LANES_NT: Kernel = vec4_reads(kernel!("gemm_lanes.wgsl", "gemm_lanes_nt"));
+const GEMM_LANES_PLANES: Kernel = vec4_reads(kernel!("gemm_lanes.wgsl", "gemm_lanes_planes"));
+const GEMM_LANES_PLANES_BN: Kernel = vec4_reads(kernel!("gemm_lanes.wgsl", "gemm_lanes_planes_bn"));
+
+/// The reads of 8 floats that gemm_lanes.wgsl's `WIDE` path calls: one 32-byte load each, as
+/// 64-bit integers (`shaders/gemm_wide.wgsl`, for devices with wgpu's `SHADER_INT64`), or two
+/// vec4 loads (`shaders/gemm_wide_f32.wgsl`, the plain kernels' variant, whose `WIDE` is off).
+#[doc(hidden)]
+pub const GEMM_WIDE_READS: [&str; 2] = [
+    include_str!("../../../shaders/gemm_wide_f32.wgsl"),
+    include_str!("../../../shaders/gemm_wide.wgsl"),
+];
+
+/// `kernel` with the plain reads' file before it.
+const fn vec4_reads(kernel: Kernel) -> Kernel {
+    Kernel {
+        variant: GEMM_WIDE_READS[0],
+        ..kernel
+    }
+}
+
+/// One of gemm_lanes.wgsl's kernels as it runs a GEMM of `depth` on `gpu`: with the 32-byte
+/// reads of A (and of gemm_lanes_nt's B) where they are on ([`Gpu::conv_wide_reads`]), the
+/// lanes are 8 or more (A_LANES 8) and `depth` is a multiple of 8 (so that every row of A,
+/// and of B's transpose, starts 32-byte aligned): the kernel with gemm_wide.wgsl before it,
+/// its `WIDE` constant and A bound again at 11 (and gemm_lanes_nt's B at 12). As it was
+/// otherwise.
+fn with_reads<'a>(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    depth: usize,
+    [a, b]: [&'a wgpu::Buffer; 2],
+) -> (Kernel, Option<Vec<(u32, &'a wgpu::Buffer)>>) {
+    let wide = gpu.conv_wide_reads()
+        && gpu.conv_gemm_lanes().is_some_and(|n| n >= 8)
+        && depth.is_multiple_of(8);
+    if !wide {
+        return (*kernel, None);
+    }
+    let mut bound = vec![(11, a)];
+    if kernel.entry == GEMM_LANES_NT.entry {
+        bound.push((12, b));
+    }
+    let kernel = Kernel {
+        variant: GEMM_WIDE_READS[1],
+        ..*kernel
+    };
+    (kernel, Some(bound))
+}
+
+/// The `WIDE` constant of a kernel from [`with_reads`].
+fn wide_flag<T>(wide: &Option<T>) -> (&'static str, f64) {
+    flag("WIDE", wide.is_some())
+}
 
 /// The rows of a lane's micro-tile (`ROWS` in gemm_lanes.wgsl).
 const ROWS: usize = 32;
@@ -134,8 +186,17 @@ fn dispatch_gemm(
         base: base as u32,
         ..LanesParams::default()
     };
-    let buffers = [a.buffer(), b.buffer(), c.buffer()];
-    gpu.dispatch_with(kernel, &[], &p, &buffers, grid(gpu, rows, cols, batch))
+    let (kernel, wide) = with_reads(gpu, kernel, depth, [a.buffer(), b.buffer()]);
+    let mut bound = vec![(1, a.buffer()), (2, b.buffer()), (3, c.buffer())];
+    let constants = [wide_flag(&wide)];
+    bound.extend(wide.into_iter().flatten());
+    gpu.dispatch_bound(
+        &kernel,
+        &constants,
+        &p,
+        &bound,
+        grid(gpu, rows, cols, batch),
+    )
 }
 
 /// The grid of a GEMM of `rows` x `cols` on these kernels: a workgroup is one subgroup, each
@@ -293,6 +354,14 @@ pub(super) fn forward(
         };
         let grid = grid(gpu, k, cols, 1);
         let mut bound = vec![(1, w.buffer()), (2, col.buffer()), (4, y.buffer())];
+        let kernel = match &out {
+            Out::Bias(_) => &GEMM_LANES_PLANES,
+            Out::BatchNorm { .. } => &GEMM_LANES_PLANES_BN,
+        };
+        let (kernel, wide) = with_reads(gpu, kernel, crs, [w.buffer(), col.buffer()]);
+        let flag = wide_flag(&wide);
+        bound.extend(wide.into_iter().flatten());
+        let wide = flag;
         match &out {
             Out::Bias(b) => {
                 let p = LanesParams {
@@ -300,13 +369,13 @@ pub(super) fn forward(
                     ..p
                 };
                 bound.push((5, b.unwrap_or(w).buffer()));
-                gpu.dispatch_bound(&GEMM_LANES_PLANES, &[], &p, &bound, grid)?;
+                gpu.dispatch_bound(&kernel, &[wide], &p, &bound, grid)?;
             }
             Out::BatchNorm { bn, residual, relu } => {
                 let p = LanesParams { eps: bn.eps, ..p };
                 bound.extend(bn_bindings(bn, *residual));
-                let flags = bn_epilogue(residual.is_some(), *relu);
-                gpu.dispatch_bound(&GEMM_LANES_PLANES_BN, &flags, &p, &bound, grid)?;
+                let [residual, relu] = bn_epilogue(residual.is_some(), *relu);
+                gpu.dispatch_bound(&kernel, &[residual, relu, wide], &p, &bound, grid)?;
             }
         }
     }
