@@ -79,6 +79,10 @@ override RELU: bool = false;
 // The host sets it only with 8 lanes or more (A_LANES 8) and a depth that is a multiple of 8,
 // so that every such read is 32-byte aligned. The same sums in the same order: the same bits.
 override WIDE: bool = false;
+// With WIDE, gemm_lanes' and the planes kernels' B read 32 bytes at a time too (b_steps_wide),
+// where the columns are a multiple of 8 (so that each row's pairs of quads are 32-byte
+// aligned): half the reads of B, and a few shuffles.
+override WIDE_B: bool = false;
 
 // Rows per lane (and per subgroup): acc[i] holds row r0 + i's 4 columns.
 const ROWS: u32 = 32u;
@@ -192,10 +196,18 @@ fn multiply_nn(wg: vec3<u32>, lane: u32, a_stride: u32) -> vec2<u32> {
     var bi = wg.z * p.depth * quads + min(col, quads - 1u);
     acc = array<vec4<f32>, ROWS>();
     if (WIDE) {
+        let pair0 = wg.x * (SUBGROUP_LANES / 2u);
         for (var k = 0u; k < d4 / 2u; k++) {
             let q = read_a_wide(at, k);
-            gemm_steps(q[0], b_steps(bi, quads));
-            gemm_steps(q[1], b_steps(bi + 4u * quads, quads));
+            var steps: array<array<vec4<f32>, 4>, 2>;
+            if (WIDE_B) {
+                steps = b_steps_wide(wg.z * p.depth + 8u * k, lane, pair0);
+            } else {
+                steps = array<array<vec4<f32>, 4>, 2>(b_steps(bi, quads),
+                                                      b_steps(bi + 4u * quads, quads));
+            }
+            gemm_steps(q[0], steps[0]);
+            gemm_steps(q[1], steps[1]);
             bi += 8u * quads;
         }
     } else {
@@ -210,6 +222,36 @@ fn multiply_nn(wg: vec3<u32>, lane: u32, a_stride: u32) -> vec2<u32> {
 // The lane's 4 columns of B at the 4 steps from vec4 bi on (rows `quads` vec4s apart).
 fn b_steps(bi: u32, quads: u32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(b[bi], b[bi + quads], b[bi + 2u * quads], b[bi + 3u * quads]);
+}
+
+// The lane's 4 columns of B at the 8 steps from B's row `row` on (its first 4 steps, then its
+// last 4), read 32 bytes at a time (WIDE_B). A subgroup's L lanes take L quads of columns, L / 2
+// pairs of quads from pair0 on, which 32-byte reads fetch whole: 4 L pairs over the 8 steps,
+// 4 reads per lane. Lane t's read i is row row + 2 i + t / (L / 2), pair pair0 + t % (L / 2)
+// (clamped to the last pair: a column past cols reads a valid one and is not stored). So quad l
+// of rows 2 i and 2 i + 1 lies in lanes l / 2 and L / 2 + l / 2, in the half l % 2 of their
+// reads: two shuffles of each half (lanes_shuffle4), and lane l keeps its own half's.
+fn b_steps_wide(row: u32, lane: u32, pair0: u32) -> array<array<vec4<f32>, 4>, 2> {
+    // (At least 1: lanes_memory.wgsl's single lane, never dispatched here, still compiles.)
+    let half_lanes = max(SUBGROUP_LANES / 2u, 1u);
+    let pairs = p.cols / 8u;
+    let first = (row + lane / half_lanes) * pairs + min(pair0 + lane % half_lanes, pairs - 1u);
+    let sources = vec2<u32>(lane / 2u, half_lanes + lane / 2u);
+    let odd = (lane & 1u) == 1u;
+    let r0 = wide_b(first);
+    let r1 = wide_b(first + 2u * pairs);
+    let r2 = wide_b(first + 4u * pairs);
+    let r3 = wide_b(first + 6u * pairs);
+    return array<array<vec4<f32>, 4>, 2>(
+        array<vec4<f32>, 4>(quad_of(r0, sources.x, odd), quad_of(r0, sources.y, odd),
+                            quad_of(r1, sources.x, odd), quad_of(r1, sources.y, odd)),
+        array<vec4<f32>, 4>(quad_of(r2, sources.x, odd), quad_of(r2, sources.y, odd),
+                            quad_of(r3, sources.x, odd), quad_of(r3, sources.y, odd)));
+}
+
+// Lane `source`'s read's first quad, or its second where `odd`.
+fn quad_of(read: array<vec4<f32>, 2>, source: u32, odd: bool) -> vec4<f32> {
+    return select(lanes_shuffle4(read[0], source), lanes_shuffle4(read[1], source), odd);
 }
 
 // The lane's rows r0 .. r0 + ROWS - 1 (those below `rows`) of column quad `col` (if within

@@ -17,3 +17,4 @@ fn lanes_xor4(v: vec4<f32>, d: u32) -> vec4<f32> { return v; }
 fn lanes_broadcast4(v: vec4<f32>, lane: u32) -> vec4<f32> { return v; }
 fn lanes_any(b: bool) -> bool { return b; }
 fn lanes_quad_transpose(w: vec4<f32>, lane: u32) -> vec4<f32> { return w; }
+fn lanes_shuffle4(v: vec4<f32>, source: u32) -> vec4<f32> { return v; }

@@ -3,7 +3,7 @@
 // conv engine's shared A (conv_fma.wgsl), the GEMMs without barriers (gemm_lanes.wgsl) and the
 // narrow convolutions' shared reads (conv_narrow.wgsl), a lane's value in every lane
 // (subgroupBroadcast) and whether any lane's flag is set
-// (subgroupAny); for Winograd's transforms by quads (winograd_quads.wgsl), the 4x4 transpose of
+// (subgroupAny) and a given lane's value (subgroupShuffle); for Winograd's transforms by quads (winograd_quads.wgsl), the 4x4 transpose of
 // each quad of lanes' vectors (subgroupShuffle). The host compiles this file into those kernels
 // where it verified (src/gpu/lanes.rs) that each subgroup is a run of consecutive local
 // invocation indices (lane = lid % size, so lid ^ d for d < size is lane ^ d of the same
@@ -38,6 +38,11 @@ fn lanes_broadcast4(v: vec4<f32>, lane: u32) -> vec4<f32> {
 }
 
 fn lanes_any(b: bool) -> bool { return subgroupAny(b); }
+
+// Lane `source`'s v, `source` a lane of this subgroup that may differ per lane (subgroupShuffle):
+// the GEMMs without barriers' 32-byte reads of B (gemm_lanes.wgsl), each lane's columns from
+// the lane that read them.
+fn lanes_shuffle4(v: vec4<f32>, source: u32) -> vec4<f32> { return subgroupShuffle(v, source); }
 
 // The 4x4 transpose of each quad of lanes' vectors: lane 4 q + j (j = lane & 3, `lane` the
 // caller's subgroup_invocation_id) gets (lane 4 q + e's w[j] for e = 0..3). In step k lane

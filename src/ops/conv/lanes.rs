@@ -72,34 +72,38 @@ const fn vec4_reads(kernel: Kernel) -> Kernel {
 /// reads of A (and of gemm_lanes_nt's B) where they are on ([`Gpu::conv_wide_reads`]), the
 /// lanes are 8 or more (A_LANES 8) and `depth` is a multiple of 8 (so that every row of A,
 /// and of B's transpose, starts 32-byte aligned): the kernel with gemm_wide.wgsl before it,
-/// its `WIDE` constant and A bound again at 11 (and gemm_lanes_nt's B at 12). As it was
+/// its `WIDE` constants and A and B bound again at 11 and 12: `WIDE_B` too (B's 32-byte
+/// reads in gemm_lanes and the planes kernels) where `cols` is a multiple of 8. As it was
 /// otherwise.
 fn with_reads<'a>(
     gpu: &Gpu,
     kernel: &Kernel,
-    depth: usize,
+    [depth, cols]: [usize; 2],
     [a, b]: [&'a wgpu::Buffer; 2],
-) -> (Kernel, Option<Vec<(u32, &'a wgpu::Buffer)>>) {
+) -> (Kernel, Reads<'a>) {
     let wide = gpu.conv_wide_reads()
         && gpu.conv_gemm_lanes().is_some_and(|n| n >= 8)
         && depth.is_multiple_of(8);
     if !wide {
-        return (*kernel, None);
+        let constants = [flag("WIDE", false), flag("WIDE_B", false)];
+        let bound = Vec::new();
+        return (*kernel, Reads { constants, bound });
     }
-    let mut bound = vec![(11, a)];
-    if kernel.entry == GEMM_LANES_NT.entry {
-        bound.push((12, b));
-    }
+    let wide_b = kernel.entry != GEMM_LANES_NT.entry && cols.is_multiple_of(8);
+    let bound = vec![(11, a), (12, b)];
     let kernel = Kernel {
         variant: GEMM_WIDE_READS[1],
         ..*kernel
     };
-    (kernel, Some(bound))
+    let constants = [flag("WIDE", true), flag("WIDE_B", wide_b)];
+    (kernel, Reads { constants, bound })
 }
 
-/// The `WIDE` constant of a kernel from [`with_reads`].
-fn wide_flag<T>(wide: &Option<T>) -> (&'static str, f64) {
-    flag("WIDE", wide.is_some())
+/// What [`with_reads`] adds to a dispatch: the `WIDE` and `WIDE_B` constants, and the bindings
+/// of the 32-byte reads.
+struct Reads<'a> {
+    constants: [(&'static str, f64); 2],
+    bound: Vec<(u32, &'a wgpu::Buffer)>,
 }
 
 /// The rows of a lane's micro-tile (`ROWS` in gemm_lanes.wgsl).
@@ -186,17 +190,11 @@ fn dispatch_gemm(
         base: base as u32,
         ..LanesParams::default()
     };
-    let (kernel, wide) = with_reads(gpu, kernel, depth, [a.buffer(), b.buffer()]);
+    let (kernel, reads) = with_reads(gpu, kernel, [depth, cols], [a.buffer(), b.buffer()]);
     let mut bound = vec![(1, a.buffer()), (2, b.buffer()), (3, c.buffer())];
-    let constants = [wide_flag(&wide)];
-    bound.extend(wide.into_iter().flatten());
-    gpu.dispatch_bound(
-        &kernel,
-        &constants,
-        &p,
-        &bound,
-        grid(gpu, rows, cols, batch),
-    )
+    bound.extend(reads.bound);
+    let grid = grid(gpu, rows, cols, batch);
+    gpu.dispatch_bound(&kernel, &reads.constants, &p, &bound, grid)
 }
 
 /// The grid of a GEMM of `rows` x `cols` on these kernels: a workgroup is one subgroup, each
@@ -358,10 +356,9 @@ pub(super) fn forward(
             Out::Bias(_) => &GEMM_LANES_PLANES,
             Out::BatchNorm { .. } => &GEMM_LANES_PLANES_BN,
         };
-        let (kernel, wide) = with_reads(gpu, kernel, crs, [w.buffer(), col.buffer()]);
-        let flag = wide_flag(&wide);
-        bound.extend(wide.into_iter().flatten());
-        let wide = flag;
+        let (kernel, reads) = with_reads(gpu, kernel, [crs, cols], [w.buffer(), col.buffer()]);
+        bound.extend(reads.bound);
+        let [wide, wide_b] = reads.constants;
         match &out {
             Out::Bias(b) => {
                 let p = LanesParams {
@@ -369,13 +366,14 @@ pub(super) fn forward(
                     ..p
                 };
                 bound.push((5, b.unwrap_or(w).buffer()));
-                gpu.dispatch_bound(&kernel, &[wide], &p, &bound, grid)?;
+                gpu.dispatch_bound(&kernel, &[wide, wide_b], &p, &bound, grid)?;
             }
             Out::BatchNorm { bn, residual, relu } => {
                 let p = LanesParams { eps: bn.eps, ..p };
                 bound.extend(bn_bindings(bn, *residual));
                 let [residual, relu] = bn_epilogue(residual.is_some(), *relu);
-                gpu.dispatch_bound(&kernel, &[residual, relu, wide], &p, &bound, grid)?;
+                let constants = [residual, relu, wide, wide_b];
+                gpu.dispatch_bound(&kernel, &constants, &p, &bound, grid)?;
             }
         }
     }
