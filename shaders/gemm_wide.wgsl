@@ -1,9 +1,10 @@
-// gemm_lanes.wgsl's 32-byte reads, where the device has 64-bit integers (wgpu's SHADER_INT64;
-// the host prepends this file to gemm_lanes.wgsl then, gemm_wide_f32.wgsl otherwise).
+// gemm_lanes.wgsl's 32-byte reads, where the device has 64-bit integers (wgpu's SHADER_INT64):
+// the host puts this file before gemm_lanes.wgsl in the kernels it dispatches with WIDE on
+// (src/ops/conv/lanes.rs, with_reads), gemm_wide_f32.wgsl in the others.
 //
 // Why: Mesa 22's lavapipe reads a value whose address differs per lane in a loop over the SIMD
 // lanes, and each lane of each component waits there for a store to the stack to be forwarded
-// (docs/speed.md, "Where lavapipe's loads go"). That wait is per read, not per byte: a
+// (docs/speed.md, "Wide reads on CPU adapters"). That wait is per read, not per byte: a
 // vec4<u64> read costs about what a vec4<f32> read does, and brings 8 floats instead of 4.
 //
 // Math: none; the 8 consecutive f32 of x[i] (x a vec4<u64> view of an f32 buffer), bit for bit

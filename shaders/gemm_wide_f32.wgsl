@@ -1,6 +1,7 @@
-// gemm_lanes.wgsl's 32-byte reads as two vec4<f32> reads each: the file the host prepends to
-// gemm_lanes.wgsl where the device has no 64-bit integers (gemm_wide.wgsl otherwise), whose
-// functions it then reads the same values through.
+// gemm_lanes.wgsl's 32-byte reads as two vec4<f32> reads each: the file the host puts before
+// gemm_lanes.wgsl in the kernels it dispatches with WIDE off (gemm_wide.wgsl in the others), so
+// that every module has these functions and needs no 64-bit integers; were WIDE set with it,
+// they would read the same values.
 //
 // Math: none; floats 8 i .. 8 i + 7 of A and of B.
 //
