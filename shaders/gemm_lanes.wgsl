@@ -36,9 +36,10 @@
 // lanes, 2 vec4 reads per step for 128 multiply-adds (16 rows per lane read 1.5 per 64; with
 // 32, lavapipe's main-job step ran about 5% faster, its weight gradients' GEMMs 18%,
 // ResNet-18's inference at batch 1 20%; 64 rows per lane ran 2.6x slower, session 33). With
-// WIDE (below), a read of A brings 8 steps, one load of 32 bytes. Rows
-// past `rows` and columns past `cols` (a multiple of 4) read the last row or column and are
-// not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch; 1 for the
+// WIDE (below), a read of A brings 8 steps, one load of 32 bytes, and so does one of nt's B;
+// with WIDE_B, a read of B brings two lanes' quads, which shuffles hand out. Rows past `rows`
+// and columns past `cols` (a multiple of 4) read the last row or column (with WIDE_B the
+// last pair of quads) and are not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch; 1 for the
 // planes). gemm_lanes_nt's matrix z goes to matrix `base + z` of the output (the host's
 // partial results, one set per chunk of images).
 //

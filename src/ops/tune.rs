@@ -74,6 +74,9 @@ pub struct ConvKey {
     /// The Winograd tile [`Gpu::set_winograd_tile`] chose, which is then the only one timed
     /// (None: both).
     pub winograd_tile: Option<WinogradTile>,
+    /// Whether the GEMMs without barriers were candidates reading 32 bytes at a time
+    /// ([`Gpu::set_conv_wide_reads`]; false where they were no candidates).
+    pub wide_reads: bool,
 }
 
 /// The outcome of tuning one [`ConvKey`].
@@ -484,9 +487,10 @@ impl Gpu {
 /// The `format` of a file of [`Gpu::save_conv_tuning`] (native only, as the file functions;
 /// 2: Winograd timed with each tile, session 17; 3: keys name the order, stagings and Winograd
 /// tile the candidates ran with; 4: the 32 x 256 and 64 x 256 tiles timed too, session 28; 5:
-/// the GEMMs without barriers timed too on CPU adapters, session 33).
+/// the GEMMs without barriers timed too on CPU adapters, session 33; 6: keys name those GEMMs'
+/// read width, session 40).
 #[cfg(not(target_arch = "wasm32"))]
-const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 5";
+const TUNING_FORMAT: &str = "resnet-wgpu conv tuning 6";
 
 /// The first field of a [`TuningFile`], read alone first.
 #[cfg(not(target_arch = "wasm32"))]
@@ -560,6 +564,7 @@ mod tests {
             staging: ConvStaging::Double,
             f16_staging: None,
             winograd_tile: None,
+            wide_reads: false,
         }
     }
 

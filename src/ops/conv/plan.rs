@@ -587,7 +587,8 @@ impl Geometry {
     }
 
     /// The tuning key of `pass` under `gpu`'s settings: a shape tuned under one precision,
-    /// order, staging or Winograd tile is tuned again under another, whose candidates differ.
+    /// order, staging, Winograd tile or read width of the GEMMs without barriers is tuned again
+    /// under another, whose candidates differ.
     pub(super) fn key(&self, gpu: &Gpu, pass: ConvPass) -> ConvKey {
         let precision = gpu.conv_precision();
         ConvKey {
@@ -601,6 +602,7 @@ impl Geometry {
             staging: gpu.conv_staging(),
             f16_staging: (precision == ConvPrecision::F16).then(|| gpu.f16_staging()),
             winograd_tile: gpu.winograd_tile(),
+            wide_reads: super::conv_gemms_without_barriers(gpu) && gpu.conv_wide_reads(),
         }
     }
 
