@@ -39,9 +39,9 @@
 // WIDE (below), a read of A brings 8 steps, one load of 32 bytes, and so does one of nt's B;
 // with WIDE_B, a read of B brings two lanes' quads, which shuffles hand out. Rows past `rows`
 // and columns past `cols` (a multiple of 4) read the last row or column (with WIDE_B the
-// last pair of quads) and are not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)), ceil(rows / 32), batch; 1 for the
-// planes). gemm_lanes_nt's matrix z goes to matrix `base + z` of the output (the host's
-// partial results, one set per chunk of images).
+// last pair of quads) and are not stored. Grid (ceil(cols / (4 SUBGROUP_LANES)),
+// ceil(rows / 32), batch; 1 for the planes). gemm_lanes_nt's matrix z goes to matrix
+// `base + z` of the output (the host's partial results, one set per chunk of images).
 //
 // Bindings (group 0): 0 = Params (uniform); 1 = A (read), 2 = B (read), 3 = C (write;
 // gemm_lanes, gemm_lanes_nt); gemm_lanes_planes 4 = y (write), 5 = bias [K] (read; any buffer
@@ -373,7 +373,9 @@ fn gemm_lanes_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 
 // The lane's 4 columns at 4 steps, from each column's 4 steps (c0 .. c3): step s's vec4 holds
 // component s of each.
-fn column_steps(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> array<vec4<f32>, 4> {
+fn column_steps(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>)
+    -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(vec4<f32>(c0.x, c1.x, c2.x, c3.x), vec4<f32>(c0.y, c1.y, c2.y, c3.y),
-                               vec4<f32>(c0.z, c1.z, c2.z, c3.z), vec4<f32>(c0.w, c1.w, c2.w, c3.w));
+                               vec4<f32>(c0.z, c1.z, c2.z, c3.z),
+                               vec4<f32>(c0.w, c1.w, c2.w, c3.w));
 }

@@ -2,9 +2,10 @@
 // of lane ^ d, through subgroupShuffleXor (needs the adapter feature SUBGROUP); for the f32
 // conv engine's shared A (conv_fma.wgsl), the GEMMs without barriers (gemm_lanes.wgsl) and the
 // narrow convolutions' shared reads (conv_narrow.wgsl), a lane's value in every lane
-// (subgroupBroadcast) and whether any lane's flag is set
-// (subgroupAny) and a given lane's value (subgroupShuffle); for Winograd's transforms by quads (winograd_quads.wgsl), the 4x4 transpose of
-// each quad of lanes' vectors (subgroupShuffle). The host compiles this file into those kernels
+// (subgroupBroadcast), whether any lane's flag is set (subgroupAny) and, for the GEMMs' 32-byte
+// reads of B, a lane's value in the lanes that ask for it (subgroupShuffle); for Winograd's
+// transforms by quads (winograd_quads.wgsl), the 4x4 transpose of each quad of lanes' vectors
+// (subgroupShuffle). The host compiles this file into those kernels
 // where it verified (src/gpu/lanes.rs) that each subgroup is a run of consecutive local
 // invocation indices (lane = lid % size, so lid ^ d for d < size is lane ^ d of the same
 // subgroup), and sets SUBGROUP_LANES to the adapter's smallest subgroup size: a pipeline given

@@ -245,9 +245,10 @@ impl Gpu {
     /// Wrap a device and queue owned by the application (e.g. a renderer's): the device's own
     /// limits and features are used, and the kernels are planned for its adapter's type (or as
     /// `RESNET_WGPU_PLAN_FOR` says). The crate works within WebGPU's default limits and without
-    /// optional features: with `TIMESTAMP_QUERY` it can profile, and with `SUBGROUP` (native)
-    /// its reductions use subgroup shuffles. The f16 conv engine needs the adapter too
-    /// ([`Gpu::from_adapter_device`]).
+    /// optional features: with `TIMESTAMP_QUERY` it can profile, with `SUBGROUP` (native) its
+    /// reductions use subgroup shuffles, and with `SHADER_INT64` (native) a CPU adapter's GEMMs
+    /// read 32 bytes at a time ([`Gpu::set_conv_wide_reads`]). The f16 conv engine needs the
+    /// adapter too ([`Gpu::from_adapter_device`]).
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         Gpu::build(device, queue, None, checks_from_env())
     }
