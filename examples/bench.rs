@@ -1514,7 +1514,7 @@ fn main() -> Result<()> {
             Some(lanes) if resnet_wgpu::ops::conv_gemms_without_barriers(&bench.gpu) => format!(
                 "Winograd's, and the direct convolutions' where no tile is forced (CPU \
                  adapter, {lanes} lanes), reading {}",
-                if bench.gpu.conv_wide_reads() && lanes >= 8 {
+                if resnet_wgpu::ops::conv_gemm_wide_reads(&bench.gpu) {
                     "32 bytes at a time where the depth allows (64-bit integers)"
                 } else {
                     "vec4s of f32"

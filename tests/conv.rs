@@ -1842,10 +1842,11 @@ fn direct_convs_without_barriers_match_the_reference() {
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{what}: conv + bn against the separate kernels");
             }
-            // Where the device has 64-bit integers (lavapipe), the GEMMs read A (and the
-            // weight gradient's B) 32 bytes at a time where the depth is a multiple of 8 (the
-            // forward passes' C R S of 16, 200 and 216, the input gradients' 16 and 40 output
-            // channels, some chunks' pixels): the same bits as with 16-byte reads.
+            // Where the device has 64-bit integers (lavapipe), the GEMMs read A and B 32 bytes
+            // at a time where the depth is a multiple of 8 (the forward passes' C R S of 16, 200
+            // and 216, the input gradients' 16 and 40 output channels, some chunks' pixels; B's
+            // rows there only where the columns are a multiple of 8 too): the same bits as with
+            // 16-byte reads.
             let wide = wide_reads_expected(&gpu);
             assert_eq!(gpu.conv_wide_reads(), wide, "{}", gpu.info());
             if lanes && wide {

@@ -505,10 +505,11 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
     // the last tiles' partly outside the plane; quads across rows of tiles and images).
     // Inference's fused pass (conv2d_bn_eval) too, whose output transform applies the batch
     // norm, with a residual in cases 0 and 2 and the ReLU in all but case 3: the same bits.
-    // Where the device has 64-bit integers (lavapipe), the GEMMs without barriers read A (and
-    // the weight gradient's B) 32 bytes at a time where the depth is a multiple of 8 (the
-    // forward passes' 24, 16 and 8 input channels, the input gradients' 40 and 8 output
-    // channels, some chunks' tiles; not 12 or 100), and give the same bits with 16-byte reads.
+    // Where the device has 64-bit integers (lavapipe), the GEMMs without barriers read A and B
+    // 32 bytes at a time where the depth is a multiple of 8 (the forward passes' 24, 16 and 8
+    // input channels, the input gradients' 40 and 8 output channels, some chunks' tiles; not
+    // 12 or 100; B's rows of the forward passes and input gradients only where the tiles are a
+    // multiple of 8 too), and give the same bits with 16-byte reads.
     let cases: [([usize; 4], usize); 4] = [
         ([4, 24, 20, 20], 40),
         ([1, 16, 12, 20], 8),
@@ -559,6 +560,9 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
                 (passes, gemms, quads.each_ref().map(|e| count(e)))
             };
             let what = format!("x {x:?} w {w:?} {tile}");
+            let same = |a: &[f32], b: &[f32]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+            };
             let wide = wide_reads_expected(gpu);
             assert_eq!(gpu.conv_wide_reads(), wide, "{}", gpu.info());
             let ([y, gx, gw, eval], on_lanes, by_quads) = run();
@@ -566,11 +570,11 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
                 gpu.set_conv_wide_reads(false).unwrap();
                 let (narrow, ..) = run();
                 gpu.set_conv_wide_reads(true).unwrap();
-                let same = [&y, &gx, &gw, &eval]
+                let all_same = [&y, &gx, &gw, &eval]
                     .iter()
                     .zip(&narrow)
-                    .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
-                assert!(same, "{what}: 32-byte reads change the bits");
+                    .all(|(a, b)| same(a, b));
+                assert!(all_same, "{what}: 32-byte reads change the bits");
             }
             let tiles = x[0] * x[2].div_ceil(tile.m()) * x[3].div_ceil(tile.m());
             let lanes_take_it = lanes && tiles % 4 == 0;
@@ -594,9 +598,6 @@ fn the_gemms_without_barriers_match_the_tiled_gemms() {
             gpu.set_subgroup_reductions(false).unwrap();
             let ([y_tiled, gx_tiled, gw_tiled, eval_tiled], none, plain) = run();
             assert_eq!((none, plain), ([0, 0], [0; 4]), "{what}: subgroups off");
-            let same = |a: &[f32], b: &[f32]| {
-                a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
-            };
             assert!(same(&y, &y_tiled), "{what}: the forward pass differs");
             assert!(same(&gx, &gx_tiled), "{what}: the input gradient differs");
             assert!(same(&eval, &eval_tiled), "{what}: inference's pass differs");

@@ -580,11 +580,11 @@ impl Gpu {
     /// 64-bit integers, where the depth allows (`on`), or 16 bytes as vec4s of f32 (every clone
     /// of this `Gpu` shares it). A CPU adapter's lanes read a value whose address differs per
     /// lane one lane at a time, whatever its width up to 32 bytes, so the wide reads halve the
-    /// reads of A (and of a weight gradient's B): on lavapipe the main job's step's GEMMs ran
-    /// 1.2-1.9x faster (`docs/speed.md`, "Wide reads on CPU adapters"). The same bits either
-    /// way. On by default
+    /// reads of A and B: on lavapipe the main job's step's GEMMs ran 1.3-1.7x faster
+    /// (`docs/speed.md`, "Wide reads on CPU adapters"). The same bits either way. On by default
     /// where the device has wgpu's `SHADER_INT64` feature (native only), unless
-    /// `RESNET_WGPU_WIDE_READS=0`; asking for them on a device without it is an error.
+    /// `RESNET_WGPU_WIDE_READS=0`; asking for them on a device without it is an error. They run
+    /// with subgroups of 8 lanes or more ([`crate::ops::conv_gemm_wide_reads`]).
     pub fn set_conv_wide_reads(&self, on: bool) -> Result<()> {
         if on
             && !self

@@ -87,6 +87,13 @@ pub fn conv_gemms_without_barriers(gpu: &Gpu) -> bool {
     lanes::lanes_in_use(gpu)
 }
 
+/// Whether those GEMMs read 32 bytes at a time where a GEMM's depth allows
+/// ([`Gpu::set_conv_wide_reads`], with subgroups of 8 lanes or more; for tuning keys, tests and
+/// benchmarks).
+pub fn conv_gemm_wide_reads(gpu: &Gpu) -> bool {
+    lanes::wide_reads_in_use(gpu)
+}
+
 /// Which passes of the convolution run the narrow kernels on `gpu` (`shaders/conv_narrow.wgsl`:
 /// on CPU adapters, layers of at most 16 channels and shallow convolutions of few taps):
 /// [[`conv2d`], [`conv2d_backward_input`], [`conv2d_backward_weight`]] (for tests and

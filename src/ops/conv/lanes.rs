@@ -68,9 +68,16 @@ const fn vec4_reads(kernel: Kernel) -> Kernel {
     }
 }
 
+/// Whether the GEMMs here read 32 bytes at a time where the depth allows: where they run
+/// ([`lanes_in_use`]), the wide reads are on ([`Gpu::conv_wide_reads`]) and the subgroups have
+/// 8 lanes or more (gemm_lanes.wgsl's `read_a_wide` reads A_LANES 8's rows).
+pub(super) fn wide_reads_in_use(gpu: &Gpu) -> bool {
+    lanes_in_use(gpu) && gpu.conv_wide_reads() && gpu.conv_gemm_lanes().is_some_and(|n| n >= 8)
+}
+
 /// One of gemm_lanes.wgsl's kernels as it runs a GEMM of `depth` on `gpu`: with the 32-byte
-/// reads of A (and of gemm_lanes_nt's B) where they are on ([`Gpu::conv_wide_reads`]), the
-/// lanes are 8 or more (A_LANES 8) and `depth` is a multiple of 8 (so that every row of A,
+/// reads of A (and of gemm_lanes_nt's B) where they are in use ([`wide_reads_in_use`]) and
+/// `depth` is a multiple of 8 (so that every row of A,
 /// and of B's transpose, starts 32-byte aligned): the kernel with gemm_wide.wgsl before it,
 /// its `WIDE` constants and A and B bound again at 11 and 12: `WIDE_B` too (B's 32-byte
 /// reads in gemm_lanes and the planes kernels) where `cols` is a multiple of 8. As it was
@@ -81,10 +88,7 @@ fn with_reads<'a>(
     [depth, cols]: [usize; 2],
     [a, b]: [&'a wgpu::Buffer; 2],
 ) -> (Kernel, Reads<'a>) {
-    let wide = gpu.conv_wide_reads()
-        && gpu.conv_gemm_lanes().is_some_and(|n| n >= 8)
-        && depth.is_multiple_of(8);
-    if !wide {
+    if !(wide_reads_in_use(gpu) && depth.is_multiple_of(8)) {
         let constants = [flag("WIDE", false), flag("WIDE_B", false)];
         let bound = Vec::new();
         return (*kernel, Reads { constants, bound });

@@ -602,7 +602,7 @@ impl Geometry {
             staging: gpu.conv_staging(),
             f16_staging: (precision == ConvPrecision::F16).then(|| gpu.f16_staging()),
             winograd_tile: gpu.winograd_tile(),
-            wide_reads: super::conv_gemms_without_barriers(gpu) && gpu.conv_wide_reads(),
+            wide_reads: super::conv_gemm_wide_reads(gpu),
         }
     }
 
